@@ -1,0 +1,119 @@
+//! The one error type of simplepyq.
+
+use std::error::Error as StdError;
+
+use crate::{Status, TaskId};
+
+/// A boxed error from a storage engine, kept as the source of [`Error::Backend`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// `Result` with simplepyq's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in simplepyq, described so that a user can act on it.
+///
+/// Storage errors are never recorded as a task's failure: a task fails only through its
+/// handler (an error, a panic, or arguments that do not decode).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No handler is registered for the channel.
+    #[error("unknown channel {0:?}: register it with add_channel first")]
+    UnknownChannel(String),
+
+    /// The channel name cannot be used.
+    #[error("invalid channel name {name:?}: {reason}")]
+    InvalidChannel {
+        /// The name that was refused (cut to 64 characters).
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// `add_channel` was called twice with one name.
+    #[error("channel {0:?} already has a handler: remove_channel it first to replace it")]
+    DuplicateChannel(String),
+
+    /// A setting is out of its range, e.g. a channel with zero workers.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// No task has this id.
+    #[error("no task with id {0}")]
+    NotFound(TaskId),
+
+    /// The task is not in a state that allows the requested change.
+    #[error("task {id}: cannot {action} a task that is {status}")]
+    InvalidTransition {
+        /// The task.
+        id: TaskId,
+        /// Its current status.
+        status: Status,
+        /// What was attempted.
+        action: &'static str,
+    },
+
+    /// The worker's claim on a running task is gone: its lease expired and the task was
+    /// recovered (and maybe claimed again), or the task was removed. The worker's result is
+    /// dropped; the task's current owner decides its outcome.
+    #[error("task {id}: the lease of attempt {attempt} is no longer held")]
+    LeaseLost {
+        /// The task.
+        id: TaskId,
+        /// The attempt whose lease was lost.
+        attempt: u32,
+    },
+
+    /// Arguments could not be encoded to, or decoded from, MessagePack.
+    #[error("arguments could not be {action} as MessagePack: {message}")]
+    Codec {
+        /// "encoded" or "decoded".
+        action: &'static str,
+        /// The codec's message.
+        message: String,
+    },
+
+    /// The store stayed locked by another connection or process for too long.
+    #[error("the {backend} store stayed busy (locked by another connection) too long; try again")]
+    Busy {
+        /// Which backend.
+        backend: &'static str,
+    },
+
+    /// The file is not a simplepyq database, is damaged, or has a schema this version
+    /// cannot read. Nothing was changed.
+    #[error("{backend} store: {message}")]
+    Corrupt {
+        /// Which backend.
+        backend: &'static str,
+        /// What is wrong, and what to do about it.
+        message: String,
+    },
+
+    /// A worker thread could not be started.
+    #[error("could not start a worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
+
+    /// Any other storage failure, with the engine's error as source.
+    #[error("{backend} store error: {source}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// The engine's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Whether trying the same call again later may succeed (the store was busy, or an
+    /// I/O error that may pass).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Busy { .. } | Error::Backend { .. })
+    }
+
+    /// Builds [`Error::InvalidConfig`].
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::InvalidConfig(message.into())
+    }
+}

@@ -1,0 +1,34 @@
+//! The core of [simplepyq](https://docs.rs/simplepyq): the task state machine, the
+//! [`Store`] trait that storage backends implement, the error type and the clock.
+//!
+//! Users of the queue want the `simplepyq` crate; this one is for backend authors. A
+//! backend stores [`Task`]s and changes them only through [`transition::apply`]:
+//!
+//! ```
+//! use simplepyq_core::transition::{apply, Event};
+//! use simplepyq_core::{Outcome, Status, TaskState, Timestamp};
+//!
+//! let now = Timestamp::from_millis(0);
+//! let queued = TaskState::new(1, now, now); // one retry
+//! let running = apply(&queued, &Event::Claim { now, lease_until: now }).unwrap();
+//! let failed_once = apply(&running, &Event::Finish {
+//!     now,
+//!     outcome: Outcome::Failed { error: "boom".into(), retry_at: now, permanent: false },
+//! })
+//! .unwrap();
+//! assert_eq!((failed_once.status, failed_once.retries_left), (Status::Pending, 0));
+//! ```
+
+mod error;
+mod store;
+mod task;
+mod time;
+pub mod transition;
+
+pub use error::{BoxError, Error, Result};
+pub use store::{Store, StoreExt};
+pub use task::{
+    Claim, Counts, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError, Status, Task, TaskId,
+    TaskState, validate_channel,
+};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -1,0 +1,148 @@
+//! The [`Store`] trait every storage backend implements.
+
+use std::fmt::Debug;
+
+use crate::{Claim, Counts, NewTask, Outcome, Result, Status, Task, TaskId, Timestamp};
+
+/// Durable (or in-memory) storage of tasks.
+///
+/// Every method is one atomic operation: it happens whole or not at all, also when several
+/// threads, queues or (for backends that allow it) processes use one store. State changes
+/// go through [`crate::transition::apply`]. Stores never read a clock: callers pass `now`.
+///
+/// The `# Contract` of each method is checked for every backend by the conformance suite
+/// in the `simplepyq-tests` package.
+pub trait Store: Send + Sync + Debug + 'static {
+    /// Adds tasks, all or none, and returns their ids in order.
+    ///
+    /// # Contract
+    /// Ids are unique and never reused, even after tasks are removed. A task whose run-at is
+    /// later than `now` starts `Delayed`, otherwise `Pending`. An invalid channel name fails
+    /// the whole call with [`crate::Error::InvalidChannel`] and adds nothing.
+    fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>>;
+
+    /// Claims up to `limit` due queued tasks of `channel` for a worker, leased until
+    /// `lease_until`.
+    ///
+    /// # Contract
+    /// Tasks come in run-at order, then id order. Each returned task is `Running` with one
+    /// more attempt; no task is returned to two callers while its lease is live. Tasks whose
+    /// run-at is later than `now` are not returned. `limit == 0` returns nothing.
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Task>>;
+
+    /// Extends the leases of running attempts to `lease_until` and returns how many are
+    /// still held.
+    ///
+    /// # Contract
+    /// Claims that are no longer held (finished, recovered, claimed again, removed) are
+    /// skipped, not an error. A lease never shrinks.
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize>;
+
+    /// Records how an attempt ended and returns the task's new status.
+    ///
+    /// # Contract
+    /// Fails with [`crate::Error::LeaseLost`], changing nothing, if `claim` is not the
+    /// task's current running attempt (its lease expired and it was recovered, or the task
+    /// was removed).
+    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status>;
+
+    /// Recovers running tasks whose lease expired by `now`, as failed attempts with
+    /// [`crate::transition::WORKER_LOST`]; returns how many.
+    ///
+    /// # Contract
+    /// Tasks with retries left become due at once; others become `Failed`.
+    fn recover_expired(&self, now: Timestamp) -> Result<usize>;
+
+    /// Deletes failed tasks of `channel`, or of every channel; returns how many.
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize>;
+
+    /// Queues failed tasks of `channel` (or every channel) again, with the retry count they
+    /// were enqueued with (`retries == None`) or `retries`; returns how many.
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize>;
+
+    /// Deletes every task of `channel`, whatever its status; returns how many.
+    fn remove_channel(&self, channel: &str) -> Result<usize>;
+
+    /// Counts tasks per status, of `channel` or of every channel.
+    fn counts(&self, channel: Option<&str>) -> Result<Counts>;
+
+    /// The earliest time something is to be done in `channel`: the first run-at of its
+    /// queued tasks, or the first lease expiry of its running ones; `None` when the channel
+    /// has no pending, delayed or running task.
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>>;
+
+    /// The task with this id, if any.
+    fn get(&self, id: TaskId) -> Result<Option<Task>>;
+}
+
+/// Helpers over any [`Store`].
+pub trait StoreExt: Store {
+    /// Enqueues one task and returns its id.
+    fn enqueue_one(&self, task: NewTask, now: Timestamp) -> Result<TaskId> {
+        let ids = self.enqueue(std::slice::from_ref(&task), now)?;
+        ids.into_iter().next().ok_or_else(|| crate::Error::Backend {
+            backend: "store",
+            source: "enqueue returned no id for one task".into(),
+        })
+    }
+
+    /// Records a success.
+    fn complete(&self, claim: Claim, now: Timestamp) -> Result<Status> {
+        self.finish(claim, &Outcome::Succeeded, now)
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}
+
+macro_rules! forward_store {
+    ($($ty:ty),*) => {$(
+        impl<S: Store + ?Sized> Store for $ty {
+            fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+                (**self).enqueue(tasks, now)
+            }
+            fn claim(&self, channel: &str, limit: usize, now: Timestamp, lease_until: Timestamp) -> Result<Vec<Task>> {
+                (**self).claim(channel, limit, now, lease_until)
+            }
+            fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
+                (**self).extend_leases(claims, lease_until)
+            }
+            fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
+                (**self).finish(claim, outcome, now)
+            }
+            fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+                (**self).recover_expired(now)
+            }
+            fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+                (**self).clear_failed(channel)
+            }
+            fn requeue_failed(&self, channel: Option<&str>, retries: Option<u32>, now: Timestamp) -> Result<usize> {
+                (**self).requeue_failed(channel, retries, now)
+            }
+            fn remove_channel(&self, channel: &str) -> Result<usize> {
+                (**self).remove_channel(channel)
+            }
+            fn counts(&self, channel: Option<&str>) -> Result<Counts> {
+                (**self).counts(channel)
+            }
+            fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+                (**self).next_wakeup(channel)
+            }
+            fn get(&self, id: TaskId) -> Result<Option<Task>> {
+                (**self).get(id)
+            }
+        }
+    )*};
+}
+
+forward_store!(Box<S>, std::sync::Arc<S>, &'static S);

@@ -1,0 +1,314 @@
+//! Tasks, their statuses and their counts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::Timestamp;
+
+/// A task's id, unique in its store and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(i64);
+
+impl TaskId {
+    /// Wraps a raw id as stored.
+    pub const fn new(raw: i64) -> Self {
+        TaskId(raw)
+    }
+
+    /// The raw id.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a task stands.
+///
+/// `Pending` and `Delayed` tasks are *queued*: a worker claims them once their run-at time
+/// has come. `Running` tasks are held by a worker under a lease. `Done` and `Failed` are
+/// final; only `requeue_failed` moves a `Failed` task again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Status {
+    /// Waiting to run.
+    Pending,
+    /// Claimed by a worker, whose lease has not expired.
+    Running,
+    /// Deferred by its handler (or a retry backoff) until its run-at time.
+    Delayed,
+    /// Its handler succeeded.
+    Done,
+    /// Its handler failed and no retry is left.
+    Failed,
+}
+
+impl Status {
+    /// Every status, in a fixed order.
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::Running,
+        Status::Delayed,
+        Status::Done,
+        Status::Failed,
+    ];
+
+    /// The lower-case name, as stored in SQLite and printed.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Delayed => "delayed",
+            Status::Done => "done",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Pending or delayed: waiting for a worker.
+    pub const fn is_queued(self) -> bool {
+        matches!(self, Status::Pending | Status::Delayed)
+    }
+
+    /// Done or failed.
+    pub const fn is_final(self) -> bool {
+        matches!(self, Status::Done | Status::Failed)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a [`Status`] from a string.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown task status {0:?} (expected pending, running, delayed, done or failed)")]
+pub struct ParseStatusError(pub String);
+
+impl FromStr for Status {
+    type Err = ParseStatusError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ParseStatusError(s.to_owned()))
+    }
+}
+
+/// The part of a task that transitions change. See [`crate::transition`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    /// Where the task stands.
+    pub status: Status,
+    /// How many more attempts may follow a failure.
+    pub retries_left: u32,
+    /// The retry count the task was enqueued with; `requeue_failed` without a count restores it.
+    pub max_retries: u32,
+    /// How many times a worker claimed the task. Each claim is one attempt.
+    pub attempts: u32,
+    /// When a queued task becomes due.
+    pub run_at: Timestamp,
+    /// When the lease of a running task expires; `None` unless running.
+    pub lease_until: Option<Timestamp>,
+    /// The message of the last failure, kept after later attempts.
+    pub last_error: Option<String>,
+    /// When the state last changed.
+    pub updated_at: Timestamp,
+}
+
+impl TaskState {
+    /// The state of a task just enqueued: pending if due at once, else delayed.
+    pub fn new(retries: u32, run_at: Timestamp, now: Timestamp) -> Self {
+        TaskState {
+            status: if run_at > now {
+                Status::Delayed
+            } else {
+                Status::Pending
+            },
+            retries_left: retries,
+            max_retries: retries,
+            attempts: 0,
+            run_at,
+            lease_until: None,
+            last_error: None,
+            updated_at: now,
+        }
+    }
+}
+
+/// A stored task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// Its id.
+    pub id: TaskId,
+    /// The channel whose handler runs it.
+    pub channel: String,
+    /// The handler's arguments, as MessagePack.
+    pub args: Vec<u8>,
+    /// When it was enqueued.
+    pub created_at: Timestamp,
+    /// Status, retries, attempts, times.
+    pub state: TaskState,
+}
+
+impl Task {
+    /// The worker's handle on this task's current attempt, valid while it is running.
+    pub fn claim(&self) -> Claim {
+        Claim {
+            id: self.id,
+            attempt: self.state.attempts,
+        }
+    }
+}
+
+/// A worker's handle on one attempt of a running task.
+///
+/// The attempt number fences stale workers: once a lease expired and the task was recovered
+/// or claimed again, finishing with an old `Claim` fails with [`crate::Error::LeaseLost`]
+/// and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Claim {
+    /// The task.
+    pub id: TaskId,
+    /// The attempt this claim started (the task's `attempts` after the claim).
+    pub attempt: u32,
+}
+
+/// A task to enqueue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewTask {
+    /// The channel whose handler runs it.
+    pub channel: String,
+    /// The handler's arguments, as MessagePack.
+    pub args: Vec<u8>,
+    /// Attempts allowed after the first failure.
+    pub retries: u32,
+    /// When it becomes due; `None` for at once.
+    pub run_at: Option<Timestamp>,
+}
+
+impl NewTask {
+    /// A task due at once with no retries.
+    pub fn new(channel: impl Into<String>, args: Vec<u8>) -> Self {
+        NewTask {
+            channel: channel.into(),
+            args,
+            retries: 0,
+            run_at: None,
+        }
+    }
+
+    /// Sets the number of retries.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Sets when the task becomes due.
+    pub fn run_at(mut self, at: Timestamp) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// The state the task starts in when enqueued at `now`.
+    pub fn initial_state(&self, now: Timestamp) -> TaskState {
+        TaskState::new(self.retries, self.run_at.unwrap_or(now), now)
+    }
+}
+
+/// How a handler's run ended, as recorded by [`crate::Store::finish`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler succeeded.
+    Succeeded,
+    /// The handler failed.
+    Failed {
+        /// The message kept as the task's last error.
+        error: String,
+        /// When a retry may run, if one is left (now for an immediate retry).
+        retry_at: Timestamp,
+        /// No retry, whatever is left: the failure cannot pass (e.g. undecodable arguments).
+        permanent: bool,
+    },
+    /// The handler deferred the task; no retry is used.
+    Delayed {
+        /// When it runs again.
+        until: Timestamp,
+    },
+}
+
+/// Number of tasks in each status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Pending tasks.
+    pub pending: usize,
+    /// Running tasks.
+    pub running: usize,
+    /// Delayed tasks.
+    pub delayed: usize,
+    /// Done tasks.
+    pub done: usize,
+    /// Failed tasks.
+    pub failed: usize,
+}
+
+impl Counts {
+    /// The count of one status.
+    pub fn get(&self, status: Status) -> usize {
+        match status {
+            Status::Pending => self.pending,
+            Status::Running => self.running,
+            Status::Delayed => self.delayed,
+            Status::Done => self.done,
+            Status::Failed => self.failed,
+        }
+    }
+
+    /// A mutable reference to the count of one status.
+    pub fn get_mut(&mut self, status: Status) -> &mut usize {
+        match status {
+            Status::Pending => &mut self.pending,
+            Status::Running => &mut self.running,
+            Status::Delayed => &mut self.delayed,
+            Status::Done => &mut self.done,
+            Status::Failed => &mut self.failed,
+        }
+    }
+
+    /// Pending, running and delayed: tasks not finished yet.
+    pub fn active(&self) -> usize {
+        self.pending + self.running + self.delayed
+    }
+
+    /// All tasks.
+    pub fn total(&self) -> usize {
+        self.active() + self.done + self.failed
+    }
+}
+
+/// The longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 255;
+
+/// Checks that a channel name can be stored: not empty, at most [`MAX_CHANNEL_LEN`] bytes,
+/// no control characters.
+pub fn validate_channel(name: &str) -> crate::Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_CHANNEL_LEN {
+        "it is longer than 255 bytes"
+    } else if name.chars().any(char::is_control) {
+        "it contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(crate::Error::InvalidChannel {
+        name: name.chars().take(64).collect(),
+        reason,
+    })
+}

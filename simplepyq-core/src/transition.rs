@@ -1,0 +1,420 @@
+//! The task state machine: every legal change of a task's state, as one pure function.
+//!
+//! Backends load a task's [`TaskState`], call [`apply`], and store what it returns in the
+//! same transaction. They never re-encode these rules.
+//!
+//! ```text
+//!            claim                 succeed
+//! Pending ─────────► Running ─────────────► Done
+//! Delayed ─(due)───►    │ fail, retry left ──► Pending / Delayed (retry_at)
+//!    ▲                  │ fail, none left ───► Failed ──requeue──► Pending
+//!    └──── delay ───────┘ lease expired ─────► as fail ("worker lost")
+//! ```
+
+use crate::{Outcome, Status, TaskState, Timestamp};
+
+/// The error message recorded when a running task's lease expires.
+pub const WORKER_LOST: &str = "worker lost: the lease expired before the task finished";
+
+/// Something that happens to a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A worker takes a due queued task, holding it until `lease_until`.
+    Claim {
+        /// The time of the claim; the task's run-at must not be later.
+        now: Timestamp,
+        /// When the lease expires unless extended.
+        lease_until: Timestamp,
+    },
+    /// The worker still runs the task and extends its lease.
+    Extend {
+        /// The new expiry; a lease never shrinks.
+        lease_until: Timestamp,
+    },
+    /// The handler's run ended.
+    Finish {
+        /// The time it ended.
+        now: Timestamp,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// The lease of a running task expired: its worker is presumed dead. Counts as a failed
+    /// attempt with [`WORKER_LOST`] as the error.
+    Expire {
+        /// The time of recovery; the lease must have expired by then.
+        now: Timestamp,
+    },
+    /// A failed task is queued again with the retry count it was enqueued with (`None`)
+    /// or a new one.
+    Requeue {
+        /// The time of the requeue; the task is due at once.
+        now: Timestamp,
+        /// The new retry count, or `None` to restore the original one.
+        retries: Option<u32>,
+    },
+}
+
+impl Event {
+    /// The verb for error messages.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Event::Claim { .. } => "claim",
+            Event::Extend { .. } => "extend the lease of",
+            Event::Finish {
+                outcome: Outcome::Succeeded,
+                ..
+            } => "complete",
+            Event::Finish {
+                outcome: Outcome::Failed { .. },
+                ..
+            } => "fail",
+            Event::Finish {
+                outcome: Outcome::Delayed { .. },
+                ..
+            } => "delay",
+            Event::Expire { .. } => "recover",
+            Event::Requeue { .. } => "requeue",
+        }
+    }
+}
+
+/// Why [`apply`] refused an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The task's status.
+    pub status: Status,
+    /// The refused action, e.g. "claim".
+    pub action: &'static str,
+}
+
+impl Refused {
+    /// The user-facing error for task `id`.
+    pub fn into_error(self, id: crate::TaskId) -> crate::Error {
+        crate::Error::InvalidTransition {
+            id,
+            status: self.status,
+            action: self.action,
+        }
+    }
+}
+
+/// The state after `event`, or why the event is not legal in `state`.
+///
+/// Rules: a claim needs a queued task whose run-at has come and counts one attempt; a
+/// failure consumes one retry if any is left (a permanent one sets none left), otherwise
+/// the task is `Failed`; a delay consumes no retry; an expired lease is a failure; only a
+/// `Failed` task can be requeued, and it keeps its attempts. `Done` is final.
+pub fn apply(state: &TaskState, event: &Event) -> Result<TaskState, Refused> {
+    let refuse = || Refused {
+        status: state.status,
+        action: event.action(),
+    };
+    let mut next = state.clone();
+    match event {
+        Event::Claim { now, lease_until } => {
+            if !state.status.is_queued() || state.run_at > *now {
+                return Err(refuse());
+            }
+            next.status = Status::Running;
+            next.attempts = state.attempts.saturating_add(1);
+            next.lease_until = Some(*lease_until);
+            next.updated_at = *now;
+        }
+        Event::Extend { lease_until } => {
+            if state.status != Status::Running {
+                return Err(refuse());
+            }
+            next.lease_until = state.lease_until.max(Some(*lease_until));
+        }
+        Event::Finish { now, outcome } => {
+            if state.status != Status::Running {
+                return Err(refuse());
+            }
+            finish(&mut next, *now, outcome);
+        }
+        Event::Expire { now } => {
+            if state.status != Status::Running || state.lease_until.is_some_and(|l| l > *now) {
+                return Err(refuse());
+            }
+            let outcome = Outcome::Failed {
+                error: WORKER_LOST.to_owned(),
+                retry_at: *now,
+                permanent: false,
+            };
+            finish(&mut next, *now, &outcome);
+        }
+        Event::Requeue { now, retries } => {
+            if state.status != Status::Failed {
+                return Err(refuse());
+            }
+            next.status = Status::Pending;
+            next.retries_left = retries.unwrap_or(state.max_retries);
+            next.run_at = *now;
+            next.updated_at = *now;
+        }
+    }
+    Ok(next)
+}
+
+fn finish(next: &mut TaskState, now: Timestamp, outcome: &Outcome) {
+    next.lease_until = None;
+    next.updated_at = now;
+    match outcome {
+        Outcome::Succeeded => next.status = Status::Done,
+        Outcome::Delayed { until } => {
+            next.status = Status::Delayed;
+            next.run_at = *until;
+        }
+        Outcome::Failed {
+            error,
+            retry_at,
+            permanent,
+        } => {
+            next.last_error = Some(error.clone());
+            if *permanent || next.retries_left == 0 {
+                next.status = Status::Failed;
+                next.retries_left = 0;
+            } else {
+                next.retries_left -= 1;
+                next.run_at = (*retry_at).max(now);
+                next.status = if *retry_at > now {
+                    Status::Delayed
+                } else {
+                    Status::Pending
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: Timestamp = Timestamp::from_millis(1_000);
+
+    fn claimed(retries: u32) -> TaskState {
+        let s = TaskState::new(retries, T0, T0);
+        apply(
+            &s,
+            &Event::Claim {
+                now: T0,
+                lease_until: Timestamp::from_millis(2_000),
+            },
+        )
+        .expect("a pending due task can be claimed")
+    }
+
+    fn failure(permanent: bool) -> Event {
+        Event::Finish {
+            now: T0,
+            outcome: Outcome::Failed {
+                error: "boom".into(),
+                retry_at: T0,
+                permanent,
+            },
+        }
+    }
+
+    #[test]
+    fn retries_n_means_n_plus_one_attempts() {
+        let mut s = claimed(2);
+        let mut runs = 1;
+        loop {
+            s = apply(&s, &failure(false)).expect("running tasks can fail");
+            if s.status == Status::Failed {
+                break;
+            }
+            assert_eq!(s.status, Status::Pending);
+            s = apply(
+                &s,
+                &Event::Claim {
+                    now: T0,
+                    lease_until: T0,
+                },
+            )
+            .expect("retry is due at once");
+            runs += 1;
+        }
+        assert_eq!(runs, 3);
+        assert_eq!(s.attempts, 3);
+        assert_eq!(s.last_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn delay_keeps_retries_and_requires_due_time_to_claim() {
+        let s = claimed(1);
+        let until = Timestamp::from_millis(5_000);
+        let d = apply(
+            &s,
+            &Event::Finish {
+                now: T0,
+                outcome: Outcome::Delayed { until },
+            },
+        )
+        .expect("running tasks can be delayed");
+        assert_eq!(
+            (d.status, d.retries_left, d.run_at),
+            (Status::Delayed, 1, until)
+        );
+        let early = Event::Claim {
+            now: Timestamp::from_millis(4_999),
+            lease_until: until,
+        };
+        assert!(apply(&d, &early).is_err());
+        let due = Event::Claim {
+            now: until,
+            lease_until: until,
+        };
+        assert_eq!(apply(&d, &due).map(|s| s.status), Ok(Status::Running));
+    }
+
+    #[test]
+    fn permanent_failure_skips_retries_and_requeue_restores_them() {
+        let f = apply(&claimed(3), &failure(true)).expect("running tasks can fail");
+        assert_eq!((f.status, f.retries_left), (Status::Failed, 0));
+        let r = apply(
+            &f,
+            &Event::Requeue {
+                now: T0,
+                retries: None,
+            },
+        )
+        .expect("failed tasks can be requeued");
+        assert_eq!(
+            (r.status, r.retries_left, r.attempts),
+            (Status::Pending, 3, 1)
+        );
+        let r5 = apply(
+            &f,
+            &Event::Requeue {
+                now: T0,
+                retries: Some(5),
+            },
+        )
+        .expect("failed tasks can be requeued");
+        assert_eq!(r5.retries_left, 5);
+    }
+
+    #[test]
+    fn lease_expiry_only_after_the_lease() {
+        let s = claimed(0);
+        let early = Event::Expire {
+            now: Timestamp::from_millis(1_999),
+        };
+        assert!(apply(&s, &early).is_err());
+        let late = apply(
+            &s,
+            &Event::Expire {
+                now: Timestamp::from_millis(2_000),
+            },
+        )
+        .expect("expired leases can be recovered");
+        assert_eq!(late.status, Status::Failed);
+        assert_eq!(late.last_error.as_deref(), Some(WORKER_LOST));
+    }
+
+    #[test]
+    fn done_accepts_nothing() {
+        let done = apply(
+            &claimed(1),
+            &Event::Finish {
+                now: T0,
+                outcome: Outcome::Succeeded,
+            },
+        )
+        .expect("running tasks can succeed");
+        for e in [
+            Event::Claim {
+                now: T0,
+                lease_until: T0,
+            },
+            failure(false),
+            Event::Requeue {
+                now: T0,
+                retries: None,
+            },
+            Event::Expire { now: T0 },
+            Event::Extend { lease_until: T0 },
+        ] {
+            assert_eq!(
+                apply(&done, &e),
+                Err(Refused {
+                    status: Status::Done,
+                    action: e.action()
+                })
+            );
+        }
+    }
+
+    fn ts() -> impl Strategy<Value = Timestamp> {
+        (0i64..10_000).prop_map(Timestamp::from_millis)
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let outcome = prop_oneof![
+            Just(Outcome::Succeeded),
+            (ts(), any::<bool>()).prop_map(|(retry_at, permanent)| Outcome::Failed {
+                error: "e".into(),
+                retry_at,
+                permanent
+            }),
+            ts().prop_map(|until| Outcome::Delayed { until }),
+        ];
+        prop_oneof![
+            (ts(), ts()).prop_map(|(now, lease_until)| Event::Claim { now, lease_until }),
+            ts().prop_map(|lease_until| Event::Extend { lease_until }),
+            (ts(), outcome).prop_map(|(now, outcome)| Event::Finish { now, outcome }),
+            ts().prop_map(|now| Event::Expire { now }),
+            (ts(), proptest::option::of(0u32..5))
+                .prop_map(|(now, retries)| Event::Requeue { now, retries }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn invariants_hold_over_random_event_sequences(
+            retries in 0u32..5,
+            events in proptest::collection::vec(event(), 0..60),
+        ) {
+            let mut s = TaskState::new(retries, T0, T0);
+            for e in &events {
+                let Ok(next) = apply(&s, e) else {
+                    // Refused events leave the task as it was, and are refused only
+                    // where the rules say so.
+                    match e {
+                        Event::Claim { now, .. } => prop_assert!(!s.status.is_queued() || s.run_at > *now),
+                        Event::Requeue { .. } => prop_assert_ne!(s.status, Status::Failed),
+                        Event::Expire { now } => prop_assert!(s.status != Status::Running || s.lease_until > Some(*now)),
+                        _ => prop_assert_ne!(s.status, Status::Running),
+                    }
+                    continue;
+                };
+                prop_assert!(next.attempts >= s.attempts, "attempts only grow");
+                if next.status == Status::Failed {
+                    prop_assert_eq!(next.retries_left, 0, "failed only when retries are exhausted");
+                }
+                prop_assert_eq!(next.lease_until.is_some(), next.status == Status::Running);
+                match e {
+                    Event::Finish { outcome: Outcome::Delayed { .. }, .. } => {
+                        prop_assert_eq!(next.retries_left, s.retries_left, "a delay consumes no retry");
+                    }
+                    Event::Finish { outcome: Outcome::Failed { .. }, .. } | Event::Expire { .. } => {
+                        prop_assert!(next.retries_left <= s.retries_left);
+                        prop_assert!(next.status == Status::Failed || next.retries_left + 1 == s.retries_left);
+                    }
+                    Event::Claim { .. } => prop_assert_eq!(next.attempts, s.attempts + 1),
+                    _ => {}
+                }
+                if s.status == Status::Done {
+                    prop_assert!(false, "done accepted {:?}", e);
+                }
+                if s.status == Status::Failed {
+                    prop_assert!(matches!(e, Event::Requeue { .. }), "failed accepted {:?}", e);
+                }
+                s = next;
+            }
+        }
+    }
+}

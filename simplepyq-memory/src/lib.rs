@@ -1,0 +1,284 @@
+//! [`MemoryStore`]: an in-memory [`Store`] for simplepyq.
+//!
+//! It keeps every task in process memory, so nothing survives the process: use it for tests
+//! and throwaway queues. It is a complete backend, passing the same conformance suite as the
+//! durable ones, and safe to share between threads.
+//!
+//! ```
+//! use simplepyq_core::{NewTask, Store, StoreExt, Timestamp};
+//! use simplepyq_memory::MemoryStore;
+//!
+//! let store = MemoryStore::new();
+//! let now = Timestamp::from_millis(0);
+//! let id = store.enqueue_one(NewTask::new("emails", vec![0x90]), now)?;
+//! let claimed = store.claim("emails", 10, now, now.after(std::time::Duration::from_secs(30)))?;
+//! assert_eq!(claimed[0].id, id);
+//! # Ok::<(), simplepyq_core::Error>(())
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+
+use parking_lot::Mutex;
+use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::{
+    Claim, Counts, Error, NewTask, Outcome, Result, Status, Store, Task, TaskId, TaskState,
+    Timestamp, validate_channel,
+};
+
+/// An in-memory [`Store`]. Claiming the next due task is O(log n).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Ordered sets of (time, id): run-at for queued tasks, lease expiry for running ones.
+type TimeIndex = BTreeSet<(Timestamp, TaskId)>;
+
+#[derive(Debug, Default)]
+struct ChannelIndex {
+    queued: TimeIndex,
+    running: TimeIndex,
+    failed: BTreeSet<TaskId>,
+    counts: Counts,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    last_id: i64,
+    tasks: HashMap<TaskId, Task>,
+    channels: HashMap<String, ChannelIndex>,
+    /// Every running task by lease expiry, for recovery across channels.
+    leases: TimeIndex,
+}
+
+impl Inner {
+    fn channel(&mut self, name: &str) -> &mut ChannelIndex {
+        if !self.channels.contains_key(name) {
+            self.channels
+                .insert(name.to_owned(), ChannelIndex::default());
+        }
+        self.channels
+            .get_mut(name)
+            .expect("the channel index was just inserted")
+    }
+
+    /// Adds (`add == true`) or removes the index entries of a task in `state`.
+    fn index(&mut self, id: TaskId, channel: &str, state: &TaskState, add: bool) {
+        let lease = state.lease_until.unwrap_or(Timestamp::EPOCH);
+        let ch = self.channel(channel);
+        let count = ch.counts.get_mut(state.status);
+        *count = if add { *count + 1 } else { *count - 1 };
+        let changed = match state.status {
+            Status::Pending | Status::Delayed => toggle(&mut ch.queued, (state.run_at, id), add),
+            Status::Running => toggle(&mut ch.running, (lease, id), add),
+            Status::Failed => toggle(&mut ch.failed, id, add),
+            Status::Done => true,
+        };
+        debug_assert!(changed, "index out of step with task {id}");
+        if state.status == Status::Running {
+            toggle(&mut self.leases, (lease, id), add);
+        }
+    }
+
+    /// Applies `event` to task `id` and re-indexes it.
+    fn transition(&mut self, id: TaskId, event: &Event) -> Result<&Task> {
+        let task = self.tasks.get(&id).ok_or(Error::NotFound(id))?;
+        let next = apply(&task.state, event).map_err(|r| r.into_error(id))?;
+        let (channel, old) = (task.channel.clone(), task.state.clone());
+        self.index(id, &channel, &old, false);
+        self.index(id, &channel, &next, true);
+        let task = self
+            .tasks
+            .get_mut(&id)
+            .expect("the task was read under the same lock");
+        task.state = next;
+        Ok(task)
+    }
+
+    fn held(&self, claim: Claim) -> bool {
+        self.tasks
+            .get(&claim.id)
+            .is_some_and(|t| t.state.status == Status::Running && t.state.attempts == claim.attempt)
+    }
+
+    /// Deletes tasks of `channel` (or all channels) that `pick` selects; returns how many.
+    fn delete_where(&mut self, channel: Option<&str>, pick: impl Fn(&Task) -> bool) -> usize {
+        let doomed: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| channel.is_none_or(|c| t.channel == c) && pick(t))
+            .map(|t| t.id)
+            .collect();
+        for id in &doomed {
+            if let Some(task) = self.tasks.remove(id) {
+                self.index(*id, &task.channel, &task.state, false);
+            }
+        }
+        self.channels.retain(|_, ch| ch.counts.total() > 0);
+        doomed.len()
+    }
+}
+
+fn toggle<T: Ord>(set: &mut BTreeSet<T>, value: T, add: bool) -> bool {
+    if add {
+        set.insert(value)
+    } else {
+        set.remove(&value)
+    }
+}
+
+impl Store for MemoryStore {
+    fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        let mut inner = self.inner.lock();
+        let mut ids = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            inner.last_id += 1;
+            let id = TaskId::new(inner.last_id);
+            let state = t.initial_state(now);
+            inner.index(id, &t.channel, &state, true);
+            let task = Task {
+                id,
+                channel: t.channel.clone(),
+                args: t.args.clone(),
+                created_at: now,
+                state,
+            };
+            inner.tasks.insert(id, task);
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Task>> {
+        let mut inner = self.inner.lock();
+        let mut out = Vec::new();
+        let event = Event::Claim { now, lease_until };
+        while out.len() < limit {
+            let Some(ch) = inner.channels.get(channel) else {
+                break;
+            };
+            let Some(&(run_at, id)) = ch.queued.first() else {
+                break;
+            };
+            if run_at > now {
+                break;
+            }
+            out.push(inner.transition(id, &event)?.clone());
+        }
+        Ok(out)
+    }
+
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        let mut held = 0;
+        for c in claims {
+            if inner.held(*c) {
+                inner.transition(c.id, &Event::Extend { lease_until })?;
+                held += 1;
+            }
+        }
+        Ok(held)
+    }
+
+    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
+        let mut inner = self.inner.lock();
+        if !inner.held(claim) {
+            return Err(Error::LeaseLost {
+                id: claim.id,
+                attempt: claim.attempt,
+            });
+        }
+        let event = Event::Finish {
+            now,
+            outcome: outcome.clone(),
+        };
+        Ok(inner.transition(claim.id, &event)?.state.status)
+    }
+
+    fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        let expired: Vec<TaskId> = inner
+            .leases
+            .iter()
+            .take_while(|(lease, _)| *lease <= now)
+            .map(|&(_, id)| id)
+            .collect();
+        for id in &expired {
+            inner.transition(*id, &Event::Expire { now })?;
+        }
+        Ok(expired.len())
+    }
+
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+        Ok(self
+            .inner
+            .lock()
+            .delete_where(channel, |t| t.state.status == Status::Failed))
+    }
+
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        let ids: Vec<TaskId> = inner
+            .channels
+            .iter()
+            .filter(|(name, _)| channel.is_none_or(|c| c == name.as_str()))
+            .flat_map(|(_, ch)| ch.failed.iter().copied())
+            .collect();
+        let event = Event::Requeue { now, retries };
+        for id in &ids {
+            inner.transition(*id, &event)?;
+        }
+        Ok(ids.len())
+    }
+
+    fn remove_channel(&self, channel: &str) -> Result<usize> {
+        Ok(self.inner.lock().delete_where(Some(channel), |_| true))
+    }
+
+    fn counts(&self, channel: Option<&str>) -> Result<Counts> {
+        let inner = self.inner.lock();
+        let mut total = Counts::default();
+        for (name, ch) in &inner.channels {
+            if channel.is_none_or(|c| c == name) {
+                for s in Status::ALL {
+                    *total.get_mut(s) += ch.counts.get(s);
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        let inner = self.inner.lock();
+        Ok(inner.channels.get(channel).and_then(|ch| {
+            let queued = ch.queued.first().map(|(t, _)| *t);
+            let lease = ch.running.first().map(|(t, _)| *t);
+            queued.into_iter().chain(lease).min()
+        }))
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<Task>> {
+        Ok(self.inner.lock().tasks.get(&id).cloned())
+    }
+}

@@ -1,0 +1,58 @@
+//! Queueing tasks doesn't have to be complicated.
+//!
+//! simplepyq hands work to background worker threads, and that work survives restarts and
+//! crashes with nothing to run beside it. It re-implements the Python library `simplepyq`
+//! in Rust: channels bind a name to a handler and a number of workers; tasks carry
+//! MessagePack-encoded arguments, retries and a run-at time; a handler can fail (and be
+//! retried), panic (and be recorded as failed) or delay its task.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use serde::{Deserialize, Serialize};
+//! use simplepyq::{SimplePyQ, TaskError};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Scrape { url: String }
+//!
+//! let q = SimplePyQ::memory();
+//! let seen = Arc::new(AtomicUsize::new(0));
+//! let counter = Arc::clone(&seen);
+//! q.add_channel("scrape", move |job: Scrape| {
+//!     assert!(job.url.starts_with("https://"));
+//!     counter.fetch_add(1, Ordering::SeqCst);
+//!     Ok::<(), TaskError>(())
+//! }, 2)?;
+//! for i in 0..10 {
+//!     q.enqueue("scrape", &Scrape { url: format!("https://example.com/{i}") })?;
+//! }
+//! q.run_until_complete()?;
+//! assert_eq!(seen.load(Ordering::SeqCst), 10);
+//! assert_eq!(q.counts("scrape")?.done, 10);
+//! # Ok::<(), simplepyq::Error>(())
+//! ```
+//!
+//! # Semantics
+//! - **At least once.** A task is claimed atomically under a lease; a worker that dies
+//!   leaves its task `running` until the lease expires, and then it runs again (or fails
+//!   with "worker lost" if no retry is left). No task runs twice at the same time while its
+//!   lease is live: running workers renew their leases.
+//! - **Retries.** `retries = N` allows N more attempts after a failed first one. A panic is
+//!   a failure. Arguments that do not decode fail the task at once, without retries.
+//! - **Delays** ([`TaskError::Delay`]) defer a task without using a retry.
+//!
+//! # Crate features
+//! - `memory` (default): [`SimplePyQ::memory`], the in-memory backend.
+
+mod handler;
+mod queue;
+mod signal;
+mod worker;
+
+pub use handler::TaskError;
+pub use queue::{Builder, EnqueueOptions, SimplePyQ};
+pub use simplepyq_core::{
+    Clock, Counts, Error, ManualClock, Result, Status, Store, SystemClock, Task, TaskId, Timestamp,
+};
+#[cfg(feature = "memory")]
+pub use simplepyq_memory::MemoryStore;

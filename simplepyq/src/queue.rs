@@ -1,0 +1,481 @@
+//! [`SimplePyQ`]: channels, enqueueing, and starting and stopping the workers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use simplepyq_core::{
+    Claim, Clock, Counts, Error, NewTask, Result, Store, StoreExt, SystemClock, Task, TaskId,
+    Timestamp, validate_channel,
+};
+
+use crate::handler::{ErasedHandler, TaskError, erase};
+use crate::signal::Signal;
+use crate::worker;
+
+/// Options of one enqueued task.
+///
+/// ```
+/// use simplepyq::EnqueueOptions;
+/// let opts = EnqueueOptions::new().retries(3);
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct EnqueueOptions {
+    /// Attempts allowed after a failed first one (the original's `retries`); default 0.
+    pub retries: u32,
+}
+
+impl EnqueueOptions {
+    /// The defaults: no retries, due at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how many more attempts may follow a failure.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+}
+
+/// Settings of a [`SimplePyQ`], from [`SimplePyQ::builder`].
+#[derive(Debug)]
+pub struct Builder<S> {
+    store: S,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    poll_interval: Duration,
+}
+
+impl<S: Store> Builder<S> {
+    /// The clock tasks are timed by; [`SystemClock`] by default. Tests pass a
+    /// [`simplepyq_core::ManualClock`].
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long a worker's claim on a task lasts unless renewed (30 s by default). Leases of
+    /// running tasks are renewed every third of this; a task whose worker died runs again
+    /// (or fails, with no retry left) once its lease expired.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The longest an idle worker waits before looking at the store again (500 ms by
+    /// default). Work enqueued in this process wakes a worker at once; this bounds how
+    /// late work enqueued by another process is noticed.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Builds the queue. Workers start with [`SimplePyQ::start`].
+    pub fn build(self) -> Result<SimplePyQ<S>> {
+        if self.lease < Duration::from_millis(10) {
+            return Err(Error::config("the lease must be at least 10 ms"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::config("the poll interval must not be zero"));
+        }
+        Ok(SimplePyQ {
+            shared: Arc::new(Shared {
+                store: self.store,
+                clock: self.clock,
+                lease: self.lease,
+                poll_interval: self.poll_interval,
+                registry: Mutex::new(Registry::default()),
+                inflight: Mutex::new(InFlight::default()),
+                progress: Condvar::new(),
+                last_error: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// A task queue: channels of handlers with worker threads, over a [`Store`].
+///
+/// All methods take `&self`; share a queue between threads with an `Arc`. Dropping it tells
+/// the workers to stop after their current task; [`SimplePyQ::stop`] also waits for them.
+#[derive(Debug)]
+pub struct SimplePyQ<S: Store> {
+    shared: Arc<Shared<S>>,
+}
+
+/// What the queue and its worker threads share.
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
+    pub(crate) store: S,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lease: Duration,
+    pub(crate) poll_interval: Duration,
+    registry: Mutex<Registry>,
+    pub(crate) inflight: Mutex<InFlight>,
+    /// Signalled when a task finishes or a worker finds nothing to do.
+    pub(crate) progress: Condvar,
+    last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    channels: HashMap<String, Channel>,
+    running: bool,
+    keeper: Option<(Arc<Signal>, JoinHandle<()>)>,
+    /// Workers of removed channels, finishing their current task.
+    retired: Vec<JoinHandle<()>>,
+}
+
+struct Channel {
+    handler: Arc<ErasedHandler>,
+    max_workers: usize,
+    signal: Arc<Signal>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("max_workers", &self.max_workers)
+            .field("threads", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Attempts that workers of this queue are running now.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    pub(crate) claims: HashMap<TaskId, Claim>,
+    /// Moves on every [`Shared::progress`] notification.
+    pub(crate) generation: u64,
+}
+
+impl<S: Store> Shared<S> {
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Keeps a storage error that a worker could not return to anyone.
+    pub(crate) fn record_error(&self, e: &Error) {
+        *self.last_error.lock() = Some(e.to_string());
+    }
+
+    pub(crate) fn notify_progress(&self) {
+        self.inflight.lock().generation += 1;
+        self.progress.notify_all();
+    }
+
+    /// Wakes the idle workers of every channel, e.g. after leases were recovered.
+    pub(crate) fn wake_all(&self) {
+        for ch in self.registry.lock().channels.values() {
+            ch.signal.notify(true);
+        }
+    }
+}
+
+impl<S: Store> SimplePyQ<S> {
+    /// A queue over `store` with default settings.
+    pub fn new(store: S) -> Self {
+        SimplePyQ::builder(store)
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// A queue over `store`, with settings to choose.
+    pub fn builder(store: S) -> Builder<S> {
+        Builder {
+            store,
+            clock: Arc::new(SystemClock),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+
+    /// The store under the queue.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// Binds `handler` to channel `name`, run by up to `max_workers` threads at once.
+    ///
+    /// The handler takes the task's arguments, decoded from MessagePack into `A`. Arguments
+    /// that do not decode fail the task at once with a message naming the type. A handler
+    /// that panics fails its attempt (the panic message is the task's error); its worker
+    /// goes on. If the queue is started, the workers start at once.
+    ///
+    /// Errors: [`Error::InvalidConfig`] for zero workers, [`Error::DuplicateChannel`] if the
+    /// channel has a handler already, [`Error::InvalidChannel`] for an unusable name.
+    pub fn add_channel<A, F>(&self, name: &str, handler: F, max_workers: usize) -> Result<()>
+    where
+        A: DeserializeOwned + 'static,
+        F: Fn(A) -> Result<(), TaskError> + Send + Sync + 'static,
+    {
+        validate_channel(name)?;
+        if max_workers == 0 {
+            return Err(Error::config(format!(
+                "channel {name:?} needs at least one worker (max_workers was 0)"
+            )));
+        }
+        let mut reg = self.shared.registry.lock();
+        if reg.channels.contains_key(name) {
+            return Err(Error::DuplicateChannel(name.to_owned()));
+        }
+        let mut channel = Channel {
+            handler: Arc::from(erase(handler)),
+            max_workers,
+            signal: Arc::new(Signal::default()),
+            threads: Vec::new(),
+        };
+        if reg.running {
+            self.spawn_workers(name, &mut channel)?;
+        }
+        reg.channels.insert(name.to_owned(), channel);
+        Ok(())
+    }
+
+    /// Enqueues a task for `channel` with `args` and no retries; returns its id.
+    ///
+    /// The channel needs no handler in this queue: another queue or process on the same
+    /// store may serve it.
+    pub fn enqueue<T: Serialize + ?Sized>(&self, channel: &str, args: &T) -> Result<TaskId> {
+        self.enqueue_with(channel, args, EnqueueOptions::new())
+    }
+
+    /// Enqueues a task with options (the number of retries); returns its id.
+    pub fn enqueue_with<T: Serialize + ?Sized>(
+        &self,
+        channel: &str,
+        args: &T,
+        options: EnqueueOptions,
+    ) -> Result<TaskId> {
+        let args = rmp_serde::to_vec_named(args).map_err(|e| Error::Codec {
+            action: "encoded",
+            message: e.to_string(),
+        })?;
+        let task = NewTask::new(channel, args).retries(options.retries);
+        let id = self.shared.store.enqueue_one(task, self.shared.now())?;
+        if let Some(ch) = self.shared.registry.lock().channels.get(channel) {
+            ch.signal.notify(false);
+        }
+        Ok(id)
+    }
+
+    /// Starts the workers of every channel in background threads and returns at once.
+    /// Calling it on a started queue does nothing.
+    ///
+    /// First recovers tasks whose lease expired (left `running` by a process that died).
+    pub fn start(&self) -> Result<()> {
+        let mut reg = self.shared.registry.lock();
+        if reg.running {
+            return Ok(());
+        }
+        self.shared.store.recover_expired(self.shared.now())?;
+        let names: Vec<String> = reg.channels.keys().cloned().collect();
+        for name in names {
+            let mut channel = reg.channels.remove(&name).expect("name was just listed");
+            channel.signal = Arc::new(Signal::default());
+            let spawned = self.spawn_workers(&name, &mut channel);
+            reg.channels.insert(name, channel);
+            if let Err(e) = spawned {
+                drop(reg);
+                self.stop();
+                return Err(e);
+            }
+        }
+        let signal = Arc::new(Signal::default());
+        let shared = Arc::clone(&self.shared);
+        let keeper_signal = Arc::clone(&signal);
+        let keeper = thread::Builder::new()
+            .name("simplepyq-keeper".into())
+            .spawn(move || worker::keep_leases(&shared, &keeper_signal))
+            .map_err(Error::Spawn)?;
+        reg.keeper = Some((signal, keeper));
+        reg.running = true;
+        Ok(())
+    }
+
+    fn spawn_workers(&self, name: &str, channel: &mut Channel) -> Result<()> {
+        for i in 0..channel.max_workers {
+            let shared = Arc::clone(&self.shared);
+            let handler = Arc::clone(&channel.handler);
+            let signal = Arc::clone(&channel.signal);
+            let channel_name = name.to_owned();
+            let thread = thread::Builder::new()
+                .name(format!("simplepyq-{name}-{i}"))
+                .spawn(move || worker::work(&shared, &channel_name, &*handler, &signal))
+                .map_err(Error::Spawn)?;
+            channel.threads.push(thread);
+        }
+        Ok(())
+    }
+
+    /// Stops the workers: no new task is claimed, and the call returns when the running
+    /// handlers have finished and their outcomes are recorded. Nothing is lost: queued tasks
+    /// stay queued for the next start. Called from inside a handler, it does not wait for
+    /// that handler's own thread.
+    pub fn stop(&self) {
+        let threads = {
+            let mut reg = self.shared.registry.lock();
+            reg.running = false;
+            let mut threads = std::mem::take(&mut reg.retired);
+            for ch in reg.channels.values_mut() {
+                ch.signal.stop();
+                threads.append(&mut ch.threads);
+            }
+            if let Some((signal, keeper)) = reg.keeper.take() {
+                signal.stop();
+                threads.push(keeper);
+            }
+            threads
+        };
+        let me = thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                // A worker that panicked outside a handler has nothing left to clean up.
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Runs until no task of a channel with a handler here is pending, running or delayed
+    /// (waiting out delays and, for tasks held by a dead worker, their lease), then stops.
+    ///
+    /// Starts the workers if needed. Tasks of channels without a handler here are not
+    /// waited for. Returns an error only if the store fails for good.
+    pub fn run_until_complete(&self) -> Result<()> {
+        let channels: Vec<String> = self
+            .shared
+            .registry
+            .lock()
+            .channels
+            .keys()
+            .cloned()
+            .collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.start()?;
+        let result = loop {
+            let (seen, busy) = {
+                let inflight = self.shared.inflight.lock();
+                (inflight.generation, !inflight.claims.is_empty())
+            };
+            // While a worker here runs a task the channel is not idle: ask the store only
+            // when this process has nothing in flight.
+            if !busy {
+                match self.idle(&channels) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => {}
+                    Err(e) if e.is_retryable() => self.shared.record_error(&e),
+                    Err(e) => break Err(e),
+                }
+            }
+            let mut inflight = self.shared.inflight.lock();
+            if inflight.generation == seen {
+                self.shared
+                    .progress
+                    .wait_for(&mut inflight, self.shared.poll_interval);
+            }
+        };
+        self.stop();
+        result
+    }
+
+    /// Whether none of `channels` has a pending, delayed or running task.
+    fn idle(&self, channels: &[String]) -> Result<bool> {
+        for ch in channels {
+            if self.shared.store.next_wakeup(ch)?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes the failed tasks of `channel`, or of every channel with `None`; returns how
+    /// many.
+    pub fn clear_failed<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<usize> {
+        self.shared.store.clear_failed(channel.into())
+    }
+
+    /// Queues the failed tasks of `channel` (or of every channel with `None`) again, with
+    /// the retry count they were enqueued with (`None`) or a new one; returns how many.
+    ///
+    /// ```
+    /// # let q = simplepyq::SimplePyQ::memory();
+    /// q.requeue_failed("emails", None)?; // each with its original retries
+    /// q.requeue_failed(None, 3)?; // every channel, 3 retries each
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn requeue_failed<'a>(
+        &self,
+        channel: impl Into<Option<&'a str>>,
+        retries: impl Into<Option<u32>>,
+    ) -> Result<usize> {
+        let channel = channel.into();
+        let n = self
+            .shared
+            .store
+            .requeue_failed(channel, retries.into(), self.shared.now())?;
+        if n > 0 {
+            self.shared.wake_all();
+        }
+        Ok(n)
+    }
+
+    /// Removes channel `name`: its handler (its workers stop after their current task) and
+    /// every task of it in the store, whatever their status; returns how many tasks.
+    pub fn remove_channel(&self, name: &str) -> Result<usize> {
+        {
+            let mut reg = self.shared.registry.lock();
+            if let Some(mut ch) = reg.channels.remove(name) {
+                ch.signal.stop();
+                reg.retired.append(&mut ch.threads);
+            }
+        }
+        self.shared.store.remove_channel(name)
+    }
+
+    /// Counts tasks per status, of `channel` or of every channel with `None`.
+    pub fn counts<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<Counts> {
+        self.shared.store.counts(channel.into())
+    }
+
+    /// The task with this id, if it exists.
+    pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
+        self.shared.store.get(id)
+    }
+
+    /// The last storage error a worker met and could not return to a caller (it retried,
+    /// or left the task to lease recovery), if any.
+    pub fn last_worker_error(&self) -> Option<String> {
+        self.shared.last_error.lock().clone()
+    }
+}
+
+impl<S: Store> Drop for SimplePyQ<S> {
+    /// Tells the workers to stop after their current task, without waiting for them.
+    fn drop(&mut self) {
+        let mut reg = self.shared.registry.lock();
+        reg.running = false;
+        for ch in reg.channels.values() {
+            ch.signal.stop();
+        }
+        if let Some((signal, _)) = &reg.keeper {
+            signal.stop();
+        }
+    }
+}
+
+#[cfg(feature = "memory")]
+impl SimplePyQ<simplepyq_memory::MemoryStore> {
+    /// A queue in memory: nothing survives the process. For tests and throwaway queues.
+    pub fn memory() -> Self {
+        SimplePyQ::new(simplepyq_memory::MemoryStore::new())
+    }
+}
