@@ -1,0 +1,491 @@
+//! One function per behaviour of the [`Store`] contract. Each takes a fresh, empty store.
+//! Time is passed explicitly, so nothing here sleeps.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use simplepyq_core::transition::WORKER_LOST;
+use simplepyq_core::{
+    Claim, Error, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
+};
+
+/// The start of every test's time line.
+pub const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+/// The lease used in tests.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+fn at(ms: u64) -> Timestamp {
+    T0.after(Duration::from_millis(ms))
+}
+
+fn task(channel: &str) -> NewTask {
+    NewTask::new(channel, vec![0x91, 0x01])
+}
+
+fn add(s: &dyn Store, t: NewTask) -> TaskId {
+    s.enqueue_one(t, T0).expect("enqueue")
+}
+
+fn claim_one(s: &dyn Store, channel: &str, now: Timestamp) -> Task {
+    let mut got = s.claim(channel, 1, now, now.after(LEASE)).expect("claim");
+    assert_eq!(got.len(), 1, "expected one due task in {channel:?}");
+    got.remove(0)
+}
+
+fn status(s: &dyn Store, id: TaskId) -> Status {
+    s.get(id).expect("get").expect("task exists").state.status
+}
+
+fn fail(error: &str, now: Timestamp) -> Outcome {
+    Outcome::Failed {
+        error: error.into(),
+        retry_at: now,
+        permanent: false,
+    }
+}
+
+/// Ids are unique, increase, and come back in the order of the tasks.
+pub fn enqueue_assigns_unique_ids_in_order(s: &dyn Store) {
+    let ids = s
+        .enqueue(&[task("a"), task("b"), task("a")], T0)
+        .expect("enqueue");
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let t = s.get(ids[1]).expect("get").expect("exists");
+    assert_eq!(t.channel, "b");
+    assert_eq!(t.state.status, Status::Pending);
+    assert_eq!((t.state.attempts, t.created_at), (0, T0));
+}
+
+/// A bad channel name fails the whole batch and adds nothing.
+pub fn enqueue_is_all_or_nothing_on_bad_channel(s: &dyn Store) {
+    let long = "x".repeat(256);
+    for bad in ["", long.as_str(), "tab\there"] {
+        let err = s
+            .enqueue(&[task("ok"), task(bad)], T0)
+            .expect_err("must fail");
+        assert!(matches!(err, Error::InvalidChannel { .. }), "{err}");
+    }
+    assert_eq!(s.counts(None).expect("counts").total(), 0);
+}
+
+/// A run-at later than now starts the task delayed; it becomes claimable at that time.
+pub fn enqueue_in_the_future_is_delayed(s: &dyn Store) {
+    let id = add(s, task("a").run_at(at(5_000)));
+    assert_eq!(status(s, id), Status::Delayed);
+    assert!(
+        s.claim("a", 10, at(4_999), at(60_000))
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(claim_one(s, "a", at(5_000)).id, id);
+}
+
+/// Arguments come back byte for byte, also large ones and empty ones.
+pub fn args_round_trip_exactly(s: &dyn Store) {
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for args in [vec![], vec![0u8, 0xff, 0xc1], big] {
+        let id = add(s, NewTask::new("bytes", args.clone()));
+        assert_eq!(s.get(id).expect("get").expect("exists").args, args);
+        assert_eq!(claim_one(s, "bytes", T0).args, args);
+    }
+}
+
+/// Claims come in run-at order, then id order.
+pub fn claim_follows_run_at_then_id(s: &dyn Store) {
+    let late = add(s, task("a").run_at(at(20)));
+    let first = add(s, task("a"));
+    let second = add(s, task("a"));
+    let early = add(s, task("a").run_at(at(10)));
+    let got: Vec<TaskId> = s
+        .claim("a", 10, at(100), at(60_000))
+        .expect("claim")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(got, vec![first, second, early, late]);
+}
+
+/// At most `limit` tasks, only of the channel asked for.
+pub fn claim_respects_limit_and_channel(s: &dyn Store) {
+    for _ in 0..5 {
+        add(s, task("a"));
+    }
+    let other = add(s, task("b"));
+    assert!(s.claim("a", 0, T0, at(1)).expect("claim").is_empty());
+    let got = s.claim("a", 3, T0, at(1)).expect("claim");
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|t| t.channel == "a"));
+    assert!(got.iter().all(|t| t.state.status == Status::Running));
+    assert!(got.iter().all(|t| t.state.attempts == 1));
+    assert!(got.iter().all(|t| t.state.lease_until == Some(at(1))));
+    assert_eq!(s.claim("a", 10, T0, at(1)).expect("claim").len(), 2);
+    assert!(s.claim("nope", 10, T0, at(1)).expect("claim").is_empty());
+    assert_eq!(status(s, other), Status::Pending);
+}
+
+/// Tasks not due yet are not claimed, however many.
+pub fn claim_skips_tasks_not_due(s: &dyn Store) {
+    add(s, task("a").run_at(at(1_000)));
+    add(s, task("a").run_at(at(2_000)));
+    assert!(s.claim("a", 10, T0, at(30_000)).expect("claim").is_empty());
+    assert_eq!(
+        s.claim("a", 10, at(1_500), at(30_000))
+            .expect("claim")
+            .len(),
+        1
+    );
+}
+
+/// A running task is not handed out again while its lease is live.
+pub fn claimed_task_is_not_claimed_again(s: &dyn Store) {
+    add(s, task("a"));
+    claim_one(s, "a", T0);
+    assert!(
+        s.claim("a", 10, at(29_000), at(60_000))
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+/// Success is final.
+pub fn success_marks_done(s: &dyn Store) {
+    let id = add(s, task("a"));
+    let t = claim_one(s, "a", T0);
+    assert_eq!(
+        s.complete(t.claim(), at(5)).expect("complete"),
+        Status::Done
+    );
+    let done = s.get(id).expect("get").expect("exists");
+    assert_eq!(done.state.status, Status::Done);
+    assert_eq!(done.state.lease_until, None);
+    assert_eq!(done.state.updated_at, at(5));
+    let again = s.complete(t.claim(), at(6)).expect_err("must fail");
+    assert!(matches!(again, Error::LeaseLost { .. }), "{again}");
+}
+
+/// `retries = 2` allows three attempts; the last error is kept.
+pub fn retries_allow_n_plus_one_attempts(s: &dyn Store) {
+    let id = add(s, task("a").retries(2));
+    for attempt in 1..=3 {
+        let t = claim_one(s, "a", T0);
+        assert_eq!(t.state.attempts, attempt);
+        let st = s
+            .finish(t.claim(), &fail(&format!("boom {attempt}"), T0), T0)
+            .expect("fail");
+        let expected = if attempt < 3 {
+            Status::Pending
+        } else {
+            Status::Failed
+        };
+        assert_eq!(st, expected);
+    }
+    let t = s.get(id).expect("get").expect("exists");
+    assert_eq!(t.state.status, Status::Failed);
+    assert_eq!(t.state.last_error.as_deref(), Some("boom 3"));
+    assert_eq!((t.state.attempts, t.state.retries_left), (3, 0));
+    assert!(s.claim("a", 10, at(1), at(2)).expect("claim").is_empty());
+}
+
+/// A permanent failure fails the task at once.
+pub fn permanent_failure_skips_retries(s: &dyn Store) {
+    let id = add(s, task("a").retries(5));
+    let t = claim_one(s, "a", T0);
+    let outcome = Outcome::Failed {
+        error: "undecodable".into(),
+        retry_at: T0,
+        permanent: true,
+    };
+    assert_eq!(
+        s.finish(t.claim(), &outcome, T0).expect("fail"),
+        Status::Failed
+    );
+    assert_eq!(status(s, id), Status::Failed);
+}
+
+/// A delay keeps the retries and makes the task due again at its time.
+pub fn delay_consumes_no_retry(s: &dyn Store) {
+    let id = add(s, task("a").retries(1));
+    let t = claim_one(s, "a", T0);
+    let delayed = Outcome::Delayed { until: at(5_000) };
+    assert_eq!(
+        s.finish(t.claim(), &delayed, T0).expect("delay"),
+        Status::Delayed
+    );
+    let d = s.get(id).expect("get").expect("exists");
+    assert_eq!((d.state.retries_left, d.state.run_at), (1, at(5_000)));
+    assert!(
+        s.claim("a", 1, at(4_999), at(60_000))
+            .expect("claim")
+            .is_empty()
+    );
+    let again = claim_one(s, "a", at(5_000));
+    assert_eq!(again.state.attempts, 2);
+    assert_eq!(again.state.retries_left, 1);
+}
+
+/// A failure whose retry is due later leaves the task delayed until then.
+pub fn retry_at_in_the_future_delays(s: &dyn Store) {
+    let id = add(s, task("a").retries(1));
+    let t = claim_one(s, "a", T0);
+    let outcome = Outcome::Failed {
+        error: "later".into(),
+        retry_at: at(1_000),
+        permanent: false,
+    };
+    assert_eq!(
+        s.finish(t.claim(), &outcome, T0).expect("fail"),
+        Status::Delayed
+    );
+    assert!(
+        s.claim("a", 1, at(999), at(60_000))
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(claim_one(s, "a", at(1_000)).id, id);
+}
+
+/// Finishing with a claim that is not the current attempt changes nothing.
+pub fn stale_claim_is_lease_lost(s: &dyn Store) {
+    let id = add(s, task("a").retries(3));
+    let t = claim_one(s, "a", T0);
+    let wrong = Claim {
+        id,
+        attempt: t.state.attempts + 1,
+    };
+    let err = s.complete(wrong, T0).expect_err("must fail");
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    assert_eq!(status(s, id), Status::Running);
+    let missing = Claim {
+        id: TaskId::new(id.get() + 1_000),
+        attempt: 1,
+    };
+    assert!(matches!(
+        s.complete(missing, T0),
+        Err(Error::LeaseLost { .. })
+    ));
+}
+
+/// Extending leases skips claims no longer held, and never shrinks a lease.
+pub fn extend_leases_keeps_held_claims_only(s: &dyn Store) {
+    add(s, task("a"));
+    add(s, task("a"));
+    let held = claim_one(s, "a", T0);
+    let done = claim_one(s, "a", T0);
+    s.complete(done.claim(), T0).expect("complete");
+    let n = s
+        .extend_leases(&[held.claim(), done.claim()], at(90_000))
+        .expect("extend");
+    assert_eq!(n, 1);
+    let lease = |s: &dyn Store| {
+        s.get(held.id)
+            .expect("get")
+            .expect("exists")
+            .state
+            .lease_until
+    };
+    assert_eq!(lease(s), Some(at(90_000)));
+    s.extend_leases(&[held.claim()], at(10)).expect("extend");
+    assert_eq!(lease(s), Some(at(90_000)));
+    // An extended lease is not recovered at the old expiry.
+    assert_eq!(s.recover_expired(T0.after(LEASE)).expect("recover"), 0);
+}
+
+/// Expired leases are recovered as failed attempts: retried if retries are left, failed
+/// otherwise. The old claim is then lost.
+pub fn recover_expired_retries_or_fails(s: &dyn Store) {
+    let retry = add(s, task("a").retries(1));
+    let last = add(s, task("b"));
+    let t1 = claim_one(s, "a", T0);
+    let t2 = claim_one(s, "b", T0);
+    let expiry = T0.after(LEASE);
+    let just_before = Timestamp::from_millis(expiry.as_millis() - 1);
+    assert_eq!(s.recover_expired(just_before).expect("recover"), 0);
+    assert_eq!(s.recover_expired(expiry).expect("recover"), 2);
+    let r = s.get(retry).expect("get").expect("exists");
+    assert_eq!((r.state.status, r.state.retries_left), (Status::Pending, 0));
+    assert_eq!(r.state.last_error.as_deref(), Some(WORKER_LOST));
+    assert_eq!(status(s, last), Status::Failed);
+    assert!(matches!(
+        s.complete(t1.claim(), expiry),
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        s.complete(t2.claim(), expiry),
+        Err(Error::LeaseLost { .. })
+    ));
+    let again = claim_one(s, "a", expiry);
+    assert_eq!(again.state.attempts, 2);
+    assert_eq!(s.recover_expired(expiry).expect("recover"), 0);
+}
+
+fn make_failed(s: &dyn Store, channel: &str, retries: u32) -> TaskId {
+    let id = add(s, task(channel).retries(retries));
+    let t = claim_one(s, channel, T0);
+    let outcome = Outcome::Failed {
+        error: "x".into(),
+        retry_at: T0,
+        permanent: true,
+    };
+    s.finish(t.claim(), &outcome, T0).expect("fail");
+    id
+}
+
+/// clear_failed deletes failed tasks only, of one channel or all.
+pub fn clear_failed_per_channel_or_all(s: &dyn Store) {
+    make_failed(s, "a", 0);
+    make_failed(s, "a", 0);
+    make_failed(s, "b", 0);
+    let pending = add(s, task("a"));
+    assert_eq!(s.clear_failed(Some("a")).expect("clear"), 2);
+    assert_eq!(s.counts(Some("b")).expect("counts").failed, 1);
+    assert_eq!(s.clear_failed(None).expect("clear"), 1);
+    assert_eq!(s.clear_failed(None).expect("clear"), 0);
+    assert_eq!(status(s, pending), Status::Pending);
+    assert_eq!(s.counts(None).expect("counts").total(), 1);
+}
+
+/// requeue_failed restores the enqueued retry count, or sets a new one; per channel or all.
+pub fn requeue_failed_restores_or_sets_retries(s: &dyn Store) {
+    let a = make_failed(s, "a", 2);
+    let b = make_failed(s, "b", 1);
+    assert_eq!(
+        s.requeue_failed(Some("a"), None, at(7)).expect("requeue"),
+        1
+    );
+    let ra = s.get(a).expect("get").expect("exists");
+    assert_eq!(
+        (ra.state.status, ra.state.retries_left),
+        (Status::Pending, 2)
+    );
+    assert_eq!((ra.state.attempts, ra.state.run_at), (1, at(7)));
+    assert_eq!(status(s, b), Status::Failed);
+    assert_eq!(s.requeue_failed(None, Some(4), at(8)).expect("requeue"), 1);
+    let rb = s.get(b).expect("get").expect("exists");
+    assert_eq!(
+        (rb.state.status, rb.state.retries_left),
+        (Status::Pending, 4)
+    );
+    assert_eq!(s.requeue_failed(None, None, at(9)).expect("requeue"), 0);
+}
+
+/// remove_channel deletes every task of the channel, whatever its status, and no other.
+pub fn remove_channel_deletes_every_status(s: &dyn Store) {
+    make_failed(s, "a", 0);
+    let done = add(s, task("a"));
+    let t = claim_one(s, "a", T0);
+    assert_eq!(t.id, done);
+    s.complete(t.claim(), T0).expect("complete");
+    let running = add(s, task("a"));
+    add(s, task("a"));
+    add(s, task("a").run_at(at(1_000)));
+    let kept = add(s, task("b"));
+    let r = claim_one(s, "a", T0);
+    assert_eq!(r.id, running);
+    assert_eq!(s.remove_channel("a").expect("remove"), 5);
+    assert_eq!(s.counts(Some("a")).expect("counts").total(), 0);
+    assert_eq!(s.next_wakeup("a").expect("wakeup"), None);
+    assert!(matches!(
+        s.complete(r.claim(), T0),
+        Err(Error::LeaseLost { .. })
+    ));
+    assert_eq!(status(s, kept), Status::Pending);
+    assert_eq!(s.remove_channel("a").expect("remove"), 0);
+}
+
+/// Counts per status, for one channel and for all.
+pub fn counts_per_channel_and_total(s: &dyn Store) {
+    make_failed(s, "a", 0);
+    add(s, task("a"));
+    add(s, task("a"));
+    add(s, task("a").run_at(at(1_000)));
+    claim_one(s, "a", T0);
+    add(s, task("b"));
+    let b = claim_one(s, "b", T0);
+    s.complete(b.claim(), T0).expect("complete");
+    let a = s.counts(Some("a")).expect("counts");
+    assert_eq!(
+        (a.pending, a.running, a.delayed, a.done, a.failed),
+        (1, 1, 1, 0, 1)
+    );
+    let all = s.counts(None).expect("counts");
+    assert_eq!((all.done, all.total()), (1, 5));
+    assert_eq!(s.counts(Some("zzz")).expect("counts").total(), 0);
+}
+
+/// next_wakeup: the earliest queued run-at or running lease expiry; None when idle.
+pub fn next_wakeup_is_earliest_run_at_or_lease(s: &dyn Store) {
+    assert_eq!(s.next_wakeup("a").expect("wakeup"), None);
+    add(s, task("a").run_at(at(5_000)));
+    assert_eq!(s.next_wakeup("a").expect("wakeup"), Some(at(5_000)));
+    add(s, task("a"));
+    assert_eq!(s.next_wakeup("a").expect("wakeup"), Some(T0));
+    let t = s.claim("a", 1, T0, at(3_000)).expect("claim");
+    assert_eq!(s.next_wakeup("a").expect("wakeup"), Some(at(3_000)));
+    s.complete(t[0].claim(), T0).expect("complete");
+    assert_eq!(s.next_wakeup("a").expect("wakeup"), Some(at(5_000)));
+    let d = claim_one(s, "a", at(5_000));
+    s.complete(d.claim(), at(5_000)).expect("complete");
+    assert_eq!(s.next_wakeup("a").expect("wakeup"), None);
+    assert_eq!(s.next_wakeup("other").expect("wakeup"), None);
+}
+
+/// Unknown ids are `None`, not an error.
+pub fn get_returns_none_for_unknown_id(s: &dyn Store) {
+    assert_eq!(s.get(TaskId::new(42)).expect("get"), None);
+}
+
+/// Ids of deleted tasks are not given out again (stale claims must stay stale).
+pub fn ids_are_never_reused(s: &dyn Store) {
+    let first = make_failed(s, "a", 0);
+    s.clear_failed(None).expect("clear");
+    let next = add(s, task("a"));
+    assert!(next > first, "{next} reused after {first}");
+}
+
+/// Many threads claiming at once never get the same task twice.
+pub fn concurrent_claims_never_share_a_task(s: &dyn Store) {
+    let tasks: Vec<NewTask> = (0..400).map(|_| task("a")).collect();
+    s.enqueue(&tasks, T0).expect("enqueue");
+    let claimed: Vec<Vec<TaskId>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let got = s.claim("a", 3, T0, at(60_000)).expect("claim");
+                        if got.is_empty() {
+                            return mine;
+                        }
+                        for t in got {
+                            s.complete(t.claim(), T0).expect("complete");
+                            mine.push(t.id);
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let all: Vec<TaskId> = claimed.into_iter().flatten().collect();
+    let unique: HashSet<TaskId> = all.iter().copied().collect();
+    assert_eq!(all.len(), 400);
+    assert_eq!(unique.len(), 400);
+    assert_eq!(s.counts(None).expect("counts").done, 400);
+}
+
+/// The `Box`, `Arc` and `&'static` forwarding impls reach the same store.
+pub fn forwarding_impls_behave_alike(store: Box<dyn Store>) {
+    let id = add(&store, task("a"));
+    let arc: Arc<Box<dyn Store>> = Arc::new(store);
+    let t = claim_one(&arc, "a", T0);
+    arc.complete(t.claim(), T0).expect("complete");
+    // A leaked store lives for 'static; leaking one small test store is fine.
+    let leaked: &'static Arc<Box<dyn Store>> = Box::leak(Box::new(arc));
+    let by_ref: &'static Arc<Box<dyn Store>> = leaked;
+    assert_eq!(status(&by_ref, id), Status::Done);
+}

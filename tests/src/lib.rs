@@ -1,0 +1,79 @@
+//! Tests shared by every simplepyq backend.
+//!
+//! [`conformance`] holds one function per behaviour of the [`Store`] contract, each taking a
+//! fresh store; [`conformance_tests!`] expands them into one `#[test]` per behaviour for a
+//! backend, so a failure names the backend and the case. [`scenarios`] does the same for the
+//! original library's usage examples, run through the `SimplePyQ` facade.
+
+use simplepyq_core::Store;
+
+pub mod conformance;
+pub mod scenarios;
+
+/// A store under test, with whatever must live as long as it (a temporary directory).
+#[derive(Debug)]
+pub struct Fixture {
+    /// The store.
+    pub store: Box<dyn Store>,
+    /// Dropped with the fixture.
+    pub guard: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    /// A fixture with nothing to clean up.
+    pub fn new(store: impl Store) -> Self {
+        Fixture {
+            store: Box::new(store),
+            guard: None,
+        }
+    }
+}
+
+/// Expands into one `#[test]` per conformance behaviour, each on a fresh store from
+/// `$factory: fn() -> Fixture`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each $factory;
+            enqueue_assigns_unique_ids_in_order,
+            enqueue_is_all_or_nothing_on_bad_channel,
+            enqueue_in_the_future_is_delayed,
+            args_round_trip_exactly,
+            claim_follows_run_at_then_id,
+            claim_respects_limit_and_channel,
+            claim_skips_tasks_not_due,
+            claimed_task_is_not_claimed_again,
+            success_marks_done,
+            retries_allow_n_plus_one_attempts,
+            permanent_failure_skips_retries,
+            delay_consumes_no_retry,
+            retry_at_in_the_future_delays,
+            stale_claim_is_lease_lost,
+            extend_leases_keeps_held_claims_only,
+            recover_expired_retries_or_fails,
+            clear_failed_per_channel_or_all,
+            requeue_failed_restores_or_sets_retries,
+            remove_channel_deletes_every_status,
+            counts_per_channel_and_total,
+            next_wakeup_is_earliest_run_at_or_lease,
+            get_returns_none_for_unknown_id,
+            ids_are_never_reused,
+            concurrent_claims_never_share_a_task
+        );
+        #[test]
+        fn forwarding_impls_behave_alike() {
+            let $crate::Fixture { store, guard } = $factory();
+            $crate::conformance::forwarding_impls_behave_alike(store);
+            drop(guard);
+        }
+    };
+    (@each $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fixture: $crate::Fixture = $factory();
+                $crate::conformance::$name(&*fixture.store);
+            }
+        )*
+    };
+}

@@ -1,0 +1,529 @@
+//! The original library's usage examples, and the facade's promises, as functions over a
+//! fresh store. Real worker threads run real handlers; outcomes are asserted, not printed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use simplepyq::{EnqueueOptions, Error, ManualClock, SimplePyQ, Status, TaskError, TaskId};
+use simplepyq_core::{Store, StoreExt};
+
+/// The queue type the scenarios run: any backend behind a box.
+pub type Queue = SimplePyQ<Box<dyn Store>>;
+
+/// A queue over `store` that notices other processes' work quickly.
+pub fn queue(store: Box<dyn Store>) -> Queue {
+    SimplePyQ::builder(store)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("valid settings")
+}
+
+/// The arguments of the original README's scraping example.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Scrape {
+    /// The page to fetch.
+    pub url: String,
+}
+
+fn scrape(i: usize) -> Scrape {
+    Scrape {
+        url: format!("https://example.com/{i}"),
+    }
+}
+
+/// Records which tasks ran and how many ran at once.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    runs: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl Tracker {
+    /// Marks the start of a run of `key`; returns its run number (1 for the first).
+    pub fn enter(&self, key: &str) -> usize {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let mut runs = self.runs.lock().expect("no panics while held");
+        let n = runs.entry(key.to_owned()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Marks the end of a run.
+    pub fn leave(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The most runs seen at once.
+    pub fn max_running(&self) -> usize {
+        self.max_running.load(Ordering::SeqCst)
+    }
+
+    /// Runs per key.
+    pub fn runs(&self) -> HashMap<String, usize> {
+        self.runs.lock().expect("no panics while held").clone()
+    }
+}
+
+fn state(q: &Queue, id: TaskId) -> simplepyq_core::TaskState {
+    q.task(id).expect("get").expect("task exists").state
+}
+
+/// Original README: a channel with two workers scrapes URLs; every task runs once and at
+/// most two run at a time. A second channel with one worker runs beside it.
+pub fn channels_with_two_workers(store: Box<dyn Store>) {
+    let q = queue(store);
+    let scrape_t = Arc::new(Tracker::default());
+    let other_t = Arc::new(Tracker::default());
+    let t = Arc::clone(&scrape_t);
+    q.add_channel(
+        "scrape",
+        move |job: Scrape| {
+            t.enter(&job.url);
+            std::thread::sleep(Duration::from_millis(2));
+            t.leave();
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    let t = Arc::clone(&other_t);
+    q.add_channel(
+        "other",
+        move |n: u32| {
+            t.enter(&n.to_string());
+            t.leave();
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    for i in 0..30 {
+        q.enqueue("scrape", &scrape(i)).expect("enqueue");
+    }
+    for n in 0..5u32 {
+        q.enqueue("other", &n).expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("scrape").expect("counts").done, 30);
+    assert_eq!(q.counts("other").expect("counts").done, 5);
+    let runs = scrape_t.runs();
+    assert_eq!(runs.len(), 30);
+    assert!(runs.values().all(|&n| n == 1), "{runs:?}");
+    assert!(scrape_t.max_running() <= 2, "{}", scrape_t.max_running());
+    assert_eq!(other_t.max_running(), 1);
+}
+
+/// Original README: a task with `retries=2` that fails twice succeeds on its third attempt;
+/// one that always fails ends `failed` after `retries + 1` attempts, keeping its error.
+pub fn retries(store: Box<dyn Store>) {
+    let q = queue(store);
+    let tracker = Arc::new(Tracker::default());
+    let t = Arc::clone(&tracker);
+    q.add_channel(
+        "flaky",
+        move |job: Scrape| {
+            let run = t.enter(&job.url);
+            t.leave();
+            if job.url.ends_with("always") {
+                Err(TaskError::msg(format!("{} is down", job.url)))
+            } else if run < 3 {
+                Err(TaskError::msg("timeout"))
+            } else {
+                Ok(())
+            }
+        },
+        1,
+    )
+    .expect("add");
+    let opts = EnqueueOptions::new().retries(2);
+    let ok = q.enqueue_with("flaky", &scrape(1), opts).expect("enqueue");
+    let always = Scrape {
+        url: "https://example.com/always".into(),
+    };
+    let bad = q
+        .enqueue_with("flaky", &always, EnqueueOptions::new().retries(1))
+        .expect("enqueue");
+    q.run_until_complete().expect("run");
+    let ok = state(&q, ok);
+    assert_eq!((ok.status, ok.attempts), (Status::Done, 3));
+    let bad = state(&q, bad);
+    assert_eq!((bad.status, bad.attempts), (Status::Failed, 2));
+    assert_eq!(
+        bad.last_error.as_deref(),
+        Some("https://example.com/always is down")
+    );
+}
+
+/// Original README: `DelayException` defers a task; it runs again by itself, no retry used.
+pub fn delay(store: Box<dyn Store>) {
+    let q = queue(store);
+    let tracker = Arc::new(Tracker::default());
+    let t = Arc::clone(&tracker);
+    q.add_channel(
+        "later",
+        move |job: Scrape| {
+            let run = t.enter(&job.url);
+            t.leave();
+            if run == 1 {
+                return Err(TaskError::Delay(Duration::from_millis(150)));
+            }
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let id = q.enqueue("later", &scrape(7)).expect("enqueue");
+    let started = Instant::now();
+    q.run_until_complete().expect("run");
+    // Timestamps have millisecond resolution: the delay may end up to 1 ms early.
+    assert!(started.elapsed() >= Duration::from_millis(149));
+    let s = state(&q, id);
+    assert_eq!((s.status, s.attempts, s.retries_left), (Status::Done, 2, 0));
+}
+
+fn always_failing(q: &Queue, channel: &str) {
+    q.add_channel(channel, |_: u32| Err(TaskError::msg("no")), 1)
+        .expect("add");
+}
+
+/// Original README: `clear_failed` deletes a channel's failed tasks, or every channel's.
+pub fn clear_failed(store: Box<dyn Store>) {
+    let q = queue(store);
+    always_failing(&q, "a");
+    always_failing(&q, "b");
+    for i in 0..3u32 {
+        q.enqueue("a", &i).expect("enqueue");
+    }
+    q.enqueue("b", &9u32).expect("enqueue");
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("a").expect("counts").failed, 3);
+    assert_eq!(q.clear_failed("a").expect("clear"), 3);
+    assert_eq!(q.counts("a").expect("counts").total(), 0);
+    assert_eq!(q.counts("b").expect("counts").failed, 1);
+    assert_eq!(q.clear_failed(None).expect("clear"), 1);
+    assert_eq!(q.counts(None).expect("counts").total(), 0);
+}
+
+/// Original README: `requeue_failed` runs failed tasks again, with their original retry
+/// count or a new one.
+pub fn requeue_failed(store: Box<dyn Store>) {
+    let q = queue(store);
+    let healthy = Arc::new(AtomicBool::new(false));
+    let h = Arc::clone(&healthy);
+    q.add_channel(
+        "a",
+        move |_: u32| {
+            if h.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(TaskError::msg("down"))
+            }
+        },
+        2,
+    )
+    .expect("add");
+    let ids: Vec<TaskId> = (0..4u32)
+        .map(|i| {
+            q.enqueue_with("a", &i, EnqueueOptions::new().retries(1))
+                .expect("enqueue")
+        })
+        .collect();
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("a").expect("counts").failed, 4);
+    assert_eq!(q.requeue_failed("a", 5).expect("requeue"), 4);
+    assert!(ids.iter().all(|id| state(&q, *id).retries_left == 5));
+    q.run_until_complete().expect("run");
+    // Still down: each ran 6 more times (1 + 5 retries).
+    assert!(ids.iter().all(|id| state(&q, *id).attempts == 8));
+    assert_eq!(q.requeue_failed(None, None).expect("requeue"), 4);
+    assert!(ids.iter().all(|id| state(&q, *id).retries_left == 1));
+    healthy.store(true, Ordering::SeqCst);
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("a").expect("counts").done, 4);
+}
+
+/// Original README: `remove_channel` drops the handler and every task of the channel.
+pub fn remove_channel(store: Box<dyn Store>) {
+    let q = queue(store);
+    q.add_channel("gone", |_: u32| Ok(()), 1).expect("add");
+    q.add_channel("kept", |_: u32| Ok(()), 1).expect("add");
+    for i in 0..4u32 {
+        q.enqueue("gone", &i).expect("enqueue");
+    }
+    q.enqueue("kept", &1u32).expect("enqueue");
+    assert_eq!(q.remove_channel("gone").expect("remove"), 4);
+    assert_eq!(q.counts("gone").expect("counts").total(), 0);
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("kept").expect("counts").done, 1);
+    // The name is free again.
+    q.add_channel("gone", |_: u32| Ok(()), 1)
+        .expect("add again");
+}
+
+/// Original README: `run_until_complete` returns once nothing of its channels is pending,
+/// running or delayed; it does not wait for channels it has no handler for.
+pub fn run_until_complete(store: Box<dyn Store>) {
+    let q = queue(store);
+    q.run_until_complete()
+        .expect("no channels: returns at once");
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = Arc::clone(&done);
+    q.add_channel(
+        "work",
+        move |n: u32| {
+            if n == 0 && d.load(Ordering::SeqCst) == 0 {
+                d.fetch_add(1, Ordering::SeqCst);
+                return Err(TaskError::Delay(Duration::from_millis(50)));
+            }
+            d.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        3,
+    )
+    .expect("add");
+    q.enqueue("nobody-serves-this", &1u32).expect("enqueue");
+    for n in 0..20u32 {
+        q.enqueue("work", &n).expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("work").expect("counts").done, 20);
+    assert_eq!(done.load(Ordering::SeqCst), 21);
+    assert_eq!(q.counts("nobody-serves-this").expect("counts").pending, 1);
+}
+
+/// `stop` while handlers run: it waits for them, records their outcomes, leaves the rest
+/// queued; a restart finishes everything, each task exactly once.
+pub fn stop_while_busy_loses_nothing(store: Box<dyn Store>) {
+    let q = queue(store);
+    let tracker = Arc::new(Tracker::default());
+    let t = Arc::clone(&tracker);
+    q.add_channel(
+        "busy",
+        move |n: u32| {
+            t.enter(&n.to_string());
+            std::thread::sleep(Duration::from_millis(1));
+            t.leave();
+            Ok(())
+        },
+        4,
+    )
+    .expect("add");
+    for n in 0..300u32 {
+        q.enqueue("busy", &n).expect("enqueue");
+    }
+    q.start().expect("start");
+    while q.counts("busy").expect("counts").done < 20 {
+        std::thread::yield_now();
+    }
+    q.stop();
+    let c = q.counts("busy").expect("counts");
+    assert_eq!(c.running, 0, "stop left tasks running: {c:?}");
+    assert_eq!(c.done + c.pending, 300, "{c:?}");
+    assert!(c.pending > 0, "stopped too late to test anything: {c:?}");
+    assert_eq!(tracker.runs().len(), c.done);
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("busy").expect("counts").done, 300);
+    let runs = tracker.runs();
+    assert_eq!(runs.len(), 300);
+    assert!(runs.values().all(|&n| n == 1));
+}
+
+/// A panicking handler fails its attempt with the panic message; the worker lives on.
+pub fn panic_fails_the_attempt_only(store: Box<dyn Store>) {
+    let q = queue(store);
+    q.add_channel(
+        "p",
+        |n: u32| {
+            if n % 2 == 1 {
+                panic!("odd number {n}");
+            }
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let ids: Vec<TaskId> = (0..10u32)
+        .map(|n| {
+            q.enqueue_with("p", &n, EnqueueOptions::new().retries(1))
+                .expect("enqueue")
+        })
+        .collect();
+    q.run_until_complete().expect("run");
+    for (n, id) in ids.iter().enumerate() {
+        let s = state(&q, *id);
+        if n % 2 == 1 {
+            assert_eq!((s.status, s.attempts), (Status::Failed, 2));
+            let expected = format!("handler panicked: odd number {n}");
+            assert_eq!(s.last_error.as_deref(), Some(expected.as_str()));
+        } else {
+            assert_eq!(s.status, Status::Done);
+        }
+    }
+}
+
+/// Arguments that do not decode fail that task at once, naming the type; others go on.
+pub fn undecodable_args_fail_without_retry(store: Box<dyn Store>) {
+    let q = queue(store);
+    q.add_channel("typed", |_: Scrape| Ok(()), 1).expect("add");
+    let bad = q
+        .enqueue_with("typed", &[1u8, 2, 3], EnqueueOptions::new().retries(5))
+        .expect("enqueue");
+    let good = q.enqueue("typed", &scrape(1)).expect("enqueue");
+    q.run_until_complete().expect("run");
+    let b = state(&q, bad);
+    assert_eq!((b.status, b.attempts), (Status::Failed, 1));
+    let msg = b.last_error.expect("an error is kept");
+    assert!(
+        msg.contains("do not decode into") && msg.contains("Scrape"),
+        "{msg}"
+    );
+    assert_eq!(state(&q, good).status, Status::Done);
+}
+
+/// Many producers and workers: every task runs exactly once, never two at once.
+pub fn many_threads_run_each_task_once(store: Box<dyn Store>) {
+    let q = Arc::new(queue(store));
+    let seen = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let dupes = Arc::new(AtomicUsize::new(0));
+    let (s, d) = (Arc::clone(&seen), Arc::clone(&dupes));
+    q.add_channel(
+        "n",
+        move |n: u32| {
+            if !s.lock().expect("no panics while held").insert(n) {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        },
+        8,
+    )
+    .expect("add");
+    q.start().expect("start");
+    std::thread::scope(|scope| {
+        for p in 0..4u32 {
+            let q = Arc::clone(&q);
+            scope.spawn(move || {
+                for i in 0..500u32 {
+                    q.enqueue("n", &(p * 1_000 + i)).expect("enqueue");
+                }
+            });
+        }
+    });
+    q.run_until_complete().expect("run");
+    assert_eq!(dupes.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.lock().expect("no panics while held").len(), 2_000);
+    assert_eq!(q.counts("n").expect("counts").done, 2_000);
+}
+
+/// Clear errors for zero workers, a duplicate channel and an unusable name; `start` twice
+/// is harmless; enqueueing after `stop` keeps the task for the next start.
+pub fn misuse_gets_clear_errors(store: Box<dyn Store>) {
+    let q = queue(store);
+    let zero = q
+        .add_channel("z", |_: u32| Ok(()), 0)
+        .expect_err("must fail");
+    assert!(matches!(zero, Error::InvalidConfig(_)), "{zero}");
+    assert!(zero.to_string().contains("at least one worker"), "{zero}");
+    q.add_channel("a", |_: u32| Ok(()), 1).expect("add");
+    let dup = q
+        .add_channel("a", |_: u32| Ok(()), 1)
+        .expect_err("must fail");
+    assert!(matches!(dup, Error::DuplicateChannel(_)), "{dup}");
+    let empty = q
+        .add_channel("", |_: u32| Ok(()), 1)
+        .expect_err("must fail");
+    assert!(matches!(empty, Error::InvalidChannel { .. }), "{empty}");
+    assert!(matches!(
+        q.enqueue("", &1u32),
+        Err(Error::InvalidChannel { .. })
+    ));
+    q.start().expect("start");
+    q.start().expect("second start does nothing");
+    q.stop();
+    let id = q.enqueue("a", &1u32).expect("enqueue after stop");
+    assert_eq!(state(&q, id).status, Status::Pending);
+    q.run_until_complete().expect("run");
+    assert_eq!(state(&q, id).status, Status::Done);
+}
+
+/// A task left running by a dead worker runs again once its lease expires.
+pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>) {
+    let clock = ManualClock::new(crate::conformance::T0);
+    let q = SimplePyQ::builder(store)
+        .clock(clock.clone())
+        .lease(Duration::from_secs(10))
+        .poll_interval(Duration::from_millis(5))
+        .build()
+        .expect("valid settings");
+    let id = q
+        .enqueue_with("c", &1u32, EnqueueOptions::new().retries(1))
+        .expect("enqueue");
+    // A worker of some other process claims it and dies.
+    let now = crate::conformance::T0;
+    let dead = q
+        .store()
+        .claim("c", 1, now, now.after(Duration::from_secs(10)))
+        .expect("claim");
+    assert_eq!(dead.len(), 1);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    q.add_channel(
+        "c",
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    q.start().expect("start");
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "ran while the lease was live"
+    );
+    clock.advance(Duration::from_secs(11));
+    q.run_until_complete().expect("run");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let s = state(&q, id);
+    assert_eq!((s.status, s.attempts), (Status::Done, 2));
+    let stale = q.store().complete(dead[0].claim(), now);
+    assert!(matches!(stale, Err(Error::LeaseLost { .. })));
+}
+
+/// Expands into one `#[test]` per scenario, each on a fresh store from
+/// `$factory: fn() -> Fixture`.
+#[macro_export]
+macro_rules! scenario_tests {
+    ($factory:expr) => {
+        $crate::scenario_tests!(@each $factory;
+            channels_with_two_workers,
+            retries,
+            delay,
+            clear_failed,
+            requeue_failed,
+            remove_channel,
+            run_until_complete,
+            stop_while_busy_loses_nothing,
+            panic_fails_the_attempt_only,
+            undecodable_args_fail_without_retry,
+            many_threads_run_each_task_once,
+            misuse_gets_clear_errors,
+            expired_lease_runs_the_task_again
+        );
+    };
+    (@each $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let $crate::Fixture { store, guard } = $factory();
+                $crate::scenarios::$name(store);
+                drop(guard);
+            }
+        )*
+    };
+}
