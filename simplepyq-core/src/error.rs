@@ -80,14 +80,39 @@ pub enum Error {
         backend: &'static str,
     },
 
-    /// The file is not a simplepyq database, is damaged, or has a schema this version
-    /// cannot read. Nothing was changed.
-    #[error("{backend} store: {message}")]
+    /// The store's file is damaged. Restore it from a backup, or recover what the engine's
+    /// own tools can read into a new file.
+    #[error("{backend} store is damaged: {message}")]
     Corrupt {
         /// Which backend.
         backend: &'static str,
-        /// What is wrong, and what to do about it.
+        /// What is wrong.
         message: String,
+    },
+
+    /// The file is not a simplepyq queue (another application's database, or no database
+    /// at all). Nothing was changed; point the queue at a new or a simplepyq file.
+    #[error("{backend} store: {message}; nothing was changed")]
+    Foreign {
+        /// Which backend.
+        backend: &'static str,
+        /// What the file is.
+        message: String,
+    },
+
+    /// The file was written by a newer simplepyq whose schema this version cannot read.
+    /// Nothing was changed; upgrade simplepyq to open it.
+    #[error(
+        "{backend} store has schema version {found}, newer than the {supported} this simplepyq \
+         knows: upgrade simplepyq to open it; nothing was changed"
+    )]
+    SchemaTooNew {
+        /// Which backend.
+        backend: &'static str,
+        /// The file's schema version.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
     },
 
     /// A worker thread could not be started.

@@ -74,6 +74,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Deletes every task of `channel`, whatever its status; returns how many.
     fn remove_channel(&self, channel: &str) -> Result<usize>;
 
+    /// Deletes done tasks of `channel` (or every channel) that finished before `before`;
+    /// returns how many.
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+
     /// Counts tasks per status, of `channel` or of every channel.
     fn counts(&self, channel: Option<&str>) -> Result<Counts>;
 
@@ -131,6 +135,9 @@ macro_rules! forward_store {
             }
             fn remove_channel(&self, channel: &str) -> Result<usize> {
                 (**self).remove_channel(channel)
+            }
+            fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+                (**self).purge_done(channel, before)
             }
             fn counts(&self, channel: Option<&str>) -> Result<Counts> {
                 (**self).counts(channel)

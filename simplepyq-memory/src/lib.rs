@@ -256,6 +256,12 @@ impl Store for MemoryStore {
         Ok(self.inner.lock().delete_where(Some(channel), |_| true))
     }
 
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        Ok(self.inner.lock().delete_where(channel, |t| {
+            t.state.status == Status::Done && t.state.updated_at < before
+        }))
+    }
+
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
         let inner = self.inner.lock();
         let mut total = Counts::default();

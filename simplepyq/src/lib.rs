@@ -15,7 +15,8 @@
 //! #[derive(Serialize, Deserialize)]
 //! struct Scrape { url: String }
 //!
-//! let q = SimplePyQ::memory();
+//! let dir = tempfile::tempdir()?;
+//! let q = SimplePyQ::open(dir.path().join("tasks.db"))?; // created if needed
 //! let seen = Arc::new(AtomicUsize::new(0));
 //! let counter = Arc::clone(&seen);
 //! q.add_channel("scrape", move |job: Scrape| {
@@ -29,7 +30,7 @@
 //! q.run_until_complete()?;
 //! assert_eq!(seen.load(Ordering::SeqCst), 10);
 //! assert_eq!(q.counts("scrape")?.done, 10);
-//! # Ok::<(), simplepyq::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Semantics
@@ -42,7 +43,9 @@
 //! - **Delays** ([`TaskError::Delay`]) defer a task without using a retry.
 //!
 //! # Crate features
-//! - `memory` (default): [`SimplePyQ::memory`], the in-memory backend.
+//! - `sqlite` (default): [`SimplePyQ::open`] and [`SqliteStore`], the durable backend on a
+//!   SQLite file (SQLite is compiled in).
+//! - `memory`: [`SimplePyQ::memory`] and [`MemoryStore`], the in-memory backend.
 
 mod handler;
 mod queue;
@@ -56,3 +59,5 @@ pub use simplepyq_core::{
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore};

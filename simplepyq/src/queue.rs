@@ -407,10 +407,11 @@ impl<S: Store> SimplePyQ<S> {
     /// the retry count they were enqueued with (`None`) or a new one; returns how many.
     ///
     /// ```
-    /// # let q = simplepyq::SimplePyQ::memory();
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = simplepyq::SimplePyQ::open(dir.path().join("tasks.db"))?;
     /// q.requeue_failed("emails", None)?; // each with its original retries
     /// q.requeue_failed(None, 3)?; // every channel, 3 retries each
-    /// # Ok::<(), simplepyq::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn requeue_failed<'a>(
         &self,
@@ -477,5 +478,19 @@ impl SimplePyQ<simplepyq_memory::MemoryStore> {
     /// A queue in memory: nothing survives the process. For tests and throwaway queues.
     pub fn memory() -> Self {
         SimplePyQ::new(simplepyq_memory::MemoryStore::new())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl SimplePyQ<simplepyq_sqlite::SqliteStore> {
+    /// A queue on the SQLite file at `path`, created if needed: the original's
+    /// `SimplePyQ("tasks.db")`. Tasks survive restarts and crashes; several processes may
+    /// open the same file.
+    ///
+    /// Fails with a clear error, changing nothing, if the file is not a simplepyq queue or
+    /// was written by a newer version. For settings (durability, lease, poll interval) use
+    /// [`SimplePyQ::builder`] with [`simplepyq_sqlite::SqliteStore::open_with`].
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Ok(SimplePyQ::new(simplepyq_sqlite::SqliteStore::open(path)?))
     }
 }

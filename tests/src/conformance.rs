@@ -394,6 +394,26 @@ pub fn remove_channel_deletes_every_status(s: &dyn Store) {
     assert_eq!(s.remove_channel("a").expect("remove"), 0);
 }
 
+/// purge_done deletes done tasks finished before the cut-off only.
+pub fn purge_done_deletes_old_done_tasks(s: &dyn Store) {
+    let mut done = Vec::new();
+    for (channel, finished) in [("a", 10), ("a", 20), ("b", 10)] {
+        let id = add(s, task(channel));
+        let t = claim_one(s, channel, T0);
+        s.complete(t.claim(), at(finished)).expect("complete");
+        done.push(id);
+    }
+    make_failed(s, "a", 0);
+    let pending = add(s, task("a"));
+    assert_eq!(s.purge_done(Some("a"), at(20)).expect("purge"), 1);
+    assert_eq!(s.get(done[0]).expect("get"), None);
+    assert_eq!(status(s, done[1]), Status::Done);
+    assert_eq!(s.purge_done(None, at(21)).expect("purge"), 2);
+    let c = s.counts(None).expect("counts");
+    assert_eq!((c.done, c.failed, c.pending), (0, 1, 1));
+    assert_eq!(status(s, pending), Status::Pending);
+}
+
 /// Counts per status, for one channel and for all.
 pub fn counts_per_channel_and_total(s: &dyn Store) {
     make_failed(s, "a", 0);

@@ -54,6 +54,7 @@ macro_rules! conformance_tests {
             clear_failed_per_channel_or_all,
             requeue_failed_restores_or_sets_retries,
             remove_channel_deletes_every_status,
+            purge_done_deletes_old_done_tasks,
             counts_per_channel_and_total,
             next_wakeup_is_earliest_run_at_or_lease,
             get_returns_none_for_unknown_id,

@@ -16,3 +16,25 @@ mod memory {
         super::scenario_tests!(super::fixture);
     }
 }
+
+mod sqlite {
+    use simplepyq::SqliteStore;
+    use simplepyq_tests::{Fixture, conformance_tests, scenario_tests};
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(dir.path().join("tasks.db")).expect("open");
+        Fixture {
+            store: Box::new(store),
+            guard: Some(dir),
+        }
+    }
+
+    mod conformance {
+        super::conformance_tests!(super::fixture);
+    }
+
+    mod scenarios {
+        super::scenario_tests!(super::fixture);
+    }
+}

@@ -1,0 +1,71 @@
+//! The one place where SQLite's errors become simplepyq's.
+
+use rusqlite::ErrorCode;
+use simplepyq_core::Error;
+
+pub(crate) const BACKEND: &str = "sqlite";
+
+/// An error inside the store: SQLite's, or already simplepyq's.
+#[derive(Debug)]
+pub(crate) enum E {
+    Sql(rusqlite::Error),
+    Core(Error),
+}
+
+pub(crate) type R<T> = Result<T, E>;
+
+impl From<rusqlite::Error> for E {
+    fn from(e: rusqlite::Error) -> Self {
+        E::Sql(e)
+    }
+}
+
+impl From<Error> for E {
+    fn from(e: Error) -> Self {
+        E::Core(e)
+    }
+}
+
+impl E {
+    /// Whether another connection holds the lock, so that trying again may succeed.
+    pub(crate) fn is_busy(&self) -> bool {
+        matches!(self, E::Sql(e) if matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+        ))
+    }
+}
+
+impl From<E> for Error {
+    fn from(e: E) -> Self {
+        let sql = match e {
+            E::Core(e) => return e,
+            E::Sql(sql) => sql,
+        };
+        match sql.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                Error::Busy { backend: BACKEND }
+            }
+            Some(ErrorCode::NotADatabase) => Error::Foreign {
+                backend: BACKEND,
+                message: "the file is not a SQLite database (or is encrypted)".into(),
+            },
+            Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt {
+                backend: BACKEND,
+                message: sql.to_string(),
+            },
+            _ => Error::Backend {
+                backend: BACKEND,
+                source: Box::new(sql),
+            },
+        }
+    }
+}
+
+/// A stored value that simplepyq did not write.
+pub(crate) fn bad_value(what: &str, value: impl std::fmt::Display) -> E {
+    E::Core(Error::Corrupt {
+        backend: BACKEND,
+        message: format!("column {what} holds {value}, which simplepyq never writes"),
+    })
+}

@@ -1,0 +1,670 @@
+//! [`SqliteStore`]: the durable [`Store`] of simplepyq, on an embedded SQLite file.
+//!
+//! Tasks live in one table of a plain SQLite file (WAL mode), so they survive restarts and
+//! crashes, and several processes can share one file: every change is one `BEGIN IMMEDIATE`
+//! transaction, and a claimed task is held under a lease. SQLite is compiled in (the
+//! `bundled` feature of rusqlite): nothing needs to be installed.
+//!
+//! ```
+//! use std::time::Duration;
+//! use simplepyq_core::{NewTask, Status, Store, StoreExt, Timestamp};
+//! use simplepyq_sqlite::SqliteStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("tasks.db");
+//! let now = Timestamp::from_millis(0);
+//! let id = SqliteStore::open(&path)?.enqueue_one(NewTask::new("emails", vec![0x90]), now)?;
+//! // Another open of the file (or another process) sees the task.
+//! let store = SqliteStore::open(&path)?;
+//! assert_eq!(store.get(id)?.map(|t| t.state.status), Some(Status::Pending));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What it survives
+//! - [`Durability::Normal`] (default; WAL with `synchronous=NORMAL`): a crash of the
+//!   process loses nothing that was committed. A power loss or OS crash may lose the last
+//!   commits before it (never corrupting the file).
+//! - [`Durability::Full`] (`synchronous=FULL`): a commit is on disk when the call returns;
+//!   it survives a power loss too, at the price of one fsync per commit.
+//!
+//! # What grows on disk
+//! Done and failed tasks stay in the file (as in the original library), with their
+//! arguments. Delete them with [`Store::purge_done`] and [`Store::clear_failed`]. SQLite
+//! reuses freed pages; the file itself shrinks only with `VACUUM`. The `-wal` file beside it
+//! is checkpointed back into the database automatically.
+//!
+//! # Inspecting with SQL
+//! The table `tasks` has one row per task: `id`, `channel`, `args` (MessagePack), `status`
+//! (`pending`, `running`, `delayed`, `done`, `failed`), `retries_left`, `max_retries`,
+//! `attempts`, `run_at`, `lease_until`, `last_error`, `created_at`, `updated_at` (times in
+//! milliseconds since the Unix epoch). Read it freely; write it only through simplepyq.
+
+mod error;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, params_from_iter};
+use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::{
+    Claim, Counts, Error, NewTask, Outcome, Result, Status, Store, Task, TaskId, TaskState,
+    Timestamp, validate_channel,
+};
+
+use crate::error::{E, R, bad_value};
+
+/// How much a commit survives. See the [crate docs](crate#what-it-survives).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: survives a process crash.
+    #[default]
+    Normal,
+    /// WAL with `synchronous=FULL`: survives a power loss too.
+    Full,
+}
+
+/// Settings of a [`SqliteStore`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// What a commit survives.
+    pub durability: Durability,
+    /// How long one call waits for another connection's lock before it reports
+    /// [`Error::Busy`] (30 s by default). Locks are held for one short transaction, so
+    /// waiting this long means something else holds the file.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Normal,
+            busy_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets how long a call waits for a lock.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+}
+
+/// A [`Store`] on a SQLite file. Several stores (in one process or several) may open the
+/// same file; each holds one connection.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+/// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
+const COLUMNS: &str = "id, channel, args, created_at, status, retries_left, max_retries, \
+                       attempts, run_at, lease_until, last_error, updated_at";
+/// The columns of a [`TaskState`], as [`state_from_row`] reads them.
+const STATE_COLUMNS: &str =
+    "status, retries_left, max_retries, attempts, run_at, lease_until, last_error, updated_at";
+
+impl SqliteStore {
+    /// Opens the queue file at `path`, creating it if needed, with default settings.
+    ///
+    /// Errors, each leaving the file unchanged: [`Error::Foreign`] for a file that is not
+    /// SQLite or is another application's database, [`Error::SchemaTooNew`] for a file of a
+    /// newer simplepyq, [`Error::Corrupt`] for a damaged one.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens the queue file at `path` with `options`.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(E::from)?;
+        let store = SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+            busy_timeout: options.busy_timeout,
+        };
+        store.retrying(|conn| {
+            conn.busy_timeout(options.busy_timeout)?;
+            schema::inspect(conn)?;
+            // From here on the file is ours (or new): changing it is fine.
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+                return Err(E::Core(Error::Backend {
+                    backend: error::BACKEND,
+                    source: format!("could not switch the file to WAL mode (got {mode})").into(),
+                }));
+            }
+            let sync = match options.durability {
+                Durability::Normal => "NORMAL",
+                Durability::Full => "FULL",
+            };
+            conn.pragma_update(None, "synchronous", sync)?;
+            schema::migrate(conn)
+        })?;
+        Ok(store)
+    }
+
+    /// A store in a private in-memory SQLite database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::open(":memory:")
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `op` on the connection, again while another connection holds the lock, for up
+    /// to the busy timeout in all.
+    fn retrying<T>(&self, mut op: impl FnMut(&mut Connection) -> R<T>) -> Result<T> {
+        let mut conn = self.conn.lock();
+        let deadline = Instant::now() + self.busy_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match op(&mut conn) {
+                Err(e) if e.is_busy() && Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                result => return result.map_err(Error::from),
+            }
+        }
+    }
+
+    /// Runs `op` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
+    fn write<T>(&self, mut op: impl FnMut(&Transaction<'_>) -> R<T>) -> Result<T> {
+        self.retrying(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = op(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Runs a read on the connection.
+    fn read<T>(&self, mut op: impl FnMut(&Connection) -> R<T>) -> Result<T> {
+        self.retrying(|conn| op(conn))
+    }
+}
+
+fn to_u32(what: &str, v: i64) -> R<u32> {
+    u32::try_from(v).map_err(|_| bad_value(what, v))
+}
+
+fn status_from(s: &str) -> R<Status> {
+    s.parse().map_err(|_| bad_value("status", s))
+}
+
+/// Reads the columns of [`STATE_COLUMNS`] starting at column `at`.
+fn state_from_row(r: &Row<'_>, at: usize) -> R<TaskState> {
+    let status: String = r.get(at)?;
+    Ok(TaskState {
+        status: status_from(&status)?,
+        retries_left: to_u32("retries_left", r.get(at + 1)?)?,
+        max_retries: to_u32("max_retries", r.get(at + 2)?)?,
+        attempts: to_u32("attempts", r.get(at + 3)?)?,
+        run_at: Timestamp::from_millis(r.get(at + 4)?),
+        lease_until: r.get::<_, Option<i64>>(at + 5)?.map(Timestamp::from_millis),
+        last_error: r.get(at + 6)?,
+        updated_at: Timestamp::from_millis(r.get(at + 7)?),
+    })
+}
+
+/// Reads the columns of [`COLUMNS`].
+fn task_from_row(r: &Row<'_>) -> R<Task> {
+    Ok(Task {
+        id: TaskId::new(r.get(0)?),
+        channel: r.get(1)?,
+        args: r.get(2)?,
+        created_at: Timestamp::from_millis(r.get(3)?),
+        state: state_from_row(r, 4)?,
+    })
+}
+
+fn load_state(tx: &Transaction<'_>, id: TaskId) -> R<Option<TaskState>> {
+    let mut stmt =
+        tx.prepare_cached(&format!("SELECT {STATE_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let mut rows = stmt.query([id.get()])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(state_from_row(r, 0)?)),
+        None => Ok(None),
+    }
+}
+
+fn save_state(tx: &Transaction<'_>, id: TaskId, s: &TaskState) -> R<()> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE tasks SET status = ?2, retries_left = ?3, max_retries = ?4, attempts = ?5, \
+         run_at = ?6, lease_until = ?7, last_error = ?8, updated_at = ?9 WHERE id = ?1",
+    )?;
+    stmt.execute(params![
+        id.get(),
+        s.status.as_str(),
+        s.retries_left,
+        s.max_retries,
+        s.attempts,
+        s.run_at.as_millis(),
+        s.lease_until.map(Timestamp::as_millis),
+        s.last_error,
+        s.updated_at.as_millis(),
+    ])?;
+    Ok(())
+}
+
+/// Applies `event` to task `id` and stores the result.
+fn transition(tx: &Transaction<'_>, id: TaskId, event: &Event) -> R<TaskState> {
+    let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
+    let next = apply(&state, event).map_err(|r| r.into_error(id))?;
+    save_state(tx, id, &next)?;
+    Ok(next)
+}
+
+/// Ids selected by `sql` with `params`.
+fn ids(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> R<Vec<TaskId>> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let ids = stmt
+        .query_map(params, |r| r.get(0).map(TaskId::new))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(ids)
+}
+
+/// `AND channel = ?n` when a channel is given.
+fn channel_filter(channel: Option<&str>, n: usize) -> String {
+    channel.map_or_else(String::new, |_| format!(" AND channel = ?{n}"))
+}
+
+fn held(tx: &Transaction<'_>, claim: Claim) -> R<bool> {
+    Ok(load_state(tx, claim.id)?
+        .is_some_and(|s| s.status == Status::Running && s.attempts == claim.attempt))
+}
+
+const DUE: &str = "channel = ?1 AND status IN ('pending', 'delayed') AND run_at <= ?2";
+
+impl Store for SqliteStore {
+    fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO tasks (channel, args, created_at, {STATE_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ))?;
+            let mut ids = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                let s = t.initial_state(now);
+                stmt.execute(params![
+                    t.channel,
+                    t.args,
+                    now.as_millis(),
+                    s.status.as_str(),
+                    s.retries_left,
+                    s.max_retries,
+                    s.attempts,
+                    s.run_at.as_millis(),
+                    s.lease_until.map(Timestamp::as_millis),
+                    s.last_error,
+                    s.updated_at.as_millis(),
+                ])?;
+                ids.push(TaskId::new(tx.last_insert_rowid()));
+            }
+            Ok(ids)
+        })
+    }
+
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Look before taking the write lock: idle workers poll without blocking writers.
+        let due = self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT EXISTS (SELECT 1 FROM tasks WHERE {DUE})"))?;
+            Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let event = Event::Claim { now, lease_until };
+        self.write(|tx| {
+            let mut tasks = {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE {DUE} ORDER BY run_at, id LIMIT ?3"
+                ))?;
+                let mut rows = stmt.query(params![channel, now.as_millis(), limit])?;
+                let mut tasks = Vec::new();
+                while let Some(r) = rows.next()? {
+                    tasks.push(task_from_row(r)?);
+                }
+                tasks
+            };
+            for t in &mut tasks {
+                t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
+                save_state(tx, t.id, &t.state)?;
+            }
+            Ok(tasks)
+        })
+    }
+
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
+        self.write(|tx| {
+            let mut n = 0;
+            for c in claims {
+                if held(tx, *c)? {
+                    transition(tx, c.id, &Event::Extend { lease_until })?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
+        let event = Event::Finish {
+            now,
+            outcome: outcome.clone(),
+        };
+        self.write(|tx| {
+            if !held(tx, claim)? {
+                return Err(E::Core(Error::LeaseLost {
+                    id: claim.id,
+                    attempt: claim.attempt,
+                }));
+            }
+            Ok(transition(tx, claim.id, &event)?.status)
+        })
+    }
+
+    fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+        const EXPIRED: &str = "SELECT id FROM tasks WHERE status = 'running' AND lease_until <= ?1 ORDER BY lease_until";
+        if self
+            .read(|conn| ids(conn, EXPIRED, [now.as_millis()]))?
+            .is_empty()
+        {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            let expired = ids(tx, EXPIRED, [now.as_millis()])?;
+            for id in &expired {
+                transition(tx, *id, &Event::Expire { now })?;
+            }
+            Ok(expired.len())
+        })
+    }
+
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+        let sql = format!(
+            "DELETE FROM tasks WHERE status = 'failed'{}",
+            channel_filter(channel, 1)
+        );
+        self.write(|tx| Ok(tx.execute(&sql, params_from_iter(channel))?))
+    }
+
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let sql = format!(
+            "SELECT id FROM tasks WHERE status = 'failed'{} ORDER BY id",
+            channel_filter(channel, 1)
+        );
+        let event = Event::Requeue { now, retries };
+        self.write(|tx| {
+            let failed = ids(tx, &sql, params_from_iter(channel))?;
+            for id in &failed {
+                transition(tx, *id, &event)?;
+            }
+            Ok(failed.len())
+        })
+    }
+
+    fn remove_channel(&self, channel: &str) -> Result<usize> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM tasks WHERE channel = ?1", [channel])?))
+    }
+
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        let sql = format!(
+            "DELETE FROM tasks WHERE status = 'done' AND updated_at < ?1{}",
+            channel_filter(channel, 2)
+        );
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let n = match channel {
+                Some(c) => stmt.execute(params![before.as_millis(), c])?,
+                None => stmt.execute([before.as_millis()])?,
+            };
+            Ok(n)
+        })
+    }
+
+    fn counts(&self, channel: Option<&str>) -> Result<Counts> {
+        let sql = format!(
+            "SELECT status, count(*) FROM tasks WHERE 1{} GROUP BY status",
+            channel_filter(channel, 1)
+        );
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(channel))?;
+            let mut counts = Counts::default();
+            while let Some(r) = rows.next()? {
+                let status = status_from(&r.get::<_, String>(0)?)?;
+                let n: i64 = r.get(1)?;
+                *counts.get_mut(status) = usize::try_from(n).map_err(|_| bad_value("count", n))?;
+            }
+            Ok(counts)
+        })
+    }
+
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT min(t) FROM ( \
+                   SELECT min(run_at) AS t FROM tasks \
+                     WHERE channel = ?1 AND status IN ('pending', 'delayed') \
+                   UNION ALL \
+                   SELECT min(lease_until) FROM tasks WHERE channel = ?1 AND status = 'running')",
+            )?;
+            let t: Option<i64> = stmt.query_row([channel], |r| r.get(0))?;
+            Ok(t.map(Timestamp::from_millis))
+        })
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<Task>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?;
+            let mut rows = stmt.query([id.get()])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(task_from_row(r)?)),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+    use simplepyq_core::StoreExt;
+
+    const T0: Timestamp = Timestamp::from_millis(1_000_000);
+
+    #[test]
+    fn columns_end_with_the_state_columns() {
+        assert!(COLUMNS.ends_with(STATE_COLUMNS));
+    }
+
+    fn header(path: &Path) -> (i32, i64) {
+        let conn = Connection::open(path).expect("open raw");
+        let app: i32 = conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .expect("application_id");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        (app, version)
+    }
+
+    #[test]
+    fn migrations_apply_to_a_fresh_file_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let id = SqliteStore::open(&path)
+            .expect("create")
+            .enqueue_one(NewTask::new("c", vec![1]), T0)
+            .expect("enqueue");
+        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        // Opening again migrates nothing and keeps the data.
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.get(id).expect("get").map(|t| t.args), Some(vec![1]));
+        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+    }
+
+    #[test]
+    fn migrations_apply_in_memory() {
+        let store = SqliteStore::open_in_memory().expect("in memory");
+        store
+            .enqueue_one(NewTask::new("c", vec![]), T0)
+            .expect("enqueue");
+        assert_eq!(store.counts(None).expect("counts").pending, 1);
+    }
+
+    /// Opens `path` expecting an error, and checks the file's bytes did not change.
+    fn refused(path: &Path) -> Error {
+        let before = std::fs::read(path).expect("read");
+        let err = SqliteStore::open(path).expect_err("must be refused");
+        assert_eq!(std::fs::read(path).expect("read"), before, "file changed");
+        err
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "just some text, not a database\n".repeat(300)).expect("write");
+        let err = refused(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    }
+
+    #[test]
+    fn another_applications_database_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.db");
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);")
+            .expect("create");
+        let err = refused(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("not a simplepyq queue"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        drop(SqliteStore::open(&path).expect("create"));
+        let conn = Connection::open(&path).expect("open raw");
+        conn.pragma_update(None, "user_version", schema::latest() + 1)
+            .expect("bump");
+        drop(conn);
+        let err = refused(&path);
+        match err {
+            Error::SchemaTooNew {
+                found, supported, ..
+            } => assert_eq!((found, supported), (schema::latest() + 1, schema::latest())),
+            other => panic!("expected SchemaTooNew, got {other}"),
+        }
+    }
+
+    /// Virtual-machine steps SQLite takes to find the next due task of a channel.
+    fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
+        let conn = store.conn.lock();
+        let sql = format!("SELECT {COLUMNS} FROM tasks WHERE {DUE} ORDER BY run_at, id LIMIT ?3");
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain")
+            .query_map(params!["c", T0.as_millis(), 1], |r| r.get(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan rows");
+        let mut stmt = conn.prepare(&sql).expect("prepare");
+        let n = stmt
+            .query_map(params!["c", T0.as_millis(), 1], |_| Ok(()))
+            .expect("query")
+            .count();
+        assert_eq!(n, 1);
+        (stmt.get_status(StatementStatus::VmStep), plan.join("; "))
+    }
+
+    /// Fills the store with `n` tasks of every kind a claim must skip, then one due task.
+    fn backlog(store: &SqliteStore, n: usize) {
+        let later = T0.after(Duration::from_secs(3_600));
+        let mut tasks = Vec::with_capacity(n * 3);
+        for _ in 0..n {
+            tasks.push(NewTask::new("c", vec![0; 16]).run_at(later));
+            tasks.push(NewTask::new("other", vec![0; 16]));
+            tasks.push(NewTask::new("b", vec![0; 16]));
+        }
+        store.enqueue(&tasks, T0).expect("enqueue");
+        // Done and failed tasks too (set directly: only the rows matter here).
+        store
+            .conn
+            .lock()
+            .execute_batch(
+                "UPDATE tasks SET status = 'done' WHERE channel = 'b' AND id % 2 = 0;
+                 UPDATE tasks SET status = 'failed' WHERE channel = 'b' AND id % 2 = 1;
+                 UPDATE tasks SET channel = 'c' WHERE channel = 'b';",
+            )
+            .expect("finish");
+        store
+            .enqueue_one(NewTask::new("c", vec![]), T0)
+            .expect("enqueue");
+    }
+
+    #[test]
+    fn claim_cost_does_not_grow_with_the_backlog() {
+        let small = SqliteStore::open_in_memory().expect("open");
+        backlog(&small, 1_000);
+        let large = SqliteStore::open_in_memory().expect("open");
+        backlog(&large, 100_000);
+        let (small_steps, plan) = claim_query_steps(&small);
+        let (large_steps, _) = claim_query_steps(&large);
+        assert!(plan.contains("tasks_queued"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "claim sorts: {plan}");
+        assert_eq!(small_steps, large_steps, "claim visits more rows at 100k");
+    }
+}

@@ -1,0 +1,71 @@
+//! Opening a file safely: what it is, and the migrations that bring it to this version.
+
+use rusqlite::{Connection, TransactionBehavior};
+use simplepyq_core::Error;
+
+use crate::error::{BACKEND, R};
+
+/// `PRAGMA application_id` of simplepyq files: "SPYQ".
+pub(crate) const APPLICATION_ID: i32 = 0x5350_5951;
+
+/// The migrations, in order; the file's `PRAGMA user_version` is the number applied.
+pub(crate) const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_tasks.sql")];
+
+/// The schema version this build writes.
+pub(crate) fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Reads the file's header and schema without writing anything, and refuses files that
+/// are not simplepyq queues of a version this build can read.
+pub(crate) fn inspect(conn: &Connection) -> R<()> {
+    // The first read of the header: a file that is not SQLite fails here.
+    let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+        [],
+        |r| r.get(0),
+    )?;
+    if app_id != APPLICATION_ID && (app_id != 0 || tables > 0 || version > 0) {
+        return Err(Error::Foreign {
+            backend: BACKEND,
+            message: format!(
+                "the file is a SQLite database of another application (application_id {app_id:#x}, \
+                 {tables} tables), not a simplepyq queue"
+            ),
+        }
+        .into());
+    }
+    check_version(version)
+}
+
+fn check_version(found: i64) -> R<()> {
+    if found > latest() {
+        return Err(Error::SchemaTooNew {
+            backend: BACKEND,
+            found,
+            supported: latest(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Applies the migrations the file lacks, all in one transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> R<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Read again under the write lock: another process may have migrated meanwhile.
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    check_version(version)?;
+    let applied = usize::try_from(version).unwrap_or(0);
+    for sql in &MIGRATIONS[applied..] {
+        tx.execute_batch(sql)?;
+    }
+    if version < latest() {
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", latest())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
