@@ -1,4 +1,7 @@
-//! The integration tests: every backend through the conformance suite and the scenarios.
+//! The integration tests: every backend through the conformance suite and the scenarios,
+//! and the durability tests with real processes.
+
+mod processes;
 
 mod memory {
     use simplepyq::MemoryStore;

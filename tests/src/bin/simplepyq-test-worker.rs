@@ -1,0 +1,73 @@
+//! A worker process for the crash and multi-process tests.
+//!
+//! `simplepyq-test-worker DB LOG WORKERS SLEEP_MS LEASE_MS` serves channel `work` of the
+//! SQLite queue DB with WORKERS threads until nothing is left to do. Its handler appends
+//! `PID N` to LOG when it starts on task N, then sleeps SLEEP_MS. It exits 0 when done, 2 if
+//! a worker met a storage error, 1 on bad usage or a failure to open the queue.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use simplepyq::{SimplePyQ, SqliteStore};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [db, log, workers, sleep_ms, lease_ms] = args.as_slice() else {
+        eprintln!("usage: simplepyq-test-worker DB LOG WORKERS SLEEP_MS LEASE_MS");
+        return ExitCode::from(1);
+    };
+    let (Ok(workers), Ok(sleep_ms), Ok(lease_ms)) = (
+        workers.parse::<usize>(),
+        sleep_ms.parse::<u64>(),
+        lease_ms.parse::<u64>(),
+    ) else {
+        eprintln!("WORKERS, SLEEP_MS and LEASE_MS must be whole numbers");
+        return ExitCode::from(1);
+    };
+    match run(db, log, workers, sleep_ms, lease_ms) {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(worker_error)) => {
+            eprintln!("a worker met a storage error: {worker_error}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(
+    db: &str,
+    log: &str,
+    workers: usize,
+    sleep_ms: u64,
+    lease_ms: u64,
+) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    let log = Arc::new(Mutex::new(
+        OpenOptions::new().create(true).append(true).open(log)?,
+    ));
+    let q = SimplePyQ::builder(SqliteStore::open(db)?)
+        .lease(Duration::from_millis(lease_ms))
+        .poll_interval(Duration::from_millis(20))
+        .build()?;
+    let pid = std::process::id();
+    q.add_channel(
+        "work",
+        move |n: u32| {
+            // One write per line, so lines of several processes never interleave.
+            let line = format!("{pid} {n}\n");
+            log.lock()
+                .map_err(|_| simplepyq::TaskError::msg("log lock poisoned"))?
+                .write_all(line.as_bytes())?;
+            std::thread::sleep(Duration::from_millis(sleep_ms));
+            Ok(())
+        },
+        workers,
+    )?;
+    q.run_until_complete()?;
+    Ok(q.last_worker_error())
+}

@@ -1,0 +1,210 @@
+//! Durability with real processes on real files: persistence across reopen, SIGKILL in the
+//! middle of work, and several processes draining one file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use simplepyq::{Clock, EnqueueOptions, SimplePyQ, SqliteStore, Status, SystemClock, TaskError};
+use simplepyq_core::{NewTask, Store};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_simplepyq-test-worker");
+
+fn spawn_worker(db: &Path, log: &Path, workers: u32, sleep_ms: u64, lease_ms: u64) -> Child {
+    Command::new(WORKER)
+        .arg(db)
+        .arg(log)
+        .args([
+            workers.to_string(),
+            sleep_ms.to_string(),
+            lease_ms.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the worker process")
+}
+
+fn wait_ok(child: Child) {
+    let out = child.wait_with_output().expect("wait for the worker");
+    assert!(
+        out.status.success(),
+        "worker failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `(pid, task number)` for every run the workers logged.
+fn runs(log: &Path) -> Vec<(u32, u32)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let (pid, n) = l.split_once(' ').expect("a log line is 'PID N'");
+            (pid.parse().expect("pid"), n.parse().expect("task number"))
+        })
+        .collect()
+}
+
+/// Enqueues tasks 0..n of channel `work` in one transaction.
+fn enqueue_numbers(db: &Path, n: u32, retries: u32) {
+    let tasks: Vec<NewTask> = (0..n)
+        .map(|i| {
+            NewTask::new("work", rmp_serde::to_vec_named(&i).expect("encode")).retries(retries)
+        })
+        .collect();
+    SqliteStore::open(db)
+        .expect("open")
+        .enqueue(&tasks, SystemClock.now())
+        .expect("enqueue");
+}
+
+#[test]
+fn tasks_persist_across_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("tasks.db");
+    let (pending, done, failed) = {
+        let q = SimplePyQ::open(&db).expect("open");
+        q.add_channel(
+            "c",
+            |s: String| {
+                if s == "bad" {
+                    Err(TaskError::msg("bad input"))
+                } else {
+                    Ok(())
+                }
+            },
+            1,
+        )
+        .expect("add");
+        let done = q.enqueue("c", "good").expect("enqueue");
+        let failed = q.enqueue("c", "bad").expect("enqueue");
+        q.run_until_complete().expect("run");
+        let pending = q
+            .enqueue_with(
+                "later",
+                &(1u8, "x".to_string()),
+                EnqueueOptions::new().retries(4),
+            )
+            .expect("enqueue");
+        (pending, done, failed)
+    };
+    let q = SimplePyQ::open(&db).expect("reopen");
+    let p = q.task(pending).expect("get").expect("still there");
+    assert_eq!(p.channel, "later");
+    assert_eq!((p.state.status, p.state.retries_left), (Status::Pending, 4));
+    let args: (u8, String) = rmp_serde::from_slice(&p.args).expect("decode");
+    assert_eq!(args, (1, "x".to_string()));
+    assert_eq!(
+        q.task(done).expect("get").expect("there").state.status,
+        Status::Done
+    );
+    let f = q.task(failed).expect("get").expect("there");
+    assert_eq!(f.state.status, Status::Failed);
+    assert_eq!(f.state.last_error.as_deref(), Some("bad input"));
+}
+
+/// A pseudo-random number from the clock, printed so that a failing run can be told apart.
+fn seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) | 1
+}
+
+fn next(x: &mut u64) -> u64 {
+    // xorshift64
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// A worker process is killed with SIGKILL at a random moment, four times in a row; a final
+/// run finishes the rest. Every task ends done; a task ran more than once only if a run of
+/// it was cut by a kill.
+#[test]
+fn sigkill_mid_work_loses_nothing() {
+    const N: u32 = 1_500;
+    const KILLS: u32 = 4;
+    const WORKERS: u32 = 2;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
+    // Each kill can cost a task one attempt; enough retries that none fails for it.
+    enqueue_numbers(&db, N, KILLS + 1);
+    let mut rng = seed();
+    eprintln!("seed {rng}");
+    let mut killed = Vec::new();
+    for _ in 0..KILLS {
+        let mut child = spawn_worker(&db, &log, WORKERS, 2, 300);
+        std::thread::sleep(Duration::from_millis(50 + next(&mut rng) % 250));
+        killed.push(child.id());
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let before_final = runs(&log).len();
+    assert!(before_final > 0, "the killed workers ran nothing");
+    assert!(
+        before_final < N as usize,
+        "all work was done before the last kill"
+    );
+    wait_ok(spawn_worker(&db, &log, WORKERS, 0, 300));
+
+    let store = SqliteStore::open(&db).expect("open");
+    let c = store.counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (N as usize, N as usize), "{c:?}");
+    let mut per_task: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (pid, n) in runs(&log) {
+        per_task.entry(n).or_default().push(pid);
+    }
+    assert_eq!(per_task.len(), N as usize, "some task never ran");
+    let mut extra = 0;
+    for (n, pids) in &per_task {
+        if pids.len() > 1 {
+            extra += pids.len() - 1;
+            // Every run but the last was cut by a kill.
+            for pid in &pids[..pids.len() - 1] {
+                assert!(
+                    killed.contains(pid),
+                    "task {n} ran twice without a kill: {pids:?}"
+                );
+            }
+        }
+    }
+    // A kill cuts at most one run per worker thread.
+    assert!(extra <= (KILLS * WORKERS) as usize, "{extra} extra runs");
+}
+
+/// Three processes with two workers each drain 5,000 tasks from one file: each task runs
+/// exactly once, no worker meets an error, nothing is left behind.
+#[test]
+fn three_processes_share_one_file() {
+    const N: u32 = 5_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
+    enqueue_numbers(&db, N, 0);
+    let children: Vec<Child> = (0..3)
+        .map(|_| spawn_worker(&db, &log, 2, 0, 30_000))
+        .collect();
+    for child in children {
+        wait_ok(child);
+    }
+    let runs = runs(&log);
+    let mut seen = HashMap::new();
+    for (pid, n) in &runs {
+        assert!(seen.insert(*n, *pid).is_none(), "task {n} ran twice");
+    }
+    assert_eq!(runs.len(), N as usize);
+    let pids: std::collections::HashSet<u32> = runs.iter().map(|(pid, _)| *pid).collect();
+    assert!(
+        pids.len() >= 2,
+        "one process did all the work: not a contention test"
+    );
+    let c = SqliteStore::open(&db)
+        .expect("open")
+        .counts(None)
+        .expect("counts");
+    assert_eq!((c.done, c.total()), (N as usize, N as usize), "{c:?}");
+}
