@@ -61,3 +61,8 @@ pub use simplepyq_core::{
 pub use simplepyq_memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
