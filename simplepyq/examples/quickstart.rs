@@ -38,7 +38,9 @@ fn scrape(page: Page, runs: &AtomicUsize) -> Result<(), TaskError> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = match std::env::args().nth(1) {
         Some(p) => std::path::PathBuf::from(p),
-        None => std::env::temp_dir().join(format!("simplepyq-quickstart-{}.db", std::process::id())),
+        None => {
+            std::env::temp_dir().join(format!("simplepyq-quickstart-{}.db", std::process::id()))
+        }
     };
     println!("queue file: {}", path.display());
 
@@ -48,11 +50,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     q.add_channel("scrape", move |page: Page| scrape(page, &counter), 2)?;
 
     let started = Instant::now();
-    let mut urls: Vec<String> = (0..40).map(|i| format!("https://example.com/{i}")).collect();
+    let mut urls: Vec<String> = (0..40)
+        .map(|i| format!("https://example.com/{i}"))
+        .collect();
     urls.push("https://example.com/slow".into());
     urls.push("https://example.com/gone".into());
     for url in &urls {
-        q.enqueue_with("scrape", &Page { url: url.clone() }, EnqueueOptions::new().retries(2))?;
+        q.enqueue_with(
+            "scrape",
+            &Page { url: url.clone() },
+            EnqueueOptions::new().retries(2),
+        )?;
     }
     println!("enqueued {} tasks in {:?}", urls.len(), started.elapsed());
 
@@ -72,7 +80,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let q = SimplePyQ::open(&path)?;
     q.add_channel("scrape", |_: Page| Ok::<(), TaskError>(()), 1)?;
     let counts = q.counts(None)?;
-    println!("after reopening: {} done, {} failed", counts.done, counts.failed);
+    println!(
+        "after reopening: {} done, {} failed",
+        counts.done, counts.failed
+    );
     let requeued = q.requeue_failed("scrape", 0)?;
     q.run_until_complete()?;
     println!(
