@@ -26,10 +26,10 @@ fn scrape(page: Page, runs: &AtomicUsize) -> Result<(), TaskError> {
     if page.url.ends_with("/gone") {
         return Err(TaskError::msg(format!("{}: 404 not found", page.url)));
     }
-    if page.url.ends_with("/slow") && run % 2 == 0 {
+    if page.url.ends_with("/slow") && run.is_multiple_of(2) {
         return Err(TaskError::Delay(Duration::from_millis(200))); // the original's DelayException
     }
-    if page.url.ends_with("7") && run % 3 == 0 {
+    if page.url.ends_with("7") && run.is_multiple_of(3) {
         return Err(TaskError::msg("connection reset")); // retried
     }
     Ok(())
