@@ -610,6 +610,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_damaged_file_gives_corrupt_errors_not_panics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        {
+            let store = SqliteStore::open(&path).expect("create");
+            let tasks: Vec<NewTask> = (0..2_000)
+                .map(|_| NewTask::new("c", vec![7; 100]))
+                .collect();
+            store.enqueue(&tasks, T0).expect("enqueue");
+            // Fold the WAL into the file, so that the damage below hits the tasks.
+            store
+                .conn
+                .lock()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .expect("checkpoint");
+        }
+        let mut bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.len() > 16 * 4096, "{} bytes", bytes.len());
+        for b in &mut bytes[4 * 4096..12 * 4096] {
+            *b = 0xab;
+        }
+        std::fs::write(&path, &bytes).expect("damage");
+        let err = SqliteStore::open(&path)
+            .and_then(|s| s.claim("c", 10, T0, T0).and(s.counts(None)))
+            .expect_err("damage must be reported");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
     /// Virtual-machine steps SQLite takes to find the next due task of a channel.
     fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
         let conn = store.conn.lock();

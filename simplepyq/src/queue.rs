@@ -102,7 +102,8 @@ impl<S: Store> Builder<S> {
 
 /// A task queue: channels of handlers with worker threads, over a [`Store`].
 ///
-/// All methods take `&self`; share a queue between threads with an `Arc`. Dropping it tells
+/// All methods take `&self`; share a queue between threads with an `Arc` (it is `Send` and
+/// `Sync`). Dropping it tells
 /// the workers to stop after their current task; [`SimplePyQ::stop`] also waits for them.
 #[derive(Debug)]
 pub struct SimplePyQ<S: Store> {
@@ -211,6 +212,15 @@ impl<S: Store> SimplePyQ<S> {
     ///
     /// Errors: [`Error::InvalidConfig`] for zero workers, [`Error::DuplicateChannel`] if the
     /// channel has a handler already, [`Error::InvalidChannel`] for an unusable name.
+    ///
+    /// Handlers run on worker threads, so what they capture must be `Send + Sync`:
+    ///
+    /// ```compile_fail
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let q = simplepyq::SimplePyQ::open(dir.path().join("q.db")).unwrap();
+    /// let not_shareable = std::rc::Rc::new(0);
+    /// q.add_channel("c", move |_: u32| { let _ = &not_shareable; Ok(()) }, 1);
+    /// ```
     pub fn add_channel<A, F>(&self, name: &str, handler: F, max_workers: usize) -> Result<()>
     where
         A: DeserializeOwned + 'static,
@@ -442,6 +452,20 @@ impl<S: Store> SimplePyQ<S> {
         self.shared.store.remove_channel(name)
     }
 
+    /// Deletes the done tasks of `channel` (or of every channel with `None`) that finished
+    /// more than `older_than` ago; returns how many. Done tasks are kept until then, as in
+    /// the original, so that they can be inspected.
+    pub fn purge_done<'a>(
+        &self,
+        channel: impl Into<Option<&'a str>>,
+        older_than: Duration,
+    ) -> Result<usize> {
+        let now = self.shared.now().as_millis();
+        let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let before = Timestamp::from_millis(now.saturating_sub(ms));
+        self.shared.store.purge_done(channel.into(), before)
+    }
+
     /// Counts tasks per status, of `channel` or of every channel with `None`.
     pub fn counts<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<Counts> {
         self.shared.store.counts(channel.into())
@@ -492,5 +516,35 @@ impl SimplePyQ<simplepyq_sqlite::SqliteStore> {
     /// [`SimplePyQ::builder`] with [`simplepyq_sqlite::SqliteStore::open_with`].
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         Ok(SimplePyQ::new(simplepyq_sqlite::SqliteStore::open(path)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shareable<T: Send + Sync>() {}
+
+    #[test]
+    fn queues_can_be_shared_between_threads() {
+        shareable::<SimplePyQ<Box<dyn Store>>>();
+        #[cfg(feature = "sqlite")]
+        shareable::<SimplePyQ<simplepyq_sqlite::SqliteStore>>();
+    }
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        use simplepyq_memory::MemoryStore;
+        let err = SimplePyQ::builder(MemoryStore::new())
+            .lease(Duration::from_millis(1))
+            .build()
+            .expect_err("a 1 ms lease is refused");
+        assert!(err.to_string().contains("lease"), "{err}");
+        let err = SimplePyQ::builder(MemoryStore::new())
+            .poll_interval(Duration::ZERO)
+            .build()
+            .expect_err("a zero poll interval is refused");
+        assert!(err.to_string().contains("poll interval"), "{err}");
     }
 }

@@ -260,6 +260,15 @@ pub fn remove_channel(store: Box<dyn Store>) {
     assert_eq!(q.counts("gone").expect("counts").total(), 0);
     q.run_until_complete().expect("run");
     assert_eq!(q.counts("kept").expect("counts").done, 1);
+    // Done tasks stay until purged.
+    assert_eq!(
+        q.purge_done("kept", Duration::from_secs(3_600))
+            .expect("purge"),
+        0
+    );
+    std::thread::sleep(Duration::from_millis(2));
+    assert_eq!(q.purge_done(None, Duration::ZERO).expect("purge"), 1);
+    assert_eq!(q.counts(None).expect("counts").total(), 0);
     // The name is free again.
     q.add_channel("gone", |_: u32| Ok(()), 1)
         .expect("add again");
@@ -495,6 +504,48 @@ pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>) {
     assert!(matches!(stale, Err(Error::LeaseLost { .. })));
 }
 
+/// A handler that runs for several leases keeps its task: the lease is renewed, so the task
+/// is neither recovered nor claimed by anyone else meanwhile, and it runs once.
+pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>) {
+    let q = SimplePyQ::builder(store)
+        .lease(Duration::from_millis(150))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let started = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&started);
+    q.add_channel(
+        "slow",
+        move |_: u32| {
+            s.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(600));
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let id = q.enqueue("slow", &1u32).expect("enqueue");
+    q.start().expect("start");
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    // Another worker (as of another process) keeps trying for four lease lengths.
+    let until = Instant::now() + Duration::from_millis(450);
+    while Instant::now() < until {
+        let now = simplepyq::Clock::now(&simplepyq::SystemClock);
+        assert_eq!(q.store().recover_expired(now).expect("recover"), 0);
+        let stolen = q
+            .store()
+            .claim("slow", 1, now, now.after(Duration::from_secs(1)))
+            .expect("claim");
+        assert!(stolen.is_empty(), "a running task was claimed again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    q.run_until_complete().expect("run");
+    let s = state(&q, id);
+    assert_eq!((s.status, s.attempts), (Status::Done, 1));
+}
+
 /// Expands into one `#[test]` per scenario, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -513,7 +564,8 @@ macro_rules! scenario_tests {
             undecodable_args_fail_without_retry,
             many_threads_run_each_task_once,
             misuse_gets_clear_errors,
-            expired_lease_runs_the_task_again
+            expired_lease_runs_the_task_again,
+            slow_handler_keeps_its_lease
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
