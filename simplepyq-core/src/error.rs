@@ -131,10 +131,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying the same call again later may succeed (the store was busy, or an
-    /// I/O error that may pass).
+    /// Whether trying the same call again later is expected to succeed: the store was
+    /// locked by someone else. Other storage errors may pass too (a full disk), but are not
+    /// retried blindly.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Busy { .. } | Error::Backend { .. })
+        matches!(self, Error::Busy { .. })
     }
 
     /// Builds [`Error::InvalidConfig`].

@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Row, Statement, Transaction, TransactionBehavior};
 use rusqlite::{params, params_from_iter};
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
@@ -254,22 +254,27 @@ fn load_state(tx: &Transaction<'_>, id: TaskId) -> R<Option<TaskState>> {
     }
 }
 
+/// Binds the values of [`STATE_COLUMNS`] to parameters `first..first + 8`.
+fn bind_state(stmt: &mut Statement<'_>, first: usize, s: &TaskState) -> R<()> {
+    stmt.raw_bind_parameter(first, s.status.as_str())?;
+    stmt.raw_bind_parameter(first + 1, s.retries_left)?;
+    stmt.raw_bind_parameter(first + 2, s.max_retries)?;
+    stmt.raw_bind_parameter(first + 3, s.attempts)?;
+    stmt.raw_bind_parameter(first + 4, s.run_at.as_millis())?;
+    stmt.raw_bind_parameter(first + 5, s.lease_until.map(Timestamp::as_millis))?;
+    stmt.raw_bind_parameter(first + 6, &s.last_error)?;
+    stmt.raw_bind_parameter(first + 7, s.updated_at.as_millis())?;
+    Ok(())
+}
+
 fn save_state(tx: &Transaction<'_>, id: TaskId, s: &TaskState) -> R<()> {
     let mut stmt = tx.prepare_cached(
         "UPDATE tasks SET status = ?2, retries_left = ?3, max_retries = ?4, attempts = ?5, \
          run_at = ?6, lease_until = ?7, last_error = ?8, updated_at = ?9 WHERE id = ?1",
     )?;
-    stmt.execute(params![
-        id.get(),
-        s.status.as_str(),
-        s.retries_left,
-        s.max_retries,
-        s.attempts,
-        s.run_at.as_millis(),
-        s.lease_until.map(Timestamp::as_millis),
-        s.last_error,
-        s.updated_at.as_millis(),
-    ])?;
+    stmt.raw_bind_parameter(1, id.get())?;
+    bind_state(&mut stmt, 2, s)?;
+    stmt.raw_execute()?;
     Ok(())
 }
 
@@ -314,20 +319,11 @@ impl Store for SqliteStore {
             ))?;
             let mut ids = Vec::with_capacity(tasks.len());
             for t in tasks {
-                let s = t.initial_state(now);
-                stmt.execute(params![
-                    t.channel,
-                    t.args,
-                    now.as_millis(),
-                    s.status.as_str(),
-                    s.retries_left,
-                    s.max_retries,
-                    s.attempts,
-                    s.run_at.as_millis(),
-                    s.lease_until.map(Timestamp::as_millis),
-                    s.last_error,
-                    s.updated_at.as_millis(),
-                ])?;
+                stmt.raw_bind_parameter(1, &t.channel)?;
+                stmt.raw_bind_parameter(2, &t.args)?;
+                stmt.raw_bind_parameter(3, now.as_millis())?;
+                bind_state(&mut stmt, 4, &t.initial_state(now))?;
+                stmt.raw_execute()?;
                 ids.push(TaskId::new(tx.last_insert_rowid()));
             }
             Ok(ids)

@@ -9,7 +9,7 @@ use crate::handler::{ErasedHandler, TaskError};
 use crate::queue::Shared;
 use crate::signal::Signal;
 
-/// How often a worker tries to record an outcome while the store fails with passing errors.
+/// How often a worker tries to record an outcome while the store fails (about 2 s in all).
 /// After that the task is left to lease recovery, which runs it again.
 const FINISH_ATTEMPTS: u32 = 8;
 
@@ -108,13 +108,16 @@ fn run<S: Store>(shared: &Shared<S>, handler: &ErasedHandler, task: Task) {
         match shared.store.finish(claim, &outcome, now) {
             // A lost lease means another worker owns the task now: drop this result.
             Ok(_) | Err(Error::LeaseLost { .. }) => break,
-            Err(e) if e.is_retryable() => {
-                shared.record_error(&e);
-                std::thread::sleep(backoff.next());
-            }
-            Err(e) => {
+            // The store refused the change itself: trying again cannot help.
+            Err(e @ (Error::InvalidTransition { .. } | Error::NotFound(_))) => {
                 shared.record_error(&e);
                 break;
+            }
+            // Busy, or a failure of the storage that may pass (a full disk): try again
+            // while the lease keeper holds the task.
+            Err(e) => {
+                shared.record_error(&e);
+                std::thread::sleep(backoff.next());
             }
         }
     }
