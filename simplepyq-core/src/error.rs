@@ -80,6 +80,16 @@ pub enum Error {
         backend: &'static str,
     },
 
+    /// The store's file is held by another process and this backend allows one process per
+    /// file. Stop the other process, or use the SQLite backend to share a file.
+    #[error("{backend} store: {message}")]
+    InUse {
+        /// Which backend.
+        backend: &'static str,
+        /// Who holds it.
+        message: String,
+    },
+
     /// The store's file is damaged. Restore it from a backup, or recover what the engine's
     /// own tools can read into a new file.
     #[error("{backend} store is damaged: {message}")]

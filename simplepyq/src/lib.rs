@@ -46,6 +46,8 @@
 //! - `sqlite` (default): [`SimplePyQ::open`] and [`SqliteStore`], the durable backend on a
 //!   SQLite file (SQLite is compiled in).
 //! - `memory`: [`SimplePyQ::memory`] and [`MemoryStore`], the in-memory backend.
+//! - `redb`: [`RedbStore`], a durable backend in pure Rust (one process per file); use it
+//!   with [`SimplePyQ::new`] or [`SimplePyQ::builder`].
 
 mod handler;
 mod queue;
@@ -59,6 +61,8 @@ pub use simplepyq_core::{
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;
+#[cfg(feature = "redb")]
+pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
 #[cfg(feature = "sqlite")]
 pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore};
 

@@ -532,6 +532,49 @@ mod tests {
         shareable::<SimplePyQ<simplepyq_sqlite::SqliteStore>>();
     }
 
+    /// Each backend feature works alone (CI builds and runs this with one feature at a time).
+    fn runs_a_queue<S: Store>(q: SimplePyQ<S>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let sum = Arc::new(AtomicU32::new(0));
+        let s = Arc::clone(&sum);
+        q.add_channel(
+            "add",
+            move |n: u32| {
+                s.fetch_add(n, Ordering::SeqCst);
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+        for n in 1..=10u32 {
+            q.enqueue("add", &n).expect("enqueue");
+        }
+        q.run_until_complete().expect("run");
+        assert_eq!(sum.load(Ordering::SeqCst), 55);
+        assert_eq!(q.counts("add").expect("counts").done, 10);
+    }
+
+    #[cfg(feature = "redb")]
+    #[test]
+    fn the_redb_feature_runs_a_queue() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = simplepyq_redb::RedbStore::open(dir.path().join("q.redb")).expect("open");
+        runs_a_queue(SimplePyQ::new(store));
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn the_sqlite_feature_runs_a_queue() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        runs_a_queue(SimplePyQ::open(dir.path().join("q.db")).expect("open"));
+    }
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn the_memory_feature_runs_a_queue() {
+        runs_a_queue(SimplePyQ::memory());
+    }
+
     #[cfg(feature = "memory")]
     #[test]
     fn settings_out_of_range_are_refused() {

@@ -41,3 +41,25 @@ mod sqlite {
         super::scenario_tests!(super::fixture);
     }
 }
+
+mod redb {
+    use simplepyq::RedbStore;
+    use simplepyq_tests::{Fixture, conformance_tests, scenario_tests};
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RedbStore::open(dir.path().join("tasks.redb")).expect("open");
+        Fixture {
+            store: Box::new(store),
+            guard: Some(dir),
+        }
+    }
+
+    mod conformance {
+        super::conformance_tests!(super::fixture);
+    }
+
+    mod scenarios {
+        super::scenario_tests!(super::fixture);
+    }
+}

@@ -6,13 +6,46 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use simplepyq::{Clock, EnqueueOptions, SimplePyQ, SqliteStore, Status, SystemClock, TaskError};
+use simplepyq::{
+    Clock, EnqueueOptions, RedbStore, SimplePyQ, SqliteStore, Status, SystemClock, TaskError,
+};
 use simplepyq_core::{NewTask, Store};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_simplepyq-test-worker");
 
-fn spawn_worker(db: &Path, log: &Path, workers: u32, sleep_ms: u64, lease_ms: u64) -> Child {
+/// The durable backends, as the worker process names them.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Redb,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Redb => "redb",
+        }
+    }
+
+    fn open(self, path: &Path) -> Box<dyn Store> {
+        match self {
+            Backend::Sqlite => Box::new(SqliteStore::open(path).expect("open")),
+            Backend::Redb => Box::new(RedbStore::open(path).expect("open")),
+        }
+    }
+}
+
+fn spawn_worker(
+    backend: Backend,
+    db: &Path,
+    log: &Path,
+    workers: u32,
+    sleep_ms: u64,
+    lease_ms: u64,
+) -> Child {
     Command::new(WORKER)
+        .arg(backend.name())
         .arg(db)
         .arg(log)
         .args([
@@ -49,24 +82,33 @@ fn runs(log: &Path) -> Vec<(u32, u32)> {
 }
 
 /// Enqueues tasks 0..n of channel `work` in one transaction.
-fn enqueue_numbers(db: &Path, n: u32, retries: u32) {
+fn enqueue_numbers(backend: Backend, db: &Path, n: u32, retries: u32) {
     let tasks: Vec<NewTask> = (0..n)
         .map(|i| {
             NewTask::new("work", rmp_serde::to_vec_named(&i).expect("encode")).retries(retries)
         })
         .collect();
-    SqliteStore::open(db)
-        .expect("open")
+    backend
+        .open(db)
         .enqueue(&tasks, SystemClock.now())
         .expect("enqueue");
 }
 
 #[test]
-fn tasks_persist_across_reopen() {
+fn tasks_persist_across_reopen_sqlite() {
+    tasks_persist_across_reopen(Backend::Sqlite);
+}
+
+#[test]
+fn tasks_persist_across_reopen_redb() {
+    tasks_persist_across_reopen(Backend::Redb);
+}
+
+fn tasks_persist_across_reopen(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("tasks.db");
     let (pending, done, failed) = {
-        let q = SimplePyQ::open(&db).expect("open");
+        let q = SimplePyQ::new(backend.open(&db));
         q.add_channel(
             "c",
             |s: String| {
@@ -91,7 +133,7 @@ fn tasks_persist_across_reopen() {
             .expect("enqueue");
         (pending, done, failed)
     };
-    let q = SimplePyQ::open(&db).expect("reopen");
+    let q = SimplePyQ::new(backend.open(&db));
     let p = q.task(pending).expect("get").expect("still there");
     assert_eq!(p.channel, "later");
     assert_eq!((p.state.status, p.state.retries_left), (Status::Pending, 4));
@@ -122,23 +164,32 @@ fn next(x: &mut u64) -> u64 {
     *x
 }
 
+#[test]
+fn sigkill_mid_work_loses_nothing_sqlite() {
+    sigkill_mid_work_loses_nothing(Backend::Sqlite);
+}
+
+#[test]
+fn sigkill_mid_work_loses_nothing_redb() {
+    sigkill_mid_work_loses_nothing(Backend::Redb);
+}
+
 /// A worker process is killed with SIGKILL at a random moment, four times in a row; a final
 /// run finishes the rest. Every task ends done; a task ran more than once only if a run of
 /// it was cut by a kill.
-#[test]
-fn sigkill_mid_work_loses_nothing() {
+fn sigkill_mid_work_loses_nothing(backend: Backend) {
     const N: u32 = 1_500;
     const KILLS: u32 = 4;
     const WORKERS: u32 = 2;
     let dir = tempfile::tempdir().expect("temp dir");
     let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
     // Each kill can cost a task one attempt; enough retries that none fails for it.
-    enqueue_numbers(&db, N, KILLS + 1);
+    enqueue_numbers(backend, &db, N, KILLS + 1);
     let mut rng = seed();
     eprintln!("seed {rng}");
     let mut killed = Vec::new();
     for _ in 0..KILLS {
-        let mut child = spawn_worker(&db, &log, WORKERS, 2, 300);
+        let mut child = spawn_worker(backend, &db, &log, WORKERS, 2, 300);
         std::thread::sleep(Duration::from_millis(50 + next(&mut rng) % 250));
         killed.push(child.id());
         child.kill().expect("SIGKILL");
@@ -150,9 +201,9 @@ fn sigkill_mid_work_loses_nothing() {
         before_final < N as usize,
         "all work was done before the last kill"
     );
-    wait_ok(spawn_worker(&db, &log, WORKERS, 0, 300));
+    wait_ok(spawn_worker(backend, &db, &log, WORKERS, 0, 300));
 
-    let store = SqliteStore::open(&db).expect("open");
+    let store = backend.open(&db);
     let c = store.counts(None).expect("counts");
     assert_eq!((c.done, c.total()), (N as usize, N as usize), "{c:?}");
     let mut per_task: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -184,9 +235,9 @@ fn three_processes_share_one_file() {
     const N: u32 = 5_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
-    enqueue_numbers(&db, N, 0);
+    enqueue_numbers(Backend::Sqlite, &db, N, 0);
     let children: Vec<Child> = (0..3)
-        .map(|_| spawn_worker(&db, &log, 2, 0, 30_000))
+        .map(|_| spawn_worker(Backend::Sqlite, &db, &log, 2, 0, 30_000))
         .collect();
     for child in children {
         wait_ok(child);
@@ -207,4 +258,63 @@ fn three_processes_share_one_file() {
         .counts(None)
         .expect("counts");
     assert_eq!((c.done, c.total()), (N as usize, N as usize), "{c:?}");
+}
+
+/// redb allows one process per file: a second process gets a clear error at once, and the
+/// file and its tasks are untouched.
+#[test]
+fn a_second_process_on_a_redb_file_gets_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = (dir.path().join("tasks.redb"), dir.path().join("runs.log"));
+    enqueue_numbers(Backend::Redb, &db, 3, 0);
+    let held = RedbStore::open(&db).expect("open");
+    let out = spawn_worker(Backend::Redb, &db, &log, 1, 0, 1_000)
+        .wait_with_output()
+        .expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("open in another process"), "{stderr}");
+    assert_eq!(held.counts(None).expect("counts").pending, 3);
+    assert!(runs(&log).is_empty());
+}
+
+/// Several queues in one process share one redb store through an `Arc`.
+#[test]
+fn queues_in_one_process_share_a_redb_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = std::sync::Arc::new(RedbStore::open(dir.path().join("q.redb")).expect("open"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let queues: Vec<_> = (0..2)
+        .map(|_| {
+            let q = SimplePyQ::builder(std::sync::Arc::clone(&store))
+                .poll_interval(Duration::from_millis(10))
+                .build()
+                .expect("build");
+            let s = std::sync::Arc::clone(&seen);
+            q.add_channel(
+                "work",
+                move |n: u32| {
+                    s.lock().expect("lock").push(n);
+                    Ok(())
+                },
+                2,
+            )
+            .expect("add");
+            q
+        })
+        .collect();
+    for n in 0..200u32 {
+        queues[(n % 2) as usize]
+            .enqueue("work", &n)
+            .expect("enqueue");
+    }
+    std::thread::scope(|scope| {
+        for q in &queues {
+            scope.spawn(|| q.run_until_complete().expect("run"));
+        }
+    });
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+    assert_eq!(store.counts(None).expect("counts").done, 200);
 }

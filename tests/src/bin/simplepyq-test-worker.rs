@@ -1,7 +1,8 @@
 //! A worker process for the crash and multi-process tests.
 //!
-//! `simplepyq-test-worker DB LOG WORKERS SLEEP_MS LEASE_MS` serves channel `work` of the
-//! SQLite queue DB with WORKERS threads until nothing is left to do. Its handler appends
+//! `simplepyq-test-worker BACKEND DB LOG WORKERS SLEEP_MS LEASE_MS` serves channel `work` of
+//! the queue file DB (BACKEND `sqlite` or `redb`) with WORKERS threads until nothing is left
+//! to do. Its handler appends
 //! `PID N` to LOG when it starts on task N, then sleeps SLEEP_MS. It exits 0 when done, 2 if
 //! a worker met a storage error, 1 on bad usage or a failure to open the queue.
 
@@ -11,12 +12,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use simplepyq::{SimplePyQ, SqliteStore};
+use simplepyq::{RedbStore, SimplePyQ, SqliteStore, Store};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [db, log, workers, sleep_ms, lease_ms] = args.as_slice() else {
-        eprintln!("usage: simplepyq-test-worker DB LOG WORKERS SLEEP_MS LEASE_MS");
+    let [backend, db, log, workers, sleep_ms, lease_ms] = args.as_slice() else {
+        eprintln!("usage: simplepyq-test-worker BACKEND DB LOG WORKERS SLEEP_MS LEASE_MS");
         return ExitCode::from(1);
     };
     let (Ok(workers), Ok(sleep_ms), Ok(lease_ms)) = (
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
         eprintln!("WORKERS, SLEEP_MS and LEASE_MS must be whole numbers");
         return ExitCode::from(1);
     };
-    match run(db, log, workers, sleep_ms, lease_ms) {
+    match run(backend, db, log, workers, sleep_ms, lease_ms) {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(worker_error)) => {
             eprintln!("a worker met a storage error: {worker_error}");
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn run(
+    backend: &str,
     db: &str,
     log: &str,
     workers: usize,
@@ -50,7 +52,12 @@ fn run(
     let log = Arc::new(Mutex::new(
         OpenOptions::new().create(true).append(true).open(log)?,
     ));
-    let q = SimplePyQ::builder(SqliteStore::open(db)?)
+    let store: Box<dyn Store> = match backend {
+        "sqlite" => Box::new(SqliteStore::open(db)?),
+        "redb" => Box::new(RedbStore::open(db)?),
+        other => return Err(format!("unknown backend {other:?}").into()),
+    };
+    let q = SimplePyQ::builder(store)
         .lease(Duration::from_millis(lease_ms))
         .poll_interval(Duration::from_millis(20))
         .build()?;

@@ -1,0 +1,762 @@
+//! [`RedbStore`]: a durable [`Store`] for simplepyq in pure Rust, on [redb](https://docs.rs/redb).
+//!
+//! For builds that want no C code. Tasks live in one redb file; every change of a task is
+//! one write transaction. redb lets one process open a file at a time: a second process
+//! gets [`Error::InUse`] at once. Several queues in one process share a store through an
+//! `Arc<RedbStore>`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use simplepyq_core::{NewTask, Status, Store, StoreExt, Timestamp};
+//! use simplepyq_redb::RedbStore;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Arc::new(RedbStore::open(dir.path().join("tasks.redb"))?);
+//! let now = Timestamp::from_millis(0);
+//! let id = store.enqueue_one(NewTask::new("emails", vec![0x90]), now)?;
+//! assert_eq!(store.get(id)?.map(|t| t.state.status), Some(Status::Pending));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What it survives
+//! - [`RedbDurability::Immediate`] (default): a commit is on disk when the call returns; it
+//!   survives a process crash and a power loss (one fsync per commit).
+//! - [`RedbDurability::None`]: commits are not flushed. Faster, but a crash of the process
+//!   or the machine loses what was committed since the last durable commit (the file stays
+//!   intact). Only for queues whose tasks can be enqueued again.
+//!
+//! # Layout
+//! `tasks` maps an id to the task's record; ordered index tables make claiming the next due
+//! task of a channel a range scan, O(log n): `queued` (channel, run-at, id), `leases`
+//! (lease expiry, id), `channel_leases` (channel, lease expiry, id), `by_status`
+//! (channel, status, id), and `counts` (channel, status) → number. `meta` holds the format
+//! version and the last id given out.
+
+mod record;
+
+use std::path::Path;
+
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, WriteTransaction,
+};
+use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::{
+    Claim, Counts, Error, NewTask, Outcome, Result, Status, Store, Task, TaskId, Timestamp,
+    validate_channel,
+};
+
+use crate::record::{status_code, status_from_code};
+
+const BACKEND: &str = "redb";
+/// The layout version this build writes.
+const FORMAT: u64 = 1;
+
+const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+const QUEUED: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("queued");
+const LEASES: TableDefinition<(i64, u64), ()> = TableDefinition::new("leases");
+const CHANNEL_LEASES: TableDefinition<(&str, i64, u64), ()> =
+    TableDefinition::new("channel_leases");
+const BY_STATUS: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("by_status");
+const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
+const META: TableDefinition<&str, u64> = TableDefinition::new("simplepyq_meta");
+
+const META_FORMAT: &str = "format";
+const META_LAST_ID: &str = "last_id";
+
+/// How much a commit survives. See the [crate docs](crate#what-it-survives).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedbDurability {
+    /// Flushed at every commit: survives a process crash and a power loss.
+    #[default]
+    Immediate,
+    /// Not flushed: a crash may lose the latest commits.
+    None,
+}
+
+/// Settings of a [`RedbStore`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RedbOptions {
+    /// What a commit survives.
+    pub durability: RedbDurability,
+}
+
+impl RedbOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the durability.
+    pub fn durability(mut self, durability: RedbDurability) -> Self {
+        self.durability = durability;
+        self
+    }
+}
+
+/// A [`Store`] on a redb file.
+pub struct RedbStore {
+    db: Database,
+    durability: redb::Durability,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps any redb error into simplepyq's: the one place that knows redb's errors.
+fn db_err(e: impl Into<redb::Error>) -> Error {
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => Error::InUse {
+            backend: BACKEND,
+            message: "the file is open in another process (redb allows one process per file)"
+                .into(),
+        },
+        redb::Error::Corrupted(message) => corrupt(message),
+        redb::Error::UpgradeRequired(v) => Error::Foreign {
+            backend: BACKEND,
+            message: format!("the file is in redb's old format {v}, which this redb cannot read"),
+        },
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Error::Foreign {
+            backend: BACKEND,
+            message: format!("the file is not a redb database ({io})"),
+        },
+        other => Error::Backend {
+            backend: BACKEND,
+            source: Box::new(other),
+        },
+    }
+}
+
+fn corrupt(message: impl Into<String>) -> Error {
+    let message = message.into();
+    if message.contains("magic number") {
+        return Error::Foreign {
+            backend: BACKEND,
+            message: "the file is not a redb database".into(),
+        };
+    }
+    Error::Corrupt {
+        backend: BACKEND,
+        message,
+    }
+}
+
+fn to_key(id: TaskId) -> u64 {
+    u64::try_from(id.get()).unwrap_or(0)
+}
+
+fn to_id(key: u64) -> Result<TaskId> {
+    i64::try_from(key)
+        .map(TaskId::new)
+        .map_err(|_| corrupt(format!("task key {key} is out of range")))
+}
+
+impl RedbStore {
+    /// Opens the queue file at `path`, creating it if needed, with default settings.
+    ///
+    /// Errors, each leaving the file unchanged: [`Error::InUse`] if another process has it
+    /// open, [`Error::Foreign`] for a file that is not redb or is another application's
+    /// redb database, [`Error::SchemaTooNew`] for a file of a newer simplepyq,
+    /// [`Error::Corrupt`] for a damaged one.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, RedbOptions::default())
+    }
+
+    /// Opens the queue file at `path` with `options`.
+    pub fn open_with(path: impl AsRef<Path>, options: RedbOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let existing = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+        if existing {
+            // Look read-only first: opening for writing updates redb's header, and a file
+            // that is not ours must stay as it was.
+            match ReadOnlyDatabase::open(path) {
+                Ok(db) => {
+                    inspect(&db)?;
+                }
+                // Not closed cleanly (a crash): redb must repair it, which needs write
+                // access. Such a file was written by redb; it is inspected after the repair.
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(e) => return Err(db_err(e)),
+            }
+        }
+        let db = if existing {
+            Database::open(path)
+        } else {
+            Database::create(path)
+        }
+        .map_err(db_err)?;
+        let store = RedbStore {
+            db,
+            durability: match options.durability {
+                RedbDurability::Immediate => redb::Durability::Immediate,
+                RedbDurability::None => redb::Durability::None,
+            },
+        };
+        if !inspect(&store.db)? {
+            store.write(|t| {
+                t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
+                t.meta.insert(META_LAST_ID, 0).map_err(db_err)?;
+                Ok(())
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// Runs `op` in one write transaction, committed if it succeeds.
+    fn write<T>(&self, op: impl FnOnce(&mut Tables<'_>) -> Result<T>) -> Result<T> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(self.durability).map_err(db_err)?;
+        let value = {
+            let mut tables = Tables::open(&tx)?;
+            op(&mut tables)?
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(value)
+    }
+
+    fn read(&self) -> Result<ReadTransaction> {
+        self.db.begin_read().map_err(db_err)
+    }
+}
+
+/// Whether `db` is a simplepyq queue of a format this build reads (`true`) or empty
+/// (`false`); an error for anything else. Reads only.
+fn inspect(db: &impl ReadableDatabase) -> Result<bool> {
+    let read = db.begin_read().map_err(db_err)?;
+    match read.open_table(META) {
+        Ok(meta) => {
+            let format = meta.get(META_FORMAT).map_err(db_err)?.map(|v| v.value());
+            return match format {
+                Some(FORMAT) => Ok(true),
+                Some(found) => Err(Error::SchemaTooNew {
+                    backend: BACKEND,
+                    found: i64::try_from(found).unwrap_or(i64::MAX),
+                    supported: FORMAT as i64,
+                }),
+                None => Err(corrupt("the simplepyq_meta table has no format")),
+            };
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(db_err(e)),
+    }
+    let tables = read.list_tables().map_err(db_err)?.count();
+    if tables > 0 {
+        return Err(Error::Foreign {
+            backend: BACKEND,
+            message: format!(
+                "the file is a redb database of another application ({tables} tables), not a \
+                 simplepyq queue"
+            ),
+        });
+    }
+    Ok(false)
+}
+
+/// The tables of one write transaction.
+struct Tables<'tx> {
+    tasks: Table<'tx, u64, &'static [u8]>,
+    queued: Table<'tx, (&'static str, i64, u64), ()>,
+    leases: Table<'tx, (i64, u64), ()>,
+    channel_leases: Table<'tx, (&'static str, i64, u64), ()>,
+    by_status: Table<'tx, (&'static str, u8, u64), ()>,
+    counts: Table<'tx, (&'static str, u8), u64>,
+    meta: Table<'tx, &'static str, u64>,
+}
+
+impl<'tx> Tables<'tx> {
+    fn open(tx: &'tx WriteTransaction) -> Result<Self> {
+        Ok(Tables {
+            tasks: tx.open_table(TASKS).map_err(db_err)?,
+            queued: tx.open_table(QUEUED).map_err(db_err)?,
+            leases: tx.open_table(LEASES).map_err(db_err)?,
+            channel_leases: tx.open_table(CHANNEL_LEASES).map_err(db_err)?,
+            by_status: tx.open_table(BY_STATUS).map_err(db_err)?,
+            counts: tx.open_table(COUNTS).map_err(db_err)?,
+            meta: tx.open_table(META).map_err(db_err)?,
+        })
+    }
+
+    fn load(&self, id: TaskId) -> Result<Option<Task>> {
+        let Some(bytes) = self.tasks.get(to_key(id)).map_err(db_err)? else {
+            return Ok(None);
+        };
+        record::decode(id, bytes.value())
+            .map(Some)
+            .map_err(|e| corrupt(format!("task {id}: {e}")))
+    }
+
+    /// Adds (`add == true`) or removes the index entries and count of `task` as it stands.
+    fn index(&mut self, task: &Task, add: bool) -> Result<()> {
+        let (id, ch, s) = (to_key(task.id), task.channel.as_str(), &task.state);
+        let code = status_code(s.status);
+        let lease = s.lease_until.map_or(0, Timestamp::as_millis);
+        if add {
+            self.by_status.insert((ch, code, id), ()).map_err(db_err)?;
+        } else {
+            self.by_status.remove((ch, code, id)).map_err(db_err)?;
+        }
+        let count = self
+            .counts
+            .get((ch, code))
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let count = if add {
+            count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        if count == 0 {
+            self.counts.remove((ch, code)).map_err(db_err)?;
+        } else {
+            self.counts.insert((ch, code), count).map_err(db_err)?;
+        }
+        match (s.status, add) {
+            (Status::Pending | Status::Delayed, true) => {
+                self.queued
+                    .insert((ch, s.run_at.as_millis(), id), ())
+                    .map_err(db_err)?;
+            }
+            (Status::Pending | Status::Delayed, false) => {
+                self.queued
+                    .remove((ch, s.run_at.as_millis(), id))
+                    .map_err(db_err)?;
+            }
+            (Status::Running, true) => {
+                self.leases.insert((lease, id), ()).map_err(db_err)?;
+                self.channel_leases
+                    .insert((ch, lease, id), ())
+                    .map_err(db_err)?;
+            }
+            (Status::Running, false) => {
+                self.leases.remove((lease, id)).map_err(db_err)?;
+                self.channel_leases
+                    .remove((ch, lease, id))
+                    .map_err(db_err)?;
+            }
+            (Status::Done | Status::Failed, _) => {}
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, task: &Task) -> Result<()> {
+        self.tasks
+            .insert(to_key(task.id), record::encode(task).as_slice())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Applies `event` to `task`, re-indexes and stores it.
+    fn transition(&mut self, task: &mut Task, event: &Event) -> Result<()> {
+        let next = apply(&task.state, event).map_err(|r| r.into_error(task.id))?;
+        self.index(task, false)?;
+        task.state = next;
+        self.index(task, true)?;
+        self.put(task)
+    }
+
+    fn transition_id(&mut self, id: TaskId, event: &Event) -> Result<Task> {
+        let mut task = self.load(id)?.ok_or(Error::NotFound(id))?;
+        self.transition(&mut task, event)?;
+        Ok(task)
+    }
+
+    fn delete(&mut self, task: &Task) -> Result<()> {
+        self.index(task, false)?;
+        self.tasks.remove(to_key(task.id)).map_err(db_err)?;
+        Ok(())
+    }
+
+    fn held(&self, claim: Claim) -> Result<Option<Task>> {
+        Ok(self
+            .load(claim.id)?
+            .filter(|t| t.state.status == Status::Running && t.state.attempts == claim.attempt))
+    }
+
+    /// Ids of tasks with `status` in `channel`, or in every channel.
+    fn ids_with_status(&self, channel: Option<&str>, status: Status) -> Result<Vec<TaskId>> {
+        let code = status_code(status);
+        let entries = match channel {
+            Some(ch) => self.by_status.range((ch, code, 0)..=(ch, code, u64::MAX)),
+            None => self.by_status.iter(),
+        }
+        .map_err(db_err)?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let (key, _) = entry.map_err(db_err)?;
+            let (_, c, id) = key.value();
+            if c == code {
+                ids.push(to_id(id)?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Deletes the tasks `ids`; returns how many existed.
+    fn delete_ids(&mut self, ids: &[TaskId]) -> Result<usize> {
+        let mut n = 0;
+        for id in ids {
+            if let Some(task) = self.load(*id)? {
+                self.delete(&task)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Store for RedbStore {
+    fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        self.write(|t| {
+            let mut last = t
+                .meta
+                .get(META_LAST_ID)
+                .map_err(db_err)?
+                .map_or(0, |v| v.value());
+            let mut ids = Vec::with_capacity(tasks.len());
+            for new in tasks {
+                last += 1;
+                let task = Task {
+                    id: to_id(last)?,
+                    channel: new.channel.clone(),
+                    args: new.args.clone(),
+                    created_at: now,
+                    state: new.initial_state(now),
+                };
+                t.index(&task, true)?;
+                t.put(&task)?;
+                ids.push(task.id);
+            }
+            t.meta.insert(META_LAST_ID, last).map_err(db_err)?;
+            Ok(ids)
+        })
+    }
+
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let due = (channel, i64::MIN, 0)..=(channel, now.as_millis(), u64::MAX);
+        // Look in a read transaction first: idle workers poll without taking the writer.
+        {
+            let read = self.read()?;
+            let queued = read.open_table(QUEUED).map_err(db_err)?;
+            if queued.range(due.clone()).map_err(db_err)?.next().is_none() {
+                return Ok(Vec::new());
+            }
+        }
+        let event = Event::Claim { now, lease_until };
+        self.write(|t| {
+            let mut ids = Vec::new();
+            for entry in t.queued.range(due.clone()).map_err(db_err)?.take(limit) {
+                let (key, _) = entry.map_err(db_err)?;
+                ids.push(to_id(key.value().2)?);
+            }
+            ids.into_iter()
+                .map(|id| t.transition_id(id, &event))
+                .collect()
+        })
+    }
+
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
+        self.write(|t| {
+            let mut n = 0;
+            for c in claims {
+                if let Some(mut task) = t.held(*c)? {
+                    t.transition(&mut task, &Event::Extend { lease_until })?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
+        let event = Event::Finish {
+            now,
+            outcome: outcome.clone(),
+        };
+        self.write(|t| {
+            let mut task = t.held(claim)?.ok_or(Error::LeaseLost {
+                id: claim.id,
+                attempt: claim.attempt,
+            })?;
+            t.transition(&mut task, &event)?;
+            Ok(task.state.status)
+        })
+    }
+
+    fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+        let expired = (i64::MIN, 0)..=(now.as_millis(), u64::MAX);
+        {
+            let read = self.read()?;
+            let leases = read.open_table(LEASES).map_err(db_err)?;
+            if leases
+                .range(expired.clone())
+                .map_err(db_err)?
+                .next()
+                .is_none()
+            {
+                return Ok(0);
+            }
+        }
+        self.write(|t| {
+            let mut ids = Vec::new();
+            for entry in t.leases.range(expired.clone()).map_err(db_err)? {
+                let (key, _) = entry.map_err(db_err)?;
+                ids.push(to_id(key.value().1)?);
+            }
+            for id in &ids {
+                t.transition_id(*id, &Event::Expire { now })?;
+            }
+            Ok(ids.len())
+        })
+    }
+
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+        self.write(|t| {
+            let ids = t.ids_with_status(channel, Status::Failed)?;
+            t.delete_ids(&ids)
+        })
+    }
+
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let event = Event::Requeue { now, retries };
+        self.write(|t| {
+            let ids = t.ids_with_status(channel, Status::Failed)?;
+            for id in &ids {
+                t.transition_id(*id, &event)?;
+            }
+            Ok(ids.len())
+        })
+    }
+
+    fn remove_channel(&self, channel: &str) -> Result<usize> {
+        self.write(|t| {
+            let mut ids = Vec::new();
+            for entry in t
+                .by_status
+                .range((channel, 0, 0)..=(channel, u8::MAX, u64::MAX))
+                .map_err(db_err)?
+            {
+                let (key, _) = entry.map_err(db_err)?;
+                ids.push(to_id(key.value().2)?);
+            }
+            t.delete_ids(&ids)
+        })
+    }
+
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        self.write(|t| {
+            let mut old = Vec::new();
+            for id in t.ids_with_status(channel, Status::Done)? {
+                if t.load(id)?
+                    .is_some_and(|task| task.state.updated_at < before)
+                {
+                    old.push(id);
+                }
+            }
+            t.delete_ids(&old)
+        })
+    }
+
+    fn counts(&self, channel: Option<&str>) -> Result<Counts> {
+        let read = self.read()?;
+        let table = match read.open_table(COUNTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Counts::default()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let entries = match channel {
+            Some(ch) => table.range((ch, 0)..=(ch, u8::MAX)),
+            None => table.iter(),
+        }
+        .map_err(db_err)?;
+        let mut counts = Counts::default();
+        for entry in entries {
+            let (key, n) = entry.map_err(db_err)?;
+            let code = key.value().1;
+            let status = status_from_code(code)
+                .ok_or_else(|| corrupt(format!("unknown status code {code} in counts")))?;
+            *counts.get_mut(status) += usize::try_from(n.value()).unwrap_or(usize::MAX);
+        }
+        Ok(counts)
+    }
+
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        let read = self.read()?;
+        let first = |def: TableDefinition<(&str, i64, u64), ()>| -> Result<Option<i64>> {
+            let table = read.open_table(def).map_err(db_err)?;
+            let mut range = table
+                .range((channel, i64::MIN, 0)..=(channel, i64::MAX, u64::MAX))
+                .map_err(db_err)?;
+            match range.next() {
+                Some(entry) => Ok(Some(entry.map_err(db_err)?.0.value().1)),
+                None => Ok(None),
+            }
+        };
+        let queued = first(QUEUED)?;
+        let lease = first(CHANNEL_LEASES)?;
+        Ok(queued
+            .into_iter()
+            .chain(lease)
+            .min()
+            .map(Timestamp::from_millis))
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<Task>> {
+        let read = self.read()?;
+        let tasks = read.open_table(TASKS).map_err(db_err)?;
+        let Some(bytes) = tasks.get(to_key(id)).map_err(db_err)? else {
+            return Ok(None);
+        };
+        record::decode(id, bytes.value())
+            .map(Some)
+            .map_err(|e| corrupt(format!("task {id}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+    use simplepyq_core::StoreExt;
+
+    const T0: Timestamp = Timestamp::from_millis(1_000_000);
+
+    /// Opens `path` expecting an error, and checks the file's bytes did not change.
+    fn refused(path: &Path) -> Error {
+        let before = std::fs::read(path).expect("read");
+        let err = RedbStore::open(path).expect_err("must be refused");
+        assert!(
+            std::fs::read(path).expect("read") == before,
+            "the file changed"
+        );
+        err
+    }
+
+    #[test]
+    fn a_file_that_is_not_redb_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "just some text, not a database\n".repeat(300)).expect("write");
+        let err = refused(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("not a redb database"), "{err}");
+    }
+
+    #[test]
+    fn a_sqlite_file_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let mut bytes = b"SQLite format 3\0".to_vec();
+        bytes.resize(4096, 0);
+        std::fs::write(&path, &bytes).expect("write");
+        let err = refused(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{err}");
+    }
+
+    #[test]
+    fn another_applications_redb_file_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                let users: TableDefinition<u64, &str> = TableDefinition::new("users");
+                let mut t = tx.open_table(users).expect("table");
+                t.insert(1, "ada").expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let err = refused(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("not a simplepyq queue"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.redb");
+        {
+            let store = RedbStore::open(&path).expect("create");
+            store
+                .write(|t| {
+                    t.meta.insert(META_FORMAT, FORMAT + 1).map_err(db_err)?;
+                    Ok(())
+                })
+                .expect("bump");
+        }
+        match refused(&path) {
+            Error::SchemaTooNew {
+                found, supported, ..
+            } => assert_eq!((found, supported), (FORMAT as i64 + 1, FORMAT as i64)),
+            other => panic!("expected SchemaTooNew, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_second_open_of_a_held_file_is_in_use() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.redb");
+        let first = RedbStore::open(&path).expect("create");
+        let id = first
+            .enqueue_one(NewTask::new("c", vec![1]), T0)
+            .expect("enqueue");
+        let err = RedbStore::open(&path).expect_err("the file is held");
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        drop(first);
+        let again = RedbStore::open(&path).expect("free again");
+        assert_eq!(again.get(id).expect("get").map(|t| t.args), Some(vec![1]));
+    }
+
+    #[test]
+    fn indexes_stay_in_step_with_tasks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RedbStore::open(dir.path().join("q.redb")).expect("create");
+        let tasks: Vec<NewTask> = (0..50)
+            .map(|i| NewTask::new(if i % 2 == 0 { "a" } else { "b" }, vec![]).retries(1))
+            .collect();
+        store.enqueue(&tasks, T0).expect("enqueue");
+        for t in store.claim("a", 10, T0, T0).expect("claim") {
+            store.complete(t.claim(), T0).expect("complete");
+        }
+        store.claim("b", 5, T0, T0).expect("claim");
+        store.recover_expired(T0).expect("recover");
+        store.remove_channel("a").expect("remove");
+        let read = store.read().expect("read");
+        let tasks = read.open_table(TASKS).expect("tasks").len().expect("len");
+        let by_status = read
+            .open_table(BY_STATUS)
+            .expect("by_status")
+            .len()
+            .expect("len");
+        let queued = read.open_table(QUEUED).expect("queued").len().expect("len");
+        let leases = read.open_table(LEASES).expect("leases").len().expect("len");
+        let counts = store.counts(None).expect("counts");
+        assert_eq!((tasks, by_status), (25, 25));
+        assert_eq!((queued, leases), (25, 0));
+        assert_eq!((counts.pending, counts.total()), (25, 25));
+    }
+}

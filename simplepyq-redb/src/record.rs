@@ -1,0 +1,226 @@
+//! The bytes of one task as stored in the `tasks` table.
+//!
+//! ```text
+//! u8 format (1) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
+//! i64 run_at | i64 lease_until (i64::MIN: none) | i64 created_at | i64 updated_at
+//! u32 channel length, channel bytes (UTF-8)
+//! u32 error length + 1 (0: none), error bytes (UTF-8) | args: the rest
+//! ```
+//! All integers little-endian. Decoding checks every length against the bytes it has, so
+//! damaged records give an error, never a panic or an allocation larger than the record.
+
+use simplepyq_core::{Status, Task, TaskId, TaskState, Timestamp};
+
+const FORMAT: u8 = 1;
+const NO_LEASE: i64 = i64::MIN;
+
+/// The one-byte code of a status, as stored in records and index keys.
+pub(crate) fn status_code(s: Status) -> u8 {
+    match s {
+        Status::Pending => 0,
+        Status::Running => 1,
+        Status::Delayed => 2,
+        Status::Done => 3,
+        Status::Failed => 4,
+    }
+}
+
+pub(crate) fn status_from_code(code: u8) -> Option<Status> {
+    Status::ALL.into_iter().find(|s| status_code(*s) == code)
+}
+
+/// Encodes `task` (its id is the table key, not part of the record).
+pub(crate) fn encode(task: &Task) -> Vec<u8> {
+    let s = &task.state;
+    let error = s.last_error.as_deref();
+    let mut out =
+        Vec::with_capacity(54 + task.channel.len() + error.map_or(0, str::len) + task.args.len());
+    out.push(FORMAT);
+    out.push(status_code(s.status));
+    for v in [s.retries_left, s.max_retries, s.attempts] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let lease = s.lease_until.map_or(NO_LEASE, Timestamp::as_millis);
+    for v in [
+        s.run_at.as_millis(),
+        lease,
+        task.created_at.as_millis(),
+        s.updated_at.as_millis(),
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    put_len(&mut out, task.channel.len());
+    out.extend_from_slice(task.channel.as_bytes());
+    match error {
+        None => out.extend_from_slice(&0u32.to_le_bytes()),
+        Some(e) => {
+            put_len(&mut out, e.len() + 1);
+            out.extend_from_slice(e.as_bytes());
+        }
+    }
+    out.extend_from_slice(&task.args);
+    out
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    // redb refuses values over 3 GiB, so no stored length exceeds u32::MAX.
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+/// Why a record could not be decoded.
+pub(crate) type DecodeError = &'static str;
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err("the record is shorter than its fields");
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn str(&mut self, len: u32) -> Result<&'a str, DecodeError> {
+        let len = usize::try_from(len).map_err(|_| "a length does not fit in memory")?;
+        std::str::from_utf8(self.take(len)?).map_err(|_| "a text field is not UTF-8")
+    }
+}
+
+/// Decodes the record of task `id`.
+pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
+    let mut r = Reader(bytes);
+    if r.u8()? != FORMAT {
+        return Err("unknown record format");
+    }
+    let status = status_from_code(r.u8()?).ok_or("unknown status code")?;
+    let (retries_left, max_retries, attempts) = (r.u32()?, r.u32()?, r.u32()?);
+    let (run_at, lease, created_at, updated_at) = (r.i64()?, r.i64()?, r.i64()?, r.i64()?);
+    let channel_len = r.u32()?;
+    let channel = r.str(channel_len)?.to_owned();
+    let last_error = match r.u32()? {
+        0 => None,
+        n => Some(r.str(n - 1)?.to_owned()),
+    };
+    Ok(Task {
+        id,
+        channel,
+        args: r.0.to_vec(),
+        created_at: Timestamp::from_millis(created_at),
+        state: TaskState {
+            status,
+            retries_left,
+            max_retries,
+            attempts,
+            run_at: Timestamp::from_millis(run_at),
+            lease_until: (lease != NO_LEASE).then(|| Timestamp::from_millis(lease)),
+            last_error,
+            updated_at: Timestamp::from_millis(updated_at),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn task() -> impl Strategy<Value = Task> {
+        (
+            (
+                1i64..i64::MAX,
+                "[a-z:/]{1,40}",
+                any::<Vec<u8>>(),
+                any::<i64>(),
+            ),
+            (0usize..5, any::<u32>(), any::<u32>(), any::<u32>()),
+            (any::<i64>(), proptest::option::of(i64::MIN + 1..i64::MAX)),
+            (proptest::option::of(".{0,80}"), any::<i64>()),
+        )
+            .prop_map(
+                |(
+                    (id, channel, args, created),
+                    (status, retries_left, max_retries, attempts),
+                    (run_at, lease),
+                    (last_error, updated),
+                )| Task {
+                    id: TaskId::new(id),
+                    channel,
+                    args,
+                    created_at: Timestamp::from_millis(created),
+                    state: TaskState {
+                        status: Status::ALL[status],
+                        retries_left,
+                        max_retries,
+                        attempts,
+                        run_at: Timestamp::from_millis(run_at),
+                        lease_until: lease.map(Timestamp::from_millis),
+                        last_error,
+                        updated_at: Timestamp::from_millis(updated),
+                    },
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(t in task()) {
+            prop_assert_eq!(decode(t.id, &encode(&t)), Ok(t));
+        }
+
+        #[test]
+        fn damaged_records_are_errors_not_panics(
+            t in task(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<(prop::sample::Index, u8)>(),
+        ) {
+            let bytes = encode(&t);
+            let _ = decode(t.id, &bytes[..cut.index(bytes.len())]);
+            let mut flipped = bytes;
+            let at = flip.0.index(flipped.len());
+            flipped[at] ^= flip.1;
+            let _ = decode(t.id, &flipped);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in any::<Vec<u8>>()) {
+            let _ = decode(TaskId::new(1), &bytes);
+        }
+    }
+
+    #[test]
+    fn a_truncated_record_is_an_error() {
+        let t = Task {
+            id: TaskId::new(1),
+            channel: "c".into(),
+            args: vec![],
+            created_at: Timestamp::EPOCH,
+            state: TaskState::new(0, Timestamp::EPOCH, Timestamp::EPOCH),
+        };
+        let bytes = encode(&t);
+        assert_eq!(
+            decode(t.id, &bytes[..bytes.len() - 1]),
+            Err("the record is shorter than its fields")
+        );
+    }
+}
