@@ -28,7 +28,7 @@ pub mod transition;
 pub use error::{BoxError, Error, Result};
 pub use store::{Store, StoreExt};
 pub use task::{
-    Claim, Counts, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError, Status, Task, TaskId,
-    TaskState, validate_channel,
+    Claim, Counts, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError, Status, Task,
+    TaskId, TaskState, validate_channel,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

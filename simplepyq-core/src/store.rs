@@ -2,7 +2,7 @@
 
 use std::fmt::Debug;
 
-use crate::{Claim, Counts, NewTask, Outcome, Result, Status, Task, TaskId, Timestamp};
+use crate::{Claim, Counts, ListFilter, NewTask, Outcome, Result, Status, Task, TaskId, Timestamp};
 
 /// Durable (or in-memory) storage of tasks.
 ///
@@ -18,14 +18,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// # Contract
     /// Ids are unique and never reused, even after tasks are removed. A task whose run-at is
     /// later than `now` starts `Delayed`, otherwise `Pending`. An invalid channel name fails
-    /// the whole call with [`crate::Error::InvalidChannel`] and adds nothing.
+    /// the whole call with [`crate::Error::InvalidChannel`] and adds nothing. A task with a
+    /// unique key that a pending, delayed or running task of its channel already has (or an
+    /// earlier task of the same call) is not added: its place holds that task's id.
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>>;
 
     /// Claims up to `limit` due queued tasks of `channel` for a worker, leased until
     /// `lease_until`.
     ///
     /// # Contract
-    /// Tasks come in run-at order, then id order. Each returned task is `Running` with one
+    /// Delayed tasks due by `now` are promoted to pending first. Tasks come by priority,
+    /// highest first, then in run-at order, then id order. Each returned task is `Running` with one
     /// more attempt; no task is returned to two callers while its lease is live. Tasks whose
     /// run-at is later than `now` are not returned. `limit == 0` returns nothing.
     fn claim(
@@ -88,6 +91,16 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// The task with this id, if any.
     fn get(&self, id: TaskId) -> Result<Option<Task>>;
+
+    /// A page of tasks in id order.
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
+
+    /// Deletes a pending or delayed task before it runs.
+    ///
+    /// # Contract
+    /// [`crate::Error::NotFound`] if there is no such task; [`crate::Error::InvalidTransition`]
+    /// if it is running, done or failed (and it stays as it is).
+    fn cancel(&self, id: TaskId) -> Result<()>;
 }
 
 /// Helpers over any [`Store`].
@@ -147,6 +160,12 @@ macro_rules! forward_store {
             }
             fn get(&self, id: TaskId) -> Result<Option<Task>> {
                 (**self).get(id)
+            }
+            fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+                (**self).list(filter)
+            }
+            fn cancel(&self, id: TaskId) -> Result<()> {
+                (**self).cancel(id)
             }
         }
     )*};

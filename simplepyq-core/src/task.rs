@@ -152,6 +152,12 @@ pub struct Task {
     pub args: Vec<u8>,
     /// When it was enqueued.
     pub created_at: Timestamp,
+    /// Higher runs first among the due tasks of a channel; equal priorities run in run-at,
+    /// then id order.
+    pub priority: i32,
+    /// While the task is pending, delayed or running, enqueueing the same key to the same
+    /// channel returns this task's id instead of adding a task.
+    pub unique_key: Option<String>,
     /// Status, retries, attempts, times.
     pub state: TaskState,
 }
@@ -191,6 +197,10 @@ pub struct NewTask {
     pub retries: u32,
     /// When it becomes due; `None` for at once.
     pub run_at: Option<Timestamp>,
+    /// Higher runs first among due tasks of the channel; default 0.
+    pub priority: i32,
+    /// A key that at most one pending, delayed or running task of the channel may have.
+    pub unique_key: Option<String>,
 }
 
 impl NewTask {
@@ -201,7 +211,21 @@ impl NewTask {
             args,
             retries: 0,
             run_at: None,
+            priority: 0,
+            unique_key: None,
         }
+    }
+
+    /// Sets the priority: higher runs first.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the unique key.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
     }
 
     /// Sets the number of retries.
@@ -219,6 +243,70 @@ impl NewTask {
     /// The state the task starts in when enqueued at `now`.
     pub fn initial_state(&self, now: Timestamp) -> TaskState {
         TaskState::new(self.retries, self.run_at.unwrap_or(now), now)
+    }
+
+    /// The stored task, given its id, as enqueued at `now`.
+    pub fn to_task(&self, id: TaskId, now: Timestamp) -> Task {
+        Task {
+            id,
+            channel: self.channel.clone(),
+            args: self.args.clone(),
+            created_at: now,
+            priority: self.priority,
+            unique_key: self.unique_key.clone(),
+            state: self.initial_state(now),
+        }
+    }
+}
+
+/// Which tasks [`crate::Store::list`] returns: a page in id order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListFilter {
+    /// Only this channel; `None` for all.
+    pub channel: Option<String>,
+    /// Only this status; `None` for all.
+    pub status: Option<Status>,
+    /// Only ids greater than this: pass the last id of the previous page.
+    pub after: Option<TaskId>,
+    /// At most this many tasks.
+    pub limit: usize,
+}
+
+impl ListFilter {
+    /// The first `limit` tasks, of every channel and status.
+    pub fn new(limit: usize) -> Self {
+        ListFilter {
+            channel: None,
+            status: None,
+            after: None,
+            limit,
+        }
+    }
+
+    /// Only tasks of `channel`.
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = Some(channel.into());
+        self
+    }
+
+    /// Only tasks with `status`.
+    pub fn status(mut self, status: Status) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only tasks after `id` (the next page).
+    pub fn after(mut self, id: TaskId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Whether `task` passes the channel, status and `after` conditions.
+    pub fn matches(&self, task: &Task) -> bool {
+        self.channel.as_ref().is_none_or(|c| *c == task.channel)
+            && self.status.is_none_or(|s| s == task.state.status)
+            && self.after.is_none_or(|a| task.id > a)
     }
 }
 

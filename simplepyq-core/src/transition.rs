@@ -4,12 +4,18 @@
 //! same transaction. They never re-encode these rules.
 //!
 //! ```text
-//!            claim                 succeed
-//! Pending ─────────► Running ─────────────► Done
-//! Delayed ─(due)───►    │ fail, retry left ──► Pending / Delayed (retry_at)
-//!    ▲                  │ fail, none left ───► Failed ──requeue──► Pending
-//!    └──── delay ───────┘ lease expired ─────► as fail ("worker lost")
+//! Pending  --claim-->    Running    a due task; one more attempt, under a lease
+//! Delayed  --promote-->  Pending    its run-at has come
+//! Running  --succeed-->  Done
+//! Running  --fail-->     Pending or Delayed (retry_at) with one retry fewer; Failed if none
+//! Running  --delay-->    Delayed    no retry used
+//! Running  --expire-->   as fail, with "worker lost": the lease ran out
+//! Failed   --requeue-->  Pending
+//! Pending or Delayed --cancel--> deleted
 //! ```
+//!
+//! A pending task is due: stores promote delayed tasks whose run-at has come to pending
+//! before they claim, so that claims can take pending tasks in priority order.
 
 use crate::{Outcome, Status, TaskState, Timestamp};
 
@@ -44,6 +50,11 @@ pub enum Event {
         /// The time of recovery; the lease must have expired by then.
         now: Timestamp,
     },
+    /// A delayed task whose run-at has come becomes pending.
+    Promote {
+        /// The time of the promotion; the run-at must not be later.
+        now: Timestamp,
+    },
     /// A failed task is queued again with the retry count it was enqueued with (`None`)
     /// or a new one.
     Requeue {
@@ -73,6 +84,7 @@ impl Event {
                 ..
             } => "delay",
             Event::Expire { .. } => "recover",
+            Event::Promote { .. } => "promote",
             Event::Requeue { .. } => "requeue",
         }
     }
@@ -143,6 +155,13 @@ pub fn apply(state: &TaskState, event: &Event) -> Result<TaskState, Refused> {
             };
             finish(&mut next, *now, &outcome);
         }
+        Event::Promote { now } => {
+            if state.status != Status::Delayed || state.run_at > *now {
+                return Err(refuse());
+            }
+            next.status = Status::Pending;
+            next.updated_at = *now;
+        }
         Event::Requeue { now, retries } => {
             if state.status != Status::Failed {
                 return Err(refuse());
@@ -154,6 +173,19 @@ pub fn apply(state: &TaskState, event: &Event) -> Result<TaskState, Refused> {
         }
     }
     Ok(next)
+}
+
+/// Whether a task in `state` may be cancelled (deleted before it runs): only a pending or
+/// delayed one. A running task cannot be taken from its worker; a finished one is kept.
+pub fn cancel(state: &TaskState) -> Result<(), Refused> {
+    if state.status.is_queued() {
+        Ok(())
+    } else {
+        Err(Refused {
+            status: state.status,
+            action: "cancel",
+        })
+    }
 }
 
 fn finish(next: &mut TaskState, now: Timestamp, outcome: &Outcome) {
@@ -367,6 +399,7 @@ mod tests {
             ts().prop_map(|lease_until| Event::Extend { lease_until }),
             (ts(), outcome).prop_map(|(now, outcome)| Event::Finish { now, outcome }),
             ts().prop_map(|now| Event::Expire { now }),
+            ts().prop_map(|now| Event::Promote { now }),
             (ts(), proptest::option::of(0u32..5))
                 .prop_map(|(now, retries)| Event::Requeue { now, retries }),
         ]
@@ -387,6 +420,7 @@ mod tests {
                         Event::Claim { now, .. } => prop_assert!(!s.status.is_queued() || s.run_at > *now),
                         Event::Requeue { .. } => prop_assert_ne!(s.status, Status::Failed),
                         Event::Expire { now } => prop_assert!(s.status != Status::Running || s.lease_until > Some(*now)),
+                        Event::Promote { now } => prop_assert!(s.status != Status::Delayed || s.run_at > *now),
                         _ => prop_assert_ne!(s.status, Status::Running),
                     }
                     continue;
@@ -405,6 +439,10 @@ mod tests {
                         prop_assert!(next.status == Status::Failed || next.retries_left + 1 == s.retries_left);
                     }
                     Event::Claim { .. } => prop_assert_eq!(next.attempts, s.attempts + 1),
+                    Event::Promote { .. } => prop_assert_eq!(
+                        (next.status, next.retries_left, next.attempts),
+                        (Status::Pending, s.retries_left, s.attempts)
+                    ),
                     _ => {}
                 }
                 if s.status == Status::Done {

@@ -16,16 +16,18 @@
 //! # Ok::<(), simplepyq_core::Error>(())
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use parking_lot::Mutex;
-use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    Claim, Counts, Error, NewTask, Outcome, Result, Status, Store, Task, TaskId, TaskState,
+    Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
     Timestamp, validate_channel,
 };
 
-/// An in-memory [`Store`]. Claiming the next due task is O(log n).
+/// An in-memory [`Store`]. Claiming the next due task is O(log n) (plus the promotion of
+/// delayed tasks that became due).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -38,21 +40,25 @@ impl MemoryStore {
     }
 }
 
-/// Ordered sets of (time, id): run-at for queued tasks, lease expiry for running ones.
+/// Ordered sets of (time, id): run-at of delayed tasks, lease expiry of running ones.
 type TimeIndex = BTreeSet<(Timestamp, TaskId)>;
 
 #[derive(Debug, Default)]
 struct ChannelIndex {
-    queued: TimeIndex,
+    /// Pending tasks in claim order: priority (negated: highest first), run-at, id.
+    ready: BTreeSet<(i64, Timestamp, TaskId)>,
+    delayed: TimeIndex,
     running: TimeIndex,
     failed: BTreeSet<TaskId>,
+    /// Unique keys of pending, delayed and running tasks.
+    unique: HashMap<String, TaskId>,
     counts: Counts,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     last_id: i64,
-    tasks: HashMap<TaskId, Task>,
+    tasks: BTreeMap<TaskId, Task>,
     channels: HashMap<String, ChannelIndex>,
     /// Every running task by lease expiry, for recovery across channels.
     leases: TimeIndex,
@@ -69,19 +75,35 @@ impl Inner {
             .expect("the channel index was just inserted")
     }
 
-    /// Adds (`add == true`) or removes the index entries of a task in `state`.
-    fn index(&mut self, id: TaskId, channel: &str, state: &TaskState, add: bool) {
+    /// Adds (`add == true`) or removes the index entries of `task` as it stands.
+    fn index(&mut self, task: &Task, add: bool) {
+        let (id, state) = (task.id, &task.state);
         let lease = state.lease_until.unwrap_or(Timestamp::EPOCH);
-        let ch = self.channel(channel);
+        let ch = self.channel(&task.channel);
         let count = ch.counts.get_mut(state.status);
         *count = if add { *count + 1 } else { *count - 1 };
         let changed = match state.status {
-            Status::Pending | Status::Delayed => toggle(&mut ch.queued, (state.run_at, id), add),
+            Status::Pending => {
+                let key = (-i64::from(task.priority), state.run_at, id);
+                toggle(&mut ch.ready, key, add)
+            }
+            Status::Delayed => toggle(&mut ch.delayed, (state.run_at, id), add),
             Status::Running => toggle(&mut ch.running, (lease, id), add),
             Status::Failed => toggle(&mut ch.failed, id, add),
             Status::Done => true,
         };
         debug_assert!(changed, "index out of step with task {id}");
+        if let Some(key) = task
+            .unique_key
+            .as_ref()
+            .filter(|_| !state.status.is_final())
+        {
+            if add {
+                ch.unique.insert(key.clone(), id);
+            } else {
+                ch.unique.remove(key);
+            }
+        }
         if state.status == Status::Running {
             toggle(&mut self.leases, (lease, id), add);
         }
@@ -91,21 +113,35 @@ impl Inner {
     fn transition(&mut self, id: TaskId, event: &Event) -> Result<&Task> {
         let task = self.tasks.get(&id).ok_or(Error::NotFound(id))?;
         let next = apply(&task.state, event).map_err(|r| r.into_error(id))?;
-        let (channel, old) = (task.channel.clone(), task.state.clone());
-        self.index(id, &channel, &old, false);
-        self.index(id, &channel, &next, true);
-        let task = self
+        let mut task = task.clone();
+        self.index(&task, false);
+        task.state = next;
+        self.index(&task, true);
+        let slot = self
             .tasks
             .get_mut(&id)
             .expect("the task was read under the same lock");
-        task.state = next;
-        Ok(task)
+        *slot = task;
+        Ok(slot)
     }
 
     fn held(&self, claim: Claim) -> bool {
         self.tasks
             .get(&claim.id)
             .is_some_and(|t| t.state.status == Status::Running && t.state.attempts == claim.attempt)
+    }
+
+    fn delete(&mut self, id: TaskId) {
+        if let Some(task) = self.tasks.remove(&id) {
+            self.index(&task, false);
+            if self
+                .channels
+                .get(&task.channel)
+                .is_some_and(|ch| ch.counts.total() == 0)
+            {
+                self.channels.remove(&task.channel);
+            }
+        }
     }
 
     /// Deletes tasks of `channel` (or all channels) that `pick` selects; returns how many.
@@ -117,12 +153,24 @@ impl Inner {
             .map(|t| t.id)
             .collect();
         for id in &doomed {
-            if let Some(task) = self.tasks.remove(id) {
-                self.index(*id, &task.channel, &task.state, false);
-            }
+            self.delete(*id);
         }
-        self.channels.retain(|_, ch| ch.counts.total() > 0);
         doomed.len()
+    }
+
+    /// Promotes the delayed tasks of `channel` whose run-at has come.
+    fn promote_due(&mut self, channel: &str, now: Timestamp) -> Result<()> {
+        let due: Vec<TaskId> = self.channels.get(channel).map_or_else(Vec::new, |ch| {
+            ch.delayed
+                .iter()
+                .take_while(|(run_at, _)| *run_at <= now)
+                .map(|&(_, id)| id)
+                .collect()
+        });
+        for id in due {
+            self.transition(id, &Event::Promote { now })?;
+        }
+        Ok(())
     }
 }
 
@@ -142,19 +190,21 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         let mut ids = Vec::with_capacity(tasks.len());
         for t in tasks {
+            let existing = t.unique_key.as_ref().and_then(|key| {
+                inner
+                    .channels
+                    .get(&t.channel)
+                    .and_then(|ch| ch.unique.get(key).copied())
+            });
+            if let Some(id) = existing {
+                ids.push(id);
+                continue;
+            }
             inner.last_id += 1;
-            let id = TaskId::new(inner.last_id);
-            let state = t.initial_state(now);
-            inner.index(id, &t.channel, &state, true);
-            let task = Task {
-                id,
-                channel: t.channel.clone(),
-                args: t.args.clone(),
-                created_at: now,
-                state,
-            };
-            inner.tasks.insert(id, task);
-            ids.push(id);
+            let task = t.to_task(TaskId::new(inner.last_id), now);
+            inner.index(&task, true);
+            ids.push(task.id);
+            inner.tasks.insert(task.id, task);
         }
         Ok(ids)
     }
@@ -167,21 +217,19 @@ impl Store for MemoryStore {
         lease_until: Timestamp,
     ) -> Result<Vec<Task>> {
         let mut inner = self.inner.lock();
-        let mut out = Vec::new();
+        inner.promote_due(channel, now)?;
+        let due: Vec<TaskId> = inner.channels.get(channel).map_or_else(Vec::new, |ch| {
+            ch.ready
+                .iter()
+                .filter(|(_, run_at, _)| *run_at <= now)
+                .take(limit)
+                .map(|&(_, _, id)| id)
+                .collect()
+        });
         let event = Event::Claim { now, lease_until };
-        while out.len() < limit {
-            let Some(ch) = inner.channels.get(channel) else {
-                break;
-            };
-            let Some(&(run_at, id)) = ch.queued.first() else {
-                break;
-            };
-            if run_at > now {
-                break;
-            }
-            out.push(inner.transition(id, &event)?.clone());
-        }
-        Ok(out)
+        due.into_iter()
+            .map(|id| inner.transition(id, &event).cloned())
+            .collect()
     }
 
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
@@ -278,13 +326,35 @@ impl Store for MemoryStore {
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         let inner = self.inner.lock();
         Ok(inner.channels.get(channel).and_then(|ch| {
-            let queued = ch.queued.first().map(|(t, _)| *t);
+            let ready = ch.ready.iter().map(|(_, t, _)| *t).min();
+            let delayed = ch.delayed.first().map(|(t, _)| *t);
             let lease = ch.running.first().map(|(t, _)| *t);
-            queued.into_iter().chain(lease).min()
+            [ready, delayed, lease].into_iter().flatten().min()
         }))
     }
 
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         Ok(self.inner.lock().tasks.get(&id).cloned())
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        let inner = self.inner.lock();
+        let start = filter.after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(inner
+            .tasks
+            .range((start, Bound::Unbounded))
+            .map(|(_, t)| t)
+            .filter(|t| filter.matches(t))
+            .take(filter.limit)
+            .cloned()
+            .collect())
+    }
+
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let task = inner.tasks.get(&id).ok_or(Error::NotFound(id))?;
+        transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
+        inner.delete(id);
+        Ok(())
     }
 }

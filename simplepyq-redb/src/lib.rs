@@ -27,10 +27,11 @@
 //!
 //! # Layout
 //! `tasks` maps an id to the task's record; ordered index tables make claiming the next due
-//! task of a channel a range scan, O(log n): `queued` (channel, run-at, id), `leases`
-//! (lease expiry, id), `channel_leases` (channel, lease expiry, id), `by_status`
-//! (channel, status, id), and `counts` (channel, status) → number. `meta` holds the format
-//! version and the last id given out.
+//! task of a channel a range scan, O(log n): `ready` (channel, -priority, run-at, id) for
+//! pending tasks, `delayed` (channel, run-at, id), `leases` (lease expiry, id),
+//! `channel_leases` (channel, lease expiry, id), `by_status` (channel, status, id),
+//! `unique_keys` (channel, key) → id, and `counts` (channel, status) → number.
+//! `simplepyq_meta` holds the format version and the last id given out.
 
 mod record;
 
@@ -40,20 +41,27 @@ use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, Table,
     TableDefinition, WriteTransaction,
 };
-use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    Claim, Counts, Error, NewTask, Outcome, Result, Status, Store, Task, TaskId, Timestamp,
-    validate_channel,
+    Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
+    Timestamp, validate_channel,
 };
 
 use crate::record::{status_code, status_from_code};
 
 const BACKEND: &str = "redb";
-/// The layout version this build writes.
-const FORMAT: u64 = 1;
+/// The layout version this build writes. Format 1 (one `queued` index, records without
+/// priority and unique key) is upgraded on open.
+const FORMAT: u64 = 2;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
-const QUEUED: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("queued");
+/// Pending tasks in claim order: (channel, -priority, run-at, id).
+const READY: TableDefinition<(&str, i64, i64, u64), ()> = TableDefinition::new("ready");
+const DELAYED: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("delayed");
+/// Unique keys of pending, delayed and running tasks: (channel, key) → id.
+const UNIQUE: TableDefinition<(&str, &str), u64> = TableDefinition::new("unique_keys");
+/// The index tables of format 1, dropped by the upgrade.
+const FORMAT_1_INDEXES: [&str; 5] = ["queued", "leases", "channel_leases", "by_status", "counts"];
 const LEASES: TableDefinition<(i64, u64), ()> = TableDefinition::new("leases");
 const CHANNEL_LEASES: TableDefinition<(&str, i64, u64), ()> =
     TableDefinition::new("channel_leases");
@@ -199,14 +207,45 @@ impl RedbStore {
                 RedbDurability::None => redb::Durability::None,
             },
         };
-        if !inspect(&store.db)? {
-            store.write(|t| {
+        match inspect(&store.db)? {
+            Some(FORMAT) => {}
+            Some(_) => store.upgrade_from_format_1()?,
+            None => store.write(|t| {
                 t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
                 t.meta.insert(META_LAST_ID, 0).map_err(db_err)?;
                 Ok(())
-            })?;
+            })?,
         }
         Ok(store)
+    }
+
+    /// Rebuilds the indexes of a format-1 file and rewrites its records, in one transaction.
+    fn upgrade_from_format_1(&self) -> Result<()> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(self.durability).map_err(db_err)?;
+        for name in FORMAT_1_INDEXES {
+            let table: TableDefinition<'_, u64, ()> = TableDefinition::new(name);
+            // The typed handle only names the table: delete_table ignores its types.
+            tx.delete_table(table).map_err(db_err)?;
+        }
+        {
+            let mut t = Tables::open(&tx)?;
+            let mut tasks = Vec::new();
+            for entry in t.tasks.iter().map_err(db_err)? {
+                let (key, bytes) = entry.map_err(db_err)?;
+                let id = to_id(key.value())?;
+                tasks.push(
+                    record::decode(id, bytes.value())
+                        .map_err(|e| corrupt(format!("task {id}: {e}")))?,
+                );
+            }
+            for task in &tasks {
+                t.index(task, true)?;
+                t.put(task)?;
+            }
+            t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
     }
 
     /// Runs `op` in one write transaction, committed if it succeeds.
@@ -226,15 +265,15 @@ impl RedbStore {
     }
 }
 
-/// Whether `db` is a simplepyq queue of a format this build reads (`true`) or empty
-/// (`false`); an error for anything else. Reads only.
-fn inspect(db: &impl ReadableDatabase) -> Result<bool> {
+/// The format of the simplepyq queue in `db`, if it is one this build reads, or `None` if
+/// `db` is empty; an error for anything else. Reads only.
+fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
     let read = db.begin_read().map_err(db_err)?;
     match read.open_table(META) {
         Ok(meta) => {
             let format = meta.get(META_FORMAT).map_err(db_err)?.map(|v| v.value());
             return match format {
-                Some(FORMAT) => Ok(true),
+                Some(f @ (1 | FORMAT)) => Ok(Some(f)),
                 Some(found) => Err(Error::SchemaTooNew {
                     backend: BACKEND,
                     found: i64::try_from(found).unwrap_or(i64::MAX),
@@ -256,13 +295,15 @@ fn inspect(db: &impl ReadableDatabase) -> Result<bool> {
             ),
         });
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// The tables of one write transaction.
 struct Tables<'tx> {
     tasks: Table<'tx, u64, &'static [u8]>,
-    queued: Table<'tx, (&'static str, i64, u64), ()>,
+    ready: Table<'tx, (&'static str, i64, i64, u64), ()>,
+    delayed: Table<'tx, (&'static str, i64, u64), ()>,
+    unique: Table<'tx, (&'static str, &'static str), u64>,
     leases: Table<'tx, (i64, u64), ()>,
     channel_leases: Table<'tx, (&'static str, i64, u64), ()>,
     by_status: Table<'tx, (&'static str, u8, u64), ()>,
@@ -274,7 +315,9 @@ impl<'tx> Tables<'tx> {
     fn open(tx: &'tx WriteTransaction) -> Result<Self> {
         Ok(Tables {
             tasks: tx.open_table(TASKS).map_err(db_err)?,
-            queued: tx.open_table(QUEUED).map_err(db_err)?,
+            ready: tx.open_table(READY).map_err(db_err)?,
+            delayed: tx.open_table(DELAYED).map_err(db_err)?,
+            unique: tx.open_table(UNIQUE).map_err(db_err)?,
             leases: tx.open_table(LEASES).map_err(db_err)?,
             channel_leases: tx.open_table(CHANNEL_LEASES).map_err(db_err)?,
             by_status: tx.open_table(BY_STATUS).map_err(db_err)?,
@@ -317,16 +360,27 @@ impl<'tx> Tables<'tx> {
         } else {
             self.counts.insert((ch, code), count).map_err(db_err)?;
         }
-        match (s.status, add) {
-            (Status::Pending | Status::Delayed, true) => {
-                self.queued
-                    .insert((ch, s.run_at.as_millis(), id), ())
-                    .map_err(db_err)?;
+        if let Some(key) = task.unique_key.as_deref().filter(|_| !s.status.is_final()) {
+            if add {
+                self.unique.insert((ch, key), id).map_err(db_err)?;
+            } else {
+                self.unique.remove((ch, key)).map_err(db_err)?;
             }
-            (Status::Pending | Status::Delayed, false) => {
-                self.queued
-                    .remove((ch, s.run_at.as_millis(), id))
-                    .map_err(db_err)?;
+        }
+        let ready = (ch, -i64::from(task.priority), s.run_at.as_millis(), id);
+        let delayed = (ch, s.run_at.as_millis(), id);
+        match (s.status, add) {
+            (Status::Pending, true) => {
+                self.ready.insert(ready, ()).map_err(db_err)?;
+            }
+            (Status::Pending, false) => {
+                self.ready.remove(ready).map_err(db_err)?;
+            }
+            (Status::Delayed, true) => {
+                self.delayed.insert(delayed, ()).map_err(db_err)?;
+            }
+            (Status::Delayed, false) => {
+                self.delayed.remove(delayed).map_err(db_err)?;
             }
             (Status::Running, true) => {
                 self.leases.insert((lease, id), ()).map_err(db_err)?;
@@ -424,14 +478,18 @@ impl Store for RedbStore {
                 .map_or(0, |v| v.value());
             let mut ids = Vec::with_capacity(tasks.len());
             for new in tasks {
+                if let Some(key) = &new.unique_key {
+                    let existing = t
+                        .unique
+                        .get((new.channel.as_str(), key.as_str()))
+                        .map_err(db_err)?;
+                    if let Some(id) = existing {
+                        ids.push(to_id(id.value())?);
+                        continue;
+                    }
+                }
                 last += 1;
-                let task = Task {
-                    id: to_id(last)?,
-                    channel: new.channel.clone(),
-                    args: new.args.clone(),
-                    created_at: now,
-                    state: new.initial_state(now),
-                };
+                let task = new.to_task(to_id(last)?, now);
                 t.index(&task, true)?;
                 t.put(&task)?;
                 ids.push(task.id);
@@ -451,21 +509,46 @@ impl Store for RedbStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let due = (channel, i64::MIN, 0)..=(channel, now.as_millis(), u64::MAX);
+        let all_ready = (channel, i64::MIN, i64::MIN, 0)..=(channel, i64::MAX, i64::MAX, u64::MAX);
+        let due_delayed = (channel, i64::MIN, 0)..=(channel, now.as_millis(), u64::MAX);
         // Look in a read transaction first: idle workers poll without taking the writer.
         {
             let read = self.read()?;
-            let queued = read.open_table(QUEUED).map_err(db_err)?;
-            if queued.range(due.clone()).map_err(db_err)?.next().is_none() {
+            let ready = read.open_table(READY).map_err(db_err)?;
+            let delayed = read.open_table(DELAYED).map_err(db_err)?;
+            if ready
+                .range(all_ready.clone())
+                .map_err(db_err)?
+                .next()
+                .is_none()
+                && delayed
+                    .range(due_delayed.clone())
+                    .map_err(db_err)?
+                    .next()
+                    .is_none()
+            {
                 return Ok(Vec::new());
             }
         }
         let event = Event::Claim { now, lease_until };
         self.write(|t| {
+            let mut promote = Vec::new();
+            for entry in t.delayed.range(due_delayed.clone()).map_err(db_err)? {
+                promote.push(to_id(entry.map_err(db_err)?.0.value().2)?);
+            }
+            for id in promote {
+                t.transition_id(id, &Event::Promote { now })?;
+            }
             let mut ids = Vec::new();
-            for entry in t.queued.range(due.clone()).map_err(db_err)?.take(limit) {
-                let (key, _) = entry.map_err(db_err)?;
-                ids.push(to_id(key.value().2)?);
+            for entry in t.ready.range(all_ready.clone()).map_err(db_err)? {
+                let (_, _, run_at, id) = entry.map_err(db_err)?.0.value();
+                // Pending tasks are due, unless another process's clock runs ahead.
+                if run_at <= now.as_millis() {
+                    ids.push(to_id(id)?);
+                    if ids.len() == limit {
+                        break;
+                    }
+                }
             }
             ids.into_iter()
                 .map(|id| t.transition_id(id, &event))
@@ -605,6 +688,15 @@ impl Store for RedbStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         let read = self.read()?;
+        let ready = read.open_table(READY).map_err(db_err)?;
+        let ready = match ready
+            .range((channel, i64::MIN, i64::MIN, 0)..=(channel, i64::MAX, i64::MAX, u64::MAX))
+            .map_err(db_err)?
+            .next()
+        {
+            Some(entry) => Some(entry.map_err(db_err)?.0.value().2),
+            None => None,
+        };
         let first = |def: TableDefinition<(&str, i64, u64), ()>| -> Result<Option<i64>> {
             let table = read.open_table(def).map_err(db_err)?;
             let mut range = table
@@ -615,13 +707,41 @@ impl Store for RedbStore {
                 None => Ok(None),
             }
         };
-        let queued = first(QUEUED)?;
+        let delayed = first(DELAYED)?;
         let lease = first(CHANNEL_LEASES)?;
-        Ok(queued
+        Ok([ready, delayed, lease]
             .into_iter()
-            .chain(lease)
+            .flatten()
             .min()
             .map(Timestamp::from_millis))
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        let read = self.read()?;
+        let tasks = read.open_table(TASKS).map_err(db_err)?;
+        let start = filter.after.map_or(0, |a| to_key(a).saturating_add(1));
+        let mut out = Vec::new();
+        for entry in tasks.range(start..).map_err(db_err)? {
+            if out.len() == filter.limit {
+                break;
+            }
+            let (key, bytes) = entry.map_err(db_err)?;
+            let id = to_id(key.value())?;
+            let task = record::decode(id, bytes.value())
+                .map_err(|e| corrupt(format!("task {id}: {e}")))?;
+            if filter.matches(&task) {
+                out.push(task);
+            }
+        }
+        Ok(out)
+    }
+
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        self.write(|t| {
+            let task = t.load(id)?.ok_or(Error::NotFound(id))?;
+            transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
+            t.delete(&task)
+        })
     }
 
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
@@ -639,7 +759,7 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::ReadableTableMetadata;
+    use redb::{ReadableTableMetadata, TableHandle};
     use simplepyq_core::StoreExt;
 
     const T0: Timestamp = Timestamp::from_millis(1_000_000);
@@ -732,6 +852,67 @@ mod tests {
     }
 
     #[test]
+    fn a_format_1_file_is_upgraded_keeping_its_tasks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.redb");
+        let pending = NewTask::new("c", vec![1]).to_task(TaskId::new(1), T0);
+        let delayed = NewTask::new("c", vec![2])
+            .run_at(T0.after(std::time::Duration::from_secs(1)))
+            .to_task(TaskId::new(2), T0);
+        {
+            // The layout format 1 wrote.
+            let db = Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                let mut meta = tx.open_table(META).expect("meta");
+                meta.insert(META_FORMAT, 1).expect("format");
+                meta.insert(META_LAST_ID, 2).expect("last id");
+                let mut tasks = tx.open_table(TASKS).expect("tasks");
+                let queued: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("queued");
+                let mut queued = tx.open_table(queued).expect("queued");
+                let mut counts = tx.open_table(COUNTS).expect("counts");
+                for t in [&pending, &delayed] {
+                    let v1 = record::tests::encode_format_1(t);
+                    tasks.insert(to_key(t.id), v1.as_slice()).expect("task");
+                    queued
+                        .insert(("c", t.state.run_at.as_millis(), to_key(t.id)), ())
+                        .expect("queued");
+                    let code = status_code(t.state.status);
+                    counts.insert(("c", code), 1).expect("count");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        let store = RedbStore::open(&path).expect("upgrade");
+        {
+            let read = store.read().expect("read");
+            let meta = read.open_table(META).expect("meta");
+            let format = meta.get(META_FORMAT).expect("get").map(|v| v.value());
+            assert_eq!(format, Some(FORMAT));
+            let tables: Vec<String> = read
+                .list_tables()
+                .expect("tables")
+                .map(|t| t.name().to_owned())
+                .collect();
+            assert!(!tables.contains(&"queued".to_owned()), "{tables:?}");
+        }
+        let c = store.counts(Some("c")).expect("counts");
+        assert_eq!((c.pending, c.delayed), (1, 1));
+        let first = store.claim("c", 5, T0, T0).expect("claim");
+        assert_eq!(
+            first.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![pending.id]
+        );
+        let later = T0.after(std::time::Duration::from_secs(1));
+        let second = store.claim("c", 5, later, later).expect("claim");
+        assert_eq!(second[0].args, vec![2]);
+        let next = store
+            .enqueue_one(NewTask::new("c", vec![]), T0)
+            .expect("enqueue");
+        assert_eq!(next, TaskId::new(3), "ids go on after the upgrade");
+    }
+
+    #[test]
     fn indexes_stay_in_step_with_tasks() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = RedbStore::open(dir.path().join("q.redb")).expect("create");
@@ -752,7 +933,7 @@ mod tests {
             .expect("by_status")
             .len()
             .expect("len");
-        let queued = read.open_table(QUEUED).expect("queued").len().expect("len");
+        let queued = read.open_table(READY).expect("ready").len().expect("len");
         let leases = read.open_table(LEASES).expect("leases").len().expect("len");
         let counts = store.counts(None).expect("counts");
         assert_eq!((tasks, by_status), (25, 25));

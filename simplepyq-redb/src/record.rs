@@ -1,17 +1,22 @@
 //! The bytes of one task as stored in the `tasks` table.
 //!
 //! ```text
-//! u8 format (1) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
+//! u8 format (2) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
 //! i64 run_at | i64 lease_until (i64::MIN: none) | i64 created_at | i64 updated_at
+//! i32 priority                                     (format 2 on; 0 in format 1)
 //! u32 channel length, channel bytes (UTF-8)
-//! u32 error length + 1 (0: none), error bytes (UTF-8) | args: the rest
+//! u32 error length + 1 (0: none), error bytes (UTF-8)
+//! u32 unique key length + 1 (0: none), key bytes   (format 2 on; none in format 1)
+//! args: the rest
 //! ```
 //! All integers little-endian. Decoding checks every length against the bytes it has, so
 //! damaged records give an error, never a panic or an allocation larger than the record.
 
 use simplepyq_core::{Status, Task, TaskId, TaskState, Timestamp};
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The first format, without priority and unique key; still read.
+const FORMAT_1: u8 = 1;
 const NO_LEASE: i64 = i64::MIN;
 
 /// The one-byte code of a status, as stored in records and index keys.
@@ -33,8 +38,9 @@ pub(crate) fn status_from_code(code: u8) -> Option<Status> {
 pub(crate) fn encode(task: &Task) -> Vec<u8> {
     let s = &task.state;
     let error = s.last_error.as_deref();
-    let mut out =
-        Vec::with_capacity(54 + task.channel.len() + error.map_or(0, str::len) + task.args.len());
+    let key = task.unique_key.as_deref();
+    let texts = task.channel.len() + error.map_or(0, str::len) + key.map_or(0, str::len);
+    let mut out = Vec::with_capacity(62 + texts + task.args.len());
     out.push(FORMAT);
     out.push(status_code(s.status));
     for v in [s.retries_left, s.max_retries, s.attempts] {
@@ -49,17 +55,23 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
     ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
+    out.extend_from_slice(&task.priority.to_le_bytes());
     put_len(&mut out, task.channel.len());
     out.extend_from_slice(task.channel.as_bytes());
-    match error {
-        None => out.extend_from_slice(&0u32.to_le_bytes()),
-        Some(e) => {
-            put_len(&mut out, e.len() + 1);
-            out.extend_from_slice(e.as_bytes());
-        }
-    }
+    put_optional(&mut out, error);
+    put_optional(&mut out, key);
     out.extend_from_slice(&task.args);
     out
+}
+
+fn put_optional(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        None => out.extend_from_slice(&0u32.to_le_bytes()),
+        Some(t) => {
+            put_len(out, t.len() + 1);
+            out.extend_from_slice(t.as_bytes());
+        }
+    }
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) {
@@ -105,28 +117,45 @@ impl<'a> Reader<'a> {
         let len = usize::try_from(len).map_err(|_| "a length does not fit in memory")?;
         std::str::from_utf8(self.take(len)?).map_err(|_| "a text field is not UTF-8")
     }
+
+    fn optional(&mut self) -> Result<Option<String>, DecodeError> {
+        match self.u32()? {
+            0 => Ok(None),
+            n => Ok(Some(self.str(n - 1)?.to_owned())),
+        }
+    }
 }
 
 /// Decodes the record of task `id`.
 pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
     let mut r = Reader(bytes);
-    if r.u8()? != FORMAT {
+    let format = r.u8()?;
+    if format != FORMAT && format != FORMAT_1 {
         return Err("unknown record format");
     }
     let status = status_from_code(r.u8()?).ok_or("unknown status code")?;
     let (retries_left, max_retries, attempts) = (r.u32()?, r.u32()?, r.u32()?);
     let (run_at, lease, created_at, updated_at) = (r.i64()?, r.i64()?, r.i64()?, r.i64()?);
+    let priority = if format == FORMAT_1 {
+        0
+    } else {
+        i32::from_le_bytes(r.array()?)
+    };
     let channel_len = r.u32()?;
     let channel = r.str(channel_len)?.to_owned();
-    let last_error = match r.u32()? {
-        0 => None,
-        n => Some(r.str(n - 1)?.to_owned()),
+    let last_error = r.optional()?;
+    let unique_key = if format == FORMAT_1 {
+        None
+    } else {
+        r.optional()?
     };
     Ok(Task {
         id,
         channel,
         args: r.0.to_vec(),
         created_at: Timestamp::from_millis(created_at),
+        priority,
+        unique_key,
         state: TaskState {
             status,
             retries_left,
@@ -141,7 +170,7 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -156,6 +185,7 @@ mod tests {
             (0usize..5, any::<u32>(), any::<u32>(), any::<u32>()),
             (any::<i64>(), proptest::option::of(i64::MIN + 1..i64::MAX)),
             (proptest::option::of(".{0,80}"), any::<i64>()),
+            (any::<i32>(), proptest::option::of(".{0,20}")),
         )
             .prop_map(
                 |(
@@ -163,11 +193,14 @@ mod tests {
                     (status, retries_left, max_retries, attempts),
                     (run_at, lease),
                     (last_error, updated),
+                    (priority, unique_key),
                 )| Task {
                     id: TaskId::new(id),
                     channel,
                     args,
                     created_at: Timestamp::from_millis(created),
+                    priority,
+                    unique_key,
                     state: TaskState {
                         status: Status::ALL[status],
                         retries_left,
@@ -210,17 +243,44 @@ mod tests {
 
     #[test]
     fn a_truncated_record_is_an_error() {
-        let t = Task {
-            id: TaskId::new(1),
-            channel: "c".into(),
-            args: vec![],
-            created_at: Timestamp::EPOCH,
-            state: TaskState::new(0, Timestamp::EPOCH, Timestamp::EPOCH),
-        };
+        let t = simplepyq_core::NewTask::new("c", vec![]).to_task(TaskId::new(1), Timestamp::EPOCH);
         let bytes = encode(&t);
         assert_eq!(
             decode(t.id, &bytes[..bytes.len() - 1]),
             Err("the record is shorter than its fields")
         );
+    }
+
+    /// A record as format 1 wrote it: no priority, no unique key.
+    pub(crate) fn encode_format_1(t: &Task) -> Vec<u8> {
+        let s = &t.state;
+        let mut v1 = vec![FORMAT_1, status_code(s.status)];
+        for n in [s.retries_left, s.max_retries, s.attempts] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        let lease = s.lease_until.map_or(NO_LEASE, Timestamp::as_millis);
+        for n in [
+            s.run_at.as_millis(),
+            lease,
+            t.created_at.as_millis(),
+            s.updated_at.as_millis(),
+        ] {
+            v1.extend_from_slice(&n.to_le_bytes());
+        }
+        put_len(&mut v1, t.channel.len());
+        v1.extend_from_slice(t.channel.as_bytes());
+        put_optional(&mut v1, s.last_error.as_deref());
+        v1.extend_from_slice(&t.args);
+        v1
+    }
+
+    #[test]
+    fn format_1_records_still_decode() {
+        let mut t = simplepyq_core::NewTask::new("c", vec![0x90])
+            .retries(2)
+            .to_task(TaskId::new(7), Timestamp::from_millis(10));
+        t.state.last_error = Some("boom".into());
+        let decoded = decode(t.id, &encode_format_1(&t)).expect("format 1 decodes");
+        assert_eq!(decoded, t);
     }
 }

@@ -47,11 +47,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, Row, Statement, Transaction, TransactionBehavior};
-use rusqlite::{params, params_from_iter};
-use simplepyq_core::transition::{Event, apply};
+use rusqlite::{OptionalExtension, params, params_from_iter};
+use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
-    Claim, Counts, Error, NewTask, Outcome, Result, Status, Store, Task, TaskId, TaskState,
-    Timestamp, validate_channel,
+    Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
+    TaskState, Timestamp, validate_channel,
 };
 
 use crate::error::{E, R, bad_value};
@@ -117,8 +117,9 @@ pub struct SqliteStore {
 }
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
-const COLUMNS: &str = "id, channel, args, created_at, status, retries_left, max_retries, \
-                       attempts, run_at, lease_until, last_error, updated_at";
+const COLUMNS: &str = "id, channel, args, created_at, priority, unique_key, status, \
+                       retries_left, max_retries, attempts, run_at, lease_until, last_error, \
+                       updated_at";
 /// The columns of a [`TaskState`], as [`state_from_row`] reads them.
 const STATE_COLUMNS: &str =
     "status, retries_left, max_retries, attempts, run_at, lease_until, last_error, updated_at";
@@ -240,7 +241,9 @@ fn task_from_row(r: &Row<'_>) -> R<Task> {
         channel: r.get(1)?,
         args: r.get(2)?,
         created_at: Timestamp::from_millis(r.get(3)?),
-        state: state_from_row(r, 4)?,
+        priority: r.get(4)?,
+        unique_key: r.get(5)?,
+        state: state_from_row(r, 6)?,
     })
 }
 
@@ -305,7 +308,10 @@ fn held(tx: &Transaction<'_>, claim: Claim) -> R<bool> {
         .is_some_and(|s| s.status == Status::Running && s.attempts == claim.attempt))
 }
 
-const DUE: &str = "channel = ?1 AND status IN ('pending', 'delayed') AND run_at <= ?2";
+/// Pending tasks of channel ?1 due by ?2 (pending tasks are due unless clocks disagree).
+const READY: &str = "channel = ?1 AND status = 'pending' AND run_at <= ?2";
+/// Delayed tasks of channel ?1 whose run-at has come by ?2.
+const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND run_at <= ?2";
 
 impl Store for SqliteStore {
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
@@ -313,17 +319,32 @@ impl Store for SqliteStore {
             validate_channel(&t.channel)?;
         }
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(&format!(
-                "INSERT INTO tasks (channel, args, created_at, {STATE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
+                 {STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ))?;
+            let mut existing = tx.prepare_cached(
+                "SELECT id FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
+                 AND status IN ('pending', 'delayed', 'running')",
+            )?;
             let mut ids = Vec::with_capacity(tasks.len());
             for t in tasks {
-                stmt.raw_bind_parameter(1, &t.channel)?;
-                stmt.raw_bind_parameter(2, &t.args)?;
-                stmt.raw_bind_parameter(3, now.as_millis())?;
-                bind_state(&mut stmt, 4, &t.initial_state(now))?;
-                stmt.raw_execute()?;
+                if let Some(key) = &t.unique_key {
+                    let found: Option<i64> = existing
+                        .query_row(params![t.channel, key], |r| r.get(0))
+                        .optional()?;
+                    if let Some(id) = found {
+                        ids.push(TaskId::new(id));
+                        continue;
+                    }
+                }
+                insert.raw_bind_parameter(1, &t.channel)?;
+                insert.raw_bind_parameter(2, &t.args)?;
+                insert.raw_bind_parameter(3, now.as_millis())?;
+                insert.raw_bind_parameter(4, t.priority)?;
+                insert.raw_bind_parameter(5, &t.unique_key)?;
+                bind_state(&mut insert, 6, &t.initial_state(now))?;
+                insert.raw_execute()?;
                 ids.push(TaskId::new(tx.last_insert_rowid()));
             }
             Ok(ids)
@@ -342,8 +363,10 @@ impl Store for SqliteStore {
         }
         // Look before taking the write lock: idle workers poll without blocking writers.
         let due = self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT EXISTS (SELECT 1 FROM tasks WHERE {DUE})"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE {READY}) \
+                 OR EXISTS (SELECT 1 FROM tasks WHERE {DUE_DELAYED})"
+            ))?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
         })?;
         if !due {
@@ -352,9 +375,18 @@ impl Store for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let event = Event::Claim { now, lease_until };
         self.write(|tx| {
+            let promote = ids(
+                tx,
+                &format!("SELECT id FROM tasks WHERE {DUE_DELAYED} ORDER BY run_at, id"),
+                params![channel, now.as_millis()],
+            )?;
+            for id in promote {
+                transition(tx, id, &Event::Promote { now })?;
+            }
             let mut tasks = {
                 let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM tasks WHERE {DUE} ORDER BY run_at, id LIMIT ?3"
+                    "SELECT {COLUMNS} FROM tasks WHERE {READY} \
+                     ORDER BY priority DESC, run_at, id LIMIT ?3"
                 ))?;
                 let mut rows = stmt.query(params![channel, now.as_millis(), limit])?;
                 let mut tasks = Vec::new();
@@ -486,13 +518,49 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT min(t) FROM ( \
-                   SELECT min(run_at) AS t FROM tasks \
-                     WHERE channel = ?1 AND status IN ('pending', 'delayed') \
+                   SELECT * FROM (SELECT run_at AS t FROM tasks \
+                     WHERE channel = ?1 AND status = 'pending' LIMIT 1) \
+                   UNION ALL \
+                   SELECT min(run_at) FROM tasks WHERE channel = ?1 AND status = 'delayed' \
                    UNION ALL \
                    SELECT min(lease_until) FROM tasks WHERE channel = ?1 AND status = 'running')",
             )?;
             let t: Option<i64> = stmt.query_row([channel], |r| r.get(0))?;
             Ok(t.map(Timestamp::from_millis))
+        })
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM tasks WHERE id > ?1");
+        let mut values: Vec<rusqlite::types::Value> =
+            vec![filter.after.map_or(0, TaskId::get).into()];
+        if let Some(channel) = &filter.channel {
+            values.push(channel.clone().into());
+            sql.push_str(&format!(" AND channel = ?{}", values.len()));
+        }
+        if let Some(status) = filter.status {
+            values.push(status.as_str().to_owned().into());
+            sql.push_str(&format!(" AND status = ?{}", values.len()));
+        }
+        values.push(i64::try_from(filter.limit).unwrap_or(i64::MAX).into());
+        sql.push_str(&format!(" ORDER BY id LIMIT ?{}", values.len()));
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(&values))?;
+            let mut tasks = Vec::new();
+            while let Some(r) = rows.next()? {
+                tasks.push(task_from_row(r)?);
+            }
+            Ok(tasks)
+        })
+    }
+
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        self.write(|tx| {
+            let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
+            cancel(&state).map_err(|r| r.into_error(id))?;
+            tx.execute("DELETE FROM tasks WHERE id = ?1", [id.get()])?;
+            Ok(())
         })
     }
 
@@ -546,6 +614,41 @@ mod tests {
         let store = SqliteStore::open(&path).expect("reopen");
         assert_eq!(store.get(id).expect("get").map(|t| t.args), Some(vec![1]));
         assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_keeping_its_tasks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.db");
+        {
+            // A file as version 1 left it, with a pending and a delayed task.
+            let conn = Connection::open(&path).expect("open raw");
+            conn.execute_batch(schema::MIGRATIONS[0]).expect("0001");
+            conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
+                .expect("application_id");
+            conn.pragma_update(None, "user_version", 1)
+                .expect("user_version");
+            for (args, status, run_at) in [(1, "pending", 0), (2, "delayed", 5_000)] {
+                conn.execute(
+                    "INSERT INTO tasks (channel, args, status, retries_left, max_retries, \
+                     attempts, run_at, created_at, updated_at) \
+                     VALUES ('c', ?1, ?2, 1, 1, 0, ?3, 0, 0)",
+                    params![vec![args as u8], status, T0.as_millis() + run_at],
+                )
+                .expect("insert");
+            }
+        }
+        let store = SqliteStore::open(&path).expect("migrate");
+        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        let first = store.claim("c", 5, T0, T0).expect("claim");
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].args.clone(), first[0].priority), (vec![1], 0));
+        let later = T0.after(Duration::from_secs(5));
+        let second = store.claim("c", 5, later, later).expect("claim");
+        assert_eq!(second[0].args, vec![2]);
+        let keyed = NewTask::new("c", vec![]).unique_key("k");
+        let id = store.enqueue_one(keyed.clone(), T0).expect("enqueue");
+        assert_eq!(store.enqueue_one(keyed, T0).expect("enqueue"), id);
     }
 
     #[test]
@@ -641,7 +744,9 @@ mod tests {
     /// Virtual-machine steps SQLite takes to find the next due task of a channel.
     fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
         let conn = store.conn.lock();
-        let sql = format!("SELECT {COLUMNS} FROM tasks WHERE {DUE} ORDER BY run_at, id LIMIT ?3");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tasks WHERE {READY} ORDER BY priority DESC, run_at, id LIMIT ?3"
+        );
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .expect("explain")
@@ -691,7 +796,7 @@ mod tests {
         backlog(&large, 100_000);
         let (small_steps, plan) = claim_query_steps(&small);
         let (large_steps, _) = claim_query_steps(&large);
-        assert!(plan.contains("tasks_queued"), "{plan}");
+        assert!(plan.contains("tasks_ready"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "claim sorts: {plan}");
         assert_eq!(small_steps, large_steps, "claim visits more rows at 100k");
     }

@@ -9,7 +9,10 @@ use crate::error::{BACKEND, R};
 pub(crate) const APPLICATION_ID: i32 = 0x5350_5951;
 
 /// The migrations, in order; the file's `PRAGMA user_version` is the number applied.
-pub(crate) const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_tasks.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_tasks.sql"),
+    include_str!("../migrations/0002_priority_unique.sql"),
+];
 
 /// The schema version this build writes.
 pub(crate) fn latest() -> i64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use simplepyq_core::transition::WORKER_LOST;
 use simplepyq_core::{
-    Claim, Error, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
+    Claim, Error, ListFilter, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
 };
 
 /// The start of every test's time line.
@@ -496,6 +496,129 @@ pub fn concurrent_claims_never_share_a_task(s: &dyn Store) {
     assert_eq!(all.len(), 400);
     assert_eq!(unique.len(), 400);
     assert_eq!(s.counts(None).expect("counts").done, 400);
+}
+
+/// Higher priorities are claimed first; equal ones in run-at, then id order.
+pub fn priority_orders_claims(s: &dyn Store) {
+    let a = add(s, task("c"));
+    let b = add(s, task("c").priority(5));
+    let c = add(s, task("c"));
+    let d = add(s, task("c").priority(5));
+    let e = add(s, task("c").priority(-1));
+    let order: Vec<TaskId> = s
+        .claim("c", 10, T0, at(60_000))
+        .expect("claim")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(order, vec![b, d, a, c, e]);
+    assert_eq!(s.get(b).expect("get").expect("exists").priority, 5);
+}
+
+/// A delayed task whose time has come is promoted, and then competes by priority.
+pub fn due_delayed_tasks_are_promoted_and_keep_their_priority(s: &dyn Store) {
+    let low = add(s, task("c"));
+    let urgent_later = add(s, task("c").priority(9).run_at(at(1_000)));
+    assert_eq!(status(s, urgent_later), Status::Delayed);
+    let first = s.claim("c", 1, at(1_000), at(60_000)).expect("claim");
+    assert_eq!(first[0].id, urgent_later);
+    assert_eq!(claim_one(s, "c", at(1_000)).id, low);
+    // A delayed task not yet due stays delayed.
+    let later = add(s, task("c").priority(9).run_at(at(5_000)));
+    assert!(
+        s.claim("c", 5, at(4_000), at(60_000))
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(status(s, later), Status::Delayed);
+}
+
+/// A unique key returns the unfinished task that has it instead of adding another; once
+/// that task is done, failed or cancelled, the key is free again.
+pub fn unique_keys_deduplicate_unfinished_tasks(s: &dyn Store) {
+    let first = add(s, task("c").unique_key("k"));
+    assert_eq!(add(s, task("c").unique_key("k")), first);
+    let batch = s
+        .enqueue(
+            &[
+                task("c").unique_key("k"),
+                task("c").unique_key("j"),
+                task("c").unique_key("j"),
+                task("other").unique_key("k"),
+            ],
+            T0,
+        )
+        .expect("enqueue");
+    assert_eq!(batch[0], first);
+    assert_eq!(batch[1], batch[2]);
+    assert_ne!(batch[3], first, "keys are per channel");
+    assert_eq!(s.counts(Some("c")).expect("counts").total(), 2);
+    // While running, still the same task.
+    let t = claim_one(s, "c", T0);
+    assert_eq!(t.id, first);
+    assert_eq!(add(s, task("c").unique_key("k")), first);
+    s.complete(t.claim(), T0).expect("complete");
+    let again = add(s, task("c").unique_key("k"));
+    assert_ne!(again, first, "a done task frees its key");
+    s.cancel(again).expect("cancel");
+    let third = add(s, task("c").unique_key("k"));
+    assert_ne!(third, again, "a cancelled task frees its key");
+    assert_eq!(
+        s.get(third)
+            .expect("get")
+            .expect("exists")
+            .unique_key
+            .as_deref(),
+        Some("k")
+    );
+}
+
+/// Pages of tasks in id order, by channel and status.
+pub fn list_pages_in_id_order(s: &dyn Store) {
+    let ids: Vec<TaskId> = (0..7)
+        .map(|i| add(s, task(if i % 2 == 0 { "a" } else { "b" })))
+        .collect();
+    let t = claim_one(s, "a", T0);
+    let page =
+        |f: ListFilter| -> Vec<TaskId> { s.list(&f).expect("list").iter().map(|t| t.id).collect() };
+    assert_eq!(page(ListFilter::new(100)), ids);
+    assert_eq!(page(ListFilter::new(3)), ids[..3].to_vec());
+    assert_eq!(page(ListFilter::new(3).after(ids[2])), ids[3..6].to_vec());
+    assert_eq!(
+        page(ListFilter::new(100).channel("b")),
+        vec![ids[1], ids[3], ids[5]]
+    );
+    assert_eq!(
+        page(ListFilter::new(100).channel("a").status(Status::Pending)),
+        vec![ids[2], ids[4], ids[6]]
+    );
+    assert_eq!(
+        page(ListFilter::new(100).status(Status::Running)),
+        vec![t.id]
+    );
+    assert!(page(ListFilter::new(0)).is_empty());
+}
+
+/// Pending and delayed tasks can be cancelled; running and finished ones cannot.
+pub fn cancel_deletes_queued_tasks_only(s: &dyn Store) {
+    let pending = add(s, task("c"));
+    let delayed = add(s, task("c").run_at(at(1_000)));
+    let running = add(s, task("c"));
+    s.cancel(pending).expect("cancel pending");
+    s.cancel(delayed).expect("cancel delayed");
+    assert_eq!(s.get(pending).expect("get"), None);
+    let t = claim_one(s, "c", T0);
+    assert_eq!(t.id, running);
+    let err = s.cancel(running).expect_err("running");
+    assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
+    s.complete(t.claim(), T0).expect("complete");
+    let err = s.cancel(running).expect_err("done");
+    assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
+    let err = s.cancel(delayed).expect_err("gone");
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    let c = s.counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (1, 1));
+    assert_eq!(s.next_wakeup("c").expect("wakeup"), None);
 }
 
 /// The `Box`, `Arc` and `&'static` forwarding impls reach the same store.

@@ -59,7 +59,12 @@ macro_rules! conformance_tests {
             next_wakeup_is_earliest_run_at_or_lease,
             get_returns_none_for_unknown_id,
             ids_are_never_reused,
-            concurrent_claims_never_share_a_task
+            concurrent_claims_never_share_a_task,
+            priority_orders_claims,
+            due_delayed_tasks_are_promoted_and_keep_their_priority,
+            unique_keys_deduplicate_unfinished_tasks,
+            list_pages_in_id_order,
+            cancel_deletes_queued_tasks_only
         );
         #[test]
         fn forwarding_impls_behave_alike() {
