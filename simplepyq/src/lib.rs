@@ -48,16 +48,24 @@
 //! - `memory`: [`SimplePyQ::memory`] and [`MemoryStore`], the in-memory backend.
 //! - `redb`: [`RedbStore`], a durable backend in pure Rust (one process per file); use it
 //!   with [`SimplePyQ::new`] or [`SimplePyQ::builder`].
+//! - `tracing`: [`tracing`](https://docs.rs/tracing) events for each task (claimed at
+//!   debug level; succeeded, delayed and retried at info; failed, and storage errors met by
+//!   workers, at warn), with the task's id, channel and attempt as fields.
 
 mod handler;
+mod options;
 mod queue;
+mod report;
 mod signal;
 mod worker;
 
 pub use handler::TaskError;
-pub use queue::{Builder, EnqueueOptions, SimplePyQ};
+pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
+pub use queue::{Builder, SimplePyQ, decode_args};
+pub use report::TaskReport;
 pub use simplepyq_core::{
-    Clock, Counts, Error, ManualClock, Result, Status, Store, SystemClock, Task, TaskId, Timestamp,
+    Clock, Counts, Error, ListFilter, ManualClock, Outcome, Result, Status, Store, SystemClock,
+    Task, TaskId, TaskState, Timestamp,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

@@ -3,54 +3,65 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use simplepyq_core::{
-    Claim, Clock, Counts, Error, NewTask, Result, Store, StoreExt, SystemClock, Task, TaskId,
+    Claim, Clock, Counts, Error, ListFilter, Result, Store, StoreExt, SystemClock, Task, TaskId,
     Timestamp, validate_channel,
 };
 
-use crate::handler::{ErasedHandler, TaskError, erase};
+use crate::handler::{TaskError, erase};
+use crate::options::{ChannelOptions, EnqueueOptions};
+use crate::report::{self, Hook, TaskReport};
 use crate::signal::Signal;
-use crate::worker;
+use crate::worker::{self, ChannelWork};
 
-/// Options of one enqueued task.
-///
-/// ```
-/// use simplepyq::EnqueueOptions;
-/// let opts = EnqueueOptions::new().retries(3);
-/// # let _ = opts;
-/// ```
-#[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct EnqueueOptions {
-    /// Attempts allowed after a failed first one (the original's `retries`); default 0.
-    pub retries: u32,
+fn encode<T: Serialize + ?Sized>(args: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(args).map_err(|e| Error::Codec {
+        action: "encoded",
+        message: e.to_string(),
+    })
 }
 
-impl EnqueueOptions {
-    /// The defaults: no retries, due at once.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets how many more attempts may follow a failure.
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.retries = retries;
-        self
-    }
+/// Decodes a task's arguments (as [`SimplePyQ::task`] or [`SimplePyQ::tasks`] return it)
+/// into `T`.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = simplepyq::SimplePyQ::open(dir.path().join("q.db"))?;
+/// let id = q.enqueue("greet", &("Ada".to_string(), 36u8))?;
+/// let task = q.task(id)?.expect("just enqueued");
+/// let (name, age): (String, u8) = simplepyq::decode_args(&task)?;
+/// assert_eq!((name.as_str(), age), ("Ada", 36));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn decode_args<T: DeserializeOwned>(task: &Task) -> Result<T> {
+    rmp_serde::from_slice(&task.args).map_err(|e| Error::Codec {
+        action: "decoded",
+        message: e.to_string(),
+    })
 }
 
 /// Settings of a [`SimplePyQ`], from [`SimplePyQ::builder`].
-#[derive(Debug)]
 pub struct Builder<S> {
     store: S,
     clock: Arc<dyn Clock>,
     lease: Duration,
     poll_interval: Duration,
+    on_outcome: Option<Box<Hook>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Builder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("store", &self.store)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Store> Builder<S> {
@@ -70,10 +81,37 @@ impl<S: Store> Builder<S> {
     }
 
     /// The longest an idle worker waits before looking at the store again (500 ms by
-    /// default). Work enqueued in this process wakes a worker at once; this bounds how
-    /// late work enqueued by another process is noticed.
+    /// default). Work enqueued in this process, and delayed tasks coming due, wake a worker
+    /// at once; this bounds how late work enqueued by another process is noticed. Right
+    /// after a worker had work it looks again sooner (an eighth of this), doubling the
+    /// pause while it finds none.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// A function told of every attempt's outcome once it is recorded, e.g. for metrics.
+    /// It runs on the worker thread: keep it quick. A panic in it is caught and ignored.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use simplepyq::{SimplePyQ, Status};
+    ///
+    /// let failures = Arc::new(AtomicUsize::new(0));
+    /// let f = Arc::clone(&failures);
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = SimplePyQ::builder(simplepyq::SqliteStore::open(dir.path().join("q.db"))?)
+    ///     .on_outcome(move |report| {
+    ///         if report.status == Status::Failed {
+    ///             f.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn on_outcome(mut self, hook: impl Fn(&TaskReport<'_>) + Send + Sync + 'static) -> Self {
+        self.on_outcome = Some(Box::new(hook));
         self
     }
 
@@ -95,6 +133,7 @@ impl<S: Store> Builder<S> {
                 inflight: Mutex::new(InFlight::default()),
                 progress: Condvar::new(),
                 last_error: Mutex::new(None),
+                on_outcome: self.on_outcome,
             }),
         })
     }
@@ -111,7 +150,6 @@ pub struct SimplePyQ<S: Store> {
 }
 
 /// What the queue and its worker threads share.
-#[derive(Debug)]
 pub(crate) struct Shared<S> {
     pub(crate) store: S,
     pub(crate) clock: Arc<dyn Clock>,
@@ -122,6 +160,17 @@ pub(crate) struct Shared<S> {
     /// Signalled when a task finishes or a worker finds nothing to do.
     pub(crate) progress: Condvar,
     last_error: Mutex<Option<String>>,
+    pub(crate) on_outcome: Option<Box<Hook>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("store", &self.store)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -134,7 +183,7 @@ struct Registry {
 }
 
 struct Channel {
-    handler: Arc<ErasedHandler>,
+    work: Arc<ChannelWork>,
     max_workers: usize,
     signal: Arc<Signal>,
     threads: Vec<JoinHandle<()>>,
@@ -164,6 +213,7 @@ impl<S: Store> Shared<S> {
 
     /// Keeps a storage error that a worker could not return to anyone.
     pub(crate) fn record_error(&self, e: &Error) {
+        report::trace_store_error(e);
         *self.last_error.lock() = Some(e.to_string());
     }
 
@@ -195,6 +245,7 @@ impl<S: Store> SimplePyQ<S> {
             clock: Arc::new(SystemClock),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
+            on_outcome: None,
         }
     }
 
@@ -208,7 +259,8 @@ impl<S: Store> SimplePyQ<S> {
     /// The handler takes the task's arguments, decoded from MessagePack into `A`. Arguments
     /// that do not decode fail the task at once with a message naming the type. A handler
     /// that panics fails its attempt (the panic message is the task's error); its worker
-    /// goes on. If the queue is started, the workers start at once.
+    /// goes on. If the queue is started, the workers start at once. Failed attempts are
+    /// retried at once; [`SimplePyQ::add_channel_with`] sets a backoff.
     ///
     /// Errors: [`Error::InvalidConfig`] for zero workers, [`Error::DuplicateChannel`] if the
     /// channel has a handler already, [`Error::InvalidChannel`] for an unusable name.
@@ -226,8 +278,36 @@ impl<S: Store> SimplePyQ<S> {
         A: DeserializeOwned + 'static,
         F: Fn(A) -> Result<(), TaskError> + Send + Sync + 'static,
     {
+        self.add_channel_with(name, handler, ChannelOptions::new(max_workers))
+    }
+
+    /// Binds `handler` to channel `name` with options: workers and retry backoff.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use simplepyq::{Backoff, ChannelOptions, SimplePyQ, TaskError};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = SimplePyQ::open(dir.path().join("q.db"))?;
+    /// let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60));
+    /// q.add_channel_with(
+    ///     "webhooks",
+    ///     |url: String| Err(TaskError::msg(format!("{url} is down"))), // retried 1 s, 2 s, ... later
+    ///     ChannelOptions::new(4).backoff(backoff),
+    /// )?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_channel_with<A, F>(
+        &self,
+        name: &str,
+        handler: F,
+        options: ChannelOptions,
+    ) -> Result<()>
+    where
+        A: DeserializeOwned + 'static,
+        F: Fn(A) -> Result<(), TaskError> + Send + Sync + 'static,
+    {
         validate_channel(name)?;
-        if max_workers == 0 {
+        if options.max_workers == 0 {
             return Err(Error::config(format!(
                 "channel {name:?} needs at least one worker (max_workers was 0)"
             )));
@@ -237,13 +317,17 @@ impl<S: Store> SimplePyQ<S> {
             return Err(Error::DuplicateChannel(name.to_owned()));
         }
         let mut channel = Channel {
-            handler: Arc::from(erase(handler)),
-            max_workers,
+            work: Arc::new(ChannelWork {
+                name: name.to_owned(),
+                handler: erase(handler),
+                backoff: options.backoff,
+            }),
+            max_workers: options.max_workers,
             signal: Arc::new(Signal::default()),
             threads: Vec::new(),
         };
         if reg.running {
-            self.spawn_workers(name, &mut channel)?;
+            self.spawn_workers(&mut channel)?;
         }
         reg.channels.insert(name.to_owned(), channel);
         Ok(())
@@ -257,23 +341,57 @@ impl<S: Store> SimplePyQ<S> {
         self.enqueue_with(channel, args, EnqueueOptions::new())
     }
 
-    /// Enqueues a task with options (the number of retries); returns its id.
+    /// Enqueues a task with options (retries, when, priority, unique key); returns its id,
+    /// or the id of the unfinished task that has the same unique key.
     pub fn enqueue_with<T: Serialize + ?Sized>(
         &self,
         channel: &str,
         args: &T,
         options: EnqueueOptions,
     ) -> Result<TaskId> {
-        let args = rmp_serde::to_vec_named(args).map_err(|e| Error::Codec {
-            action: "encoded",
-            message: e.to_string(),
-        })?;
-        let task = NewTask::new(channel, args).retries(options.retries);
+        let task = options.task(channel, encode(args)?, self.shared.now());
         let id = self.shared.store.enqueue_one(task, self.shared.now())?;
-        if let Some(ch) = self.shared.registry.lock().channels.get(channel) {
-            ch.signal.notify(false);
-        }
+        self.wake(channel, false);
         Ok(id)
+    }
+
+    /// Enqueues many tasks for `channel` in one transaction, all or none, with the same
+    /// options; returns their ids in order. (A unique key in `options` applies to every
+    /// task, so they all get the id of the first.)
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = simplepyq::SimplePyQ::open(dir.path().join("q.db"))?;
+    /// let urls = ["https://a.example", "https://b.example"];
+    /// let ids = q.enqueue_many("scrape", &urls, simplepyq::EnqueueOptions::new().retries(2))?;
+    /// assert_eq!(ids.len(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn enqueue_many<'a, T, I>(
+        &self,
+        channel: &str,
+        args: I,
+        options: EnqueueOptions,
+    ) -> Result<Vec<TaskId>>
+    where
+        T: Serialize + ?Sized + 'a,
+        I: IntoIterator<Item = &'a T>,
+    {
+        let now = self.shared.now();
+        let tasks = args
+            .into_iter()
+            .map(|a| Ok(options.task(channel, encode(a)?, now)))
+            .collect::<Result<Vec<_>>>()?;
+        let ids = self.shared.store.enqueue(&tasks, now)?;
+        self.wake(channel, true);
+        Ok(ids)
+    }
+
+    /// Wakes idle workers of `channel` in this queue, if it has any.
+    fn wake(&self, channel: &str, all: bool) {
+        if let Some(ch) = self.shared.registry.lock().channels.get(channel) {
+            ch.signal.notify(all);
+        }
     }
 
     /// Starts the workers of every channel in background threads and returns at once.
@@ -290,7 +408,7 @@ impl<S: Store> SimplePyQ<S> {
         for name in names {
             let mut channel = reg.channels.remove(&name).expect("name was just listed");
             channel.signal = Arc::new(Signal::default());
-            let spawned = self.spawn_workers(&name, &mut channel);
+            let spawned = self.spawn_workers(&mut channel);
             reg.channels.insert(name, channel);
             if let Err(e) = spawned {
                 drop(reg);
@@ -310,19 +428,34 @@ impl<S: Store> SimplePyQ<S> {
         Ok(())
     }
 
-    fn spawn_workers(&self, name: &str, channel: &mut Channel) -> Result<()> {
+    fn spawn_workers(&self, channel: &mut Channel) -> Result<()> {
         for i in 0..channel.max_workers {
             let shared = Arc::clone(&self.shared);
-            let handler = Arc::clone(&channel.handler);
+            let work = Arc::clone(&channel.work);
             let signal = Arc::clone(&channel.signal);
-            let channel_name = name.to_owned();
             let thread = thread::Builder::new()
-                .name(format!("simplepyq-{name}-{i}"))
-                .spawn(move || worker::work(&shared, &channel_name, &*handler, &signal))
+                .name(format!("simplepyq-{}-{i}", work.name))
+                .spawn(move || worker::work(&shared, &work, &signal))
                 .map_err(Error::Spawn)?;
             channel.threads.push(thread);
         }
         Ok(())
+    }
+
+    /// Tells every worker and the lease keeper to stop, and hands over their threads.
+    fn signal_stop(&self) -> Vec<JoinHandle<()>> {
+        let mut reg = self.shared.registry.lock();
+        reg.running = false;
+        let mut threads = std::mem::take(&mut reg.retired);
+        for ch in reg.channels.values_mut() {
+            ch.signal.stop();
+            threads.append(&mut ch.threads);
+        }
+        if let Some((signal, keeper)) = reg.keeper.take() {
+            signal.stop();
+            threads.push(keeper);
+        }
+        threads
     }
 
     /// Stops the workers: no new task is claimed, and the call returns when the running
@@ -330,27 +463,47 @@ impl<S: Store> SimplePyQ<S> {
     /// stay queued for the next start. Called from inside a handler, it does not wait for
     /// that handler's own thread.
     pub fn stop(&self) {
-        let threads = {
-            let mut reg = self.shared.registry.lock();
-            reg.running = false;
-            let mut threads = std::mem::take(&mut reg.retired);
-            for ch in reg.channels.values_mut() {
-                ch.signal.stop();
-                threads.append(&mut ch.threads);
-            }
-            if let Some((signal, keeper)) = reg.keeper.take() {
-                signal.stop();
-                threads.push(keeper);
-            }
-            threads
-        };
         let me = thread::current().id();
-        for t in threads {
+        for t in self.signal_stop() {
             if t.thread().id() != me {
                 // A worker that panicked outside a handler has nothing left to clean up.
                 let _ = t.join();
             }
         }
+    }
+
+    /// Stops the workers like [`SimplePyQ::stop`], but waits at most `timeout` for running
+    /// handlers; returns the tasks whose handlers were still running then.
+    ///
+    /// Those handlers go on in their threads, but their leases are no longer renewed: once
+    /// a lease expires, the task is recovered like a dead worker's (run again, or failed if
+    /// no retry is left), and a late result of the old run is dropped.
+    pub fn stop_timeout(&self, timeout: Duration) -> Vec<TaskId> {
+        let deadline = Instant::now() + timeout;
+        let me = thread::current().id();
+        let threads: Vec<_> = self
+            .signal_stop()
+            .into_iter()
+            .filter(|t| t.thread().id() != me)
+            .collect();
+        while !threads.iter().all(JoinHandle::is_finished) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let mut inflight = self.shared.inflight.lock();
+            let wait = (deadline - now).min(Duration::from_millis(10));
+            self.shared.progress.wait_for(&mut inflight, wait);
+        }
+        let mut running: Vec<TaskId> = self.shared.inflight.lock().claims.keys().copied().collect();
+        running.sort_unstable();
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+            // Unfinished threads are detached: their handlers cannot be interrupted.
+        }
+        running
     }
 
     /// Runs until no task of a channel with a handler here is pending, running or delayed
@@ -471,9 +624,36 @@ impl<S: Store> SimplePyQ<S> {
         self.shared.store.counts(channel.into())
     }
 
-    /// The task with this id, if it exists.
+    /// The task with this id, if it exists. [`decode_args`] reads its arguments.
     pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
         self.shared.store.get(id)
+    }
+
+    /// A page of tasks in id order, by channel and status.
+    ///
+    /// ```
+    /// use simplepyq::{ListFilter, Status};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = simplepyq::SimplePyQ::open(dir.path().join("q.db"))?;
+    /// let mut page = q.tasks(&ListFilter::new(100).channel("scrape").status(Status::Failed))?;
+    /// while let Some(last) = page.last().map(|t| t.id) {
+    ///     for task in &page {
+    ///         println!("{}: {:?}", task.id, task.state.last_error);
+    ///     }
+    ///     page = q.tasks(&ListFilter::new(100).channel("scrape").status(Status::Failed).after(last))?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tasks(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        self.shared.store.list(filter)
+    }
+
+    /// Cancels a pending or delayed task: it is deleted and will not run.
+    ///
+    /// Errors: [`Error::NotFound`] if there is no such task; [`Error::InvalidTransition`] if
+    /// it is running (it cannot be taken from its worker), done or failed.
+    pub fn cancel(&self, id: TaskId) -> Result<()> {
+        self.shared.store.cancel(id)
     }
 
     /// The last storage error a worker met and could not return to a caller (it retried,

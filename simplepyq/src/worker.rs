@@ -1,94 +1,134 @@
 //! The worker threads: claim, run, record; and the lease keeper.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use simplepyq_core::{Error, Outcome, Store, Task, Timestamp};
 
 use crate::handler::{ErasedHandler, TaskError};
+use crate::options::Backoff;
 use crate::queue::Shared;
+use crate::report::{self, TaskReport};
 use crate::signal::Signal;
 
 /// How often a worker tries to record an outcome while the store fails (about 2 s in all).
 /// After that the task is left to lease recovery, which runs it again.
 const FINISH_ATTEMPTS: u32 = 8;
 
-/// Exponential backoff for store errors: 10 ms doubling to 1 s.
-#[derive(Debug)]
-struct Backoff(Duration);
+/// What the workers of one channel share.
+pub(crate) struct ChannelWork {
+    pub(crate) name: String,
+    pub(crate) handler: Box<ErasedHandler>,
+    pub(crate) backoff: Backoff,
+}
 
-impl Backoff {
-    fn new() -> Self {
-        Backoff(Duration::from_millis(10))
+/// Exponential pauses: from `start`, doubling up to `max`.
+#[derive(Debug)]
+struct Pause {
+    next: Duration,
+    start: Duration,
+    max: Duration,
+}
+
+impl Pause {
+    fn new(start: Duration, max: Duration) -> Self {
+        Pause {
+            next: start,
+            start,
+            max,
+        }
     }
 
     fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(1));
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
         d
+    }
+
+    fn reset(&mut self) {
+        self.next = self.start;
     }
 }
 
-/// One worker of `channel`: claims due tasks one at a time and runs them until stopped.
-pub(crate) fn work<S: Store>(
-    shared: &Shared<S>,
-    channel: &str,
-    handler: &ErasedHandler,
-    signal: &Signal,
-) {
-    let mut backoff = Backoff::new();
+/// Pauses after storage errors: 10 ms doubling to 1 s.
+fn error_pause() -> Pause {
+    Pause::new(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// One worker of a channel: claims due tasks one at a time and runs them until stopped.
+///
+/// When idle it sleeps until the channel's next run-at or lease expiry, or until this
+/// process enqueues work; to notice other processes' work it looks at the store again
+/// after a pause that starts at an eighth of the poll interval and doubles, while nothing
+/// comes, up to the poll interval.
+pub(crate) fn work<S: Store>(shared: &Shared<S>, channel: &ChannelWork, signal: &Signal) {
+    let mut errors = error_pause();
+    let first_poll = (shared.poll_interval / 8).max(Duration::from_millis(1));
+    let mut poll = Pause::new(first_poll, shared.poll_interval);
     while let Some(seen) = signal.generation() {
         let now = shared.now();
-        match shared.store.claim(channel, 1, now, now.after(shared.lease)) {
+        match shared
+            .store
+            .claim(&channel.name, 1, now, now.after(shared.lease))
+        {
             Ok(tasks) if !tasks.is_empty() => {
-                backoff = Backoff::new();
+                errors.reset();
+                poll.reset();
                 for task in tasks {
-                    run(shared, handler, task);
+                    run(shared, channel, task);
                 }
             }
             Ok(_) => {
-                let timeout = idle_timeout(shared, channel, now);
+                let timeout = idle_timeout(shared, &channel.name, now, poll.next());
                 shared.notify_progress();
                 signal.wait(seen, timeout);
             }
             Err(e) => {
                 shared.record_error(&e);
-                signal.wait(seen, backoff.next());
+                signal.wait(seen, errors.next());
             }
         }
     }
 }
 
 /// How long an idle worker may sleep: until the channel's next run-at or lease expiry, at
-/// most the poll interval. If that time has passed, a lease has expired: recover it now.
-fn idle_timeout<S: Store>(shared: &Shared<S>, channel: &str, now: Timestamp) -> Duration {
+/// most `poll`. If that time has passed, a lease has expired: recover it now.
+fn idle_timeout<S: Store>(
+    shared: &Shared<S>,
+    channel: &str,
+    now: Timestamp,
+    poll: Duration,
+) -> Duration {
     match shared.store.next_wakeup(channel) {
-        Ok(Some(at)) if at > now => now.until(at).min(shared.poll_interval),
+        Ok(Some(at)) if at > now => now.until(at).min(poll),
         Ok(Some(_)) => match shared.store.recover_expired(now) {
             Ok(n) if n > 0 => Duration::ZERO,
-            Ok(_) => shared.poll_interval,
+            Ok(_) => poll,
             Err(e) => {
                 shared.record_error(&e);
-                shared.poll_interval
+                poll
             }
         },
-        Ok(None) => shared.poll_interval,
+        Ok(None) => poll,
         Err(e) => {
             shared.record_error(&e);
-            shared.poll_interval
+            poll
         }
     }
 }
 
 /// Runs one claimed task and records its outcome.
-fn run<S: Store>(shared: &Shared<S>, handler: &ErasedHandler, task: Task) {
+fn run<S: Store>(shared: &Shared<S>, channel: &ChannelWork, task: Task) {
     let claim = task.claim();
+    report::trace_claim(task.id, &channel.name, claim.attempt);
     shared.inflight.lock().claims.insert(task.id, claim);
-    let result = catch_unwind(AssertUnwindSafe(|| handler(&task.args)));
+    let started = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(|| (channel.handler)(&task.args)));
+    let elapsed = started.elapsed();
     let now = shared.now();
     let failed = |error: String, permanent| Outcome::Failed {
         error,
-        retry_at: now,
+        retry_at: now.after(channel.backoff.wait(claim.attempt, task.id.get())),
         permanent,
     };
     let outcome = match result {
@@ -103,11 +143,27 @@ fn run<S: Store>(shared: &Shared<S>, handler: &ErasedHandler, task: Task) {
             false,
         ),
     };
-    let mut backoff = Backoff::new();
+    let mut pause = error_pause();
     for _ in 0..FINISH_ATTEMPTS {
         match shared.store.finish(claim, &outcome, now) {
+            Ok(status) => {
+                let report = TaskReport {
+                    id: task.id,
+                    channel: &channel.name,
+                    attempt: claim.attempt,
+                    elapsed,
+                    outcome: &outcome,
+                    status,
+                };
+                report::trace(&report);
+                if let Some(hook) = &shared.on_outcome {
+                    // A panicking hook must not take the worker down with it.
+                    let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
+                }
+                break;
+            }
             // A lost lease means another worker owns the task now: drop this result.
-            Ok(_) | Err(Error::LeaseLost { .. }) => break,
+            Err(Error::LeaseLost { .. }) => break,
             // The store refused the change itself: trying again cannot help.
             Err(e @ (Error::InvalidTransition { .. } | Error::NotFound(_))) => {
                 shared.record_error(&e);
@@ -117,7 +173,7 @@ fn run<S: Store>(shared: &Shared<S>, handler: &ErasedHandler, task: Task) {
             // while the lease keeper holds the task.
             Err(e) => {
                 shared.record_error(&e);
-                std::thread::sleep(backoff.next());
+                std::thread::sleep(pause.next());
             }
         }
     }

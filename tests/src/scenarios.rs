@@ -546,6 +546,277 @@ pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>) {
     assert_eq!((s.status, s.attempts), (Status::Done, 1));
 }
 
+/// Scheduled tasks (a delay, a time) run once due, not before; a batch enqueues all.
+pub fn scheduled_tasks_run_when_due(store: Box<dyn Store>) {
+    let q = queue(store);
+    let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = Arc::clone(&ran);
+    let start = Instant::now();
+    q.add_channel(
+        "s",
+        move |n: u32| {
+            r.lock().expect("lock").push((n, start.elapsed()));
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    let delayed = q
+        .enqueue_with(
+            "s",
+            &1u32,
+            EnqueueOptions::new().delay(Duration::from_millis(200)),
+        )
+        .expect("enqueue");
+    let at = std::time::SystemTime::now() + Duration::from_millis(100);
+    q.enqueue_with("s", &2u32, EnqueueOptions::new().at(at))
+        .expect("enqueue");
+    let batch = q
+        .enqueue_many("s", &[10u32, 11, 12], EnqueueOptions::new())
+        .expect("batch");
+    assert_eq!(batch.len(), 3);
+    assert_eq!(state(&q, delayed).status, Status::Delayed);
+    q.run_until_complete().expect("run");
+    let ran = ran.lock().expect("lock").clone();
+    assert_eq!(ran.len(), 5);
+    let when = |n: u32| {
+        ran.iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, t)| *t)
+            .expect("ran")
+    };
+    // Timestamps have millisecond resolution: a task may start up to 1 ms early.
+    assert!(when(1) >= Duration::from_millis(199), "{:?}", when(1));
+    assert!(when(2) >= Duration::from_millis(99), "{:?}", when(2));
+    assert!(when(10) < when(2) && when(2) < when(1));
+}
+
+/// With one worker, higher priorities run first; equal ones in enqueue order.
+pub fn priorities_run_highest_first(store: Box<dyn Store>) {
+    let q = queue(store);
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let o = Arc::clone(&order);
+    q.add_channel(
+        "p",
+        move |n: u32| {
+            o.lock().expect("lock").push(n);
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    for (n, priority) in [(1u32, 0), (2, 5), (3, 0), (4, 9), (5, -2), (6, 5)] {
+        q.enqueue_with("p", &n, EnqueueOptions::new().priority(priority))
+            .expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    assert_eq!(*order.lock().expect("lock"), vec![4, 2, 6, 1, 3, 5]);
+}
+
+/// A unique key gives back the unfinished task instead of a duplicate.
+pub fn unique_keys_prevent_duplicates(store: Box<dyn Store>) {
+    let q = queue(store);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    q.add_channel(
+        "u",
+        move |_: String| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let opts = || EnqueueOptions::new().unique("report-2026-11");
+    let first = q.enqueue_with("u", "a", opts()).expect("enqueue");
+    assert_eq!(q.enqueue_with("u", "b", opts()).expect("enqueue"), first);
+    q.run_until_complete().expect("run");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    // Done: the key is free for the next run of the report.
+    let next = q.enqueue_with("u", "c", opts()).expect("enqueue");
+    assert_ne!(next, first);
+}
+
+/// An exponential backoff spaces retries out; a delay asked for by the handler wins over it.
+pub fn backoff_spaces_retries_and_delay_wins(store: Box<dyn Store>) {
+    let q = queue(store);
+    let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t = Arc::clone(&times);
+    let backoff = simplepyq::Backoff::Exponential {
+        base: Duration::from_millis(60),
+        max: Duration::from_secs(10),
+        jitter: false,
+    };
+    q.add_channel_with(
+        "b",
+        move |mode: String| {
+            let mut times = t.lock().expect("lock");
+            times.push((mode.clone(), Instant::now()));
+            let runs = times.iter().filter(|(m, _)| *m == mode).count();
+            match (mode.as_str(), runs) {
+                ("fail", 1 | 2) => Err(TaskError::msg("not yet")),
+                ("delay", 1) => Err(TaskError::Delay(Duration::from_millis(5))),
+                _ => Ok(()),
+            }
+        },
+        simplepyq::ChannelOptions::new(2).backoff(backoff),
+    )
+    .expect("add");
+    let failing = q
+        .enqueue_with("b", "fail", EnqueueOptions::new().retries(2))
+        .expect("enqueue");
+    q.enqueue("b", "delay").expect("enqueue");
+    q.run_until_complete().expect("run");
+    assert_eq!(state(&q, failing).status, Status::Done);
+    let times = times.lock().expect("lock");
+    let of = |mode: &str| -> Vec<Instant> {
+        times
+            .iter()
+            .filter(|(m, _)| m == mode)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    let fail = of("fail");
+    assert_eq!(fail.len(), 3);
+    // Waits of 60 ms, then 120 ms (less 1 ms of timestamp resolution).
+    assert!(
+        fail[1] - fail[0] >= Duration::from_millis(59),
+        "{:?}",
+        fail[1] - fail[0]
+    );
+    assert!(
+        fail[2] - fail[1] >= Duration::from_millis(119),
+        "{:?}",
+        fail[2] - fail[1]
+    );
+    let delay = of("delay");
+    assert_eq!(delay.len(), 2);
+    assert!(
+        delay[1] - delay[0] < Duration::from_millis(60),
+        "the backoff was used for a delay"
+    );
+}
+
+/// Inspection: pages of tasks, their arguments decoded, and cancelling a queued task.
+pub fn inspect_and_cancel(store: Box<dyn Store>) {
+    let q = queue(store);
+    let ids: Vec<TaskId> = (0..5)
+        .map(|i| q.enqueue("i", &scrape(i)).expect("enqueue"))
+        .collect();
+    q.cancel(ids[1]).expect("cancel");
+    let page = q
+        .tasks(
+            &simplepyq::ListFilter::new(10)
+                .channel("i")
+                .status(Status::Pending),
+        )
+        .expect("list");
+    assert_eq!(
+        page.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[0], ids[2], ids[3], ids[4]]
+    );
+    let args: Scrape = simplepyq::decode_args(&page[1]).expect("decode");
+    assert_eq!(args, scrape(2));
+    let wrong = simplepyq::decode_args::<u64>(&page[1]).expect_err("not a number");
+    assert!(matches!(wrong, Error::Codec { .. }), "{wrong}");
+    assert!(matches!(q.cancel(ids[1]), Err(Error::NotFound(_))));
+    q.add_channel("i", |_: Scrape| Ok(()), 1).expect("add");
+    q.run_until_complete().expect("run");
+    assert!(matches!(
+        q.cancel(ids[0]),
+        Err(Error::InvalidTransition { .. })
+    ));
+    assert_eq!(q.counts("i").expect("counts").done, 4);
+}
+
+/// `stop_timeout` returns at its deadline with the tasks still running; their leases then
+/// run out and the tasks are recovered.
+pub fn stop_timeout_returns_the_running_tasks(store: Box<dyn Store>) {
+    let q = SimplePyQ::builder(store)
+        .lease(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let release = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let (r, s) = (Arc::clone(&release), Arc::clone(&started));
+    q.add_channel(
+        "stuck",
+        move |_: u32| {
+            s.store(true, Ordering::SeqCst);
+            while !r.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let id = q
+        .enqueue_with("stuck", &1u32, EnqueueOptions::new().retries(1))
+        .expect("enqueue");
+    q.start().expect("start");
+    while !started.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    let t0 = Instant::now();
+    let running = q.stop_timeout(Duration::from_millis(100));
+    let waited = t0.elapsed();
+    assert_eq!(running, vec![id]);
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(state(&q, id).status, Status::Running);
+    // Nobody renews the lease now: once it runs out, the task is recovered.
+    std::thread::sleep(Duration::from_millis(250));
+    let now = simplepyq::Clock::now(&simplepyq::SystemClock);
+    assert_eq!(q.store().recover_expired(now).expect("recover"), 1);
+    assert_eq!(state(&q, id).status, Status::Pending);
+    release.store(true, Ordering::SeqCst);
+}
+
+/// The outcome hook hears of every recorded attempt, with the status it led to.
+pub fn outcome_hook_sees_every_attempt(store: Box<dyn Store>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let q = SimplePyQ::builder(store)
+        .poll_interval(Duration::from_millis(20))
+        .on_outcome(move |r| {
+            s.lock().expect("lock").push((r.id, r.attempt, r.status));
+        })
+        .build()
+        .expect("valid settings");
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&failed_once);
+    q.add_channel(
+        "h",
+        move |fail: bool| {
+            if fail && !f.swap(true, Ordering::SeqCst) {
+                return Err(TaskError::msg("first try fails"));
+            }
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let flaky = q
+        .enqueue_with("h", &true, EnqueueOptions::new().retries(1))
+        .expect("enqueue");
+    let fine = q.enqueue("h", &false).expect("enqueue");
+    q.run_until_complete().expect("run");
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort_by_key(|(id, attempt, _)| (*id, *attempt));
+    assert_eq!(
+        seen,
+        vec![
+            (flaky, 1, Status::Pending),
+            (flaky, 2, Status::Done),
+            (fine, 1, Status::Done)
+        ]
+    );
+}
+
 /// Expands into one `#[test]` per scenario, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -565,7 +836,14 @@ macro_rules! scenario_tests {
             many_threads_run_each_task_once,
             misuse_gets_clear_errors,
             expired_lease_runs_the_task_again,
-            slow_handler_keeps_its_lease
+            slow_handler_keeps_its_lease,
+            scheduled_tasks_run_when_due,
+            priorities_run_highest_first,
+            unique_keys_prevent_duplicates,
+            backoff_spaces_retries_and_delay_wins,
+            inspect_and_cancel,
+            stop_timeout_returns_the_running_tasks,
+            outcome_hook_sees_every_attempt
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

@@ -318,3 +318,55 @@ fn queues_in_one_process_share_a_redb_store() {
     assert_eq!(seen, (0..200).collect::<Vec<_>>());
     assert_eq!(store.counts(None).expect("counts").done, 200);
 }
+
+/// A queue idle for a while still notices a task that another connection to the file (as
+/// another process would) enqueued, within its poll interval: it does not wait for a wake-up
+/// that cannot come.
+#[test]
+fn work_from_another_connection_is_noticed_within_the_poll_interval() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("tasks.db");
+    let q = SimplePyQ::builder(SqliteStore::open(&db).expect("open"))
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .expect("build");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    q.add_channel(
+        "work",
+        move |n: u32| {
+            tx.lock()
+                .expect("lock")
+                .send((n, std::time::Instant::now()))
+                .expect("send");
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    q.start().expect("start");
+    // Idle long enough for the poll pause to reach its longest.
+    std::thread::sleep(Duration::from_millis(400));
+    let other = SqliteStore::open(&db).expect("second connection");
+    let sent = std::time::Instant::now();
+    other
+        .enqueue(
+            &[NewTask::new(
+                "work",
+                rmp_serde::to_vec(&7u32).expect("encode"),
+            )],
+            SystemClock.now(),
+        )
+        .expect("enqueue");
+    let (n, ran) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the task ran");
+    assert_eq!(n, 7);
+    // Bounded by the poll interval (100 ms); the margin is for a loaded machine.
+    assert!(
+        ran - sent < Duration::from_secs(2),
+        "picked up after {:?}",
+        ran - sent
+    );
+    q.stop();
+}

@@ -1,0 +1,238 @@
+//! Options of enqueued tasks and of channels.
+
+use std::hash::BuildHasher;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use simplepyq_core::{NewTask, Timestamp};
+
+/// Options of an enqueued task: retries, when it runs, its priority, a unique key.
+///
+/// ```
+/// use std::time::Duration;
+/// use simplepyq::EnqueueOptions;
+///
+/// let opts = EnqueueOptions::new()
+///     .retries(3)                           // up to 3 more attempts after a failure
+///     .delay(Duration::from_secs(60))       // due in a minute
+///     .priority(10)                         // before lower priorities of the channel
+///     .unique("invoice-2041");              // no second unfinished task with this key
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct EnqueueOptions {
+    /// Attempts allowed after a failed first one (the original's `retries`); default 0.
+    pub retries: u32,
+    /// When the task becomes due; `None` for at once.
+    pub when: Option<When>,
+    /// Higher runs first among the due tasks of the channel; default 0.
+    pub priority: i32,
+    /// While a task of the channel with this key is pending, delayed or running, enqueueing
+    /// the key again returns that task's id and adds nothing.
+    pub unique: Option<String>,
+}
+
+/// When an enqueued task becomes due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum When {
+    /// This long after it is enqueued.
+    After(Duration),
+    /// At this time.
+    At(SystemTime),
+}
+
+impl EnqueueOptions {
+    /// The defaults: no retries, due at once, priority 0, no unique key.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how many more attempts may follow a failure.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Makes the task due `delay` after it is enqueued (a scheduled task).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.when = Some(When::After(delay));
+        self
+    }
+
+    /// Makes the task due at `time` (a scheduled task; a past time means at once).
+    pub fn at(mut self, time: SystemTime) -> Self {
+        self.when = Some(When::At(time));
+        self
+    }
+
+    /// Sets the priority: higher runs first, equal priorities in order of their due time.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the unique key.
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.unique = Some(key.into());
+        self
+    }
+
+    /// The task to store, enqueued at `now`.
+    pub(crate) fn task(&self, channel: &str, args: Vec<u8>, now: Timestamp) -> NewTask {
+        let mut task = NewTask::new(channel, args)
+            .retries(self.retries)
+            .priority(self.priority);
+        task.unique_key.clone_from(&self.unique);
+        match self.when {
+            Some(When::After(d)) => task.run_at(now.after(d)),
+            Some(When::At(t)) => task.run_at(system_time(t)),
+            None => task,
+        }
+    }
+}
+
+fn system_time(t: SystemTime) -> Timestamp {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    Timestamp::from_millis(ms)
+}
+
+/// How long a failed task waits before its retry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backoff {
+    /// Retry at once (the original's behaviour).
+    #[default]
+    Immediate,
+    /// Wait `base` after the first failed attempt, doubling with each further one, at most
+    /// `max`; with `jitter`, a random wait between half of that and all of it, so that tasks
+    /// that failed together do not all retry together.
+    Exponential {
+        /// The wait after the first failure.
+        base: Duration,
+        /// The longest wait.
+        max: Duration,
+        /// Whether to randomize the wait.
+        jitter: bool,
+    },
+}
+
+impl Backoff {
+    /// Exponential backoff from `base` up to `max`, with jitter.
+    pub fn exponential(base: Duration, max: Duration) -> Self {
+        Backoff::Exponential {
+            base,
+            max,
+            jitter: true,
+        }
+    }
+
+    /// The wait before the retry that follows failed attempt number `attempt` (1 for the
+    /// first) of task `seed`.
+    pub fn wait(&self, attempt: u32, seed: i64) -> Duration {
+        match *self {
+            Backoff::Immediate => Duration::ZERO,
+            Backoff::Exponential { base, max, jitter } => {
+                let doublings = attempt.saturating_sub(1).min(31);
+                let wait = base.saturating_mul(1u32 << doublings).min(max);
+                if !jitter {
+                    return wait;
+                }
+                // A random fraction from std's randomly keyed hasher: no rand crate needed.
+                let random =
+                    std::collections::hash_map::RandomState::new().hash_one((seed, attempt));
+                let half = wait / 2;
+                half + half.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+            }
+        }
+    }
+}
+
+/// Options of a channel: its workers and its retry backoff.
+///
+/// ```
+/// use std::time::Duration;
+/// use simplepyq::{Backoff, ChannelOptions};
+///
+/// let opts = ChannelOptions::new(4)
+///     .backoff(Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)));
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ChannelOptions {
+    /// Worker threads of the channel (the original's `max_workers`); at least 1.
+    pub max_workers: usize,
+    /// The wait before a retry. A delay the handler asks for wins over it.
+    pub backoff: Backoff,
+}
+
+impl ChannelOptions {
+    /// `max_workers` workers, retries at once.
+    pub fn new(max_workers: usize) -> Self {
+        ChannelOptions {
+            max_workers,
+            backoff: Backoff::Immediate,
+        }
+    }
+
+    /// Sets the retry backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_backoff_doubles_up_to_the_cap() {
+        let b = Backoff::Exponential {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            jitter: false,
+        };
+        let waits: Vec<u128> = (1..=6).map(|a| b.wait(a, 1).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 800, 1_000, 1_000]);
+        assert_eq!(b.wait(u32::MAX, 1), Duration::from_secs(1));
+        assert_eq!(Backoff::Immediate.wait(3, 1), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_of_the_wait() {
+        let b = Backoff::exponential(Duration::from_millis(400), Duration::from_secs(10));
+        let waits: Vec<Duration> = (0..200).map(|seed| b.wait(2, seed)).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_millis(400) && *w <= Duration::from_millis(800))
+        );
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "jitter is not random: {} distinct",
+            distinct.len()
+        );
+    }
+
+    #[test]
+    fn options_become_the_stored_task() {
+        let now = Timestamp::from_millis(1_000);
+        let t = EnqueueOptions::new()
+            .retries(2)
+            .delay(Duration::from_secs(5))
+            .priority(-3)
+            .unique("k")
+            .task("c", vec![1], now);
+        assert_eq!((t.retries, t.priority), (2, -3));
+        assert_eq!(t.run_at, Some(Timestamp::from_millis(6_000)));
+        assert_eq!(t.unique_key.as_deref(), Some("k"));
+        let at = UNIX_EPOCH + Duration::from_secs(42);
+        let t = EnqueueOptions::new().at(at).task("c", vec![], now);
+        assert_eq!(t.run_at, Some(Timestamp::from_millis(42_000)));
+    }
+}
