@@ -84,9 +84,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Counts tasks per status, of `channel` or of every channel.
     fn counts(&self, channel: Option<&str>) -> Result<Counts>;
 
-    /// The earliest time something is to be done in `channel`: the first run-at of its
-    /// queued tasks, or the first lease expiry of its running ones; `None` when the channel
-    /// has no pending, delayed or running task.
+    /// The earliest time something is to be done in `channel`: the run-at of a pending task
+    /// (pending tasks are due), else the first run-at of its delayed tasks or the first
+    /// lease expiry of its running ones, whichever comes first; `None` when the channel has
+    /// no pending, delayed or running task.
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>>;
 
     /// The task with this id, if any.

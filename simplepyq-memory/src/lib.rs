@@ -59,12 +59,19 @@ struct ChannelIndex {
 struct Inner {
     last_id: i64,
     tasks: BTreeMap<TaskId, Task>,
+    idx: Indexes,
+}
+
+/// The indexes over `Inner::tasks`, apart from them so that a task can be re-indexed while
+/// it is borrowed.
+#[derive(Debug, Default)]
+struct Indexes {
     channels: HashMap<String, ChannelIndex>,
     /// Every running task by lease expiry, for recovery across channels.
     leases: TimeIndex,
 }
 
-impl Inner {
+impl Indexes {
     fn channel(&mut self, name: &str) -> &mut ChannelIndex {
         if !self.channels.contains_key(name) {
             self.channels
@@ -108,21 +115,17 @@ impl Inner {
             toggle(&mut self.leases, (lease, id), add);
         }
     }
+}
 
+impl Inner {
     /// Applies `event` to task `id` and re-indexes it.
     fn transition(&mut self, id: TaskId, event: &Event) -> Result<&Task> {
-        let task = self.tasks.get(&id).ok_or(Error::NotFound(id))?;
+        let task = self.tasks.get_mut(&id).ok_or(Error::NotFound(id))?;
         let next = apply(&task.state, event).map_err(|r| r.into_error(id))?;
-        let mut task = task.clone();
-        self.index(&task, false);
+        self.idx.index(task, false);
         task.state = next;
-        self.index(&task, true);
-        let slot = self
-            .tasks
-            .get_mut(&id)
-            .expect("the task was read under the same lock");
-        *slot = task;
-        Ok(slot)
+        self.idx.index(task, true);
+        Ok(task)
     }
 
     fn held(&self, claim: Claim) -> bool {
@@ -133,13 +136,14 @@ impl Inner {
 
     fn delete(&mut self, id: TaskId) {
         if let Some(task) = self.tasks.remove(&id) {
-            self.index(&task, false);
+            self.idx.index(&task, false);
             if self
+                .idx
                 .channels
                 .get(&task.channel)
                 .is_some_and(|ch| ch.counts.total() == 0)
             {
-                self.channels.remove(&task.channel);
+                self.idx.channels.remove(&task.channel);
             }
         }
     }
@@ -160,7 +164,7 @@ impl Inner {
 
     /// Promotes the delayed tasks of `channel` whose run-at has come.
     fn promote_due(&mut self, channel: &str, now: Timestamp) -> Result<()> {
-        let due: Vec<TaskId> = self.channels.get(channel).map_or_else(Vec::new, |ch| {
+        let due: Vec<TaskId> = self.idx.channels.get(channel).map_or_else(Vec::new, |ch| {
             ch.delayed
                 .iter()
                 .take_while(|(run_at, _)| *run_at <= now)
@@ -192,6 +196,7 @@ impl Store for MemoryStore {
         for t in tasks {
             let existing = t.unique_key.as_ref().and_then(|key| {
                 inner
+                    .idx
                     .channels
                     .get(&t.channel)
                     .and_then(|ch| ch.unique.get(key).copied())
@@ -202,7 +207,7 @@ impl Store for MemoryStore {
             }
             inner.last_id += 1;
             let task = t.to_task(TaskId::new(inner.last_id), now);
-            inner.index(&task, true);
+            inner.idx.index(&task, true);
             ids.push(task.id);
             inner.tasks.insert(task.id, task);
         }
@@ -218,7 +223,7 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Task>> {
         let mut inner = self.inner.lock();
         inner.promote_due(channel, now)?;
-        let due: Vec<TaskId> = inner.channels.get(channel).map_or_else(Vec::new, |ch| {
+        let due: Vec<TaskId> = inner.idx.channels.get(channel).map_or_else(Vec::new, |ch| {
             ch.ready
                 .iter()
                 .filter(|(_, run_at, _)| *run_at <= now)
@@ -262,7 +267,7 @@ impl Store for MemoryStore {
     fn recover_expired(&self, now: Timestamp) -> Result<usize> {
         let mut inner = self.inner.lock();
         let expired: Vec<TaskId> = inner
-            .leases
+            .idx.leases
             .iter()
             .take_while(|(lease, _)| *lease <= now)
             .map(|&(_, id)| id)
@@ -288,7 +293,7 @@ impl Store for MemoryStore {
     ) -> Result<usize> {
         let mut inner = self.inner.lock();
         let ids: Vec<TaskId> = inner
-            .channels
+            .idx.channels
             .iter()
             .filter(|(name, _)| channel.is_none_or(|c| c == name.as_str()))
             .flat_map(|(_, ch)| ch.failed.iter().copied())
@@ -313,7 +318,7 @@ impl Store for MemoryStore {
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
         let inner = self.inner.lock();
         let mut total = Counts::default();
-        for (name, ch) in &inner.channels {
+        for (name, ch) in &inner.idx.channels {
             if channel.is_none_or(|c| c == name) {
                 for s in Status::ALL {
                     *total.get_mut(s) += ch.counts.get(s);
@@ -325,8 +330,9 @@ impl Store for MemoryStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         let inner = self.inner.lock();
-        Ok(inner.channels.get(channel).and_then(|ch| {
-            let ready = ch.ready.iter().map(|(_, t, _)| *t).min();
+        Ok(inner.idx.channels.get(channel).and_then(|ch| {
+            // Pending tasks are due: any one's run-at is not later than now.
+            let ready = ch.ready.first().map(|(_, t, _)| *t);
             let delayed = ch.delayed.first().map(|(t, _)| *t);
             let lease = ch.running.first().map(|(t, _)| *t);
             [ready, delayed, lease].into_iter().flatten().min()

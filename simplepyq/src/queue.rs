@@ -17,7 +17,7 @@ use crate::handler::{TaskError, erase};
 use crate::options::{ChannelOptions, EnqueueOptions};
 use crate::report::{self, Hook, TaskReport};
 use crate::signal::Signal;
-use crate::worker::{self, ChannelWork};
+use crate::worker::{self, ChannelWork, Dispatch};
 
 fn encode<T: Serialize + ?Sized>(args: &T) -> Result<Vec<u8>> {
     rmp_serde::to_vec_named(args).map_err(|e| Error::Codec {
@@ -185,7 +185,7 @@ struct Registry {
 struct Channel {
     work: Arc<ChannelWork>,
     max_workers: usize,
-    signal: Arc<Signal>,
+    dispatch: Arc<Dispatch>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -217,15 +217,27 @@ impl<S: Store> Shared<S> {
         *self.last_error.lock() = Some(e.to_string());
     }
 
-    pub(crate) fn notify_progress(&self) {
+    /// A worker found nothing to do: `run_until_complete` may look whether all is done.
+    pub(crate) fn notify_idle(&self) {
         self.inflight.lock().generation += 1;
         self.progress.notify_all();
+    }
+
+    /// The attempt of `id` is over (recorded, or left to lease recovery).
+    pub(crate) fn finished(&self, id: TaskId) {
+        let mut inflight = self.inflight.lock();
+        inflight.claims.remove(&id);
+        // Only a queue with nothing in flight can be done: wake the waiters only then.
+        if inflight.claims.is_empty() {
+            inflight.generation += 1;
+            self.progress.notify_all();
+        }
     }
 
     /// Wakes the idle workers of every channel, e.g. after leases were recovered.
     pub(crate) fn wake_all(&self) {
         for ch in self.registry.lock().channels.values() {
-            ch.signal.notify(true);
+            ch.dispatch.notify(true);
         }
     }
 }
@@ -319,11 +331,12 @@ impl<S: Store> SimplePyQ<S> {
         let mut channel = Channel {
             work: Arc::new(ChannelWork {
                 name: name.to_owned(),
+                workers: options.max_workers,
                 handler: erase(handler),
                 backoff: options.backoff,
             }),
             max_workers: options.max_workers,
-            signal: Arc::new(Signal::default()),
+            dispatch: Arc::new(Dispatch::default()),
             threads: Vec::new(),
         };
         if reg.running {
@@ -390,7 +403,7 @@ impl<S: Store> SimplePyQ<S> {
     /// Wakes idle workers of `channel` in this queue, if it has any.
     fn wake(&self, channel: &str, all: bool) {
         if let Some(ch) = self.shared.registry.lock().channels.get(channel) {
-            ch.signal.notify(all);
+            ch.dispatch.notify(all);
         }
     }
 
@@ -407,7 +420,7 @@ impl<S: Store> SimplePyQ<S> {
         let names: Vec<String> = reg.channels.keys().cloned().collect();
         for name in names {
             let mut channel = reg.channels.remove(&name).expect("name was just listed");
-            channel.signal = Arc::new(Signal::default());
+            channel.dispatch = Arc::new(Dispatch::default());
             let spawned = self.spawn_workers(&mut channel);
             reg.channels.insert(name, channel);
             if let Err(e) = spawned {
@@ -432,10 +445,10 @@ impl<S: Store> SimplePyQ<S> {
         for i in 0..channel.max_workers {
             let shared = Arc::clone(&self.shared);
             let work = Arc::clone(&channel.work);
-            let signal = Arc::clone(&channel.signal);
+            let dispatch = Arc::clone(&channel.dispatch);
             let thread = thread::Builder::new()
                 .name(format!("simplepyq-{}-{i}", work.name))
-                .spawn(move || worker::work(&shared, &work, &signal))
+                .spawn(move || worker::work(&shared, &work, &dispatch))
                 .map_err(Error::Spawn)?;
             channel.threads.push(thread);
         }
@@ -448,7 +461,7 @@ impl<S: Store> SimplePyQ<S> {
         reg.running = false;
         let mut threads = std::mem::take(&mut reg.retired);
         for ch in reg.channels.values_mut() {
-            ch.signal.stop();
+            ch.dispatch.stop();
             threads.append(&mut ch.threads);
         }
         if let Some((signal, keeper)) = reg.keeper.take() {
@@ -598,7 +611,7 @@ impl<S: Store> SimplePyQ<S> {
         {
             let mut reg = self.shared.registry.lock();
             if let Some(mut ch) = reg.channels.remove(name) {
-                ch.signal.stop();
+                ch.dispatch.stop();
                 reg.retired.append(&mut ch.threads);
             }
         }
@@ -669,7 +682,7 @@ impl<S: Store> Drop for SimplePyQ<S> {
         let mut reg = self.shared.registry.lock();
         reg.running = false;
         for ch in reg.channels.values() {
-            ch.signal.stop();
+            ch.dispatch.stop();
         }
         if let Some((signal, _)) = &reg.keeper {
             signal.stop();

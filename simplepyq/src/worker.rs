@@ -1,8 +1,10 @@
 //! The worker threads: claim, run, record; and the lease keeper.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use simplepyq_core::{Error, Outcome, Store, Task, Timestamp};
 
 use crate::handler::{ErasedHandler, TaskError};
@@ -18,6 +20,8 @@ const FINISH_ATTEMPTS: u32 = 8;
 /// What the workers of one channel share.
 pub(crate) struct ChannelWork {
     pub(crate) name: String,
+    /// How many workers the channel has.
+    pub(crate) workers: usize,
     pub(crate) handler: Box<ErasedHandler>,
     pub(crate) backoff: Backoff,
 }
@@ -55,37 +59,123 @@ fn error_pause() -> Pause {
     Pause::new(Duration::from_millis(10), Duration::from_secs(1))
 }
 
-/// One worker of a channel: claims due tasks one at a time and runs them until stopped.
+/// The meeting point of one channel's workers while the queue runs: wake-ups, the stop
+/// flag, and the tasks one worker claimed for the others.
 ///
-/// When idle it sleeps until the channel's next run-at or lease expiry, or until this
-/// process enqueues work; to notice other processes' work it looks at the store again
-/// after a pause that starts at an eighth of the poll interval and doubles, while nothing
-/// comes, up to the poll interval.
-pub(crate) fn work<S: Store>(shared: &Shared<S>, channel: &ChannelWork, signal: &Signal) {
+/// One idle worker at a time claims, for itself and for every other idle worker, in one
+/// store call; it hands the extra tasks over here. Idle workers that are not claiming wait
+/// without polling the store.
+#[derive(Debug, Default)]
+pub(crate) struct Dispatch {
+    state: Mutex<DispatchState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DispatchState {
+    /// Moves on every wake-up, so that a waiter never misses one.
+    generation: u64,
+    stopped: bool,
+    /// A worker is in a claim call for the idle ones.
+    claiming: bool,
+    /// Workers waiting for the claimer.
+    idle: usize,
+    /// Claimed tasks (their leases kept by the keeper) waiting for a worker.
+    handed: VecDeque<Task>,
+}
+
+impl Dispatch {
+    /// New work: wake one idle worker, or all.
+    pub(crate) fn notify(&self, all: bool) {
+        self.state.lock().generation += 1;
+        if all {
+            self.cv.notify_all();
+        } else {
+            self.cv.notify_one();
+        }
+    }
+
+    /// Tells the workers to stop once the tasks handed to them are done.
+    pub(crate) fn stop(&self) {
+        self.state.lock().stopped = true;
+        self.cv.notify_all();
+    }
+}
+
+/// One worker of a channel: runs tasks until stopped, claiming them in batches.
+///
+/// The claiming worker sleeps, when nothing is due, until the channel's next run-at or lease
+/// expiry, or until this process enqueues work; to notice other processes' work it looks at
+/// the store again after a pause that starts at an eighth of the poll interval and doubles,
+/// while nothing comes, up to the poll interval.
+pub(crate) fn work<S: Store>(shared: &Shared<S>, channel: &ChannelWork, dispatch: &Dispatch) {
     let mut errors = error_pause();
     let first_poll = (shared.poll_interval / 8).max(Duration::from_millis(1));
     let mut poll = Pause::new(first_poll, shared.poll_interval);
-    while let Some(seen) = signal.generation() {
+    let mut st = dispatch.state.lock();
+    loop {
+        if let Some(task) = st.handed.pop_front() {
+            drop(st);
+            run(shared, channel, task);
+            st = dispatch.state.lock();
+            continue;
+        }
+        if st.stopped {
+            return;
+        }
+        if st.claiming {
+            st.idle += 1;
+            dispatch.cv.wait(&mut st);
+            st.idle -= 1;
+            continue;
+        }
+        st.claiming = true;
+        // A task for itself and each idle worker, and one more per worker in reserve, so
+        // that busy workers find their next task here instead of waiting for a claim.
+        let (want, seen) = (st.idle + 1 + channel.workers, st.generation);
+        drop(st);
         let now = shared.now();
-        match shared
+        let claimed = shared
             .store
-            .claim(&channel.name, 1, now, now.after(shared.lease))
-        {
+            .claim(&channel.name, want, now, now.after(shared.lease));
+        if let Ok(tasks) = &claimed {
+            let mut inflight = shared.inflight.lock();
+            for t in tasks {
+                inflight.claims.insert(t.id, t.claim());
+            }
+        }
+        st = dispatch.state.lock();
+        st.claiming = false;
+        match claimed {
             Ok(tasks) if !tasks.is_empty() => {
                 errors.reset();
                 poll.reset();
-                for task in tasks {
+                let mut tasks = tasks.into_iter();
+                let mine = tasks.next();
+                st.handed.extend(tasks);
+                for _ in 0..st.handed.len().min(st.idle) {
+                    dispatch.cv.notify_one();
+                }
+                drop(st);
+                if let Some(task) = mine {
                     run(shared, channel, task);
                 }
+                st = dispatch.state.lock();
             }
             Ok(_) => {
+                drop(st);
                 let timeout = idle_timeout(shared, &channel.name, now, poll.next());
-                shared.notify_progress();
-                signal.wait(seen, timeout);
+                shared.notify_idle();
+                st = dispatch.state.lock();
+                if st.generation == seen && !st.stopped && st.handed.is_empty() {
+                    dispatch.cv.wait_for(&mut st, timeout);
+                }
             }
             Err(e) => {
                 shared.record_error(&e);
-                signal.wait(seen, errors.next());
+                if st.generation == seen && !st.stopped {
+                    dispatch.cv.wait_for(&mut st, errors.next());
+                }
             }
         }
     }
@@ -121,7 +211,6 @@ fn idle_timeout<S: Store>(
 fn run<S: Store>(shared: &Shared<S>, channel: &ChannelWork, task: Task) {
     let claim = task.claim();
     report::trace_claim(task.id, &channel.name, claim.attempt);
-    shared.inflight.lock().claims.insert(task.id, claim);
     let started = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| (channel.handler)(&task.args)));
     let elapsed = started.elapsed();
@@ -177,8 +266,7 @@ fn run<S: Store>(shared: &Shared<S>, channel: &ChannelWork, task: Task) {
             }
         }
     }
-    shared.inflight.lock().claims.remove(&task.id);
-    shared.notify_progress();
+    shared.finished(task.id);
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
@@ -195,11 +283,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 /// and recovers tasks whose lease expired elsewhere.
 pub(crate) fn keep_leases<S: Store>(shared: &Shared<S>, signal: &Signal) {
     let period = (shared.lease / 3).max(Duration::from_millis(1));
-    while let Some(seen) = signal.generation() {
-        signal.wait(seen, period);
-        if signal.generation().is_none() {
-            return;
-        }
+    while !signal.wait(period) {
         let claims: Vec<_> = shared.inflight.lock().claims.values().copied().collect();
         let now = shared.now();
         if !claims.is_empty()

@@ -1,0 +1,237 @@
+//! Measures enqueue and drain throughput, pick-up latency and peak memory.
+//!
+//! ```text
+//! cargo run --release --example throughput -- --backend sqlite|redb|memory --n 20000 \
+//!     --workers 4 [--producers 4] [--durability normal|full] [--enqueue single|batch]
+//! ```
+//!
+//! Prints one JSON line:
+//! `{"system":"simplepyq-rs","version":…,"backend":…,"n":…,"workers":…,"enqueue_per_s":…,
+//! "drain_per_s":…,"durability":…,"producers":…,"enqueue_mode":…,"pickup_latency_ms_p50":…,
+//! "pickup_latency_ms_p99":…,"peak_rss_mib":…}`.
+//!
+//! `enqueue_per_s`: N tasks (payload `{"i": i, "url": "https://example.com/<i>"}`) enqueued
+//! into a fresh store, one call at a time (`--enqueue single`, the default) from the
+//! producer threads, or in batches of 10,000 (`--enqueue batch`, to fill large backlogs).
+//! `drain_per_s`: all N processed by the workers with a handler that only decodes the
+//! payload, timed from `start` until the last is done; the tool exits 1 unless exactly N
+//! were processed. Pick-up latency: from `enqueue` to the handler's start, for 200 tasks
+//! enqueued one by one while the workers are idle. Peak RSS: the process's high-water mark.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use simplepyq::{EnqueueOptions, SimplePyQ, TaskError};
+use simplepyq_benches::backends::Backend;
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    i: u64,
+    url: String,
+}
+
+fn payload(i: u64) -> Payload {
+    Payload {
+        i,
+        url: format!("https://example.com/{i}"),
+    }
+}
+
+struct Args {
+    backend: String,
+    n: u64,
+    workers: usize,
+    producers: u64,
+    durability: String,
+    batch: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        backend: "sqlite".into(),
+        n: 20_000,
+        workers: 4,
+        producers: 1,
+        durability: "normal".into(),
+        batch: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "--backend" => args.backend = value.clone(),
+            "--n" => args.n = number()?,
+            "--workers" => args.workers = usize::try_from(number()?).map_err(|e| e.to_string())?,
+            "--producers" => args.producers = number()?.max(1),
+            "--durability" => args.durability = value.clone(),
+            "--enqueue" => args.batch = value == "batch",
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(-1.0, |kib| kib / 1024.0)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("throughput: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse()?;
+    let backend = Backend::parse(&args.backend, &args.durability)?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store = backend.open(dir.path()).map_err(|e| e.to_string())?;
+    let durability = backend.durability();
+    let q = Arc::new(SimplePyQ::new(store));
+    let e = |e: simplepyq::Error| e.to_string();
+
+    // Enqueue.
+    let started = Instant::now();
+    if args.batch {
+        let mut i = 0;
+        while i < args.n {
+            let chunk: Vec<Payload> = (i..args.n.min(i + 10_000)).map(payload).collect();
+            q.enqueue_many("bench", &chunk, EnqueueOptions::new()).map_err(e)?;
+            i += 10_000;
+        }
+    } else {
+        std::thread::scope(|s| -> Result<(), String> {
+            let handles: Vec<_> = (0..args.producers)
+                .map(|p| {
+                    let q = Arc::clone(&q);
+                    let n = args.n;
+                    let producers = args.producers;
+                    s.spawn(move || -> Result<(), String> {
+                        let mut i = p;
+                        while i < n {
+                            q.enqueue("bench", &payload(i)).map_err(|e| e.to_string())?;
+                            i += producers;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| "a producer panicked".to_string())??;
+            }
+            Ok(())
+        })?;
+    }
+    let enqueue_s = started.elapsed().as_secs_f64();
+
+    // Drain.
+    let processed = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&processed);
+    let pickups = Arc::new(parking_lot_free::Slot::default());
+    let pick = Arc::clone(&pickups);
+    q.add_channel(
+        "bench",
+        move |p: Payload| {
+            if p.url.is_empty() {
+                return Err(TaskError::msg("empty url"));
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            pick.mark();
+            Ok(())
+        },
+        args.workers,
+    )
+    .map_err(e)?;
+    let started = Instant::now();
+    q.run_until_complete().map_err(e)?;
+    let drain_s = started.elapsed().as_secs_f64();
+    let done = processed.load(Ordering::Relaxed);
+    if done != args.n {
+        return Err(format!("processed {done} tasks, expected {}", args.n));
+    }
+
+    // Pick-up latency, with idle workers.
+    q.start().map_err(e)?;
+    let mut latencies = Vec::with_capacity(200);
+    for i in 0..200 {
+        std::thread::sleep(Duration::from_millis(2));
+        let sent = Instant::now();
+        pickups.arm();
+        q.enqueue("bench", &payload(args.n + i)).map_err(e)?;
+        let ran = pickups.wait(Duration::from_secs(5)).ok_or("a task was not picked up")?;
+        latencies.push(ran.duration_since(sent).as_secs_f64() * 1_000.0);
+    }
+    q.stop();
+    latencies.sort_by(f64::total_cmp);
+
+    println!(
+        "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
+         \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
+         \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
+         \"peak_rss_mib\":{:.1}}}",
+        env!("CARGO_PKG_VERSION"),
+        args.backend,
+        args.n,
+        args.workers,
+        args.n as f64 / enqueue_s,
+        args.n as f64 / drain_s,
+        durability,
+        args.producers,
+        if args.batch { "batch" } else { "single" },
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        peak_rss_mib(),
+    );
+    Ok(())
+}
+
+/// The time a handler started after `arm`, for the pick-up latency. Unarmed, `mark` is one
+/// atomic load, so that it does not slow the drain down.
+mod parking_lot_free {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    #[derive(Default)]
+    pub(crate) struct Slot {
+        armed: AtomicBool,
+        at: Mutex<Option<Instant>>,
+        cv: Condvar,
+    }
+
+    impl Slot {
+        pub(crate) fn arm(&self) {
+            *self.at.lock().expect("lock") = None;
+            self.armed.store(true, Ordering::SeqCst);
+        }
+
+        pub(crate) fn mark(&self) {
+            if self.armed.swap(false, Ordering::SeqCst) {
+                *self.at.lock().expect("lock") = Some(Instant::now());
+                self.cv.notify_all();
+            }
+        }
+
+        pub(crate) fn wait(&self, timeout: Duration) -> Option<Instant> {
+            let at = self.at.lock().expect("lock");
+            let (at, _) = self
+                .cv
+                .wait_timeout_while(at, timeout, |at| at.is_none())
+                .expect("lock");
+            *at
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The backends under test, by name.
+
+use std::path::Path;
+
+use simplepyq::{
+    Durability, MemoryStore, RedbDurability, RedbOptions, RedbStore, SqliteOptions, SqliteStore,
+    Store,
+};
+
+/// A backend with its durability setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `MemoryStore`.
+    Memory,
+    /// `SqliteStore`, WAL with `synchronous=NORMAL`.
+    SqliteNormal,
+    /// `SqliteStore`, WAL with `synchronous=FULL`.
+    SqliteFull,
+    /// `RedbStore` with `Durability::Immediate` (its default).
+    Redb,
+    /// `RedbStore` with `Durability::None`.
+    RedbNoSync,
+}
+
+impl Backend {
+    /// Every backend, in the order reports list them.
+    pub const ALL: [Backend; 5] = [
+        Backend::Memory,
+        Backend::SqliteNormal,
+        Backend::SqliteFull,
+        Backend::Redb,
+        Backend::RedbNoSync,
+    ];
+
+    /// The backend named by `--backend` and `--durability` of the throughput tool.
+    pub fn parse(backend: &str, durability: &str) -> Result<Self, String> {
+        let full = match durability {
+            "normal" => false,
+            "full" => true,
+            other => return Err(format!("--durability is normal or full, not {other}")),
+        };
+        Ok(match (backend, full) {
+            ("memory", _) => Backend::Memory,
+            ("sqlite", false) => Backend::SqliteNormal,
+            ("sqlite", true) => Backend::SqliteFull,
+            ("redb", true) => Backend::Redb,
+            ("redb", false) => Backend::RedbNoSync,
+            (other, _) => return Err(format!("--backend is sqlite, redb or memory, not {other}")),
+        })
+    }
+
+    /// A short name for benchmark ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::SqliteNormal => "sqlite-normal",
+            Backend::SqliteFull => "sqlite-full",
+            Backend::Redb => "redb",
+            Backend::RedbNoSync => "redb-nosync",
+        }
+    }
+
+    /// The durability, as the throughput tool reports it.
+    pub fn durability(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::SqliteNormal => "wal,synchronous=NORMAL",
+            Backend::SqliteFull => "wal,synchronous=FULL",
+            Backend::Redb => "redb,durability=immediate",
+            Backend::RedbNoSync => "redb,durability=none",
+        }
+    }
+
+    /// A fresh store in `dir`.
+    pub fn open(self, dir: &Path) -> simplepyq::Result<Box<dyn Store>> {
+        let sqlite = |d| SqliteStore::open_with(dir.join("tasks.db"), SqliteOptions::new().durability(d));
+        let redb = |d| RedbStore::open_with(dir.join("tasks.redb"), RedbOptions::new().durability(d));
+        Ok(match self {
+            Backend::Memory => Box::new(MemoryStore::new()),
+            Backend::SqliteNormal => Box::new(sqlite(Durability::Normal)?),
+            Backend::SqliteFull => Box::new(sqlite(Durability::Full)?),
+            Backend::Redb => Box::new(redb(RedbDurability::Immediate)?),
+            Backend::RedbNoSync => Box::new(redb(RedbDurability::None)?),
+        })
+    }
+}

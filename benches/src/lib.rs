@@ -1,0 +1,5 @@
+//! Shared parts of the simplepyq benchmarks: the backends under test and the bare SQLite
+//! limits they are compared with.
+
+pub mod bare;
+pub mod backends;
