@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use simplepyq::{EnqueueOptions, SimplePyQ, TaskError};
 use simplepyq_benches::backends::Backend;
+use simplepyq_benches::bare;
 
 #[derive(Serialize, Deserialize)]
 struct Payload {
@@ -47,6 +48,7 @@ struct Args {
     producers: u64,
     durability: String,
     batch: bool,
+    bare: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -57,11 +59,20 @@ fn parse() -> Result<Args, String> {
         producers: 1,
         durability: "normal".into(),
         batch: false,
+        bare: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--bare" {
+            args.bare = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || value.parse::<u64>().map_err(|e| format!("{flag} {value}: {e}"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
             "--backend" => args.backend = value.clone(),
             "--n" => args.n = number()?,
@@ -73,6 +84,28 @@ fn parse() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+/// With `--bare`: the bare SQLite limits at the same `synchronous` setting, measured now,
+/// as extra JSON fields.
+fn bare_limits(backend: Backend, dir: &std::path::Path, n: u64) -> Result<String, String> {
+    let sync = match backend {
+        Backend::SqliteFull => "FULL",
+        _ => "NORMAL",
+    };
+    let e = |e: rusqlite::Error| e.to_string();
+    let mut conn = bare::open(&dir.join("bare.db"), sync).map_err(e)?;
+    let insert = bare::insert_rate(&conn, n.min(20_000)).map_err(e)?;
+    conn.execute("DELETE FROM jobs", []).map_err(e)?;
+    bare::insert_batch(&mut conn, n).map_err(e)?;
+    let cycle1 = bare::claim_delete_rate(&mut conn, 1, n.min(20_000)).map_err(e)?;
+    conn.execute("DELETE FROM jobs", []).map_err(e)?;
+    bare::insert_batch(&mut conn, n).map_err(e)?;
+    let cycle32 = bare::claim_delete_rate(&mut conn, 32, n).map_err(e)?;
+    Ok(format!(
+        ",\"bare_synchronous\":\"{sync}\",\"bare_insert_per_s\":{insert:.0},\
+         \"bare_cycle1_per_s\":{cycle1:.0},\"bare_cycle32_per_s\":{cycle32:.0}"
+    ))
 }
 
 fn peak_rss_mib() -> f64 {
@@ -109,7 +142,8 @@ fn run() -> Result<(), String> {
         let mut i = 0;
         while i < args.n {
             let chunk: Vec<Payload> = (i..args.n.min(i + 10_000)).map(payload).collect();
-            q.enqueue_many("bench", &chunk, EnqueueOptions::new()).map_err(e)?;
+            q.enqueue_many("bench", &chunk, EnqueueOptions::new())
+                .map_err(e)?;
             i += 10_000;
         }
     } else {
@@ -171,17 +205,25 @@ fn run() -> Result<(), String> {
         let sent = Instant::now();
         pickups.arm();
         q.enqueue("bench", &payload(args.n + i)).map_err(e)?;
-        let ran = pickups.wait(Duration::from_secs(5)).ok_or("a task was not picked up")?;
+        let ran = pickups
+            .wait(Duration::from_secs(5))
+            .ok_or("a task was not picked up")?;
         latencies.push(ran.duration_since(sent).as_secs_f64() * 1_000.0);
     }
     q.stop();
     latencies.sort_by(f64::total_cmp);
+    let peak_rss = peak_rss_mib();
+    let bare = if args.bare {
+        bare_limits(backend, dir.path(), args.n)?
+    } else {
+        String::new()
+    };
 
     println!(
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1}}}",
+         \"peak_rss_mib\":{:.1}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -193,7 +235,8 @@ fn run() -> Result<(), String> {
         if args.batch { "batch" } else { "single" },
         latencies[latencies.len() / 2],
         latencies[latencies.len() * 99 / 100],
-        peak_rss_mib(),
+        peak_rss,
+        bare,
     );
     Ok(())
 }

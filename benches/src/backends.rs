@@ -73,8 +73,10 @@ impl Backend {
 
     /// A fresh store in `dir`.
     pub fn open(self, dir: &Path) -> simplepyq::Result<Box<dyn Store>> {
-        let sqlite = |d| SqliteStore::open_with(dir.join("tasks.db"), SqliteOptions::new().durability(d));
-        let redb = |d| RedbStore::open_with(dir.join("tasks.redb"), RedbOptions::new().durability(d));
+        let sqlite =
+            |d| SqliteStore::open_with(dir.join("tasks.db"), SqliteOptions::new().durability(d));
+        let redb =
+            |d| RedbStore::open_with(dir.join("tasks.redb"), RedbOptions::new().durability(d));
         Ok(match self {
             Backend::Memory => Box::new(MemoryStore::new()),
             Backend::SqliteNormal => Box::new(sqlite(Durability::Normal)?),

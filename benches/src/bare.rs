@@ -30,12 +30,12 @@ pub fn insert_rate(conn: &Connection, n: u64) -> rusqlite::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Claims and deletes `batch` pending rows per transaction until none is left; returns rows
-/// per second. Fill the table with [`insert_batch`] first.
-pub fn claim_delete_rate(conn: &mut Connection, batch: u32) -> rusqlite::Result<f64> {
+/// Claims and deletes `batch` pending rows per transaction until `limit` rows are done or
+/// none is left; returns rows per second. Fill the table with [`insert_batch`] first.
+pub fn claim_delete_rate(conn: &mut Connection, batch: u32, limit: u64) -> rusqlite::Result<f64> {
     let started = Instant::now();
     let mut done = 0u64;
-    loop {
+    while done < limit {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let ids: Vec<i64> = {
             let mut claim = tx.prepare_cached(

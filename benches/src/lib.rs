@@ -1,5 +1,5 @@
 //! Shared parts of the simplepyq benchmarks: the backends under test and the bare SQLite
 //! limits they are compared with.
 
-pub mod bare;
 pub mod backends;
+pub mod bare;

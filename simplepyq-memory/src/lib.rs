@@ -267,7 +267,8 @@ impl Store for MemoryStore {
     fn recover_expired(&self, now: Timestamp) -> Result<usize> {
         let mut inner = self.inner.lock();
         let expired: Vec<TaskId> = inner
-            .idx.leases
+            .idx
+            .leases
             .iter()
             .take_while(|(lease, _)| *lease <= now)
             .map(|&(_, id)| id)
@@ -293,7 +294,8 @@ impl Store for MemoryStore {
     ) -> Result<usize> {
         let mut inner = self.inner.lock();
         let ids: Vec<TaskId> = inner
-            .idx.channels
+            .idx
+            .channels
             .iter()
             .filter(|(name, _)| channel.is_none_or(|c| c == name.as_str()))
             .flat_map(|(_, ch)| ch.failed.iter().copied())

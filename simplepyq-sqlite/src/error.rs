@@ -36,6 +36,33 @@ impl E {
     }
 }
 
+impl E {
+    /// The simplepyq error for this one, for each of several callers that share it (the
+    /// callers of a failed group commit). A SQLite failure keeps its code, which decides
+    /// the mapping; anything else becomes its message.
+    pub(crate) fn to_error(&self) -> Error {
+        match self {
+            E::Sql(rusqlite::Error::SqliteFailure(code, message)) => {
+                let message = message.clone().or_else(|| Some(self.to_string()));
+                Error::from(E::Sql(rusqlite::Error::SqliteFailure(*code, message)))
+            }
+            other => Error::Backend {
+                backend: BACKEND,
+                source: other.to_string().into(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for E {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            E::Sql(e) => e.fmt(f),
+            E::Core(e) => e.fmt(f),
+        }
+    }
+}
+
 impl From<E> for Error {
     fn from(e: E) -> Self {
         let sql = match e {

@@ -39,14 +39,16 @@
 //! `attempts`, `run_at`, `lease_until`, `last_error`, `created_at`, `updated_at` (times in
 //! milliseconds since the Unix epoch). Read it freely; write it only through simplepyq.
 
+mod checkpoint;
 mod error;
 mod schema;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, Row, Statement, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Row, Statement, Transaction};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
@@ -54,7 +56,9 @@ use simplepyq_core::{
     TaskState, Timestamp, validate_channel,
 };
 
+use crate::checkpoint::Checkpointer;
 use crate::error::{E, R, bad_value};
+use crate::writer::Writer;
 
 /// How much a commit survives. See the [crate docs](crate#what-it-survives).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,10 +112,16 @@ impl SqliteOptions {
 }
 
 /// A [`Store`] on a SQLite file. Several stores (in one process or several) may open the
-/// same file; each holds one connection.
+/// same file.
+///
+/// Each store has a writer thread that commits the writes of all its callers together
+/// (group commit), a connection for reads, and a checkpointer thread that folds the WAL
+/// back into the database off the callers' path.
 #[derive(Debug)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    writer: Writer,
+    checkpointer: Checkpointer,
     path: PathBuf,
     busy_timeout: Duration,
 }
@@ -137,40 +147,43 @@ impl SqliteStore {
     /// Opens the queue file at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(E::from)?;
-        let store = SqliteStore {
-            conn: Mutex::new(conn),
-            path,
-            busy_timeout: options.busy_timeout,
-        };
-        store.retrying(|conn| {
-            conn.busy_timeout(options.busy_timeout)?;
-            schema::inspect(conn)?;
+        let conn = connect(&path, options.busy_timeout)?;
+        retrying(options.busy_timeout, || {
+            schema::inspect(&conn)?;
             // From here on the file is ours (or new): changing it is fine.
             let mode: String =
                 conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-            if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            if !mode.eq_ignore_ascii_case("wal") {
                 return Err(E::Core(Error::Backend {
                     backend: error::BACKEND,
                     source: format!("could not switch the file to WAL mode (got {mode})").into(),
                 }));
             }
-            let sync = match options.durability {
-                Durability::Normal => "NORMAL",
-                Durability::Full => "FULL",
-            };
-            conn.pragma_update(None, "synchronous", sync)?;
-            schema::migrate(conn)
+            Ok(())
         })?;
-        Ok(store)
-    }
-
-    /// A store in a private in-memory SQLite database, for tests.
-    pub fn open_in_memory() -> Result<Self> {
-        Self::open(":memory:")
+        let mut conn = conn;
+        retrying(options.busy_timeout, || schema::migrate(&mut conn))?;
+        let sync = match options.durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(E::from)?;
+        // The checkpointer thread checkpoints; commits need not.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(E::from)?;
+        let reader = connect(&path, options.busy_timeout)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .map_err(E::from)?;
+        let checkpointer = Checkpointer::start(connect(&path, options.busy_timeout)?)?;
+        Ok(SqliteStore {
+            reader: Mutex::new(reader),
+            writer: Writer::start(conn, options.busy_timeout)?,
+            checkpointer,
+            path,
+            busy_timeout: options.busy_timeout,
+        })
     }
 
     /// The file's path.
@@ -178,36 +191,47 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `op` on the connection, again while another connection holds the lock, for up
-    /// to the busy timeout in all.
-    fn retrying<T>(&self, mut op: impl FnMut(&mut Connection) -> R<T>) -> Result<T> {
-        let mut conn = self.conn.lock();
-        let deadline = Instant::now() + self.busy_timeout;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match op(&mut conn) {
-                Err(e) if e.is_busy() && Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                result => return result.map_err(Error::from),
-            }
-        }
+    /// Runs `op` in the writer thread's next transaction (shared with other callers' writes)
+    /// and returns its result once that transaction committed.
+    fn write<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> R<T> + Send + 'static,
+    {
+        let result = self.writer.run(op);
+        self.checkpointer.wrote();
+        result
     }
 
-    /// Runs `op` in one `BEGIN IMMEDIATE` transaction, committed if it succeeds.
-    fn write<T>(&self, mut op: impl FnMut(&Transaction<'_>) -> R<T>) -> Result<T> {
-        self.retrying(|conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = op(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-    }
-
-    /// Runs a read on the connection.
+    /// Runs a read on the read connection.
     fn read<T>(&self, mut op: impl FnMut(&Connection) -> R<T>) -> Result<T> {
-        self.retrying(|conn| op(conn))
+        let conn = self.reader.lock();
+        retrying(self.busy_timeout, || op(&conn))
+    }
+}
+
+/// Opens a connection to `path` that waits up to `busy_timeout` for locks.
+fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(E::from)?;
+    conn.busy_timeout(busy_timeout).map_err(E::from)?;
+    Ok(conn)
+}
+
+/// Runs `op` again while another connection holds the lock, for up to `busy_timeout` in all.
+fn retrying<T>(busy_timeout: Duration, mut op: impl FnMut() -> R<T>) -> Result<T> {
+    let deadline = Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match op() {
+            Err(e) if e.is_busy() && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            result => return result.map_err(Error::from),
+        }
     }
 }
 
@@ -284,7 +308,17 @@ fn save_state(tx: &Transaction<'_>, id: TaskId, s: &TaskState) -> R<()> {
 /// Applies `event` to task `id` and stores the result.
 fn transition(tx: &Transaction<'_>, id: TaskId, event: &Event) -> R<TaskState> {
     let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
-    let next = apply(&state, event).map_err(|r| r.into_error(id))?;
+    transition_from(tx, id, &state, event)
+}
+
+/// Applies `event` to task `id`, whose state was just read as `state`, and stores the result.
+fn transition_from(
+    tx: &Transaction<'_>,
+    id: TaskId,
+    state: &TaskState,
+    event: &Event,
+) -> R<TaskState> {
+    let next = apply(state, event).map_err(|r| r.into_error(id))?;
     save_state(tx, id, &next)?;
     Ok(next)
 }
@@ -303,9 +337,10 @@ fn channel_filter(channel: Option<&str>, n: usize) -> String {
     channel.map_or_else(String::new, |_| format!(" AND channel = ?{n}"))
 }
 
-fn held(tx: &Transaction<'_>, claim: Claim) -> R<bool> {
+/// The state of the task of `claim` if that attempt is still running.
+fn held(tx: &Transaction<'_>, claim: Claim) -> R<Option<TaskState>> {
     Ok(load_state(tx, claim.id)?
-        .is_some_and(|s| s.status == Status::Running && s.attempts == claim.attempt))
+        .filter(|s| s.status == Status::Running && s.attempts == claim.attempt))
 }
 
 /// Pending tasks of channel ?1 due by ?2 (pending tasks are due unless clocks disagree).
@@ -318,7 +353,8 @@ impl Store for SqliteStore {
         for t in tasks {
             validate_channel(&t.channel)?;
         }
-        self.write(|tx| {
+        let tasks = tasks.to_vec();
+        self.write(move |tx| {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
                  {STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
@@ -328,7 +364,7 @@ impl Store for SqliteStore {
                  AND status IN ('pending', 'delayed', 'running')",
             )?;
             let mut ids = Vec::with_capacity(tasks.len());
-            for t in tasks {
+            for t in &tasks {
                 if let Some(key) = &t.unique_key {
                     let found: Option<i64> = existing
                         .query_row(params![t.channel, key], |r| r.get(0))
@@ -374,7 +410,8 @@ impl Store for SqliteStore {
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let event = Event::Claim { now, lease_until };
-        self.write(|tx| {
+        let channel = channel.to_owned();
+        self.write(move |tx| {
             let promote = ids(
                 tx,
                 &format!("SELECT id FROM tasks WHERE {DUE_DELAYED} ORDER BY run_at, id"),
@@ -404,11 +441,12 @@ impl Store for SqliteStore {
     }
 
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
-        self.write(|tx| {
+        let claims = claims.to_vec();
+        self.write(move |tx| {
             let mut n = 0;
             for c in claims {
-                if held(tx, *c)? {
-                    transition(tx, c.id, &Event::Extend { lease_until })?;
+                if let Some(state) = held(tx, c)? {
+                    transition_from(tx, c.id, &state, &Event::Extend { lease_until })?;
                     n += 1;
                 }
             }
@@ -421,14 +459,12 @@ impl Store for SqliteStore {
             now,
             outcome: outcome.clone(),
         };
-        self.write(|tx| {
-            if !held(tx, claim)? {
-                return Err(E::Core(Error::LeaseLost {
-                    id: claim.id,
-                    attempt: claim.attempt,
-                }));
-            }
-            Ok(transition(tx, claim.id, &event)?.status)
+        self.write(move |tx| {
+            let state = held(tx, claim)?.ok_or(Error::LeaseLost {
+                id: claim.id,
+                attempt: claim.attempt,
+            })?;
+            Ok(transition_from(tx, claim.id, &state, &event)?.status)
         })
     }
 
@@ -440,7 +476,7 @@ impl Store for SqliteStore {
         {
             return Ok(0);
         }
-        self.write(|tx| {
+        self.write(move |tx| {
             let expired = ids(tx, EXPIRED, [now.as_millis()])?;
             for id in &expired {
                 transition(tx, *id, &Event::Expire { now })?;
@@ -454,7 +490,8 @@ impl Store for SqliteStore {
             "DELETE FROM tasks WHERE status = 'failed'{}",
             channel_filter(channel, 1)
         );
-        self.write(|tx| Ok(tx.execute(&sql, params_from_iter(channel))?))
+        let channel = channel.map(str::to_owned);
+        self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(channel))?))
     }
 
     fn requeue_failed(
@@ -468,7 +505,8 @@ impl Store for SqliteStore {
             channel_filter(channel, 1)
         );
         let event = Event::Requeue { now, retries };
-        self.write(|tx| {
+        let channel = channel.map(str::to_owned);
+        self.write(move |tx| {
             let failed = ids(tx, &sql, params_from_iter(channel))?;
             for id in &failed {
                 transition(tx, *id, &event)?;
@@ -478,7 +516,8 @@ impl Store for SqliteStore {
     }
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM tasks WHERE channel = ?1", [channel])?))
+        let channel = channel.to_owned();
+        self.write(move |tx| Ok(tx.execute("DELETE FROM tasks WHERE channel = ?1", [channel])?))
     }
 
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
@@ -486,7 +525,8 @@ impl Store for SqliteStore {
             "DELETE FROM tasks WHERE status = 'done' AND updated_at < ?1{}",
             channel_filter(channel, 2)
         );
-        self.write(|tx| {
+        let channel = channel.map(str::to_owned);
+        self.write(move |tx| {
             let mut stmt = tx.prepare_cached(&sql)?;
             let n = match channel {
                 Some(c) => stmt.execute(params![before.as_millis(), c])?,
@@ -556,7 +596,7 @@ impl Store for SqliteStore {
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {
-        self.write(|tx| {
+        self.write(move |tx| {
             let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
             cancel(&state).map_err(|r| r.into_error(id))?;
             tx.execute("DELETE FROM tasks WHERE id = ?1", [id.get()])?;
@@ -652,12 +692,23 @@ mod tests {
     }
 
     #[test]
-    fn migrations_apply_in_memory() {
-        let store = SqliteStore::open_in_memory().expect("in memory");
-        store
-            .enqueue_one(NewTask::new("c", vec![]), T0)
-            .expect("enqueue");
-        assert_eq!(store.counts(None).expect("counts").pending, 1);
+    fn every_migration_applies_to_an_empty_in_memory_database() {
+        let mut conn = Connection::open_in_memory().expect("in memory");
+        schema::inspect(&conn).expect("an empty database is accepted");
+        schema::migrate(&mut conn).expect("migrate");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(version, schema::latest());
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name LIKE 'tasks_%'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 6);
+        schema::migrate(&mut conn).expect("migrating again does nothing");
     }
 
     /// Opens `path` expecting an error, and checks the file's bytes did not change.
@@ -722,13 +773,12 @@ mod tests {
                 .map(|_| NewTask::new("c", vec![7; 100]))
                 .collect();
             store.enqueue(&tasks, T0).expect("enqueue");
-            // Fold the WAL into the file, so that the damage below hits the tasks.
-            store
-                .conn
-                .lock()
-                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-                .expect("checkpoint");
         }
+        // Fold the WAL into the file, so that the damage below hits the tasks.
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
         let mut bytes = std::fs::read(&path).expect("read");
         assert!(bytes.len() > 16 * 4096, "{} bytes", bytes.len());
         for b in &mut bytes[4 * 4096..12 * 4096] {
@@ -743,7 +793,7 @@ mod tests {
 
     /// Virtual-machine steps SQLite takes to find the next due task of a channel.
     fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
-        let conn = store.conn.lock();
+        let conn = store.reader.lock();
         let sql = format!(
             "SELECT {COLUMNS} FROM tasks WHERE {READY} ORDER BY priority DESC, run_at, id LIMIT ?3"
         );
@@ -775,13 +825,13 @@ mod tests {
         store.enqueue(&tasks, T0).expect("enqueue");
         // Done and failed tasks too (set directly: only the rows matter here).
         store
-            .conn
-            .lock()
-            .execute_batch(
-                "UPDATE tasks SET status = 'done' WHERE channel = 'b' AND id % 2 = 0;
-                 UPDATE tasks SET status = 'failed' WHERE channel = 'b' AND id % 2 = 1;
-                 UPDATE tasks SET channel = 'c' WHERE channel = 'b';",
-            )
+            .write(|tx| {
+                Ok(tx.execute_batch(
+                    "UPDATE tasks SET status = 'done' WHERE channel = 'b' AND id % 2 = 0;
+                     UPDATE tasks SET status = 'failed' WHERE channel = 'b' AND id % 2 = 1;
+                     UPDATE tasks SET channel = 'c' WHERE channel = 'b';",
+                )?)
+            })
             .expect("finish");
         store
             .enqueue_one(NewTask::new("c", vec![]), T0)
@@ -790,9 +840,10 @@ mod tests {
 
     #[test]
     fn claim_cost_does_not_grow_with_the_backlog() {
-        let small = SqliteStore::open_in_memory().expect("open");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let small = SqliteStore::open(dir.path().join("small.db")).expect("open");
         backlog(&small, 1_000);
-        let large = SqliteStore::open_in_memory().expect("open");
+        let large = SqliteStore::open(dir.path().join("large.db")).expect("open");
         backlog(&large, 100_000);
         let (small_steps, plan) = claim_query_steps(&small);
         let (large_steps, _) = claim_query_steps(&large);

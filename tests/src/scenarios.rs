@@ -281,15 +281,15 @@ pub fn run_until_complete(store: Box<dyn Store>) {
     q.run_until_complete()
         .expect("no channels: returns at once");
     let done = Arc::new(AtomicUsize::new(0));
-    let d = Arc::clone(&done);
+    let delayed = Arc::new(AtomicBool::new(false));
+    let (d, once) = (Arc::clone(&done), Arc::clone(&delayed));
     q.add_channel(
         "work",
         move |n: u32| {
-            if n == 0 && d.load(Ordering::SeqCst) == 0 {
-                d.fetch_add(1, Ordering::SeqCst);
+            d.fetch_add(1, Ordering::SeqCst);
+            if n == 0 && !once.swap(true, Ordering::SeqCst) {
                 return Err(TaskError::Delay(Duration::from_millis(50)));
             }
-            d.fetch_add(1, Ordering::SeqCst);
             Ok(())
         },
         3,

@@ -1,0 +1,96 @@
+//! Checkpoints off the hot path: a thread folds the WAL back into the database file, so that
+//! no caller's commit pays for it.
+//!
+//! The writer connection has automatic checkpoints off. This thread runs a `PASSIVE`
+//! checkpoint (which never blocks writers or readers) every [`EVERY_WRITES`] writes, and at
+//! least every second while there are writes, keeping the WAL short.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::Connection;
+use simplepyq_core::{Error, Result};
+
+/// Writes between checkpoints.
+const EVERY_WRITES: u64 = 1_000;
+/// The longest time between checkpoints while there are writes.
+const EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Shared {
+    writes: AtomicU64,
+    closed: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// The handle on a store's checkpointer thread; dropping it stops and joins the thread.
+pub(crate) struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer").finish_non_exhaustive()
+    }
+}
+
+impl Checkpointer {
+    /// Starts the thread on its own connection to the file.
+    pub(crate) fn start(conn: Connection) -> Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("simplepyq-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &theirs))
+            .map_err(Error::Spawn)?;
+        Ok(Checkpointer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Counts a committed write; wakes the thread when a checkpoint is due.
+    pub(crate) fn wrote(&self) {
+        if self.shared.writes.fetch_add(1, Ordering::Relaxed) + 1 == EVERY_WRITES {
+            let _closed = self.shared.closed.lock();
+            self.shared.cv.notify_one();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        *self.shared.closed.lock() = true;
+        self.shared.cv.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // The thread only checkpoints; if it panicked there is nothing to recover.
+            let _ = thread.join();
+        }
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, shared: &Shared) {
+    loop {
+        {
+            let mut closed = shared.closed.lock();
+            if *closed {
+                return;
+            }
+            if shared.writes.load(Ordering::Relaxed) < EVERY_WRITES {
+                shared.cv.wait_for(&mut closed, EVERY);
+            }
+            if *closed {
+                return;
+            }
+        }
+        if shared.writes.swap(0, Ordering::Relaxed) > 0 {
+            // A busy or failed checkpoint is simply tried again next time; the WAL keeps
+            // every commit meanwhile.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+}

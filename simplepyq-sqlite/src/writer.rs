@@ -1,0 +1,245 @@
+//! Group commit: the writes of every caller are gathered into shared transactions, and
+//! each caller is answered once its transaction committed.
+//!
+//! A caller queues its write, then, if the connection is free, commits everything queued
+//! itself (alone, when no one else is writing: no thread hand-off). If another commit is
+//! under way, it leaves its write to the store's writer thread, which takes all that queued
+//! meanwhile into its next transaction.
+//!
+//! A commit is what a SQLite queue pays for (an fsync with `synchronous=FULL`); callers on
+//! many threads (enqueues, workers' claims and results) share it. Each write runs inside a
+//! savepoint: one that fails is rolled back alone, and its caller gets its own error, while
+//! the others commit. A call returns only after its transaction committed, so a returned
+//! `enqueue` is as durable as the `synchronous` setting promises.
+
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use simplepyq_core::{Error, Result};
+
+use crate::error::{BACKEND, E, R};
+
+/// The most writes one transaction gathers.
+const MAX_BATCH: usize = 512;
+
+/// A write waiting for the writer thread.
+trait Job: Send {
+    /// Runs the write in `tx`; whether it succeeded (else its savepoint is rolled back).
+    fn run(&mut self, tx: &Transaction<'_>) -> bool;
+    /// Its transaction committed: answer the caller with the write's result.
+    fn committed(self: Box<Self>);
+    /// Its transaction failed as a whole: answer the caller with `error`.
+    fn failed(self: Box<Self>, error: Error);
+}
+
+struct Write<T, F> {
+    op: Option<F>,
+    result: Option<R<T>>,
+    reply: SyncSender<Result<T>>,
+}
+
+impl<T: Send, F: FnOnce(&Transaction<'_>) -> R<T> + Send> Job for Write<T, F> {
+    fn run(&mut self, tx: &Transaction<'_>) -> bool {
+        let result = self
+            .op
+            .take()
+            .map_or_else(|| Err(E::Core(stopped("a write ran twice"))), |op| op(tx));
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn committed(self: Box<Self>) {
+        let result = self
+            .result
+            .unwrap_or_else(|| Err(E::Core(stopped("a write was committed unrun"))));
+        // The caller waits for this answer; if it is gone there is no one to tell.
+        let _ = self.reply.send(result.map_err(Error::from));
+    }
+
+    fn failed(self: Box<Self>, error: Error) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+fn stopped(why: &str) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        source: format!("the store's writer thread stopped: {why}").into(),
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Box<dyn Job>>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    cv: Condvar,
+    conn: Mutex<Connection>,
+    busy_timeout: Duration,
+}
+
+/// The handle on a store's writer thread. Dropping it lets the thread finish the writes
+/// already queued, then joins it.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`, which it owns from now on.
+    pub(crate) fn start(conn: Connection, busy_timeout: Duration) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+            conn: Mutex::new(conn),
+            busy_timeout,
+        });
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("simplepyq-sqlite-writer".into())
+            .spawn(move || write_loop(&theirs))
+            .map_err(Error::Spawn)?;
+        Ok(Writer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `op` in the writer's next transaction and returns its result once committed.
+    pub(crate) fn run<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> R<T> + Send + 'static,
+    {
+        let (reply, answer) = sync_channel(1);
+        {
+            let mut queue = self.shared.queue.lock();
+            if queue.closed {
+                return Err(stopped("the store is closing"));
+            }
+            queue.jobs.push(Box::new(Write {
+                op: Some(op),
+                result: None,
+                reply,
+            }));
+        }
+        match self.shared.conn.try_lock() {
+            // Nobody is committing: commit what is queued (this write at least) right here.
+            // While this thread holds the connection no one else commits, so a write that
+            // left the queue was answered.
+            Some(mut conn) => loop {
+                match answer.try_recv() {
+                    Ok(result) => return result,
+                    Err(TryRecvError::Empty) if commit_queued(&self.shared, &mut conn) => {}
+                    Err(_) => break,
+                }
+            },
+            None => {
+                self.shared.cv.notify_one();
+            }
+        }
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(stopped("it dropped a write unanswered")))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.queue.lock().closed = true;
+        self.shared.cv.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // A panic in the writer thread has already answered no one more; nothing to do.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Commits the queued writes (up to [`MAX_BATCH`]) on `conn`; whether there were any.
+fn commit_queued(shared: &Shared, conn: &mut Connection) -> bool {
+    let jobs = {
+        let mut queue = shared.queue.lock();
+        let n = queue.jobs.len().min(MAX_BATCH);
+        queue.jobs.drain(..n).collect::<Vec<_>>()
+    };
+    if jobs.is_empty() {
+        return false;
+    }
+    commit_batch(conn, jobs, shared.busy_timeout);
+    true
+}
+
+/// The writer thread: commits what callers left queued while another commit was under way.
+fn write_loop(shared: &Shared) {
+    loop {
+        {
+            let mut queue = shared.queue.lock();
+            while queue.jobs.is_empty() && !queue.closed {
+                shared.cv.wait(&mut queue);
+            }
+            if queue.jobs.is_empty() {
+                return;
+            }
+        }
+        let mut conn = shared.conn.lock();
+        while commit_queued(shared, &mut conn) {}
+    }
+}
+
+/// Runs `jobs` in one transaction and answers each.
+fn commit_batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>, busy_timeout: Duration) {
+    let deadline = Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    let tx = loop {
+        match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => break tx,
+            Err(e) => {
+                let e = E::Sql(e);
+                if e.is_busy() && Instant::now() < deadline {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    continue;
+                }
+                return fail_all(jobs, &e);
+            }
+        }
+    };
+    for job in &mut jobs {
+        let step = tx.execute_batch("SAVEPOINT job").and_then(|()| {
+            if job.run(&tx) {
+                tx.execute_batch("RELEASE job")
+            } else {
+                tx.execute_batch("ROLLBACK TO job; RELEASE job")
+            }
+        });
+        if let Err(e) = step {
+            // The transaction is rolled back when `tx` is dropped.
+            return fail_all(jobs, &E::Sql(e));
+        }
+    }
+    match tx.commit() {
+        Ok(()) => jobs.into_iter().for_each(|job| job.committed()),
+        Err(e) => fail_all(jobs, &E::Sql(e)),
+    }
+}
+
+/// Answers every job of a failed transaction with the error that failed it.
+fn fail_all(jobs: Vec<Box<dyn Job>>, error: &E) {
+    for job in jobs {
+        job.failed(error.to_error());
+    }
+}
