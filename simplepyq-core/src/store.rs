@@ -47,13 +47,19 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// skipped, not an error. A lease never shrinks.
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize>;
 
-    /// Records how an attempt ended and returns the task's new status.
+    /// Records how attempts ended, all in one transaction, and returns each task's new
+    /// status in order.
     ///
     /// # Contract
-    /// Fails with [`crate::Error::LeaseLost`], changing nothing, if `claim` is not the
-    /// task's current running attempt (its lease expired and it was recovered, or the task
-    /// was removed).
-    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status>;
+    /// An attempt whose `claim` is not the task's current running attempt (its lease
+    /// expired and it was recovered, or the task was removed) gets
+    /// [`crate::Error::LeaseLost`] in its place and changes nothing; the others are
+    /// recorded. The outer error is a storage failure, and then nothing is recorded.
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Status>>>;
 
     /// Recovers running tasks whose lease expired by `now`, as failed attempts with
     /// [`crate::transition::WORKER_LOST`]; returns how many.
@@ -115,6 +121,18 @@ pub trait StoreExt: Store {
         })
     }
 
+    /// Records how one attempt ended and returns the task's new status; see
+    /// [`Store::finish_many`].
+    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
+        let mut results = self.finish_many(&[(claim, outcome.clone())], now)?;
+        results.pop().unwrap_or_else(|| {
+            Err(crate::Error::Backend {
+                backend: "store",
+                source: "finish_many returned no result for one attempt".into(),
+            })
+        })
+    }
+
     /// Records a success.
     fn complete(&self, claim: Claim, now: Timestamp) -> Result<Status> {
         self.finish(claim, &Outcome::Succeeded, now)
@@ -135,8 +153,8 @@ macro_rules! forward_store {
             fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
                 (**self).extend_leases(claims, lease_until)
             }
-            fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
-                (**self).finish(claim, outcome, now)
+            fn finish_many(&self, results: &[(Claim, Outcome)], now: Timestamp) -> Result<Vec<Result<Status>>> {
+                (**self).finish_many(results, now)
             }
             fn recover_expired(&self, now: Timestamp) -> Result<usize> {
                 (**self).recover_expired(now)

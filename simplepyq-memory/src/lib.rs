@@ -249,19 +249,28 @@ impl Store for MemoryStore {
         Ok(held)
     }
 
-    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Status>>> {
         let mut inner = self.inner.lock();
-        if !inner.held(claim) {
-            return Err(Error::LeaseLost {
-                id: claim.id,
-                attempt: claim.attempt,
-            });
-        }
-        let event = Event::Finish {
-            now,
-            outcome: outcome.clone(),
-        };
-        Ok(inner.transition(claim.id, &event)?.state.status)
+        Ok(results
+            .iter()
+            .map(|(claim, outcome)| {
+                if !inner.held(*claim) {
+                    return Err(Error::LeaseLost {
+                        id: claim.id,
+                        attempt: claim.attempt,
+                    });
+                }
+                let event = Event::Finish {
+                    now,
+                    outcome: outcome.clone(),
+                };
+                Ok(inner.transition(claim.id, &event)?.state.status)
+            })
+            .collect())
     }
 
     fn recover_expired(&self, now: Timestamp) -> Result<usize> {

@@ -569,18 +569,29 @@ impl Store for RedbStore {
         })
     }
 
-    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
-        let event = Event::Finish {
-            now,
-            outcome: outcome.clone(),
-        };
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Status>>> {
         self.write(|t| {
-            let mut task = t.held(claim)?.ok_or(Error::LeaseLost {
-                id: claim.id,
-                attempt: claim.attempt,
-            })?;
-            t.transition(&mut task, &event)?;
-            Ok(task.state.status)
+            let mut statuses = Vec::with_capacity(results.len());
+            for (claim, outcome) in results {
+                let Some(mut task) = t.held(*claim)? else {
+                    statuses.push(Err(Error::LeaseLost {
+                        id: claim.id,
+                        attempt: claim.attempt,
+                    }));
+                    continue;
+                };
+                let event = Event::Finish {
+                    now,
+                    outcome: outcome.clone(),
+                };
+                t.transition(&mut task, &event)?;
+                statuses.push(Ok(task.state.status));
+            }
+            Ok(statuses)
         })
     }
 

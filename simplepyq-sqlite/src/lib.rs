@@ -169,8 +169,11 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync)
             .map_err(E::from)?;
-        // The checkpointer thread checkpoints; commits need not.
+        // The checkpointer thread checkpoints; commits need not. A WAL that grew in a burst
+        // is cut back to 64 MiB once it starts over.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(E::from)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
             .map_err(E::from)?;
         let reader = connect(&path, options.busy_timeout)?;
         reader
@@ -454,17 +457,26 @@ impl Store for SqliteStore {
         })
     }
 
-    fn finish(&self, claim: Claim, outcome: &Outcome, now: Timestamp) -> Result<Status> {
-        let event = Event::Finish {
-            now,
-            outcome: outcome.clone(),
-        };
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Status>>> {
+        let results = results.to_vec();
         self.write(move |tx| {
-            let state = held(tx, claim)?.ok_or(Error::LeaseLost {
-                id: claim.id,
-                attempt: claim.attempt,
-            })?;
-            Ok(transition_from(tx, claim.id, &state, &event)?.status)
+            let mut statuses = Vec::with_capacity(results.len());
+            for (claim, outcome) in results {
+                let Some(state) = held(tx, claim)? else {
+                    statuses.push(Err(Error::LeaseLost {
+                        id: claim.id,
+                        attempt: claim.attempt,
+                    }));
+                    continue;
+                };
+                let event = Event::Finish { now, outcome };
+                statuses.push(Ok(transition_from(tx, claim.id, &state, &event)?.status));
+            }
+            Ok(statuses)
         })
     }
 

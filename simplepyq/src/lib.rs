@@ -55,6 +55,7 @@
 mod handler;
 mod options;
 mod queue;
+mod recorder;
 mod report;
 mod signal;
 mod worker;

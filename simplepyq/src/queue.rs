@@ -15,6 +15,7 @@ use simplepyq_core::{
 
 use crate::handler::{TaskError, erase};
 use crate::options::{ChannelOptions, EnqueueOptions};
+use crate::recorder::{self, Recorder};
 use crate::report::{self, Hook, TaskReport};
 use crate::signal::Signal;
 use crate::worker::{self, ChannelWork, Dispatch};
@@ -133,6 +134,7 @@ impl<S: Store> Builder<S> {
                 inflight: Mutex::new(InFlight::default()),
                 progress: Condvar::new(),
                 last_error: Mutex::new(None),
+                recorder: Recorder::closed(),
                 on_outcome: self.on_outcome,
             }),
         })
@@ -161,6 +163,7 @@ pub(crate) struct Shared<S> {
     pub(crate) progress: Condvar,
     last_error: Mutex<Option<String>>,
     pub(crate) on_outcome: Option<Box<Hook>>,
+    pub(crate) recorder: Recorder,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
@@ -178,6 +181,7 @@ struct Registry {
     channels: HashMap<String, Channel>,
     running: bool,
     keeper: Option<(Arc<Signal>, JoinHandle<()>)>,
+    recorder: Option<JoinHandle<()>>,
     /// Workers of removed channels, finishing their current task.
     retired: Vec<JoinHandle<()>>,
 }
@@ -334,6 +338,7 @@ impl<S: Store> SimplePyQ<S> {
                 workers: options.max_workers,
                 handler: erase(handler),
                 backoff: options.backoff,
+                average_run: std::sync::atomic::AtomicU64::new(0),
             }),
             max_workers: options.max_workers,
             dispatch: Arc::new(Dispatch::default()),
@@ -437,6 +442,19 @@ impl<S: Store> SimplePyQ<S> {
             .spawn(move || worker::keep_leases(&shared, &keeper_signal))
             .map_err(Error::Spawn)?;
         reg.keeper = Some((signal, keeper));
+        self.shared.recorder.open();
+        let shared = Arc::clone(&self.shared);
+        let recorder = thread::Builder::new()
+            .name("simplepyq-recorder".into())
+            .spawn(move || recorder::run(&shared));
+        match recorder {
+            Ok(thread) => reg.recorder = Some(thread),
+            // Without the thread, workers record their own outcomes.
+            Err(e) => {
+                self.shared.recorder.close();
+                self.shared.record_error(&Error::Spawn(e));
+            }
+        }
         reg.running = true;
         Ok(())
     }
@@ -455,20 +473,33 @@ impl<S: Store> SimplePyQ<S> {
         Ok(())
     }
 
-    /// Tells every worker and the lease keeper to stop, and hands over their threads.
-    fn signal_stop(&self) -> Vec<JoinHandle<()>> {
+    /// Tells every worker and the lease keeper to stop, and hands over their threads: the
+    /// workers', then the keeper's and the recorder's.
+    fn signal_stop(&self) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
         let mut reg = self.shared.registry.lock();
         reg.running = false;
-        let mut threads = std::mem::take(&mut reg.retired);
+        let mut workers = std::mem::take(&mut reg.retired);
         for ch in reg.channels.values_mut() {
             ch.dispatch.stop();
-            threads.append(&mut ch.threads);
+            workers.append(&mut ch.threads);
         }
+        let mut helpers = Vec::new();
         if let Some((signal, keeper)) = reg.keeper.take() {
             signal.stop();
-            threads.push(keeper);
+            helpers.push(keeper);
         }
-        threads
+        helpers.extend(reg.recorder.take());
+        (workers, helpers)
+    }
+
+    /// Once the workers are done: the recorder records what they handed over and stops;
+    /// joins it and the keeper.
+    fn finish_stop(&self, helpers: Vec<JoinHandle<()>>) {
+        self.shared.recorder.close();
+        for t in helpers {
+            // Neither runs user code: a panic there leaves nothing to clean up.
+            let _ = t.join();
+        }
     }
 
     /// Stops the workers: no new task is claimed, and the call returns when the running
@@ -477,12 +508,14 @@ impl<S: Store> SimplePyQ<S> {
     /// that handler's own thread.
     pub fn stop(&self) {
         let me = thread::current().id();
-        for t in self.signal_stop() {
+        let (workers, helpers) = self.signal_stop();
+        for t in workers {
             if t.thread().id() != me {
                 // A worker that panicked outside a handler has nothing left to clean up.
                 let _ = t.join();
             }
         }
+        self.finish_stop(helpers);
     }
 
     /// Stops the workers like [`SimplePyQ::stop`], but waits at most `timeout` for running
@@ -494,12 +527,12 @@ impl<S: Store> SimplePyQ<S> {
     pub fn stop_timeout(&self, timeout: Duration) -> Vec<TaskId> {
         let deadline = Instant::now() + timeout;
         let me = thread::current().id();
-        let threads: Vec<_> = self
-            .signal_stop()
+        let (workers, helpers) = self.signal_stop();
+        let workers: Vec<_> = workers
             .into_iter()
             .filter(|t| t.thread().id() != me)
             .collect();
-        while !threads.iter().all(JoinHandle::is_finished) {
+        while !workers.iter().all(JoinHandle::is_finished) {
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -508,14 +541,19 @@ impl<S: Store> SimplePyQ<S> {
             let wait = (deadline - now).min(Duration::from_millis(10));
             self.shared.progress.wait_for(&mut inflight, wait);
         }
-        let mut running: Vec<TaskId> = self.shared.inflight.lock().claims.keys().copied().collect();
-        running.sort_unstable();
-        for t in threads {
+        let mut finished = Vec::new();
+        for t in workers {
             if t.is_finished() {
-                let _ = t.join();
+                finished.push(t);
             }
             // Unfinished threads are detached: their handlers cannot be interrupted.
         }
+        for t in finished {
+            let _ = t.join();
+        }
+        self.finish_stop(helpers);
+        let mut running: Vec<TaskId> = self.shared.inflight.lock().claims.keys().copied().collect();
+        running.sort_unstable();
         running
     }
 
@@ -687,6 +725,9 @@ impl<S: Store> Drop for SimplePyQ<S> {
         if let Some((signal, _)) = &reg.keeper {
             signal.stop();
         }
+        // The recorder thread records what is waiting and ends; workers that finish later
+        // record their own outcomes.
+        self.shared.recorder.close();
     }
 }
 

@@ -2,20 +2,19 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use simplepyq_core::{Error, Outcome, Store, Task, Timestamp};
+use simplepyq_core::{Outcome, Store, Task, Timestamp};
 
 use crate::handler::{ErasedHandler, TaskError};
 use crate::options::Backoff;
 use crate::queue::Shared;
-use crate::report::{self, TaskReport};
+use crate::recorder::{self, Finished};
+use crate::report;
 use crate::signal::Signal;
-
-/// How often a worker tries to record an outcome while the store fails (about 2 s in all).
-/// After that the task is left to lease recovery, which runs it again.
-const FINISH_ATTEMPTS: u32 = 8;
 
 /// What the workers of one channel share.
 pub(crate) struct ChannelWork {
@@ -24,6 +23,37 @@ pub(crate) struct ChannelWork {
     pub(crate) workers: usize,
     pub(crate) handler: Box<ErasedHandler>,
     pub(crate) backoff: Backoff,
+    /// A running average of the handler's run time, in nanoseconds.
+    pub(crate) average_run: AtomicU64,
+}
+
+/// How much work a claim may take beyond one task per idle worker: the claimed tasks wait
+/// in this process (their leases held) until a worker is free, so the reserve is kept to
+/// about this long of handler time...
+const RESERVE_TIME: Duration = Duration::from_millis(5);
+/// ...and to at most this many tasks.
+const MAX_RESERVE: usize = 256;
+
+impl ChannelWork {
+    /// Tasks to claim beyond one per idle worker: one per worker, more for quick handlers.
+    fn reserve(&self) -> usize {
+        let average = self.average_run.load(Ordering::Relaxed).max(1);
+        let quick =
+            usize::try_from(RESERVE_TIME.as_nanos() / u128::from(average)).unwrap_or(MAX_RESERVE);
+        quick.clamp(self.workers, MAX_RESERVE.max(self.workers))
+    }
+
+    /// Adds one run time to the average (weight 1/16).
+    fn observe(&self, run: Duration) {
+        let ns = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.average_run.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            ns
+        } else {
+            old - old / 16 + ns / 16
+        };
+        self.average_run.store(new, Ordering::Relaxed);
+    }
 }
 
 /// Exponential pauses: from `start`, doubling up to `max`.
@@ -108,7 +138,7 @@ impl Dispatch {
 /// expiry, or until this process enqueues work; to notice other processes' work it looks at
 /// the store again after a pause that starts at an eighth of the poll interval and doubles,
 /// while nothing comes, up to the poll interval.
-pub(crate) fn work<S: Store>(shared: &Shared<S>, channel: &ChannelWork, dispatch: &Dispatch) {
+pub(crate) fn work<S: Store>(shared: &Shared<S>, channel: &Arc<ChannelWork>, dispatch: &Dispatch) {
     let mut errors = error_pause();
     let first_poll = (shared.poll_interval / 8).max(Duration::from_millis(1));
     let mut poll = Pause::new(first_poll, shared.poll_interval);
@@ -130,9 +160,9 @@ pub(crate) fn work<S: Store>(shared: &Shared<S>, channel: &ChannelWork, dispatch
             continue;
         }
         st.claiming = true;
-        // A task for itself and each idle worker, and one more per worker in reserve, so
-        // that busy workers find their next task here instead of waiting for a claim.
-        let (want, seen) = (st.idle + 1 + channel.workers, st.generation);
+        // A task for itself and each idle worker, and a reserve, so that busy workers find
+        // their next task here instead of waiting for a claim.
+        let (want, seen) = (st.idle + 1 + channel.reserve(), st.generation);
         drop(st);
         let now = shared.now();
         let claimed = shared
@@ -208,12 +238,13 @@ fn idle_timeout<S: Store>(
 }
 
 /// Runs one claimed task and records its outcome.
-fn run<S: Store>(shared: &Shared<S>, channel: &ChannelWork, task: Task) {
+fn run<S: Store>(shared: &Shared<S>, channel: &Arc<ChannelWork>, task: Task) {
     let claim = task.claim();
     report::trace_claim(task.id, &channel.name, claim.attempt);
     let started = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| (channel.handler)(&task.args)));
     let elapsed = started.elapsed();
+    channel.observe(elapsed);
     let now = shared.now();
     let failed = |error: String, permanent| Outcome::Failed {
         error,
@@ -232,41 +263,15 @@ fn run<S: Store>(shared: &Shared<S>, channel: &ChannelWork, task: Task) {
             false,
         ),
     };
-    let mut pause = error_pause();
-    for _ in 0..FINISH_ATTEMPTS {
-        match shared.store.finish(claim, &outcome, now) {
-            Ok(status) => {
-                let report = TaskReport {
-                    id: task.id,
-                    channel: &channel.name,
-                    attempt: claim.attempt,
-                    elapsed,
-                    outcome: &outcome,
-                    status,
-                };
-                report::trace(&report);
-                if let Some(hook) = &shared.on_outcome {
-                    // A panicking hook must not take the worker down with it.
-                    let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
-                }
-                break;
-            }
-            // A lost lease means another worker owns the task now: drop this result.
-            Err(Error::LeaseLost { .. }) => break,
-            // The store refused the change itself: trying again cannot help.
-            Err(e @ (Error::InvalidTransition { .. } | Error::NotFound(_))) => {
-                shared.record_error(&e);
-                break;
-            }
-            // Busy, or a failure of the storage that may pass (a full disk): try again
-            // while the lease keeper holds the task.
-            Err(e) => {
-                shared.record_error(&e);
-                std::thread::sleep(pause.next());
-            }
-        }
-    }
-    shared.finished(task.id);
+    recorder::hand_over(
+        shared,
+        Finished {
+            channel: Arc::clone(channel),
+            claim,
+            outcome,
+            elapsed,
+        },
+    );
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -211,25 +211,25 @@ fn sigkill_mid_work_loses_nothing(backend: Backend) {
         per_task.entry(n).or_default().push(pid);
     }
     assert_eq!(per_task.len(), N as usize, "some task never ran");
+    // Every run but the last was cut by a kill: it ran in a process that was killed before
+    // its outcome was committed (a run in progress, or one whose outcome waited for the
+    // next group commit). A task never runs again after a run that was recorded.
     let mut extra = 0;
     for (n, pids) in &per_task {
-        if pids.len() > 1 {
-            extra += pids.len() - 1;
-            // Every run but the last was cut by a kill.
-            for pid in &pids[..pids.len() - 1] {
-                assert!(
-                    killed.contains(pid),
-                    "task {n} ran twice without a kill: {pids:?}"
-                );
-            }
+        extra += pids.len() - 1;
+        for pid in &pids[..pids.len() - 1] {
+            assert!(
+                killed.contains(pid),
+                "task {n} ran again after a run that was not cut by a kill: {pids:?}"
+            );
         }
     }
-    // A kill cuts at most one run per worker thread.
-    assert!(extra <= (KILLS * WORKERS) as usize, "{extra} extra runs");
+    eprintln!("{extra} runs were cut by {KILLS} kills");
 }
 
-/// Three processes with two workers each drain 5,000 tasks from one file: each task runs
-/// exactly once, no worker meets an error, nothing is left behind.
+/// Three processes with two workers each drain 5,000 tasks (1 ms each, so that all three
+/// take part) from one file: each task runs exactly once, no worker meets an error, nothing
+/// is left behind.
 #[test]
 fn three_processes_share_one_file() {
     const N: u32 = 5_000;
@@ -237,7 +237,7 @@ fn three_processes_share_one_file() {
     let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
     enqueue_numbers(Backend::Sqlite, &db, N, 0);
     let children: Vec<Child> = (0..3)
-        .map(|_| spawn_worker(Backend::Sqlite, &db, &log, 2, 0, 30_000))
+        .map(|_| spawn_worker(Backend::Sqlite, &db, &log, 2, 1, 30_000))
         .collect();
     for child in children {
         wait_ok(child);
