@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example throughput -- --backend sqlite|redb|memory --n 20000 \
-//!     --workers 4 [--producers 4] [--durability normal|full] [--enqueue single|batch]
+//!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
+//!     [--bare]
 //! ```
 //!
 //! Prints one JSON line:

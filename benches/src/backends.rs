@@ -32,19 +32,19 @@ impl Backend {
         Backend::RedbNoSync,
     ];
 
-    /// The backend named by `--backend` and `--durability` of the throughput tool.
+    /// The backend named by `--backend` and `--durability` of the throughput tool:
+    /// `normal` (each backend's default: SQLite `synchronous=NORMAL`, redb `Immediate`),
+    /// `full` (SQLite `synchronous=FULL`, redb `Immediate`) or `none` (redb without sync).
     pub fn parse(backend: &str, durability: &str) -> Result<Self, String> {
-        let full = match durability {
-            "normal" => false,
-            "full" => true,
-            other => return Err(format!("--durability is normal or full, not {other}")),
-        };
-        Ok(match (backend, full) {
+        Ok(match (backend, durability) {
             ("memory", _) => Backend::Memory,
-            ("sqlite", false) => Backend::SqliteNormal,
-            ("sqlite", true) => Backend::SqliteFull,
-            ("redb", true) => Backend::Redb,
-            ("redb", false) => Backend::RedbNoSync,
+            ("sqlite", "normal") => Backend::SqliteNormal,
+            ("sqlite", "full") => Backend::SqliteFull,
+            ("redb", "normal" | "full") => Backend::Redb,
+            ("redb", "none") => Backend::RedbNoSync,
+            ("sqlite" | "redb", other) => {
+                return Err(format!("--durability {other} does not fit --backend {backend}"));
+            }
             (other, _) => return Err(format!("--backend is sqlite, redb or memory, not {other}")),
         })
     }
