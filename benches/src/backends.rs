@@ -43,7 +43,9 @@ impl Backend {
             ("redb", "normal" | "full") => Backend::Redb,
             ("redb", "none") => Backend::RedbNoSync,
             ("sqlite" | "redb", other) => {
-                return Err(format!("--durability {other} does not fit --backend {backend}"));
+                return Err(format!(
+                    "--durability {other} does not fit --backend {backend}"
+                ));
             }
             (other, _) => return Err(format!("--backend is sqlite, redb or memory, not {other}")),
         })

@@ -87,6 +87,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// returns how many.
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
 
+    /// The channels that have tasks, in name order.
+    fn channels(&self) -> Result<Vec<String>>;
+
     /// Counts tasks per status, of `channel` or of every channel.
     fn counts(&self, channel: Option<&str>) -> Result<Counts>;
 
@@ -170,6 +173,9 @@ macro_rules! forward_store {
             }
             fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
                 (**self).purge_done(channel, before)
+            }
+            fn channels(&self) -> Result<Vec<String>> {
+                (**self).channels()
             }
             fn counts(&self, channel: Option<&str>) -> Result<Counts> {
                 (**self).counts(channel)

@@ -326,6 +326,12 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn channels(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self.inner.lock().idx.channels.keys().cloned().collect();
+        names.sort_unstable();
+        Ok(names)
+    }
+
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
         let inner = self.inner.lock();
         let mut total = Counts::default();

@@ -674,6 +674,24 @@ impl Store for RedbStore {
         })
     }
 
+    fn channels(&self) -> Result<Vec<String>> {
+        let read = self.read()?;
+        let table = match read.open_table(COUNTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut names: Vec<String> = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (key, _) = entry.map_err(db_err)?;
+            let name = key.value().0;
+            if names.last().is_none_or(|last| last != name) {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
         let read = self.read()?;
         let table = match read.open_table(COUNTS) {

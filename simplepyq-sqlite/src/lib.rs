@@ -548,6 +548,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn channels(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT DISTINCT channel FROM tasks ORDER BY channel")?;
+            let names = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(names)
+        })
+    }
+
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
         let sql = format!(
             "SELECT status, count(*) FROM tasks WHERE 1{} GROUP BY status",

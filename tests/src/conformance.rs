@@ -414,6 +414,20 @@ pub fn purge_done_deletes_old_done_tasks(s: &dyn Store) {
     assert_eq!(status(s, pending), Status::Pending);
 }
 
+/// The channels with tasks, in name order; a channel whose last task is gone is no longer
+/// listed.
+pub fn channels_lists_channels_with_tasks(s: &dyn Store) {
+    assert!(s.channels().expect("channels").is_empty());
+    add(s, task("b"));
+    add(s, task("a"));
+    make_failed(s, "c", 0);
+    add(s, task("a"));
+    assert_eq!(s.channels().expect("channels"), vec!["a", "b", "c"]);
+    s.remove_channel("b").expect("remove");
+    s.clear_failed(Some("c")).expect("clear");
+    assert_eq!(s.channels().expect("channels"), vec!["a"]);
+}
+
 /// Counts per status, for one channel and for all.
 pub fn counts_per_channel_and_total(s: &dyn Store) {
     make_failed(s, "a", 0);

@@ -56,6 +56,7 @@ macro_rules! conformance_tests {
             remove_channel_deletes_every_status,
             purge_done_deletes_old_done_tasks,
             counts_per_channel_and_total,
+            channels_lists_channels_with_tasks,
             next_wakeup_is_earliest_run_at_or_lease,
             get_returns_none_for_unknown_id,
             ids_are_never_reused,

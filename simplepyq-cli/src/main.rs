@@ -1,0 +1,463 @@
+//! `simplepyq`: look into a queue file and manage it from the shell.
+//!
+//! ```text
+//! simplepyq stats tasks.db                      counts per channel and status
+//! simplepyq list tasks.db --channel C --status failed [--limit N] [--json]
+//! simplepyq show tasks.db ID                    one task, arguments decoded to JSON
+//! simplepyq requeue-failed tasks.db C [--retries N]
+//! simplepyq clear-failed tasks.db C
+//! simplepyq remove-channel tasks.db C [--yes]
+//! simplepyq purge-done tasks.db [--older-than 7d]
+//! simplepyq watch tasks.db [--interval 1s]
+//! ```
+//!
+//! Works on SQLite and redb queue files (told apart by their first bytes), on SQLite files
+//! while workers in other processes run. Exit codes: 0 done; 1 the queue reported an error
+//! (or a confirmation was declined); 2 bad usage; 3 the file is missing, not a simplepyq
+//! queue, damaged or of a newer version; 4 no such task.
+
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use simplepyq::{ListFilter, RedbStore, SqliteStore, Status, Store, Task, TaskId, Timestamp};
+use simplepyq_core::{Clock, Error, SystemClock};
+
+#[derive(Parser)]
+#[command(
+    name = "simplepyq",
+    version,
+    about = "Inspect and manage a simplepyq queue file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Counts per channel and status, the oldest pending task, the next wake-up.
+    Stats {
+        /// The queue file (SQLite or redb).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tasks in id order, by channel and status.
+    List {
+        /// The queue file.
+        file: PathBuf,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only this status: pending, running, delayed, done or failed.
+        #[arg(long)]
+        status: Option<Status>,
+        /// At most this many tasks.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only tasks after this id (the next page).
+        #[arg(long)]
+        after: Option<i64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One task, with its arguments decoded from MessagePack to JSON.
+    Show {
+        /// The queue file.
+        file: PathBuf,
+        /// The task's id.
+        id: i64,
+    },
+    /// Queues a channel's failed tasks again.
+    RequeueFailed {
+        /// The queue file.
+        file: PathBuf,
+        /// The channel.
+        channel: String,
+        /// The new retry count; by default each task's original one.
+        #[arg(long)]
+        retries: Option<u32>,
+    },
+    /// Deletes a channel's failed tasks.
+    ClearFailed {
+        /// The queue file.
+        file: PathBuf,
+        /// The channel.
+        channel: String,
+    },
+    /// Deletes every task of a channel, whatever its status.
+    RemoveChannel {
+        /// The queue file.
+        file: PathBuf,
+        /// The channel.
+        channel: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Deletes done tasks that finished long enough ago.
+    PurgeDone {
+        /// The queue file.
+        file: PathBuf,
+        /// Only tasks done at least this long ago: 30s, 15m, 12h, 7d.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        older_than: Duration,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// The stats, refreshed until interrupted.
+    Watch {
+        /// The queue file.
+        file: PathBuf,
+        /// Time between refreshes: 500ms, 2s, 1m.
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        interval: Duration,
+        /// Stop after this many refreshes (for scripts).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// Why the command failed, with its exit code.
+enum Failure {
+    /// The queue reported an error, or the user declined.
+    Queue(String),
+    /// The file is missing or not a usable queue.
+    File(String),
+    /// No such task.
+    NotFound(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Foreign { .. } | Error::SchemaTooNew { .. } | Error::Corrupt { .. } => {
+                Failure::File(e.to_string())
+            }
+            other => Failure::Queue(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Queue(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let (code, message) = match failure {
+                Failure::Queue(m) => (1, m),
+                Failure::File(m) => (3, m),
+                Failure::NotFound(m) => (4, m),
+            };
+            eprintln!("simplepyq: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
+const REDB_MAGIC: &[u8] = b"redb\x1a\x0a\xa9\x0d\x0a";
+
+/// Opens an existing queue file, SQLite or redb by its first bytes; never creates one.
+fn open(path: &Path) -> Result<Box<dyn Store>, Failure> {
+    let mut head = [0u8; 16];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))?;
+    let head = &head[..read];
+    if head.starts_with(SQLITE_MAGIC) {
+        Ok(Box::new(SqliteStore::open(path)?))
+    } else if head.starts_with(REDB_MAGIC) {
+        Ok(Box::new(RedbStore::open(path)?))
+    } else {
+        Err(Failure::File(format!(
+            "{} is not a simplepyq queue (neither a SQLite nor a redb file)",
+            path.display()
+        )))
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    let now = SystemClock.now();
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Stats { file, json } => {
+            let store = open(&file)?;
+            let stats = stats(&*store, now)?;
+            if json {
+                writeln!(out, "{stats}")?;
+            } else {
+                print_stats(&mut out, &stats)?;
+            }
+        }
+        Command::List {
+            file,
+            channel,
+            status,
+            limit,
+            after,
+            json,
+        } => {
+            let store = open(&file)?;
+            let mut filter = ListFilter::new(limit);
+            filter.channel = channel;
+            filter.status = status;
+            filter.after = after.map(TaskId::new);
+            let tasks = store.list(&filter)?;
+            if json {
+                let all: Vec<Value> = tasks.iter().map(task_json).collect();
+                writeln!(out, "{}", Value::Array(all))?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>8}  {:<16} {:<8} {:>8}  {:<12} last error",
+                    "id", "channel", "status", "attempts", "run at"
+                )?;
+                for t in &tasks {
+                    writeln!(
+                        out,
+                        "{:>8}  {:<16} {:<8} {:>8}  {:<12} {}",
+                        t.id,
+                        t.channel,
+                        t.state.status,
+                        t.state.attempts,
+                        relative(now, t.state.run_at),
+                        t.state.last_error.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        Command::Show { file, id } => {
+            let store = open(&file)?;
+            let task = store
+                .get(TaskId::new(id))?
+                .ok_or_else(|| Failure::NotFound(format!("no task with id {id}")))?;
+            let text = serde_json::to_string_pretty(&task_json(&task))
+                .map_err(|e| Failure::Queue(e.to_string()))?;
+            writeln!(out, "{text}")?;
+        }
+        Command::RequeueFailed {
+            file,
+            channel,
+            retries,
+        } => {
+            let n = open(&file)?.requeue_failed(Some(&channel), retries, now)?;
+            writeln!(out, "requeued {n} failed task(s) of {channel}")?;
+        }
+        Command::ClearFailed { file, channel } => {
+            let n = open(&file)?.clear_failed(Some(&channel))?;
+            writeln!(out, "deleted {n} failed task(s) of {channel}")?;
+        }
+        Command::RemoveChannel { file, channel, yes } => {
+            let store = open(&file)?;
+            let total = store.counts(Some(&channel))?.total();
+            if !yes {
+                write!(
+                    out,
+                    "Remove channel {channel:?} and its {total} task(s)? [y/N] "
+                )?;
+                out.flush()?;
+                let mut answer = String::new();
+                std::io::stdin().lock().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Err(Failure::Queue("not removed: not confirmed".into()));
+                }
+            }
+            let n = store.remove_channel(&channel)?;
+            writeln!(out, "removed channel {channel} and {n} task(s)")?;
+        }
+        Command::PurgeDone {
+            file,
+            older_than,
+            channel,
+        } => {
+            let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+            let before = Timestamp::from_millis(now.as_millis().saturating_sub(ms));
+            let n = open(&file)?.purge_done(channel.as_deref(), before)?;
+            writeln!(out, "deleted {n} done task(s)")?;
+        }
+        Command::Watch {
+            file,
+            interval,
+            count,
+        } => {
+            let store = open(&file)?;
+            let mut shown = 0u64;
+            loop {
+                let stats = stats(&*store, SystemClock.now())?;
+                // Clear the screen and go home, then draw.
+                write!(out, "\x1b[2J\x1b[H")?;
+                print_stats(&mut out, &stats)?;
+                out.flush()?;
+                shown += 1;
+                if count.is_some_and(|c| shown >= c) {
+                    break;
+                }
+                std::thread::sleep(interval);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stats of every channel, as JSON.
+fn stats(store: &dyn Store, now: Timestamp) -> Result<Value, Failure> {
+    let mut channels = Vec::new();
+    for name in store.channels()? {
+        let c = store.counts(Some(&name))?;
+        let oldest = store
+            .list(
+                &ListFilter::new(1)
+                    .channel(name.clone())
+                    .status(Status::Pending),
+            )?
+            .first()
+            .map(|t| now.as_millis() - t.created_at.as_millis());
+        let wakeup = store.next_wakeup(&name)?.map(Timestamp::as_millis);
+        channels.push(json!({
+            "channel": name,
+            "pending": c.pending, "running": c.running, "delayed": c.delayed,
+            "done": c.done, "failed": c.failed,
+            "oldest_pending_age_ms": oldest,
+            "next_wakeup_ms": wakeup,
+        }));
+    }
+    Ok(json!({ "now_ms": now.as_millis(), "channels": channels }))
+}
+
+fn print_stats(out: &mut impl Write, stats: &Value) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} next wake-up",
+        "channel", "pending", "running", "delayed", "done", "failed", "oldest pending"
+    )?;
+    let now = Timestamp::from_millis(stats["now_ms"].as_i64().unwrap_or(0));
+    for c in stats["channels"].as_array().into_iter().flatten() {
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        let oldest = c["oldest_pending_age_ms"]
+            .as_i64()
+            .map_or(String::from("-"), |ms| {
+                human(Duration::from_millis(ms.max(0) as u64))
+            });
+        let wakeup = c["next_wakeup_ms"]
+            .as_i64()
+            .map_or(String::from("-"), |ms| {
+                relative(now, Timestamp::from_millis(ms))
+            });
+        writeln!(
+            out,
+            "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} {}",
+            c["channel"].as_str().unwrap_or(""),
+            n("pending"),
+            n("running"),
+            n("delayed"),
+            n("done"),
+            n("failed"),
+            oldest,
+            wakeup
+        )?;
+    }
+    if stats["channels"].as_array().is_none_or(Vec::is_empty) {
+        writeln!(out, "(no tasks)")?;
+    }
+    Ok(())
+}
+
+/// A task as JSON, its arguments decoded from MessagePack (or shown as bytes if they are
+/// not valid MessagePack).
+fn task_json(t: &Task) -> Value {
+    let args = rmp_serde::from_slice::<Value>(&t.args)
+        .unwrap_or_else(|_| json!({ "undecodable_bytes": t.args }));
+    json!({
+        "id": t.id.get(),
+        "channel": t.channel,
+        "status": t.state.status.as_str(),
+        "attempts": t.state.attempts,
+        "retries_left": t.state.retries_left,
+        "max_retries": t.state.max_retries,
+        "priority": t.priority,
+        "unique_key": t.unique_key,
+        "run_at_ms": t.state.run_at.as_millis(),
+        "lease_until_ms": t.state.lease_until.map(Timestamp::as_millis),
+        "created_at_ms": t.created_at.as_millis(),
+        "updated_at_ms": t.state.updated_at.as_millis(),
+        "last_error": t.state.last_error,
+        "args": args,
+    })
+}
+
+/// `12s ago` or `in 3m 5s`.
+fn relative(now: Timestamp, at: Timestamp) -> String {
+    if at <= now {
+        format!("{} ago", human(at.until(now)))
+    } else {
+        format!("in {}", human(now.until(at)))
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3_599 => format!("{}m {}s", s / 60, s % 60),
+        3_600..=86_399 => format!("{}h {}m", s / 3_600, s % 3_600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3_600),
+    }
+}
+
+/// `500ms`, `30s`, `15m`, `12h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: use ms, s, m, h or d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("d").is_err());
+    }
+
+    #[test]
+    fn times_read_as_people_say_them() {
+        let now = Timestamp::from_millis(1_000_000);
+        assert_eq!(relative(now, Timestamp::from_millis(988_000)), "12s ago");
+        assert_eq!(relative(now, Timestamp::from_millis(1_185_000)), "in 3m 5s");
+        assert_eq!(human(Duration::from_secs(90_000)), "1d 1h");
+    }
+}

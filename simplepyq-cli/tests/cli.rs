@@ -1,0 +1,214 @@
+//! The `simplepyq` binary run for real on real queue files.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use simplepyq::{EnqueueOptions, RedbStore, SimplePyQ, SqliteStore, Store, TaskError};
+
+const BIN: &str = env!("CARGO_BIN_EXE_simplepyq");
+
+fn cli(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run simplepyq");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = cli(args, "");
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// A queue with 3 done, 2 failed and 1 pending task of "mail", and 1 pending of "sms".
+fn fill<S: Store>(q: &SimplePyQ<S>) {
+    q.add_channel(
+        "mail",
+        |to: String| {
+            if to.starts_with("bad") {
+                Err(TaskError::msg(format!("{to}: mailbox full")))
+            } else {
+                Ok(())
+            }
+        },
+        1,
+    )
+    .expect("add");
+    for to in ["a@x", "b@x", "c@x", "bad1@x", "bad2@x"] {
+        q.enqueue("mail", to).expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    q.enqueue_with(
+        "mail",
+        "later@x",
+        EnqueueOptions::new().delay(Duration::from_secs(3_600)),
+    )
+    .expect("enqueue");
+    q.enqueue("sms", &("+1555", 3u8)).expect("enqueue");
+}
+
+fn sqlite_queue(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("tasks.db");
+    fill(&SimplePyQ::open(&path).expect("open"));
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn stats_counts_every_channel_and_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    let text = ok(&["stats", s(&db)]);
+    assert!(text.contains("mail"), "{text}");
+    let json: Value = serde_json::from_str(&ok(&["stats", s(&db), "--json"])).expect("json");
+    let channels = json["channels"].as_array().expect("channels");
+    assert_eq!(channels.len(), 2);
+    let mail = &channels[0];
+    assert_eq!(mail["channel"], "mail");
+    assert_eq!(
+        (mail["done"].as_u64(), mail["failed"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(mail["delayed"].as_u64(), Some(1));
+    assert!(mail["next_wakeup_ms"].as_i64().is_some());
+    assert_eq!(channels[1]["pending"].as_u64(), Some(1));
+    assert!(channels[1]["oldest_pending_age_ms"].as_i64().is_some());
+}
+
+#[test]
+fn list_and_show_decode_arguments() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    let failed: Value = serde_json::from_str(&ok(&[
+        "list",
+        s(&db),
+        "--channel",
+        "mail",
+        "--status",
+        "failed",
+        "--json",
+    ]))
+    .expect("json");
+    let failed = failed.as_array().expect("array");
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[0]["args"], "bad1@x");
+    assert_eq!(failed[0]["last_error"], "bad1@x: mailbox full");
+    let page: Value =
+        serde_json::from_str(&ok(&["list", s(&db), "--limit", "2", "--json"])).expect("json");
+    assert_eq!(page.as_array().map(Vec::len), Some(2));
+    let id = failed[1]["id"].as_i64().expect("id").to_string();
+    let shown: Value = serde_json::from_str(&ok(&["show", s(&db), &id])).expect("json");
+    assert_eq!(shown["status"], "failed");
+    let sms = ok(&["list", s(&db), "--channel", "sms", "--json"]);
+    let sms: Value = serde_json::from_str(&sms).expect("json");
+    assert_eq!(sms[0]["args"], serde_json::json!(["+1555", 3]));
+    let missing = cli(&["show", s(&db), "999"], "");
+    assert_eq!(missing.status.code(), Some(4));
+}
+
+#[test]
+fn management_commands_change_the_queue() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    assert!(ok(&["requeue-failed", s(&db), "mail", "--retries", "2"]).contains("requeued 2"));
+    {
+        let store = SqliteStore::open(&db).expect("open");
+        let c = store.counts(Some("mail")).expect("counts");
+        assert_eq!((c.pending, c.failed), (2, 0));
+    }
+    assert!(ok(&["clear-failed", s(&db), "mail"]).contains("deleted 0"));
+    assert!(ok(&["purge-done", s(&db), "--older-than", "1d"]).contains("deleted 0"));
+    assert!(ok(&["purge-done", s(&db)]).contains("deleted 3"));
+    // Declined confirmation: nothing removed, exit 1.
+    let declined = cli(&["remove-channel", s(&db), "sms"], "n\n");
+    assert_eq!(declined.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&declined.stdout).contains("1 task(s)?"));
+    let confirmed = cli(&["remove-channel", s(&db), "sms"], "y\n");
+    assert!(confirmed.status.success());
+    assert!(ok(&["remove-channel", s(&db), "mail", "--yes"]).contains("3 task(s)"));
+    let store = SqliteStore::open(&db).expect("open");
+    assert_eq!(store.counts(None).expect("counts").total(), 0);
+}
+
+#[test]
+fn missing_and_foreign_files_are_clear_errors_and_left_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("nope.db");
+    let out = cli(&["stats", s(&missing)], "");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    assert!(!missing.exists(), "the command created the file");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello").expect("write");
+    let out = cli(&["list", s(&text)], "");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a simplepyq queue"));
+    assert_eq!(std::fs::read_to_string(&text).expect("read"), "hello");
+    let usage = cli(&["stats"], "");
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn redb_files_are_recognized() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tasks.redb");
+    fill(&SimplePyQ::new(RedbStore::open(&path).expect("open")));
+    let json: Value = serde_json::from_str(&ok(&["stats", s(&path), "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["failed"].as_u64(), Some(2));
+    assert!(ok(&["clear-failed", s(&path), "mail"]).contains("deleted 2"));
+}
+
+#[test]
+fn works_beside_running_workers_and_watch_refreshes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("tasks.db");
+    let q = SimplePyQ::builder(SqliteStore::open(&db).expect("open"))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("build");
+    q.add_channel(
+        "slow",
+        |_: u32| {
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    for i in 0..500u32 {
+        q.enqueue("slow", &i).expect("enqueue");
+    }
+    q.start().expect("start");
+    for _ in 0..3 {
+        let json: Value = serde_json::from_str(&ok(&["stats", s(&db), "--json"])).expect("json");
+        let total: u64 = ["pending", "running", "done"]
+            .iter()
+            .map(|k| json["channels"][0][k].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(total, 500);
+    }
+    let watched = ok(&["watch", s(&db), "--interval", "10ms", "--count", "2"]);
+    assert_eq!(watched.matches("channel").count(), 2, "{watched}");
+    q.stop();
+}
