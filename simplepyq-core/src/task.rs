@@ -310,7 +310,7 @@ impl ListFilter {
     }
 }
 
-/// How a handler's run ended, as recorded by [`crate::Store::finish`].
+/// How a handler's run ended, as recorded by [`crate::Store::finish_many`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The handler succeeded.
