@@ -19,24 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
 use simplepyq::{EnqueueOptions, SimplePyQ, Store, SystemClock, TaskError};
 use simplepyq_benches::backends::Backend;
 use simplepyq_benches::bare;
+use simplepyq_benches::{Payload, payload};
 use simplepyq_core::{Clock, NewTask, StoreExt};
-
-#[derive(Serialize, Deserialize)]
-struct Payload {
-    i: u64,
-    url: String,
-}
-
-fn payload(i: u64) -> Payload {
-    Payload {
-        i,
-        url: format!("https://example.com/{i}"),
-    }
-}
 
 fn queue(backend: Backend, dir: &std::path::Path) -> Arc<SimplePyQ<Box<dyn Store>>> {
     Arc::new(SimplePyQ::new(backend.open(dir).expect("open the store")))

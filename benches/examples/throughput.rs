@@ -24,23 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use simplepyq::{EnqueueOptions, SimplePyQ, TaskError};
 use simplepyq_benches::backends::Backend;
 use simplepyq_benches::bare;
-
-#[derive(Serialize, Deserialize)]
-struct Payload {
-    i: u64,
-    url: String,
-}
-
-fn payload(i: u64) -> Payload {
-    Payload {
-        i,
-        url: format!("https://example.com/{i}"),
-    }
-}
+use simplepyq_benches::{Payload, payload};
 
 struct Args {
     backend: String,

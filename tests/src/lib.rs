@@ -27,6 +27,35 @@ impl Fixture {
             guard: None,
         }
     }
+
+    /// A store on the file `name` in a fresh temporary directory, which lives as long as
+    /// the fixture.
+    pub fn in_temp_dir<S: Store>(
+        name: &str,
+        open: impl FnOnce(&std::path::Path) -> simplepyq_core::Result<S>,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open(&dir.path().join(name)).expect("open the store");
+        Fixture {
+            store: Box::new(store),
+            guard: Some(dir),
+        }
+    }
+}
+
+/// Expands into the modules `conformance` and `scenarios`, each with one `#[test]` per
+/// behaviour, on fresh stores from `$factory: fn() -> Fixture`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($factory:path) => {
+        mod conformance {
+            $crate::conformance_tests!($factory);
+        }
+
+        mod scenarios {
+            $crate::scenario_tests!($factory);
+        }
+    };
 }
 
 /// Expands into one `#[test]` per conformance behaviour, each on a fresh store from

@@ -5,61 +5,33 @@ mod processes;
 
 mod memory {
     use simplepyq::MemoryStore;
-    use simplepyq_tests::{Fixture, conformance_tests, scenario_tests};
+    use simplepyq_tests::{Fixture, backend_tests};
 
     fn fixture() -> Fixture {
         Fixture::new(MemoryStore::new())
     }
 
-    mod conformance {
-        super::conformance_tests!(super::fixture);
-    }
-
-    mod scenarios {
-        super::scenario_tests!(super::fixture);
-    }
+    backend_tests!(super::fixture);
 }
 
 mod sqlite {
     use simplepyq::SqliteStore;
-    use simplepyq_tests::{Fixture, conformance_tests, scenario_tests};
+    use simplepyq_tests::{Fixture, backend_tests};
 
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqliteStore::open(dir.path().join("tasks.db")).expect("open");
-        Fixture {
-            store: Box::new(store),
-            guard: Some(dir),
-        }
+        Fixture::in_temp_dir("tasks.db", |p| SqliteStore::open(p))
     }
 
-    mod conformance {
-        super::conformance_tests!(super::fixture);
-    }
-
-    mod scenarios {
-        super::scenario_tests!(super::fixture);
-    }
+    backend_tests!(super::fixture);
 }
 
 mod redb {
     use simplepyq::RedbStore;
-    use simplepyq_tests::{Fixture, conformance_tests, scenario_tests};
+    use simplepyq_tests::{Fixture, backend_tests};
 
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = RedbStore::open(dir.path().join("tasks.redb")).expect("open");
-        Fixture {
-            store: Box::new(store),
-            guard: Some(dir),
-        }
+        Fixture::in_temp_dir("tasks.redb", |p| RedbStore::open(p))
     }
 
-    mod conformance {
-        super::conformance_tests!(super::fixture);
-    }
-
-    mod scenarios {
-        super::scenario_tests!(super::fixture);
-    }
+    backend_tests!(super::fixture);
 }
