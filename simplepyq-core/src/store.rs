@@ -30,7 +30,8 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Delayed tasks due by `now` are promoted to pending first. Tasks come by priority,
     /// highest first, then in run-at order, then id order. Each returned task is `Running` with one
     /// more attempt; no task is returned to two callers while its lease is live. Tasks whose
-    /// run-at is later than `now` are not returned. `limit == 0` returns nothing.
+    /// run-at is later than `now` are not returned. `limit == 0` returns nothing and changes
+    /// nothing.
     fn claim(
         &self,
         channel: &str,
@@ -73,6 +74,11 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Queues failed tasks of `channel` (or every channel) again, with the retry count they
     /// were enqueued with (`retries == None`) or `retries`; returns how many.
+    ///
+    /// # Contract
+    /// Tasks go in id order. A failed task whose unique key an unfinished task of its
+    /// channel holds (enqueued after it failed, or requeued just before it) stays failed:
+    /// at most one unfinished task has a key.
     fn requeue_failed(
         &self,
         channel: Option<&str>,

@@ -221,6 +221,9 @@ impl Store for MemoryStore {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut inner = self.inner.lock();
         inner.promote_due(channel, now)?;
         let due: Vec<TaskId> = inner.idx.channels.get(channel).map_or_else(Vec::new, |ch| {
@@ -302,18 +305,31 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<usize> {
         let mut inner = self.inner.lock();
-        let ids: Vec<TaskId> = inner
+        let mut ids: Vec<TaskId> = inner
             .idx
             .channels
             .iter()
             .filter(|(name, _)| channel.is_none_or(|c| c == name.as_str()))
             .flat_map(|(_, ch)| ch.failed.iter().copied())
             .collect();
+        ids.sort_unstable();
         let event = Event::Requeue { now, retries };
-        for id in &ids {
-            inner.transition(*id, &event)?;
+        let mut requeued = 0;
+        for id in ids {
+            let task = &inner.tasks[&id];
+            let key_taken = task.unique_key.as_ref().is_some_and(|key| {
+                inner
+                    .idx
+                    .channels
+                    .get(&task.channel)
+                    .is_some_and(|ch| ch.unique.contains_key(key))
+            });
+            if !key_taken {
+                inner.transition(id, &event)?;
+                requeued += 1;
+            }
         }
-        Ok(ids.len())
+        Ok(requeued)
     }
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {

@@ -637,11 +637,21 @@ impl Store for RedbStore {
     ) -> Result<usize> {
         let event = Event::Requeue { now, retries };
         self.write(|t| {
-            let ids = t.ids_with_status(channel, Status::Failed)?;
-            for id in &ids {
-                t.transition_id(*id, &event)?;
+            let mut requeued = 0;
+            for id in t.ids_with_status(channel, Status::Failed)? {
+                let mut task = t.load(id)?.ok_or(Error::NotFound(id))?;
+                if let Some(key) = &task.unique_key
+                    && t.unique
+                        .get((task.channel.as_str(), key.as_str()))
+                        .map_err(db_err)?
+                        .is_some()
+                {
+                    continue;
+                }
+                t.transition(&mut task, &event)?;
+                requeued += 1;
             }
-            Ok(ids.len())
+            Ok(requeued)
         })
     }
 

@@ -520,10 +520,19 @@ impl Store for SqliteStore {
         let channel = channel.map(str::to_owned);
         self.write(move |tx| {
             let failed = ids(tx, &sql, params_from_iter(channel))?;
-            for id in &failed {
-                transition(tx, *id, &event)?;
+            let mut key_taken = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tasks f JOIN tasks o \
+                   ON o.channel = f.channel AND o.unique_key = f.unique_key \
+                 WHERE f.id = ?1 AND o.status IN ('pending', 'delayed', 'running'))",
+            )?;
+            let mut requeued = 0;
+            for id in failed {
+                if !key_taken.query_row([id.get()], |r| r.get::<_, bool>(0))? {
+                    transition(tx, id, &event)?;
+                    requeued += 1;
+                }
             }
-            Ok(failed.len())
+            Ok(requeued)
         })
     }
 

@@ -534,6 +534,9 @@ pub fn due_delayed_tasks_are_promoted_and_keep_their_priority(s: &dyn Store) {
     let low = add(s, task("c"));
     let urgent_later = add(s, task("c").priority(9).run_at(at(1_000)));
     assert_eq!(status(s, urgent_later), Status::Delayed);
+    // A claim of nothing changes nothing, not even a due delayed task.
+    assert!(s.claim("c", 0, at(1_000), at(60_000)).expect("claim").is_empty());
+    assert_eq!(status(s, urgent_later), Status::Delayed);
     let first = s.claim("c", 1, at(1_000), at(60_000)).expect("claim");
     assert_eq!(first[0].id, urgent_later);
     assert_eq!(claim_one(s, "c", at(1_000)).id, low);
@@ -585,6 +588,38 @@ pub fn unique_keys_deduplicate_unfinished_tasks(s: &dyn Store) {
             .as_deref(),
         Some("k")
     );
+}
+
+/// A failed task whose unique key another unfinished task now holds stays failed when
+/// failed tasks are requeued; of two failed tasks with one key, the first is requeued.
+pub fn requeue_keeps_unique_keys_unique(s: &dyn Store) {
+    let failed = make_failed_with(s, task("c").unique_key("k"));
+    let holder = add(s, task("c").unique_key("k"));
+    assert_ne!(holder, failed);
+    assert_eq!(s.requeue_failed(None, None, T0).expect("requeue"), 0);
+    assert_eq!(status(s, failed), Status::Failed);
+    s.cancel(holder).expect("cancel");
+    let second = make_failed_with(s, task("c").unique_key("k"));
+    assert_eq!(s.requeue_failed(Some("c"), None, T0).expect("requeue"), 1);
+    assert_eq!(
+        (status(s, failed), status(s, second)),
+        (Status::Pending, Status::Failed)
+    );
+    assert_eq!(add(s, task("c").unique_key("k")), failed);
+}
+
+fn make_failed_with(s: &dyn Store, t: NewTask) -> TaskId {
+    let channel = t.channel.clone();
+    let id = add(s, t);
+    let claimed = claim_one(s, &channel, T0);
+    assert_eq!(claimed.id, id);
+    let outcome = Outcome::Failed {
+        error: "x".into(),
+        retry_at: T0,
+        permanent: true,
+    };
+    s.finish(claimed.claim(), &outcome, T0).expect("fail");
+    id
 }
 
 /// Pages of tasks in id order, by channel and status.

@@ -8,6 +8,7 @@
 use simplepyq_core::Store;
 
 pub mod conformance;
+pub mod model;
 pub mod scenarios;
 
 /// A store under test, with whatever must live as long as it (a temporary directory).
@@ -93,6 +94,7 @@ macro_rules! conformance_tests {
             priority_orders_claims,
             due_delayed_tasks_are_promoted_and_keep_their_priority,
             unique_keys_deduplicate_unfinished_tasks,
+            requeue_keeps_unique_keys_unique,
             list_pages_in_id_order,
             cancel_deletes_queued_tasks_only
         );

@@ -12,6 +12,10 @@ mod memory {
     }
 
     backend_tests!(super::fixture);
+
+    mod model {
+        simplepyq_tests::model_tests!(super::fixture, 256);
+    }
 }
 
 mod sqlite {
@@ -23,6 +27,10 @@ mod sqlite {
     }
 
     backend_tests!(super::fixture);
+
+    mod model {
+        simplepyq_tests::model_tests!(super::fixture, 48);
+    }
 }
 
 mod redb {
@@ -34,4 +42,8 @@ mod redb {
     }
 
     backend_tests!(super::fixture);
+
+    mod model {
+        simplepyq_tests::model_tests!(super::fixture, 32);
+    }
 }

@@ -1,0 +1,409 @@
+//! Model-based testing: random sequences of store operations, run on a backend and on a
+//! small reference model side by side; after every step both must agree on every task
+//! (status, attempts, retries, times, errors) and on the answers of every call.
+//!
+//! The model keeps tasks in a plain ordered map and finds due tasks by scanning; it uses the
+//! core transition function, so what is tested here is each backend's indexing, ordering,
+//! fencing and bookkeeping, not the state machine itself (proptested in `simplepyq-core`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use simplepyq_core::transition::{self, Event, apply};
+use simplepyq_core::{
+    Claim, Counts, Error, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
+};
+
+const CHANNELS: [&str; 3] = ["a", "b", "c"];
+const LEASE: Duration = Duration::from_millis(500);
+
+/// One call on the store.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Enqueue one task.
+    Enqueue {
+        /// Index into the channels.
+        channel: usize,
+        /// Retries.
+        retries: u32,
+        /// Due this long after now, if set.
+        delay_ms: Option<u64>,
+        /// Priority.
+        priority: i32,
+        /// A unique key, if set.
+        unique: Option<u8>,
+    },
+    /// Claim up to `limit` tasks.
+    Claim {
+        /// Index into the channels.
+        channel: usize,
+        /// The most to claim.
+        limit: usize,
+    },
+    /// Record how the attempt of an earlier claim ended.
+    Finish {
+        /// Which earlier claim (modulo their number).
+        pick: usize,
+        /// 0: success, 1: failure, 2: permanent failure, 3: delay.
+        kind: u8,
+        /// The delay or retry wait.
+        wait_ms: u64,
+    },
+    /// Move the clock.
+    Advance {
+        /// By this much.
+        ms: u64,
+    },
+    /// Recover expired leases.
+    RecoverExpired,
+    /// Requeue failed tasks.
+    RequeueFailed {
+        /// Index into the channels, or all.
+        channel: Option<usize>,
+        /// New retry count, or the original.
+        retries: Option<u32>,
+    },
+    /// Delete failed tasks.
+    ClearFailed {
+        /// Index into the channels, or all.
+        channel: Option<usize>,
+    },
+    /// Delete a channel's tasks.
+    RemoveChannel {
+        /// Index into the channels.
+        channel: usize,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Which known task (modulo their number).
+        pick: usize,
+    },
+    /// Delete done tasks finished before now.
+    PurgeDone,
+}
+
+/// A random operation, weighted towards the common ones.
+pub fn op() -> impl Strategy<Value = Op> {
+    let channel = 0..CHANNELS.len();
+    prop_oneof![
+        6 => (channel.clone(), 0u32..3, proptest::option::of(0u64..800), -1i32..2, proptest::option::of(0u8..3))
+            .prop_map(|(channel, retries, delay_ms, priority, unique)| Op::Enqueue {
+                channel, retries, delay_ms, priority, unique
+            }),
+        5 => (channel.clone(), 0usize..4).prop_map(|(channel, limit)| Op::Claim { channel, limit }),
+        5 => (any::<usize>(), 0u8..4, 0u64..600).prop_map(|(pick, kind, wait_ms)| Op::Finish { pick, kind, wait_ms }),
+        3 => (1u64..400).prop_map(|ms| Op::Advance { ms }),
+        1 => Just(Op::RecoverExpired),
+        1 => (proptest::option::of(channel.clone()), proptest::option::of(0u32..3))
+            .prop_map(|(channel, retries)| Op::RequeueFailed { channel, retries }),
+        1 => proptest::option::of(channel.clone()).prop_map(|channel| Op::ClearFailed { channel }),
+        1 => channel.prop_map(|channel| Op::RemoveChannel { channel }),
+        1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        1 => Just(Op::PurgeDone),
+    ]
+}
+
+/// The reference model.
+#[derive(Debug, Default)]
+struct Model {
+    tasks: BTreeMap<TaskId, Task>,
+    last_id: Option<TaskId>,
+}
+
+impl Model {
+    fn unfinished_with_key(&self, channel: &str, key: &str) -> Option<TaskId> {
+        self.tasks
+            .values()
+            .find(|t| {
+                t.channel == channel
+                    && t.unique_key.as_deref() == Some(key)
+                    && !t.state.status.is_final()
+            })
+            .map(|t| t.id)
+    }
+
+    fn counts(&self, channel: Option<&str>) -> Counts {
+        let mut c = Counts::default();
+        for t in self.tasks.values() {
+            if channel.is_none_or(|ch| ch == t.channel) {
+                *c.get_mut(t.state.status) += 1;
+            }
+        }
+        c
+    }
+
+    fn event(&mut self, id: TaskId, event: &Event) {
+        let task = self.tasks.get_mut(&id).expect("the model has the task");
+        task.state = apply(&task.state, event).expect("the model applies only legal events");
+    }
+
+    /// The tasks a claim at `now` takes, in order, after promoting due delayed tasks.
+    fn claim(&mut self, channel: &str, limit: usize, now: Timestamp) -> Vec<TaskId> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        let due: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.channel == channel && t.state.status == Status::Delayed && t.state.run_at <= now
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in due {
+            self.event(id, &Event::Promote { now });
+        }
+        let mut ready: Vec<&Task> = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.channel == channel && t.state.status == Status::Pending && t.state.run_at <= now
+            })
+            .collect();
+        ready.sort_by_key(|t| (-i64::from(t.priority), t.state.run_at, t.id));
+        let ids: Vec<TaskId> = ready.iter().take(limit).map(|t| t.id).collect();
+        let event = Event::Claim {
+            now,
+            lease_until: now.after(LEASE),
+        };
+        for id in &ids {
+            self.event(*id, &event);
+        }
+        ids
+    }
+}
+
+/// Runs `ops` on `store` and on the model, checking that they agree after every step.
+pub fn check(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut model = Model::default();
+    let mut now = Timestamp::from_millis(1_000_000);
+    let mut claims: Vec<Claim> = Vec::new();
+    for (step, op) in ops.iter().enumerate() {
+        let at = |what: &str| format!("step {step} ({op:?}): {what}");
+        match op {
+            Op::Enqueue {
+                channel,
+                retries,
+                delay_ms,
+                priority,
+                unique,
+            } => {
+                let ch = CHANNELS[*channel];
+                let mut new = NewTask::new(ch, vec![*channel as u8])
+                    .retries(*retries)
+                    .priority(*priority);
+                if let Some(d) = delay_ms {
+                    new = new.run_at(now.after(Duration::from_millis(*d)));
+                }
+                if let Some(k) = unique {
+                    new = new.unique_key(format!("k{k}"));
+                }
+                let id = store
+                    .enqueue_one(new.clone(), now)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                match new
+                    .unique_key
+                    .as_deref()
+                    .and_then(|k| model.unfinished_with_key(ch, k))
+                {
+                    Some(existing) => prop_assert_eq!(id, existing, "{}", at("unique key")),
+                    None => {
+                        prop_assert!(
+                            model.last_id.is_none_or(|last| id > last),
+                            "{}",
+                            at("id not fresh")
+                        );
+                        model.last_id = Some(id);
+                        model.tasks.insert(id, new.to_task(id, now));
+                    }
+                }
+            }
+            Op::Claim { channel, limit } => {
+                let ch = CHANNELS[*channel];
+                let got = store
+                    .claim(ch, *limit, now, now.after(LEASE))
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let expected = model.claim(ch, *limit, now);
+                let got_ids: Vec<TaskId> = got.iter().map(|t| t.id).collect();
+                prop_assert_eq!(&got_ids, &expected, "{}", at("claimed tasks"));
+                claims.extend(got.iter().map(Task::claim));
+            }
+            Op::Finish {
+                pick,
+                kind,
+                wait_ms,
+            } => {
+                if claims.is_empty() {
+                    continue;
+                }
+                let claim = claims[pick % claims.len()];
+                let wait = now.after(Duration::from_millis(*wait_ms));
+                let outcome = match kind {
+                    0 => Outcome::Succeeded,
+                    3 => Outcome::Delayed { until: wait },
+                    k => Outcome::Failed {
+                        error: format!("e{step}"),
+                        retry_at: wait,
+                        permanent: *k == 2,
+                    },
+                };
+                let got = store.finish(claim, &outcome, now);
+                let held = model.tasks.get(&claim.id).is_some_and(|t| {
+                    t.state.status == Status::Running && t.state.attempts == claim.attempt
+                });
+                if held {
+                    model.event(claim.id, &Event::Finish { now, outcome });
+                    let expected = model.tasks[&claim.id].state.status;
+                    prop_assert_eq!(got.ok(), Some(expected), "{}", at("finish"));
+                } else {
+                    prop_assert!(
+                        matches!(got, Err(Error::LeaseLost { .. })),
+                        "{}",
+                        at("stale claim")
+                    );
+                }
+            }
+            Op::Advance { ms } => now = now.after(Duration::from_millis(*ms)),
+            Op::RecoverExpired => {
+                let n = store
+                    .recover_expired(now)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let expired: Vec<TaskId> = model
+                    .tasks
+                    .values()
+                    .filter(|t| {
+                        t.state.status == Status::Running
+                            && t.state.lease_until.is_some_and(|l| l <= now)
+                    })
+                    .map(|t| t.id)
+                    .collect();
+                for id in &expired {
+                    model.event(*id, &Event::Expire { now });
+                }
+                prop_assert_eq!(n, expired.len(), "{}", at("recovered"));
+            }
+            Op::RequeueFailed { channel, retries } => {
+                let ch = channel.map(|c| CHANNELS[c]);
+                let n = store
+                    .requeue_failed(ch, *retries, now)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let failed: Vec<TaskId> = model
+                    .tasks
+                    .values()
+                    .filter(|t| {
+                        t.state.status == Status::Failed && ch.is_none_or(|c| c == t.channel)
+                    })
+                    .map(|t| t.id)
+                    .collect();
+                let mut requeued = 0;
+                for id in failed {
+                    let t = &model.tasks[&id];
+                    let taken = t
+                        .unique_key
+                        .as_deref()
+                        .and_then(|k| model.unfinished_with_key(&t.channel, k))
+                        .is_some();
+                    if !taken {
+                        let retries = *retries;
+                        model.event(id, &Event::Requeue { now, retries });
+                        requeued += 1;
+                    }
+                }
+                prop_assert_eq!(n, requeued, "{}", at("requeued"));
+            }
+            Op::ClearFailed { channel } => {
+                let ch = channel.map(|c| CHANNELS[c]);
+                let n = store
+                    .clear_failed(ch)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let before = model.tasks.len();
+                model.tasks.retain(|_, t| {
+                    !(t.state.status == Status::Failed && ch.is_none_or(|c| c == t.channel))
+                });
+                prop_assert_eq!(n, before - model.tasks.len(), "{}", at("cleared"));
+            }
+            Op::RemoveChannel { channel } => {
+                let ch = CHANNELS[*channel];
+                let n = store
+                    .remove_channel(ch)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let before = model.tasks.len();
+                model.tasks.retain(|_, t| t.channel != ch);
+                prop_assert_eq!(n, before - model.tasks.len(), "{}", at("removed"));
+            }
+            Op::Cancel { pick } => {
+                let Some(last) = model.last_id else { continue };
+                // Any id up to the last, so that deleted and unknown ones are tried too.
+                let id = TaskId::new(1 + (*pick as i64).rem_euclid(last.get()));
+                let got = store.cancel(id);
+                match model.tasks.get(&id).map(|t| transition::cancel(&t.state)) {
+                    None => prop_assert!(
+                        matches!(got, Err(Error::NotFound(_))),
+                        "{}",
+                        at("cancel unknown")
+                    ),
+                    Some(Ok(())) => {
+                        prop_assert!(got.is_ok(), "{}", at("cancel queued"));
+                        model.tasks.remove(&id);
+                    }
+                    Some(Err(_)) => prop_assert!(
+                        matches!(got, Err(Error::InvalidTransition { .. })),
+                        "{}",
+                        at("cancel refused")
+                    ),
+                }
+            }
+            Op::PurgeDone => {
+                let n = store
+                    .purge_done(None, now)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let before = model.tasks.len();
+                model
+                    .tasks
+                    .retain(|_, t| !(t.state.status == Status::Done && t.state.updated_at < now));
+                prop_assert_eq!(n, before - model.tasks.len(), "{}", at("purged"));
+            }
+        }
+        agree(store, &model, &at("state"))?;
+    }
+    Ok(())
+}
+
+fn fail(message: &str) -> TestCaseError {
+    TestCaseError::fail(message.to_owned())
+}
+
+/// Every task and every count of the store equal the model's.
+fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError> {
+    for ch in CHANNELS {
+        let counts = store.counts(Some(ch)).map_err(|e| fail(&e.to_string()))?;
+        prop_assert_eq!(counts, model.counts(Some(ch)), "{} counts of {}", at, ch);
+    }
+    let all = store
+        .list(&simplepyq_core::ListFilter::new(usize::MAX))
+        .map_err(|e| fail(&e.to_string()))?;
+    prop_assert_eq!(all.len(), model.tasks.len(), "{} number of tasks", at);
+    for (task, expected) in all.iter().zip(model.tasks.values()) {
+        prop_assert_eq!(task, expected, "{}", at);
+    }
+    Ok(())
+}
+
+/// Expands into a proptest of random operation sequences on fresh stores from
+/// `$factory: fn() -> Fixture`, with `$cases` cases.
+#[macro_export]
+macro_rules! model_tests {
+    ($factory:path, $cases:expr) => {
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig::with_cases($cases))]
+            #[test]
+            fn random_operations_agree_with_the_model(
+                ops in proptest::collection::vec($crate::model::op(), 1..60)
+            ) {
+                let fixture: $crate::Fixture = $factory();
+                $crate::model::check(&*fixture.store, &ops)?;
+            }
+        }
+    };
+}
