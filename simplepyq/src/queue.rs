@@ -416,12 +416,16 @@ impl<S: Store> SimplePyQ<S> {
     /// Calling it on a started queue does nothing.
     ///
     /// First recovers tasks whose lease expired (left `running` by a process that died).
+    /// Fails only if a thread cannot be started.
     pub fn start(&self) -> Result<()> {
         let mut reg = self.shared.registry.lock();
         if reg.running {
             return Ok(());
         }
-        self.shared.store.recover_expired(self.shared.now())?;
+        // A failure here is not fatal: the lease keeper recovers expired leases again soon.
+        if let Err(e) = self.shared.store.recover_expired(self.shared.now()) {
+            self.shared.record_error(&e);
+        }
         let names: Vec<String> = reg.channels.keys().cloned().collect();
         for name in names {
             let mut channel = reg.channels.remove(&name).expect("name was just listed");

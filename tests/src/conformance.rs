@@ -535,7 +535,11 @@ pub fn due_delayed_tasks_are_promoted_and_keep_their_priority(s: &dyn Store) {
     let urgent_later = add(s, task("c").priority(9).run_at(at(1_000)));
     assert_eq!(status(s, urgent_later), Status::Delayed);
     // A claim of nothing changes nothing, not even a due delayed task.
-    assert!(s.claim("c", 0, at(1_000), at(60_000)).expect("claim").is_empty());
+    assert!(
+        s.claim("c", 0, at(1_000), at(60_000))
+            .expect("claim")
+            .is_empty()
+    );
     assert_eq!(status(s, urgent_later), Status::Delayed);
     let first = s.claim("c", 1, at(1_000), at(60_000)).expect("claim");
     assert_eq!(first[0].id, urgent_later);

@@ -8,6 +8,7 @@
 use simplepyq_core::Store;
 
 pub mod conformance;
+pub mod faults;
 pub mod model;
 pub mod scenarios;
 

@@ -817,6 +817,123 @@ pub fn outcome_hook_sees_every_attempt(store: Box<dyn Store>) {
     );
 }
 
+/// Injected storage faults on claims, on recording outcomes, and on leases: the workers go
+/// on, every task ends done exactly once it was recorded (a lost outcome makes it run
+/// again after its lease), none is left running, and errors are reported, not hidden.
+pub fn injected_faults_lose_nothing(store: Box<dyn Store>) {
+    use crate::faults::{Faults, Flaky};
+    let faults = Faults {
+        claim: true,
+        finish: true,
+        leases: true,
+        enqueue: false,
+    };
+    let flaky = Arc::new(Flaky::new(store, faults, 3));
+    let q = SimplePyQ::builder(Arc::clone(&flaky))
+        .lease(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    q.add_channel(
+        "f",
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    for n in 0..60u32 {
+        q.enqueue_with("f", &n, EnqueueOptions::new().retries(5))
+            .expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    let c = flaky.inner().counts(Some("f")).expect("counts");
+    assert_eq!((c.done, c.total()), (60, 60), "{c:?}");
+    assert!(
+        flaky.failed.load(Ordering::SeqCst) > 0,
+        "no fault was injected"
+    );
+    assert!(runs.load(Ordering::SeqCst) >= 60);
+    let reported = q.last_worker_error().expect("the faults were reported");
+    assert!(reported.contains("injected fault"), "{reported}");
+}
+
+/// A handler may enqueue more work to its own channel; it runs in the same run.
+pub fn handlers_can_enqueue_to_their_own_channel(store: Box<dyn Store>) {
+    let q = Arc::new(queue(store));
+    let weak = Arc::downgrade(&q);
+    q.add_channel(
+        "tree",
+        move |depth: u32| {
+            if depth < 3 {
+                let q = weak
+                    .upgrade()
+                    .ok_or_else(|| TaskError::fatal("queue gone"))?;
+                for _ in 0..2 {
+                    q.enqueue("tree", &(depth + 1))?;
+                }
+            }
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    q.enqueue("tree", &0u32).expect("enqueue");
+    q.run_until_complete().expect("run");
+    // 1 + 2 + 4 + 8 nodes.
+    assert_eq!(q.counts("tree").expect("counts").done, 15);
+}
+
+/// Dropping a running queue without `stop` ends its workers; nothing is lost: what was not
+/// run stays queued for the next queue on the store.
+pub fn dropping_a_running_queue_loses_nothing(store: Box<dyn Store>) {
+    let store: Arc<Box<dyn Store>> = Arc::new(store);
+    let ran = Arc::new(AtomicUsize::new(0));
+    {
+        let q = SimplePyQ::builder(Arc::clone(&store))
+            .poll_interval(Duration::from_millis(10))
+            .build()
+            .expect("valid settings");
+        let r = Arc::clone(&ran);
+        q.add_channel(
+            "d",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+        for n in 0..100u32 {
+            q.enqueue("d", &n).expect("enqueue");
+        }
+        q.start().expect("start");
+        while ran.load(Ordering::SeqCst) < 10 {
+            std::thread::yield_now();
+        }
+    }
+    // The dropped queue's workers finish their current tasks and record them.
+    let mut waited = 0;
+    while store.counts(Some("d")).expect("counts").running > 0 && waited < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    let c = store.counts(Some("d")).expect("counts");
+    assert_eq!(c.running, 0, "{c:?}");
+    assert_eq!(c.done + c.pending, 100, "{c:?}");
+    let q = SimplePyQ::builder(Arc::clone(&store))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    q.add_channel("d", |_: u32| Ok(()), 2).expect("add");
+    q.run_until_complete().expect("run");
+    assert_eq!(store.counts(Some("d")).expect("counts").done, 100);
+}
+
 /// Expands into one `#[test]` per scenario, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -843,7 +960,10 @@ macro_rules! scenario_tests {
             backoff_spaces_retries_and_delay_wins,
             inspect_and_cancel,
             stop_timeout_returns_the_running_tasks,
-            outcome_hook_sees_every_attempt
+            outcome_hook_sees_every_attempt,
+            injected_faults_lose_nothing,
+            handlers_can_enqueue_to_their_own_channel,
+            dropping_a_running_queue_loses_nothing
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
