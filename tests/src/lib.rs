@@ -12,36 +12,68 @@ pub mod faults;
 pub mod model;
 pub mod scenarios;
 
-/// A store under test, with whatever must live as long as it (a temporary directory).
-#[derive(Debug)]
+/// Opens the store of a durable fixture again.
+type Reopen = Box<dyn Fn() -> Box<dyn Store>>;
+
+/// A store under test, with whatever must live as long as it (a temporary directory), and
+/// for durable stores a way to open the same file again.
 pub struct Fixture {
     /// The store.
     pub store: Box<dyn Store>,
     /// Dropped with the fixture.
     pub guard: Option<tempfile::TempDir>,
+    reopen: Option<Reopen>,
+}
+
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fixture")
+            .field("store", &self.store)
+            .field("durable", &self.reopen.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fixture {
-    /// A fixture with nothing to clean up.
+    /// A fixture with nothing to clean up, that cannot be reopened.
     pub fn new(store: impl Store) -> Self {
         Fixture {
             store: Box::new(store),
             guard: None,
+            reopen: None,
         }
     }
 
     /// A store on the file `name` in a fresh temporary directory, which lives as long as
-    /// the fixture.
+    /// the fixture; [`Fixture::reopen`] opens the file again with `open`.
     pub fn in_temp_dir<S: Store>(
         name: &str,
-        open: impl FnOnce(&std::path::Path) -> simplepyq_core::Result<S>,
+        open: impl Fn(&std::path::Path) -> simplepyq_core::Result<S> + 'static,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = open(&dir.path().join(name)).expect("open the store");
+        let path = dir.path().join(name);
+        let store = open(&path).expect("open the store");
+        let reopen: Reopen = Box::new(move || Box::new(open(&path).expect("reopen the store")));
         Fixture {
             store: Box::new(store),
             guard: Some(dir),
+            reopen: Some(reopen),
         }
+    }
+
+    /// Closes the store and opens its file again, as a restarted process would; returns
+    /// whether the store is durable (a store in memory is left as it is).
+    pub fn reopen(&mut self) -> bool {
+        let Some(reopen) = &self.reopen else {
+            return false;
+        };
+        // Close first: redb allows one open per file.
+        drop(std::mem::replace(
+            &mut self.store,
+            Box::new(simplepyq::MemoryStore::new()),
+        ));
+        self.store = reopen();
+        true
     }
 }
 
@@ -101,7 +133,7 @@ macro_rules! conformance_tests {
         );
         #[test]
         fn forwarding_impls_behave_alike() {
-            let $crate::Fixture { store, guard } = $factory();
+            let $crate::Fixture { store, guard, .. } = $factory();
             $crate::conformance::forwarding_impls_behave_alike(store);
             drop(guard);
         }

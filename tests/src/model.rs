@@ -81,6 +81,8 @@ pub enum Op {
     },
     /// Delete done tasks finished before now.
     PurgeDone,
+    /// Close the store and open its file again (durable stores only).
+    Reopen,
 }
 
 /// A random operation, weighted towards the common ones.
@@ -101,6 +103,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => channel.prop_map(|channel| Op::RemoveChannel { channel }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         1 => Just(Op::PurgeDone),
+        1 => Just(Op::Reopen),
     ]
 }
 
@@ -174,14 +177,20 @@ impl Model {
     }
 }
 
-/// Runs `ops` on `store` and on the model, checking that they agree after every step.
-pub fn check(store: &dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
+/// Runs `ops` on the fixture's store and on the model, checking that they agree after every
+/// step.
+pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let mut now = Timestamp::from_millis(1_000_000);
     let mut claims: Vec<Claim> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let at = |what: &str| format!("step {step} ({op:?}): {what}");
+        if let Op::Reopen = op {
+            fixture.reopen();
+        }
+        let store = &*fixture.store;
         match op {
+            Op::Reopen => {}
             Op::Enqueue {
                 channel,
                 retries,
@@ -401,8 +410,8 @@ macro_rules! model_tests {
             fn random_operations_agree_with_the_model(
                 ops in proptest::collection::vec($crate::model::op(), 1..60)
             ) {
-                let fixture: $crate::Fixture = $factory();
-                $crate::model::check(&*fixture.store, &ops)?;
+                let mut fixture: $crate::Fixture = $factory();
+                $crate::model::check(&mut fixture, &ops)?;
             }
         }
     };

@@ -970,7 +970,7 @@ macro_rules! scenario_tests {
         $(
             #[test]
             fn $name() {
-                let $crate::Fixture { store, guard } = $factory();
+                let $crate::Fixture { store, guard, .. } = $factory();
                 $crate::scenarios::$name(store);
                 drop(guard);
             }
