@@ -81,6 +81,10 @@ pub struct SqliteOptions {
     /// [`Error::Busy`] (30 s by default). Locks are held for one short transaction, so
     /// waiting this long means something else holds the file.
     pub busy_timeout: Duration,
+    /// The most the database file may grow to, in bytes (rounded down to whole pages);
+    /// `None` (the default) for SQLite's own limit. Writes that would pass it fail with an
+    /// error ("database or disk is full") and change nothing; what was committed stays.
+    pub max_size: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -88,6 +92,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             durability: Durability::Normal,
             busy_timeout: Duration::from_secs(30),
+            max_size: None,
         }
     }
 }
@@ -107,6 +112,12 @@ impl SqliteOptions {
     /// Sets how long a call waits for a lock.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
+        self
+    }
+
+    /// Caps the size of the database file.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
         self
     }
 }
@@ -175,6 +186,14 @@ impl SqliteStore {
             .map_err(E::from)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
             .map_err(E::from)?;
+        if let Some(bytes) = options.max_size {
+            let page: i64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get(0))
+                .map_err(E::from)?;
+            let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page.max(1);
+            conn.pragma_update(None, "max_page_count", pages.max(1))
+                .map_err(E::from)?;
+        }
         let reader = connect(&path, options.busy_timeout)?;
         reader
             .pragma_update(None, "query_only", true)
@@ -721,6 +740,39 @@ mod tests {
         let keyed = NewTask::new("c", vec![]).unique_key("k");
         let id = store.enqueue_one(keyed.clone(), T0).expect("enqueue");
         assert_eq!(store.enqueue_one(keyed, T0).expect("enqueue"), id);
+    }
+
+    #[test]
+    fn a_full_database_refuses_writes_and_keeps_what_it_has() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let small = SqliteOptions::new().max_size(256 * 1024);
+        let store = SqliteStore::open_with(&path, small.clone()).expect("open");
+        let mut stored = Vec::new();
+        let err = loop {
+            match store.enqueue_one(NewTask::new("c", vec![7; 2_000]), T0) {
+                Ok(id) => stored.push(id),
+                Err(e) => break e,
+            }
+            assert!(stored.len() < 1_000, "the size cap did not hold");
+        };
+        assert!(err.to_string().contains("full"), "{err}");
+        assert!(!stored.is_empty());
+        // Claims and outcomes need no new pages: work goes on while full.
+        let t = store.claim("c", 1, T0, T0).expect("claim while full");
+        store
+            .complete(t[0].claim(), T0)
+            .expect("complete while full");
+        drop(store);
+        // With room again, every task committed before the error is there and runs.
+        let store = SqliteStore::open(&path).expect("reopen without a cap");
+        assert_eq!(store.counts(None).expect("counts").total(), stored.len());
+        store
+            .enqueue_one(NewTask::new("c", vec![7; 2_000]), T0)
+            .expect("room again");
+        let rest = store.claim("c", usize::MAX, T0, T0).expect("claim");
+        assert_eq!(rest.len(), stored.len());
+        assert!(rest.iter().all(|t| t.args == vec![7; 2_000]));
     }
 
     #[test]

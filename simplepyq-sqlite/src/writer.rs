@@ -34,6 +34,8 @@ trait Job: Send {
     fn committed(self: Box<Self>);
     /// Its transaction failed as a whole: answer the caller with `error`.
     fn failed(self: Box<Self>, error: Error);
+    /// The error of a write that ran and failed.
+    fn failure(&self) -> Option<Error>;
 }
 
 struct Write<T, F> {
@@ -63,6 +65,13 @@ impl<T: Send, F: FnOnce(&Transaction<'_>) -> R<T> + Send> Job for Write<T, F> {
 
     fn failed(self: Box<Self>, error: Error) {
         let _ = self.reply.send(Err(error));
+    }
+
+    fn failure(&self) -> Option<Error> {
+        match &self.result {
+            Some(Err(e)) => Some(e.to_error()),
+            _ => None,
+        }
     }
 }
 
@@ -214,32 +223,61 @@ fn commit_batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>, busy_timeout
                     pause = (pause * 2).min(Duration::from_millis(50));
                     continue;
                 }
-                return fail_all(jobs, &e);
+                return fail_all(jobs, || e.to_error());
             }
         }
     };
-    for job in &mut jobs {
-        let step = tx.execute_batch("SAVEPOINT job").and_then(|()| {
-            if job.run(&tx) {
-                tx.execute_batch("RELEASE job")
-            } else {
-                tx.execute_batch("ROLLBACK TO job; RELEASE job")
+    for i in 0..jobs.len() {
+        let job = &mut jobs[i];
+        let step = tx.execute_batch("SAVEPOINT job").map(|()| job.run(&tx));
+        let step = match step {
+            Ok(true) => tx.execute_batch("RELEASE job"),
+            // Some errors (a full disk, an I/O error) make SQLite roll the whole
+            // transaction back: every write of it is lost, with this one's error.
+            Ok(false) if tx.is_autocommit() => {
+                let error = job.failure();
+                return fail_all(jobs, || error.as_ref().map_or_else(stopped_write, copy));
             }
-        });
+            Ok(false) => tx.execute_batch("ROLLBACK TO job; RELEASE job"),
+            Err(e) => Err(e),
+        };
         if let Err(e) = step {
             // The transaction is rolled back when `tx` is dropped.
-            return fail_all(jobs, &E::Sql(e));
+            let e = E::Sql(e);
+            return fail_all(jobs, || e.to_error());
         }
     }
     match tx.commit() {
         Ok(()) => jobs.into_iter().for_each(|job| job.committed()),
-        Err(e) => fail_all(jobs, &E::Sql(e)),
+        Err(e) => {
+            let e = E::Sql(e);
+            fail_all(jobs, || e.to_error());
+        }
+    }
+}
+
+fn stopped_write() -> Error {
+    stopped("a write failed without an error")
+}
+
+/// An error with the same meaning, for another caller.
+fn copy(e: &Error) -> Error {
+    match e {
+        Error::Busy { backend } => Error::Busy { backend },
+        Error::Corrupt { backend, message } => Error::Corrupt {
+            backend,
+            message: message.clone(),
+        },
+        other => Error::Backend {
+            backend: BACKEND,
+            source: other.to_string().into(),
+        },
     }
 }
 
 /// Answers every job of a failed transaction with the error that failed it.
-fn fail_all(jobs: Vec<Box<dyn Job>>, error: &E) {
+fn fail_all(jobs: Vec<Box<dyn Job>>, error: impl Fn() -> Error) {
     for job in jobs {
-        job.failed(error.to_error());
+        job.failed(error());
     }
 }
