@@ -370,3 +370,70 @@ fn work_from_another_connection_is_noticed_within_the_poll_interval() {
     );
     q.stop();
 }
+
+/// Soak: rounds of mixed load (priorities, scheduled tasks, planned failures and delays)
+/// served by two worker processes at once on one SQLite file, one of them killed at a
+/// random moment each round. After every round each task of it is done, none failed or is
+/// left running, and each ran at least once.
+///
+/// CI runs 3 rounds; for a release check run more, e.g.
+/// `SIMPLEPYQ_SOAK_ROUNDS=50 cargo test -p simplepyq-tests soak -- --nocapture`.
+#[test]
+fn soak_mixed_load_with_kills_and_restarts() {
+    const PER_ROUND: u32 = 300;
+    let rounds: u32 = std::env::var("SIMPLEPYQ_SOAK_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
+    let mut rng = seed();
+    eprintln!("seed {rng}, {rounds} rounds");
+    let spawn = |db: &Path, log: &Path| {
+        Command::new(WORKER)
+            .args(["sqlite"])
+            .arg(db)
+            .arg(log)
+            .args(["2", "1", "300"])
+            .env("SIMPLEPYQ_TEST_MIXED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the worker process")
+    };
+    for round in 0..rounds {
+        let store = SqliteStore::open(&db).expect("open");
+        let now = SystemClock.now();
+        let tasks: Vec<NewTask> = (0..PER_ROUND)
+            .map(|i| {
+                let n = round * PER_ROUND + i;
+                let mut t = NewTask::new("work", rmp_serde::to_vec_named(&n).expect("encode"))
+                    .retries(8)
+                    .priority((i % 3) as i32);
+                if i % 11 == 0 {
+                    t = t.run_at(now.after(Duration::from_millis(50)));
+                }
+                t
+            })
+            .collect();
+        store.enqueue(&tasks, now).expect("enqueue");
+        drop(store);
+        let mut doomed = spawn(&db, &log);
+        let survivor = spawn(&db, &log);
+        std::thread::sleep(Duration::from_millis(50 + next(&mut rng) % 200));
+        doomed.kill().expect("SIGKILL");
+        doomed.wait().expect("reap");
+        wait_ok(survivor);
+        let store = SqliteStore::open(&db).expect("open");
+        let c = store.counts(None).expect("counts");
+        let total = ((round + 1) * PER_ROUND) as usize;
+        assert_eq!((c.done, c.total()), (total, total), "round {round}: {c:?}");
+    }
+    let ran: std::collections::HashSet<u32> = runs(&log).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(
+        ran.len(),
+        (rounds * PER_ROUND) as usize,
+        "some task never ran"
+    );
+}

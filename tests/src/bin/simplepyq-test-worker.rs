@@ -3,8 +3,10 @@
 //! `simplepyq-test-worker BACKEND DB LOG WORKERS SLEEP_MS LEASE_MS` serves channel `work` of
 //! the queue file DB (BACKEND `sqlite` or `redb`) with WORKERS threads until nothing is left
 //! to do. Its handler appends
-//! `PID N` to LOG when it starts on task N, then sleeps SLEEP_MS. It exits 0 when done, 2 if
-//! a worker met a storage error, 1 on bad usage or a failure to open the queue.
+//! `PID N` to LOG when it starts on task N, then sleeps SLEEP_MS. With
+//! `SIMPLEPYQ_TEST_MIXED=1` it also fails the first run in this process of every fifth task
+//! (to be retried) and delays the first run of every seventh by 30 ms. It exits 0 when
+//! done, 2 if a worker met a storage error, 1 on bad usage or a failure to open the queue.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -12,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use simplepyq::{RedbStore, SimplePyQ, SqliteStore, Store};
+use simplepyq::{RedbStore, SimplePyQ, SqliteStore, Store, TaskError};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,15 +64,27 @@ fn run(
         .poll_interval(Duration::from_millis(20))
         .build()?;
     let pid = std::process::id();
+    let mixed = std::env::var("SIMPLEPYQ_TEST_MIXED").is_ok_and(|v| v == "1");
+    let seen = Mutex::new(std::collections::HashSet::new());
     q.add_channel(
         "work",
         move |n: u32| {
             // One write per line, so lines of several processes never interleave.
             let line = format!("{pid} {n}\n");
             log.lock()
-                .map_err(|_| simplepyq::TaskError::msg("log lock poisoned"))?
+                .map_err(|_| TaskError::msg("log lock poisoned"))?
                 .write_all(line.as_bytes())?;
             std::thread::sleep(Duration::from_millis(sleep_ms));
+            let first = seen
+                .lock()
+                .map_err(|_| TaskError::msg("lock poisoned"))?
+                .insert(n);
+            if mixed && first && n.is_multiple_of(5) {
+                return Err(TaskError::msg(format!("planned failure of {n}")));
+            }
+            if mixed && first && n.is_multiple_of(7) {
+                return Err(TaskError::Delay(Duration::from_millis(30)));
+            }
             Ok(())
         },
         workers,
