@@ -14,7 +14,7 @@ use simplepyq_core::{Claim, Error, Outcome, Store};
 
 use crate::queue::Shared;
 use crate::report::{self, TaskReport};
-use crate::worker::ChannelWork;
+use crate::worker::{ChannelWork, error_pause};
 
 /// The most outcomes one `finish_many` call records.
 const MAX_BATCH: usize = 512;
@@ -40,7 +40,6 @@ struct State {
 }
 
 /// The outcomes waiting for the recorder thread.
-#[derive(Default)]
 pub(crate) struct Recorder {
     state: Mutex<State>,
     cv: Condvar,
@@ -118,7 +117,7 @@ pub(crate) fn run<S: Store>(shared: &Shared<S>) {
 fn record<S: Store>(shared: &Shared<S>, batch: Vec<Finished>) {
     let results: Vec<(Claim, Outcome)> =
         batch.iter().map(|f| (f.claim, f.outcome.clone())).collect();
-    let mut pause = Duration::from_millis(10);
+    let mut pause = error_pause();
     let mut statuses = None;
     for _ in 0..ATTEMPTS {
         match shared.store.finish_many(&results, shared.now()) {
@@ -130,8 +129,7 @@ fn record<S: Store>(shared: &Shared<S>, batch: Vec<Finished>) {
             // while the lease keeper holds the tasks.
             Err(e) => {
                 shared.record_error(&e);
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(1));
+                std::thread::sleep(pause.next());
             }
         }
     }

@@ -58,7 +58,7 @@ impl ChannelWork {
 
 /// Exponential pauses: from `start`, doubling up to `max`.
 #[derive(Debug)]
-struct Pause {
+pub(crate) struct Pause {
     next: Duration,
     start: Duration,
     max: Duration,
@@ -73,7 +73,7 @@ impl Pause {
         }
     }
 
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         d
@@ -85,7 +85,7 @@ impl Pause {
 }
 
 /// Pauses after storage errors: 10 ms doubling to 1 s.
-fn error_pause() -> Pause {
+pub(crate) fn error_pause() -> Pause {
     Pause::new(Duration::from_millis(10), Duration::from_secs(1))
 }
 
