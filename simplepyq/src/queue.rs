@@ -367,8 +367,9 @@ impl<S: Store> SimplePyQ<S> {
         args: &T,
         options: EnqueueOptions,
     ) -> Result<TaskId> {
-        let task = options.task(channel, encode(args)?, self.shared.now());
-        let id = self.shared.store.enqueue_one(task, self.shared.now())?;
+        let now = self.shared.now();
+        let task = options.task(channel, encode(args)?, now);
+        let id = self.shared.store.enqueue_one(task, now)?;
         self.wake(channel, false);
         Ok(id)
     }
