@@ -14,7 +14,7 @@
 //! Works on SQLite and redb queue files (told apart by their first bytes), on SQLite files
 //! while workers in other processes run. Exit codes: 0 done; 1 the queue reported an error
 //! (or a confirmation was declined); 2 bad usage; 3 the file is missing, not a simplepyq
-//! queue, damaged or of a newer version; 4 no such task.
+//! queue, damaged, of a newer version or not writable by this user; 4 no such task.
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -138,9 +138,10 @@ enum Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         match e {
-            Error::Foreign { .. } | Error::SchemaTooNew { .. } | Error::Corrupt { .. } => {
-                Failure::File(e.to_string())
-            }
+            Error::Foreign { .. }
+            | Error::SchemaTooNew { .. }
+            | Error::Corrupt { .. }
+            | Error::ReadOnly { .. } => Failure::File(e.to_string()),
             other => Failure::Queue(other.to_string()),
         }
     }

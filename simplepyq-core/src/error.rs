@@ -125,6 +125,31 @@ pub enum Error {
         supported: i64,
     },
 
+    /// The store's file, or the directory it lives in, cannot be written by this process:
+    /// file permissions, or a read-only mount. Nothing was changed; give this user write
+    /// access to both (SQLite also creates `-wal` and `-shm` files beside the database), or
+    /// copy the file somewhere writable.
+    #[error("{backend} store cannot be written: {message}; nothing was changed")]
+    ReadOnly {
+        /// Which backend.
+        backend: &'static str,
+        /// What cannot be written.
+        message: String,
+    },
+
+    /// The disk, or the size limit set in the store's options, is full. The call changed
+    /// nothing and what was committed before stays; claims and results of running tasks
+    /// may still go through. Free space (or raise the limit) and try again.
+    #[error(
+        "{backend} store is full: {message}; free space or raise the size limit, then try again"
+    )]
+    Full {
+        /// Which backend.
+        backend: &'static str,
+        /// The engine's message.
+        message: String,
+    },
+
     /// A worker thread could not be started.
     #[error("could not start a worker thread: {0}")]
     Spawn(#[source] std::io::Error),

@@ -81,10 +81,33 @@ impl From<E> for Error {
                 backend: BACKEND,
                 message: sql.to_string(),
             },
+            Some(ErrorCode::DiskFull) => Error::Full {
+                backend: BACKEND,
+                message: sql.to_string(),
+            },
+            Some(ErrorCode::ReadOnly) => Error::ReadOnly {
+                backend: BACKEND,
+                message: read_only_reason(&sql).into(),
+            },
             _ => Error::Backend {
                 backend: BACKEND,
                 source: Box::new(sql),
             },
+        }
+    }
+}
+
+/// What a `SQLITE_READONLY` error means, told by its extended code.
+fn read_only_reason(e: &rusqlite::Error) -> &'static str {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_READONLY_DIRECTORY =>
+        {
+            "the file's directory is read-only for this process, and SQLite must create its \
+             -wal and -shm files there"
+        }
+        _ => {
+            "the database file is read-only for this process (its permissions, or a read-only mount)"
         }
     }
 }

@@ -82,8 +82,8 @@ pub struct SqliteOptions {
     /// waiting this long means something else holds the file.
     pub busy_timeout: Duration,
     /// The most the database file may grow to, in bytes (rounded down to whole pages);
-    /// `None` (the default) for SQLite's own limit. Writes that would pass it fail with an
-    /// error ("database or disk is full") and change nothing; what was committed stays.
+    /// `None` (the default) for SQLite's own limit. Writes that would pass it fail with
+    /// [`Error::Full`] and change nothing; what was committed stays.
     pub max_size: Option<u64>,
 }
 
@@ -159,6 +159,16 @@ impl SqliteStore {
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let conn = connect(&path, options.busy_timeout)?;
+        // SQLite falls back to reading a file it may not write; a queue must write.
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(E::from)? {
+            return Err(Error::ReadOnly {
+                backend: error::BACKEND,
+                message: format!(
+                    "{} is read-only for this process (its permissions, or a read-only mount)",
+                    path.display()
+                ),
+            });
+        }
         retrying(options.busy_timeout, || {
             schema::inspect(&conn)?;
             // From here on the file is ours (or new): changing it is fine.
@@ -237,9 +247,34 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(E::from)?;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(E::from)?;
     Ok(conn)
+}
+
+/// The error for a file SQLite could not open: the path is what the user must fix.
+fn cannot_open(path: &Path, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() != Some(rusqlite::ErrorCode::CannotOpen) {
+        return E::from(e).into();
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Error::config(format!(
+            "cannot create the queue file {}: its directory does not exist",
+            path.display()
+        ));
+    }
+    Error::ReadOnly {
+        backend: error::BACKEND,
+        message: format!(
+            "{} cannot be opened or created by this process (the permissions of the file or \
+             its directory, or a read-only mount)",
+            path.display()
+        ),
+    }
 }
 
 /// Runs `op` again while another connection holds the lock, for up to `busy_timeout` in all.
@@ -756,7 +791,11 @@ mod tests {
             }
             assert!(stored.len() < 1_000, "the size cap did not hold");
         };
-        assert!(err.to_string().contains("full"), "{err}");
+        assert!(matches!(err, Error::Full { .. }), "{err}");
+        assert!(
+            err.to_string().contains("database or disk is full"),
+            "{err}"
+        );
         assert!(!stored.is_empty());
         // Claims and outcomes need no new pages: work goes on while full.
         let t = store.claim("c", 1, T0, T0).expect("claim while full");

@@ -268,6 +268,14 @@ fn copy(e: &Error) -> Error {
             backend,
             message: message.clone(),
         },
+        Error::Full { backend, message } => Error::Full {
+            backend,
+            message: message.clone(),
+        },
+        Error::ReadOnly { backend, message } => Error::ReadOnly {
+            backend,
+            message: message.clone(),
+        },
         other => Error::Backend {
             backend: BACKEND,
             source: other.to_string().into(),

@@ -57,9 +57,9 @@ impl<S: Store> Flaky<S> {
                 .is_multiple_of(self.every)
         {
             self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(Error::Backend {
+            return Err(Error::Full {
                 backend: "flaky",
-                source: "injected fault: database or disk is full".into(),
+                message: "injected fault".into(),
             });
         }
         Ok(())
