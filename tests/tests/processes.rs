@@ -11,17 +11,17 @@ use simplepyq::{
 };
 use simplepyq_core::{NewTask, Store};
 
-const WORKER: &str = env!("CARGO_BIN_EXE_simplepyq-test-worker");
+pub(crate) const WORKER: &str = env!("CARGO_BIN_EXE_simplepyq-test-worker");
 
 /// The durable backends, as the worker process names them.
 #[derive(Clone, Copy, Debug)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Redb,
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Redb => "redb",
@@ -82,7 +82,7 @@ fn runs(log: &Path) -> Vec<(u32, u32)> {
 }
 
 /// Enqueues tasks 0..n of channel `work` in one transaction.
-fn enqueue_numbers(backend: Backend, db: &Path, n: u32, retries: u32) {
+pub(crate) fn enqueue_numbers(backend: Backend, db: &Path, n: u32, retries: u32) {
     let tasks: Vec<NewTask> = (0..n)
         .map(|i| {
             NewTask::new("work", rmp_serde::to_vec_named(&i).expect("encode")).retries(retries)
@@ -372,26 +372,27 @@ fn work_from_another_connection_is_noticed_within_the_poll_interval() {
 }
 
 /// Soak: rounds of mixed load (priorities, scheduled tasks, planned failures and delays)
-/// served by two worker processes at once on one SQLite file, one of them killed at a
-/// random moment each round. After every round each task of it is done, none failed or is
-/// left running, and each ran at least once.
+/// served by worker processes, one of them killed at a random moment each round: on
+/// SQLite, two processes share the file and one is killed while the other works on; on
+/// redb (one process per file), the killed process's successor finishes the round. After
+/// every round each task of it is done, none failed or is left running, and each ran at
+/// least once.
 ///
-/// CI runs 3 rounds; for a release check run more, e.g.
+/// CI runs 3 rounds per backend; for a release check run more, e.g.
 /// `SIMPLEPYQ_SOAK_ROUNDS=50 cargo test -p simplepyq-tests soak -- --nocapture`.
-#[test]
-fn soak_mixed_load_with_kills_and_restarts() {
+fn soak_mixed_load_with_kills_and_restarts(backend: Backend) {
     const PER_ROUND: u32 = 300;
     let rounds: u32 = std::env::var("SIMPLEPYQ_SOAK_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
+    let (db, log) = (dir.path().join("tasks"), dir.path().join("runs.log"));
     let mut rng = seed();
-    eprintln!("seed {rng}, {rounds} rounds");
+    eprintln!("{backend:?}: seed {rng}, {rounds} rounds");
     let spawn = |db: &Path, log: &Path| {
         Command::new(WORKER)
-            .args(["sqlite"])
+            .arg(backend.name())
             .arg(db)
             .arg(log)
             .args(["2", "1", "300"])
@@ -403,7 +404,6 @@ fn soak_mixed_load_with_kills_and_restarts() {
             .expect("spawn the worker process")
     };
     for round in 0..rounds {
-        let store = SqliteStore::open(&db).expect("open");
         let now = SystemClock.now();
         let tasks: Vec<NewTask> = (0..PER_ROUND)
             .map(|i| {
@@ -417,16 +417,17 @@ fn soak_mixed_load_with_kills_and_restarts() {
                 t
             })
             .collect();
-        store.enqueue(&tasks, now).expect("enqueue");
-        drop(store);
+        backend.open(&db).enqueue(&tasks, now).expect("enqueue");
         let mut doomed = spawn(&db, &log);
-        let survivor = spawn(&db, &log);
+        let survivor = match backend {
+            Backend::Sqlite => Some(spawn(&db, &log)),
+            Backend::Redb => None,
+        };
         std::thread::sleep(Duration::from_millis(50 + next(&mut rng) % 200));
         doomed.kill().expect("SIGKILL");
         doomed.wait().expect("reap");
-        wait_ok(survivor);
-        let store = SqliteStore::open(&db).expect("open");
-        let c = store.counts(None).expect("counts");
+        wait_ok(survivor.unwrap_or_else(|| spawn(&db, &log)));
+        let c = backend.open(&db).counts(None).expect("counts");
         let total = ((round + 1) * PER_ROUND) as usize;
         assert_eq!((c.done, c.total()), (total, total), "round {round}: {c:?}");
     }
@@ -436,4 +437,14 @@ fn soak_mixed_load_with_kills_and_restarts() {
         (rounds * PER_ROUND) as usize,
         "some task never ran"
     );
+}
+
+#[test]
+fn soak_mixed_load_with_kills_and_restarts_sqlite() {
+    soak_mixed_load_with_kills_and_restarts(Backend::Sqlite);
+}
+
+#[test]
+fn soak_mixed_load_with_kills_and_restarts_redb() {
+    soak_mixed_load_with_kills_and_restarts(Backend::Redb);
 }
