@@ -227,6 +227,36 @@ fn sigkill_mid_work_loses_nothing(backend: Backend) {
     eprintln!("{extra} runs were cut by {KILLS} kills");
 }
 
+/// Handlers that run for many lease lengths (1.2 s against a 200 ms lease) keep their tasks:
+/// the lease is renewed while they run, so a second process, looking for work all along,
+/// never recovers or claims them, and each task runs exactly once.
+#[test]
+fn another_process_does_not_steal_a_slow_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
+    enqueue_numbers(Backend::Sqlite, &db, 4, 0);
+    let first = spawn_worker(Backend::Sqlite, &db, &log, 4, 1_200, 200);
+    // The second starts once the first holds every task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runs(&log).len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = spawn_worker(Backend::Sqlite, &db, &log, 4, 1_200, 200);
+    wait_ok(first);
+    wait_ok(second);
+    let runs = runs(&log);
+    assert_eq!(runs.len(), 4, "a slow task ran again: {runs:?}");
+    let c = SqliteStore::open(&db)
+        .expect("open")
+        .counts(None)
+        .expect("counts");
+    assert_eq!((c.done, c.total()), (4, 4), "{c:?}");
+}
+
 /// Three processes with two workers each drain 5,000 tasks (1 ms each, so that all three
 /// take part) from one file: each task runs exactly once, no worker meets an error, nothing
 /// is left behind.
