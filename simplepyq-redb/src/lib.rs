@@ -25,6 +25,14 @@
 //!   or the machine loses what was committed since the last durable commit (the file stays
 //!   intact). Only for queues whose tasks can be enqueued again.
 //!
+//! # Failures
+//! A write that fails (a full disk, or [`RedbOptions::max_size`]) returns
+//! [`Error::Full`] and changes nothing. redb then refuses every call until the file is
+//! closed; the store closes it and opens it again at its next call, so that work goes on
+//! once there is room. redb panics on some damaged files that its checksums do not catch;
+//! the store turns those panics into [`Error::Corrupt`] (unless built with
+//! `panic = "abort"`).
+//!
 //! # Layout
 //! `tasks` maps an id to the task's record; ordered index tables make claiming the next due
 //! task of a channel a range scan, O(log n): `ready` (channel, -priority, run-at, id) for
@@ -276,7 +284,8 @@ impl RedbStore {
     /// Errors, each leaving the file unchanged: [`Error::InUse`] if another process has it
     /// open, [`Error::Foreign`] for a file that is not redb or is another application's
     /// redb database, [`Error::SchemaTooNew`] for a file of a newer simplepyq,
-    /// [`Error::Corrupt`] for a damaged one.
+    /// [`Error::Corrupt`] for a damaged one (every page's checksum is checked at open),
+    /// [`Error::ReadOnly`] for a file or directory this process may not write.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, RedbOptions::default())
     }
