@@ -405,7 +405,17 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
 macro_rules! model_tests {
     ($factory:path, $cases:expr) => {
         proptest::proptest! {
-            #![proptest_config(proptest::prelude::ProptestConfig::with_cases($cases))]
+            // Failing sequences are kept in tests/proptest-regressions/model.txt (cargo
+            // runs tests from the package's folder) and replayed first on every backend.
+            #![proptest_config(proptest::prelude::ProptestConfig {
+                cases: $cases,
+                failure_persistence: Some(Box::new(
+                    proptest::test_runner::FileFailurePersistence::Direct(
+                        "proptest-regressions/model.txt",
+                    ),
+                )),
+                ..proptest::prelude::ProptestConfig::default()
+            })]
             #[test]
             fn random_operations_agree_with_the_model(
                 ops in proptest::collection::vec($crate::model::op(), 1..60)
