@@ -46,6 +46,7 @@ impl E {
                 let message = message.clone().or_else(|| Some(self.to_string()));
                 Error::from(E::Sql(rusqlite::Error::SqliteFailure(*code, message)))
             }
+            E::Sql(sql) if is_bad_value(sql) => bad_value_error(sql),
             other => Error::Backend {
                 backend: BACKEND,
                 source: other.to_string().into(),
@@ -67,6 +68,7 @@ impl From<E> for Error {
     fn from(e: E) -> Self {
         let sql = match e {
             E::Core(e) => return e,
+            E::Sql(sql) if is_bad_value(&sql) => return bad_value_error(&sql),
             E::Sql(sql) => sql,
         };
         match sql.sqlite_error_code() {
@@ -94,6 +96,25 @@ impl From<E> for Error {
                 source: Box::new(sql),
             },
         }
+    }
+}
+
+/// Whether a stored value could not be read as the type simplepyq wrote: another program
+/// changed the row.
+fn is_bad_value(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..)
+    )
+}
+
+fn bad_value_error(e: &rusqlite::Error) -> Error {
+    Error::Corrupt {
+        backend: BACKEND,
+        message: format!("a stored value is not what simplepyq writes ({e})"),
     }
 }
 

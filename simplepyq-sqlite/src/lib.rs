@@ -914,6 +914,55 @@ mod tests {
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 
+    /// Another program wrote bytes that are not UTF-8 into text columns (channel, error,
+    /// unique key) and a wrong type into a number column: reading those rows gives
+    /// `Error::Corrupt` naming the problem, never a panic; other channels go on.
+    #[test]
+    fn values_simplepyq_never_writes_are_corrupt_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).expect("create");
+        let good = store
+            .enqueue_one(NewTask::new("good", vec![1]), T0)
+            .expect("enqueue");
+        let bad: Vec<TaskId> = (0..3)
+            .map(|_| {
+                store
+                    .enqueue_one(NewTask::new("bad", vec![2]), T0)
+                    .expect("enqueue")
+            })
+            .collect();
+        let raw = Connection::open(&path).expect("open raw");
+        raw.execute(
+            "UPDATE tasks SET last_error = CAST(X'66ff6f' AS TEXT) WHERE id = ?1",
+            [bad[0].get()],
+        )
+        .expect("damage the error");
+        raw.execute(
+            "UPDATE tasks SET unique_key = CAST(X'c328' AS TEXT) WHERE id = ?1",
+            [bad[1].get()],
+        )
+        .expect("damage the key");
+        raw.execute(
+            "UPDATE tasks SET attempts = 'many' WHERE id = ?1",
+            [bad[2].get()],
+        )
+        .expect("damage a number");
+        for id in &bad {
+            let err = store.get(*id).expect_err("a damaged row");
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        }
+        assert!(matches!(
+            store.list(&ListFilter::new(10)),
+            Err(Error::Corrupt { .. })
+        ));
+        let err = store.claim("bad", 10, T0, T0).expect_err("damaged rows");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        let ok = store.claim("good", 10, T0, T0).expect("another channel");
+        assert_eq!(ok.iter().map(|t| t.id).collect::<Vec<_>>(), vec![good]);
+        store.complete(ok[0].claim(), T0).expect("complete");
+    }
+
     /// Virtual-machine steps SQLite takes to find the next due task of a channel.
     fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
         let conn = store.reader.lock();
