@@ -9,6 +9,7 @@ use simplepyq_core::Store;
 
 pub mod conformance;
 pub mod faults;
+pub mod fuzz;
 pub mod model;
 pub mod scenarios;
 

@@ -1,0 +1,6 @@
+//! Fuzz target `redb_record`: see `simplepyq_tests::fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    simplepyq_tests::fuzz::run("redb_record", data);
+});
