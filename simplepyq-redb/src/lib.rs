@@ -1162,6 +1162,26 @@ mod tests {
         assert_eq!((counts.done, counts.pending), (stored.len(), 1));
     }
 
+    /// A file cut short, at several lengths: refused at open as damaged (never a store
+    /// that misses tasks silently).
+    #[test]
+    fn a_truncated_file_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.redb");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            let tasks: Vec<NewTask> = (0..500).map(|_| NewTask::new("c", vec![7; 100])).collect();
+            store.enqueue(&tasks, T0).expect("enqueue");
+        }
+        let good = std::fs::read(&path).expect("read");
+        for keep in [good.len() / 10, good.len() / 2, good.len() - 4096] {
+            std::fs::write(&path, &good[..keep]).expect("write a cut copy");
+            let err = RedbStore::open(&path).expect_err("a cut file must be refused");
+            assert!(matches!(err, Error::Corrupt { .. }), "{keep} bytes: {err}");
+            assert!(err.to_string().contains("truncated"), "{err}");
+        }
+    }
+
     /// Damaged copies of a queue file (1 to 8 bytes changed at random places, 300 seeds):
     /// each opens and serves calls, or gives a clear error; none panics. redb panics on
     /// some of these inside; the store turns that into [`Error::Corrupt`].

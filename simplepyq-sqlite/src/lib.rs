@@ -914,6 +914,36 @@ mod tests {
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 
+    /// A file cut short (a bad copy, a full disk outside SQLite): the first call that needs
+    /// the missing pages says the file is damaged; none claims a partial list is whole.
+    #[test]
+    fn a_truncated_file_gives_corrupt_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        {
+            let store = SqliteStore::open(&path).expect("create");
+            let tasks: Vec<NewTask> = (0..2_000)
+                .map(|_| NewTask::new("c", vec![7; 100]))
+                .collect();
+            store.enqueue(&tasks, T0).expect("enqueue");
+        }
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+        let len = std::fs::metadata(&path).expect("stat").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(len / 2)
+            .expect("truncate");
+        let err = SqliteStore::open(&path)
+            .and_then(|s| s.list(&ListFilter::new(10_000)))
+            .expect_err("a cut file must be reported");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
     /// Another program wrote bytes that are not UTF-8 into text columns (channel, error,
     /// unique key) and a wrong type into a number column: reading those rows gives
     /// `Error::Corrupt` naming the problem, never a panic; other channels go on.
