@@ -26,7 +26,8 @@
 //!   intact). Only for queues whose tasks can be enqueued again.
 //!
 //! # Failures
-//! A write that fails (a full disk, or [`RedbOptions::max_size`]) returns
+//! Opening checks every page's checksum, so that a damaged file is refused at once (this
+//! took 0.1–0.25 s for a 272 MiB file of a million tasks). A write that fails (a full disk, or [`RedbOptions::max_size`]) returns
 //! [`Error::Full`] and changes nothing. redb then refuses every call until the file is
 //! closed; the store closes it and opens it again at its next call, so that work goes on
 //! once there is room. redb panics on some damaged files that its checksums do not catch;
