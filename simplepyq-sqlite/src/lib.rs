@@ -886,9 +886,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_damaged_file_gives_corrupt_errors_not_panics() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// A closed queue file of 2,000 tasks with its WAL folded in, so that damage to the
+    /// file hits the tasks.
+    fn queue_of_2000(dir: &tempfile::TempDir) -> std::path::PathBuf {
         let path = dir.path().join("q.db");
         {
             let store = SqliteStore::open(&path).expect("create");
@@ -897,11 +897,17 @@ mod tests {
                 .collect();
             store.enqueue(&tasks, T0).expect("enqueue");
         }
-        // Fold the WAL into the file, so that the damage below hits the tasks.
         Connection::open(&path)
             .expect("open raw")
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
             .expect("checkpoint");
+        path
+    }
+
+    #[test]
+    fn a_damaged_file_gives_corrupt_errors_not_panics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = queue_of_2000(&dir);
         let mut bytes = std::fs::read(&path).expect("read");
         assert!(bytes.len() > 16 * 4096, "{} bytes", bytes.len());
         for b in &mut bytes[4 * 4096..12 * 4096] {
@@ -919,18 +925,7 @@ mod tests {
     #[test]
     fn a_truncated_file_gives_corrupt_errors() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("q.db");
-        {
-            let store = SqliteStore::open(&path).expect("create");
-            let tasks: Vec<NewTask> = (0..2_000)
-                .map(|_| NewTask::new("c", vec![7; 100]))
-                .collect();
-            store.enqueue(&tasks, T0).expect("enqueue");
-        }
-        Connection::open(&path)
-            .expect("open raw")
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .expect("checkpoint");
+        let path = queue_of_2000(&dir);
         let len = std::fs::metadata(&path).expect("stat").len();
         std::fs::OpenOptions::new()
             .write(true)

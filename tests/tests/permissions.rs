@@ -11,8 +11,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use simplepyq::{RedbStore, SqliteStore, Store};
-
 use crate::processes::{Backend, WORKER, enqueue_numbers};
 
 /// The user and group ids of `nobody`.
@@ -96,11 +94,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn pending(backend: Backend, db: &Path) -> usize {
-    let store: Box<dyn Store> = match backend {
-        Backend::Sqlite => Box::new(SqliteStore::open(db).expect("open")),
-        Backend::Redb => Box::new(RedbStore::open(db).expect("open")),
-    };
-    store.counts(None).expect("counts").pending
+    backend.open(db).counts(None).expect("counts").pending
 }
 
 /// The worker must fail to open the queue, saying why, and change nothing in `dir`.
@@ -186,6 +180,6 @@ fn a_redb_queue_in_a_read_only_directory_works() {
         String::from_utf8_lossy(&out.stderr)
     );
     chmod(&place.queue_dir(), 0o755);
-    let store = RedbStore::open(&db).expect("open");
-    assert_eq!(store.counts(None).expect("counts").done, 3);
+    let counts = Backend::Redb.open(&db).counts(None).expect("counts");
+    assert_eq!(counts.done, 3);
 }

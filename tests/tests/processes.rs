@@ -28,7 +28,7 @@ impl Backend {
         }
     }
 
-    fn open(self, path: &Path) -> Box<dyn Store> {
+    pub(crate) fn open(self, path: &Path) -> Box<dyn Store> {
         match self {
             Backend::Sqlite => Box::new(SqliteStore::open(path).expect("open")),
             Backend::Redb => Box::new(RedbStore::open(path).expect("open")),
