@@ -134,6 +134,7 @@ impl<S: Store> Builder<S> {
                 inflight: Mutex::new(InFlight::default()),
                 progress: Condvar::new(),
                 last_error: Mutex::new(None),
+                lasting_error: Mutex::new(None),
                 recorder: Recorder::closed(),
                 on_outcome: self.on_outcome,
             }),
@@ -162,6 +163,9 @@ pub(crate) struct Shared<S> {
     /// Signalled when a task finishes or a worker finds nothing to do.
     pub(crate) progress: Condvar,
     last_error: Mutex<Option<String>>,
+    /// A storage error met by a worker that no retry will cure (a damaged file, one that
+    /// cannot be written), for `run_until_complete` to return instead of waiting forever.
+    lasting_error: Mutex<Option<Error>>,
     pub(crate) on_outcome: Option<Box<Hook>>,
     pub(crate) recorder: Recorder,
 }
@@ -219,6 +223,21 @@ impl<S: Store> Shared<S> {
     pub(crate) fn record_error(&self, e: &Error) {
         report::trace_store_error(e);
         *self.last_error.lock() = Some(e.to_string());
+        let lasting = match e {
+            Error::Corrupt { backend, message } => Some(Error::Corrupt {
+                backend,
+                message: message.clone(),
+            }),
+            Error::ReadOnly { backend, message } => Some(Error::ReadOnly {
+                backend,
+                message: message.clone(),
+            }),
+            _ => None,
+        };
+        if lasting.is_some() {
+            *self.lasting_error.lock() = lasting;
+            self.progress.notify_all();
+        }
     }
 
     /// A worker found nothing to do: `run_until_complete` may look whether all is done.
@@ -566,7 +585,10 @@ impl<S: Store> SimplePyQ<S> {
     /// (waiting out delays and, for tasks held by a dead worker, their lease), then stops.
     ///
     /// Starts the workers if needed. Tasks of channels without a handler here are not
-    /// waited for. Returns an error only if the store fails for good.
+    /// waited for. Returns an error only if the store fails for good: a call fails with an
+    /// error that is not [retryable](Error::is_retryable), or a worker finds the file
+    /// damaged ([`Error::Corrupt`]) or unwritable ([`Error::ReadOnly`]), which waiting would
+    /// not cure. The workers are stopped either way; unfinished tasks stay in the store.
     pub fn run_until_complete(&self) -> Result<()> {
         let channels: Vec<String> = self
             .shared
@@ -579,8 +601,13 @@ impl<S: Store> SimplePyQ<S> {
         if channels.is_empty() {
             return Ok(());
         }
+        // Only what this run meets counts.
+        self.shared.lasting_error.lock().take();
         self.start()?;
         let result = loop {
+            if let Some(e) = self.shared.lasting_error.lock().take() {
+                break Err(e);
+            }
             let (seen, busy) = {
                 let inflight = self.shared.inflight.lock();
                 (inflight.generation, !inflight.claims.is_empty())

@@ -1,6 +1,7 @@
 //! The integration tests: every backend through the conformance suite and the scenarios,
 //! and the durability tests with real processes.
 
+mod damage;
 mod fuzz_corpus;
 mod permissions;
 mod processes;
