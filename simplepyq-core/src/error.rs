@@ -173,8 +173,116 @@ impl Error {
         matches!(self, Error::Busy { .. })
     }
 
+    /// A copy of this error, for one failure shared by several callers; `None` for
+    /// [`Error::Spawn`] and [`Error::Backend`], whose sources cannot be copied.
+    pub fn try_clone(&self) -> Option<Error> {
+        Some(match self {
+            Error::UnknownChannel(name) => Error::UnknownChannel(name.clone()),
+            Error::InvalidChannel { name, reason } => Error::InvalidChannel {
+                name: name.clone(),
+                reason,
+            },
+            Error::DuplicateChannel(name) => Error::DuplicateChannel(name.clone()),
+            Error::InvalidConfig(message) => Error::InvalidConfig(message.clone()),
+            Error::NotFound(id) => Error::NotFound(*id),
+            Error::InvalidTransition { id, status, action } => Error::InvalidTransition {
+                id: *id,
+                status: *status,
+                action,
+            },
+            Error::LeaseLost { id, attempt } => Error::LeaseLost {
+                id: *id,
+                attempt: *attempt,
+            },
+            Error::Codec { action, message } => Error::Codec {
+                action,
+                message: message.clone(),
+            },
+            Error::Busy { backend } => Error::Busy { backend },
+            Error::InUse { backend, message } => Error::InUse {
+                backend,
+                message: message.clone(),
+            },
+            Error::Corrupt { backend, message } => Error::Corrupt {
+                backend,
+                message: message.clone(),
+            },
+            Error::Foreign { backend, message } => Error::Foreign {
+                backend,
+                message: message.clone(),
+            },
+            Error::SchemaTooNew {
+                backend,
+                found,
+                supported,
+            } => Error::SchemaTooNew {
+                backend,
+                found: *found,
+                supported: *supported,
+            },
+            Error::ReadOnly { backend, message } => Error::ReadOnly {
+                backend,
+                message: message.clone(),
+            },
+            Error::Full { backend, message } => Error::Full {
+                backend,
+                message: message.clone(),
+            },
+            Error::Spawn(_) | Error::Backend { .. } => return None,
+        })
+    }
+
     /// Builds [`Error::InvalidConfig`].
     pub fn config(message: impl Into<String>) -> Self {
         Error::InvalidConfig(message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_say_the_same_and_sources_are_not_copied() {
+        let copyable = [
+            Error::UnknownChannel("c".into()),
+            Error::config("zero workers"),
+            Error::LeaseLost {
+                id: TaskId::new(3),
+                attempt: 2,
+            },
+            Error::Corrupt {
+                backend: "b",
+                message: "page 7".into(),
+            },
+            Error::ReadOnly {
+                backend: "b",
+                message: "q.db".into(),
+            },
+            Error::Full {
+                backend: "b",
+                message: "disk".into(),
+            },
+            Error::SchemaTooNew {
+                backend: "b",
+                found: 9,
+                supported: 2,
+            },
+        ];
+        for e in &copyable {
+            let copy = e.try_clone().expect("copyable");
+            assert_eq!(copy.to_string(), e.to_string());
+            assert_eq!(std::mem::discriminant(&copy), std::mem::discriminant(e));
+        }
+        let backend = Error::Backend {
+            backend: "b",
+            source: "engine".into(),
+        };
+        assert!(backend.try_clone().is_none());
+        assert!(
+            Error::Spawn(std::io::Error::other("no threads"))
+                .try_clone()
+                .is_none()
+        );
     }
 }

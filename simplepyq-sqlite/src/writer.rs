@@ -262,25 +262,10 @@ fn stopped_write() -> Error {
 
 /// An error with the same meaning, for another caller.
 fn copy(e: &Error) -> Error {
-    match e {
-        Error::Busy { backend } => Error::Busy { backend },
-        Error::Corrupt { backend, message } => Error::Corrupt {
-            backend,
-            message: message.clone(),
-        },
-        Error::Full { backend, message } => Error::Full {
-            backend,
-            message: message.clone(),
-        },
-        Error::ReadOnly { backend, message } => Error::ReadOnly {
-            backend,
-            message: message.clone(),
-        },
-        other => Error::Backend {
-            backend: BACKEND,
-            source: other.to_string().into(),
-        },
-    }
+    e.try_clone().unwrap_or_else(|| Error::Backend {
+        backend: BACKEND,
+        source: e.to_string().into(),
+    })
 }
 
 /// Answers every job of a failed transaction with the error that failed it.

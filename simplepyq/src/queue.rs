@@ -224,14 +224,7 @@ impl<S: Store> Shared<S> {
         report::trace_store_error(e);
         *self.last_error.lock() = Some(e.to_string());
         let lasting = match e {
-            Error::Corrupt { backend, message } => Some(Error::Corrupt {
-                backend,
-                message: message.clone(),
-            }),
-            Error::ReadOnly { backend, message } => Some(Error::ReadOnly {
-                backend,
-                message: message.clone(),
-            }),
+            Error::Corrupt { .. } | Error::ReadOnly { .. } => e.try_clone(),
             _ => None,
         };
         if lasting.is_some() {
