@@ -232,6 +232,18 @@ impl Error {
         })
     }
 
+    /// [`Error::InvalidConfig`] naming `path` if the directory that should hold the queue
+    /// file at `path` does not exist; for a store that could not create its file.
+    pub fn missing_directory(path: &std::path::Path) -> Option<Self> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+        (!dir.is_dir()).then(|| {
+            Error::config(format!(
+                "cannot create the queue file {}: its directory does not exist",
+                path.display()
+            ))
+        })
+    }
+
     /// Builds [`Error::InvalidConfig`].
     pub fn config(message: impl Into<String>) -> Self {
         Error::InvalidConfig(message.into())

@@ -199,12 +199,10 @@ fn io_err(io: std::io::Error) -> Error {
 /// [`Error::Corrupt`] rather than a panic deep inside redb later.
 fn open_database(path: &Path, create: bool, cap: &Cap, failures: &Failures) -> Result<Database> {
     let file = FileStorage::open(path, create, cap.clone(), failures.clone()).map_err(|io| {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if io.kind() == std::io::ErrorKind::NotFound && dir.is_some_and(|d| !d.is_dir()) {
-            return Error::config(format!(
-                "cannot create the queue file {}: its directory does not exist",
-                path.display()
-            ));
+        if io.kind() == std::io::ErrorKind::NotFound
+            && let Some(missing) = Error::missing_directory(path)
+        {
+            return missing;
         }
         match io_err(io) {
             Error::ReadOnly { backend, message } => Error::ReadOnly {
@@ -341,7 +339,7 @@ impl RedbStore {
     /// The open database, opened again first if a failed write closed it.
     fn database(&self) -> Result<MappedRwLockReadGuard<'_, Database>> {
         loop {
-            // Recursive: a call may read while it holds the guard of another.
+            // Calls in flight do not queue behind a waiting reopen (which waits for them).
             let guard = self.db.read_recursive();
             match RwLockReadGuard::try_map(guard, Option::as_ref) {
                 Ok(db) => return Ok(db),

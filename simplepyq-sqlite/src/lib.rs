@@ -257,15 +257,8 @@ fn cannot_open(path: &Path, e: rusqlite::Error) -> Error {
     if e.sqlite_error_code() != Some(rusqlite::ErrorCode::CannotOpen) {
         return E::from(e).into();
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        return Error::config(format!(
-            "cannot create the queue file {}: its directory does not exist",
-            path.display()
-        ));
+    if let Some(missing) = Error::missing_directory(path) {
+        return missing;
     }
     Error::ReadOnly {
         backend: error::BACKEND,

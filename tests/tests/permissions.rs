@@ -183,3 +183,25 @@ fn a_redb_queue_in_a_read_only_directory_works() {
     let counts = Backend::Redb.open(&db).counts(None).expect("counts");
     assert_eq!(counts.done, 3);
 }
+
+/// A queue file in a directory that does not exist: a configuration error naming the path,
+/// and no directory is created.
+#[test]
+fn a_missing_directory_is_a_clear_error() {
+    let root = tempfile::tempdir().expect("temp dir");
+    for (name, open) in [
+        (
+            "tasks.db",
+            (|p: &Path| simplepyq::SqliteStore::open(p).map(|_| ())) as fn(&Path) -> _,
+        ),
+        ("tasks.redb", |p: &Path| {
+            simplepyq::RedbStore::open(p).map(|_| ())
+        }),
+    ] {
+        let path = root.path().join("no-such-dir").join(name);
+        let err = open(&path).expect_err("no directory");
+        assert!(matches!(err, simplepyq::Error::InvalidConfig(_)), "{err}");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(!root.path().join("no-such-dir").exists());
+    }
+}
