@@ -77,7 +77,17 @@ impl Place {
         if self.as_nobody {
             cmd.uid(NOBODY).gid(NOBODY);
         }
-        cmd.output().expect("run the worker")
+        // The copy was just written: a child another test forks meanwhile may hold its
+        // write descriptor until it execs, and then exec fails with "text file busy".
+        for _ in 0..100 {
+            match cmd.output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => return result.expect("run the worker"),
+            }
+        }
+        panic!("the worker's copy stayed busy for a second")
     }
 }
 
