@@ -221,7 +221,7 @@ fn idle_timeout<S: Store>(
 ) -> Duration {
     match shared.store.next_wakeup(channel) {
         Ok(Some(at)) if at > now => now.until(at).min(poll),
-        Ok(Some(_)) => match shared.store.recover_expired(now) {
+        Ok(Some(_)) => match renew_and_recover(shared) {
             Ok(n) if n > 0 => Duration::ZERO,
             Ok(_) => poll,
             Err(e) => {
@@ -289,17 +289,27 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 pub(crate) fn keep_leases<S: Store>(shared: &Shared<S>, signal: &Signal) {
     let period = (shared.lease / 3).max(Duration::from_millis(1));
     while !signal.wait(period) {
-        let claims: Vec<_> = shared.inflight.lock().claims.values().copied().collect();
-        let now = shared.now();
-        if !claims.is_empty()
-            && let Err(e) = shared.store.extend_leases(&claims, now.after(shared.lease))
-        {
-            shared.record_error(&e);
-        }
-        match shared.store.recover_expired(now) {
+        match renew_and_recover(shared) {
             Ok(0) => {}
             Ok(_) => shared.wake_all(),
             Err(e) => shared.record_error(&e),
         }
     }
+}
+
+/// Renews the leases of the tasks this queue runs, then recovers the tasks whose lease
+/// expired; returns how many were recovered.
+///
+/// Renewing first means a lease of this queue's own that lapsed (its keeper thread starved,
+/// a commit slow on a loaded disk) is not taken for a dead worker's: its task is not run
+/// again while it still runs here. If the renewal fails, nothing is recovered this time.
+pub(crate) fn renew_and_recover<S: Store>(shared: &Shared<S>) -> simplepyq_core::Result<usize> {
+    let claims: Vec<_> = shared.inflight.lock().claims.values().copied().collect();
+    let now = shared.now();
+    if !claims.is_empty() {
+        shared
+            .store
+            .extend_leases(&claims, now.after(shared.lease))?;
+    }
+    shared.store.recover_expired(now)
 }

@@ -504,6 +504,53 @@ pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>) {
     assert!(matches!(stale, Err(Error::LeaseLost { .. })));
 }
 
+/// A lease of this queue's own that lapsed before its keeper renewed it (here: the clock
+/// jumps two leases ahead while a handler runs, and the keeper's next round is seconds
+/// away) is renewed, not recovered: an idle worker of the same queue, finding an expired
+/// lease, does not run the task a second time.
+pub fn a_lapsed_lease_of_a_live_worker_is_renewed_not_recovered(store: Box<dyn Store>) {
+    let clock = ManualClock::new(crate::conformance::T0);
+    let q = SimplePyQ::builder(store)
+        .clock(clock.clone())
+        .lease(Duration::from_secs(30))
+        .poll_interval(Duration::from_millis(5))
+        .build()
+        .expect("valid settings");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(AtomicBool::new(false));
+    let (r, go) = (Arc::clone(&runs), Arc::clone(&release));
+    q.add_channel(
+        "c",
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            while !go.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    let id = q
+        .enqueue_with("c", &1u32, EnqueueOptions::new().retries(3))
+        .expect("enqueue");
+    q.start().expect("start");
+    while runs.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    clock.advance(Duration::from_secs(60));
+    // The idle worker polls every few milliseconds meanwhile.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the running task ran again");
+    release.store(true, Ordering::SeqCst);
+    q.run_until_complete().expect("run");
+    let s = state(&q, id);
+    assert_eq!(
+        (s.status, s.attempts, runs.load(Ordering::SeqCst)),
+        (Status::Done, 1, 1)
+    );
+}
+
 /// A handler that runs for several leases keeps its task: the lease is renewed, so the task
 /// is neither recovered nor claimed by anyone else meanwhile, and it runs once.
 pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>) {
@@ -954,6 +1001,7 @@ macro_rules! scenario_tests {
             misuse_gets_clear_errors,
             expired_lease_runs_the_task_again,
             slow_handler_keeps_its_lease,
+            a_lapsed_lease_of_a_live_worker_is_renewed_not_recovered,
             scheduled_tasks_run_when_due,
             priorities_run_highest_first,
             unique_keys_prevent_duplicates,
