@@ -150,6 +150,11 @@ pub enum Error {
         message: String,
     },
 
+    /// The queue was stopped (by another thread, or by dropping it) while this call waited
+    /// for its work to be done.
+    #[error("the queue was stopped before its work was complete")]
+    Stopped,
+
     /// A worker thread could not be started.
     #[error("could not start a worker thread: {0}")]
     Spawn(#[source] std::io::Error),
@@ -228,6 +233,7 @@ impl Error {
                 backend,
                 message: message.clone(),
             },
+            Error::Stopped => Error::Stopped,
             Error::Spawn(_) | Error::Backend { .. } => return None,
         })
     }
@@ -259,6 +265,7 @@ mod tests {
         let copyable = [
             Error::UnknownChannel("c".into()),
             Error::config("zero workers"),
+            Error::Stopped,
             Error::LeaseLost {
                 id: TaskId::new(3),
                 attempt: 2,

@@ -62,12 +62,22 @@ pub trait Store: Send + Sync + Debug + 'static {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>>;
 
-    /// Recovers running tasks whose lease expired by `now`, as failed attempts with
-    /// [`crate::transition::WORKER_LOST`]; returns how many.
+    /// Gives back claimed tasks whose handlers never started; returns how many were still
+    /// held.
     ///
     /// # Contract
-    /// Tasks with retries left become due at once; others become `Failed`.
-    fn recover_expired(&self, now: Timestamp) -> Result<usize>;
+    /// Each held claim's task is `Pending` again with its lease cleared and the attempt of
+    /// the claim not counted (see [`crate::transition::Event::Release`]). Claims that are no
+    /// longer held are skipped, not an error.
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize>;
+
+    /// Recovers running tasks whose lease expired by `now` as lost runs (see
+    /// [`crate::transition::Event::Expire`]); returns how many.
+    ///
+    /// # Contract
+    /// Such a task becomes due at once with [`crate::transition::WORKER_LOST`] as its last
+    /// error and its retries unchanged; the lost run past `max_lost_runs` makes it `Failed`.
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize>;
 
     /// Deletes failed tasks of `channel`, or of every channel; returns how many.
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize>;
@@ -165,8 +175,11 @@ macro_rules! forward_store {
             fn finish_many(&self, results: &[(Claim, Outcome)], now: Timestamp) -> Result<Vec<Result<Status>>> {
                 (**self).finish_many(results, now)
             }
-            fn recover_expired(&self, now: Timestamp) -> Result<usize> {
-                (**self).recover_expired(now)
+            fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+                (**self).release(claims, now)
+            }
+            fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
+                (**self).recover_expired(now, max_lost_runs)
             }
             fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
                 (**self).clear_failed(channel)

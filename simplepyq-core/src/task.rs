@@ -109,8 +109,13 @@ pub struct TaskState {
     pub retries_left: u32,
     /// The retry count the task was enqueued with; `requeue_failed` without a count restores it.
     pub max_retries: u32,
-    /// How many times a worker claimed the task. Each claim is one attempt.
+    /// How many times a worker claimed the task. Each claim is one attempt; a claim given
+    /// back before its handler started ([`crate::transition::Event::Release`]) is not.
     pub attempts: u32,
+    /// How many runs were lost: their lease expired before an outcome was recorded (the
+    /// worker's process died, or hung). Lost runs use no retry; past a bound, the task fails
+    /// with [`crate::transition::WORKER_LOST`]. A requeue starts the count again.
+    pub lost_runs: u32,
     /// When a queued task becomes due.
     pub run_at: Timestamp,
     /// When the lease of a running task expires; `None` unless running.
@@ -133,6 +138,7 @@ impl TaskState {
             retries_left: retries,
             max_retries: retries,
             attempts: 0,
+            lost_runs: 0,
             run_at,
             lease_until: None,
             last_error: None,
@@ -177,12 +183,20 @@ impl Task {
 /// The attempt number fences stale workers: once a lease expired and the task was recovered
 /// or claimed again, finishing with an old `Claim` fails with [`crate::Error::LeaseLost`]
 /// and changes nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Claim {
     /// The task.
     pub id: TaskId,
     /// The attempt this claim started (the task's `attempts` after the claim).
     pub attempt: u32,
+}
+
+impl Claim {
+    /// Whether this claim still holds a task in `state`: the task runs, in this attempt.
+    /// Stores call it before every change made on a claim's behalf.
+    pub fn holds(&self, state: &TaskState) -> bool {
+        state.status == Status::Running && state.attempts == self.attempt
+    }
 }
 
 /// A task to enqueue.

@@ -9,7 +9,9 @@
 //! Running  --succeed-->  Done
 //! Running  --fail-->     Pending or Delayed (retry_at) with one retry fewer; Failed if none
 //! Running  --delay-->    Delayed    no retry used
-//! Running  --expire-->   as fail, with "worker lost": the lease ran out
+//! Running  --release-->  Pending    given back unstarted: the claim's attempt is not counted
+//! Running  --expire-->   Pending    a lost run: the lease ran out; no retry used, but past
+//!                                   max_lost_runs lost runs: Failed, with "worker lost"
 //! Failed   --requeue-->  Pending
 //! Pending or Delayed --cancel--> deleted
 //! ```
@@ -21,6 +23,11 @@ use crate::{Outcome, Status, TaskState, Timestamp};
 
 /// The error message recorded when a running task's lease expires.
 pub const WORKER_LOST: &str = "worker lost: the lease expired before the task finished";
+
+/// How many lost runs a task may have before the next one fails it, unless a queue says
+/// otherwise: a crash costs a task no retry, but a task that kills its worker every time (a
+/// poison pill) ends failed.
+pub const DEFAULT_MAX_LOST_RUNS: u32 = 3;
 
 /// Something that happens to a task.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,11 +51,21 @@ pub enum Event {
         /// How it ended.
         outcome: Outcome,
     },
-    /// The lease of a running task expired: its worker is presumed dead. Counts as a failed
-    /// attempt with [`WORKER_LOST`] as the error.
+    /// The worker gives a running task back before its handler started (the queue stops, is
+    /// dropped, or the channel is removed): it is pending again and the attempt its claim
+    /// counted is not counted.
+    Release {
+        /// The time of the release.
+        now: Timestamp,
+    },
+    /// The lease of a running task expired: its worker is presumed dead, and the run lost.
+    /// A lost run uses no retry: the task is due again, with [`WORKER_LOST`] as its last
+    /// error; the lost run past `max_lost_runs` fails it.
     Expire {
         /// The time of recovery; the lease must have expired by then.
         now: Timestamp,
+        /// How many lost runs a task may have; one more fails it.
+        max_lost_runs: u32,
     },
     /// A delayed task whose run-at has come becomes pending.
     Promote {
@@ -83,6 +100,7 @@ impl Event {
                 outcome: Outcome::Delayed { .. },
                 ..
             } => "delay",
+            Event::Release { .. } => "release",
             Event::Expire { .. } => "recover",
             Event::Promote { .. } => "promote",
             Event::Requeue { .. } => "requeue",
@@ -113,8 +131,9 @@ impl Refused {
 /// The state after `event`, or why the event is not legal in `state`.
 ///
 /// Rules: a claim needs a queued task whose run-at has come and counts one attempt; a
-/// failure consumes one retry if any is left (a permanent one sets none left), otherwise
-/// the task is `Failed`; a delay consumes no retry; an expired lease is a failure; only a
+/// release gives a running task back uncounted; a failure consumes one retry if any is
+/// left (a permanent one sets none left), otherwise the task is `Failed`; a delay consumes
+/// no retry; an expired lease is a lost run, which consumes no retry but is bounded; only a
 /// `Failed` task can be requeued, and it keeps its attempts. `Done` is final.
 pub fn apply(state: &TaskState, event: &Event) -> Result<TaskState, Refused> {
     let refuse = || Refused {
@@ -144,16 +163,30 @@ pub fn apply(state: &TaskState, event: &Event) -> Result<TaskState, Refused> {
             }
             finish(&mut next, *now, outcome);
         }
-        Event::Expire { now } => {
+        Event::Release { now } => {
+            if state.status != Status::Running {
+                return Err(refuse());
+            }
+            next.status = Status::Pending;
+            next.attempts = state.attempts.saturating_sub(1);
+            next.lease_until = None;
+            next.updated_at = *now;
+        }
+        Event::Expire { now, max_lost_runs } => {
             if state.status != Status::Running || state.lease_until.is_some_and(|l| l > *now) {
                 return Err(refuse());
             }
-            let outcome = Outcome::Failed {
-                error: WORKER_LOST.to_owned(),
-                retry_at: *now,
-                permanent: false,
-            };
-            finish(&mut next, *now, &outcome);
+            next.lost_runs = state.lost_runs.saturating_add(1);
+            next.last_error = Some(WORKER_LOST.to_owned());
+            next.lease_until = None;
+            next.updated_at = *now;
+            if next.lost_runs > *max_lost_runs {
+                next.status = Status::Failed;
+                next.retries_left = 0;
+            } else {
+                next.status = Status::Pending;
+                next.run_at = *now;
+            }
         }
         Event::Promote { now } => {
             if state.status != Status::Delayed || state.run_at > *now {
@@ -168,6 +201,7 @@ pub fn apply(state: &TaskState, event: &Event) -> Result<TaskState, Refused> {
             }
             next.status = Status::Pending;
             next.retries_left = retries.unwrap_or(state.max_retries);
+            next.lost_runs = 0;
             next.run_at = *now;
             next.updated_at = *now;
         }
@@ -329,22 +363,69 @@ mod tests {
         assert_eq!(r5.retries_left, 5);
     }
 
+    fn expire(now: i64) -> Event {
+        Event::Expire {
+            now: Timestamp::from_millis(now),
+            max_lost_runs: 2,
+        }
+    }
+
     #[test]
     fn lease_expiry_only_after_the_lease() {
         let s = claimed(0);
-        let early = Event::Expire {
-            now: Timestamp::from_millis(1_999),
-        };
-        assert!(apply(&s, &early).is_err());
-        let late = apply(
+        assert!(apply(&s, &expire(1_999)).is_err());
+        let late = apply(&s, &expire(2_000)).expect("expired leases can be recovered");
+        assert_eq!(
+            (
+                late.status,
+                late.retries_left,
+                late.lost_runs,
+                late.attempts
+            ),
+            (Status::Pending, 0, 1, 1),
+            "a lost run uses no retry"
+        );
+        assert_eq!(late.last_error.as_deref(), Some(WORKER_LOST));
+        assert_eq!(late.lease_until, None);
+    }
+
+    #[test]
+    fn the_lost_run_past_the_bound_fails_the_task() {
+        let mut s = claimed(5);
+        for lost in 1..=3 {
+            s = apply(&s, &expire(2_000)).expect("expired leases can be recovered");
+            assert_eq!(s.lost_runs, lost);
+            if lost <= 2 {
+                assert_eq!((s.status, s.retries_left), (Status::Pending, 5));
+                s = apply(
+                    &s,
+                    &Event::Claim {
+                        now: Timestamp::from_millis(2_000),
+                        lease_until: Timestamp::from_millis(2_000),
+                    },
+                )
+                .expect("due");
+            }
+        }
+        assert_eq!((s.status, s.retries_left), (Status::Failed, 0));
+        let again = apply(
             &s,
-            &Event::Expire {
-                now: Timestamp::from_millis(2_000),
+            &Event::Requeue {
+                now: T0,
+                retries: None,
             },
         )
-        .expect("expired leases can be recovered");
-        assert_eq!(late.status, Status::Failed);
-        assert_eq!(late.last_error.as_deref(), Some(WORKER_LOST));
+        .expect("failed tasks can be requeued");
+        assert_eq!((again.lost_runs, again.retries_left), (0, 5));
+    }
+
+    #[test]
+    fn release_gives_the_attempt_back() {
+        let s = TaskState::new(0, T0, T0);
+        let running = claimed(0);
+        let released = apply(&running, &Event::Release { now: T0 }).expect("running");
+        assert_eq!(released, s);
+        assert!(apply(&released, &Event::Release { now: T0 }).is_err());
     }
 
     #[test]
@@ -367,7 +448,11 @@ mod tests {
                 now: T0,
                 retries: None,
             },
-            Event::Expire { now: T0 },
+            Event::Expire {
+                now: T0,
+                max_lost_runs: 3,
+            },
+            Event::Release { now: T0 },
             Event::Extend { lease_until: T0 },
         ] {
             assert_eq!(
@@ -398,7 +483,8 @@ mod tests {
             (ts(), ts()).prop_map(|(now, lease_until)| Event::Claim { now, lease_until }),
             ts().prop_map(|lease_until| Event::Extend { lease_until }),
             (ts(), outcome).prop_map(|(now, outcome)| Event::Finish { now, outcome }),
-            ts().prop_map(|now| Event::Expire { now }),
+            (ts(), 0u32..4).prop_map(|(now, max_lost_runs)| Event::Expire { now, max_lost_runs }),
+            ts().prop_map(|now| Event::Release { now }),
             ts().prop_map(|now| Event::Promote { now }),
             (ts(), proptest::option::of(0u32..5))
                 .prop_map(|(now, retries)| Event::Requeue { now, retries }),
@@ -419,13 +505,15 @@ mod tests {
                     match e {
                         Event::Claim { now, .. } => prop_assert!(!s.status.is_queued() || s.run_at > *now),
                         Event::Requeue { .. } => prop_assert_ne!(s.status, Status::Failed),
-                        Event::Expire { now } => prop_assert!(s.status != Status::Running || s.lease_until > Some(*now)),
+                        Event::Expire { now, .. } => prop_assert!(s.status != Status::Running || s.lease_until > Some(*now)),
                         Event::Promote { now } => prop_assert!(s.status != Status::Delayed || s.run_at > *now),
                         _ => prop_assert_ne!(s.status, Status::Running),
                     }
                     continue;
                 };
-                prop_assert!(next.attempts >= s.attempts, "attempts only grow");
+                if !matches!(e, Event::Release { .. }) {
+                    prop_assert!(next.attempts >= s.attempts, "attempts only grow, but by a release");
+                }
                 if next.status == Status::Failed {
                     prop_assert_eq!(next.retries_left, 0, "failed only when retries are exhausted");
                 }
@@ -434,10 +522,22 @@ mod tests {
                     Event::Finish { outcome: Outcome::Delayed { .. }, .. } => {
                         prop_assert_eq!(next.retries_left, s.retries_left, "a delay consumes no retry");
                     }
-                    Event::Finish { outcome: Outcome::Failed { .. }, .. } | Event::Expire { .. } => {
+                    Event::Finish { outcome: Outcome::Failed { .. }, .. } => {
                         prop_assert!(next.retries_left <= s.retries_left);
                         prop_assert!(next.status == Status::Failed || next.retries_left + 1 == s.retries_left);
                     }
+                    Event::Expire { max_lost_runs, .. } => {
+                        prop_assert_eq!(next.lost_runs, s.lost_runs + 1);
+                        if next.status == Status::Failed {
+                            prop_assert!(next.lost_runs > *max_lost_runs);
+                        } else {
+                            prop_assert_eq!(next.retries_left, s.retries_left, "a lost run uses no retry");
+                        }
+                    }
+                    Event::Release { .. } => prop_assert_eq!(
+                        (next.status, next.attempts, next.retries_left),
+                        (Status::Pending, s.attempts - 1, s.retries_left)
+                    ),
                     Event::Claim { .. } => prop_assert_eq!(next.attempts, s.attempts + 1),
                     Event::Promote { .. } => prop_assert_eq!(
                         (next.status, next.retries_left, next.attempts),

@@ -131,7 +131,19 @@ impl Inner {
     fn held(&self, claim: Claim) -> bool {
         self.tasks
             .get(&claim.id)
-            .is_some_and(|t| t.state.status == Status::Running && t.state.attempts == claim.attempt)
+            .is_some_and(|t| claim.holds(&t.state))
+    }
+
+    /// Applies `event` to the task of each claim still held; returns how many.
+    fn on_held(&mut self, claims: &[Claim], event: &Event) -> Result<usize> {
+        let mut held = 0;
+        for c in claims {
+            if self.held(*c) {
+                self.transition(c.id, event)?;
+                held += 1;
+            }
+        }
+        Ok(held)
     }
 
     fn delete(&mut self, id: TaskId) {
@@ -241,15 +253,13 @@ impl Store for MemoryStore {
     }
 
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
-        let mut inner = self.inner.lock();
-        let mut held = 0;
-        for c in claims {
-            if inner.held(*c) {
-                inner.transition(c.id, &Event::Extend { lease_until })?;
-                held += 1;
-            }
-        }
-        Ok(held)
+        self.inner
+            .lock()
+            .on_held(claims, &Event::Extend { lease_until })
+    }
+
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+        self.inner.lock().on_held(claims, &Event::Release { now })
     }
 
     fn finish_many(
@@ -276,7 +286,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         let mut inner = self.inner.lock();
         let expired: Vec<TaskId> = inner
             .idx
@@ -286,7 +296,7 @@ impl Store for MemoryStore {
             .map(|&(_, id)| id)
             .collect();
         for id in &expired {
-            inner.transition(*id, &Event::Expire { now })?;
+            inner.transition(*id, &Event::Expire { now, max_lost_runs })?;
         }
         Ok(expired.len())
     }

@@ -63,8 +63,9 @@ use crate::storage::{Cap, Failures, FileStorage};
 
 const BACKEND: &str = "redb";
 /// The layout version this build writes. Format 1 (one `queued` index, records without
-/// priority and unique key) is upgraded on open.
-const FORMAT: u64 = 2;
+/// priority and unique key) is upgraded on open; format 2 (records without lost runs) only
+/// has its version raised, as its records are still read.
+const FORMAT: u64 = 3;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 /// Pending tasks in claim order: (channel, -priority, run-at, id).
@@ -326,6 +327,10 @@ impl RedbStore {
         };
         match format {
             Some(FORMAT) => {}
+            Some(2) => store.write(|t| {
+                t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
+                Ok(())
+            })?,
             Some(_) => store.upgrade_from_format_1()?,
             None => store.write(|t| {
                 t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
@@ -437,7 +442,7 @@ fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
         Ok(meta) => {
             let format = meta.get(META_FORMAT).map_err(db_err)?.map(|v| v.value());
             return match format {
-                Some(f @ (1 | FORMAT)) => Ok(Some(f)),
+                Some(f @ (1 | 2 | FORMAT)) => Ok(Some(f)),
                 Some(found) => Err(Error::SchemaTooNew {
                     backend: BACKEND,
                     found: i64::try_from(found).unwrap_or(i64::MAX),
@@ -592,9 +597,19 @@ impl<'tx> Tables<'tx> {
     }
 
     fn held(&self, claim: Claim) -> Result<Option<Task>> {
-        Ok(self
-            .load(claim.id)?
-            .filter(|t| t.state.status == Status::Running && t.state.attempts == claim.attempt))
+        Ok(self.load(claim.id)?.filter(|t| claim.holds(&t.state)))
+    }
+
+    /// Applies `event` to the task of each claim still held; returns how many.
+    fn on_held(&mut self, claims: &[Claim], event: &Event) -> Result<usize> {
+        let mut n = 0;
+        for c in claims {
+            if let Some(mut task) = self.held(*c)? {
+                self.transition(&mut task, event)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Ids of tasks with `status` in `channel`, or in every channel.
@@ -720,16 +735,11 @@ impl Store for RedbStore {
     }
 
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
-        self.write(|t| {
-            let mut n = 0;
-            for c in claims {
-                if let Some(mut task) = t.held(*c)? {
-                    t.transition(&mut task, &Event::Extend { lease_until })?;
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })
+        self.write(|t| t.on_held(claims, &Event::Extend { lease_until }))
+    }
+
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+        self.write(|t| t.on_held(claims, &Event::Release { now }))
     }
 
     fn finish_many(
@@ -758,7 +768,7 @@ impl Store for RedbStore {
         })
     }
 
-    fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         let expired = (i64::MIN, 0)..=(now.as_millis(), u64::MAX);
         let none_expired = self.read(|read| {
             let leases = read.open_table(LEASES).map_err(db_err)?;
@@ -778,7 +788,7 @@ impl Store for RedbStore {
                 ids.push(to_id(key.value().1)?);
             }
             for id in &ids {
-                t.transition_id(*id, &Event::Expire { now })?;
+                t.transition_id(*id, &Event::Expire { now, max_lost_runs })?;
             }
             Ok(ids.len())
         })
@@ -1242,7 +1252,7 @@ mod tests {
             store.complete(t.claim(), T0).expect("complete");
         }
         store.claim("b", 5, T0, T0).expect("claim");
-        store.recover_expired(T0).expect("recover");
+        store.recover_expired(T0, 3).expect("recover");
         store.remove_channel("a").expect("remove");
         let db = store.database().expect("database");
         let read = db.begin_read().expect("read");

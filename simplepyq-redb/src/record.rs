@@ -1,7 +1,8 @@
 //! The bytes of one task as stored in the `tasks` table.
 //!
 //! ```text
-//! u8 format (2) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
+//! u8 format (3) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
+//! u32 lost_runs                                    (format 3 on; 0 before)
 //! i64 run_at | i64 lease_until (i64::MIN: none) | i64 created_at | i64 updated_at
 //! i32 priority                                     (format 2 on; 0 in format 1)
 //! u32 channel length, channel bytes (UTF-8)
@@ -14,9 +15,11 @@
 
 use simplepyq_core::{Status, Task, TaskId, TaskState, Timestamp};
 
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
 /// The first format, without priority and unique key; still read.
 const FORMAT_1: u8 = 1;
+/// The second format, without lost runs; still read.
+const FORMAT_2: u8 = 2;
 const NO_LEASE: i64 = i64::MIN;
 
 /// The one-byte code of a status, as stored in records and index keys.
@@ -40,10 +43,10 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
     let error = s.last_error.as_deref();
     let key = task.unique_key.as_deref();
     let texts = task.channel.len() + error.map_or(0, str::len) + key.map_or(0, str::len);
-    let mut out = Vec::with_capacity(62 + texts + task.args.len());
+    let mut out = Vec::with_capacity(66 + texts + task.args.len());
     out.push(FORMAT);
     out.push(status_code(s.status));
-    for v in [s.retries_left, s.max_retries, s.attempts] {
+    for v in [s.retries_left, s.max_retries, s.attempts, s.lost_runs] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     let lease = s.lease_until.map_or(NO_LEASE, Timestamp::as_millis);
@@ -130,11 +133,12 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
     let mut r = Reader(bytes);
     let format = r.u8()?;
-    if format != FORMAT && format != FORMAT_1 {
+    if ![FORMAT_1, FORMAT_2, FORMAT].contains(&format) {
         return Err("unknown record format");
     }
     let status = status_from_code(r.u8()?).ok_or("unknown status code")?;
     let (retries_left, max_retries, attempts) = (r.u32()?, r.u32()?, r.u32()?);
+    let lost_runs = if format == FORMAT { r.u32()? } else { 0 };
     let (run_at, lease, created_at, updated_at) = (r.i64()?, r.i64()?, r.i64()?, r.i64()?);
     let priority = if format == FORMAT_1 {
         0
@@ -161,6 +165,7 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
             retries_left,
             max_retries,
             attempts,
+            lost_runs,
             run_at: Timestamp::from_millis(run_at),
             lease_until: (lease != NO_LEASE).then(|| Timestamp::from_millis(lease)),
             last_error,
@@ -182,7 +187,7 @@ pub(crate) mod tests {
                 any::<Vec<u8>>(),
                 any::<i64>(),
             ),
-            (0usize..5, any::<u32>(), any::<u32>(), any::<u32>()),
+            (0usize..5, any::<u32>(), any::<u32>(), any::<(u32, u32)>()),
             (any::<i64>(), proptest::option::of(i64::MIN + 1..i64::MAX)),
             (proptest::option::of(".{0,80}"), any::<i64>()),
             (any::<i32>(), proptest::option::of(".{0,20}")),
@@ -190,7 +195,7 @@ pub(crate) mod tests {
             .prop_map(
                 |(
                     (id, channel, args, created),
-                    (status, retries_left, max_retries, attempts),
+                    (status, retries_left, max_retries, (attempts, lost_runs)),
                     (run_at, lease),
                     (last_error, updated),
                     (priority, unique_key),
@@ -206,6 +211,7 @@ pub(crate) mod tests {
                         retries_left,
                         max_retries,
                         attempts,
+                        lost_runs,
                         run_at: Timestamp::from_millis(run_at),
                         lease_until: lease.map(Timestamp::from_millis),
                         last_error,
@@ -282,5 +288,20 @@ pub(crate) mod tests {
         t.state.last_error = Some("boom".into());
         let decoded = decode(t.id, &encode_format_1(&t)).expect("format 1 decodes");
         assert_eq!(decoded, t);
+    }
+
+    #[test]
+    fn format_2_records_still_decode() {
+        let mut t = simplepyq_core::NewTask::new("c", vec![0x90])
+            .retries(2)
+            .priority(4)
+            .unique_key("k")
+            .to_task(TaskId::new(7), Timestamp::from_millis(10));
+        t.state.attempts = 3;
+        let mut v2 = encode(&t);
+        // Format 2 had no lost-run count after the attempts.
+        v2[0] = FORMAT_2;
+        v2.drain(14..18);
+        assert_eq!(decode(t.id, &v2), Ok(t));
     }
 }

@@ -36,8 +36,9 @@
 //! # Inspecting with SQL
 //! The table `tasks` has one row per task: `id`, `channel`, `args` (MessagePack), `status`
 //! (`pending`, `running`, `delayed`, `done`, `failed`), `retries_left`, `max_retries`,
-//! `attempts`, `run_at`, `lease_until`, `last_error`, `created_at`, `updated_at` (times in
-//! milliseconds since the Unix epoch). Read it freely; write it only through simplepyq.
+//! `attempts`, `lost_runs`, `run_at`, `lease_until`, `last_error`, `created_at`,
+//! `updated_at` (times in milliseconds since the Unix epoch). Read it freely; write it only
+//! through simplepyq.
 
 mod checkpoint;
 mod error;
@@ -140,10 +141,10 @@ pub struct SqliteStore {
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
 const COLUMNS: &str = "id, channel, args, created_at, priority, unique_key, status, \
                        retries_left, max_retries, attempts, run_at, lease_until, last_error, \
-                       updated_at";
+                       updated_at, lost_runs";
 /// The columns of a [`TaskState`], as [`state_from_row`] reads them.
-const STATE_COLUMNS: &str =
-    "status, retries_left, max_retries, attempts, run_at, lease_until, last_error, updated_at";
+const STATE_COLUMNS: &str = "status, retries_left, max_retries, attempts, run_at, lease_until, \
+                             last_error, updated_at, lost_runs";
 
 impl SqliteStore {
     /// Opens the queue file at `path`, creating it if needed, with default settings.
@@ -305,6 +306,7 @@ fn state_from_row(r: &Row<'_>, at: usize) -> R<TaskState> {
         lease_until: r.get::<_, Option<i64>>(at + 5)?.map(Timestamp::from_millis),
         last_error: r.get(at + 6)?,
         updated_at: Timestamp::from_millis(r.get(at + 7)?),
+        lost_runs: to_u32("lost_runs", r.get(at + 8)?)?,
     })
 }
 
@@ -331,7 +333,7 @@ fn load_state(tx: &Transaction<'_>, id: TaskId) -> R<Option<TaskState>> {
     }
 }
 
-/// Binds the values of [`STATE_COLUMNS`] to parameters `first..first + 8`.
+/// Binds the values of [`STATE_COLUMNS`] to parameters `first..first + 9`.
 fn bind_state(stmt: &mut Statement<'_>, first: usize, s: &TaskState) -> R<()> {
     stmt.raw_bind_parameter(first, s.status.as_str())?;
     stmt.raw_bind_parameter(first + 1, s.retries_left)?;
@@ -341,13 +343,15 @@ fn bind_state(stmt: &mut Statement<'_>, first: usize, s: &TaskState) -> R<()> {
     stmt.raw_bind_parameter(first + 5, s.lease_until.map(Timestamp::as_millis))?;
     stmt.raw_bind_parameter(first + 6, &s.last_error)?;
     stmt.raw_bind_parameter(first + 7, s.updated_at.as_millis())?;
+    stmt.raw_bind_parameter(first + 8, s.lost_runs)?;
     Ok(())
 }
 
 fn save_state(tx: &Transaction<'_>, id: TaskId, s: &TaskState) -> R<()> {
     let mut stmt = tx.prepare_cached(
         "UPDATE tasks SET status = ?2, retries_left = ?3, max_retries = ?4, attempts = ?5, \
-         run_at = ?6, lease_until = ?7, last_error = ?8, updated_at = ?9 WHERE id = ?1",
+         run_at = ?6, lease_until = ?7, last_error = ?8, updated_at = ?9, lost_runs = ?10 \
+         WHERE id = ?1",
     )?;
     stmt.raw_bind_parameter(1, id.get())?;
     bind_state(&mut stmt, 2, s)?;
@@ -389,8 +393,19 @@ fn channel_filter(channel: Option<&str>, n: usize) -> String {
 
 /// The state of the task of `claim` if that attempt is still running.
 fn held(tx: &Transaction<'_>, claim: Claim) -> R<Option<TaskState>> {
-    Ok(load_state(tx, claim.id)?
-        .filter(|s| s.status == Status::Running && s.attempts == claim.attempt))
+    Ok(load_state(tx, claim.id)?.filter(|s| claim.holds(s)))
+}
+
+/// Applies `event` to the task of each claim still held; returns how many.
+fn on_held(tx: &Transaction<'_>, claims: &[Claim], event: &Event) -> R<usize> {
+    let mut n = 0;
+    for c in claims {
+        if let Some(state) = held(tx, *c)? {
+            transition_from(tx, c.id, &state, event)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Pending tasks of channel ?1 due by ?2 (pending tasks are due unless clocks disagree).
@@ -407,7 +422,7 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 {STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                 {STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
             ))?;
             let mut existing = tx.prepare_cached(
                 "SELECT id FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
@@ -492,16 +507,12 @@ impl Store for SqliteStore {
 
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
         let claims = claims.to_vec();
-        self.write(move |tx| {
-            let mut n = 0;
-            for c in claims {
-                if let Some(state) = held(tx, c)? {
-                    transition_from(tx, c.id, &state, &Event::Extend { lease_until })?;
-                    n += 1;
-                }
-            }
-            Ok(n)
-        })
+        self.write(move |tx| on_held(tx, &claims, &Event::Extend { lease_until }))
+    }
+
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+        let claims = claims.to_vec();
+        self.write(move |tx| on_held(tx, &claims, &Event::Release { now }))
     }
 
     fn finish_many(
@@ -527,7 +538,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         const EXPIRED: &str = "SELECT id FROM tasks WHERE status = 'running' AND lease_until <= ?1 ORDER BY lease_until";
         if self
             .read(|conn| ids(conn, EXPIRED, [now.as_millis()]))?
@@ -538,7 +549,7 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let expired = ids(tx, EXPIRED, [now.as_millis()])?;
             for id in &expired {
-                transition(tx, *id, &Event::Expire { now })?;
+                transition(tx, *id, &Event::Expire { now, max_lost_runs })?;
             }
             Ok(expired.len())
         })

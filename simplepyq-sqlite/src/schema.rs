@@ -12,6 +12,7 @@ pub(crate) const APPLICATION_ID: i32 = 0x5350_5951;
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_tasks.sql"),
     include_str!("../migrations/0002_priority_unique.sql"),
+    include_str!("../migrations/0003_lost_runs.sql"),
 ];
 
 /// The schema version this build writes.

@@ -436,7 +436,10 @@ impl<S: Store> SimplePyQ<S> {
             return Ok(());
         }
         // A failure here is not fatal: the lease keeper recovers expired leases again soon.
-        if let Err(e) = self.shared.store.recover_expired(self.shared.now()) {
+        if let Err(e) = self.shared.store.recover_expired(
+            self.shared.now(),
+            simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS,
+        ) {
             self.shared.record_error(&e);
         }
         let names: Vec<String> = reg.channels.keys().cloned().collect();

@@ -311,5 +311,7 @@ pub(crate) fn renew_and_recover<S: Store>(shared: &Shared<S>) -> simplepyq_core:
             .store
             .extend_leases(&claims, now.after(shared.lease))?;
     }
-    shared.store.recover_expired(now)
+    shared
+        .store
+        .recover_expired(now, simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS)
 }

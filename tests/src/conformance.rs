@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use simplepyq_core::transition::WORKER_LOST;
 use simplepyq_core::{
-    Claim, Error, ListFilter, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
+    Claim, Error, ListFilter, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, TaskState,
+    Timestamp,
 };
 
 /// The start of every test's time line.
@@ -289,35 +290,92 @@ pub fn extend_leases_keeps_held_claims_only(s: &dyn Store) {
     s.extend_leases(&[held.claim()], at(10)).expect("extend");
     assert_eq!(lease(s), Some(at(90_000)));
     // An extended lease is not recovered at the old expiry.
-    assert_eq!(s.recover_expired(T0.after(LEASE)).expect("recover"), 0);
+    assert_eq!(s.recover_expired(T0.after(LEASE), 3).expect("recover"), 0);
 }
 
-/// Expired leases are recovered as failed attempts: retried if retries are left, failed
-/// otherwise. The old claim is then lost.
-pub fn recover_expired_retries_or_fails(s: &dyn Store) {
-    let retry = add(s, task("a").retries(1));
-    let last = add(s, task("b"));
+/// Expired leases are recovered as lost runs: due again with no retry used, with "worker
+/// lost" as the last error; the lost run past the bound fails the task (here the bound is
+/// 1 for one task and 0 for the other). The old claim is then lost.
+pub fn recover_expired_counts_lost_runs(s: &dyn Store) {
+    let a = add(s, task("a"));
     let t1 = claim_one(s, "a", T0);
-    let t2 = claim_one(s, "b", T0);
     let expiry = T0.after(LEASE);
     let just_before = Timestamp::from_millis(expiry.as_millis() - 1);
-    assert_eq!(s.recover_expired(just_before).expect("recover"), 0);
-    assert_eq!(s.recover_expired(expiry).expect("recover"), 2);
-    let r = s.get(retry).expect("get").expect("exists");
-    assert_eq!((r.state.status, r.state.retries_left), (Status::Pending, 0));
-    assert_eq!(r.state.last_error.as_deref(), Some(WORKER_LOST));
-    assert_eq!(status(s, last), Status::Failed);
+    assert_eq!(s.recover_expired(just_before, 1).expect("recover"), 0);
+    assert_eq!(s.recover_expired(expiry, 1).expect("recover"), 1);
+    let r = s.get(a).expect("get").expect("exists").state;
+    assert_eq!(
+        (
+            r.status,
+            r.retries_left,
+            r.lost_runs,
+            r.attempts,
+            r.lease_until
+        ),
+        (Status::Pending, 0, 1, 1, None),
+        "a lost run uses no retry, even with none left"
+    );
+    assert_eq!(r.last_error.as_deref(), Some(WORKER_LOST));
     assert!(matches!(
         s.complete(t1.claim(), expiry),
         Err(Error::LeaseLost { .. })
     ));
+    let t2 = claim_one(s, "a", expiry);
+    assert_eq!(t2.state.attempts, 2);
+    let second_expiry = expiry.after(LEASE);
+    assert_eq!(s.recover_expired(second_expiry, 1).expect("recover"), 1);
+    let r = s.get(a).expect("get").expect("exists").state;
+    assert_eq!((r.status, r.lost_runs), (Status::Failed, 2));
+    assert_eq!(s.recover_expired(second_expiry, 1).expect("recover"), 0);
+    // A requeue gives the task its lost-run budget back.
+    assert_eq!(
+        s.requeue_failed(Some("a"), None, second_expiry)
+            .expect("requeue"),
+        1
+    );
+    assert_eq!(s.get(a).expect("get").expect("exists").state.lost_runs, 0);
+    let b = add(s, task("b").retries(2));
+    claim_one(s, "b", T0);
+    assert_eq!(s.recover_expired(expiry, 0).expect("recover"), 1);
+    let r = s.get(b).expect("get").expect("exists").state;
+    assert_eq!(
+        (r.status, r.retries_left, r.lost_runs),
+        (Status::Failed, 0, 1)
+    );
+}
+
+/// Released claims give their tasks back as they were before the claim: pending, no
+/// attempt counted, no lease, in their old place in claim order. Claims no longer held are
+/// skipped.
+pub fn release_gives_unstarted_tasks_back(s: &dyn Store) {
+    let first = add(s, task("a").retries(1));
+    let second = add(s, task("a"));
+    let before = s.get(first).expect("get").expect("exists").state;
+    let claimed = s.claim("a", 2, T0, T0.after(LEASE)).expect("claim");
+    assert_eq!(claimed.len(), 2);
+    s.complete(claimed[1].claim(), T0).expect("complete");
+    let later = T0.after(Duration::from_secs(1));
+    let claims = [claimed[0].claim(), claimed[1].claim()];
+    assert_eq!(s.release(&claims, later).expect("release"), 1);
+    let after = s.get(first).expect("get").expect("exists").state;
+    assert_eq!(
+        TaskState {
+            updated_at: before.updated_at,
+            ..after.clone()
+        },
+        before,
+        "{after:?}"
+    );
+    assert_eq!(after.updated_at, later);
+    assert_eq!(status(s, second), Status::Done);
     assert!(matches!(
-        s.complete(t2.claim(), expiry),
+        s.complete(claims[0], later),
         Err(Error::LeaseLost { .. })
     ));
-    let again = claim_one(s, "a", expiry);
-    assert_eq!(again.state.attempts, 2);
-    assert_eq!(s.recover_expired(expiry).expect("recover"), 0);
+    assert_eq!(s.release(&claims, later).expect("release"), 0);
+    let again = claim_one(s, "a", later);
+    assert_eq!((again.id, again.state.attempts), (first, 1));
+    assert_eq!(s.counts(Some("a")).expect("counts").running, 1);
 }
 
 fn make_failed(s: &dyn Store, channel: &str, retries: u32) -> TaskId {

@@ -1,7 +1,7 @@
 //! A store wrapper that fails chosen operations some of the time, as a full disk or a
 //! flaky file system would: the call returns an error and changes nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
@@ -15,13 +15,15 @@ pub struct Faults {
     pub claim: bool,
     /// `finish_many` fails.
     pub finish: bool,
-    /// `extend_leases` and `recover_expired` fail.
+    /// `extend_leases`, `release` and `recover_expired` fail.
     pub leases: bool,
     /// `enqueue` fails.
     pub enqueue: bool,
 }
 
 /// Wraps a store; every `every`-th call of a chosen operation fails before reaching it.
+/// Beside that, an outage switch fails every `finish_many` while it is on, and the first
+/// claims may be made to panic, as a custom backend with a bug would.
 #[derive(Debug)]
 pub struct Flaky<S> {
     inner: S,
@@ -30,6 +32,9 @@ pub struct Flaky<S> {
     calls: AtomicU64,
     /// How many calls failed.
     pub failed: AtomicU64,
+    outage: AtomicBool,
+    panics_left: AtomicU64,
+    panicked: AtomicU64,
 }
 
 impl<S: Store> Flaky<S> {
@@ -41,12 +46,35 @@ impl<S: Store> Flaky<S> {
             every: every.max(1),
             calls: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            outage: AtomicBool::new(false),
+            panics_left: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
         }
+    }
+
+    /// A wrapper that injects nothing until told to.
+    pub fn healthy(inner: S) -> Self {
+        Flaky::new(inner, Faults::default(), 1)
     }
 
     /// The wrapped store.
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// While on, every `finish_many` fails.
+    pub fn outage(&self, on: bool) {
+        self.outage.store(on, Ordering::SeqCst);
+    }
+
+    /// The next `n` claims panic.
+    pub fn panic_claims(&self, n: u64) {
+        self.panics_left.store(n, Ordering::SeqCst);
+    }
+
+    /// How many claims panicked.
+    pub fn panicked(&self) -> u64 {
+        self.panicked.load(Ordering::SeqCst)
     }
 
     fn trip(&self, chosen: bool) -> Result<()> {
@@ -56,13 +84,17 @@ impl<S: Store> Flaky<S> {
                 .fetch_add(1, Ordering::SeqCst)
                 .is_multiple_of(self.every)
         {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(Error::Full {
-                backend: "flaky",
-                message: "injected fault".into(),
-            });
+            return self.fail();
         }
         Ok(())
+    }
+
+    fn fail(&self) -> Result<()> {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        Err(Error::Full {
+            backend: "flaky",
+            message: "injected fault".into(),
+        })
     }
 }
 
@@ -79,6 +111,13 @@ impl<S: Store> Store for Flaky<S> {
         lease_until: Timestamp,
     ) -> Result<Vec<Task>> {
         self.trip(self.faults.claim)?;
+        let panic = self
+            .panics_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if panic.is_ok() {
+            self.panicked.fetch_add(1, Ordering::SeqCst);
+            panic!("injected panic in claim");
+        }
         self.inner.claim(channel, limit, now, lease_until)
     }
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
@@ -91,11 +130,18 @@ impl<S: Store> Store for Flaky<S> {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         self.trip(self.faults.finish)?;
+        if self.outage.load(Ordering::SeqCst) {
+            self.fail()?;
+        }
         self.inner.finish_many(results, now)
     }
-    fn recover_expired(&self, now: Timestamp) -> Result<usize> {
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         self.trip(self.faults.leases)?;
-        self.inner.recover_expired(now)
+        self.inner.release(claims, now)
+    }
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
+        self.trip(self.faults.leases)?;
+        self.inner.recover_expired(now, max_lost_runs)
     }
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
         self.inner.clear_failed(channel)

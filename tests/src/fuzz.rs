@@ -112,7 +112,7 @@ fn exercise(store: &dyn Store) {
     let _ = store.get(TaskId::new(5));
     let _ = store.next_wakeup("resize");
     let later = T0.after(Duration::from_secs(3_600));
-    let _ = store.recover_expired(later);
+    let _ = store.recover_expired(later, 3);
     for channel in ["mail", "resize"] {
         if let Ok(tasks) = store.claim(channel, 100, later, later.after(Duration::from_secs(30))) {
             for t in tasks {

@@ -17,6 +17,8 @@ use simplepyq_core::{
 
 const CHANNELS: [&str; 3] = ["a", "b", "c"];
 const LEASE: Duration = Duration::from_millis(500);
+/// The bound on lost runs: low, so that sequences reach it.
+const MAX_LOST_RUNS: u32 = 1;
 
 /// One call on the store.
 #[derive(Clone, Debug)]
@@ -49,6 +51,11 @@ pub enum Op {
         kind: u8,
         /// The delay or retry wait.
         wait_ms: u64,
+    },
+    /// Give back the task of an earlier claim, unstarted.
+    Release {
+        /// Which earlier claim (modulo their number).
+        pick: usize,
     },
     /// Move the clock.
     Advance {
@@ -95,6 +102,7 @@ pub fn op() -> impl Strategy<Value = Op> {
             }),
         5 => (channel.clone(), 0usize..4).prop_map(|(channel, limit)| Op::Claim { channel, limit }),
         5 => (any::<usize>(), 0u8..4, 0u64..600).prop_map(|(pick, kind, wait_ms)| Op::Finish { pick, kind, wait_ms }),
+        1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         3 => (1u64..400).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::RecoverExpired),
         1 => (proptest::option::of(channel.clone()), proptest::option::of(0u32..3))
@@ -134,6 +142,12 @@ impl Model {
             }
         }
         c
+    }
+
+    fn held(&self, claim: Claim) -> bool {
+        self.tasks
+            .get(&claim.id)
+            .is_some_and(|t| claim.holds(&t.state))
     }
 
     fn event(&mut self, id: TaskId, event: &Event) {
@@ -258,9 +272,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     },
                 };
                 let got = store.finish(claim, &outcome, now);
-                let held = model.tasks.get(&claim.id).is_some_and(|t| {
-                    t.state.status == Status::Running && t.state.attempts == claim.attempt
-                });
+                let held = model.held(claim);
                 if held {
                     model.event(claim.id, &Event::Finish { now, outcome });
                     let expected = model.tasks[&claim.id].state.status;
@@ -273,10 +285,24 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     );
                 }
             }
+            Op::Release { pick } => {
+                if claims.is_empty() {
+                    continue;
+                }
+                let claim = claims[pick % claims.len()];
+                let n = store
+                    .release(&[claim], now)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let held = model.held(claim);
+                if held {
+                    model.event(claim.id, &Event::Release { now });
+                }
+                prop_assert_eq!(n, usize::from(held), "{}", at("released"));
+            }
             Op::Advance { ms } => now = now.after(Duration::from_millis(*ms)),
             Op::RecoverExpired => {
                 let n = store
-                    .recover_expired(now)
+                    .recover_expired(now, MAX_LOST_RUNS)
                     .map_err(|e| fail(&at(&e.to_string())))?;
                 let expired: Vec<TaskId> = model
                     .tasks
@@ -288,7 +314,8 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     .map(|t| t.id)
                     .collect();
                 for id in &expired {
-                    model.event(*id, &Event::Expire { now });
+                    let max_lost_runs = MAX_LOST_RUNS;
+                    model.event(*id, &Event::Expire { now, max_lost_runs });
                 }
                 prop_assert_eq!(n, expired.len(), "{}", at("recovered"));
             }

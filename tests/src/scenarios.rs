@@ -580,7 +580,7 @@ pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>) {
     let until = Instant::now() + Duration::from_millis(450);
     while Instant::now() < until {
         let now = simplepyq::Clock::now(&simplepyq::SystemClock);
-        assert_eq!(q.store().recover_expired(now).expect("recover"), 0);
+        assert_eq!(q.store().recover_expired(now, 3).expect("recover"), 0);
         let stolen = q
             .store()
             .claim("slow", 1, now, now.after(Duration::from_secs(1)))
@@ -818,7 +818,7 @@ pub fn stop_timeout_returns_the_running_tasks(store: Box<dyn Store>) {
     // Nobody renews the lease now: once it runs out, the task is recovered.
     std::thread::sleep(Duration::from_millis(250));
     let now = simplepyq::Clock::now(&simplepyq::SystemClock);
-    assert_eq!(q.store().recover_expired(now).expect("recover"), 1);
+    assert_eq!(q.store().recover_expired(now, 3).expect("recover"), 1);
     assert_eq!(state(&q, id).status, Status::Pending);
     release.store(true, Ordering::SeqCst);
 }
