@@ -52,8 +52,13 @@
 //!   debug level; succeeded, delayed and retried at info; failed, and storage errors met by
 //!   workers, at warn), with the task's id, channel and attempt as fields.
 
+mod dispatch;
+mod engine;
 mod handler;
+mod held;
+mod leases;
 mod options;
+mod outcomes;
 mod queue;
 mod recorder;
 mod report;
@@ -63,7 +68,7 @@ mod worker;
 pub use handler::TaskError;
 pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
 pub use queue::{Builder, SimplePyQ, decode_args};
-pub use report::TaskReport;
+pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
     Clock, Counts, Error, ListFilter, ManualClock, Outcome, Result, Status, Store, SystemClock,
     Task, TaskId, TaskState, Timestamp,

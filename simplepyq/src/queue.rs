@@ -8,17 +8,21 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
-    Claim, Clock, Counts, Error, ListFilter, Result, Store, StoreExt, SystemClock, Task, TaskId,
+    Clock, Counts, Error, ListFilter, Result, Store, StoreExt, SystemClock, Task, TaskId,
     Timestamp, validate_channel,
 };
 
+use crate::dispatch::Dispatch;
+use crate::engine::{Engine, Settings};
 use crate::handler::{TaskError, erase};
+use crate::leases;
 use crate::options::{ChannelOptions, EnqueueOptions};
-use crate::recorder::{self, Recorder};
-use crate::report::{self, Hook, TaskReport};
+use crate::recorder;
+use crate::report::{Hook, QueueStats, StopReport, TaskReport};
 use crate::signal::Signal;
-use crate::worker::{self, ChannelWork, Dispatch};
+use crate::worker::{self, ChannelWork};
 
 fn encode<T: Serialize + ?Sized>(args: &T) -> Result<Vec<u8>> {
     rmp_serde::to_vec_named(args).map_err(|e| Error::Codec {
@@ -52,6 +56,7 @@ pub struct Builder<S> {
     clock: Arc<dyn Clock>,
     lease: Duration,
     poll_interval: Duration,
+    max_lost_runs: u32,
     on_outcome: Option<Box<Hook>>,
 }
 
@@ -61,11 +66,23 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Builder<S> {
             .field("store", &self.store)
             .field("lease", &self.lease)
             .field("poll_interval", &self.poll_interval)
+            .field("max_lost_runs", &self.max_lost_runs)
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Store> Builder<S> {
+    /// How many lost runs a task may have (3 by default) before the next one fails it with
+    /// "worker lost". A run is lost when its lease expires before its outcome is recorded:
+    /// the process running it died (killed, crashed, out of memory) or hung. A lost run
+    /// uses no retry, so a crash costs a task with the default `retries = 0` nothing but a
+    /// second run; the bound stops a task that kills its worker every time (a poison pill).
+    /// The queue that recovers the task applies its own bound.
+    pub fn max_lost_runs(mut self, n: u32) -> Self {
+        self.max_lost_runs = n;
+        self
+    }
+
     /// The clock tasks are timed by; [`SystemClock`] by default. Tests pass a
     /// [`simplepyq_core::ManualClock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {
@@ -92,7 +109,9 @@ impl<S: Store> Builder<S> {
     }
 
     /// A function told of every attempt's outcome once it is recorded, e.g. for metrics.
-    /// It runs on the worker thread: keep it quick. A panic in it is caught and ignored.
+    /// It runs on the thread that records outcomes (the queue's recorder thread, which
+    /// records in batches): keep it quick, as outcomes wait for it. A panic in it is caught
+    /// and ignored.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -124,20 +143,17 @@ impl<S: Store> Builder<S> {
         if self.poll_interval.is_zero() {
             return Err(Error::config("the poll interval must not be zero"));
         }
+        let settings = Settings {
+            clock: self.clock,
+            lease: self.lease,
+            poll_interval: self.poll_interval,
+            max_lost_runs: self.max_lost_runs,
+            on_outcome: self.on_outcome,
+        };
         Ok(SimplePyQ {
-            shared: Arc::new(Shared {
-                store: self.store,
-                clock: self.clock,
-                lease: self.lease,
-                poll_interval: self.poll_interval,
-                registry: Mutex::new(Registry::default()),
-                inflight: Mutex::new(InFlight::default()),
-                progress: Condvar::new(),
-                last_error: Mutex::new(None),
-                lasting_error: Mutex::new(None),
-                recorder: Recorder::closed(),
-                on_outcome: self.on_outcome,
-            }),
+            engine: Arc::new(Engine::new(self.store, settings)),
+            registry: Mutex::new(Registry::default()),
+            stopped: Condvar::new(),
         })
     }
 }
@@ -145,116 +161,72 @@ impl<S: Store> Builder<S> {
 /// A task queue: channels of handlers with worker threads, over a [`Store`].
 ///
 /// All methods take `&self`; share a queue between threads with an `Arc` (it is `Send` and
-/// `Sync`). Dropping it tells
-/// the workers to stop after their current task; [`SimplePyQ::stop`] also waits for them.
-#[derive(Debug)]
+/// `Sync`). Its lifecycle is `Stopped → Running → Stopping → Stopped`: [`SimplePyQ::start`]
+/// starts the workers; [`SimplePyQ::stop`] and [`SimplePyQ::stop_timeout`] stop them, and
+/// dropping the queue tells them to stop without waiting. From the moment a stop begins, no
+/// handler starts: tasks claimed ahead and not started are given back (pending again, no
+/// attempt used), and running handlers keep their leases until their outcomes are recorded.
 pub struct SimplePyQ<S: Store> {
-    shared: Arc<Shared<S>>,
-}
-
-/// What the queue and its worker threads share.
-pub(crate) struct Shared<S> {
-    pub(crate) store: S,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) lease: Duration,
-    pub(crate) poll_interval: Duration,
+    engine: Arc<Engine<S>>,
     registry: Mutex<Registry>,
-    pub(crate) inflight: Mutex<InFlight>,
-    /// Signalled when a task finishes or a worker finds nothing to do.
-    pub(crate) progress: Condvar,
-    last_error: Mutex<Option<String>>,
-    /// A storage error met by a worker that no retry will cure (a damaged file, one that
-    /// cannot be written), for `run_until_complete` to return instead of waiting forever.
-    lasting_error: Mutex<Option<Error>>,
-    pub(crate) on_outcome: Option<Box<Hook>>,
-    pub(crate) recorder: Recorder,
+    /// Signalled when a stop ends, for callers that wait for another thread's stop.
+    stopped: Condvar,
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
+impl<S: Store> std::fmt::Debug for SimplePyQ<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("store", &self.store)
-            .field("lease", &self.lease)
-            .field("poll_interval", &self.poll_interval)
-            .finish_non_exhaustive()
+        f.debug_struct("SimplePyQ")
+            .field("engine", &self.engine)
+            .field("registry", &*self.registry.lock())
+            .finish()
     }
 }
 
+/// The channels, and where the queue stands.
 #[derive(Debug, Default)]
 struct Registry {
-    channels: HashMap<String, Channel>,
-    running: bool,
-    keeper: Option<(Arc<Signal>, JoinHandle<()>)>,
-    recorder: Option<JoinHandle<()>>,
-    /// Workers of removed channels, finishing their current task.
-    retired: Vec<JoinHandle<()>>,
+    channels: HashMap<String, Arc<ChannelWork>>,
+    life: Lifecycle,
 }
 
-struct Channel {
-    work: Arc<ChannelWork>,
-    max_workers: usize,
+/// Where the queue stands: one state, changed under the registry's lock.
+#[derive(Debug, Default)]
+enum Lifecycle {
+    /// No worker runs (helper threads may still renew the leases of handlers that outlived
+    /// a `stop_timeout`).
+    #[default]
+    Stopped,
+    /// Workers run.
+    Running(Run),
+    /// A stop is under way, in some thread.
+    Stopping,
+}
+
+/// The threads of one run, from `start` to the end of its stop.
+#[derive(Debug)]
+struct Run {
+    number: u64,
+    crews: HashMap<String, Crew>,
+    /// Workers of channels removed while running, finishing their current task.
+    retired: Vec<JoinHandle<()>>,
+    /// Tells the keeper and the recorder that the run stopped.
+    signal: Arc<Signal>,
+    helpers: Vec<JoinHandle<()>>,
+}
+
+/// The workers of one channel in a run.
+#[derive(Debug)]
+struct Crew {
     dispatch: Arc<Dispatch>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Channel {
+impl std::fmt::Debug for ChannelWork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel")
-            .field("max_workers", &self.max_workers)
-            .field("threads", &self.threads.len())
+        f.debug_struct("ChannelWork")
+            .field("name", &self.name)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
-    }
-}
-
-/// Attempts that workers of this queue are running now.
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    pub(crate) claims: HashMap<TaskId, Claim>,
-    /// Moves on every [`Shared::progress`] notification.
-    pub(crate) generation: u64,
-}
-
-impl<S: Store> Shared<S> {
-    pub(crate) fn now(&self) -> Timestamp {
-        self.clock.now()
-    }
-
-    /// Keeps a storage error that a worker could not return to anyone.
-    pub(crate) fn record_error(&self, e: &Error) {
-        report::trace_store_error(e);
-        *self.last_error.lock() = Some(e.to_string());
-        let lasting = match e {
-            Error::Corrupt { .. } | Error::ReadOnly { .. } => e.try_clone(),
-            _ => None,
-        };
-        if lasting.is_some() {
-            *self.lasting_error.lock() = lasting;
-            self.progress.notify_all();
-        }
-    }
-
-    /// A worker found nothing to do: `run_until_complete` may look whether all is done.
-    pub(crate) fn notify_idle(&self) {
-        self.inflight.lock().generation += 1;
-        self.progress.notify_all();
-    }
-
-    /// The attempt of `id` is over (recorded, or left to lease recovery).
-    pub(crate) fn finished(&self, id: TaskId) {
-        let mut inflight = self.inflight.lock();
-        inflight.claims.remove(&id);
-        // Only a queue with nothing in flight can be done: wake the waiters only then.
-        if inflight.claims.is_empty() {
-            inflight.generation += 1;
-            self.progress.notify_all();
-        }
-    }
-
-    /// Wakes the idle workers of every channel, e.g. after leases were recovered.
-    pub(crate) fn wake_all(&self) {
-        for ch in self.registry.lock().channels.values() {
-            ch.dispatch.notify(true);
-        }
     }
 }
 
@@ -273,13 +245,14 @@ impl<S: Store> SimplePyQ<S> {
             clock: Arc::new(SystemClock),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
+            max_lost_runs: DEFAULT_MAX_LOST_RUNS,
             on_outcome: None,
         }
     }
 
     /// The store under the queue.
     pub fn store(&self) -> &S {
-        &self.shared.store
+        &self.engine.store
     }
 
     /// Binds `handler` to channel `name`, run by up to `max_workers` threads at once.
@@ -340,26 +313,22 @@ impl<S: Store> SimplePyQ<S> {
                 "channel {name:?} needs at least one worker (max_workers was 0)"
             )));
         }
-        let mut reg = self.shared.registry.lock();
+        let mut reg = self.registry.lock();
         if reg.channels.contains_key(name) {
             return Err(Error::DuplicateChannel(name.to_owned()));
         }
-        let mut channel = Channel {
-            work: Arc::new(ChannelWork {
-                name: name.to_owned(),
-                workers: options.max_workers,
-                handler: erase(handler),
-                backoff: options.backoff,
-                average_run: std::sync::atomic::AtomicU64::new(0),
-            }),
-            max_workers: options.max_workers,
-            dispatch: Arc::new(Dispatch::default()),
-            threads: Vec::new(),
-        };
-        if reg.running {
-            self.spawn_workers(&mut channel)?;
+        let work = Arc::new(ChannelWork {
+            name: Arc::from(name),
+            workers: options.max_workers,
+            handler: erase(handler),
+            backoff: options.backoff,
+            average_run: std::sync::atomic::AtomicU64::new(0),
+        });
+        if let Lifecycle::Running(run) = &mut reg.life {
+            let crew = self.spawn_crew(&work)?;
+            run.crews.insert(name.to_owned(), crew);
         }
-        reg.channels.insert(name.to_owned(), channel);
+        reg.channels.insert(name.to_owned(), work);
         Ok(())
     }
 
@@ -379,9 +348,9 @@ impl<S: Store> SimplePyQ<S> {
         args: &T,
         options: EnqueueOptions,
     ) -> Result<TaskId> {
-        let now = self.shared.now();
+        let now = self.engine.now();
         let task = options.task(channel, encode(args)?, now);
-        let id = self.shared.store.enqueue_one(task, now)?;
+        let id = self.engine.store.enqueue_one(task, now)?;
         self.wake(channel, false);
         Ok(id)
     }
@@ -408,231 +377,317 @@ impl<S: Store> SimplePyQ<S> {
         T: Serialize + ?Sized + 'a,
         I: IntoIterator<Item = &'a T>,
     {
-        let now = self.shared.now();
+        let now = self.engine.now();
         let tasks = args
             .into_iter()
             .map(|a| Ok(options.task(channel, encode(a)?, now)))
             .collect::<Result<Vec<_>>>()?;
-        let ids = self.shared.store.enqueue(&tasks, now)?;
+        let ids = self.engine.store.enqueue(&tasks, now)?;
         self.wake(channel, true);
         Ok(ids)
     }
 
     /// Wakes idle workers of `channel` in this queue, if it has any.
     fn wake(&self, channel: &str, all: bool) {
-        if let Some(ch) = self.shared.registry.lock().channels.get(channel) {
-            ch.dispatch.notify(all);
-        }
+        self.engine.wake(channel, all);
     }
 
     /// Starts the workers of every channel in background threads and returns at once.
-    /// Calling it on a started queue does nothing.
+    /// Calling it on a started queue does nothing; during another thread's stop, it waits
+    /// for that stop to end.
     ///
-    /// First recovers tasks whose lease expired (left `running` by a process that died).
-    /// Fails only if a thread cannot be started.
+    /// First recovers tasks whose lease expired (left `running` by a process that died), as
+    /// the lease keeper does: renewing this queue's own leases first. Fails only if a thread
+    /// cannot be started; then nothing runs.
     pub fn start(&self) -> Result<()> {
-        let mut reg = self.shared.registry.lock();
-        if reg.running {
-            return Ok(());
+        let mut reg = self.registry.lock();
+        loop {
+            match reg.life {
+                Lifecycle::Running(_) => return Ok(()),
+                Lifecycle::Stopping => self.stopped.wait(&mut reg),
+                Lifecycle::Stopped => break,
+            }
         }
         // A failure here is not fatal: the lease keeper recovers expired leases again soon.
-        if let Err(e) = self.shared.store.recover_expired(
-            self.shared.now(),
-            simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS,
-        ) {
-            self.shared.record_error(&e);
+        if let Err(e) = leases::renew_and_recover(&self.engine) {
+            self.engine.errors.record(&e);
         }
-        let names: Vec<String> = reg.channels.keys().cloned().collect();
-        for name in names {
-            let mut channel = reg.channels.remove(&name).expect("name was just listed");
-            channel.dispatch = Arc::new(Dispatch::default());
-            let spawned = self.spawn_workers(&mut channel);
-            reg.channels.insert(name, channel);
-            if let Err(e) = spawned {
+        self.engine.outcomes.stopping(false);
+        let mut run = Run {
+            number: self.engine.next_run(),
+            crews: HashMap::new(),
+            retired: Vec::new(),
+            signal: Arc::new(Signal::default()),
+            helpers: Vec::new(),
+        };
+        match self.spawn_run(&reg, &mut run) {
+            Ok(()) => {
+                reg.life = Lifecycle::Running(run);
+                Ok(())
+            }
+            Err(e) => {
+                // Stop what did start; nothing was claimed by threads that never ran.
+                reg.life = Lifecycle::Stopping;
                 drop(reg);
-                self.stop();
-                return Err(e);
+                self.finish_stop(run, None);
+                Err(e)
             }
         }
-        let signal = Arc::new(Signal::default());
-        let shared = Arc::clone(&self.shared);
-        let keeper_signal = Arc::clone(&signal);
+    }
+
+    /// Starts the threads of `run`: each channel's workers, the lease keeper, the recorder.
+    fn spawn_run(&self, reg: &Registry, run: &mut Run) -> Result<()> {
+        for (name, work) in &reg.channels {
+            let crew = self.spawn_crew(work)?;
+            run.crews.insert(name.clone(), crew);
+        }
+        let (engine, signal, number) = (
+            Arc::clone(&self.engine),
+            Arc::clone(&run.signal),
+            run.number,
+        );
         let keeper = thread::Builder::new()
             .name("simplepyq-keeper".into())
-            .spawn(move || worker::keep_leases(&shared, &keeper_signal))
+            .spawn(move || leases::keep(&engine, &signal, number))
             .map_err(Error::Spawn)?;
-        reg.keeper = Some((signal, keeper));
-        self.shared.recorder.open();
-        let shared = Arc::clone(&self.shared);
+        run.helpers.push(keeper);
+        self.engine.outcomes.open();
+        let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
         let recorder = thread::Builder::new()
             .name("simplepyq-recorder".into())
-            .spawn(move || recorder::run(&shared));
+            .spawn(move || recorder::run(&engine, &signal, number));
         match recorder {
-            Ok(thread) => reg.recorder = Some(thread),
+            Ok(thread) => run.helpers.push(thread),
             // Without the thread, workers record their own outcomes.
             Err(e) => {
-                self.shared.recorder.close();
-                self.shared.record_error(&Error::Spawn(e));
+                self.engine.outcomes.close();
+                self.engine.errors.record(&Error::Spawn(e));
             }
         }
-        reg.running = true;
         Ok(())
     }
 
-    fn spawn_workers(&self, channel: &mut Channel) -> Result<()> {
-        for i in 0..channel.max_workers {
-            let shared = Arc::clone(&self.shared);
-            let work = Arc::clone(&channel.work);
-            let dispatch = Arc::clone(&channel.dispatch);
-            let thread = thread::Builder::new()
+    /// Starts the workers of one channel.
+    fn spawn_crew(&self, work: &Arc<ChannelWork>) -> Result<Crew> {
+        let mut crew = Crew {
+            dispatch: Arc::new(Dispatch::default()),
+            threads: Vec::new(),
+        };
+        self.engine.serve(&work.name, Arc::clone(&crew.dispatch));
+        for i in 0..work.workers {
+            let engine = Arc::clone(&self.engine);
+            let (w, dispatch) = (Arc::clone(work), Arc::clone(&crew.dispatch));
+            let spawned = thread::Builder::new()
                 .name(format!("simplepyq-{}-{i}", work.name))
-                .spawn(move || worker::work(&shared, &work, &dispatch))
-                .map_err(Error::Spawn)?;
-            channel.threads.push(thread);
+                .spawn(move || worker::work(&engine, &w, &dispatch));
+            match spawned {
+                Ok(t) => crew.threads.push(t),
+                Err(e) => {
+                    // The workers that did start stop at once: they have claimed nothing
+                    // that a stop of the dispatch would not give back.
+                    self.engine.unserve(&work.name);
+                    let unstarted = crew.dispatch.stop();
+                    leases::give_back(&self.engine, &unstarted);
+                    for t in crew.threads {
+                        let _ = t.join();
+                    }
+                    return Err(Error::Spawn(e));
+                }
+            }
         }
-        Ok(())
+        Ok(crew)
     }
 
-    /// Tells every worker and the lease keeper to stop, and hands over their threads: the
-    /// workers', then the keeper's and the recorder's.
-    fn signal_stop(&self) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
-        let mut reg = self.shared.registry.lock();
-        reg.running = false;
-        let mut workers = std::mem::take(&mut reg.retired);
-        for ch in reg.channels.values_mut() {
-            ch.dispatch.stop();
-            workers.append(&mut ch.threads);
+    /// Begins a stop: takes the run, if the queue runs, and stops every channel's dispatch,
+    /// so that no handler starts from now on; gives back the tasks claimed and not started.
+    /// Returns the run and how many tasks were given back; `None` if the queue was not
+    /// running (after waiting for another thread's stop, if one was under way).
+    fn begin_stop(&self) -> Option<(Run, usize)> {
+        let mut reg = self.registry.lock();
+        let run = loop {
+            match std::mem::replace(&mut reg.life, Lifecycle::Stopping) {
+                Lifecycle::Running(run) => break run,
+                Lifecycle::Stopping => self.stopped.wait(&mut reg),
+                Lifecycle::Stopped => {
+                    reg.life = Lifecycle::Stopped;
+                    return None;
+                }
+            }
+        };
+        drop(reg);
+        run.signal.stop();
+        self.engine.outcomes.stopping(true);
+        // run_until_complete waits on the held claims: let it see the stop.
+        self.engine.held.bump();
+        let mut unstarted = Vec::new();
+        for (name, crew) in &run.crews {
+            self.engine.unserve(name);
+            unstarted.extend(crew.dispatch.stop());
         }
-        let mut helpers = Vec::new();
-        if let Some((signal, keeper)) = reg.keeper.take() {
-            signal.stop();
-            helpers.push(keeper);
-        }
-        helpers.extend(reg.recorder.take());
-        (workers, helpers)
+        let released = leases::give_back(&self.engine, &unstarted);
+        Some((run, released))
     }
 
-    /// Once the workers are done: the recorder records what they handed over and stops;
-    /// joins it and the keeper.
-    fn finish_stop(&self, helpers: Vec<JoinHandle<()>>) {
-        self.shared.recorder.close();
-        for t in helpers {
-            // Neither runs user code: a panic there leaves nothing to clean up.
-            let _ = t.join();
-        }
-    }
-
-    /// Stops the workers: no new task is claimed, and the call returns when the running
-    /// handlers have finished and their outcomes are recorded. Nothing is lost: queued tasks
-    /// stay queued for the next start. Called from inside a handler, it does not wait for
-    /// that handler's own thread.
-    pub fn stop(&self) {
+    /// Ends a stop begun by [`Self::begin_stop`]: waits for the workers (until `deadline`,
+    /// if any; those still running then are left to finish, detached), then for every
+    /// outcome handed over to be recorded or given up on; lets the helper threads go on
+    /// while handlers still run, joining them otherwise. The queue is then `Stopped`.
+    fn finish_stop(&self, run: Run, deadline: Option<Instant>) -> Vec<TaskId> {
         let me = thread::current().id();
-        let (workers, helpers) = self.signal_stop();
+        let workers = run
+            .crews
+            .into_values()
+            .flat_map(|c| c.threads)
+            .chain(run.retired)
+            // A stop from inside a handler does not wait for its own thread.
+            .filter(|t| t.thread().id() != me);
         for t in workers {
-            if t.thread().id() != me {
-                // A worker that panicked outside a handler has nothing left to clean up.
+            match deadline {
+                None => {
+                    // A worker that panicked outside a handler has nothing left to clean up.
+                    let _ = t.join();
+                }
+                Some(deadline) => {
+                    while !t.is_finished() && Instant::now() < deadline {
+                        let (seen, _) = self.engine.held.snapshot();
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        self.engine
+                            .held
+                            .wait(seen, left.min(Duration::from_millis(10)));
+                    }
+                    if t.is_finished() {
+                        let _ = t.join();
+                    }
+                    // Unfinished threads are detached: their handlers cannot be interrupted.
+                }
+            }
+        }
+        // Outcomes handed over are recorded (or, with a failing store, given up on).
+        loop {
+            let (seen, _) = self.engine.held.snapshot();
+            if self.engine.held.only_running() {
+                break;
+            }
+            self.engine.held.wait(seen, Duration::from_millis(10));
+        }
+        let running = self.engine.held.running();
+        if running.is_empty() {
+            // The keeper and the recorder end once nothing is held: wait for them.
+            for t in run.helpers {
                 let _ = t.join();
             }
         }
-        self.finish_stop(helpers);
+        let mut reg = self.registry.lock();
+        reg.life = Lifecycle::Stopped;
+        self.stopped.notify_all();
+        running
+    }
+
+    /// Stops the workers and returns when it is done: no handler starts once the call
+    /// began; tasks claimed ahead and not started are given back (pending again, no attempt
+    /// used); running handlers finish, their leases renewed, and their outcomes are
+    /// recorded. Queued tasks stay queued for the next start. Called from inside a handler,
+    /// it does not wait for that handler's own thread.
+    ///
+    /// Nothing is lost; the report says what was given back, and which outcomes could not
+    /// be recorded (a store that kept failing for seconds): those tasks run again once their
+    /// lease expires.
+    pub fn stop(&self) -> StopReport {
+        self.stop_until(None)
     }
 
     /// Stops the workers like [`SimplePyQ::stop`], but waits at most `timeout` for running
-    /// handlers; returns the tasks whose handlers were still running then.
+    /// handlers. The report's `running` lists exactly the tasks whose handlers still ran at
+    /// the deadline.
     ///
-    /// Those handlers go on in their threads, but their leases are no longer renewed: once
-    /// a lease expires, the task is recovered like a dead worker's (run again, or failed if
-    /// no retry is left), and a late result of the old run is dropped.
-    pub fn stop_timeout(&self, timeout: Duration) -> Vec<TaskId> {
-        let deadline = Instant::now() + timeout;
-        let me = thread::current().id();
-        let (workers, helpers) = self.signal_stop();
-        let workers: Vec<_> = workers
-            .into_iter()
-            .filter(|t| t.thread().id() != me)
-            .collect();
-        while !workers.iter().all(JoinHandle::is_finished) {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let mut inflight = self.shared.inflight.lock();
-            let wait = (deadline - now).min(Duration::from_millis(10));
-            self.shared.progress.wait_for(&mut inflight, wait);
+    /// Those handlers go on in their threads, and their leases are still renewed until they
+    /// finish and their outcomes are recorded (by threads that end then): the tasks do not
+    /// run again elsewhere meanwhile. A process that exits before then leaves them to lease
+    /// recovery, as a crash would.
+    pub fn stop_timeout(&self, timeout: Duration) -> StopReport {
+        self.stop_until(Some(Instant::now() + timeout))
+    }
+
+    fn stop_until(&self, deadline: Option<Instant>) -> StopReport {
+        let Some((run, released)) = self.begin_stop() else {
+            return StopReport::default();
+        };
+        let running = self.finish_stop(run, deadline);
+        StopReport {
+            running,
+            released,
+            unrecorded: self.engine.outcomes.take_unrecorded(),
         }
-        let mut finished = Vec::new();
-        for t in workers {
-            if t.is_finished() {
-                finished.push(t);
-            }
-            // Unfinished threads are detached: their handlers cannot be interrupted.
-        }
-        for t in finished {
-            let _ = t.join();
-        }
-        self.finish_stop(helpers);
-        let mut running: Vec<TaskId> = self.shared.inflight.lock().claims.keys().copied().collect();
-        running.sort_unstable();
-        running
     }
 
     /// Runs until no task of a channel with a handler here is pending, running or delayed
     /// (waiting out delays and, for tasks held by a dead worker, their lease), then stops.
     ///
     /// Starts the workers if needed. Tasks of channels without a handler here are not
-    /// waited for. Returns an error only if the store fails for good: a call fails with an
+    /// waited for. Returns an error if the store fails for good: a call fails with an
     /// error that is not [retryable](Error::is_retryable), or a worker finds the file
     /// damaged ([`Error::Corrupt`]) or unwritable ([`Error::ReadOnly`]), which waiting would
-    /// not cure. The workers are stopped either way; unfinished tasks stay in the store.
+    /// not cure; and [`Error::Stopped`] if another thread stops the queue meanwhile (a
+    /// Ctrl-C handler calling [`SimplePyQ::stop`]). The workers are stopped either way;
+    /// unfinished tasks stay in the store.
     pub fn run_until_complete(&self) -> Result<()> {
-        let channels: Vec<String> = self
-            .shared
-            .registry
-            .lock()
-            .channels
-            .keys()
-            .cloned()
-            .collect();
+        let channels: Vec<String> = self.registry.lock().channels.keys().cloned().collect();
         if channels.is_empty() {
             return Ok(());
         }
         // Only what this run meets counts.
-        self.shared.lasting_error.lock().take();
+        self.engine.errors.take_lasting();
         self.start()?;
+        let Some(number) = self.running_number() else {
+            return Err(Error::Stopped);
+        };
         let result = loop {
-            if let Some(e) = self.shared.lasting_error.lock().take() {
+            if let Some(e) = self.engine.errors.take_lasting() {
                 break Err(e);
             }
-            let (seen, busy) = {
-                let inflight = self.shared.inflight.lock();
-                (inflight.generation, !inflight.claims.is_empty())
-            };
-            // While a worker here runs a task the channel is not idle: ask the store only
-            // when this process has nothing in flight.
+            let (seen, busy) = self.engine.held.snapshot();
+            if self.running_number() != Some(number) {
+                return Err(Error::Stopped);
+            }
+            // While a worker here holds a task the channel is not idle: ask the store only
+            // when this process holds nothing.
             if !busy {
                 match self.idle(&channels) {
                     Ok(true) => break Ok(()),
                     Ok(false) => {}
-                    Err(e) if e.is_retryable() => self.shared.record_error(&e),
+                    Err(e) if e.is_retryable() => self.engine.errors.record(&e),
                     Err(e) => break Err(e),
                 }
             }
-            let mut inflight = self.shared.inflight.lock();
-            if inflight.generation == seen {
-                self.shared
-                    .progress
-                    .wait_for(&mut inflight, self.shared.poll_interval);
-            }
+            self.engine.held.wait(seen, self.engine.poll_interval);
         };
-        self.stop();
+        if let Some((run, _)) = self.begin_stop_of(number) {
+            self.finish_stop(run, None);
+        }
         result
+    }
+
+    /// The number of the run under way, if the queue runs.
+    fn running_number(&self) -> Option<u64> {
+        match &self.registry.lock().life {
+            Lifecycle::Running(run) => Some(run.number),
+            _ => None,
+        }
+    }
+
+    /// Begins the stop of run `number` only: a run started since by someone else is theirs.
+    fn begin_stop_of(&self, number: u64) -> Option<(Run, usize)> {
+        if self.running_number() == Some(number) {
+            self.begin_stop()
+        } else {
+            None
+        }
     }
 
     /// Whether none of `channels` has a pending, delayed or running task.
     fn idle(&self, channels: &[String]) -> Result<bool> {
         for ch in channels {
-            if self.shared.store.next_wakeup(ch)?.is_some() {
+            if self.engine.store.next_wakeup(ch)?.is_some() {
                 return Ok(false);
             }
         }
@@ -642,7 +697,7 @@ impl<S: Store> SimplePyQ<S> {
     /// Deletes the failed tasks of `channel`, or of every channel with `None`; returns how
     /// many.
     pub fn clear_failed<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<usize> {
-        self.shared.store.clear_failed(channel.into())
+        self.engine.store.clear_failed(channel.into())
     }
 
     /// Queues the failed tasks of `channel` (or of every channel with `None`) again, with
@@ -662,26 +717,36 @@ impl<S: Store> SimplePyQ<S> {
     ) -> Result<usize> {
         let channel = channel.into();
         let n = self
-            .shared
+            .engine
             .store
-            .requeue_failed(channel, retries.into(), self.shared.now())?;
+            .requeue_failed(channel, retries.into(), self.engine.now())?;
         if n > 0 {
-            self.shared.wake_all();
+            self.engine.wake_all();
         }
         Ok(n)
     }
 
-    /// Removes channel `name`: its handler (its workers stop after their current task) and
-    /// every task of it in the store, whatever their status; returns how many tasks.
+    /// Removes channel `name`: its handler and every task of it in the store, whatever their
+    /// status; returns how many tasks. Once it returns, no handler of the channel starts
+    /// here; handlers that run finish (their outcomes are then dropped, as their tasks are
+    /// gone).
     pub fn remove_channel(&self, name: &str) -> Result<usize> {
-        {
-            let mut reg = self.shared.registry.lock();
-            if let Some(mut ch) = reg.channels.remove(name) {
-                ch.dispatch.stop();
-                reg.retired.append(&mut ch.threads);
+        let crew = {
+            let mut reg = self.registry.lock();
+            reg.channels.remove(name);
+            match &mut reg.life {
+                Lifecycle::Running(run) => run.crews.remove(name).map(|crew| {
+                    run.retired.extend(std::mem::take(&mut { crew.threads }));
+                    crew.dispatch
+                }),
+                _ => None,
             }
+        };
+        if let Some(dispatch) = crew {
+            self.engine.unserve(name);
+            leases::give_back(&self.engine, &dispatch.stop());
         }
-        self.shared.store.remove_channel(name)
+        self.engine.store.remove_channel(name)
     }
 
     /// Deletes the done tasks of `channel` (or of every channel with `None`) that finished
@@ -692,20 +757,20 @@ impl<S: Store> SimplePyQ<S> {
         channel: impl Into<Option<&'a str>>,
         older_than: Duration,
     ) -> Result<usize> {
-        let now = self.shared.now().as_millis();
+        let now = self.engine.now().as_millis();
         let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
         let before = Timestamp::from_millis(now.saturating_sub(ms));
-        self.shared.store.purge_done(channel.into(), before)
+        self.engine.store.purge_done(channel.into(), before)
     }
 
     /// Counts tasks per status, of `channel` or of every channel with `None`.
     pub fn counts<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<Counts> {
-        self.shared.store.counts(channel.into())
+        self.engine.store.counts(channel.into())
     }
 
     /// The task with this id, if it exists. [`decode_args`] reads its arguments.
     pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
-        self.shared.store.get(id)
+        self.engine.store.get(id)
     }
 
     /// A page of tasks in id order, by channel and status.
@@ -724,7 +789,7 @@ impl<S: Store> SimplePyQ<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn tasks(&self, filter: &ListFilter) -> Result<Vec<Task>> {
-        self.shared.store.list(filter)
+        self.engine.store.list(filter)
     }
 
     /// Cancels a pending or delayed task: it is deleted and will not run.
@@ -732,30 +797,33 @@ impl<S: Store> SimplePyQ<S> {
     /// Errors: [`Error::NotFound`] if there is no such task; [`Error::InvalidTransition`] if
     /// it is running (it cannot be taken from its worker), done or failed.
     pub fn cancel(&self, id: TaskId) -> Result<()> {
-        self.shared.store.cancel(id)
+        self.engine.store.cancel(id)
     }
 
     /// The last storage error a worker met and could not return to a caller (it retried,
     /// or left the task to lease recovery), if any.
     pub fn last_worker_error(&self) -> Option<String> {
-        self.shared.last_error.lock().clone()
+        self.engine.errors.last()
+    }
+
+    /// What the runtime did beside running handlers: tasks given back, outcomes refused as
+    /// lease-lost, outcomes never recorded, tasks of dead workers recovered.
+    pub fn stats(&self) -> QueueStats {
+        self.engine.stats.snapshot()
     }
 }
 
 impl<S: Store> Drop for SimplePyQ<S> {
-    /// Tells the workers to stop after their current task, without waiting for them.
+    /// Tells the workers to stop after their current task, without waiting for them: no
+    /// handler starts from now on, and tasks claimed ahead are given back. Running handlers
+    /// finish in their threads, which renew their leases and record their outcomes until
+    /// then, and end.
     fn drop(&mut self) {
-        let mut reg = self.shared.registry.lock();
-        reg.running = false;
-        for ch in reg.channels.values() {
-            ch.dispatch.stop();
+        if let Some((run, _)) = self.begin_stop() {
+            // Detached: the threads end by themselves once nothing is held.
+            drop(run);
+            self.registry.lock().life = Lifecycle::Stopped;
         }
-        if let Some((signal, _)) = &reg.keeper {
-            signal.stop();
-        }
-        // The recorder thread records what is waiting and ends; workers that finish later
-        // record their own outcomes.
-        self.shared.recorder.close();
     }
 }
 

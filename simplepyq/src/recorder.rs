@@ -1,159 +1,116 @@
-//! Recording outcomes in batches: workers hand their results to the recorder thread and go
-//! on to their next task; the recorder writes everything handed over meanwhile in one
-//! `finish_many` call (one transaction), then reports each outcome and releases its task.
+//! Recording outcomes in batches: the recorder thread writes everything handed over
+//! meanwhile in one `finish_many` call (one transaction), then reports each outcome and lets
+//! its claim go.
 //!
-//! A task stays in flight (its lease renewed) until its outcome is recorded, so a crash in
-//! between means what any crash means: the task runs again once its lease expires.
+//! A claim stays held (its lease renewed) until its outcome is recorded. While the queue
+//! runs, an outcome waits as long as the store fails: storage errors never fail a task. Only
+//! a stopping queue gives up, after [`GIVE_UP`]; such outcomes are reported by the stop, and
+//! their tasks run again once their lease expires (a lost run, which uses no retry).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
 use simplepyq_core::{Claim, Error, Outcome, Store};
 
-use crate::queue::Shared;
+use crate::engine::{Engine, Pause, Stats, guarded};
+use crate::held::Phase;
+use crate::outcomes::Finished;
 use crate::report::{self, TaskReport};
-use crate::worker::{ChannelWork, error_pause};
+use crate::signal::Signal;
 
 /// The most outcomes one `finish_many` call records.
 const MAX_BATCH: usize = 512;
-/// Past this many waiting outcomes, a worker records its own (backpressure).
-const MAX_WAITING: usize = 4 * MAX_BATCH;
-/// How often a batch is tried while the store fails (about 2 s in all); after that its
-/// tasks are left to lease recovery, which runs them again.
-const ATTEMPTS: u32 = 8;
-
-/// One attempt's outcome, waiting to be recorded.
-pub(crate) struct Finished {
-    pub(crate) channel: Arc<ChannelWork>,
-    pub(crate) claim: Claim,
-    pub(crate) outcome: Outcome,
-    pub(crate) elapsed: Duration,
-}
-
-#[derive(Default)]
-struct State {
-    waiting: Vec<Finished>,
-    /// No thread records: workers record their own outcomes.
-    closed: bool,
-}
-
-/// The outcomes waiting for the recorder thread.
-pub(crate) struct Recorder {
-    state: Mutex<State>,
-    cv: Condvar,
-}
-
-impl std::fmt::Debug for Recorder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recorder").finish_non_exhaustive()
-    }
-}
-
-impl Recorder {
-    /// A recorder with no thread yet: outcomes are recorded by whoever hands them over.
-    pub(crate) fn closed() -> Self {
-        Recorder {
-            state: Mutex::new(State {
-                waiting: Vec::new(),
-                closed: true,
-            }),
-            cv: Condvar::new(),
-        }
-    }
-
-    /// Lets a recorder thread take over (before it starts).
-    pub(crate) fn open(&self) {
-        self.state.lock().closed = false;
-    }
-
-    /// Tells the recorder thread to record what is waiting and stop.
-    pub(crate) fn close(&self) {
-        self.state.lock().closed = true;
-        self.cv.notify_all();
-    }
-}
+/// How long a stopping queue tries to record an outcome while the store fails.
+pub(crate) const GIVE_UP: Duration = Duration::from_secs(2);
 
 /// Hands an outcome over, or records it right away if no recorder thread runs or too many
 /// outcomes wait.
-pub(crate) fn hand_over<S: Store>(shared: &Shared<S>, finished: Finished) {
-    let own = {
-        let mut state = shared.recorder.state.lock();
-        if state.closed || state.waiting.len() >= MAX_WAITING {
-            Some(finished)
-        } else {
-            state.waiting.push(finished);
-            None
-        }
-    };
-    match own {
-        Some(finished) => record(shared, vec![finished]),
-        None => {
-            shared.recorder.cv.notify_one();
-        }
+pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Finished) {
+    engine.held.set(finished.claim, Phase::Recording);
+    if let Some(own) = engine.outcomes.push(finished) {
+        record(engine, vec![own]);
     }
 }
 
-/// The recorder thread: records what workers hand over until closed and drained.
-pub(crate) fn run<S: Store>(shared: &Shared<S>) {
+/// The recorder thread of run `run`: records what workers hand over. Once the run stops it
+/// goes on while claims are held (handlers that outlived a `stop_timeout`), until none is,
+/// or a newer run's recorder takes over.
+pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
     loop {
-        let batch = {
-            let mut state = shared.recorder.state.lock();
-            while state.waiting.is_empty() && !state.closed {
-                shared.recorder.cv.wait(&mut state);
-            }
-            if state.waiting.is_empty() {
-                return;
-            }
-            let n = state.waiting.len().min(MAX_BATCH);
-            state.waiting.drain(..n).collect::<Vec<_>>()
+        let stopped = signal.is_stopped();
+        let wait = if stopped {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_secs(1)
         };
-        record(shared, batch);
+        let batch = engine.outcomes.take(MAX_BATCH, wait);
+        if !batch.is_empty() {
+            record(engine, batch);
+            continue;
+        }
+        if stopped && (!engine.held.snapshot().1 || engine.current_run() != run) {
+            engine.outcomes.close();
+            // Whatever was handed over before the close.
+            loop {
+                let rest = engine.outcomes.take(MAX_BATCH, Duration::ZERO);
+                if rest.is_empty() {
+                    return;
+                }
+                record(engine, rest);
+            }
+        }
     }
 }
 
-/// Records `batch` in one call, reports each outcome, and releases the tasks.
-fn record<S: Store>(shared: &Shared<S>, batch: Vec<Finished>) {
+/// Records `batch` in one call, reports each outcome, and lets the claims go.
+pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Finished>) {
     let results: Vec<(Claim, Outcome)> =
         batch.iter().map(|f| (f.claim, f.outcome.clone())).collect();
-    let mut pause = error_pause();
-    let mut statuses = None;
-    for _ in 0..ATTEMPTS {
-        match shared.store.finish_many(&results, shared.now()) {
-            Ok(s) => {
-                statuses = Some(s);
-                break;
-            }
-            // Busy, or a failure of the storage that may pass (a full disk): try again
-            // while the lease keeper holds the tasks.
+    let mut pause = Pause::errors();
+    let since = Instant::now();
+    let statuses = loop {
+        match guarded(|| engine.store.finish_many(&results, engine.now())) {
+            Ok(s) => break Some(s),
             Err(e) => {
-                shared.record_error(&e);
+                engine.errors.record(&e);
+                if engine.outcomes.is_stopping() && since.elapsed() >= GIVE_UP {
+                    break None;
+                }
                 std::thread::sleep(pause.next());
             }
         }
-    }
+    };
+    let mut unrecorded = Vec::new();
     for (i, f) in batch.iter().enumerate() {
-        match statuses.as_mut().and_then(|s| s.get_mut(i)) {
+        match statuses.as_ref().and_then(|s| s.get(i)) {
             Some(Ok(status)) => {
                 let report = TaskReport {
                     id: f.claim.id,
-                    channel: &f.channel.name,
+                    channel: &f.channel,
                     attempt: f.claim.attempt,
                     elapsed: f.elapsed,
                     outcome: &f.outcome,
                     status: *status,
                 };
                 report::trace(&report);
-                if let Some(hook) = &shared.on_outcome {
+                if let Some(hook) = &engine.on_outcome {
                     // A panicking hook must not take the recorder down with it.
                     let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
                 }
             }
-            // Another worker owns the task now (its lease expired): this result is dropped.
-            Some(Err(Error::LeaseLost { .. })) | None => {}
-            Some(Err(e)) => shared.record_error(e),
+            Some(Err(Error::LeaseLost { .. })) => {
+                engine.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                report::trace_lease_lost(f.claim.id, &f.channel, f.claim.attempt);
+            }
+            Some(Err(e)) => engine.errors.record(e),
+            None => unrecorded.push(f.claim.id),
         }
-        shared.finished(f.claim.id);
     }
+    if !unrecorded.is_empty() {
+        Stats::add(&engine.stats.unrecorded, unrecorded.len());
+        engine.outcomes.unrecorded(unrecorded);
+    }
+    let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
+    engine.held.remove(&claims);
 }

@@ -27,6 +27,66 @@ pub struct TaskReport<'a> {
 /// The hook's type.
 pub(crate) type Hook = dyn Fn(&TaskReport<'_>) + Send + Sync;
 
+/// What the queue's runtime did beside running handlers, since the queue was built; from
+/// [`crate::SimplePyQ::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Tasks claimed ahead for a worker and given back unstarted (pending again, no attempt
+    /// used) when the queue stopped, was dropped, or their channel was removed.
+    pub released: u64,
+    /// Outcomes the store refused because the attempt no longer held its task: its lease had
+    /// expired and another worker took the task over (the task ran twice), or the task was
+    /// removed. Each is also a `tracing` warning.
+    pub lease_lost: u64,
+    /// Outcomes never recorded: the store kept failing while the queue stopped. Their tasks
+    /// run again once their lease expires (a lost run, which uses no retry).
+    pub unrecorded: u64,
+    /// Running tasks of dead workers (in any process) that this queue's lease keeper
+    /// recovered as lost runs.
+    pub recovered: u64,
+}
+
+/// What a stop left behind, from [`crate::SimplePyQ::stop`] and
+/// [`crate::SimplePyQ::stop_timeout`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StopReport {
+    /// The tasks whose handlers were still running when the stop returned (only after a
+    /// `stop_timeout` deadline). Their leases are kept until they finish and their outcomes
+    /// are recorded.
+    pub running: Vec<TaskId>,
+    /// How many tasks claimed ahead and not started were given back.
+    pub released: usize,
+    /// Tasks whose outcome could not be recorded before the stop returned (the store kept
+    /// failing): they run again once their lease expires.
+    pub unrecorded: Vec<TaskId>,
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(a panic payload that is not a string)"
+    }
+}
+
+/// Emits the `tracing` warning of an outcome the store refused as lease-lost.
+pub(crate) fn trace_lease_lost(id: TaskId, channel: &str, attempt: u32) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        id = id.get(),
+        channel,
+        attempt,
+        "simplepyq outcome dropped: the attempt's lease was lost (the task was taken over or removed)"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (id, channel, attempt);
+}
+
 /// Emits the `tracing` event of a recorded attempt (with the `tracing` feature).
 pub(crate) fn trace(report: &TaskReport<'_>) {
     #[cfg(feature = "tracing")]

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-/// Tells the lease keeper to stop, waking it from its wait between rounds.
+/// Tells a run's helper threads that the run stopped, waking the lease keeper from its
+/// wait between rounds.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     stopped: Mutex<bool>,
@@ -16,6 +17,11 @@ impl Signal {
     pub(crate) fn stop(&self) {
         *self.stopped.lock() = true;
         self.cv.notify_all();
+    }
+
+    /// Whether the run stopped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        *self.stopped.lock()
     }
 
     /// Waits up to `timeout`; returns whether to stop.

@@ -10,6 +10,7 @@ use simplepyq_core::Store;
 pub mod conformance;
 pub mod faults;
 pub mod fuzz;
+pub mod lifecycle;
 pub mod model;
 pub mod scenarios;
 
@@ -89,6 +90,10 @@ macro_rules! backend_tests {
 
         mod scenarios {
             $crate::scenario_tests!($factory);
+        }
+
+        mod lifecycle {
+            $crate::lifecycle_tests!($factory);
         }
     };
 }

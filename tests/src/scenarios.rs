@@ -776,53 +776,6 @@ pub fn inspect_and_cancel(store: Box<dyn Store>) {
     assert_eq!(q.counts("i").expect("counts").done, 4);
 }
 
-/// `stop_timeout` returns at its deadline with the tasks still running; their leases then
-/// run out and the tasks are recovered.
-pub fn stop_timeout_returns_the_running_tasks(store: Box<dyn Store>) {
-    let q = SimplePyQ::builder(store)
-        .lease(Duration::from_millis(200))
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .expect("valid settings");
-    let release = Arc::new(AtomicBool::new(false));
-    let started = Arc::new(AtomicBool::new(false));
-    let (r, s) = (Arc::clone(&release), Arc::clone(&started));
-    q.add_channel(
-        "stuck",
-        move |_: u32| {
-            s.store(true, Ordering::SeqCst);
-            while !r.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
-    let id = q
-        .enqueue_with("stuck", &1u32, EnqueueOptions::new().retries(1))
-        .expect("enqueue");
-    q.start().expect("start");
-    while !started.load(Ordering::SeqCst) {
-        std::thread::yield_now();
-    }
-    let t0 = Instant::now();
-    let running = q.stop_timeout(Duration::from_millis(100));
-    let waited = t0.elapsed();
-    assert_eq!(running, vec![id]);
-    assert!(
-        waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
-        "{waited:?}"
-    );
-    assert_eq!(state(&q, id).status, Status::Running);
-    // Nobody renews the lease now: once it runs out, the task is recovered.
-    std::thread::sleep(Duration::from_millis(250));
-    let now = simplepyq::Clock::now(&simplepyq::SystemClock);
-    assert_eq!(q.store().recover_expired(now, 3).expect("recover"), 1);
-    assert_eq!(state(&q, id).status, Status::Pending);
-    release.store(true, Ordering::SeqCst);
-}
-
 /// The outcome hook hears of every recorded attempt, with the status it led to.
 pub fn outcome_hook_sees_every_attempt(store: Box<dyn Store>) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1007,7 +960,6 @@ macro_rules! scenario_tests {
             unique_keys_prevent_duplicates,
             backoff_spaces_retries_and_delay_wins,
             inspect_and_cancel,
-            stop_timeout_returns_the_running_tasks,
             outcome_hook_sees_every_attempt,
             injected_faults_lose_nothing,
             handlers_can_enqueue_to_their_own_channel,

@@ -1,0 +1,129 @@
+//! The meeting point of one channel's workers: wake-ups, the stop, and the tasks one worker
+//! claimed for the others.
+//!
+//! One idle worker at a time claims, for itself and every other idle worker, in one store
+//! call, and hands the extra tasks over here. A task leaves this place only to start (its
+//! claim marked running, under this lock) or to be given back: once [`Dispatch::stop`] ran,
+//! no handler starts, and every task claimed but not started is returned for release.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use simplepyq_core::Task;
+
+use crate::held::{Held, Phase};
+
+#[derive(Debug, Default)]
+struct State {
+    /// Moves on every wake-up, so that a waiter never misses one.
+    generation: u64,
+    stopped: bool,
+    /// A worker is in a claim call for the idle ones.
+    claiming: bool,
+    /// Workers waiting for work.
+    idle: usize,
+    /// Claimed tasks waiting for a worker.
+    handed: VecDeque<Task>,
+}
+
+/// What a worker does next.
+#[derive(Debug)]
+pub(crate) enum Turn {
+    /// Run this task: its handler counts as started.
+    Run(Task),
+    /// Claim from the store: for itself and `idle` others; `seen` is the wake-up generation.
+    Claim { idle: usize, seen: u64 },
+    /// The channel stopped.
+    Stop,
+}
+
+/// What became of a claim's tasks.
+#[derive(Debug)]
+pub(crate) enum Claimed {
+    /// Run this one; the rest were handed over.
+    Run(Task),
+    /// Nothing was due.
+    Nothing,
+    /// The channel stopped meanwhile: give these back.
+    GiveBack(Vec<Task>),
+}
+
+/// One channel's dispatch.
+#[derive(Debug, Default)]
+pub(crate) struct Dispatch {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl Dispatch {
+    /// New work: wake one idle worker, or all.
+    pub(crate) fn notify(&self, all: bool) {
+        self.state.lock().generation += 1;
+        if all {
+            self.cv.notify_all();
+        } else {
+            self.cv.notify_one();
+        }
+    }
+
+    /// Stops the channel: no handler starts from now on. Returns the tasks claimed but not
+    /// started, to be given back.
+    pub(crate) fn stop(&self) -> Vec<Task> {
+        let mut st = self.state.lock();
+        st.stopped = true;
+        self.cv.notify_all();
+        st.handed.drain(..).collect()
+    }
+
+    /// The worker's next turn. While another worker claims, it waits at most `wait`, then
+    /// looks again, so that some worker always looks at the store within that time.
+    pub(crate) fn turn(&self, held: &Held, wait: Duration) -> Turn {
+        let mut st = self.state.lock();
+        loop {
+            if st.stopped {
+                return Turn::Stop;
+            }
+            if let Some(task) = st.handed.pop_front() {
+                held.set(task.claim(), Phase::Running);
+                return Turn::Run(task);
+            }
+            if !st.claiming {
+                st.claiming = true;
+                return Turn::Claim {
+                    idle: st.idle,
+                    seen: st.generation,
+                };
+            }
+            st.idle += 1;
+            self.cv.wait_for(&mut st, wait);
+            st.idle -= 1;
+        }
+    }
+
+    /// The claimer is back with `tasks` (none if the claim failed).
+    pub(crate) fn claimed(&self, mut tasks: Vec<Task>, held: &Held) -> Claimed {
+        let mut st = self.state.lock();
+        st.claiming = false;
+        if st.stopped {
+            return Claimed::GiveBack(tasks);
+        }
+        if tasks.is_empty() {
+            return Claimed::Nothing;
+        }
+        let mine = tasks.remove(0);
+        held.set(mine.claim(), Phase::Running);
+        st.handed.extend(tasks);
+        // The idle workers take the handed tasks; one of them claims next.
+        self.cv.notify_all();
+        Claimed::Run(mine)
+    }
+
+    /// Waits up to `timeout` unless woken since `seen`, stopped, or given work.
+    pub(crate) fn rest(&self, seen: u64, timeout: Duration) {
+        let mut st = self.state.lock();
+        if st.generation == seen && !st.stopped && st.handed.is_empty() {
+            self.cv.wait_for(&mut st, timeout);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! What the parts of a running queue share: the store and its settings, the claims held,
+//! the outcomes waiting to be recorded, the errors met, and each channel's dispatch (to wake
+//! its workers). Each part owns its own state; this only brings them together.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use simplepyq_core::{Clock, Error, Result, Timestamp};
+
+use crate::dispatch::Dispatch;
+use crate::held::Held;
+use crate::outcomes::Outcomes;
+use crate::report::{self, Hook, QueueStats};
+
+/// The shared parts of one queue.
+pub(crate) struct Engine<S> {
+    pub(crate) store: S,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lease: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) max_lost_runs: u32,
+    pub(crate) held: Held,
+    pub(crate) outcomes: Outcomes,
+    pub(crate) errors: Errors,
+    pub(crate) stats: Stats,
+    pub(crate) on_outcome: Option<Box<Hook>>,
+    /// The dispatch of each channel whose workers run.
+    dispatches: Mutex<HashMap<String, Arc<Dispatch>>>,
+    /// Counts the queue's starts: the helper threads of an older run leave their work to
+    /// the newer run's.
+    runs: AtomicU64,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .field("max_lost_runs", &self.max_lost_runs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings an engine is built with.
+pub(crate) struct Settings {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lease: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) max_lost_runs: u32,
+    pub(crate) on_outcome: Option<Box<Hook>>,
+}
+
+impl<S> Engine<S> {
+    pub(crate) fn new(store: S, settings: Settings) -> Self {
+        Engine {
+            store,
+            clock: settings.clock,
+            lease: settings.lease,
+            poll_interval: settings.poll_interval,
+            max_lost_runs: settings.max_lost_runs,
+            held: Held::default(),
+            outcomes: Outcomes::default(),
+            errors: Errors::default(),
+            stats: Stats::default(),
+            on_outcome: settings.on_outcome,
+            dispatches: Mutex::new(HashMap::new()),
+            runs: AtomicU64::new(0),
+        }
+    }
+
+    /// Begins a new run; returns its number.
+    pub(crate) fn next_run(&self) -> u64 {
+        self.runs.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The number of the latest run.
+    pub(crate) fn current_run(&self) -> u64 {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Registers the dispatch of a channel whose workers start.
+    pub(crate) fn serve(&self, channel: &str, dispatch: Arc<Dispatch>) {
+        self.dispatches.lock().insert(channel.to_owned(), dispatch);
+    }
+
+    /// Forgets the dispatch of a channel whose workers stop.
+    pub(crate) fn unserve(&self, channel: &str) {
+        self.dispatches.lock().remove(channel);
+    }
+
+    /// Wakes idle workers of `channel`, if it has any here.
+    pub(crate) fn wake(&self, channel: &str, all: bool) {
+        if let Some(d) = self.dispatches.lock().get(channel) {
+            d.notify(all);
+        }
+    }
+
+    /// Wakes the idle workers of every channel, e.g. after leases were recovered.
+    pub(crate) fn wake_all(&self) {
+        for d in self.dispatches.lock().values() {
+            d.notify(true);
+        }
+    }
+}
+
+/// Runs a call into the store (or the clock), turning a panic in it (a bug in a custom
+/// backend) into an error, so that no flag or thread of the runtime is left behind by it.
+pub(crate) fn guarded<T>(call: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        Err(Error::Backend {
+            backend: "store",
+            source: format!("a store call panicked: {}", report::panic_message(&*panic)).into(),
+        })
+    })
+}
+
+/// Storage errors that workers met and could not return to a caller.
+#[derive(Debug, Default)]
+pub(crate) struct Errors {
+    last: Mutex<Option<String>>,
+    /// An error no retry will cure (a damaged file, one that cannot be written), for
+    /// `run_until_complete` to return instead of waiting forever.
+    lasting: Mutex<Option<Error>>,
+}
+
+impl Errors {
+    /// Keeps `e`, traced.
+    pub(crate) fn record(&self, e: &Error) {
+        report::trace_store_error(e);
+        *self.last.lock() = Some(e.to_string());
+        if matches!(e, Error::Corrupt { .. } | Error::ReadOnly { .. }) {
+            *self.lasting.lock() = e.try_clone();
+        }
+    }
+
+    pub(crate) fn last(&self) -> Option<String> {
+        self.last.lock().clone()
+    }
+
+    pub(crate) fn take_lasting(&self) -> Option<Error> {
+        self.lasting.lock().take()
+    }
+}
+
+/// Counters of what the runtime did beside running handlers.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) released: AtomicU64,
+    pub(crate) lease_lost: AtomicU64,
+    pub(crate) unrecorded: AtomicU64,
+    pub(crate) recovered: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> QueueStats {
+        QueueStats {
+            released: self.released.load(Ordering::Relaxed),
+            lease_lost: self.lease_lost.load(Ordering::Relaxed),
+            unrecorded: self.unrecorded.load(Ordering::Relaxed),
+            recovered: self.recovered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Exponential pauses: from `start`, doubling up to `max`.
+#[derive(Debug)]
+pub(crate) struct Pause {
+    next: Duration,
+    start: Duration,
+    max: Duration,
+}
+
+impl Pause {
+    pub(crate) fn new(start: Duration, max: Duration) -> Self {
+        Pause {
+            next: start,
+            start,
+            max,
+        }
+    }
+
+    /// Pauses after storage errors: 10 ms doubling to 1 s.
+    pub(crate) fn errors() -> Self {
+        Pause::new(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.start;
+    }
+}

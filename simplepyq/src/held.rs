@@ -1,0 +1,110 @@
+//! The claims a queue holds: each task it claimed, from the claim until the task is given
+//! back or its outcome is recorded. The lease keeper renews exactly these; `stop_timeout`
+//! reports the ones whose handlers still run; `run_until_complete` waits on their changes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use simplepyq_core::{Claim, TaskId};
+
+/// Where a held claim stands in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Claimed, waiting for a worker: no handler started, so it can be given back.
+    Reserved,
+    /// Its handler runs.
+    Running,
+    /// Its handler returned; the outcome waits to be recorded.
+    Recording,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Keyed by claim, not task: a stale attempt of a task never touches a live one's entry.
+    claims: HashMap<Claim, Phase>,
+    /// Moves on every change that may end a wait: a claim let go, a worker idle, a stop.
+    generation: u64,
+}
+
+/// The claims of one queue, shared by its workers, recorder and keeper.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Held {
+    /// New claims, not started yet.
+    pub(crate) fn reserve(&self, claims: impl IntoIterator<Item = Claim>) {
+        let mut st = self.state.lock();
+        for c in claims {
+            st.claims.insert(c, Phase::Reserved);
+        }
+    }
+
+    /// Moves a held claim on to `phase`.
+    pub(crate) fn set(&self, claim: Claim, phase: Phase) {
+        if let Some(p) = self.state.lock().claims.get_mut(&claim) {
+            *p = phase;
+        }
+    }
+
+    /// Lets claims go: given back, recorded, or lost.
+    pub(crate) fn remove(&self, claims: &[Claim]) {
+        let mut st = self.state.lock();
+        for c in claims {
+            st.claims.remove(c);
+        }
+        st.generation += 1;
+        self.changed.notify_all();
+    }
+
+    /// Wakes the waiters, e.g. when a worker found nothing to do or the queue stopped.
+    pub(crate) fn bump(&self) {
+        self.state.lock().generation += 1;
+        self.changed.notify_all();
+    }
+
+    /// Every held claim, for lease renewal.
+    pub(crate) fn all(&self) -> Vec<Claim> {
+        self.state.lock().claims.keys().copied().collect()
+    }
+
+    /// The tasks whose handlers run now, in id order.
+    pub(crate) fn running(&self) -> Vec<TaskId> {
+        let mut ids: Vec<TaskId> = self
+            .state
+            .lock()
+            .claims
+            .iter()
+            .filter(|(_, p)| **p == Phase::Running)
+            .map(|(c, _)| c.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The generation, and whether any claim is held.
+    pub(crate) fn snapshot(&self) -> (u64, bool) {
+        let st = self.state.lock();
+        (st.generation, !st.claims.is_empty())
+    }
+
+    /// Whether every held claim is `Running` (none waits to start or to be recorded).
+    pub(crate) fn only_running(&self) -> bool {
+        self.state
+            .lock()
+            .claims
+            .values()
+            .all(|p| *p == Phase::Running)
+    }
+
+    /// Waits up to `timeout` for the generation to move past `seen`.
+    pub(crate) fn wait(&self, seen: u64, timeout: Duration) {
+        let mut st = self.state.lock();
+        if st.generation == seen {
+            self.changed.wait_for(&mut st, timeout);
+        }
+    }
+}

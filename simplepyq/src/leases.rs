@@ -1,0 +1,105 @@
+//! Leases of the claims a queue holds: renewing them (the keeper thread), recovering other
+//! workers' expired ones, and giving back claims whose handlers never started.
+
+use std::time::{Duration, Instant};
+
+use simplepyq_core::{Claim, Result, Store, Task, Timestamp};
+
+use crate::engine::{Engine, Pause, Stats, guarded};
+use crate::signal::Signal;
+
+/// How long a release is tried while the store fails; then its claims are let go, and their
+/// tasks are recovered once their lease expires.
+const RELEASE_TRIES_FOR: Duration = Duration::from_secs(2);
+
+/// The lease keeper of run `run`: every third of a lease, renews the leases of the claims
+/// held and recovers tasks whose lease expired elsewhere. Once the run stops it only renews,
+/// while claims are held (handlers that outlived a `stop_timeout`, outcomes not yet
+/// recorded); it ends when none is, or when a newer run's keeper takes over. So it stops
+/// last.
+pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
+    let period = (engine.lease / 3).max(Duration::from_millis(1));
+    loop {
+        if !signal.is_stopped() {
+            if signal.wait(period) {
+                continue;
+            }
+            if let Err(e) = guarded(|| renew_and_recover(engine)) {
+                engine.errors.record(&e);
+            }
+            continue;
+        }
+        let next = Instant::now() + period;
+        loop {
+            let (seen, holding) = engine.held.snapshot();
+            if !holding || engine.current_run() != run {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            engine.held.wait(seen, next - now);
+        }
+        if let Err(e) = guarded(|| renew(engine, engine.now())) {
+            engine.errors.record(&e);
+        }
+    }
+}
+
+/// Renews the leases of every claim held, as of `now`.
+fn renew<S: Store>(engine: &Engine<S>, now: Timestamp) -> Result<()> {
+    let claims = engine.held.all();
+    if !claims.is_empty() {
+        engine
+            .store
+            .extend_leases(&claims, now.after(engine.lease))?;
+    }
+    Ok(())
+}
+
+/// Renews the leases of the claims held, then recovers the tasks whose lease expired as
+/// lost runs; returns how many were recovered. The one way any part of the queue recovers.
+///
+/// Renewing first means a lease of this queue's own that lapsed (its keeper starved, a
+/// commit slow on a loaded disk) is not taken for a dead worker's: its task does not run
+/// again while it still runs here. Both calls use one reading of the clock, so that a
+/// thread descheduled between them cannot find its own fresh lease expired. If the renewal
+/// fails, nothing is recovered this time.
+pub(crate) fn renew_and_recover<S: Store>(engine: &Engine<S>) -> Result<usize> {
+    let now = engine.now();
+    renew(engine, now)?;
+    let n = engine.store.recover_expired(now, engine.max_lost_runs)?;
+    if n > 0 {
+        Stats::add(&engine.stats.recovered, n);
+        engine.wake_all();
+    }
+    Ok(n)
+}
+
+/// Gives back tasks claimed but never started: pending again, no attempt used. Returns how
+/// many the store still held. If the store keeps failing, the claims are let go all the
+/// same: their tasks are recovered once their lease expires, as lost runs.
+pub(crate) fn give_back<S: Store>(engine: &Engine<S>, tasks: &[Task]) -> usize {
+    if tasks.is_empty() {
+        return 0;
+    }
+    let claims: Vec<Claim> = tasks.iter().map(Task::claim).collect();
+    let mut pause = Pause::errors();
+    let since = Instant::now();
+    let released = loop {
+        match guarded(|| engine.store.release(&claims, engine.now())) {
+            Ok(n) => break n,
+            Err(e) => {
+                engine.errors.record(&e);
+                if since.elapsed() >= RELEASE_TRIES_FOR {
+                    break 0;
+                }
+                std::thread::sleep(pause.next());
+            }
+        }
+    };
+    Stats::add(&engine.stats.released, released);
+    engine.held.remove(&claims);
+    released
+}

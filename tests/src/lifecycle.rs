@@ -1,0 +1,445 @@
+//! The queue's lifecycle: what `stop`, `stop_timeout`, dropping the queue and
+//! `remove_channel` do to tasks that run, that are claimed and that wait. The rule under
+//! test: none of them runs, fails or loses a task whose handler had not started; a handler
+//! that started keeps its lease until its outcome is recorded.
+//!
+//! Every test uses the defaults users get (`retries = 0`): a retry would hide a task that
+//! failed without having run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use simplepyq::{Error, SimplePyQ, Status, TaskId};
+use simplepyq_core::{Store, StoreExt};
+
+/// Handlers that block until the test opens the gate, counting their starts per argument.
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: AtomicBool,
+    running: AtomicUsize,
+    starts: Mutex<HashMap<u32, usize>>,
+}
+
+impl Gate {
+    fn new() -> Arc<Self> {
+        Arc::new(Gate::default())
+    }
+
+    /// The handler body: counts the start, waits for the gate (at most `hold` for a task
+    /// not in `blocked`), counts the end.
+    fn run(&self, n: u32, hold: Duration) {
+        *self.starts.lock().entry(n).or_default() += 1;
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let t0 = Instant::now();
+        while !self.open.load(Ordering::SeqCst) && t0.elapsed() < hold {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    fn started(&self) -> usize {
+        self.starts.lock().values().sum()
+    }
+
+    fn starts_of(&self, n: u32) -> usize {
+        self.starts.lock().get(&n).copied().unwrap_or(0)
+    }
+
+    fn max_starts(&self) -> usize {
+        self.starts.lock().values().copied().max().unwrap_or(0)
+    }
+}
+
+/// Waits until `done` holds, failing the test after 10 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+type Shared = Arc<Box<dyn Store>>;
+
+fn queue_on(store: &Shared, lease: Duration) -> SimplePyQ<Shared> {
+    SimplePyQ::builder(Arc::clone(store))
+        .lease(lease)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings")
+}
+
+/// Adds channel `name` whose handler runs `gate` holding each task up to `hold`.
+fn gated(q: &SimplePyQ<Shared>, name: &str, gate: &Arc<Gate>, hold: Duration, workers: usize) {
+    let g = Arc::clone(gate);
+    q.add_channel(
+        name,
+        move |n: u32| {
+            g.run(n, hold);
+            Ok(())
+        },
+        workers,
+    )
+    .expect("add");
+}
+
+fn enqueue(q: &SimplePyQ<Shared>, channel: &str, n: u32) -> Vec<TaskId> {
+    (0..n)
+        .map(|i| q.enqueue(channel, &i).expect("enqueue"))
+        .collect()
+}
+
+/// Asserts that every task not in `ran` is pending with no attempt used.
+fn untouched(store: &Shared, ids: &[TaskId], gate: &Gate) {
+    for (i, id) in ids.iter().enumerate() {
+        let n = u32::try_from(i).expect("few tasks");
+        if gate.starts_of(n) > 0 {
+            continue;
+        }
+        let s = store.get(*id).expect("get").expect("exists").state;
+        assert_eq!(
+            (s.status, s.attempts, s.lost_runs),
+            (Status::Pending, 0, 0),
+            "task {n}, never started, was touched: {s:?}"
+        );
+    }
+}
+
+/// `stop` while 4 of 8 tasks run on 4 workers: no other task starts, the stop returns when
+/// the 4 are done, the other 4 are pending with no attempt used; the store never shows
+/// more running tasks than workers. A restart runs the 4 left, each once.
+pub fn stop_starts_nothing_and_gives_back_claimed_tasks(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_secs(30));
+    let gate = Gate::new();
+    gated(&q, "s", &gate, Duration::from_millis(300), 4);
+    let ids = enqueue(&q, "s", 8);
+    q.start().expect("start");
+    wait_until("4 handlers run", || gate.started() == 4);
+    let running = store.counts(Some("s")).expect("counts").running;
+    assert!(running <= 4, "{running} tasks running with 4 workers");
+    q.stop();
+    assert_eq!(gate.started(), 4, "a handler started after stop began");
+    let c = store.counts(Some("s")).expect("counts");
+    assert_eq!((c.done, c.pending, c.running), (4, 4, 0), "{c:?}");
+    untouched(&store, &ids, &gate);
+    gate.open();
+    q.run_until_complete().expect("run");
+    assert_eq!(store.counts(Some("s")).expect("counts").done, 8);
+    assert_eq!((gate.started(), gate.max_starts()), (8, 1));
+}
+
+/// `stop_timeout` with one worker whose handler outlives the deadline: it returns exactly
+/// that task, no other handler starts afterwards, the others are untouched, and the late
+/// handler's outcome is still recorded (its lease kept meanwhile).
+pub fn stop_timeout_returns_exactly_the_running_tasks(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_millis(100));
+    let gate = Gate::new();
+    gated(&q, "t", &gate, Duration::from_secs(10), 1);
+    let ids = enqueue(&q, "t", 10);
+    q.start().expect("start");
+    wait_until("a handler runs", || gate.started() == 1);
+    let t0 = Instant::now();
+    let report = q.stop_timeout(Duration::from_millis(50));
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(report.running, vec![ids[0]]);
+    assert!(report.unrecorded.is_empty(), "{report:?}");
+    // Three leases pass while the handler still runs: it keeps its lease.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gate.started(), 1, "a handler started after stop_timeout");
+    let now = simplepyq::Clock::now(&simplepyq::SystemClock);
+    assert_eq!(store.recover_expired(now, 3).expect("recover"), 0);
+    untouched(&store, &ids, &gate);
+    gate.open();
+    wait_until("the late outcome is recorded", || {
+        store.counts(Some("t")).expect("counts").done == 1
+    });
+    let s = store.get(ids[0]).expect("get").expect("exists").state;
+    assert_eq!((s.status, s.attempts), (Status::Done, 1));
+}
+
+/// Dropping a running queue starts no other handler; the tasks not started are pending
+/// with no attempt used, and a queue opened next (here with a short lease) fails none of
+/// them: every task ends done, each run once.
+pub fn dropping_a_queue_starts_nothing_and_fails_nothing(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let gate = Gate::new();
+    let ids = {
+        let q = queue_on(&store, Duration::from_millis(100));
+        gated(&q, "d", &gate, Duration::from_millis(100), 2);
+        let ids = enqueue(&q, "d", 40);
+        q.start().expect("start");
+        wait_until("2 handlers run", || gate.started() == 2);
+        ids
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gate.started(), 2, "handlers started after the drop");
+    untouched(&store, &ids, &gate);
+    let q = queue_on(&store, Duration::from_millis(100));
+    gated(&q, "d", &gate, Duration::ZERO, 2);
+    q.run_until_complete().expect("run");
+    let c = store.counts(Some("d")).expect("counts");
+    assert_eq!((c.done, c.failed), (40, 0), "{c:?}");
+    assert_eq!((gate.started(), gate.max_starts()), (40, 1));
+}
+
+/// Once `remove_channel` returned, no handler of the removed channel starts.
+pub fn removed_channel_starts_nothing(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_secs(30));
+    let gate = Gate::new();
+    gated(&q, "gone", &gate, Duration::from_millis(50), 1);
+    enqueue(&q, "gone", 20);
+    q.start().expect("start");
+    wait_until("a handler runs", || gate.started() == 1);
+    assert_eq!(q.remove_channel("gone").expect("remove"), 20);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gate.started(), 1, "a removed task ran");
+    q.stop();
+}
+
+/// A graceful `stop` keeps renewing the lease of a handler that outlives it: another queue
+/// looking for expired leases all along never takes the task, which runs once.
+pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_millis(60));
+    let gate = Gate::new();
+    gated(&q, "l", &gate, Duration::from_millis(400), 1);
+    let id = enqueue(&q, "l", 1)[0];
+    q.start().expect("start");
+    wait_until("the handler runs", || gate.started() == 1);
+    let other = queue_on(&store, Duration::from_millis(60));
+    gated(&other, "l", &gate, Duration::ZERO, 1);
+    other.start().expect("start");
+    q.stop();
+    other.stop();
+    let s = store.get(id).expect("get").expect("exists").state;
+    assert_eq!((s.status, s.attempts, gate.started()), (Status::Done, 1, 1));
+}
+
+/// A stale attempt (its lease taken over by another process) ending after this queue
+/// claimed the task again does not stop the renewal of the live attempt.
+pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let lease = Duration::from_millis(150);
+    let q = queue_on(&store, lease);
+    let first_done = Arc::new(AtomicBool::new(false));
+    let second = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (f, s, r) = (
+        Arc::clone(&first_done),
+        Arc::clone(&second),
+        Arc::clone(&runs),
+    );
+    q.add_channel(
+        "x",
+        move |_: u32| {
+            let run = r.fetch_add(1, Ordering::SeqCst);
+            let until = if run == 0 { &f } else { &s };
+            while !until.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    let id = q.enqueue("x", &0u32).expect("enqueue");
+    q.start().expect("start");
+    wait_until("the first run", || runs.load(Ordering::SeqCst) == 1);
+    // Another process, its clock two leases ahead, takes the task for lost (and makes it
+    // due at its own time).
+    let ahead = simplepyq::Clock::now(&simplepyq::SystemClock).after(lease * 2);
+    assert_eq!(store.recover_expired(ahead, 3).expect("recover"), 1);
+    wait_until("the second run", || runs.load(Ordering::SeqCst) == 2);
+    first_done.store(true, Ordering::SeqCst);
+    // Several leases pass: the second attempt keeps its lease.
+    std::thread::sleep(lease * 4);
+    let now = simplepyq::Clock::now(&simplepyq::SystemClock);
+    let st = store.get(id).expect("get").expect("exists").state;
+    assert_eq!((st.status, st.attempts), (Status::Running, 2), "{st:?}");
+    assert!(st.lease_until > Some(now), "the live lease lapsed: {st:?}");
+    second.store(true, Ordering::SeqCst);
+    q.run_until_complete().expect("run");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let stats = q.stats();
+    assert_eq!((stats.lease_lost, stats.unrecorded), (1, 0), "{stats:?}");
+}
+
+/// `start` after a `stop_timeout` that left a handler running does not take that
+/// handler's task for a dead worker's: it runs once.
+pub fn start_after_stop_timeout_does_not_rerun_a_running_task(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_millis(50));
+    let gate = Gate::new();
+    gated(&q, "r", &gate, Duration::from_millis(500), 1);
+    let id = enqueue(&q, "r", 1)[0];
+    q.start().expect("start");
+    wait_until("the handler runs", || gate.started() == 1);
+    assert_eq!(q.stop_timeout(Duration::from_millis(10)).running, vec![id]);
+    std::thread::sleep(Duration::from_millis(200));
+    q.run_until_complete().expect("run");
+    let s = store.get(id).expect("get").expect("exists").state;
+    assert_eq!((s.status, s.attempts, gate.started()), (Status::Done, 1, 1));
+}
+
+/// While one worker runs a long handler, another worker of the channel still looks at the
+/// store: a task another process enqueued starts within a few poll intervals.
+pub fn idle_workers_poll_while_another_runs(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_secs(30));
+    let gate = Gate::new();
+    gated(&q, "p", &gate, Duration::from_secs(5), 2);
+    enqueue(&q, "p", 1);
+    q.start().expect("start");
+    wait_until("the first handler runs", || gate.started() == 1);
+    std::thread::sleep(Duration::from_millis(100));
+    // Enqueued behind the queue's back, as another process would.
+    let now = simplepyq::Clock::now(&simplepyq::SystemClock);
+    let args = rmp_serde::to_vec_named(&1u32).expect("encode");
+    store
+        .enqueue_one(simplepyq_core::NewTask::new("p", args), now)
+        .expect("enqueue");
+    let t0 = Instant::now();
+    while gate.started() < 2 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(gate.started(), 2, "the second task waited for the first");
+    gate.open();
+    q.stop();
+}
+
+/// `run_until_complete` returns, with an error saying so, when another thread stops the
+/// queue (a Ctrl-C handler).
+pub fn run_until_complete_returns_when_stopped_elsewhere(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = Arc::new(queue_on(&store, Duration::from_secs(30)));
+    let gate = Gate::new();
+    gated(&q, "u", &gate, Duration::from_millis(200), 1);
+    enqueue(&q, "u", 5);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = Arc::clone(&q);
+    std::thread::spawn(move || {
+        let _ = tx.send(runner.run_until_complete());
+    });
+    wait_until("a handler runs", || gate.started() == 1);
+    q.stop();
+    let result = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("run_until_complete returned");
+    assert!(matches!(result, Err(Error::Stopped)), "{result:?}");
+    let c = store.counts(Some("u")).expect("counts");
+    assert_eq!((c.done, c.pending, c.failed), (1, 4, 0), "{c:?}");
+}
+
+/// A store that panics (a bug in a custom backend) in a claim does not leave the channel
+/// stuck: the other workers go on and the tasks are done.
+pub fn a_panicking_store_call_does_not_stall_the_channel(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let panicky = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    panicky.panic_claims(1);
+    let q = SimplePyQ::builder(Arc::clone(&panicky))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    q.add_channel(
+        "k",
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    for n in 0..20u32 {
+        q.enqueue("k", &n).expect("enqueue");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let q = Arc::new(q);
+    let runner = Arc::clone(&q);
+    std::thread::spawn(move || {
+        let _ = tx.send(runner.run_until_complete());
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the queue went on after a store panic");
+    result.expect("run");
+    assert!(panicky.panicked() > 0, "no panic was injected");
+    assert_eq!(store.counts(Some("k")).expect("counts").done, 20);
+    assert_eq!(ran.load(Ordering::SeqCst), 20);
+}
+
+/// Storage errors while recording outcomes, for longer than a few seconds, never fail a
+/// task: the outcome waits (its lease renewed) until the store takes it.
+pub fn a_long_storage_outage_fails_no_task(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let outage = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    let q = SimplePyQ::builder(Arc::clone(&outage))
+        .lease(Duration::from_millis(200))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    q.add_channel(
+        "o",
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let id = q.enqueue("o", &0u32).expect("enqueue");
+    outage.outage(true);
+    q.start().expect("start");
+    wait_until("the handler ran", || ran.load(Ordering::SeqCst) == 1);
+    std::thread::sleep(Duration::from_secs(4));
+    outage.outage(false);
+    wait_until("the outcome is recorded", || {
+        store.get(id).expect("get").expect("exists").state.status == Status::Done
+    });
+    q.stop();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+/// Expands into one `#[test]` per lifecycle case, each on a fresh store from
+/// `$factory: fn() -> Fixture`.
+#[macro_export]
+macro_rules! lifecycle_tests {
+    ($factory:expr) => {
+        $crate::lifecycle_tests!(@each $factory;
+            stop_starts_nothing_and_gives_back_claimed_tasks,
+            stop_timeout_returns_exactly_the_running_tasks,
+            dropping_a_queue_starts_nothing_and_fails_nothing,
+            removed_channel_starts_nothing,
+            stop_keeps_leases_until_handlers_finish,
+            a_stale_attempt_does_not_end_the_live_ones_lease,
+            start_after_stop_timeout_does_not_rerun_a_running_task,
+            idle_workers_poll_while_another_runs,
+            run_until_complete_returns_when_stopped_elsewhere,
+            a_panicking_store_call_does_not_stall_the_channel,
+            a_long_storage_outage_fails_no_task
+        );
+    };
+    (@each $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let $crate::Fixture { store, guard, .. } = $factory();
+                $crate::lifecycle::$name(store);
+                drop(guard);
+            }
+        )*
+    };
+}
