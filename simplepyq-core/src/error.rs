@@ -17,10 +17,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No handler is registered for the channel.
-    #[error("unknown channel {0:?}: register it with add_channel first")]
-    UnknownChannel(String),
-
     /// The channel name cannot be used.
     #[error("invalid channel name {name:?}: {reason}")]
     InvalidChannel {
@@ -182,7 +178,6 @@ impl Error {
     /// [`Error::Spawn`] and [`Error::Backend`], whose sources cannot be copied.
     pub fn try_clone(&self) -> Option<Error> {
         Some(match self {
-            Error::UnknownChannel(name) => Error::UnknownChannel(name.clone()),
             Error::InvalidChannel { name, reason } => Error::InvalidChannel {
                 name: name.clone(),
                 reason,
@@ -263,7 +258,6 @@ mod tests {
     #[test]
     fn copies_say_the_same_and_sources_are_not_copied() {
         let copyable = [
-            Error::UnknownChannel("c".into()),
             Error::config("zero workers"),
             Error::Stopped,
             Error::LeaseLost {

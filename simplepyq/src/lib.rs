@@ -35,9 +35,14 @@
 //!
 //! # Semantics
 //! - **At least once.** A task is claimed atomically under a lease; a worker that dies
-//!   leaves its task `running` until the lease expires, and then it runs again (or fails
-//!   with "worker lost" if no retry is left). No task runs twice at the same time while its
-//!   lease is live: running workers renew their leases.
+//!   leaves its task `running` until the lease expires, and then it runs again: a lost run,
+//!   which uses no retry (a task that loses more than [`Builder::max_lost_runs`] runs fails
+//!   with "worker lost"). No task runs twice at the same time while its lease is live:
+//!   running workers renew their leases.
+//! - **Stopping.** Once [`SimplePyQ::stop`], [`SimplePyQ::stop_timeout`], a drop or
+//!   [`SimplePyQ::remove_channel`] begins, no handler starts; tasks claimed ahead and not
+//!   started are given back unused; running handlers keep their leases until their outcomes
+//!   are recorded.
 //! - **Retries.** `retries = N` allows N more attempts after a failed first one. A panic is
 //!   a failure. Arguments that do not decode fail the task at once, without retries.
 //! - **Delays** ([`TaskError::Delay`]) defer a task without using a retry.
