@@ -229,7 +229,7 @@ impl SqliteStore {
     fn write<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> R<T> + Send + 'static,
+        F: Fn(&Transaction<'_>) -> R<T> + Send + 'static,
     {
         let result = self.writer.run(op);
         self.checkpointer.wrote();
@@ -523,7 +523,8 @@ impl Store for SqliteStore {
         let results = results.to_vec();
         self.write(move |tx| {
             let mut statuses = Vec::with_capacity(results.len());
-            for (claim, outcome) in results {
+            for (claim, outcome) in &results {
+                let (claim, outcome) = (*claim, outcome.clone());
                 let Some(state) = held(tx, claim)? else {
                     statuses.push(Err(Error::LeaseLost {
                         id: claim.id,
@@ -561,7 +562,7 @@ impl Store for SqliteStore {
             channel_filter(channel, 1)
         );
         let channel = channel.map(str::to_owned);
-        self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(channel))?))
+        self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(&channel))?))
     }
 
     fn requeue_failed(
@@ -577,7 +578,7 @@ impl Store for SqliteStore {
         let event = Event::Requeue { now, retries };
         let channel = channel.map(str::to_owned);
         self.write(move |tx| {
-            let failed = ids(tx, &sql, params_from_iter(channel))?;
+            let failed = ids(tx, &sql, params_from_iter(&channel))?;
             let mut key_taken = tx.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM tasks f JOIN tasks o \
                    ON o.channel = f.channel AND o.unique_key = f.unique_key \
@@ -596,7 +597,7 @@ impl Store for SqliteStore {
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {
         let channel = channel.to_owned();
-        self.write(move |tx| Ok(tx.execute("DELETE FROM tasks WHERE channel = ?1", [channel])?))
+        self.write(move |tx| Ok(tx.execute("DELETE FROM tasks WHERE channel = ?1", [&channel])?))
     }
 
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
@@ -607,7 +608,7 @@ impl Store for SqliteStore {
         let channel = channel.map(str::to_owned);
         self.write(move |tx| {
             let mut stmt = tx.prepare_cached(&sql)?;
-            let n = match channel {
+            let n = match &channel {
                 Some(c) => stmt.execute(params![before.as_millis(), c])?,
                 None => stmt.execute([before.as_millis()])?,
             };

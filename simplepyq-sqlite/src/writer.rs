@@ -9,8 +9,12 @@
 //! A commit is what a SQLite queue pays for (an fsync with `synchronous=FULL`); callers on
 //! many threads (enqueues, workers' claims and results) share it. Each write runs inside a
 //! savepoint: one that fails is rolled back alone, and its caller gets its own error, while
-//! the others commit. A call returns only after its transaction committed, so a returned
-//! `enqueue` is as durable as the `synchronous` setting promises.
+//! the others commit. Some failures (a full disk, an I/O error) make SQLite roll the whole
+//! transaction back instead: then only the write at fault gets the error, and the others
+//! run again in a new transaction; a commit that fails is retried one write at a time, so
+//! that a failure costs only the writes that cannot be committed. A call returns only after
+//! its transaction committed, so a returned `enqueue` is as durable as the `synchronous`
+//! setting promises.
 
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TryRecvError, sync_channel};
@@ -28,7 +32,8 @@ const MAX_BATCH: usize = 512;
 
 /// A write waiting for the writer thread.
 trait Job: Send {
-    /// Runs the write in `tx`; whether it succeeded (else its savepoint is rolled back).
+    /// Runs the write in `tx`; whether it succeeded (else its savepoint is rolled back). A
+    /// write whose transaction was rolled back as a whole runs again in the next.
     fn run(&mut self, tx: &Transaction<'_>) -> bool;
     /// Its transaction committed: answer the caller with the write's result.
     fn committed(self: Box<Self>);
@@ -39,17 +44,14 @@ trait Job: Send {
 }
 
 struct Write<T, F> {
-    op: Option<F>,
+    op: F,
     result: Option<R<T>>,
     reply: SyncSender<Result<T>>,
 }
 
-impl<T: Send, F: FnOnce(&Transaction<'_>) -> R<T> + Send> Job for Write<T, F> {
+impl<T: Send, F: Fn(&Transaction<'_>) -> R<T> + Send> Job for Write<T, F> {
     fn run(&mut self, tx: &Transaction<'_>) -> bool {
-        let result = self
-            .op
-            .take()
-            .map_or_else(|| Err(E::Core(stopped("a write ran twice"))), |op| op(tx));
+        let result = (self.op)(tx);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -132,7 +134,7 @@ impl Writer {
     pub(crate) fn run<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> R<T> + Send + 'static,
+        F: Fn(&Transaction<'_>) -> R<T> + Send + 'static,
     {
         let (reply, answer) = sync_channel(1);
         {
@@ -141,7 +143,7 @@ impl Writer {
                 return Err(stopped("the store is closing"));
             }
             queue.jobs.push(Box::new(Write {
-                op: Some(op),
+                op,
                 result: None,
                 reply,
             }));
@@ -233,10 +235,17 @@ fn commit_batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>, busy_timeout
         let step = match step {
             Ok(true) => tx.execute_batch("RELEASE job"),
             // Some errors (a full disk, an I/O error) make SQLite roll the whole
-            // transaction back: every write of it is lost, with this one's error.
+            // transaction back: this write fails with its error, and the others, which
+            // were not at fault, run again in a new transaction.
             Ok(false) if tx.is_autocommit() => {
-                let error = job.failure();
-                return fail_all(jobs, || error.as_ref().map_or_else(stopped_write, copy));
+                drop(tx);
+                let at_fault = jobs.remove(i);
+                let error = at_fault.failure();
+                at_fault.failed(error.as_ref().map_or_else(stopped_write, copy));
+                if !jobs.is_empty() {
+                    commit_batch(conn, jobs, busy_timeout);
+                }
+                return;
             }
             Ok(false) => tx.execute_batch("ROLLBACK TO job; RELEASE job"),
             Err(e) => Err(e),
@@ -249,6 +258,13 @@ fn commit_batch(conn: &mut Connection, mut jobs: Vec<Box<dyn Job>>, busy_timeout
     }
     match tx.commit() {
         Ok(()) => jobs.into_iter().for_each(|job| job.committed()),
+        // A failed commit names no write: try each alone, so that only those that cannot
+        // be committed fail.
+        Err(_) if jobs.len() > 1 => {
+            for job in jobs {
+                commit_batch(conn, vec![job], busy_timeout);
+            }
+        }
         Err(e) => {
             let e = E::Sql(e);
             fail_all(jobs, || e.to_error());
@@ -272,5 +288,64 @@ fn copy(e: &Error) -> Error {
 fn fail_all(jobs: Vec<Box<dyn Job>>, error: impl Fn() -> Error) {
     for job in jobs {
         job.failed(error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer on a fresh file capped at a few pages, with a table `t (v BLOB)`.
+    fn small_file(dir: &std::path::Path) -> Writer {
+        let conn = Connection::open(dir.join("w.db")).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v BLOB);")
+            .expect("schema");
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .expect("page_count");
+        conn.pragma_update(None, "max_page_count", pages + 4)
+            .expect("cap");
+        Writer::start(conn, Duration::from_secs(5)).expect("writer")
+    }
+
+    /// A write that makes SQLite roll the whole group commit back (a full file) fails
+    /// alone: the writes it shared the transaction with, before and after it, commit.
+    #[test]
+    fn a_write_that_rolls_back_the_batch_fails_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = Arc::new(small_file(dir.path()));
+        // Hold the connection so that the three writes queue up for one transaction.
+        let held = writer.shared.conn.lock();
+        let sizes = [10usize, 1_000_000, 10];
+        let mut callers = Vec::new();
+        for (i, size) in sizes.into_iter().enumerate() {
+            let w = Arc::clone(&writer);
+            callers.push(std::thread::spawn(move || {
+                w.run(move |tx| Ok(tx.execute("INSERT INTO t VALUES (?1)", [vec![1u8; size]])?))
+            }));
+            // Queue them in this order.
+            while writer.shared.queue.lock().jobs.len() <= i {
+                std::thread::yield_now();
+            }
+        }
+        drop(held);
+        let results: Vec<_> = callers
+            .into_iter()
+            .map(|c| c.join().expect("caller"))
+            .collect();
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert!(
+            matches!(results[1], Err(Error::Full { .. })),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        let rows: i64 = writer
+            .shared
+            .conn
+            .lock()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 2);
     }
 }
