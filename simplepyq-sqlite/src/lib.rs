@@ -209,7 +209,7 @@ impl SqliteStore {
         reader
             .pragma_update(None, "query_only", true)
             .map_err(E::from)?;
-        let checkpointer = Checkpointer::start(connect(&path, options.busy_timeout)?)?;
+        let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
         Ok(SqliteStore {
             reader: Mutex::new(reader),
             writer: Writer::start(conn, options.busy_timeout)?,
@@ -817,6 +817,67 @@ mod tests {
         let rest = store.claim("c", usize::MAX, T0, T0).expect("claim");
         assert_eq!(rest.len(), stored.len());
         assert!(rest.iter().all(|t| t.args == vec![7; 2_000]));
+    }
+
+    /// A reader that holds a snapshot for long (a `sqlite3` shell, a backup) never stalls
+    /// writers for long: the checkpointer waits for it only a few milliseconds at a time.
+    #[test]
+    fn a_long_reader_does_not_stall_writers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let options = SqliteOptions::new().busy_timeout(Duration::from_secs(3));
+        let store = SqliteStore::open_with(&path, options).expect("open");
+        let other = Connection::open(&path).expect("open raw");
+        for _ in 0..200 {
+            store
+                .enqueue_one(NewTask::new("c", vec![1; 100]), T0)
+                .expect("enqueue");
+        }
+        // Holds a snapshot of the file as it is now.
+        other.execute_batch("BEGIN").expect("begin");
+        let n: i64 = other
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 200);
+        let mut slowest = Duration::ZERO;
+        let t0 = Instant::now();
+        // Past a second and a thousand writes: the checkpointer runs meanwhile.
+        while t0.elapsed() < Duration::from_millis(2_500) {
+            let t = Instant::now();
+            store
+                .enqueue_one(NewTask::new("c", vec![1; 100]), T0)
+                .expect("enqueue");
+            slowest = slowest.max(t.elapsed());
+        }
+        other.execute_batch("COMMIT").expect("end the read");
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a write waited {slowest:?}"
+        );
+    }
+
+    /// Under continuous writes the WAL stays bounded: the checkpointer restarts it once it
+    /// passes its size (a passive checkpoint alone never catches up).
+    #[test]
+    fn continuous_writes_keep_the_wal_bounded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let wal = dir.path().join("q.db-wal");
+        let mut largest = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            let tasks: Vec<NewTask> = (0..50).map(|_| NewTask::new("c", vec![1; 200])).collect();
+            store.enqueue(&tasks, T0).expect("enqueue");
+            let claimed = store.claim("c", 50, T0, T0).expect("claim");
+            let done: Vec<_> = claimed
+                .iter()
+                .map(|t| (t.claim(), Outcome::Succeeded))
+                .collect();
+            store.finish_many(&done, T0).expect("finish");
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        assert!(largest < 64 << 20, "the WAL grew to {largest} bytes");
     }
 
     #[test]
