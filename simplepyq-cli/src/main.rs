@@ -172,17 +172,41 @@ fn main() -> ExitCode {
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 const REDB_MAGIC: &[u8] = b"redb\x1a\x0a\xa9\x0d\x0a";
 
-/// Opens an existing queue file, SQLite or redb by its first bytes; never creates one.
+/// Opens an existing queue file to read it. A SQLite file is opened read-only: nothing is
+/// written, not even a migration, so that inspecting a file that workers use leaves it as
+/// they expect. A redb file is opened as usual: redb lets one process at a time open it,
+/// so no worker uses it meanwhile.
+fn open_to_read(path: &Path) -> Result<Box<dyn Store>, Failure> {
+    match kind(path)? {
+        Kind::Sqlite => Ok(Box::new(SqliteStore::open_read_only(path)?)),
+        Kind::Redb => Ok(Box::new(RedbStore::open(path)?)),
+    }
+}
+
+/// Opens an existing queue file to change it (migrating it to this version if needed).
 fn open(path: &Path) -> Result<Box<dyn Store>, Failure> {
+    match kind(path)? {
+        Kind::Sqlite => Ok(Box::new(SqliteStore::open(path)?)),
+        Kind::Redb => Ok(Box::new(RedbStore::open(path)?)),
+    }
+}
+
+enum Kind {
+    Sqlite,
+    Redb,
+}
+
+/// What an existing queue file is, by its first bytes; never creates one.
+fn kind(path: &Path) -> Result<Kind, Failure> {
     let mut head = [0u8; 16];
     let read = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))?;
     let head = &head[..read];
     if head.starts_with(SQLITE_MAGIC) {
-        Ok(Box::new(SqliteStore::open(path)?))
+        Ok(Kind::Sqlite)
     } else if head.starts_with(REDB_MAGIC) {
-        Ok(Box::new(RedbStore::open(path)?))
+        Ok(Kind::Redb)
     } else {
         Err(Failure::File(format!(
             "{} is not a simplepyq queue (neither a SQLite nor a redb file)",
@@ -196,7 +220,7 @@ fn run(command: Command) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Stats { file, json } => {
-            let store = open(&file)?;
+            let store = open_to_read(&file)?;
             let stats = stats(&*store, now)?;
             if json {
                 writeln!(out, "{stats}")?;
@@ -212,7 +236,7 @@ fn run(command: Command) -> Result<(), Failure> {
             after,
             json,
         } => {
-            let store = open(&file)?;
+            let store = open_to_read(&file)?;
             let mut filter = ListFilter::new(limit);
             filter.channel = channel;
             filter.status = status;
@@ -242,7 +266,7 @@ fn run(command: Command) -> Result<(), Failure> {
             }
         }
         Command::Show { file, id } => {
-            let store = open(&file)?;
+            let store = open_to_read(&file)?;
             let task = store
                 .get(TaskId::new(id))?
                 .ok_or_else(|| Failure::NotFound(format!("no task with id {id}")))?;
@@ -295,7 +319,7 @@ fn run(command: Command) -> Result<(), Failure> {
             interval,
             count,
         } => {
-            let store = open(&file)?;
+            let store = open_to_read(&file)?;
             let mut shown = 0u64;
             loop {
                 let stats = stats(&*store, SystemClock.now())?;

@@ -169,6 +169,35 @@ fn missing_and_foreign_files_are_clear_errors_and_left_alone() {
     assert_eq!(usage.status.code(), Some(2));
 }
 
+/// The read-only commands never write the file: a file of an older schema, as older
+/// workers use it, is read as it is, not migrated under them.
+#[test]
+fn reading_commands_leave_an_older_file_as_it_is() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    {
+        // Take the file back to schema 2, which had no lost-run count.
+        let conn = rusqlite::Connection::open(&db).expect("open raw");
+        conn.execute_batch("ALTER TABLE tasks DROP COLUMN lost_runs; PRAGMA user_version = 2;")
+            .expect("downgrade");
+    }
+    let before = std::fs::read(&db).expect("read");
+    let json: Value = serde_json::from_str(&ok(&["stats", s(&db), "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["failed"].as_u64(), Some(2));
+    assert!(ok(&["list", s(&db), "--status", "failed"]).contains("mailbox full"));
+    assert!(ok(&["show", s(&db), "1"]).contains("a@x"));
+    ok(&["watch", s(&db), "--count", "1"]);
+    assert!(
+        std::fs::read(&db).expect("read") == before,
+        "a reading command wrote the file"
+    );
+    let version: i64 = rusqlite::Connection::open(&db)
+        .expect("open raw")
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, 2);
+}
+
 #[test]
 fn redb_files_are_recognized() {
     let dir = tempfile::tempdir().expect("temp dir");

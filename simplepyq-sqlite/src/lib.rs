@@ -132,8 +132,8 @@ impl SqliteOptions {
 #[derive(Debug)]
 pub struct SqliteStore {
     reader: Mutex<Connection>,
-    writer: Writer,
-    checkpointer: Checkpointer,
+    /// The writer and checkpointer threads; `None` for a store opened read-only.
+    writer: Option<(Writer, Checkpointer)>,
     path: PathBuf,
     busy_timeout: Duration,
 }
@@ -154,6 +154,37 @@ impl SqliteStore {
     /// newer simplepyq, [`Error::Corrupt`] for a damaged one.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens an existing queue file for reading only, as an inspecting tool should: nothing
+    /// is written, not even a migration, so that a newer reader leaves a file that older
+    /// workers use as it is. A file of an older schema is read as it is (the columns it lacks
+    /// read as their defaults). Every write fails with [`Error::ReadOnly`].
+    ///
+    /// Errors as [`SqliteStore::open`], and [`Error::Foreign`] for a file that does not exist
+    /// or holds no queue yet.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let busy_timeout = SqliteOptions::default().busy_timeout;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|e| cannot_open(&path, e))?;
+        conn.busy_timeout(busy_timeout).map_err(E::from)?;
+        let version = retrying(busy_timeout, || {
+            schema::inspect(&conn)?;
+            schema::read_as_latest(&conn)
+        })?;
+        if version == 0 {
+            return Err(Error::Foreign {
+                backend: error::BACKEND,
+                message: format!("{} holds no simplepyq queue", path.display()),
+            });
+        }
+        Ok(SqliteStore {
+            reader: Mutex::new(conn),
+            writer: None,
+            path,
+            busy_timeout,
+        })
     }
 
     /// Opens the queue file at `path` with `options`.
@@ -212,8 +243,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
         Ok(SqliteStore {
             reader: Mutex::new(reader),
-            writer: Writer::start(conn, options.busy_timeout)?,
-            checkpointer,
+            writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),
             path,
             busy_timeout: options.busy_timeout,
         })
@@ -231,8 +261,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Transaction<'_>) -> R<T> + Send + 'static,
     {
-        let result = self.writer.run(op);
-        self.checkpointer.wrote();
+        let Some((writer, checkpointer)) = &self.writer else {
+            return Err(Error::ReadOnly {
+                backend: error::BACKEND,
+                message: format!("{} was opened read-only", self.path.display()),
+            });
+        };
+        let result = writer.run(op);
+        checkpointer.wrote();
         result
     }
 
@@ -747,28 +783,79 @@ mod tests {
         assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
     }
 
+    /// A file as version 1 left it, with a pending and a delayed task.
+    fn version_1_file(path: &Path) {
+        let conn = Connection::open(path).expect("open raw");
+        conn.execute_batch("PRAGMA journal_mode = WAL;")
+            .expect("wal");
+        conn.execute_batch(schema::MIGRATIONS[0]).expect("0001");
+        conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .expect("application_id");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("user_version");
+        for (args, status, run_at) in [(1, "pending", 0), (2, "delayed", 5_000)] {
+            conn.execute(
+                "INSERT INTO tasks (channel, args, status, retries_left, max_retries, \
+                 attempts, run_at, created_at, updated_at) \
+                 VALUES ('c', ?1, ?2, 1, 1, 0, ?3, 0, 0)",
+                params![vec![args as u8], status, T0.as_millis() + run_at],
+            )
+            .expect("insert");
+        }
+    }
+
+    /// Read-only opens never write: a version-1 file is read as it is, not migrated, while
+    /// a worker of its version may use it; every write is refused.
+    #[test]
+    fn a_read_only_open_reads_an_old_file_as_it_is() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.db");
+        version_1_file(&path);
+        let store = SqliteStore::open_read_only(&path).expect("open read-only");
+        assert_eq!(header(&path), (schema::APPLICATION_ID, 1));
+        let counts = store.counts(None).expect("counts");
+        assert_eq!((counts.pending, counts.delayed), (1, 1));
+        let tasks = store.list(&ListFilter::new(10)).expect("list");
+        assert_eq!(tasks.len(), 2);
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t.priority == 0 && t.state.lost_runs == 0)
+        );
+        assert_eq!(store.channels().expect("channels"), vec!["c".to_owned()]);
+        assert!(store.next_wakeup("c").expect("next wakeup").is_some());
+        let err = store
+            .enqueue_one(NewTask::new("c", vec![]), T0)
+            .expect_err("read-only");
+        assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+        drop(store);
+        assert_eq!(header(&path), (schema::APPLICATION_ID, 1));
+        // A file of the latest version reads the same way.
+        let store = SqliteStore::open(&path).expect("migrate");
+        drop(store);
+        let store = SqliteStore::open_read_only(&path).expect("open read-only");
+        assert_eq!(store.list(&ListFilter::new(10)).expect("list").len(), 2);
+        let missing = SqliteStore::open_read_only(dir.path().join("none.db"));
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn every_migration_says_what_columns_it_added() {
+        assert_eq!(schema::ADDED_COLUMNS.len(), schema::MIGRATIONS.len());
+        for (sql, columns) in schema::MIGRATIONS.iter().zip(schema::ADDED_COLUMNS) {
+            let added = sql.matches("ADD COLUMN").count();
+            assert_eq!(added, columns.len(), "{sql}");
+            for (name, _) in *columns {
+                assert!(sql.contains(&format!("ADD COLUMN {name} ")), "{name}");
+            }
+        }
+    }
+
     #[test]
     fn a_version_1_file_is_migrated_keeping_its_tasks() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("v1.db");
-        {
-            // A file as version 1 left it, with a pending and a delayed task.
-            let conn = Connection::open(&path).expect("open raw");
-            conn.execute_batch(schema::MIGRATIONS[0]).expect("0001");
-            conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
-                .expect("application_id");
-            conn.pragma_update(None, "user_version", 1)
-                .expect("user_version");
-            for (args, status, run_at) in [(1, "pending", 0), (2, "delayed", 5_000)] {
-                conn.execute(
-                    "INSERT INTO tasks (channel, args, status, retries_left, max_retries, \
-                     attempts, run_at, created_at, updated_at) \
-                     VALUES ('c', ?1, ?2, 1, 1, 0, ?3, 0, 0)",
-                    params![vec![args as u8], status, T0.as_millis() + run_at],
-                )
-                .expect("insert");
-            }
-        }
+        version_1_file(&path);
         let store = SqliteStore::open(&path).expect("migrate");
         assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
         let first = store.claim("c", 5, T0, T0).expect("claim");

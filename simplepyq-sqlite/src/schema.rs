@@ -44,6 +44,34 @@ pub(crate) fn inspect(conn: &Connection) -> R<()> {
     check_version(version)
 }
 
+/// The columns each migration added, with the value they read as in a file without them.
+pub(crate) const ADDED_COLUMNS: &[&[(&str, &str)]] = &[
+    &[],
+    &[("priority", "0"), ("unique_key", "NULL")],
+    &[("lost_runs", "0")],
+];
+
+/// Lets a read-only connection read a file of an older schema as if it were the latest,
+/// without writing it: a temporary view `tasks` (which shadows the file's table) adds the
+/// columns later migrations added, with their defaults. Returns the file's version.
+pub(crate) fn read_as_latest(conn: &Connection) -> R<i64> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied = usize::try_from(version).unwrap_or(0);
+    if applied == 0 || applied >= MIGRATIONS.len() {
+        return Ok(version);
+    }
+    let added: Vec<String> = ADDED_COLUMNS[applied..]
+        .iter()
+        .flat_map(|columns| columns.iter())
+        .map(|(name, default)| format!(", {default} AS {name}"))
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE TEMP VIEW tasks AS SELECT *{} FROM main.tasks",
+        added.concat()
+    ))?;
+    Ok(version)
+}
+
 fn check_version(found: i64) -> R<()> {
     if found > latest() {
         return Err(Error::SchemaTooNew {
