@@ -8,9 +8,11 @@
 //! end of the WAL, which then grows without bound (measured: 1 GB in 8 s of draining);
 //! `RESTART` holds new writes back while it copies the pages written since the last one,
 //! and waits for readers of older snapshots, so that the next write starts the WAL over
-//! from its beginning. That wait is kept to [`WAIT`]: a reader that holds a snapshot for
-//! long (a `sqlite3` shell, a backup) stalls writers a few milliseconds per round, not the
-//! busy timeout; the WAL grows meanwhile, and is cut back once the reader is done.
+//! from its beginning. That wait is [`WAIT`], doubling after each restart that could not
+//! complete up to [`MAX_WAIT`]: a reader that holds a snapshot for long (a `sqlite3`
+//! shell, a backup) stalls writers milliseconds per round, not the busy timeout, while a
+//! loaded machine's writers cannot starve the restart for ever. The WAL grows while a
+//! restart cannot complete, and is cut back once one does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +27,12 @@ use simplepyq_core::{Error, Result};
 const EVERY_WRITES: u64 = 1_000;
 /// The longest time between checkpoints while there are writes.
 const EVERY: Duration = Duration::from_secs(1);
-/// The WAL size, in pages, past which a checkpoint restarts the WAL (16 MiB of 4 KiB pages).
-const RESTART_PAGES: i64 = 4_096;
-/// The longest a checkpoint waits for readers and writers (its busy timeout).
+/// The WAL size, in pages, past which a checkpoint restarts the WAL (4 MiB of 4 KiB pages).
+const RESTART_PAGES: i64 = 1_024;
+/// How long a checkpoint waits for readers and writers (its busy timeout) at first...
 pub(crate) const WAIT: Duration = Duration::from_millis(5);
+/// ...and at most, after restarts that could not complete.
+const MAX_WAIT: Duration = Duration::from_millis(40);
 
 #[derive(Default)]
 struct Shared {
@@ -85,6 +89,7 @@ impl Drop for Checkpointer {
 }
 
 fn checkpoint_loop(conn: &Connection, shared: &Shared) {
+    let mut wait = WAIT;
     loop {
         {
             let mut closed = shared.closed.lock();
@@ -105,7 +110,13 @@ fn checkpoint_loop(conn: &Connection, shared: &Shared) {
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                 .unwrap_or(0);
             if wal_pages > RESTART_PAGES {
-                let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                let _ = conn.busy_timeout(wait);
+                let done = conn
+                    .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
+                    .is_ok_and(|busy| busy == 0);
+                // A restart that found others busy (a loaded machine, a long reader) waits
+                // twice as long next time, so that writers cannot starve it for ever.
+                wait = if done { WAIT } else { (wait * 2).min(MAX_WAIT) };
             }
         }
     }

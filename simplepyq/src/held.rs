@@ -85,6 +85,15 @@ impl Held {
         ids
     }
 
+    /// Whether a handler other than the one of `own` runs.
+    pub(crate) fn running_except(&self, own: Option<Claim>) -> bool {
+        self.state
+            .lock()
+            .claims
+            .iter()
+            .any(|(c, p)| *p == Phase::Running && Some(*c) != own)
+    }
+
     /// The generation, and whether any claim is held.
     pub(crate) fn snapshot(&self) -> (u64, bool) {
         let st = self.state.lock();

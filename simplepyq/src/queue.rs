@@ -528,49 +528,50 @@ impl<S: Store> SimplePyQ<S> {
         Some((run, released))
     }
 
-    /// Ends a stop begun by [`Self::begin_stop`]: waits for the workers (until `deadline`,
-    /// if any; those still running then are left to finish, detached), then for every
-    /// outcome handed over to be recorded or given up on; lets the helper threads go on
-    /// while handlers still run, joining them otherwise. The queue is then `Stopped`.
+    /// Ends a stop begun by [`Self::begin_stop`]: waits for the running handlers, this
+    /// run's and any that outlived an earlier `stop_timeout` (until `deadline`, if any; those
+    /// still running then are left to finish, their threads detached), then for every
+    /// outcome handed over to be recorded or given up on. The keeper and the recorder go on
+    /// while handlers still run, and are joined otherwise. The queue is then `Stopped`.
+    /// Returns the tasks whose handlers still run.
     fn finish_stop(&self, run: Run, deadline: Option<Instant>) -> Vec<TaskId> {
+        let held = &self.engine.held;
+        // A stop from inside a handler does not wait for that handler.
+        let own = worker::current_claim();
+        loop {
+            let (seen, _) = held.snapshot();
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if !held.running_except(own) || left.is_some_and(|l| l.is_zero()) {
+                break;
+            }
+            let wait = left.map_or(Duration::from_millis(10), |l| {
+                l.min(Duration::from_millis(10))
+            });
+            held.wait(seen, wait);
+        }
+        // Outcomes handed over are recorded (or, with a failing store, given up on).
+        loop {
+            let (seen, _) = held.snapshot();
+            if held.only_running() {
+                break;
+            }
+            held.wait(seen, Duration::from_millis(10));
+        }
         let me = thread::current().id();
         let workers = run
             .crews
             .into_values()
             .flat_map(|c| c.threads)
-            .chain(run.retired)
-            // A stop from inside a handler does not wait for its own thread.
-            .filter(|t| t.thread().id() != me);
-        for t in workers {
-            match deadline {
-                None => {
-                    // A worker that panicked outside a handler has nothing left to clean up.
-                    let _ = t.join();
-                }
-                Some(deadline) => {
-                    while !t.is_finished() && Instant::now() < deadline {
-                        let (seen, _) = self.engine.held.snapshot();
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        self.engine
-                            .held
-                            .wait(seen, left.min(Duration::from_millis(10)));
-                    }
-                    if t.is_finished() {
-                        let _ = t.join();
-                    }
-                    // Unfinished threads are detached: their handlers cannot be interrupted.
-                }
+            .chain(run.retired);
+        for t in workers.filter(|t| t.thread().id() != me) {
+            // A worker whose handler finished ends at once; one still running (past the
+            // deadline) is detached: its handler cannot be interrupted. A worker that
+            // panicked outside a handler has nothing left to clean up.
+            if deadline.is_none() || t.is_finished() {
+                let _ = t.join();
             }
         }
-        // Outcomes handed over are recorded (or, with a failing store, given up on).
-        loop {
-            let (seen, _) = self.engine.held.snapshot();
-            if self.engine.held.only_running() {
-                break;
-            }
-            self.engine.held.wait(seen, Duration::from_millis(10));
-        }
-        let running = self.engine.held.running();
+        let running = held.running();
         if running.is_empty() {
             // The keeper and the recorder end once nothing is held: wait for them.
             for t in run.helpers {

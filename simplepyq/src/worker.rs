@@ -1,5 +1,6 @@
 //! The worker threads of a channel: claim, run, hand the outcome to the recorder.
 
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,6 +139,17 @@ fn idle_timeout<S: Store>(engine: &Engine<S>, channel: &str, poll: Duration) -> 
     }
 }
 
+thread_local! {
+    /// The claim whose handler runs on this thread, if any.
+    static CURRENT: Cell<Option<Claim>> = const { Cell::new(None) };
+}
+
+/// The claim whose handler runs on the calling thread: a stop called from inside a handler
+/// does not wait for that handler.
+pub(crate) fn current_claim() -> Option<Claim> {
+    CURRENT.with(Cell::get)
+}
+
 /// Lets a claim go if its worker unwinds before handing the outcome over (a panic outside
 /// the handler): its lease is then no longer renewed, and the task is recovered.
 struct Abandon<'a> {
@@ -162,7 +174,9 @@ fn run<S: Store>(engine: &Engine<S>, channel: &ChannelWork, task: Task) {
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
     let started = Instant::now();
+    CURRENT.with(|c| c.set(Some(claim)));
     let result = catch_unwind(AssertUnwindSafe(|| (channel.handler)(&task.args)));
+    CURRENT.with(|c| c.set(None));
     let elapsed = started.elapsed();
     channel.observe(elapsed);
     let now = engine.now();

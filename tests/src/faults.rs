@@ -33,6 +33,7 @@ pub struct Flaky<S> {
     /// How many calls failed.
     pub failed: AtomicU64,
     outage: AtomicBool,
+    dead: AtomicBool,
     panics_left: AtomicU64,
     panicked: AtomicU64,
 }
@@ -47,6 +48,7 @@ impl<S: Store> Flaky<S> {
             calls: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             outage: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             panics_left: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
         }
@@ -65,6 +67,22 @@ impl<S: Store> Flaky<S> {
     /// While on, every `finish_many` fails.
     pub fn outage(&self, on: bool) {
         self.outage.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on every call that would change the store fails, as if the process using
+    /// it had been killed: its workers can no longer claim, renew, record or give back.
+    pub fn crash(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+    }
+
+    fn alive(&self) -> Result<()> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(Error::Backend {
+                backend: "flaky",
+                source: "the process crashed".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The next `n` claims panic.
@@ -100,6 +118,7 @@ impl<S: Store> Flaky<S> {
 
 impl<S: Store> Store for Flaky<S> {
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        self.alive()?;
         self.trip(self.faults.enqueue)?;
         self.inner.enqueue(tasks, now)
     }
@@ -110,6 +129,7 @@ impl<S: Store> Store for Flaky<S> {
         now: Timestamp,
         lease_until: Timestamp,
     ) -> Result<Vec<Task>> {
+        self.alive()?;
         self.trip(self.faults.claim)?;
         let panic = self
             .panics_left
@@ -121,6 +141,7 @@ impl<S: Store> Store for Flaky<S> {
         self.inner.claim(channel, limit, now, lease_until)
     }
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
+        self.alive()?;
         self.trip(self.faults.leases)?;
         self.inner.extend_leases(claims, lease_until)
     }
@@ -129,6 +150,7 @@ impl<S: Store> Store for Flaky<S> {
         results: &[(Claim, Outcome)],
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
+        self.alive()?;
         self.trip(self.faults.finish)?;
         if self.outage.load(Ordering::SeqCst) {
             self.fail()?;
@@ -136,14 +158,17 @@ impl<S: Store> Store for Flaky<S> {
         self.inner.finish_many(results, now)
     }
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+        self.alive()?;
         self.trip(self.faults.leases)?;
         self.inner.release(claims, now)
     }
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
+        self.alive()?;
         self.trip(self.faults.leases)?;
         self.inner.recover_expired(now, max_lost_runs)
     }
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+        self.alive()?;
         self.inner.clear_failed(channel)
     }
     fn requeue_failed(
@@ -152,12 +177,15 @@ impl<S: Store> Store for Flaky<S> {
         retries: Option<u32>,
         now: Timestamp,
     ) -> Result<usize> {
+        self.alive()?;
         self.inner.requeue_failed(channel, retries, now)
     }
     fn remove_channel(&self, channel: &str) -> Result<usize> {
+        self.alive()?;
         self.inner.remove_channel(channel)
     }
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        self.alive()?;
         self.inner.purge_done(channel, before)
     }
     fn channels(&self) -> Result<Vec<String>> {
@@ -176,6 +204,7 @@ impl<S: Store> Store for Flaky<S> {
         self.inner.list(filter)
     }
     fn cancel(&self, id: TaskId) -> Result<()> {
+        self.alive()?;
         self.inner.cancel(id)
     }
 }

@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod faults;
 pub mod fuzz;
 pub mod lifecycle;
+pub mod lifecycle_model;
 pub mod model;
 pub mod scenarios;
 

@@ -418,6 +418,41 @@ pub fn a_long_storage_outage_fails_no_task(store: Box<dyn Store>) {
     assert_eq!(ran.load(Ordering::SeqCst), 1);
 }
 
+/// A handler may stop its own queue: the stop does not wait for that handler, which then
+/// finishes and is recorded; nothing else starts.
+pub fn a_handler_can_stop_its_own_queue(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let q = Arc::new(queue_on(&store, Duration::from_secs(30)));
+    let weak = Arc::downgrade(&q);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    q.add_channel(
+        "self",
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            if let Some(q) = weak.upgrade() {
+                let _ = tx.send(q.stop());
+            }
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let ids = enqueue(&q, "self", 5);
+    q.start().expect("start");
+    let report = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the stop returned inside the handler");
+    assert_eq!(report.running, vec![ids[0]], "{report:?}");
+    wait_until("the handler's outcome is recorded", || {
+        store.counts(Some("self")).expect("counts").done == 1
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(store.counts(Some("self")).expect("counts").pending, 4);
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -434,7 +469,8 @@ macro_rules! lifecycle_tests {
             idle_workers_poll_while_another_runs,
             run_until_complete_returns_when_stopped_elsewhere,
             a_panicking_store_call_does_not_stall_the_channel,
-            a_long_storage_outage_fails_no_task
+            a_long_storage_outage_fails_no_task,
+            a_handler_can_stop_its_own_queue
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

@@ -19,6 +19,10 @@ mod memory {
     mod model {
         simplepyq_tests::model_tests!(super::fixture, 256);
     }
+
+    mod lifecycle_model {
+        simplepyq_tests::lifecycle_model_tests!(super::fixture, 32);
+    }
 }
 
 mod sqlite {
@@ -34,6 +38,10 @@ mod sqlite {
     mod model {
         simplepyq_tests::model_tests!(super::fixture, 48);
     }
+
+    mod lifecycle_model {
+        simplepyq_tests::lifecycle_model_tests!(super::fixture, 16);
+    }
 }
 
 mod redb {
@@ -48,5 +56,9 @@ mod redb {
 
     mod model {
         simplepyq_tests::model_tests!(super::fixture, 32);
+    }
+
+    mod lifecycle_model {
+        simplepyq_tests::lifecycle_model_tests!(super::fixture, 16);
     }
 }
