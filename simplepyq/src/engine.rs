@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use simplepyq_core::{Clock, Error, Result, Timestamp};
+use crate::sync::Mutex;
+use simplepyq_core::{Claim, Clock, Error, Result, Timestamp};
 
 use crate::dispatch::Dispatch;
 use crate::held::Held;
@@ -85,6 +85,15 @@ impl<S> Engine<S> {
 
     pub(crate) fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// Lets claims go (recorded, given back, or abandoned). Once none is held, the recorder
+    /// of a stopped run is woken to see that it may end.
+    pub(crate) fn let_go(&self, claims: &[Claim]) {
+        self.held.remove(claims);
+        if !self.held.snapshot().1 {
+            self.outcomes.wake();
+        }
     }
 
     /// Registers the dispatch of a channel whose workers start.

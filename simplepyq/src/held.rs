@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 use simplepyq_core::{Claim, TaskId};
 
 /// Where a held claim stands in this process.

@@ -7,10 +7,7 @@ use simplepyq_core::{Claim, Result, Store, Task, Timestamp};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
 use crate::signal::Signal;
-
-/// How long a release is tried while the store fails; then its claims are let go, and their
-/// tasks are recovered once their lease expires.
-const RELEASE_TRIES_FOR: Duration = Duration::from_secs(2);
+use crate::sync::{self, GIVE_UP};
 
 /// The lease keeper of run `run`: every third of a lease, renews the leases of the claims
 /// held and recovers tasks whose lease expired elsewhere. Once the run stops it only renews,
@@ -78,8 +75,8 @@ pub(crate) fn renew_and_recover<S: Store>(engine: &Engine<S>) -> Result<usize> {
 }
 
 /// Gives back tasks claimed but never started: pending again, no attempt used. Returns how
-/// many the store still held. If the store keeps failing, the claims are let go all the
-/// same: their tasks are recovered once their lease expires, as lost runs.
+/// many the store still held. If the store keeps failing (for [`GIVE_UP`]), the claims are
+/// let go all the same: their tasks are recovered once their lease expires, as lost runs.
 pub(crate) fn give_back<S: Store>(engine: &Engine<S>, tasks: &[Task]) -> usize {
     if tasks.is_empty() {
         return 0;
@@ -92,14 +89,14 @@ pub(crate) fn give_back<S: Store>(engine: &Engine<S>, tasks: &[Task]) -> usize {
             Ok(n) => break n,
             Err(e) => {
                 engine.errors.record(&e);
-                if since.elapsed() >= RELEASE_TRIES_FOR {
+                if since.elapsed() >= GIVE_UP {
                     break 0;
                 }
-                std::thread::sleep(pause.next());
+                sync::pause(pause.next());
             }
         }
     };
     Stats::add(&engine.stats.released, released);
-    engine.held.remove(&claims);
+    engine.let_go(&claims);
     released
 }

@@ -67,7 +67,10 @@ mod outcomes;
 mod queue;
 mod recorder;
 mod report;
+#[cfg(all(test, shuttle))]
+mod shuttle_tests;
 mod signal;
+mod sync;
 mod worker;
 
 pub use handler::TaskError;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 use simplepyq_core::{Claim, Outcome, TaskId};
 
 /// Past this many waiting outcomes, a worker records its own (backpressure).
@@ -28,6 +28,8 @@ struct State {
     stopping: bool,
     /// Tasks whose outcome was given up on, for the stop's report.
     unrecorded: Vec<TaskId>,
+    /// Moves on every [`Outcomes::wake`], so that a recorder never misses one.
+    wakes: u64,
 }
 
 /// The outcomes of one queue.
@@ -61,10 +63,11 @@ impl Outcomes {
         None
     }
 
-    /// Takes up to `max` outcomes, waiting up to `wait` for the first.
-    pub(crate) fn take(&self, max: usize, wait: Duration) -> Vec<Finished> {
+    /// Takes up to `max` outcomes, waiting up to `wait` for the first unless woken since
+    /// `seen` (from [`Outcomes::wakes`]).
+    pub(crate) fn take(&self, max: usize, wait: Duration, seen: u64) -> Vec<Finished> {
         let mut st = self.state.lock();
-        if st.waiting.is_empty() {
+        if st.waiting.is_empty() && st.wakes == seen && !wait.is_zero() {
             self.cv.wait_for(&mut st, wait);
         }
         let n = st.waiting.len().min(max);
@@ -73,8 +76,21 @@ impl Outcomes {
 
     /// Sets whether the queue is stopping, and wakes the recorders to look.
     pub(crate) fn stopping(&self, stopping: bool) {
-        self.state.lock().stopping = stopping;
+        let mut st = self.state.lock();
+        st.stopping = stopping;
+        st.wakes += 1;
         self.cv.notify_all();
+    }
+
+    /// Wakes the recorders to look whether they may end.
+    pub(crate) fn wake(&self) {
+        self.state.lock().wakes += 1;
+        self.cv.notify_all();
+    }
+
+    /// The count of wake-ups, to pass to [`Outcomes::take`].
+    pub(crate) fn wakes(&self) -> u64 {
+        self.state.lock().wakes
     }
 
     pub(crate) fn is_stopping(&self) -> bool {

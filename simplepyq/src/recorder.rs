@@ -4,7 +4,7 @@
 //!
 //! A claim stays held (its lease renewed) until its outcome is recorded. While the queue
 //! runs, an outcome waits as long as the store fails: storage errors never fail a task. Only
-//! a stopping queue gives up, after [`GIVE_UP`]; such outcomes are reported by the stop, and
+//! a stopping queue gives up, after [`GIVE_UP`] (2 s); such outcomes are reported by the stop, and
 //! their tasks run again once their lease expires (a lost run, which uses no retry).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -18,11 +18,10 @@ use crate::held::Phase;
 use crate::outcomes::Finished;
 use crate::report::{self, TaskReport};
 use crate::signal::Signal;
+use crate::sync::{self, GIVE_UP};
 
 /// The most outcomes one `finish_many` call records.
 const MAX_BATCH: usize = 512;
-/// How long a stopping queue tries to record an outcome while the store fails.
-pub(crate) const GIVE_UP: Duration = Duration::from_secs(2);
 
 /// Hands an outcome over, or records it right away if no recorder thread runs or too many
 /// outcomes wait.
@@ -38,27 +37,28 @@ pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Finished) {
 /// or a newer run's recorder takes over.
 pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
     loop {
+        let seen = engine.outcomes.wakes();
         let stopped = signal.is_stopped();
-        let wait = if stopped {
-            Duration::from_millis(10)
-        } else {
-            Duration::from_secs(1)
-        };
-        let batch = engine.outcomes.take(MAX_BATCH, wait);
-        if !batch.is_empty() {
-            record(engine, batch);
-            continue;
-        }
         if stopped && (!engine.held.snapshot().1 || engine.current_run() != run) {
             engine.outcomes.close();
             // Whatever was handed over before the close.
             loop {
-                let rest = engine.outcomes.take(MAX_BATCH, Duration::ZERO);
+                let rest = engine.outcomes.take(MAX_BATCH, Duration::ZERO, seen);
                 if rest.is_empty() {
                     return;
                 }
                 record(engine, rest);
             }
+        }
+        // Once stopped, woken when the last claim goes (and every 10 ms besides).
+        let wait = if stopped {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_secs(1)
+        };
+        let batch = engine.outcomes.take(MAX_BATCH, wait, seen);
+        if !batch.is_empty() {
+            record(engine, batch);
         }
     }
 }
@@ -77,7 +77,7 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Finished>) {
                 if engine.outcomes.is_stopping() && since.elapsed() >= GIVE_UP {
                     break None;
                 }
-                std::thread::sleep(pause.next());
+                sync::pause(pause.next());
             }
         }
     };
@@ -112,5 +112,5 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Finished>) {
         engine.outcomes.unrecorded(unrecorded);
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
-    engine.held.remove(&claims);
+    engine.let_go(&claims);
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 /// Tells a run's helper threads that the run stopped, waking the lease keeper from its
 /// wait between rounds.

@@ -11,7 +11,6 @@ use simplepyq_core::{Claim, Outcome, Store, Task};
 use crate::dispatch::{Claimed, Dispatch, Turn};
 use crate::engine::{Engine, Pause, guarded};
 use crate::handler::{ErasedHandler, TaskError};
-use crate::held::Held;
 use crate::leases;
 use crate::options::Backoff;
 use crate::outcomes::Finished;
@@ -152,15 +151,15 @@ pub(crate) fn current_claim() -> Option<Claim> {
 
 /// Lets a claim go if its worker unwinds before handing the outcome over (a panic outside
 /// the handler): its lease is then no longer renewed, and the task is recovered.
-struct Abandon<'a> {
-    held: &'a Held,
+struct Abandon<'a, S> {
+    engine: &'a Engine<S>,
     claim: Option<Claim>,
 }
 
-impl Drop for Abandon<'_> {
+impl<S> Drop for Abandon<'_, S> {
     fn drop(&mut self) {
         if let Some(c) = self.claim.take() {
-            self.held.remove(&[c]);
+            self.engine.let_go(&[c]);
         }
     }
 }
@@ -169,7 +168,7 @@ impl Drop for Abandon<'_> {
 fn run<S: Store>(engine: &Engine<S>, channel: &ChannelWork, task: Task) {
     let claim = task.claim();
     let mut abandon = Abandon {
-        held: &engine.held,
+        engine,
         claim: Some(claim),
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
