@@ -194,6 +194,17 @@ fn io_err(io: std::io::Error) -> Error {
     }
 }
 
+/// Inspects a file that redb must repair before it can be read (it was not closed cleanly):
+/// repairs a copy of it and inspects that, so that a file that is not a simplepyq queue is
+/// refused unchanged. It costs a copy of the file, only after a crash.
+fn inspect_repaired_copy(path: &Path) -> Result<()> {
+    let dir = tempfile::tempdir().map_err(io_err)?;
+    let copy = dir.path().join("check.redb");
+    std::fs::copy(path, &copy).map_err(io_err)?;
+    let db = Database::create(&copy).map_err(db_err)?;
+    inspect(&db).map(drop)
+}
+
 /// Opens the redb database in the file at `path` (creating the file if `create`).
 ///
 /// The integrity check reads every page, so that a file damaged outside redb gives
@@ -305,9 +316,8 @@ impl RedbStore {
                 Ok(db) => {
                     inspect(&db)?;
                 }
-                // Not closed cleanly (a crash): redb must repair it, which needs write
-                // access. Such a file was written by redb; it is inspected after the repair.
-                Err(redb::DatabaseError::RepairAborted) => {}
+                // Not closed cleanly (a crash): redb must repair it, which writes it.
+                Err(redb::DatabaseError::RepairAborted) => inspect_repaired_copy(path)?,
                 Err(e) => return Err(db_err(e)),
             }
         }

@@ -491,3 +491,40 @@ fn soak_mixed_load_with_kills_and_restarts_sqlite() {
 fn soak_mixed_load_with_kills_and_restarts_redb() {
     soak_mixed_load_with_kills_and_restarts(Backend::Redb);
 }
+
+/// Another application's redb file that was not closed cleanly (its process was killed):
+/// redb must repair it before it can be read, which writes it. The store repairs a copy to
+/// look, and refuses the file unchanged.
+#[test]
+fn a_crashed_foreign_redb_file_is_refused_unchanged() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.redb");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simplepyq-test-foreign-redb"))
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert!(
+        matches!(
+            redb::ReadOnlyDatabase::open(&path),
+            Err(redb::DatabaseError::RepairAborted)
+        ),
+        "the file does not need a repair: the test tests nothing"
+    );
+    let before = std::fs::read(&path).expect("read");
+    let err = RedbStore::open(&path).expect_err("refused");
+    assert!(matches!(err, simplepyq::Error::Foreign { .. }), "{err}");
+    assert!(
+        std::fs::read(&path).expect("read") == before,
+        "the file changed"
+    );
+}
