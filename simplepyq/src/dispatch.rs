@@ -114,8 +114,10 @@ impl Dispatch {
         let mine = tasks.remove(0);
         held.set(mine.claim(), Phase::Running);
         st.handed.extend(tasks);
-        // The idle workers take the handed tasks; one of them claims next.
-        self.cv.notify_all();
+        // One idle worker per handed task; the others look again within the poll interval.
+        for _ in 0..st.handed.len().min(st.idle) {
+            self.cv.notify_one();
+        }
         Claimed::Run(mine)
     }
 

@@ -90,8 +90,7 @@ impl<S> Engine<S> {
     /// Lets claims go (recorded, given back, or abandoned). Once none is held, the recorder
     /// of a stopped run is woken to see that it may end.
     pub(crate) fn let_go(&self, claims: &[Claim]) {
-        self.held.remove(claims);
-        if !self.held.snapshot().1 {
+        if self.held.remove(claims) {
             self.outcomes.wake();
         }
     }
