@@ -141,7 +141,7 @@ pub fn stop_starts_nothing_and_gives_back_claimed_tasks(store: Box<dyn Store>) {
 /// handler's outcome is still recorded (its lease kept meanwhile).
 pub fn stop_timeout_returns_exactly_the_running_tasks(store: Box<dyn Store>) {
     let store: Shared = Arc::new(store);
-    let q = queue_on(&store, Duration::from_millis(100));
+    let q = queue_on(&store, Duration::from_millis(200));
     let gate = Gate::new();
     gated(&q, "t", &gate, Duration::from_secs(10), 1);
     let ids = enqueue(&q, "t", 10);
@@ -153,7 +153,7 @@ pub fn stop_timeout_returns_exactly_the_running_tasks(store: Box<dyn Store>) {
     assert_eq!(report.running, vec![ids[0]]);
     assert!(report.unrecorded.is_empty(), "{report:?}");
     // Three leases pass while the handler still runs: it keeps its lease.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(600));
     assert_eq!(gate.started(), 1, "a handler started after stop_timeout");
     let now = simplepyq::Clock::now(&simplepyq::SystemClock);
     assert_eq!(store.recover_expired(now, 3).expect("recover"), 0);
@@ -173,7 +173,7 @@ pub fn dropping_a_queue_starts_nothing_and_fails_nothing(store: Box<dyn Store>) 
     let store: Shared = Arc::new(store);
     let gate = Gate::new();
     let ids = {
-        let q = queue_on(&store, Duration::from_millis(100));
+        let q = queue_on(&store, Duration::from_millis(300));
         gated(&q, "d", &gate, Duration::from_millis(100), 2);
         let ids = enqueue(&q, "d", 40);
         q.start().expect("start");
@@ -183,7 +183,7 @@ pub fn dropping_a_queue_starts_nothing_and_fails_nothing(store: Box<dyn Store>) 
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(gate.started(), 2, "handlers started after the drop");
     untouched(&store, &ids, &gate);
-    let q = queue_on(&store, Duration::from_millis(100));
+    let q = queue_on(&store, Duration::from_millis(300));
     gated(&q, "d", &gate, Duration::ZERO, 2);
     q.run_until_complete().expect("run");
     let c = store.counts(Some("d")).expect("counts");
@@ -210,13 +210,13 @@ pub fn removed_channel_starts_nothing(store: Box<dyn Store>) {
 /// looking for expired leases all along never takes the task, which runs once.
 pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>) {
     let store: Shared = Arc::new(store);
-    let q = queue_on(&store, Duration::from_millis(60));
+    let q = queue_on(&store, Duration::from_millis(150));
     let gate = Gate::new();
-    gated(&q, "l", &gate, Duration::from_millis(400), 1);
+    gated(&q, "l", &gate, Duration::from_millis(700), 1);
     let id = enqueue(&q, "l", 1)[0];
     q.start().expect("start");
     wait_until("the handler runs", || gate.started() == 1);
-    let other = queue_on(&store, Duration::from_millis(60));
+    let other = queue_on(&store, Duration::from_millis(150));
     gated(&other, "l", &gate, Duration::ZERO, 1);
     other.start().expect("start");
     q.stop();
@@ -229,7 +229,7 @@ pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>) {
 /// claimed the task again does not stop the renewal of the live attempt.
 pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>) {
     let store: Shared = Arc::new(store);
-    let lease = Duration::from_millis(150);
+    let lease = Duration::from_millis(300);
     let q = queue_on(&store, lease);
     let first_done = Arc::new(AtomicBool::new(false));
     let second = Arc::new(AtomicBool::new(false));
@@ -283,7 +283,7 @@ pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>) {
 /// handler's task for a dead worker's: it runs once.
 pub fn start_after_stop_timeout_does_not_rerun_a_running_task(store: Box<dyn Store>) {
     let store: Shared = Arc::new(store);
-    let q = queue_on(&store, Duration::from_millis(50));
+    let q = queue_on(&store, Duration::from_millis(100));
     let gate = Gate::new();
     gated(&q, "r", &gate, Duration::from_millis(500), 1);
     let id = enqueue(&q, "r", 1)[0];
