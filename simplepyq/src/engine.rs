@@ -15,6 +15,7 @@ use crate::dispatch::Dispatch;
 use crate::held::Held;
 use crate::outcomes::Outcomes;
 use crate::report::{self, Hook, QueueStats};
+use crate::signal::Signal;
 
 /// The shared parts of one queue.
 pub(crate) struct Engine<S> {
@@ -93,6 +94,15 @@ impl<S> Engine<S> {
         if self.held.remove(claims) {
             self.outcomes.wake();
         }
+    }
+
+    /// Tells the helper threads of the run of `signal` that it stops: the signal first, then
+    /// the wake-ups, so that a recorder woken here sees the stop.
+    pub(crate) fn stop_run(&self, signal: &Signal) {
+        signal.stop();
+        self.outcomes.stopping(true);
+        // run_until_complete waits on the held claims: let it see the stop.
+        self.held.bump();
     }
 
     /// Registers the dispatch of a channel whose workers start.

@@ -515,10 +515,7 @@ impl<S: Store> SimplePyQ<S> {
             }
         };
         drop(reg);
-        run.signal.stop();
-        self.engine.outcomes.stopping(true);
-        // run_until_complete waits on the held claims: let it see the stop.
-        self.engine.held.bump();
+        self.engine.stop_run(&run.signal);
         let mut unstarted = Vec::new();
         for (name, crew) in &run.crews {
             self.engine.unserve(name);

@@ -275,8 +275,7 @@ fn recorder_failing_during_stop() {
             let workers = scene.spawn_workers();
             thread::yield_now();
             scene.engine.store.failing.store(true, Ordering::SeqCst);
-            scene.engine.outcomes.stopping(true);
-            signal.stop();
+            scene.engine.stop_run(&signal);
             let taken = scene.stop();
             for w in workers {
                 w.join().expect("worker");
