@@ -528,3 +528,50 @@ fn a_crashed_foreign_redb_file_is_refused_unchanged() {
         "the file changed"
     );
 }
+
+/// A running queue on a SQLite file is dropped, and the
+/// file is opened again (a new store; 1 s leases) while the dropped queue's last handlers
+/// finish. No task fails with "worker lost", and each runs once: the dropped queue gave back
+/// what it had claimed ahead and recorded what it ran.
+#[test]
+fn dropping_a_queue_then_reopening_its_file_fails_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tasks.db");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = |runs: &Arc<AtomicUsize>| {
+        let r = Arc::clone(runs);
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        }
+    };
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        let q = SimplePyQ::builder(store)
+            .lease(Duration::from_secs(1))
+            .build()
+            .expect("valid settings");
+        q.add_channel("d", handler(&runs), 4).expect("add");
+        for n in 0..40u32 {
+            q.enqueue("d", &n).expect("enqueue");
+        }
+        q.start().expect("start");
+        while runs.load(Ordering::SeqCst) < 4 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let store = SqliteStore::open(&path).expect("reopen");
+    let q = SimplePyQ::builder(store)
+        .lease(Duration::from_secs(1))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("valid settings");
+    q.add_channel("d", handler(&runs), 4).expect("add");
+    q.run_until_complete().expect("run");
+    let c = q.counts("d").expect("counts");
+    assert_eq!((c.done, c.failed), (40, 0), "{c:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 40);
+}
