@@ -172,14 +172,12 @@ fn main() -> ExitCode {
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 const REDB_MAGIC: &[u8] = b"redb\x1a\x0a\xa9\x0d\x0a";
 
-/// Opens an existing queue file to read it. A SQLite file is opened read-only: nothing is
-/// written, not even a migration, so that inspecting a file that workers use leaves it as
-/// they expect. A redb file is opened as usual: redb lets one process at a time open it,
-/// so no worker uses it meanwhile.
+/// Opens an existing queue file to read it only: nothing is written, not even a migration,
+/// so that inspecting a file leaves it as the workers that use it expect.
 fn open_to_read(path: &Path) -> Result<Box<dyn Store>, Failure> {
     match kind(path)? {
         Kind::Sqlite => Ok(Box::new(SqliteStore::open_read_only(path)?)),
-        Kind::Redb => Ok(Box::new(RedbStore::open(path)?)),
+        Kind::Redb => Ok(Box::new(RedbStore::open_read_only(path)?)),
     }
 }
 

@@ -132,6 +132,8 @@ impl RedbOptions {
 pub struct RedbStore {
     /// The open database; `None` after a failed write, until the next call reopens it.
     db: RwLock<Option<Database>>,
+    /// The database of a store opened read-only; then `db` stays `None`.
+    reader: Option<ReadOnlyDatabase>,
     path: PathBuf,
     cap: Cap,
     /// Failed writes of the current database, which make redb refuse every later call.
@@ -290,6 +292,53 @@ fn to_id(key: u64) -> Result<TaskId> {
 }
 
 impl RedbStore {
+    /// Opens an existing queue file for reading only, as an inspecting tool should: nothing
+    /// is written, not even a format upgrade. Every write fails with [`Error::ReadOnly`].
+    ///
+    /// Errors, besides those of [`RedbStore::open`]: [`Error::Foreign`] for a file that
+    /// holds no queue yet; [`Error::ReadOnly`] for a file that must be written before it can
+    /// be read (it was not closed cleanly, or is of format 1): opening it read-write once
+    /// (any command that changes the queue, or a worker) repairs or upgrades it.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        guarded(|| Self::open_read_only_in(path))?
+    }
+
+    fn open_read_only_in(path: &Path) -> Result<Self> {
+        let needs_write = |why: &str| Error::ReadOnly {
+            backend: BACKEND,
+            message: format!(
+                "{} {why}, which writes it: open it read-write once to read it",
+                path.display()
+            ),
+        };
+        let reader = match ReadOnlyDatabase::open(path) {
+            Ok(reader) => reader,
+            Err(redb::DatabaseError::RepairAborted) => {
+                return Err(needs_write("was not closed cleanly and must be repaired"));
+            }
+            Err(e) => return Err(db_err(e)),
+        };
+        match inspect(&reader)? {
+            Some(2 | FORMAT) => {}
+            Some(_) => return Err(needs_write("is of format 1 and must be upgraded")),
+            None => {
+                return Err(Error::Foreign {
+                    backend: BACKEND,
+                    message: format!("{} holds no simplepyq queue", path.display()),
+                });
+            }
+        }
+        Ok(RedbStore {
+            db: RwLock::new(None),
+            reader: Some(reader),
+            path: path.to_path_buf(),
+            cap: Cap::new(None),
+            failures: Failures::default(),
+            durability: redb::Durability::Immediate,
+        })
+    }
+
     /// Opens the queue file at `path`, creating it if needed, with default settings.
     ///
     /// Errors, each leaving the file unchanged: [`Error::InUse`] if another process has it
@@ -327,6 +376,7 @@ impl RedbStore {
         let format = inspect(&db)?;
         let store = RedbStore {
             db: RwLock::new(Some(db)),
+            reader: None,
             path: path.to_path_buf(),
             cap,
             failures,
@@ -426,6 +476,12 @@ impl RedbStore {
 
     /// Runs `op` in one write transaction, committed if it succeeds.
     fn write<T>(&self, op: impl FnOnce(&mut Tables<'_>) -> Result<T>) -> Result<T> {
+        if self.reader.is_some() {
+            return Err(Error::ReadOnly {
+                backend: BACKEND,
+                message: format!("{} was opened read-only", self.path.display()),
+            });
+        }
         self.with_db(|db| {
             let mut tx = db.begin_write().map_err(db_err)?;
             tx.set_durability(self.durability).map_err(db_err)?;
@@ -440,7 +496,10 @@ impl RedbStore {
 
     /// Runs `op` in one read transaction.
     fn read<T>(&self, op: impl FnOnce(&ReadTransaction) -> Result<T>) -> Result<T> {
-        self.with_db(|db| op(&db.begin_read().map_err(db_err)?))
+        match &self.reader {
+            Some(reader) => guarded(|| op(&reader.begin_read().map_err(db_err)?))?,
+            None => self.with_db(|db| op(&db.begin_read().map_err(db_err)?)),
+        }
     }
 }
 
@@ -1039,6 +1098,60 @@ mod tests {
         let err = refused(&path);
         assert!(matches!(err, Error::Foreign { .. }), "{err}");
         assert!(err.to_string().contains("not a simplepyq queue"), "{err}");
+    }
+
+    /// A read-only open writes nothing: a format-2 file stays format 2 while its tasks are
+    /// read, every write is refused, and a format-1 file (which must be upgraded to be read)
+    /// is refused unchanged.
+    #[test]
+    fn a_read_only_open_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.redb");
+        let format = |path: &Path| {
+            let db = Database::open(path).expect("open raw");
+            let read = db.begin_read().expect("read");
+            let meta = read.open_table(META).expect("meta");
+            meta.get(META_FORMAT).expect("get").map(|v| v.value())
+        };
+        let set_format = |path: &Path, f: u64| {
+            let db = Database::open(path).expect("open raw");
+            let tx = db.begin_write().expect("write");
+            tx.open_table(META)
+                .expect("meta")
+                .insert(META_FORMAT, f)
+                .expect("format");
+            tx.commit().expect("commit");
+        };
+        {
+            let store = RedbStore::open(&path).expect("create");
+            store
+                .enqueue_one(NewTask::new("c", vec![0x90]), T0)
+                .expect("enqueue");
+        }
+        set_format(&path, 2);
+        let before = std::fs::read(&path).expect("read");
+        {
+            let store = RedbStore::open_read_only(&path).expect("open read-only");
+            assert_eq!(store.counts(None).expect("counts").pending, 1);
+            assert_eq!(store.list(&ListFilter::new(5)).expect("list").len(), 1);
+            let err = store
+                .enqueue_one(NewTask::new("c", vec![]), T0)
+                .expect_err("read-only");
+            assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+        }
+        assert!(
+            std::fs::read(&path).expect("read") == before,
+            "the file changed"
+        );
+        assert_eq!(format(&path), Some(2));
+        set_format(&path, 1);
+        let before = std::fs::read(&path).expect("read");
+        let err = RedbStore::open_read_only(&path).expect_err("format 1 needs an upgrade");
+        assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+        assert!(
+            std::fs::read(&path).expect("read") == before,
+            "the file changed"
+        );
     }
 
     #[test]
