@@ -222,19 +222,7 @@ impl Scene {
 /// those a worker had taken; every task is done once or pending with no attempt used.
 #[test]
 fn stop_racing_a_claim() {
-    shuttle::check_random(
-        || {
-            let scene = Scene::new();
-            let workers = scene.spawn_workers();
-            thread::yield_now();
-            let taken = scene.stop();
-            for w in workers {
-                w.join().expect("worker");
-            }
-            scene.check(&taken, false);
-        },
-        ITERATIONS,
-    );
+    shuttle::check_random(|| race_a_claim(false), ITERATIONS);
 }
 
 /// `remove_channel` racing a claim: the channel's dispatch stops, its unstarted claims are
@@ -242,21 +230,24 @@ fn stop_racing_a_claim() {
 /// outcomes are dropped as lease-lost, not recorded on a deleted task.
 #[test]
 fn remove_racing_a_claim() {
-    shuttle::check_random(
-        || {
-            let scene = Scene::new();
-            let workers = scene.spawn_workers();
-            thread::yield_now();
-            let taken = scene.stop();
-            scene.engine.unserve("c");
-            scene.engine.store.remove_channel("c").expect("remove");
-            for w in workers {
-                w.join().expect("worker");
-            }
-            scene.check(&taken, true);
-        },
-        ITERATIONS,
-    );
+    shuttle::check_random(|| race_a_claim(true), ITERATIONS);
+}
+
+/// Two workers claim and run while the test stops the channel (and removes it, if
+/// `remove`), as `stop` and `remove_channel` do.
+fn race_a_claim(remove: bool) {
+    let scene = Scene::new();
+    let workers = scene.spawn_workers();
+    thread::yield_now();
+    let taken = scene.stop();
+    if remove {
+        scene.engine.unserve("c");
+        scene.engine.store.remove_channel("c").expect("remove");
+    }
+    for w in workers {
+        w.join().expect("worker");
+    }
+    scene.check(&taken, remove);
 }
 
 /// The recorder thread failing while the queue stops: every outcome handed over is either
