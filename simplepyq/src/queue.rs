@@ -426,9 +426,10 @@ impl<S: Store> SimplePyQ<S> {
                 Ok(())
             }
             Err(e) => {
-                // Stop what did start; nothing was claimed by threads that never ran.
+                // Stop what did start, as any stop does, before waiting for it.
                 reg.life = Lifecycle::Stopping;
                 drop(reg);
+                self.halt(&run);
                 self.finish_stop(run, None);
                 Err(e)
             }
@@ -485,9 +486,7 @@ impl<S: Store> SimplePyQ<S> {
                 Err(e) => {
                     // The workers that did start stop at once: they have claimed nothing
                     // that a stop of the dispatch would not give back.
-                    self.engine.unserve(&work.name);
-                    let unstarted = crew.dispatch.stop();
-                    leases::give_back(&self.engine, &unstarted);
+                    leases::give_back(&self.engine, &self.halt_crew(&work.name, &crew.dispatch));
                     for t in crew.threads {
                         let _ = t.join();
                     }
@@ -502,27 +501,42 @@ impl<S: Store> SimplePyQ<S> {
     /// so that no handler starts from now on; gives back the tasks claimed and not started.
     /// Returns the run and how many tasks were given back; `None` if the queue was not
     /// running (after waiting for another thread's stop, if one was under way).
-    fn begin_stop(&self) -> Option<(Run, usize)> {
+    /// With `only`, stops that run only: a run started since by someone else is theirs.
+    fn begin_stop(&self, only: Option<u64>) -> Option<(Run, usize)> {
         let mut reg = self.registry.lock();
         let run = loop {
             match std::mem::replace(&mut reg.life, Lifecycle::Stopping) {
-                Lifecycle::Running(run) => break run,
+                Lifecycle::Running(run) if only.is_none_or(|n| n == run.number) => break run,
                 Lifecycle::Stopping => self.stopped.wait(&mut reg),
-                Lifecycle::Stopped => {
-                    reg.life = Lifecycle::Stopped;
+                other => {
+                    reg.life = other;
                     return None;
                 }
             }
         };
         drop(reg);
-        self.engine.stop_run(&run.signal);
-        let mut unstarted = Vec::new();
-        for (name, crew) in &run.crews {
-            self.engine.unserve(name);
-            unstarted.extend(crew.dispatch.stop());
-        }
-        let released = leases::give_back(&self.engine, &unstarted);
+        let released = self.halt(&run);
         Some((run, released))
+    }
+
+    /// The first step of every stop: tells `run`'s helpers, and stops its channels'
+    /// dispatches, so that no handler starts from now on; gives back the tasks claimed and
+    /// not started. Returns how many were given back.
+    fn halt(&self, run: &Run) -> usize {
+        self.engine.stop_run(&run.signal);
+        let unstarted: Vec<Task> = run
+            .crews
+            .iter()
+            .flat_map(|(name, crew)| self.halt_crew(name, &crew.dispatch))
+            .collect();
+        leases::give_back(&self.engine, &unstarted)
+    }
+
+    /// Stops one channel's dispatch: no handler of it starts from now on. Returns its tasks
+    /// claimed and not started, to be given back.
+    fn halt_crew(&self, name: &str, dispatch: &Dispatch) -> Vec<Task> {
+        self.engine.unserve(name);
+        dispatch.stop()
     }
 
     /// Ends a stop begun by [`Self::begin_stop`]: waits for the running handlers, this
@@ -607,7 +621,7 @@ impl<S: Store> SimplePyQ<S> {
     }
 
     fn stop_until(&self, deadline: Option<Instant>) -> StopReport {
-        let Some((run, released)) = self.begin_stop() else {
+        let Some((run, released)) = self.begin_stop(None) else {
             return StopReport::default();
         };
         let running = self.finish_stop(run, deadline);
@@ -659,7 +673,7 @@ impl<S: Store> SimplePyQ<S> {
             }
             self.engine.held.wait(seen, self.engine.poll_interval);
         };
-        if let Some((run, _)) = self.begin_stop_of(number) {
+        if let Some((run, _)) = self.begin_stop(Some(number)) {
             self.finish_stop(run, None);
         }
         result
@@ -670,15 +684,6 @@ impl<S: Store> SimplePyQ<S> {
         match &self.registry.lock().life {
             Lifecycle::Running(run) => Some(run.number),
             _ => None,
-        }
-    }
-
-    /// Begins the stop of run `number` only: a run started since by someone else is theirs.
-    fn begin_stop_of(&self, number: u64) -> Option<(Run, usize)> {
-        if self.running_number() == Some(number) {
-            self.begin_stop()
-        } else {
-            None
         }
     }
 
@@ -741,8 +746,7 @@ impl<S: Store> SimplePyQ<S> {
             }
         };
         if let Some(dispatch) = crew {
-            self.engine.unserve(name);
-            leases::give_back(&self.engine, &dispatch.stop());
+            leases::give_back(&self.engine, &self.halt_crew(name, &dispatch));
         }
         self.engine.store.remove_channel(name)
     }
@@ -817,7 +821,7 @@ impl<S: Store> Drop for SimplePyQ<S> {
     /// finish in their threads, which renew their leases and record their outcomes until
     /// then, and end.
     fn drop(&mut self) {
-        if let Some((run, _)) = self.begin_stop() {
+        if let Some((run, _)) = self.begin_stop(None) {
             // Detached: the threads end by themselves once nothing is held.
             drop(run);
             self.registry.lock().life = Lifecycle::Stopped;
