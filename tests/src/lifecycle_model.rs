@@ -319,15 +319,10 @@ pub fn check(store: Box<dyn Store>, steps: &[Step]) -> Result<(), String> {
 macro_rules! lifecycle_model_tests {
     ($factory:path, $cases:expr) => {
         proptest::proptest! {
-            #![proptest_config(proptest::prelude::ProptestConfig {
-                cases: $cases,
-                failure_persistence: Some(Box::new(
-                    proptest::test_runner::FileFailurePersistence::Direct(
-                        "proptest-regressions/lifecycle_model.txt",
-                    ),
-                )),
-                ..proptest::prelude::ProptestConfig::default()
-            })]
+            #![proptest_config($crate::model::persisted(
+                $cases,
+                "proptest-regressions/lifecycle_model.txt",
+            ))]
             #[test]
             fn random_lifecycles_start_nothing_after_a_stop_and_lose_nothing(
                 steps in proptest::collection::vec($crate::lifecycle_model::step(), 1..30)

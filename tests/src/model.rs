@@ -426,6 +426,18 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
     Ok(())
 }
 
+/// A proptest configuration of `cases` cases that keeps failing inputs in `file` (relative
+/// to the package's folder, where cargo runs tests) and replays them first.
+pub fn persisted(cases: u32, file: &'static str) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(file),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 /// Expands into a proptest of random operation sequences on fresh stores from
 /// `$factory: fn() -> Fixture`, with `$cases` cases.
 #[macro_export]
@@ -434,15 +446,7 @@ macro_rules! model_tests {
         proptest::proptest! {
             // Failing sequences are kept in tests/proptest-regressions/model.txt (cargo
             // runs tests from the package's folder) and replayed first on every backend.
-            #![proptest_config(proptest::prelude::ProptestConfig {
-                cases: $cases,
-                failure_persistence: Some(Box::new(
-                    proptest::test_runner::FileFailurePersistence::Direct(
-                        "proptest-regressions/model.txt",
-                    ),
-                )),
-                ..proptest::prelude::ProptestConfig::default()
-            })]
+            #![proptest_config($crate::model::persisted($cases, "proptest-regressions/model.txt"))]
             #[test]
             fn random_operations_agree_with_the_model(
                 ops in proptest::collection::vec($crate::model::op(), 1..60)
