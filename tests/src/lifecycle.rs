@@ -229,7 +229,9 @@ pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>) {
 /// claimed the task again does not stop the renewal of the live attempt.
 pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>) {
     let store: Shared = Arc::new(store);
-    let lease = Duration::from_millis(300);
+    // Long enough that a renewal delayed by a loaded machine (a redb fsync behind the other
+    // tests' writes took 500 ms here) does not lapse it; the bug lets it lapse for good.
+    let lease = Duration::from_secs(1);
     let q = queue_on(&store, lease);
     let first_done = Arc::new(AtomicBool::new(false));
     let second = Arc::new(AtomicBool::new(false));
