@@ -2,7 +2,11 @@
 
 use std::fmt::Debug;
 
-use crate::{Claim, Counts, ListFilter, NewTask, Outcome, Result, Status, Task, TaskId, Timestamp};
+use std::sync::Arc;
+
+use crate::{
+    Claim, Clock, Counts, ListFilter, NewTask, Outcome, Result, Status, Task, TaskId, Timestamp,
+};
 
 /// Durable (or in-memory) storage of tasks.
 ///
@@ -127,6 +131,15 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// [`crate::Error::NotFound`] if there is no such task; [`crate::Error::InvalidTransition`]
     /// if it is running, done or failed (and it stays as it is).
     fn cancel(&self, id: TaskId) -> Result<()>;
+
+    /// The clock to time this store's tasks by, when the store has one of its own; `None`
+    /// (the default) for the caller's (the system clock).
+    ///
+    /// A store shared by machines whose clocks differ gives the clock they agree on (the
+    /// database server's), so that a lease means the same time on each of them.
+    fn clock(&self) -> Option<Arc<dyn Clock>> {
+        None
+    }
 }
 
 /// Helpers over any [`Store`].
@@ -210,6 +223,9 @@ macro_rules! forward_store {
             }
             fn cancel(&self, id: TaskId) -> Result<()> {
                 (**self).cancel(id)
+            }
+            fn clock(&self) -> Option<Arc<dyn Clock>> {
+                (**self).clock()
             }
         }
     )*};

@@ -83,6 +83,8 @@ pub use simplepyq_core::{
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock};
 #[cfg(feature = "redb")]
 pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
 #[cfg(feature = "sqlite")]

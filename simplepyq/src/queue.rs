@@ -83,8 +83,9 @@ impl<S: Store> Builder<S> {
         self
     }
 
-    /// The clock tasks are timed by; [`SystemClock`] by default. Tests pass a
-    /// [`simplepyq_core::ManualClock`].
+    /// The clock tasks are timed by: by default the store's own ([`Store::clock`]: the
+    /// database server's, for a store shared by machines), else [`SystemClock`]. Tests pass
+    /// a [`simplepyq_core::ManualClock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -241,8 +242,8 @@ impl<S: Store> SimplePyQ<S> {
     /// A queue over `store`, with settings to choose.
     pub fn builder(store: S) -> Builder<S> {
         Builder {
+            clock: store.clock().unwrap_or_else(|| Arc::new(SystemClock)),
             store,
-            clock: Arc::new(SystemClock),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             max_lost_runs: DEFAULT_MAX_LOST_RUNS,
@@ -848,6 +849,20 @@ impl SimplePyQ<simplepyq_sqlite::SqliteStore> {
     /// [`SimplePyQ::builder`] with [`simplepyq_sqlite::SqliteStore::open_with`].
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         Ok(SimplePyQ::new(simplepyq_sqlite::SqliteStore::open(path)?))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl SimplePyQ<simplepyq_postgres::PostgresStore> {
+    /// A queue on the PostgreSQL database at `url` (`postgres://user@host/db`), in the
+    /// schema `simplepyq`, created if needed. Processes on any number of machines may
+    /// connect to one queue; tasks are timed by the server's clock. For settings (pool size,
+    /// schema) use [`SimplePyQ::builder`] with
+    /// [`simplepyq_postgres::PostgresStore::connect_with`].
+    pub fn connect(url: &str) -> Result<Self> {
+        Ok(SimplePyQ::new(simplepyq_postgres::PostgresStore::connect(
+            url,
+        )?))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fuzz;
 pub mod lifecycle;
 pub mod lifecycle_model;
 pub mod model;
+pub mod postgres;
 pub mod scenarios;
 
 /// Opens the store of a durable fixture again.
@@ -23,8 +24,8 @@ type Reopen = Box<dyn Fn() -> Box<dyn Store>>;
 pub struct Fixture {
     /// The store.
     pub store: Box<dyn Store>,
-    /// Dropped with the fixture.
-    pub guard: Option<tempfile::TempDir>,
+    /// Dropped with the fixture, after the store: a temporary directory, a test schema.
+    pub guard: Option<Box<dyn std::any::Any>>,
     reopen: Option<Reopen>,
 }
 
@@ -59,8 +60,21 @@ impl Fixture {
         let reopen: Reopen = Box::new(move || Box::new(open(&path).expect("reopen the store")));
         Fixture {
             store: Box::new(store),
-            guard: Some(dir),
+            guard: Some(Box::new(dir)),
             reopen: Some(reopen),
+        }
+    }
+
+    /// A durable store, `guard` (dropped after it), and a way to open it again.
+    pub fn with_reopen<S: Store>(
+        store: S,
+        guard: impl std::any::Any,
+        reopen: impl Fn() -> S + 'static,
+    ) -> Self {
+        Fixture {
+            store: Box::new(store),
+            guard: Some(Box::new(guard)),
+            reopen: Some(Box::new(move || Box::new(reopen()))),
         }
     }
 

@@ -62,3 +62,17 @@ mod redb {
         simplepyq_tests::lifecycle_model_tests!(super::fixture, 16);
     }
 }
+
+mod postgres {
+    use simplepyq_tests::backend_tests;
+
+    backend_tests!(simplepyq_tests::postgres::fixture);
+
+    mod model {
+        simplepyq_tests::model_tests!(simplepyq_tests::postgres::fixture, 16);
+    }
+
+    mod lifecycle_model {
+        simplepyq_tests::lifecycle_model_tests!(simplepyq_tests::postgres::fixture, 8);
+    }
+}

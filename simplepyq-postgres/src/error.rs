@@ -1,0 +1,116 @@
+//! The one place where PostgreSQL's errors become simplepyq's.
+
+use postgres::error::SqlState;
+use simplepyq_core::Error;
+
+pub(crate) const BACKEND: &str = "postgres";
+
+/// An error inside the store: the driver's, the pool's, or already simplepyq's.
+#[derive(Debug)]
+pub(crate) enum E {
+    Pg(postgres::Error),
+    Pool(r2d2::Error),
+    Core(Error),
+}
+
+pub(crate) type R<T> = Result<T, E>;
+
+impl From<postgres::Error> for E {
+    fn from(e: postgres::Error) -> Self {
+        E::Pg(e)
+    }
+}
+
+impl From<r2d2::Error> for E {
+    fn from(e: r2d2::Error) -> Self {
+        E::Pool(e)
+    }
+}
+
+impl From<Error> for E {
+    fn from(e: Error) -> Self {
+        E::Core(e)
+    }
+}
+
+impl E {
+    /// Whether the transaction lost a race that PostgreSQL resolves by aborting one side (a
+    /// deadlock, a serialization failure): running it again is safe and will succeed.
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(self, E::Pg(e) if e.code().is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        }))
+    }
+
+    /// Whether the connection broke before the request reached the server (it was closed
+    /// while idle in the pool: a restarted server, a terminated backend). The request had no
+    /// effect, so it may be sent again on a new connection.
+    pub(crate) fn is_unsent(&self) -> bool {
+        matches!(self, E::Pg(e) if e.is_closed() || e.code().is_some_and(|c| {
+            // Delivered to an idle connection: it is reported by the next request, which
+            // the server never read.
+            *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN
+        }))
+    }
+}
+
+impl std::fmt::Display for E {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            E::Pg(e) => match e.as_db_error() {
+                Some(db) => write!(f, "{} ({})", db.message(), db.code().code()),
+                None => write!(f, "{e}"),
+            },
+            E::Pool(e) => write!(f, "no connection to PostgreSQL: {e}"),
+            E::Core(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<E> for Error {
+    fn from(e: E) -> Self {
+        let code = match &e {
+            E::Core(_) => None,
+            E::Pg(pg) => pg.code().cloned(),
+            E::Pool(_) => None,
+        };
+        match (e, code) {
+            (E::Core(core), _) => core,
+            (e, Some(c)) if c == SqlState::DISK_FULL || c == SqlState::PROGRAM_LIMIT_EXCEEDED => {
+                Error::Full {
+                    backend: BACKEND,
+                    message: e.to_string(),
+                }
+            }
+            (e, Some(c))
+                if c == SqlState::READ_ONLY_SQL_TRANSACTION
+                    || c == SqlState::INSUFFICIENT_PRIVILEGE =>
+            {
+                Error::ReadOnly {
+                    backend: BACKEND,
+                    message: e.to_string(),
+                }
+            }
+            (_, Some(c))
+                if c == SqlState::LOCK_NOT_AVAILABLE
+                    || c == SqlState::QUERY_CANCELED
+                    || c == SqlState::T_R_DEADLOCK_DETECTED
+                    || c == SqlState::T_R_SERIALIZATION_FAILURE =>
+            {
+                Error::Busy { backend: BACKEND }
+            }
+            (e, _) => Error::Backend {
+                backend: BACKEND,
+                source: e.to_string().into(),
+            },
+        }
+    }
+}
+
+/// The error for a stored value simplepyq never writes.
+pub(crate) fn bad_value(what: &str, value: impl std::fmt::Debug) -> E {
+    E::Core(Error::Corrupt {
+        backend: BACKEND,
+        message: format!("the column {what} holds {value:?}, which simplepyq never writes"),
+    })
+}

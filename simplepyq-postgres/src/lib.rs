@@ -1,0 +1,911 @@
+//! [`PostgresStore`]: a [`Store`] for simplepyq on a PostgreSQL server, shared by worker
+//! processes on many machines.
+//!
+//! The tasks live in one table `tasks` in a schema of their own (`simplepyq` by default),
+//! created and migrated when a store connects. Workers claim tasks with `FOR UPDATE SKIP
+//! LOCKED`, so that claimers never wait for each other, and hold them under leases timed by
+//! the database server's clock (see [`ServerClock`]): a machine that dies or is cut off only
+//! delays its tasks by one lease.
+//!
+//! ```no_run
+//! use simplepyq_core::{NewTask, Store, StoreExt, Timestamp};
+//! use simplepyq_postgres::PostgresStore;
+//!
+//! let store = PostgresStore::connect("postgres://app@db.internal/app")?;
+//! let id = store.enqueue_one(NewTask::new("emails", vec![0x90]), Timestamp::from_millis(0))?;
+//! # Ok::<(), simplepyq_core::Error>(())
+//! ```
+//!
+//! # Inspecting with SQL
+//! `tasks` has the columns of the SQLite store's table: `id`, `channel`, `args`
+//! (MessagePack), `status` (`pending`, `running`, `delayed`, `done`, `failed`),
+//! `retries_left`, `max_retries`, `attempts`, `lost_runs`, `run_at`, `lease_until`,
+//! `last_error`, `created_at`, `updated_at` (times in milliseconds since the Unix epoch, by
+//! the server's clock). Read it freely; write it only through simplepyq.
+//!
+//! # Running it in production
+//! - Done tasks stay until [`Store::purge_done`] deletes them (in batches of
+//!   [`PURGE_BATCH`] rows, each its own short transaction); failed ones until
+//!   [`Store::clear_failed`]. Purge regularly: a queue table should hold work, not history.
+//! - The table turns over fast. Its autovacuum settings are set for that (vacuum once 1% of
+//!   its rows are dead, with no cost delay). Watch `n_dead_tup` and `last_autovacuum` in
+//!   `pg_stat_user_tables` for `tasks`; a long-running transaction anywhere in the database
+//!   keeps vacuum from freeing rows, so watch `pg_stat_activity` for old `xact_start`s.
+//! - Each store holds at most [`PostgresOptions::pool_size`] connections, whatever the
+//!   number of workers: a handler never holds one.
+
+mod clock;
+mod error;
+mod pool;
+mod schema;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, Row, Transaction};
+use simplepyq_core::transition::{Event, apply, cancel};
+use simplepyq_core::{
+    Claim, Clock, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
+    TaskState, Timestamp, validate_channel,
+};
+
+pub use crate::clock::ServerClock;
+use crate::error::{E, R, bad_value};
+use crate::pool::{Db, Manager, Pool};
+
+/// How many done tasks one statement of [`Store::purge_done`] deletes.
+pub const PURGE_BATCH: i64 = 5_000;
+
+/// Settings of a [`PostgresStore`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// The most connections the store opens (8 by default). Workers share them: one is
+    /// taken for each statement, never while a handler runs.
+    pub pool_size: u32,
+    /// The schema that holds the queue's tables (`simplepyq` by default). Queues in
+    /// different schemas of one database are independent.
+    pub schema: String,
+    /// How long one statement may run on the server before it is cancelled (30 s by
+    /// default); the call then fails with [`Error::Busy`] and changes nothing.
+    pub statement_timeout: Duration,
+    /// How long to wait for a connection (10 s by default), and how long the network may
+    /// stay silent under a request before the connection is given up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            pool_size: 8,
+            schema: "simplepyq".to_owned(),
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the most connections the store opens.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Sets the schema of the queue's tables.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets how long one statement may run.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// Sets how long to wait for a connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// A [`Store`] on a PostgreSQL database. Any number of stores, in any number of processes
+/// and machines, may share one schema.
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+    clock: ServerClock,
+}
+
+/// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
+const COLUMNS: &str = "id, channel, args, created_at, priority, unique_key, status, \
+                       retries_left, max_retries, attempts, run_at, lease_until, last_error, \
+                       updated_at, lost_runs";
+/// The columns of a [`TaskState`], as [`state_from_row`] reads them.
+const STATE_COLUMNS: &str = "status, retries_left, max_retries, attempts, run_at, lease_until, \
+                             last_error, updated_at, lost_runs";
+/// The arrays [`StateArrays`] binds to `$1..$10`: ids, then [`STATE_COLUMNS`].
+const STATE_ARRAYS: &str = "$1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
+                            $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], \
+                            $9::bigint[], $10::bigint[]";
+/// The names of the columns of [`STATE_ARRAYS`] unnested.
+const STATE_ALIASES: &str = "id, status, retries_left, max_retries, attempts, run_at, \
+                             lease_until, last_error, updated_at, lost_runs";
+/// Statuses of unfinished tasks, which hold their unique keys.
+const UNFINISHED: &str = "('pending', 'delayed', 'running')";
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a `postgres://` URL or a `key=value` connection
+    /// string) with default options, creating or migrating the queue's schema.
+    ///
+    /// Errors, each changing nothing: [`Error::Foreign`] if the schema has a `tasks` table
+    /// that is not a queue's, [`Error::SchemaTooNew`] for a schema of a newer simplepyq, and
+    /// [`Error::Backend`] when the server cannot be reached (with the driver's reason).
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PostgresOptions::default())
+    }
+
+    /// Connects to the database at `url` with `options`.
+    pub fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        schema::check_name(&options.schema)?;
+        if options.pool_size == 0 {
+            return Err(Error::InvalidConfig(
+                "the pool size must be at least 1".into(),
+            ));
+        }
+        let mut config = postgres::Config::from_str(url)
+            .map_err(|e| Error::InvalidConfig(format!("the PostgreSQL connection string: {e}")))?;
+        let mut session = config.get_options().unwrap_or_default().to_owned();
+        session.push_str(&format!(
+            " -c search_path={} -c statement_timeout={}",
+            options.schema,
+            options.statement_timeout.as_millis()
+        ));
+        config.options(session.trim_start());
+        if config.get_application_name().is_none() {
+            config.application_name("simplepyq");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        // A link that is cut leaves a request waiting for an answer that never comes: the
+        // kernel gives the connection up once data stays unacknowledged this long.
+        config.tcp_user_timeout(options.connect_timeout);
+        config.keepalives_idle(Duration::from_secs(5));
+        let manager = Manager {
+            config: config.clone(),
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(options.pool_size)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(options.connect_timeout)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(manager);
+        let mut conn = pool.get().map_err(|e| Error::from(E::from(e)))?;
+        schema::migrate(&mut conn.client, &options.schema)?;
+        let clock = ServerClock::measure_system(&mut conn.client)?;
+        drop(conn);
+        Ok(PostgresStore {
+            pool,
+            schema: options.schema,
+            clock,
+        })
+    }
+
+    /// The schema of the queue's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The server's clock as this process sees it: time tasks of this store by it, so that
+    /// leases mean the same on every machine. [`simplepyq`'s builder] does so by default.
+    ///
+    /// [`simplepyq`'s builder]: https://docs.rs/simplepyq
+    pub fn server_clock(&self) -> &ServerClock {
+        &self.clock
+    }
+
+    /// Measures the server's clock again, against `local` instead of the system clock
+    /// (a test's skewed clock, say).
+    pub fn measure_clock(&self, local: impl Clock) -> Result<ServerClock> {
+        let mut conn = self.pool.get().map_err(E::from)?;
+        Ok(ServerClock::measure(&mut conn.client, Arc::new(local))?)
+    }
+
+    /// Runs `op` on a pooled connection; runs it again (on another connection) when it lost
+    /// a deadlock or serialization race, or when its connection had broken before the
+    /// request was sent. Neither had any effect.
+    fn run<T>(&self, mut op: impl FnMut(&mut Db<'_, Client>) -> R<T>) -> Result<T> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self.pool.get().map_err(E::from).and_then(|mut conn| {
+                let conn = &mut *conn;
+                op(&mut Db {
+                    client: &mut conn.client,
+                    statements: &mut conn.statements,
+                })
+            });
+            match result {
+                Err(e) if tries < 5 && (e.is_conflict() || e.is_unsent()) => continue,
+                other => return other.map_err(Error::from),
+            }
+        }
+    }
+
+    /// Runs `op` in a transaction, as [`PostgresStore::run`] does.
+    fn transaction<T>(&self, mut op: impl FnMut(&mut Tx<'_, '_>) -> R<T>) -> Result<T> {
+        self.run(|db| {
+            let mut tx = db.client.transaction()?;
+            let value = op(&mut Db {
+                client: &mut tx,
+                statements: db.statements,
+            })?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+}
+
+fn to_u32(what: &str, v: i64) -> R<u32> {
+    u32::try_from(v).map_err(|_| bad_value(what, v))
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+/// Reads the columns of [`STATE_COLUMNS`] starting at column `at`.
+fn state_from_row(r: &Row, at: usize) -> R<TaskState> {
+    let status: &str = r.try_get(at)?;
+    Ok(TaskState {
+        status: status.parse().map_err(|_| bad_value("status", status))?,
+        retries_left: to_u32("retries_left", r.try_get(at + 1)?)?,
+        max_retries: to_u32("max_retries", r.try_get(at + 2)?)?,
+        attempts: to_u32("attempts", r.try_get(at + 3)?)?,
+        run_at: Timestamp::from_millis(r.try_get(at + 4)?),
+        lease_until: r
+            .try_get::<_, Option<i64>>(at + 5)?
+            .map(Timestamp::from_millis),
+        last_error: r.try_get(at + 6)?,
+        updated_at: Timestamp::from_millis(r.try_get(at + 7)?),
+        lost_runs: to_u32("lost_runs", r.try_get(at + 8)?)?,
+    })
+}
+
+/// Reads the columns of [`COLUMNS`].
+fn task_from_row(r: &Row) -> R<Task> {
+    Ok(Task {
+        id: TaskId::new(r.try_get(0)?),
+        channel: r.try_get(1)?,
+        args: r.try_get(2)?,
+        created_at: Timestamp::from_millis(r.try_get(3)?),
+        priority: r.try_get(4)?,
+        unique_key: r.try_get(5)?,
+        state: state_from_row(r, 6)?,
+    })
+}
+
+fn tasks_from_rows(rows: &[Row]) -> R<Vec<Task>> {
+    rows.iter().map(task_from_row).collect()
+}
+
+/// A transaction with its connection's prepared statements.
+type Tx<'a, 'c> = Db<'a, Transaction<'c>>;
+
+/// Task states as the columns of [`UNNEST_STATES`], one array per column.
+#[derive(Default)]
+struct StateArrays {
+    ids: Vec<i64>,
+    status: Vec<&'static str>,
+    retries_left: Vec<i64>,
+    max_retries: Vec<i64>,
+    attempts: Vec<i64>,
+    run_at: Vec<i64>,
+    lease_until: Vec<Option<i64>>,
+    last_error: Vec<Option<String>>,
+    updated_at: Vec<i64>,
+    lost_runs: Vec<i64>,
+}
+
+impl StateArrays {
+    fn push(&mut self, id: TaskId, s: &TaskState) {
+        self.ids.push(id.get());
+        self.status.push(s.status.as_str());
+        self.retries_left.push(i64::from(s.retries_left));
+        self.max_retries.push(i64::from(s.max_retries));
+        self.attempts.push(i64::from(s.attempts));
+        self.run_at.push(millis(s.run_at));
+        self.lease_until.push(s.lease_until.map(millis));
+        self.last_error.push(s.last_error.clone());
+        self.updated_at.push(millis(s.updated_at));
+        self.lost_runs.push(i64::from(s.lost_runs));
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.ids,
+            &self.status,
+            &self.retries_left,
+            &self.max_retries,
+            &self.attempts,
+            &self.run_at,
+            &self.lease_until,
+            &self.last_error,
+            &self.updated_at,
+            &self.lost_runs,
+        ]
+    }
+
+    /// Stores each state in its task's row.
+    fn save(&self, tx: &mut Tx<'_, '_>) -> R<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            &format!(
+                "UPDATE tasks t SET status = u.status, retries_left = u.retries_left, \
+                 max_retries = u.max_retries, attempts = u.attempts, run_at = u.run_at, \
+                 lease_until = u.lease_until, last_error = u.last_error, \
+                 updated_at = u.updated_at, lost_runs = u.lost_runs \
+                 FROM unnest({STATE_ARRAYS}) AS u({STATE_ALIASES}) WHERE t.id = u.id"
+            ),
+            &self.params(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Locks the tasks `ids` (in id order, so that two callers never deadlock) and reads their
+/// states.
+fn lock_states(tx: &mut Tx<'_, '_>, ids: &[i64]) -> R<Vec<(TaskId, TaskState)>> {
+    let rows = tx.query(
+        &format!("SELECT id, {STATE_COLUMNS} FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+        &[&ids],
+    )?;
+    rows.iter()
+        .map(|r| Ok((TaskId::new(r.try_get(0)?), state_from_row(r, 1)?)))
+        .collect()
+}
+
+/// Applies `event` to the task of each claim still held, in one transaction; returns how
+/// many were held.
+fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R<usize> {
+    let ids: Vec<i64> = claims.iter().map(|c| c.id.get()).collect();
+    let states = lock_states(tx, &ids)?;
+    let mut next = StateArrays::default();
+    for (id, state) in &states {
+        if claims.iter().any(|c| c.id == *id && c.holds(state)) {
+            next.push(*id, &apply(state, event).map_err(|r| r.into_error(*id))?);
+        }
+    }
+    next.save(tx)?;
+    Ok(next.ids.len())
+}
+
+/// `AND channel = $n` when a channel is given.
+fn channel_filter(channel: Option<&str>, n: usize) -> String {
+    channel.map_or_else(String::new, |_| format!(" AND channel = ${n}"))
+}
+
+/// The first position in `tasks` of each unique key (per channel): a later task with the
+/// same key is the same task.
+fn first_of_key(tasks: &[NewTask]) -> Vec<Option<usize>> {
+    let mut seen: std::collections::HashMap<(&str, &str), usize> = Default::default();
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let key = t.unique_key.as_deref()?;
+            let first = *seen.entry((t.channel.as_str(), key)).or_insert(i);
+            (first != i).then_some(first)
+        })
+        .collect()
+}
+
+impl PostgresStore {
+    /// Inserts `tasks` (none of which repeats an earlier one's key) in one statement. A
+    /// task whose key an unfinished task holds is skipped. Returns the ids of the inserted
+    /// tasks by position.
+    fn insert<C: GenericClient>(
+        tx: &mut Db<'_, C>,
+        tasks: &[&NewTask],
+        now: Timestamp,
+    ) -> R<Vec<Option<TaskId>>> {
+        let mut states = StateArrays::default();
+        for t in tasks {
+            states.push(TaskId::new(0), &t.initial_state(now));
+        }
+        let channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
+        let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
+        let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
+        let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
+        let created_at = now.as_millis();
+        let mut params = states.params().to_vec();
+        params.extend_from_slice(&[&channels, &args, &priorities, &keys, &created_at]);
+        let rows = tx.query(
+            &format!(
+                "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
+                 {STATE_COLUMNS}) \
+                 SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.status, \
+                   u.retries_left, u.max_retries, u.attempts, u.run_at, u.lease_until, \
+                   u.last_error, u.updated_at, u.lost_runs \
+                 FROM unnest({STATE_ARRAYS}, $11::text[], $12::bytea[], $13::int[], \
+                   $14::text[]) WITH ORDINALITY \
+                   AS u({STATE_ALIASES}, channel, args, priority, unique_key, ord) \
+                 ORDER BY u.ord \
+                 ON CONFLICT (channel, unique_key) \
+                   WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \
+                 RETURNING id, channel, unique_key"
+            ),
+            &params,
+        )?;
+        // Ids are drawn in insertion order; a task without a key is never skipped, so the
+        // n-th such id is the n-th such task's.
+        let mut inserted: Vec<(i64, String, Option<String>)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<R<_>>()?;
+        inserted.sort_unstable_by_key(|(id, ..)| *id);
+        let mut ids = vec![None; tasks.len()];
+        let mut keyless = (0..tasks.len()).filter(|&i| tasks[i].unique_key.is_none());
+        for (id, channel, key) in inserted {
+            let at = match key {
+                Some(key) => tasks.iter().position(|t| {
+                    t.channel == channel && t.unique_key.as_deref() == Some(key.as_str())
+                }),
+                None => keyless.next(),
+            };
+            let at = at.ok_or_else(|| bad_value("id", id))?;
+            ids[at] = Some(TaskId::new(id));
+        }
+        Ok(ids)
+    }
+}
+
+/// The ids of the unfinished tasks holding the unique keys of `tasks`, by position.
+fn holders(tx: &mut Tx<'_, '_>, tasks: &[&NewTask]) -> R<Vec<Option<TaskId>>> {
+    let channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
+    let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
+    let rows = tx.query(
+        &format!(
+            "SELECT k.ord, t.id FROM unnest($1::text[], $2::text[]) WITH ORDINALITY \
+               AS k(channel, unique_key, ord) \
+             JOIN tasks t ON t.channel = k.channel AND t.unique_key = k.unique_key \
+             WHERE t.status IN {UNFINISHED}"
+        ),
+        &[&channels, &keys],
+    )?;
+    let mut ids = vec![None; tasks.len()];
+    for r in rows {
+        let ord: i64 = r.try_get(0)?;
+        let at = usize::try_from(ord - 1).map_err(|_| bad_value("ordinality", ord))?;
+        if let Some(slot) = ids.get_mut(at) {
+            *slot = Some(TaskId::new(r.try_get(1)?));
+        }
+    }
+    Ok(ids)
+}
+
+impl Store for PostgresStore {
+    fn clock(&self) -> Option<Arc<dyn Clock>> {
+        Some(Arc::new(self.clock.clone()))
+    }
+
+    fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let repeats = first_of_key(tasks);
+        let firsts: Vec<&NewTask> = tasks
+            .iter()
+            .zip(&repeats)
+            .filter(|(_, r)| r.is_none())
+            .map(|(t, _)| t)
+            .collect();
+        let ids = if firsts.iter().all(|t| t.unique_key.is_none()) {
+            self.run(|c| Self::insert(c, &firsts, now))?
+        } else {
+            // A key an unfinished task holds names that task; a task that took the key
+            // between the look and the insert is found by the next look.
+            self.transaction(|tx| {
+                let mut ids = holders(tx, &firsts)?;
+                loop {
+                    let missing: Vec<usize> =
+                        (0..firsts.len()).filter(|&i| ids[i].is_none()).collect();
+                    if missing.is_empty() {
+                        return Ok(ids);
+                    }
+                    let batch: Vec<&NewTask> = missing.iter().map(|&i| firsts[i]).collect();
+                    let inserted = Self::insert(tx, &batch, now)?;
+                    if inserted.iter().any(Option::is_none) {
+                        let held = holders(tx, &batch)?;
+                        for ((&i, new), old) in missing.iter().zip(inserted).zip(held) {
+                            ids[i] = new.or(old);
+                        }
+                    } else {
+                        for (&i, new) in missing.iter().zip(inserted) {
+                            ids[i] = new;
+                        }
+                    }
+                }
+            })?
+        };
+        // Back to every position: a repeated key gets its first task's id.
+        let mut firsts_ids = ids.into_iter();
+        let mut all: Vec<TaskId> = Vec::with_capacity(tasks.len());
+        for repeat in &repeats {
+            let id = match repeat {
+                Some(first) => all[*first],
+                None => firsts_ids
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| Error::from(bad_value("id", "none")))?,
+            };
+            all.push(id);
+        }
+        Ok(all)
+    }
+
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (now, lease_until) = (millis(now), millis(lease_until));
+        let mut tasks = self.run(|c| {
+            // Each statement is Event::Promote, then Event::Claim, on many rows at once.
+            c.execute(sql::PROMOTE, &[&channel, &now])?;
+            let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
+            tasks_from_rows(&rows)
+        })?;
+        tasks.sort_unstable_by_key(|t| (-i64::from(t.priority), t.state.run_at, t.id));
+        Ok(tasks)
+    }
+
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = claims.iter().map(|c| c.id.get()).collect();
+        let attempts: Vec<i64> = claims.iter().map(|c| i64::from(c.attempt)).collect();
+        let lease_until = millis(lease_until);
+        self.run(|c| c.execute(sql::EXTEND, &[&ids, &attempts, &lease_until]))
+    }
+
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Status>>> {
+        let ids: Vec<i64> = results.iter().map(|(c, _)| c.id.get()).collect();
+        self.transaction(|tx| {
+            let states = lock_states(tx, &ids)?;
+            let mut next = StateArrays::default();
+            let mut statuses = Vec::with_capacity(results.len());
+            for (claim, outcome) in results {
+                let held = states
+                    .iter()
+                    .find(|(id, s)| *id == claim.id && claim.holds(s))
+                    .filter(|_| !next.ids.contains(&claim.id.get()));
+                let Some((id, state)) = held else {
+                    statuses.push(Err(Error::LeaseLost {
+                        id: claim.id,
+                        attempt: claim.attempt,
+                    }));
+                    continue;
+                };
+                let event = Event::Finish {
+                    now,
+                    outcome: outcome.clone(),
+                };
+                let after = apply(state, &event).map_err(|r| r.into_error(*id))?;
+                statuses.push(Ok(after.status));
+                next.push(*id, &after);
+            }
+            next.save(tx)?;
+            Ok(statuses)
+        })
+    }
+
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        self.transaction(|tx| on_held(tx, claims, &Event::Release { now }))
+    }
+
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
+        let at = millis(now);
+        let any = self.run(|c| {
+            Ok(c.query_one(sql::ANY_EXPIRED, &[&at])?
+                .try_get::<_, bool>(0)?)
+        })?;
+        if !any {
+            return Ok(0);
+        }
+        let event = Event::Expire { now, max_lost_runs };
+        self.transaction(|tx| {
+            // A lease being renewed or a task being finished right now is skipped: its
+            // holder is alive.
+            let rows = tx.query(sql::LOCK_EXPIRED, &[&at])?;
+            let mut next = StateArrays::default();
+            for r in &rows {
+                let id = TaskId::new(r.try_get(0)?);
+                let state = state_from_row(r, 1)?;
+                next.push(id, &apply(&state, &event).map_err(|r| r.into_error(id))?);
+            }
+            next.save(tx)?;
+            Ok(next.ids.len())
+        })
+    }
+
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+        let sql = format!(
+            "DELETE FROM tasks WHERE status = 'failed'{}",
+            channel_filter(channel, 1)
+        );
+        self.run(|c| execute(c, &sql, channel, &[]))
+    }
+
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let sql = format!(
+            "SELECT id, channel, unique_key, {STATE_COLUMNS} FROM tasks \
+             WHERE status = 'failed'{} ORDER BY id FOR UPDATE",
+            channel_filter(channel, 1)
+        );
+        let event = Event::Requeue { now, retries };
+        self.transaction(|tx| {
+            let rows = match channel {
+                Some(c) => tx.query(&sql, &[&c])?,
+                None => tx.query(&sql, &[])?,
+            };
+            let mut failed = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id = TaskId::new(r.try_get(0)?);
+                let mut task = NewTask::new(r.try_get::<_, String>(1)?, Vec::new());
+                task.unique_key = r.try_get(2)?;
+                failed.push((id, task, state_from_row(r, 3)?));
+            }
+            let keyed: Vec<&NewTask> = failed.iter().map(|(_, t, _)| t).collect();
+            let held = holders(tx, &keyed)?;
+            let mut taken = std::collections::HashSet::new();
+            let mut next = StateArrays::default();
+            for ((id, task, state), holder) in failed.iter().zip(held) {
+                if let Some(key) = &task.unique_key {
+                    // An unfinished task has the key, or a task requeued just before.
+                    if holder.is_some() || !taken.insert((task.channel.as_str(), key.as_str())) {
+                        continue;
+                    }
+                }
+                next.push(*id, &apply(state, &event).map_err(|r| r.into_error(*id))?);
+            }
+            next.save(tx)?;
+            Ok(next.ids.len())
+        })
+    }
+
+    fn remove_channel(&self, channel: &str) -> Result<usize> {
+        self.run(|c| c.execute("DELETE FROM tasks WHERE channel = $1", &[&channel]))
+    }
+
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        let sql = format!(
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+             WHERE status = 'done' AND updated_at < $1{} LIMIT {PURGE_BATCH})",
+            channel_filter(channel, 2)
+        );
+        let before = millis(before);
+        let mut total = 0;
+        loop {
+            let n = self.run(|c| execute(c, &sql, channel, &[&before]))?;
+            total += n;
+            if n < PURGE_BATCH as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn channels(&self) -> Result<Vec<String>> {
+        self.run(|c| {
+            let rows = c.query("SELECT DISTINCT channel FROM tasks ORDER BY channel", &[])?;
+            Ok(rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn counts(&self, channel: Option<&str>) -> Result<Counts> {
+        let sql = format!(
+            "SELECT status, count(*) FROM tasks WHERE true{} GROUP BY status",
+            channel_filter(channel, 1)
+        );
+        self.run(|c| {
+            let rows = match channel {
+                Some(ch) => c.query(&sql, &[&ch])?,
+                None => c.query(&sql, &[])?,
+            };
+            let mut counts = Counts::default();
+            for r in &rows {
+                let status: &str = r.try_get(0)?;
+                let status: Status = status.parse().map_err(|_| bad_value("status", status))?;
+                let n: i64 = r.try_get(1)?;
+                *counts.get_mut(status) = usize::try_from(n).map_err(|_| bad_value("count", n))?;
+            }
+            Ok(counts)
+        })
+    }
+
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        self.run(|c| {
+            let t: Option<i64> = c.query_one(sql::NEXT_WAKEUP, &[&channel])?.try_get(0)?;
+            Ok(t.map(Timestamp::from_millis))
+        })
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<Task>> {
+        self.run(|c| {
+            let row = c.query_opt(
+                &format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"),
+                &[&id.get()],
+            )?;
+            row.as_ref().map(task_from_row).transpose()
+        })
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        let after = filter.after.map_or(0, TaskId::get);
+        let status = filter.status.map(Status::as_str);
+        let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
+        self.run(|c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE id > $1 \
+                     AND ($2::text IS NULL OR channel = $2) \
+                     AND ($3::text IS NULL OR status = $3) ORDER BY id LIMIT $4"
+                ),
+                &[&after, &filter.channel, &status, &limit],
+            )?;
+            tasks_from_rows(&rows)
+        })
+    }
+
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        self.transaction(|tx| {
+            let states = lock_states(tx, &[id.get()])?;
+            let (_, state) = states.first().ok_or(Error::NotFound(id))?;
+            cancel(state).map_err(|r| r.into_error(id))?;
+            tx.execute("DELETE FROM tasks WHERE id = $1", &[&id.get()])?;
+            Ok(())
+        })
+    }
+}
+
+/// Runs `sql` whose last parameter is the optional channel; returns the rows it changed.
+fn execute(
+    c: &mut Db<'_, Client>,
+    sql: &str,
+    channel: Option<&str>,
+    params: &[&(dyn ToSql + Sync)],
+) -> R<usize> {
+    let mut all = params.to_vec();
+    if let Some(ch) = &channel {
+        all.push(ch);
+    }
+    c.execute(sql, &all)
+}
+
+/// The statements that change many rows at once. Each of `PROMOTE`, `CLAIM` and `EXTEND`
+/// does what [`simplepyq_core::transition::apply`] does for its event, for every row it
+/// touches (the tests compare them); the other changes are computed by `apply` itself.
+mod sql {
+    /// `Event::Promote` for the due delayed tasks of channel $1 at $2.
+    pub(crate) const PROMOTE: &str = "UPDATE tasks SET status = 'pending', updated_at = $2 \
+         WHERE channel = $1 AND status = 'delayed' AND run_at <= $2";
+
+    /// `Event::Claim` at $2, leased until $4, of up to $3 due pending tasks of channel $1 in
+    /// claim order. Rows another claimer locked are skipped, never waited for.
+    pub(crate) const CLAIM: &str = "WITH due AS MATERIALIZED ( \
+           SELECT id FROM tasks \
+           WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
+           ORDER BY priority DESC, run_at, id \
+           LIMIT $3 \
+           FOR UPDATE SKIP LOCKED) \
+         UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, \
+           lease_until = $4, updated_at = $2 \
+         FROM due WHERE t.id = due.id \
+         RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
+           t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
+           t.last_error, t.updated_at, t.lost_runs";
+
+    /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held.
+    pub(crate) const EXTEND: &str = "UPDATE tasks t \
+         SET lease_until = greatest(t.lease_until, $3) \
+         FROM unnest($1::bigint[], $2::bigint[]) AS c(id, attempt) \
+         WHERE t.id = c.id AND t.status = 'running' AND t.attempts = c.attempt";
+
+    /// Whether a lease expired by $1.
+    pub(crate) const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
+         WHERE status = 'running' AND lease_until <= $1)";
+
+    /// Locks the running tasks whose lease expired by $1 and reads their states.
+    pub(crate) const LOCK_EXPIRED: &str = "SELECT id, status, retries_left, max_retries, \
+         attempts, run_at, lease_until, last_error, updated_at, lost_runs FROM tasks \
+         WHERE status = 'running' AND lease_until <= $1 ORDER BY id FOR UPDATE SKIP LOCKED";
+
+    /// The earliest time something is due in channel $1.
+    pub(crate) const NEXT_WAKEUP: &str = "SELECT least( \
+         (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' LIMIT 1), \
+         (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed'), \
+         (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_end_with_the_state_columns() {
+        assert!(COLUMNS.ends_with(STATE_COLUMNS));
+        assert!(sql::CLAIM.replace("t.", "").ends_with(COLUMNS));
+        assert!(sql::LOCK_EXPIRED.contains(&format!("id, {STATE_COLUMNS} FROM")));
+    }
+
+    #[test]
+    fn repeated_keys_point_at_their_first_task() {
+        let t = |ch: &str, key: Option<&str>| {
+            let task = NewTask::new(ch, vec![]);
+            match key {
+                Some(k) => task.unique_key(k),
+                None => task,
+            }
+        };
+        let tasks = [
+            t("a", Some("k")),
+            t("a", None),
+            t("a", Some("k")),
+            t("b", Some("k")),
+            t("b", Some("k")),
+        ];
+        assert_eq!(
+            first_of_key(&tasks),
+            vec![None, None, Some(0), None, Some(3)]
+        );
+    }
+
+    #[test]
+    fn schema_names_are_checked() {
+        for good in ["simplepyq", "_q", "q2_test"] {
+            assert!(schema::check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Q", "2q", "q-1", "q;drop", "pg_q", &"q".repeat(64)] {
+            assert!(schema::check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
