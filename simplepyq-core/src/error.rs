@@ -146,6 +146,17 @@ pub enum Error {
         message: String,
     },
 
+    /// The store's server cannot be reached: it is restarting or down, or the network to it
+    /// is cut. The call may or may not have taken effect if the connection broke while it
+    /// was under way. Queues wait and try again; a task never fails for it.
+    #[error("{backend} store is unreachable: {message}; it is tried again")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
+
     /// The queue was stopped (by another thread, or by dropping it) while this call waited
     /// for its work to be done.
     #[error("the queue was stopped before its work was complete")]
@@ -168,10 +179,10 @@ pub enum Error {
 
 impl Error {
     /// Whether trying the same call again later is expected to succeed: the store was
-    /// locked by someone else. Other storage errors may pass too (a full disk), but are not
-    /// retried blindly.
+    /// locked by someone else, or its server was out of reach. Other storage errors may
+    /// pass too (a full disk), but are not retried blindly.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Busy { .. })
+        matches!(self, Error::Busy { .. } | Error::Unavailable { .. })
     }
 
     /// A copy of this error, for one failure shared by several callers; `None` for
@@ -225,6 +236,10 @@ impl Error {
                 message: message.clone(),
             },
             Error::Full { backend, message } => Error::Full {
+                backend,
+                message: message.clone(),
+            },
+            Error::Unavailable { backend, message } => Error::Unavailable {
                 backend,
                 message: message.clone(),
             },

@@ -42,6 +42,24 @@ impl E {
         }))
     }
 
+    /// Whether the server could not be reached or the connection broke: the server is
+    /// restarting or down, the network is cut, or the backend was terminated.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match self {
+            E::Pool(_) => true,
+            E::Pg(e) => match e.code() {
+                Some(c) => {
+                    c.code().starts_with("08")
+                        || *c == SqlState::ADMIN_SHUTDOWN
+                        || *c == SqlState::CRASH_SHUTDOWN
+                        || *c == SqlState::CANNOT_CONNECT_NOW
+                }
+                None => e.is_closed() || is_link_failure(e),
+            },
+            E::Core(_) => false,
+        }
+    }
+
     /// Whether the connection broke before the request reached the server (it was closed
     /// while idle in the pool: a restarted server, a terminated backend). The request had no
     /// effect, so it may be sent again on a new connection.
@@ -74,6 +92,12 @@ impl From<E> for Error {
             E::Pg(pg) => pg.code().cloned(),
             E::Pool(_) => None,
         };
+        if e.is_unreachable() {
+            return Error::Unavailable {
+                backend: BACKEND,
+                message: e.to_string(),
+            };
+        }
         match (e, code) {
             (E::Core(core), _) => core,
             (e, Some(c)) if c == SqlState::DISK_FULL || c == SqlState::PROGRAM_LIMIT_EXCEEDED => {
@@ -105,6 +129,19 @@ impl From<E> for Error {
             },
         }
     }
+}
+
+/// Whether the driver lost the server: the link failed, or no connection could be made
+/// (the driver says so only in its message).
+fn is_link_failure(e: &postgres::Error) -> bool {
+    let text = e.to_string();
+    [
+        "error communicating with the server",
+        "error connecting to server",
+        "timeout waiting for server",
+    ]
+    .iter()
+    .any(|prefix| text.starts_with(prefix))
 }
 
 /// The error for a stored value simplepyq never writes.

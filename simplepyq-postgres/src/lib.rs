@@ -821,17 +821,22 @@ fn execute(
     c.execute(sql, &all)
 }
 
-/// The statements that change many rows at once. Each of `PROMOTE`, `CLAIM` and `EXTEND`
-/// does what [`simplepyq_core::transition::apply`] does for its event, for every row it
-/// touches (the tests compare them); the other changes are computed by `apply` itself.
-mod sql {
+/// The statements that change many rows at once, public to be read and `EXPLAIN`ed.
+///
+/// Each of `PROMOTE`, `CLAIM` and `EXTEND` does what [`simplepyq_core::transition::apply`]
+/// does for its event, for every row it touches (the tests compare them): a claim is then
+/// one statement, and a lease renewal of all of a process's claims another. Every other
+/// change is computed by `apply` itself and written back.
+pub mod sql {
     /// `Event::Promote` for the due delayed tasks of channel $1 at $2.
-    pub(crate) const PROMOTE: &str = "UPDATE tasks SET status = 'pending', updated_at = $2 \
+    pub const PROMOTE: &str = "UPDATE tasks SET status = 'pending', updated_at = $2 \
          WHERE channel = $1 AND status = 'delayed' AND run_at <= $2";
 
     /// `Event::Claim` at $2, leased until $4, of up to $3 due pending tasks of channel $1 in
-    /// claim order. Rows another claimer locked are skipped, never waited for.
-    pub(crate) const CLAIM: &str = "WITH due AS MATERIALIZED ( \
+    /// claim order. Rows another claimer locked are skipped, never waited for. The update
+    /// finds its rows by id in an array: a join with the CTE would, in the generic plan a
+    /// prepared statement gets, be a hash join over a scan of the whole table.
+    pub const CLAIM: &str = "WITH due AS MATERIALIZED ( \
            SELECT id FROM tasks \
            WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
            ORDER BY priority DESC, run_at, id \
@@ -839,28 +844,28 @@ mod sql {
            FOR UPDATE SKIP LOCKED) \
          UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, \
            lease_until = $4, updated_at = $2 \
-         FROM due WHERE t.id = due.id \
+         WHERE t.id = ANY (ARRAY (SELECT id FROM due)) \
          RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
            t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
            t.last_error, t.updated_at, t.lost_runs";
 
     /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held.
-    pub(crate) const EXTEND: &str = "UPDATE tasks t \
+    pub const EXTEND: &str = "UPDATE tasks t \
          SET lease_until = greatest(t.lease_until, $3) \
          FROM unnest($1::bigint[], $2::bigint[]) AS c(id, attempt) \
          WHERE t.id = c.id AND t.status = 'running' AND t.attempts = c.attempt";
 
     /// Whether a lease expired by $1.
-    pub(crate) const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
+    pub const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
          WHERE status = 'running' AND lease_until <= $1)";
 
     /// Locks the running tasks whose lease expired by $1 and reads their states.
-    pub(crate) const LOCK_EXPIRED: &str = "SELECT id, status, retries_left, max_retries, \
+    pub const LOCK_EXPIRED: &str = "SELECT id, status, retries_left, max_retries, \
          attempts, run_at, lease_until, last_error, updated_at, lost_runs FROM tasks \
          WHERE status = 'running' AND lease_until <= $1 ORDER BY id FOR UPDATE SKIP LOCKED";
 
     /// The earliest time something is due in channel $1.
-    pub(crate) const NEXT_WAKEUP: &str = "SELECT least( \
+    pub const NEXT_WAKEUP: &str = "SELECT least( \
          (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' LIMIT 1), \
          (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed'), \
          (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))";

@@ -4,6 +4,7 @@
 mod damage;
 mod fuzz_corpus;
 mod permissions;
+mod pg;
 mod processes;
 
 mod memory {

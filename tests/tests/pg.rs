@@ -1,0 +1,332 @@
+//! What only the PostgreSQL store has: its statements against the state machine, the claim's
+//! plan, migrations by several processes at once, the server's clock, and connections
+//! killed under load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use simplepyq::{Clock, PostgresStore, SimplePyQ, Status, SystemClock, Timestamp};
+use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::{NewTask, Store, StoreExt};
+use simplepyq_postgres::sql;
+use simplepyq_tests::postgres::{DropSchema, fresh_schema, options, server};
+
+fn store(schema: &str) -> PostgresStore {
+    PostgresStore::connect_with(server().conninfo(), options(schema)).expect("connect")
+}
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millis(1_000_000 + ms)
+}
+
+/// The claim, promotion and renewal statements leave each task as
+/// `simplepyq_core::transition::apply` would.
+#[test]
+fn set_based_statements_do_what_the_state_machine_does() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let s = store(&schema);
+    let task = |run_at: i64, retries: u32| {
+        NewTask::new("c", vec![1])
+            .run_at(at(run_at))
+            .retries(retries)
+    };
+    let ids = s
+        .enqueue(
+            &[task(0, 0), task(5, 3), task(50, 1), task(10_000, 2)],
+            at(0),
+        )
+        .expect("enqueue");
+    let before: Vec<_> = ids
+        .iter()
+        .map(|id| s.get(*id).expect("get").expect("there").state)
+        .collect();
+    assert_eq!(before[2].status, Status::Delayed);
+    // At 60 the first three are due: two are claimed, the third is only promoted.
+    let claimed = s.claim("c", 2, at(60), at(1_060)).expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let claim = Event::Claim {
+        now: at(60),
+        lease_until: at(1_060),
+    };
+    for t in &claimed {
+        let i = ids.iter().position(|id| *id == t.id).expect("ours");
+        assert_eq!(t.state, apply(&before[i], &claim).expect("legal"), "{t:?}");
+        assert_eq!(Some(t), s.get(t.id).expect("get").as_ref());
+    }
+    let promoted = s.get(ids[2]).expect("get").expect("there").state;
+    assert_eq!(
+        promoted,
+        apply(&before[2], &Event::Promote { now: at(60) }).expect("legal")
+    );
+    let not_due = s.get(ids[3]).expect("get").expect("there").state;
+    assert_eq!(not_due, before[3]);
+    // A renewal extends held claims only, and never shrinks a lease.
+    let mut stale = claimed[1].claim();
+    stale.attempt += 1;
+    let held = s
+        .extend_leases(&[claimed[0].claim(), stale], at(2_000))
+        .expect("extend");
+    assert_eq!(held, 1);
+    let extended = s.get(claimed[0].id).expect("get").expect("there").state;
+    let extend = Event::Extend {
+        lease_until: at(2_000),
+    };
+    assert_eq!(extended, apply(&claimed[0].state, &extend).expect("legal"));
+    s.extend_leases(&[claimed[0].claim()], at(1_500))
+        .expect("extend");
+    assert_eq!(
+        s.get(claimed[0].id).expect("get").expect("there").state,
+        extended
+    );
+    assert_eq!(
+        s.get(claimed[1].id).expect("get").expect("there").state,
+        claimed[1].state
+    );
+}
+
+/// The claim walks the partial index of pending tasks in claim order and locks what it
+/// takes, however many done tasks the table holds: no scan of the table, no sort.
+#[test]
+fn a_claim_walks_the_pending_index() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let s = store(&schema);
+    let tasks: Vec<NewTask> = (0..20_000)
+        .map(|i| NewTask::new(if i % 2 == 0 { "c" } else { "d" }, vec![1]))
+        .collect();
+    s.enqueue(&tasks, at(0)).expect("enqueue");
+    // Most of the table is done, as in a queue that has run a while.
+    while !s.claim("d", 1_000, at(0), at(1)).expect("claim").is_empty() {}
+    let mut c = server().client();
+    c.batch_execute(&format!(
+        "SET search_path = {schema}; UPDATE tasks SET status = 'done', lease_until = NULL \
+         WHERE channel = 'd'; ANALYZE tasks; SET plan_cache_mode = force_generic_plan"
+    ))
+    .expect("set up");
+    c.batch_execute(&format!("PREPARE claim AS {}", sql::CLAIM))
+        .expect("prepare");
+    let plan: String = c
+        .query("EXPLAIN EXECUTE claim('c', 0, 32, 1)", &[])
+        .expect("explain")
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect();
+    assert!(
+        plan.contains("Index Scan using tasks_pending on tasks"),
+        "{plan}"
+    );
+    assert!(plan.contains("LockRows"), "{plan}");
+    assert!(plan.contains("Index Scan using tasks_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(!plan.contains("Sort"), "{plan}");
+}
+
+/// Eight processes' stores connecting at once to a new schema migrate it once, and all of
+/// them work.
+#[test]
+fn stores_connecting_at_once_migrate_once() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let stores: Vec<PostgresStore> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| store(&schema))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("connect"))
+            .collect()
+    });
+    let versions: i64 = server()
+        .client()
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.simplepyq_schema"),
+            &[],
+        )
+        .expect("versions")
+        .get(0);
+    assert_eq!(versions, 1);
+    let id = stores[0]
+        .enqueue_one(NewTask::new("c", vec![]), at(0))
+        .expect("enqueue");
+    assert!(stores[7].get(id).expect("get").is_some());
+}
+
+/// A schema whose `tasks` table is another application's, or that a newer simplepyq
+/// wrote, is refused with a clear error and left exactly as it was.
+#[test]
+fn foreign_and_newer_schemas_are_refused_unchanged() {
+    let foreign = fresh_schema();
+    let _drop = DropSchema(foreign.clone());
+    let mut c = server().client();
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {foreign}; CREATE TABLE {foreign}.tasks (x int); \
+         INSERT INTO {foreign}.tasks VALUES (7)"
+    ))
+    .expect("set up");
+    let err =
+        PostgresStore::connect_with(server().conninfo(), options(&foreign)).expect_err("refused");
+    assert!(matches!(err, simplepyq::Error::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("not a simplepyq queue"), "{err}");
+    let tables: Vec<String> = c
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[&foreign],
+        )
+        .expect("tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, vec!["tasks".to_owned()]);
+
+    let newer = fresh_schema();
+    let _drop_newer = DropSchema(newer.clone());
+    let id = store(&newer)
+        .enqueue_one(NewTask::new("c", vec![]), at(0))
+        .expect("enqueue");
+    c.batch_execute(&format!(
+        "INSERT INTO {newer}.simplepyq_schema (version) VALUES (99)"
+    ))
+    .expect("a newer version");
+    let err =
+        PostgresStore::connect_with(server().conninfo(), options(&newer)).expect_err("refused");
+    assert!(
+        matches!(err, simplepyq::Error::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+    let n: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {newer}.tasks"), &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1, "task {id} is still there, alone");
+}
+
+/// A machine's clock, `skew` off the true time.
+#[derive(Debug)]
+struct Skewed(i64);
+
+impl Clock for Skewed {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(SystemClock.now().as_millis() + self.0)
+    }
+}
+
+/// Two machines whose clocks are 30 s apart (each way) time leases by the server's clock:
+/// a lease one machine took is not recovered by the other while it is live, and is
+/// recovered once it expired, not 30 s earlier or later.
+#[test]
+fn leases_hold_across_machines_whose_clocks_differ_by_30_s() {
+    const LEASE: Duration = Duration::from_millis(1_500);
+    for skew in [30_000, -30_000] {
+        let schema = fresh_schema();
+        let _drop = DropSchema(schema.clone());
+        let s = store(&schema);
+        let here = s.measure_clock(SystemClock).expect("measure");
+        let there = s.measure_clock(Skewed(skew)).expect("measure");
+        // Both read the same time within a few milliseconds, whatever their clocks say.
+        let apart = (here.now().as_millis() - there.now().as_millis()).abs();
+        assert!(apart < 50, "skew {skew}: the clocks read {apart} ms apart");
+        s.enqueue_one(NewTask::new("c", vec![]), here.now())
+            .expect("enqueue");
+        let taken = Instant::now();
+        let now = there.now();
+        let held = s.claim("c", 1, now, now.after(LEASE)).expect("claim");
+        assert_eq!(held.len(), 1);
+        // The other machine looks for expired leases all along.
+        let recovered_after = loop {
+            if s.recover_expired(here.now(), 3).expect("recover") > 0 {
+                break taken.elapsed();
+            }
+            assert!(taken.elapsed() < Duration::from_secs(10), "never recovered");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            recovered_after >= LEASE - Duration::from_millis(50),
+            "skew {skew}: recovered after {recovered_after:?}, before the lease expired"
+        );
+        assert!(
+            recovered_after < LEASE + Duration::from_millis(1_000),
+            "skew {skew}: recovered only after {recovered_after:?}"
+        );
+    }
+}
+
+/// A queue on PostgreSQL times its tasks by the server's clock unless told otherwise.
+#[test]
+fn a_queue_times_tasks_by_the_stores_clock() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let s = store(&schema);
+    let clock = s.clock().expect("the store has a clock");
+    let offset = s.server_clock().offset_millis();
+    assert!(offset.abs() < 1_000, "one machine: offset {offset} ms");
+    let q = SimplePyQ::new(s);
+    let id = q.enqueue("c", &1u32).expect("enqueue");
+    let created = q.task(id).expect("get").expect("there").created_at;
+    assert!((clock.now().as_millis() - created.as_millis()).abs() < 1_000);
+}
+
+/// Connections are terminated by the server (`pg_terminate_backend`) every 30 to 100 ms while
+/// a queue drains 2,000 tasks with the default `retries = 0`: claims and outcomes in flight
+/// are cut, yet every task ends done, none fails.
+#[test]
+fn terminated_connections_fail_no_task() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let app = format!("simplepyq_{schema}");
+    let conninfo = format!("{} application_name={app}", server().conninfo());
+    let s = PostgresStore::connect_with(&conninfo, options(&schema)).expect("connect");
+    let q = SimplePyQ::builder(s)
+        .lease(Duration::from_secs(2))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("build");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    q.add_channel(
+        "work",
+        move |_: u32| {
+            r.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_micros(200));
+            Ok(())
+        },
+        4,
+    )
+    .expect("add");
+    let items: Vec<u32> = (0..2_000).collect();
+    q.enqueue_many("work", &items, simplepyq::EnqueueOptions::new())
+        .expect("enqueue");
+    let done = AtomicBool::new(false);
+    let killed = std::thread::scope(|scope| {
+        let killer = scope.spawn(|| {
+            let mut admin = server().client();
+            let (mut killed, mut pause) = (0, 1);
+            while !done.load(Ordering::SeqCst) {
+                let rows = admin
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .expect("terminate");
+                killed += rows.len();
+                // Often enough to cut claims and outcomes in flight, seldom enough that a
+                // new connection gets work done before it is cut too.
+                pause = pause * 7 % 71;
+                std::thread::sleep(Duration::from_millis(30 + pause));
+            }
+            killed
+        });
+        let result = q.run_until_complete();
+        done.store(true, Ordering::SeqCst);
+        result.expect("run");
+        killer.join().expect("killer")
+    });
+    assert!(killed > 5, "only {killed} connections were terminated");
+    let c = q.counts("work").expect("counts");
+    assert_eq!((c.done, c.failed, c.total()), (2_000, 0, 2_000), "{c:?}");
+    assert!(runs.load(Ordering::SeqCst) >= 2_000);
+    eprintln!(
+        "{killed} connections terminated; {} runs for 2000 tasks",
+        runs.load(Ordering::SeqCst)
+    );
+}
