@@ -53,6 +53,12 @@ pub fn server() -> &'static Server {
     })
 }
 
+/// A cluster of the caller's own, for a test that restarts it; stopped and deleted when
+/// dropped. Panics as [`server`] does.
+pub fn private_server() -> Server {
+    start_cluster().unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
+}
+
 impl Server {
     /// The connection string of the server's `postgres` database.
     pub fn conninfo(&self) -> &str {

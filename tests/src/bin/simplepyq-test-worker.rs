@@ -1,8 +1,8 @@
 //! A worker process for the crash and multi-process tests.
 //!
 //! `simplepyq-test-worker BACKEND DB LOG WORKERS SLEEP_MS LEASE_MS` serves channel `work` of
-//! the queue file DB (BACKEND `sqlite` or `redb`) with WORKERS threads until nothing is left
-//! to do. Its handler appends
+//! the queue file DB (BACKEND `sqlite` or `redb`; for `postgres`, DB is the schema on the
+//! server `SIMPLEPYQ_TEST_POSTGRES` names) with WORKERS threads until nothing is left to do. Its handler appends
 //! `PID N` to LOG when it starts on task N, then sleeps SLEEP_MS. With
 //! `SIMPLEPYQ_TEST_MIXED=1` it also fails the first run in this process of every fifth task
 //! (to be retried) and delays the first run of every seventh by 30 ms. It exits 0 when
@@ -14,7 +14,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use simplepyq::{RedbStore, SimplePyQ, SqliteStore, Store, TaskError};
+use simplepyq::{
+    PostgresOptions, PostgresStore, RedbStore, SimplePyQ, SqliteStore, Store, TaskError,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,6 +59,11 @@ fn run(
     let store: Box<dyn Store> = match backend {
         "sqlite" => Box::new(SqliteStore::open(db)?),
         "redb" => Box::new(RedbStore::open(db)?),
+        "postgres" => {
+            let server = std::env::var("SIMPLEPYQ_TEST_POSTGRES")?;
+            let options = PostgresOptions::new().schema(db).pool_size(4);
+            Box::new(PostgresStore::connect_with(&server, options)?)
+        }
         other => return Err(format!("unknown backend {other:?}").into()),
     };
     let q = SimplePyQ::builder(store)
