@@ -26,7 +26,7 @@ mod time;
 pub mod transition;
 
 pub use error::{BoxError, Error, Result};
-pub use store::{Store, StoreExt};
+pub use store::{Store, StoreExt, Wake, Watch};
 pub use task::{
     Claim, Counts, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError, Status, Task,
     TaskId, TaskState, validate_channel,

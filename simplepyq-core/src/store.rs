@@ -140,6 +140,45 @@ pub trait Store: Send + Sync + Debug + 'static {
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         None
     }
+
+    /// Calls `wake` whenever another process may have added work: with the channel's name,
+    /// or `None` for any channel (after a gap in which news may have been missed). Returns
+    /// `None` (the default) for a store with no such news: queues then poll. Dropping the
+    /// returned [`Watch`] ends the calls.
+    ///
+    /// A wake-up is a hint, never a promise: a queue looks at the store when woken and polls
+    /// anyway, so that a missed or late wake-up only delays work.
+    fn watch(&self, wake: Wake) -> Option<Watch> {
+        let _ = wake;
+        None
+    }
+}
+
+/// What [`Store::watch`] calls: with a channel's name, or `None` for every channel.
+pub type Wake = Arc<dyn Fn(Option<&str>) + Send + Sync>;
+
+/// Ends the wake-ups of [`Store::watch`] when dropped.
+pub struct Watch(Option<Box<dyn FnOnce() + Send>>);
+
+impl Watch {
+    /// A watch that runs `stop` when dropped.
+    pub fn new(stop: impl FnOnce() + Send + 'static) -> Self {
+        Watch(Some(Box::new(stop)))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            stop();
+        }
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
 }
 
 /// Helpers over any [`Store`].
@@ -226,6 +265,9 @@ macro_rules! forward_store {
             }
             fn clock(&self) -> Option<Arc<dyn Clock>> {
                 (**self).clock()
+            }
+            fn watch(&self, wake: Wake) -> Option<Watch> {
+                (**self).watch(wake)
             }
         }
     )*};

@@ -36,6 +36,7 @@
 
 mod clock;
 mod error;
+mod listen;
 mod pool;
 mod schema;
 
@@ -48,7 +49,7 @@ use postgres::{Client, GenericClient, Row, Transaction};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
     Claim, Clock, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, validate_channel,
+    TaskState, Timestamp, Wake, Watch, validate_channel,
 };
 
 pub use crate::clock::ServerClock;
@@ -74,6 +75,11 @@ pub struct PostgresOptions {
     /// How long to wait for a connection (10 s by default), and how long the network may
     /// stay silent under a request before the connection is given up.
     pub connect_timeout: Duration,
+    /// Whether adding work notifies the queues of other processes (`NOTIFY`), so that an
+    /// idle worker anywhere starts it within milliseconds instead of at its next poll (on
+    /// by default). Each notifying transaction takes a database-wide lock for a moment at
+    /// commit; see BENCHMARKS.md for what that costs at high enqueue rates.
+    pub notify: bool,
 }
 
 impl Default for PostgresOptions {
@@ -83,6 +89,7 @@ impl Default for PostgresOptions {
             schema: "simplepyq".to_owned(),
             statement_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            notify: true,
         }
     }
 }
@@ -116,6 +123,12 @@ impl PostgresOptions {
         self.connect_timeout = timeout;
         self
     }
+
+    /// Sets whether adding work notifies other processes' queues.
+    pub fn notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
 }
 
 /// A [`Store`] on a PostgreSQL database. Any number of stores, in any number of processes
@@ -123,8 +136,12 @@ impl PostgresOptions {
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: Pool,
+    /// For the listening connection.
+    config: postgres::Config,
     schema: String,
     clock: ServerClock,
+    /// The `NOTIFY` channel of the schema's queue; `None` when adding work notifies no one.
+    topic: Option<String>,
 }
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
@@ -198,6 +215,8 @@ impl PostgresStore {
         drop(conn);
         Ok(PostgresStore {
             pool,
+            config,
+            topic: options.notify.then(|| listen::topic(&options.schema)),
             schema: options.schema,
             clock,
         })
@@ -367,31 +386,55 @@ impl StateArrays {
     }
 }
 
+/// A locked task: its id, channel and state.
+type Locked = (TaskId, String, TaskState);
+
 /// Locks the tasks `ids` (in id order, so that two callers never deadlock) and reads their
-/// states.
-fn lock_states(tx: &mut Tx<'_, '_>, ids: &[i64]) -> R<Vec<(TaskId, TaskState)>> {
+/// channels and states.
+fn lock_states(tx: &mut Tx<'_, '_>, ids: &[i64]) -> R<Vec<Locked>> {
     let rows = tx.query(
-        &format!("SELECT id, {STATE_COLUMNS} FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+        &format!(
+            "SELECT id, channel, {STATE_COLUMNS} FROM tasks WHERE id = ANY($1) \
+             ORDER BY id FOR UPDATE"
+        ),
         &[&ids],
     )?;
     rows.iter()
-        .map(|r| Ok((TaskId::new(r.try_get(0)?), state_from_row(r, 1)?)))
+        .map(|r| {
+            Ok((
+                TaskId::new(r.try_get(0)?),
+                r.try_get(1)?,
+                state_from_row(r, 2)?,
+            ))
+        })
         .collect()
 }
 
-/// Applies `event` to the task of each claim still held, in one transaction; returns how
-/// many were held.
-fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R<usize> {
+/// Tells the queues listening on `topic` that `channels` have work (once per channel).
+fn notify<C: GenericClient>(db: &mut Db<'_, C>, topic: Option<&str>, channels: &[&str]) -> R<()> {
+    if let Some(topic) = topic.filter(|_| !channels.is_empty()) {
+        db.execute(
+            "SELECT pg_notify($1, c) FROM (SELECT DISTINCT unnest($2::text[]) AS c) d",
+            &[&topic, &channels],
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies `event` to the task of each claim still held, in one transaction; returns the
+/// channels of those tasks.
+fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R<Vec<String>> {
     let ids: Vec<i64> = claims.iter().map(|c| c.id.get()).collect();
-    let states = lock_states(tx, &ids)?;
     let mut next = StateArrays::default();
-    for (id, state) in &states {
-        if claims.iter().any(|c| c.id == *id && c.holds(state)) {
-            next.push(*id, &apply(state, event).map_err(|r| r.into_error(*id))?);
+    let mut channels = Vec::new();
+    for (id, channel, state) in lock_states(tx, &ids)? {
+        if claims.iter().any(|c| c.id == id && c.holds(&state)) {
+            next.push(id, &apply(&state, event).map_err(|r| r.into_error(id))?);
+            channels.push(channel);
         }
     }
     next.save(tx)?;
-    Ok(next.ids.len())
+    Ok(channels)
 }
 
 /// `AND channel = $n` when a channel is given.
@@ -422,6 +465,7 @@ impl PostgresStore {
         tx: &mut Db<'_, C>,
         tasks: &[&NewTask],
         now: Timestamp,
+        topic: Option<&str>,
     ) -> R<Vec<Option<TaskId>>> {
         let mut states = StateArrays::default();
         for t in tasks {
@@ -434,9 +478,8 @@ impl PostgresStore {
         let created_at = now.as_millis();
         let mut params = states.params().to_vec();
         params.extend_from_slice(&[&channels, &args, &priorities, &keys, &created_at]);
-        let rows = tx.query(
-            &format!(
-                "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
+        let insert = format!(
+            "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
                  {STATE_COLUMNS}) \
                  SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.status, \
                    u.retries_left, u.max_retries, u.attempts, u.run_at, u.lease_until, \
@@ -448,9 +491,22 @@ impl PostgresStore {
                  ON CONFLICT (channel, unique_key) \
                    WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \
                  RETURNING id, channel, unique_key"
-            ),
-            &params,
-        )?;
+        );
+        let rows = match &topic {
+            None => tx.query(&insert, &params)?,
+            // The same statement tells the listening queues, once per channel.
+            Some(topic) => {
+                params.push(topic);
+                tx.query(
+                    &format!(
+                        "WITH ins AS ({insert}), woke AS (SELECT pg_notify($16, c) \
+                         FROM (SELECT DISTINCT channel AS c FROM ins) d) \
+                         SELECT id, channel, unique_key, (SELECT count(*) FROM woke) FROM ins"
+                    ),
+                    &params,
+                )?
+            }
+        };
         // Ids are drawn in insertion order; a task without a key is never skipped, so the
         // n-th such id is the n-th such task's.
         let mut inserted: Vec<(i64, String, Option<String>)> = rows
@@ -503,6 +559,11 @@ impl Store for PostgresStore {
         Some(Arc::new(self.clock.clone()))
     }
 
+    fn watch(&self, wake: Wake) -> Option<Watch> {
+        let topic = self.topic.clone()?;
+        listen::watch(self.config.clone(), topic, wake)
+    }
+
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
             validate_channel(&t.channel)?;
@@ -518,7 +579,7 @@ impl Store for PostgresStore {
             .map(|(t, _)| t)
             .collect();
         let ids = if firsts.iter().all(|t| t.unique_key.is_none()) {
-            self.run(|c| Self::insert(c, &firsts, now))?
+            self.run(|c| Self::insert(c, &firsts, now, self.topic.as_deref()))?
         } else {
             // A key an unfinished task holds names that task; a task that took the key
             // between the look and the insert is found by the next look.
@@ -531,7 +592,7 @@ impl Store for PostgresStore {
                         return Ok(ids);
                     }
                     let batch: Vec<&NewTask> = missing.iter().map(|&i| firsts[i]).collect();
-                    let inserted = Self::insert(tx, &batch, now)?;
+                    let inserted = Self::insert(tx, &batch, now, self.topic.as_deref())?;
                     if inserted.iter().any(Option::is_none) {
                         let held = holders(tx, &batch)?;
                         for ((&i, new), old) in missing.iter().zip(inserted).zip(held) {
@@ -606,9 +667,9 @@ impl Store for PostgresStore {
             for (claim, outcome) in results {
                 let held = states
                     .iter()
-                    .find(|(id, s)| *id == claim.id && claim.holds(s))
+                    .find(|(id, _, s)| *id == claim.id && claim.holds(s))
                     .filter(|_| !next.ids.contains(&claim.id.get()));
-                let Some((id, state)) = held else {
+                let Some((id, _, state)) = held else {
                     statuses.push(Err(Error::LeaseLost {
                         id: claim.id,
                         attempt: claim.attempt,
@@ -632,7 +693,13 @@ impl Store for PostgresStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        self.transaction(|tx| on_held(tx, claims, &Event::Release { now }))
+        self.transaction(|tx| {
+            let channels = on_held(tx, claims, &Event::Release { now })?;
+            let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+            // Other processes' workers may take them.
+            notify(tx, self.topic.as_deref(), &names)?;
+            Ok(channels.len())
+        })
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -650,12 +717,15 @@ impl Store for PostgresStore {
             // holder is alive.
             let rows = tx.query(sql::LOCK_EXPIRED, &[&at])?;
             let mut next = StateArrays::default();
+            let mut channels = Vec::with_capacity(rows.len());
             for r in &rows {
                 let id = TaskId::new(r.try_get(0)?);
-                let state = state_from_row(r, 1)?;
+                channels.push(r.try_get::<_, &str>(1)?);
+                let state = state_from_row(r, 2)?;
                 next.push(id, &apply(&state, &event).map_err(|r| r.into_error(id))?);
             }
             next.save(tx)?;
+            notify(tx, self.topic.as_deref(), &channels)?;
             Ok(next.ids.len())
         })
     }
@@ -696,6 +766,7 @@ impl Store for PostgresStore {
             let held = holders(tx, &keyed)?;
             let mut taken = std::collections::HashSet::new();
             let mut next = StateArrays::default();
+            let mut channels = Vec::new();
             for ((id, task, state), holder) in failed.iter().zip(held) {
                 if let Some(key) = &task.unique_key {
                     // An unfinished task has the key, or a task requeued just before.
@@ -704,8 +775,10 @@ impl Store for PostgresStore {
                     }
                 }
                 next.push(*id, &apply(state, &event).map_err(|r| r.into_error(*id))?);
+                channels.push(task.channel.as_str());
             }
             next.save(tx)?;
+            notify(tx, self.topic.as_deref(), &channels)?;
             Ok(next.ids.len())
         })
     }
@@ -799,7 +872,7 @@ impl Store for PostgresStore {
     fn cancel(&self, id: TaskId) -> Result<()> {
         self.transaction(|tx| {
             let states = lock_states(tx, &[id.get()])?;
-            let (_, state) = states.first().ok_or(Error::NotFound(id))?;
+            let (_, _, state) = states.first().ok_or(Error::NotFound(id))?;
             cancel(state).map_err(|r| r.into_error(id))?;
             tx.execute("DELETE FROM tasks WHERE id = $1", &[&id.get()])?;
             Ok(())
@@ -859,8 +932,9 @@ pub mod sql {
     pub const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
          WHERE status = 'running' AND lease_until <= $1)";
 
-    /// Locks the running tasks whose lease expired by $1 and reads their states.
-    pub const LOCK_EXPIRED: &str = "SELECT id, status, retries_left, max_retries, \
+    /// Locks the running tasks whose lease expired by $1 and reads their channels and
+    /// states.
+    pub const LOCK_EXPIRED: &str = "SELECT id, channel, status, retries_left, max_retries, \
          attempts, run_at, lease_until, last_error, updated_at, lost_runs FROM tasks \
          WHERE status = 'running' AND lease_until <= $1 ORDER BY id FOR UPDATE SKIP LOCKED";
 
@@ -879,7 +953,7 @@ mod tests {
     fn columns_end_with_the_state_columns() {
         assert!(COLUMNS.ends_with(STATE_COLUMNS));
         assert!(sql::CLAIM.replace("t.", "").ends_with(COLUMNS));
-        assert!(sql::LOCK_EXPIRED.contains(&format!("id, {STATE_COLUMNS} FROM")));
+        assert!(sql::LOCK_EXPIRED.contains(&format!("id, channel, {STATE_COLUMNS} FROM")));
     }
 
     #[test]

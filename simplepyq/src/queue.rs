@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
     Clock, Counts, Error, ListFilter, Result, Store, StoreExt, SystemClock, Task, TaskId,
-    Timestamp, validate_channel,
+    Timestamp, Watch, validate_channel,
 };
 
 use crate::dispatch::Dispatch;
@@ -213,6 +213,8 @@ struct Run {
     /// Tells the keeper and the recorder that the run stopped.
     signal: Arc<Signal>,
     helpers: Vec<JoinHandle<()>>,
+    /// The store's news of work from other processes, while the run lasts.
+    watch: Option<Watch>,
 }
 
 /// The workers of one channel in a run.
@@ -420,6 +422,7 @@ impl<S: Store> SimplePyQ<S> {
             retired: Vec::new(),
             signal: Arc::new(Signal::default()),
             helpers: Vec::new(),
+            watch: None,
         };
         match self.spawn_run(&reg, &mut run) {
             Ok(()) => {
@@ -453,6 +456,17 @@ impl<S: Store> SimplePyQ<S> {
             .spawn(move || leases::keep(&engine, &signal, number))
             .map_err(Error::Spawn)?;
         run.helpers.push(keeper);
+        // Work another process adds wakes the channel's idle workers (the store holds only
+        // a weak reference: it must not keep the queue alive).
+        let engine = Arc::downgrade(&self.engine);
+        run.watch = self.engine.store.watch(Arc::new(move |channel| {
+            if let Some(engine) = engine.upgrade() {
+                match channel {
+                    Some(name) => engine.wake(name, true),
+                    None => engine.wake_all(),
+                }
+            }
+        }));
         self.engine.outcomes.open();
         let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
         let recorder = thread::Builder::new()

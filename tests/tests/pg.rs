@@ -330,3 +330,87 @@ fn terminated_connections_fail_no_task() {
         runs.load(Ordering::SeqCst)
     );
 }
+
+/// The pid of the connection listening for the queue in `schema`, once there is one other
+/// than `not`.
+fn listener(schema: &str, not: Option<i32>) -> i32 {
+    let mut c = server().client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = c
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE query = $1 AND pid <> $2",
+                &[&format!("LISTEN simplepyq_{schema}"), &not.unwrap_or(0)],
+            )
+            .expect("look");
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(Instant::now() < deadline, "no listener");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Work another process adds starts at once, not at the next poll (30 s here): the
+/// queue listens for it. When its listening connection is killed, it listens again.
+#[test]
+fn work_from_another_process_wakes_an_idle_queue() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let q = SimplePyQ::builder(store(&schema))
+        .poll_interval(Duration::from_secs(30))
+        .build()
+        .expect("build");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    q.add_channel(
+        "work",
+        move |n: u32| {
+            tx.lock()
+                .expect("lock")
+                .send((n, Instant::now()))
+                .expect("send");
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    q.start().expect("start");
+    let first = listener(&schema, None);
+    let other = store(&schema);
+    let mut latencies = Vec::new();
+    let mut send = |n: u32| {
+        let sent = Instant::now();
+        other
+            .enqueue_one(
+                NewTask::new("work", rmp_serde::to_vec(&n).expect("encode")),
+                SystemClock.now(),
+            )
+            .expect("enqueue");
+        let (got, started) = rx.recv_timeout(Duration::from_secs(10)).expect("ran");
+        assert_eq!(got, n);
+        let latency = started - sent;
+        assert!(
+            latency < Duration::from_secs(2),
+            "task {n} started after {latency:?}"
+        );
+        latencies.push(latency);
+    };
+    for n in 0..20 {
+        send(n);
+    }
+    let mut c = server().client();
+    c.query("SELECT pg_terminate_backend($1)", &[&first])
+        .expect("terminate");
+    let second = listener(&schema, Some(first));
+    assert_ne!(first, second);
+    for n in 20..25 {
+        send(n);
+    }
+    latencies.sort();
+    eprintln!(
+        "start latency: p50 {:?}, max {:?}",
+        latencies[12], latencies[24]
+    );
+    q.stop();
+}

@@ -1,0 +1,81 @@
+//! Wake-ups across machines: `LISTEN` on a connection of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+use simplepyq_core::{Wake, Watch};
+
+/// How often the listening thread looks whether it should end.
+const TICK: Duration = Duration::from_millis(200);
+/// The longest pause between tries to connect again.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// The notification channel of the queue in `schema` (an identifier: at most 63 bytes; a
+/// cut name only makes two schemas' wake-ups shared, never lost).
+pub(crate) fn topic(schema: &str) -> String {
+    let mut name = format!("simplepyq_{schema}");
+    name.truncate(63);
+    name
+}
+
+/// Starts a thread that listens on `topic` and calls `wake` with each notification's
+/// payload (a task channel's name); after each (re)connection it calls `wake(None)`, since
+/// news may have been missed meanwhile. The thread ends when the watch is dropped.
+pub(crate) fn watch(config: postgres::Config, topic: String, wake: Wake) -> Option<Watch> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("simplepyq-listen".into())
+        .spawn(move || {
+            let mut pause = Duration::from_millis(10);
+            while !stopped.load(Ordering::Relaxed) {
+                match listen(&config, &topic, &wake, &stopped) {
+                    // It was told to end.
+                    Ok(()) => return,
+                    Err(_) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(MAX_PAUSE);
+                    }
+                }
+            }
+        });
+    // Without the thread, queues poll: nothing is lost but latency.
+    thread
+        .ok()
+        .map(|_| Watch::new(move || stop.store(true, Ordering::Relaxed)))
+}
+
+/// Listens until told to end (`Ok`) or the connection fails.
+fn listen(
+    config: &postgres::Config,
+    topic: &str,
+    wake: &Wake,
+    stop: &AtomicBool,
+) -> Result<(), postgres::Error> {
+    let mut client: Client = config.connect(NoTls)?;
+    client.batch_execute(&format!("LISTEN {topic}"))?;
+    wake(None);
+    while !stop.load(Ordering::Relaxed) {
+        let started = std::time::Instant::now();
+        let mut heard = false;
+        {
+            let mut notifications = client.notifications();
+            let mut iter = notifications.timeout_iter(TICK);
+            while let Some(n) = iter.next()? {
+                heard = true;
+                if n.channel() == topic {
+                    wake(Some(n.payload()));
+                }
+            }
+        }
+        // The wait ends early, with nothing heard, when the server hung up: a query then
+        // fails, and the caller connects again.
+        if client.is_closed() || (!heard && started.elapsed() < TICK / 2) {
+            client.simple_query("")?;
+        }
+    }
+    Ok(())
+}
