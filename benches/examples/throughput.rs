@@ -4,7 +4,16 @@
 //! cargo run --release --example throughput -- --backend sqlite|redb|memory --n 20000 \
 //!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
 //!     [--bare]
+//! cargo run --release --example throughput -- --backend postgres [--url URL] \
+//!     [--processes 3] [--notify off] ...
 //! ```
+//!
+//! For PostgreSQL the tool uses the server at `--url` (in a schema of its own, dropped at the
+//! end), or starts a throwaway one from the installed binaries, with PostgreSQL's default
+//! settings. With `--processes K`, K-1
+//! more processes of the tool (`--drain-only`) drain beside this one. Its pick-up latency is
+//! for tasks enqueued through a second store (another pool, as another process would): the
+//! wake-up comes by `NOTIFY`.
 //!
 //! Prints one JSON line:
 //! `{"system":"simplepyq-rs","version":…,"backend":…,"n":…,"workers":…,"enqueue_per_s":…,
@@ -24,10 +33,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use simplepyq::{EnqueueOptions, SimplePyQ, TaskError};
+use simplepyq::{EnqueueOptions, PostgresOptions, PostgresStore, SimplePyQ, Store, TaskError};
 use simplepyq_benches::backends::Backend;
-use simplepyq_benches::bare;
 use simplepyq_benches::{Payload, payload};
+use simplepyq_benches::{bare, bare_pg};
 
 struct Args {
     backend: String,
@@ -37,6 +46,12 @@ struct Args {
     durability: String,
     batch: bool,
     bare: bool,
+    url: Option<String>,
+    processes: u64,
+    /// In a helper process: the schema to drain.
+    drain_only: Option<String>,
+    /// PostgreSQL: whether enqueues send `NOTIFY`.
+    notify: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -48,6 +63,10 @@ fn parse() -> Result<Args, String> {
         durability: "normal".into(),
         batch: false,
         bare: false,
+        url: None,
+        processes: 1,
+        drain_only: None,
+        notify: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +87,10 @@ fn parse() -> Result<Args, String> {
             "--producers" => args.producers = number()?.max(1),
             "--durability" => args.durability = value.clone(),
             "--enqueue" => args.batch = value == "batch",
+            "--url" => args.url = Some(value.clone()),
+            "--processes" => args.processes = number()?.max(1),
+            "--drain-only" => args.drain_only = Some(value.clone()),
+            "--notify" => args.notify = value != "off",
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -115,12 +138,115 @@ fn main() -> ExitCode {
     }
 }
 
+/// A PostgreSQL server for the run: `--url`, or a throwaway cluster.
+struct Server {
+    conninfo: String,
+    notify: bool,
+    _cluster: Option<simplepyq_tests::postgres::Server>,
+}
+
+impl Server {
+    fn get(url: Option<&str>, notify: bool) -> Self {
+        match url {
+            Some(url) => Server {
+                conninfo: url.to_owned(),
+                notify,
+                _cluster: None,
+            },
+            None => {
+                let cluster = simplepyq_tests::postgres::durable_server();
+                Server {
+                    conninfo: cluster.conninfo().to_owned(),
+                    notify,
+                    _cluster: Some(cluster),
+                }
+            }
+        }
+    }
+
+    fn store(&self, schema: &str) -> Result<PostgresStore, String> {
+        let options = PostgresOptions::new().schema(schema).notify(self.notify);
+        PostgresStore::connect_with(&self.conninfo, options).map_err(|e| e.to_string())
+    }
+
+    fn drop_schema(&self, schema: &str) {
+        if let Ok(mut c) = postgres::Client::connect(&self.conninfo, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    }
+}
+
+/// The handler of every benchmark task: decodes the payload, counts it.
+fn count_into(
+    count: Arc<AtomicU64>,
+    pick: Arc<parking_lot_free::Slot>,
+) -> impl Fn(Payload) -> Result<(), TaskError> + Send + Sync + 'static {
+    move |p: Payload| {
+        if p.url.is_empty() {
+            return Err(TaskError::msg("empty url"));
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+        pick.mark();
+        Ok(())
+    }
+}
+
+/// A helper process of `--processes`: drains the schema, prints how many it ran.
+fn drain_only(args: &Args, schema: &str) -> Result<(), String> {
+    let server = Server::get(args.url.as_deref(), args.notify);
+    let q = SimplePyQ::new(server.store(schema)?);
+    let processed = Arc::new(AtomicU64::new(0));
+    let handler = count_into(Arc::clone(&processed), Arc::default());
+    q.add_channel("bench", handler, args.workers)
+        .map_err(|e| e.to_string())?;
+    q.run_until_complete().map_err(|e| e.to_string())?;
+    println!("{}", processed.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// With `--bare` on PostgreSQL: the bare client's limits on the same server, measured now.
+fn bare_pg_limits(server: &Server, n: u64) -> Result<String, String> {
+    let schema = format!("bare_{}", std::process::id());
+    let e = |e: postgres::Error| e.to_string();
+    let n = n.min(20_000);
+    bare_pg::open(&server.conninfo, &schema).map_err(e)?;
+    let insert1 = bare_pg::insert_rate(&server.conninfo, &schema, 1, n)?;
+    let cycle32 = bare_pg::claim_delete_rate(&server.conninfo, &schema, 1, 32)?;
+    let insert4 = bare_pg::insert_rate(&server.conninfo, &schema, 4, n)?;
+    let cycle32x4 = bare_pg::claim_delete_rate(&server.conninfo, &schema, 4, 32)?;
+    server.drop_schema(&schema);
+    Ok(format!(
+        ",\"bare_insert_per_s\":{insert1:.0},\"bare_insert4_per_s\":{insert4:.0},\
+         \"bare_cycle32_per_s\":{cycle32:.0},\"bare_cycle32x4_per_s\":{cycle32x4:.0}"
+    ))
+}
+
 fn run() -> Result<(), String> {
     let args = parse()?;
-    let backend = Backend::parse(&args.backend, &args.durability)?;
+    if let Some(schema) = &args.drain_only {
+        return drain_only(&args, schema);
+    }
+    let postgres = args.backend == "postgres";
+    let backend = if postgres {
+        Backend::Memory
+    } else {
+        Backend::parse(&args.backend, &args.durability)?
+    };
+    if args.processes > 1 && !postgres {
+        return Err("--processes needs --backend postgres".into());
+    }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let store = backend.open(dir.path()).map_err(|e| e.to_string())?;
-    let durability = backend.durability();
+    let server = postgres.then(|| Server::get(args.url.as_deref(), args.notify));
+    let schema = format!("bench_{}", std::process::id());
+    let store: Box<dyn Store> = match &server {
+        Some(server) => Box::new(server.store(&schema)?),
+        None => backend.open(dir.path()).map_err(|e| e.to_string())?,
+    };
+    let durability = if postgres {
+        "postgres"
+    } else {
+        backend.durability()
+    };
     let q = Arc::new(SimplePyQ::new(store));
     let e = |e: simplepyq::Error| e.to_string();
 
@@ -161,38 +287,62 @@ fn run() -> Result<(), String> {
 
     // Drain.
     let processed = Arc::new(AtomicU64::new(0));
-    let count = Arc::clone(&processed);
     let pickups = Arc::new(parking_lot_free::Slot::default());
-    let pick = Arc::clone(&pickups);
-    q.add_channel(
-        "bench",
-        move |p: Payload| {
-            if p.url.is_empty() {
-                return Err(TaskError::msg("empty url"));
-            }
-            count.fetch_add(1, Ordering::Relaxed);
-            pick.mark();
-            Ok(())
-        },
-        args.workers,
-    )
-    .map_err(e)?;
+    let handler = count_into(Arc::clone(&processed), Arc::clone(&pickups));
+    q.add_channel("bench", handler, args.workers).map_err(e)?;
     let started = Instant::now();
+    let helpers = (1..args.processes)
+        .map(|_| {
+            let mut helper =
+                std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+            helper
+                .args([
+                    "--drain-only",
+                    &schema,
+                    "--workers",
+                    &args.workers.to_string(),
+                ])
+                .stdout(std::process::Stdio::piped());
+            if let Some(server) = &server {
+                helper.args(["--url", &server.conninfo]);
+            }
+            helper.spawn().map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     q.run_until_complete().map_err(e)?;
+    let mut done = processed.load(Ordering::Relaxed);
+    for helper in helpers {
+        let out = helper.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("a helper process failed: {}", out.status));
+        }
+        let ran: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| "a helper printed no count")?;
+        done += ran;
+    }
     let drain_s = started.elapsed().as_secs_f64();
-    let done = processed.load(Ordering::Relaxed);
     if done != args.n {
         return Err(format!("processed {done} tasks, expected {}", args.n));
     }
 
-    // Pick-up latency, with idle workers.
+    // Pick-up latency, with idle workers; on PostgreSQL, of work another store adds.
+    let remote = match &server {
+        Some(server) => Some(SimplePyQ::new(server.store(&schema)?)),
+        None => None,
+    };
     q.start().map_err(e)?;
     let mut latencies = Vec::with_capacity(200);
     for i in 0..200 {
         std::thread::sleep(Duration::from_millis(2));
         let sent = Instant::now();
         pickups.arm();
-        q.enqueue("bench", &payload(args.n + i)).map_err(e)?;
+        match &remote {
+            Some(remote) => remote.enqueue("bench", &payload(args.n + i)).map(drop),
+            None => q.enqueue("bench", &payload(args.n + i)).map(drop),
+        }
+        .map_err(e)?;
         let ran = pickups
             .wait(Duration::from_secs(5))
             .ok_or("a task was not picked up")?;
@@ -201,17 +351,22 @@ fn run() -> Result<(), String> {
     q.stop();
     latencies.sort_by(f64::total_cmp);
     let peak_rss = peak_rss_mib();
-    let bare = if args.bare {
-        bare_limits(backend, dir.path(), args.n)?
-    } else {
-        String::new()
+    let bare = match (&server, args.bare) {
+        (_, false) => String::new(),
+        (Some(server), true) => bare_pg_limits(server, args.n)?,
+        (None, true) => bare_limits(backend, dir.path(), args.n)?,
     };
+    if let Some(server) = &server {
+        drop(remote);
+        drop(q);
+        server.drop_schema(&schema);
+    }
 
     println!(
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -224,6 +379,7 @@ fn run() -> Result<(), String> {
         latencies[latencies.len() / 2],
         latencies[latencies.len() * 99 / 100],
         peak_rss,
+        args.processes,
         bare,
     );
     Ok(())
@@ -236,7 +392,7 @@ mod parking_lot_free {
     use std::sync::{Condvar, Mutex};
     use std::time::{Duration, Instant};
 
-    #[derive(Default)]
+    #[derive(Debug, Default)]
     pub(crate) struct Slot {
         armed: AtomicBool,
         at: Mutex<Option<Instant>>,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod backends;
 pub mod bare;
+pub mod bare_pg;
 
 /// The payload of every benchmark task: `{"i": i, "url": "https://example.com/<i>"}`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -40,6 +40,7 @@ mod listen;
 mod pool;
 mod schema;
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,6 +143,13 @@ pub struct PostgresStore {
     clock: ServerClock,
     /// The `NOTIFY` channel of the schema's queue; `None` when adding work notifies no one.
     topic: Option<String>,
+    notifier: Arc<listen::Notifier>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.notifier.stop();
+    }
 }
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
@@ -217,6 +225,7 @@ impl PostgresStore {
             pool,
             config,
             topic: options.notify.then(|| listen::topic(&options.schema)),
+            notifier: listen::Notifier::new(),
             schema: options.schema,
             clock,
         })
@@ -283,6 +292,39 @@ fn to_u32(what: &str, v: i64) -> R<u32> {
 
 fn millis(t: Timestamp) -> i64 {
     t.as_millis()
+}
+
+impl PostgresStore {
+    /// Tells the queues listening (in any process) that `channels` have work, once the
+    /// change that added it committed.
+    fn announce<'a>(&self, channels: impl IntoIterator<Item = &'a str>) {
+        let Some(topic) = self.topic.clone() else {
+            return;
+        };
+        let mut config = self.config.clone();
+        // A lost notification costs only latency: its commit need not wait for the disk.
+        let options = format!(
+            "{} -c synchronous_commit=off",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim_start());
+        let mut client: Option<Client> = None;
+        self.notifier.mark(channels, move |names| {
+            // A failure costs latency only: listeners poll anyway.
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = config.connect(postgres::NoTls).ok();
+            }
+            if let Some(c) = &mut client
+                && c.execute(
+                    "SELECT pg_notify($1, c) FROM unnest($2::text[]) AS c",
+                    &[&topic, &names],
+                )
+                .is_err()
+            {
+                client = None;
+            }
+        });
+    }
 }
 
 /// Reads the columns of [`STATE_COLUMNS`] starting at column `at`.
@@ -410,17 +452,6 @@ fn lock_states(tx: &mut Tx<'_, '_>, ids: &[i64]) -> R<Vec<Locked>> {
         .collect()
 }
 
-/// Tells the queues listening on `topic` that `channels` have work (once per channel).
-fn notify<C: GenericClient>(db: &mut Db<'_, C>, topic: Option<&str>, channels: &[&str]) -> R<()> {
-    if let Some(topic) = topic.filter(|_| !channels.is_empty()) {
-        db.execute(
-            "SELECT pg_notify($1, c) FROM (SELECT DISTINCT unnest($2::text[]) AS c) d",
-            &[&topic, &channels],
-        )?;
-    }
-    Ok(())
-}
-
 /// Applies `event` to the task of each claim still held, in one transaction; returns the
 /// channels of those tasks.
 fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R<Vec<String>> {
@@ -458,6 +489,40 @@ fn first_of_key(tasks: &[NewTask]) -> Vec<Option<usize>> {
 }
 
 impl PostgresStore {
+    /// Inserts one task without a unique key: the statement of a single enqueue, simpler
+    /// to run than the `unnest` of a batch.
+    fn insert_one<C: GenericClient>(
+        tx: &mut Db<'_, C>,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> R<TaskId> {
+        let s = task.initial_state(now);
+        let row = tx.query_one(
+            &format!(
+                "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
+                 {STATE_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 RETURNING id"
+            ),
+            &[
+                &task.channel,
+                &task.args,
+                &now.as_millis(),
+                &task.priority,
+                &s.status.as_str(),
+                &i64::from(s.retries_left),
+                &i64::from(s.max_retries),
+                &i64::from(s.attempts),
+                &millis(s.run_at),
+                &s.lease_until.map(millis),
+                &s.last_error,
+                &millis(s.updated_at),
+                &i64::from(s.lost_runs),
+            ],
+        )?;
+        Ok(TaskId::new(row.try_get(0)?))
+    }
+
     /// Inserts `tasks` (none of which repeats an earlier one's key) in one statement. A
     /// task whose key an unfinished task holds is skipped. Returns the ids of the inserted
     /// tasks by position.
@@ -465,8 +530,12 @@ impl PostgresStore {
         tx: &mut Db<'_, C>,
         tasks: &[&NewTask],
         now: Timestamp,
-        topic: Option<&str>,
     ) -> R<Vec<Option<TaskId>>> {
+        if let [task] = tasks
+            && task.unique_key.is_none()
+        {
+            return Self::insert_one(tx, task, now).map(|id| vec![Some(id)]);
+        }
         let mut states = StateArrays::default();
         for t in tasks {
             states.push(TaskId::new(0), &t.initial_state(now));
@@ -492,21 +561,7 @@ impl PostgresStore {
                    WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \
                  RETURNING id, channel, unique_key"
         );
-        let rows = match &topic {
-            None => tx.query(&insert, &params)?,
-            // The same statement tells the listening queues, once per channel.
-            Some(topic) => {
-                params.push(topic);
-                tx.query(
-                    &format!(
-                        "WITH ins AS ({insert}), woke AS (SELECT pg_notify($16, c) \
-                         FROM (SELECT DISTINCT channel AS c FROM ins) d) \
-                         SELECT id, channel, unique_key, (SELECT count(*) FROM woke) FROM ins"
-                    ),
-                    &params,
-                )?
-            }
-        };
+        let rows = tx.query(&insert, &params)?;
         // Ids are drawn in insertion order; a task without a key is never skipped, so the
         // n-th such id is the n-th such task's.
         let mut inserted: Vec<(i64, String, Option<String>)> = rows
@@ -579,7 +634,7 @@ impl Store for PostgresStore {
             .map(|(t, _)| t)
             .collect();
         let ids = if firsts.iter().all(|t| t.unique_key.is_none()) {
-            self.run(|c| Self::insert(c, &firsts, now, self.topic.as_deref()))?
+            self.run(|c| Self::insert(c, &firsts, now))?
         } else {
             // A key an unfinished task holds names that task; a task that took the key
             // between the look and the insert is found by the next look.
@@ -592,7 +647,7 @@ impl Store for PostgresStore {
                         return Ok(ids);
                     }
                     let batch: Vec<&NewTask> = missing.iter().map(|&i| firsts[i]).collect();
-                    let inserted = Self::insert(tx, &batch, now, self.topic.as_deref())?;
+                    let inserted = Self::insert(tx, &batch, now)?;
                     if inserted.iter().any(Option::is_none) {
                         let held = holders(tx, &batch)?;
                         for ((&i, new), old) in missing.iter().zip(inserted).zip(held) {
@@ -606,6 +661,7 @@ impl Store for PostgresStore {
                 }
             })?
         };
+        self.announce(firsts.iter().map(|t| t.channel.as_str()));
         // Back to every position: a repeated key gets its first task's id.
         let mut firsts_ids = ids.into_iter();
         let mut all: Vec<TaskId> = Vec::with_capacity(tasks.len());
@@ -660,31 +716,54 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         let ids: Vec<i64> = results.iter().map(|(c, _)| c.id.get()).collect();
-        self.transaction(|tx| {
-            let states = lock_states(tx, &ids)?;
+        let lost = |claim: &Claim| Error::LeaseLost {
+            id: claim.id,
+            attempt: claim.attempt,
+        };
+        self.run(|db| {
+            // Read without a lock, then write guarded by each claim: while a claim is held
+            // its task changes only in its lease, which an outcome clears, so what `apply`
+            // made of the state read is right if the claim still holds at the write. Two
+            // round trips, no transaction.
+            let rows = db.query(sql::READ_STATES, &[&ids])?;
+            let mut states = HashMap::with_capacity(rows.len());
+            for r in &rows {
+                states.insert(TaskId::new(r.try_get(0)?), state_from_row(r, 1)?);
+            }
             let mut next = StateArrays::default();
+            let mut attempts = Vec::with_capacity(results.len());
             let mut statuses = Vec::with_capacity(results.len());
             for (claim, outcome) in results {
-                let held = states
-                    .iter()
-                    .find(|(id, _, s)| *id == claim.id && claim.holds(s))
-                    .filter(|_| !next.ids.contains(&claim.id.get()));
-                let Some((id, _, state)) = held else {
-                    statuses.push(Err(Error::LeaseLost {
-                        id: claim.id,
-                        attempt: claim.attempt,
-                    }));
+                // A claim given twice is recorded once.
+                let Some(state) = states.remove(&claim.id).filter(|s| claim.holds(s)) else {
+                    statuses.push(Err(lost(claim)));
                     continue;
                 };
                 let event = Event::Finish {
                     now,
                     outcome: outcome.clone(),
                 };
-                let after = apply(state, &event).map_err(|r| r.into_error(*id))?;
+                let after = apply(&state, &event).map_err(|r| r.into_error(claim.id))?;
                 statuses.push(Ok(after.status));
-                next.push(*id, &after);
+                next.push(claim.id, &after);
+                attempts.push(i64::from(claim.attempt));
             }
-            next.save(tx)?;
+            if next.ids.is_empty() {
+                return Ok(statuses);
+            }
+            let mut params = next.params().to_vec();
+            params.push(&attempts);
+            let written: HashSet<i64> = db
+                .query(&format!("{} RETURNING t.id", sql::SAVE_HELD), &params)?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            // A claim that lost its lease between the read and the write.
+            for ((claim, _), status) in results.iter().zip(&mut statuses) {
+                if status.is_ok() && !written.contains(&claim.id.get()) {
+                    *status = Err(lost(claim));
+                }
+            }
             Ok(statuses)
         })
     }
@@ -693,13 +772,10 @@ impl Store for PostgresStore {
         if claims.is_empty() {
             return Ok(0);
         }
-        self.transaction(|tx| {
-            let channels = on_held(tx, claims, &Event::Release { now })?;
-            let names: Vec<&str> = channels.iter().map(String::as_str).collect();
-            // Other processes' workers may take them.
-            notify(tx, self.topic.as_deref(), &names)?;
-            Ok(channels.len())
-        })
+        let channels = self.transaction(|tx| on_held(tx, claims, &Event::Release { now }))?;
+        // Other processes' workers may take them.
+        self.announce(channels.iter().map(String::as_str));
+        Ok(channels.len())
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -712,7 +788,7 @@ impl Store for PostgresStore {
             return Ok(0);
         }
         let event = Event::Expire { now, max_lost_runs };
-        self.transaction(|tx| {
+        let channels = self.transaction(|tx| {
             // A lease being renewed or a task being finished right now is skipped: its
             // holder is alive.
             let rows = tx.query(sql::LOCK_EXPIRED, &[&at])?;
@@ -720,14 +796,15 @@ impl Store for PostgresStore {
             let mut channels = Vec::with_capacity(rows.len());
             for r in &rows {
                 let id = TaskId::new(r.try_get(0)?);
-                channels.push(r.try_get::<_, &str>(1)?);
+                channels.push(r.try_get::<_, String>(1)?);
                 let state = state_from_row(r, 2)?;
                 next.push(id, &apply(&state, &event).map_err(|r| r.into_error(id))?);
             }
             next.save(tx)?;
-            notify(tx, self.topic.as_deref(), &channels)?;
-            Ok(next.ids.len())
-        })
+            Ok(channels)
+        })?;
+        self.announce(channels.iter().map(String::as_str));
+        Ok(channels.len())
     }
 
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
@@ -750,7 +827,7 @@ impl Store for PostgresStore {
             channel_filter(channel, 1)
         );
         let event = Event::Requeue { now, retries };
-        self.transaction(|tx| {
+        let channels = self.transaction(|tx| {
             let rows = match channel {
                 Some(c) => tx.query(&sql, &[&c])?,
                 None => tx.query(&sql, &[])?,
@@ -775,12 +852,13 @@ impl Store for PostgresStore {
                     }
                 }
                 next.push(*id, &apply(state, &event).map_err(|r| r.into_error(*id))?);
-                channels.push(task.channel.as_str());
+                channels.push(task.channel.clone());
             }
             next.save(tx)?;
-            notify(tx, self.topic.as_deref(), &channels)?;
-            Ok(next.ids.len())
-        })
+            Ok(channels)
+        })?;
+        self.announce(channels.iter().map(String::as_str));
+        Ok(channels.len())
     }
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {
@@ -928,6 +1006,22 @@ pub mod sql {
          FROM unnest($1::bigint[], $2::bigint[]) AS c(id, attempt) \
          WHERE t.id = c.id AND t.status = 'running' AND t.attempts = c.attempt";
 
+    /// Reads the states of the tasks with ids $1.
+    pub const READ_STATES: &str = "SELECT id, status, retries_left, max_retries, attempts, \
+         run_at, lease_until, last_error, updated_at, lost_runs FROM tasks WHERE id = ANY ($1)";
+
+    /// Writes the states of `StateArrays` ($1..$10) to the tasks whose claims (attempts $11)
+    /// still hold.
+    pub const SAVE_HELD: &str = "UPDATE tasks t SET status = u.status, \
+         retries_left = u.retries_left, max_retries = u.max_retries, attempts = u.attempts, \
+         run_at = u.run_at, lease_until = u.lease_until, last_error = u.last_error, \
+         updated_at = u.updated_at, lost_runs = u.lost_runs \
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+           $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+           AS u(id, status, retries_left, max_retries, attempts, run_at, lease_until, \
+           last_error, updated_at, lost_runs, held) \
+         WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held";
+
     /// Whether a lease expired by $1.
     pub const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
          WHERE status = 'running' AND lease_until <= $1)";
@@ -954,6 +1048,9 @@ mod tests {
         assert!(COLUMNS.ends_with(STATE_COLUMNS));
         assert!(sql::CLAIM.replace("t.", "").ends_with(COLUMNS));
         assert!(sql::LOCK_EXPIRED.contains(&format!("id, channel, {STATE_COLUMNS} FROM")));
+        assert!(sql::READ_STATES.contains(&format!("id, {STATE_COLUMNS} FROM")));
+        let arrays = format!("unnest({STATE_ARRAYS}, $11::bigint[]) AS u({STATE_ALIASES}, held)");
+        assert!(sql::SAVE_HELD.contains(&arrays), "{arrays}");
     }
 
     #[test]

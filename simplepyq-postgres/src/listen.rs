@@ -1,7 +1,11 @@
-//! Wake-ups across machines: `LISTEN` on a connection of its own.
+//! Wake-ups across machines: `NOTIFY` after each change that adds work, `LISTEN` on a
+//! connection of its own.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Condvar, Mutex};
 use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
@@ -78,4 +82,82 @@ fn listen(
         }
     }
     Ok(())
+}
+
+/// Sends the `NOTIFY`s of a store from a thread of its own, after the changes they announce
+/// committed: a notifying transaction holds a database-wide lock from its commit until it
+/// ends, so notifying inside the writes would make every enqueue wait for the others'
+/// disk flushes. Channels marked while a `NOTIFY` is under way go out together in the next.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    state: Mutex<Pending>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    channels: BTreeSet<String>,
+    started: bool,
+    stopped: bool,
+}
+
+impl Notifier {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Notifier {
+            state: Mutex::new(Pending::default()),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Marks `channels` as having work; `send` is called (on the notifier's thread, started
+    /// on first use) with every channel marked since the last call.
+    pub(crate) fn mark<'a>(
+        self: &Arc<Self>,
+        channels: impl IntoIterator<Item = &'a str>,
+        send: impl FnMut(&[&str]) + Send + 'static,
+    ) {
+        let mut st = self.state.lock();
+        let before = st.channels.len();
+        for c in channels {
+            if !st.channels.contains(c) {
+                st.channels.insert(c.to_owned());
+            }
+        }
+        if st.channels.len() == before || st.stopped {
+            return;
+        }
+        if !st.started {
+            st.started = true;
+            let me = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("simplepyq-notify".into())
+                .spawn(move || me.run(send));
+            // Without the thread, other processes' queues notice work at their next poll.
+            st.started = spawned.is_ok();
+        }
+        self.cv.notify_one();
+    }
+
+    fn run(&self, mut send: impl FnMut(&[&str])) {
+        loop {
+            let channels = {
+                let mut st = self.state.lock();
+                while st.channels.is_empty() && !st.stopped {
+                    self.cv.wait(&mut st);
+                }
+                if st.stopped {
+                    return;
+                }
+                std::mem::take(&mut st.channels)
+            };
+            let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+            send(&names);
+        }
+    }
+
+    /// Ends the thread; what is not sent yet is dropped (wake-ups are hints).
+    pub(crate) fn stop(&self) {
+        self.state.lock().stopped = true;
+        self.cv.notify_all();
+    }
 }

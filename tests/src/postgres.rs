@@ -49,14 +49,20 @@ pub fn server() -> &'static Server {
             conninfo,
             cluster: None,
         },
-        _ => start_cluster().unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}")),
+        _ => start_cluster(false).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}")),
     })
 }
 
 /// A cluster of the caller's own, for a test that restarts it; stopped and deleted when
 /// dropped. Panics as [`server`] does.
 pub fn private_server() -> Server {
-    start_cluster().unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
+    start_cluster(false).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
+}
+
+/// A cluster of the caller's own with PostgreSQL's default durability (the test clusters
+/// skip `fsync`), for benchmarks.
+pub fn durable_server() -> Server {
+    start_cluster(true).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
 }
 
 impl Server {
@@ -149,7 +155,7 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn start_cluster() -> Result<Server, String> {
+fn start_cluster(durable: bool) -> Result<Server, String> {
     let bin = binaries().ok_or("no initdb and pg_ctl found")?;
     let as_postgres = is_root();
     let dir = tempfile::Builder::new()
@@ -199,11 +205,16 @@ fn start_cluster() -> Result<Server, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
-    let conf = format!(
+    let mut conf = format!(
         "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
-         max_connections = 500\nfsync = off\nfull_page_writes = off\n",
+         max_connections = 500\n",
         dir = dir.display()
     );
+    if !durable {
+        // A crash of the server process loses nothing without them; only the machine's
+        // would, and the cluster does not outlive the tests.
+        conf.push_str("fsync = off\nfull_page_writes = off\n");
+    }
     std::fs::OpenOptions::new()
         .append(true)
         .open(data.join("postgresql.conf"))
