@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Works on SQLite and redb queue files (told apart by their first bytes), on SQLite files
-//! while workers in other processes run. Exit codes: 0 done; 1 the queue reported an error
+//! while workers in other processes run, and on PostgreSQL queues: give a
+//! `postgres://user@host/db` URL instead of the file (`?schema=NAME` for a queue outside the
+//! schema `simplepyq`). Exit codes: 0 done; 1 the queue reported an error
 //! (or a confirmation was declined); 2 bad usage; 3 the file is missing, not a simplepyq
 //! queue, damaged, of a newer version or not writable by this user; 4 no such task.
 
@@ -23,7 +25,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use simplepyq::{ListFilter, RedbStore, SqliteStore, Status, Store, Task, TaskId, Timestamp};
+use simplepyq::{
+    ListFilter, PostgresOptions, PostgresStore, RedbStore, SqliteStore, Status, Store, Task,
+    TaskId, Timestamp,
+};
 use simplepyq_core::{Clock, Error, SystemClock};
 
 #[derive(Parser)]
@@ -41,7 +46,7 @@ struct Cli {
 enum Command {
     /// Counts per channel and status, the oldest pending task, the next wake-up.
     Stats {
-        /// The queue file (SQLite or redb).
+        /// The queue file (SQLite or redb), or a `postgres://` URL.
         file: PathBuf,
         /// Print JSON.
         #[arg(long)]
@@ -175,6 +180,9 @@ const REDB_MAGIC: &[u8] = b"redb\x1a\x0a\xa9\x0d\x0a";
 /// Opens an existing queue file to read it only: nothing is written, not even a migration,
 /// so that inspecting a file leaves it as the workers that use it expect.
 fn open_to_read(path: &Path) -> Result<Box<dyn Store>, Failure> {
+    if let Some((url, options)) = postgres_url(path) {
+        return Ok(Box::new(PostgresStore::connect_read_only(&url, options)?));
+    }
     match kind(path)? {
         Kind::Sqlite => Ok(Box::new(SqliteStore::open_read_only(path)?)),
         Kind::Redb => Ok(Box::new(RedbStore::open_read_only(path)?)),
@@ -183,6 +191,9 @@ fn open_to_read(path: &Path) -> Result<Box<dyn Store>, Failure> {
 
 /// Opens an existing queue file to change it (migrating it to this version if needed).
 fn open(path: &Path) -> Result<Box<dyn Store>, Failure> {
+    if let Some((url, options)) = postgres_url(path) {
+        return Ok(Box::new(PostgresStore::connect_with(&url, options)?));
+    }
     match kind(path)? {
         Kind::Sqlite => Ok(Box::new(SqliteStore::open(path)?)),
         Kind::Redb => Ok(Box::new(RedbStore::open(path)?)),
@@ -192,6 +203,37 @@ fn open(path: &Path) -> Result<Box<dyn Store>, Failure> {
 enum Kind {
     Sqlite,
     Redb,
+}
+
+/// A `postgres://` or `postgresql://` URL, with the queue's schema taken out of its
+/// `schema=` parameter (the driver knows no such parameter); `None` for a file's path.
+fn postgres_url(path: &Path) -> Option<(String, PostgresOptions)> {
+    let text = path.to_str()?;
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        return None;
+    }
+    let mut options = PostgresOptions::new().pool_size(2);
+    let Some((base, query)) = text.split_once('?') else {
+        return Some((text.to_owned(), options));
+    };
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("schema=") {
+            Some(schema) => options = options.schema(schema),
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Some((url, options))
+}
+
+/// The time by the store's clock (the server's, for PostgreSQL).
+fn now(store: &dyn Store) -> Timestamp {
+    store.clock().map_or_else(|| SystemClock.now(), |c| c.now())
 }
 
 /// What an existing queue file is, by its first bytes; never creates one.
@@ -214,12 +256,11 @@ fn kind(path: &Path) -> Result<Kind, Failure> {
 }
 
 fn run(command: Command) -> Result<(), Failure> {
-    let now = SystemClock.now();
     let mut out = std::io::stdout().lock();
     match command {
         Command::Stats { file, json } => {
             let store = open_to_read(&file)?;
-            let stats = stats(&*store, now)?;
+            let stats = stats(&*store, now(&*store))?;
             if json {
                 writeln!(out, "{stats}")?;
             } else {
@@ -257,7 +298,7 @@ fn run(command: Command) -> Result<(), Failure> {
                         t.channel,
                         t.state.status,
                         t.state.attempts,
-                        relative(now, t.state.run_at),
+                        relative(now(&*store), t.state.run_at),
                         t.state.last_error.as_deref().unwrap_or("")
                     )?;
                 }
@@ -277,7 +318,8 @@ fn run(command: Command) -> Result<(), Failure> {
             channel,
             retries,
         } => {
-            let n = open(&file)?.requeue_failed(Some(&channel), retries, now)?;
+            let store = open(&file)?;
+            let n = store.requeue_failed(Some(&channel), retries, now(&*store))?;
             writeln!(out, "requeued {n} failed task(s) of {channel}")?;
         }
         Command::ClearFailed { file, channel } => {
@@ -307,9 +349,10 @@ fn run(command: Command) -> Result<(), Failure> {
             older_than,
             channel,
         } => {
+            let store = open(&file)?;
             let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-            let before = Timestamp::from_millis(now.as_millis().saturating_sub(ms));
-            let n = open(&file)?.purge_done(channel.as_deref(), before)?;
+            let before = Timestamp::from_millis(now(&*store).as_millis().saturating_sub(ms));
+            let n = store.purge_done(channel.as_deref(), before)?;
             writeln!(out, "deleted {n} done task(s)")?;
         }
         Command::Watch {
@@ -320,7 +363,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let store = open_to_read(&file)?;
             let mut shown = 0u64;
             loop {
-                let stats = stats(&*store, SystemClock.now())?;
+                let stats = stats(&*store, now(&*store))?;
                 // Clear the screen and go home, then draw.
                 write!(out, "\x1b[2J\x1b[H")?;
                 print_stats(&mut out, &stats)?;

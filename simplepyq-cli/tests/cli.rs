@@ -241,3 +241,39 @@ fn works_beside_running_workers_and_watch_refreshes() {
     assert_eq!(watched.matches("channel").count(), 2, "{watched}");
     q.stop();
 }
+
+/// A `postgres://` URL (with `?schema=`) works wherever a file does; the reading commands
+/// neither create nor change a schema.
+#[test]
+fn postgres_urls_work_like_files() {
+    use simplepyq_tests::postgres::{DropSchema, fresh_schema, options, server};
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let store = simplepyq::PostgresStore::connect_with(server().conninfo(), options(&schema))
+        .expect("connect");
+    fill(&SimplePyQ::new(store));
+    let url = format!("{}?schema={schema}", server().url());
+    let json: Value = serde_json::from_str(&ok(&["stats", &url, "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["failed"].as_u64(), Some(2));
+    assert!(ok(&["list", &url, "--status", "failed"]).contains("mailbox full"));
+    assert!(ok(&["requeue-failed", &url, "mail"]).contains("requeued 2"));
+    assert!(ok(&["purge-done", &url]).contains("deleted 3"));
+    // Reading a schema that holds no queue is an error that creates nothing.
+    let none = fresh_schema();
+    let out = cli(&["stats", &format!("{}?schema={none}", server().url())], "");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: bool = server()
+        .client()
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&none],
+        )
+        .expect("look")
+        .get(0);
+    assert!(!created, "a reading command created the schema");
+}

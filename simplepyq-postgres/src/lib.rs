@@ -180,8 +180,20 @@ impl PostgresStore {
         Self::connect_with(url, PostgresOptions::default())
     }
 
+    /// Connects to an existing queue to read it only, as an inspecting tool should: nothing
+    /// is created or migrated, and every session is read-only, so each write fails with
+    /// [`Error::ReadOnly`]. Errors as [`PostgresStore::connect`], and [`Error::Foreign`]
+    /// when the schema holds no queue.
+    pub fn connect_read_only(url: &str, options: PostgresOptions) -> Result<Self> {
+        Self::open(url, options, true)
+    }
+
     /// Connects to the database at `url` with `options`.
     pub fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        Self::open(url, options, false)
+    }
+
+    fn open(url: &str, options: PostgresOptions, read_only: bool) -> Result<Self> {
         schema::check_name(&options.schema)?;
         if options.pool_size == 0 {
             return Err(Error::InvalidConfig(
@@ -196,6 +208,9 @@ impl PostgresStore {
             options.schema,
             options.statement_timeout.as_millis()
         ));
+        if read_only {
+            session.push_str(" -c default_transaction_read_only=on");
+        }
         config.options(session.trim_start());
         if config.get_application_name().is_none() {
             config.application_name("simplepyq");
@@ -218,7 +233,16 @@ impl PostgresStore {
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
         let mut conn = pool.get().map_err(|e| Error::from(E::from(e)))?;
-        schema::migrate(&mut conn.client, &options.schema)?;
+        if read_only {
+            if schema::version(&mut conn.client, &options.schema)? == 0 {
+                return Err(Error::Foreign {
+                    backend: error::BACKEND,
+                    message: format!("the schema {} holds no simplepyq queue", options.schema),
+                });
+            }
+        } else {
+            schema::migrate(&mut conn.client, &options.schema)?;
+        }
         let clock = ServerClock::measure_system(&mut conn.client)?;
         drop(conn);
         Ok(PostgresStore {

@@ -25,6 +25,8 @@ const HOW_TO_GET_ONE: &str = "the PostgreSQL tests need a real server: install P
 #[derive(Debug)]
 pub struct Server {
     conninfo: String,
+    /// A `postgres://` URL of the same server, over TCP.
+    url: Option<String>,
     /// For a throwaway cluster: how to run its `pg_ctl`.
     cluster: Option<Cluster>,
 }
@@ -46,6 +48,7 @@ pub fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| match std::env::var(SERVER_VAR) {
         Ok(conninfo) if !conninfo.is_empty() => Server {
+            url: conninfo.starts_with("postgres").then(|| conninfo.clone()),
             conninfo,
             cluster: None,
         },
@@ -69,6 +72,14 @@ impl Server {
     /// The connection string of the server's `postgres` database.
     pub fn conninfo(&self) -> &str {
         &self.conninfo
+    }
+
+    /// A `postgres://` URL of the server. Panics for a server given by a `key=value`
+    /// connection string.
+    pub fn url(&self) -> &str {
+        self.url
+            .as_deref()
+            .expect("SIMPLEPYQ_TEST_POSTGRES must be a postgres:// URL for this test")
     }
 
     /// A plain client, for setting up and looking at what the store wrote.
@@ -249,6 +260,7 @@ fn start_cluster(durable: bool) -> Result<Server, String> {
             "host={} port={port} user=postgres dbname=postgres",
             dir.display()
         ),
+        url: Some(format!("postgres://postgres@127.0.0.1:{port}/postgres")),
         cluster: Some(Cluster {
             bin,
             data,
