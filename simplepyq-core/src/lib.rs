@@ -19,6 +19,7 @@
 //! assert_eq!((failed_once.status, failed_once.retries_left), (Status::Pending, 0));
 //! ```
 
+pub mod batch;
 mod error;
 mod store;
 mod task;

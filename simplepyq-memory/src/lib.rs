@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    Timestamp, validate_channel,
+    TaskState, Timestamp, batch, validate_channel,
 };
 
 /// An in-memory [`Store`]. Claiming the next due task is O(log n) (plus the promotion of
@@ -120,30 +120,37 @@ impl Indexes {
 impl Inner {
     /// Applies `event` to task `id` and re-indexes it.
     fn transition(&mut self, id: TaskId, event: &Event) -> Result<&Task> {
-        let task = self.tasks.get_mut(&id).ok_or(Error::NotFound(id))?;
+        let task = self.tasks.get(&id).ok_or(Error::NotFound(id))?;
         let next = apply(&task.state, event).map_err(|r| r.into_error(id))?;
+        self.set_state(id, next)
+    }
+
+    /// Stores task `id`'s new state and re-indexes it.
+    fn set_state(&mut self, id: TaskId, next: TaskState) -> Result<&Task> {
+        let task = self.tasks.get_mut(&id).ok_or(Error::NotFound(id))?;
         self.idx.index(task, false);
         task.state = next;
         self.idx.index(task, true);
         Ok(task)
     }
 
-    fn held(&self, claim: Claim) -> bool {
-        self.tasks
-            .get(&claim.id)
-            .is_some_and(|t| claim.holds(&t.state))
+    fn state(&self, id: TaskId) -> Option<TaskState> {
+        self.tasks.get(&id).map(|t| t.state.clone())
+    }
+
+    /// Writes the changes of a [`batch`] rule; returns how many.
+    fn write(&mut self, changes: Vec<batch::Change>) -> Result<usize> {
+        let n = changes.len();
+        for (id, next) in changes {
+            self.set_state(id, next)?;
+        }
+        Ok(n)
     }
 
     /// Applies `event` to the task of each claim still held; returns how many.
     fn on_held(&mut self, claims: &[Claim], event: &Event) -> Result<usize> {
-        let mut held = 0;
-        for c in claims {
-            if self.held(*c) {
-                self.transition(c.id, event)?;
-                held += 1;
-            }
-        }
-        Ok(held)
+        let changes = batch::on_held(claims, event, |id| Ok(self.state(id)))?;
+        self.write(changes)
     }
 
     fn delete(&mut self, id: TaskId) {
@@ -268,22 +275,9 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         let mut inner = self.inner.lock();
-        Ok(results
-            .iter()
-            .map(|(claim, outcome)| {
-                if !inner.held(*claim) {
-                    return Err(Error::LeaseLost {
-                        id: claim.id,
-                        attempt: claim.attempt,
-                    });
-                }
-                let event = Event::Finish {
-                    now,
-                    outcome: outcome.clone(),
-                };
-                Ok(inner.transition(claim.id, &event)?.state.status)
-            })
-            .collect())
+        let (statuses, changes) = batch::finish(results, now, |id| Ok(inner.state(id)))?;
+        inner.write(changes)?;
+        Ok(statuses)
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -323,23 +317,17 @@ impl Store for MemoryStore {
             .flat_map(|(_, ch)| ch.failed.iter().copied())
             .collect();
         ids.sort_unstable();
-        let event = Event::Requeue { now, retries };
-        let mut requeued = 0;
-        for id in ids {
-            let task = &inner.tasks[&id];
-            let key_taken = task.unique_key.as_ref().is_some_and(|key| {
-                inner
+        let changes = {
+            let failed = ids.iter().filter_map(|id| inner.tasks.get(id));
+            batch::requeue(failed, now, retries, |channel, key| {
+                Ok(inner
                     .idx
                     .channels
-                    .get(&task.channel)
-                    .is_some_and(|ch| ch.unique.contains_key(key))
-            });
-            if !key_taken {
-                inner.transition(id, &event)?;
-                requeued += 1;
-            }
-        }
-        Ok(requeued)
+                    .get(channel)
+                    .is_some_and(|ch| ch.unique.contains_key(key)))
+            })?
+        };
+        inner.write(changes)
     }
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {

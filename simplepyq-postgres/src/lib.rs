@@ -50,7 +50,7 @@ use postgres::{Client, GenericClient, Row, Transaction};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
     Claim, Clock, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, Wake, Watch, validate_channel,
+    TaskState, Timestamp, Wake, Watch, batch, validate_channel,
 };
 
 pub use crate::clock::ServerClock;
@@ -480,13 +480,18 @@ fn lock_states(tx: &mut Tx<'_, '_>, ids: &[i64]) -> R<Vec<Locked>> {
 /// channels of those tasks.
 fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R<Vec<String>> {
     let ids: Vec<i64> = claims.iter().map(|c| c.id.get()).collect();
+    let mut locked: HashMap<TaskId, (String, TaskState)> = lock_states(tx, &ids)?
+        .into_iter()
+        .map(|(id, channel, state)| (id, (channel, state)))
+        .collect();
+    let changes = batch::on_held(claims, event, |id| {
+        Ok(locked.get(&id).map(|(_, s)| s.clone()))
+    })?;
     let mut next = StateArrays::default();
-    let mut channels = Vec::new();
-    for (id, channel, state) in lock_states(tx, &ids)? {
-        if claims.iter().any(|c| c.id == id && c.holds(&state)) {
-            next.push(id, &apply(&state, event).map_err(|r| r.into_error(id))?);
-            channels.push(channel);
-        }
+    let mut channels = Vec::with_capacity(changes.len());
+    for (id, state) in &changes {
+        next.push(*id, state);
+        channels.extend(locked.remove(id).map(|(channel, _)| channel));
     }
     next.save(tx)?;
     Ok(channels)
@@ -495,21 +500,6 @@ fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R<Vec<String
 /// `AND channel = $n` when a channel is given.
 fn channel_filter(channel: Option<&str>, n: usize) -> String {
     channel.map_or_else(String::new, |_| format!(" AND channel = ${n}"))
-}
-
-/// The first position in `tasks` of each unique key (per channel): a later task with the
-/// same key is the same task.
-fn first_of_key(tasks: &[NewTask]) -> Vec<Option<usize>> {
-    let mut seen: std::collections::HashMap<(&str, &str), usize> = Default::default();
-    tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let key = t.unique_key.as_deref()?;
-            let first = *seen.entry((t.channel.as_str(), key)).or_insert(i);
-            (first != i).then_some(first)
-        })
-        .collect()
 }
 
 impl PostgresStore {
@@ -633,6 +623,28 @@ fn holders(tx: &mut Tx<'_, '_>, tasks: &[&NewTask]) -> R<Vec<Option<TaskId>>> {
     Ok(ids)
 }
 
+/// The (channel, unique key) pairs of `tasks` that an unfinished task holds.
+fn held_keys(tx: &mut Tx<'_, '_>, tasks: &[Task]) -> R<HashSet<(String, String)>> {
+    let keyed: Vec<&Task> = tasks.iter().filter(|t| t.unique_key.is_some()).collect();
+    if keyed.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let channels: Vec<&str> = keyed.iter().map(|t| t.channel.as_str()).collect();
+    let keys: Vec<Option<&str>> = keyed.iter().map(|t| t.unique_key.as_deref()).collect();
+    let rows = tx.query(
+        &format!(
+            "SELECT DISTINCT t.channel, t.unique_key \
+             FROM unnest($1::text[], $2::text[]) AS k(channel, unique_key) \
+             JOIN tasks t ON t.channel = k.channel AND t.unique_key = k.unique_key \
+             WHERE t.status IN {UNFINISHED}"
+        ),
+        &[&channels, &keys],
+    )?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
 impl Store for PostgresStore {
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         Some(Arc::new(self.clock.clone()))
@@ -650,7 +662,7 @@ impl Store for PostgresStore {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let repeats = first_of_key(tasks);
+        let repeats = batch::repeated_keys(tasks);
         let firsts: Vec<&NewTask> = tasks
             .iter()
             .zip(&repeats)
@@ -720,7 +732,7 @@ impl Store for PostgresStore {
             let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
             tasks_from_rows(&rows)
         })?;
-        tasks.sort_unstable_by_key(|t| (-i64::from(t.priority), t.state.run_at, t.id));
+        tasks.sort_unstable_by_key(batch::claim_order);
         Ok(tasks)
     }
 
@@ -740,10 +752,6 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         let ids: Vec<i64> = results.iter().map(|(c, _)| c.id.get()).collect();
-        let lost = |claim: &Claim| Error::LeaseLost {
-            id: claim.id,
-            attempt: claim.attempt,
-        };
         self.run(|db| {
             // Read without a lock, then write guarded by each claim: while a claim is held
             // its task changes only in its lease, which an outcome clears, so what `apply`
@@ -754,24 +762,17 @@ impl Store for PostgresStore {
             for r in &rows {
                 states.insert(TaskId::new(r.try_get(0)?), state_from_row(r, 1)?);
             }
+            let (mut statuses, changes) =
+                batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
             let mut next = StateArrays::default();
-            let mut attempts = Vec::with_capacity(results.len());
-            let mut statuses = Vec::with_capacity(results.len());
-            for (claim, outcome) in results {
-                // A claim given twice is recorded once.
-                let Some(state) = states.remove(&claim.id).filter(|s| claim.holds(s)) else {
-                    statuses.push(Err(lost(claim)));
-                    continue;
-                };
-                let event = Event::Finish {
-                    now,
-                    outcome: outcome.clone(),
-                };
-                let after = apply(&state, &event).map_err(|r| r.into_error(claim.id))?;
-                statuses.push(Ok(after.status));
-                next.push(claim.id, &after);
-                attempts.push(i64::from(claim.attempt));
+            for (id, state) in &changes {
+                next.push(*id, state);
             }
+            // Each change is of a claim that held at the read: its attempt is the one read.
+            let attempts: Vec<i64> = changes
+                .iter()
+                .map(|(id, _)| states.get(id).map_or(0, |s| i64::from(s.attempts)))
+                .collect();
             if next.ids.is_empty() {
                 return Ok(statuses);
             }
@@ -785,7 +786,7 @@ impl Store for PostgresStore {
             // A claim that lost its lease between the read and the write.
             for ((claim, _), status) in results.iter().zip(&mut statuses) {
                 if status.is_ok() && !written.contains(&claim.id.get()) {
-                    *status = Err(lost(claim));
+                    *status = Err(batch::lease_lost(claim));
                 }
             }
             Ok(statuses)
@@ -846,40 +847,30 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<usize> {
         let sql = format!(
-            "SELECT id, channel, unique_key, {STATE_COLUMNS} FROM tasks \
-             WHERE status = 'failed'{} ORDER BY id FOR UPDATE",
+            "SELECT {COLUMNS} FROM tasks WHERE status = 'failed'{} ORDER BY id FOR UPDATE",
             channel_filter(channel, 1)
         );
-        let event = Event::Requeue { now, retries };
         let channels = self.transaction(|tx| {
             let rows = match channel {
                 Some(c) => tx.query(&sql, &[&c])?,
                 None => tx.query(&sql, &[])?,
             };
-            let mut failed = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let id = TaskId::new(r.try_get(0)?);
-                let mut task = NewTask::new(r.try_get::<_, String>(1)?, Vec::new());
-                task.unique_key = r.try_get(2)?;
-                failed.push((id, task, state_from_row(r, 3)?));
-            }
-            let keyed: Vec<&NewTask> = failed.iter().map(|(_, t, _)| t).collect();
-            let held = holders(tx, &keyed)?;
-            let mut taken = std::collections::HashSet::new();
+            let failed = tasks_from_rows(&rows)?;
+            let held = held_keys(tx, &failed)?;
+            let changes = batch::requeue(&failed, now, retries, |channel, key| {
+                Ok(held.contains(&(channel.to_owned(), key.to_owned())))
+            })?;
             let mut next = StateArrays::default();
-            let mut channels = Vec::new();
-            for ((id, task, state), holder) in failed.iter().zip(held) {
-                if let Some(key) = &task.unique_key {
-                    // An unfinished task has the key, or a task requeued just before.
-                    if holder.is_some() || !taken.insert((task.channel.as_str(), key.as_str())) {
-                        continue;
-                    }
-                }
-                next.push(*id, &apply(state, &event).map_err(|r| r.into_error(*id))?);
-                channels.push(task.channel.clone());
+            for (id, state) in &changes {
+                next.push(*id, state);
             }
             next.save(tx)?;
-            Ok(channels)
+            let channel_of: HashMap<TaskId, &str> =
+                failed.iter().map(|t| (t.id, t.channel.as_str())).collect();
+            Ok(changes
+                .iter()
+                .filter_map(|(id, _)| channel_of.get(id).map(|c| (*c).to_owned()))
+                .collect::<Vec<String>>())
         })?;
         self.announce(channels.iter().map(String::as_str));
         Ok(channels.len())
@@ -1024,11 +1015,15 @@ pub mod sql {
            t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
            t.last_error, t.updated_at, t.lost_runs";
 
-    /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held.
+    /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held. Like every
+    /// statement that changes several rows a caller names, it first locks them in id order
+    /// (the array is built before the update runs): two such statements never deadlock.
     pub const EXTEND: &str = "UPDATE tasks t \
          SET lease_until = greatest(t.lease_until, $3) \
          FROM unnest($1::bigint[], $2::bigint[]) AS c(id, attempt) \
-         WHERE t.id = c.id AND t.status = 'running' AND t.attempts = c.attempt";
+         WHERE t.id = c.id AND t.status = 'running' AND t.attempts = c.attempt \
+         AND t.id = ANY (ARRAY (SELECT id FROM tasks WHERE id = ANY ($1) \
+           ORDER BY id FOR UPDATE))";
 
     /// Reads the states of the tasks with ids $1.
     pub const READ_STATES: &str = "SELECT id, status, retries_left, max_retries, attempts, \
@@ -1044,7 +1039,9 @@ pub mod sql {
            $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[]) \
            AS u(id, status, retries_left, max_retries, attempts, run_at, lease_until, \
            last_error, updated_at, lost_runs, held) \
-         WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held";
+         WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held \
+         AND t.id = ANY (ARRAY (SELECT id FROM tasks WHERE id = ANY ($1) \
+           ORDER BY id FOR UPDATE))";
 
     /// Whether a lease expired by $1.
     pub const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
@@ -1075,28 +1072,6 @@ mod tests {
         assert!(sql::READ_STATES.contains(&format!("id, {STATE_COLUMNS} FROM")));
         let arrays = format!("unnest({STATE_ARRAYS}, $11::bigint[]) AS u({STATE_ALIASES}, held)");
         assert!(sql::SAVE_HELD.contains(&arrays), "{arrays}");
-    }
-
-    #[test]
-    fn repeated_keys_point_at_their_first_task() {
-        let t = |ch: &str, key: Option<&str>| {
-            let task = NewTask::new(ch, vec![]);
-            match key {
-                Some(k) => task.unique_key(k),
-                None => task,
-            }
-        };
-        let tasks = [
-            t("a", Some("k")),
-            t("a", None),
-            t("a", Some("k")),
-            t("b", Some("k")),
-            t("b", Some("k")),
-        ];
-        assert_eq!(
-            first_of_key(&tasks),
-            vec![None, None, Some(0), None, Some(3)]
-        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ use redb::{
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    Timestamp, validate_channel,
+    TaskState, Timestamp, batch, validate_channel,
 };
 
 use crate::record::{status_code, status_from_code};
@@ -647,10 +647,25 @@ impl<'tx> Tables<'tx> {
     /// Applies `event` to `task`, re-indexes and stores it.
     fn transition(&mut self, task: &mut Task, event: &Event) -> Result<()> {
         let next = apply(&task.state, event).map_err(|r| r.into_error(task.id))?;
+        self.set_state(task, next)
+    }
+
+    /// Gives `task` its new state, re-indexes and stores it.
+    fn set_state(&mut self, task: &mut Task, next: TaskState) -> Result<()> {
         self.index(task, false)?;
         task.state = next;
         self.index(task, true)?;
         self.put(task)
+    }
+
+    /// Writes the changes of a [`batch`] rule; returns how many.
+    fn write_changes(&mut self, changes: Vec<batch::Change>) -> Result<usize> {
+        let n = changes.len();
+        for (id, next) in changes {
+            let mut task = self.load(id)?.ok_or(Error::NotFound(id))?;
+            self.set_state(&mut task, next)?;
+        }
+        Ok(n)
     }
 
     fn transition_id(&mut self, id: TaskId, event: &Event) -> Result<Task> {
@@ -665,20 +680,14 @@ impl<'tx> Tables<'tx> {
         Ok(())
     }
 
-    fn held(&self, claim: Claim) -> Result<Option<Task>> {
-        Ok(self.load(claim.id)?.filter(|t| claim.holds(&t.state)))
+    fn state(&self, id: TaskId) -> Result<Option<TaskState>> {
+        Ok(self.load(id)?.map(|t| t.state))
     }
 
     /// Applies `event` to the task of each claim still held; returns how many.
     fn on_held(&mut self, claims: &[Claim], event: &Event) -> Result<usize> {
-        let mut n = 0;
-        for c in claims {
-            if let Some(mut task) = self.held(*c)? {
-                self.transition(&mut task, event)?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        let changes = batch::on_held(claims, event, |id| self.state(id))?;
+        self.write_changes(changes)
     }
 
     /// Ids of tasks with `status` in `channel`, or in every channel.
@@ -817,22 +826,8 @@ impl Store for RedbStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         self.write(|t| {
-            let mut statuses = Vec::with_capacity(results.len());
-            for (claim, outcome) in results {
-                let Some(mut task) = t.held(*claim)? else {
-                    statuses.push(Err(Error::LeaseLost {
-                        id: claim.id,
-                        attempt: claim.attempt,
-                    }));
-                    continue;
-                };
-                let event = Event::Finish {
-                    now,
-                    outcome: outcome.clone(),
-                };
-                t.transition(&mut task, &event)?;
-                statuses.push(Ok(task.state.status));
-            }
+            let (statuses, changes) = batch::finish(results, now, |id| t.state(id))?;
+            t.write_changes(changes)?;
             Ok(statuses)
         })
     }
@@ -876,23 +871,16 @@ impl Store for RedbStore {
         retries: Option<u32>,
         now: Timestamp,
     ) -> Result<usize> {
-        let event = Event::Requeue { now, retries };
         self.write(|t| {
-            let mut requeued = 0;
+            let mut failed = Vec::new();
             for id in t.ids_with_status(channel, Status::Failed)? {
-                let mut task = t.load(id)?.ok_or(Error::NotFound(id))?;
-                if let Some(key) = &task.unique_key
-                    && t.unique
-                        .get((task.channel.as_str(), key.as_str()))
-                        .map_err(db_err)?
-                        .is_some()
-                {
-                    continue;
-                }
-                t.transition(&mut task, &event)?;
-                requeued += 1;
+                failed.push(t.load(id)?.ok_or(Error::NotFound(id))?);
             }
-            Ok(requeued)
+            failed.sort_unstable_by_key(|task| task.id);
+            let changes = batch::requeue(&failed, now, retries, |channel, key| {
+                Ok(t.unique.get((channel, key)).map_err(db_err)?.is_some())
+            })?;
+            t.write_changes(changes)
         })
     }
 

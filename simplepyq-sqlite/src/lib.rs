@@ -54,7 +54,7 @@ use rusqlite::{OptionalExtension, params, params_from_iter};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, validate_channel,
+    TaskState, Timestamp, batch, validate_channel,
 };
 
 use crate::checkpoint::Checkpointer;
@@ -427,21 +427,23 @@ fn channel_filter(channel: Option<&str>, n: usize) -> String {
     channel.map_or_else(String::new, |_| format!(" AND channel = ?{n}"))
 }
 
-/// The state of the task of `claim` if that attempt is still running.
-fn held(tx: &Transaction<'_>, claim: Claim) -> R<Option<TaskState>> {
-    Ok(load_state(tx, claim.id)?.filter(|s| claim.holds(s)))
+/// Reads a task's state for a [`batch`] rule.
+fn state_of<'a>(tx: &'a Transaction<'_>) -> impl FnMut(TaskId) -> Result<Option<TaskState>> + 'a {
+    move |id| load_state(tx, id).map_err(Error::from)
+}
+
+/// Writes the changes of a [`batch`] rule; returns how many.
+fn write_changes(tx: &Transaction<'_>, changes: &[batch::Change]) -> R<usize> {
+    for (id, next) in changes {
+        save_state(tx, *id, next)?;
+    }
+    Ok(changes.len())
 }
 
 /// Applies `event` to the task of each claim still held; returns how many.
 fn on_held(tx: &Transaction<'_>, claims: &[Claim], event: &Event) -> R<usize> {
-    let mut n = 0;
-    for c in claims {
-        if let Some(state) = held(tx, *c)? {
-            transition_from(tx, c.id, &state, event)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    let changes = batch::on_held(claims, event, state_of(tx))?;
+    write_changes(tx, &changes)
 }
 
 /// Pending tasks of channel ?1 due by ?2 (pending tasks are due unless clocks disagree).
@@ -558,19 +560,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Result<Status>>> {
         let results = results.to_vec();
         self.write(move |tx| {
-            let mut statuses = Vec::with_capacity(results.len());
-            for (claim, outcome) in &results {
-                let (claim, outcome) = (*claim, outcome.clone());
-                let Some(state) = held(tx, claim)? else {
-                    statuses.push(Err(Error::LeaseLost {
-                        id: claim.id,
-                        attempt: claim.attempt,
-                    }));
-                    continue;
-                };
-                let event = Event::Finish { now, outcome };
-                statuses.push(Ok(transition_from(tx, claim.id, &state, &event)?.status));
-            }
+            let (statuses, changes) = batch::finish(&results, now, state_of(tx))?;
+            write_changes(tx, &changes)?;
             Ok(statuses)
         })
     }
@@ -608,26 +599,30 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<usize> {
         let sql = format!(
-            "SELECT id FROM tasks WHERE status = 'failed'{} ORDER BY id",
+            "SELECT {COLUMNS} FROM tasks WHERE status = 'failed'{} ORDER BY id",
             channel_filter(channel, 1)
         );
-        let event = Event::Requeue { now, retries };
         let channel = channel.map(str::to_owned);
         self.write(move |tx| {
-            let failed = ids(tx, &sql, params_from_iter(&channel))?;
-            let mut key_taken = tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM tasks f JOIN tasks o \
-                   ON o.channel = f.channel AND o.unique_key = f.unique_key \
-                 WHERE f.id = ?1 AND o.status IN ('pending', 'delayed', 'running'))",
-            )?;
-            let mut requeued = 0;
-            for id in failed {
-                if !key_taken.query_row([id.get()], |r| r.get::<_, bool>(0))? {
-                    transition(tx, id, &event)?;
-                    requeued += 1;
+            let failed = {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut rows = stmt.query(params_from_iter(&channel))?;
+                let mut failed = Vec::new();
+                while let Some(r) = rows.next()? {
+                    failed.push(task_from_row(r)?);
                 }
-            }
-            Ok(requeued)
+                failed
+            };
+            let mut key_held = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
+                 AND status IN ('pending', 'delayed', 'running'))",
+            )?;
+            let changes = batch::requeue(&failed, now, retries, |channel, key| {
+                key_held
+                    .query_row(params![channel, key], |r| r.get::<_, bool>(0))
+                    .map_err(|e| Error::from(E::from(e)))
+            })?;
+            write_changes(tx, &changes)
         })
     }
 
