@@ -52,20 +52,47 @@ pub fn server() -> &'static Server {
             conninfo,
             cluster: None,
         },
-        _ => start_cluster(false).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}")),
+        _ => start_cluster(&Setup::default()).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}")),
     })
 }
 
 /// A cluster of the caller's own, for a test that restarts it; stopped and deleted when
 /// dropped. Panics as [`server`] does.
 pub fn private_server() -> Server {
-    start_cluster(false).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
+    start_cluster(&Setup::default()).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
+}
+
+/// A private cluster that also listens on `addresses` and lets clients of the network
+/// `clients` (e.g. `10.231.0.0/16`) in without a password: for hosts in network
+/// namespaces.
+pub fn private_server_on(addresses: &[&str], clients: &str) -> Server {
+    let setup = Setup {
+        durable: false,
+        addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+        clients: Some(clients.to_owned()),
+    };
+    start_cluster(&setup).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
 }
 
 /// A cluster of the caller's own with PostgreSQL's default durability (the test clusters
 /// skip `fsync`), for benchmarks.
 pub fn durable_server() -> Server {
-    start_cluster(true).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
+    let setup = Setup {
+        durable: true,
+        ..Setup::default()
+    };
+    start_cluster(&setup).unwrap_or_else(|e| panic!("{HOW_TO_GET_ONE}: {e}"))
+}
+
+/// How a throwaway cluster is set up.
+#[derive(Debug, Default)]
+struct Setup {
+    /// PostgreSQL's default durability; the test clusters skip `fsync`.
+    durable: bool,
+    /// Addresses to listen on besides 127.0.0.1.
+    addresses: Vec<String>,
+    /// A network whose clients need no password, besides this machine's.
+    clients: Option<String>,
 }
 
 impl Server {
@@ -166,7 +193,7 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn start_cluster(durable: bool) -> Result<Server, String> {
+fn start_cluster(setup: &Setup) -> Result<Server, String> {
     let bin = binaries().ok_or("no initdb and pg_ctl found")?;
     let as_postgres = is_root();
     let dir = tempfile::Builder::new()
@@ -216,12 +243,23 @@ fn start_cluster(durable: bool) -> Result<Server, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
+    let listen: Vec<&str> = std::iter::once("127.0.0.1")
+        .chain(setup.addresses.iter().map(String::as_str))
+        .collect();
     let mut conf = format!(
-        "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
+        "\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{dir}'\n\
          max_connections = 500\n",
+        listen = listen.join(","),
         dir = dir.display()
     );
-    if !durable {
+    if let Some(clients) = &setup.clients {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("pg_hba.conf"))
+            .and_then(|mut f| writeln!(f, "host all all {clients} trust"))
+            .map_err(|e| format!("pg_hba.conf: {e}"))?;
+    }
+    if !setup.durable {
         // A crash of the server process loses nothing without them; only the machine's
         // would, and the cluster does not outlive the tests.
         conf.push_str("fsync = off\nfull_page_writes = off\n");

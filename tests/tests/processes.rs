@@ -99,12 +99,26 @@ fn wait_ok(child: Child) {
 }
 
 /// `(pid, task number)` for every run the workers logged.
-fn runs(log: &Path) -> Vec<(u32, u32)> {
+pub(crate) fn runs(log: &Path) -> Vec<(u32, u32)> {
+    timed_runs(log)
+        .into_iter()
+        .map(|(pid, n, _)| (pid, n))
+        .collect()
+}
+
+/// `(pid, task number, start in ms since the epoch)` for every run the workers logged.
+pub(crate) fn timed_runs(log: &Path) -> Vec<(u32, u32, i64)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .map(|l| {
-            let (pid, n) = l.split_once(' ').expect("a log line is 'PID N'");
-            (pid.parse().expect("pid"), n.parse().expect("task number"))
+            let mut fields = l.split(' ');
+            let mut next = || fields.next().expect("a log line is 'PID N MS'");
+            let (pid, n, ms) = (next(), next(), next());
+            (
+                pid.parse().expect("pid"),
+                n.parse().expect("task number"),
+                ms.parse().expect("milliseconds"),
+            )
         })
         .collect()
 }

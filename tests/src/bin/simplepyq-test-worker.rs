@@ -2,8 +2,10 @@
 //!
 //! `simplepyq-test-worker BACKEND DB LOG WORKERS SLEEP_MS LEASE_MS` serves channel `work` of
 //! the queue file DB (BACKEND `sqlite` or `redb`; for `postgres`, DB is the schema on the
-//! server `SIMPLEPYQ_TEST_POSTGRES` names) with WORKERS threads until nothing is left to do. Its handler appends
-//! `PID N` to LOG when it starts on task N, then sleeps SLEEP_MS. With
+//! server `SIMPLEPYQ_TEST_POSTGRES` names) with WORKERS threads until nothing is left to
+//! do. Its handler appends `PID N MS` to LOG when it starts on task N (MS: the time in
+//! milliseconds since the Unix epoch), then sleeps SLEEP_MS; at the end the process prints
+//! `lease_lost L recovered R`, its queue's stats. With
 //! `SIMPLEPYQ_TEST_MIXED=1` it also fails the first run in this process of every fifth task
 //! (to be retried) and delays the first run of every seventh by 30 ms. It exits 0 when
 //! done, 2 if a worker met a storage error, 1 on bad usage or a failure to open the queue.
@@ -77,7 +79,10 @@ fn run(
         "work",
         move |n: u32| {
             // One write per line, so lines of several processes never interleave.
-            let line = format!("{pid} {n}\n");
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let line = format!("{pid} {n} {ms}\n");
             log.lock()
                 .map_err(|_| TaskError::msg("log lock poisoned"))?
                 .write_all(line.as_bytes())?;
@@ -97,5 +102,10 @@ fn run(
         workers,
     )?;
     q.run_until_complete()?;
+    let stats = q.stats();
+    println!(
+        "lease_lost {} recovered {}",
+        stats.lease_lost, stats.recovered
+    );
     Ok(q.last_worker_error())
 }
