@@ -1015,15 +1015,17 @@ pub mod sql {
            t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
            t.last_error, t.updated_at, t.lost_runs";
 
-    /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held. Like every
-    /// statement that changes several rows a caller names, it first locks them in id order
-    /// (the array is built before the update runs): two such statements never deadlock.
+    /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held. It first
+    /// locks the rows it can without waiting (the array is built before the update runs)
+    /// and renews only those: a row locked elsewhere is being finished or recovered, and a
+    /// renewal skipped once is made at the next one. Never waiting, it cannot deadlock with
+    /// the statements that record outcomes, which do wait.
     pub const EXTEND: &str = "UPDATE tasks t \
          SET lease_until = greatest(t.lease_until, $3) \
          FROM unnest($1::bigint[], $2::bigint[]) AS c(id, attempt) \
          WHERE t.id = c.id AND t.status = 'running' AND t.attempts = c.attempt \
          AND t.id = ANY (ARRAY (SELECT id FROM tasks WHERE id = ANY ($1) \
-           ORDER BY id FOR UPDATE))";
+           FOR UPDATE SKIP LOCKED))";
 
     /// Reads the states of the tasks with ids $1.
     pub const READ_STATES: &str = "SELECT id, status, retries_left, max_retries, attempts, \
@@ -1039,9 +1041,7 @@ pub mod sql {
            $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[]) \
            AS u(id, status, retries_left, max_retries, attempts, run_at, lease_until, \
            last_error, updated_at, lost_runs, held) \
-         WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held \
-         AND t.id = ANY (ARRAY (SELECT id FROM tasks WHERE id = ANY ($1) \
-           ORDER BY id FOR UPDATE))";
+         WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held";
 
     /// Whether a lease expired by $1.
     pub const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
