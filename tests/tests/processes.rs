@@ -320,32 +320,44 @@ fn another_process_does_not_steal_a_slow_task() {
 /// is left behind.
 #[test]
 fn three_processes_share_one_file() {
-    const N: u32 = 5_000;
+    let took_part = three_processes_drain_one_queue(Backend::Sqlite, 5_000, 2, 1);
+    assert!(
+        took_part >= 2,
+        "one process did all the work: not a contention test"
+    );
+}
+
+/// Three processes with four workers each drain 20,000 tasks from one PostgreSQL queue,
+/// each task exactly once; all three take part.
+#[test]
+fn three_processes_drain_one_postgres_queue() {
+    let took_part = three_processes_drain_one_queue(Backend::Postgres, 20_000, 4, 0);
+    assert_eq!(took_part, 3, "not every process took part");
+}
+
+/// Three worker processes drain `n` tasks (each sleeping `sleep_ms`) from one queue: each
+/// task runs exactly once, no worker meets an error, nothing is left behind. Returns how
+/// many of the processes ran tasks.
+fn three_processes_drain_one_queue(backend: Backend, n: u32, workers: u32, sleep_ms: u64) -> usize {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (db, log) = (dir.path().join("tasks.db"), dir.path().join("runs.log"));
-    enqueue_numbers(Backend::Sqlite, &db, N, 0);
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    enqueue_numbers(backend, &db, n, 0);
     let children: Vec<Child> = (0..3)
-        .map(|_| spawn_worker(Backend::Sqlite, &db, &log, 2, 1, 30_000))
+        .map(|_| spawn_worker(backend, &db, &log, workers, sleep_ms, 30_000))
         .collect();
     for child in children {
         wait_ok(child);
     }
     let runs = runs(&log);
     let mut seen = HashMap::new();
-    for (pid, n) in &runs {
-        assert!(seen.insert(*n, *pid).is_none(), "task {n} ran twice");
+    for (pid, task) in &runs {
+        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
     }
-    assert_eq!(runs.len(), N as usize);
+    assert_eq!(runs.len(), n as usize);
+    let c = backend.open(&db).counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
     let pids: std::collections::HashSet<u32> = runs.iter().map(|(pid, _)| *pid).collect();
-    assert!(
-        pids.len() >= 2,
-        "one process did all the work: not a contention test"
-    );
-    let c = SqliteStore::open(&db)
-        .expect("open")
-        .counts(None)
-        .expect("counts");
-    assert_eq!((c.done, c.total()), (N as usize, N as usize), "{c:?}");
+    pids.len()
 }
 
 /// redb allows one process per file: a second process gets a clear error at once, and the
@@ -630,35 +642,6 @@ fn dropping_a_queue_then_reopening_its_file_fails_nothing() {
     let c = q.counts("d").expect("counts");
     assert_eq!((c.done, c.failed), (40, 0), "{c:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 40);
-}
-
-/// Three processes with four workers each drain 20,000 tasks from one PostgreSQL queue:
-/// each task runs exactly once, no worker meets an error, all three take part.
-#[test]
-fn three_processes_drain_one_postgres_queue() {
-    const N: u32 = 20_000;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ((db, _drop), log) = (
-        Backend::Postgres.db(dir.path()),
-        dir.path().join("runs.log"),
-    );
-    enqueue_numbers(Backend::Postgres, &db, N, 0);
-    let children: Vec<Child> = (0..3)
-        .map(|_| spawn_worker(Backend::Postgres, &db, &log, 4, 0, 30_000))
-        .collect();
-    for child in children {
-        wait_ok(child);
-    }
-    let runs = runs(&log);
-    let mut seen = HashMap::new();
-    for (pid, n) in &runs {
-        assert!(seen.insert(*n, *pid).is_none(), "task {n} ran twice");
-    }
-    assert_eq!(runs.len(), N as usize);
-    let pids: std::collections::HashSet<u32> = runs.iter().map(|(pid, _)| *pid).collect();
-    assert_eq!(pids.len(), 3, "not every process took part");
-    let c = Backend::Postgres.open(&db).counts(None).expect("counts");
-    assert_eq!((c.done, c.total()), (N as usize, N as usize), "{c:?}");
 }
 
 /// The PostgreSQL server is restarted twice while two worker processes drain 3,000 tasks
