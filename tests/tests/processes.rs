@@ -729,3 +729,84 @@ fn a_restarted_postgres_server_loses_no_task() {
         "{again} tasks ran again but only {lost} runs were cut"
     );
 }
+
+/// Two worker processes stand for machines whose clocks are 30 s ahead and 30 s behind;
+/// both time leases by the PostgreSQL server's clock. The one ahead is killed mid-drain: the
+/// other runs its tasks again one lease (1 s) after they started, not 30 s earlier or
+/// later, and no task runs again while its first run's lease was live.
+#[test]
+fn leases_hold_between_processes_whose_clocks_differ_by_60_s() {
+    const N: u32 = 400;
+    const LEASE_MS: i64 = 1_000;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (
+        Backend::Postgres.db(dir.path()),
+        dir.path().join("runs.log"),
+    );
+    enqueue_numbers(Backend::Postgres, &db, N, 0);
+    let spawn = |skew: &str| {
+        Command::new(WORKER)
+            .env(pg::SERVER_VAR, pg::server().conninfo())
+            .env("SIMPLEPYQ_TEST_CLOCK_SKEW_MS", skew)
+            .args(["postgres", &db.display().to_string()])
+            .arg(&log)
+            .args(["2", "10", &LEASE_MS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the worker process")
+    };
+    let mut ahead = spawn("30000");
+    let behind = spawn("-30000");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while runs(&log)
+        .iter()
+        .filter(|(pid, _)| *pid == ahead.id())
+        .count()
+        < 20
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fast clock's worker never ran"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let killed = ahead.id();
+    ahead.kill().expect("SIGKILL");
+    ahead.wait().expect("reap");
+    wait_ok(behind);
+    let c = Backend::Postgres.open(&db).counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (N as usize, N as usize), "{c:?}");
+    let mut per_task: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
+    for (pid, n, ms) in timed_runs(&log) {
+        per_task.entry(n).or_default().push((ms, pid));
+    }
+    assert_eq!(per_task.len(), N as usize, "some task never ran");
+    let mut again = 0;
+    for (n, runs) in &mut per_task {
+        runs.sort_unstable();
+        for pair in runs.windows(2) {
+            let ((first, by), (second, _)) = (pair[0], pair[1]);
+            assert_eq!(
+                by, killed,
+                "task {n} ran again after a run that was not cut: {runs:?}"
+            );
+            let gap = second - first;
+            again += 1;
+            assert!(
+                gap >= LEASE_MS - 50,
+                "task {n} ran again after {gap} ms: its lease was live"
+            );
+            assert!(
+                gap < LEASE_MS + 2_500,
+                "task {n} ran again only after {gap} ms"
+            );
+        }
+    }
+    assert!(
+        again > 0,
+        "the killed worker held no task: the test tests nothing"
+    );
+    eprintln!("{again} tasks of the killed worker ran again, each a lease after it started");
+}

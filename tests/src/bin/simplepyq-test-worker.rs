@@ -5,7 +5,8 @@
 //! server `SIMPLEPYQ_TEST_POSTGRES` names) with WORKERS threads until nothing is left to
 //! do. Its handler appends `PID N MS` to LOG when it starts on task N (MS: the time in
 //! milliseconds since the Unix epoch), then sleeps SLEEP_MS; at the end the process prints
-//! `lease_lost L recovered R`, its queue's stats. With
+//! `lease_lost L recovered R`, its queue's stats. With `SIMPLEPYQ_TEST_CLOCK_SKEW_MS=D` a
+//! PostgreSQL worker acts as a machine whose clock is D ms off. With
 //! `SIMPLEPYQ_TEST_MIXED=1` it also fails the first run in this process of every fifth task
 //! (to be retried) and delays the first run of every seventh by 30 ms. It exits 0 when
 //! done, 2 if a worker met a storage error, 1 on bad usage or a failure to open the queue.
@@ -17,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use simplepyq::{
-    PostgresOptions, PostgresStore, RedbStore, SimplePyQ, SqliteStore, Store, TaskError,
+    Clock, PostgresOptions, PostgresStore, RedbStore, SimplePyQ, SqliteStore, Store, SystemClock,
+    TaskError, Timestamp,
 };
 
 fn main() -> ExitCode {
@@ -47,6 +49,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The system clock, `.0` milliseconds off.
+#[derive(Debug)]
+struct Skewed(i64);
+
+impl Clock for Skewed {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(SystemClock.now().as_millis() + self.0)
+    }
+}
+
 fn run(
     backend: &str,
     db: &str,
@@ -58,20 +70,30 @@ fn run(
     let log = Arc::new(Mutex::new(
         OpenOptions::new().create(true).append(true).open(log)?,
     ));
+    let mut skewed = None;
     let store: Box<dyn Store> = match backend {
         "sqlite" => Box::new(SqliteStore::open(db)?),
         "redb" => Box::new(RedbStore::open(db)?),
         "postgres" => {
             let server = std::env::var("SIMPLEPYQ_TEST_POSTGRES")?;
             let options = PostgresOptions::new().schema(db).pool_size(4);
-            Box::new(PostgresStore::connect_with(&server, options)?)
+            let store = PostgresStore::connect_with(&server, options)?;
+            // A machine whose clock is this far off: the store's clock is measured
+            // against it.
+            if let Ok(skew) = std::env::var("SIMPLEPYQ_TEST_CLOCK_SKEW_MS") {
+                skewed = Some(store.measure_clock(Skewed(skew.parse()?))?);
+            }
+            Box::new(store)
         }
         other => return Err(format!("unknown backend {other:?}").into()),
     };
-    let q = SimplePyQ::builder(store)
+    let mut builder = SimplePyQ::builder(store)
         .lease(Duration::from_millis(lease_ms))
-        .poll_interval(Duration::from_millis(20))
-        .build()?;
+        .poll_interval(Duration::from_millis(20));
+    if let Some(clock) = skewed {
+        builder = builder.clock(clock);
+    }
+    let q = builder.build()?;
     let pid = std::process::id();
     let mixed = std::env::var("SIMPLEPYQ_TEST_MIXED").is_ok_and(|v| v == "1");
     let seen = Mutex::new(std::collections::HashSet::new());
