@@ -264,19 +264,21 @@ fn a_queue_times_tasks_by_the_stores_clock() {
     assert!((clock.now().as_millis() - created.as_millis()).abs() < 1_000);
 }
 
-/// Connections are terminated by the server (`pg_terminate_backend`) every 30 to 100 ms while
-/// a queue drains 2,000 tasks with the default `retries = 0`: claims and outcomes in flight
-/// are cut, yet every task ends done, none fails.
+/// Connections are terminated by the server (`pg_terminate_backend`) in the middle of a
+/// claim and in the middle of recording outcomes (the killer watches `pg_stat_activity` for
+/// those statements under way), again and again, while a queue drains 2,000 tasks with the
+/// default `retries = 0`: every task ends done, none fails.
 #[test]
-fn terminated_connections_fail_no_task() {
+fn connections_terminated_mid_claim_and_mid_outcome_fail_no_task() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const CUTS: usize = 8;
     let schema = fresh_schema();
     let _drop = DropSchema(schema.clone());
     let app = format!("simplepyq_{schema}");
     let conninfo = format!("{} application_name={app}", server().conninfo());
     let s = PostgresStore::connect_with(&conninfo, options(&schema)).expect("connect");
     let q = SimplePyQ::builder(s)
-        .lease(Duration::from_secs(2))
+        .lease(Duration::from_secs(1))
         .poll_interval(Duration::from_millis(20))
         .build()
         .expect("build");
@@ -286,7 +288,7 @@ fn terminated_connections_fail_no_task() {
         "work",
         move |_: u32| {
             r.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(500));
             Ok(())
         },
         4,
@@ -296,39 +298,51 @@ fn terminated_connections_fail_no_task() {
     q.enqueue_many("work", &items, simplepyq::EnqueueOptions::new())
         .expect("enqueue");
     let done = AtomicBool::new(false);
-    let killed = std::thread::scope(|scope| {
+    let statements = [("claim", sql::CLAIM), ("outcomes", sql::SAVE_HELD)];
+    let cut = std::thread::scope(|scope| {
         let killer = scope.spawn(|| {
             let mut admin = server().client();
-            let (mut killed, mut pause) = (0, 1);
-            while !done.load(Ordering::SeqCst) {
-                let rows = admin
-                    .query(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE application_name = $1",
-                        &[&app],
-                    )
-                    .expect("terminate");
-                killed += rows.len();
-                // Often enough to cut claims and outcomes in flight, seldom enough that a
-                // new connection gets work done before it is cut too.
-                pause = pause * 7 % 71;
-                std::thread::sleep(Duration::from_millis(30 + pause));
+            let mut cut = [0usize; 2];
+            while !done.load(Ordering::SeqCst) && cut.iter().any(|&n| n < CUTS) {
+                for (i, (_, text)) in statements.iter().enumerate() {
+                    if cut[i] >= CUTS {
+                        continue;
+                    }
+                    let prefix = format!("{}%", &text[..30]);
+                    cut[i] += admin
+                        .query(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE application_name = $1 AND state = 'active' \
+                             AND query LIKE $2",
+                            &[&app, &prefix],
+                        )
+                        .expect("terminate")
+                        .len();
+                }
+                std::thread::sleep(Duration::from_micros(300));
             }
-            killed
+            cut
         });
         let result = q.run_until_complete();
         done.store(true, Ordering::SeqCst);
         result.expect("run");
         killer.join().expect("killer")
     });
-    assert!(killed > 5, "only {killed} connections were terminated");
+    eprintln!(
+        "connections cut mid-claim: {}, mid-outcome: {}; {} runs for 2000 tasks",
+        cut[0],
+        cut[1],
+        runs.load(Ordering::SeqCst)
+    );
+    for ((what, _), n) in statements.iter().zip(cut) {
+        assert!(
+            n > 0,
+            "no connection was cut in the middle of a {what} statement"
+        );
+    }
     let c = q.counts("work").expect("counts");
     assert_eq!((c.done, c.failed, c.total()), (2_000, 0, 2_000), "{c:?}");
     assert!(runs.load(Ordering::SeqCst) >= 2_000);
-    eprintln!(
-        "{killed} connections terminated; {} runs for 2000 tasks",
-        runs.load(Ordering::SeqCst)
-    );
 }
 
 /// The pid of the connection listening for the queue in `schema`, once there is one other
