@@ -174,8 +174,9 @@ impl PostgresStore {
     /// string) with default options, creating or migrating the queue's schema.
     ///
     /// Errors, each changing nothing: [`Error::Foreign`] if the schema has a `tasks` table
-    /// that is not a queue's, [`Error::SchemaTooNew`] for a schema of a newer simplepyq, and
-    /// [`Error::Backend`] when the server cannot be reached (with the driver's reason).
+    /// that is not a queue's, [`Error::SchemaTooNew`] for a schema of a newer simplepyq,
+    /// [`Error::Unavailable`] when the server cannot be reached (with the driver's reason),
+    /// and [`Error::InvalidConfig`] for a connection string or schema name that is not one.
     pub fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, PostgresOptions::default())
     }
