@@ -108,15 +108,20 @@ fn finish(child: Child) -> (u64, u64) {
     (numbers[0], numbers[1])
 }
 
-/// Two hosts drain one queue; one is cut off from the server for three leases' time
+/// The most a handler may start after its task was claimed, on a loaded machine: a lease
+/// runs from the claim, the log has the handler's start.
+const CLAIM_TO_START_MS: i64 = 500;
+
+/// Two hosts drain one queue; one is cut off from the server for two and a half leases
 /// mid-drain and then joins again. Its leases lapse and the other host takes its tasks
 /// over; when its link comes back, its late outcomes are refused (`LeaseLost`) and change
 /// nothing. Every task ends done (`retries = 0`), and a task that ran twice ran again only
-/// after the first run's lease had expired.
+/// after the first run's lease had expired (its start, plus the lease, less what may pass
+/// between a claim and its handler's start on a loaded machine).
 #[test]
 fn a_host_cut_off_mid_drain_delays_its_tasks_only() {
-    const N: u32 = 800;
-    const LEASE_MS: u64 = 1_000;
+    const N: u32 = 2_000;
+    const LEASE_MS: u64 = 2_000;
     let root = Command::new("id").arg("-u").output().expect("id");
     assert_eq!(
         String::from_utf8_lossy(&root.stdout).trim(),
@@ -151,7 +156,7 @@ fn a_host_cut_off_mid_drain_delays_its_tasks_only() {
     }
     cut.link(false);
     let cut_at = Instant::now();
-    std::thread::sleep(Duration::from_millis(3 * LEASE_MS));
+    std::thread::sleep(Duration::from_millis(5 * LEASE_MS / 2));
     assert!(
         timed_runs(&log).len() < N as usize,
         "the drain ended while the host was cut off: the test tests nothing"
@@ -178,7 +183,7 @@ fn a_host_cut_off_mid_drain_delays_its_tasks_only() {
         for pair in runs.windows(2) {
             again += 1;
             assert!(
-                pair[1] - pair[0] >= LEASE_MS as i64 - 50,
+                pair[1] - pair[0] >= LEASE_MS as i64 - CLAIM_TO_START_MS,
                 "task {n} ran again {} ms after a run whose lease was live",
                 pair[1] - pair[0]
             );
