@@ -82,11 +82,12 @@ pub(crate) fn work<S: Store>(engine: &Engine<S>, channel: &ChannelWork, dispatch
         // A task for itself and each idle worker, and a reserve for quick handlers, so that
         // busy workers find their next task here instead of waiting for a claim.
         let want = idle + 1 + channel.reserve();
+        let mut lease_until = None;
         let claimed = guarded(|| {
             let now = engine.now();
-            engine
-                .store
-                .claim(&channel.name, want, now, now.after(engine.lease))
+            let until = now.after(engine.lease);
+            lease_until = Some(until);
+            engine.store.claim(&channel.name, want, now, until)
         });
         let tasks = match claimed {
             Ok(tasks) => tasks,
@@ -98,6 +99,14 @@ pub(crate) fn work<S: Store>(engine: &Engine<S>, channel: &ChannelWork, dispatch
             }
         };
         errors.reset();
+        // An answer that came after the lease it asked for ran out (a slow or cut network):
+        // another worker may hold these tasks by now. Not one of them runs here; what is
+        // still this queue's is given back.
+        if !tasks.is_empty() && lease_until.is_some_and(|until| engine.now() >= until) {
+            dispatch.claimed(Vec::new(), &engine.held);
+            leases::give_back(engine, &tasks);
+            continue;
+        }
         engine.held.reserve(tasks.iter().map(Task::claim));
         match dispatch.claimed(tasks, &engine.held) {
             Claimed::Run(task) => {

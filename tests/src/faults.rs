@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use simplepyq_core::{
-    Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    Timestamp,
+    Claim, Clock, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, SystemClock,
+    Task, TaskId, Timestamp,
 };
 
 /// Which operations fail.
@@ -36,6 +36,7 @@ pub struct Flaky<S> {
     dead: AtomicBool,
     panics_left: AtomicU64,
     panicked: AtomicU64,
+    late_left: AtomicU64,
 }
 
 impl<S: Store> Flaky<S> {
@@ -51,6 +52,7 @@ impl<S: Store> Flaky<S> {
             dead: AtomicBool::new(false),
             panics_left: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
+            late_left: AtomicU64::new(0),
         }
     }
 
@@ -88,6 +90,14 @@ impl<S: Store> Flaky<S> {
     /// The next `n` claims panic.
     pub fn panic_claims(&self, n: u64) {
         self.panics_left.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` claims that take tasks answer late, as over a slow or cut network:
+    /// meanwhile the leases they asked for run out and another worker takes the tasks over
+    /// (they are recovered and claimed again with a 60 s lease); the answer comes once the
+    /// system clock has passed the lease.
+    pub fn late_claims(&self, n: u64) {
+        self.late_left.store(n, Ordering::SeqCst);
     }
 
     /// How many claims panicked.
@@ -138,7 +148,20 @@ impl<S: Store> Store for Flaky<S> {
             self.panicked.fetch_add(1, Ordering::SeqCst);
             panic!("injected panic in claim");
         }
-        self.inner.claim(channel, limit, now, lease_until)
+        let tasks = self.inner.claim(channel, limit, now, lease_until)?;
+        let late = !tasks.is_empty()
+            && self
+                .late_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if late {
+            self.inner.recover_expired(lease_until, u32::MAX)?;
+            let other = lease_until.after(std::time::Duration::from_secs(60));
+            self.inner.claim(channel, limit, lease_until, other)?;
+            let wait = SystemClock.now().until(lease_until);
+            std::thread::sleep(wait + std::time::Duration::from_millis(20));
+        }
+        Ok(tasks)
     }
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
         self.alive()?;

@@ -386,6 +386,58 @@ pub fn a_panicking_store_call_does_not_stall_the_channel(store: Box<dyn Store>) 
     assert_eq!(ran.load(Ordering::SeqCst), 20);
 }
 
+/// A claim whose answer comes after the lease it asked for ran out (a slow or cut network)
+/// is not run: another worker may hold its tasks by then (here one does). The queue gives
+/// such tasks back if they are still its own, and goes on with the rest.
+pub fn a_claim_answered_after_its_lease_ran_out_is_not_run(store: Box<dyn Store>) {
+    let store: Shared = Arc::new(store);
+    let late = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    late.late_claims(1);
+    let q = SimplePyQ::builder(Arc::clone(&late))
+        .lease(Duration::from_millis(300))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let r = Arc::clone(&ran);
+    q.add_channel(
+        "late",
+        move |n: u32| {
+            r.lock().push(n);
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let first = q.enqueue("late", &0u32).expect("enqueue");
+    q.start().expect("start");
+    wait_until("the other worker took the task over", || {
+        store
+            .get(first)
+            .expect("get")
+            .expect("exists")
+            .state
+            .attempts
+            == 2
+    });
+    for n in 1..3u32 {
+        q.enqueue("late", &n).expect("enqueue");
+    }
+    wait_until("the other tasks are done", || {
+        store.counts(Some("late")).expect("counts").done == 2
+    });
+    q.stop();
+    // The first task is the other worker's now: running, under its 60 s lease.
+    let taken = store.get(first).expect("get").expect("exists");
+    assert_eq!(taken.state.status, Status::Running, "{taken:?}");
+    assert_eq!(
+        *ran.lock(),
+        vec![1, 2],
+        "a task whose lease ran out was run"
+    );
+    assert_eq!(q.stats().lease_lost, 0);
+}
+
 /// Storage errors while recording outcomes, for longer than a few seconds, never fail a
 /// task: the outcome waits (its lease renewed) until the store takes it.
 pub fn a_long_storage_outage_fails_no_task(store: Box<dyn Store>) {
@@ -472,7 +524,8 @@ macro_rules! lifecycle_tests {
             run_until_complete_returns_when_stopped_elsewhere,
             a_panicking_store_call_does_not_stall_the_channel,
             a_long_storage_outage_fails_no_task,
-            a_handler_can_stop_its_own_queue
+            a_handler_can_stop_its_own_queue,
+            a_claim_answered_after_its_lease_ran_out_is_not_run
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
