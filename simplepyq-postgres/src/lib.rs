@@ -141,14 +141,16 @@ pub struct PostgresStore {
     config: postgres::Config,
     schema: String,
     clock: ServerClock,
-    /// The `NOTIFY` channel of the schema's queue; `None` when adding work notifies no one.
-    topic: Option<String>,
-    notifier: Arc<listen::Notifier>,
+    /// Tells the queues listening on the schema about added work; `None` when adding work
+    /// notifies no one (and this store's queues do not listen either).
+    notifier: Option<Arc<listen::Notifier>>,
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        self.notifier.stop();
+        if let Some(n) = &self.notifier {
+            n.stop();
+        }
     }
 }
 
@@ -248,9 +250,10 @@ impl PostgresStore {
         drop(conn);
         Ok(PostgresStore {
             pool,
+            notifier: options
+                .notify
+                .then(|| listen::Notifier::new(&config, &options.schema)),
             config,
-            topic: options.notify.then(|| listen::topic(&options.schema)),
-            notifier: listen::Notifier::new(),
             schema: options.schema,
             clock,
         })
@@ -323,32 +326,9 @@ impl PostgresStore {
     /// Tells the queues listening (in any process) that `channels` have work, once the
     /// change that added it committed.
     fn announce<'a>(&self, channels: impl IntoIterator<Item = &'a str>) {
-        let Some(topic) = self.topic.clone() else {
-            return;
-        };
-        let mut config = self.config.clone();
-        // A lost notification costs only latency: its commit need not wait for the disk.
-        let options = format!(
-            "{} -c synchronous_commit=off",
-            config.get_options().unwrap_or_default()
-        );
-        config.options(options.trim_start());
-        let mut client: Option<Client> = None;
-        self.notifier.mark(channels, move |names| {
-            // A failure costs latency only: listeners poll anyway.
-            if client.as_ref().is_none_or(Client::is_closed) {
-                client = config.connect(postgres::NoTls).ok();
-            }
-            if let Some(c) = &mut client
-                && c.execute(
-                    "SELECT pg_notify($1, c) FROM unnest($2::text[]) AS c",
-                    &[&topic, &names],
-                )
-                .is_err()
-            {
-                client = None;
-            }
-        });
+        if let Some(n) = &self.notifier {
+            n.mark(channels);
+        }
     }
 }
 
@@ -390,7 +370,7 @@ fn tasks_from_rows(rows: &[Row]) -> R<Vec<Task>> {
 /// A transaction with its connection's prepared statements.
 type Tx<'a, 'c> = Db<'a, Transaction<'c>>;
 
-/// Task states as the columns of [`UNNEST_STATES`], one array per column.
+/// Task states as the arrays of [`STATE_ARRAYS`], one per column.
 #[derive(Default)]
 struct StateArrays {
     ids: Vec<i64>,
@@ -406,6 +386,15 @@ struct StateArrays {
 }
 
 impl StateArrays {
+    /// The arrays of the changes of a [`batch`] rule.
+    fn of(changes: &[batch::Change]) -> Self {
+        let mut arrays = StateArrays::default();
+        for (id, state) in changes {
+            arrays.push(*id, state);
+        }
+        arrays
+    }
+
     fn push(&mut self, id: TaskId, s: &TaskState) {
         self.ids.push(id.get());
         self.status.push(s.status.as_str());
@@ -488,14 +477,11 @@ fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R<Vec<String
     let changes = batch::on_held(claims, event, |id| {
         Ok(locked.get(&id).map(|(_, s)| s.clone()))
     })?;
-    let mut next = StateArrays::default();
-    let mut channels = Vec::with_capacity(changes.len());
-    for (id, state) in &changes {
-        next.push(*id, state);
-        channels.extend(locked.remove(id).map(|(channel, _)| channel));
-    }
-    next.save(tx)?;
-    Ok(channels)
+    StateArrays::of(&changes).save(tx)?;
+    Ok(changes
+        .iter()
+        .filter_map(|(id, _)| locked.remove(id).map(|(channel, _)| channel))
+        .collect())
 }
 
 /// `AND channel = $n` when a channel is given.
@@ -600,10 +586,17 @@ impl PostgresStore {
     }
 }
 
-/// The ids of the unfinished tasks holding the unique keys of `tasks`, by position.
-fn holders(tx: &mut Tx<'_, '_>, tasks: &[&NewTask]) -> R<Vec<Option<TaskId>>> {
-    let channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
-    let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
+/// A task's channel and unique key.
+type Key<'a> = (&'a str, Option<&'a str>);
+
+fn key<'a>(channel: &'a str, unique_key: &'a Option<String>) -> Key<'a> {
+    (channel, unique_key.as_deref())
+}
+
+/// The ids of the unfinished tasks holding `keys`, by position (`None` for a task without
+/// a key).
+fn holders(tx: &mut Tx<'_, '_>, keys: &[Key<'_>]) -> R<Vec<Option<TaskId>>> {
+    let (channels, keys): (Vec<&str>, Vec<Option<&str>>) = keys.iter().copied().unzip();
     let rows = tx.query(
         &format!(
             "SELECT k.ord, t.id FROM unnest($1::text[], $2::text[]) WITH ORDINALITY \
@@ -613,7 +606,7 @@ fn holders(tx: &mut Tx<'_, '_>, tasks: &[&NewTask]) -> R<Vec<Option<TaskId>>> {
         ),
         &[&channels, &keys],
     )?;
-    let mut ids = vec![None; tasks.len()];
+    let mut ids = vec![None; channels.len()];
     for r in rows {
         let ord: i64 = r.try_get(0)?;
         let at = usize::try_from(ord - 1).map_err(|_| bad_value("ordinality", ord))?;
@@ -624,35 +617,13 @@ fn holders(tx: &mut Tx<'_, '_>, tasks: &[&NewTask]) -> R<Vec<Option<TaskId>>> {
     Ok(ids)
 }
 
-/// The (channel, unique key) pairs of `tasks` that an unfinished task holds.
-fn held_keys(tx: &mut Tx<'_, '_>, tasks: &[Task]) -> R<HashSet<(String, String)>> {
-    let keyed: Vec<&Task> = tasks.iter().filter(|t| t.unique_key.is_some()).collect();
-    if keyed.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let channels: Vec<&str> = keyed.iter().map(|t| t.channel.as_str()).collect();
-    let keys: Vec<Option<&str>> = keyed.iter().map(|t| t.unique_key.as_deref()).collect();
-    let rows = tx.query(
-        &format!(
-            "SELECT DISTINCT t.channel, t.unique_key \
-             FROM unnest($1::text[], $2::text[]) AS k(channel, unique_key) \
-             JOIN tasks t ON t.channel = k.channel AND t.unique_key = k.unique_key \
-             WHERE t.status IN {UNFINISHED}"
-        ),
-        &[&channels, &keys],
-    )?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
-}
-
 impl Store for PostgresStore {
     fn clock(&self) -> Option<Arc<dyn Clock>> {
         Some(Arc::new(self.clock.clone()))
     }
 
     fn watch(&self, wake: Wake) -> Option<Watch> {
-        let topic = self.topic.clone()?;
+        let topic = self.notifier.as_ref()?.topic.clone();
         listen::watch(self.config.clone(), topic, wake)
     }
 
@@ -675,8 +646,12 @@ impl Store for PostgresStore {
         } else {
             // A key an unfinished task holds names that task; a task that took the key
             // between the look and the insert is found by the next look.
+            let keys: Vec<Key<'_>> = firsts
+                .iter()
+                .map(|t| key(&t.channel, &t.unique_key))
+                .collect();
             self.transaction(|tx| {
-                let mut ids = holders(tx, &firsts)?;
+                let mut ids = holders(tx, &keys)?;
                 loop {
                     let missing: Vec<usize> =
                         (0..firsts.len()).filter(|&i| ids[i].is_none()).collect();
@@ -686,7 +661,8 @@ impl Store for PostgresStore {
                     let batch: Vec<&NewTask> = missing.iter().map(|&i| firsts[i]).collect();
                     let inserted = Self::insert(tx, &batch, now)?;
                     if inserted.iter().any(Option::is_none) {
-                        let held = holders(tx, &batch)?;
+                        let batch_keys: Vec<Key<'_>> = missing.iter().map(|&i| keys[i]).collect();
+                        let held = holders(tx, &batch_keys)?;
                         for ((&i, new), old) in missing.iter().zip(inserted).zip(held) {
                             ids[i] = new.or(old);
                         }
@@ -765,10 +741,7 @@ impl Store for PostgresStore {
             }
             let (mut statuses, changes) =
                 batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
-            let mut next = StateArrays::default();
-            for (id, state) in &changes {
-                next.push(*id, state);
-            }
+            let next = StateArrays::of(&changes);
             // Each change is of a claim that held at the read: its attempt is the one read.
             let attempts: Vec<i64> = changes
                 .iter()
@@ -857,15 +830,19 @@ impl Store for PostgresStore {
                 None => tx.query(&sql, &[])?,
             };
             let failed = tasks_from_rows(&rows)?;
-            let held = held_keys(tx, &failed)?;
+            let keys: Vec<Key<'_>> = failed
+                .iter()
+                .map(|t| key(&t.channel, &t.unique_key))
+                .collect();
+            let held: HashSet<Key<'_>> = keys
+                .iter()
+                .zip(holders(tx, &keys)?)
+                .filter_map(|(k, holder)| holder.map(|_| *k))
+                .collect();
             let changes = batch::requeue(&failed, now, retries, |channel, key| {
-                Ok(held.contains(&(channel.to_owned(), key.to_owned())))
+                Ok(held.contains(&(channel, Some(key))))
             })?;
-            let mut next = StateArrays::default();
-            for (id, state) in &changes {
-                next.push(*id, state);
-            }
-            next.save(tx)?;
+            StateArrays::of(&changes).save(tx)?;
             let channel_of: HashMap<TaskId, &str> =
                 failed.iter().map(|t| (t.id, t.channel.as_str())).collect();
             Ok(changes

@@ -19,7 +19,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// The notification channel of the queue in `schema` (an identifier: at most 63 bytes; a
 /// cut name only makes two schemas' wake-ups shared, never lost).
-pub(crate) fn topic(schema: &str) -> String {
+fn topic(schema: &str) -> String {
     let mut name = format!("simplepyq_{schema}");
     name.truncate(63);
     name
@@ -90,6 +90,11 @@ fn listen(
 /// disk flushes. Channels marked while a `NOTIFY` is under way go out together in the next.
 #[derive(Debug)]
 pub(crate) struct Notifier {
+    /// The store's connection settings, with commits that do not wait for the disk: a lost
+    /// notification costs only latency.
+    config: postgres::Config,
+    /// The channel the queues of the store's schema listen on.
+    pub(crate) topic: String,
     state: Mutex<Pending>,
     cv: Condvar,
 }
@@ -102,20 +107,25 @@ struct Pending {
 }
 
 impl Notifier {
-    pub(crate) fn new() -> Arc<Self> {
+    /// A notifier for the queue in `schema`, connecting with `config`; its thread starts
+    /// on first use.
+    pub(crate) fn new(config: &postgres::Config, schema: &str) -> Arc<Self> {
+        let mut config = config.clone();
+        let options = format!(
+            "{} -c synchronous_commit=off",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim_start());
         Arc::new(Notifier {
+            config,
+            topic: topic(schema),
             state: Mutex::new(Pending::default()),
             cv: Condvar::new(),
         })
     }
 
-    /// Marks `channels` as having work; `send` is called (on the notifier's thread, started
-    /// on first use) with every channel marked since the last call.
-    pub(crate) fn mark<'a>(
-        self: &Arc<Self>,
-        channels: impl IntoIterator<Item = &'a str>,
-        send: impl FnMut(&[&str]) + Send + 'static,
-    ) {
+    /// Marks `channels` as having work: the notifier's thread tells the listening queues.
+    pub(crate) fn mark<'a>(self: &Arc<Self>, channels: impl IntoIterator<Item = &'a str>) {
         let mut st = self.state.lock();
         let before = st.channels.len();
         for c in channels {
@@ -127,18 +137,18 @@ impl Notifier {
             return;
         }
         if !st.started {
-            st.started = true;
             let me = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .name("simplepyq-notify".into())
-                .spawn(move || me.run(send));
+                .spawn(move || me.run());
             // Without the thread, other processes' queues notice work at their next poll.
             st.started = spawned.is_ok();
         }
         self.cv.notify_one();
     }
 
-    fn run(&self, mut send: impl FnMut(&[&str])) {
+    fn run(&self) {
+        let mut client: Option<Client> = None;
         loop {
             let channels = {
                 let mut st = self.state.lock();
@@ -151,7 +161,19 @@ impl Notifier {
                 std::mem::take(&mut st.channels)
             };
             let names: Vec<&str> = channels.iter().map(String::as_str).collect();
-            send(&names);
+            // A failure costs latency only: listeners poll anyway.
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = self.config.connect(NoTls).ok();
+            }
+            if let Some(c) = &mut client
+                && c.execute(
+                    "SELECT pg_notify($1, c) FROM unnest($2::text[]) AS c",
+                    &[&self.topic, &names],
+                )
+                .is_err()
+            {
+                client = None;
+            }
         }
     }
 
