@@ -45,6 +45,7 @@
 mod record;
 mod storage;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
@@ -658,11 +659,16 @@ impl<'tx> Tables<'tx> {
         self.put(task)
     }
 
-    /// Writes the changes of a [`batch`] rule; returns how many.
-    fn write_changes(&mut self, changes: Vec<batch::Change>) -> Result<usize> {
+    /// Writes the changes of a [`batch`] rule to the tasks the rule read (`read`, by id);
+    /// returns how many.
+    fn write_changes(
+        &mut self,
+        changes: Vec<batch::Change>,
+        mut read: HashMap<TaskId, Task>,
+    ) -> Result<usize> {
         let n = changes.len();
         for (id, next) in changes {
-            let mut task = self.load(id)?.ok_or(Error::NotFound(id))?;
+            let mut task = read.remove(&id).ok_or(Error::NotFound(id))?;
             self.set_state(&mut task, next)?;
         }
         Ok(n)
@@ -680,14 +686,25 @@ impl<'tx> Tables<'tx> {
         Ok(())
     }
 
-    fn state(&self, id: TaskId) -> Result<Option<TaskState>> {
-        Ok(self.load(id)?.map(|t| t.state))
+    /// Reads a task's state for a [`batch`] rule, keeping the task in `read` for the write.
+    fn read_state(
+        &self,
+        id: TaskId,
+        read: &mut HashMap<TaskId, Task>,
+    ) -> Result<Option<TaskState>> {
+        let Some(task) = self.load(id)? else {
+            return Ok(None);
+        };
+        let state = task.state.clone();
+        read.insert(id, task);
+        Ok(Some(state))
     }
 
     /// Applies `event` to the task of each claim still held; returns how many.
     fn on_held(&mut self, claims: &[Claim], event: &Event) -> Result<usize> {
-        let changes = batch::on_held(claims, event, |id| self.state(id))?;
-        self.write_changes(changes)
+        let mut read = HashMap::new();
+        let changes = batch::on_held(claims, event, |id| self.read_state(id, &mut read))?;
+        self.write_changes(changes, read)
     }
 
     /// Ids of tasks with `status` in `channel`, or in every channel.
@@ -826,8 +843,10 @@ impl Store for RedbStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         self.write(|t| {
-            let (statuses, changes) = batch::finish(results, now, |id| t.state(id))?;
-            t.write_changes(changes)?;
+            let mut read = HashMap::new();
+            let (statuses, changes) =
+                batch::finish(results, now, |id| t.read_state(id, &mut read))?;
+            t.write_changes(changes, read)?;
             Ok(statuses)
         })
     }
@@ -880,7 +899,8 @@ impl Store for RedbStore {
             let changes = batch::requeue(&failed, now, retries, |channel, key| {
                 Ok(t.unique.get((channel, key)).map_err(db_err)?.is_some())
             })?;
-            t.write_changes(changes)
+            let read = failed.into_iter().map(|task| (task.id, task)).collect();
+            t.write_changes(changes, read)
         })
     }
 

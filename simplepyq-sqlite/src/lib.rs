@@ -398,17 +398,7 @@ fn save_state(tx: &Transaction<'_>, id: TaskId, s: &TaskState) -> R<()> {
 /// Applies `event` to task `id` and stores the result.
 fn transition(tx: &Transaction<'_>, id: TaskId, event: &Event) -> R<TaskState> {
     let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
-    transition_from(tx, id, &state, event)
-}
-
-/// Applies `event` to task `id`, whose state was just read as `state`, and stores the result.
-fn transition_from(
-    tx: &Transaction<'_>,
-    id: TaskId,
-    state: &TaskState,
-    event: &Event,
-) -> R<TaskState> {
-    let next = apply(state, event).map_err(|r| r.into_error(id))?;
+    let next = apply(&state, event).map_err(|r| r.into_error(id))?;
     save_state(tx, id, &next)?;
     Ok(next)
 }
@@ -420,6 +410,17 @@ fn ids(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> R<Vec<TaskI
         .query_map(params, |r| r.get(0).map(TaskId::new))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(ids)
+}
+
+/// The tasks selected by `sql` (which selects [`COLUMNS`]) with `params`.
+fn select_tasks(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> R<Vec<Task>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut tasks = Vec::new();
+    while let Some(r) = rows.next()? {
+        tasks.push(task_from_row(r)?);
+    }
+    Ok(tasks)
 }
 
 /// `AND channel = ?n` when a channel is given.
@@ -523,18 +524,14 @@ impl Store for SqliteStore {
             for id in promote {
                 transition(tx, id, &Event::Promote { now })?;
             }
-            let mut tasks = {
-                let mut stmt = tx.prepare_cached(&format!(
+            let mut tasks = select_tasks(
+                tx,
+                &format!(
                     "SELECT {COLUMNS} FROM tasks WHERE {READY} \
                      ORDER BY priority DESC, run_at, id LIMIT ?3"
-                ))?;
-                let mut rows = stmt.query(params![channel, now.as_millis(), limit])?;
-                let mut tasks = Vec::new();
-                while let Some(r) = rows.next()? {
-                    tasks.push(task_from_row(r)?);
-                }
-                tasks
-            };
+                ),
+                params![channel, now.as_millis(), limit],
+            )?;
             for t in &mut tasks {
                 t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
                 save_state(tx, t.id, &t.state)?;
@@ -604,15 +601,7 @@ impl Store for SqliteStore {
         );
         let channel = channel.map(str::to_owned);
         self.write(move |tx| {
-            let failed = {
-                let mut stmt = tx.prepare_cached(&sql)?;
-                let mut rows = stmt.query(params_from_iter(&channel))?;
-                let mut failed = Vec::new();
-                while let Some(r) = rows.next()? {
-                    failed.push(task_from_row(r)?);
-                }
-                failed
-            };
+            let failed = select_tasks(tx, &sql, params_from_iter(&channel))?;
             let mut key_held = tx.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
                  AND status IN ('pending', 'delayed', 'running'))",
@@ -706,15 +695,7 @@ impl Store for SqliteStore {
         }
         values.push(i64::try_from(filter.limit).unwrap_or(i64::MAX).into());
         sql.push_str(&format!(" ORDER BY id LIMIT ?{}", values.len()));
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params_from_iter(&values))?;
-            let mut tasks = Vec::new();
-            while let Some(r) = rows.next()? {
-                tasks.push(task_from_row(r)?);
-            }
-            Ok(tasks)
-        })
+        self.read(|conn| select_tasks(conn, &sql, params_from_iter(&values)))
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {
