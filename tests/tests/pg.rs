@@ -375,20 +375,7 @@ fn work_from_another_process_wakes_an_idle_queue() {
         .poll_interval(Duration::from_secs(30))
         .build()
         .expect("build");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let tx = std::sync::Mutex::new(tx);
-    q.add_channel(
-        "work",
-        move |n: u32| {
-            tx.lock()
-                .expect("lock")
-                .send((n, Instant::now()))
-                .expect("send");
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+    let rx = crate::processes::report_starts(&q, 2);
     q.start().expect("start");
     let first = listener(&schema, None);
     let other = store(&schema);

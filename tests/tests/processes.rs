@@ -419,17 +419,12 @@ fn queues_in_one_process_share_a_redb_store() {
     assert_eq!(store.counts(None).expect("counts").done, 200);
 }
 
-/// A queue idle for a while still notices a task that another connection to the file (as
-/// another process would) enqueued, within its poll interval: it does not wait for a wake-up
-/// that cannot come.
-#[test]
-fn work_from_another_connection_is_noticed_within_the_poll_interval() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("tasks.db");
-    let q = SimplePyQ::builder(SqliteStore::open(&db).expect("open"))
-        .poll_interval(Duration::from_millis(100))
-        .build()
-        .expect("build");
+/// Adds the channel `work` to `q`, with `workers` workers whose handler sends each task's
+/// number and the time it started.
+pub(crate) fn report_starts<S: Store>(
+    q: &SimplePyQ<S>,
+    workers: usize,
+) -> std::sync::mpsc::Receiver<(u32, std::time::Instant)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     q.add_channel(
@@ -441,9 +436,24 @@ fn work_from_another_connection_is_noticed_within_the_poll_interval() {
                 .expect("send");
             Ok(())
         },
-        1,
+        workers,
     )
     .expect("add");
+    rx
+}
+
+/// A queue idle for a while still notices a task that another connection to the file (as
+/// another process would) enqueued, within its poll interval: it does not wait for a wake-up
+/// that cannot come.
+#[test]
+fn work_from_another_connection_is_noticed_within_the_poll_interval() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("tasks.db");
+    let q = SimplePyQ::builder(SqliteStore::open(&db).expect("open"))
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .expect("build");
+    let rx = report_starts(&q, 1);
     q.start().expect("start");
     // Idle long enough for the poll pause to reach its longest.
     std::thread::sleep(Duration::from_millis(400));
