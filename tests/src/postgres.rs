@@ -186,7 +186,8 @@ fn binaries() -> Option<PathBuf> {
         })
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
