@@ -162,6 +162,17 @@ pub enum Error {
     #[error("the queue was stopped before its work was complete")]
     Stopped,
 
+    /// A call that waits was made on a thread that drives a current-thread async runtime:
+    /// waiting there would stall every future of that runtime, the queue's async handlers
+    /// among them, for ever. Its async variant (`…_async().await`) is the one to call there.
+    #[error(
+        "{call} would block the current-thread async runtime it was called on: use {call}_async().await"
+    )]
+    WouldBlock {
+        /// The call that was refused.
+        call: &'static str,
+    },
+
     /// A worker thread could not be started.
     #[error("could not start a worker thread: {0}")]
     Spawn(#[source] std::io::Error),
@@ -210,6 +221,7 @@ impl Error {
                 message: message.clone(),
             },
             Error::Busy { backend } => Error::Busy { backend },
+            Error::WouldBlock { call } => Error::WouldBlock { call },
             Error::InUse { backend, message } => Error::InUse {
                 backend,
                 message: message.clone(),

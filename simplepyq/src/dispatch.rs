@@ -12,7 +12,22 @@ use std::time::Duration;
 use crate::sync::{Condvar, Mutex};
 use simplepyq_core::Task;
 
-use crate::held::{Held, Phase};
+use crate::context::CancelToken;
+use crate::held::Held;
+
+/// A task whose handler starts now, with the run's cancellation signal.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) task: Task,
+    pub(crate) cancel: CancelToken,
+}
+
+impl Started {
+    fn new(task: Task, held: &Held) -> Self {
+        let cancel = held.start(task.claim());
+        Started { task, cancel }
+    }
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -31,7 +46,7 @@ struct State {
 #[derive(Debug)]
 pub(crate) enum Turn {
     /// Run this task: its handler counts as started.
-    Run(Task),
+    Run(Started),
     /// Claim from the store: for itself and `idle` others; `seen` is the wake-up generation.
     Claim { idle: usize, seen: u64 },
     /// The channel stopped.
@@ -42,7 +57,9 @@ pub(crate) enum Turn {
 #[derive(Debug)]
 pub(crate) enum Claimed {
     /// Run this one; the rest were handed over.
-    Run(Task),
+    Run(Started),
+    /// Run all of these (an async channel's claim).
+    RunAll(Vec<Started>),
     /// Nothing was due.
     Nothing,
     /// The channel stopped meanwhile: give these back.
@@ -85,8 +102,7 @@ impl Dispatch {
                 return Turn::Stop;
             }
             if let Some(task) = st.handed.pop_front() {
-                held.set(task.claim(), Phase::Running);
-                return Turn::Run(task);
+                return Turn::Run(Started::new(task, held));
             }
             if !st.claiming {
                 st.claiming = true;
@@ -111,14 +127,26 @@ impl Dispatch {
         if tasks.is_empty() {
             return Claimed::Nothing;
         }
-        let mine = tasks.remove(0);
-        held.set(mine.claim(), Phase::Running);
+        let mine = Started::new(tasks.remove(0), held);
         st.handed.extend(tasks);
         // One idle worker per handed task; the others look again within the poll interval.
         for _ in 0..st.handed.len().min(st.idle) {
             self.cv.notify_one();
         }
         Claimed::Run(mine)
+    }
+
+    /// The claimer of an async channel is back with `tasks`: every one starts at once.
+    pub(crate) fn claimed_all(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
+        let mut st = self.state.lock();
+        st.claiming = false;
+        if st.stopped {
+            return Claimed::GiveBack(tasks);
+        }
+        if tasks.is_empty() {
+            return Claimed::Nothing;
+        }
+        Claimed::RunAll(tasks.into_iter().map(|t| Started::new(t, held)).collect())
     }
 
     /// Waits up to `timeout` unless woken since `seen`, stopped, or given work.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
+use crate::context::{CancelReason, CancelToken};
 use crate::sync::{Condvar, Mutex};
 use simplepyq_core::{Claim, TaskId};
 
@@ -50,10 +51,17 @@ impl Hasher for ClaimHasher {
     }
 }
 
+/// A held claim: its phase, and once its handler started, the run's cancellation signal.
+#[derive(Debug)]
+struct Entry {
+    phase: Phase,
+    cancel: Option<CancelToken>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Keyed by claim, not task: a stale attempt of a task never touches a live one's entry.
-    claims: HashMap<Claim, Phase, BuildHasherDefault<ClaimHasher>>,
+    claims: HashMap<Claim, Entry, BuildHasherDefault<ClaimHasher>>,
     /// Moves on every change that may end a wait: a claim let go, a worker idle, a stop.
     generation: u64,
 }
@@ -70,15 +78,44 @@ impl Held {
     pub(crate) fn reserve(&self, claims: impl IntoIterator<Item = Claim>) {
         let mut st = self.state.lock();
         for c in claims {
-            st.claims.insert(c, Phase::Reserved);
+            let entry = Entry {
+                phase: Phase::Reserved,
+                cancel: None,
+            };
+            st.claims.insert(c, entry);
         }
+    }
+
+    /// Marks a held claim's handler as started; returns the run's cancellation signal.
+    pub(crate) fn start(&self, claim: Claim) -> CancelToken {
+        let token = CancelToken::default();
+        if let Some(e) = self.state.lock().claims.get_mut(&claim) {
+            e.phase = Phase::Running;
+            e.cancel = Some(token.clone());
+        }
+        token
     }
 
     /// Moves a held claim on to `phase`.
     pub(crate) fn set(&self, claim: Claim, phase: Phase) {
-        if let Some(p) = self.state.lock().claims.get_mut(&claim) {
-            *p = phase;
+        if let Some(e) = self.state.lock().claims.get_mut(&claim) {
+            e.phase = phase;
         }
+    }
+
+    /// Asks the running handlers of task `id` (or of every task, with `None`) to stop;
+    /// returns whether one runs here.
+    pub(crate) fn cancel(&self, id: Option<TaskId>, reason: CancelReason) -> bool {
+        let st = self.state.lock();
+        let mut found = false;
+        for (c, e) in &st.claims {
+            let wanted = e.phase == Phase::Running && id.is_none_or(|id| c.id == id);
+            if let (true, Some(token)) = (wanted, &e.cancel) {
+                token.cancel(reason);
+                found = true;
+            }
+        }
+        found
     }
 
     /// Lets claims go: given back, recorded, or lost. Returns whether none is held now.
@@ -110,7 +147,7 @@ impl Held {
             .lock()
             .claims
             .iter()
-            .filter(|(_, p)| **p == Phase::Running)
+            .filter(|(_, e)| e.phase == Phase::Running)
             .map(|(c, _)| c.id)
             .collect();
         ids.sort_unstable();
@@ -123,7 +160,7 @@ impl Held {
             .lock()
             .claims
             .iter()
-            .any(|(c, p)| *p == Phase::Running && Some(*c) != own)
+            .any(|(c, e)| e.phase == Phase::Running && Some(*c) != own)
     }
 
     /// The generation, and whether any claim is held.
@@ -138,7 +175,7 @@ impl Held {
             .lock()
             .claims
             .values()
-            .all(|p| *p == Phase::Running)
+            .all(|e| e.phase == Phase::Running)
     }
 
     /// Waits up to `timeout` for the generation to move past `seen`.

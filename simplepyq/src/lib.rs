@@ -57,6 +57,8 @@
 //!   debug level; succeeded, delayed and retried at info; failed, and storage errors met by
 //!   workers, at warn), with the task's id, channel and attempt as fields.
 
+mod channel;
+mod context;
 mod dispatch;
 mod engine;
 mod handler;
@@ -70,12 +72,19 @@ mod report;
 #[cfg(all(test, shuttle))]
 mod shuttle_tests;
 mod signal;
+#[cfg(feature = "tokio")]
+mod spawner;
 mod sync;
 mod worker;
+mod workers;
 
-pub use handler::TaskError;
+pub use channel::Channel;
+pub use context::{CancelReason, OnCancel, TaskContext};
+#[cfg(feature = "tokio")]
+pub use handler::AsyncHandler;
+pub use handler::{ArgsOnly, Handler, TaskError, WithContext};
 pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
-pub use queue::{Builder, SimplePyQ, decode_args};
+pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
     Clock, Counts, Error, ListFilter, ManualClock, Outcome, Result, Status, Store, SystemClock,

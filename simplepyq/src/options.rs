@@ -163,10 +163,15 @@ impl Backoff {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ChannelOptions {
-    /// Worker threads of the channel (the original's `max_workers`); at least 1.
+    /// Worker threads of the channel (the original's `max_workers`), or for an async
+    /// channel the futures in flight at most; at least 1.
     pub max_workers: usize,
     /// The wait before a retry. A delay the handler asks for wins over it.
     pub backoff: Backoff,
+    /// The runtime an async channel's futures run on; `None` for the caller's, else the
+    /// queue's own.
+    #[cfg(feature = "tokio")]
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl ChannelOptions {
@@ -175,7 +180,16 @@ impl ChannelOptions {
         ChannelOptions {
             max_workers,
             backoff: Backoff::Immediate,
+            #[cfg(feature = "tokio")]
+            runtime: None,
         }
+    }
+
+    /// Runs an async channel's futures on this runtime.
+    #[cfg(feature = "tokio")]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
     }
 
     /// Sets the retry backoff.

@@ -63,6 +63,25 @@ impl Outcomes {
         None
     }
 
+    /// Queues `finished` for a recorder thread however many wait; gives it back if none
+    /// runs.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn push_nowait(&self, finished: Finished) -> Option<Finished> {
+        let mut st = self.state.lock();
+        if st.recorders == 0 {
+            return Some(finished);
+        }
+        st.waiting.push(finished);
+        self.cv.notify_one();
+        None
+    }
+
+    /// Whether more outcomes wait than a worker would hand over.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn backlogged(&self) -> bool {
+        self.state.lock().waiting.len() >= MAX_WAITING
+    }
+
     /// Takes up to `max` outcomes, waiting up to `wait` for the first unless woken since
     /// `seen` (from [`Outcomes::wakes`]).
     pub(crate) fn take(&self, max: usize, wait: Duration, seen: u64) -> Vec<Finished> {

@@ -1,35 +1,30 @@
 //! [`SimplePyQ`]: channels, enqueueing, and starting and stopping the workers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+#[cfg(feature = "tokio")]
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
-    Clock, Counts, Error, ListFilter, Result, Store, StoreExt, SystemClock, Task, TaskId,
-    Timestamp, Watch, validate_channel,
+    Clock, Counts, Error, ListFilter, Result, Status, Store, SystemClock, Task, TaskId, Timestamp,
+    validate_channel,
 };
 
-use crate::dispatch::Dispatch;
+use crate::channel::{self, Channel};
+use crate::context::CancelReason;
+#[cfg(doc)]
+use crate::context::TaskContext;
 use crate::engine::{Engine, Settings};
-use crate::handler::{TaskError, erase};
-use crate::leases;
+#[cfg(feature = "tokio")]
+use crate::handler::AsyncHandler;
+use crate::handler::{Handler, erase};
 use crate::options::{ChannelOptions, EnqueueOptions};
-use crate::recorder;
 use crate::report::{Hook, QueueStats, StopReport, TaskReport};
-use crate::signal::Signal;
-use crate::worker::{self, ChannelWork};
-
-fn encode<T: Serialize + ?Sized>(args: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(args).map_err(|e| Error::Codec {
-        action: "encoded",
-        message: e.to_string(),
-    })
-}
+use crate::worker::{ChannelWork, Runner};
+use crate::workers::Workers;
 
 /// Decodes a task's arguments (as [`SimplePyQ::task`] or [`SimplePyQ::tasks`] return it)
 /// into `T`.
@@ -152,9 +147,9 @@ impl<S: Store> Builder<S> {
             on_outcome: self.on_outcome,
         };
         Ok(SimplePyQ {
-            engine: Arc::new(Engine::new(self.store, settings)),
-            registry: Mutex::new(Registry::default()),
-            stopped: Condvar::new(),
+            workers: Arc::new(Workers::new(Engine::new(self.store, settings))),
+            #[cfg(feature = "tokio")]
+            own_runtime: Mutex::new(None),
         })
     }
 }
@@ -168,68 +163,17 @@ impl<S: Store> Builder<S> {
 /// handler starts: tasks claimed ahead and not started are given back (pending again, no
 /// attempt used), and running handlers keep their leases until their outcomes are recorded.
 pub struct SimplePyQ<S: Store> {
-    engine: Arc<Engine<S>>,
-    registry: Mutex<Registry>,
-    /// Signalled when a stop ends, for callers that wait for another thread's stop.
-    stopped: Condvar,
+    workers: Arc<Workers<S>>,
+    /// The runtime of async channels given none, once one is.
+    #[cfg(feature = "tokio")]
+    own_runtime: Mutex<Option<Arc<crate::spawner::OwnedRuntime>>>,
 }
 
 impl<S: Store> std::fmt::Debug for SimplePyQ<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimplePyQ")
-            .field("engine", &self.engine)
-            .field("registry", &*self.registry.lock())
-            .finish()
-    }
-}
-
-/// The channels, and where the queue stands.
-#[derive(Debug, Default)]
-struct Registry {
-    channels: HashMap<String, Arc<ChannelWork>>,
-    life: Lifecycle,
-}
-
-/// Where the queue stands: one state, changed under the registry's lock.
-#[derive(Debug, Default)]
-enum Lifecycle {
-    /// No worker runs (helper threads may still renew the leases of handlers that outlived
-    /// a `stop_timeout`).
-    #[default]
-    Stopped,
-    /// Workers run.
-    Running(Run),
-    /// A stop is under way, in some thread.
-    Stopping,
-}
-
-/// The threads of one run, from `start` to the end of its stop.
-#[derive(Debug)]
-struct Run {
-    number: u64,
-    crews: HashMap<String, Crew>,
-    /// Workers of channels removed while running, finishing their current task.
-    retired: Vec<JoinHandle<()>>,
-    /// Tells the keeper and the recorder that the run stopped.
-    signal: Arc<Signal>,
-    helpers: Vec<JoinHandle<()>>,
-    /// The store's news of work from other processes, while the run lasts.
-    watch: Option<Watch>,
-}
-
-/// The workers of one channel in a run.
-#[derive(Debug)]
-struct Crew {
-    dispatch: Arc<Dispatch>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for ChannelWork {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelWork")
-            .field("name", &self.name)
             .field("workers", &self.workers)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -255,16 +199,18 @@ impl<S: Store> SimplePyQ<S> {
 
     /// The store under the queue.
     pub fn store(&self) -> &S {
-        &self.engine.store
+        &self.workers.engine.store
     }
 
-    /// Binds `handler` to channel `name`, run by up to `max_workers` threads at once.
+    /// Binds `handler` to channel `name`, run by up to `max_workers` threads at once;
+    /// returns the channel's typed handle, which enqueues `A` only.
     ///
-    /// The handler takes the task's arguments, decoded from MessagePack into `A`. Arguments
-    /// that do not decode fail the task at once with a message naming the type. A handler
-    /// that panics fails its attempt (the panic message is the task's error); its worker
-    /// goes on. If the queue is started, the workers start at once. Failed attempts are
-    /// retried at once; [`SimplePyQ::add_channel_with`] sets a backoff.
+    /// The handler takes the task's arguments, decoded from MessagePack into `A`, and may
+    /// take its [`TaskContext`] too (see [`Handler`]). Arguments that do not decode fail the
+    /// task at once with a message naming the type. A handler that panics fails its attempt
+    /// (the panic message is the task's error); its worker goes on. If the queue is
+    /// started, the workers start at once. Failed attempts are retried at once;
+    /// [`SimplePyQ::add_channel_with`] sets a backoff.
     ///
     /// Errors: [`Error::InvalidConfig`] for zero workers, [`Error::DuplicateChannel`] if the
     /// channel has a handler already, [`Error::InvalidChannel`] for an unusable name.
@@ -277,10 +223,15 @@ impl<S: Store> SimplePyQ<S> {
     /// let not_shareable = std::rc::Rc::new(0);
     /// q.add_channel("c", move |_: u32| { let _ = &not_shareable; Ok(()) }, 1);
     /// ```
-    pub fn add_channel<A, F>(&self, name: &str, handler: F, max_workers: usize) -> Result<()>
+    pub fn add_channel<A, K, H>(
+        &self,
+        name: &str,
+        handler: H,
+        max_workers: usize,
+    ) -> Result<Channel<A, S>>
     where
         A: DeserializeOwned + 'static,
-        F: Fn(A) -> Result<(), TaskError> + Send + Sync + 'static,
+        H: Handler<A, K>,
     {
         self.add_channel_with(name, handler, ChannelOptions::new(max_workers))
     }
@@ -300,39 +251,136 @@ impl<S: Store> SimplePyQ<S> {
     /// )?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn add_channel_with<A, F>(
+    pub fn add_channel_with<A, K, H>(
         &self,
         name: &str,
-        handler: F,
+        handler: H,
         options: ChannelOptions,
-    ) -> Result<()>
+    ) -> Result<Channel<A, S>>
     where
         A: DeserializeOwned + 'static,
-        F: Fn(A) -> Result<(), TaskError> + Send + Sync + 'static,
+        H: Handler<A, K>,
     {
+        self.add(name, Runner::Threads(erase(handler)), &options)
+    }
+
+    /// Binds an async `handler` to channel `name`: each task's future is spawned on a tokio
+    /// runtime, up to `concurrency` in flight at once, so that many I/O-bound tasks wait
+    /// together on few threads. Returns the channel's typed handle.
+    ///
+    /// The runtime is the one given with [`ChannelOptions::runtime`], else the one this is
+    /// called from, else one the queue starts for itself. Claims, leases and outcomes are
+    /// the same as for thread channels, and run on the queue's own threads, never on the
+    /// runtime's. A future that panics fails its attempt; a future the runtime drops before
+    /// it ends (the runtime shut down) gives its task back: pending again, no attempt used.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use simplepyq::{SimplePyQ, TaskContext};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = SimplePyQ::open(dir.path().join("q.db"))?;
+    /// q.add_channel_async("fetch", |url: String| async move {
+    ///     tokio::time::sleep(Duration::from_millis(10)).await; // an HTTP call, say
+    ///     println!("fetched {url}");
+    ///     Ok(())
+    /// }, 100)?;
+    /// q.add_channel_async("aware", |n: u32, ctx: TaskContext| async move {
+    ///     tokio::select! {
+    ///         _ = ctx.cancelled() => println!("task {} asked to stop", ctx.id()),
+    ///         _ = tokio::time::sleep(Duration::from_millis(n.into())) => {}
+    ///     }
+    ///     Ok(())
+    /// }, 10)?;
+    /// q.enqueue("fetch", "https://example.com")?;
+    /// q.run_until_complete()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn add_channel_async<A, K, H>(
+        &self,
+        name: &str,
+        handler: H,
+        concurrency: usize,
+    ) -> Result<Channel<A, S>>
+    where
+        A: DeserializeOwned + Send + 'static,
+        H: AsyncHandler<A, K>,
+    {
+        self.add_channel_async_with(name, handler, ChannelOptions::new(concurrency))
+    }
+
+    /// [`SimplePyQ::add_channel_async`] with options: `max_workers` is the concurrency;
+    /// also the backoff and the runtime.
+    #[cfg(feature = "tokio")]
+    pub fn add_channel_async_with<A, K, H>(
+        &self,
+        name: &str,
+        handler: H,
+        options: ChannelOptions,
+    ) -> Result<Channel<A, S>>
+    where
+        A: DeserializeOwned + Send + 'static,
+        H: AsyncHandler<A, K>,
+    {
+        let runtime = match &options.runtime {
+            Some(handle) => crate::spawner::Runtime::Given(handle.clone()),
+            None => self.runtime()?,
+        };
+        let runner = crate::spawner::AsyncRunner::new(handler, runtime);
+        self.add(name, Runner::Async(runner), &options)
+    }
+
+    /// The runtime an async channel runs on when none is given: the caller's, else the
+    /// queue's own (started once, shared by its async channels).
+    #[cfg(feature = "tokio")]
+    fn runtime(&self) -> Result<crate::spawner::Runtime> {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            return Ok(crate::spawner::Runtime::Given(handle));
+        }
+        let mut own = self.own_runtime.lock();
+        if let Some(rt) = &*own {
+            return Ok(crate::spawner::Runtime::Owned(Arc::clone(rt)));
+        }
+        let rt = Arc::new(crate::spawner::OwnedRuntime::start()?);
+        *own = Some(Arc::clone(&rt));
+        Ok(crate::spawner::Runtime::Owned(rt))
+    }
+
+    fn add<A>(
+        &self,
+        name: &str,
+        runner: Runner,
+        options: &ChannelOptions,
+    ) -> Result<Channel<A, S>> {
         validate_channel(name)?;
         if options.max_workers == 0 {
             return Err(Error::config(format!(
                 "channel {name:?} needs at least one worker (max_workers was 0)"
             )));
         }
-        let mut reg = self.registry.lock();
-        if reg.channels.contains_key(name) {
-            return Err(Error::DuplicateChannel(name.to_owned()));
-        }
-        let work = Arc::new(ChannelWork {
+        self.workers.add(ChannelWork {
             name: Arc::from(name),
             workers: options.max_workers,
-            handler: erase(handler),
+            runner,
             backoff: options.backoff,
             average_run: std::sync::atomic::AtomicU64::new(0),
-        });
-        if let Lifecycle::Running(run) = &mut reg.life {
-            let crew = self.spawn_crew(&work)?;
-            run.crews.insert(name.to_owned(), crew);
-        }
-        reg.channels.insert(name.to_owned(), work);
-        Ok(())
+        })?;
+        Ok(self.channel(name))
+    }
+
+    /// The typed handle of channel `name`, for a producer: it needs no handler here (another
+    /// queue or process may serve the channel). The type is the producer's promise; the
+    /// handler that decodes the arguments must agree.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = simplepyq::SimplePyQ::open(dir.path().join("q.db"))?;
+    /// let resize = q.channel::<(String, u32)>("resize");
+    /// resize.enqueue(&("cat.png".to_string(), 128))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn channel<A: ?Sized>(&self, name: &str) -> Channel<A, S> {
+        Channel::new(Arc::clone(&self.workers.engine), name)
     }
 
     /// Enqueues a task for `channel` with `args` and no retries; returns its id.
@@ -351,11 +399,7 @@ impl<S: Store> SimplePyQ<S> {
         args: &T,
         options: EnqueueOptions,
     ) -> Result<TaskId> {
-        let now = self.engine.now();
-        let task = options.task(channel, encode(args)?, now);
-        let id = self.engine.store.enqueue_one(task, now)?;
-        self.wake(channel, false);
-        Ok(id)
+        channel::enqueue(&self.workers.engine, channel, args, &options)
     }
 
     /// Enqueues many tasks for `channel` in one transaction, all or none, with the same
@@ -380,19 +424,7 @@ impl<S: Store> SimplePyQ<S> {
         T: Serialize + ?Sized + 'a,
         I: IntoIterator<Item = &'a T>,
     {
-        let now = self.engine.now();
-        let tasks = args
-            .into_iter()
-            .map(|a| Ok(options.task(channel, encode(a)?, now)))
-            .collect::<Result<Vec<_>>>()?;
-        let ids = self.engine.store.enqueue(&tasks, now)?;
-        self.wake(channel, true);
-        Ok(ids)
-    }
-
-    /// Wakes idle workers of `channel` in this queue, if it has any.
-    fn wake(&self, channel: &str, all: bool) {
-        self.engine.wake(channel, all);
+        channel::enqueue_many(&self.workers.engine, channel, args, &options)
     }
 
     /// Starts the workers of every channel in background threads and returns at once.
@@ -403,211 +435,7 @@ impl<S: Store> SimplePyQ<S> {
     /// the lease keeper does: renewing this queue's own leases first. Fails only if a thread
     /// cannot be started; then nothing runs.
     pub fn start(&self) -> Result<()> {
-        let mut reg = self.registry.lock();
-        loop {
-            match reg.life {
-                Lifecycle::Running(_) => return Ok(()),
-                Lifecycle::Stopping => self.stopped.wait(&mut reg),
-                Lifecycle::Stopped => break,
-            }
-        }
-        // A failure here is not fatal: the lease keeper recovers expired leases again soon.
-        if let Err(e) = leases::renew_and_recover(&self.engine) {
-            self.engine.errors.record(&e);
-        }
-        self.engine.outcomes.stopping(false);
-        let mut run = Run {
-            number: self.engine.next_run(),
-            crews: HashMap::new(),
-            retired: Vec::new(),
-            signal: Arc::new(Signal::default()),
-            helpers: Vec::new(),
-            watch: None,
-        };
-        match self.spawn_run(&reg, &mut run) {
-            Ok(()) => {
-                reg.life = Lifecycle::Running(run);
-                Ok(())
-            }
-            Err(e) => {
-                // Stop what did start, as any stop does, before waiting for it.
-                reg.life = Lifecycle::Stopping;
-                drop(reg);
-                self.halt(&run);
-                self.finish_stop(run, None);
-                Err(e)
-            }
-        }
-    }
-
-    /// Starts the threads of `run`: each channel's workers, the lease keeper, the recorder.
-    fn spawn_run(&self, reg: &Registry, run: &mut Run) -> Result<()> {
-        for (name, work) in &reg.channels {
-            let crew = self.spawn_crew(work)?;
-            run.crews.insert(name.clone(), crew);
-        }
-        let (engine, signal, number) = (
-            Arc::clone(&self.engine),
-            Arc::clone(&run.signal),
-            run.number,
-        );
-        let keeper = thread::Builder::new()
-            .name("simplepyq-keeper".into())
-            .spawn(move || leases::keep(&engine, &signal, number))
-            .map_err(Error::Spawn)?;
-        run.helpers.push(keeper);
-        // Work another process adds wakes the channel's idle workers (the store holds only
-        // a weak reference: it must not keep the queue alive).
-        let engine = Arc::downgrade(&self.engine);
-        run.watch = self.engine.store.watch(Arc::new(move |channel| {
-            if let Some(engine) = engine.upgrade() {
-                match channel {
-                    Some(name) => engine.wake(name, true),
-                    None => engine.wake_all(),
-                }
-            }
-        }));
-        self.engine.outcomes.open();
-        let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
-        let recorder = thread::Builder::new()
-            .name("simplepyq-recorder".into())
-            .spawn(move || recorder::run(&engine, &signal, number));
-        match recorder {
-            Ok(thread) => run.helpers.push(thread),
-            // Without the thread, workers record their own outcomes.
-            Err(e) => {
-                self.engine.outcomes.close();
-                self.engine.errors.record(&Error::Spawn(e));
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts the workers of one channel.
-    fn spawn_crew(&self, work: &Arc<ChannelWork>) -> Result<Crew> {
-        let mut crew = Crew {
-            dispatch: Arc::new(Dispatch::default()),
-            threads: Vec::new(),
-        };
-        self.engine.serve(&work.name, Arc::clone(&crew.dispatch));
-        for i in 0..work.workers {
-            let engine = Arc::clone(&self.engine);
-            let (w, dispatch) = (Arc::clone(work), Arc::clone(&crew.dispatch));
-            let spawned = thread::Builder::new()
-                .name(format!("simplepyq-{}-{i}", work.name))
-                .spawn(move || worker::work(&engine, &w, &dispatch));
-            match spawned {
-                Ok(t) => crew.threads.push(t),
-                Err(e) => {
-                    // The workers that did start stop at once: they have claimed nothing
-                    // that a stop of the dispatch would not give back.
-                    leases::give_back(&self.engine, &self.halt_crew(&work.name, &crew.dispatch));
-                    for t in crew.threads {
-                        let _ = t.join();
-                    }
-                    return Err(Error::Spawn(e));
-                }
-            }
-        }
-        Ok(crew)
-    }
-
-    /// Begins a stop: takes the run, if the queue runs, and stops every channel's dispatch,
-    /// so that no handler starts from now on; gives back the tasks claimed and not started.
-    /// Returns the run and how many tasks were given back; `None` if the queue was not
-    /// running (after waiting for another thread's stop, if one was under way).
-    /// With `only`, stops that run only: a run started since by someone else is theirs.
-    fn begin_stop(&self, only: Option<u64>) -> Option<(Run, usize)> {
-        let mut reg = self.registry.lock();
-        let run = loop {
-            match std::mem::replace(&mut reg.life, Lifecycle::Stopping) {
-                Lifecycle::Running(run) if only.is_none_or(|n| n == run.number) => break run,
-                Lifecycle::Stopping => self.stopped.wait(&mut reg),
-                other => {
-                    reg.life = other;
-                    return None;
-                }
-            }
-        };
-        drop(reg);
-        let released = self.halt(&run);
-        Some((run, released))
-    }
-
-    /// The first step of every stop: tells `run`'s helpers, and stops its channels'
-    /// dispatches, so that no handler starts from now on; gives back the tasks claimed and
-    /// not started. Returns how many were given back.
-    fn halt(&self, run: &Run) -> usize {
-        self.engine.stop_run(&run.signal);
-        let unstarted: Vec<Task> = run
-            .crews
-            .iter()
-            .flat_map(|(name, crew)| self.halt_crew(name, &crew.dispatch))
-            .collect();
-        leases::give_back(&self.engine, &unstarted)
-    }
-
-    /// Stops one channel's dispatch: no handler of it starts from now on. Returns its tasks
-    /// claimed and not started, to be given back.
-    fn halt_crew(&self, name: &str, dispatch: &Dispatch) -> Vec<Task> {
-        self.engine.unserve(name);
-        dispatch.stop()
-    }
-
-    /// Ends a stop begun by [`Self::begin_stop`]: waits for the running handlers, this
-    /// run's and any that outlived an earlier `stop_timeout` (until `deadline`, if any; those
-    /// still running then are left to finish, their threads detached), then for every
-    /// outcome handed over to be recorded or given up on. The keeper and the recorder go on
-    /// while handlers still run, and are joined otherwise. The queue is then `Stopped`.
-    /// Returns the tasks whose handlers still run.
-    fn finish_stop(&self, run: Run, deadline: Option<Instant>) -> Vec<TaskId> {
-        let held = &self.engine.held;
-        // A stop from inside a handler does not wait for that handler.
-        let own = worker::current_claim();
-        loop {
-            let (seen, _) = held.snapshot();
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if !held.running_except(own) || left.is_some_and(|l| l.is_zero()) {
-                break;
-            }
-            let wait = left.map_or(Duration::from_millis(10), |l| {
-                l.min(Duration::from_millis(10))
-            });
-            held.wait(seen, wait);
-        }
-        // Outcomes handed over are recorded (or, with a failing store, given up on).
-        loop {
-            let (seen, _) = held.snapshot();
-            if held.only_running() {
-                break;
-            }
-            held.wait(seen, Duration::from_millis(10));
-        }
-        let me = thread::current().id();
-        let workers = run
-            .crews
-            .into_values()
-            .flat_map(|c| c.threads)
-            .chain(run.retired);
-        for t in workers.filter(|t| t.thread().id() != me) {
-            // A worker whose handler finished ends at once; one still running (past the
-            // deadline) is detached: its handler cannot be interrupted. A worker that
-            // panicked outside a handler has nothing left to clean up.
-            if deadline.is_none() || t.is_finished() {
-                let _ = t.join();
-            }
-        }
-        let running = held.running();
-        if running.is_empty() {
-            // The keeper and the recorder end once nothing is held: wait for them.
-            for t in run.helpers {
-                let _ = t.join();
-            }
-        }
-        let mut reg = self.registry.lock();
-        reg.life = Lifecycle::Stopped;
-        self.stopped.notify_all();
-        running
+        self.workers.start()
     }
 
     /// Stops the workers and returns when it is done: no handler starts once the call
@@ -619,32 +447,62 @@ impl<S: Store> SimplePyQ<S> {
     /// Nothing is lost; the report says what was given back, and which outcomes could not
     /// be recorded (a store that kept failing for seconds): those tasks run again once their
     /// lease expires.
+    ///
+    /// On a thread that drives a current-thread tokio runtime it does not wait for running
+    /// handlers (that would stall their runtime): it stops as `stop_timeout(0)` does. Await
+    /// [`SimplePyQ::stop_async`] there.
     pub fn stop(&self) -> StopReport {
-        self.stop_until(None)
+        self.workers.stop()
+    }
+
+    /// [`SimplePyQ::stop`] for async code: waits on a thread of its own, so the runtime's
+    /// threads go on running futures (the queue's async handlers among them).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = simplepyq::SimplePyQ::open(dir.path().join("q.db"))?;
+    /// q.add_channel_async("ping", |_: ()| async { Ok(()) }, 10)?;
+    /// q.start()?;
+    /// q.enqueue("ping", &())?;
+    /// let report = q.stop_async().await;
+    /// assert!(report.running.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn stop_async(&self) -> StopReport {
+        let workers = Arc::clone(&self.workers);
+        off_runtime(move || workers.stop()).await
+    }
+
+    /// [`SimplePyQ::stop_timeout`] for async code, waiting on a thread of its own.
+    #[cfg(feature = "tokio")]
+    pub async fn stop_timeout_async(&self, timeout: Duration) -> StopReport {
+        let workers = Arc::clone(&self.workers);
+        off_runtime(move || workers.stop_timeout(timeout)).await
+    }
+
+    /// [`SimplePyQ::run_until_complete`] for async code, waiting on a thread of its own.
+    /// (The blocking call returns [`Error::WouldBlock`] on a current-thread runtime.)
+    #[cfg(feature = "tokio")]
+    pub async fn run_until_complete_async(&self) -> Result<()> {
+        let workers = Arc::clone(&self.workers);
+        off_runtime(move || workers.run_until_complete()).await
     }
 
     /// Stops the workers like [`SimplePyQ::stop`], but waits at most `timeout` for running
     /// handlers. The report's `running` lists exactly the tasks whose handlers still ran at
-    /// the deadline.
+    /// the deadline; their [`TaskContext`] is cancelled then
+    /// ([`CancelReason::Stop`]), so that a handler that looks may end early.
     ///
     /// Those handlers go on in their threads, and their leases are still renewed until they
     /// finish and their outcomes are recorded (by threads that end then): the tasks do not
     /// run again elsewhere meanwhile. A process that exits before then leaves them to lease
     /// recovery, as a crash would.
     pub fn stop_timeout(&self, timeout: Duration) -> StopReport {
-        self.stop_until(Some(Instant::now() + timeout))
-    }
-
-    fn stop_until(&self, deadline: Option<Instant>) -> StopReport {
-        let Some((run, released)) = self.begin_stop(None) else {
-            return StopReport::default();
-        };
-        let running = self.finish_stop(run, deadline);
-        StopReport {
-            running,
-            released,
-            unrecorded: self.engine.outcomes.take_unrecorded(),
-        }
+        self.workers.stop_timeout(timeout)
     }
 
     /// Runs until no task of a channel with a handler here is pending, running or delayed
@@ -657,65 +515,17 @@ impl<S: Store> SimplePyQ<S> {
     /// not cure; and [`Error::Stopped`] if another thread stops the queue meanwhile (a
     /// Ctrl-C handler calling [`SimplePyQ::stop`]). The workers are stopped either way;
     /// unfinished tasks stay in the store.
+    ///
+    /// On a thread that drives a current-thread tokio runtime, it returns
+    /// [`Error::WouldBlock`] at once: await [`SimplePyQ::run_until_complete_async`] there.
     pub fn run_until_complete(&self) -> Result<()> {
-        let channels: Vec<String> = self.registry.lock().channels.keys().cloned().collect();
-        if channels.is_empty() {
-            return Ok(());
-        }
-        // Only what this run meets counts.
-        self.engine.errors.take_lasting();
-        self.start()?;
-        let Some(number) = self.running_number() else {
-            return Err(Error::Stopped);
-        };
-        let result = loop {
-            if let Some(e) = self.engine.errors.take_lasting() {
-                break Err(e);
-            }
-            let (seen, busy) = self.engine.held.snapshot();
-            if self.running_number() != Some(number) {
-                return Err(Error::Stopped);
-            }
-            // While a worker here holds a task the channel is not idle: ask the store only
-            // when this process holds nothing.
-            if !busy {
-                match self.idle(&channels) {
-                    Ok(true) => break Ok(()),
-                    Ok(false) => {}
-                    Err(e) if e.is_retryable() => self.engine.errors.record(&e),
-                    Err(e) => break Err(e),
-                }
-            }
-            self.engine.held.wait(seen, self.engine.poll_interval);
-        };
-        if let Some((run, _)) = self.begin_stop(Some(number)) {
-            self.finish_stop(run, None);
-        }
-        result
-    }
-
-    /// The number of the run under way, if the queue runs.
-    fn running_number(&self) -> Option<u64> {
-        match &self.registry.lock().life {
-            Lifecycle::Running(run) => Some(run.number),
-            _ => None,
-        }
-    }
-
-    /// Whether none of `channels` has a pending, delayed or running task.
-    fn idle(&self, channels: &[String]) -> Result<bool> {
-        for ch in channels {
-            if self.engine.store.next_wakeup(ch)?.is_some() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        self.workers.run_until_complete()
     }
 
     /// Deletes the failed tasks of `channel`, or of every channel with `None`; returns how
     /// many.
     pub fn clear_failed<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<usize> {
-        self.engine.store.clear_failed(channel.into())
+        self.workers.engine.store.clear_failed(channel.into())
     }
 
     /// Queues the failed tasks of `channel` (or of every channel with `None`) again, with
@@ -734,12 +544,12 @@ impl<S: Store> SimplePyQ<S> {
         retries: impl Into<Option<u32>>,
     ) -> Result<usize> {
         let channel = channel.into();
-        let n = self
-            .engine
+        let engine = &self.workers.engine;
+        let n = engine
             .store
-            .requeue_failed(channel, retries.into(), self.engine.now())?;
+            .requeue_failed(channel, retries.into(), engine.now())?;
         if n > 0 {
-            self.engine.wake_all();
+            engine.wake_all();
         }
         Ok(n)
     }
@@ -749,21 +559,8 @@ impl<S: Store> SimplePyQ<S> {
     /// here; handlers that run finish (their outcomes are then dropped, as their tasks are
     /// gone).
     pub fn remove_channel(&self, name: &str) -> Result<usize> {
-        let crew = {
-            let mut reg = self.registry.lock();
-            reg.channels.remove(name);
-            match &mut reg.life {
-                Lifecycle::Running(run) => run.crews.remove(name).map(|crew| {
-                    run.retired.extend(std::mem::take(&mut { crew.threads }));
-                    crew.dispatch
-                }),
-                _ => None,
-            }
-        };
-        if let Some(dispatch) = crew {
-            leases::give_back(&self.engine, &self.halt_crew(name, &dispatch));
-        }
-        self.engine.store.remove_channel(name)
+        self.workers.remove(name);
+        self.workers.engine.store.remove_channel(name)
     }
 
     /// Deletes the done tasks of `channel` (or of every channel with `None`) that finished
@@ -774,20 +571,20 @@ impl<S: Store> SimplePyQ<S> {
         channel: impl Into<Option<&'a str>>,
         older_than: Duration,
     ) -> Result<usize> {
-        let now = self.engine.now().as_millis();
+        let now = self.workers.engine.now().as_millis();
         let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
         let before = Timestamp::from_millis(now.saturating_sub(ms));
-        self.engine.store.purge_done(channel.into(), before)
+        self.workers.engine.store.purge_done(channel.into(), before)
     }
 
     /// Counts tasks per status, of `channel` or of every channel with `None`.
     pub fn counts<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<Counts> {
-        self.engine.store.counts(channel.into())
+        self.workers.engine.store.counts(channel.into())
     }
 
     /// The task with this id, if it exists. [`decode_args`] reads its arguments.
     pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
-        self.engine.store.get(id)
+        self.workers.engine.store.get(id)
     }
 
     /// A page of tasks in id order, by channel and status.
@@ -806,28 +603,79 @@ impl<S: Store> SimplePyQ<S> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn tasks(&self, filter: &ListFilter) -> Result<Vec<Task>> {
-        self.engine.store.list(filter)
+        self.workers.engine.store.list(filter)
     }
 
-    /// Cancels a pending or delayed task: it is deleted and will not run.
+    /// Cancels a task: a pending or delayed one is deleted and will not run
+    /// ([`Cancelled::Removed`]); one whose handler runs in this queue is asked to stop
+    /// through its [`TaskContext`] ([`Cancelled::Requested`]): the handler decides what its
+    /// attempt's outcome is.
     ///
     /// Errors: [`Error::NotFound`] if there is no such task; [`Error::InvalidTransition`] if
-    /// it is running (it cannot be taken from its worker), done or failed.
-    pub fn cancel(&self, id: TaskId) -> Result<()> {
-        self.engine.store.cancel(id)
+    /// it is done or failed, or running in another queue or process (it cannot be reached
+    /// from here).
+    pub fn cancel(&self, id: TaskId) -> Result<Cancelled> {
+        let engine = &self.workers.engine;
+        match engine.store.cancel(id) {
+            Ok(()) => Ok(Cancelled::Removed),
+            Err(e @ Error::InvalidTransition { status, .. }) => {
+                if status == Status::Running && engine.held.cancel(Some(id), CancelReason::Cancel) {
+                    Ok(Cancelled::Requested)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The last storage error a worker met and could not return to a caller (it retried,
     /// or left the task to lease recovery), if any.
     pub fn last_worker_error(&self) -> Option<String> {
-        self.engine.errors.last()
+        self.workers.engine.errors.last()
     }
 
     /// What the runtime did beside running handlers: tasks given back, outcomes refused as
     /// lease-lost, outcomes never recorded, tasks of dead workers recovered.
     pub fn stats(&self) -> QueueStats {
-        self.engine.stats.snapshot()
+        self.workers.engine.stats.snapshot()
     }
+}
+
+/// Runs `call` on a thread of its own (outside any runtime) and awaits its result; runs it
+/// here if no thread can be started (the blocking calls do not wait on a current-thread
+/// runtime, so this cannot hang).
+#[cfg(feature = "tokio")]
+async fn off_runtime<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let call = Arc::new(Mutex::new(Some(call)));
+    let theirs = Arc::clone(&call);
+    let spawned = std::thread::Builder::new()
+        .name("simplepyq-wait".into())
+        .spawn(move || {
+            if let Some(call) = theirs.lock().take() {
+                let _ = tx.send(call());
+            }
+        });
+    if let (Ok(_), Ok(value)) = (spawned, rx.await) {
+        return value;
+    }
+    // No thread, or it panicked: the call was not made, or made and lost with the panic.
+    let call = call.lock().take();
+    match call {
+        Some(call) => call(),
+        None => std::panic::resume_unwind(Box::new("the waiting thread panicked")),
+    }
+}
+
+/// What [`SimplePyQ::cancel`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancelled {
+    /// The task was pending or delayed: it is deleted and will not run.
+    Removed,
+    /// The task runs here: its handler was asked to stop.
+    Requested,
 }
 
 impl<S: Store> Drop for SimplePyQ<S> {
@@ -836,11 +684,7 @@ impl<S: Store> Drop for SimplePyQ<S> {
     /// finish in their threads, which renew their leases and record their outcomes until
     /// then, and end.
     fn drop(&mut self) {
-        if let Some((run, _)) = self.begin_stop(None) {
-            // Detached: the threads end by themselves once nothing is held.
-            drop(run);
-            self.registry.lock().life = Lifecycle::Stopped;
-        }
+        self.workers.stop_detached();
     }
 }
 

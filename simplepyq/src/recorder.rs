@@ -32,6 +32,38 @@ pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Finished) {
     }
 }
 
+/// Hands an outcome over from a future on an async runtime, whose thread must not wait for
+/// the store: no backlog limit here (the channel's claimer keeps up instead, see
+/// [`keep_up`]); without a recorder thread, a thread of its own records it.
+#[cfg(feature = "tokio")]
+pub(crate) fn hand_over_nowait<S: Store>(engine: &std::sync::Arc<Engine<S>>, finished: Finished) {
+    engine.held.set(finished.claim, Phase::Recording);
+    if let Some(own) = engine.outcomes.push_nowait(finished) {
+        let e = std::sync::Arc::clone(engine);
+        let claim = own.claim;
+        let spawned = std::thread::Builder::new()
+            .name("simplepyq-record".into())
+            .spawn(move || record(&e, vec![own]));
+        if spawned.is_err() {
+            // Its lease runs out, and the task is recovered: a lost run.
+            engine.let_go(&[claim]);
+        }
+    }
+}
+
+/// Records a batch on the calling thread while too many outcomes wait: the backpressure of
+/// async channels, applied by their claimers.
+#[cfg(feature = "tokio")]
+pub(crate) fn keep_up<S: Store>(engine: &Engine<S>) {
+    while engine.outcomes.backlogged() {
+        let batch = engine.outcomes.take(MAX_BATCH, Duration::ZERO, 0);
+        if batch.is_empty() {
+            return;
+        }
+        record(engine, batch);
+    }
+}
+
 /// The recorder thread of run `run`: records what workers hand over. Once the run stops it
 /// goes on while claims are held (handlers that outlived a `stop_timeout`), until none is,
 /// or a newer run's recorder takes over.

@@ -6,22 +6,33 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use simplepyq_core::{Claim, Outcome, Store, Task};
+use simplepyq_core::{Claim, Outcome, Store, Task, Timestamp};
 
-use crate::dispatch::{Claimed, Dispatch, Turn};
+use crate::context::TaskContext;
+use crate::dispatch::{Claimed, Dispatch, Started, Turn};
 use crate::engine::{Engine, Pause, guarded};
-use crate::handler::{ErasedHandler, TaskError};
+use crate::handler::{ErasedHandler, TaskError, chain};
 use crate::leases;
 use crate::options::Backoff;
 use crate::outcomes::Finished;
 use crate::recorder;
 use crate::report;
 
+/// How a channel runs its handler.
+pub(crate) enum Runner {
+    /// On worker threads, one task per thread at a time.
+    Threads(Box<ErasedHandler>),
+    /// As futures on a tokio runtime.
+    #[cfg(feature = "tokio")]
+    Async(crate::spawner::AsyncRunner),
+}
+
 /// What the workers of one channel share.
 pub(crate) struct ChannelWork {
     pub(crate) name: Arc<str>,
+    /// Worker threads, or for an async channel, futures in flight at most.
     pub(crate) workers: usize,
-    pub(crate) handler: Box<ErasedHandler>,
+    pub(crate) runner: Runner,
     pub(crate) backoff: Backoff,
     /// A running average of the handler's run time, in nanoseconds; 0 until measured.
     pub(crate) average_run: AtomicU64,
@@ -57,6 +68,78 @@ impl ChannelWork {
         };
         self.average_run.store(new.max(1), Ordering::Relaxed);
     }
+
+    /// The outcome of a run of `task` that ended at `now` with `result` (`Err` for a
+    /// panic), ready for the recorder.
+    pub(crate) fn finished(
+        &self,
+        task: &Task,
+        result: std::thread::Result<Result<(), TaskError>>,
+        elapsed: Duration,
+        now: Timestamp,
+    ) -> Finished {
+        self.observe(elapsed);
+        let claim = task.claim();
+        let failed = |error: String, permanent| Outcome::Failed {
+            error,
+            retry_at: now.after(self.backoff.wait(claim.attempt, task.id.get())),
+            permanent,
+        };
+        let outcome = match result {
+            Ok(Ok(())) => Outcome::Succeeded,
+            Ok(Err(TaskError::Delay(d))) => Outcome::Delayed {
+                until: now.after(d),
+            },
+            Ok(Err(TaskError::Failed(e))) => failed(chain(&*e), false),
+            Ok(Err(TaskError::Fatal(e))) => failed(chain(&*e), true),
+            Err(panic) => failed(
+                format!("handler panicked: {}", report::panic_message(&*panic)),
+                false,
+            ),
+        };
+        Finished {
+            channel: Arc::clone(&self.name),
+            claim,
+            outcome,
+            elapsed,
+        }
+    }
+}
+
+/// What a claim call brought.
+pub(crate) enum Fetched {
+    /// These tasks, reserved in the held claims.
+    Tasks(Vec<Task>),
+    /// The store failed (the error is recorded).
+    Failed,
+    /// The answer came after the lease it asked for ran out (a slow or cut network):
+    /// another worker may hold these tasks by now. Not one of them may run here; what is
+    /// still this queue's is to be given back.
+    Late(Vec<Task>),
+}
+
+/// Claims up to `want` due tasks of `channel`.
+pub(crate) fn fetch<S: Store>(engine: &Engine<S>, channel: &str, want: usize) -> Fetched {
+    let mut lease_until = None;
+    let claimed = guarded(|| {
+        let now = engine.now();
+        let until = now.after(engine.lease);
+        lease_until = Some(until);
+        engine.store.claim(channel, want, now, until)
+    });
+    match claimed {
+        Err(e) => {
+            engine.errors.record(&e);
+            Fetched::Failed
+        }
+        Ok(tasks) if !tasks.is_empty() && lease_until.is_some_and(|u| engine.now() >= u) => {
+            Fetched::Late(tasks)
+        }
+        Ok(tasks) => {
+            engine.held.reserve(tasks.iter().map(Task::claim));
+            Fetched::Tasks(tasks)
+        }
+    }
 }
 
 /// One worker of a channel: runs tasks until the channel stops, claiming them in batches.
@@ -66,15 +149,19 @@ impl ChannelWork {
 /// the store again after a pause that starts at an eighth of the poll interval and doubles,
 /// while nothing comes, up to the poll interval. Workers waiting for the claimer look again
 /// within the poll interval too.
-pub(crate) fn work<S: Store>(engine: &Engine<S>, channel: &ChannelWork, dispatch: &Dispatch) {
+pub(crate) fn work<S: Store>(
+    engine: &Engine<S>,
+    channel: &ChannelWork,
+    handler: &ErasedHandler,
+    dispatch: &Dispatch,
+) {
     let mut errors = Pause::errors();
-    let first_poll = (engine.poll_interval / 8).max(Duration::from_millis(1));
-    let mut poll = Pause::new(first_poll, engine.poll_interval);
+    let mut poll = idle_pause(engine);
     loop {
         let (idle, seen) = match dispatch.turn(&engine.held, engine.poll_interval) {
             Turn::Stop => return,
-            Turn::Run(task) => {
-                run(engine, channel, task);
+            Turn::Run(started) => {
+                run(engine, channel, handler, started);
                 continue;
             }
             Turn::Claim { idle, seen } => (idle, seen),
@@ -82,36 +169,24 @@ pub(crate) fn work<S: Store>(engine: &Engine<S>, channel: &ChannelWork, dispatch
         // A task for itself and each idle worker, and a reserve for quick handlers, so that
         // busy workers find their next task here instead of waiting for a claim.
         let want = idle + 1 + channel.reserve();
-        let mut lease_until = None;
-        let claimed = guarded(|| {
-            let now = engine.now();
-            let until = now.after(engine.lease);
-            lease_until = Some(until);
-            engine.store.claim(&channel.name, want, now, until)
-        });
-        let tasks = match claimed {
-            Ok(tasks) => tasks,
-            Err(e) => {
-                engine.errors.record(&e);
+        let tasks = match fetch(engine, &channel.name, want) {
+            Fetched::Tasks(tasks) => tasks,
+            Fetched::Failed => {
                 dispatch.claimed(Vec::new(), &engine.held);
                 dispatch.rest(seen, errors.next());
                 continue;
             }
+            Fetched::Late(tasks) => {
+                dispatch.claimed(Vec::new(), &engine.held);
+                leases::give_back(engine, &tasks);
+                continue;
+            }
         };
         errors.reset();
-        // An answer that came after the lease it asked for ran out (a slow or cut network):
-        // another worker may hold these tasks by now. Not one of them runs here; what is
-        // still this queue's is given back.
-        if !tasks.is_empty() && lease_until.is_some_and(|until| engine.now() >= until) {
-            dispatch.claimed(Vec::new(), &engine.held);
-            leases::give_back(engine, &tasks);
-            continue;
-        }
-        engine.held.reserve(tasks.iter().map(Task::claim));
         match dispatch.claimed(tasks, &engine.held) {
-            Claimed::Run(task) => {
+            Claimed::Run(started) => {
                 poll.reset();
-                run(engine, channel, task);
+                run(engine, channel, handler, started);
             }
             Claimed::Nothing => {
                 let timeout = idle_timeout(engine, &channel.name, poll.next());
@@ -121,13 +196,24 @@ pub(crate) fn work<S: Store>(engine: &Engine<S>, channel: &ChannelWork, dispatch
             Claimed::GiveBack(tasks) => {
                 leases::give_back(engine, &tasks);
             }
+            Claimed::RunAll(_) => unreachable!("only an async channel's claimer starts all"),
         }
     }
 }
 
+/// The pauses of an idle worker: from an eighth of the poll interval, doubling up to it.
+pub(crate) fn idle_pause<S>(engine: &Engine<S>) -> Pause {
+    let first_poll = (engine.poll_interval / 8).max(Duration::from_millis(1));
+    Pause::new(first_poll, engine.poll_interval)
+}
+
 /// How long an idle worker may sleep: until the channel's next run-at or lease expiry, at
 /// most `poll`. If that time has passed, a lease has expired: recover it now.
-fn idle_timeout<S: Store>(engine: &Engine<S>, channel: &str, poll: Duration) -> Duration {
+pub(crate) fn idle_timeout<S: Store>(
+    engine: &Engine<S>,
+    channel: &str,
+    poll: Duration,
+) -> Duration {
     let now = engine.now();
     match guarded(|| engine.store.next_wakeup(channel)) {
         Ok(Some(at)) if at > now => now.until(at).min(poll),
@@ -160,7 +246,7 @@ pub(crate) fn current_claim() -> Option<Claim> {
 
 /// Lets a claim go if its worker unwinds before handing the outcome over (a panic outside
 /// the handler): its lease is then no longer renewed, and the task is recovered.
-struct Abandon<'a, S> {
+pub(crate) struct Abandon<'a, S> {
     engine: &'a Engine<S>,
     claim: Option<Claim>,
 }
@@ -174,45 +260,25 @@ impl<S> Drop for Abandon<'_, S> {
 }
 
 /// Runs one claimed task and hands its outcome to the recorder.
-fn run<S: Store>(engine: &Engine<S>, channel: &ChannelWork, task: Task) {
+fn run<S: Store>(
+    engine: &Engine<S>,
+    channel: &ChannelWork,
+    handler: &ErasedHandler,
+    started: Started,
+) {
+    let Started { task, cancel } = started;
     let claim = task.claim();
     let mut abandon = Abandon {
         engine,
         claim: Some(claim),
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
-    let started = Instant::now();
+    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel);
+    let began = Instant::now();
     CURRENT.with(|c| c.set(Some(claim)));
-    let result = catch_unwind(AssertUnwindSafe(|| (channel.handler)(&task.args)));
+    let result = catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)));
     CURRENT.with(|c| c.set(None));
-    let elapsed = started.elapsed();
-    channel.observe(elapsed);
-    let now = engine.now();
-    let failed = |error: String, permanent| Outcome::Failed {
-        error,
-        retry_at: now.after(channel.backoff.wait(claim.attempt, task.id.get())),
-        permanent,
-    };
-    let outcome = match result {
-        Ok(Ok(())) => Outcome::Succeeded,
-        Ok(Err(TaskError::Delay(d))) => Outcome::Delayed {
-            until: now.after(d),
-        },
-        Ok(Err(TaskError::Failed(e))) => failed(e.to_string(), false),
-        Ok(Err(TaskError::Fatal(e))) => failed(e.to_string(), true),
-        Err(panic) => failed(
-            format!("handler panicked: {}", report::panic_message(&*panic)),
-            false,
-        ),
-    };
+    let finished = channel.finished(&task, result, began.elapsed(), engine.now());
     abandon.claim = None;
-    recorder::hand_over(
-        engine,
-        Finished {
-            channel: Arc::clone(&channel.name),
-            claim,
-            outcome,
-            elapsed,
-        },
-    );
+    recorder::hand_over(engine, finished);
 }

@@ -1,0 +1,201 @@
+//! What a handler may know about the task it runs: [`TaskContext`], with its cancellation
+//! signal.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use simplepyq_core::{Task, TaskId};
+
+/// Why a running task was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// [`crate::SimplePyQ::stop_timeout`] passed its deadline while the task ran.
+    Stop,
+    /// [`crate::SimplePyQ::cancel`] was called on the task.
+    Cancel,
+}
+
+#[derive(Debug, Default)]
+struct Signal {
+    set: AtomicBool,
+    reason: Mutex<Option<CancelReason>>,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+/// The cancellation signal of one run: set once, read by the handler.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CancelToken(Arc<Signal>);
+
+impl CancelToken {
+    /// Asks the run to stop; the first reason given is kept.
+    pub(crate) fn cancel(&self, reason: CancelReason) {
+        self.0.reason.lock().get_or_insert(reason);
+        self.0.set.store(true, Ordering::Release);
+        for w in self.0.wakers.lock().drain(..) {
+            w.wake();
+        }
+    }
+
+    fn reason(&self) -> Option<CancelReason> {
+        if self.0.set.load(Ordering::Acquire) {
+            *self.0.reason.lock()
+        } else {
+            None
+        }
+    }
+}
+
+/// The task a handler runs, and a signal asking it to stop early.
+///
+/// A handler takes it as a second argument: `|args: A, ctx: &TaskContext|` for a thread
+/// channel, `|args: A, ctx: TaskContext| async move {…}` for an async one (a future cannot
+/// borrow it, so async handlers own a copy; cloning it is cheap).
+///
+/// The signal is set when the queue stops past its deadline ([`crate::SimplePyQ::stop_timeout`])
+/// or when [`crate::SimplePyQ::cancel`] is called on the running task. Nothing is interrupted:
+/// the handler decides. Return [`crate::TaskError::delay`] with a zero duration to have the
+/// task run again later without using a retry, or a fatal error to end it.
+///
+/// ```
+/// use std::time::Duration;
+/// use simplepyq::{SimplePyQ, TaskContext, TaskError};
+/// # let dir = tempfile::tempdir()?;
+/// # let q = SimplePyQ::open(dir.path().join("q.db"))?;
+/// q.add_channel("export", |rows: u32, ctx: &TaskContext| {
+///     for _ in 0..rows {
+///         if ctx.is_cancelled() {
+///             return Err(TaskError::delay(Duration::ZERO)); // again after the restart
+///         }
+///         // ... export one row ...
+///     }
+///     println!("task {} attempt {} done", ctx.id(), ctx.attempt());
+///     Ok(())
+/// }, 1)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    id: TaskId,
+    channel: Arc<str>,
+    attempt: u32,
+    retries_left: u32,
+    enqueued_ms: i64,
+    cancel: CancelToken,
+}
+
+impl TaskContext {
+    pub(crate) fn new(task: &Task, channel: Arc<str>, cancel: CancelToken) -> Self {
+        TaskContext {
+            id: task.id,
+            channel,
+            attempt: task.state.attempts,
+            retries_left: task.state.retries_left,
+            enqueued_ms: task.created_at.as_millis(),
+            cancel,
+        }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// The channel the task belongs to.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// This attempt's number: 1 for the first run (a run lost to a dead worker counts too).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// How many more attempts may follow if this one fails.
+    pub fn retries_left(&self) -> u32 {
+        self.retries_left
+    }
+
+    /// When the task was enqueued (by the queue's clock).
+    pub fn enqueued_at(&self) -> SystemTime {
+        let ms = u64::try_from(self.enqueued_ms).unwrap_or(0);
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    /// Whether the task was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.0.set.load(Ordering::Acquire)
+    }
+
+    /// Why the task was asked to stop, if it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.cancel.reason()
+    }
+
+    /// Completes when the task is asked to stop (for `tokio::select!` in async handlers).
+    pub fn cancelled(&self) -> OnCancel {
+        OnCancel(self.cancel.clone())
+    }
+}
+
+/// The future of [`TaskContext::cancelled`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct OnCancel(CancelToken);
+
+impl Future for OnCancel {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let signal = &(self.0).0;
+        if signal.set.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let mut wakers = signal.wakers.lock();
+        // Looked at again under the lock: `cancel` sets the flag before it takes the lock.
+        if signal.set.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reason_is_kept_and_waiters_wake() {
+        let token = CancelToken::default();
+        let waker = Arc::new(Flag::default());
+        let mut fut = OnCancel(token.clone());
+        let w = Waker::from(Arc::clone(&waker));
+        let mut cx = Context::from_waker(&w);
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+        token.cancel(CancelReason::Cancel);
+        token.cancel(CancelReason::Stop);
+        assert!(
+            waker.0.load(Ordering::SeqCst),
+            "the waiting future was woken"
+        );
+        assert!(Pin::new(&mut fut).poll(&mut cx).is_ready());
+        assert_eq!(token.reason(), Some(CancelReason::Cancel));
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Async channels: one thread of the queue claims for the channel, as a worker does, and
+//! spawns each task's future on a tokio runtime, up to the channel's concurrency. Claims,
+//! leases and recording stay on the queue's own threads: a future only runs the handler and
+//! hands its outcome over without blocking.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use simplepyq_core::{Error, Result, Store, Task};
+
+use crate::context::TaskContext;
+use crate::dispatch::{Claimed, Dispatch, Started, Turn};
+use crate::engine::{Engine, Pause};
+use crate::handler::{AsyncHandler, TaskError, decode};
+use crate::leases;
+use crate::recorder;
+use crate::report;
+use crate::worker::{self, ChannelWork, Fetched};
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
+
+/// An async handler with its argument type erased: it decodes MessagePack itself.
+type ErasedAsync = dyn Fn(&[u8], TaskContext) -> Result<BoxFuture, TaskError> + Send + Sync;
+
+/// Where an async channel's futures run.
+#[derive(Debug)]
+pub(crate) enum Runtime {
+    /// A runtime of the application's.
+    Given(tokio::runtime::Handle),
+    /// The queue's own.
+    Owned(Arc<OwnedRuntime>),
+}
+
+impl Runtime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Runtime::Given(handle) => handle,
+            Runtime::Owned(own) => own.0.as_ref().expect("set until dropped").handle(),
+        }
+    }
+}
+
+/// A runtime the queue started because the application gave none. Dropped without waiting
+/// (it may be dropped on one of its own threads, by the last future that held it).
+#[derive(Debug)]
+pub(crate) struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    pub(crate) fn start() -> Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("simplepyq-async")
+            .build()
+            .map(|rt| OwnedRuntime(Some(rt)))
+            .map_err(Error::Spawn)
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// How an async channel runs: its handler, its runtime, and its futures in flight.
+pub(crate) struct AsyncRunner {
+    handler: Box<ErasedAsync>,
+    runtime: Runtime,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl AsyncRunner {
+    pub(crate) fn new<A, K, H>(handler: H, runtime: Runtime) -> Self
+    where
+        A: DeserializeOwned + Send + 'static,
+        H: AsyncHandler<A, K>,
+    {
+        let handler = Box::new(move |bytes: &[u8], ctx: TaskContext| {
+            let args: A = decode(bytes)?;
+            Ok(Box::pin(handler.call(args, ctx)) as BoxFuture)
+        });
+        AsyncRunner {
+            handler,
+            runtime,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// The claiming thread of an async channel: claims as many tasks as the channel has free
+/// places for futures, and spawns them, until the channel stops. It rests like an idle
+/// worker, and is woken by each future that ends.
+pub(crate) fn work<S: Store>(
+    engine: &Arc<Engine<S>>,
+    channel: &Arc<ChannelWork>,
+    runner: &AsyncRunner,
+    dispatch: &Arc<Dispatch>,
+) {
+    let mut errors = Pause::errors();
+    let mut poll = worker::idle_pause(engine);
+    loop {
+        let seen = match dispatch.turn(&engine.held, engine.poll_interval) {
+            Turn::Stop => return,
+            // Nothing is handed over in an async channel: its claimer starts all it claims.
+            Turn::Run(started) => {
+                spawn(engine, channel, runner, dispatch, started);
+                continue;
+            }
+            Turn::Claim { seen, .. } => seen,
+        };
+        // Futures hand outcomes over without waiting; past the backlog, this thread records.
+        recorder::keep_up(engine);
+        let free = channel
+            .workers
+            .saturating_sub(runner.in_flight.load(Ordering::Acquire));
+        if free == 0 {
+            dispatch.claimed(Vec::new(), &engine.held);
+            dispatch.rest(seen, engine.poll_interval);
+            continue;
+        }
+        let tasks = match worker::fetch(engine, &channel.name, free) {
+            Fetched::Tasks(tasks) => tasks,
+            Fetched::Failed => {
+                dispatch.claimed(Vec::new(), &engine.held);
+                dispatch.rest(seen, errors.next());
+                continue;
+            }
+            Fetched::Late(tasks) => {
+                dispatch.claimed(Vec::new(), &engine.held);
+                leases::give_back(engine, &tasks);
+                continue;
+            }
+        };
+        errors.reset();
+        match dispatch.claimed_all(tasks, &engine.held) {
+            Claimed::RunAll(started) => {
+                poll.reset();
+                for s in started {
+                    spawn(engine, channel, runner, dispatch, s);
+                }
+            }
+            Claimed::Nothing => {
+                let timeout = worker::idle_timeout(engine, &channel.name, poll.next());
+                engine.held.bump();
+                dispatch.rest(seen, timeout);
+            }
+            Claimed::GiveBack(tasks) => {
+                leases::give_back(engine, &tasks);
+            }
+            Claimed::Run(_) => unreachable!("an async channel's claimer starts all it claims"),
+        }
+    }
+}
+
+/// Starts one task's future on the runtime.
+fn spawn<S: Store>(
+    engine: &Arc<Engine<S>>,
+    channel: &Arc<ChannelWork>,
+    runner: &AsyncRunner,
+    dispatch: &Arc<Dispatch>,
+    started: Started,
+) {
+    let Started { task, cancel } = started;
+    report::trace_claim(task.id, &channel.name, task.state.attempts);
+    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel);
+    runner.in_flight.fetch_add(1, Ordering::AcqRel);
+    let began = Instant::now();
+    let made = catch_unwind(AssertUnwindSafe(|| (runner.handler)(&task.args, ctx)));
+    let flight = Flight {
+        engine: Arc::clone(engine),
+        channel: Arc::clone(channel),
+        dispatch: Arc::clone(dispatch),
+        in_flight: Arc::clone(&runner.in_flight),
+        task: Some(task),
+        began,
+    };
+    match made {
+        Ok(Ok(future)) => {
+            // A runtime that shut down drops the future unpolled: the flight gives its
+            // task back.
+            drop(runner.runtime.handle().spawn(async move {
+                let result = CatchUnwind(future).await;
+                flight.land(result);
+            }));
+        }
+        // Arguments that did not decode, or a handler that panicked making its future.
+        Ok(Err(e)) => flight.land(Ok(Err(e))),
+        Err(panic) => flight.land(Err(panic)),
+    }
+}
+
+/// One task's future from its spawn to its outcome. Dropped before it lands (the runtime
+/// dropped the future), it gives the task back: pending again, no attempt used.
+struct Flight<S: Store> {
+    engine: Arc<Engine<S>>,
+    channel: Arc<ChannelWork>,
+    dispatch: Arc<Dispatch>,
+    in_flight: Arc<AtomicUsize>,
+    task: Option<Task>,
+    began: Instant,
+}
+
+impl<S: Store> Flight<S> {
+    /// Hands the outcome over to the recorder, without waiting for it.
+    fn land(mut self, result: std::thread::Result<Result<(), TaskError>>) {
+        if let Some(task) = self.task.take() {
+            let now = self.engine.now();
+            let finished = self
+                .channel
+                .finished(&task, result, self.began.elapsed(), now);
+            recorder::hand_over_nowait(&self.engine, finished);
+        }
+    }
+}
+
+impl<S: Store> Drop for Flight<S> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Not on the runtime's thread: the release is a store call.
+            let engine = Arc::clone(&self.engine);
+            let claim = task.claim();
+            let spawned = thread::Builder::new()
+                .name("simplepyq-give-back".into())
+                .spawn(move || leases::give_back(&engine, &[task]));
+            if spawned.is_err() {
+                // Its lease runs out, and the task is recovered.
+                self.engine.let_go(&[claim]);
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.dispatch.notify(false);
+    }
+}
+
+/// A future whose panic becomes its output.
+struct CatchUnwind(BoxFuture);
+
+impl Future for CatchUnwind {
+    type Output = std::thread::Result<Result<(), TaskError>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

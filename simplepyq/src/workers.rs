@@ -1,0 +1,467 @@
+//! The worker side of a queue: its channels, and its lifecycle (`Stopped → Running →
+//! Stopping → Stopped`) with the threads of each run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use simplepyq_core::{Error, Result, Store, Task, TaskId, Watch};
+
+use crate::context::CancelReason;
+use crate::dispatch::Dispatch;
+use crate::engine::Engine;
+use crate::leases;
+use crate::recorder;
+use crate::report::StopReport;
+use crate::signal::Signal;
+use crate::worker::{self, ChannelWork, Runner};
+
+/// The channels, and where the queue stands.
+#[derive(Debug, Default)]
+struct Registry {
+    channels: HashMap<String, Arc<ChannelWork>>,
+    life: Lifecycle,
+}
+
+/// Where the queue stands: one state, changed under the registry's lock.
+#[derive(Debug, Default)]
+enum Lifecycle {
+    /// No worker runs (helper threads may still renew the leases of handlers that outlived
+    /// a `stop_timeout`).
+    #[default]
+    Stopped,
+    /// Workers run.
+    Running(Run),
+    /// A stop is under way, in some thread.
+    Stopping,
+}
+
+/// The threads of one run, from `start` to the end of its stop.
+#[derive(Debug)]
+struct Run {
+    number: u64,
+    crews: HashMap<String, Crew>,
+    /// Workers of channels removed while running, finishing their current task.
+    retired: Vec<JoinHandle<()>>,
+    /// Tells the keeper and the recorder that the run stopped.
+    signal: Arc<Signal>,
+    helpers: Vec<JoinHandle<()>>,
+    /// The store's news of work from other processes, while the run lasts.
+    watch: Option<Watch>,
+}
+
+/// The workers of one channel in a run.
+#[derive(Debug)]
+struct Crew {
+    dispatch: Arc<Dispatch>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ChannelWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelWork")
+            .field("name", &self.name)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The channels of a queue and its lifecycle, shared by the queue and the calls that wait
+/// for it on another thread (the async ones).
+pub(crate) struct Workers<S> {
+    pub(crate) engine: Arc<Engine<S>>,
+    registry: Mutex<Registry>,
+    /// Signalled when a stop ends, for callers that wait for another thread's stop.
+    stopped: Condvar,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Workers<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("engine", &self.engine)
+            .field("registry", &*self.registry.lock())
+            .finish()
+    }
+}
+
+impl<S: Store> Workers<S> {
+    pub(crate) fn new(engine: Engine<S>) -> Self {
+        Workers {
+            engine: Arc::new(engine),
+            registry: Mutex::new(Registry::default()),
+            stopped: Condvar::new(),
+        }
+    }
+
+    /// Adds a channel; its workers start at once if the queue runs.
+    pub(crate) fn add(&self, work: ChannelWork) -> Result<()> {
+        let mut reg = self.registry.lock();
+        if reg.channels.contains_key(&*work.name) {
+            return Err(Error::DuplicateChannel(work.name.to_string()));
+        }
+        let work = Arc::new(work);
+        if let Lifecycle::Running(run) = &mut reg.life {
+            let crew = self.spawn_crew(&work)?;
+            run.crews.insert(work.name.to_string(), crew);
+        }
+        reg.channels.insert(work.name.to_string(), work);
+        Ok(())
+    }
+
+    /// Removes a channel: once this returns, no handler of it starts here; its tasks
+    /// claimed and not started are given back.
+    pub(crate) fn remove(&self, name: &str) {
+        let crew = {
+            let mut reg = self.registry.lock();
+            reg.channels.remove(name);
+            match &mut reg.life {
+                Lifecycle::Running(run) => run.crews.remove(name).map(|crew| {
+                    run.retired.extend(std::mem::take(&mut { crew.threads }));
+                    crew.dispatch
+                }),
+                _ => None,
+            }
+        };
+        if let Some(dispatch) = crew {
+            leases::give_back(&self.engine, &self.halt_crew(name, &dispatch));
+        }
+    }
+
+    /// The stop of a dropped queue: as every stop, no handler starts from now on and tasks
+    /// claimed ahead are given back; the threads are not waited for.
+    pub(crate) fn stop_detached(&self) {
+        if let Some((run, _)) = self.begin_stop(None) {
+            // Detached: the threads end by themselves once nothing is held.
+            drop(run);
+            self.registry.lock().life = Lifecycle::Stopped;
+        }
+    }
+
+    /// Starts the workers: see [`SimplePyQ::start`].
+    pub(crate) fn start(&self) -> Result<()> {
+        let mut reg = self.registry.lock();
+        loop {
+            match reg.life {
+                Lifecycle::Running(_) => return Ok(()),
+                Lifecycle::Stopping => self.stopped.wait(&mut reg),
+                Lifecycle::Stopped => break,
+            }
+        }
+        // A failure here is not fatal: the lease keeper recovers expired leases again soon.
+        if let Err(e) = leases::renew_and_recover(&self.engine) {
+            self.engine.errors.record(&e);
+        }
+        self.engine.outcomes.stopping(false);
+        let mut run = Run {
+            number: self.engine.next_run(),
+            crews: HashMap::new(),
+            retired: Vec::new(),
+            signal: Arc::new(Signal::default()),
+            helpers: Vec::new(),
+            watch: None,
+        };
+        match self.spawn_run(&reg, &mut run) {
+            Ok(()) => {
+                reg.life = Lifecycle::Running(run);
+                Ok(())
+            }
+            Err(e) => {
+                // Stop what did start, as any stop does, before waiting for it.
+                reg.life = Lifecycle::Stopping;
+                drop(reg);
+                self.halt(&run);
+                self.finish_stop(run, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the threads of `run`: each channel's workers, the lease keeper, the recorder.
+    fn spawn_run(&self, reg: &Registry, run: &mut Run) -> Result<()> {
+        for (name, work) in &reg.channels {
+            let crew = self.spawn_crew(work)?;
+            run.crews.insert(name.clone(), crew);
+        }
+        let (engine, signal, number) = (
+            Arc::clone(&self.engine),
+            Arc::clone(&run.signal),
+            run.number,
+        );
+        let keeper = thread::Builder::new()
+            .name("simplepyq-keeper".into())
+            .spawn(move || leases::keep(&engine, &signal, number))
+            .map_err(Error::Spawn)?;
+        run.helpers.push(keeper);
+        // Work another process adds wakes the channel's idle workers (the store holds only
+        // a weak reference: it must not keep the queue alive).
+        let engine = Arc::downgrade(&self.engine);
+        run.watch = self.engine.store.watch(Arc::new(move |channel| {
+            if let Some(engine) = engine.upgrade() {
+                match channel {
+                    Some(name) => engine.wake(name, true),
+                    None => engine.wake_all(),
+                }
+            }
+        }));
+        self.engine.outcomes.open();
+        let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
+        let recorder = thread::Builder::new()
+            .name("simplepyq-recorder".into())
+            .spawn(move || recorder::run(&engine, &signal, number));
+        match recorder {
+            Ok(thread) => run.helpers.push(thread),
+            // Without the thread, workers record their own outcomes.
+            Err(e) => {
+                self.engine.outcomes.close();
+                self.engine.errors.record(&Error::Spawn(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the workers of one channel.
+    fn spawn_crew(&self, work: &Arc<ChannelWork>) -> Result<Crew> {
+        let mut crew = Crew {
+            dispatch: Arc::new(Dispatch::default()),
+            threads: Vec::new(),
+        };
+        self.engine.serve(&work.name, Arc::clone(&crew.dispatch));
+        // An async channel has one thread, which claims for its futures.
+        let threads = match work.runner {
+            Runner::Threads(_) => work.workers,
+            #[cfg(feature = "tokio")]
+            Runner::Async(_) => 1,
+        };
+        for i in 0..threads {
+            let engine = Arc::clone(&self.engine);
+            let (w, dispatch) = (Arc::clone(work), Arc::clone(&crew.dispatch));
+            let spawned = thread::Builder::new()
+                .name(format!("simplepyq-{}-{i}", work.name))
+                .spawn(move || match &w.runner {
+                    Runner::Threads(handler) => worker::work(&engine, &w, handler, &dispatch),
+                    #[cfg(feature = "tokio")]
+                    Runner::Async(runner) => {
+                        crate::spawner::work(&engine, &w, runner, &dispatch);
+                    }
+                });
+            match spawned {
+                Ok(t) => crew.threads.push(t),
+                Err(e) => {
+                    // The workers that did start stop at once: they have claimed nothing
+                    // that a stop of the dispatch would not give back.
+                    leases::give_back(&self.engine, &self.halt_crew(&work.name, &crew.dispatch));
+                    for t in crew.threads {
+                        let _ = t.join();
+                    }
+                    return Err(Error::Spawn(e));
+                }
+            }
+        }
+        Ok(crew)
+    }
+
+    /// Begins a stop: takes the run, if the queue runs, and stops every channel's dispatch,
+    /// so that no handler starts from now on; gives back the tasks claimed and not started.
+    /// Returns the run and how many tasks were given back; `None` if the queue was not
+    /// running (after waiting for another thread's stop, if one was under way).
+    /// With `only`, stops that run only: a run started since by someone else is theirs.
+    fn begin_stop(&self, only: Option<u64>) -> Option<(Run, usize)> {
+        let mut reg = self.registry.lock();
+        let run = loop {
+            match std::mem::replace(&mut reg.life, Lifecycle::Stopping) {
+                Lifecycle::Running(run) if only.is_none_or(|n| n == run.number) => break run,
+                Lifecycle::Stopping => self.stopped.wait(&mut reg),
+                other => {
+                    reg.life = other;
+                    return None;
+                }
+            }
+        };
+        drop(reg);
+        let released = self.halt(&run);
+        Some((run, released))
+    }
+
+    /// The first step of every stop: tells `run`'s helpers, and stops its channels'
+    /// dispatches, so that no handler starts from now on; gives back the tasks claimed and
+    /// not started. Returns how many were given back.
+    fn halt(&self, run: &Run) -> usize {
+        self.engine.stop_run(&run.signal);
+        let unstarted: Vec<Task> = run
+            .crews
+            .iter()
+            .flat_map(|(name, crew)| self.halt_crew(name, &crew.dispatch))
+            .collect();
+        leases::give_back(&self.engine, &unstarted)
+    }
+
+    /// Stops one channel's dispatch: no handler of it starts from now on. Returns its tasks
+    /// claimed and not started, to be given back.
+    fn halt_crew(&self, name: &str, dispatch: &Dispatch) -> Vec<Task> {
+        self.engine.unserve(name);
+        dispatch.stop()
+    }
+
+    /// Ends a stop begun by [`Self::begin_stop`]: waits for the running handlers, this
+    /// run's and any that outlived an earlier `stop_timeout` (until `deadline`, if any; those
+    /// still running then are left to finish, their threads detached), then for every
+    /// outcome handed over to be recorded or given up on. The keeper and the recorder go on
+    /// while handlers still run, and are joined otherwise. The queue is then `Stopped`.
+    /// Returns the tasks whose handlers still run.
+    fn finish_stop(&self, run: Run, deadline: Option<Instant>) -> Vec<TaskId> {
+        let held = &self.engine.held;
+        // A stop from inside a handler does not wait for that handler.
+        let own = worker::current_claim();
+        loop {
+            let (seen, _) = held.snapshot();
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if !held.running_except(own) || left.is_some_and(|l| l.is_zero()) {
+                break;
+            }
+            let wait = left.map_or(Duration::from_millis(10), |l| {
+                l.min(Duration::from_millis(10))
+            });
+            held.wait(seen, wait);
+        }
+        // Past the deadline: ask the handlers still running to end early.
+        if deadline.is_some() {
+            held.cancel(None, CancelReason::Stop);
+        }
+        // Outcomes handed over are recorded (or, with a failing store, given up on).
+        loop {
+            let (seen, _) = held.snapshot();
+            if held.only_running() {
+                break;
+            }
+            held.wait(seen, Duration::from_millis(10));
+        }
+        let me = thread::current().id();
+        let workers = run
+            .crews
+            .into_values()
+            .flat_map(|c| c.threads)
+            .chain(run.retired);
+        for t in workers.filter(|t| t.thread().id() != me) {
+            // A worker whose handler finished ends at once; one still running (past the
+            // deadline) is detached: its handler cannot be interrupted. A worker that
+            // panicked outside a handler has nothing left to clean up.
+            if deadline.is_none() || t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        let running = held.running();
+        if running.is_empty() {
+            // The keeper and the recorder end once nothing is held: wait for them.
+            for t in run.helpers {
+                let _ = t.join();
+            }
+        }
+        let mut reg = self.registry.lock();
+        reg.life = Lifecycle::Stopped;
+        self.stopped.notify_all();
+        running
+    }
+
+    /// See [`SimplePyQ::stop`].
+    pub(crate) fn stop(&self) -> StopReport {
+        self.stop_until(None)
+    }
+
+    /// See [`SimplePyQ::stop_timeout`].
+    pub(crate) fn stop_timeout(&self, timeout: Duration) -> StopReport {
+        self.stop_until(Some(Instant::now() + timeout))
+    }
+
+    fn stop_until(&self, deadline: Option<Instant>) -> StopReport {
+        // Waiting would stall the runtime that runs the handlers waited for.
+        let deadline = if on_current_thread_runtime() {
+            Some(Instant::now())
+        } else {
+            deadline
+        };
+        let Some((run, released)) = self.begin_stop(None) else {
+            return StopReport::default();
+        };
+        let running = self.finish_stop(run, deadline);
+        StopReport {
+            running,
+            released,
+            unrecorded: self.engine.outcomes.take_unrecorded(),
+        }
+    }
+
+    /// See [`SimplePyQ::run_until_complete`].
+    pub(crate) fn run_until_complete(&self) -> Result<()> {
+        if on_current_thread_runtime() {
+            return Err(Error::WouldBlock {
+                call: "run_until_complete",
+            });
+        }
+        let channels: Vec<String> = self.registry.lock().channels.keys().cloned().collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        // Only what this run meets counts.
+        self.engine.errors.take_lasting();
+        self.start()?;
+        let Some(number) = self.running_number() else {
+            return Err(Error::Stopped);
+        };
+        let result = loop {
+            if let Some(e) = self.engine.errors.take_lasting() {
+                break Err(e);
+            }
+            let (seen, busy) = self.engine.held.snapshot();
+            if self.running_number() != Some(number) {
+                return Err(Error::Stopped);
+            }
+            // While a worker here holds a task the channel is not idle: ask the store only
+            // when this process holds nothing.
+            if !busy {
+                match self.idle(&channels) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => {}
+                    Err(e) if e.is_retryable() => self.engine.errors.record(&e),
+                    Err(e) => break Err(e),
+                }
+            }
+            self.engine.held.wait(seen, self.engine.poll_interval);
+        };
+        if let Some((run, _)) = self.begin_stop(Some(number)) {
+            self.finish_stop(run, None);
+        }
+        result
+    }
+
+    /// The number of the run under way, if the queue runs.
+    fn running_number(&self) -> Option<u64> {
+        match &self.registry.lock().life {
+            Lifecycle::Running(run) => Some(run.number),
+            _ => None,
+        }
+    }
+
+    /// Whether none of `channels` has a pending, delayed or running task.
+    fn idle(&self, channels: &[String]) -> Result<bool> {
+        for ch in channels {
+            if self.engine.store.next_wakeup(ch)?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Whether the calling thread drives a current-thread tokio runtime, where a call that waits
+/// would stall every future of that runtime.
+fn on_current_thread_runtime() -> bool {
+    #[cfg(feature = "tokio")]
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread)
+    }
+    #[cfg(not(feature = "tokio"))]
+    false
+}
