@@ -136,7 +136,8 @@ impl PostgresOptions {
 /// and machines, may share one schema.
 #[derive(Debug)]
 pub struct PostgresStore {
-    pool: Pool,
+    /// `None` once dropped (see the `Drop` impl).
+    pool: Option<Pool>,
     /// For the listening connection.
     config: postgres::Config,
     schema: String,
@@ -151,7 +152,42 @@ impl Drop for PostgresStore {
         if let Some(n) = &self.notifier {
             n.stop();
         }
+        // Closing a connection is a request too (see `off_runtime`).
+        if let Some(pool) = self.pool.take() {
+            if on_runtime() {
+                let spawned = std::thread::Builder::new()
+                    .name("simplepyq-postgres-close".into())
+                    .spawn(move || drop(pool));
+                // Without a thread, the connections are left to close with the process.
+                if let Err(e) = spawned {
+                    drop(e);
+                }
+            }
+        }
     }
+}
+
+/// Whether the calling thread drives an async runtime.
+fn on_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs `call`, on a thread of its own when called on a thread that drives an async runtime
+/// (an async handler, a web server's handler): the driver runs each request on a runtime of
+/// its own, which tokio refuses to start there.
+fn off_runtime<T: Send>(call: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    if !on_runtime() {
+        return call();
+    }
+    std::thread::scope(|s| {
+        let thread = std::thread::Builder::new()
+            .name("simplepyq-postgres".into())
+            .spawn_scoped(s, call)
+            .map_err(Error::Spawn)?;
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
@@ -197,6 +233,10 @@ impl PostgresStore {
     }
 
     fn open(url: &str, options: PostgresOptions, read_only: bool) -> Result<Self> {
+        off_runtime(move || Self::open_here(url, options, read_only))
+    }
+
+    fn open_here(url: &str, options: PostgresOptions, read_only: bool) -> Result<Self> {
         schema::check_name(&options.schema)?;
         if options.pool_size == 0 {
             return Err(Error::InvalidConfig(
@@ -249,7 +289,7 @@ impl PostgresStore {
         let clock = ServerClock::measure_system(&mut conn.client)?;
         drop(conn);
         Ok(PostgresStore {
-            pool,
+            pool: Some(pool),
             notifier: options
                 .notify
                 .then(|| listen::Notifier::new(&config, &options.schema)),
@@ -275,33 +315,46 @@ impl PostgresStore {
     /// Measures the server's clock again, against `local` instead of the system clock
     /// (a test's skewed clock, say).
     pub fn measure_clock(&self, local: impl Clock) -> Result<ServerClock> {
-        let mut conn = self.pool.get().map_err(E::from)?;
-        Ok(ServerClock::measure(&mut conn.client, Arc::new(local))?)
+        off_runtime(|| {
+            let mut conn = self.pool().get().map_err(E::from)?;
+            Ok(ServerClock::measure(&mut conn.client, Arc::new(local))?)
+        })
+    }
+
+    fn pool(&self) -> &Pool {
+        self.pool
+            .as_ref()
+            .expect("the pool lives until the store is dropped")
     }
 
     /// Runs `op` on a pooled connection; runs it again (on another connection) when it lost
     /// a deadlock or serialization race, or when its connection had broken before the
     /// request was sent. Neither had any effect.
-    fn run<T>(&self, mut op: impl FnMut(&mut Db<'_, Client>) -> R<T>) -> Result<T> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let result = self.pool.get().map_err(E::from).and_then(|mut conn| {
-                let conn = &mut *conn;
-                op(&mut Db {
-                    client: &mut conn.client,
-                    statements: &mut conn.statements,
-                })
-            });
-            match result {
-                Err(e) if tries < 5 && (e.is_conflict() || e.is_unsent()) => continue,
-                other => return other.map_err(Error::from),
+    fn run<T: Send>(&self, mut op: impl FnMut(&mut Db<'_, Client>) -> R<T> + Send) -> Result<T> {
+        off_runtime(|| {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let result = self.pool().get().map_err(E::from).and_then(|mut conn| {
+                    let conn = &mut *conn;
+                    op(&mut Db {
+                        client: &mut conn.client,
+                        statements: &mut conn.statements,
+                    })
+                });
+                match result {
+                    Err(e) if tries < 5 && (e.is_conflict() || e.is_unsent()) => continue,
+                    other => return other.map_err(Error::from),
+                }
             }
-        }
+        })
     }
 
     /// Runs `op` in a transaction, as [`PostgresStore::run`] does.
-    fn transaction<T>(&self, mut op: impl FnMut(&mut Tx<'_, '_>) -> R<T>) -> Result<T> {
+    fn transaction<T: Send>(
+        &self,
+        mut op: impl FnMut(&mut Tx<'_, '_>) -> R<T> + Send,
+    ) -> Result<T> {
         self.run(|db| {
             let mut tx = db.client.transaction()?;
             let value = op(&mut Db {

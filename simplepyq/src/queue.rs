@@ -23,7 +23,7 @@ use crate::handler::AsyncHandler;
 use crate::handler::{Handler, erase};
 use crate::options::{ChannelOptions, EnqueueOptions};
 use crate::report::{Hook, QueueStats, StopReport, TaskReport};
-use crate::worker::{ChannelWork, Runner};
+use crate::worker::{self, ChannelWork, Runner};
 use crate::workers::Workers;
 
 /// Decodes a task's arguments (as [`SimplePyQ::task`] or [`SimplePyQ::tasks`] return it)
@@ -452,7 +452,7 @@ impl<S: Store> SimplePyQ<S> {
     /// handlers (that would stall their runtime): it stops as `stop_timeout(0)` does. Await
     /// [`SimplePyQ::stop_async`] there.
     pub fn stop(&self) -> StopReport {
-        self.workers.stop()
+        self.workers.stop(worker::current_claim())
     }
 
     /// [`SimplePyQ::stop`] for async code: waits on a thread of its own, so the runtime's
@@ -473,15 +473,15 @@ impl<S: Store> SimplePyQ<S> {
     /// ```
     #[cfg(feature = "tokio")]
     pub async fn stop_async(&self) -> StopReport {
-        let workers = Arc::clone(&self.workers);
-        off_runtime(move || workers.stop()).await
+        let (workers, own) = (Arc::clone(&self.workers), worker::current_claim());
+        off_runtime(move || workers.stop(own)).await
     }
 
     /// [`SimplePyQ::stop_timeout`] for async code, waiting on a thread of its own.
     #[cfg(feature = "tokio")]
     pub async fn stop_timeout_async(&self, timeout: Duration) -> StopReport {
-        let workers = Arc::clone(&self.workers);
-        off_runtime(move || workers.stop_timeout(timeout)).await
+        let (workers, own) = (Arc::clone(&self.workers), worker::current_claim());
+        off_runtime(move || workers.stop_timeout(timeout, own)).await
     }
 
     /// [`SimplePyQ::run_until_complete`] for async code, waiting on a thread of its own.
@@ -502,7 +502,7 @@ impl<S: Store> SimplePyQ<S> {
     /// run again elsewhere meanwhile. A process that exits before then leaves them to lease
     /// recovery, as a crash would.
     pub fn stop_timeout(&self, timeout: Duration) -> StopReport {
-        self.workers.stop_timeout(timeout)
+        self.workers.stop_timeout(timeout, worker::current_claim())
     }
 
     /// Runs until no task of a channel with a handler here is pending, running or delayed

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
-use simplepyq_core::{Error, Result, Store, Task};
+use simplepyq_core::{Claim, Error, Result, Store, Task};
 
 use crate::context::TaskContext;
 use crate::dispatch::{Claimed, Dispatch, Started, Turn};
@@ -170,6 +170,7 @@ fn spawn<S: Store>(
     started: Started,
 ) {
     let Started { task, cancel } = started;
+    let started_claim = task.claim();
     report::trace_claim(task.id, &channel.name, task.state.attempts);
     let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel);
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -187,8 +188,9 @@ fn spawn<S: Store>(
         Ok(Ok(future)) => {
             // A runtime that shut down drops the future unpolled: the flight gives its
             // task back.
+            let claim = started_claim;
             drop(runner.runtime.handle().spawn(async move {
-                let result = CatchUnwind(future).await;
+                let result = CatchUnwind { future, claim }.await;
                 flight.land(result);
             }));
         }
@@ -241,14 +243,22 @@ impl<S: Store> Drop for Flight<S> {
     }
 }
 
-/// A future whose panic becomes its output.
-struct CatchUnwind(BoxFuture);
+/// A handler's future, polled as the handler of `claim` (a stop called from it does not wait
+/// for it), whose panic becomes its output.
+struct CatchUnwind {
+    future: BoxFuture,
+    claim: Claim,
+}
 
 impl Future for CatchUnwind {
     type Output = std::thread::Result<Result<(), TaskError>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+        let this = &mut *self;
+        let polled = worker::as_current(this.claim, || {
+            catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)))
+        });
+        match polled {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
             Err(panic) => Poll::Ready(Err(panic)),

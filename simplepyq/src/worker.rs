@@ -244,6 +244,14 @@ pub(crate) fn current_claim() -> Option<Claim> {
     CURRENT.with(Cell::get)
 }
 
+/// Runs `f` as the handler of `claim` (an async handler's poll, on a runtime's thread).
+pub(crate) fn as_current<T>(claim: Claim, f: impl FnOnce() -> T) -> T {
+    let before = CURRENT.with(|c| c.replace(Some(claim)));
+    let result = f();
+    CURRENT.with(|c| c.set(before));
+    result
+}
+
 /// Lets a claim go if its worker unwinds before handing the outcome over (a panic outside
 /// the handler): its lease is then no longer renewed, and the task is recovered.
 pub(crate) struct Abandon<'a, S> {

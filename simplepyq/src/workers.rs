@@ -7,7 +7,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use simplepyq_core::{Error, Result, Store, Task, TaskId, Watch};
+use simplepyq_core::{Claim, Error, Result, Store, Task, TaskId, Watch};
 
 use crate::context::CancelReason;
 use crate::dispatch::Dispatch;
@@ -172,7 +172,7 @@ impl<S: Store> Workers<S> {
                 reg.life = Lifecycle::Stopping;
                 drop(reg);
                 self.halt(&run);
-                self.finish_stop(run, None);
+                self.finish_stop(run, None, worker::current_claim());
                 Err(e)
             }
         }
@@ -310,10 +310,8 @@ impl<S: Store> Workers<S> {
     /// outcome handed over to be recorded or given up on. The keeper and the recorder go on
     /// while handlers still run, and are joined otherwise. The queue is then `Stopped`.
     /// Returns the tasks whose handlers still run.
-    fn finish_stop(&self, run: Run, deadline: Option<Instant>) -> Vec<TaskId> {
+    fn finish_stop(&self, run: Run, deadline: Option<Instant>, own: Option<Claim>) -> Vec<TaskId> {
         let held = &self.engine.held;
-        // A stop from inside a handler does not wait for that handler.
-        let own = worker::current_claim();
         loop {
             let (seen, _) = held.snapshot();
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -365,16 +363,18 @@ impl<S: Store> Workers<S> {
     }
 
     /// See [`SimplePyQ::stop`].
-    pub(crate) fn stop(&self) -> StopReport {
-        self.stop_until(None)
+    pub(crate) fn stop(&self, own: Option<Claim>) -> StopReport {
+        self.stop_until(None, own)
     }
 
     /// See [`SimplePyQ::stop_timeout`].
-    pub(crate) fn stop_timeout(&self, timeout: Duration) -> StopReport {
-        self.stop_until(Some(Instant::now() + timeout))
+    pub(crate) fn stop_timeout(&self, timeout: Duration, own: Option<Claim>) -> StopReport {
+        self.stop_until(Some(Instant::now() + timeout), own)
     }
 
-    fn stop_until(&self, deadline: Option<Instant>) -> StopReport {
+    /// Stops, waiting for running handlers until `deadline`, except `own`: the handler the
+    /// stop was called from.
+    fn stop_until(&self, deadline: Option<Instant>, own: Option<Claim>) -> StopReport {
         // Waiting would stall the runtime that runs the handlers waited for.
         let deadline = if on_current_thread_runtime() {
             Some(Instant::now())
@@ -384,7 +384,7 @@ impl<S: Store> Workers<S> {
         let Some((run, released)) = self.begin_stop(None) else {
             return StopReport::default();
         };
-        let running = self.finish_stop(run, deadline);
+        let running = self.finish_stop(run, deadline, own);
         StopReport {
             running,
             released,
@@ -430,7 +430,7 @@ impl<S: Store> Workers<S> {
             self.engine.held.wait(seen, self.engine.poll_interval);
         };
         if let Some((run, _)) = self.begin_stop(Some(number)) {
-            self.finish_stop(run, None);
+            self.finish_stop(run, None, worker::current_claim());
         }
         result
     }

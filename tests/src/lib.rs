@@ -5,6 +5,10 @@
 //! backend, so a failure names the backend and the case. [`scenarios`] does the same for the
 //! original library's usage examples, run through the `SimplePyQ` facade.
 
+use std::sync::{Arc, OnceLock};
+
+use serde::de::DeserializeOwned;
+use simplepyq::{ChannelOptions, SimplePyQ, TaskError};
 use simplepyq_core::Store;
 
 pub mod conformance;
@@ -15,6 +19,79 @@ pub mod lifecycle_model;
 pub mod model;
 pub mod postgres;
 pub mod scenarios;
+
+/// How a suite's channels run their handlers: each scenario and lifecycle case runs both
+/// ways, on every backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handlers {
+    /// On worker threads (`add_channel`).
+    Threads,
+    /// As futures on a tokio runtime (`add_channel_async`), the same handler run inside
+    /// an `async` block.
+    Async,
+}
+
+impl Handlers {
+    /// Adds channel `name` to `q` with `max_workers` workers (or futures in flight).
+    pub fn add<S, A, F>(
+        self,
+        q: &SimplePyQ<S>,
+        name: &str,
+        handler: F,
+        max_workers: usize,
+    ) -> simplepyq::Result<()>
+    where
+        S: Store,
+        A: DeserializeOwned + Send + 'static,
+        F: Fn(A) -> Result<(), TaskError> + Send + Sync + 'static,
+    {
+        self.add_with(q, name, handler, ChannelOptions::new(max_workers))
+    }
+
+    /// Adds channel `name` to `q` with `options`.
+    pub fn add_with<S, A, F>(
+        self,
+        q: &SimplePyQ<S>,
+        name: &str,
+        handler: F,
+        options: ChannelOptions,
+    ) -> simplepyq::Result<()>
+    where
+        S: Store,
+        A: DeserializeOwned + Send + 'static,
+        F: Fn(A) -> Result<(), TaskError> + Send + Sync + 'static,
+    {
+        match self {
+            Handlers::Threads => q.add_channel_with(name, handler, options).map(drop),
+            Handlers::Async => {
+                let handler = Arc::new(handler);
+                let options = options.runtime(runtime().handle().clone());
+                q.add_channel_async_with(
+                    name,
+                    move |args: A| {
+                        let handler = Arc::clone(&handler);
+                        async move { handler(args) }
+                    },
+                    options,
+                )
+                .map(drop)
+            }
+        }
+    }
+}
+
+/// The runtime of the suites' async channels: threads enough that handlers which block (the
+/// suites' handlers sleep and wait on each other) do not stall the others.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(16)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
 
 /// Opens the store of a durable fixture again.
 type Reopen = Box<dyn Fn() -> Box<dyn Store>>;

@@ -15,6 +15,8 @@ use parking_lot::Mutex;
 use simplepyq::{Error, SimplePyQ, Status, TaskId};
 use simplepyq_core::{Store, StoreExt};
 
+use crate::Handlers;
+
 /// Handlers that block until the test opens the gate, counting their starts per argument.
 #[derive(Debug, Default)]
 pub struct Gate {
@@ -77,17 +79,26 @@ fn queue_on(store: &Shared, lease: Duration) -> SimplePyQ<Shared> {
 }
 
 /// Adds channel `name` whose handler runs `gate` holding each task up to `hold`.
-fn gated(q: &SimplePyQ<Shared>, name: &str, gate: &Arc<Gate>, hold: Duration, workers: usize) {
+fn gated(
+    q: &SimplePyQ<Shared>,
+    handlers: Handlers,
+    name: &str,
+    gate: &Arc<Gate>,
+    hold: Duration,
+    workers: usize,
+) {
     let g = Arc::clone(gate);
-    q.add_channel(
-        name,
-        move |n: u32| {
-            g.run(n, hold);
-            Ok(())
-        },
-        workers,
-    )
-    .expect("add");
+    handlers
+        .add(
+            q,
+            name,
+            move |n: u32| {
+                g.run(n, hold);
+                Ok(())
+            },
+            workers,
+        )
+        .expect("add");
 }
 
 fn enqueue(q: &SimplePyQ<Shared>, channel: &str, n: u32) -> Vec<TaskId> {
@@ -115,11 +126,11 @@ fn untouched(store: &Shared, ids: &[TaskId], gate: &Gate) {
 /// `stop` while 4 of 8 tasks run on 4 workers: no other task starts, the stop returns when
 /// the 4 are done, the other 4 are pending with no attempt used; the store never shows
 /// more running tasks than workers. A restart runs the 4 left, each once.
-pub fn stop_starts_nothing_and_gives_back_claimed_tasks(store: Box<dyn Store>) {
+pub fn stop_starts_nothing_and_gives_back_claimed_tasks(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let q = queue_on(&store, Duration::from_secs(30));
     let gate = Gate::new();
-    gated(&q, "s", &gate, Duration::from_millis(300), 4);
+    gated(&q, handlers, "s", &gate, Duration::from_millis(300), 4);
     let ids = enqueue(&q, "s", 8);
     q.start().expect("start");
     wait_until("4 handlers run", || gate.started() == 4);
@@ -139,11 +150,11 @@ pub fn stop_starts_nothing_and_gives_back_claimed_tasks(store: Box<dyn Store>) {
 /// `stop_timeout` with one worker whose handler outlives the deadline: it returns exactly
 /// that task, no other handler starts afterwards, the others are untouched, and the late
 /// handler's outcome is still recorded (its lease kept meanwhile).
-pub fn stop_timeout_returns_exactly_the_running_tasks(store: Box<dyn Store>) {
+pub fn stop_timeout_returns_exactly_the_running_tasks(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let q = queue_on(&store, Duration::from_millis(200));
     let gate = Gate::new();
-    gated(&q, "t", &gate, Duration::from_secs(10), 1);
+    gated(&q, handlers, "t", &gate, Duration::from_secs(10), 1);
     let ids = enqueue(&q, "t", 10);
     q.start().expect("start");
     wait_until("a handler runs", || gate.started() == 1);
@@ -169,12 +180,15 @@ pub fn stop_timeout_returns_exactly_the_running_tasks(store: Box<dyn Store>) {
 /// Dropping a running queue starts no other handler; the tasks not started are pending
 /// with no attempt used, and a queue opened next (here with a short lease) fails none of
 /// them: every task ends done, each run once.
-pub fn dropping_a_queue_starts_nothing_and_fails_nothing(store: Box<dyn Store>) {
+pub fn dropping_a_queue_starts_nothing_and_fails_nothing(
+    store: Box<dyn Store>,
+    handlers: Handlers,
+) {
     let store: Shared = Arc::new(store);
     let gate = Gate::new();
     let ids = {
         let q = queue_on(&store, Duration::from_millis(300));
-        gated(&q, "d", &gate, Duration::from_millis(100), 2);
+        gated(&q, handlers, "d", &gate, Duration::from_millis(100), 2);
         let ids = enqueue(&q, "d", 40);
         q.start().expect("start");
         wait_until("2 handlers run", || gate.started() == 2);
@@ -184,7 +198,7 @@ pub fn dropping_a_queue_starts_nothing_and_fails_nothing(store: Box<dyn Store>) 
     assert_eq!(gate.started(), 2, "handlers started after the drop");
     untouched(&store, &ids, &gate);
     let q = queue_on(&store, Duration::from_millis(300));
-    gated(&q, "d", &gate, Duration::ZERO, 2);
+    gated(&q, handlers, "d", &gate, Duration::ZERO, 2);
     q.run_until_complete().expect("run");
     let c = store.counts(Some("d")).expect("counts");
     assert_eq!((c.done, c.failed), (40, 0), "{c:?}");
@@ -192,11 +206,11 @@ pub fn dropping_a_queue_starts_nothing_and_fails_nothing(store: Box<dyn Store>) 
 }
 
 /// Once `remove_channel` returned, no handler of the removed channel starts.
-pub fn removed_channel_starts_nothing(store: Box<dyn Store>) {
+pub fn removed_channel_starts_nothing(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let q = queue_on(&store, Duration::from_secs(30));
     let gate = Gate::new();
-    gated(&q, "gone", &gate, Duration::from_millis(50), 1);
+    gated(&q, handlers, "gone", &gate, Duration::from_millis(50), 1);
     enqueue(&q, "gone", 20);
     q.start().expect("start");
     wait_until("a handler runs", || gate.started() == 1);
@@ -208,16 +222,16 @@ pub fn removed_channel_starts_nothing(store: Box<dyn Store>) {
 
 /// A graceful `stop` keeps renewing the lease of a handler that outlives it: another queue
 /// looking for expired leases all along never takes the task, which runs once.
-pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>) {
+pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let q = queue_on(&store, Duration::from_millis(150));
     let gate = Gate::new();
-    gated(&q, "l", &gate, Duration::from_millis(700), 1);
+    gated(&q, handlers, "l", &gate, Duration::from_millis(700), 1);
     let id = enqueue(&q, "l", 1)[0];
     q.start().expect("start");
     wait_until("the handler runs", || gate.started() == 1);
     let other = queue_on(&store, Duration::from_millis(150));
-    gated(&other, "l", &gate, Duration::ZERO, 1);
+    gated(&other, handlers, "l", &gate, Duration::ZERO, 1);
     other.start().expect("start");
     q.stop();
     other.stop();
@@ -227,7 +241,7 @@ pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>) {
 
 /// A stale attempt (its lease taken over by another process) ending after this queue
 /// claimed the task again does not stop the renewal of the live attempt.
-pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>) {
+pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     // Long enough that a renewal delayed by a loaded machine (a redb fsync behind the other
     // tests' writes took 500 ms here) does not lapse it; the bug lets it lapse for good.
@@ -241,22 +255,24 @@ pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>) {
         Arc::clone(&second),
         Arc::clone(&runs),
     );
-    q.add_channel(
-        "x",
-        move |n: u32| {
-            if n > 0 {
-                return Ok(());
-            }
-            let run = r.fetch_add(1, Ordering::SeqCst);
-            let until = if run == 0 { &f } else { &s };
-            while !until.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "x",
+            move |n: u32| {
+                if n > 0 {
+                    return Ok(());
+                }
+                let run = r.fetch_add(1, Ordering::SeqCst);
+                let until = if run == 0 { &f } else { &s };
+                while !until.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
     let id = q.enqueue("x", &0u32).expect("enqueue");
     q.start().expect("start");
     wait_until("the first run", || runs.load(Ordering::SeqCst) == 1);
@@ -283,11 +299,14 @@ pub fn a_stale_attempt_does_not_end_the_live_ones_lease(store: Box<dyn Store>) {
 
 /// `start` after a `stop_timeout` that left a handler running does not take that
 /// handler's task for a dead worker's: it runs once.
-pub fn start_after_stop_timeout_does_not_rerun_a_running_task(store: Box<dyn Store>) {
+pub fn start_after_stop_timeout_does_not_rerun_a_running_task(
+    store: Box<dyn Store>,
+    handlers: Handlers,
+) {
     let store: Shared = Arc::new(store);
     let q = queue_on(&store, Duration::from_millis(100));
     let gate = Gate::new();
-    gated(&q, "r", &gate, Duration::from_millis(500), 1);
+    gated(&q, handlers, "r", &gate, Duration::from_millis(500), 1);
     let id = enqueue(&q, "r", 1)[0];
     q.start().expect("start");
     wait_until("the handler runs", || gate.started() == 1);
@@ -300,11 +319,11 @@ pub fn start_after_stop_timeout_does_not_rerun_a_running_task(store: Box<dyn Sto
 
 /// While one worker runs a long handler, another worker of the channel still looks at the
 /// store: a task another process enqueued starts within a few poll intervals.
-pub fn idle_workers_poll_while_another_runs(store: Box<dyn Store>) {
+pub fn idle_workers_poll_while_another_runs(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let q = queue_on(&store, Duration::from_secs(30));
     let gate = Gate::new();
-    gated(&q, "p", &gate, Duration::from_secs(5), 2);
+    gated(&q, handlers, "p", &gate, Duration::from_secs(5), 2);
     enqueue(&q, "p", 1);
     q.start().expect("start");
     wait_until("the first handler runs", || gate.started() == 1);
@@ -326,11 +345,14 @@ pub fn idle_workers_poll_while_another_runs(store: Box<dyn Store>) {
 
 /// `run_until_complete` returns, with an error saying so, when another thread stops the
 /// queue (a Ctrl-C handler).
-pub fn run_until_complete_returns_when_stopped_elsewhere(store: Box<dyn Store>) {
+pub fn run_until_complete_returns_when_stopped_elsewhere(
+    store: Box<dyn Store>,
+    handlers: Handlers,
+) {
     let store: Shared = Arc::new(store);
     let q = Arc::new(queue_on(&store, Duration::from_secs(30)));
     let gate = Gate::new();
-    gated(&q, "u", &gate, Duration::from_millis(200), 1);
+    gated(&q, handlers, "u", &gate, Duration::from_millis(200), 1);
     enqueue(&q, "u", 5);
     let (tx, rx) = std::sync::mpsc::channel();
     let runner = Arc::clone(&q);
@@ -349,7 +371,10 @@ pub fn run_until_complete_returns_when_stopped_elsewhere(store: Box<dyn Store>) 
 
 /// A store that panics (a bug in a custom backend) in a claim does not leave the channel
 /// stuck: the other workers go on and the tasks are done.
-pub fn a_panicking_store_call_does_not_stall_the_channel(store: Box<dyn Store>) {
+pub fn a_panicking_store_call_does_not_stall_the_channel(
+    store: Box<dyn Store>,
+    handlers: Handlers,
+) {
     let store: Shared = Arc::new(store);
     let panicky = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
     panicky.panic_claims(1);
@@ -359,15 +384,17 @@ pub fn a_panicking_store_call_does_not_stall_the_channel(store: Box<dyn Store>) 
         .expect("valid settings");
     let ran = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&ran);
-    q.add_channel(
-        "k",
-        move |_: u32| {
-            r.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "k",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
     for n in 0..20u32 {
         q.enqueue("k", &n).expect("enqueue");
     }
@@ -389,7 +416,10 @@ pub fn a_panicking_store_call_does_not_stall_the_channel(store: Box<dyn Store>) 
 /// A claim whose answer comes after the lease it asked for ran out (a slow or cut network)
 /// is not run: another worker may hold its tasks by then (here one does). The queue gives
 /// such tasks back if they are still its own, and goes on with the rest.
-pub fn a_claim_answered_after_its_lease_ran_out_is_not_run(store: Box<dyn Store>) {
+pub fn a_claim_answered_after_its_lease_ran_out_is_not_run(
+    store: Box<dyn Store>,
+    handlers: Handlers,
+) {
     let store: Shared = Arc::new(store);
     let late = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
     late.late_claims(1);
@@ -400,15 +430,17 @@ pub fn a_claim_answered_after_its_lease_ran_out_is_not_run(store: Box<dyn Store>
         .expect("valid settings");
     let ran = Arc::new(Mutex::new(Vec::new()));
     let r = Arc::clone(&ran);
-    q.add_channel(
-        "late",
-        move |n: u32| {
-            r.lock().push(n);
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "late",
+            move |n: u32| {
+                r.lock().push(n);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let first = q.enqueue("late", &0u32).expect("enqueue");
     q.start().expect("start");
     wait_until("the other worker took the task over", || {
@@ -440,7 +472,7 @@ pub fn a_claim_answered_after_its_lease_ran_out_is_not_run(store: Box<dyn Store>
 
 /// Storage errors while recording outcomes, for longer than a few seconds, never fail a
 /// task: the outcome waits (its lease renewed) until the store takes it.
-pub fn a_long_storage_outage_fails_no_task(store: Box<dyn Store>) {
+pub fn a_long_storage_outage_fails_no_task(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let outage = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
     let q = SimplePyQ::builder(Arc::clone(&outage))
@@ -450,15 +482,17 @@ pub fn a_long_storage_outage_fails_no_task(store: Box<dyn Store>) {
         .expect("valid settings");
     let ran = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&ran);
-    q.add_channel(
-        "o",
-        move |_: u32| {
-            r.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "o",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let id = q.enqueue("o", &0u32).expect("enqueue");
     outage.outage(true);
     q.start().expect("start");
@@ -474,25 +508,27 @@ pub fn a_long_storage_outage_fails_no_task(store: Box<dyn Store>) {
 
 /// A handler may stop its own queue: the stop does not wait for that handler, which then
 /// finishes and is recorded; nothing else starts.
-pub fn a_handler_can_stop_its_own_queue(store: Box<dyn Store>) {
+pub fn a_handler_can_stop_its_own_queue(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let q = Arc::new(queue_on(&store, Duration::from_secs(30)));
     let weak = Arc::downgrade(&q);
     let (tx, rx) = std::sync::mpsc::channel();
     let runs = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&runs);
-    q.add_channel(
-        "self",
-        move |_: u32| {
-            r.fetch_add(1, Ordering::SeqCst);
-            if let Some(q) = weak.upgrade() {
-                let _ = tx.send(q.stop());
-            }
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "self",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                if let Some(q) = weak.upgrade() {
+                    let _ = tx.send(q.stop());
+                }
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let ids = enqueue(&q, "self", 5);
     q.start().expect("start");
     let report = rx
@@ -532,9 +568,11 @@ macro_rules! lifecycle_tests {
         $(
             #[test]
             fn $name() {
-                let $crate::Fixture { store, guard, .. } = $factory();
-                $crate::lifecycle::$name(store);
-                drop(guard);
+                for handlers in [$crate::Handlers::Threads, $crate::Handlers::Async] {
+                    let $crate::Fixture { store, guard, .. } = $factory();
+                    $crate::lifecycle::$name(store, handlers);
+                    drop(guard);
+                }
             }
         )*
     };

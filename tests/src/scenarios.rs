@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use simplepyq::{EnqueueOptions, Error, ManualClock, SimplePyQ, Status, TaskError, TaskId};
 use simplepyq_core::{Store, StoreExt};
 
+use crate::Handlers;
+
 /// The queue type the scenarios run: any backend behind a box.
 pub type Queue = SimplePyQ<Box<dyn Store>>;
 
@@ -75,33 +77,37 @@ fn state(q: &Queue, id: TaskId) -> simplepyq_core::TaskState {
 
 /// Original README: a channel with two workers scrapes URLs; every task runs once and at
 /// most two run at a time. A second channel with one worker runs beside it.
-pub fn channels_with_two_workers(store: Box<dyn Store>) {
+pub fn channels_with_two_workers(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let scrape_t = Arc::new(Tracker::default());
     let other_t = Arc::new(Tracker::default());
     let t = Arc::clone(&scrape_t);
-    q.add_channel(
-        "scrape",
-        move |job: Scrape| {
-            t.enter(&job.url);
-            std::thread::sleep(Duration::from_millis(2));
-            t.leave();
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "scrape",
+            move |job: Scrape| {
+                t.enter(&job.url);
+                std::thread::sleep(Duration::from_millis(2));
+                t.leave();
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
     let t = Arc::clone(&other_t);
-    q.add_channel(
-        "other",
-        move |n: u32| {
-            t.enter(&n.to_string());
-            t.leave();
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "other",
+            move |n: u32| {
+                t.enter(&n.to_string());
+                t.leave();
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     for i in 0..30 {
         q.enqueue("scrape", &scrape(i)).expect("enqueue");
     }
@@ -120,26 +126,28 @@ pub fn channels_with_two_workers(store: Box<dyn Store>) {
 
 /// Original README: a task with `retries=2` that fails twice succeeds on its third attempt;
 /// one that always fails ends `failed` after `retries + 1` attempts, keeping its error.
-pub fn retries(store: Box<dyn Store>) {
+pub fn retries(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let tracker = Arc::new(Tracker::default());
     let t = Arc::clone(&tracker);
-    q.add_channel(
-        "flaky",
-        move |job: Scrape| {
-            let run = t.enter(&job.url);
-            t.leave();
-            if job.url.ends_with("always") {
-                Err(TaskError::msg(format!("{} is down", job.url)))
-            } else if run < 3 {
-                Err(TaskError::msg("timeout"))
-            } else {
-                Ok(())
-            }
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "flaky",
+            move |job: Scrape| {
+                let run = t.enter(&job.url);
+                t.leave();
+                if job.url.ends_with("always") {
+                    Err(TaskError::msg(format!("{} is down", job.url)))
+                } else if run < 3 {
+                    Err(TaskError::msg("timeout"))
+                } else {
+                    Ok(())
+                }
+            },
+            1,
+        )
+        .expect("add");
     let opts = EnqueueOptions::new().retries(2);
     let ok = q.enqueue_with("flaky", &scrape(1), opts).expect("enqueue");
     let always = Scrape {
@@ -160,23 +168,25 @@ pub fn retries(store: Box<dyn Store>) {
 }
 
 /// Original README: `DelayException` defers a task; it runs again by itself, no retry used.
-pub fn delay(store: Box<dyn Store>) {
+pub fn delay(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let tracker = Arc::new(Tracker::default());
     let t = Arc::clone(&tracker);
-    q.add_channel(
-        "later",
-        move |job: Scrape| {
-            let run = t.enter(&job.url);
-            t.leave();
-            if run == 1 {
-                return Err(TaskError::Delay(Duration::from_millis(150)));
-            }
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "later",
+            move |job: Scrape| {
+                let run = t.enter(&job.url);
+                t.leave();
+                if run == 1 {
+                    return Err(TaskError::Delay(Duration::from_millis(150)));
+                }
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let id = q.enqueue("later", &scrape(7)).expect("enqueue");
     let started = Instant::now();
     q.run_until_complete().expect("run");
@@ -186,16 +196,17 @@ pub fn delay(store: Box<dyn Store>) {
     assert_eq!((s.status, s.attempts, s.retries_left), (Status::Done, 2, 0));
 }
 
-fn always_failing(q: &Queue, channel: &str) {
-    q.add_channel(channel, |_: u32| Err(TaskError::msg("no")), 1)
+fn always_failing(q: &Queue, handlers: Handlers, channel: &str) {
+    handlers
+        .add(q, channel, |_: u32| Err(TaskError::msg("no")), 1)
         .expect("add");
 }
 
 /// Original README: `clear_failed` deletes a channel's failed tasks, or every channel's.
-pub fn clear_failed(store: Box<dyn Store>) {
+pub fn clear_failed(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
-    always_failing(&q, "a");
-    always_failing(&q, "b");
+    always_failing(&q, handlers, "a");
+    always_failing(&q, handlers, "b");
     for i in 0..3u32 {
         q.enqueue("a", &i).expect("enqueue");
     }
@@ -211,22 +222,24 @@ pub fn clear_failed(store: Box<dyn Store>) {
 
 /// Original README: `requeue_failed` runs failed tasks again, with their original retry
 /// count or a new one.
-pub fn requeue_failed(store: Box<dyn Store>) {
+pub fn requeue_failed(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let healthy = Arc::new(AtomicBool::new(false));
     let h = Arc::clone(&healthy);
-    q.add_channel(
-        "a",
-        move |_: u32| {
-            if h.load(Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err(TaskError::msg("down"))
-            }
-        },
-        2,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "a",
+            move |_: u32| {
+                if h.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(TaskError::msg("down"))
+                }
+            },
+            2,
+        )
+        .expect("add");
     let ids: Vec<TaskId> = (0..4u32)
         .map(|i| {
             q.enqueue_with("a", &i, EnqueueOptions::new().retries(1))
@@ -248,10 +261,10 @@ pub fn requeue_failed(store: Box<dyn Store>) {
 }
 
 /// Original README: `remove_channel` drops the handler and every task of the channel.
-pub fn remove_channel(store: Box<dyn Store>) {
+pub fn remove_channel(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
-    q.add_channel("gone", |_: u32| Ok(()), 1).expect("add");
-    q.add_channel("kept", |_: u32| Ok(()), 1).expect("add");
+    handlers.add(&q, "gone", |_: u32| Ok(()), 1).expect("add");
+    handlers.add(&q, "kept", |_: u32| Ok(()), 1).expect("add");
     for i in 0..4u32 {
         q.enqueue("gone", &i).expect("enqueue");
     }
@@ -270,31 +283,34 @@ pub fn remove_channel(store: Box<dyn Store>) {
     assert_eq!(q.purge_done(None, Duration::ZERO).expect("purge"), 1);
     assert_eq!(q.counts(None).expect("counts").total(), 0);
     // The name is free again.
-    q.add_channel("gone", |_: u32| Ok(()), 1)
+    handlers
+        .add(&q, "gone", |_: u32| Ok(()), 1)
         .expect("add again");
 }
 
 /// Original README: `run_until_complete` returns once nothing of its channels is pending,
 /// running or delayed; it does not wait for channels it has no handler for.
-pub fn run_until_complete(store: Box<dyn Store>) {
+pub fn run_until_complete(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     q.run_until_complete()
         .expect("no channels: returns at once");
     let done = Arc::new(AtomicUsize::new(0));
     let delayed = Arc::new(AtomicBool::new(false));
     let (d, once) = (Arc::clone(&done), Arc::clone(&delayed));
-    q.add_channel(
-        "work",
-        move |n: u32| {
-            d.fetch_add(1, Ordering::SeqCst);
-            if n == 0 && !once.swap(true, Ordering::SeqCst) {
-                return Err(TaskError::Delay(Duration::from_millis(50)));
-            }
-            Ok(())
-        },
-        3,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "work",
+            move |n: u32| {
+                d.fetch_add(1, Ordering::SeqCst);
+                if n == 0 && !once.swap(true, Ordering::SeqCst) {
+                    return Err(TaskError::Delay(Duration::from_millis(50)));
+                }
+                Ok(())
+            },
+            3,
+        )
+        .expect("add");
     q.enqueue("nobody-serves-this", &1u32).expect("enqueue");
     for n in 0..20u32 {
         q.enqueue("work", &n).expect("enqueue");
@@ -307,21 +323,23 @@ pub fn run_until_complete(store: Box<dyn Store>) {
 
 /// `stop` while handlers run: it waits for them, records their outcomes, leaves the rest
 /// queued; a restart finishes everything, each task exactly once.
-pub fn stop_while_busy_loses_nothing(store: Box<dyn Store>) {
+pub fn stop_while_busy_loses_nothing(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let tracker = Arc::new(Tracker::default());
     let t = Arc::clone(&tracker);
-    q.add_channel(
-        "busy",
-        move |n: u32| {
-            t.enter(&n.to_string());
-            std::thread::sleep(Duration::from_millis(1));
-            t.leave();
-            Ok(())
-        },
-        4,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "busy",
+            move |n: u32| {
+                t.enter(&n.to_string());
+                std::thread::sleep(Duration::from_millis(1));
+                t.leave();
+                Ok(())
+            },
+            4,
+        )
+        .expect("add");
     for n in 0..300u32 {
         q.enqueue("busy", &n).expect("enqueue");
     }
@@ -343,19 +361,21 @@ pub fn stop_while_busy_loses_nothing(store: Box<dyn Store>) {
 }
 
 /// A panicking handler fails its attempt with the panic message; the worker lives on.
-pub fn panic_fails_the_attempt_only(store: Box<dyn Store>) {
+pub fn panic_fails_the_attempt_only(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
-    q.add_channel(
-        "p",
-        |n: u32| {
-            if n % 2 == 1 {
-                panic!("odd number {n}");
-            }
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "p",
+            |n: u32| {
+                if n % 2 == 1 {
+                    panic!("odd number {n}");
+                }
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let ids: Vec<TaskId> = (0..10u32)
         .map(|n| {
             q.enqueue_with("p", &n, EnqueueOptions::new().retries(1))
@@ -376,9 +396,11 @@ pub fn panic_fails_the_attempt_only(store: Box<dyn Store>) {
 }
 
 /// Arguments that do not decode fail that task at once, naming the type; others go on.
-pub fn undecodable_args_fail_without_retry(store: Box<dyn Store>) {
+pub fn undecodable_args_fail_without_retry(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
-    q.add_channel("typed", |_: Scrape| Ok(()), 1).expect("add");
+    handlers
+        .add(&q, "typed", |_: Scrape| Ok(()), 1)
+        .expect("add");
     let bad = q
         .enqueue_with("typed", &[1u8, 2, 3], EnqueueOptions::new().retries(5))
         .expect("enqueue");
@@ -395,22 +417,24 @@ pub fn undecodable_args_fail_without_retry(store: Box<dyn Store>) {
 }
 
 /// Many producers and workers: every task runs exactly once, never two at once.
-pub fn many_threads_run_each_task_once(store: Box<dyn Store>) {
+pub fn many_threads_run_each_task_once(store: Box<dyn Store>, handlers: Handlers) {
     let q = Arc::new(queue(store));
     let seen = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let dupes = Arc::new(AtomicUsize::new(0));
     let (s, d) = (Arc::clone(&seen), Arc::clone(&dupes));
-    q.add_channel(
-        "n",
-        move |n: u32| {
-            if !s.lock().expect("no panics while held").insert(n) {
-                d.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(())
-        },
-        8,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "n",
+            move |n: u32| {
+                if !s.lock().expect("no panics while held").insert(n) {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(())
+            },
+            8,
+        )
+        .expect("add");
     q.start().expect("start");
     std::thread::scope(|scope| {
         for p in 0..4u32 {
@@ -430,14 +454,14 @@ pub fn many_threads_run_each_task_once(store: Box<dyn Store>) {
 
 /// Clear errors for zero workers, a duplicate channel and an unusable name; `start` twice
 /// is harmless; enqueueing after `stop` keeps the task for the next start.
-pub fn misuse_gets_clear_errors(store: Box<dyn Store>) {
+pub fn misuse_gets_clear_errors(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let zero = q
         .add_channel("z", |_: u32| Ok(()), 0)
         .expect_err("must fail");
     assert!(matches!(zero, Error::InvalidConfig(_)), "{zero}");
     assert!(zero.to_string().contains("at least one worker"), "{zero}");
-    q.add_channel("a", |_: u32| Ok(()), 1).expect("add");
+    handlers.add(&q, "a", |_: u32| Ok(()), 1).expect("add");
     let dup = q
         .add_channel("a", |_: u32| Ok(()), 1)
         .expect_err("must fail");
@@ -460,7 +484,7 @@ pub fn misuse_gets_clear_errors(store: Box<dyn Store>) {
 }
 
 /// A task left running by a dead worker runs again once its lease expires.
-pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>) {
+pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>, handlers: Handlers) {
     let clock = ManualClock::new(crate::conformance::T0);
     let q = SimplePyQ::builder(store)
         .clock(clock.clone())
@@ -480,15 +504,17 @@ pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>) {
     assert_eq!(dead.len(), 1);
     let ran = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&ran);
-    q.add_channel(
-        "c",
-        move |_: u32| {
-            r.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "c",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     q.start().expect("start");
     assert_eq!(
         ran.load(Ordering::SeqCst),
@@ -508,7 +534,10 @@ pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>) {
 /// jumps two leases ahead while a handler runs, and the keeper's next round is seconds
 /// away) is renewed, not recovered: an idle worker of the same queue, finding an expired
 /// lease, does not run the task a second time.
-pub fn a_lapsed_lease_of_a_live_worker_is_renewed_not_recovered(store: Box<dyn Store>) {
+pub fn a_lapsed_lease_of_a_live_worker_is_renewed_not_recovered(
+    store: Box<dyn Store>,
+    handlers: Handlers,
+) {
     let clock = ManualClock::new(crate::conformance::T0);
     let q = SimplePyQ::builder(store)
         .clock(clock.clone())
@@ -519,18 +548,20 @@ pub fn a_lapsed_lease_of_a_live_worker_is_renewed_not_recovered(store: Box<dyn S
     let runs = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(AtomicBool::new(false));
     let (r, go) = (Arc::clone(&runs), Arc::clone(&release));
-    q.add_channel(
-        "c",
-        move |_: u32| {
-            r.fetch_add(1, Ordering::SeqCst);
-            while !go.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "c",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                while !go.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
     let id = q
         .enqueue_with("c", &1u32, EnqueueOptions::new().retries(3))
         .expect("enqueue");
@@ -553,7 +584,7 @@ pub fn a_lapsed_lease_of_a_live_worker_is_renewed_not_recovered(store: Box<dyn S
 
 /// A handler that runs for several leases keeps its task: the lease is renewed, so the task
 /// is neither recovered nor claimed by anyone else meanwhile, and it runs once.
-pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>) {
+pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>, handlers: Handlers) {
     let q = SimplePyQ::builder(store)
         .lease(Duration::from_millis(150))
         .poll_interval(Duration::from_millis(10))
@@ -561,16 +592,18 @@ pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>) {
         .expect("valid settings");
     let started = Arc::new(AtomicBool::new(false));
     let s = Arc::clone(&started);
-    q.add_channel(
-        "slow",
-        move |_: u32| {
-            s.store(true, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(600));
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "slow",
+            move |_: u32| {
+                s.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(600));
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let id = q.enqueue("slow", &1u32).expect("enqueue");
     q.start().expect("start");
     while !started.load(Ordering::SeqCst) {
@@ -594,20 +627,22 @@ pub fn slow_handler_keeps_its_lease(store: Box<dyn Store>) {
 }
 
 /// Scheduled tasks (a delay, a time) run once due, not before; a batch enqueues all.
-pub fn scheduled_tasks_run_when_due(store: Box<dyn Store>) {
+pub fn scheduled_tasks_run_when_due(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
     let r = Arc::clone(&ran);
     let start = Instant::now();
-    q.add_channel(
-        "s",
-        move |n: u32| {
-            r.lock().expect("lock").push((n, start.elapsed()));
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "s",
+            move |n: u32| {
+                r.lock().expect("lock").push((n, start.elapsed()));
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
     let delayed = q
         .enqueue_with(
             "s",
@@ -639,19 +674,21 @@ pub fn scheduled_tasks_run_when_due(store: Box<dyn Store>) {
 }
 
 /// With one worker, higher priorities run first; equal ones in enqueue order.
-pub fn priorities_run_highest_first(store: Box<dyn Store>) {
+pub fn priorities_run_highest_first(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let o = Arc::clone(&order);
-    q.add_channel(
-        "p",
-        move |n: u32| {
-            o.lock().expect("lock").push(n);
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "p",
+            move |n: u32| {
+                o.lock().expect("lock").push(n);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     for (n, priority) in [(1u32, 0), (2, 5), (3, 0), (4, 9), (5, -2), (6, 5)] {
         q.enqueue_with("p", &n, EnqueueOptions::new().priority(priority))
             .expect("enqueue");
@@ -661,19 +698,21 @@ pub fn priorities_run_highest_first(store: Box<dyn Store>) {
 }
 
 /// A unique key gives back the unfinished task instead of a duplicate.
-pub fn unique_keys_prevent_duplicates(store: Box<dyn Store>) {
+pub fn unique_keys_prevent_duplicates(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let ran = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&ran);
-    q.add_channel(
-        "u",
-        move |_: String| {
-            r.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "u",
+            move |_: String| {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let opts = || EnqueueOptions::new().unique("report-2026-11");
     let first = q.enqueue_with("u", "a", opts()).expect("enqueue");
     assert_eq!(q.enqueue_with("u", "b", opts()).expect("enqueue"), first);
@@ -685,7 +724,7 @@ pub fn unique_keys_prevent_duplicates(store: Box<dyn Store>) {
 }
 
 /// An exponential backoff spaces retries out; a delay asked for by the handler wins over it.
-pub fn backoff_spaces_retries_and_delay_wins(store: Box<dyn Store>) {
+pub fn backoff_spaces_retries_and_delay_wins(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let times = Arc::new(std::sync::Mutex::new(Vec::new()));
     let t = Arc::clone(&times);
@@ -694,21 +733,23 @@ pub fn backoff_spaces_retries_and_delay_wins(store: Box<dyn Store>) {
         max: Duration::from_secs(10),
         jitter: false,
     };
-    q.add_channel_with(
-        "b",
-        move |mode: String| {
-            let mut times = t.lock().expect("lock");
-            times.push((mode.clone(), Instant::now()));
-            let runs = times.iter().filter(|(m, _)| *m == mode).count();
-            match (mode.as_str(), runs) {
-                ("fail", 1 | 2) => Err(TaskError::msg("not yet")),
-                ("delay", 1) => Err(TaskError::Delay(Duration::from_millis(5))),
-                _ => Ok(()),
-            }
-        },
-        simplepyq::ChannelOptions::new(2).backoff(backoff),
-    )
-    .expect("add");
+    handlers
+        .add_with(
+            &q,
+            "b",
+            move |mode: String| {
+                let mut times = t.lock().expect("lock");
+                times.push((mode.clone(), Instant::now()));
+                let runs = times.iter().filter(|(m, _)| *m == mode).count();
+                match (mode.as_str(), runs) {
+                    ("fail", 1 | 2) => Err(TaskError::msg("not yet")),
+                    ("delay", 1) => Err(TaskError::Delay(Duration::from_millis(5))),
+                    _ => Ok(()),
+                }
+            },
+            simplepyq::ChannelOptions::new(2).backoff(backoff),
+        )
+        .expect("add");
     let failing = q
         .enqueue_with("b", "fail", EnqueueOptions::new().retries(2))
         .expect("enqueue");
@@ -745,7 +786,7 @@ pub fn backoff_spaces_retries_and_delay_wins(store: Box<dyn Store>) {
 }
 
 /// Inspection: pages of tasks, their arguments decoded, and cancelling a queued task.
-pub fn inspect_and_cancel(store: Box<dyn Store>) {
+pub fn inspect_and_cancel(store: Box<dyn Store>, handlers: Handlers) {
     let q = queue(store);
     let ids: Vec<TaskId> = (0..5)
         .map(|i| q.enqueue("i", &scrape(i)).expect("enqueue"))
@@ -767,7 +808,7 @@ pub fn inspect_and_cancel(store: Box<dyn Store>) {
     let wrong = simplepyq::decode_args::<u64>(&page[1]).expect_err("not a number");
     assert!(matches!(wrong, Error::Codec { .. }), "{wrong}");
     assert!(matches!(q.cancel(ids[1]), Err(Error::NotFound(_))));
-    q.add_channel("i", |_: Scrape| Ok(()), 1).expect("add");
+    handlers.add(&q, "i", |_: Scrape| Ok(()), 1).expect("add");
     q.run_until_complete().expect("run");
     assert!(matches!(
         q.cancel(ids[0]),
@@ -777,7 +818,7 @@ pub fn inspect_and_cancel(store: Box<dyn Store>) {
 }
 
 /// The outcome hook hears of every recorded attempt, with the status it led to.
-pub fn outcome_hook_sees_every_attempt(store: Box<dyn Store>) {
+pub fn outcome_hook_sees_every_attempt(store: Box<dyn Store>, handlers: Handlers) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = Arc::clone(&seen);
     let q = SimplePyQ::builder(store)
@@ -789,17 +830,19 @@ pub fn outcome_hook_sees_every_attempt(store: Box<dyn Store>) {
         .expect("valid settings");
     let failed_once = Arc::new(AtomicBool::new(false));
     let f = Arc::clone(&failed_once);
-    q.add_channel(
-        "h",
-        move |fail: bool| {
-            if fail && !f.swap(true, Ordering::SeqCst) {
-                return Err(TaskError::msg("first try fails"));
-            }
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "h",
+            move |fail: bool| {
+                if fail && !f.swap(true, Ordering::SeqCst) {
+                    return Err(TaskError::msg("first try fails"));
+                }
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
     let flaky = q
         .enqueue_with("h", &true, EnqueueOptions::new().retries(1))
         .expect("enqueue");
@@ -820,7 +863,7 @@ pub fn outcome_hook_sees_every_attempt(store: Box<dyn Store>) {
 /// Injected storage faults on claims, on recording outcomes, and on leases: the workers go
 /// on, every task ends done exactly once it was recorded (a lost outcome makes it run
 /// again after its lease), none is left running, and errors are reported, not hidden.
-pub fn injected_faults_lose_nothing(store: Box<dyn Store>) {
+pub fn injected_faults_lose_nothing(store: Box<dyn Store>, handlers: Handlers) {
     use crate::faults::{Faults, Flaky};
     let faults = Faults {
         claim: true,
@@ -836,15 +879,17 @@ pub fn injected_faults_lose_nothing(store: Box<dyn Store>) {
         .expect("valid settings");
     let runs = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&runs);
-    q.add_channel(
-        "f",
-        move |_: u32| {
-            r.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+    handlers
+        .add(
+            &q,
+            "f",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
     for n in 0..60u32 {
         q.enqueue_with("f", &n, EnqueueOptions::new().retries(5))
             .expect("enqueue");
@@ -862,25 +907,27 @@ pub fn injected_faults_lose_nothing(store: Box<dyn Store>) {
 }
 
 /// A handler may enqueue more work to its own channel; it runs in the same run.
-pub fn handlers_can_enqueue_to_their_own_channel(store: Box<dyn Store>) {
+pub fn handlers_can_enqueue_to_their_own_channel(store: Box<dyn Store>, handlers: Handlers) {
     let q = Arc::new(queue(store));
     let weak = Arc::downgrade(&q);
-    q.add_channel(
-        "tree",
-        move |depth: u32| {
-            if depth < 3 {
-                let q = weak
-                    .upgrade()
-                    .ok_or_else(|| TaskError::fatal("queue gone"))?;
-                for _ in 0..2 {
-                    q.enqueue("tree", &(depth + 1))?;
+    handlers
+        .add(
+            &q,
+            "tree",
+            move |depth: u32| {
+                if depth < 3 {
+                    let q = weak
+                        .upgrade()
+                        .ok_or_else(|| TaskError::fatal("queue gone"))?;
+                    for _ in 0..2 {
+                        q.enqueue("tree", &(depth + 1))?;
+                    }
                 }
-            }
-            Ok(())
-        },
-        2,
-    )
-    .expect("add");
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
     q.enqueue("tree", &0u32).expect("enqueue");
     q.run_until_complete().expect("run");
     // 1 + 2 + 4 + 8 nodes.
@@ -889,7 +936,7 @@ pub fn handlers_can_enqueue_to_their_own_channel(store: Box<dyn Store>) {
 
 /// Dropping a running queue without `stop` ends its workers; nothing is lost: what was not
 /// run stays queued for the next queue on the store.
-pub fn dropping_a_running_queue_loses_nothing(store: Box<dyn Store>) {
+pub fn dropping_a_running_queue_loses_nothing(store: Box<dyn Store>, handlers: Handlers) {
     let store: Arc<Box<dyn Store>> = Arc::new(store);
     let ran = Arc::new(AtomicUsize::new(0));
     {
@@ -898,16 +945,18 @@ pub fn dropping_a_running_queue_loses_nothing(store: Box<dyn Store>) {
             .build()
             .expect("valid settings");
         let r = Arc::clone(&ran);
-        q.add_channel(
-            "d",
-            move |_: u32| {
-                r.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(2));
-                Ok(())
-            },
-            2,
-        )
-        .expect("add");
+        handlers
+            .add(
+                &q,
+                "d",
+                move |_: u32| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(2));
+                    Ok(())
+                },
+                2,
+            )
+            .expect("add");
         for n in 0..100u32 {
             q.enqueue("d", &n).expect("enqueue");
         }
@@ -929,7 +978,7 @@ pub fn dropping_a_running_queue_loses_nothing(store: Box<dyn Store>) {
         .poll_interval(Duration::from_millis(10))
         .build()
         .expect("valid settings");
-    q.add_channel("d", |_: u32| Ok(()), 2).expect("add");
+    handlers.add(&q, "d", |_: u32| Ok(()), 2).expect("add");
     q.run_until_complete().expect("run");
     assert_eq!(store.counts(Some("d")).expect("counts").done, 100);
 }
@@ -970,9 +1019,11 @@ macro_rules! scenario_tests {
         $(
             #[test]
             fn $name() {
-                let $crate::Fixture { store, guard, .. } = $factory();
-                $crate::scenarios::$name(store);
-                drop(guard);
+                for handlers in [$crate::Handlers::Threads, $crate::Handlers::Async] {
+                    let $crate::Fixture { store, guard, .. } = $factory();
+                    $crate::scenarios::$name(store, handlers);
+                    drop(guard);
+                }
             }
         )*
     };
