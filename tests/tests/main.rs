@@ -3,6 +3,7 @@
 
 mod damage;
 mod fuzz_corpus;
+mod handlers;
 mod netns;
 mod permissions;
 mod pg;

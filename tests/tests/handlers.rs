@@ -1,0 +1,651 @@
+//! Handlers beyond the basic ones: async channels on tokio, the task context and its
+//! cancellation, typed channel handles, and errors converted with `?`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use simplepyq::{
+    CancelReason, Cancelled, ChannelOptions, Error, MemoryStore, Outcome, SimplePyQ, SqliteStore,
+    Status, Store, TaskContext, TaskError, TaskId, Timestamp,
+};
+use simplepyq_core::Claim;
+use simplepyq_tests::Handlers;
+
+fn sqlite() -> (tempfile::TempDir, SimplePyQ<SqliteStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("q.db")).expect("open");
+    let q = SimplePyQ::builder(store)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("valid settings");
+    (dir, q)
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Counts each task's runs by its argument.
+#[derive(Default)]
+struct Runs(Mutex<HashMap<u32, usize>>);
+
+impl Runs {
+    fn add(&self, n: u32) {
+        *self.0.lock().entry(n).or_default() += 1;
+    }
+
+    fn assert_each_once(&self, n: u32) {
+        let runs = self.0.lock();
+        assert_eq!(runs.len(), n as usize, "tasks that ran");
+        let twice: Vec<_> = runs.iter().filter(|(_, r)| **r != 1).collect();
+        assert!(twice.is_empty(), "tasks run more than once: {twice:?}");
+    }
+}
+
+/// Many I/O-bound tasks wait together: 2,000 tasks each awaiting a 100 ms timer, 500 in
+/// flight, on a 2-thread runtime, take about 4 rounds of 100 ms, each run exactly once.
+/// (The 10,000 × 1,000 run, with thread channels beside it, is the `async_timers`
+/// example, whose times the closing note reports.)
+#[test]
+fn futures_wait_together_on_two_threads() {
+    let rt = runtime(2);
+    let (_dir, q) = sqlite();
+    let runs = Arc::new(Runs::default());
+    let r = Arc::clone(&runs);
+    let options = ChannelOptions::new(500).runtime(rt.handle().clone());
+    let timers = q
+        .add_channel_async_with(
+            "timers",
+            move |n: u32| {
+                let r = Arc::clone(&r);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    r.add(n);
+                    Ok(())
+                }
+            },
+            options,
+        )
+        .expect("add");
+    let numbers: Vec<u32> = (0..2_000).collect();
+    timers
+        .enqueue_many(&numbers, Default::default())
+        .expect("enqueue");
+    let t0 = Instant::now();
+    q.run_until_complete().expect("run");
+    let took = t0.elapsed();
+    runs.assert_each_once(2_000);
+    assert_eq!(q.counts("timers").expect("counts").done, 2_000);
+    // 4 rounds of 100 ms could not end sooner if fewer than 500 waited at once.
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    eprintln!("2,000 timers of 100 ms, 500 in flight, 2 runtime threads: {took:?}");
+}
+
+/// A store that notes whether any claim, renewal, outcome or release is made on a thread
+/// that drives an async runtime.
+#[derive(Debug)]
+struct Watched {
+    inner: MemoryStore,
+    on_runtime: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl Watched {
+    fn note(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.on_runtime.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Store for Watched {
+    fn enqueue(
+        &self,
+        tasks: &[simplepyq_core::NewTask],
+        now: Timestamp,
+    ) -> simplepyq::Result<Vec<TaskId>> {
+        self.inner.enqueue(tasks, now)
+    }
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> simplepyq::Result<Vec<simplepyq::Task>> {
+        self.note();
+        self.inner.claim(channel, limit, now, lease_until)
+    }
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> simplepyq::Result<usize> {
+        self.note();
+        self.inner.extend_leases(claims, lease_until)
+    }
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> simplepyq::Result<Vec<simplepyq::Result<Status>>> {
+        self.note();
+        self.inner.finish_many(results, now)
+    }
+    fn release(&self, claims: &[Claim], now: Timestamp) -> simplepyq::Result<usize> {
+        self.note();
+        self.inner.release(claims, now)
+    }
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> simplepyq::Result<usize> {
+        self.note();
+        self.inner.recover_expired(now, max_lost_runs)
+    }
+    fn clear_failed(&self, channel: Option<&str>) -> simplepyq::Result<usize> {
+        self.inner.clear_failed(channel)
+    }
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> simplepyq::Result<usize> {
+        self.inner.requeue_failed(channel, retries, now)
+    }
+    fn remove_channel(&self, channel: &str) -> simplepyq::Result<usize> {
+        self.inner.remove_channel(channel)
+    }
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> simplepyq::Result<usize> {
+        self.inner.purge_done(channel, before)
+    }
+    fn channels(&self) -> simplepyq::Result<Vec<String>> {
+        self.inner.channels()
+    }
+    fn counts(&self, channel: Option<&str>) -> simplepyq::Result<simplepyq::Counts> {
+        self.inner.counts(channel)
+    }
+    fn next_wakeup(&self, channel: &str) -> simplepyq::Result<Option<Timestamp>> {
+        self.note();
+        self.inner.next_wakeup(channel)
+    }
+    fn get(&self, id: TaskId) -> simplepyq::Result<Option<simplepyq::Task>> {
+        self.inner.get(id)
+    }
+    fn list(&self, filter: &simplepyq::ListFilter) -> simplepyq::Result<Vec<simplepyq::Task>> {
+        self.inner.list(filter)
+    }
+    fn cancel(&self, id: TaskId) -> simplepyq::Result<()> {
+        self.inner.cancel(id)
+    }
+}
+
+/// Claims, renewals, outcomes and waits are never made on a runtime's thread: the
+/// runtime's threads only run handlers. 1,000 tasks, 3 failing once, some delayed.
+#[test]
+fn no_store_call_runs_on_a_runtime_thread() {
+    let rt = runtime(2);
+    let store = Arc::new(Watched {
+        inner: MemoryStore::new(),
+        on_runtime: AtomicUsize::new(0),
+        calls: AtomicUsize::new(0),
+    });
+    let q = SimplePyQ::builder(Arc::clone(&store))
+        .lease(Duration::from_millis(300))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("settings");
+    let failed_once = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let f = Arc::clone(&failed_once);
+    let options = ChannelOptions::new(50).runtime(rt.handle().clone());
+    q.add_channel_async_with(
+        "work",
+        move |n: u32| {
+            let f = Arc::clone(&f);
+            async move {
+                tokio::time::sleep(Duration::from_millis(u64::from(n % 7))).await;
+                if n % 300 == 0 && f.lock().insert(n) {
+                    return Err(TaskError::msg("once"));
+                }
+                if n % 250 == 1 && f.lock().insert(n) {
+                    return Err(TaskError::delay(Duration::from_millis(50)));
+                }
+                Ok(())
+            }
+        },
+        options,
+    )
+    .expect("add");
+    for n in 0..1_000u32 {
+        q.enqueue_with("work", &n, simplepyq::EnqueueOptions::new().retries(1))
+            .expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("work").expect("counts").done, 1_000);
+    assert!(store.calls.load(Ordering::SeqCst) > 10);
+    assert_eq!(
+        store.on_runtime.load(Ordering::SeqCst),
+        0,
+        "store calls made on a runtime thread"
+    );
+}
+
+/// A future the runtime drops before it ends (the runtime shut down) gives its task back:
+/// pending again, its attempt not counted; it is not left running with a renewed lease, and
+/// a stop does not wait for it.
+#[test]
+fn a_future_dropped_by_its_runtime_gives_its_task_back() {
+    let rt = runtime(1);
+    let (_dir, q) = sqlite();
+    let started = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&started);
+    let options = ChannelOptions::new(4).runtime(rt.handle().clone());
+    q.add_channel_async_with(
+        "forever",
+        move |_: u32| {
+            let s = Arc::clone(&s);
+            async move {
+                s.store(true, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        },
+        options,
+    )
+    .expect("add");
+    let id = q.enqueue("forever", &1u32).expect("enqueue");
+    q.start().expect("start");
+    let t0 = Instant::now();
+    while !started.load(Ordering::SeqCst) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the future never ran"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rt.shutdown_background();
+    let t0 = Instant::now();
+    loop {
+        let task = q.task(id).expect("get").expect("exists");
+        if task.state.status == Status::Pending {
+            assert_eq!(task.state.attempts, 0, "the attempt was given back");
+            assert_eq!(task.state.retries_left, 0);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", task.state);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    let report = q.stop();
+    assert!(t0.elapsed() < Duration::from_secs(5), "the stop waited");
+    assert!(report.running.is_empty(), "{report:?}");
+}
+
+/// Blocking calls on a current-thread runtime do not hang: `run_until_complete` refuses
+/// with a clear error, `stop` does not wait; the async variants do the work.
+#[test]
+fn blocking_calls_on_a_current_thread_runtime_do_not_hang() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (_dir, q) = sqlite();
+    rt.block_on(async {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&runs);
+        q.add_channel_async(
+            "c",
+            move |_: u32| {
+                let r = Arc::clone(&r);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    r.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            },
+            8,
+        )
+        .expect("add");
+        for n in 0..50u32 {
+            q.enqueue("c", &n).expect("enqueue");
+        }
+        let err = q.run_until_complete().expect_err("refused");
+        assert!(matches!(err, Error::WouldBlock { .. }), "{err}");
+        assert!(
+            err.to_string().contains("run_until_complete_async"),
+            "{err}"
+        );
+        q.run_until_complete_async().await.expect("run");
+        assert_eq!(runs.load(Ordering::SeqCst), 50);
+
+        // A handler that runs until asked to stop; `stop` must not wait for it here.
+        q.add_channel_async(
+            "long",
+            |_: u32, ctx: TaskContext| async move {
+                ctx.cancelled().await;
+                Err(TaskError::delay(Duration::ZERO))
+            },
+            1,
+        )
+        .expect("add");
+        let id = q.enqueue("long", &0u32).expect("enqueue");
+        q.start().expect("start");
+        wait_async(|| q.task(id).expect("get").expect("exists").state.status == Status::Running)
+            .await;
+        let report = q.stop();
+        assert_eq!(report.running, vec![id], "{report:?}");
+        // Asked to stop, the handler deferred its task: it runs again on the next start.
+        wait_async(|| q.task(id).expect("get").expect("exists").state.status == Status::Delayed)
+            .await;
+        let report = q.stop_async().await;
+        assert!(report.running.is_empty());
+    });
+}
+
+async fn wait_async(mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "timed out");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The context tells the handler its task; its signal reaches a running handler on
+/// `cancel(id)` and on `stop_timeout`, with thread and with async handlers.
+#[test]
+fn the_cancellation_signal_reaches_running_handlers() {
+    for handlers in [Handlers::Threads, Handlers::Async] {
+        for by_stop in [false, true] {
+            cancellation(handlers, by_stop);
+        }
+    }
+}
+
+fn cancellation(handlers: Handlers, by_stop: bool) {
+    let (_dir, q) = sqlite();
+    let seen: Arc<Mutex<Vec<(TaskId, String, u32, u32, Option<CancelReason>)>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let record = move |ctx: &TaskContext| {
+        s.lock().push((
+            ctx.id(),
+            ctx.channel().to_owned(),
+            ctx.attempt(),
+            ctx.retries_left(),
+            ctx.cancel_reason(),
+        ));
+    };
+    let record = Arc::new(record);
+    match handlers {
+        Handlers::Threads => {
+            let record = Arc::clone(&record);
+            q.add_channel(
+                "job",
+                move |_: u32, ctx: &TaskContext| {
+                    while !ctx.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    record(ctx);
+                    Err(TaskError::fatal("stopped early"))
+                },
+                1,
+            )
+            .map(drop)
+        }
+        Handlers::Async => {
+            let record = Arc::clone(&record);
+            q.add_channel_async_with(
+                "job",
+                move |_: u32, ctx: TaskContext| {
+                    let record = Arc::clone(&record);
+                    async move {
+                        ctx.cancelled().await;
+                        record(&ctx);
+                        Err(TaskError::fatal("stopped early"))
+                    }
+                },
+                ChannelOptions::new(1).runtime(simplepyq_tests::runtime().handle().clone()),
+            )
+            .map(drop)
+        }
+    }
+    .expect("add");
+    let enqueued = std::time::SystemTime::now();
+    let id = q
+        .enqueue_with("job", &7u32, simplepyq::EnqueueOptions::new().retries(2))
+        .expect("enqueue");
+    q.start().expect("start");
+    let t0 = Instant::now();
+    while q.task(id).expect("get").expect("exists").state.status != Status::Running {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let reason = if by_stop {
+        let report = q.stop_timeout(Duration::from_millis(50));
+        assert_eq!(report.running, vec![id], "{handlers:?}");
+        CancelReason::Stop
+    } else {
+        // Not reachable by the store alone: the queue asks the handler.
+        assert_eq!(q.cancel(id).expect("cancel"), Cancelled::Requested);
+        CancelReason::Cancel
+    };
+    let t0 = Instant::now();
+    while q.task(id).expect("get").expect("exists").state.status != Status::Failed {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{handlers:?} {by_stop}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let seen = seen.lock().clone();
+    assert_eq!(
+        seen,
+        vec![(id, "job".to_owned(), 1, 2, Some(reason))],
+        "{handlers:?}"
+    );
+    let task = q.task(id).expect("get").expect("exists");
+    assert_eq!(task.state.last_error.as_deref(), Some("stopped early"));
+    let ctx_enqueued = task.created_at.as_millis();
+    let now = i64::try_from(
+        enqueued
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits");
+    assert!((ctx_enqueued - now).abs() < 1_000);
+    // A pending task is removed, not asked.
+    let pending = q.enqueue("nobody", &1u32).expect("enqueue");
+    assert_eq!(q.cancel(pending).expect("cancel"), Cancelled::Removed);
+    q.stop();
+}
+
+/// The context's enqueue time is the task's.
+#[test]
+fn the_context_carries_the_enqueue_time() {
+    let (_dir, q) = sqlite();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let t = Arc::clone(&times);
+    q.add_channel(
+        "t",
+        move |_: u32, ctx: &TaskContext| {
+            t.lock().push(ctx.enqueued_at());
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let before = std::time::SystemTime::now() - Duration::from_millis(1);
+    let id = q.enqueue("t", &1u32).expect("enqueue");
+    let after = std::time::SystemTime::now() + Duration::from_millis(1);
+    q.run_until_complete().expect("run");
+    let times = times.lock();
+    assert_eq!(times.len(), 1);
+    assert!(times[0] >= before && times[0] <= after, "{:?}", times[0]);
+    let created = q.task(id).expect("get").expect("exists").created_at;
+    let ms = times[0]
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    assert_eq!(i64::try_from(ms).expect("fits"), created.as_millis());
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Resize {
+    path: String,
+    width: u32,
+}
+
+/// Typed handles enqueue from other threads, and a producer's handle reaches a channel
+/// served by another queue on the same file (another process would do the same).
+#[test]
+fn typed_channels_enqueue_from_threads_and_producers() {
+    let (dir, q) = sqlite();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = Arc::clone(&got);
+    let resize = q
+        .add_channel(
+            "resize",
+            move |r: Resize| {
+                g.lock().push(r);
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+    assert_eq!(resize.name(), "resize");
+    let threads: Vec<_> = (0..4u32)
+        .map(|i| {
+            let resize = resize.clone();
+            std::thread::spawn(move || {
+                resize
+                    .enqueue(&Resize {
+                        path: format!("{i}.png"),
+                        width: i,
+                    })
+                    .expect("enqueue")
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("producer");
+    }
+    let producer = SimplePyQ::open(dir.path().join("q.db")).expect("open");
+    let handle = producer.channel::<Resize>("resize");
+    handle
+        .enqueue(&Resize {
+            path: "p.png".into(),
+            width: 9,
+        })
+        .expect("enqueue");
+    q.run_until_complete().expect("run");
+    let mut got = got.lock().clone();
+    got.sort_by_key(|r| r.width);
+    let widths: Vec<u32> = got.iter().map(|r| r.width).collect();
+    assert_eq!(widths, vec![0, 1, 2, 3, 9]);
+}
+
+#[derive(Debug)]
+struct Outer {
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for Outer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("could not read the invoice")
+    }
+}
+
+impl std::error::Error for Outer {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn boxed() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    Err("the box said no".into())
+}
+
+fn with_anyhow() -> anyhow::Result<()> {
+    use anyhow::Context;
+    Err(std::io::Error::other("disk gone")).context("saving the report")
+}
+
+/// `?` takes std errors, boxed errors and anyhow errors, and the task's last error keeps
+/// the chain of causes, with thread and with async handlers.
+#[test]
+fn question_mark_keeps_the_chain_of_causes() {
+    for handlers in [Handlers::Threads, Handlers::Async] {
+        let (_dir, q) = sqlite();
+        handlers
+            .add(
+                &q,
+                "errors",
+                |kind: u32| {
+                    match kind {
+                        0 => Err(Outer {
+                            source: std::io::Error::other("permission denied"),
+                        })?,
+                        1 => boxed()?,
+                        2 => with_anyhow()?,
+                        _ => "x".parse::<u8>().map(drop)?,
+                    }
+                    Ok(())
+                },
+                1,
+            )
+            .expect("add");
+        let ids: Vec<TaskId> = (0..4u32)
+            .map(|k| q.enqueue("errors", &k).expect("enqueue"))
+            .collect();
+        q.run_until_complete().expect("run");
+        let errors: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                let t = q.task(*id).expect("get").expect("exists");
+                assert_eq!(t.state.status, Status::Failed);
+                t.state.last_error.expect("an error")
+            })
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "could not read the invoice: permission denied".to_owned(),
+                "the box said no".to_owned(),
+                "saving the report: disk gone".to_owned(),
+                "invalid digit found in string".to_owned(),
+            ],
+            "{handlers:?}"
+        );
+    }
+}
+
+/// A future that panics fails its attempt only; the channel goes on.
+#[test]
+fn a_panicking_future_fails_its_attempt() {
+    let (_dir, q) = sqlite();
+    q.add_channel_async(
+        "p",
+        |n: u32| async move {
+            tokio::task::yield_now().await;
+            assert!(n != 1, "task {n} panics");
+            Ok(())
+        },
+        4,
+    )
+    .expect("add");
+    let ids: Vec<TaskId> = (0..5u32)
+        .map(|n| q.enqueue("p", &n).expect("enqueue"))
+        .collect();
+    q.run_until_complete().expect("run");
+    let t = q.task(ids[1]).expect("get").expect("exists");
+    assert_eq!(t.state.status, Status::Failed);
+    let e = t.state.last_error.expect("error");
+    assert!(
+        e.contains("handler panicked") && e.contains("task 1 panics"),
+        "{e}"
+    );
+    assert_eq!(q.counts("p").expect("counts").done, 4);
+}
