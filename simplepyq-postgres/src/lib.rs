@@ -152,17 +152,14 @@ impl Drop for PostgresStore {
         if let Some(n) = &self.notifier {
             n.stop();
         }
-        // Closing a connection is a request too (see `off_runtime`).
-        if let Some(pool) = self.pool.take() {
-            if on_runtime() {
-                let spawned = std::thread::Builder::new()
-                    .name("simplepyq-postgres-close".into())
-                    .spawn(move || drop(pool));
-                // Without a thread, the connections are left to close with the process.
-                if let Err(e) = spawned {
-                    drop(e);
-                }
-            }
+        // Closing a connection is a request too (see `off_runtime`): on a runtime's thread,
+        // the pool is dropped on a thread of its own.
+        if let Some(pool) = self.pool.take().filter(|_| on_runtime()) {
+            let spawned = std::thread::Builder::new()
+                .name("simplepyq-postgres-close".into())
+                .spawn(move || drop(pool));
+            // Without a thread, the connections are left to close with the process.
+            drop(spawned);
         }
     }
 }

@@ -207,7 +207,7 @@ fn no_store_call_runs_on_a_runtime_thread() {
             let f = Arc::clone(&f);
             async move {
                 tokio::time::sleep(Duration::from_millis(u64::from(n % 7))).await;
-                if n % 300 == 0 && f.lock().insert(n) {
+                if n.is_multiple_of(300) && f.lock().insert(n) {
                     return Err(TaskError::msg("once"));
                 }
                 if n % 250 == 1 && f.lock().insert(n) {
@@ -364,9 +364,12 @@ fn the_cancellation_signal_reaches_running_handlers() {
     }
 }
 
+/// What a handler saw in its context: id, channel, attempt, retries left, cancel reason.
+type Seen = (TaskId, String, u32, u32, Option<CancelReason>);
+
 fn cancellation(handlers: Handlers, by_stop: bool) {
     let (_dir, q) = sqlite();
-    let seen: Arc<Mutex<Vec<(TaskId, String, u32, u32, Option<CancelReason>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let s = Arc::clone(&seen);
     let record = move |ctx: &TaskContext| {
         s.lock().push((

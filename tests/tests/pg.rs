@@ -470,3 +470,53 @@ fn renewals_and_outcomes_never_deadlock() {
     assert_eq!(deadlocks(), before, "PostgreSQL detected deadlocks");
     assert_eq!(s.counts(None).expect("counts").done, 400);
 }
+
+/// A queue on PostgreSQL connects, enqueues from an axum-like request handler and an async
+/// handler, and is dropped, all on a runtime's threads: the driver runs on a runtime of its
+/// own, which tokio refuses to start inside another (the async scenario that enqueued from
+/// its handler failed so: 0 of 15 tasks done).
+#[test]
+fn a_queue_lives_on_an_async_runtime() {
+    for flavor in ["current_thread", "multi_thread"] {
+        let schema = fresh_schema();
+        let _drop = DropSchema(schema.clone());
+        let rt = if flavor == "current_thread" {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        }
+        .enable_all()
+        .build()
+        .expect("runtime");
+        rt.block_on(async {
+            let store = PostgresStore::connect_with(server().conninfo(), options(&schema))
+                .expect("connect on the runtime");
+            let q = SimplePyQ::builder(store)
+                .poll_interval(Duration::from_millis(20))
+                .build()
+                .expect("build");
+            let next = q.channel::<u32>("pages");
+            q.add_channel_async(
+                "links",
+                move |n: u32| {
+                    let next = next.clone();
+                    async move {
+                        next.enqueue(&n)?; // from the handler, on a runtime thread
+                        Ok(())
+                    }
+                },
+                4,
+            )
+            .expect("add");
+            q.add_channel_async("pages", |_: u32| async { Ok(()) }, 4)
+                .expect("add");
+            for n in 0..20u32 {
+                q.enqueue("links", &n).expect("enqueue on the runtime");
+            }
+            q.run_until_complete_async().await.expect("run");
+            assert_eq!(q.counts("pages").expect("counts").done, 20, "{flavor}");
+            q.clear_failed(None).expect("clear");
+            drop(q); // closes its connections, on the runtime's thread
+        });
+    }
+}
