@@ -59,6 +59,7 @@ pub(crate) enum Claimed {
     /// Run this one; the rest were handed over.
     Run(Started),
     /// Run all of these (an async channel's claim).
+    #[cfg(feature = "tokio")]
     RunAll(Vec<Started>),
     /// Nothing was due.
     Nothing,
@@ -137,6 +138,7 @@ impl Dispatch {
     }
 
     /// The claimer of an async channel is back with `tasks`: every one starts at once.
+    #[cfg(feature = "tokio")]
     pub(crate) fn claimed_all(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
         let mut st = self.state.lock();
         st.claiming = false;

@@ -33,6 +33,29 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Handlers, sync and async
+//! A handler takes the task's arguments, and may take its [`TaskContext`] too. Thread
+//! channels run blocking functions; with the `tokio` feature, async channels run futures:
+//!
+//! ```
+//! # #[cfg(feature = "tokio")] {
+//! use simplepyq::{SimplePyQ, TaskContext};
+//! # let dir = tempfile::tempdir()?;
+//! let q = SimplePyQ::open(dir.path().join("tasks.db"))?;
+//! q.add_channel("sync", |n: u32| { println!("{n}"); Ok(()) }, 2)?;
+//! q.add_channel("sync_ctx", |n: u32, ctx: &TaskContext| {
+//!     println!("{n}: task {} attempt {}", ctx.id(), ctx.attempt());
+//!     Ok(())
+//! }, 2)?;
+//! q.add_channel_async("async", |n: u32| async move { println!("{n}"); Ok(()) }, 100)?;
+//! q.add_channel_async("async_ctx", |n: u32, ctx: TaskContext| async move {
+//!     println!("{n}: task {} attempt {}", ctx.id(), ctx.attempt());
+//!     Ok(())
+//! }, 100)?;
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Semantics
 //! - **At least once.** A task is claimed atomically under a lease; a worker that dies
 //!   leaves its task `running` until the lease expires, and then it runs again: a lost run,
@@ -53,6 +76,9 @@
 //! - `memory`: [`SimplePyQ::memory`] and [`MemoryStore`], the in-memory backend.
 //! - `redb`: [`RedbStore`], a durable backend in pure Rust (one process per file); use it
 //!   with [`SimplePyQ::new`] or [`SimplePyQ::builder`].
+//! - `tokio`: async channels ([`SimplePyQ::add_channel_async`]): handlers that are futures,
+//!   run on a tokio runtime; [`SimplePyQ::stop_async`] and
+//!   [`SimplePyQ::run_until_complete_async`].
 //! - `tracing`: [`tracing`](https://docs.rs/tracing) events for each task (claimed at
 //!   debug level; succeeded, delayed and retried at info; failed, and storage errors met by
 //!   workers, at warn), with the task's id, channel and attempt as fields.
@@ -99,7 +125,7 @@ pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
 #[cfg(feature = "sqlite")]
 pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests (they use every feature).
+#[cfg(all(doctest, feature = "sqlite", feature = "postgres", feature = "tokio"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

@@ -30,7 +30,7 @@ use crate::handler::erase;
 use crate::options::Backoff;
 use crate::signal::Signal;
 use crate::sync::Mutex;
-use crate::worker::{self, ChannelWork};
+use crate::worker::{self, ChannelWork, Runner};
 use crate::{leases, recorder};
 
 const ITERATIONS: usize = 2_000;
@@ -138,11 +138,11 @@ impl Scene {
         let channel = Arc::new(ChannelWork {
             name: Arc::from("c"),
             workers: WORKERS,
-            handler: erase(move |n: u32| {
+            runner: Runner::Threads(erase(move |n: u32| {
                 s.lock().push((n, st.load(Ordering::SeqCst)));
                 thread::yield_now();
                 Ok(())
-            }),
+            })),
             backoff: Backoff::Immediate,
             average_run: AtomicU64::new(0),
         });
@@ -166,7 +166,11 @@ impl Scene {
                     Arc::clone(&self.channel),
                     Arc::clone(&self.dispatch),
                 );
-                thread::spawn(move || worker::work(&e, &c, &d))
+                thread::spawn(move || match &c.runner {
+                    Runner::Threads(handler) => worker::work(&e, &c, handler, &d),
+                    #[cfg(feature = "tokio")]
+                    Runner::Async(_) => unreachable!("a thread channel"),
+                })
             })
             .collect()
     }

@@ -196,6 +196,7 @@ pub(crate) fn work<S: Store>(
             Claimed::GiveBack(tasks) => {
                 leases::give_back(engine, &tasks);
             }
+            #[cfg(feature = "tokio")]
             Claimed::RunAll(_) => unreachable!("only an async channel's claimer starts all"),
         }
     }
@@ -245,6 +246,7 @@ pub(crate) fn current_claim() -> Option<Claim> {
 }
 
 /// Runs `f` as the handler of `claim` (an async handler's poll, on a runtime's thread).
+#[cfg(feature = "tokio")]
 pub(crate) fn as_current<T>(claim: Claim, f: impl FnOnce() -> T) -> T {
     let before = CURRENT.with(|c| c.replace(Some(claim)));
     let result = f();
@@ -254,7 +256,7 @@ pub(crate) fn as_current<T>(claim: Claim, f: impl FnOnce() -> T) -> T {
 
 /// Lets a claim go if its worker unwinds before handing the outcome over (a panic outside
 /// the handler): its lease is then no longer renewed, and the task is recovered.
-pub(crate) struct Abandon<'a, S> {
+struct Abandon<'a, S> {
     engine: &'a Engine<S>,
     claim: Option<Claim>,
 }
