@@ -6,6 +6,8 @@
 //!     [--bare]
 //! cargo run --release --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
+//! cargo run --release --example throughput -- --backend sqlite --remote [--watch off] \
+//!     [--idle-cpu 30]
 //! ```
 //!
 //! For PostgreSQL the tool uses the server at `--url` (in a schema of its own, dropped at the
@@ -26,14 +28,21 @@
 //! `drain_per_s`: all N processed by the workers with a handler that only decodes the
 //! payload, timed from `start` until the last is done; the tool exits 1 unless exactly N
 //! were processed. Pick-up latency: from `enqueue` to the handler's start, for 200 tasks
-//! enqueued one by one while the workers are idle. Peak RSS: the process's high-water mark.
+//! enqueued one by one while the workers are idle; with `--remote` (SQLite), enqueued through
+//! a second store on the file, as another process would (`--watch off` turns the queue's
+//! watch of the file off, leaving polling). Peak RSS: the process's high-water mark. With
+//! `--idle-cpu S`: the CPU time the process spends in S seconds with the queue started and
+//! idle, as a percentage of one core (`"idle_cpu_percent"`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use simplepyq::{EnqueueOptions, PostgresOptions, PostgresStore, SimplePyQ, Store, TaskError};
+use simplepyq::{
+    EnqueueOptions, PostgresOptions, PostgresStore, SimplePyQ, SqliteOptions, SqliteStore, Store,
+    TaskError,
+};
 use simplepyq_benches::backends::Backend;
 use simplepyq_benches::{Payload, payload};
 use simplepyq_benches::{bare, bare_pg};
@@ -52,6 +61,12 @@ struct Args {
     drain_only: Option<String>,
     /// PostgreSQL: whether enqueues send `NOTIFY`.
     notify: bool,
+    /// SQLite: pick-up of tasks another store on the file enqueues.
+    remote: bool,
+    /// SQLite: whether the queue watches the file for other processes' work.
+    watch: bool,
+    /// Seconds to measure the CPU time of an idle started queue.
+    idle_cpu: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -67,11 +82,18 @@ fn parse() -> Result<Args, String> {
         processes: 1,
         drain_only: None,
         notify: true,
+        remote: false,
+        watch: true,
+        idle_cpu: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--bare" {
             args.bare = true;
+            continue;
+        }
+        if flag == "--remote" {
+            args.remote = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -91,6 +113,8 @@ fn parse() -> Result<Args, String> {
             "--processes" => args.processes = number()?.max(1),
             "--drain-only" => args.drain_only = Some(value.clone()),
             "--notify" => args.notify = value != "off",
+            "--watch" => args.watch = value != "off",
+            "--idle-cpu" => args.idle_cpu = number()?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -117,6 +141,22 @@ fn bare_limits(backend: Backend, dir: &std::path::Path, n: u64) -> Result<String
         ",\"bare_synchronous\":\"{sync}\",\"bare_insert_per_s\":{insert:.0},\
          \"bare_cycle1_per_s\":{cycle1:.0},\"bare_cycle32_per_s\":{cycle32:.0}"
     ))
+}
+
+/// The process's CPU time so far (user and system), in the kernel's ticks.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses: utime and stime are the
+    // 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 fn peak_rss_mib() -> f64 {
@@ -238,8 +278,21 @@ fn run() -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let server = postgres.then(|| Server::get(args.url.as_deref(), args.notify));
     let schema = format!("bench_{}", std::process::id());
+    let sqlite = matches!(backend, Backend::SqliteNormal | Backend::SqliteFull) && !postgres;
+    if (args.remote || !args.watch) && !sqlite {
+        return Err("--remote and --watch are for --backend sqlite".into());
+    }
     let store: Box<dyn Store> = match &server {
         Some(server) => Box::new(server.store(&schema)?),
+        None if !args.watch => Box::new(
+            SqliteStore::open_with(
+                dir.path().join("tasks.db"),
+                SqliteOptions::new()
+                    .durability(backend.sqlite_durability())
+                    .watch_interval(None),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
         None => backend.open(dir.path()).map_err(|e| e.to_string())?,
     };
     let durability = if postgres {
@@ -328,8 +381,11 @@ fn run() -> Result<(), String> {
     }
 
     // Pick-up latency, with idle workers; on PostgreSQL, of work another store adds.
-    let remote = match &server {
-        Some(server) => Some(SimplePyQ::new(server.store(&schema)?)),
+    let remote: Option<SimplePyQ<Box<dyn Store>>> = match &server {
+        Some(server) => Some(SimplePyQ::new(Box::new(server.store(&schema)?))),
+        None if args.remote => Some(SimplePyQ::new(
+            backend.open(dir.path()).map_err(|e| e.to_string())?,
+        )),
         None => None,
     };
     q.start().map_err(e)?;
@@ -348,6 +404,21 @@ fn run() -> Result<(), String> {
             .ok_or("a task was not picked up")?;
         latencies.push(ran.duration_since(sent).as_secs_f64() * 1_000.0);
     }
+    let pickup_remote = remote.is_some();
+    let idle_cpu = if args.idle_cpu > 0 {
+        // Settle first: the workers' pauses grow to the poll interval.
+        std::thread::sleep(Duration::from_secs(2));
+        let before = cpu_ticks();
+        std::thread::sleep(Duration::from_secs(args.idle_cpu));
+        let ticks = cpu_ticks() - before;
+        // Linux counts CPU time in ticks of 10 ms.
+        format!(
+            ",\"idle_cpu_percent\":{:.2}",
+            ticks as f64 / args.idle_cpu as f64
+        )
+    } else {
+        String::new()
+    };
     q.stop();
     latencies.sort_by(f64::total_cmp);
     let peak_rss = peak_rss_mib();
@@ -366,7 +437,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -380,6 +451,9 @@ fn run() -> Result<(), String> {
         latencies[latencies.len() * 99 / 100],
         peak_rss,
         args.processes,
+        pickup_remote,
+        args.watch,
+        idle_cpu,
         bare,
     );
     Ok(())

@@ -73,6 +73,14 @@ impl Backend {
         }
     }
 
+    /// The SQLite durability of a SQLite backend (`Normal` for the others).
+    pub fn sqlite_durability(self) -> Durability {
+        match self {
+            Backend::SqliteFull => Durability::Full,
+            _ => Durability::Normal,
+        }
+    }
+
     /// A fresh store in `dir`.
     pub fn open(self, dir: &Path) -> simplepyq::Result<Box<dyn Store>> {
         let sqlite =

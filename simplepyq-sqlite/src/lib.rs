@@ -43,6 +43,7 @@
 mod checkpoint;
 mod error;
 mod schema;
+mod watch;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ use rusqlite::{OptionalExtension, params, params_from_iter};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, batch, validate_channel,
+    TaskState, Timestamp, Wake, Watch, batch, validate_channel,
 };
 
 use crate::checkpoint::Checkpointer;
@@ -86,6 +87,10 @@ pub struct SqliteOptions {
     /// `None` (the default) for SQLite's own limit. Writes that would pass it fail with
     /// [`Error::Full`] and change nothing; what was committed stays.
     pub max_size: Option<u64>,
+    /// How often a running queue looks whether another process added work (1 ms by
+    /// default): a read of one counter, which wakes the channel's idle workers when it
+    /// moved. `None` turns it off; the queue then notices such work by polling.
+    pub watch_interval: Option<Duration>,
 }
 
 impl Default for SqliteOptions {
@@ -94,6 +99,7 @@ impl Default for SqliteOptions {
             durability: Durability::Normal,
             busy_timeout: Duration::from_secs(30),
             max_size: None,
+            watch_interval: Some(Duration::from_millis(1)),
         }
     }
 }
@@ -121,6 +127,12 @@ impl SqliteOptions {
         self.max_size = Some(bytes);
         self
     }
+
+    /// Sets how often a running queue looks for other processes' work; `None` for never.
+    pub fn watch_interval(mut self, interval: Option<Duration>) -> Self {
+        self.watch_interval = interval;
+        self
+    }
 }
 
 /// A [`Store`] on a SQLite file. Several stores (in one process or several) may open the
@@ -136,6 +148,7 @@ pub struct SqliteStore {
     writer: Option<(Writer, Checkpointer)>,
     path: PathBuf,
     busy_timeout: Duration,
+    watch_interval: Option<Duration>,
 }
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
@@ -184,6 +197,7 @@ impl SqliteStore {
             writer: None,
             path,
             busy_timeout,
+            watch_interval: None,
         })
     }
 
@@ -246,6 +260,7 @@ impl SqliteStore {
             writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),
             path,
             busy_timeout: options.busy_timeout,
+            watch_interval: options.watch_interval,
         })
     }
 
@@ -453,6 +468,10 @@ const READY: &str = "channel = ?1 AND status = 'pending' AND run_at <= ?2";
 const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND run_at <= ?2";
 
 impl Store for SqliteStore {
+    fn watch(&self, wake: Wake) -> Option<Watch> {
+        watch::watch(&self.path, self.watch_interval?, wake)
+    }
+
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
             validate_channel(&t.channel)?;
