@@ -119,27 +119,35 @@ impl Dispatch {
     }
 
     /// The claimer is back with `tasks` (none if the claim failed).
-    pub(crate) fn claimed(&self, mut tasks: Vec<Task>, held: &Held) -> Claimed {
-        let mut st = self.state.lock();
-        st.claiming = false;
-        if st.stopped {
-            return Claimed::GiveBack(tasks);
-        }
-        if tasks.is_empty() {
-            return Claimed::Nothing;
-        }
-        let mine = Started::new(tasks.remove(0), held);
-        st.handed.extend(tasks);
-        // One idle worker per handed task; the others look again within the poll interval.
-        for _ in 0..st.handed.len().min(st.idle) {
-            self.cv.notify_one();
-        }
-        Claimed::Run(mine)
+    pub(crate) fn claimed(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
+        self.back(tasks, |st, mut tasks| {
+            let mine = Started::new(tasks.remove(0), held);
+            st.handed.extend(tasks);
+            // One idle worker per handed task; the others look again within the poll
+            // interval.
+            for _ in 0..st.handed.len().min(st.idle) {
+                self.cv.notify_one();
+            }
+            Claimed::Run(mine)
+        })
     }
 
     /// The claimer of an async channel is back with `tasks`: every one starts at once.
     #[cfg(feature = "tokio")]
     pub(crate) fn claimed_all(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
+        self.back(tasks, |_, tasks| {
+            Claimed::RunAll(tasks.into_iter().map(|t| Started::new(t, held)).collect())
+        })
+    }
+
+    /// Ends a claiming turn with `tasks`: given back if the channel stopped meanwhile,
+    /// `Nothing` if there are none, else what `start` makes of them (under the lock, so
+    /// that a stop sees them started or not at all).
+    fn back(
+        &self,
+        tasks: Vec<Task>,
+        start: impl FnOnce(&mut State, Vec<Task>) -> Claimed,
+    ) -> Claimed {
         let mut st = self.state.lock();
         st.claiming = false;
         if st.stopped {
@@ -148,7 +156,7 @@ impl Dispatch {
         if tasks.is_empty() {
             return Claimed::Nothing;
         }
-        Claimed::RunAll(tasks.into_iter().map(|t| Started::new(t, held)).collect())
+        start(&mut st, tasks)
     }
 
     /// Waits up to `timeout` unless woken since `seen`, stopped, or given work.

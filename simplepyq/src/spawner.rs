@@ -22,7 +22,7 @@ use crate::handler::{AsyncHandler, TaskError, decode};
 use crate::leases;
 use crate::recorder;
 use crate::report;
-use crate::worker::{self, ChannelWork, Fetched};
+use crate::worker::{self, ChannelWork};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
 
@@ -127,20 +127,11 @@ pub(crate) fn work<S: Store>(
             dispatch.rest(seen, engine.poll_interval);
             continue;
         }
-        let tasks = match worker::fetch(engine, &channel.name, free) {
-            Fetched::Tasks(tasks) => tasks,
-            Fetched::Failed => {
-                dispatch.claimed(Vec::new(), &engine.held);
-                dispatch.rest(seen, errors.next());
-                continue;
-            }
-            Fetched::Late(tasks) => {
-                dispatch.claimed(Vec::new(), &engine.held);
-                leases::give_back(engine, &tasks);
-                continue;
-            }
+        let Some(tasks) =
+            worker::claim_turn(engine, &channel.name, free, dispatch, seen, &mut errors)
+        else {
+            continue;
         };
-        errors.reset();
         match dispatch.claimed_all(tasks, &engine.held) {
             Claimed::RunAll(started) => {
                 poll.reset();

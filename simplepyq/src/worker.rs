@@ -107,7 +107,7 @@ impl ChannelWork {
 }
 
 /// What a claim call brought.
-pub(crate) enum Fetched {
+enum Fetched {
     /// These tasks, reserved in the held claims.
     Tasks(Vec<Task>),
     /// The store failed (the error is recorded).
@@ -118,8 +118,38 @@ pub(crate) enum Fetched {
     Late(Vec<Task>),
 }
 
+/// Claims up to `want` due tasks of `channel` for a worker whose turn it is to claim
+/// (`seen`, from [`Dispatch::turn`]). After a store error (then resting for the next of
+/// `errors`' pauses) or a late answer, the turn ends here and `None` is returned.
+pub(crate) fn claim_turn<S: Store>(
+    engine: &Engine<S>,
+    channel: &str,
+    want: usize,
+    dispatch: &Dispatch,
+    seen: u64,
+    errors: &mut Pause,
+) -> Option<Vec<Task>> {
+    match fetch(engine, channel, want) {
+        Fetched::Tasks(tasks) => {
+            errors.reset();
+            Some(tasks)
+        }
+        Fetched::Failed => {
+            dispatch.claimed(Vec::new(), &engine.held);
+            dispatch.rest(seen, errors.next());
+            None
+        }
+        Fetched::Late(tasks) => {
+            errors.reset();
+            dispatch.claimed(Vec::new(), &engine.held);
+            leases::give_back(engine, &tasks);
+            None
+        }
+    }
+}
+
 /// Claims up to `want` due tasks of `channel`.
-pub(crate) fn fetch<S: Store>(engine: &Engine<S>, channel: &str, want: usize) -> Fetched {
+fn fetch<S: Store>(engine: &Engine<S>, channel: &str, want: usize) -> Fetched {
     let mut lease_until = None;
     let claimed = guarded(|| {
         let now = engine.now();
@@ -169,20 +199,10 @@ pub(crate) fn work<S: Store>(
         // A task for itself and each idle worker, and a reserve for quick handlers, so that
         // busy workers find their next task here instead of waiting for a claim.
         let want = idle + 1 + channel.reserve();
-        let tasks = match fetch(engine, &channel.name, want) {
-            Fetched::Tasks(tasks) => tasks,
-            Fetched::Failed => {
-                dispatch.claimed(Vec::new(), &engine.held);
-                dispatch.rest(seen, errors.next());
-                continue;
-            }
-            Fetched::Late(tasks) => {
-                dispatch.claimed(Vec::new(), &engine.held);
-                leases::give_back(engine, &tasks);
-                continue;
-            }
+        let Some(tasks) = claim_turn(engine, &channel.name, want, dispatch, seen, &mut errors)
+        else {
+            continue;
         };
-        errors.reset();
         match dispatch.claimed(tasks, &engine.held) {
             Claimed::Run(started) => {
                 poll.reset();

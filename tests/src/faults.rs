@@ -37,6 +37,9 @@ pub struct Flaky<S> {
     panics_left: AtomicU64,
     panicked: AtomicU64,
     late_left: AtomicU64,
+    /// Calls, and calls made on a thread that drives an async runtime.
+    calls_made: AtomicU64,
+    on_runtime: AtomicU64,
 }
 
 impl<S: Store> Flaky<S> {
@@ -53,6 +56,8 @@ impl<S: Store> Flaky<S> {
             panics_left: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             late_left: AtomicU64::new(0),
+            calls_made: AtomicU64::new(0),
+            on_runtime: AtomicU64::new(0),
         }
     }
 
@@ -77,7 +82,20 @@ impl<S: Store> Flaky<S> {
         self.dead.store(true, Ordering::SeqCst);
     }
 
+    /// How many calls reached the wrapper, and how many of them on a thread that drives an
+    /// async runtime.
+    pub fn calls_on_runtime(&self) -> (u64, u64) {
+        (
+            self.calls_made.load(Ordering::SeqCst),
+            self.on_runtime.load(Ordering::SeqCst),
+        )
+    }
+
     fn alive(&self) -> Result<()> {
+        self.calls_made.fetch_add(1, Ordering::SeqCst);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.on_runtime.fetch_add(1, Ordering::SeqCst);
+        }
         if self.dead.load(Ordering::SeqCst) {
             return Err(Error::Backend {
                 backend: "flaky",

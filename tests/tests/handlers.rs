@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use simplepyq::{
-    CancelReason, Cancelled, ChannelOptions, Error, MemoryStore, Outcome, SimplePyQ, SqliteStore,
-    Status, Store, TaskContext, TaskError, TaskId, Timestamp,
+    CancelReason, Cancelled, ChannelOptions, Error, MemoryStore, SimplePyQ, SqliteStore, Status,
+    TaskContext, TaskError, TaskId,
 };
-use simplepyq_core::Claim;
 use simplepyq_tests::Handlers;
+use simplepyq_tests::faults::Flaky;
 
 fn sqlite() -> (tempfile::TempDir, SimplePyQ<SqliteStore>) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -89,110 +89,12 @@ fn futures_wait_together_on_two_threads() {
     eprintln!("2,000 timers of 100 ms, 500 in flight, 2 runtime threads: {took:?}");
 }
 
-/// A store that notes whether any claim, renewal, outcome or release is made on a thread
-/// that drives an async runtime.
-#[derive(Debug)]
-struct Watched {
-    inner: MemoryStore,
-    on_runtime: AtomicUsize,
-    calls: AtomicUsize,
-}
-
-impl Watched {
-    fn note(&self) {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.on_runtime.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Store for Watched {
-    fn enqueue(
-        &self,
-        tasks: &[simplepyq_core::NewTask],
-        now: Timestamp,
-    ) -> simplepyq::Result<Vec<TaskId>> {
-        self.inner.enqueue(tasks, now)
-    }
-    fn claim(
-        &self,
-        channel: &str,
-        limit: usize,
-        now: Timestamp,
-        lease_until: Timestamp,
-    ) -> simplepyq::Result<Vec<simplepyq::Task>> {
-        self.note();
-        self.inner.claim(channel, limit, now, lease_until)
-    }
-    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> simplepyq::Result<usize> {
-        self.note();
-        self.inner.extend_leases(claims, lease_until)
-    }
-    fn finish_many(
-        &self,
-        results: &[(Claim, Outcome)],
-        now: Timestamp,
-    ) -> simplepyq::Result<Vec<simplepyq::Result<Status>>> {
-        self.note();
-        self.inner.finish_many(results, now)
-    }
-    fn release(&self, claims: &[Claim], now: Timestamp) -> simplepyq::Result<usize> {
-        self.note();
-        self.inner.release(claims, now)
-    }
-    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> simplepyq::Result<usize> {
-        self.note();
-        self.inner.recover_expired(now, max_lost_runs)
-    }
-    fn clear_failed(&self, channel: Option<&str>) -> simplepyq::Result<usize> {
-        self.inner.clear_failed(channel)
-    }
-    fn requeue_failed(
-        &self,
-        channel: Option<&str>,
-        retries: Option<u32>,
-        now: Timestamp,
-    ) -> simplepyq::Result<usize> {
-        self.inner.requeue_failed(channel, retries, now)
-    }
-    fn remove_channel(&self, channel: &str) -> simplepyq::Result<usize> {
-        self.inner.remove_channel(channel)
-    }
-    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> simplepyq::Result<usize> {
-        self.inner.purge_done(channel, before)
-    }
-    fn channels(&self) -> simplepyq::Result<Vec<String>> {
-        self.inner.channels()
-    }
-    fn counts(&self, channel: Option<&str>) -> simplepyq::Result<simplepyq::Counts> {
-        self.inner.counts(channel)
-    }
-    fn next_wakeup(&self, channel: &str) -> simplepyq::Result<Option<Timestamp>> {
-        self.note();
-        self.inner.next_wakeup(channel)
-    }
-    fn get(&self, id: TaskId) -> simplepyq::Result<Option<simplepyq::Task>> {
-        self.inner.get(id)
-    }
-    fn list(&self, filter: &simplepyq::ListFilter) -> simplepyq::Result<Vec<simplepyq::Task>> {
-        self.inner.list(filter)
-    }
-    fn cancel(&self, id: TaskId) -> simplepyq::Result<()> {
-        self.inner.cancel(id)
-    }
-}
-
 /// Claims, renewals, outcomes and waits are never made on a runtime's thread: the
 /// runtime's threads only run handlers. 1,000 tasks, 3 failing once, some delayed.
 #[test]
 fn no_store_call_runs_on_a_runtime_thread() {
     let rt = runtime(2);
-    let store = Arc::new(Watched {
-        inner: MemoryStore::new(),
-        on_runtime: AtomicUsize::new(0),
-        calls: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Flaky::healthy(MemoryStore::new()));
     let q = SimplePyQ::builder(Arc::clone(&store))
         .lease(Duration::from_millis(300))
         .poll_interval(Duration::from_millis(20))
@@ -225,12 +127,9 @@ fn no_store_call_runs_on_a_runtime_thread() {
     }
     q.run_until_complete().expect("run");
     assert_eq!(q.counts("work").expect("counts").done, 1_000);
-    assert!(store.calls.load(Ordering::SeqCst) > 10);
-    assert_eq!(
-        store.on_runtime.load(Ordering::SeqCst),
-        0,
-        "store calls made on a runtime thread"
-    );
+    let (calls, on_runtime) = store.calls_on_runtime();
+    assert!(calls > 10, "{calls}");
+    assert_eq!(on_runtime, 0, "store calls made on a runtime thread");
 }
 
 /// A future the runtime drops before it ends (the runtime shut down) gives its task back:
