@@ -47,6 +47,7 @@ mod watch;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -87,9 +88,11 @@ pub struct SqliteOptions {
     /// `None` (the default) for SQLite's own limit. Writes that would pass it fail with
     /// [`Error::Full`] and change nothing; what was committed stays.
     pub max_size: Option<u64>,
-    /// How often a running queue looks whether another process added work (1 ms by
-    /// default): a read of one counter, which wakes the channel's idle workers when it
-    /// moved. `None` turns it off; the queue then notices such work by polling.
+    /// Whether a running queue watches for work other processes add, waking the channel's
+    /// idle workers at once: on Unix by a socket in a folder beside the file
+    /// (`FILE-wake/`), which costs nothing while idle; where no socket can be had, by reading
+    /// the file's change counter every this long (1 ms by default). `None` turns watching
+    /// off; the queue then notices such work by polling.
     pub watch_interval: Option<Duration>,
 }
 
@@ -128,7 +131,8 @@ impl SqliteOptions {
         self
     }
 
-    /// Sets how often a running queue looks for other processes' work; `None` for never.
+    /// Sets how often a running queue looks for other processes' work where it has no
+    /// socket to be told by; `None` for no watching at all.
     pub fn watch_interval(mut self, interval: Option<Duration>) -> Self {
         self.watch_interval = interval;
         self
@@ -149,6 +153,8 @@ pub struct SqliteStore {
     path: PathBuf,
     busy_timeout: Duration,
     watch_interval: Option<Duration>,
+    /// Tells other processes' queues of the tasks this store adds.
+    announcer: Arc<watch::Announcer>,
 }
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
@@ -193,6 +199,7 @@ impl SqliteStore {
             });
         }
         Ok(SqliteStore {
+            announcer: Arc::new(watch::Announcer::new(&path)),
             reader: Mutex::new(conn),
             writer: None,
             path,
@@ -256,6 +263,7 @@ impl SqliteStore {
             .map_err(E::from)?;
         let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
         Ok(SqliteStore {
+            announcer: Arc::new(watch::Announcer::new(&path)),
             reader: Mutex::new(reader),
             writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),
             path,
@@ -469,15 +477,16 @@ const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND run_at <= ?2"
 
 impl Store for SqliteStore {
     fn watch(&self, wake: Wake) -> Option<Watch> {
-        watch::watch(&self.path, self.watch_interval?, wake)
+        watch::watch(&self.path, self.watch_interval?, wake, &self.announcer)
     }
 
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
             validate_channel(&t.channel)?;
         }
+        let channels: Vec<String> = tasks.iter().map(|t| t.channel.clone()).collect();
         let tasks = tasks.to_vec();
-        self.write(move |tx| {
+        let ids = self.write(move |tx| {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
                  {STATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
@@ -507,7 +516,9 @@ impl Store for SqliteStore {
                 ids.push(TaskId::new(tx.last_insert_rowid()));
             }
             Ok(ids)
-        })
+        })?;
+        self.announcer.announce(channels.iter().map(String::as_str));
+        Ok(ids)
     }
 
     fn claim(

@@ -1,25 +1,207 @@
-//! News of work other connections add, for a running queue: a thread with a connection of
-//! its own reads `PRAGMA data_version` every interval (it moves when another connection
-//! commits; reading it touches no page), and when it moved, reads which channels got tasks
-//! since its last look (new ids only: a range of the rowid) and wakes their idle workers.
+//! News of work other processes add, for a running queue.
 //!
-//! Only new tasks wake: outcomes, renewals and requeues of other processes do not, so that a
-//! busy neighbour's commits do not make idle workers claim for nothing. Those are found by
-//! the queue's polling, as before.
+//! On Unix, without polling: each watching queue binds a datagram socket in a folder beside
+//! the file (`tasks.db-wake/`), and every store that adds tasks to the file sends, after the
+//! commit, the channel's name to each socket there but its own queues' (they are woken in
+//! the process). An idle queue waits in `recv`: it costs nothing. A socket whose process
+//! died refuses the datagram; the sender removes it.
+//!
+//! Where no socket can be had (another platform, a path too long for a socket's address),
+//! a thread reads `PRAGMA data_version` every interval instead (it moves when another
+//! connection commits) and, when it moved, which channels got tasks since its last look.
+//!
+//! A wake-up is a hint: a missed one (a full socket buffer, a socket made after the sender
+//! last listed the folder) only leaves the task to the queue's polling, as before.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use simplepyq_core::{Wake, Watch};
 
-/// Starts watching the file at `path` every `interval`; `None` if no connection or thread
-/// could be had (the queue then only polls).
-pub(crate) fn watch(path: &Path, interval: Duration, wake: Wake) -> Option<Watch> {
+/// The folder of the wake-up sockets of the queue file at `db`.
+fn folder(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wake");
+    PathBuf::from(name)
+}
+
+/// Sends news of added tasks to the other processes' queues on the file.
+#[derive(Debug)]
+pub(crate) struct Announcer {
+    folder: PathBuf,
+    #[cfg(unix)]
+    sender: Option<std::os::unix::net::UnixDatagram>,
+    state: Mutex<Peers>,
+}
+
+#[derive(Debug, Default)]
+struct Peers {
+    /// The folder's modification time when `sockets` was read: a socket bound or removed
+    /// since changes it.
+    listed: Option<std::time::SystemTime>,
+    sockets: Vec<PathBuf>,
+    /// The sockets of this store's own queues.
+    own: Vec<PathBuf>,
+}
+
+impl Announcer {
+    pub(crate) fn new(db: &Path) -> Self {
+        Announcer {
+            folder: folder(db),
+            #[cfg(unix)]
+            sender: std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .ok(),
+            state: Mutex::new(Peers::default()),
+        }
+    }
+
+    /// Tells the other processes' queues that `channels` got tasks. Costs one `stat` of the
+    /// folder when no other queue listens.
+    pub(crate) fn announce<'a>(&self, channels: impl IntoIterator<Item = &'a str>) {
+        #[cfg(unix)]
+        {
+            let Some(sender) = &self.sender else {
+                return;
+            };
+            let Ok(listed) = std::fs::metadata(&self.folder).and_then(|m| m.modified()) else {
+                return; // no folder: no queue listens
+            };
+            let mut peers = self.state.lock();
+            if peers.listed != Some(listed) {
+                peers.sockets = sockets_in(&self.folder);
+                peers.listed = Some(listed);
+            }
+            let Peers { sockets, own, .. } = &mut *peers;
+            let others: Vec<&PathBuf> = sockets.iter().filter(|s| !own.contains(s)).collect();
+            if others.is_empty() {
+                return;
+            }
+            let mut channels: Vec<&str> = channels.into_iter().collect();
+            channels.sort_unstable();
+            channels.dedup();
+            for socket in others {
+                for channel in &channels {
+                    if let Err(e) = sender.send_to(channel.as_bytes(), socket) {
+                        // Nobody bound it: its process died without removing it.
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                            let _ = std::fs::remove_file(socket);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = channels;
+        }
+    }
+}
+
+#[cfg(unix)]
+fn sockets_in(folder: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(folder)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts watching the file at `db` for tasks other processes add: by a socket where one can
+/// be had, else by looking every `interval`. `None` if neither can be started (the queue
+/// then only polls).
+pub(crate) fn watch(
+    db: &Path,
+    interval: Duration,
+    wake: Wake,
+    announcer: &Arc<Announcer>,
+) -> Option<Watch> {
+    #[cfg(unix)]
+    if let Some(watch) = listen(announcer, Wake::clone(&wake)) {
+        return Some(watch);
+    }
+    #[cfg(not(unix))]
+    let _ = announcer;
+    look_every(db, interval, wake)
+}
+
+/// Binds a socket in the folder and wakes channels by the names it receives.
+#[cfg(unix)]
+fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
+    std::fs::create_dir_all(&announcer.folder).ok()?;
+    let name = announcer.folder.join(format!(
+        "{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let socket = UnixDatagram::bind(&name)
+        .or_else(|_| {
+            // Left by a dead process whose id this one has now.
+            std::fs::remove_file(&name)?;
+            UnixDatagram::bind(&name)
+        })
+        .ok()?;
+    // The stop is noticed within this long.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .ok()?;
+    announcer.state.lock().own.push(name.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let socket_name = name.clone();
+    let spawned = std::thread::Builder::new()
+        .name("simplepyq-sqlite-watch".into())
+        .spawn(move || {
+            // Channel names are at most 255 bytes; a longer datagram is not one of ours.
+            let mut buf = [0u8; 256];
+            while !stopped.load(Ordering::Relaxed) {
+                match socket.recv(&mut buf) {
+                    Ok(n) if n < buf.len() => {
+                        if let Ok(channel) = std::str::from_utf8(&buf[..n]) {
+                            wake(Some(channel));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    // Not expected of a bound socket; do not spin on it.
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            let _ = std::fs::remove_file(&socket_name);
+        });
+    let announcer = Arc::clone(announcer);
+    if spawned.is_err() {
+        announcer.state.lock().own.retain(|s| *s != name);
+        let _ = std::fs::remove_file(&name);
+        return None;
+    }
+    Some(Watch::new(move || {
+        stop.store(true, Ordering::Relaxed);
+        announcer.state.lock().own.retain(|s| *s != name);
+    }))
+}
+
+/// Looks at the file's change counter every `interval`, and when it moved, at the channels
+/// with new task ids.
+fn look_every(db: &Path, interval: Duration, wake: Wake) -> Option<Watch> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).ok()?;
+    let conn = Connection::open_with_flags(db, flags).ok()?;
     conn.busy_timeout(interval).ok()?;
     let mut last_id = newest_id(&conn).ok()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -51,7 +233,8 @@ pub(crate) fn watch(path: &Path, interval: Duration, wake: Wake) -> Option<Watch
 }
 
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.pragma_query_value(None, "data_version", |r| r.get(0))
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
 }
 
 fn newest_id(conn: &Connection) -> rusqlite::Result<i64> {
