@@ -7,7 +7,7 @@
 //! cargo run --release --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release --example throughput -- --backend sqlite --remote [--watch off] \
-//!     [--idle-cpu 30]
+//!     [--idle-cpu 30] [--listener]
 //! ```
 //!
 //! For PostgreSQL the tool uses the server at `--url` (in a schema of its own, dropped at the
@@ -32,7 +32,8 @@
 //! a second store on the file, as another process would (`--watch off` turns the queue's
 //! watch of the file off, leaving polling). Peak RSS: the process's high-water mark. With
 //! `--idle-cpu S`: the CPU time the process spends in S seconds with the queue started and
-//! idle, as a percentage of one core (`"idle_cpu_percent"`).
+//! idle, as a percentage of one core (`"idle_cpu_percent"`). With `--listener`, a second
+//! queue on the file listens for news of work while the tasks are enqueued.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,6 +68,9 @@ struct Args {
     watch: bool,
     /// Seconds to measure the CPU time of an idle started queue.
     idle_cpu: u64,
+    /// SQLite: a second queue on the file listens while tasks are enqueued (each enqueue
+    /// then tells it).
+    listener: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -85,6 +89,7 @@ fn parse() -> Result<Args, String> {
         remote: false,
         watch: true,
         idle_cpu: 0,
+        listener: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -94,6 +99,10 @@ fn parse() -> Result<Args, String> {
         }
         if flag == "--remote" {
             args.remote = true;
+            continue;
+        }
+        if flag == "--listener" {
+            args.listener = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -279,8 +288,8 @@ fn run() -> Result<(), String> {
     let server = postgres.then(|| Server::get(args.url.as_deref(), args.notify));
     let schema = format!("bench_{}", std::process::id());
     let sqlite = matches!(backend, Backend::SqliteNormal | Backend::SqliteFull) && !postgres;
-    if (args.remote || !args.watch) && !sqlite {
-        return Err("--remote and --watch are for --backend sqlite".into());
+    if (args.remote || args.listener || !args.watch) && !sqlite {
+        return Err("--remote, --listener and --watch are for --backend sqlite".into());
     }
     let store: Box<dyn Store> = match &server {
         Some(server) => Box::new(server.store(&schema)?),
@@ -302,6 +311,17 @@ fn run() -> Result<(), String> {
     };
     let q = Arc::new(SimplePyQ::new(store));
     let e = |e: simplepyq::Error| e.to_string();
+
+    let listener = if args.listener {
+        let other = SimplePyQ::new(backend.open(dir.path()).map_err(|e| e.to_string())?);
+        other
+            .add_channel("elsewhere", |_: u32| Ok(()), 1)
+            .map_err(e)?;
+        other.start().map_err(e)?;
+        Some(other)
+    } else {
+        None
+    };
 
     // Enqueue.
     let started = Instant::now();
@@ -337,6 +357,7 @@ fn run() -> Result<(), String> {
         })?;
     }
     let enqueue_s = started.elapsed().as_secs_f64();
+    drop(listener);
 
     // Drain.
     let processed = Arc::new(AtomicU64::new(0));

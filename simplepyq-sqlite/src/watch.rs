@@ -10,13 +10,25 @@
 //! a thread reads `PRAGMA data_version` every interval instead (it moves when another
 //! connection commits) and, when it moved, which channels got tasks since its last look.
 //!
+//! A channel announced less than [`QUIET`] ago is not announced again (announcing every
+//! enqueue cost a fifth of the enqueue rate while another process listened). Instead each
+//! listener wakes a channel a second time, twice [`QUIET`] after the last news of it: by
+//! then every task enqueued in the quiet time after that news is committed.
+//!
 //! A wake-up is a hint: a missed one (a full socket buffer, a socket made after the sender
 //! last listed the folder) only leaves the task to the queue's polling, as before.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long after announcing a channel its next tasks go unannounced.
+const QUIET: Duration = Duration::from_millis(1);
+
+/// How long a listener waits for news before it looks whether its queue stopped.
+const IDLE: Duration = Duration::from_millis(100);
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
@@ -46,6 +58,8 @@ struct Peers {
     sockets: Vec<PathBuf>,
     /// The sockets of this store's own queues.
     own: Vec<PathBuf>,
+    /// When each channel was last announced.
+    announced: HashMap<String, Instant>,
 }
 
 impl Announcer {
@@ -68,22 +82,37 @@ impl Announcer {
             let Some(sender) = &self.sender else {
                 return;
             };
+            let now = Instant::now();
+            let mut peers = self.state.lock();
+            let mut channels: Vec<&str> = channels
+                .into_iter()
+                .filter(|c| peers.announced.get(*c).is_none_or(|at| now - *at >= QUIET))
+                .collect();
+            if channels.is_empty() {
+                return;
+            }
+            channels.sort_unstable();
+            channels.dedup();
             let Ok(listed) = std::fs::metadata(&self.folder).and_then(|m| m.modified()) else {
                 return; // no folder: no queue listens
             };
-            let mut peers = self.state.lock();
             if peers.listed != Some(listed) {
                 peers.sockets = sockets_in(&self.folder);
                 peers.listed = Some(listed);
             }
-            let Peers { sockets, own, .. } = &mut *peers;
+            let Peers {
+                sockets,
+                own,
+                announced,
+                ..
+            } = &mut *peers;
             let others: Vec<&PathBuf> = sockets.iter().filter(|s| !own.contains(s)).collect();
             if others.is_empty() {
                 return;
             }
-            let mut channels: Vec<&str> = channels.into_iter().collect();
-            channels.sort_unstable();
-            channels.dedup();
+            for channel in &channels {
+                announced.insert((*channel).to_owned(), now);
+            }
             for socket in others {
                 for channel in &channels {
                     if let Err(e) = sender.send_to(channel.as_bytes(), socket) {
@@ -153,10 +182,7 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
             UnixDatagram::bind(&name)
         })
         .ok()?;
-    // The stop is noticed within this long.
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .ok()?;
+    socket.set_read_timeout(Some(IDLE)).ok()?;
     announcer.state.lock().own.push(name.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
@@ -166,11 +192,31 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
         .spawn(move || {
             // Channel names are at most 255 bytes; a longer datagram is not one of ours.
             let mut buf = [0u8; 256];
+            // The second wake-up of each channel with recent news.
+            let mut again: HashMap<String, Instant> = HashMap::new();
+            let mut timeout = IDLE;
             while !stopped.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                again.retain(|channel, at| {
+                    let due = *at <= now;
+                    if due {
+                        wake(Some(channel));
+                    }
+                    !due
+                });
+                let next = again
+                    .values()
+                    .min()
+                    .map_or(IDLE, |at| *at - now)
+                    .max(QUIET / 4);
+                if next != timeout && socket.set_read_timeout(Some(next)).is_ok() {
+                    timeout = next;
+                }
                 match socket.recv(&mut buf) {
                     Ok(n) if n < buf.len() => {
                         if let Ok(channel) = std::str::from_utf8(&buf[..n]) {
                             wake(Some(channel));
+                            again.insert(channel.to_owned(), Instant::now() + QUIET * 2);
                         }
                     }
                     Ok(_) => {}
@@ -247,4 +293,41 @@ fn added_since(conn: &Connection, after: i64) -> rusqlite::Result<Vec<(String, i
         conn.prepare_cached("SELECT channel, MAX(id) FROM tasks WHERE id > ?1 GROUP BY channel")?;
     let rows = stmt.query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A channel announced twice within the quiet time is sent once; the listener wakes it
+    /// at once and again twice the quiet time later, so that the unannounced task is found.
+    #[test]
+    fn a_listener_wakes_again_after_the_quiet_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("q.db");
+        let mine = Arc::new(Announcer::new(&db));
+        let wakes: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        let w = Arc::clone(&wakes);
+        let wake: Wake = Arc::new(move |channel: Option<&str>| {
+            w.lock()
+                .push((channel.unwrap_or("*").to_owned(), Instant::now()));
+        });
+        let watch = listen(&mine, wake).expect("listening");
+        // This store's own queue is not told of this store's work.
+        mine.announce(["own"]);
+        let theirs = Announcer::new(&db);
+        theirs.announce(["a"]);
+        theirs.announce(["a"]);
+        let t0 = Instant::now();
+        while wakes.lock().len() < 2 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", wakes.lock());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(QUIET * 10);
+        let wakes = wakes.lock().clone();
+        let names: Vec<&str> = wakes.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["a", "a"]);
+        assert!(wakes[1].1 - wakes[0].1 >= QUIET * 2, "{wakes:?}");
+        drop(watch);
+    }
 }
