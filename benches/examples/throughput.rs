@@ -7,7 +7,7 @@
 //! cargo run --release --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release --example throughput -- --backend sqlite --remote [--watch off] \
-//!     [--idle-cpu 30] [--listener]
+//!     [--idle-cpu 30] [--listener] [--readers 2]
 //! ```
 //!
 //! For PostgreSQL the tool uses the server at `--url` (in a schema of its own, dropped at the
@@ -33,7 +33,9 @@
 //! watch of the file off, leaving polling). Peak RSS: the process's high-water mark. With
 //! `--idle-cpu S`: the CPU time the process spends in S seconds with the queue started and
 //! idle, as a percentage of one core (`"idle_cpu_percent"`). With `--listener`, a second
-//! queue on the file listens for news of work while the tasks are enqueued.
+//! queue on the file listens for news of work while the tasks are enqueued. With
+//! `--readers K`, K threads read (`counts`, then a page of pending `tasks`) in a loop during
+//! the drain (`"reads_per_s"`: both reads, together).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -71,6 +73,8 @@ struct Args {
     /// SQLite: a second queue on the file listens while tasks are enqueued (each enqueue
     /// then tells it).
     listener: bool,
+    /// Threads reading (`counts`, then a page of `tasks`) in a loop during the drain.
+    readers: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -90,6 +94,7 @@ fn parse() -> Result<Args, String> {
         watch: true,
         idle_cpu: 0,
         listener: false,
+        readers: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -124,6 +129,7 @@ fn parse() -> Result<Args, String> {
             "--notify" => args.notify = value != "off",
             "--watch" => args.watch = value != "off",
             "--idle-cpu" => args.idle_cpu = number()?,
+            "--readers" => args.readers = number()?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -383,7 +389,35 @@ fn run() -> Result<(), String> {
             helper.spawn().map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(args.readers > 0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..args.readers)
+        .map(|_| {
+            let (q, reading, reads) = (Arc::clone(&q), Arc::clone(&reading), Arc::clone(&reads));
+            std::thread::spawn(move || {
+                let page = simplepyq::ListFilter::new(50).status(simplepyq::Status::Pending);
+                while reading.load(Ordering::Relaxed) {
+                    let ok = q.counts(None).is_ok() && q.tasks(&page).is_ok();
+                    reads.fetch_add(u64::from(ok), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
     q.run_until_complete().map_err(e)?;
+    let read_s = started.elapsed().as_secs_f64();
+    reading.store(false, Ordering::Relaxed);
+    for r in readers {
+        r.join().map_err(|_| "a reader panicked")?;
+    }
+    let reads = if args.readers > 0 {
+        format!(
+            ",\"readers\":{},\"reads_per_s\":{:.0}",
+            args.readers,
+            reads.load(Ordering::Relaxed) as f64 / read_s
+        )
+    } else {
+        String::new()
+    };
     let mut done = processed.load(Ordering::Relaxed);
     for helper in helpers {
         let out = helper.wait_with_output().map_err(|e| e.to_string())?;
@@ -458,7 +492,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -475,6 +509,7 @@ fn run() -> Result<(), String> {
         pickup_remote,
         args.watch,
         idle_cpu,
+        reads,
         bare,
     );
     Ok(())

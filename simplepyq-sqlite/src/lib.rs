@@ -42,6 +42,7 @@
 
 mod checkpoint;
 mod error;
+mod readers;
 mod schema;
 mod watch;
 mod writer;
@@ -50,7 +51,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, Row, Statement, Transaction};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use simplepyq_core::transition::{Event, apply, cancel};
@@ -147,7 +147,7 @@ impl SqliteOptions {
 /// back into the database off the callers' path.
 #[derive(Debug)]
 pub struct SqliteStore {
-    reader: Mutex<Connection>,
+    readers: readers::Readers,
     /// The writer and checkpointer threads; `None` for a store opened read-only.
     writer: Option<(Writer, Checkpointer)>,
     path: PathBuf,
@@ -185,9 +185,17 @@ impl SqliteStore {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let busy_timeout = SqliteOptions::default().busy_timeout;
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|e| cannot_open(&path, e))?;
-        conn.busy_timeout(busy_timeout).map_err(E::from)?;
+        let open = {
+            let path = path.clone();
+            move || -> Result<Connection> {
+                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn =
+                    Connection::open_with_flags(&path, flags).map_err(|e| cannot_open(&path, e))?;
+                conn.busy_timeout(busy_timeout).map_err(E::from)?;
+                Ok(conn)
+            }
+        };
+        let conn = open()?;
         let version = retrying(busy_timeout, || {
             schema::inspect(&conn)?;
             schema::read_as_latest(&conn)
@@ -198,9 +206,15 @@ impl SqliteStore {
                 message: format!("{} holds no simplepyq queue", path.display()),
             });
         }
+        // Each connection reads an older schema through its own view of it.
+        let more = move || -> Result<Connection> {
+            let conn = open()?;
+            retrying(busy_timeout, || schema::read_as_latest(&conn))?;
+            Ok(conn)
+        };
         Ok(SqliteStore {
             announcer: Arc::new(watch::Announcer::new(&path)),
-            reader: Mutex::new(conn),
+            readers: readers::Readers::new(conn, more),
             writer: None,
             path,
             busy_timeout,
@@ -257,14 +271,21 @@ impl SqliteStore {
             conn.pragma_update(None, "max_page_count", pages.max(1))
                 .map_err(E::from)?;
         }
-        let reader = connect(&path, options.busy_timeout)?;
-        reader
-            .pragma_update(None, "query_only", true)
-            .map_err(E::from)?;
+        let open_reader = {
+            let (path, busy_timeout) = (path.clone(), options.busy_timeout);
+            move || -> Result<Connection> {
+                let reader = connect(&path, busy_timeout)?;
+                reader
+                    .pragma_update(None, "query_only", true)
+                    .map_err(E::from)?;
+                Ok(reader)
+            }
+        };
+        let reader = open_reader()?;
         let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
         Ok(SqliteStore {
             announcer: Arc::new(watch::Announcer::new(&path)),
-            reader: Mutex::new(reader),
+            readers: readers::Readers::new(reader, open_reader),
             writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),
             path,
             busy_timeout: options.busy_timeout,
@@ -295,10 +316,10 @@ impl SqliteStore {
         result
     }
 
-    /// Runs a read on the read connection.
+    /// Runs a read on a read connection.
     fn read<T>(&self, mut op: impl FnMut(&Connection) -> R<T>) -> Result<T> {
-        let conn = self.reader.lock();
-        retrying(self.busy_timeout, || op(&conn))
+        self.readers
+            .with(|conn| retrying(self.busy_timeout, || op(conn)))?
     }
 }
 
@@ -1159,7 +1180,10 @@ mod tests {
 
     /// Virtual-machine steps SQLite takes to find the next due task of a channel.
     fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
-        let conn = store.reader.lock();
+        store.readers.with(query_steps).expect("a read connection")
+    }
+
+    fn query_steps(conn: &Connection) -> (i32, String) {
         let sql = format!(
             "SELECT {COLUMNS} FROM tasks WHERE {READY} ORDER BY priority DESC, run_at, id LIMIT ?3"
         );
