@@ -7,7 +7,7 @@
 //! cargo run --release --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release --example throughput -- --backend sqlite --remote [--watch off] \
-//!     [--idle-cpu 30] [--listener] [--readers 2]
+//!     [--idle-cpu 30] [--listener] [--readers 2] [--due-delayed]
 //! ```
 //!
 //! For PostgreSQL the tool uses the server at `--url` (in a schema of its own, dropped at the
@@ -35,7 +35,9 @@
 //! idle, as a percentage of one core (`"idle_cpu_percent"`). With `--listener`, a second
 //! queue on the file listens for news of work while the tasks are enqueued. With
 //! `--readers K`, K threads read (`counts`, then a page of pending `tasks`) in a loop during
-//! the drain (`"reads_per_s"`: both reads, together).
+//! the drain (`"reads_per_s"`: both reads, together). With `--due-delayed`, the tasks are
+//! enqueued delayed by 1 s; once all are due, one claim of one task is timed
+//! (`"first_claim_ms"`), then given back, and the drain begins.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -75,6 +77,8 @@ struct Args {
     listener: bool,
     /// Threads reading (`counts`, then a page of `tasks`) in a loop during the drain.
     readers: u64,
+    /// The tasks are enqueued delayed by 1 s and drained once all are due.
+    due_delayed: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -95,6 +99,7 @@ fn parse() -> Result<Args, String> {
         idle_cpu: 0,
         listener: false,
         readers: 0,
+        due_delayed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -104,6 +109,10 @@ fn parse() -> Result<Args, String> {
         }
         if flag == "--remote" {
             args.remote = true;
+            continue;
+        }
+        if flag == "--due-delayed" {
+            args.due_delayed = true;
             continue;
         }
         if flag == "--listener" {
@@ -331,12 +340,16 @@ fn run() -> Result<(), String> {
 
     // Enqueue.
     let started = Instant::now();
+    let options = if args.due_delayed {
+        EnqueueOptions::new().delay(Duration::from_secs(1))
+    } else {
+        EnqueueOptions::new()
+    };
     if args.batch {
         let mut i = 0;
         while i < args.n {
             let chunk: Vec<Payload> = (i..args.n.min(i + 10_000)).map(payload).collect();
-            q.enqueue_many("bench", &chunk, EnqueueOptions::new())
-                .map_err(e)?;
+            q.enqueue_many("bench", &chunk, options.clone()).map_err(e)?;
             i += 10_000;
         }
     } else {
@@ -364,6 +377,23 @@ fn run() -> Result<(), String> {
     }
     let enqueue_s = started.elapsed().as_secs_f64();
     drop(listener);
+    // With --due-delayed: once all are due, the time of one claim of one task (which
+    // promotes due delayed tasks first); it is given back before the drain.
+    let first_claim = if args.due_delayed {
+        std::thread::sleep(Duration::from_millis(1_100));
+        let now = simplepyq::Clock::now(&simplepyq::SystemClock);
+        let t0 = Instant::now();
+        let claimed = q
+            .store()
+            .claim("bench", 1, now, now.after(Duration::from_secs(60)))
+            .map_err(e)?;
+        let ms = t0.elapsed().as_secs_f64() * 1_000.0;
+        let claims: Vec<_> = claimed.iter().map(simplepyq::Task::claim).collect();
+        q.store().release(&claims, now).map_err(e)?;
+        format!(",\"due_delayed\":true,\"first_claim_ms\":{ms:.1}")
+    } else {
+        String::new()
+    };
 
     // Drain.
     let processed = Arc::new(AtomicU64::new(0));
@@ -492,7 +522,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -510,6 +540,7 @@ fn run() -> Result<(), String> {
         args.watch,
         idle_cpu,
         reads,
+        first_claim,
         bare,
     );
     Ok(())

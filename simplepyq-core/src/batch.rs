@@ -16,6 +16,11 @@ use crate::{Claim, Error, NewTask, Outcome, Result, Status, Task, TaskId, TaskSt
 /// A task's new state, for the store to write.
 pub type Change = (TaskId, TaskState);
 
+/// The most due delayed tasks one claim promotes to pending, earliest run-at (then id)
+/// first. Until every due delayed task of a channel is promoted (more than this many came due
+/// at once: a long outage, a large scheduled batch), priorities order only the promoted ones.
+pub const PROMOTE_PER_CLAIM: usize = 1_000;
+
 /// The order in which claims take due tasks: highest priority first, then earliest run-at,
 /// then lowest id. Sort by this key, ascending.
 pub fn claim_order(task: &Task) -> (Reverse<i32>, Timestamp, TaskId) {

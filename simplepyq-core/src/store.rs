@@ -31,7 +31,10 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// `lease_until`.
     ///
     /// # Contract
-    /// Delayed tasks due by `now` are promoted to pending first. Tasks come by priority,
+    /// Delayed tasks due by `now` are promoted to pending first, at most
+    /// [`crate::batch::PROMOTE_PER_CLAIM`] of them, earliest run-at (then id) first: the rest
+    /// are promoted by the next claims, so that a claim after a long outage does not rewrite
+    /// a million rows in one transaction. Tasks come by priority,
     /// highest first, then in run-at order, then id order. Each returned task is `Running` with one
     /// more attempt; no task is returned to two callers while its lease is live. Tasks whose
     /// run-at is later than `now` are not returned. `limit == 0` returns nothing and changes

@@ -181,12 +181,14 @@ impl Inner {
         doomed.len()
     }
 
-    /// Promotes the delayed tasks of `channel` whose run-at has come.
+    /// Promotes the delayed tasks of `channel` whose run-at has come (up to
+    /// [`batch::PROMOTE_PER_CLAIM`], earliest first).
     fn promote_due(&mut self, channel: &str, now: Timestamp) -> Result<()> {
         let due: Vec<TaskId> = self.idx.channels.get(channel).map_or_else(Vec::new, |ch| {
             ch.delayed
                 .iter()
                 .take_while(|(run_at, _)| *run_at <= now)
+                .take(batch::PROMOTE_PER_CLAIM)
                 .map(|&(_, id)| id)
                 .collect()
         });

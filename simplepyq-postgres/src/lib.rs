@@ -187,6 +187,9 @@ fn off_runtime<T: Send>(call: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     })
 }
 
+/// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.
+const PROMOTE_LIMIT: i64 = batch::PROMOTE_PER_CLAIM as i64;
+
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
 const COLUMNS: &str = "id, channel, args, created_at, priority, unique_key, status, \
                        retries_left, max_retries, attempts, run_at, lease_until, last_error, \
@@ -755,7 +758,7 @@ impl Store for PostgresStore {
         let (now, lease_until) = (millis(now), millis(lease_until));
         let mut tasks = self.run(|c| {
             // Each statement is Event::Promote, then Event::Claim, on many rows at once.
-            c.execute(sql::PROMOTE, &[&channel, &now])?;
+            c.execute(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?;
             let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
             tasks_from_rows(&rows)
         })?;
@@ -1022,9 +1025,15 @@ fn execute(
 /// one statement, and a lease renewal of all of a process's claims another. Every other
 /// change is computed by `apply` itself and written back.
 pub mod sql {
-    /// `Event::Promote` for the due delayed tasks of channel $1 at $2.
+    /// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
+    /// (then id) first. Rows another claimer is promoting are skipped, never waited for.
     pub const PROMOTE: &str = "UPDATE tasks SET status = 'pending', updated_at = $2 \
-         WHERE channel = $1 AND status = 'delayed' AND run_at <= $2";
+         WHERE id = ANY (ARRAY ( \
+           SELECT id FROM tasks \
+           WHERE channel = $1 AND status = 'delayed' AND run_at <= $2 \
+           ORDER BY run_at, id \
+           LIMIT $3 \
+           FOR UPDATE SKIP LOCKED))";
 
     /// `Event::Claim` at $2, leased until $4, of up to $3 due pending tasks of channel $1 in
     /// claim order. Rows another claimer locked are skipped, never waited for. The update

@@ -806,7 +806,8 @@ impl Store for RedbStore {
         let event = Event::Claim { now, lease_until };
         self.write(|t| {
             let mut promote = Vec::new();
-            for entry in t.delayed.range(due_delayed.clone()).map_err(db_err)? {
+            let due = t.delayed.range(due_delayed.clone()).map_err(db_err)?;
+            for entry in due.take(batch::PROMOTE_PER_CLAIM) {
                 promote.push(to_id(entry.map_err(db_err)?.0.value().2)?);
             }
             for id in promote {

@@ -157,6 +157,9 @@ pub struct SqliteStore {
     announcer: Arc<watch::Announcer>,
 }
 
+/// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.
+const PROMOTE_LIMIT: i64 = batch::PROMOTE_PER_CLAIM as i64;
+
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
 const COLUMNS: &str = "id, channel, args, created_at, priority, unique_key, status, \
                        retries_left, max_retries, attempts, run_at, lease_until, last_error, \
@@ -569,8 +572,8 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let promote = ids(
                 tx,
-                &format!("SELECT id FROM tasks WHERE {DUE_DELAYED} ORDER BY run_at, id"),
-                params![channel, now.as_millis()],
+                &format!("SELECT id FROM tasks WHERE {DUE_DELAYED} ORDER BY run_at, id LIMIT ?3"),
+                params![channel, now.as_millis(), PROMOTE_LIMIT],
             )?;
             for id in promote {
                 transition(tx, id, &Event::Promote { now })?;

@@ -139,6 +139,43 @@ pub fn claim_skips_tasks_not_due(s: &dyn Store) {
     );
 }
 
+/// A claim promotes at most `PROMOTE_PER_CLAIM` due delayed tasks, earliest due first;
+/// the next claims promote the rest.
+pub fn claims_promote_due_delayed_tasks_in_batches(s: &dyn Store) {
+    let batch = simplepyq_core::batch::PROMOTE_PER_CLAIM;
+    let extra = 10;
+    // Due in reverse order of their ids: the promotion follows run-at, not id.
+    let tasks: Vec<NewTask> = (0..batch + extra)
+        .map(|i| {
+            let due = 1_000 + u64::try_from(batch + extra - i).expect("small");
+            task("a").run_at(at(due))
+        })
+        .collect();
+    let ids = s.enqueue(&tasks, T0).expect("enqueue");
+    let now = at(100_000);
+    let first = s.claim("a", 1, now, at(200_000)).expect("claim");
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].id,
+        *ids.last().expect("ids"),
+        "the earliest due first"
+    );
+    let counts = s.counts(Some("a")).expect("counts");
+    assert_eq!(
+        (counts.running, counts.pending, counts.delayed),
+        (1, batch - 1, extra),
+        "{counts:?}"
+    );
+    // The ones left delayed are the latest due, the first enqueued.
+    for id in &ids[..extra] {
+        let state = s.get(*id).expect("get").expect("there").state;
+        assert_eq!(state.status, Status::Delayed, "{id}");
+    }
+    s.claim("a", 1, now, at(200_000)).expect("claim");
+    let counts = s.counts(Some("a")).expect("counts");
+    assert_eq!((counts.running, counts.delayed), (2, 0), "{counts:?}");
+}
+
 /// A running task is not handed out again while its lease is live.
 pub fn claimed_task_is_not_claimed_again(s: &dyn Store) {
     add(s, task("a"));

@@ -203,6 +203,7 @@ macro_rules! conformance_tests {
             claim_follows_run_at_then_id,
             claim_respects_limit_and_channel,
             claim_skips_tasks_not_due,
+            claims_promote_due_delayed_tasks_in_batches,
             claimed_task_is_not_claimed_again,
             success_marks_done,
             retries_allow_n_plus_one_attempts,
