@@ -349,7 +349,8 @@ fn run() -> Result<(), String> {
         let mut i = 0;
         while i < args.n {
             let chunk: Vec<Payload> = (i..args.n.min(i + 10_000)).map(payload).collect();
-            q.enqueue_many("bench", &chunk, options.clone()).map_err(e)?;
+            q.enqueue_many("bench", &chunk, options.clone())
+                .map_err(e)?;
             i += 10_000;
         }
     } else {
