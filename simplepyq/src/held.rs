@@ -11,14 +11,20 @@ use crate::sync::{Condvar, Mutex};
 use simplepyq_core::{Claim, TaskId};
 
 /// Where a held claim stands in this process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
+#[derive(Debug)]
+enum Phase {
     /// Claimed, waiting for a worker: no handler started, so it can be given back.
     Reserved,
-    /// Its handler runs.
-    Running,
+    /// Its handler runs; the run's cancellation signal.
+    Running(CancelToken),
     /// Its handler returned; the outcome waits to be recorded.
     Recording,
+}
+
+impl Phase {
+    fn is_running(&self) -> bool {
+        matches!(self, Phase::Running(_))
+    }
 }
 
 /// Hashes claims (an id and an attempt number, both made by the store, not by users) with
@@ -51,17 +57,10 @@ impl Hasher for ClaimHasher {
     }
 }
 
-/// A held claim: its phase, and once its handler started, the run's cancellation signal.
-#[derive(Debug)]
-struct Entry {
-    phase: Phase,
-    cancel: Option<CancelToken>,
-}
-
 #[derive(Debug, Default)]
 struct State {
     /// Keyed by claim, not task: a stale attempt of a task never touches a live one's entry.
-    claims: HashMap<Claim, Entry, BuildHasherDefault<ClaimHasher>>,
+    claims: HashMap<Claim, Phase, BuildHasherDefault<ClaimHasher>>,
     /// Moves on every change that may end a wait: a claim let go, a worker idle, a stop.
     generation: u64,
 }
@@ -78,28 +77,23 @@ impl Held {
     pub(crate) fn reserve(&self, claims: impl IntoIterator<Item = Claim>) {
         let mut st = self.state.lock();
         for c in claims {
-            let entry = Entry {
-                phase: Phase::Reserved,
-                cancel: None,
-            };
-            st.claims.insert(c, entry);
+            st.claims.insert(c, Phase::Reserved);
         }
     }
 
     /// Marks a held claim's handler as started; returns the run's cancellation signal.
     pub(crate) fn start(&self, claim: Claim) -> CancelToken {
         let token = CancelToken::default();
-        if let Some(e) = self.state.lock().claims.get_mut(&claim) {
-            e.phase = Phase::Running;
-            e.cancel = Some(token.clone());
+        if let Some(p) = self.state.lock().claims.get_mut(&claim) {
+            *p = Phase::Running(token.clone());
         }
         token
     }
 
-    /// Moves a held claim on to `phase`.
-    pub(crate) fn set(&self, claim: Claim, phase: Phase) {
-        if let Some(e) = self.state.lock().claims.get_mut(&claim) {
-            e.phase = phase;
+    /// Marks a held claim's handler as returned: its outcome waits to be recorded.
+    pub(crate) fn recording(&self, claim: Claim) {
+        if let Some(p) = self.state.lock().claims.get_mut(&claim) {
+            *p = Phase::Recording;
         }
     }
 
@@ -108,9 +102,10 @@ impl Held {
     pub(crate) fn cancel(&self, id: Option<TaskId>, reason: CancelReason) -> bool {
         let st = self.state.lock();
         let mut found = false;
-        for (c, e) in &st.claims {
-            let wanted = e.phase == Phase::Running && id.is_none_or(|id| c.id == id);
-            if let (true, Some(token)) = (wanted, &e.cancel) {
+        for (c, p) in &st.claims {
+            if let Phase::Running(token) = p
+                && id.is_none_or(|id| c.id == id)
+            {
                 token.cancel(reason);
                 found = true;
             }
@@ -147,7 +142,7 @@ impl Held {
             .lock()
             .claims
             .iter()
-            .filter(|(_, e)| e.phase == Phase::Running)
+            .filter(|(_, p)| p.is_running())
             .map(|(c, _)| c.id)
             .collect();
         ids.sort_unstable();
@@ -160,7 +155,7 @@ impl Held {
             .lock()
             .claims
             .iter()
-            .any(|(c, e)| e.phase == Phase::Running && Some(*c) != own)
+            .any(|(c, p)| p.is_running() && Some(*c) != own)
     }
 
     /// The generation, and whether any claim is held.
@@ -171,11 +166,7 @@ impl Held {
 
     /// Whether every held claim is `Running` (none waits to start or to be recorded).
     pub(crate) fn only_running(&self) -> bool {
-        self.state
-            .lock()
-            .claims
-            .values()
-            .all(|e| e.phase == Phase::Running)
+        self.state.lock().claims.values().all(Phase::is_running)
     }
 
     /// Waits up to `timeout` for the generation to move past `seen`.

@@ -54,21 +54,20 @@ impl Outcomes {
     /// Queues `finished` for a recorder thread; gives it back to be recorded by the caller
     /// if none runs or too many wait.
     pub(crate) fn push(&self, finished: Finished) -> Option<Finished> {
-        let mut st = self.state.lock();
-        if st.recorders == 0 || st.waiting.len() >= MAX_WAITING {
-            return Some(finished);
-        }
-        st.waiting.push(finished);
-        self.cv.notify_one();
-        None
+        self.push_below(finished, MAX_WAITING)
     }
 
     /// Queues `finished` for a recorder thread however many wait; gives it back if none
     /// runs.
     #[cfg(feature = "tokio")]
     pub(crate) fn push_nowait(&self, finished: Finished) -> Option<Finished> {
+        self.push_below(finished, usize::MAX)
+    }
+
+    /// Queues `finished` unless no recorder runs or `max` outcomes wait already.
+    fn push_below(&self, finished: Finished, max: usize) -> Option<Finished> {
         let mut st = self.state.lock();
-        if st.recorders == 0 {
+        if st.recorders == 0 || st.waiting.len() >= max {
             return Some(finished);
         }
         st.waiting.push(finished);

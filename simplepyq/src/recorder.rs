@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use simplepyq_core::{Claim, Error, Outcome, Store};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
-use crate::held::Phase;
 use crate::outcomes::Finished;
 use crate::report::{self, TaskReport};
 use crate::signal::Signal;
@@ -26,7 +25,7 @@ const MAX_BATCH: usize = 512;
 /// Hands an outcome over, or records it right away if no recorder thread runs or too many
 /// outcomes wait.
 pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Finished) {
-    engine.held.set(finished.claim, Phase::Recording);
+    engine.held.recording(finished.claim);
     if let Some(own) = engine.outcomes.push(finished) {
         record(engine, vec![own]);
     }
@@ -37,7 +36,7 @@ pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Finished) {
 /// [`keep_up`]); without a recorder thread, a thread of its own records it.
 #[cfg(feature = "tokio")]
 pub(crate) fn hand_over_nowait<S: Store>(engine: &std::sync::Arc<Engine<S>>, finished: Finished) {
-    engine.held.set(finished.claim, Phase::Recording);
+    engine.held.recording(finished.claim);
     if let Some(own) = engine.outcomes.push_nowait(finished) {
         let e = std::sync::Arc::clone(engine);
         let claim = own.claim;

@@ -161,7 +161,7 @@ fn spawn<S: Store>(
     started: Started,
 ) {
     let Started { task, cancel } = started;
-    let started_claim = task.claim();
+    let claim = task.claim();
     report::trace_claim(task.id, &channel.name, task.state.attempts);
     let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel);
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -179,7 +179,6 @@ fn spawn<S: Store>(
         Ok(Ok(future)) => {
             // A runtime that shut down drops the future unpolled: the flight gives its
             // task back.
-            let claim = started_claim;
             drop(runner.runtime.handle().spawn(async move {
                 let result = CatchUnwind { future, claim }.await;
                 flight.land(result);

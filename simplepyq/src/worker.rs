@@ -106,21 +106,12 @@ impl ChannelWork {
     }
 }
 
-/// What a claim call brought.
-enum Fetched {
-    /// These tasks, reserved in the held claims.
-    Tasks(Vec<Task>),
-    /// The store failed (the error is recorded).
-    Failed,
-    /// The answer came after the lease it asked for ran out (a slow or cut network):
-    /// another worker may hold these tasks by now. Not one of them may run here; what is
-    /// still this queue's is to be given back.
-    Late(Vec<Task>),
-}
-
 /// Claims up to `want` due tasks of `channel` for a worker whose turn it is to claim
-/// (`seen`, from [`Dispatch::turn`]). After a store error (then resting for the next of
-/// `errors`' pauses) or a late answer, the turn ends here and `None` is returned.
+/// (`seen`, from [`Dispatch::turn`]); they are reserved in the held claims. After a store
+/// error (then resting for the next of `errors`' pauses) the turn ends here and `None` is
+/// returned; so too after an answer that came after the lease it asked for ran out (a slow
+/// or cut network): another worker may hold those tasks by now, so not one of them runs
+/// here, and what is still this queue's is given back.
 pub(crate) fn claim_turn<S: Store>(
     engine: &Engine<S>,
     channel: &str,
@@ -129,27 +120,6 @@ pub(crate) fn claim_turn<S: Store>(
     seen: u64,
     errors: &mut Pause,
 ) -> Option<Vec<Task>> {
-    match fetch(engine, channel, want) {
-        Fetched::Tasks(tasks) => {
-            errors.reset();
-            Some(tasks)
-        }
-        Fetched::Failed => {
-            dispatch.claimed(Vec::new(), &engine.held);
-            dispatch.rest(seen, errors.next());
-            None
-        }
-        Fetched::Late(tasks) => {
-            errors.reset();
-            dispatch.claimed(Vec::new(), &engine.held);
-            leases::give_back(engine, &tasks);
-            None
-        }
-    }
-}
-
-/// Claims up to `want` due tasks of `channel`.
-fn fetch<S: Store>(engine: &Engine<S>, channel: &str, want: usize) -> Fetched {
     let mut lease_until = None;
     let claimed = guarded(|| {
         let now = engine.now();
@@ -157,19 +127,23 @@ fn fetch<S: Store>(engine: &Engine<S>, channel: &str, want: usize) -> Fetched {
         lease_until = Some(until);
         engine.store.claim(channel, want, now, until)
     });
-    match claimed {
+    let tasks = match claimed {
+        Ok(tasks) => tasks,
         Err(e) => {
             engine.errors.record(&e);
-            Fetched::Failed
+            dispatch.claimed(Vec::new(), &engine.held);
+            dispatch.rest(seen, errors.next());
+            return None;
         }
-        Ok(tasks) if !tasks.is_empty() && lease_until.is_some_and(|u| engine.now() >= u) => {
-            Fetched::Late(tasks)
-        }
-        Ok(tasks) => {
-            engine.held.reserve(tasks.iter().map(Task::claim));
-            Fetched::Tasks(tasks)
-        }
+    };
+    errors.reset();
+    if !tasks.is_empty() && lease_until.is_some_and(|u| engine.now() >= u) {
+        dispatch.claimed(Vec::new(), &engine.held);
+        leases::give_back(engine, &tasks);
+        return None;
     }
+    engine.held.reserve(tasks.iter().map(Task::claim));
+    Some(tasks)
 }
 
 /// One worker of a channel: runs tasks until the channel stops, claiming them in batches.
