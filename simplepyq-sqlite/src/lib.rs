@@ -508,7 +508,11 @@ impl Store for SqliteStore {
         for t in tasks {
             validate_channel(&t.channel)?;
         }
-        let channels: Vec<String> = tasks.iter().map(|t| t.channel.clone()).collect();
+        // The channels to announce, each once (not a name per task).
+        let mut channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let channels: Vec<String> = channels.into_iter().map(str::to_owned).collect();
         let tasks = tasks.to_vec();
         let ids = self.write(move |tx| {
             let mut insert = tx.prepare_cached(&format!(

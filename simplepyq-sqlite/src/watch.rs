@@ -74,8 +74,8 @@ impl Announcer {
         }
     }
 
-    /// Tells the other processes' queues that `channels` got tasks. Costs one `stat` of the
-    /// folder when no other queue listens.
+    /// Tells the other processes' queues that `channels` (each named once) got tasks. Costs
+    /// one `stat` of the folder when no other queue listens.
     pub(crate) fn announce<'a>(&self, channels: impl IntoIterator<Item = &'a str>) {
         #[cfg(unix)]
         {
@@ -84,15 +84,13 @@ impl Announcer {
             };
             let now = Instant::now();
             let mut peers = self.state.lock();
-            let mut channels: Vec<&str> = channels
+            let channels: Vec<&str> = channels
                 .into_iter()
                 .filter(|c| peers.announced.get(*c).is_none_or(|at| now - *at >= QUIET))
                 .collect();
             if channels.is_empty() {
                 return;
             }
-            channels.sort_unstable();
-            channels.dedup();
             let Ok(listed) = std::fs::metadata(&self.folder).and_then(|m| m.modified()) else {
                 return; // no folder: no queue listens
             };
