@@ -107,9 +107,14 @@ pub(crate) fn runs(log: &Path) -> Vec<(u32, u32)> {
 }
 
 /// `(pid, task number, start in ms since the epoch)` for every run the workers logged.
+///
+/// A line still being appended is not read: a worker's one `write` of a line that crosses a
+/// page boundary is copied into the file a page at a time, so a read meanwhile can end in
+/// the first part of it (seen once in CI: "a log line is 'PID N MS'" on a torn last line).
 pub(crate) fn timed_runs(log: &Path) -> Vec<(u32, u32, i64)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .map(|l| {
             let mut fields = l.split(' ');
             let mut next = || fields.next().expect("a log line is 'PID N MS'");
