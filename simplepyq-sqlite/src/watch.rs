@@ -15,8 +15,12 @@
 //! listener wakes a channel a second time, twice [`QUIET`] after the last news of it: by
 //! then every task enqueued in the quiet time after that news is committed.
 //!
-//! A wake-up is a hint: a missed one (a full socket buffer, a socket made after the sender
-//! last listed the folder) only leaves the task to the queue's polling, as before.
+//! The folder is looked at (one `stat`) at most once per [`QUIET`] too: a socket bound
+//! since is told of tasks from the next look on, and its listener wakes every channel once,
+//! twice [`QUIET`] after binding, for the tasks added in between.
+//!
+//! A wake-up is a hint: a missed one (a full socket buffer) only leaves the task to the
+//! queue's polling, as before.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,6 +59,8 @@ struct Peers {
     /// The folder's modification time when `sockets` was read: a socket bound or removed
     /// since changes it.
     listed: Option<std::time::SystemTime>,
+    /// When the folder was last looked at.
+    looked: Option<Instant>,
     sockets: Vec<PathBuf>,
     /// The sockets of this store's own queues.
     own: Vec<PathBuf>,
@@ -91,12 +97,17 @@ impl Announcer {
             if channels.is_empty() {
                 return;
             }
-            let Ok(listed) = std::fs::metadata(&self.folder).and_then(|m| m.modified()) else {
-                return; // no folder: no queue listens
-            };
-            if peers.listed != Some(listed) {
-                peers.sockets = sockets_in(&self.folder);
-                peers.listed = Some(listed);
+            if peers.looked.is_none_or(|at| now - at >= QUIET) {
+                peers.looked = Some(now);
+                let Ok(listed) = std::fs::metadata(&self.folder).and_then(|m| m.modified()) else {
+                    peers.sockets.clear();
+                    peers.listed = None;
+                    return; // no folder: no queue listens
+                };
+                if peers.listed != Some(listed) {
+                    peers.sockets = sockets_in(&self.folder);
+                    peers.listed = Some(listed);
+                }
             }
             let Peers {
                 sockets,
@@ -190,15 +201,17 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
         .spawn(move || {
             // Channel names are at most 255 bytes; a longer datagram is not one of ours.
             let mut buf = [0u8; 256];
-            // The second wake-up of each channel with recent news.
-            let mut again: HashMap<String, Instant> = HashMap::new();
+            // The second wake-up of each channel with recent news, and of every channel
+            // for the tasks added before the senders saw this socket.
+            let mut again: HashMap<Option<String>, Instant> =
+                HashMap::from([(None, Instant::now() + QUIET * 2)]);
             let mut timeout = IDLE;
             while !stopped.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 again.retain(|channel, at| {
                     let due = *at <= now;
                     if due {
-                        wake(Some(channel));
+                        wake(channel.as_deref());
                     }
                     !due
                 });
@@ -214,7 +227,7 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
                     Ok(n) if n < buf.len() => {
                         if let Ok(channel) = std::str::from_utf8(&buf[..n]) {
                             wake(Some(channel));
-                            again.insert(channel.to_owned(), Instant::now() + QUIET * 2);
+                            again.insert(Some(channel.to_owned()), Instant::now() + QUIET * 2);
                         }
                     }
                     Ok(_) => {}
@@ -299,6 +312,8 @@ mod tests {
 
     /// A channel announced twice within the quiet time is sent once; the listener wakes it
     /// at once and again twice the quiet time later, so that the unannounced task is found.
+    /// It also wakes every channel once, twice the quiet time after binding, for tasks
+    /// added before the senders looked at the folder again.
     #[test]
     fn a_listener_wakes_again_after_the_quiet_time() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -310,6 +325,7 @@ mod tests {
             w.lock()
                 .push((channel.unwrap_or("*").to_owned(), Instant::now()));
         });
+        let bound = Instant::now();
         let watch = listen(&mine, wake).expect("listening");
         // This store's own queue is not told of this store's work.
         mine.announce(["own"]);
@@ -317,12 +333,15 @@ mod tests {
         theirs.announce(["a"]);
         theirs.announce(["a"]);
         let t0 = Instant::now();
-        while wakes.lock().len() < 2 {
+        while wakes.lock().len() < 3 {
             assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", wakes.lock());
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(QUIET * 10);
-        let wakes = wakes.lock().clone();
+        let (every, wakes): (Vec<_>, Vec<_>) =
+            wakes.lock().iter().cloned().partition(|(c, _)| c == "*");
+        assert_eq!(every.len(), 1, "{every:?}");
+        assert!(every[0].1 - bound >= QUIET * 2, "{every:?}");
         let names: Vec<&str> = wakes.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(names, ["a", "a"]);
         assert!(wakes[1].1 - wakes[0].1 >= QUIET * 2, "{wakes:?}");
