@@ -498,6 +498,61 @@ fn on_held(tx: &Transaction<'_>, claims: &[Claim], event: &Event) -> R<usize> {
 const READY: &str = "channel = ?1 AND status = 'pending' AND run_at <= ?2";
 /// Delayed tasks of channel ?1 whose run-at has come by ?2.
 const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND run_at <= ?2";
+/// Running tasks whose lease ended by ?1.
+const EXPIRED: &str =
+    "SELECT id FROM tasks WHERE status = 'running' AND lease_until <= ?1 ORDER BY lease_until";
+/// Deletes the tasks of channel ?1 with `status`. No index holds every row of a channel:
+/// a channel's tasks are deleted a status at a time, each following its status's index
+/// (which SQLite uses only when the status is written in the query, not bound).
+fn remove_channel_sql(status: Status) -> String {
+    format!(
+        "DELETE FROM tasks WHERE channel = ?1 AND status = '{}'",
+        status.as_str()
+    )
+}
+
+/// Failed tasks (of channel ?1 if given), in the order of `tasks_failed`.
+fn failed_sql(channel: Option<&str>) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM tasks WHERE status = 'failed'{} ORDER BY channel, id",
+        channel_filter(channel, 1)
+    )
+}
+
+fn clear_failed_sql(channel: Option<&str>) -> String {
+    format!(
+        "DELETE FROM tasks WHERE status = 'failed'{}",
+        channel_filter(channel, 1)
+    )
+}
+
+/// Done tasks (of channel ?2 if given) last changed before ?1.
+fn purge_done_sql(channel: Option<&str>) -> String {
+    format!(
+        "DELETE FROM tasks WHERE status = 'done' AND updated_at < ?1{}",
+        channel_filter(channel, 2)
+    )
+}
+
+/// The count of each status (of channel ?1 if given), in [`Status::ALL`]'s order, each
+/// over its status's index.
+fn counts_sql(channel: Option<&str>) -> String {
+    let counts = Status::ALL.map(|s| {
+        format!(
+            "(SELECT count(*) FROM tasks WHERE status = '{}'{})",
+            s.as_str(),
+            channel_filter(channel, 1)
+        )
+    });
+    format!("SELECT {}", counts.join(", "))
+}
+
+/// The channels with tasks, from each status's index.
+fn channels_sql() -> String {
+    let of_status =
+        Status::ALL.map(|s| format!("SELECT channel FROM tasks WHERE status = '{}'", s.as_str()));
+    format!("{} ORDER BY channel", of_status.join(" UNION "))
+}
 
 impl Store for SqliteStore {
     fn watch(&self, wake: Wake) -> Option<Watch> {
@@ -622,7 +677,6 @@ impl Store for SqliteStore {
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
-        const EXPIRED: &str = "SELECT id FROM tasks WHERE status = 'running' AND lease_until <= ?1 ORDER BY lease_until";
         if self
             .read(|conn| ids(conn, EXPIRED, [now.as_millis()]))?
             .is_empty()
@@ -639,10 +693,7 @@ impl Store for SqliteStore {
     }
 
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
-        let sql = format!(
-            "DELETE FROM tasks WHERE status = 'failed'{}",
-            channel_filter(channel, 1)
-        );
+        let sql = clear_failed_sql(channel);
         let channel = channel.map(str::to_owned);
         self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(&channel))?))
     }
@@ -653,10 +704,7 @@ impl Store for SqliteStore {
         retries: Option<u32>,
         now: Timestamp,
     ) -> Result<usize> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM tasks WHERE status = 'failed'{} ORDER BY id",
-            channel_filter(channel, 1)
-        );
+        let sql = failed_sql(channel);
         let channel = channel.map(str::to_owned);
         self.write(move |tx| {
             let failed = select_tasks(tx, &sql, params_from_iter(&channel))?;
@@ -675,14 +723,19 @@ impl Store for SqliteStore {
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {
         let channel = channel.to_owned();
-        self.write(move |tx| Ok(tx.execute("DELETE FROM tasks WHERE channel = ?1", [&channel])?))
+        self.write(move |tx| {
+            let mut n = 0;
+            for status in Status::ALL {
+                n += tx
+                    .prepare_cached(&remove_channel_sql(status))?
+                    .execute([&channel])?;
+            }
+            Ok(n)
+        })
     }
 
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        let sql = format!(
-            "DELETE FROM tasks WHERE status = 'done' AND updated_at < ?1{}",
-            channel_filter(channel, 2)
-        );
+        let sql = purge_done_sql(channel);
         let channel = channel.map(str::to_owned);
         self.write(move |tx| {
             let mut stmt = tx.prepare_cached(&sql)?;
@@ -696,8 +749,7 @@ impl Store for SqliteStore {
 
     fn channels(&self) -> Result<Vec<String>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT DISTINCT channel FROM tasks ORDER BY channel")?;
+            let mut stmt = conn.prepare_cached(&channels_sql())?;
             let names = stmt
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -706,18 +758,17 @@ impl Store for SqliteStore {
     }
 
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
-        let sql = format!(
-            "SELECT status, count(*) FROM tasks WHERE 1{} GROUP BY status",
-            channel_filter(channel, 1)
-        );
+        let sql = counts_sql(channel);
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut rows = stmt.query(params_from_iter(channel))?;
             let mut counts = Counts::default();
-            while let Some(r) = rows.next()? {
-                let status = status_from(&r.get::<_, String>(0)?)?;
-                let n: i64 = r.get(1)?;
-                *counts.get_mut(status) = usize::try_from(n).map_err(|_| bad_value("count", n))?;
+            if let Some(r) = rows.next()? {
+                for (i, status) in Status::ALL.into_iter().enumerate() {
+                    let n: i64 = r.get(i)?;
+                    *counts.get_mut(status) =
+                        usize::try_from(n).map_err(|_| bad_value("count", n))?;
+                }
             }
             Ok(counts)
         })
@@ -1233,6 +1284,44 @@ mod tests {
         store
             .enqueue_one(NewTask::new("c", vec![]), T0)
             .expect("enqueue");
+    }
+
+    /// Every query of a status follows an index: none reads the whole table.
+    #[test]
+    fn status_queries_follow_an_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(dir.path().join("q.db")).expect("open");
+        let mut queries = vec![EXPIRED.to_owned(), channels_sql()];
+        queries.extend(Status::ALL.map(remove_channel_sql));
+        for channel in [None, Some("c")] {
+            queries.extend([
+                failed_sql(channel),
+                clear_failed_sql(channel),
+                purge_done_sql(channel),
+                counts_sql(channel),
+            ]);
+        }
+        store
+            .readers
+            .with(|conn| {
+                for sql in &queries {
+                    let mut explain = conn
+                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                        .expect("explain");
+                    let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
+                    let plan: Vec<String> = explain
+                        .query_map(params_from_iter(unbound), |r| r.get(3))
+                        .expect("plan")
+                        .collect::<rusqlite::Result<_>>()
+                        .expect("plan rows");
+                    assert!(
+                        plan.iter()
+                            .all(|step| !step.starts_with("SCAN tasks") || step.contains("INDEX")),
+                        "{sql}: {plan:?}"
+                    );
+                }
+            })
+            .expect("a read connection");
     }
 
     #[test]

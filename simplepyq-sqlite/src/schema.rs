@@ -13,6 +13,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_tasks.sql"),
     include_str!("../migrations/0002_priority_unique.sql"),
     include_str!("../migrations/0003_lost_runs.sql"),
+    include_str!("../migrations/0004_status_indexes.sql"),
 ];
 
 /// The schema version this build writes.
@@ -49,6 +50,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str)]] = &[
     &[],
     &[("priority", "0"), ("unique_key", "NULL")],
     &[("lost_runs", "0")],
+    &[],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,
