@@ -504,6 +504,41 @@ impl RedbStore {
     }
 }
 
+/// The (channel, status code) pairs of the status index that `filter` (which names a
+/// channel, a status or both) selects: the channels come from the counts table.
+fn status_pairs(read: &ReadTransaction, filter: &ListFilter) -> Result<Vec<(String, u8)>> {
+    let codes: Vec<u8> = match filter.status {
+        Some(s) => vec![status_code(s)],
+        None => Status::ALL.map(status_code).to_vec(),
+    };
+    let channels = match &filter.channel {
+        Some(c) => vec![c.clone()],
+        None => channel_names(read)?,
+    };
+    Ok(channels
+        .iter()
+        .flat_map(|c| codes.iter().map(move |code| (c.clone(), *code)))
+        .collect())
+}
+
+/// The channels with tasks, in order: the keys of the counts table.
+fn channel_names(read: &ReadTransaction) -> Result<Vec<String>> {
+    let table = match read.open_table(COUNTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(db_err(e)),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for entry in table.iter().map_err(db_err)? {
+        let (key, _) = entry.map_err(db_err)?;
+        let name = key.value().0;
+        if names.last().is_none_or(|last| last != name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
 /// The format of the simplepyq queue in `db`, if it is one this build reads, or `None` if
 /// `db` is empty; an error for anything else. Reads only.
 fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
@@ -935,22 +970,7 @@ impl Store for RedbStore {
     }
 
     fn channels(&self) -> Result<Vec<String>> {
-        self.read(|read| {
-            let table = match read.open_table(COUNTS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(db_err(e)),
-            };
-            let mut names: Vec<String> = Vec::new();
-            for entry in table.iter().map_err(db_err)? {
-                let (key, _) = entry.map_err(db_err)?;
-                let name = key.value().0;
-                if names.last().is_none_or(|last| last != name) {
-                    names.push(name.to_owned());
-                }
-            }
-            Ok(names)
-        })
+        self.read(channel_names)
     }
 
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
@@ -1011,19 +1031,43 @@ impl Store for RedbStore {
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         self.read(|read| {
             let tasks = read.open_table(TASKS).map_err(db_err)?;
-            let start = filter.after.map_or(0, |a| to_key(a).saturating_add(1));
-            let mut out = Vec::new();
-            for entry in tasks.range(start..).map_err(db_err)? {
-                if out.len() == filter.limit {
-                    break;
+            let first = filter.after.map_or(0, |a| to_key(a).saturating_add(1));
+            let decode = |key: u64, bytes: &[u8]| {
+                let id = to_id(key)?;
+                record::decode(id, bytes).map_err(|e| corrupt(format!("task {id}: {e}")))
+            };
+            if filter.channel.is_none() && filter.status.is_none() {
+                // Every task matches: the first `limit` in id order.
+                let mut out = Vec::new();
+                for entry in tasks.range(first..).map_err(db_err)?.take(filter.limit) {
+                    let (key, bytes) = entry.map_err(db_err)?;
+                    out.push(decode(key.value(), bytes.value())?);
                 }
-                let (key, bytes) = entry.map_err(db_err)?;
-                let id = to_id(key.value())?;
-                let task = record::decode(id, bytes.value())
-                    .map_err(|e| corrupt(format!("task {id}: {e}")))?;
-                if filter.matches(&task) {
-                    out.push(task);
+                return Ok(out);
+            }
+            // The ids come from the status index, whose keys are (channel, status, id):
+            // the first `limit` of each pair the filter names, merged; only those tasks
+            // are read.
+            let pairs = status_pairs(read, filter)?;
+            let by_status = read.open_table(BY_STATUS).map_err(db_err)?;
+            let mut ids = Vec::new();
+            for (channel, code) in &pairs {
+                let range = by_status
+                    .range((channel.as_str(), *code, first)..=(channel.as_str(), *code, u64::MAX))
+                    .map_err(db_err)?;
+                for entry in range.take(filter.limit) {
+                    ids.push(entry.map_err(db_err)?.0.value().2);
                 }
+            }
+            ids.sort_unstable();
+            ids.truncate(filter.limit);
+            let mut out = Vec::with_capacity(ids.len());
+            for key in ids {
+                let bytes = tasks
+                    .get(key)
+                    .map_err(db_err)?
+                    .ok_or_else(|| corrupt(format!("task {key} is indexed but missing")))?;
+                out.push(decode(key, bytes.value())?);
             }
             Ok(out)
         })
@@ -1370,6 +1414,61 @@ mod tests {
             refused > 100,
             "only {refused} of 300 damaged files were noticed"
         );
+    }
+
+    /// A list filtered by channel or status follows the status index: it reads only the
+    /// records it returns (a damaged record of another status is not even decoded), in id
+    /// order across channels and statuses, a page at a time.
+    #[test]
+    fn a_filtered_list_reads_only_the_tasks_it_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RedbStore::open(dir.path().join("q.redb")).expect("create");
+        let ids = store
+            .enqueue(
+                &["a", "b", "a", "b", "a"].map(|c| NewTask::new(c, vec![])),
+                T0,
+            )
+            .expect("enqueue");
+        for t in store.claim("a", 1, T0, T0).expect("claim") {
+            store.complete(t.claim(), T0).expect("complete");
+        }
+        {
+            let db = store.database().expect("database");
+            let tx = db.begin_write().expect("write");
+            tx.open_table(TASKS)
+                .expect("tasks")
+                .insert(to_key(ids[4]), &b"damaged"[..])
+                .expect("damage");
+            tx.commit().expect("commit");
+        }
+        let list = |channel: Option<&str>, status: Option<Status>, after: Option<TaskId>, limit| {
+            let mut filter = ListFilter::new(limit);
+            filter.channel = channel.map(str::to_owned);
+            filter.status = status;
+            filter.after = after;
+            store
+                .list(&filter)
+                .map(|tasks| tasks.iter().map(|t| t.id).collect::<Vec<_>>())
+        };
+        let done = Some(Status::Done);
+        let pending = Some(Status::Pending);
+        assert_eq!(list(Some("a"), done, None, 10).expect("done"), [ids[0]]);
+        assert_eq!(list(None, done, None, 10).expect("done"), [ids[0]]);
+        assert_eq!(
+            list(Some("b"), None, None, 10).expect("b"),
+            [ids[1], ids[3]]
+        );
+        assert_eq!(
+            list(None, pending, None, 2).expect("page 1"),
+            [ids[1], ids[2]]
+        );
+        assert_eq!(
+            list(None, pending, Some(ids[2]), 1).expect("page 2"),
+            [ids[3]]
+        );
+        // The damaged record is read when it is selected.
+        let err = list(None, pending, Some(ids[3]), 1).expect_err("damaged");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 
     #[test]
