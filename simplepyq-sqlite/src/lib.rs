@@ -811,8 +811,8 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" AND channel = ?{}", values.len()));
         }
         if let Some(status) = filter.status {
-            values.push(status.as_str().to_owned().into());
-            sql.push_str(&format!(" AND status = ?{}", values.len()));
+            // Written in, not bound: SQLite uses a status's partial index only then.
+            sql.push_str(&format!(" AND status = '{}'", status.as_str()));
         }
         values.push(i64::try_from(filter.limit).unwrap_or(i64::MAX).into());
         sql.push_str(&format!(" ORDER BY id LIMIT ?{}", values.len()));
