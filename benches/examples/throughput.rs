@@ -7,7 +7,7 @@
 //! cargo run --release --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release --example throughput -- --backend sqlite --remote [--watch off] \
-//!     [--idle-cpu 30] [--listener] [--readers 2] [--due-delayed]
+//!     [--idle-cpu 30] [--listener] [--readers 2] [--due-delayed] [--live]
 //! ```
 //!
 //! For PostgreSQL the tool uses the server at `--url` (in a schema of its own, dropped at the
@@ -37,7 +37,10 @@
 //! `--readers K`, K threads read (`counts`, then a page of pending `tasks`) in a loop during
 //! the drain (`"reads_per_s"`: both reads, together). With `--due-delayed`, the tasks are
 //! enqueued delayed by 1 s; once all are due, one claim of one task is timed
-//! (`"first_claim_ms"`), then given back, and the drain begins.
+//! (`"first_claim_ms"`), then given back, and the drain begins. With `--live` the workers
+//! are started before the enqueues and drain while the producers enqueue: `enqueue_per_s`
+//! is then measured beside the drain, and `drain_per_s` is N over the time from the first
+//! enqueue until the last task is done.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -79,6 +82,8 @@ struct Args {
     readers: u64,
     /// The tasks are enqueued delayed by 1 s and drained once all are due.
     due_delayed: bool,
+    /// The workers drain while the producers enqueue.
+    live: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -100,6 +105,7 @@ fn parse() -> Result<Args, String> {
         listener: false,
         readers: 0,
         due_delayed: false,
+        live: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -117,6 +123,10 @@ fn parse() -> Result<Args, String> {
         }
         if flag == "--listener" {
             args.listener = true;
+            continue;
+        }
+        if flag == "--live" {
+            args.live = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -141,6 +151,9 @@ fn parse() -> Result<Args, String> {
             "--readers" => args.readers = number()?,
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if args.live && (args.due_delayed || args.processes > 1 || args.readers > 0) {
+        return Err("--live goes with neither --due-delayed, --processes nor --readers".into());
     }
     Ok(args)
 }
@@ -338,8 +351,18 @@ fn run() -> Result<(), String> {
         None
     };
 
+    // The drain's handler; with --live the workers start before the enqueues.
+    let processed = Arc::new(AtomicU64::new(0));
+    let pickups = Arc::new(parking_lot_free::Slot::default());
+    let handler = count_into(Arc::clone(&processed), Arc::clone(&pickups));
+    q.add_channel("bench", handler, args.workers).map_err(e)?;
+    if args.live {
+        q.start().map_err(e)?;
+    }
+
     // Enqueue.
     let started = Instant::now();
+    let live_from = started;
     let options = if args.due_delayed {
         EnqueueOptions::new().delay(Duration::from_secs(1))
     } else {
@@ -397,11 +420,7 @@ fn run() -> Result<(), String> {
     };
 
     // Drain.
-    let processed = Arc::new(AtomicU64::new(0));
-    let pickups = Arc::new(parking_lot_free::Slot::default());
-    let handler = count_into(Arc::clone(&processed), Arc::clone(&pickups));
-    q.add_channel("bench", handler, args.workers).map_err(e)?;
-    let started = Instant::now();
+    let started = if args.live { live_from } else { Instant::now() };
     let helpers = (1..args.processes)
         .map(|_| {
             let mut helper =
@@ -434,7 +453,22 @@ fn run() -> Result<(), String> {
             })
         })
         .collect();
-    q.run_until_complete().map_err(e)?;
+    if args.live {
+        // The workers run: wait for the last task (no progress for 30 s is a failure).
+        let mut seen = (0, Instant::now());
+        while processed.load(Ordering::Relaxed) < args.n {
+            let now = processed.load(Ordering::Relaxed);
+            if now != seen.0 {
+                seen = (now, Instant::now());
+            } else if seen.1.elapsed() > Duration::from_secs(30) {
+                return Err(format!("the drain stalled at {now} of {} tasks", args.n));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        q.stop();
+    } else {
+        q.run_until_complete().map_err(e)?;
+    }
     let read_s = started.elapsed().as_secs_f64();
     reading.store(false, Ordering::Relaxed);
     for r in readers {
@@ -523,7 +557,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -542,6 +576,7 @@ fn run() -> Result<(), String> {
         idle_cpu,
         reads,
         first_claim,
+        if args.live { ",\"live\":true" } else { "" },
         bare,
     );
     Ok(())

@@ -61,7 +61,7 @@ use simplepyq_core::{
 
 use crate::checkpoint::Checkpointer;
 use crate::error::{E, R, bad_value};
-use crate::writer::Writer;
+use crate::writer::{Caller, Writer};
 
 /// How much a commit survives. See the [crate docs](crate#what-it-survives).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -315,13 +315,22 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Transaction<'_>) -> R<T> + Send + 'static,
     {
+        self.write_as(Caller::Other, op)
+    }
+
+    /// [`SqliteStore::write`] for `caller`, which the group commit may wait for.
+    fn write_as<T, F>(&self, caller: Caller, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Transaction<'_>) -> R<T> + Send + 'static,
+    {
         let Some((writer, checkpointer)) = &self.writer else {
             return Err(Error::ReadOnly {
                 backend: error::BACKEND,
                 message: format!("{} was opened read-only", self.path.display()),
             });
         };
-        let result = writer.run(op);
+        let result = writer.run(caller, op);
         checkpointer.wrote();
         result
     }
@@ -590,7 +599,7 @@ impl Store for SqliteStore {
         channels.dedup();
         let channels: Vec<String> = channels.into_iter().map(str::to_owned).collect();
         let tasks = tasks.to_vec();
-        let ids = self.write(move |tx| {
+        let ids = self.write_as(Caller::Producer, move |tx| {
             let mut insert = tx.prepare_cached(&insert_sql())?;
             let mut existing = tx.prepare_cached(KEY_HOLDER)?;
             let mut ids = Vec::with_capacity(tasks.len());
