@@ -361,8 +361,7 @@ fn run() -> Result<(), String> {
     }
 
     // Enqueue.
-    let started = Instant::now();
-    let live_from = started;
+    let enqueue_started = Instant::now();
     let options = if args.due_delayed {
         EnqueueOptions::new().delay(Duration::from_secs(1))
     } else {
@@ -399,7 +398,7 @@ fn run() -> Result<(), String> {
             Ok(())
         })?;
     }
-    let enqueue_s = started.elapsed().as_secs_f64();
+    let enqueue_s = enqueue_started.elapsed().as_secs_f64();
     drop(listener);
     // With --due-delayed: once all are due, the time of one claim of one task (which
     // promotes due delayed tasks first); it is given back before the drain.
@@ -420,7 +419,11 @@ fn run() -> Result<(), String> {
     };
 
     // Drain.
-    let started = if args.live { live_from } else { Instant::now() };
+    let started = if args.live {
+        enqueue_started
+    } else {
+        Instant::now()
+    };
     let helpers = (1..args.processes)
         .map(|_| {
             let mut helper =

@@ -1307,6 +1307,15 @@ mod tests {
             .expect("enqueue");
     }
 
+    /// Column `column` of every row of `explain` (an `EXPLAIN` or `EXPLAIN QUERY PLAN` of a
+    /// statement), its parameters left unbound.
+    fn explain(conn: &Connection, explain: &str, column: usize) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare(explain)?;
+        let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt.query_map(params_from_iter(unbound), |r| r.get(column))?;
+        rows.collect()
+    }
+
     /// Every query of a status follows an index: none reads the whole table.
     #[test]
     fn status_queries_follow_an_index() {
@@ -1326,15 +1335,8 @@ mod tests {
             .readers
             .with(|conn| {
                 for sql in &queries {
-                    let mut explain = conn
-                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                        .expect("explain");
-                    let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
-                    let plan: Vec<String> = explain
-                        .query_map(params_from_iter(unbound), |r| r.get(3))
-                        .expect("plan")
-                        .collect::<rusqlite::Result<_>>()
-                        .expect("plan rows");
+                    let plan = explain(conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3)
+                        .expect("the query plan");
                     assert!(
                         plan.iter()
                             .all(|step| !step.starts_with("SCAN tasks") || step.contains("INDEX")),
@@ -1355,14 +1357,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(dir.path().join("q.db")).expect("open");
         for sql in [insert_sql(), SAVE_STATE.to_owned()] {
-            let program: Vec<String> = store
-                .write(move |tx| {
-                    let mut explain = tx.prepare(&format!("EXPLAIN {sql}"))?;
-                    let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
-                    let ops = explain.query_map(params_from_iter(unbound), |r| r.get(1))?;
-                    Ok(ops.collect::<rusqlite::Result<_>>()?)
-                })
-                .expect("explain");
+            let program = store
+                .write(move |tx| Ok(explain(tx, &format!("EXPLAIN {sql}"), 1)?))
+                .expect("the program");
             assert!(
                 !program.iter().any(|op| op == "OpenEphemeral"),
                 "{program:?}"

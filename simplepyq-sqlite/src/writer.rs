@@ -11,8 +11,9 @@
 //! (measured: 2.1 writes per commit with 4 producers). So a committer that finds fewer
 //! enqueues queued than the last group had waits for the others, a few tens of
 //! microseconds at most, yielding its core to them (a timed sleep lasted 50 µs or more
-//! on the machine measured). A wait that runs out lowers the expectation to the enqueues that came, and the
-//! next groups (2, 4, ... up to 64 after waits that ran out in a row) do not wait. Other
+//! on the machine measured). A wait that runs out lowers the expectation to the enqueues
+//! that came, and the next groups (2, 4, ... up to 64 after waits that ran out in a row)
+//! do not wait. Other
 //! writes (claims, outcomes) are never waited for: a worker does not come back on a
 //! schedule, and waiting for writes that might come delayed a lone producer's enqueues
 //! while workers drained (measured: 4.4k against 6.2k enqueues/s without waiting).
@@ -22,8 +23,8 @@
 //! savepoints (each would copy every page its write changes); when a write fails, the
 //! transaction is rolled back and the group runs again with a savepoint around each write,
 //! so that the one that fails is rolled back alone, and its caller gets its own error,
-//! while the others commit. Some failures (a full disk, an I/O error) make SQLite roll the whole
-//! transaction back instead: then only the write at fault gets the error, and the others
+//! while the others commit. Some failures (a full disk, an I/O error) make SQLite roll the
+//! whole transaction back instead: then only the write at fault gets the error, and the others
 //! run again in a new transaction; a commit that fails is retried one write at a time, so
 //! that a failure costs only the writes that cannot be committed. A call returns only after
 //! its transaction committed, so a returned `enqueue` is as durable as the `synchronous`
@@ -60,8 +61,9 @@ pub(crate) enum Caller {
 trait Job: Send {
     /// Who wrote it.
     fn caller(&self) -> Caller;
-    /// Runs the write in `tx`; whether it succeeded (else its savepoint is rolled back). A
-    /// write whose transaction was rolled back as a whole runs again in the next.
+    /// Runs the write in `tx`; whether it succeeded (else its savepoint, or the whole
+    /// transaction, is rolled back). A write whose transaction was rolled back as a whole
+    /// runs again in the next.
     fn run(&mut self, tx: &Transaction<'_>) -> bool;
     /// Its transaction committed: answer the caller with the write's result.
     fn committed(self: Box<Self>);
@@ -514,27 +516,15 @@ mod tests {
     fn a_write_that_rolls_back_the_batch_fails_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
         let writer = Arc::new(small_file(dir.path()));
-        // Hold the connection so that the three writes queue up for one transaction.
-        let held = writer.shared.conn.lock();
-        let sizes = [10usize, 1_000_000, 10];
-        let mut callers = Vec::new();
-        for (i, size) in sizes.into_iter().enumerate() {
-            let w = Arc::clone(&writer);
-            callers.push(std::thread::spawn(move || {
-                w.run(Caller::Other, move |tx| {
-                    Ok(tx.execute("INSERT INTO t VALUES (?1)", [vec![1u8; size]])?)
-                })
-            }));
-            // Queue them in this order.
-            while writer.shared.queue.lock().jobs.len() <= i {
-                std::thread::yield_now();
-            }
-        }
-        drop(held);
-        let results: Vec<_> = callers
-            .into_iter()
-            .map(|c| c.join().expect("caller"))
-            .collect();
+        let results = grouped(
+            &writer,
+            Caller::Other,
+            vec![
+                "INSERT INTO t VALUES (randomblob(10))",
+                "INSERT INTO t VALUES (randomblob(1000000))",
+                "INSERT INTO t VALUES (randomblob(10))",
+            ],
+        );
         assert!(results[0].is_ok(), "{:?}", results[0]);
         assert!(
             matches!(results[1], Err(Error::Full { .. })),
