@@ -1,0 +1,204 @@
+"""simplepyq on a Rust engine: the original simplepyq's API, crash-safe and fast.
+
+Code written for the original (``from simplepyq import SimplePyQ, DelayException``) runs
+unchanged. Tasks live in a SQLite file (or a redb file, or PostgreSQL); a killed process
+loses none, and several processes may share one file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import os
+import threading
+import weakref
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from ._simplepyq import Engine as _Engine
+from ._simplepyq import QueueError, Task
+
+__all__ = ["SimplePyQ", "DelayException", "QueueError", "Task"]
+
+
+class DelayException(Exception):
+    def __init__(self, delay_seconds: int):
+        """Exception to defer a task for a specified time."""
+        self.delay_seconds = delay_seconds
+
+
+Seconds = Union[int, float, _dt.timedelta]
+When = Union[int, float, _dt.datetime]
+
+
+def _seconds(name: str, value: Optional[Seconds]) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be seconds (int, float) or a timedelta, not {type(value).__name__}")
+    return float(value)
+
+
+def _epoch(value: Optional[When]) -> Optional[float]:
+    """A time as seconds since the epoch; a naive datetime is local time, as in datetime.timestamp()."""
+    if value is None:
+        return None
+    if isinstance(value, _dt.datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"at must be a datetime or seconds since the epoch, not {type(value).__name__}")
+    return float(value)
+
+
+# Queues to stop when the interpreter exits: their handlers need the interpreter.
+_live: "weakref.WeakSet[SimplePyQ]" = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _live_lock:
+        queues = list(_live)
+    for q in queues:
+        q.stop()
+
+
+class SimplePyQ:
+    """A task queue: channels of handlers run by worker threads, over a store.
+
+    ``store_path`` is a SQLite file (created if needed; a file of the original simplepyq
+    0.1.3 is imported, after a backup copy beside it), a path ending in ``.redb`` for a redb
+    file, or a ``postgresql://`` URL.
+    """
+
+    def __init__(self, store_path: Union[str, "os.PathLike[str]"] = "simplepyq_tasks.db"):
+        """Initialize the task scheduler with a SQLite store."""
+        self.store_path = store_path
+        self._engine = _Engine(os.fspath(store_path), DelayException)
+        with _live_lock:
+            _live.add(self)
+
+    def add_channel(
+        self,
+        name: str,
+        func: Callable[[Any], Any],
+        max_workers: int = 1,
+        *,
+        backoff: Optional[Tuple[Seconds, Seconds]] = None,
+    ) -> None:
+        """Add a channel with a function to execute tasks.
+
+        ``func`` gets the task's arguments. It may raise ``DelayException(seconds)`` to run
+        the task again later; any other exception fails the attempt (retried while retries
+        are left). ``backoff=(first, most)`` waits ``first`` seconds before the first retry,
+        doubling up to ``most``; without it retries run at once.
+        """
+        if backoff is not None:
+            first, most = backoff
+            backoff = (_seconds("backoff", first), _seconds("backoff", most))
+        if not callable(func):
+            raise TypeError(f"func must be callable, not {type(func).__name__}")
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        self._engine.add_channel(name, func, max_workers, backoff)
+
+    def remove_channel(self, name: str) -> int:
+        """Remove a channel, its handler, and all its tasks; return how many tasks."""
+        return self._engine.remove_channel(name)
+
+    def enqueue(
+        self,
+        channel: str,
+        args: Any,
+        retries: int = 0,
+        *,
+        delay: Optional[Seconds] = None,
+        at: Optional[When] = None,
+        priority: int = 0,
+        unique: Optional[str] = None,
+    ) -> int:
+        """Enqueue a task for a channel; return its id.
+
+        ``args`` is anything MessagePack carries (dicts, lists, str, bytes, numbers, None).
+        ``retries`` more attempts follow a failed one. ``delay`` (seconds or a timedelta) or
+        ``at`` (a datetime, or seconds since the epoch) run it later; higher ``priority``
+        runs first; while a task with the same ``unique`` key is unfinished in the channel,
+        its id is returned and nothing is added.
+        """
+        return self._engine.enqueue(
+            channel, args, retries, _seconds("delay", delay), _epoch(at), priority, unique
+        )
+
+    def enqueue_many(
+        self,
+        channel: str,
+        many: Iterable[Any],
+        retries: int = 0,
+        *,
+        delay: Optional[Seconds] = None,
+        at: Optional[When] = None,
+        priority: int = 0,
+    ) -> List[int]:
+        """Enqueue many tasks in one transaction, all or none; return their ids."""
+        return self._engine.enqueue_many(
+            channel, many, retries, _seconds("delay", delay), _epoch(at), priority
+        )
+
+    def start(self) -> None:
+        """Start the scheduler to process tasks in the background."""
+        self._engine.start()
+
+    def stop(self, timeout: Optional[Seconds] = None) -> List[int]:
+        """Stop the workers and wait for running handlers to finish (at most ``timeout``
+        seconds if given). Tasks not started stay queued. Returns the ids of tasks whose
+        handlers still ran at the timeout (their outcomes are recorded when they end)."""
+        return self._engine.stop(_seconds("timeout", timeout))
+
+    def run_until_complete(self) -> None:
+        """Run until no task of this queue's channels is pending, running or delayed, then
+        stop. Ctrl-C stops the queue (running handlers finish) and raises KeyboardInterrupt."""
+        self._engine.run_until_complete()
+
+    def clear_failed(self, channel: Optional[str] = None) -> int:
+        """Remove the failed tasks (of one channel, or all); return how many."""
+        return self._engine.clear_failed(channel)
+
+    def requeue_failed(self, channel: Optional[str] = None, retries: Optional[int] = None) -> int:
+        """Requeue the failed tasks with their original or a new retry count; return how many."""
+        return self._engine.requeue_failed(channel, retries)
+
+    def purge_done(self, channel: Optional[str] = None, older_than: Seconds = 0) -> int:
+        """Delete the done tasks (of one channel, or all) finished more than ``older_than``
+        seconds ago; return how many."""
+        return self._engine.purge_done(channel, _seconds("older_than", older_than))
+
+    def counts(self, channel: Optional[str] = None) -> Dict[str, int]:
+        """Tasks per status: pending, running, delayed, done, failed."""
+        return self._engine.counts(channel)
+
+    def tasks(
+        self,
+        channel: Optional[str] = None,
+        status: Optional[str] = None,
+        limit: int = 100,
+        after: Optional[int] = None,
+    ) -> List[Task]:
+        """A page of tasks in id order; pass the last id as ``after`` for the next page."""
+        return self._engine.tasks(channel, status, limit, after)
+
+    def task(self, id: int) -> Optional[Task]:
+        """The task with this id, or None."""
+        return self._engine.task(id)
+
+    def cancel(self, id: int) -> str:
+        """Cancel a task: a queued one is deleted (``"removed"``); a running one is asked to
+        stop (``"requested"``: its handler ends as it will). KeyError if there is none;
+        ValueError if it is finished or running in another process."""
+        return self._engine.cancel(id)
+
+    def __enter__(self) -> "SimplePyQ":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,428 @@
+//! `Engine`: one queue of the Rust library, over SQLite, redb or PostgreSQL, for Python.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use rmpv::Value;
+use simplepyq::{
+    Backoff, Cancelled, ChannelOptions, EnqueueOptions, Error, ListFilter, PostgresStore,
+    RedbStore, SimplePyQ, SqliteStore, Status, Task, TaskError, TaskId, Timestamp,
+};
+
+use crate::QueueError;
+use crate::convert::{to_python, to_value};
+
+/// The queue, over the store its path names.
+enum Backend {
+    Sqlite(SimplePyQ<SqliteStore>),
+    Redb(SimplePyQ<RedbStore>),
+    Postgres(SimplePyQ<PostgresStore>),
+}
+
+/// Runs `$body` with `$q` bound to the queue, whatever its store.
+macro_rules! on {
+    ($backend:expr, $q:ident => $body:expr) => {
+        match &*$backend {
+            Backend::Sqlite($q) => $body,
+            Backend::Redb($q) => $body,
+            Backend::Postgres($q) => $body,
+        }
+    };
+}
+
+impl Backend {
+    /// A PostgreSQL URL connects to the server; a path ending in `.redb` opens a redb file;
+    /// any other path a SQLite file (a file of the original simplepyq is imported).
+    fn open(store: &str) -> simplepyq::Result<Backend> {
+        if store.starts_with("postgres://") || store.starts_with("postgresql://") {
+            Ok(Backend::Postgres(SimplePyQ::connect(store)?))
+        } else if store.ends_with(".redb") {
+            Ok(Backend::Redb(SimplePyQ::new(RedbStore::open(store)?)))
+        } else {
+            Ok(Backend::Sqlite(SimplePyQ::open(store)?))
+        }
+    }
+}
+
+/// A library error as the Python exception a caller expects: `ValueError` for bad names,
+/// settings and requests, `KeyError` for an unknown task, `QueueError` for the store.
+fn py_err(e: Error) -> PyErr {
+    match e {
+        Error::InvalidChannel { .. }
+        | Error::DuplicateChannel(_)
+        | Error::InvalidConfig(_)
+        | Error::InvalidTransition { .. } => PyValueError::new_err(e.to_string()),
+        Error::NotFound(_) => PyKeyError::new_err(e.to_string()),
+        e => QueueError::new_err(e.to_string()),
+    }
+}
+
+/// Seconds as a duration: a finite number, not negative.
+fn seconds(what: &str, s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        PyValueError::new_err(format!("{what} must be a number of seconds >= 0, got {s}"))
+    })
+}
+
+fn to_seconds(t: Timestamp) -> f64 {
+    t.as_millis() as f64 / 1000.0
+}
+
+/// What a Python exception out of a handler means: `DelayException` defers the task
+/// (`delay_seconds` later); anything else is a failed attempt whose error is the traceback.
+fn outcome(py: Python<'_>, err: PyErr, delay_exception: &Py<PyAny>) -> TaskError {
+    if err
+        .value(py)
+        .is_instance(delay_exception.bind(py))
+        .unwrap_or(false)
+    {
+        let delay = err
+            .value(py)
+            .getattr("delay_seconds")
+            .and_then(|d| d.extract::<f64>());
+        return match delay {
+            Ok(s) => {
+                TaskError::delay(Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX))
+            }
+            Err(e) => TaskError::msg(format!("DelayException without a number of seconds: {e}")),
+        };
+    }
+    TaskError::msg(traceback(py, &err))
+}
+
+/// The exception's traceback as Python prints it.
+fn traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = py.import("traceback").and_then(|tb| {
+        tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?
+        .extract::<Vec<String>>()
+    });
+    match formatted {
+        Ok(lines) => lines.concat().trim_end().to_owned(),
+        Err(_) => err.to_string(),
+    }
+}
+
+/// A queue of the Rust library; `simplepyq.SimplePyQ` wraps it.
+#[pyclass(frozen, module = "simplepyq._simplepyq")]
+pub(crate) struct Engine {
+    backend: Arc<Backend>,
+    delay_exception: Py<PyAny>,
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    fn new(py: Python<'_>, store: String, delay_exception: Py<PyAny>) -> PyResult<Self> {
+        let backend = py.detach(|| Backend::open(&store)).map_err(py_err)?;
+        Ok(Engine {
+            backend: Arc::new(backend),
+            delay_exception,
+        })
+    }
+
+    /// Binds `func` to channel `name`, run by up to `max_workers` threads.
+    #[pyo3(signature = (name, func, max_workers, backoff=None))]
+    fn add_channel(
+        &self,
+        name: &str,
+        func: Py<PyAny>,
+        max_workers: usize,
+        backoff: Option<(f64, f64)>,
+    ) -> PyResult<()> {
+        let mut options = ChannelOptions::new(max_workers);
+        if let Some((base, max)) = backoff {
+            options = options.backoff(Backoff::exponential(
+                seconds("backoff", base)?,
+                seconds("backoff", max)?,
+            ));
+        }
+        let delay_exception = Python::attach(|py| self.delay_exception.clone_ref(py));
+        let handler = move |args: Value| -> Result<(), TaskError> {
+            Python::attach(|py| {
+                let args = to_python(py, &args).map_err(|e| {
+                    TaskError::fatal(format!(
+                        "the arguments could not be made Python objects: {e}"
+                    ))
+                })?;
+                func.call1(py, (args,))
+                    .map(drop)
+                    .map_err(|err| outcome(py, err, &delay_exception))
+            })
+        };
+        on!(self.backend, q => q.add_channel_with(name, handler, options).map(drop)).map_err(|e| {
+            match e {
+                Error::DuplicateChannel(_) => {
+                    PyValueError::new_err(format!("Channel '{name}' already exists"))
+                }
+                e => py_err(e),
+            }
+        })
+    }
+
+    /// Enqueues one task; returns its id.
+    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique))]
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        channel: &str,
+        args: &Bound<'_, PyAny>,
+        retries: u32,
+        delay: Option<f64>,
+        at: Option<f64>,
+        priority: i32,
+        unique: Option<String>,
+    ) -> PyResult<i64> {
+        let value = to_value(args, 0)?;
+        let mut options = options(retries, delay, at, priority)?;
+        if let Some(key) = unique {
+            options = options.unique(key);
+        }
+        let id = py
+            .detach(|| on!(self.backend, q => q.enqueue_with(channel, &value, options)))
+            .map_err(py_err)?;
+        Ok(id.get())
+    }
+
+    /// Enqueues many tasks in one transaction, all or none; returns their ids.
+    #[pyo3(signature = (channel, many, retries, delay, at, priority))]
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue_many(
+        &self,
+        py: Python<'_>,
+        channel: &str,
+        many: &Bound<'_, PyAny>,
+        retries: u32,
+        delay: Option<f64>,
+        at: Option<f64>,
+        priority: i32,
+    ) -> PyResult<Vec<i64>> {
+        let values = many
+            .try_iter()?
+            .map(|item| to_value(&item?, 0))
+            .collect::<PyResult<Vec<Value>>>()?;
+        let options = options(retries, delay, at, priority)?;
+        let ids = py
+            .detach(|| on!(self.backend, q => q.enqueue_many(channel, &values, options)))
+            .map_err(py_err)?;
+        Ok(ids.into_iter().map(TaskId::get).collect())
+    }
+
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| on!(self.backend, q => q.start()))
+            .map_err(py_err)
+    }
+
+    /// Stops the workers; with a timeout, waits at most that long for running handlers.
+    /// Returns the ids of the tasks whose handlers still ran.
+    #[pyo3(signature = (timeout=None))]
+    fn stop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Vec<i64>> {
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let report = py.detach(|| match timeout {
+            Some(t) => on!(self.backend, q => q.stop_timeout(t)),
+            None => on!(self.backend, q => q.stop()),
+        });
+        Ok(report.running.into_iter().map(TaskId::get).collect())
+    }
+
+    /// Runs until no task of a channel with a handler here is left, then stops. The wait
+    /// lets go of the GIL and looks for signals every 50 ms: on Ctrl-C the queue stops
+    /// (running handlers finish) and `KeyboardInterrupt` is raised.
+    fn run_until_complete(&self, py: Python<'_>) -> PyResult<()> {
+        let backend = Arc::clone(&self.backend);
+        let (done, result) = mpsc::channel();
+        // Locked only by this thread: the lock makes the receiver `Sync`, as `detach` needs.
+        let result = Mutex::new(result);
+        std::thread::Builder::new()
+            .name("simplepyq-run".into())
+            .spawn(move || {
+                let outcome = on!(backend, q => q.run_until_complete());
+                let _ = done.send(outcome);
+            })
+            .map_err(|e| QueueError::new_err(format!("could not start a thread: {e}")))?;
+        loop {
+            match py.detach(|| result.lock().recv_timeout(Duration::from_millis(50))) {
+                Ok(outcome) => return outcome.map_err(py_err),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(interrupt) = py.check_signals() {
+                        py.detach(|| {
+                            on!(self.backend, q => q.stop());
+                            let _ = result.lock().recv();
+                        });
+                        return Err(interrupt);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(QueueError::new_err("the run ended without an outcome"));
+                }
+            }
+        }
+    }
+
+    #[pyo3(signature = (channel=None))]
+    fn clear_failed(&self, py: Python<'_>, channel: Option<&str>) -> PyResult<usize> {
+        py.detach(|| on!(self.backend, q => q.clear_failed(channel)))
+            .map_err(py_err)
+    }
+
+    #[pyo3(signature = (channel=None, retries=None))]
+    fn requeue_failed(
+        &self,
+        py: Python<'_>,
+        channel: Option<&str>,
+        retries: Option<u32>,
+    ) -> PyResult<usize> {
+        py.detach(|| on!(self.backend, q => q.requeue_failed(channel, retries)))
+            .map_err(py_err)
+    }
+
+    fn remove_channel(&self, py: Python<'_>, name: &str) -> PyResult<usize> {
+        py.detach(|| on!(self.backend, q => q.remove_channel(name)))
+            .map_err(py_err)
+    }
+
+    #[pyo3(signature = (channel, older_than))]
+    fn purge_done(
+        &self,
+        py: Python<'_>,
+        channel: Option<&str>,
+        older_than: f64,
+    ) -> PyResult<usize> {
+        let older_than = seconds("older_than", older_than)?;
+        py.detach(|| on!(self.backend, q => q.purge_done(channel, older_than)))
+            .map_err(py_err)
+    }
+
+    #[pyo3(signature = (channel=None))]
+    fn counts<'py>(&self, py: Python<'py>, channel: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
+        let counts = py
+            .detach(|| on!(self.backend, q => q.counts(channel)))
+            .map_err(py_err)?;
+        let dict = PyDict::new(py);
+        for status in Status::ALL {
+            dict.set_item(status.as_str(), counts.get(status))?;
+        }
+        Ok(dict)
+    }
+
+    #[pyo3(signature = (channel, status, limit, after))]
+    fn tasks(
+        &self,
+        py: Python<'_>,
+        channel: Option<String>,
+        status: Option<&str>,
+        limit: usize,
+        after: Option<i64>,
+    ) -> PyResult<Vec<TaskInfo>> {
+        let mut filter = ListFilter::new(limit);
+        filter.channel = channel;
+        if let Some(status) = status {
+            filter.status = Some(
+                status
+                    .parse::<Status>()
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?,
+            );
+        }
+        filter.after = after.map(TaskId::new);
+        let tasks = py
+            .detach(|| on!(self.backend, q => q.tasks(&filter)))
+            .map_err(py_err)?;
+        tasks.iter().map(|t| TaskInfo::new(py, t)).collect()
+    }
+
+    fn task(&self, py: Python<'_>, id: i64) -> PyResult<Option<TaskInfo>> {
+        let task = py
+            .detach(|| on!(self.backend, q => q.task(TaskId::new(id))))
+            .map_err(py_err)?;
+        task.map(|t| TaskInfo::new(py, &t)).transpose()
+    }
+
+    /// `"removed"` for a queued task deleted, `"requested"` for a running one asked to stop.
+    fn cancel(&self, py: Python<'_>, id: i64) -> PyResult<&'static str> {
+        let cancelled = py
+            .detach(|| on!(self.backend, q => q.cancel(TaskId::new(id))))
+            .map_err(py_err)?;
+        Ok(match cancelled {
+            Cancelled::Removed => "removed",
+            Cancelled::Requested => "requested",
+            _ => "requested",
+        })
+    }
+}
+
+/// The enqueue options: retries, when (a delay or a time, in seconds), priority.
+fn options(
+    retries: u32,
+    delay: Option<f64>,
+    at: Option<f64>,
+    priority: i32,
+) -> PyResult<EnqueueOptions> {
+    let mut options = EnqueueOptions::new().retries(retries).priority(priority);
+    match (delay, at) {
+        (Some(_), Some(_)) => {
+            return Err(PyValueError::new_err("give delay or at, not both"));
+        }
+        (Some(d), None) => options = options.delay(seconds("delay", d)?),
+        (None, Some(t)) => options = options.at(UNIX_EPOCH + seconds("at", t)?),
+        (None, None) => {}
+    }
+    Ok(options)
+}
+
+/// A stored task, as `SimplePyQ.tasks` and `SimplePyQ.task` return it. Times are seconds
+/// since the Unix epoch, as `time.time()` gives them.
+#[pyclass(frozen, get_all, name = "Task", module = "simplepyq._simplepyq")]
+pub(crate) struct TaskInfo {
+    id: i64,
+    channel: String,
+    args: Py<PyAny>,
+    status: &'static str,
+    retries_left: u32,
+    max_retries: u32,
+    attempts: u32,
+    run_at: f64,
+    last_error: Option<String>,
+    created_at: f64,
+    updated_at: f64,
+    priority: i32,
+    unique_key: Option<String>,
+}
+
+impl TaskInfo {
+    fn new(py: Python<'_>, task: &Task) -> PyResult<Self> {
+        let value: Value = simplepyq::decode_args(task).map_err(py_err)?;
+        Ok(TaskInfo {
+            id: task.id.get(),
+            channel: task.channel.clone(),
+            args: to_python(py, &value)?.unbind(),
+            status: task.state.status.as_str(),
+            retries_left: task.state.retries_left,
+            max_retries: task.state.max_retries,
+            attempts: task.state.attempts,
+            run_at: to_seconds(task.state.run_at),
+            last_error: task.state.last_error.clone(),
+            created_at: to_seconds(task.created_at),
+            updated_at: to_seconds(task.state.updated_at),
+            priority: task.priority,
+            unique_key: task.unique_key.clone(),
+        })
+    }
+}
+
+#[pymethods]
+impl TaskInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "Task(id={}, channel={:?}, status={:?}, attempts={})",
+            self.id, self.channel, self.status, self.attempts
+        )
+    }
+}
