@@ -33,6 +33,14 @@
 //! reuses freed pages; the file itself shrinks only with `VACUUM`. The `-wal` file beside it
 //! is checkpointed back into the database automatically.
 //!
+//! # Files of the original simplepyq
+//! A `tasks.db` written by the original Python simplepyq (0.1.3) opens like a queue file:
+//! [`SqliteStore::open`] first copies it to `<name>.simplepyq-0.1.3.bak` beside it, then
+//! moves its tasks into this schema in one transaction, keeping their ids: pending and
+//! running ones (the original leaves `running` rows after a crash) become pending, delayed
+//! ones keep their time, done and failed ones stay. [`SqliteStore::open_read_only`] refuses
+//! such a file, as it writes nothing.
+//!
 //! # Inspecting with SQL
 //! The table `tasks` has one row per task: `id`, `channel`, `args` (MessagePack), `status`
 //! (`pending`, `running`, `delayed`, `done`, `failed`), `retries_left`, `max_retries`,
@@ -42,6 +50,7 @@
 
 mod checkpoint;
 mod error;
+mod original;
 mod readers;
 mod schema;
 mod watch;
@@ -58,6 +67,7 @@ use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
     TaskState, Timestamp, Wake, Watch, batch, validate_channel,
 };
+use simplepyq_core::{Clock, SystemClock};
 
 use crate::checkpoint::Checkpointer;
 use crate::error::{E, R, bad_value};
@@ -200,7 +210,16 @@ impl SqliteStore {
         };
         let conn = open()?;
         let version = retrying(busy_timeout, || {
-            schema::inspect(&conn)?;
+            if schema::inspect(&conn)? == schema::Found::Original {
+                return Err(E::Core(Error::Foreign {
+                    backend: error::BACKEND,
+                    message: format!(
+                        "{} is a file of the original Python simplepyq: opening it for writing \
+                         (SimplePyQ::open) imports its tasks",
+                        path.display()
+                    ),
+                }));
+            }
             schema::read_as_latest(&conn)
         })?;
         if version == 0 {
@@ -239,8 +258,11 @@ impl SqliteStore {
                 ),
             });
         }
+        let found = retrying(options.busy_timeout, || schema::inspect(&conn))?;
+        if found == schema::Found::Original {
+            retrying(options.busy_timeout, || original::back_up(&conn, &path))?;
+        }
         retrying(options.busy_timeout, || {
-            schema::inspect(&conn)?;
             // From here on the file is ours (or new): changing it is fine.
             let mode: String =
                 conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -253,7 +275,8 @@ impl SqliteStore {
             Ok(())
         })?;
         let mut conn = conn;
-        retrying(options.busy_timeout, || schema::migrate(&mut conn))?;
+        let now_ms = SystemClock.now().as_millis();
+        retrying(options.busy_timeout, || schema::migrate(&mut conn, now_ms))?;
         let sync = match options.durability {
             Durability::Normal => "NORMAL",
             Durability::Full => "FULL",
@@ -957,6 +980,124 @@ mod tests {
         }
     }
 
+    /// A file as the original Python simplepyq 0.1.3 writes it (its exact table), with
+    /// one task of each status it writes, and a sequence past its last id (tasks cleared).
+    fn original_file(path: &Path, rows: &[(&str, Option<i64>)]) {
+        let conn = Connection::open(path).expect("open raw");
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tasks (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                channel TEXT NOT NULL,
+                args BLOB,
+                status TEXT DEFAULT 'pending',
+                retries INTEGER DEFAULT 0,
+                delay_until INTEGER
+            )",
+        )
+        .expect("the original's table");
+        for (n, (status, delay_until)) in rows.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO tasks (channel, args, status, retries, delay_until) \
+                 VALUES ('scrape', ?1, ?2, ?3, ?4)",
+                params![vec![n as u8], status, n as i64, delay_until],
+            )
+            .expect("insert");
+        }
+        conn.execute_batch("UPDATE sqlite_sequence SET seq = 40 WHERE name = 'tasks'")
+            .expect("sequence");
+    }
+
+    #[test]
+    fn a_file_of_the_original_is_imported_after_a_backup() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tasks.db");
+        let later_s = SystemClock.now().as_millis() / 1000 + 3_600;
+        let rows = [
+            ("pending", None),
+            ("running", None),
+            ("delayed", Some(later_s)),
+            ("done", None),
+            ("failed", None),
+            ("delayed", None),
+        ];
+        original_file(&path, &rows);
+        let read_only =
+            SqliteStore::open_read_only(&path).expect_err("read-only opens write nothing");
+        assert!(matches!(read_only, Error::Foreign { .. }), "{read_only}");
+        assert!(read_only.to_string().contains("original"), "{read_only}");
+
+        let store = SqliteStore::open(&path).expect("open imports");
+        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        let tasks = store.list(&ListFilter::new(10)).expect("list");
+        let seen: Vec<(i64, Vec<u8>, Status, u32)> = tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.id.get(),
+                    t.args.clone(),
+                    t.state.status,
+                    t.state.retries_left,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, vec![0], Status::Pending, 0),
+                (2, vec![1], Status::Pending, 1),
+                (3, vec![2], Status::Delayed, 2),
+                (4, vec![3], Status::Done, 3),
+                (5, vec![4], Status::Failed, 4),
+                (6, vec![5], Status::Pending, 5),
+            ]
+        );
+        assert_eq!(
+            tasks[2].state.run_at,
+            Timestamp::from_millis(later_s * 1000)
+        );
+        assert!(tasks[4].state.last_error.is_some());
+        // Ids go on from the original's sequence, never reusing one it gave.
+        let id = store
+            .enqueue_one(NewTask::new("scrape", vec![9]), T0)
+            .expect("enqueue");
+        assert_eq!(id.get(), 41);
+        // The backup is the original file as it was.
+        let backup = dir.path().join("tasks.db.simplepyq-0.1.3.bak");
+        let copy = Connection::open(&backup).expect("open the backup");
+        let statuses: Vec<String> = copy
+            .prepare("SELECT status FROM tasks ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(statuses, rows.map(|(s, _)| s.to_owned()));
+        // Opening again imports nothing more and backs up nothing more.
+        drop(store);
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.list(&ListFilter::new(10)).expect("list").len(), 7);
+        assert!(!dir.path().join("tasks.db.simplepyq-0.1.3.bak.1").exists());
+    }
+
+    #[test]
+    fn an_original_file_with_a_status_it_never_writes_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tasks.db");
+        original_file(&path, &[("pending", None), ("paused", None)]);
+        let err = SqliteStore::open(&path).expect_err("an unknown status");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("paused"), "{err}");
+        let conn = Connection::open(&path).expect("open raw");
+        assert!(
+            original::is_original(&conn).expect("inspect"),
+            "the file is unchanged"
+        );
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 2);
+    }
+
     #[test]
     fn a_version_1_file_is_migrated_keeping_its_tasks() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1087,7 +1228,7 @@ mod tests {
     fn every_migration_applies_to_an_empty_in_memory_database() {
         let mut conn = Connection::open_in_memory().expect("in memory");
         schema::inspect(&conn).expect("an empty database is accepted");
-        schema::migrate(&mut conn).expect("migrate");
+        schema::migrate(&mut conn, 0).expect("migrate");
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("user_version");
@@ -1100,7 +1241,7 @@ mod tests {
             )
             .expect("indexes");
         assert_eq!(indexes, 6);
-        schema::migrate(&mut conn).expect("migrating again does nothing");
+        schema::migrate(&mut conn, 0).expect("migrating again does nothing");
     }
 
     /// Opens `path` expecting an error, and checks the file's bytes did not change.

@@ -4,6 +4,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use simplepyq_core::Error;
 
 use crate::error::{BACKEND, R};
+use crate::original;
 
 /// `PRAGMA application_id` of simplepyq files: "SPYQ".
 pub(crate) const APPLICATION_ID: i32 = 0x5350_5951;
@@ -21,9 +22,18 @@ pub(crate) fn latest() -> i64 {
     MIGRATIONS.len() as i64
 }
 
+/// What a file holds, as [`inspect`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A simplepyq queue of a version this build reads, or an empty file.
+    Queue,
+    /// A file of the original Python simplepyq, to import ([`crate::original`]).
+    Original,
+}
+
 /// Reads the file's header and schema without writing anything, and refuses files that
-/// are not simplepyq queues of a version this build can read.
-pub(crate) fn inspect(conn: &Connection) -> R<()> {
+/// are not simplepyq queues of a version this build can read (or the original's).
+pub(crate) fn inspect(conn: &Connection) -> R<Found> {
     // The first read of the header: a file that is not SQLite fails here.
     let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -32,6 +42,9 @@ pub(crate) fn inspect(conn: &Connection) -> R<()> {
         [],
         |r| r.get(0),
     )?;
+    if app_id == 0 && version == 0 && tables > 0 && original::is_original(conn)? {
+        return Ok(Found::Original);
+    }
     if app_id != APPLICATION_ID && (app_id != 0 || tables > 0 || version > 0) {
         return Err(Error::Foreign {
             backend: BACKEND,
@@ -42,7 +55,8 @@ pub(crate) fn inspect(conn: &Connection) -> R<()> {
         }
         .into());
     }
-    check_version(version)
+    check_version(version)?;
+    Ok(Found::Queue)
 }
 
 /// The columns each migration added, with the value they read as in a file without them.
@@ -86,15 +100,23 @@ fn check_version(found: i64) -> R<()> {
     Ok(())
 }
 
-/// Applies the migrations the file lacks, all in one transaction.
-pub(crate) fn migrate(conn: &mut Connection) -> R<()> {
+/// Applies the migrations the file lacks, all in one transaction; a file of the original
+/// simplepyq has its tasks imported in it too. `now_ms` is the time of an import.
+pub(crate) fn migrate(conn: &mut Connection, now_ms: i64) -> R<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Read again under the write lock: another process may have migrated meanwhile.
     let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     check_version(version)?;
+    let import = version == 0 && original::is_original(&tx)?;
+    if import {
+        original::rename_table(&tx)?;
+    }
     let applied = usize::try_from(version).unwrap_or(0);
     for sql in &MIGRATIONS[applied..] {
         tx.execute_batch(sql)?;
+    }
+    if import {
+        original::copy_tasks(&tx, now_ms)?;
     }
     if version < latest() {
         tx.pragma_update(None, "application_id", APPLICATION_ID)?;
