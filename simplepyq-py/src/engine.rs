@@ -38,13 +38,27 @@ macro_rules! on {
 impl Backend {
     /// A PostgreSQL URL connects to the server; a path ending in `.redb` opens a redb file;
     /// any other path a SQLite file (a file of the original simplepyq is imported).
-    fn open(store: &str) -> simplepyq::Result<Backend> {
+    /// `lease`: how long a claim lasts unless renewed (the library's default if `None`).
+    fn open(store: &str, lease: Option<Duration>) -> simplepyq::Result<Backend> {
+        fn build<S: simplepyq::Store>(
+            store: S,
+            lease: Option<Duration>,
+        ) -> simplepyq::Result<SimplePyQ<S>> {
+            let builder = SimplePyQ::builder(store);
+            match lease {
+                Some(lease) => builder.lease(lease).build(),
+                None => builder.build(),
+            }
+        }
         if store.starts_with("postgres://") || store.starts_with("postgresql://") {
-            Ok(Backend::Postgres(SimplePyQ::connect(store)?))
+            Ok(Backend::Postgres(build(
+                PostgresStore::connect(store)?,
+                lease,
+            )?))
         } else if store.ends_with(".redb") {
-            Ok(Backend::Redb(SimplePyQ::new(RedbStore::open(store)?)))
+            Ok(Backend::Redb(build(RedbStore::open(store)?, lease)?))
         } else {
-            Ok(Backend::Sqlite(SimplePyQ::open(store)?))
+            Ok(Backend::Sqlite(build(SqliteStore::open(store)?, lease)?))
         }
     }
 }
@@ -120,8 +134,15 @@ pub(crate) struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    fn new(py: Python<'_>, store: String, delay_exception: Py<PyAny>) -> PyResult<Self> {
-        let backend = py.detach(|| Backend::open(&store)).map_err(py_err)?;
+    #[pyo3(signature = (store, delay_exception, lease=None))]
+    fn new(
+        py: Python<'_>,
+        store: String,
+        delay_exception: Py<PyAny>,
+        lease: Option<f64>,
+    ) -> PyResult<Self> {
+        let lease = lease.map(|l| seconds("lease", l)).transpose()?;
+        let backend = py.detach(|| Backend::open(&store, lease)).map_err(py_err)?;
         Ok(Engine {
             backend: Arc::new(backend),
             delay_exception,

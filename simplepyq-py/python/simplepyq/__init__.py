@@ -69,13 +69,19 @@ class SimplePyQ:
 
     ``store_path`` is a SQLite file (created if needed; a file of the original simplepyq
     0.1.3 is imported, after a backup copy beside it), a path ending in ``.redb`` for a redb
-    file, or a ``postgresql://`` URL.
+    file, or a ``postgresql://`` URL. ``lease``: how long a worker's claim on a task lasts
+    unless renewed (30 s by default); a task whose process died runs again once it expired.
     """
 
-    def __init__(self, store_path: Union[str, "os.PathLike[str]"] = "simplepyq_tasks.db"):
+    def __init__(
+        self,
+        store_path: Union[str, "os.PathLike[str]"] = "simplepyq_tasks.db",
+        *,
+        lease: Optional[Seconds] = None,
+    ):
         """Initialize the task scheduler with a SQLite store."""
         self.store_path = store_path
-        self._engine = _Engine(os.fspath(store_path), DelayException)
+        self._engine = _Engine(os.fspath(store_path), DelayException, _seconds("lease", lease))
         with _live_lock:
             _live.add(self)
 
@@ -92,7 +98,9 @@ class SimplePyQ:
         ``func`` gets the task's arguments. It may raise ``DelayException(seconds)`` to run
         the task again later; any other exception fails the attempt (retried while retries
         are left). ``backoff=(first, most)`` waits ``first`` seconds before the first retry,
-        doubling up to ``most``; without it retries run at once.
+        doubling up to ``most`` (each wait drawn between half of that and all of it, so
+        that tasks that failed together do not retry together); without it retries run at
+        once, as in the original.
         """
         if backoff is not None:
             first, most = backoff

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds the Python package and runs its pytest suite, from nothing but CPython >= 3.9 and
+# the Rust toolchain: a virtualenv with maturin and pytest from PyPI, the original
+# simplepyq 0.1.3 installed apart (for the tests that read files it wrote), the package
+# built in release mode into the virtualenv.
+#
+#   bash simplepyq-py/test.sh [pytest arguments]
+#
+# SIMPLEPYQ_VENV chooses the virtualenv's folder (default: target/python-venv).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+venv="${SIMPLEPYQ_VENV:-$root/target/python-venv}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" pytest
+original="$venv/original-0.1.3"
+if [ ! -d "$original/simplepyq" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --target "$original" simplepyq==0.1.3
+fi
+(cd "$here" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --release --quiet)
+cd "$here"
+SIMPLEPYQ_ORIGINAL="$original" "$venv/bin/python" -m pytest -q "$@"

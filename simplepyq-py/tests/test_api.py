@@ -1,0 +1,307 @@
+"""Every call of the API: the original's, and the Rust engine's extras."""
+
+import datetime as dt
+import time
+
+import pytest
+from conftest import wait_for
+
+import simplepyq
+from simplepyq import DelayException, QueueError, SimplePyQ
+
+STATUSES = ["pending", "running", "delayed", "done", "failed"]
+
+
+def counts(**given):
+    return {s: given.get(s, 0) for s in STATUSES}
+
+
+def test_the_defaults_are_the_originals(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    q = SimplePyQ()
+    assert q.store_path == "simplepyq_tasks.db"
+    assert (tmp_path / "simplepyq_tasks.db").exists()
+    e = DelayException(5)
+    assert e.delay_seconds == 5 and isinstance(e, Exception)
+    assert simplepyq.__all__[:2] == ["SimplePyQ", "DelayException"]
+
+
+def test_a_duplicate_channel_is_a_value_error(db):
+    q = SimplePyQ(db)
+    q.add_channel("c", print)
+    with pytest.raises(ValueError, match="Channel 'c' already exists"):
+        q.add_channel("c", print)
+    with pytest.raises(ValueError, match="max_workers"):
+        q.add_channel("d", print, max_workers=0)
+    with pytest.raises(ValueError, match="empty"):
+        q.add_channel("", print)
+
+
+def test_handlers_get_the_arguments_as_msgpack_gives_them(db):
+    got = []
+    q = SimplePyQ(db)
+    q.add_channel("c", got.append)
+    args = {
+        "s": "héllo",
+        "b": b"\x00\xff",
+        "ba": bytearray(b"ab"),
+        "i": -(2**63),
+        "u": 2**64 - 1,
+        "f": 1.5,
+        "t": True,
+        "n": None,
+        "l": [1, (2, 3)],
+        "d": {1: "int key", "nested": {"x": [{}]}},
+    }
+    q.enqueue("c", args)
+    q.enqueue("c", [1, 2])
+    q.enqueue("c", "plain")
+    q.run_until_complete()
+    assert got[0] == {
+        "s": "héllo",
+        "b": b"\x00\xff",
+        "ba": b"ab",
+        "i": -(2**63),
+        "u": 2**64 - 1,
+        "f": 1.5,
+        "t": True,
+        "n": None,
+        "l": [1, [2, 3]],
+        "d": {1: "int key", "nested": {"x": [{}]}},
+    }
+    assert got[1:] == [[1, 2], "plain"]
+
+
+def test_arguments_msgpack_cannot_carry_are_refused_storing_nothing(db):
+    q = SimplePyQ(db)
+    with pytest.raises(TypeError, match="'set'"):
+        q.enqueue("c", {"x": {1, 2}})
+    with pytest.raises(TypeError, match="'object'"):
+        q.enqueue("c", [object()])
+    with pytest.raises(OverflowError):
+        q.enqueue("c", {"big": 2**64})
+    loop = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="deeper"):
+        q.enqueue("c", loop)
+    with pytest.raises(TypeError):
+        q.enqueue_many("c", [{"ok": 1}, {"bad": {1}}])
+    assert q.counts() == counts()
+
+
+def test_retries_then_failed_with_the_traceback_as_last_error(db):
+    q = SimplePyQ(db)
+
+    def broken(args):
+        raise KeyError("no such user")
+
+    q.add_channel("c", broken)
+    tid = q.enqueue("c", {}, retries=2)
+    q.run_until_complete()
+    task = q.task(tid)
+    assert (task.status, task.attempts, task.retries_left) == ("failed", 3, 0)
+    assert task.last_error.startswith("Traceback (most recent call last):")
+    assert "in broken" in task.last_error
+    assert task.last_error.endswith("KeyError: 'no such user'")
+
+
+def test_clear_failed_and_requeue_failed_by_channel_or_all(db):
+    q = SimplePyQ(db)
+    q.add_channel("a", lambda args: 1 / 0)
+    q.add_channel("b", lambda args: 1 / 0)
+    q.enqueue("a", {}, retries=2)
+    q.enqueue("b", {}, retries=0)
+    q.enqueue("b", {}, retries=0)
+    q.run_until_complete()
+    assert q.counts() == counts(failed=3)
+    # The original retry count (None), or a new one.
+    assert q.requeue_failed("a") == 1
+    assert [t.retries_left for t in q.tasks("a")] == [2]
+    assert q.requeue_failed(retries=5) == 2
+    assert [t.retries_left for t in q.tasks("b")] == [5, 5]
+    q.run_until_complete()
+    assert q.clear_failed("a") == 1
+    assert q.counts() == counts(failed=2)
+    assert q.clear_failed() == 2
+    assert q.counts() == counts()
+
+
+def test_remove_channel_deletes_its_tasks_and_handler(db):
+    q = SimplePyQ(db)
+    q.add_channel("gone", print)
+    q.enqueue("gone", {})
+    q.enqueue("kept", {})
+    assert q.remove_channel("gone") == 1
+    assert q.counts() == counts(pending=1)
+    assert q.remove_channel("never added") == 0
+    q.add_channel("gone", print)
+
+
+def test_a_delay_exception_defers_without_using_a_retry(db):
+    q = SimplePyQ(db)
+    runs = []
+
+    def later(args):
+        runs.append(time.monotonic())
+        if len(runs) < 3:
+            raise DelayException(0.1)
+
+    q.add_channel("c", later)
+    tid = q.enqueue("c", {})
+    q.run_until_complete()
+    assert len(runs) == 3
+    assert runs[2] - runs[0] >= 0.19
+    task = q.task(tid)
+    assert (task.status, task.retries_left) == ("done", 0)
+
+
+def test_enqueue_options_delay_at_priority_unique(db):
+    q = SimplePyQ(db)
+    order = []
+    q.add_channel("c", lambda args: order.append(args), max_workers=1)
+    now = time.time()
+    q.enqueue("c", "low", priority=-1)
+    q.enqueue("c", "high", priority=5)
+    d = q.enqueue("c", "delayed", delay=dt.timedelta(seconds=0.3))
+    a = q.enqueue("c", "at", at=dt.datetime.now() + dt.timedelta(seconds=0.2))
+    first = q.enqueue("c", "unique", unique="k")
+    assert q.enqueue("c", "unique again", unique="k") == first
+    assert q.task(d).status == "delayed" and q.task(d).run_at >= now + 0.29
+    assert q.task(a).status == "delayed"
+    with pytest.raises(ValueError, match="not both"):
+        q.enqueue("c", "x", delay=1, at=now)
+    with pytest.raises(ValueError, match="delay"):
+        q.enqueue("c", "x", delay=-1)
+    q.run_until_complete()
+    assert order == ["high", "unique", "low", "at", "delayed"]
+
+
+def test_enqueue_many_is_one_transaction(db):
+    q = SimplePyQ(db)
+    ids = q.enqueue_many("c", ({"n": n} for n in range(100)), retries=1)
+    assert len(ids) == 100 and ids == sorted(ids)
+    assert q.counts("c") == counts(pending=100)
+    assert {t.max_retries for t in q.tasks("c", limit=1000)} == {1}
+
+
+def test_tasks_pages_and_filters(db):
+    q = SimplePyQ(db)
+    ids = [q.enqueue("c", {"n": n}) for n in range(5)]
+    q.enqueue("other", {})
+    page = q.tasks("c", limit=2)
+    assert [t.id for t in page] == ids[:2]
+    page = q.tasks("c", limit=10, after=page[-1].id)
+    assert [t.id for t in page] == ids[2:]
+    assert [t.args for t in q.tasks(status="pending", limit=3)] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert q.tasks(status="done") == []
+    with pytest.raises(ValueError):
+        q.tasks(status="nonsense")
+    assert q.task(10_000) is None
+    assert "status=\"pending\"" in repr(q.task(ids[0]))
+
+
+def test_cancel_removes_a_queued_task_and_asks_a_running_one(db):
+    q = SimplePyQ(db)
+    assert q.cancel(q.enqueue("c", {})) == "removed"
+    with pytest.raises(KeyError):
+        q.cancel(12345)
+    started = []
+    release = []
+
+    def slow(args):
+        started.append(1)
+        wait_for(lambda: release, what="the test to release the handler")
+
+    q.add_channel("slow", slow)
+    tid = q.enqueue("slow", {})
+    q.start()
+    wait_for(lambda: started, what="the handler to start")
+    assert q.cancel(tid) == "requested"
+    release.append(1)
+    q.stop()
+    with pytest.raises(ValueError):
+        q.cancel(tid)  # done now
+
+
+def test_purge_done(db):
+    q = SimplePyQ(db)
+    q.add_channel("c", print)
+    q.enqueue_many("c", [1, 2, 3])
+    q.run_until_complete()
+    assert q.purge_done("c", older_than=3600) == 0
+    time.sleep(0.01)  # finished more than 0 s ago
+    assert q.purge_done() == 3
+    assert q.counts() == counts()
+
+
+def test_stop_with_a_timeout_reports_the_handlers_still_running(db):
+    q = SimplePyQ(db)
+    release = []
+    q.add_channel("c", lambda args: wait_for(lambda: release, what="release"))
+    tid = q.enqueue("c", {})
+    q.enqueue("c", {})
+    q.start()
+    wait_for(lambda: q.counts()["running"] == 1, what="the handler to start")
+    t = time.monotonic()
+    assert q.stop(timeout=0.1) == [tid]
+    assert time.monotonic() - t < 2
+    release.append(1)
+    wait_for(lambda: q.counts()["done"] == 1, what="the outcome to be recorded")
+    # The task not started stays pending.
+    assert q.counts() == counts(done=1, pending=1)
+
+
+def test_backoff_waits_before_a_retry(db):
+    q = SimplePyQ(db)
+    runs = []
+
+    def fail_once(args):
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            raise RuntimeError("once")
+
+    q.add_channel("c", fail_once, backoff=(0.2, 1))
+    q.enqueue("c", {}, retries=1)
+    q.run_until_complete()
+    # Jitter: between half the wait and all of it.
+    assert len(runs) == 2 and runs[1] - runs[0] >= 0.09
+
+
+def test_a_producer_needs_no_handler_and_the_context_manager_stops(db):
+    with SimplePyQ(db) as producer:
+        producer.enqueue("elsewhere", {"n": 1})
+    got = []
+    worker = SimplePyQ(db)
+    worker.add_channel("elsewhere", got.append)
+    worker.run_until_complete()
+    assert got == [{"n": 1}]
+
+
+def test_the_redb_backend(tmp_path):
+    q = SimplePyQ(str(tmp_path / "tasks.redb"))
+    got = []
+    q.add_channel("c", got.append, max_workers=2)
+    q.enqueue_many("c", range(10))
+    q.run_until_complete()
+    assert sorted(got) == list(range(10))
+
+
+def test_a_file_that_is_not_a_queue_is_a_queue_error(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database" * 100)
+    with pytest.raises(QueueError):
+        SimplePyQ(str(path))
+    assert path.read_text() == "not a database" * 100
+
+
+def test_handlers_run_beside_python_threads_with_the_gil_released(db):
+    """Enqueueing and stopping let go of the GIL: handlers that need it progress."""
+    q = SimplePyQ(db)
+    done = []
+    q.add_channel("c", lambda args: done.append(args), max_workers=4)
+    q.start()
+    for n in range(500):
+        q.enqueue("c", n)
+    wait_for(lambda: len(done) == 500, what="every task")
+    q.stop()
+    assert sorted(done) == list(range(500))
