@@ -1,7 +1,9 @@
 """Every call of the API: the original's, and the Rust engine's extras."""
 
 import datetime as dt
+import os
 import time
+import uuid
 
 import pytest
 from conftest import wait_for
@@ -305,3 +307,21 @@ def test_handlers_run_beside_python_threads_with_the_gil_released(db):
     wait_for(lambda: len(done) == 500, what="every task")
     q.stop()
     assert sorted(done) == list(range(500))
+
+
+def test_the_postgresql_backend():
+    url = os.environ.get("SIMPLEPYQ_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail(
+            "SIMPLEPYQ_TEST_POSTGRES_URL is not set: `cargo test -p simplepyq-tests --test python` "
+            "starts a PostgreSQL server and sets it"
+        )
+    channel = f"py-{uuid.uuid4()}"
+    q = SimplePyQ(url)
+    got = []
+    q.add_channel(channel, got.append, max_workers=2)
+    q.enqueue_many(channel, [{"n": n} for n in range(20)])
+    q.run_until_complete()
+    assert sorted(a["n"] for a in got) == list(range(20))
+    assert q.counts(channel) == counts(done=20)
+    assert q.remove_channel(channel) == 20
