@@ -325,3 +325,18 @@ def test_the_postgresql_backend():
     assert sorted(a["n"] for a in got) == list(range(20))
     assert q.counts(channel) == counts(done=20)
     assert q.remove_channel(channel) == 20
+
+
+def test_any_exception_out_of_a_handler_is_a_failed_attempt(db):
+    q = SimplePyQ(db)
+
+    def leaves(args):
+        raise SystemExit(3)
+
+    q.add_channel("c", leaves)
+    tid = q.enqueue("c", {})
+    after = q.enqueue("c", {"ok": True})
+    q.run_until_complete()
+    assert q.task(tid).status == "failed"
+    assert q.task(tid).last_error.endswith("SystemExit: 3")
+    assert q.task(after).status == "failed"  # the worker went on to the next task

@@ -31,8 +31,10 @@ When = Union[int, float, _dt.datetime]
 
 
 def _seconds(name: str, value: Optional[Seconds]) -> Optional[float]:
-    if value is None:
-        return None
+    return None if value is None else _secs(name, value)
+
+
+def _secs(name: str, value: Seconds) -> float:
     if isinstance(value, _dt.timedelta):
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -102,14 +104,12 @@ class SimplePyQ:
         that tasks that failed together do not retry together); without it retries run at
         once, as in the original.
         """
-        if backoff is not None:
-            first, most = backoff
-            backoff = (_seconds("backoff", first), _seconds("backoff", most))
+        waits = None if backoff is None else (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        self._engine.add_channel(name, func, max_workers, backoff)
+        self._engine.add_channel(name, func, max_workers, waits)
 
     def remove_channel(self, name: str) -> int:
         """Remove a channel, its handler, and all its tasks; return how many tasks."""
@@ -179,7 +179,7 @@ class SimplePyQ:
     def purge_done(self, channel: Optional[str] = None, older_than: Seconds = 0) -> int:
         """Delete the done tasks (of one channel, or all) finished more than ``older_than``
         seconds ago; return how many."""
-        return self._engine.purge_done(channel, _seconds("older_than", older_than))
+        return self._engine.purge_done(channel, _secs("older_than", older_than))
 
     def counts(self, channel: Optional[str] = None) -> Dict[str, int]:
         """Tasks per status: pending, running, delayed, done, failed."""
