@@ -51,17 +51,10 @@ pub(crate) fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> 
     if let Ok(b) = obj.cast::<PyByteArray>() {
         return Ok(Value::Binary(b.to_vec()));
     }
-    if let Ok(list) = obj.cast::<PyList>() {
-        return list
-            .iter()
-            .map(|item| to_value(&item, depth + 1))
-            .collect::<PyResult<_>>()
-            .map(Value::Array);
-    }
-    if let Ok(tuple) = obj.cast::<PyTuple>() {
-        return tuple
-            .iter()
-            .map(|item| to_value(&item, depth + 1))
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        return obj
+            .try_iter()?
+            .map(|item| to_value(&item?, depth + 1))
             .collect::<PyResult<_>>()
             .map(Value::Array);
     }
