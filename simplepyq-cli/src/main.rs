@@ -9,6 +9,7 @@
 //! simplepyq remove-channel tasks.db C [--yes]
 //! simplepyq purge-done tasks.db [--older-than 7d]
 //! simplepyq watch tasks.db [--interval 1s]
+//! simplepyq import tasks.db                     a file of the original Python simplepyq 0.1.3
 //! ```
 //!
 //! Works on SQLite and redb queue files (told apart by their first bytes), on SQLite files
@@ -116,6 +117,13 @@ enum Command {
         /// Only this channel.
         #[arg(long)]
         channel: Option<String>,
+    },
+    /// Imports a file of the original Python simplepyq (0.1.3) into this version's schema,
+    /// after a backup copy beside it. Commands that change a file, and queues that open
+    /// it, import it too; the reading commands refuse it until then.
+    Import {
+        /// The original's `tasks.db`.
+        file: PathBuf,
     },
     /// The stats, refreshed until interrupted.
     Watch {
@@ -321,6 +329,31 @@ fn run(command: Command) -> Result<(), Failure> {
             let store = open(&file)?;
             let n = store.requeue_failed(Some(&channel), retries, now(&*store))?;
             writeln!(out, "requeued {n} failed task(s) of {channel}")?;
+        }
+        Command::Import { file } => {
+            let original = match kind(&file)? {
+                Kind::Sqlite => SqliteStore::is_original(&file)?,
+                Kind::Redb => false,
+            };
+            if !original {
+                return Err(Failure::File(format!(
+                    "{} is not a file of the original simplepyq: nothing to import",
+                    file.display()
+                )));
+            }
+            let backup = SqliteStore::original_backup_path(&file);
+            let c = open(&file)?.counts(None)?;
+            writeln!(
+                out,
+                "imported {} task(s): {} pending, {} delayed, {} done, {} failed; \
+                 the original file is copied to {}",
+                c.total(),
+                c.pending,
+                c.delayed,
+                c.done,
+                c.failed,
+                backup.display()
+            )?;
         }
         Command::ClearFailed { file, channel } => {
             let n = open(&file)?.clear_failed(Some(&channel))?;

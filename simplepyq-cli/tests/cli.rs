@@ -277,3 +277,39 @@ fn postgres_urls_work_like_files() {
         .get(0);
     assert!(!created, "a reading command created the schema");
 }
+
+/// A file of the original Python simplepyq 0.1.3: the reading commands refuse it, naming
+/// `import`; `import` brings it to this schema after a backup copy; once only.
+#[test]
+fn import_brings_a_file_of_the_original_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tasks.db");
+    let conn = rusqlite::Connection::open(&path).expect("open raw");
+    conn.execute_batch(
+        "CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, \
+         args BLOB, status TEXT DEFAULT 'pending', retries INTEGER DEFAULT 0, \
+         delay_until INTEGER); \
+         INSERT INTO tasks (channel, args, status) VALUES ('mail', X'80', 'running'); \
+         INSERT INTO tasks (channel, args, status) VALUES ('mail', X'80', 'failed');",
+    )
+    .expect("the original's table");
+    drop(conn);
+    let refused = cli(&["stats", s(&path)], "");
+    assert_eq!(refused.status.code(), Some(3));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("simplepyq import"), "{message}");
+
+    let out = ok(&["import", s(&path)]);
+    assert!(
+        out.contains("imported 2 task(s): 1 pending, 0 delayed, 0 done, 1 failed"),
+        "{out}"
+    );
+    assert!(out.contains("tasks.db.simplepyq-0.1.3.bak"), "{out}");
+    assert!(dir.path().join("tasks.db.simplepyq-0.1.3.bak").exists());
+    let json: Value = serde_json::from_str(&ok(&["stats", s(&path), "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["pending"].as_u64(), Some(1));
+
+    let again = cli(&["import", s(&path)], "");
+    assert_eq!(again.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to import"));
+}

@@ -215,7 +215,7 @@ impl SqliteStore {
                     backend: error::BACKEND,
                     message: format!(
                         "{} is a file of the original Python simplepyq: opening it for writing \
-                         (SimplePyQ::open) imports its tasks",
+                         (SimplePyQ::open, or `simplepyq import FILE`) imports its tasks",
                         path.display()
                     ),
                 }));
@@ -242,6 +242,25 @@ impl SqliteStore {
             busy_timeout,
             watch_interval: None,
         })
+    }
+
+    /// Whether the file at `path` was written by the original Python simplepyq (0.1.3):
+    /// [`SqliteStore::open`] imports such a file. Reads only; `false` for any other file,
+    /// an error if it cannot be read as SQLite.
+    pub fn is_original(path: impl AsRef<Path>) -> Result<bool> {
+        let path = path.as_ref();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
+        let busy_timeout = SqliteOptions::default().busy_timeout;
+        conn.busy_timeout(busy_timeout).map_err(E::from)?;
+        retrying(busy_timeout, || {
+            schema::inspect(&conn).map(|found| found == schema::Found::Original)
+        })
+    }
+
+    /// Where the next import of the original's file at `path` writes its backup copy.
+    pub fn original_backup_path(path: impl AsRef<Path>) -> PathBuf {
+        original::backup_path(path.as_ref())
     }
 
     /// Opens the queue file at `path` with `options`.

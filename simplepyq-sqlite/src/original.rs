@@ -32,9 +32,9 @@ pub(crate) fn is_original(conn: &Connection) -> R<bool> {
     Ok(columns == COLUMNS)
 }
 
-/// Copies the file, as it is now, to a new file beside it: `<name>.simplepyq-0.1.3.bak`,
-/// or `.bak.1`, `.bak.2`… if that exists. Returns the copy's path.
-pub(crate) fn back_up(conn: &Connection, path: &Path) -> R<PathBuf> {
+/// Where a backup copy of `path` goes: `<name>.simplepyq-0.1.3.bak` beside it, or `.bak.1`,
+/// `.bak.2`… if that exists.
+pub(crate) fn backup_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -46,6 +46,12 @@ pub(crate) fn back_up(conn: &Connection, path: &Path) -> R<PathBuf> {
         n += 1;
         copy = PathBuf::from(format!("{}.{n}", base.display()));
     }
+    copy
+}
+
+/// Copies the file, as it is now, to [`backup_path`]. Returns the copy's path.
+pub(crate) fn back_up(conn: &Connection, path: &Path) -> R<PathBuf> {
+    let copy = backup_path(path);
     let target = copy.to_str().ok_or_else(|| Error::Backend {
         backend: BACKEND,
         source: format!("the backup path {} is not UTF-8", copy.display()).into(),
