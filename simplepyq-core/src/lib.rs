@@ -21,12 +21,14 @@
 
 pub mod batch;
 mod error;
+pub mod schedule;
 mod store;
 mod task;
 mod time;
 pub mod transition;
 
 pub use error::{BoxError, Error, Result};
+pub use schedule::Schedule;
 pub use store::{Store, StoreExt, Wake, Watch};
 pub use task::{
     Claim, Counts, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError, Status, Task,

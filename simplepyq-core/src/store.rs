@@ -135,6 +135,28 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// if it is running, done or failed (and it stays as it is).
     fn cancel(&self, id: TaskId) -> Result<()>;
 
+    /// Fires schedule `name` at fire time `at`: records `at` as its last firing and
+    /// enqueues `task` (as [`Store::enqueue`] does), in one transaction, unless a firing at
+    /// or after `at` is recorded already. Returns the task's id, or `None` if it was not
+    /// fired. See [`crate::schedule`].
+    ///
+    /// # Contract
+    /// A schedule's recorded firing only moves forward: of all calls for one schedule and
+    /// one `at`, across threads, queues and processes sharing the store, exactly one
+    /// enqueues (if none fired a later `at` first); a call with an `at` at or before the
+    /// recorded one changes nothing. Recorded firings outlive the tasks they enqueued, and
+    /// [`Store::remove_channel`] leaves them.
+    fn fire_schedule(
+        &self,
+        name: &str,
+        at: Timestamp,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Option<TaskId>>;
+
+    /// The last recorded firing of schedule `name`, if any.
+    fn last_fired(&self, name: &str) -> Result<Option<Timestamp>>;
+
     /// The clock to time this store's tasks by, when the store has one of its own; `None`
     /// (the default) for the caller's (the system clock).
     ///
@@ -265,6 +287,12 @@ macro_rules! forward_store {
             }
             fn cancel(&self, id: TaskId) -> Result<()> {
                 (**self).cancel(id)
+            }
+            fn fire_schedule(&self, name: &str, at: Timestamp, task: &NewTask, now: Timestamp) -> Result<Option<TaskId>> {
+                (**self).fire_schedule(name, at, task, now)
+            }
+            fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
+                (**self).last_fired(name)
             }
             fn clock(&self) -> Option<Arc<dyn Clock>> {
                 (**self).clock()

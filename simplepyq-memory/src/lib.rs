@@ -60,6 +60,8 @@ struct Inner {
     last_id: i64,
     tasks: BTreeMap<TaskId, Task>,
     idx: Indexes,
+    /// Each schedule's last firing.
+    fired: HashMap<String, Timestamp>,
 }
 
 /// The indexes over `Inner::tasks`, apart from them so that a task can be re-indexed while
@@ -118,6 +120,26 @@ impl Indexes {
 }
 
 impl Inner {
+    /// Adds a task, or returns the id of the unfinished task of its channel that holds its
+    /// unique key.
+    fn add(&mut self, t: &NewTask, now: Timestamp) -> TaskId {
+        let existing = t.unique_key.as_ref().and_then(|key| {
+            self.idx
+                .channels
+                .get(&t.channel)
+                .and_then(|ch| ch.unique.get(key).copied())
+        });
+        if let Some(id) = existing {
+            return id;
+        }
+        self.last_id += 1;
+        let task = t.to_task(TaskId::new(self.last_id), now);
+        self.idx.index(&task, true);
+        let id = task.id;
+        self.tasks.insert(id, task);
+        id
+    }
+
     /// Applies `event` to task `id` and re-indexes it.
     fn transition(&mut self, id: TaskId, event: &Event) -> Result<&Task> {
         let task = self.tasks.get(&id).ok_or(Error::NotFound(id))?;
@@ -213,26 +235,7 @@ impl Store for MemoryStore {
             validate_channel(&t.channel)?;
         }
         let mut inner = self.inner.lock();
-        let mut ids = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            let existing = t.unique_key.as_ref().and_then(|key| {
-                inner
-                    .idx
-                    .channels
-                    .get(&t.channel)
-                    .and_then(|ch| ch.unique.get(key).copied())
-            });
-            if let Some(id) = existing {
-                ids.push(id);
-                continue;
-            }
-            inner.last_id += 1;
-            let task = t.to_task(TaskId::new(inner.last_id), now);
-            inner.idx.index(&task, true);
-            ids.push(task.id);
-            inner.tasks.insert(task.id, task);
-        }
-        Ok(ids)
+        Ok(tasks.iter().map(|t| inner.add(t, now)).collect())
     }
 
     fn claim(
@@ -395,5 +398,25 @@ impl Store for MemoryStore {
         transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
         inner.delete(id);
         Ok(())
+    }
+
+    fn fire_schedule(
+        &self,
+        name: &str,
+        at: Timestamp,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Option<TaskId>> {
+        validate_channel(&task.channel)?;
+        let mut inner = self.inner.lock();
+        if inner.fired.get(name).is_some_and(|&last| last >= at) {
+            return Ok(None);
+        }
+        inner.fired.insert(name.to_owned(), at);
+        Ok(Some(inner.add(task, now)))
+    }
+
+    fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
+        Ok(self.inner.lock().fired.get(name).copied())
     }
 }

@@ -6,7 +6,10 @@ use simplepyq_core::Error;
 use crate::error::{BACKEND, R};
 
 /// The migrations, in order; the table `simplepyq_schema` lists the versions applied.
-pub(crate) const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_tasks.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_tasks.sql"),
+    include_str!("../migrations/0002_schedules.sql"),
+];
 
 /// The schema version this build writes.
 pub(crate) fn latest() -> i64 {

@@ -82,6 +82,8 @@ const CHANNEL_LEASES: TableDefinition<(&str, i64, u64), ()> =
 const BY_STATUS: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("by_status");
 const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("simplepyq_meta");
+/// Each schedule's last firing, in milliseconds since the Unix epoch.
+const SCHEDULES: TableDefinition<&str, i64> = TableDefinition::new("schedules");
 
 const META_FORMAT: &str = "format";
 const META_LAST_ID: &str = "last_id";
@@ -477,6 +479,14 @@ impl RedbStore {
 
     /// Runs `op` in one write transaction, committed if it succeeds.
     fn write<T>(&self, op: impl FnOnce(&mut Tables<'_>) -> Result<T>) -> Result<T> {
+        self.write_tx(|_, tables| op(tables))
+    }
+
+    /// [`RedbStore::write`], with the transaction too, for tables not in [`Tables`].
+    fn write_tx<T>(
+        &self,
+        op: impl FnOnce(&WriteTransaction, &mut Tables<'_>) -> Result<T>,
+    ) -> Result<T> {
         if self.reader.is_some() {
             return Err(Error::ReadOnly {
                 backend: BACKEND,
@@ -488,7 +498,7 @@ impl RedbStore {
             tx.set_durability(self.durability).map_err(db_err)?;
             let value = {
                 let mut tables = Tables::open(&tx)?;
-                op(&mut tables)?
+                op(&tx, &mut tables)?
             };
             tx.commit().map_err(db_err)?;
             Ok(value)
@@ -598,6 +608,36 @@ impl<'tx> Tables<'tx> {
             counts: tx.open_table(COUNTS).map_err(db_err)?,
             meta: tx.open_table(META).map_err(db_err)?,
         })
+    }
+
+    /// Adds tasks; a task whose unique key an unfinished task of its channel holds gets
+    /// that task's id instead.
+    fn add(&mut self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        let mut last = self
+            .meta
+            .get(META_LAST_ID)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let mut ids = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            if let Some(key) = &new.unique_key {
+                let existing = self
+                    .unique
+                    .get((new.channel.as_str(), key.as_str()))
+                    .map_err(db_err)?;
+                if let Some(id) = existing {
+                    ids.push(to_id(id.value())?);
+                    continue;
+                }
+            }
+            last += 1;
+            let task = new.to_task(to_id(last)?, now);
+            self.index(&task, true)?;
+            self.put(&task)?;
+            ids.push(task.id);
+        }
+        self.meta.insert(META_LAST_ID, last).map_err(db_err)?;
+        Ok(ids)
     }
 
     fn load(&self, id: TaskId) -> Result<Option<Task>> {
@@ -779,33 +819,7 @@ impl Store for RedbStore {
         for t in tasks {
             validate_channel(&t.channel)?;
         }
-        self.write(|t| {
-            let mut last = t
-                .meta
-                .get(META_LAST_ID)
-                .map_err(db_err)?
-                .map_or(0, |v| v.value());
-            let mut ids = Vec::with_capacity(tasks.len());
-            for new in tasks {
-                if let Some(key) = &new.unique_key {
-                    let existing = t
-                        .unique
-                        .get((new.channel.as_str(), key.as_str()))
-                        .map_err(db_err)?;
-                    if let Some(id) = existing {
-                        ids.push(to_id(id.value())?);
-                        continue;
-                    }
-                }
-                last += 1;
-                let task = new.to_task(to_id(last)?, now);
-                t.index(&task, true)?;
-                t.put(&task)?;
-                ids.push(task.id);
-            }
-            t.meta.insert(META_LAST_ID, last).map_err(db_err)?;
-            Ok(ids)
-        })
+        self.write(|t| t.add(tasks, now))
     }
 
     fn claim(
@@ -1078,6 +1092,37 @@ impl Store for RedbStore {
             let task = t.load(id)?.ok_or(Error::NotFound(id))?;
             transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
             t.delete(&task)
+        })
+    }
+
+    fn fire_schedule(
+        &self,
+        name: &str,
+        at: Timestamp,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Option<TaskId>> {
+        validate_channel(&task.channel)?;
+        self.write_tx(|tx, t| {
+            let mut schedules = tx.open_table(SCHEDULES).map_err(db_err)?;
+            let last = schedules.get(name).map_err(db_err)?.map(|v| v.value());
+            if last.is_some_and(|last| last >= at.as_millis()) {
+                return Ok(None);
+            }
+            schedules.insert(name, at.as_millis()).map_err(db_err)?;
+            Ok(t.add(std::slice::from_ref(task), now)?.pop())
+        })
+    }
+
+    fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
+        self.read(|read| {
+            let schedules = match read.open_table(SCHEDULES) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(db_err(e)),
+            };
+            let last = schedules.get(name).map_err(db_err)?.map(|v| v.value());
+            Ok(last.map(Timestamp::from_millis))
         })
     }
 

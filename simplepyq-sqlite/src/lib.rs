@@ -384,6 +384,34 @@ impl SqliteStore {
     }
 }
 
+/// Inserts tasks in `tx`; a task whose unique key an unfinished task of its channel holds
+/// gets that task's id instead.
+fn insert_tasks(tx: &Transaction<'_>, tasks: &[NewTask], now: Timestamp) -> R<Vec<TaskId>> {
+    let mut insert = tx.prepare_cached(&insert_sql())?;
+    let mut existing = tx.prepare_cached(KEY_HOLDER)?;
+    let mut ids = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Some(key) = &t.unique_key {
+            let found: Option<i64> = existing
+                .query_row(params![t.channel, key], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = found {
+                ids.push(TaskId::new(id));
+                continue;
+            }
+        }
+        insert.raw_bind_parameter(1, &t.channel)?;
+        insert.raw_bind_parameter(2, &t.args)?;
+        insert.raw_bind_parameter(3, now.as_millis())?;
+        insert.raw_bind_parameter(4, t.priority)?;
+        insert.raw_bind_parameter(5, &t.unique_key)?;
+        bind_state(&mut insert, 6, &t.initial_state(now))?;
+        insert.raw_execute()?;
+        ids.push(TaskId::new(tx.last_insert_rowid()));
+    }
+    Ok(ids)
+}
+
 /// Opens a connection to `path` that waits up to `busy_timeout` for locks.
 fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -641,31 +669,7 @@ impl Store for SqliteStore {
         channels.dedup();
         let channels: Vec<String> = channels.into_iter().map(str::to_owned).collect();
         let tasks = tasks.to_vec();
-        let ids = self.write_as(Caller::Producer, move |tx| {
-            let mut insert = tx.prepare_cached(&insert_sql())?;
-            let mut existing = tx.prepare_cached(KEY_HOLDER)?;
-            let mut ids = Vec::with_capacity(tasks.len());
-            for t in &tasks {
-                if let Some(key) = &t.unique_key {
-                    let found: Option<i64> = existing
-                        .query_row(params![t.channel, key], |r| r.get(0))
-                        .optional()?;
-                    if let Some(id) = found {
-                        ids.push(TaskId::new(id));
-                        continue;
-                    }
-                }
-                insert.raw_bind_parameter(1, &t.channel)?;
-                insert.raw_bind_parameter(2, &t.args)?;
-                insert.raw_bind_parameter(3, now.as_millis())?;
-                insert.raw_bind_parameter(4, t.priority)?;
-                insert.raw_bind_parameter(5, &t.unique_key)?;
-                bind_state(&mut insert, 6, &t.initial_state(now))?;
-                insert.raw_execute()?;
-                ids.push(TaskId::new(tx.last_insert_rowid()));
-            }
-            Ok(ids)
-        })?;
+        let ids = self.write_as(Caller::Producer, move |tx| insert_tasks(tx, &tasks, now))?;
         self.announcer.announce(channels.iter().map(String::as_str));
         Ok(ids)
     }
@@ -876,6 +880,45 @@ impl Store for SqliteStore {
             cancel(&state).map_err(|r| r.into_error(id))?;
             tx.execute("DELETE FROM tasks WHERE id = ?1", [id.get()])?;
             Ok(())
+        })
+    }
+
+    fn fire_schedule(
+        &self,
+        name: &str,
+        at: Timestamp,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Option<TaskId>> {
+        validate_channel(&task.channel)?;
+        let (name, new) = (name.to_owned(), task.clone());
+        let id = self.write(move |tx| {
+            // Records `at` only if it is later than the firing recorded: one row changes,
+            // or none.
+            let fired = tx.execute(
+                "INSERT INTO schedules (name, last_fired) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET last_fired = excluded.last_fired \
+                 WHERE last_fired < excluded.last_fired",
+                params![name, at.as_millis()],
+            )?;
+            if fired == 0 {
+                return Ok(None);
+            }
+            Ok(insert_tasks(tx, std::slice::from_ref(&new), now)?.pop())
+        })?;
+        if id.is_some() {
+            self.announcer.announce([task.channel.as_str()]);
+        }
+        Ok(id)
+    }
+
+    fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
+        self.read(|conn| {
+            let ms: Option<i64> = conn
+                .prepare_cached("SELECT last_fired FROM schedules WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            Ok(ms.map(Timestamp::from_millis))
         })
     }
 

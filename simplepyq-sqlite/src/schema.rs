@@ -15,6 +15,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_priority_unique.sql"),
     include_str!("../migrations/0003_lost_runs.sql"),
     include_str!("../migrations/0004_status_indexes.sql"),
+    include_str!("../migrations/0005_schedules.sql"),
 ];
 
 /// The schema version this build writes.
@@ -64,6 +65,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str)]] = &[
     &[],
     &[("priority", "0"), ("unique_key", "NULL")],
     &[("lost_runs", "0")],
+    &[],
     &[],
 ];
 

@@ -14,6 +14,7 @@ use simplepyq_core::{Claim, Clock, Error, Result, Timestamp};
 use crate::dispatch::Dispatch;
 use crate::held::Held;
 use crate::outcomes::Outcomes;
+use crate::periodic::Schedules;
 use crate::report::{self, Hook, QueueStats};
 use crate::signal::Signal;
 
@@ -34,6 +35,8 @@ pub(crate) struct Engine<S> {
     /// Counts the queue's starts: the helper threads of an older run leave their work to
     /// the newer run's.
     runs: AtomicU64,
+    /// The periodic tasks the scheduler thread fires.
+    pub(crate) schedules: Schedules,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -71,6 +74,7 @@ impl<S> Engine<S> {
             on_outcome: settings.on_outcome,
             dispatches: Mutex::new(HashMap::new()),
             runs: AtomicU64::new(0),
+            schedules: Schedules::default(),
         }
     }
 
@@ -100,6 +104,7 @@ impl<S> Engine<S> {
     /// the wake-ups, so that a recorder woken here sees the stop.
     pub(crate) fn stop_run(&self, signal: &Signal) {
         signal.stop();
+        self.schedules.poke();
         self.outcomes.stopping(true);
         // run_until_complete waits on the held claims: let it see the stop.
         self.held.bump();

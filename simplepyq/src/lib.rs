@@ -92,6 +92,7 @@ mod held;
 mod leases;
 mod options;
 mod outcomes;
+mod periodic;
 mod queue;
 mod recorder;
 mod report;
@@ -113,8 +114,8 @@ pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
 pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
-    Clock, Counts, Error, ListFilter, ManualClock, Outcome, Result, Status, Store, SystemClock,
-    Task, TaskId, TaskState, Timestamp,
+    Clock, Counts, Error, ListFilter, ManualClock, Outcome, Result, Schedule, Status, Store,
+    SystemClock, Task, TaskId, TaskState, Timestamp,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
-    Clock, Counts, Error, ListFilter, Result, Status, Store, SystemClock, Task, TaskId, Timestamp,
-    validate_channel,
+    Clock, Counts, Error, ListFilter, Result, Schedule, Status, Store, SystemClock, Task, TaskId,
+    Timestamp, validate_channel,
 };
 
 use crate::channel::{self, Channel};
@@ -425,6 +425,83 @@ impl<S: Store> SimplePyQ<S> {
         I: IntoIterator<Item = &'a T>,
     {
         channel::enqueue_many(&self.workers.engine, channel, args, &options)
+    }
+
+    /// Fires `schedule` into `channel` with `args`: a periodic task. Each fire time is
+    /// enqueued once, however many queues and processes sharing the store run the same
+    /// schedule (by `name`), and the firing is recorded in the store, so that a restart
+    /// neither repeats nor loses one. The task's run-at is its fire time; it has no retries
+    /// ([`SimplePyQ::add_schedule_with`] sets them).
+    ///
+    /// The rules ([`simplepyq_core::schedule`]): fire times are on the store's clock, in
+    /// UTC (an interval's are its multiples since the Unix epoch); a new schedule first
+    /// fires at its first fire time after it is added; firings missed while nothing
+    /// ran (more than a second late) are made up for by one run, then the schedule goes on.
+    /// The queue's scheduler thread fires while the queue runs (from [`SimplePyQ::start`]
+    /// to its stop); the channel needs no handler here.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use simplepyq::{Schedule, SimplePyQ};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = SimplePyQ::open(dir.path().join("q.db"))?;
+    /// q.add_schedule("report", "reports", Schedule::cron("0 6 * * mon")?, "weekly")?;
+    /// q.add_schedule("sweep", "sweeps", Schedule::every(Duration::from_secs(300))?, &())?;
+    /// q.start()?;
+    /// # q.stop();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Errors: [`Error::InvalidConfig`] for a name the queue has a schedule of already, or
+    /// an empty one; [`Error::InvalidChannel`]; [`Error::Codec`] for arguments that do not
+    /// encode.
+    pub fn add_schedule<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        channel: &str,
+        schedule: Schedule,
+        args: &T,
+    ) -> Result<()> {
+        self.add_schedule_with(name, channel, schedule, args, EnqueueOptions::new())
+    }
+
+    /// [`SimplePyQ::add_schedule`] with the options of each task it enqueues: retries,
+    /// priority, and a unique key (with one, a firing while the last firing's task is
+    /// unfinished adds nothing: runs never overlap). A delay or a time is an
+    /// [`Error::InvalidConfig`]: the schedule says when.
+    pub fn add_schedule_with<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        channel: &str,
+        schedule: Schedule,
+        args: &T,
+        options: EnqueueOptions,
+    ) -> Result<()> {
+        validate_channel(channel)?;
+        if name.is_empty() || name.len() > 255 {
+            return Err(Error::config(format!(
+                "a schedule's name must be 1 to 255 bytes long, got {name:?}"
+            )));
+        }
+        if options.when.is_some() {
+            return Err(Error::config(format!(
+                "schedule {name:?}: its schedule says when its tasks run, not a delay or a time"
+            )));
+        }
+        let engine = &self.workers.engine;
+        let task = options.task(channel, channel::encode(args)?, engine.now());
+        engine.schedules.add(crate::periodic::Entry::new(
+            name,
+            schedule,
+            task,
+            engine.now(),
+        ))
+    }
+
+    /// Stops firing schedule `name` in this queue; returns whether it had one. Its record
+    /// in the store stays: added again, it goes on from its last firing.
+    pub fn remove_schedule(&self, name: &str) -> bool {
+        self.workers.engine.schedules.remove(name)
     }
 
     /// Starts the workers of every channel in background threads and returns at once.

@@ -81,6 +81,11 @@ mod shuttled {
             guard.0 = Some(inner);
         }
 
+        pub(crate) fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
+            let inner = guard.0.take().expect("a guard is held outside waits");
+            guard.0 = Some(self.0.wait(inner).unwrap_or_else(|p| p.into_inner()));
+        }
+
         pub(crate) fn notify_one(&self) {
             self.0.notify_one();
         }

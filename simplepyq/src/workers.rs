@@ -13,6 +13,7 @@ use crate::context::CancelReason;
 use crate::dispatch::Dispatch;
 use crate::engine::Engine;
 use crate::leases;
+use crate::periodic;
 use crate::recorder;
 use crate::report::StopReport;
 use crate::signal::Signal;
@@ -194,6 +195,12 @@ impl<S: Store> Workers<S> {
             .spawn(move || leases::keep(&engine, &signal, number))
             .map_err(Error::Spawn)?;
         run.helpers.push(keeper);
+        let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
+        let scheduler = thread::Builder::new()
+            .name("simplepyq-scheduler".into())
+            .spawn(move || periodic::run(&engine, &signal))
+            .map_err(Error::Spawn)?;
+        run.helpers.push(scheduler);
         // Work another process adds wakes the channel's idle workers (the store holds only
         // a weak reference: it must not keep the queue alive).
         let engine = Arc::downgrade(&self.engine);

@@ -248,4 +248,17 @@ impl<S: Store> Store for Flaky<S> {
         self.alive()?;
         self.inner.cancel(id)
     }
+    fn fire_schedule(
+        &self,
+        name: &str,
+        at: Timestamp,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Option<TaskId>> {
+        self.alive()?;
+        self.inner.fire_schedule(name, at, task, now)
+    }
+    fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
+        self.inner.last_fired(name)
+    }
 }

@@ -229,7 +229,9 @@ macro_rules! conformance_tests {
             unique_keys_deduplicate_unfinished_tasks,
             requeue_keeps_unique_keys_unique,
             list_pages_in_id_order,
-            cancel_deletes_queued_tasks_only
+            cancel_deletes_queued_tasks_only,
+            schedule_firings_move_forward,
+            concurrent_firings_enqueue_each_fire_time_once
         );
         #[test]
         fn forwarding_impls_behave_alike() {

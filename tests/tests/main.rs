@@ -8,6 +8,7 @@ mod netns;
 mod permissions;
 mod pg;
 mod processes;
+mod schedules;
 
 mod memory {
     use simplepyq::MemoryStore;
