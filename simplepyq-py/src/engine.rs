@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 use rmpv::Value;
 use simplepyq::{
     Backoff, Cancelled, ChannelOptions, EnqueueOptions, Error, ListFilter, PostgresStore,
-    RedbStore, SimplePyQ, SqliteStore, Status, Task, TaskError, TaskId, Timestamp,
+    RedbStore, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskError, TaskId, Timestamp,
 };
 
 use crate::QueueError;
@@ -235,6 +235,40 @@ impl Engine {
             .detach(|| on!(self.backend, q => q.enqueue_many(channel, &values, options)))
             .map_err(py_err)?;
         Ok(ids.into_iter().map(TaskId::get).collect())
+    }
+
+    /// Fires a schedule (`every` seconds, or a `cron` expression in UTC) into `channel`.
+    #[pyo3(signature = (name, channel, args, every, cron, retries, priority, unique))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_schedule(
+        &self,
+        name: &str,
+        channel: &str,
+        args: &Bound<'_, PyAny>,
+        every: Option<f64>,
+        cron: Option<&str>,
+        retries: u32,
+        priority: i32,
+        unique: Option<String>,
+    ) -> PyResult<()> {
+        let schedule = match (every, cron) {
+            (Some(s), None) => Schedule::every(seconds("every", s)?),
+            (None, Some(expression)) => Schedule::cron(expression),
+            _ => return Err(PyValueError::new_err("give every= or cron=, one of them")),
+        }
+        .map_err(py_err)?;
+        let value = to_value(args, 0)?;
+        let mut options = EnqueueOptions::new().retries(retries).priority(priority);
+        if let Some(key) = unique {
+            options = options.unique(key);
+        }
+        on!(self.backend, q => q.add_schedule_with(name, channel, schedule, &value, options))
+            .map_err(py_err)
+    }
+
+    /// Stops firing a schedule here; returns whether there was one.
+    fn remove_schedule(&self, name: &str) -> bool {
+        on!(self.backend, q => q.remove_schedule(name))
     }
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {

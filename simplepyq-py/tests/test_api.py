@@ -340,3 +340,24 @@ def test_any_exception_out_of_a_handler_is_a_failed_attempt(db):
     assert q.task(tid).status == "failed"
     assert q.task(tid).last_error.endswith("SystemExit: 3")
     assert q.task(after).status == "failed"  # the worker went on to the next task
+
+
+def test_a_schedule_enqueues_each_fire_time_once_across_two_queues(db):
+    queues = [SimplePyQ(db), SimplePyQ(db)]
+    for q in queues:
+        q.add_schedule("tick", "ticks", {"what": "tick"}, every=0.1)
+        q.start()
+    time.sleep(1.05)
+    for q in queues:
+        q.stop()
+    tasks = queues[0].tasks("ticks", limit=1000)
+    run_ats = sorted(round(t.run_at * 1000) for t in tasks)
+    assert len(run_ats) >= 5
+    assert all(b - a == 100 for a, b in zip(run_ats, run_ats[1:])), run_ats
+    assert tasks[0].args == {"what": "tick"}
+    with pytest.raises(ValueError, match="every= or cron="):
+        queues[0].add_schedule("x", "ticks", {})
+    with pytest.raises(ValueError, match="cron expression"):
+        queues[0].add_schedule("y", "ticks", {}, cron="61 * * * *")
+    queues[0].add_schedule("daily", "reports", {}, cron="0 6 * * *")
+    assert queues[0].remove_schedule("daily")

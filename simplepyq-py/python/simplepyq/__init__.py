@@ -153,6 +153,35 @@ class SimplePyQ:
             channel, many, retries, _seconds("delay", delay), _epoch(at), priority
         )
 
+    def add_schedule(
+        self,
+        name: str,
+        channel: str,
+        args: Any,
+        *,
+        every: Optional[Seconds] = None,
+        cron: Optional[str] = None,
+        retries: int = 0,
+        priority: int = 0,
+        unique: Optional[str] = None,
+    ) -> None:
+        """Enqueue a task for ``channel`` with ``args`` periodically: ``every`` so many
+        seconds (fire times are its multiples since the epoch) or by a ``cron`` expression
+        (5 fields, or 6 with seconds first), read in UTC.
+
+        Each fire time is enqueued once, however many processes sharing the store run the
+        same schedule (by ``name``), and restarts neither repeat nor lose one; firings
+        missed while nothing ran are made up for by one run. Fires while the queue runs.
+        With ``unique``, a firing while the last one's task is unfinished adds nothing.
+        """
+        self._engine.add_schedule(
+            name, channel, args, _seconds("every", every), cron, retries, priority, unique
+        )
+
+    def remove_schedule(self, name: str) -> bool:
+        """Stop firing a schedule in this queue; return whether there was one."""
+        return self._engine.remove_schedule(name)
+
     def start(self) -> None:
         """Start the scheduler to process tasks in the background."""
         self._engine.start()
