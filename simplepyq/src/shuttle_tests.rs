@@ -99,6 +99,18 @@ impl Store for Store2 {
     fn cancel(&self, id: TaskId) -> Result<()> {
         self.inner.cancel(id)
     }
+    fn fire_schedule(
+        &self,
+        name: &str,
+        at: Timestamp,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Option<TaskId>> {
+        self.inner.fire_schedule(name, at, task, now)
+    }
+    fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
+        self.inner.last_fired(name)
+    }
 }
 
 /// One scenario's queue parts: an engine over `TASKS` pending tasks, and a channel whose
