@@ -88,11 +88,12 @@ fn spawn_worker(
         .expect("spawn the worker process")
 }
 
-fn wait_ok(child: Child) {
-    let out = child.wait_with_output().expect("wait for the worker");
+/// Waits for a test process (a worker, a scheduler) and fails the test if it failed.
+pub(crate) fn wait_ok(child: Child) {
+    let out = child.wait_with_output().expect("wait for the process");
     assert!(
         out.status.success(),
-        "worker failed ({}): {}",
+        "the process failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

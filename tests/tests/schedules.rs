@@ -10,6 +10,8 @@ use simplepyq::{
 };
 use simplepyq_tests::postgres::{self as pg, DropSchema};
 
+use crate::processes::wait_ok;
+
 const SCHEDULER: &str = env!("CARGO_BIN_EXE_simplepyq-test-scheduler");
 
 /// A multiple of 100 ms: the interval's fire times are its multiples since the epoch.
@@ -164,16 +166,6 @@ fn scheduler(backend: &str, db: &str, ms: u64) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start a scheduler process")
-}
-
-fn wait_ok(child: Child) {
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "a scheduler failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Three processes run the same schedule every 100 ms for 5 s; one is killed half way and
