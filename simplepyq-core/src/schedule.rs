@@ -8,8 +8,8 @@
 //!   recorded and its task enqueued in one transaction only if it is later than the one
 //!   recorded ([`crate::Store::fire_schedule`]). Every queue and process sharing the store
 //!   may run the same schedule: each fire time is enqueued once.
-//! - **A new schedule** (no firing recorded) first fires at its first fire time after it
-//!   was added to the queue: none in the past.
+//! - **A new schedule** (no firing recorded) first fires at its first fire time after its
+//!   queue started (or after it was added to a running queue): none in the past.
 //! - **Missed firings** (more than [`LATE`] late, as when nothing ran) are made up for by
 //!   one run, at the latest of them; the schedule then goes on as usual. Firings less late
 //!   than that (a busy machine) are each made, in order.

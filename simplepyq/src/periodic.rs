@@ -23,8 +23,8 @@ pub(crate) struct Entry {
     pub(crate) schedule: Schedule,
     /// The task each firing enqueues; its run-at is set to the fire time.
     pub(crate) task: NewTask,
-    /// When the schedule was added: with no firing recorded in the store, none before.
-    pub(crate) added: Timestamp,
+    /// When the schedule was added.
+    added: Timestamp,
     /// The latest firing this queue knows was made (by it or another), once read.
     last: Mutex<Option<Timestamp>>,
 }
@@ -105,10 +105,11 @@ impl Schedules {
     }
 }
 
-/// The scheduler thread of a run: fires the schedules as they come due, until the run
-/// stops. It sleeps until the next fire time, at most the poll interval (a clock set
-/// forward, another queue's firing), and without schedules until one is added.
-pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal) {
+/// The scheduler thread of a run that started at `started`: fires the schedules as they
+/// come due, until the run stops. It sleeps until the next fire time, at most the poll
+/// interval (a clock set forward, another queue's firing), and without schedules until one
+/// is added.
+pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, started: Timestamp) {
     loop {
         let (entries, seen) = engine.schedules.snapshot();
         if signal.is_stopped() {
@@ -117,7 +118,7 @@ pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal) {
         let now = engine.now();
         let mut next: Option<Timestamp> = None;
         for entry in &entries {
-            let due = match guarded(|| fire_due(engine, entry, now)) {
+            let due = match guarded(|| fire_due(engine, entry, started, now)) {
                 Ok(due) => due,
                 Err(e) => {
                     engine.errors.record(&e);
@@ -136,10 +137,13 @@ pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal) {
     }
 }
 
-/// Makes the firings of `entry` due at `now`; returns its next fire time.
+/// Makes the firings of `entry` due at `now`; returns its next fire time. A schedule with
+/// no firing recorded counts from when the run `started`, or from when it was added while
+/// the run went on: none before.
 fn fire_due<S: Store>(
     engine: &Engine<S>,
     entry: &Entry,
+    started: Timestamp,
     now: Timestamp,
 ) -> Result<Option<Timestamp>> {
     let known = *entry.last.lock();
@@ -147,7 +151,7 @@ fn fire_due<S: Store>(
         Some(t) => t,
         None => {
             let recorded = engine.store.last_fired(&entry.name)?;
-            let after = recorded.unwrap_or(entry.added);
+            let after = recorded.unwrap_or(started.max(entry.added));
             *entry.last.lock() = Some(after);
             after
         }

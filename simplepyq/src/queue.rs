@@ -435,7 +435,8 @@ impl<S: Store> SimplePyQ<S> {
     ///
     /// The rules ([`simplepyq_core::schedule`]): fire times are on the store's clock, in
     /// UTC (an interval's are its multiples since the Unix epoch); a new schedule first
-    /// fires at its first fire time after it is added; firings missed while nothing
+    /// fires at its first fire time after the queue starts (or after it is added to a running
+    /// queue); firings missed while nothing
     /// ran (more than a second late) are made up for by one run, then the schedule goes on.
     /// The queue's scheduler thread fires while the queue runs (from [`SimplePyQ::start`]
     /// to its stop); the channel needs no handler here.

@@ -196,9 +196,10 @@ impl<S: Store> Workers<S> {
             .map_err(Error::Spawn)?;
         run.helpers.push(keeper);
         let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
+        let started = engine.now();
         let scheduler = thread::Builder::new()
             .name("simplepyq-scheduler".into())
-            .spawn(move || periodic::run(&engine, &signal))
+            .spawn(move || periodic::run(&engine, &signal, started))
             .map_err(Error::Spawn)?;
         run.helpers.push(scheduler);
         // Work another process adds wakes the channel's idle workers (the store holds only

@@ -101,6 +101,28 @@ fn three_queues_enqueue_each_fire_time_once_on_an_injected_clock() {
     q.stop();
 }
 
+/// A schedule starts with its queue: added an hour before `start`, it makes up for nothing.
+#[test]
+fn a_new_schedule_starts_with_its_queue() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = ManualClock::new(T0);
+    let q = SimplePyQ::builder(SqliteStore::open(dir.path().join("q.db")).expect("open"))
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(5))
+        .build()
+        .expect("build");
+    q.add_schedule("tick", "ticks", every_100ms(), &())
+        .expect("add");
+    clock.advance(Duration::from_secs(3_600));
+    q.start().expect("start");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(fire_times(q.store()).is_empty(), "nothing made up for");
+    clock.advance(Duration::from_millis(100));
+    wait_for("the first firing", || fire_times(q.store()).len() == 1);
+    assert_eq!(fire_times(q.store()), vec![T0.as_millis() + 3_600_100]);
+    q.stop();
+}
+
 /// A schedule with a unique key adds nothing while its last task is unfinished; the
 /// options reject a delay; names are checked.
 #[test]
