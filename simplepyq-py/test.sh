@@ -2,7 +2,8 @@
 # Builds the Python package and runs its pytest suite, from nothing but CPython >= 3.9 and
 # the Rust toolchain: a virtualenv with maturin and pytest from PyPI, the original
 # simplepyq 0.1.3 installed apart (for the tests that read files it wrote), the package
-# built in release mode into the virtualenv.
+# built into the virtualenv (a debug build, which reuses the workspace's test build; with
+# SIMPLEPYQ_PY_RELEASE=1 a release build, for benchmarks).
 #
 #   bash simplepyq-py/test.sh [pytest arguments]
 #
@@ -21,6 +22,10 @@ original="$venv/original-0.1.3"
 if [ ! -d "$original/simplepyq" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check --target "$original" simplepyq==0.1.3
 fi
-(cd "$here" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop --release --quiet)
+profile=()
+if [ "${SIMPLEPYQ_PY_RELEASE:-0}" = 1 ]; then
+    profile=(--release)
+fi
+(cd "$here" && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" maturin develop "${profile[@]}" --quiet)
 cd "$here"
 SIMPLEPYQ_ORIGINAL="$original" "$venv/bin/python" -m pytest -q "$@"

@@ -5,7 +5,9 @@ twice. Each engine runs in a process of its own, on a new file.
     python bench/compare.py --original DIR [--n 20000] [--workers 4]
 
 DIR holds the original, installed apart: `pip install --target DIR simplepyq==0.1.3`
-(simplepyq-py/test.sh installs it in target/python-venv/original-0.1.3).
+(simplepyq-py/test.sh installs it in target/python-venv/original-0.1.3). Ours is the
+package this interpreter imports: build it in release mode (`pip install ./simplepyq-py`,
+or `SIMPLEPYQ_PY_RELEASE=1 bash simplepyq-py/test.sh` for its virtualenv).
 """
 
 import argparse

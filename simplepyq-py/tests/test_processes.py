@@ -10,18 +10,21 @@ from conftest import script, spawn, wait_for
 from simplepyq import SimplePyQ
 
 # A worker process: runs the tasks of channel "c" until none is left, writing each task's
-# number to its log, one line per run (appends of one short line are atomic).
+# number to its log, one line per run (appends of one short line are atomic), then pausing
+# (the optional fifth argument, in seconds).
 WORKER = """
 import os, sys, time
 from simplepyq import SimplePyQ
 
 db, log, workers, lease = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 def handler(args):
     os.write(fd, f"{args['n']}\\n".encode())
     if args.get("hang"):
         time.sleep(3600)
+    time.sleep(pause)
 
 q = SimplePyQ(db, lease=lease)
 q.add_channel("c", handler, max_workers=workers)
@@ -75,7 +78,8 @@ def test_two_processes_on_one_file_run_each_task_once(tmp_path, db):
     q.enqueue_many("c", [{"n": i} for i in range(n)])
     worker = script(tmp_path, "worker.py", WORKER)
     logs = [str(tmp_path / f"{i}.log") for i in range(2)]
-    procs = [spawn(worker, db, log, "2", "30") for log in logs]
+    # 2 ms a task: a process cannot drain the file before the other one starts.
+    procs = [spawn(worker, db, log, "2", "30", "0.002") for log in logs]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err

@@ -1,6 +1,6 @@
 //! The Python package (`simplepyq-py`): its pytest suite, run by `simplepyq-py/test.sh`
 //! (a virtualenv with maturin and pytest from PyPI, the original simplepyq 0.1.3 beside it,
-//! the package built in release mode), with the test PostgreSQL server for its PostgreSQL
+//! the package built into it), with the test PostgreSQL server for its PostgreSQL
 //! test. Needs CPython >= 3.9 with `venv`, and PyPI on first run.
 
 use std::path::Path;
