@@ -180,6 +180,9 @@ mod tests {
         assert_eq!(s.last_at_or_before(ms(30_000)), Some(ms(30_000)));
         let hourly = Schedule::cron("@hourly").expect("a nickname");
         assert_eq!(hourly.next_after(ms(1)), Some(ms(3_600_000)));
+        let never = Schedule::cron("0 0 30 2 *").expect("valid, but February has no 30th");
+        assert_eq!(never.next_after(ms(0)), None);
+        assert!(never.due(ms(0), ms(86_400_000)).is_empty());
         let err = Schedule::cron("* * *").expect_err("three fields");
         assert!(err.to_string().contains("* * *"), "{err}");
     }

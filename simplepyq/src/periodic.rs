@@ -130,9 +130,10 @@ pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, started: Timest
                 (a, b) => a.or(b),
             };
         }
-        let wait = next.map(|t| now.until(t).min(engine.poll_interval));
-        if entries.is_empty() || wait.is_some_and(|w| !w.is_zero()) {
-            engine.schedules.wait(seen, wait);
+        // No next fire time (no schedule, or none that fires again): until a change.
+        match next.map(|t| now.until(t).min(engine.poll_interval)) {
+            Some(wait) if wait.is_zero() => {}
+            wait => engine.schedules.wait(seen, wait),
         }
     }
 }

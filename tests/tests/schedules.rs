@@ -123,6 +123,58 @@ fn a_new_schedule_starts_with_its_queue() {
     q.stop();
 }
 
+/// The CPU time (user and system, in clock ticks) of this process's threads named `name`.
+fn thread_ticks(name: &str) -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("the process's threads") {
+        let dir = task.expect("a thread").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // The fields after the command's closing parenthesis; utime and stime are the
+        // 12th and 13th of them.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        ticks += fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    }
+    ticks
+}
+
+/// A schedule that never fires again leaves its scheduler asleep, not spinning.
+#[test]
+fn a_schedule_that_never_fires_leaves_the_scheduler_asleep() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let q = SimplePyQ::open(dir.path().join("q.db")).expect("open");
+    let never = Schedule::cron("0 0 30 2 *").expect("valid, but February has no 30th");
+    q.add_schedule("never", "ticks", never, &()).expect("add");
+    q.start().expect("start");
+    // Its first look searches the calendar for a next date (a fraction of a second of
+    // CPU); then it waits for a change. A spinning thread uses about 25 ticks (at 100 a
+    // second) in each quarter of a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = thread_ticks("simplepyq-sched");
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = thread_ticks("simplepyq-sched");
+        if now - before <= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scheduler is still busy: {} ticks in the last 250 ms",
+            now - before
+        );
+        before = now;
+    }
+    q.stop();
+    assert!(fire_times(q.store()).is_empty());
+}
+
 /// A schedule with a unique key adds nothing while its last task is unfinished; the
 /// options reject a delay; names are checked.
 #[test]
