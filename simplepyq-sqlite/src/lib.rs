@@ -200,13 +200,7 @@ impl SqliteStore {
         let busy_timeout = SqliteOptions::default().busy_timeout;
         let open = {
             let path = path.clone();
-            move || -> Result<Connection> {
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let conn =
-                    Connection::open_with_flags(&path, flags).map_err(|e| cannot_open(&path, e))?;
-                conn.busy_timeout(busy_timeout).map_err(E::from)?;
-                Ok(conn)
-            }
+            move || connect_read_only(&path, busy_timeout)
         };
         let conn = open()?;
         let version = retrying(busy_timeout, || {
@@ -248,11 +242,8 @@ impl SqliteStore {
     /// [`SqliteStore::open`] imports such a file. Reads only; `false` for any other file,
     /// an error if it cannot be read as SQLite.
     pub fn is_original(path: impl AsRef<Path>) -> Result<bool> {
-        let path = path.as_ref();
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
         let busy_timeout = SqliteOptions::default().busy_timeout;
-        conn.busy_timeout(busy_timeout).map_err(E::from)?;
+        let conn = connect_read_only(path.as_ref(), busy_timeout)?;
         retrying(busy_timeout, || {
             schema::inspect(&conn).map(|found| found == schema::Found::Original)
         })
@@ -410,6 +401,15 @@ fn insert_tasks(tx: &Transaction<'_>, tasks: &[NewTask], now: Timestamp) -> R<Ve
         ids.push(TaskId::new(tx.last_insert_rowid()));
     }
     Ok(ids)
+}
+
+/// Opens a connection to the existing file at `path` that only reads, waiting up to
+/// `busy_timeout` for locks.
+fn connect_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
+    conn.busy_timeout(busy_timeout).map_err(E::from)?;
+    Ok(conn)
 }
 
 /// Opens a connection to `path` that waits up to `busy_timeout` for locks.
