@@ -577,6 +577,45 @@ impl PostgresStore {
         Ok(TaskId::new(row.try_get(0)?))
     }
 
+    /// Inserts `tasks` (none of which repeats an earlier one's key) in `tx`; a task whose
+    /// key an unfinished task holds gets that task's id instead. Returns the ids by
+    /// position, each `Some`.
+    fn insert_or_hold(
+        tx: &mut Tx<'_, '_>,
+        tasks: &[&NewTask],
+        now: Timestamp,
+    ) -> R<Vec<Option<TaskId>>> {
+        if tasks.iter().all(|t| t.unique_key.is_none()) {
+            return Self::insert(tx, tasks, now);
+        }
+        // A key an unfinished task holds names that task; a task that took the key between
+        // the look and the insert is found by the next look.
+        let keys: Vec<Key<'_>> = tasks
+            .iter()
+            .map(|t| key(&t.channel, &t.unique_key))
+            .collect();
+        let mut ids = holders(tx, &keys)?;
+        loop {
+            let missing: Vec<usize> = (0..tasks.len()).filter(|&i| ids[i].is_none()).collect();
+            if missing.is_empty() {
+                return Ok(ids);
+            }
+            let batch: Vec<&NewTask> = missing.iter().map(|&i| tasks[i]).collect();
+            let inserted = Self::insert(tx, &batch, now)?;
+            if inserted.iter().any(Option::is_none) {
+                let batch_keys: Vec<Key<'_>> = missing.iter().map(|&i| keys[i]).collect();
+                let held = holders(tx, &batch_keys)?;
+                for ((&i, new), old) in missing.iter().zip(inserted).zip(held) {
+                    ids[i] = new.or(old);
+                }
+            } else {
+                for (&i, new) in missing.iter().zip(inserted) {
+                    ids[i] = new;
+                }
+            }
+        }
+    }
+
     /// Inserts `tasks` (none of which repeats an earlier one's key) in one statement. A
     /// task whose key an unfinished task holds is skipped. Returns the ids of the inserted
     /// tasks by position.
@@ -697,35 +736,7 @@ impl Store for PostgresStore {
         let ids = if firsts.iter().all(|t| t.unique_key.is_none()) {
             self.run(|c| Self::insert(c, &firsts, now))?
         } else {
-            // A key an unfinished task holds names that task; a task that took the key
-            // between the look and the insert is found by the next look.
-            let keys: Vec<Key<'_>> = firsts
-                .iter()
-                .map(|t| key(&t.channel, &t.unique_key))
-                .collect();
-            self.transaction(|tx| {
-                let mut ids = holders(tx, &keys)?;
-                loop {
-                    let missing: Vec<usize> =
-                        (0..firsts.len()).filter(|&i| ids[i].is_none()).collect();
-                    if missing.is_empty() {
-                        return Ok(ids);
-                    }
-                    let batch: Vec<&NewTask> = missing.iter().map(|&i| firsts[i]).collect();
-                    let inserted = Self::insert(tx, &batch, now)?;
-                    if inserted.iter().any(Option::is_none) {
-                        let batch_keys: Vec<Key<'_>> = missing.iter().map(|&i| keys[i]).collect();
-                        let held = holders(tx, &batch_keys)?;
-                        for ((&i, new), old) in missing.iter().zip(inserted).zip(held) {
-                            ids[i] = new.or(old);
-                        }
-                    } else {
-                        for (&i, new) in missing.iter().zip(inserted) {
-                            ids[i] = new;
-                        }
-                    }
-                }
-            })?
+            self.transaction(|tx| Self::insert_or_hold(tx, &firsts, now))?
         };
         self.announce(firsts.iter().map(|t| t.channel.as_str()));
         // Back to every position: a repeated key gets its first task's id.
@@ -1023,13 +1034,7 @@ impl Store for PostgresStore {
             if fired == 0 {
                 return Ok(None);
             }
-            match Self::insert(tx, &[task], now)?.pop().flatten() {
-                Some(id) => Ok(Some(id)),
-                // Its unique key is held: the holder's id, as enqueue gives it.
-                None => Ok(holders(tx, &[key(&task.channel, &task.unique_key)])?
-                    .pop()
-                    .flatten()),
-            }
+            Ok(Self::insert_or_hold(tx, &[task], now)?.pop().flatten())
         })?;
         if id.is_some() {
             self.announce([task.channel.as_str()]);
