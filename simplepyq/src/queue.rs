@@ -435,9 +435,9 @@ impl<S: Store> SimplePyQ<S> {
     ///
     /// The rules ([`simplepyq_core::schedule`]): fire times are on the store's clock, in
     /// UTC (an interval's are its multiples since the Unix epoch); a new schedule first
-    /// fires at its first fire time after the queue starts (or after it is added to a running
-    /// queue); firings missed while nothing
-    /// ran (more than a second late) are made up for by one run, then the schedule goes on.
+    /// fires at its first fire time after the queue starts (or after it is added to a
+    /// running queue); firings missed while nothing ran (more than a second late) are made
+    /// up for by one run, then the schedule goes on.
     /// The queue's scheduler thread fires while the queue runs (from [`SimplePyQ::start`]
     /// to its stop); the channel needs no handler here.
     ///
@@ -490,13 +490,11 @@ impl<S: Store> SimplePyQ<S> {
             )));
         }
         let engine = &self.workers.engine;
-        let task = options.task(channel, channel::encode(args)?, engine.now());
-        engine.schedules.add(crate::periodic::Entry::new(
-            name,
-            schedule,
-            task,
-            engine.now(),
-        ))
+        let now = engine.now();
+        let task = options.task(channel, channel::encode(args)?, now);
+        engine
+            .schedules
+            .add(crate::periodic::Entry::new(name, schedule, task, now))
     }
 
     /// Stops firing schedule `name` in this queue; returns whether it had one. Its record
