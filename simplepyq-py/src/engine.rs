@@ -203,10 +203,7 @@ impl Engine {
         unique: Option<String>,
     ) -> PyResult<i64> {
         let value = to_value(args, 0)?;
-        let mut options = options(retries, delay, at, priority)?;
-        if let Some(key) = unique {
-            options = options.unique(key);
-        }
+        let options = options(retries, delay, at, priority, unique)?;
         let id = py
             .detach(|| on!(self.backend, q => q.enqueue_with(channel, &value, options)))
             .map_err(py_err)?;
@@ -230,7 +227,7 @@ impl Engine {
             .try_iter()?
             .map(|item| to_value(&item?, 0))
             .collect::<PyResult<Vec<Value>>>()?;
-        let options = options(retries, delay, at, priority)?;
+        let options = options(retries, delay, at, priority, None)?;
         let ids = py
             .detach(|| on!(self.backend, q => q.enqueue_many(channel, &values, options)))
             .map_err(py_err)?;
@@ -258,10 +255,7 @@ impl Engine {
         }
         .map_err(py_err)?;
         let value = to_value(args, 0)?;
-        let mut options = EnqueueOptions::new().retries(retries).priority(priority);
-        if let Some(key) = unique {
-            options = options.unique(key);
-        }
+        let options = options(retries, None, None, priority, unique)?;
         on!(self.backend, q => q.add_schedule_with(name, channel, schedule, &value, options))
             .map_err(py_err)
     }
@@ -413,14 +407,18 @@ impl Engine {
     }
 }
 
-/// The enqueue options: retries, when (a delay or a time, in seconds), priority.
+/// The enqueue options: retries, when (a delay or a time, in seconds), priority, unique key.
 fn options(
     retries: u32,
     delay: Option<f64>,
     at: Option<f64>,
     priority: i32,
+    unique: Option<String>,
 ) -> PyResult<EnqueueOptions> {
     let mut options = EnqueueOptions::new().retries(retries).priority(priority);
+    if let Some(key) = unique {
+        options = options.unique(key);
+    }
     match (delay, at) {
         (Some(_), Some(_)) => {
             return Err(PyValueError::new_err("give delay or at, not both"));
