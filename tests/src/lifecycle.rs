@@ -60,7 +60,7 @@ impl Gate {
 }
 
 /// Waits until `done` holds, failing the test after 10 s.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !done() {
         assert!(t0.elapsed() < Duration::from_secs(10), "timed out: {what}");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use simplepyq::{
     EnqueueOptions, ListFilter, ManualClock, Schedule, SimplePyQ, SqliteStore, Store, Timestamp,
 };
+use simplepyq_tests::lifecycle::wait_until;
 use simplepyq_tests::postgres::{self as pg, DropSchema};
 
 use crate::processes::wait_ok;
@@ -33,21 +34,18 @@ fn fire_times(store: &dyn Store) -> Vec<i64> {
     times
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// A queue over the file, on the injected clock, firing `tick` every 100 ms.
-fn scheduling_queue(path: &Path, clock: &ManualClock) -> SimplePyQ<SqliteStore> {
-    let q = SimplePyQ::builder(SqliteStore::open(path).expect("open"))
+/// A queue over the file, on the injected clock, looking again every 5 ms.
+fn queue_on(path: &Path, clock: &ManualClock) -> SimplePyQ<SqliteStore> {
+    SimplePyQ::builder(SqliteStore::open(path).expect("open"))
         .clock(clock.clone())
         .poll_interval(Duration::from_millis(5))
         .build()
-        .expect("build");
+        .expect("build")
+}
+
+/// A started queue over the file, on the injected clock, firing `tick` every 100 ms.
+fn scheduling_queue(path: &Path, clock: &ManualClock) -> SimplePyQ<SqliteStore> {
+    let q = queue_on(path, clock);
     q.add_schedule("tick", "ticks", every_100ms(), "tick")
         .expect("add the schedule");
     q.start().expect("start");
@@ -72,7 +70,7 @@ fn three_queues_enqueue_each_fire_time_once_on_an_injected_clock() {
             queues.push(scheduling_queue(&path, &clock));
         }
         clock.advance(Duration::from_millis(100));
-        wait_for(&format!("firing {k}"), || {
+        wait_until(&format!("firing {k}"), || {
             fire_times(&store).len() == k as usize
         });
     }
@@ -92,7 +90,7 @@ fn three_queues_enqueue_each_fire_time_once_on_an_injected_clock() {
     clock.advance(Duration::from_secs(3_600));
     let q = scheduling_queue(&path, &clock);
     let now = T0.as_millis() + 2_000 + 3_600_000;
-    wait_for("the catch-up", || fire_times(&store).len() == 20 + 11);
+    wait_until("the catch-up", || fire_times(&store).len() == 20 + 11);
     std::thread::sleep(Duration::from_millis(50));
     let made_up: Vec<i64> = fire_times(&store)[20..].to_vec();
     let mut expected = vec![now - 1_000];
@@ -106,11 +104,7 @@ fn three_queues_enqueue_each_fire_time_once_on_an_injected_clock() {
 fn a_new_schedule_starts_with_its_queue() {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = ManualClock::new(T0);
-    let q = SimplePyQ::builder(SqliteStore::open(dir.path().join("q.db")).expect("open"))
-        .clock(clock.clone())
-        .poll_interval(Duration::from_millis(5))
-        .build()
-        .expect("build");
+    let q = queue_on(&dir.path().join("q.db"), &clock);
     q.add_schedule("tick", "ticks", every_100ms(), &())
         .expect("add");
     clock.advance(Duration::from_secs(3_600));
@@ -118,7 +112,7 @@ fn a_new_schedule_starts_with_its_queue() {
     std::thread::sleep(Duration::from_millis(50));
     assert!(fire_times(q.store()).is_empty(), "nothing made up for");
     clock.advance(Duration::from_millis(100));
-    wait_for("the first firing", || fire_times(q.store()).len() == 1);
+    wait_until("the first firing", || fire_times(q.store()).len() == 1);
     assert_eq!(fire_times(q.store()), vec![T0.as_millis() + 3_600_100]);
     q.stop();
 }
@@ -181,11 +175,7 @@ fn a_schedule_that_never_fires_leaves_the_scheduler_asleep() {
 fn schedule_options_and_names() {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = ManualClock::new(T0);
-    let q = SimplePyQ::builder(SqliteStore::open(dir.path().join("q.db")).expect("open"))
-        .clock(clock.clone())
-        .poll_interval(Duration::from_millis(5))
-        .build()
-        .expect("build");
+    let q = queue_on(&dir.path().join("q.db"), &clock);
     let one_at_a_time = EnqueueOptions::new().unique("sweep").retries(2).priority(3);
     q.add_schedule_with("sweep", "ticks", every_100ms(), &1u8, one_at_a_time)
         .expect("add");
@@ -206,7 +196,7 @@ fn schedule_options_and_names() {
     q.start().expect("start");
     for _ in 0..3 {
         clock.advance(Duration::from_millis(100));
-        wait_for("the firing to be recorded", || {
+        wait_until("the firing to be recorded", || {
             q.store().last_fired("sweep").expect("last fired") == Some(clock_now(&clock))
         });
     }
