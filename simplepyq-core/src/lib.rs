@@ -31,7 +31,7 @@ pub use error::{BoxError, Error, Result};
 pub use schedule::Schedule;
 pub use store::{Store, StoreExt, Wake, Watch};
 pub use task::{
-    Claim, Counts, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError, Status, Task,
-    TaskId, TaskState, validate_channel,
+    Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError,
+    Status, Task, TaskId, TaskState, validate_channel,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::Timestamp;
 
@@ -391,6 +392,53 @@ impl Counts {
     /// All tasks.
     pub fn total(&self) -> usize {
         self.active() + self.done + self.failed
+    }
+}
+
+/// How many tasks ended done and failed in one bucket of time: see [`crate::Store::finished`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// The bucket's start: a multiple of the bucket's width since the Unix epoch.
+    pub bucket: Timestamp,
+    /// Tasks done in it.
+    pub done: usize,
+    /// Tasks failed in it.
+    pub failed: usize,
+}
+
+impl Finished {
+    /// The start of the bucket of `width` that holds `at`: `at` rounded down to a multiple
+    /// of `width` since the epoch (a width under a millisecond counts as one).
+    pub fn bucket_of(at: Timestamp, width: Duration) -> Timestamp {
+        let width = i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1);
+        let ms = at.as_millis();
+        Timestamp::from_millis(ms - ms.rem_euclid(width))
+    }
+
+    /// Sums `(time, status, count)` rows into buckets of `width`, in time order; statuses
+    /// other than done and failed, and empty buckets, are left out.
+    pub fn tally(
+        rows: impl IntoIterator<Item = (Timestamp, Status, usize)>,
+        width: Duration,
+    ) -> Vec<Finished> {
+        let mut buckets = std::collections::BTreeMap::<Timestamp, Finished>::new();
+        for (at, status, n) in rows {
+            if !status.is_final() || n == 0 {
+                continue;
+            }
+            let bucket = Finished::bucket_of(at, width);
+            let b = buckets.entry(bucket).or_insert(Finished {
+                bucket,
+                done: 0,
+                failed: 0,
+            });
+            if status == Status::Done {
+                b.done += n;
+            } else {
+                b.failed += n;
+            }
+        }
+        buckets.into_values().collect()
     }
 }
 

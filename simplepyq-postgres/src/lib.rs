@@ -49,8 +49,8 @@ use postgres::types::ToSql;
 use postgres::{Client, GenericClient, Row, Transaction};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
-    Claim, Clock, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, Wake, Watch, batch, validate_channel,
+    Claim, Clock, Counts, Error, Finished, ListFilter, NewTask, Outcome, Result, Status, Store,
+    Task, TaskId, TaskState, Timestamp, Wake, Watch, batch, validate_channel,
 };
 
 pub use crate::clock::ServerClock;
@@ -1040,6 +1040,37 @@ impl Store for PostgresStore {
             self.announce([task.channel.as_str()]);
         }
         Ok(id)
+    }
+
+    fn finished(
+        &self,
+        channel: Option<&str>,
+        since: Timestamp,
+        width: Duration,
+    ) -> Result<Vec<Finished>> {
+        // Over the done index on updated_at, and the failed one.
+        let sql = format!(
+            "SELECT updated_at - updated_at % $2, status, count(*) FROM tasks \
+             WHERE status IN ('done', 'failed') AND updated_at >= $1{} GROUP BY 1, 2",
+            channel_filter(channel, 3)
+        );
+        let width_ms = i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1);
+        let since = millis(since);
+        self.run(|c| {
+            let rows = match channel {
+                Some(ch) => c.query(&sql, &[&since, &width_ms, &ch])?,
+                None => c.query(&sql, &[&since, &width_ms])?,
+            };
+            let mut counted = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let status: &str = r.try_get(1)?;
+                let status: Status = status.parse().map_err(|_| bad_value("status", status))?;
+                let n: i64 = r.try_get(2)?;
+                let n = usize::try_from(n).map_err(|_| bad_value("count", n))?;
+                counted.push((Timestamp::from_millis(r.try_get(0)?), status, n));
+            }
+            Ok(Finished::tally(counted, width))
+        })
     }
 
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {

@@ -64,8 +64,8 @@ use rusqlite::{Connection, OpenFlags, Row, Statement, Transaction};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
-    Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, Wake, Watch, batch, validate_channel,
+    Claim, Counts, Error, Finished, ListFilter, NewTask, Outcome, Result, Status, Store, Task,
+    TaskId, TaskState, Timestamp, Wake, Watch, batch, validate_channel,
 };
 use simplepyq_core::{Clock, SystemClock};
 
@@ -647,6 +647,20 @@ fn counts_sql(channel: Option<&str>) -> String {
     format!("SELECT {}", counts.join(", "))
 }
 
+/// Done and failed tasks changed at or after ?1, counted per bucket of ?2 milliseconds (of
+/// channel ?3 if given), each over its status's index.
+fn finished_sql(channel: Option<&str>) -> String {
+    let of_status = [Status::Done, Status::Failed].map(|s| {
+        format!(
+            "SELECT updated_at - updated_at % ?2, '{0}', count(*) FROM tasks \
+             WHERE status = '{0}' AND updated_at >= ?1{1} GROUP BY 1",
+            s.as_str(),
+            channel_filter(channel, 3)
+        )
+    });
+    of_status.join(" UNION ALL ")
+}
+
 /// The channels with tasks, from each status's index.
 fn channels_sql() -> String {
     let of_status =
@@ -919,6 +933,38 @@ impl Store for SqliteStore {
                 .query_row([name], |r| r.get(0))
                 .optional()?;
             Ok(ms.map(Timestamp::from_millis))
+        })
+    }
+
+    fn finished(
+        &self,
+        channel: Option<&str>,
+        since: Timestamp,
+        width: Duration,
+    ) -> Result<Vec<Finished>> {
+        let sql = finished_sql(channel);
+        let width_ms = i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut values: Vec<rusqlite::types::Value> =
+                vec![since.as_millis().into(), width_ms.into()];
+            values.extend(channel.map(|c| c.to_owned().into()));
+            let rows = stmt
+                .query_map(params_from_iter(&values), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut counted = Vec::with_capacity(rows.len());
+            for (bucket, status, n) in rows {
+                let status: Status = status.parse().map_err(|_| bad_value("status", &status))?;
+                let n = usize::try_from(n).map_err(|_| bad_value("count", n))?;
+                counted.push((Timestamp::from_millis(bucket), status, n));
+            }
+            Ok(Finished::tally(counted, width))
         })
     }
 

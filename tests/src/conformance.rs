@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use simplepyq_core::transition::WORKER_LOST;
 use simplepyq_core::{
-    Claim, Error, ListFilter, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, TaskState,
-    Timestamp,
+    Claim, Error, Finished, ListFilter, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId,
+    TaskState, Timestamp,
 };
 
 /// The start of every test's time line.
@@ -779,6 +779,68 @@ pub fn forwarding_impls_behave_alike(store: Box<dyn Store>) {
     let leaked: &'static Arc<Box<dyn Store>> = Box::leak(Box::new(arc));
     let by_ref: &'static Arc<Box<dyn Store>> = leaked;
     assert_eq!(status(&by_ref, id), Status::Done);
+}
+
+/// Tasks that ended done or failed count in the bucket of their last change, per channel
+/// or all together; tasks finished before `since`, queued ones and failures with a retry
+/// left do not count.
+pub fn finished_counts_per_bucket(s: &dyn Store) {
+    let minute = Duration::from_secs(60);
+    for _ in 0..6 {
+        add(s, task("a"));
+    }
+    add(s, task("b"));
+    add(s, task("b").retries(1));
+    let finish = |channel: &str, outcome: Outcome, now: Timestamp| {
+        let t = claim_one(s, channel, now);
+        s.finish(t.claim(), &outcome, now).expect("finish");
+    };
+    finish("a", Outcome::Succeeded, at(0)); // before `since`
+    finish("a", Outcome::Succeeded, at(1_000));
+    finish("a", Outcome::Succeeded, at(1_001));
+    finish("a", Outcome::Succeeded, at(61_000));
+    finish("a", fail("boom", at(61_500)), at(61_500));
+    finish("b", Outcome::Succeeded, at(2_000));
+    finish("b", fail("again", at(2_500)), at(2_500)); // a retry is left: pending again
+    let since = at(500);
+    let bucket = |ms| Finished::bucket_of(at(ms), minute);
+    let row = |ms, done, failed| Finished {
+        bucket: bucket(ms),
+        done,
+        failed,
+    };
+    let mut expected = vec![(1_000, 3, 0), (61_000, 1, 1)];
+    if bucket(1_000) == bucket(61_000) {
+        expected = vec![(1_000, 4, 1)];
+    }
+    let all: Vec<_> = expected.iter().map(|&(ms, d, f)| row(ms, d, f)).collect();
+    assert_eq!(s.finished(None, since, minute).expect("finished"), all);
+    let only_b = vec![row(2_000, 1, 0)];
+    assert_eq!(
+        s.finished(Some("b"), since, minute).expect("finished"),
+        only_b
+    );
+    let per_ms = s
+        .finished(Some("a"), since, Duration::from_millis(1))
+        .expect("finished");
+    let ms_rows = [(1_000, 1, 0), (1_001, 1, 0), (61_000, 1, 0), (61_500, 0, 1)];
+    let ms_rows: Vec<_> = ms_rows
+        .iter()
+        .map(|&(ms, done, failed)| Finished {
+            bucket: at(ms),
+            done,
+            failed,
+        })
+        .collect();
+    assert_eq!(per_ms, ms_rows);
+    assert_eq!(
+        s.finished(Some("c"), since, minute).expect("finished"),
+        vec![]
+    );
+    assert_eq!(
+        s.finished(None, at(62_000), minute).expect("finished"),
+        vec![]
+    );
 }
 
 /// A schedule's firings move forward: each fire time enqueues once, with its run-at; an

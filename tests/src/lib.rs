@@ -230,6 +230,7 @@ macro_rules! conformance_tests {
             requeue_keeps_unique_keys_unique,
             list_pages_in_id_order,
             cancel_deletes_queued_tasks_only,
+            finished_counts_per_bucket,
             schedule_firings_move_forward,
             concurrent_firings_enqueue_each_fire_time_once
         );
