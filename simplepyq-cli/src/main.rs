@@ -10,6 +10,7 @@
 //! simplepyq purge-done tasks.db [--older-than 7d]
 //! simplepyq watch tasks.db [--interval 1s]
 //! simplepyq import tasks.db                     a file of the original Python simplepyq 0.1.3
+//! simplepyq serve tasks.db [--addr A] [--token T] [--read-only]   a web dashboard, /metrics
 //! ```
 //!
 //! Works on SQLite and redb queue files (told apart by their first bytes), on SQLite files
@@ -20,17 +21,24 @@
 //! queue, damaged, of a newer version or not writable by this user; 4 no such task.
 
 use std::io::{BufRead, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::Value;
 use simplepyq::{
-    ListFilter, PostgresOptions, PostgresStore, RedbStore, SqliteStore, Status, Store, Task,
-    TaskId, Timestamp,
+    ListFilter, PostgresOptions, PostgresStore, RedbStore, SqliteStore, Status, Store, TaskId,
+    Timestamp,
 };
-use simplepyq_core::{Clock, Error, SystemClock};
+use simplepyq_core::Error;
+
+use crate::view::{now, stats, task_json};
+
+mod prometheus;
+mod serve;
+mod view;
 
 #[derive(Parser)]
 #[command(
@@ -124,6 +132,24 @@ enum Command {
     Import {
         /// The original's `tasks.db`.
         file: PathBuf,
+    },
+    /// A web dashboard of the queue, with its metrics for Prometheus at /metrics, until
+    /// interrupted.
+    Serve {
+        /// The queue file (SQLite or redb), or a `postgres://` URL.
+        file: PathBuf,
+        /// The address to listen on; one that is not loopback needs a token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// A secret every request must carry (at least 16 characters).
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        /// A file holding the token (its first line).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Serve no actions, and open the queue read-only.
+        #[arg(long)]
+        read_only: bool,
     },
     /// The stats, refreshed until interrupted.
     Watch {
@@ -237,11 +263,6 @@ fn postgres_url(path: &Path) -> Option<(String, PostgresOptions)> {
         format!("{base}?{}", kept.join("&"))
     };
     Some((url, options))
-}
-
-/// The time by the store's clock (the server's, for PostgreSQL).
-fn now(store: &dyn Store) -> Timestamp {
-    store.clock().map_or_else(|| SystemClock.now(), |c| c.now())
 }
 
 /// What an existing queue file is, by its first bytes; never creates one.
@@ -388,6 +409,33 @@ fn run(command: Command) -> Result<(), Failure> {
             let n = store.purge_done(channel.as_deref(), before)?;
             writeln!(out, "deleted {n} done task(s)")?;
         }
+        Command::Serve {
+            file,
+            addr,
+            token,
+            token_file,
+            read_only,
+        } => {
+            let token = match token_file {
+                Some(path) => Some(read_token(&path)?),
+                None => token,
+            };
+            check_token(addr, token.as_deref());
+            let store = if read_only {
+                open_to_read(&file)?
+            } else {
+                open(&file)?
+            };
+            let options = serve::Options {
+                addr,
+                token,
+                read_only,
+            };
+            serve::run(store, options, |bound| {
+                println!("simplepyq: serving {} on http://{bound}/", file.display());
+                let _ = std::io::stdout().flush();
+            })?;
+        }
         Command::Watch {
             file,
             interval,
@@ -410,31 +458,6 @@ fn run(command: Command) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// The stats of every channel, as JSON.
-fn stats(store: &dyn Store, now: Timestamp) -> Result<Value, Failure> {
-    let mut channels = Vec::new();
-    for name in store.channels()? {
-        let c = store.counts(Some(&name))?;
-        let oldest = store
-            .list(
-                &ListFilter::new(1)
-                    .channel(name.clone())
-                    .status(Status::Pending),
-            )?
-            .first()
-            .map(|t| now.as_millis() - t.created_at.as_millis());
-        let wakeup = store.next_wakeup(&name)?.map(Timestamp::as_millis);
-        channels.push(json!({
-            "channel": name,
-            "pending": c.pending, "running": c.running, "delayed": c.delayed,
-            "done": c.done, "failed": c.failed,
-            "oldest_pending_age_ms": oldest,
-            "next_wakeup_ms": wakeup,
-        }));
-    }
-    Ok(json!({ "now_ms": now.as_millis(), "channels": channels }))
 }
 
 fn print_stats(out: &mut impl Write, stats: &Value) -> std::io::Result<()> {
@@ -475,27 +498,30 @@ fn print_stats(out: &mut impl Write, stats: &Value) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A task as JSON, its arguments decoded from MessagePack (or shown as bytes if they are
-/// not valid MessagePack).
-fn task_json(t: &Task) -> Value {
-    let args = rmp_serde::from_slice::<Value>(&t.args)
-        .unwrap_or_else(|_| json!({ "undecodable_bytes": t.args }));
-    json!({
-        "id": t.id.get(),
-        "channel": t.channel,
-        "status": t.state.status.as_str(),
-        "attempts": t.state.attempts,
-        "retries_left": t.state.retries_left,
-        "max_retries": t.state.max_retries,
-        "priority": t.priority,
-        "unique_key": t.unique_key,
-        "run_at_ms": t.state.run_at.as_millis(),
-        "lease_until_ms": t.state.lease_until.map(Timestamp::as_millis),
-        "created_at_ms": t.created_at.as_millis(),
-        "updated_at_ms": t.state.updated_at.as_millis(),
-        "last_error": t.state.last_error,
-        "args": args,
-    })
+/// The first line of a token file.
+fn read_token(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::File(format!("cannot read {}: {e}", path.display())))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
+
+/// Exits with a usage error if `addr` is not loopback and there is no token, or the token
+/// is too short to be a secret.
+fn check_token(addr: SocketAddr, token: Option<&str>) {
+    let problem = match token {
+        None if !addr.ip().is_loopback() => {
+            format!("{addr} is not a loopback address: serving it needs --token or --token-file")
+        }
+        Some(t)
+            if t.chars().count() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            "the token must have at least 16 characters, none of them spaces".to_owned()
+        }
+        _ => return,
+    };
+    Cli::command()
+        .error(clap::error::ErrorKind::ValueValidation, problem)
+        .exit()
 }
 
 /// `12s ago` or `in 3m 5s`.

@@ -114,8 +114,8 @@ pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
 pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
-    Clock, Counts, Error, ListFilter, ManualClock, Outcome, Result, Schedule, Status, Store,
-    SystemClock, Task, TaskId, TaskState, Timestamp,
+    Clock, Counts, Error, Finished, ListFilter, ManualClock, Outcome, Result, Schedule, Status,
+    Store, SystemClock, Task, TaskId, TaskState, Timestamp,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

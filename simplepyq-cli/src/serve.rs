@@ -1,0 +1,448 @@
+//! `simplepyq serve`: a web dashboard of a queue, and its metrics for Prometheus.
+//!
+//! The HTTP server is axum (the tokio project's framework; the library's async examples
+//! use it already): routing, JSON and a middleware layer in a few lines, on hyper. The
+//! page, its script and its style sheet are compiled into the binary; the script draws
+//! everything from the JSON API with `textContent` and DOM nodes, never HTML strings, so a
+//! value that came from a task (arguments, errors, channel names) shows as text. A content
+//! security policy allows no script but the page's own.
+//!
+//! Access: every request passes [`guard`]. With a token (`--token`, required to bind an
+//! address other than loopback), a request carries it as `Authorization: Bearer`, as the
+//! cookie the dashboard sets, or once as `?token=` in the address bar. Without one, only
+//! requests naming a loopback host are served (no other web site can reach the dashboard
+//! through a DNS name of its own). Actions are POSTs carrying the page's CSRF token, a
+//! random value made at start; `--read-only` serves none and opens the store read-only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Json, Path, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use simplepyq::{Finished, ListFilter, Status, Store, TaskId, Timestamp};
+use simplepyq_core::Error;
+
+use crate::prometheus;
+use crate::view::{now, stats, task_json};
+
+const PAGE: &str = include_str!("serve/index.html");
+const SCRIPT: &str = include_str!("serve/app.js");
+const STYLE: &str = include_str!("serve/style.css");
+
+/// The cookie a browser keeps the token in after `?token=`.
+const COOKIE: &str = "simplepyq_token";
+/// The failed tasks the overview lists.
+const FAILED_SHOWN: usize = 50;
+/// The chart's buckets: minutes, an hour of them.
+const MINUTE: Duration = Duration::from_secs(60);
+const MINUTES: i64 = 60;
+
+/// How to serve.
+#[derive(Debug)]
+pub(crate) struct Options {
+    /// Where to listen.
+    pub(crate) addr: SocketAddr,
+    /// The token every request must carry, if any.
+    pub(crate) token: Option<String>,
+    /// Serve no actions.
+    pub(crate) read_only: bool,
+}
+
+struct App {
+    store: Arc<dyn Store>,
+    token: Option<String>,
+    csrf: String,
+    read_only: bool,
+}
+
+/// Serves `store` until SIGINT or SIGTERM; calls `ready` with the address it listens on.
+pub(crate) fn run(
+    store: Box<dyn Store>,
+    options: Options,
+    ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let app = Arc::new(App {
+        store: Arc::from(store),
+        token: options.token,
+        csrf: random_token()?,
+        read_only: options.read_only,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(options.addr).await?;
+        ready(listener.local_addr()?);
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(shutdown())
+            .await
+    })
+}
+
+fn router(app: Arc<App>) -> Router {
+    let mut router = Router::new()
+        .route("/", get(page))
+        .route("/tasks/{id}", get(page))
+        .route("/assets/app.js", get(script))
+        .route("/assets/style.css", get(style))
+        .route("/api/overview", get(overview))
+        .route("/api/tasks/{id}", get(task))
+        .route("/metrics", get(metrics));
+    if !app.read_only {
+        router = router
+            .route("/api/requeue-failed", post(requeue_failed))
+            .route("/api/clear-failed", post(clear_failed))
+            .route("/api/cancel", post(cancel));
+    }
+    router
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+async fn shutdown() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = interrupt.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// 32 random bytes, in hex.
+fn random_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Compares secrets in a time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Lets a request through if it may be served, and adds the security headers to its
+/// response.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let mut response = match admit(&app, request.method(), request.uri(), request.headers()) {
+        Admission::Serve => next.run(request).await,
+        Admission::Refuse(status, why) => (status, why).into_response(),
+        Admission::Remember(token, to) => Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header(header::LOCATION, to)
+            .header(
+                header::SET_COOKIE,
+                format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"),
+            )
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+enum Admission {
+    Serve,
+    Refuse(StatusCode, &'static str),
+    /// The right token came in the address: keep it in a cookie, and go to `to`.
+    Remember(String, String),
+}
+
+fn admit(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap) -> Admission {
+    let Some(token) = &app.token else {
+        return if headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(is_loopback_host)
+        {
+            Admission::Serve
+        } else {
+            Admission::Refuse(
+                StatusCode::FORBIDDEN,
+                "without --token, the dashboard answers only requests to a loopback host \
+                 (localhost, 127.0.0.1, [::1])\n",
+            )
+        };
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find(|c| same_secret(c, token));
+    if cookie.is_some() || bearer.is_some_and(|b| same_secret(b, token)) {
+        return Admission::Serve;
+    }
+    let in_query = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("token="))
+        .any(|t| same_secret(t, token));
+    if in_query && method == Method::GET {
+        return Admission::Remember(token.clone(), uri.path().to_owned());
+    }
+    Admission::Refuse(
+        StatusCode::UNAUTHORIZED,
+        "this dashboard needs its token: open it once as /?token=TOKEN, or send \
+         `Authorization: Bearer TOKEN`\n",
+    )
+}
+
+/// `localhost`, an address in 127.0.0.0/8 or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An error as the API answers it: a status and `{"error": message}`.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        let status = match e {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::InvalidTransition { .. } => StatusCode::CONFLICT,
+            Error::InvalidChannel { .. } => StatusCode::BAD_REQUEST,
+            Error::ReadOnly { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Refusal(status, e.to_string())
+    }
+}
+
+/// Runs `f` on the store off the async threads (stores block).
+async fn on_store<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&dyn Store, Timestamp) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Refusal> {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || f(&*store, now(&*store)))
+        .await
+        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(Refusal::from)
+}
+
+async fn page(State(app): State<Arc<App>>) -> Response {
+    let html = PAGE.replace("{{csrf}}", &app.csrf).replace(
+        "{{read_only}}",
+        if app.read_only { "true" } else { "false" },
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+async fn style() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+}
+
+/// Per channel its counts and oldest pending task, done and failed per minute over the
+/// last hour, and the first failed tasks.
+async fn overview(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
+    let read_only = app.read_only;
+    let value = on_store(&app, move |store, now| {
+        let mut value = stats(store, now)?;
+        let first = Finished::bucket_of(now, MINUTE).as_millis() - (MINUTES - 1) * 60_000;
+        let finished = store.finished(None, Timestamp::from_millis(first), MINUTE)?;
+        let minutes: Vec<Value> = (0..MINUTES)
+            .map(|i| {
+                let bucket = first + i * 60_000;
+                let f = finished.iter().find(|f| f.bucket.as_millis() == bucket);
+                json!({
+                    "bucket_ms": bucket,
+                    "done": f.map_or(0, |f| f.done),
+                    "failed": f.map_or(0, |f| f.failed),
+                })
+            })
+            .collect();
+        let failed: Vec<Value> = store
+            .list(&ListFilter::new(FAILED_SHOWN).status(Status::Failed))?
+            .iter()
+            .map(task_json)
+            .collect();
+        value["minutes"] = json!(minutes);
+        value["failed"] = json!(failed);
+        value["failed_total"] = json!(store.counts(None)?.failed);
+        value["read_only"] = json!(read_only);
+        Ok(value)
+    })
+    .await?;
+    Ok(Json(value))
+}
+
+async fn task(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Json<Value>, Refusal> {
+    let (task, now) = on_store(&app, move |store, now| {
+        Ok((store.get(TaskId::new(id))?, now))
+    })
+    .await?;
+    let task =
+        task.ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("no task with id {id}")))?;
+    let mut value = task_json(&task);
+    value["now_ms"] = json!(now.as_millis());
+    Ok(Json(value))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Result<Response, Refusal> {
+    let text = on_store(&app, prometheus::exposition).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Refuses an action whose request lacks the page's CSRF token.
+fn check_csrf(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {
+    let sent = headers
+        .get("x-csrf-token")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if same_secret(sent, &app.csrf) {
+        Ok(())
+    } else {
+        Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "the request lacks the page's CSRF token: reload the page".into(),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct ChannelAction {
+    channel: Option<String>,
+    retries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct TaskAction {
+    id: i64,
+}
+
+async fn requeue_failed(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(action): Json<ChannelAction>,
+) -> Result<Json<Value>, Refusal> {
+    check_csrf(&app, &headers)?;
+    let n = on_store(&app, move |store, now| {
+        store.requeue_failed(action.channel.as_deref(), action.retries, now)
+    })
+    .await?;
+    Ok(Json(json!({ "requeued": n })))
+}
+
+async fn clear_failed(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(action): Json<ChannelAction>,
+) -> Result<Json<Value>, Refusal> {
+    check_csrf(&app, &headers)?;
+    let n = on_store(&app, move |store, _| {
+        store.clear_failed(action.channel.as_deref())
+    })
+    .await?;
+    Ok(Json(json!({ "cleared": n })))
+}
+
+async fn cancel(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(action): Json<TaskAction>,
+) -> Result<Json<Value>, Refusal> {
+    check_csrf(&app, &headers)?;
+    on_store(&app, move |store, _| store.cancel(TaskId::new(action.id))).await?;
+    Ok(Json(json!({ "cancelled": action.id })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_apart() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:80",
+            "127.1.2.3",
+            "[::1]:9",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            "evil.localhost.com:80",
+            "10.0.0.1:8080",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "ab"));
+        assert!(!same_secret("", "a"));
+    }
+}
