@@ -1,4 +1,5 @@
-//! A store's state in the Prometheus text exposition format (version 0.0.4).
+//! A store's state in the Prometheus text exposition format (version 0.0.4): the gauges the
+//! library's `metrics` feature records, under the same names.
 
 use std::fmt::Write;
 
@@ -32,18 +33,18 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
         &mut out,
         "simplepyq_oldest_pending_age_seconds",
         "gauge",
-        "How long ago each channel's oldest pending task was enqueued.",
+        "How long ago each channel's oldest pending task was enqueued (0 with none pending).",
     );
     for c in &channels {
-        if let Some(oldest) = c.oldest_pending {
-            let age = (now.as_millis() - oldest.as_millis()).max(0) as f64 / 1_000.0;
-            sample(
-                &mut out,
-                "simplepyq_oldest_pending_age_seconds",
-                &[("channel", &c.name)],
-                age,
-            );
-        }
+        let age = c
+            .oldest_pending
+            .map_or(0.0, |oldest| oldest.until(now).as_secs_f64());
+        sample(
+            &mut out,
+            "simplepyq_oldest_pending_age_seconds",
+            &[("channel", &c.name)],
+            age,
+        );
     }
     Ok(out)
 }

@@ -1,8 +1,8 @@
 //! What the commands and the dashboard show of a store, as JSON.
 
 use serde_json::{Value, json};
-use simplepyq::{Counts, ListFilter, Status, Store, Task, Timestamp};
-use simplepyq_core::{Clock, Error, SystemClock};
+use simplepyq::{Counts, Store, Task, Timestamp};
+use simplepyq_core::{Clock, Error, StoreExt, SystemClock};
 
 /// The time by the store's clock (the server's, for PostgreSQL).
 pub(crate) fn now(store: &dyn Store) -> Timestamp {
@@ -22,12 +22,9 @@ pub(crate) struct ChannelStats {
 pub(crate) fn channel_stats(store: &dyn Store) -> Result<Vec<ChannelStats>, Error> {
     let mut channels = Vec::new();
     for name in store.channels()? {
-        let oldest = ListFilter::new(1)
-            .channel(name.clone())
-            .status(Status::Pending);
         channels.push(ChannelStats {
             counts: store.counts(Some(&name))?,
-            oldest_pending: store.list(&oldest)?.first().map(|t| t.created_at),
+            oldest_pending: store.oldest_pending(&name)?,
             next_wakeup: store.next_wakeup(&name)?,
             name,
         });

@@ -269,6 +269,12 @@ pub trait StoreExt: Store {
     fn complete(&self, claim: Claim, now: Timestamp) -> Result<Status> {
         self.finish(claim, &Outcome::Succeeded, now)
     }
+
+    /// When the oldest pending task of `channel` (the first by id) was enqueued.
+    fn oldest_pending(&self, channel: &str) -> Result<Option<Timestamp>> {
+        let first = ListFilter::new(1).channel(channel).status(Status::Pending);
+        Ok(self.list(&first)?.first().map(|t| t.created_at))
+    }
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use simplepyq_core::{Claim, Result, Store, Task, Timestamp};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
+use crate::metered;
 use crate::signal::Signal;
 use crate::sync::{self, GIVE_UP};
 
@@ -22,6 +23,11 @@ pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
                 continue;
             }
             if let Err(e) = guarded(|| renew_and_recover(engine)) {
+                engine.errors.record(&e);
+            }
+            if cfg!(feature = "metrics")
+                && let Err(e) = guarded(|| metered::gauge_store(&engine.store, engine.now()))
+            {
                 engine.errors.record(&e);
             }
             continue;
@@ -69,6 +75,7 @@ pub(crate) fn renew_and_recover<S: Store>(engine: &Engine<S>) -> Result<usize> {
     let n = engine.store.recover_expired(now, engine.max_lost_runs)?;
     if n > 0 {
         Stats::add(&engine.stats.recovered, n);
+        metered::count_recovered(n);
         engine.wake_all();
     }
     Ok(n)

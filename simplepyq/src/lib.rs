@@ -82,6 +82,16 @@
 //! - `tracing`: [`tracing`](https://docs.rs/tracing) events for each task (claimed at
 //!   debug level; succeeded, delayed and retried at info; failed, and storage errors met by
 //!   workers, at warn), with the task's id, channel and attempt as fields.
+//! - `metrics`: counters, a histogram and gauges through the [`metrics`](https://docs.rs/metrics)
+//!   facade, for whichever exporter the program installs: `simplepyq_tasks_done_total`,
+//!   `simplepyq_tasks_failed_total`, `simplepyq_tasks_retried_total`,
+//!   `simplepyq_tasks_delayed_total` and `simplepyq_lease_lost_total` (each by `channel`,
+//!   counted by the process that ran the attempt), `simplepyq_tasks_recovered_total` (tasks
+//!   of dead workers this process recovered), `simplepyq_task_duration_seconds` (a
+//!   histogram of handler run times, by `channel`); and the store's state as gauges, set by
+//!   each running queue every third of a lease: `simplepyq_tasks` (by `channel` and
+//!   `status`) and `simplepyq_oldest_pending_age_seconds` (by `channel`), the figures
+//!   `simplepyq serve` gives at `/metrics`.
 
 mod channel;
 mod context;
@@ -90,6 +100,7 @@ mod engine;
 mod handler;
 mod held;
 mod leases;
+mod metered;
 mod options;
 mod outcomes;
 mod periodic;

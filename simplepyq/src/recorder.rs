@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use simplepyq_core::{Claim, Error, Outcome, Store};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
+use crate::metered;
 use crate::outcomes::Finished;
 use crate::report::{self, TaskReport};
 use crate::signal::Signal;
@@ -125,6 +126,7 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Finished>) {
                     status: *status,
                 };
                 report::trace(&report);
+                metered::count(&report);
                 if let Some(hook) = &engine.on_outcome {
                     // A panicking hook must not take the recorder down with it.
                     let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
@@ -133,6 +135,7 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Finished>) {
             Some(Err(Error::LeaseLost { .. })) => {
                 engine.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
                 report::trace_lease_lost(f.claim.id, &f.channel, f.claim.attempt);
+                metered::count_lease_lost(&f.channel);
             }
             Some(Err(e)) => engine.errors.record(e),
             None => unrecorded.push(f.claim.id),
