@@ -410,9 +410,14 @@ impl Finished {
     /// The start of the bucket of `width` that holds `at`: `at` rounded down to a multiple
     /// of `width` since the epoch (a width under a millisecond counts as one).
     pub fn bucket_of(at: Timestamp, width: Duration) -> Timestamp {
-        let width = i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1);
+        let width = Finished::width_ms(width);
         let ms = at.as_millis();
         Timestamp::from_millis(ms - ms.rem_euclid(width))
+    }
+
+    /// A bucket's width in milliseconds, as stores group by it: at least one.
+    pub fn width_ms(width: Duration) -> i64 {
+        i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1)
     }
 
     /// Sums `(time, status, count)` rows into buckets of `width`, in time order; statuses

@@ -1054,7 +1054,7 @@ impl Store for PostgresStore {
              WHERE status IN ('done', 'failed') AND updated_at >= $1{} GROUP BY 1, 2",
             channel_filter(channel, 3)
         );
-        let width_ms = i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1);
+        let width_ms = Finished::width_ms(width);
         let since = millis(since);
         self.run(|c| {
             let rows = match channel {

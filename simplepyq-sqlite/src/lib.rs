@@ -943,7 +943,7 @@ impl Store for SqliteStore {
         width: Duration,
     ) -> Result<Vec<Finished>> {
         let sql = finished_sql(channel);
-        let width_ms = i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1);
+        let width_ms = Finished::width_ms(width);
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let mut values: Vec<rusqlite::types::Value> =
