@@ -431,6 +431,20 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
         "the page says what it did"
     );
 
+    // "Clear failed" asks first, then deletes the channel's failed tasks.
+    let thumbnails = store.counts(Some("thumbnails")).expect("counts");
+    assert!(thumbnails.failed > 0);
+    b.click("tr[data-channel=\"thumbnails\"] button.clear")
+        .await;
+    b.client().accept_alert().await.expect("confirm");
+    wait_until("the failed thumbnails are deleted", || {
+        store.counts(Some("thumbnails")).expect("counts").failed == 0
+    });
+    let after = store.counts(Some("thumbnails")).expect("counts");
+    assert_eq!(after.done, thumbnails.done, "only failed tasks are deleted");
+    let cell = "tr[data-channel=\"thumbnails\"] td[data-status=\"failed\"]";
+    assert_eq!(b.wait_for(cell, |t| t == "0").await, "0");
+
     // Live: a task enqueued elsewhere shows without a reload.
     let pending_cell = "tr[data-channel=\"reports\"] td[data-status=\"pending\"]";
     store
