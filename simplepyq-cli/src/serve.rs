@@ -14,9 +14,10 @@
 //! through a DNS name of its own). Actions are POSTs carrying the page's CSRF token, a
 //! random value made at start; `--read-only` serves none and opens the store read-only.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -62,6 +63,84 @@ struct App {
     token: Option<String>,
     csrf: String,
     read_only: bool,
+    chart: Mutex<Chart>,
+}
+
+/// The chart's minutes, kept between requests: each request counts again only the last two
+/// minutes, and the whole hour at most a minute after the last full count (or after an
+/// action of the dashboard's). Counting the hour on every request would read every task
+/// finished in it, each second.
+#[derive(Default)]
+struct Chart {
+    counted_at: Option<Instant>,
+    minutes: BTreeMap<i64, Finished>,
+}
+
+impl Chart {
+    /// The minutes of the hour up to `now`'s, oldest first (none left out), of the tasks
+    /// of `channels` (asked one channel at a time: the stores' indexes of done tasks lead
+    /// with the channel).
+    fn update(
+        &mut self,
+        store: &dyn Store,
+        channels: &[&str],
+        now: Timestamp,
+    ) -> Result<Vec<Finished>, Error> {
+        let current = Finished::bucket_of(now, MINUTE).as_millis();
+        let first = current - (MINUTES - 1) * 60_000;
+        let fresh = self
+            .counted_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60));
+        let since = if fresh {
+            current - 60_000
+        } else {
+            self.counted_at = Some(Instant::now());
+            first
+        };
+        self.minutes
+            .retain(|&bucket, _| bucket >= first && bucket < since);
+        for channel in channels {
+            for f in store.finished(Some(channel), Timestamp::from_millis(since), MINUTE)? {
+                let minute = self
+                    .minutes
+                    .entry(f.bucket.as_millis())
+                    .or_insert(Finished {
+                        bucket: f.bucket,
+                        done: 0,
+                        failed: 0,
+                    });
+                minute.done += f.done;
+                minute.failed += f.failed;
+            }
+        }
+        Ok((0..MINUTES)
+            .map(|i| {
+                let bucket = Timestamp::from_millis(first + i * 60_000);
+                self.minutes
+                    .get(&bucket.as_millis())
+                    .copied()
+                    .unwrap_or(Finished {
+                        bucket,
+                        done: 0,
+                        failed: 0,
+                    })
+            })
+            .collect())
+    }
+
+    /// Counts the whole hour again on the next request.
+    fn forget(&mut self) {
+        self.counted_at = None;
+    }
+}
+
+impl App {
+    fn forget_chart(&self) {
+        self.chart
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget();
+    }
 }
 
 /// Serves `store` until SIGINT or SIGTERM; calls `ready` with the address it listens on.
@@ -75,6 +154,7 @@ pub(crate) fn run(
         token: options.token,
         csrf: random_token()?,
         read_only: options.read_only,
+        chart: Mutex::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -292,32 +372,46 @@ async fn style() -> Response {
 }
 
 /// Per channel its counts and oldest pending task, done and failed per minute over the
-/// last hour, and the first failed tasks.
+/// last hour, and the first failed tasks (by channel, then id).
 async fn overview(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
     let read_only = app.read_only;
+    let shared = app.clone();
     let value = on_store(&app, move |store, now| {
         let mut value = stats(store, now)?;
-        let first = Finished::bucket_of(now, MINUTE).as_millis() - (MINUTES - 1) * 60_000;
-        let finished = store.finished(None, Timestamp::from_millis(first), MINUTE)?;
-        let minutes: Vec<Value> = (0..MINUTES)
-            .map(|i| {
-                let bucket = first + i * 60_000;
-                let f = finished.iter().find(|f| f.bucket.as_millis() == bucket);
-                json!({
-                    "bucket_ms": bucket,
-                    "done": f.map_or(0, |f| f.done),
-                    "failed": f.map_or(0, |f| f.failed),
-                })
-            })
+        let channels: Vec<&str> = value["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["channel"].as_str())
             .collect();
-        let failed: Vec<Value> = store
-            .list(&ListFilter::new(FAILED_SHOWN).status(Status::Failed))?
+        let minutes = shared
+            .chart
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(store, &channels, now)?;
+        let minutes: Vec<Value> = minutes
             .iter()
-            .map(task_json)
+            .map(|f| json!({ "bucket_ms": f.bucket.as_millis(), "done": f.done, "failed": f.failed }))
             .collect();
+        // Channel by channel, over each one's index of failed tasks: a query of every
+        // channel's would walk the table in id order past every other task.
+        let mut failed = Vec::new();
+        let mut failed_total = 0;
+        for c in value["channels"].as_array().into_iter().flatten() {
+            let (Some(name), Some(n)) = (c["channel"].as_str(), c["failed"].as_u64()) else {
+                continue;
+            };
+            failed_total += n;
+            if n > 0 && failed.len() < FAILED_SHOWN {
+                let page = ListFilter::new(FAILED_SHOWN - failed.len())
+                    .channel(name)
+                    .status(Status::Failed);
+                failed.extend(store.list(&page)?.iter().map(task_json));
+            }
+        }
         value["minutes"] = json!(minutes);
         value["failed"] = json!(failed);
-        value["failed_total"] = json!(store.counts(None)?.failed);
+        value["failed_total"] = json!(failed_total);
         value["read_only"] = json!(read_only);
         Ok(value)
     })
@@ -386,6 +480,7 @@ async fn requeue_failed(
         store.requeue_failed(action.channel.as_deref(), action.retries, now)
     })
     .await?;
+    app.forget_chart();
     Ok(Json(json!({ "requeued": n })))
 }
 
@@ -399,6 +494,7 @@ async fn clear_failed(
         store.clear_failed(action.channel.as_deref())
     })
     .await?;
+    app.forget_chart();
     Ok(Json(json!({ "cleared": n })))
 }
 

@@ -661,11 +661,25 @@ fn finished_sql(channel: Option<&str>) -> String {
     of_status.join(" UNION ALL ")
 }
 
-/// The channels with tasks, from each status's index.
+/// The channels with tasks, from each status's index (each leads with the channel): a skip
+/// scan, one seek per channel and status (`min(channel)` above the last one found), where a
+/// plain `SELECT DISTINCT` would read every entry.
 fn channels_sql() -> String {
-    let of_status =
-        Status::ALL.map(|s| format!("SELECT channel FROM tasks WHERE status = '{}'", s.as_str()));
-    format!("{} ORDER BY channel", of_status.join(" UNION "))
+    let walks = Status::ALL.map(|s| {
+        format!(
+            "in_{0}(ch) AS (SELECT min(channel) FROM tasks WHERE status = '{0}' \
+             UNION ALL SELECT (SELECT min(channel) FROM tasks \
+             WHERE status = '{0}' AND channel > in_{0}.ch) FROM in_{0} WHERE ch IS NOT NULL)",
+            s.as_str()
+        )
+    });
+    let found =
+        Status::ALL.map(|s| format!("SELECT ch FROM in_{} WHERE ch IS NOT NULL", s.as_str()));
+    format!(
+        "WITH RECURSIVE {} {} ORDER BY 1",
+        walks.join(", "),
+        found.join(" UNION ")
+    )
 }
 
 impl Store for SqliteStore {

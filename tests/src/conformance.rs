@@ -521,6 +521,31 @@ pub fn channels_lists_channels_with_tasks(s: &dyn Store) {
     s.remove_channel("b").expect("remove");
     s.clear_failed(Some("c")).expect("clear");
     assert_eq!(s.channels().expect("channels"), vec!["a"]);
+    // A channel is listed whatever the status of its tasks: one of each status apiece,
+    // several channels per status.
+    add(s, task("delayed-1").run_at(at(60_000)));
+    add(s, task("delayed-2").run_at(at(60_000)));
+    for channel in ["done-1", "done-2"] {
+        add(s, task(channel));
+        let t = claim_one(s, channel, T0);
+        s.complete(t.claim(), T0).expect("complete");
+    }
+    for channel in ["running-1", "running-2"] {
+        add(s, task(channel));
+        claim_one(s, channel, T0);
+    }
+    make_failed(s, "failed-1", 0);
+    let all = [
+        "a",
+        "delayed-1",
+        "delayed-2",
+        "done-1",
+        "done-2",
+        "failed-1",
+        "running-1",
+        "running-2",
+    ];
+    assert_eq!(s.channels().expect("channels"), all);
 }
 
 /// Counts per status, for one channel and for all.

@@ -150,7 +150,7 @@ function failedSection(data) {
     el("td", {}, el("code", { class: "json args" }, JSON.stringify(t.args))),
     since("td", "muted", t.updated_at_ms, data.now_ms)));
   const more = data.failed_total > data.failed.length
-    ? el("p", { class: "muted" }, `The first ${data.failed.length} by id; \`simplepyq list --status failed\` pages through all.`) : null;
+    ? el("p", { class: "muted" }, `The first ${data.failed.length}, by channel and id; \`simplepyq list --status failed\` pages through all.`) : null;
   return el("section", {}, title, el("table", { id: "failed" },
     el("thead", {}, el("tr", {}, ...["id", "channel", "attempts", "last error", "arguments", "failed"].map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows)), more);
@@ -224,5 +224,9 @@ document.getElementById("find").addEventListener("submit", (event) => {
   const id = document.getElementById("find-id").value;
   if (/^\d+$/.test(id)) window.location.assign(`/tasks/${id}`);
 });
-refresh();
-setInterval(refresh, 1000);
+// Draws again a second after each answer: requests never pile up on a slow store.
+async function loop() {
+  await refresh();
+  setTimeout(loop, 1000);
+}
+loop();
