@@ -452,6 +452,28 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
         .expect("enqueue");
     assert_eq!(b.wait_for(pending_cell, |t| t == "3").await, "3");
 
+    // Workers of another process (this one) run tasks while the dashboard serves: the
+    // page follows them to the end.
+    let workers = simplepyq::SimplePyQ::open(&path).expect("open a queue");
+    workers
+        .add_channel(
+            "live",
+            |_: u32| {
+                std::thread::sleep(Duration::from_millis(2));
+                Ok(())
+            },
+            2,
+        )
+        .expect("add a channel");
+    for n in 0..200u32 {
+        workers.enqueue("live", &n).expect("enqueue");
+    }
+    workers.start().expect("start");
+    let live_done = "tr[data-channel=\"live\"] td[data-status=\"done\"]";
+    assert_eq!(b.wait_for(live_done, |t| t == "200").await, "200");
+    workers.stop();
+    assert_eq!(store.counts(Some("live")).expect("counts").done, 200);
+
     // A task's page: cancel a pending task.
     let id = store
         .list(&simplepyq::ListFilter::new(1).channel("reports"))
@@ -716,5 +738,28 @@ fn metrics_match_counts_on_postgres() {
     store
         .finish(claimed[0].claim(), &Outcome::Succeeded, t)
         .expect("finish");
-    metrics_match_the_store(&format!("{}?schema={schema}", server().url()), &store);
+    let url = format!("{}?schema={schema}", server().url());
+    metrics_match_the_store(&url, &store);
+    // The overview of a PostgreSQL queue, as the page gets it.
+    let served = Served::start(&url, &[]);
+    let (status, body) = http(served.addr, "GET", "/api/overview", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let overview: Value = serde_json::from_str(&body).expect("json");
+    let emails = &overview["channels"][0];
+    assert_eq!(emails["channel"], "emails");
+    let counts = store.counts(Some("emails")).expect("counts");
+    assert_eq!(
+        (emails["pending"].as_u64(), emails["done"].as_u64()),
+        (Some(counts.pending as u64), Some(counts.done as u64))
+    );
+    let hour: u64 = overview["minutes"]
+        .as_array()
+        .expect("minutes")
+        .iter()
+        .filter_map(|m| m["done"].as_u64())
+        .sum();
+    assert_eq!(
+        hour, 1,
+        "the chart counts the task done on the server's clock"
+    );
 }
