@@ -4,14 +4,12 @@
 use std::fmt::Write;
 
 use simplepyq::{Status, Store, Timestamp};
-use simplepyq_core::Error;
-
-use crate::view::channel_stats;
+use simplepyq_core::{Error, StoreExt};
 
 /// Tasks by channel and status, and each channel's oldest pending task's age, as
 /// `GET /metrics` serves them.
 pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Error> {
-    let channels = channel_stats(store)?;
+    let channels = store.channel_stats()?;
     let mut out = String::new();
     header(
         &mut out,
@@ -36,9 +34,7 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
         "How long ago each channel's oldest pending task was enqueued (0 with none pending).",
     );
     for c in &channels {
-        let age = c
-            .oldest_pending
-            .map_or(0.0, |oldest| oldest.until(now).as_secs_f64());
+        let age = c.oldest_pending_age(now).as_secs_f64();
         sample(
             &mut out,
             "simplepyq_oldest_pending_age_seconds",

@@ -30,10 +30,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use simplepyq::{Finished, ListFilter, Status, Store, TaskId, Timestamp};
-use simplepyq_core::Error;
+use simplepyq_core::{Error, StoreExt};
 
 use crate::prometheus;
-use crate::view::{now, stats, task_json};
+use crate::view::{now, stats_json, task_json};
 
 const PAGE: &str = include_str!("serve/index.html");
 const SCRIPT: &str = include_str!("serve/app.js");
@@ -73,7 +73,7 @@ struct App {
 #[derive(Default)]
 struct Chart {
     counted_at: Option<Instant>,
-    minutes: BTreeMap<i64, Finished>,
+    minutes: BTreeMap<Timestamp, Finished>,
 }
 
 impl Chart {
@@ -87,43 +87,37 @@ impl Chart {
         now: Timestamp,
     ) -> Result<Vec<Finished>, Error> {
         let current = Finished::bucket_of(now, MINUTE).as_millis();
-        let first = current - (MINUTES - 1) * 60_000;
+        let first = Timestamp::from_millis(current - (MINUTES - 1) * 60_000);
         let fresh = self
             .counted_at
             .is_some_and(|at| at.elapsed() < Duration::from_secs(60));
         let since = if fresh {
-            current - 60_000
+            Timestamp::from_millis(current - 60_000)
         } else {
             self.counted_at = Some(Instant::now());
             first
         };
         self.minutes
             .retain(|&bucket, _| bucket >= first && bucket < since);
+        let mut rows = Vec::new();
         for channel in channels {
-            for f in store.finished(Some(channel), Timestamp::from_millis(since), MINUTE)? {
-                let minute = self
-                    .minutes
-                    .entry(f.bucket.as_millis())
-                    .or_insert(Finished {
-                        bucket: f.bucket,
-                        done: 0,
-                        failed: 0,
-                    });
-                minute.done += f.done;
-                minute.failed += f.failed;
+            for f in store.finished(Some(channel), since, MINUTE)? {
+                rows.extend([
+                    (f.bucket, Status::Done, f.done),
+                    (f.bucket, Status::Failed, f.failed),
+                ]);
             }
+        }
+        for f in Finished::tally(rows, MINUTE) {
+            self.minutes.insert(f.bucket, f);
         }
         Ok((0..MINUTES)
             .map(|i| {
-                let bucket = Timestamp::from_millis(first + i * 60_000);
+                let bucket = Timestamp::from_millis(first.as_millis() + i * 60_000);
                 self.minutes
-                    .get(&bucket.as_millis())
+                    .get(&bucket)
                     .copied()
-                    .unwrap_or(Finished {
-                        bucket,
-                        done: 0,
-                        failed: 0,
-                    })
+                    .unwrap_or_else(|| Finished::none(bucket))
             })
             .collect())
     }
@@ -377,18 +371,13 @@ async fn overview(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
     let read_only = app.read_only;
     let shared = app.clone();
     let value = on_store(&app, move |store, now| {
-        let mut value = stats(store, now)?;
-        let channels: Vec<&str> = value["channels"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["channel"].as_str())
-            .collect();
+        let channels = store.channel_stats()?;
+        let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
         let minutes = shared
             .chart
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .update(store, &channels, now)?;
+            .update(store, &names, now)?;
         let minutes: Vec<Value> = minutes
             .iter()
             .map(|f| json!({ "bucket_ms": f.bucket.as_millis(), "done": f.done, "failed": f.failed }))
@@ -396,19 +385,17 @@ async fn overview(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
         // Channel by channel, over each one's index of failed tasks: a query of every
         // channel's would walk the table in id order past every other task.
         let mut failed = Vec::new();
-        let mut failed_total = 0;
-        for c in value["channels"].as_array().into_iter().flatten() {
-            let (Some(name), Some(n)) = (c["channel"].as_str(), c["failed"].as_u64()) else {
-                continue;
-            };
-            failed_total += n;
-            if n > 0 && failed.len() < FAILED_SHOWN {
-                let page = ListFilter::new(FAILED_SHOWN - failed.len())
-                    .channel(name)
-                    .status(Status::Failed);
-                failed.extend(store.list(&page)?.iter().map(task_json));
+        for c in channels.iter().filter(|c| c.counts.failed > 0) {
+            if failed.len() >= FAILED_SHOWN {
+                break;
             }
+            let page = ListFilter::new(FAILED_SHOWN - failed.len())
+                .channel(c.name.as_str())
+                .status(Status::Failed);
+            failed.extend(store.list(&page)?.iter().map(task_json));
         }
+        let failed_total: usize = channels.iter().map(|c| c.counts.failed).sum();
+        let mut value = stats_json(&channels, now);
         value["minutes"] = json!(minutes);
         value["failed"] = json!(failed);
         value["failed_total"] = json!(failed_total);

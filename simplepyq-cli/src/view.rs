@@ -1,41 +1,23 @@
 //! What the commands and the dashboard show of a store, as JSON.
 
 use serde_json::{Value, json};
-use simplepyq::{Counts, Store, Task, Timestamp};
-use simplepyq_core::{Clock, Error, StoreExt, SystemClock};
+use simplepyq::{Store, Task, Timestamp};
+use simplepyq_core::{ChannelStats, Clock, Error, StoreExt, SystemClock};
 
 /// The time by the store's clock (the server's, for PostgreSQL).
 pub(crate) fn now(store: &dyn Store) -> Timestamp {
     store.clock().map_or_else(|| SystemClock.now(), |c| c.now())
 }
 
-/// What a channel holds now.
-pub(crate) struct ChannelStats {
-    pub(crate) name: String,
-    pub(crate) counts: Counts,
-    /// When its oldest pending task (by id) was enqueued.
-    pub(crate) oldest_pending: Option<Timestamp>,
-    pub(crate) next_wakeup: Option<Timestamp>,
-}
-
-/// The stats of every channel that has tasks, in name order.
-pub(crate) fn channel_stats(store: &dyn Store) -> Result<Vec<ChannelStats>, Error> {
-    let mut channels = Vec::new();
-    for name in store.channels()? {
-        channels.push(ChannelStats {
-            counts: store.counts(Some(&name))?,
-            oldest_pending: store.oldest_pending(&name)?,
-            next_wakeup: store.next_wakeup(&name)?,
-            name,
-        });
-    }
-    Ok(channels)
-}
-
 /// The stats of every channel, as JSON.
 pub(crate) fn stats(store: &dyn Store, now: Timestamp) -> Result<Value, Error> {
-    let channels: Vec<Value> = channel_stats(store)?
-        .into_iter()
+    Ok(stats_json(&store.channel_stats()?, now))
+}
+
+/// `channels`' stats as JSON.
+pub(crate) fn stats_json(channels: &[ChannelStats], now: Timestamp) -> Value {
+    let channels: Vec<Value> = channels
+        .iter()
         .map(|c| {
             json!({
                 "channel": c.name,
@@ -47,7 +29,7 @@ pub(crate) fn stats(store: &dyn Store, now: Timestamp) -> Result<Value, Error> {
             })
         })
         .collect();
-    Ok(json!({ "now_ms": now.as_millis(), "channels": channels }))
+    json!({ "now_ms": now.as_millis(), "channels": channels })
 }
 
 /// A task as JSON, its arguments decoded from MessagePack (or shown as bytes if they are

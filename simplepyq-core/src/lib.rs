@@ -29,7 +29,7 @@ pub mod transition;
 
 pub use error::{BoxError, Error, Result};
 pub use schedule::Schedule;
-pub use store::{Store, StoreExt, Wake, Watch};
+pub use store::{ChannelStats, Store, StoreExt, Wake, Watch};
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError,
     Status, Task, TaskId, TaskState, validate_channel,

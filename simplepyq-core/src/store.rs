@@ -275,6 +275,42 @@ pub trait StoreExt: Store {
         let first = ListFilter::new(1).channel(channel).status(Status::Pending);
         Ok(self.list(&first)?.first().map(|t| t.created_at))
     }
+
+    /// What every channel with tasks holds now, in name order.
+    fn channel_stats(&self) -> Result<Vec<ChannelStats>> {
+        let mut channels = Vec::new();
+        for name in self.channels()? {
+            channels.push(ChannelStats {
+                counts: self.counts(Some(&name))?,
+                oldest_pending: self.oldest_pending(&name)?,
+                next_wakeup: self.next_wakeup(&name)?,
+                name,
+            });
+        }
+        Ok(channels)
+    }
+}
+
+/// What a channel holds now: see [`StoreExt::channel_stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// The channel.
+    pub name: String,
+    /// Its tasks per status.
+    pub counts: Counts,
+    /// When its oldest pending task (by id) was enqueued, if it has one.
+    pub oldest_pending: Option<Timestamp>,
+    /// Its [`Store::next_wakeup`].
+    pub next_wakeup: Option<Timestamp>,
+}
+
+impl ChannelStats {
+    /// How long its oldest pending task has waited at `now`; zero with none pending (the
+    /// figure of the `simplepyq_oldest_pending_age_seconds` gauge).
+    pub fn oldest_pending_age(&self, now: Timestamp) -> Duration {
+        self.oldest_pending
+            .map_or(Duration::ZERO, |oldest| oldest.until(now))
+    }
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}

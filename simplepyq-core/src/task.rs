@@ -407,6 +407,15 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// A bucket in which no task finished.
+    pub const fn none(bucket: Timestamp) -> Finished {
+        Finished {
+            bucket,
+            done: 0,
+            failed: 0,
+        }
+    }
+
     /// The start of the bucket of `width` that holds `at`: `at` rounded down to a multiple
     /// of `width` since the epoch (a width under a millisecond counts as one).
     pub fn bucket_of(at: Timestamp, width: Duration) -> Timestamp {
@@ -432,11 +441,7 @@ impl Finished {
                 continue;
             }
             let bucket = Finished::bucket_of(at, width);
-            let b = buckets.entry(bucket).or_insert(Finished {
-                bucket,
-                done: 0,
-                failed: 0,
-            });
+            let b = buckets.entry(bucket).or_insert(Finished::none(bucket));
             if status == Status::Done {
                 b.done += n;
             } else {

@@ -47,19 +47,16 @@ pub(crate) fn count_recovered(n: usize) {
 /// oldest pending task's age.
 pub(crate) fn gauge_store<S: Store>(store: &S, now: Timestamp) -> Result<()> {
     #[cfg(feature = "metrics")]
-    for channel in store.channels()? {
-        let counts = store.counts(Some(&channel))?;
+    for c in store.channel_stats()? {
         for status in Status::ALL {
             let labels = [
-                ("channel", channel.clone()),
+                ("channel", c.name.clone()),
                 ("status", status.as_str().to_owned()),
             ];
-            metrics::gauge!("simplepyq_tasks", &labels).set(counts.get(status) as f64);
+            metrics::gauge!("simplepyq_tasks", &labels).set(c.counts.get(status) as f64);
         }
-        let age = store
-            .oldest_pending(&channel)?
-            .map_or(0.0, |at| at.until(now).as_secs_f64());
-        metrics::gauge!("simplepyq_oldest_pending_age_seconds", "channel" => channel).set(age);
+        let age = c.oldest_pending_age(now).as_secs_f64();
+        metrics::gauge!("simplepyq_oldest_pending_age_seconds", "channel" => c.name).set(age);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (store, now);
