@@ -15,6 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use simplepyq::{Outcome, SqliteStore, Status, Store, Timestamp};
 use simplepyq_core::{Clock, NewTask, StoreExt, SystemClock};
+use simplepyq_tests::lifecycle::wait_until;
 
 const TOKEN: &str = "a-token-of-at-least-16-characters";
 const HOW_TO_GET_CHROMIUM: &str = "the dashboard's tests need Chromium and its driver \
@@ -322,14 +323,6 @@ impl Drop for Browser {
         let group = format!("-{}", self.driver.id());
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
