@@ -1,13 +1,40 @@
 //! A store's state in the Prometheus text exposition format (version 0.0.4): the gauges the
-//! library's `metrics` feature records, under the same names.
+//! library's `metrics` feature records and the store's [`Totals`], under the feature's names.
 
 use std::fmt::Write;
 
-use simplepyq::{Status, Store, Timestamp};
+use simplepyq::{Status, Store, Timestamp, Totals};
 use simplepyq_core::{Error, StoreExt};
 
-/// Tasks by channel and status, and each channel's oldest pending task's age, as
-/// `GET /metrics` serves them.
+/// A counter of `/metrics`: its name, its help, and the figure of [`Totals`] it shows.
+type Counter = (&'static str, &'static str, fn(&Totals) -> u64);
+
+/// The counters of the store's [`Totals`].
+const COUNTERS: [Counter; 4] = [
+    (
+        "simplepyq_tasks_done_total",
+        "Runs that succeeded, by channel.",
+        |t| t.done,
+    ),
+    (
+        "simplepyq_tasks_failed_total",
+        "Tasks that became failed, by channel.",
+        |t| t.failed,
+    ),
+    (
+        "simplepyq_tasks_retried_total",
+        "Runs that failed and left a retry, by channel.",
+        |t| t.retried,
+    ),
+    (
+        "simplepyq_lease_lost_total",
+        "Runs whose lease expired before they ended (worker died or hung), by channel.",
+        |t| t.lease_lost,
+    ),
+];
+
+/// Tasks by channel and status, each channel's oldest pending task's age, and the totals
+/// of what became of runs, as `GET /metrics` serves them.
 pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Error> {
     let channels = store.channel_stats()?;
     let mut out = String::new();
@@ -41,6 +68,13 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
             &[("channel", &c.name)],
             age,
         );
+    }
+    let totals = store.totals()?;
+    for (name, help, figure) in COUNTERS {
+        header(&mut out, name, "counter", help);
+        for (channel, t) in &totals {
+            sample(&mut out, name, &[("channel", channel)], figure(t) as f64);
+        }
     }
     Ok(out)
 }

@@ -4,6 +4,7 @@
 //!
 //! A missing browser fails these tests with the command that installs it: they never skip.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use simplepyq::{Outcome, SqliteStore, Status, Store, Timestamp};
+use simplepyq::{Outcome, SqliteStore, Status, Store, Timestamp, Totals};
 use simplepyq_core::{Clock, NewTask, StoreExt, SystemClock};
 use simplepyq_tests::lifecycle::wait_until;
 
@@ -636,8 +637,9 @@ fn read_only_serves_no_actions() {
 }
 
 /// `/metrics` parsed as Prometheus parses it: one sample per channel and status, equal to
-/// the store's counts, and the oldest pending task's age.
-fn metrics_match_the_store(target: &str, store: &dyn Store) {
+/// the store's counts, the oldest pending task's age, and the four counters of each
+/// channel's totals, equal to `totals` (what the test did) and to the store's.
+fn metrics_match_the_store(target: &str, store: &dyn Store, totals: &[(&str, Totals)]) {
     let served = Served::start(target, &[]);
     let (status, text) = http(served.addr, "GET", "/metrics", &[], "");
     assert_eq!(status, 200, "{text}");
@@ -686,6 +688,31 @@ fn metrics_match_the_store(target: &str, store: &dyn Store) {
         })
         .sum();
     assert_eq!(counted, store.counts(None).expect("counts").total());
+    let expected: BTreeMap<String, Totals> =
+        totals.iter().map(|(c, t)| ((*c).to_owned(), *t)).collect();
+    assert_eq!(store.totals().expect("totals"), expected);
+    let counters = [
+        "simplepyq_tasks_done_total",
+        "simplepyq_tasks_failed_total",
+        "simplepyq_tasks_retried_total",
+        "simplepyq_lease_lost_total",
+    ];
+    for (channel, t) in totals {
+        let figures = [t.done, t.failed, t.retried, t.lease_lost];
+        for (name, figure) in counters.iter().zip(figures) {
+            let samples: Vec<_> = scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == *name && s.labels.get("channel") == Some(channel))
+                .map(|s| &s.value)
+                .collect();
+            let value = prometheus_parse::Value::Counter(figure as f64);
+            assert_eq!(samples, vec![&value], "{name} of {channel}");
+        }
+    }
+    let samples = scrape.samples.iter();
+    let counter_samples = samples.filter(|s| counters.contains(&s.metric.as_str()));
+    assert_eq!(counter_samples.count(), counters.len() * totals.len());
 }
 
 #[test]
@@ -707,7 +734,25 @@ fn metrics_match_counts_on_sqlite() {
         .claim("reports", 1, t, t.after(Duration::from_secs(30)))
         .expect("claim");
     assert_eq!(claimed.len(), 1, "one running");
-    metrics_match_the_store(path.to_str().expect("utf-8"), &store);
+    // A retried run, and a run whose worker died: its lease expires and it is recovered.
+    let retried = NewTask::new("retries", args(json!([0]))).retries(1);
+    store.enqueue_one(retried, t).expect("enqueue");
+    run_one(&store, "retries", failure("again"));
+    let t = now();
+    let lost = store
+        .claim("retries", 1, t, t.after(Duration::from_millis(1)))
+        .expect("claim");
+    assert_eq!(lost.len(), 1);
+    let recovered = store.recover_expired(t.after(Duration::from_millis(2)), 3);
+    assert_eq!(recovered.expect("recover"), 1);
+    let t = |done, failed, retried, lease_lost| Totals {
+        done,
+        failed,
+        retried,
+        lease_lost,
+    };
+    let totals = [("emails", t(1, 1, 0, 0)), ("retries", t(0, 0, 1, 1))];
+    metrics_match_the_store(path.to_str().expect("utf-8"), &store, &totals);
 }
 
 #[test]
@@ -732,7 +777,11 @@ fn metrics_match_counts_on_postgres() {
         .finish(claimed[0].claim(), &Outcome::Succeeded, t)
         .expect("finish");
     let url = format!("{}?schema={schema}", server().url());
-    metrics_match_the_store(&url, &store);
+    let done = Totals {
+        done: 1,
+        ..Totals::default()
+    };
+    metrics_match_the_store(&url, &store, &[("emails", done)]);
     // The overview of a PostgreSQL queue, as the page gets it.
     let served = Served::start(&url, &[]);
     let (status, body) = http(served.addr, "GET", "/api/overview", &[], "");

@@ -11,7 +11,9 @@ use std::cmp::Reverse;
 use std::collections::HashSet;
 
 use crate::transition::{Event, apply};
-use crate::{Claim, Error, NewTask, Outcome, Result, Status, Task, TaskId, TaskState, Timestamp};
+use crate::{
+    Claim, Error, NewTask, Outcome, Result, Status, Task, TaskId, TaskState, Timestamp, Totals,
+};
 
 /// A task's new state, for the store to write.
 pub type Change = (TaskId, TaskState);
@@ -50,17 +52,31 @@ pub fn on_held(
     Ok(changes)
 }
 
+/// What [`finish`] makes of a batch of outcomes.
+#[derive(Debug)]
+pub struct Finish {
+    /// Each attempt's task's new status in order, or [`Error::LeaseLost`].
+    pub statuses: Vec<Result<Status>>,
+    /// The changes to write.
+    pub changes: Vec<Change>,
+    /// What each change counts, in the order of `changes` (see [`Totals::of`]).
+    pub totals: Vec<Totals>,
+}
+
 /// How each attempt ended: its task's new status in order, or [`Error::LeaseLost`] for a
-/// claim that no longer holds (or that this batch already recorded), and the changes to
-/// write. `state` reads a task's stored state.
+/// claim that no longer holds (or that this batch already recorded), the changes to write
+/// and what each counts. `state` reads a task's stored state.
 pub fn finish(
     results: &[(Claim, Outcome)],
     now: Timestamp,
     mut state: impl FnMut(TaskId) -> Result<Option<TaskState>>,
-) -> Result<(Vec<Result<Status>>, Vec<Change>)> {
+) -> Result<Finish> {
     let mut recorded = HashSet::with_capacity(results.len());
-    let mut statuses = Vec::with_capacity(results.len());
-    let mut changes = Vec::with_capacity(results.len());
+    let mut done = Finish {
+        statuses: Vec::with_capacity(results.len()),
+        changes: Vec::with_capacity(results.len()),
+        totals: Vec::with_capacity(results.len()),
+    };
     for (claim, outcome) in results {
         let held = if recorded.contains(&claim.id) {
             None
@@ -68,7 +84,7 @@ pub fn finish(
             state(claim.id)?.filter(|s| claim.holds(s))
         };
         let Some(s) = held else {
-            statuses.push(Err(lease_lost(claim)));
+            done.statuses.push(Err(lease_lost(claim)));
             continue;
         };
         let event = Event::Finish {
@@ -76,11 +92,12 @@ pub fn finish(
             outcome: outcome.clone(),
         };
         let next = apply(&s, &event).map_err(|r| r.into_error(claim.id))?;
-        statuses.push(Ok(next.status));
-        changes.push((claim.id, next));
+        done.statuses.push(Ok(next.status));
+        done.totals.push(Totals::of(&event, next.status));
+        done.changes.push((claim.id, next));
         recorded.insert(claim.id);
     }
-    Ok((statuses, changes))
+    Ok(done)
 }
 
 /// The error for a claim that no longer holds its task.
@@ -154,10 +171,16 @@ mod tests {
             (Claim { id: b, attempt: 1 }, Outcome::Succeeded),
             (Claim { id: a, attempt: 1 }, Outcome::Succeeded),
         ];
-        let (statuses, changes) = finish(&results, T0, |id| {
+        let Finish {
+            statuses,
+            changes,
+            totals,
+        } = finish(&results, T0, |id| {
             Ok(Some(running(if id == a { 1 } else { 2 })))
         })
         .expect("finish");
+        assert_eq!(totals.len(), 1);
+        assert_eq!(totals[0].done, 1);
         assert!(matches!(statuses[0], Ok(Status::Done)));
         assert!(matches!(statuses[1], Err(Error::LeaseLost { .. })));
         assert!(matches!(statuses[2], Err(Error::LeaseLost { .. })));
@@ -173,8 +196,9 @@ mod tests {
         let (stale, live) = (Claim { id: a, attempt: 1 }, Claim { id: a, attempt: 2 });
         for claims in [[stale, live], [live, stale]] {
             let results = claims.map(|c| (c, Outcome::Succeeded));
-            let (statuses, changes) =
-                finish(&results, T0, |_| Ok(Some(running(2)))).expect("finish");
+            let Finish {
+                statuses, changes, ..
+            } = finish(&results, T0, |_| Ok(Some(running(2)))).expect("finish");
             let live_at = usize::from(claims[0] == stale);
             assert!(
                 matches!(statuses[live_at], Ok(Status::Done)),

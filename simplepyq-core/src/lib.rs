@@ -25,6 +25,7 @@ pub mod schedule;
 mod store;
 mod task;
 mod time;
+mod totals;
 pub mod transition;
 
 pub use error::{BoxError, Error, Result};
@@ -35,3 +36,4 @@ pub use task::{
     Status, Task, TaskId, TaskState, validate_channel,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use totals::Totals;

@@ -1,5 +1,6 @@
 //! The [`Store`] trait every storage backend implements.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use crate::{
     Claim, Clock, Counts, Finished, ListFilter, NewTask, Outcome, Result, Status, Task, TaskId,
-    Timestamp,
+    Timestamp, Totals,
 };
 
 /// Durable (or in-memory) storage of tasks.
@@ -193,6 +194,15 @@ pub trait Store: Send + Sync + Debug + 'static {
         Ok(Finished::tally(rows, width))
     }
 
+    /// The [`Totals`] of every channel that has counted something, in name order.
+    ///
+    /// # Contract
+    /// Each attempt [`Store::finish_many`] records and each lost run
+    /// [`Store::recover_expired`] recovers counts once, as [`Totals::of`] says, in the
+    /// same transaction as the change; refused outcomes count nothing. Totals only grow:
+    /// removing, clearing, purging or requeueing tasks leaves them.
+    fn totals(&self) -> Result<BTreeMap<String, Totals>>;
+
     /// The clock to time this store's tasks by, when the store has one of its own; `None`
     /// (the default) for the caller's (the system clock).
     ///
@@ -374,6 +384,9 @@ macro_rules! forward_store {
             }
             fn finished(&self, channel: Option<&str>, since: Timestamp, width: Duration) -> Result<Vec<Finished>> {
                 (**self).finished(channel, since, width)
+            }
+            fn totals(&self) -> Result<BTreeMap<String, Totals>> {
+                (**self).totals()
             }
             fn clock(&self) -> Option<Arc<dyn Clock>> {
                 (**self).clock()

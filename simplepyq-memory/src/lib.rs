@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, batch, validate_channel,
+    TaskState, Timestamp, Totals, batch, validate_channel,
 };
 
 /// An in-memory [`Store`]. Claiming the next due task is O(log n) (plus the promotion of
@@ -62,6 +62,7 @@ struct Inner {
     idx: Indexes,
     /// Each schedule's last firing.
     fired: HashMap<String, Timestamp>,
+    totals: BTreeMap<String, Totals>,
 }
 
 /// The indexes over `Inner::tasks`, apart from them so that a task can be re-indexed while
@@ -154,6 +155,14 @@ impl Inner {
         task.state = next;
         self.idx.index(task, true);
         Ok(task)
+    }
+
+    /// Adds what a change to task `id` counts to its channel's totals.
+    fn count(&mut self, id: TaskId, counted: Totals) {
+        if let Some(task) = self.tasks.get(&id).filter(|_| !counted.is_zero()) {
+            let channel = task.channel.clone();
+            self.totals.entry(channel).or_default().add(counted);
+        }
     }
 
     fn state(&self, id: TaskId) -> Option<TaskState> {
@@ -280,9 +289,12 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         let mut inner = self.inner.lock();
-        let (statuses, changes) = batch::finish(results, now, |id| Ok(inner.state(id)))?;
-        inner.write(changes)?;
-        Ok(statuses)
+        let done = batch::finish(results, now, |id| Ok(inner.state(id)))?;
+        for (&(id, _), &counted) in done.changes.iter().zip(&done.totals) {
+            inner.count(id, counted);
+        }
+        inner.write(done.changes)?;
+        Ok(done.statuses)
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -294,8 +306,10 @@ impl Store for MemoryStore {
             .take_while(|(lease, _)| *lease <= now)
             .map(|&(_, id)| id)
             .collect();
+        let event = Event::Expire { now, max_lost_runs };
         for id in &expired {
-            inner.transition(*id, &Event::Expire { now, max_lost_runs })?;
+            let status = inner.transition(*id, &event)?.state.status;
+            inner.count(*id, Totals::of(&event, status));
         }
         Ok(expired.len())
     }
@@ -418,5 +432,9 @@ impl Store for MemoryStore {
 
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         Ok(self.inner.lock().fired.get(name).copied())
+    }
+
+    fn totals(&self) -> Result<BTreeMap<String, Totals>> {
+        Ok(self.inner.lock().totals.clone())
     }
 }

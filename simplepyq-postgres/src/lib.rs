@@ -40,7 +40,7 @@ mod listen;
 mod pool;
 mod schema;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +50,7 @@ use postgres::{Client, GenericClient, Row, Transaction};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
     Claim, Clock, Counts, Error, Finished, ListFilter, NewTask, Outcome, Result, Status, Store,
-    Task, TaskId, TaskState, Timestamp, Wake, Watch, batch, validate_channel,
+    Task, TaskId, TaskState, Timestamp, Totals, Wake, Watch, batch, validate_channel,
 };
 
 pub use crate::clock::ServerClock;
@@ -495,6 +495,41 @@ impl StateArrays {
     }
 }
 
+/// Totals as arrays, one per column: channel, done, failed, retried, lease lost.
+#[derive(Default)]
+struct TotalsArrays<'a> {
+    channels: Vec<&'a str>,
+    done: Vec<i64>,
+    failed: Vec<i64>,
+    retried: Vec<i64>,
+    lease_lost: Vec<i64>,
+}
+
+impl<'a> TotalsArrays<'a> {
+    fn of(totals: impl Iterator<Item = (&'a str, Totals)>) -> Self {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut arrays = TotalsArrays::default();
+        for (channel, t) in totals {
+            arrays.channels.push(channel);
+            arrays.done.push(n(t.done));
+            arrays.failed.push(n(t.failed));
+            arrays.retried.push(n(t.retried));
+            arrays.lease_lost.push(n(t.lease_lost));
+        }
+        arrays
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.channels,
+            &self.done,
+            &self.failed,
+            &self.retried,
+            &self.lease_lost,
+        ]
+    }
+}
+
 /// A locked task: its id, channel and state.
 type Locked = (TaskId, String, TaskState);
 
@@ -797,14 +832,17 @@ impl Store for PostgresStore {
             // Read without a lock, then write guarded by each claim: while a claim is held
             // its task changes only in its lease, which an outcome clears, so what `apply`
             // made of the state read is right if the claim still holds at the write. Two
-            // round trips, no transaction.
+            // round trips, no transaction: the write counts the totals of the rows it wrote.
             let rows = db.query(sql::READ_STATES, &[&ids])?;
             let mut states = HashMap::with_capacity(rows.len());
             for r in &rows {
                 states.insert(TaskId::new(r.try_get(0)?), state_from_row(r, 1)?);
             }
-            let (mut statuses, changes) =
-                batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
+            let batch::Finish {
+                mut statuses,
+                changes,
+                totals,
+            } = batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
             let next = StateArrays::of(&changes);
             // Each change is of a claim that held at the read: its attempt is the one read.
             let attempts: Vec<i64> = changes
@@ -814,10 +852,12 @@ impl Store for PostgresStore {
             if next.ids.is_empty() {
                 return Ok(statuses);
             }
+            let counted = TotalsArrays::of(totals.iter().map(|t| ("", *t)));
             let mut params = next.params().to_vec();
             params.push(&attempts);
+            params.extend(&counted.params()[1..]);
             let written: HashSet<i64> = db
-                .query(&format!("{} RETURNING t.id", sql::SAVE_HELD), &params)?
+                .query(sql::FINISH, &params)?
                 .iter()
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()?;
@@ -857,13 +897,19 @@ impl Store for PostgresStore {
             let rows = tx.query(sql::LOCK_EXPIRED, &[&at])?;
             let mut next = StateArrays::default();
             let mut channels = Vec::with_capacity(rows.len());
+            let mut counted = Vec::with_capacity(rows.len());
             for r in &rows {
                 let id = TaskId::new(r.try_get(0)?);
                 channels.push(r.try_get::<_, String>(1)?);
                 let state = state_from_row(r, 2)?;
-                next.push(id, &apply(&state, &event).map_err(|r| r.into_error(id))?);
+                let after = apply(&state, &event).map_err(|r| r.into_error(id))?;
+                counted.push(Totals::of(&event, after.status));
+                next.push(id, &after);
             }
             next.save(tx)?;
+            let sums = Totals::by_channel(channels.iter().map(String::as_str).zip(counted));
+            let sums = TotalsArrays::of(sums.iter().map(|(c, t)| (c.as_str(), *t)));
+            tx.execute(sql::ADD_TOTALS, &sums.params())?;
             Ok(channels)
         })?;
         self.announce(channels.iter().map(String::as_str));
@@ -1073,6 +1119,26 @@ impl Store for PostgresStore {
         })
     }
 
+    fn totals(&self) -> Result<BTreeMap<String, Totals>> {
+        self.run(|c| {
+            let mut totals = BTreeMap::new();
+            for r in c.query(sql::TOTALS, &[])? {
+                let n = |i: usize| -> R<u64> {
+                    let v: i64 = r.try_get(i)?;
+                    u64::try_from(v).map_err(|_| bad_value("totals", v))
+                };
+                let t = Totals {
+                    done: n(1)?,
+                    failed: n(2)?,
+                    retried: n(3)?,
+                    lease_lost: n(4)?,
+                };
+                totals.insert(r.try_get(0)?, t);
+            }
+            Ok(totals)
+        })
+    }
+
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         self.run(|c| {
             let row = c.query_opt("SELECT last_fired FROM schedules WHERE name = $1", &[&name])?;
@@ -1148,17 +1214,56 @@ pub mod sql {
     pub const READ_STATES: &str = "SELECT id, status, retries_left, max_retries, attempts, \
          run_at, lease_until, last_error, updated_at, lost_runs FROM tasks WHERE id = ANY ($1)";
 
+    /// Adds to the totals of channels: ends every statement that does so.
+    macro_rules! add_totals {
+        ($rows:literal) => {
+            concat!(
+                "INSERT INTO totals AS s (channel, shard, done, failed, retried, lease_lost) ",
+                $rows,
+                " ON CONFLICT (channel, shard) DO UPDATE SET done = s.done + excluded.done, \
+                 failed = s.failed + excluded.failed, retried = s.retried + excluded.retried, \
+                 lease_lost = s.lease_lost + excluded.lease_lost"
+            )
+        };
+    }
+
     /// Writes the states of `StateArrays` ($1..$10) to the tasks whose claims (attempts $11)
-    /// still hold.
-    pub const SAVE_HELD: &str = "UPDATE tasks t SET status = u.status, \
+    /// still hold, adds what each written one counts (done, failed, retried and lease-lost
+    /// arrays $12..$15) to its channel's totals, and returns the ids written. Rows of
+    /// totals are locked in channel order, after every task row: two finishing
+    /// statements cannot wait on each other.
+    pub const FINISH: &str = concat!(
+        "WITH saved AS (UPDATE tasks t SET status = u.status, \
          retries_left = u.retries_left, max_retries = u.max_retries, attempts = u.attempts, \
          run_at = u.run_at, lease_until = u.lease_until, last_error = u.last_error, \
          updated_at = u.updated_at, lost_runs = u.lost_runs \
          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-           $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+           $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
+           $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
            AS u(id, status, retries_left, max_retries, attempts, run_at, lease_until, \
-           last_error, updated_at, lost_runs, held) \
-         WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held";
+           last_error, updated_at, lost_runs, held, done, failed, retried, lease_lost) \
+         WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held \
+         RETURNING t.id, t.channel, u.done, u.failed, u.retried, u.lease_lost), \
+         counted AS (",
+        add_totals!(
+            "SELECT channel, pg_backend_pid() % 16, sum(done)::bigint, sum(failed)::bigint, \
+             sum(retried)::bigint, sum(lease_lost)::bigint FROM saved GROUP BY channel \
+             HAVING sum(done + failed + retried + lease_lost) > 0 ORDER BY channel"
+        ),
+        ") SELECT id FROM saved"
+    );
+
+    /// Adds totals (channels $1, done, failed, retried and lease-lost arrays $2..$5) to
+    /// their channels' totals, in channel order.
+    pub const ADD_TOTALS: &str = add_totals!(
+        "SELECT c, pg_backend_pid() % 16, d, f, r, l FROM unnest($1::text[], $2::bigint[], \
+         $3::bigint[], $4::bigint[], $5::bigint[]) AS u(c, d, f, r, l) ORDER BY c"
+    );
+
+    /// Every channel's totals, in name order.
+    pub const TOTALS: &str = "SELECT channel, sum(done)::bigint, sum(failed)::bigint, \
+         sum(retried)::bigint, sum(lease_lost)::bigint FROM totals GROUP BY channel \
+         ORDER BY channel";
 
     /// Whether a lease expired by $1.
     pub const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
@@ -1187,8 +1292,12 @@ mod tests {
         assert!(sql::CLAIM.replace("t.", "").ends_with(COLUMNS));
         assert!(sql::LOCK_EXPIRED.contains(&format!("id, channel, {STATE_COLUMNS} FROM")));
         assert!(sql::READ_STATES.contains(&format!("id, {STATE_COLUMNS} FROM")));
-        let arrays = format!("unnest({STATE_ARRAYS}, $11::bigint[]) AS u({STATE_ALIASES}, held)");
-        assert!(sql::SAVE_HELD.contains(&arrays), "{arrays}");
+        let arrays = format!(
+            "unnest({STATE_ARRAYS}, $11::bigint[], $12::bigint[], $13::bigint[], \
+             $14::bigint[], $15::bigint[]) AS u({STATE_ALIASES}, held, done, failed, retried, \
+             lease_lost)"
+        );
+        assert!(sql::FINISH.contains(&arrays), "{arrays}");
     }
 
     #[test]

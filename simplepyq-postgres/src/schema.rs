@@ -9,6 +9,7 @@ use crate::error::{BACKEND, R};
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_tasks.sql"),
     include_str!("../migrations/0002_schedules.sql"),
+    include_str!("../migrations/0003_totals.sql"),
 ];
 
 /// The schema version this build writes.

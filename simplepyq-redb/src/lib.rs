@@ -40,12 +40,13 @@
 //! pending tasks, `delayed` (channel, run-at, id), `leases` (lease expiry, id),
 //! `channel_leases` (channel, lease expiry, id), `by_status` (channel, status, id),
 //! `unique_keys` (channel, key) → id, and `counts` (channel, status) → number.
-//! `simplepyq_meta` holds the format version and the last id given out.
+//! `simplepyq_meta` holds the format version and the last id given out; `schedules` each
+//! schedule's last firing, `totals` each channel's counts of outcomes.
 
 mod record;
 mod storage;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
@@ -56,7 +57,7 @@ use redb::{
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, batch, validate_channel,
+    TaskState, Timestamp, Totals, batch, validate_channel,
 };
 
 use crate::record::{status_code, status_from_code};
@@ -84,6 +85,8 @@ const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("simplepyq_meta");
 /// Each schedule's last firing, in milliseconds since the Unix epoch.
 const SCHEDULES: TableDefinition<&str, i64> = TableDefinition::new("schedules");
+/// Each channel's [`Totals`]: (done, failed, retried, lease lost).
+const TOTALS: TableDefinition<&str, (u64, u64, u64, u64)> = TableDefinition::new("totals");
 
 const META_FORMAT: &str = "format";
 const META_LAST_ID: &str = "last_id";
@@ -582,6 +585,28 @@ fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
     Ok(None)
 }
 
+/// Adds `counted` to the channels' totals.
+fn add_totals(tx: &WriteTransaction, counted: &BTreeMap<String, Totals>) -> Result<()> {
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let mut table = tx.open_table(TOTALS).map_err(db_err)?;
+    for (channel, c) in counted {
+        let (done, failed, retried, lease_lost) = table
+            .get(channel.as_str())
+            .map_err(db_err)?
+            .map_or((0, 0, 0, 0), |v| v.value());
+        let sum = (
+            done + c.done,
+            failed + c.failed,
+            retried + c.retried,
+            lease_lost + c.lease_lost,
+        );
+        table.insert(channel.as_str(), sum).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 /// The tables of one write transaction.
 struct Tables<'tx> {
     tasks: Table<'tx, u64, &'static [u8]>,
@@ -892,12 +917,18 @@ impl Store for RedbStore {
         results: &[(Claim, Outcome)],
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
-        self.write(|t| {
+        self.write_tx(|tx, t| {
             let mut read = HashMap::new();
-            let (statuses, changes) =
-                batch::finish(results, now, |id| t.read_state(id, &mut read))?;
-            t.write_changes(changes, read)?;
-            Ok(statuses)
+            let done = batch::finish(results, now, |id| t.read_state(id, &mut read))?;
+            let counted = done.changes.iter().zip(&done.totals);
+            add_totals(
+                tx,
+                &Totals::by_channel(counted.filter_map(|((id, _), &counted)| {
+                    Some((read.get(id)?.channel.as_str(), counted))
+                })),
+            )?;
+            t.write_changes(done.changes, read)?;
+            Ok(done.statuses)
         })
     }
 
@@ -914,15 +945,22 @@ impl Store for RedbStore {
         if none_expired {
             return Ok(0);
         }
-        self.write(|t| {
+        self.write_tx(|tx, t| {
             let mut ids = Vec::new();
             for entry in t.leases.range(expired.clone()).map_err(db_err)? {
                 let (key, _) = entry.map_err(db_err)?;
                 ids.push(to_id(key.value().1)?);
             }
+            let event = Event::Expire { now, max_lost_runs };
+            let mut counted = Vec::with_capacity(ids.len());
             for id in &ids {
-                t.transition_id(*id, &Event::Expire { now, max_lost_runs })?;
+                let task = t.transition_id(*id, &event)?;
+                counted.push((task.channel, Totals::of(&event, task.state.status)));
             }
+            add_totals(
+                tx,
+                &Totals::by_channel(counted.iter().map(|(c, t)| (c.as_str(), *t))),
+            )?;
             Ok(ids.len())
         })
     }
@@ -1123,6 +1161,29 @@ impl Store for RedbStore {
             };
             let last = schedules.get(name).map_err(db_err)?.map(|v| v.value());
             Ok(last.map(Timestamp::from_millis))
+        })
+    }
+
+    fn totals(&self) -> Result<BTreeMap<String, Totals>> {
+        self.read(|read| {
+            let table = match read.open_table(TOTALS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+                Err(e) => return Err(db_err(e)),
+            };
+            let mut totals = BTreeMap::new();
+            for entry in table.iter().map_err(db_err)? {
+                let (channel, counts) = entry.map_err(db_err)?;
+                let (done, failed, retried, lease_lost) = counts.value();
+                let t = Totals {
+                    done,
+                    failed,
+                    retried,
+                    lease_lost,
+                };
+                totals.insert(channel.value().to_owned(), t);
+            }
+            Ok(totals)
         })
     }
 

@@ -56,6 +56,7 @@ mod schema;
 mod watch;
 mod writer;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +66,7 @@ use rusqlite::{OptionalExtension, params, params_from_iter};
 use simplepyq_core::transition::{Event, apply, cancel};
 use simplepyq_core::{
     Claim, Counts, Error, Finished, ListFilter, NewTask, Outcome, Result, Status, Store, Task,
-    TaskId, TaskState, Timestamp, Wake, Watch, batch, validate_channel,
+    TaskId, TaskState, Timestamp, Totals, Wake, Watch, batch, validate_channel,
 };
 use simplepyq_core::{Clock, SystemClock};
 
@@ -571,6 +572,47 @@ fn channel_filter(channel: Option<&str>, n: usize) -> String {
     channel.map_or_else(String::new, |_| format!(" AND channel = ?{n}"))
 }
 
+/// Reads a task's state for a [`batch`] rule, noting its channel in `channels`.
+fn channel_and_state_of<'a>(
+    tx: &'a Transaction<'_>,
+    channels: &'a mut HashMap<TaskId, String>,
+) -> impl FnMut(TaskId) -> Result<Option<TaskState>> + 'a {
+    move |id| {
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT channel, {STATE_COLUMNS} FROM tasks WHERE id = ?1"
+            ))
+            .map_err(E::from)?;
+        let mut rows = stmt.query([id.get()]).map_err(E::from)?;
+        let Some(r) = rows.next().map_err(E::from)? else {
+            return Ok(None);
+        };
+        channels.insert(id, r.get(0).map_err(E::from)?);
+        Ok(Some(state_from_row(r, 1)?))
+    }
+}
+
+/// Adds `counted` to the channels' totals.
+fn add_totals(tx: &Transaction<'_>, counted: &BTreeMap<String, Totals>) -> R<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO totals (channel, done, failed, retried, lease_lost) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (channel) DO UPDATE SET \
+         done = done + excluded.done, failed = failed + excluded.failed, \
+         retried = retried + excluded.retried, lease_lost = lease_lost + excluded.lease_lost",
+    )?;
+    for (channel, t) in counted {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        stmt.execute(params![
+            channel,
+            n(t.done),
+            n(t.failed),
+            n(t.retried),
+            n(t.lease_lost)
+        ])?;
+    }
+    Ok(())
+}
+
 /// Reads a task's state for a [`batch`] rule.
 fn state_of<'a>(tx: &'a Transaction<'_>) -> impl FnMut(TaskId) -> Result<Option<TaskState>> + 'a {
     move |id| load_state(tx, id).map_err(Error::from)
@@ -768,9 +810,17 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Result<Status>>> {
         let results = results.to_vec();
         self.write(move |tx| {
-            let (statuses, changes) = batch::finish(&results, now, state_of(tx))?;
-            write_changes(tx, &changes)?;
-            Ok(statuses)
+            let mut channels = HashMap::with_capacity(results.len());
+            let done = batch::finish(&results, now, channel_and_state_of(tx, &mut channels))?;
+            write_changes(tx, &done.changes)?;
+            let counted = done.changes.iter().zip(&done.totals);
+            add_totals(
+                tx,
+                &Totals::by_channel(
+                    counted.filter_map(|((id, _), &t)| Some((channels.get(id)?.as_str(), t))),
+                ),
+            )?;
+            Ok(done.statuses)
         })
     }
 
@@ -783,9 +833,18 @@ impl Store for SqliteStore {
         }
         self.write(move |tx| {
             let expired = ids(tx, EXPIRED, [now.as_millis()])?;
+            let event = Event::Expire { now, max_lost_runs };
+            let mut counted = Vec::with_capacity(expired.len());
+            let mut channel = tx.prepare_cached("SELECT channel FROM tasks WHERE id = ?1")?;
             for id in &expired {
-                transition(tx, *id, &Event::Expire { now, max_lost_runs })?;
+                let next = transition(tx, *id, &event)?;
+                let name: String = channel.query_row([id.get()], |r| r.get(0))?;
+                counted.push((name, Totals::of(&event, next.status)));
             }
+            add_totals(
+                tx,
+                &Totals::by_channel(counted.iter().map(|(c, t)| (c.as_str(), *t))),
+            )?;
             Ok(expired.len())
         })
     }
@@ -950,6 +1009,30 @@ impl Store for SqliteStore {
         })
     }
 
+    fn totals(&self) -> Result<BTreeMap<String, Totals>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT channel, done, failed, retried, lease_lost FROM totals ORDER BY channel",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut totals = BTreeMap::new();
+            while let Some(r) = rows.next()? {
+                let n = |i: usize| -> R<u64> {
+                    let v: i64 = r.get(i)?;
+                    u64::try_from(v).map_err(|_| bad_value("totals", v))
+                };
+                let t = Totals {
+                    done: n(1)?,
+                    failed: n(2)?,
+                    retried: n(3)?,
+                    lease_lost: n(4)?,
+                };
+                totals.insert(r.get(0)?, t);
+            }
+            Ok(totals)
+        })
+    }
+
     fn finished(
         &self,
         channel: Option<&str>,
@@ -1075,6 +1158,9 @@ mod tests {
         );
         assert_eq!(store.channels().expect("channels"), vec!["c".to_owned()]);
         assert!(store.next_wakeup("c").expect("next wakeup").is_some());
+        // Tables of later versions read as empty.
+        assert_eq!(store.last_fired("s").expect("last fired"), None);
+        assert!(store.totals().expect("totals").is_empty());
         let err = store
             .enqueue_one(NewTask::new("c", vec![]), T0)
             .expect_err("read-only");
@@ -1098,6 +1184,19 @@ mod tests {
             assert_eq!(added, columns.len(), "{sql}");
             for (name, _) in *columns {
                 assert!(sql.contains(&format!("ADD COLUMN {name} ")), "{name}");
+            }
+        }
+        assert_eq!(schema::ADDED_TABLES.len(), schema::MIGRATIONS.len());
+        for (sql, tables) in schema::MIGRATIONS.iter().zip(schema::ADDED_TABLES).skip(1) {
+            assert_eq!(sql.matches("CREATE TABLE").count(), tables.len(), "{sql}");
+            for (name, columns) in *tables {
+                let at = sql.find(&format!("CREATE TABLE {name} (")).expect(name);
+                for column in *columns {
+                    assert!(
+                        sql[at..].contains(&format!("    {column} ")),
+                        "{name}.{column}"
+                    );
+                }
             }
         }
     }

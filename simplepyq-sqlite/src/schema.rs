@@ -16,6 +16,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_lost_runs.sql"),
     include_str!("../migrations/0004_status_indexes.sql"),
     include_str!("../migrations/0005_schedules.sql"),
+    include_str!("../migrations/0006_totals.sql"),
 ];
 
 /// The schema version this build writes.
@@ -67,11 +68,27 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str)]] = &[
     &[("lost_runs", "0")],
     &[],
     &[],
+    &[],
+];
+
+/// The tables each migration created after the first, with their columns: in a file
+/// without them they read as empty.
+pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
+    &[],
+    &[],
+    &[],
+    &[],
+    &[("schedules", &["name", "last_fired"])],
+    &[(
+        "totals",
+        &["channel", "done", "failed", "retried", "lease_lost"],
+    )],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,
 /// without writing it: a temporary view `tasks` (which shadows the file's table) adds the
-/// columns later migrations added, with their defaults. Returns the file's version.
+/// columns later migrations added, with their defaults, and an empty temporary view stands
+/// for each table they created. Returns the file's version.
 pub(crate) fn read_as_latest(conn: &Connection) -> R<i64> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let applied = usize::try_from(version).unwrap_or(0);
@@ -87,6 +104,13 @@ pub(crate) fn read_as_latest(conn: &Connection) -> R<i64> {
         "CREATE TEMP VIEW tasks AS SELECT *{} FROM main.tasks",
         added.concat()
     ))?;
+    for (table, columns) in ADDED_TABLES[applied..].iter().flat_map(|t| t.iter()) {
+        let nulls: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
+        conn.execute_batch(&format!(
+            "CREATE TEMP VIEW {table} AS SELECT {} WHERE 0",
+            nulls.join(", ")
+        ))?;
+    }
     Ok(version)
 }
 

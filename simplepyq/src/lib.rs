@@ -126,7 +126,7 @@ pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
     Clock, Counts, Error, Finished, ListFilter, ManualClock, Outcome, Result, Schedule, Status,
-    Store, SystemClock, Task, TaskId, TaskState, Timestamp,
+    Store, SystemClock, Task, TaskId, TaskState, Timestamp, Totals,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use simplepyq_core::transition::WORKER_LOST;
 use simplepyq_core::{
     Claim, Error, Finished, ListFilter, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId,
-    TaskState, Timestamp,
+    TaskState, Timestamp, Totals,
 };
 
 /// The start of every test's time line.
@@ -866,6 +866,71 @@ pub fn finished_counts_per_bucket(s: &dyn Store) {
         s.finished(None, at(62_000), minute).expect("finished"),
         vec![]
     );
+}
+
+/// Every recorded outcome and recovered lost run counts once in its channel's totals; a
+/// refused outcome, a deferral and a release count nothing; removing, clearing, purging and
+/// requeueing leave the totals.
+pub fn totals_count_each_run_once(s: &dyn Store) {
+    assert!(s.totals().expect("totals").is_empty());
+    let t = |done, failed, retried, lease_lost| Totals {
+        done,
+        failed,
+        retried,
+        lease_lost,
+    };
+    for _ in 0..3 {
+        add(s, task("a"));
+    }
+    add(s, task("a").retries(1));
+    add(s, task("a"));
+    let now = at(10);
+    let claims: Vec<Claim> = s
+        .claim("a", 5, now, now.after(LEASE))
+        .expect("claim")
+        .iter()
+        .map(Task::claim)
+        .collect();
+    let delay = Outcome::Delayed { until: at(20) };
+    let results = [
+        (claims[0], Outcome::Succeeded),
+        (claims[1], Outcome::Succeeded),
+        (claims[0], Outcome::Succeeded), // repeated in the batch: refused
+        (claims[2], fail("boom", now)),  // no retry left: failed
+        (claims[3], fail("boom", now)),  // one retry left: retried
+        (claims[4], delay),
+    ];
+    s.finish_many(&results, now).expect("finish");
+    let again = s.finish(claims[1], &Outcome::Succeeded, now);
+    assert!(matches!(again, Err(Error::LeaseLost { .. })), "{again:?}");
+    let a = t(2, 1, 1, 0);
+    assert_eq!(s.totals().expect("totals").get("a"), Some(&a));
+
+    // A release counts nothing; two lost runs of one task with one allowed: the second
+    // fails it; its worker's late outcome is refused.
+    let b = add(s, task("b"));
+    let held = claim_one(s, "b", now);
+    assert_eq!(s.release(&[held.claim()], now).expect("release"), 1);
+    let lost = claim_one(s, "b", now);
+    assert_eq!(s.recover_expired(now.after(LEASE), 1).expect("recover"), 1);
+    claim_one(s, "b", now.after(LEASE));
+    assert_eq!(
+        s.recover_expired(now.after(LEASE * 2), 1).expect("recover"),
+        1
+    );
+    assert_eq!(status(s, b), Status::Failed);
+    assert!(s.finish(lost.claim(), &Outcome::Succeeded, now).is_err());
+    let expected: Vec<(String, Totals)> = vec![("a".into(), a), ("b".into(), t(0, 1, 0, 2))];
+    let totals = |s: &dyn Store| -> Vec<(String, Totals)> {
+        s.totals().expect("totals").into_iter().collect()
+    };
+    assert_eq!(totals(s), expected);
+
+    assert_eq!(s.requeue_failed(Some("a"), None, now).expect("requeue"), 1);
+    assert_eq!(s.clear_failed(None).expect("clear"), 1);
+    assert_eq!(s.purge_done(None, at(1_000_000)).expect("purge"), 2);
+    assert!(s.remove_channel("a").expect("remove") > 0);
+    assert_eq!(totals(s), expected, "totals only grow");
 }
 
 /// A schedule's firings move forward: each fire time enqueues once, with its run-at; an

@@ -261,4 +261,7 @@ impl<S: Store> Store for Flaky<S> {
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         self.inner.last_fired(name)
     }
+    fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
+        self.inner.totals()
+    }
 }

@@ -231,6 +231,7 @@ macro_rules! conformance_tests {
             list_pages_in_id_order,
             cancel_deletes_queued_tasks_only,
             finished_counts_per_bucket,
+            totals_count_each_run_once,
             schedule_firings_move_forward,
             concurrent_firings_enqueue_each_fire_time_once
         );

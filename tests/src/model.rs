@@ -13,6 +13,7 @@ use proptest::prelude::*;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     Claim, Counts, Error, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
+    Totals,
 };
 
 const CHANNELS: [&str; 3] = ["a", "b", "c"];
@@ -120,6 +121,7 @@ pub fn op() -> impl Strategy<Value = Op> {
 struct Model {
     tasks: BTreeMap<TaskId, Task>,
     last_id: Option<TaskId>,
+    totals: BTreeMap<String, Totals>,
 }
 
 impl Model {
@@ -153,6 +155,13 @@ impl Model {
     fn event(&mut self, id: TaskId, event: &Event) {
         let task = self.tasks.get_mut(&id).expect("the model has the task");
         task.state = apply(&task.state, event).expect("the model applies only legal events");
+        let counted = Totals::of(event, task.state.status);
+        if !counted.is_zero() {
+            self.totals
+                .entry(task.channel.clone())
+                .or_default()
+                .add(counted);
+        }
     }
 
     /// The tasks a claim at `now` takes, in order, after promoting due delayed tasks.
@@ -420,6 +429,8 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
         .list(&simplepyq_core::ListFilter::new(usize::MAX))
         .map_err(|e| fail(&e.to_string()))?;
     prop_assert_eq!(all.len(), model.tasks.len(), "{} number of tasks", at);
+    let totals = store.totals().map_err(|e| fail(&e.to_string()))?;
+    prop_assert_eq!(&totals, &model.totals, "{} totals", at);
     for (task, expected) in all.iter().zip(model.tasks.values()) {
         prop_assert_eq!(task, expected, "{}", at);
     }

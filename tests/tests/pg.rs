@@ -303,7 +303,7 @@ fn connections_terminated_mid_claim_and_mid_outcome_fail_no_task() {
     q.enqueue_many("work", &items, simplepyq::EnqueueOptions::new())
         .expect("enqueue");
     let done = AtomicBool::new(false);
-    let statements = [("claim", sql::CLAIM), ("outcomes", sql::SAVE_HELD)];
+    let statements = [("claim", sql::CLAIM), ("outcomes", sql::FINISH)];
     let cut = std::thread::scope(|scope| {
         let killer = scope.spawn(|| {
             let mut admin = server().client();
@@ -348,6 +348,14 @@ fn connections_terminated_mid_claim_and_mid_outcome_fail_no_task() {
     let c = q.counts("work").expect("counts");
     assert_eq!((c.done, c.failed, c.total()), (2_000, 0, 2_000), "{c:?}");
     assert!(runs.load(Ordering::SeqCst) >= 2_000);
+    // An outcome cut before its commit is written again, one cut after it is refused: each
+    // task is counted done once.
+    let totals = q.store().totals().expect("totals");
+    assert_eq!(
+        totals.get("work").map(|t| t.done),
+        Some(2_000),
+        "{totals:?}"
+    );
 }
 
 /// The pid of the connection listening for the queue in `schema`, once there is one other
