@@ -111,6 +111,9 @@ impl Store for Store2 {
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         self.inner.last_fired(name)
     }
+    fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
+        self.inner.totals()
+    }
 }
 
 /// One scenario's queue parts: an engine over `TASKS` pending tasks, and a channel whose
