@@ -67,6 +67,25 @@ impl Totals {
         self.lease_lost += other.lease_lost;
     }
 
+    /// The four figures in field order (done, failed, retried, lease lost) as SQL stores
+    /// integers; a figure past `i64::MAX` (never reached) is stored as `i64::MAX`.
+    pub fn to_i64s(&self) -> [i64; 4] {
+        [self.done, self.failed, self.retried, self.lease_lost]
+            .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    /// Totals from the four figures of [`Totals::to_i64s`]; a negative one (a damaged
+    /// store) is the error.
+    pub fn from_i64s(figures: [i64; 4]) -> Result<Totals, i64> {
+        let n = |v: i64| u64::try_from(v).map_err(|_| v);
+        Ok(Totals {
+            done: n(figures[0])?,
+            failed: n(figures[1])?,
+            retried: n(figures[2])?,
+            lease_lost: n(figures[3])?,
+        })
+    }
+
     /// The sums per channel of `counted`, leaving out channels with nothing counted.
     pub fn by_channel<'a>(
         counted: impl IntoIterator<Item = (&'a str, Totals)>,
@@ -128,6 +147,20 @@ mod tests {
         assert_eq!(Totals::of(&expire, Status::Failed), t(0, 1, 0, 1));
         let release = Event::Release { now: NOW };
         assert!(Totals::of(&release, Status::Pending).is_zero());
+    }
+
+    #[test]
+    fn figures_round_trip_and_refuse_negatives() {
+        let t = Totals {
+            done: 1,
+            failed: 2,
+            retried: 3,
+            lease_lost: u64::MAX,
+        };
+        assert_eq!(t.to_i64s(), [1, 2, 3, i64::MAX]);
+        let back = Totals::from_i64s([1, 2, 3, 4]).expect("valid");
+        assert_eq!((back.done, back.lease_lost), (1, 4));
+        assert_eq!(Totals::from_i64s([1, -2, 3, 4]), Err(-2));
     }
 
     #[test]

@@ -507,14 +507,14 @@ struct TotalsArrays<'a> {
 
 impl<'a> TotalsArrays<'a> {
     fn of(totals: impl Iterator<Item = (&'a str, Totals)>) -> Self {
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let mut arrays = TotalsArrays::default();
         for (channel, t) in totals {
+            let [done, failed, retried, lease_lost] = t.to_i64s();
             arrays.channels.push(channel);
-            arrays.done.push(n(t.done));
-            arrays.failed.push(n(t.failed));
-            arrays.retried.push(n(t.retried));
-            arrays.lease_lost.push(n(t.lease_lost));
+            arrays.done.push(done);
+            arrays.failed.push(failed);
+            arrays.retried.push(retried);
+            arrays.lease_lost.push(lease_lost);
         }
         arrays
     }
@@ -1123,16 +1123,8 @@ impl Store for PostgresStore {
         self.run(|c| {
             let mut totals = BTreeMap::new();
             for r in c.query(sql::TOTALS, &[])? {
-                let n = |i: usize| -> R<u64> {
-                    let v: i64 = r.try_get(i)?;
-                    u64::try_from(v).map_err(|_| bad_value("totals", v))
-                };
-                let t = Totals {
-                    done: n(1)?,
-                    failed: n(2)?,
-                    retried: n(3)?,
-                    lease_lost: n(4)?,
-                };
+                let figures = [r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?];
+                let t = Totals::from_i64s(figures).map_err(|v| bad_value("totals", v))?;
                 totals.insert(r.try_get(0)?, t);
             }
             Ok(totals)

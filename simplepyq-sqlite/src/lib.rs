@@ -601,14 +601,8 @@ fn add_totals(tx: &Transaction<'_>, counted: &BTreeMap<String, Totals>) -> R<()>
          retried = retried + excluded.retried, lease_lost = lease_lost + excluded.lease_lost",
     )?;
     for (channel, t) in counted {
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        stmt.execute(params![
-            channel,
-            n(t.done),
-            n(t.failed),
-            n(t.retried),
-            n(t.lease_lost)
-        ])?;
+        let [done, failed, retried, lease_lost] = t.to_i64s();
+        stmt.execute(params![channel, done, failed, retried, lease_lost])?;
     }
     Ok(())
 }
@@ -1017,16 +1011,8 @@ impl Store for SqliteStore {
             let mut rows = stmt.query([])?;
             let mut totals = BTreeMap::new();
             while let Some(r) = rows.next()? {
-                let n = |i: usize| -> R<u64> {
-                    let v: i64 = r.get(i)?;
-                    u64::try_from(v).map_err(|_| bad_value("totals", v))
-                };
-                let t = Totals {
-                    done: n(1)?,
-                    failed: n(2)?,
-                    retried: n(3)?,
-                    lease_lost: n(4)?,
-                };
+                let figures = [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?];
+                let t = Totals::from_i64s(figures).map_err(|v| bad_value("totals", v))?;
                 totals.insert(r.get(0)?, t);
             }
             Ok(totals)
