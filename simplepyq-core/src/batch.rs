@@ -63,6 +63,18 @@ pub struct Finish {
     pub totals: Vec<Totals>,
 }
 
+impl Finish {
+    /// What the changes count, summed per channel (see [`Totals::by_channel`]);
+    /// `channel_of` names each changed task's channel.
+    pub fn totals_by_channel<'a>(
+        &self,
+        channel_of: impl Fn(TaskId) -> Option<&'a str>,
+    ) -> std::collections::BTreeMap<String, Totals> {
+        let counted = self.changes.iter().zip(&self.totals);
+        Totals::by_channel(counted.filter_map(|((id, _), &t)| Some((channel_of(*id)?, t))))
+    }
+}
+
 /// How each attempt ended: its task's new status in order, or [`Error::LeaseLost`] for a
 /// claim that no longer holds (or that this batch already recorded), the changes to write
 /// and what each counts. `state` reads a task's stored state.

@@ -67,23 +67,35 @@ impl Totals {
         self.lease_lost += other.lease_lost;
     }
 
-    /// The four figures in field order (done, failed, retried, lease lost) as SQL stores
-    /// integers; a figure past `i64::MAX` (never reached) is stored as `i64::MAX`.
-    pub fn to_i64s(&self) -> [i64; 4] {
+    /// The four figures in field order: done, failed, retried, lease lost.
+    pub fn figures(&self) -> [u64; 4] {
         [self.done, self.failed, self.retried, self.lease_lost]
-            .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    /// Totals from the four figures of [`Totals::figures`].
+    pub fn from_figures([done, failed, retried, lease_lost]: [u64; 4]) -> Totals {
+        Totals {
+            done,
+            failed,
+            retried,
+            lease_lost,
+        }
+    }
+
+    /// The four figures of [`Totals::figures`] as SQL stores integers; a figure past
+    /// `i64::MAX` (never reached) is stored as `i64::MAX`.
+    pub fn to_i64s(&self) -> [i64; 4] {
+        self.figures().map(|v| i64::try_from(v).unwrap_or(i64::MAX))
     }
 
     /// Totals from the four figures of [`Totals::to_i64s`]; a negative one (a damaged
     /// store) is the error.
     pub fn from_i64s(figures: [i64; 4]) -> Result<Totals, i64> {
-        let n = |v: i64| u64::try_from(v).map_err(|_| v);
-        Ok(Totals {
-            done: n(figures[0])?,
-            failed: n(figures[1])?,
-            retried: n(figures[2])?,
-            lease_lost: n(figures[3])?,
-        })
+        let mut unsigned = [0; 4];
+        for (u, v) in unsigned.iter_mut().zip(figures) {
+            *u = u64::try_from(v).map_err(|_| v)?;
+        }
+        Ok(Totals::from_figures(unsigned))
     }
 
     /// The sums per channel of `counted`, leaving out channels with nothing counted.

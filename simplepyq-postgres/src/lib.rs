@@ -495,38 +495,23 @@ impl StateArrays {
     }
 }
 
-/// Totals as arrays, one per column: channel, done, failed, retried, lease lost.
-#[derive(Default)]
-struct TotalsArrays<'a> {
-    channels: Vec<&'a str>,
-    done: Vec<i64>,
-    failed: Vec<i64>,
-    retried: Vec<i64>,
-    lease_lost: Vec<i64>,
-}
+/// Totals as arrays, one per figure: done, failed, retried, lease lost.
+struct TotalsArrays([Vec<i64>; 4]);
 
-impl<'a> TotalsArrays<'a> {
-    fn of(totals: impl Iterator<Item = (&'a str, Totals)>) -> Self {
-        let mut arrays = TotalsArrays::default();
-        for (channel, t) in totals {
-            let [done, failed, retried, lease_lost] = t.to_i64s();
-            arrays.channels.push(channel);
-            arrays.done.push(done);
-            arrays.failed.push(failed);
-            arrays.retried.push(retried);
-            arrays.lease_lost.push(lease_lost);
+impl TotalsArrays {
+    fn of(totals: impl Iterator<Item = Totals>) -> Self {
+        let mut arrays: [Vec<i64>; 4] = Default::default();
+        for t in totals {
+            for (array, figure) in arrays.iter_mut().zip(t.to_i64s()) {
+                array.push(figure);
+            }
         }
-        arrays
+        TotalsArrays(arrays)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
-        [
-            &self.channels,
-            &self.done,
-            &self.failed,
-            &self.retried,
-            &self.lease_lost,
-        ]
+    fn params(&self) -> [&(dyn ToSql + Sync); 4] {
+        let [done, failed, retried, lease_lost] = &self.0;
+        [done, failed, retried, lease_lost]
     }
 }
 
@@ -852,10 +837,10 @@ impl Store for PostgresStore {
             if next.ids.is_empty() {
                 return Ok(statuses);
             }
-            let counted = TotalsArrays::of(totals.iter().map(|t| ("", *t)));
+            let counted = TotalsArrays::of(totals.into_iter());
             let mut params = next.params().to_vec();
             params.push(&attempts);
-            params.extend(&counted.params()[1..]);
+            params.extend(counted.params());
             let written: HashSet<i64> = db
                 .query(sql::FINISH, &params)?
                 .iter()
@@ -908,8 +893,11 @@ impl Store for PostgresStore {
             }
             next.save(tx)?;
             let sums = Totals::by_channel(channels.iter().map(String::as_str).zip(counted));
-            let sums = TotalsArrays::of(sums.iter().map(|(c, t)| (c.as_str(), *t)));
-            tx.execute(sql::ADD_TOTALS, &sums.params())?;
+            let names: Vec<&str> = sums.keys().map(String::as_str).collect();
+            let figures = TotalsArrays::of(sums.values().copied());
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&names];
+            params.extend(figures.params());
+            tx.execute(sql::ADD_TOTALS, &params)?;
             Ok(channels)
         })?;
         self.announce(channels.iter().map(String::as_str));

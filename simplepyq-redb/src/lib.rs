@@ -585,6 +585,11 @@ fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
     Ok(None)
 }
 
+/// Totals as the `totals` table stores them.
+fn stored_totals((done, failed, retried, lease_lost): (u64, u64, u64, u64)) -> Totals {
+    Totals::from_figures([done, failed, retried, lease_lost])
+}
+
 /// Adds `counted` to the channels' totals.
 fn add_totals(tx: &WriteTransaction, counted: &BTreeMap<String, Totals>) -> Result<()> {
     if counted.is_empty() {
@@ -592,17 +597,15 @@ fn add_totals(tx: &WriteTransaction, counted: &BTreeMap<String, Totals>) -> Resu
     }
     let mut table = tx.open_table(TOTALS).map_err(db_err)?;
     for (channel, c) in counted {
-        let (done, failed, retried, lease_lost) = table
+        let mut sum = table
             .get(channel.as_str())
             .map_err(db_err)?
-            .map_or((0, 0, 0, 0), |v| v.value());
-        let sum = (
-            done + c.done,
-            failed + c.failed,
-            retried + c.retried,
-            lease_lost + c.lease_lost,
-        );
-        table.insert(channel.as_str(), sum).map_err(db_err)?;
+            .map_or_else(Totals::default, |v| stored_totals(v.value()));
+        sum.add(*c);
+        let [done, failed, retried, lease_lost] = sum.figures();
+        table
+            .insert(channel.as_str(), (done, failed, retried, lease_lost))
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -920,13 +923,8 @@ impl Store for RedbStore {
         self.write_tx(|tx, t| {
             let mut read = HashMap::new();
             let done = batch::finish(results, now, |id| t.read_state(id, &mut read))?;
-            let counted = done.changes.iter().zip(&done.totals);
-            add_totals(
-                tx,
-                &Totals::by_channel(counted.filter_map(|((id, _), &counted)| {
-                    Some((read.get(id)?.channel.as_str(), counted))
-                })),
-            )?;
+            let counted = done.totals_by_channel(|id| read.get(&id).map(|t| t.channel.as_str()));
+            add_totals(tx, &counted)?;
             t.write_changes(done.changes, read)?;
             Ok(done.statuses)
         })
@@ -1174,14 +1172,7 @@ impl Store for RedbStore {
             let mut totals = BTreeMap::new();
             for entry in table.iter().map_err(db_err)? {
                 let (channel, counts) = entry.map_err(db_err)?;
-                let (done, failed, retried, lease_lost) = counts.value();
-                let t = Totals {
-                    done,
-                    failed,
-                    retried,
-                    lease_lost,
-                };
-                totals.insert(channel.value().to_owned(), t);
+                totals.insert(channel.value().to_owned(), stored_totals(counts.value()));
             }
             Ok(totals)
         })

@@ -634,9 +634,9 @@ const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND run_at <= ?2"
 /// condition the query repeats word for word: SQLite uses a partial index only then).
 const KEY_HOLDER: &str = "SELECT id FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
      AND unique_key IS NOT NULL AND status NOT IN ('done', 'failed')";
-/// Running tasks whose lease ended by ?1.
-const EXPIRED: &str =
-    "SELECT id FROM tasks WHERE status = 'running' AND lease_until <= ?1 ORDER BY lease_until";
+/// Running tasks whose lease ended by ?1: their ids and channels.
+const EXPIRED: &str = "SELECT id, channel FROM tasks WHERE status = 'running' \
+     AND lease_until <= ?1 ORDER BY lease_until";
 /// Deletes the tasks of channel ?1 with `status`. No index holds every row of a channel:
 /// a channel's tasks are deleted a status at a time, each following its status's index
 /// (which SQLite uses only when the status is written in the query, not bound).
@@ -807,12 +807,9 @@ impl Store for SqliteStore {
             let mut channels = HashMap::with_capacity(results.len());
             let done = batch::finish(&results, now, channel_and_state_of(tx, &mut channels))?;
             write_changes(tx, &done.changes)?;
-            let counted = done.changes.iter().zip(&done.totals);
             add_totals(
                 tx,
-                &Totals::by_channel(
-                    counted.filter_map(|((id, _), &t)| Some((channels.get(id)?.as_str(), t))),
-                ),
+                &done.totals_by_channel(|id| channels.get(&id).map(String::as_str)),
             )?;
             Ok(done.statuses)
         })
@@ -826,20 +823,23 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         self.write(move |tx| {
-            let expired = ids(tx, EXPIRED, [now.as_millis()])?;
+            let expired: Vec<(TaskId, String)> = tx
+                .prepare_cached(EXPIRED)?
+                .query_map([now.as_millis()], |r| {
+                    Ok((TaskId::new(r.get(0)?), r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
             let event = Event::Expire { now, max_lost_runs };
             let mut counted = Vec::with_capacity(expired.len());
-            let mut channel = tx.prepare_cached("SELECT channel FROM tasks WHERE id = ?1")?;
-            for id in &expired {
-                let next = transition(tx, *id, &event)?;
-                let name: String = channel.query_row([id.get()], |r| r.get(0))?;
-                counted.push((name, Totals::of(&event, next.status)));
+            for (id, channel) in expired {
+                let next = transition(tx, id, &event)?;
+                counted.push((channel, Totals::of(&event, next.status)));
             }
             add_totals(
                 tx,
                 &Totals::by_channel(counted.iter().map(|(c, t)| (c.as_str(), *t))),
             )?;
-            Ok(expired.len())
+            Ok(counted.len())
         })
     }
 
