@@ -173,6 +173,16 @@ pub enum Error {
         call: &'static str,
     },
 
+    /// A call that waits for the queue's handlers to end was made from one of those
+    /// handlers: it would wait for itself.
+    #[error(
+        "{call} cannot be called from a handler of the same queue: it would wait for that handler"
+    )]
+    InHandler {
+        /// The call that was refused.
+        call: &'static str,
+    },
+
     /// A worker thread could not be started.
     #[error("could not start a worker thread: {0}")]
     Spawn(#[source] std::io::Error),
@@ -222,6 +232,7 @@ impl Error {
             },
             Error::Busy { backend } => Error::Busy { backend },
             Error::WouldBlock { call } => Error::WouldBlock { call },
+            Error::InHandler { call } => Error::InHandler { call },
             Error::InUse { backend, message } => Error::InUse {
                 backend,
                 message: message.clone(),

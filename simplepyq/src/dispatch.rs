@@ -36,7 +36,8 @@ struct State {
     stopped: bool,
     /// A worker is in a claim call for the idle ones.
     claiming: bool,
-    /// Workers waiting for work.
+    /// Workers waiting on this dispatch: for a claimer (in [`Dispatch::turn`]) or for a
+    /// wake-up (in [`Dispatch::rest`]). Any of them woken takes a handed task or claims.
     idle: usize,
     /// Claimed tasks waiting for a worker.
     handed: VecDeque<Task>,
@@ -119,13 +120,15 @@ impl Dispatch {
     }
 
     /// The claimer is back with `tasks` (none if the claim failed).
+    ///
+    /// No worker stays idle longer than one claim while a due task waits: each handed task
+    /// wakes an idle worker, and if idle workers are left over (some came while the claim
+    /// ran, and it claimed nothing for them), one of them is woken to claim next.
     pub(crate) fn claimed(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
         self.back(tasks, |st, mut tasks| {
             let mine = Started::new(tasks.remove(0), held);
             st.handed.extend(tasks);
-            // One idle worker per handed task; the others look again within the poll
-            // interval.
-            for _ in 0..st.handed.len().min(st.idle) {
+            for _ in 0..(st.handed.len() + 1).min(st.idle) {
                 self.cv.notify_one();
             }
             Claimed::Run(mine)
@@ -159,11 +162,14 @@ impl Dispatch {
         start(&mut st, tasks)
     }
 
-    /// Waits up to `timeout` unless woken since `seen`, stopped, or given work.
+    /// Waits up to `timeout` unless woken since `seen`, stopped, or given work; counted
+    /// as idle meanwhile, so that a claim takes a task for it too.
     pub(crate) fn rest(&self, seen: u64, timeout: Duration) {
         let mut st = self.state.lock();
         if st.generation == seen && !st.stopped && st.handed.is_empty() {
+            st.idle += 1;
             self.cv.wait_for(&mut st, timeout);
+            st.idle -= 1;
         }
     }
 }

@@ -20,6 +20,9 @@ use crate::signal::Signal;
 
 /// The shared parts of one queue.
 pub(crate) struct Engine<S> {
+    /// Tells this queue apart from every other of the process (a handler's own claim is
+    /// its own queue's only).
+    pub(crate) id: u64,
     pub(crate) store: S,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) lease: Duration,
@@ -61,7 +64,9 @@ pub(crate) struct Settings {
 
 impl<S> Engine<S> {
     pub(crate) fn new(store: S, settings: Settings) -> Self {
+        static QUEUES: AtomicU64 = AtomicU64::new(0);
         Engine {
+            id: QUEUES.fetch_add(1, Ordering::Relaxed),
             store,
             clock: settings.clock,
             lease: settings.lease,
@@ -115,9 +120,16 @@ impl<S> Engine<S> {
         self.dispatches.lock().insert(channel.to_owned(), dispatch);
     }
 
-    /// Forgets the dispatch of a channel whose workers stop.
-    pub(crate) fn unserve(&self, channel: &str) {
-        self.dispatches.lock().remove(channel);
+    /// Forgets the dispatch of a channel whose workers stop, if it is still `dispatch`: a
+    /// channel of the same name added since keeps its own.
+    pub(crate) fn unserve(&self, channel: &str, dispatch: &Arc<Dispatch>) {
+        let mut dispatches = self.dispatches.lock();
+        if dispatches
+            .get(channel)
+            .is_some_and(|d| Arc::ptr_eq(d, dispatch))
+        {
+            dispatches.remove(channel);
+        }
     }
 
     /// Wakes idle workers of `channel`, if it has any here.

@@ -505,20 +505,28 @@ impl<S: Store> SimplePyQ<S> {
 
     /// Starts the workers of every channel in background threads and returns at once.
     /// Calling it on a started queue does nothing; during another thread's stop, it waits
-    /// for that stop to end.
+    /// for that stop to end, except in a handler of this queue (the stop waits for that
+    /// handler): there it returns [`Error::Stopped`] at once.
     ///
     /// First recovers tasks whose lease expired (left `running` by a process that died), as
     /// the lease keeper does: renewing this queue's own leases first. Fails only if a thread
     /// cannot be started; then nothing runs.
     pub fn start(&self) -> Result<()> {
-        self.workers.start()
+        self.workers.start(self.own_claim())
+    }
+
+    /// The claim whose handler (of this queue) runs on the calling thread, if any.
+    fn own_claim(&self) -> Option<simplepyq_core::Claim> {
+        worker::current_claim(&self.workers.engine)
     }
 
     /// Stops the workers and returns when it is done: no handler starts once the call
     /// began; tasks claimed ahead and not started are given back (pending again, no attempt
     /// used); running handlers finish, their leases renewed, and their outcomes are
     /// recorded. Queued tasks stay queued for the next start. Called from inside a handler,
-    /// it does not wait for that handler's own thread.
+    /// it does not wait for that handler's own thread; and if another stop is already under
+    /// way (another handler's, a Ctrl-C handler's), it returns at once with an empty report
+    /// instead of waiting for that stop, which waits for this handler.
     ///
     /// Nothing is lost; the report says what was given back, and which outcomes could not
     /// be recorded (a store that kept failing for seconds): those tasks run again once their
@@ -528,7 +536,7 @@ impl<S: Store> SimplePyQ<S> {
     /// handlers (that would stall their runtime): it stops as `stop_timeout(0)` does. Await
     /// [`SimplePyQ::stop_async`] there.
     pub fn stop(&self) -> StopReport {
-        self.workers.stop(worker::current_claim())
+        self.workers.stop(self.own_claim())
     }
 
     /// [`SimplePyQ::stop`] for async code: waits on a thread of its own, so the runtime's
@@ -549,14 +557,14 @@ impl<S: Store> SimplePyQ<S> {
     /// ```
     #[cfg(feature = "tokio")]
     pub async fn stop_async(&self) -> StopReport {
-        let (workers, own) = (Arc::clone(&self.workers), worker::current_claim());
+        let (workers, own) = (Arc::clone(&self.workers), self.own_claim());
         off_runtime(move || workers.stop(own)).await
     }
 
     /// [`SimplePyQ::stop_timeout`] for async code, waiting on a thread of its own.
     #[cfg(feature = "tokio")]
     pub async fn stop_timeout_async(&self, timeout: Duration) -> StopReport {
-        let (workers, own) = (Arc::clone(&self.workers), worker::current_claim());
+        let (workers, own) = (Arc::clone(&self.workers), self.own_claim());
         off_runtime(move || workers.stop_timeout(timeout, own)).await
     }
 
@@ -564,8 +572,8 @@ impl<S: Store> SimplePyQ<S> {
     /// (The blocking call returns [`Error::WouldBlock`] on a current-thread runtime.)
     #[cfg(feature = "tokio")]
     pub async fn run_until_complete_async(&self) -> Result<()> {
-        let workers = Arc::clone(&self.workers);
-        off_runtime(move || workers.run_until_complete()).await
+        let (workers, own) = (Arc::clone(&self.workers), self.own_claim());
+        off_runtime(move || workers.run_until_complete(own)).await
     }
 
     /// Stops the workers like [`SimplePyQ::stop`], but waits at most `timeout` for running
@@ -578,7 +586,7 @@ impl<S: Store> SimplePyQ<S> {
     /// run again elsewhere meanwhile. A process that exits before then leaves them to lease
     /// recovery, as a crash would.
     pub fn stop_timeout(&self, timeout: Duration) -> StopReport {
-        self.workers.stop_timeout(timeout, worker::current_claim())
+        self.workers.stop_timeout(timeout, self.own_claim())
     }
 
     /// Runs until no task of a channel with a handler here is pending, running or delayed
@@ -594,8 +602,10 @@ impl<S: Store> SimplePyQ<S> {
     ///
     /// On a thread that drives a current-thread tokio runtime, it returns
     /// [`Error::WouldBlock`] at once: await [`SimplePyQ::run_until_complete_async`] there.
+    /// In a handler of this queue it returns [`Error::InHandler`] at once: it would wait
+    /// for that handler's own task.
     pub fn run_until_complete(&self) -> Result<()> {
-        self.workers.run_until_complete()
+        self.workers.run_until_complete(self.own_claim())
     }
 
     /// Deletes the failed tasks of `channel`, or of every channel with `None`; returns how

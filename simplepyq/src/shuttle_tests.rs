@@ -129,6 +129,11 @@ struct Scene {
 
 impl Scene {
     fn new() -> Self {
+        Scene::with_handler(|_| {})
+    }
+
+    /// A scene whose handler also runs `then` after noting its start.
+    fn with_handler(then: impl Fn(u32) + Send + Sync + 'static) -> Self {
         let settings = Settings {
             clock: Arc::new(SystemClock),
             lease: Duration::from_secs(60),
@@ -156,6 +161,7 @@ impl Scene {
             runner: Runner::Threads(erase(move |n: u32| {
                 s.lock().push((n, st.load(Ordering::SeqCst)));
                 thread::yield_now();
+                then(n);
                 Ok(())
             })),
             backoff: Backoff::Immediate,
@@ -260,13 +266,51 @@ fn race_a_claim(remove: bool) {
     thread::yield_now();
     let taken = scene.stop();
     if remove {
-        scene.engine.unserve("c");
+        scene.engine.unserve("c", &scene.dispatch);
         scene.engine.store.remove_channel("c").expect("remove");
     }
     for w in workers {
         w.join().expect("worker");
     }
     scene.check(&taken, remove);
+}
+
+/// No worker stays idle while a due task of its channel waits: every handler waits until
+/// `WORKERS` handlers have started, which happens only if each worker gets a task while
+/// the others run. Shuttle's timed waits never time out, so a worker left waiting for a
+/// wake-up that does not come (one that arrived while another claimed, and was claimed for
+/// by nobody) waits for ever, and shuttle reports the deadlock with its seed.
+#[test]
+fn no_worker_idles_while_a_due_task_waits() {
+    shuttle::check_random(
+        || {
+            let started = Arc::new((Mutex::new(0usize), crate::sync::Condvar::default()));
+            let s = Arc::clone(&started);
+            let scene = Scene::with_handler(move |_| {
+                let (count, cv) = &*s;
+                let mut n = count.lock();
+                *n += 1;
+                cv.notify_all();
+                while *n < WORKERS {
+                    cv.wait(&mut n);
+                }
+            });
+            let workers = scene.spawn_workers();
+            {
+                let (count, cv) = &*started;
+                let mut n = count.lock();
+                while *n < TASKS as usize {
+                    cv.wait(&mut n);
+                }
+            }
+            let taken = scene.stop();
+            for w in workers {
+                w.join().expect("worker");
+            }
+            scene.check(&taken, false);
+        },
+        ITERATIONS,
+    );
 }
 
 /// The recorder thread failing while the queue stops: every outcome handed over is either

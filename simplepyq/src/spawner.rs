@@ -179,8 +179,14 @@ fn spawn<S: Store>(
         Ok(Ok(future)) => {
             // A runtime that shut down drops the future unpolled: the flight gives its
             // task back.
+            let queue = engine.id;
             drop(runner.runtime.handle().spawn(async move {
-                let result = CatchUnwind { future, claim }.await;
+                let result = CatchUnwind {
+                    future,
+                    queue,
+                    claim,
+                }
+                .await;
                 flight.land(result);
             }));
         }
@@ -237,6 +243,7 @@ impl<S: Store> Drop for Flight<S> {
 /// for it), whose panic becomes its output.
 struct CatchUnwind {
     future: BoxFuture,
+    queue: u64,
     claim: Claim,
 }
 
@@ -245,7 +252,7 @@ impl Future for CatchUnwind {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let polled = worker::as_current(this.claim, || {
+        let polled = worker::as_current(this.queue, this.claim, || {
             catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)))
         });
         match polled {

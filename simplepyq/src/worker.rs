@@ -229,20 +229,23 @@ pub(crate) fn idle_timeout<S: Store>(
 }
 
 thread_local! {
-    /// The claim whose handler runs on this thread, if any.
-    static CURRENT: Cell<Option<Claim>> = const { Cell::new(None) };
+    /// The claim whose handler runs on this thread, if any, with its queue's id.
+    static CURRENT: Cell<Option<(u64, Claim)>> = const { Cell::new(None) };
 }
 
-/// The claim whose handler runs on the calling thread: a stop called from inside a handler
-/// does not wait for that handler.
-pub(crate) fn current_claim() -> Option<Claim> {
-    CURRENT.with(Cell::get)
+/// The claim of `engine`'s queue whose handler runs on the calling thread: a stop called
+/// from inside a handler does not wait for that handler, nor for another stop that waits
+/// for it. A handler of another queue is not this queue's.
+pub(crate) fn current_claim<S>(engine: &Engine<S>) -> Option<Claim> {
+    CURRENT
+        .with(Cell::get)
+        .and_then(|(queue, claim)| (queue == engine.id).then_some(claim))
 }
 
-/// Runs `f` as the handler of `claim` (an async handler's poll, on a runtime's thread).
-#[cfg(feature = "tokio")]
-pub(crate) fn as_current<T>(claim: Claim, f: impl FnOnce() -> T) -> T {
-    let before = CURRENT.with(|c| c.replace(Some(claim)));
+/// Runs `f` as the handler of `claim` of queue `queue` (an engine's id): a thread's handler,
+/// or an async handler's poll on a runtime's thread.
+pub(crate) fn as_current<T>(queue: u64, claim: Claim, f: impl FnOnce() -> T) -> T {
+    let before = CURRENT.with(|c| c.replace(Some((queue, claim))));
     let result = f();
     CURRENT.with(|c| c.set(before));
     result
@@ -279,9 +282,9 @@ fn run<S: Store>(
     report::trace_claim(task.id, &channel.name, claim.attempt);
     let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel);
     let began = Instant::now();
-    CURRENT.with(|c| c.set(Some(claim)));
-    let result = catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)));
-    CURRENT.with(|c| c.set(None));
+    let result = as_current(engine.id, claim, || {
+        catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)))
+    });
     let finished = channel.finished(&task, result, began.elapsed(), engine.now());
     abandon.claim = None;
     recorder::hand_over(engine, finished);

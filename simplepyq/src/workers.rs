@@ -53,6 +53,31 @@ struct Run {
     watch: Option<Watch>,
 }
 
+impl Run {
+    /// Keeps the threads of a channel removed while running until they end; joins those
+    /// of earlier removals that ended, so that a queue adding and removing channels for
+    /// ever does not keep every thread's stack.
+    fn retire(&mut self, threads: Vec<JoinHandle<()>>) {
+        let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(JoinHandle::is_finished);
+        for t in ended {
+            let _ = t.join();
+        }
+        self.retired = running;
+        self.retired.extend(threads);
+    }
+}
+
+/// Whether a stop waits for another thread's stop under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Until it ends.
+    ForOtherStop,
+    /// Not at all: a handler (which that stop waits for), or a dropped queue.
+    Never,
+}
+
 /// The workers of one channel in a run.
 #[derive(Debug)]
 struct Crew {
@@ -119,7 +144,7 @@ impl<S: Store> Workers<S> {
             reg.channels.remove(name);
             match &mut reg.life {
                 Lifecycle::Running(run) => run.crews.remove(name).map(|crew| {
-                    run.retired.extend(std::mem::take(&mut { crew.threads }));
+                    run.retire(crew.threads);
                     crew.dispatch
                 }),
                 _ => None,
@@ -131,21 +156,32 @@ impl<S: Store> Workers<S> {
     }
 
     /// The stop of a dropped queue: as every stop, no handler starts from now on and tasks
-    /// claimed ahead are given back; the threads are not waited for.
+    /// claimed ahead are given back; the threads are not waited for, nor a stop already
+    /// under way in another thread (which ends by itself).
     pub(crate) fn stop_detached(&self) {
-        if let Some((run, _)) = self.begin_stop(None) {
+        if let Some((run, _)) = self.begin_stop(None, Wait::Never) {
             // Detached: the threads end by themselves once nothing is held.
             drop(run);
-            self.registry.lock().life = Lifecycle::Stopped;
+            self.end_stop();
         }
     }
 
-    /// Starts the workers: see [`SimplePyQ::start`].
-    pub(crate) fn start(&self) -> Result<()> {
+    /// Ends a stop: the queue is `Stopped`, and the callers waiting for that are woken.
+    fn end_stop(&self) {
+        let mut reg = self.registry.lock();
+        reg.life = Lifecycle::Stopped;
+        self.stopped.notify_all();
+    }
+
+    /// Starts the workers: see [`SimplePyQ::start`]. `own` is the claim of the handler
+    /// it is called from, if any: that one cannot wait for a stop under way (the stop
+    /// waits for it), and gets [`Error::Stopped`] instead.
+    pub(crate) fn start(&self, own: Option<Claim>) -> Result<()> {
         let mut reg = self.registry.lock();
         loop {
             match reg.life {
                 Lifecycle::Running(_) => return Ok(()),
+                Lifecycle::Stopping if own.is_some() => return Err(Error::Stopped),
                 Lifecycle::Stopping => self.stopped.wait(&mut reg),
                 Lifecycle::Stopped => break,
             }
@@ -173,7 +209,7 @@ impl<S: Store> Workers<S> {
                 reg.life = Lifecycle::Stopping;
                 drop(reg);
                 self.halt(&run);
-                self.finish_stop(run, None, worker::current_claim());
+                self.finish_stop(run, None, own);
                 Err(e)
             }
         }
@@ -273,14 +309,15 @@ impl<S: Store> Workers<S> {
     /// Begins a stop: takes the run, if the queue runs, and stops every channel's dispatch,
     /// so that no handler starts from now on; gives back the tasks claimed and not started.
     /// Returns the run and how many tasks were given back; `None` if the queue was not
-    /// running (after waiting for another thread's stop, if one was under way).
+    /// running, or if another thread's stop was under way (after waiting for it to end, as
+    /// `wait` says).
     /// With `only`, stops that run only: a run started since by someone else is theirs.
-    fn begin_stop(&self, only: Option<u64>) -> Option<(Run, usize)> {
+    fn begin_stop(&self, only: Option<u64>, wait: Wait) -> Option<(Run, usize)> {
         let mut reg = self.registry.lock();
         let run = loop {
             match std::mem::replace(&mut reg.life, Lifecycle::Stopping) {
                 Lifecycle::Running(run) if only.is_none_or(|n| n == run.number) => break run,
-                Lifecycle::Stopping => self.stopped.wait(&mut reg),
+                Lifecycle::Stopping if wait == Wait::ForOtherStop => self.stopped.wait(&mut reg),
                 other => {
                     reg.life = other;
                     return None;
@@ -307,8 +344,8 @@ impl<S: Store> Workers<S> {
 
     /// Stops one channel's dispatch: no handler of it starts from now on. Returns its tasks
     /// claimed and not started, to be given back.
-    fn halt_crew(&self, name: &str, dispatch: &Dispatch) -> Vec<Task> {
-        self.engine.unserve(name);
+    fn halt_crew(&self, name: &str, dispatch: &Arc<Dispatch>) -> Vec<Task> {
+        self.engine.unserve(name, dispatch);
         dispatch.stop()
     }
 
@@ -364,9 +401,7 @@ impl<S: Store> Workers<S> {
                 let _ = t.join();
             }
         }
-        let mut reg = self.registry.lock();
-        reg.life = Lifecycle::Stopped;
-        self.stopped.notify_all();
+        self.end_stop();
         running
     }
 
@@ -389,7 +424,13 @@ impl<S: Store> Workers<S> {
         } else {
             deadline
         };
-        let Some((run, released)) = self.begin_stop(None) else {
+        // A handler cannot wait for another stop: that stop waits for the handler.
+        let wait = if own.is_some() {
+            Wait::Never
+        } else {
+            Wait::ForOtherStop
+        };
+        let Some((run, released)) = self.begin_stop(None, wait) else {
             return StopReport::default();
         };
         let running = self.finish_stop(run, deadline, own);
@@ -400,10 +441,16 @@ impl<S: Store> Workers<S> {
         }
     }
 
-    /// See [`SimplePyQ::run_until_complete`].
-    pub(crate) fn run_until_complete(&self) -> Result<()> {
+    /// See [`SimplePyQ::run_until_complete`]; `own` as for [`Self::start`].
+    pub(crate) fn run_until_complete(&self, own: Option<Claim>) -> Result<()> {
         if on_current_thread_runtime() {
             return Err(Error::WouldBlock {
+                call: "run_until_complete",
+            });
+        }
+        // It would wait for its own handler to end.
+        if own.is_some() {
+            return Err(Error::InHandler {
                 call: "run_until_complete",
             });
         }
@@ -413,7 +460,7 @@ impl<S: Store> Workers<S> {
         }
         // Only what this run meets counts.
         self.engine.errors.take_lasting();
-        self.start()?;
+        self.start(None)?;
         let Some(number) = self.running_number() else {
             return Err(Error::Stopped);
         };
@@ -437,8 +484,8 @@ impl<S: Store> Workers<S> {
             }
             self.engine.held.wait(seen, self.engine.poll_interval);
         };
-        if let Some((run, _)) = self.begin_stop(Some(number)) {
-            self.finish_stop(run, None, worker::current_claim());
+        if let Some((run, _)) = self.begin_stop(Some(number), Wait::ForOtherStop) {
+            self.finish_stop(run, None, None);
         }
         result
     }

@@ -37,6 +37,7 @@ pub struct Flaky<S> {
     panics_left: AtomicU64,
     panicked: AtomicU64,
     late_left: AtomicU64,
+    slow_claim_ms: AtomicU64,
     /// Calls, and calls made on a thread that drives an async runtime.
     calls_made: AtomicU64,
     on_runtime: AtomicU64,
@@ -56,6 +57,7 @@ impl<S: Store> Flaky<S> {
             panics_left: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             late_left: AtomicU64::new(0),
+            slow_claim_ms: AtomicU64::new(0),
             calls_made: AtomicU64::new(0),
             on_runtime: AtomicU64::new(0),
         }
@@ -118,6 +120,13 @@ impl<S: Store> Flaky<S> {
         self.late_left.store(n, Ordering::SeqCst);
     }
 
+    /// From now on every claim takes `pause` longer, as a durable write on a slow disk
+    /// does: long enough for other workers to come for work while it runs.
+    pub fn slow_claims(&self, pause: std::time::Duration) {
+        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        self.slow_claim_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// How many claims panicked.
     pub fn panicked(&self) -> u64 {
         self.panicked.load(Ordering::SeqCst)
@@ -165,6 +174,10 @@ impl<S: Store> Store for Flaky<S> {
         if panic.is_ok() {
             self.panicked.fetch_add(1, Ordering::SeqCst);
             panic!("injected panic in claim");
+        }
+        let slow = self.slow_claim_ms.load(Ordering::SeqCst);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(slow));
         }
         let tasks = self.inner.claim(channel, limit, now, lease_until)?;
         let late = !tasks.is_empty()

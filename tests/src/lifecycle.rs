@@ -543,6 +543,155 @@ pub fn a_handler_can_stop_its_own_queue(store: Box<dyn Store>, handlers: Handler
     assert_eq!(store.counts(Some("self")).expect("counts").pending, 4);
 }
 
+/// Two stops at once, one of them (or both) from handlers: a stop from a handler does not
+/// wait for another stop under way, which waits for that handler; so every stop returns.
+/// Here the test's thread stops the queue while both workers run, then both handlers call
+/// `stop` (which returns at once with an empty report) and `start` (refused: the queue is
+/// stopping, and waiting for that would wait for the handler itself). Whichever stop comes
+/// first, before this fix the second one waited for ever.
+pub fn stops_at_once_from_handlers_do_not_hang(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let q = Arc::new(queue_on(&store, Duration::from_secs(30)));
+    let weak = Arc::downgrade(&q);
+    let gate = Gate::new();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let (g, s) = (Arc::clone(&gate), Arc::clone(&stopping));
+    handlers
+        .add(
+            &q,
+            "two",
+            move |n: u32| {
+                g.run(n, Duration::ZERO);
+                wait_until("both handlers run and the stop began", || {
+                    g.started() >= 2 && s.load(Ordering::SeqCst)
+                });
+                // Long enough for the test thread's stop to be under way.
+                std::thread::sleep(Duration::from_millis(50));
+                if let Some(q) = weak.upgrade() {
+                    let report = q.stop();
+                    // Unless this stop was the first (a loaded machine delayed the test
+                    // thread's), another is under way: start is refused.
+                    let start = report.running.is_empty().then(|| q.start());
+                    let _ = tx.lock().send((report, start));
+                }
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+    let ids = enqueue(&q, "two", 6);
+    q.start().expect("start");
+    wait_until("both handlers run", || gate.started() == 2);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let stopper = Arc::clone(&q);
+    std::thread::spawn(move || {
+        let _ = done_tx.send(stopper.stop());
+    });
+    stopping.store(true, Ordering::SeqCst);
+    let mut stoppers = 0;
+    for _ in 0..2 {
+        let (report, start) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a handler's stop returned");
+        match start {
+            Some(start) => assert!(matches!(start, Err(Error::Stopped)), "{start:?}"),
+            None => stoppers += 1,
+        }
+        assert!(report.running.len() <= 1, "{report:?}");
+    }
+    let report = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the test thread's stop returned");
+    assert!(report.running.is_empty(), "{report:?}");
+    assert!(stoppers <= 1, "two stops ran the same run");
+    assert_eq!(gate.started(), 2, "a handler started after the stop");
+    let c = store.counts(Some("two")).expect("counts");
+    assert_eq!((c.done, c.pending, c.running), (2, 4, 0), "{c:?}");
+    untouched(&store, &ids, &gate);
+}
+
+/// `run_until_complete` from a handler of the same queue would wait for that handler's own
+/// task: it is refused at once, and the queue goes on.
+pub fn run_until_complete_in_a_handler_is_refused(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let q = Arc::new(queue_on(&store, Duration::from_secs(30)));
+    let weak = Arc::downgrade(&q);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    handlers
+        .add(
+            &q,
+            "inner",
+            move |_: u32| {
+                if let Some(q) = weak.upgrade() {
+                    let _ = tx.lock().send(q.run_until_complete());
+                }
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
+    enqueue(&q, "inner", 1);
+    q.start().expect("start");
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("run_until_complete returned in the handler");
+    assert!(matches!(result, Err(Error::InHandler { .. })), "{result:?}");
+    q.run_until_complete().expect("run");
+    assert_eq!(store.counts(Some("inner")).expect("counts").done, 1);
+}
+
+/// No worker idles while a due task of its channel waits, even when claims are slow (a
+/// durable write on a loaded disk): workers that come for work while another claims are
+/// claimed for next, not left waiting for the poll interval (10 s here). Every handler
+/// waits until all 4 run at once, which they do within a few claims.
+pub fn no_worker_idles_while_a_slow_claim_runs(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    let q = SimplePyQ::builder(Arc::clone(&slow))
+        .poll_interval(Duration::from_secs(10))
+        .build()
+        .expect("valid settings");
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (Arc::clone(&running), Arc::clone(&most));
+    handlers
+        .add(
+            &q,
+            "slow",
+            move |_: u32| {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let t0 = Instant::now();
+                while m.load(Ordering::SeqCst) < 4 && t0.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            },
+            4,
+        )
+        .expect("add");
+    for n in 0..8u32 {
+        q.enqueue("slow", &n).expect("enqueue");
+    }
+    slow.slow_claims(Duration::from_millis(50));
+    q.start().expect("start");
+    let t0 = Instant::now();
+    while most.load(Ordering::SeqCst) < 4 && t0.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        4,
+        "4 workers and 8 due tasks, yet not 4 handlers at once within 4 s"
+    );
+    q.run_until_complete().expect("run");
+    assert_eq!(store.counts(Some("slow")).expect("counts").done, 8);
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -561,6 +710,9 @@ macro_rules! lifecycle_tests {
             a_panicking_store_call_does_not_stall_the_channel,
             a_long_storage_outage_fails_no_task,
             a_handler_can_stop_its_own_queue,
+            stops_at_once_from_handlers_do_not_hang,
+            run_until_complete_in_a_handler_is_refused,
+            no_worker_idles_while_a_slow_claim_runs,
             a_claim_answered_after_its_lease_ran_out_is_not_run
         );
     };
