@@ -271,6 +271,9 @@ impl SqliteStore {
         }
         let found = retrying(options.busy_timeout, || schema::inspect(&conn))?;
         if found == schema::Found::Original {
+            // A file the import would refuse is refused before anything is written: no
+            // backup copy at every try (a restart loop would fill the disk), no switch to WAL.
+            retrying(options.busy_timeout, || original::check(&conn))?;
             retrying(options.busy_timeout, || original::back_up(&conn, &path))?;
         }
         retrying(options.busy_timeout, || {
@@ -1286,15 +1289,132 @@ mod tests {
         assert!(!dir.path().join("tasks.db.simplepyq-0.1.3.bak.1").exists());
     }
 
+    /// Every value the original can store, read back from the imported file by every read
+    /// the store has: a fractional `delay_until` (the original stores `time + 0.3` for a
+    /// `DelayException(0.3)`) became a REAL `run_at`, which every read of its channel then
+    /// refused as a damaged file.
+    #[test]
+    fn every_value_of_an_original_file_reads_back_after_the_import() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tasks.db");
+        original_file(&path, &[]);
+        let now_s = SystemClock.now().as_millis() as f64 / 1000.0;
+        let conn = Connection::open(&path).expect("open raw");
+        let rows: [(
+            &str,
+            rusqlite::types::Value,
+            rusqlite::types::Value,
+            rusqlite::types::Value,
+        ); 6] = {
+            use rusqlite::types::Value::{Blob, Integer, Null, Real, Text};
+            [
+                (
+                    "delayed",
+                    Blob(vec![0x01]),
+                    Integer(2),
+                    Real(now_s - 1.234_5),
+                ),
+                (
+                    "delayed",
+                    Blob(vec![0x02]),
+                    Real(3.0),
+                    Real(now_s + 100.123_4),
+                ),
+                ("pending", Text("\u{1}".into()), Real(2.5), Null),
+                ("failed", Null, Integer(i64::from(u32::MAX) + 7), Real(0.5)),
+                ("running", Blob(vec![0x05]), Integer(0), Integer(12)),
+                ("done", Blob(vec![0x06]), Integer(1), Null),
+            ]
+        };
+        for (status, args, retries, delay_until) in &rows {
+            conn.execute(
+                "INSERT INTO tasks (channel, args, status, retries, delay_until) \
+                 VALUES ('odd', ?1, ?2, ?3, ?4)",
+                params![args, status, retries, delay_until],
+            )
+            .expect("insert");
+        }
+        drop(conn);
+        let store = SqliteStore::open(&path).expect("open imports");
+        let types: Vec<(String, String, String)> = Connection::open(&path)
+            .expect("open raw")
+            .prepare("SELECT typeof(args), typeof(retries_left), typeof(run_at) FROM tasks")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        for t in &types {
+            assert_eq!(t, &("blob".into(), "integer".into(), "integer".into()));
+        }
+        let all = store.list(&ListFilter::new(100)).expect("list");
+        assert_eq!(all.len(), rows.len());
+        for task in &all {
+            assert_eq!(store.get(task.id).expect("get").as_ref(), Some(task));
+        }
+        let retries: Vec<u32> = all.iter().map(|t| t.state.retries_left).collect();
+        assert_eq!(retries, vec![2, 3, 2, u32::MAX, 0, 1]);
+        assert_eq!(all[2].args, vec![1]);
+        assert_eq!(all[3].args, vec![0xc0]);
+        let later = Timestamp::from_millis((now_s * 1000.0).round() as i64 + 100_123);
+        assert!(all[1].state.run_at.as_millis().abs_diff(later.as_millis()) <= 1);
+        assert_eq!(store.channels().expect("channels"), vec!["odd".to_owned()]);
+        let c = store.counts(Some("odd")).expect("counts");
+        assert_eq!(
+            (c.pending, c.delayed, c.done, c.failed),
+            (2, 2, 1, 1),
+            "{c:?}"
+        );
+        assert!(store.next_wakeup("odd").expect("next wakeup").is_some());
+        // The due delayed task is promoted and claimed with the others; the later one too,
+        // once due.
+        let now = SystemClock.now();
+        assert_eq!(
+            store
+                .claim("odd", 10, now, now.after(Duration::from_secs(60)))
+                .expect("claim")
+                .len(),
+            3
+        );
+        let due = later.after(Duration::from_millis(1));
+        assert_eq!(
+            store
+                .claim("odd", 10, due, due.after(Duration::from_secs(60)))
+                .expect("claim")
+                .len(),
+            1
+        );
+        store
+            .finished(None, T0, Duration::from_secs(60))
+            .expect("finished");
+        store.totals().expect("totals");
+    }
+
     #[test]
     fn an_original_file_with_a_status_it_never_writes_is_refused_unchanged() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("tasks.db");
         original_file(&path, &[("pending", None), ("paused", None)]);
-        let err = SqliteStore::open(&path).expect_err("an unknown status");
-        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-        assert!(err.to_string().contains("paused"), "{err}");
+        for _ in 0..3 {
+            let err = SqliteStore::open(&path).expect_err("an unknown status");
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            assert!(err.to_string().contains("paused"), "{err}");
+        }
+        // Refused before anything was written: no backup copy (one per try filled the disk
+        // of a restart loop), and the file's journal mode is its own still.
+        let backups = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().contains(".bak"))
+            })
+            .count();
+        assert_eq!(backups, 0);
         let conn = Connection::open(&path).expect("open raw");
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal mode");
+        assert_eq!(mode, "delete");
         assert!(
             original::is_original(&conn).expect("inspect"),
             "the file is unchanged"

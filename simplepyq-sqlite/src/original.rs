@@ -60,19 +60,15 @@ pub(crate) fn back_up(conn: &Connection, path: &Path) -> R<PathBuf> {
     Ok(copy)
 }
 
-/// Checks the original's tasks and renames their table, in the caller's transaction, so
-/// that the migrations create this schema's `tasks`; [`copy_tasks`] then moves them.
-///
-/// Statuses: `pending` and `running` (left by a crash: the original has no leases) become
-/// pending; `delayed` stays delayed until its `delay_until`; `done` and `failed` stay.
-/// Retries left are the original's; the attempts made are not known and read 0. A status
-/// the original never writes fails the import, changing nothing.
-pub(crate) fn rename_table(tx: &Connection) -> R<()> {
-    let unknown: Option<String> = tx
+/// Refuses an original's file that this import could not read back: a status the original
+/// never writes, a channel that is not text, a retry count that is missing, negative or not
+/// a number, a `delay_until` that is not a number. Reads only: run before the backup and the
+/// switch to WAL, so that a refused file is left as it was, and again under the import's
+/// write lock.
+pub(crate) fn check(conn: &Connection) -> R<()> {
+    let unknown: Option<String> = conn
         .query_row(
-            "SELECT coalesce(status, 'NULL') FROM tasks \
-             WHERE status IS NULL OR status NOT IN ('pending', 'running', 'delayed', 'done', 'failed') \
-             OR typeof(channel) != 'text' OR retries IS NULL OR retries < 0 LIMIT 1",
+            "SELECT printf('status %s, channel of type %s, retries %s, delay_until %s',                            coalesce(status, 'NULL'), typeof(channel),                            coalesce(quote(retries), 'NULL'), coalesce(quote(delay_until), 'NULL'))              FROM tasks              WHERE status IS NULL OR status NOT IN ('pending', 'running', 'delayed', 'done', 'failed')              OR typeof(channel) != 'text'              OR typeof(retries) NOT IN ('integer', 'real') OR retries < 0              OR typeof(delay_until) NOT IN ('integer', 'real', 'null') LIMIT 1",
             [],
             |r| r.get(0),
         )
@@ -81,33 +77,50 @@ pub(crate) fn rename_table(tx: &Connection) -> R<()> {
             rusqlite::Error::QueryReturnedNoRows => Ok(None),
             e => Err(e),
         })?;
-    if let Some(status) = unknown {
-        return Err(Error::Corrupt {
+    match unknown {
+        Some(what) => Err(Error::Corrupt {
             backend: BACKEND,
             message: format!(
-                "the file is the original simplepyq's, but a task in it has a status ({status}), \
-                 channel or retry count that version never writes; nothing was imported"
+                "the file is the original simplepyq's, but a task in it has a value that                  version never writes ({what}); nothing was imported or changed"
             ),
         }
-        .into());
+        .into()),
+        None => Ok(()),
     }
+}
+
+/// Checks the original's tasks ([`check`]) and renames their table, in the caller's
+/// transaction, so that the migrations create this schema's `tasks`; [`copy_tasks`] then
+/// moves them.
+///
+/// Statuses: `pending` and `running` (left by a crash: the original has no leases) become
+/// pending; `delayed` stays delayed until its `delay_until`; `done` and `failed` stay.
+/// Retries left are the original's; the attempts made are not known and read 0.
+pub(crate) fn rename_table(tx: &Connection) -> R<()> {
+    check(tx)?;
     tx.execute_batch("ALTER TABLE tasks RENAME TO simplepyq_original_tasks")?;
     Ok(())
 }
 
 /// Copies the renamed table's tasks into the new `tasks` table, keeping their ids, and
 /// drops it. `now_ms` is the time of the import. Returns how many tasks moved.
+///
+/// Every value is written as the type the store reads back (SQLite keeps a value's own
+/// type in a column of another affinity when it cannot convert it exactly): a fractional
+/// `delay_until` (the original's `DelayException(0.3)` stores `time + 0.3`) is rounded to
+/// whole milliseconds, retries to a whole count that fits, arguments to bytes.
 pub(crate) fn copy_tasks(tx: &Connection, now_ms: i64) -> R<usize> {
     let moved = tx.execute(
         "INSERT INTO tasks (id, channel, args, status, retries_left, max_retries, attempts, \
                             run_at, lease_until, last_error, created_at, updated_at) \
-         SELECT id, channel, coalesce(args, X'c0'), \
+         SELECT id, channel, coalesce(CAST(args AS BLOB), X'c0'), \
                 CASE WHEN status = 'delayed' AND delay_until IS NOT NULL THEN 'delayed' \
                      WHEN status IN ('pending', 'running', 'delayed') THEN 'pending' \
                      ELSE status END, \
-                retries, retries, 0, \
+                min(CAST(retries AS INTEGER), 4294967295), \
+                min(CAST(retries AS INTEGER), 4294967295), 0, \
                 CASE WHEN status = 'delayed' AND delay_until IS NOT NULL \
-                     THEN delay_until * 1000 ELSE ?1 END, \
+                     THEN CAST(round(delay_until * 1000) AS INTEGER) ELSE ?1 END, \
                 NULL, \
                 CASE WHEN status = 'failed' \
                      THEN 'failed under the original simplepyq, which keeps no error' END, \
