@@ -239,6 +239,12 @@ impl SqliteStore {
         })
     }
 
+    /// The version of the SQLite library this store runs on: its own copy, or with the
+    /// crate's `bundled` feature off, the system's (`libsqlite3.so.0`).
+    pub fn library_version() -> &'static str {
+        rusqlite::version()
+    }
+
     /// Whether the file at `path` was written by the original Python simplepyq (0.1.3):
     /// [`SqliteStore::open`] imports such a file. Reads only; `false` for any other file,
     /// an error if it cannot be read as SQLite.
@@ -412,8 +418,16 @@ fn insert_tasks(tx: &Transaction<'_>, tasks: &[NewTask], now: Timestamp) -> R<Ve
 fn connect_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
-    conn.busy_timeout(busy_timeout).map_err(E::from)?;
+    wait_for_locks(&conn, busy_timeout).map_err(E::from)?;
     Ok(conn)
+}
+
+/// Makes `conn` wait up to `timeout` for a lock before it answers "busy". By the pragma,
+/// not rusqlite's `busy_timeout`, which needs SQLite 3.44 (`sqlite3_set_clientdata`): the
+/// store also runs on the system's SQLite (Debian 12 has 3.40), for one library per process.
+pub(crate) fn wait_for_locks(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    conn.query_row(&format!("PRAGMA busy_timeout = {ms}"), [], |_| Ok(()))
 }
 
 /// Opens a connection to `path` that waits up to `busy_timeout` for locks.
@@ -422,7 +436,7 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
-    conn.busy_timeout(busy_timeout).map_err(E::from)?;
+    wait_for_locks(&conn, busy_timeout).map_err(E::from)?;
     Ok(conn)
 }
 

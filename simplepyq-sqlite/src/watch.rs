@@ -259,7 +259,7 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
 fn look_every(db: &Path, interval: Duration, wake: Wake) -> Option<Watch> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(db, flags).ok()?;
-    conn.busy_timeout(interval).ok()?;
+    crate::wait_for_locks(&conn, interval).ok()?;
     let mut last_id = newest_id(&conn).ok()?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);

@@ -134,10 +134,15 @@ pub use simplepyq_memory::MemoryStore;
 pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock};
 #[cfg(feature = "redb")]
 pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
 pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// The README's examples, compiled and run as doctests (they use every feature).
-#[cfg(all(doctest, feature = "sqlite", feature = "postgres", feature = "tokio"))]
+#[cfg(all(
+    doctest,
+    any(feature = "sqlite", feature = "system-sqlite"),
+    feature = "postgres",
+    feature = "tokio"
+))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

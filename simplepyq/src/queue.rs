@@ -782,7 +782,7 @@ impl SimplePyQ<simplepyq_memory::MemoryStore> {
     }
 }
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
 impl SimplePyQ<simplepyq_sqlite::SqliteStore> {
     /// A queue on the SQLite file at `path`, created if needed: the original's
     /// `SimplePyQ("tasks.db")`. Tasks survive restarts and crashes; several processes may
@@ -819,7 +819,7 @@ mod tests {
     #[test]
     fn queues_can_be_shared_between_threads() {
         shareable::<SimplePyQ<Box<dyn Store>>>();
-        #[cfg(feature = "sqlite")]
+        #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
         shareable::<SimplePyQ<simplepyq_sqlite::SqliteStore>>();
     }
 
@@ -853,7 +853,7 @@ mod tests {
         runs_a_queue(SimplePyQ::new(store));
     }
 
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     #[test]
     fn the_sqlite_feature_runs_a_queue() {
         let dir = tempfile::tempdir().expect("temp dir");

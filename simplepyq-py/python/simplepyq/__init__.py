@@ -14,8 +14,30 @@ import threading
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+try:
+    # Before the compiled module: it links SQLite by its library name (libsqlite3.so.0),
+    # which then resolves to the library the interpreter's sqlite3 module already loaded.
+    # One SQLite in the process: two copies drop each other's locks on the queue file
+    # whenever one closes it (and a user's sqlite3.connect(...).close() does), which fails
+    # the queue with "disk I/O error" and can corrupt the file.
+    import sqlite3 as _stdlib_sqlite3
+except ImportError:  # an interpreter built without sqlite3: no second SQLite either
+    _stdlib_sqlite3 = None  # type: ignore[assignment]
+import warnings
+
+from . import _simplepyq
 from ._simplepyq import Engine as _Engine
 from ._simplepyq import QueueError, Task
+
+if _stdlib_sqlite3 is not None and _stdlib_sqlite3.sqlite_version != _simplepyq.sqlite_version:
+    warnings.warn(
+        f"simplepyq runs on SQLite {_simplepyq.sqlite_version}, the sqlite3 module on "
+        f"{_stdlib_sqlite3.sqlite_version}: two SQLite libraries in one process. Opening the "
+        "queue file with the sqlite3 module while a queue has it open can break the queue's "
+        "locks and corrupt the file.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 __all__ = ["SimplePyQ", "DelayException", "QueueError", "Task"]
 

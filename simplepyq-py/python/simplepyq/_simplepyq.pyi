@@ -2,6 +2,8 @@
 
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+sqlite_version: str
+
 class QueueError(RuntimeError):
     """The store failed: a file that is damaged, not a queue, or unwritable; a database
     server that cannot be reached."""
