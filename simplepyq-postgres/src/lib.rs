@@ -337,6 +337,10 @@ impl PostgresStore {
                 tries += 1;
                 let result = self.pool().get().map_err(E::from).and_then(|mut conn| {
                     let conn = &mut *conn;
+                    if self.clock.claim_remeasure() {
+                        // A failed measurement keeps the last one; the next call tries again.
+                        let _ = self.clock.remeasure(&mut conn.client);
+                    }
                     op(&mut Db {
                         client: &mut conn.client,
                         statements: &mut conn.statements,

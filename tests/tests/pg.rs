@@ -533,3 +533,42 @@ fn a_queue_lives_on_an_async_runtime() {
         });
     }
 }
+
+/// A wall clock that the test steps, as NTP or an admin would.
+#[derive(Debug, Default)]
+struct Stepped(std::sync::atomic::AtomicI64);
+
+impl Clock for Stepped {
+    fn now(&self) -> Timestamp {
+        let step = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        Timestamp::from_millis(SystemClock.now().as_millis() + step)
+    }
+}
+
+impl Clock for &'static Stepped {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+}
+
+/// A step of this machine's wall clock after the store measured the server's (an NTP step,
+/// a resumed VM) moves neither the server's time as read here nor the leases this process
+/// writes: read off the wall clock plus an offset, a step back of a minute made every lease
+/// written here expired on arrival, and other processes ran its tasks again.
+#[test]
+fn a_step_of_the_wall_clock_does_not_move_the_servers_time() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let s = store(&schema);
+    let wall: &'static Stepped = Box::leak(Box::default());
+    let clock = s.measure_clock(wall).expect("measure");
+    let server = s.measure_clock(SystemClock).expect("measure");
+    for step in [-60_000, 60_000, 3_600_000] {
+        wall.0.store(step, std::sync::atomic::Ordering::SeqCst);
+        let apart = (clock.now().as_millis() - server.now().as_millis()).abs();
+        assert!(
+            apart < 100,
+            "a step of {step} ms moved the server's time by {apart} ms"
+        );
+    }
+}
