@@ -288,16 +288,20 @@ pub trait StoreExt: Store {
 
     /// What every channel with tasks holds now, in name order.
     fn channel_stats(&self) -> Result<Vec<ChannelStats>> {
-        let mut channels = Vec::new();
-        for name in self.channels()? {
-            channels.push(ChannelStats {
-                counts: self.counts(Some(&name))?,
-                oldest_pending: self.oldest_pending(&name)?,
-                next_wakeup: self.next_wakeup(&name)?,
-                name,
-            });
-        }
-        Ok(channels)
+        self.channels()?
+            .into_iter()
+            .map(|name| self.stats_of(name))
+            .collect()
+    }
+
+    /// What channel `name` holds now.
+    fn stats_of(&self, name: String) -> Result<ChannelStats> {
+        Ok(ChannelStats {
+            counts: self.counts(Some(&name))?,
+            oldest_pending: self.oldest_pending(&name)?,
+            next_wakeup: self.next_wakeup(&name)?,
+            name,
+        })
     }
 }
 

@@ -110,7 +110,7 @@ fn checkpoint_loop(conn: &Connection, shared: &Shared) {
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                 .unwrap_or(0);
             if wal_pages > RESTART_PAGES {
-                let _ = crate::wait_for_locks(&conn, wait);
+                let _ = crate::wait_for_locks(conn, wait);
                 let done = conn
                     .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
                     .is_ok_and(|busy| busy == 0);

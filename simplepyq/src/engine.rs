@@ -132,6 +132,11 @@ impl<S> Engine<S> {
         }
     }
 
+    /// The channels whose workers run here.
+    pub(crate) fn served(&self) -> Vec<String> {
+        self.dispatches.lock().keys().cloned().collect()
+    }
+
     /// Wakes idle workers of `channel`, if it has any here.
     pub(crate) fn wake(&self, channel: &str, all: bool) {
         if let Some(d) = self.dispatches.lock().get(channel) {

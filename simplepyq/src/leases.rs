@@ -25,11 +25,6 @@ pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
             if let Err(e) = guarded(|| renew_and_recover(engine)) {
                 engine.errors.record(&e);
             }
-            if cfg!(feature = "metrics")
-                && let Err(e) = guarded(|| metered::gauge_store(&engine.store, engine.now()))
-            {
-                engine.errors.record(&e);
-            }
             continue;
         }
         let next = Instant::now() + period;
@@ -45,6 +40,19 @@ pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
             engine.held.wait(seen, next - now);
         }
         if let Err(e) = guarded(|| renew(engine, engine.now())) {
+            engine.errors.record(&e);
+        }
+    }
+}
+
+/// The gauges of run `run`'s channels (the `metrics` feature), every third of a lease until
+/// the run stops: on a thread of their own, so that a slow read of the store (counts over
+/// millions of rows) never delays the keeper's renewals past the leases.
+pub(crate) fn gauge<S: Store>(engine: &Engine<S>, signal: &Signal) {
+    let period = (engine.lease / 3).max(Duration::from_millis(1));
+    while !signal.wait(period) {
+        let channels = engine.served();
+        if let Err(e) = guarded(|| metered::gauge_channels(&engine.store, channels, engine.now())) {
             engine.errors.record(&e);
         }
     }

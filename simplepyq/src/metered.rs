@@ -43,11 +43,16 @@ pub(crate) fn count_recovered(n: usize) {
     let _ = n;
 }
 
-/// Sets the gauges of the store's tasks, by channel and status, and of each channel's
-/// oldest pending task's age.
-pub(crate) fn gauge_store<S: Store>(store: &S, now: Timestamp) -> Result<()> {
+/// Sets the gauges of the tasks of `channels` (this queue's), by channel and status, and of
+/// each channel's oldest pending task's age.
+pub(crate) fn gauge_channels<S: Store>(
+    store: &S,
+    channels: Vec<String>,
+    now: Timestamp,
+) -> Result<()> {
     #[cfg(feature = "metrics")]
-    for c in store.channel_stats()? {
+    for name in channels {
+        let c = store.stats_of(name)?;
         for status in Status::ALL {
             let labels = [
                 ("channel", c.name.clone()),
@@ -59,7 +64,7 @@ pub(crate) fn gauge_store<S: Store>(store: &S, now: Timestamp) -> Result<()> {
         metrics::gauge!("simplepyq_oldest_pending_age_seconds", "channel" => c.name).set(age);
     }
     #[cfg(not(feature = "metrics"))]
-    let _ = (store, now);
+    let _ = (store, channels, now);
     Ok(())
 }
 

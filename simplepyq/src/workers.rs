@@ -238,6 +238,14 @@ impl<S: Store> Workers<S> {
             .spawn(move || periodic::run(&engine, &signal, started))
             .map_err(Error::Spawn)?;
         run.helpers.push(scheduler);
+        if cfg!(feature = "metrics") {
+            let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
+            let gauges = thread::Builder::new()
+                .name("simplepyq-gauges".into())
+                .spawn(move || leases::gauge(&engine, &signal))
+                .map_err(Error::Spawn)?;
+            run.helpers.push(gauges);
+        }
         // Work another process adds wakes the channel's idle workers (the store holds only
         // a weak reference: it must not keep the queue alive).
         let engine = Arc::downgrade(&self.engine);

@@ -38,6 +38,7 @@ pub struct Flaky<S> {
     panicked: AtomicU64,
     late_left: AtomicU64,
     slow_claim_ms: AtomicU64,
+    slow_read_ms: AtomicU64,
     /// Calls, and calls made on a thread that drives an async runtime.
     calls_made: AtomicU64,
     on_runtime: AtomicU64,
@@ -58,6 +59,7 @@ impl<S: Store> Flaky<S> {
             panicked: AtomicU64::new(0),
             late_left: AtomicU64::new(0),
             slow_claim_ms: AtomicU64::new(0),
+            slow_read_ms: AtomicU64::new(0),
             calls_made: AtomicU64::new(0),
             on_runtime: AtomicU64::new(0),
         }
@@ -125,6 +127,20 @@ impl<S: Store> Flaky<S> {
     pub fn slow_claims(&self, pause: std::time::Duration) {
         let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
         self.slow_claim_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// From now on every read of the store's inspection (`channels`, `counts`, `list`,
+    /// `next_wakeup`) takes `pause` longer, as counts over millions of rows do.
+    pub fn slow_reads(&self, pause: std::time::Duration) {
+        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        self.slow_read_ms.store(ms, Ordering::SeqCst);
+    }
+
+    fn read(&self) {
+        let slow = self.slow_read_ms.load(Ordering::SeqCst);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(slow));
+        }
     }
 
     /// How many claims panicked.
@@ -243,18 +259,22 @@ impl<S: Store> Store for Flaky<S> {
         self.inner.purge_done(channel, before)
     }
     fn channels(&self) -> Result<Vec<String>> {
+        self.read();
         self.inner.channels()
     }
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
+        self.read();
         self.inner.counts(channel)
     }
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        self.read();
         self.inner.next_wakeup(channel)
     }
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         self.inner.get(id)
     }
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        self.read();
         self.inner.list(filter)
     }
     fn cancel(&self, id: TaskId) -> Result<()> {

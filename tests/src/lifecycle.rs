@@ -692,6 +692,52 @@ pub fn no_worker_idles_while_a_slow_claim_runs(store: Box<dyn Store>, handlers: 
     assert_eq!(store.counts(Some("slow")).expect("counts").done, 8);
 }
 
+/// Slow reads of the store (counts over millions of rows) never delay the renewal of a
+/// running task's lease: the `metrics` feature's gauges (on in this suite) read on a thread
+/// of their own. On the keeper's thread, 4 reads of 1 s each let a 300 ms lease lapse, and
+/// another process would have run the task again.
+pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    let q = SimplePyQ::builder(Arc::clone(&slow))
+        .lease(Duration::from_millis(300))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let gate = Gate::new();
+    let g = Arc::clone(&gate);
+    handlers
+        .add(
+            &q,
+            "g",
+            move |n: u32| {
+                g.run(n, Duration::from_millis(1_500));
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
+    let id = q.enqueue("g", &0u32).expect("enqueue");
+    q.start().expect("start");
+    wait_until("the handler runs", || gate.started() == 1);
+    slow.slow_reads(Duration::from_secs(1));
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1_200) {
+        let now = simplepyq::Clock::now(&simplepyq::SystemClock);
+        let s = store.get(id).expect("get").expect("exists").state;
+        assert!(
+            s.status == Status::Running && s.lease_until > Some(now),
+            "the lease lapsed while the handler ran: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    slow.slow_reads(Duration::ZERO);
+    gate.open();
+    q.run_until_complete().expect("run");
+    let s = store.get(id).expect("get").expect("exists").state;
+    assert_eq!((s.status, s.attempts, gate.started()), (Status::Done, 1, 1));
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -713,6 +759,7 @@ macro_rules! lifecycle_tests {
             stops_at_once_from_handlers_do_not_hang,
             run_until_complete_in_a_handler_is_refused,
             no_worker_idles_while_a_slow_claim_runs,
+            slow_gauges_do_not_delay_lease_renewals,
             a_claim_answered_after_its_lease_ran_out_is_not_run
         );
     };
