@@ -167,8 +167,9 @@ pub(crate) fn guarded<T>(call: impl FnOnce() -> Result<T>) -> Result<T> {
 #[derive(Debug, Default)]
 pub(crate) struct Errors {
     last: Mutex<Option<String>>,
-    /// An error no retry will cure (a damaged file, one that cannot be written), for
-    /// `run_until_complete` to return instead of waiting forever.
+    /// An error no retry will cure (a damaged file, one that cannot be written, an async
+    /// channel whose runtime shut down), for `run_until_complete` to return instead of
+    /// waiting forever.
     lasting: Mutex<Option<Error>>,
 }
 
@@ -177,7 +178,10 @@ impl Errors {
     pub(crate) fn record(&self, e: &Error) {
         report::trace_store_error(e);
         *self.last.lock() = Some(e.to_string());
-        if matches!(e, Error::Corrupt { .. } | Error::ReadOnly { .. }) {
+        if matches!(
+            e,
+            Error::Corrupt { .. } | Error::ReadOnly { .. } | Error::InvalidConfig(_)
+        ) {
             *self.lasting.lock() = e.try_clone();
         }
     }

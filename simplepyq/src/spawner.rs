@@ -7,7 +7,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::thread;
 use std::time::Instant;
@@ -76,6 +76,9 @@ pub(crate) struct AsyncRunner {
     handler: Box<ErasedAsync>,
     runtime: Runtime,
     in_flight: Arc<AtomicUsize>,
+    /// The runtime dropped a future before it ended: it shut down, and every future spawned
+    /// on it from now on would be dropped unpolled. The channel claims no more.
+    dead: Arc<AtomicBool>,
 }
 
 impl AsyncRunner {
@@ -92,6 +95,7 @@ impl AsyncRunner {
             handler,
             runtime,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            dead: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -117,6 +121,17 @@ pub(crate) fn work<S: Store>(
             }
             Turn::Claim { seen, .. } => seen,
         };
+        // A runtime that shut down would drop every future unpolled: claiming for it gives
+        // each task back at once, for ever. The channel stops claiming, and says why.
+        if runner.dead.load(Ordering::Acquire) {
+            engine.errors.record(&Error::config(format!(
+                "the tokio runtime of async channel '{}' shut down: the channel claims no more \
+                 tasks (they stay queued); give it a runtime that outlives the queue",
+                channel.name
+            )));
+            dispatch.claimed(Vec::new(), &engine.held);
+            return;
+        }
         // Futures hand outcomes over without waiting; past the backlog, this thread records.
         recorder::keep_up(engine);
         let free = channel
@@ -172,6 +187,7 @@ fn spawn<S: Store>(
         channel: Arc::clone(channel),
         dispatch: Arc::clone(dispatch),
         in_flight: Arc::clone(&runner.in_flight),
+        dead: Arc::clone(&runner.dead),
         task: Some(task),
         began,
     };
@@ -203,6 +219,7 @@ struct Flight<S: Store> {
     channel: Arc<ChannelWork>,
     dispatch: Arc<Dispatch>,
     in_flight: Arc<AtomicUsize>,
+    dead: Arc<AtomicBool>,
     task: Option<Task>,
     began: Instant,
 }
@@ -223,6 +240,8 @@ impl<S: Store> Flight<S> {
 impl<S: Store> Drop for Flight<S> {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
+            // Only a runtime that shuts down drops a future it was given before it ends.
+            self.dead.store(true, Ordering::Release);
             // Not on the runtime's thread: the release is a store call.
             let engine = Arc::clone(&self.engine);
             let claim = task.claim();

@@ -134,7 +134,7 @@ fn no_store_call_runs_on_a_runtime_thread() {
 
 /// A future the runtime drops before it ends (the runtime shut down) gives its task back:
 /// pending again, its attempt not counted; it is not left running with a renewed lease, and
-/// a stop does not wait for it.
+/// a stop does not wait for it. The channel then claims no more, and says why.
 #[test]
 fn a_future_dropped_by_its_runtime_gives_its_task_back() {
     let rt = runtime(1);
@@ -177,10 +177,29 @@ fn a_future_dropped_by_its_runtime_gives_its_task_back() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", task.state);
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The channel claims no more: claiming for a dead runtime gave each task back at once,
+    // for ever, with a new thread per round and no error.
+    std::thread::sleep(Duration::from_millis(100));
+    let released = q.stats().released;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(q.stats().released, released, "the channel kept claiming");
+    let error = q.last_worker_error().expect("an error says why");
+    assert!(
+        error.contains("runtime") && error.contains("shut down"),
+        "{error}"
+    );
     let t0 = Instant::now();
     let report = q.stop();
     assert!(t0.elapsed() < Duration::from_secs(5), "the stop waited");
     assert!(report.running.is_empty(), "{report:?}");
+    // Waiting for the channel's work would wait for ever: it says why instead.
+    let err = q.run_until_complete().expect_err("the runtime is gone");
+    assert!(err.to_string().contains("runtime"), "{err}");
+    let task = q.task(id).expect("get").expect("exists");
+    assert_eq!(
+        (task.state.status, task.state.attempts),
+        (Status::Pending, 0)
+    );
 }
 
 /// Blocking calls on a current-thread runtime do not hang: `run_until_complete` refuses
