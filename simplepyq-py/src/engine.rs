@@ -424,7 +424,12 @@ fn options(
             return Err(PyValueError::new_err("give delay or at, not both"));
         }
         (Some(d), None) => options = options.delay(seconds("delay", d)?),
-        (None, Some(t)) => options = options.at(UNIX_EPOCH + seconds("at", t)?),
+        (None, Some(t)) => {
+            let at = UNIX_EPOCH.checked_add(seconds("at", t)?).ok_or_else(|| {
+                PyValueError::new_err(format!("at is too far in the future: {t} seconds"))
+            })?;
+            options = options.at(at);
+        }
         (None, None) => {}
     }
     Ok(options)

@@ -174,6 +174,9 @@ def test_enqueue_options_delay_at_priority_unique(db):
         q.enqueue("c", "x", delay=1, at=now)
     with pytest.raises(ValueError, match="delay"):
         q.enqueue("c", "x", delay=-1)
+    # Past what a system time holds: an error, not a panic of the engine.
+    with pytest.raises(ValueError, match="too far"):
+        q.enqueue("c", "x", at=1e19)
     q.run_until_complete()
     assert order == ["high", "unique", "low", "at", "delayed"]
 
