@@ -56,7 +56,7 @@ mod schema;
 mod watch;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -353,6 +353,13 @@ impl SqliteStore {
 
     /// Runs `op` in the writer thread's next transaction (shared with other callers' writes)
     /// and returns its result once that transaction committed.
+    /// Tells other processes' queues that `channels` have tasks due again (`n` of them).
+    fn announce(&self, n: usize, channels: &BTreeSet<String>) {
+        if n > 0 {
+            self.announcer.announce(channels.iter().map(String::as_str));
+        }
+    }
+
     fn write<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
@@ -811,7 +818,22 @@ impl Store for SqliteStore {
 
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         let claims = claims.to_vec();
-        self.write(move |tx| on_held(tx, &claims, &Event::Release { now }))
+        let (n, channels) = self.write(move |tx| {
+            let mut channel = tx.prepare_cached("SELECT channel FROM tasks WHERE id = ?1")?;
+            let mut channels = BTreeSet::new();
+            for c in &claims {
+                if let Some(name) = channel
+                    .query_row([c.id.get()], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    channels.insert(name);
+                }
+            }
+            Ok((on_held(tx, &claims, &Event::Release { now })?, channels))
+        })?;
+        // Tasks given back are other processes' to take.
+        self.announce(n, &channels);
+        Ok(n)
     }
 
     fn finish_many(
@@ -856,7 +878,14 @@ impl Store for SqliteStore {
                 tx,
                 &Totals::by_channel(counted.iter().map(|(c, t)| (c.as_str(), *t))),
             )?;
-            Ok(counted.len())
+            let n = counted.len();
+            let channels: BTreeSet<String> = counted.into_iter().map(|(c, _)| c).collect();
+            Ok((n, channels))
+        })
+        .map(|(n, channels)| {
+            // Tasks of dead workers are due again, for any process to take.
+            self.announce(n, &channels);
+            n
         })
     }
 
@@ -874,7 +903,7 @@ impl Store for SqliteStore {
     ) -> Result<usize> {
         let sql = failed_sql(channel);
         let channel = channel.map(str::to_owned);
-        self.write(move |tx| {
+        let (n, channels) = self.write(move |tx| {
             let failed = select_tasks(tx, &sql, params_from_iter(&channel))?;
             let mut holder = tx.prepare_cached(KEY_HOLDER)?;
             let changes = batch::requeue(&failed, now, retries, |channel, key| {
@@ -882,8 +911,11 @@ impl Store for SqliteStore {
                     .exists(params![channel, key])
                     .map_err(|e| Error::from(E::from(e)))
             })?;
-            write_changes(tx, &changes)
-        })
+            let channels: BTreeSet<String> = failed.iter().map(|t| t.channel.clone()).collect();
+            Ok((write_changes(tx, &changes)?, channels))
+        })?;
+        self.announce(n, &channels);
+        Ok(n)
     }
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {
@@ -1088,6 +1120,65 @@ mod tests {
     use simplepyq_core::StoreExt;
 
     const T0: Timestamp = Timestamp::from_millis(1_000_000);
+
+    /// Tasks another process's store makes due again (given back, recovered from a dead
+    /// worker, requeued) wake a watching queue as enqueued ones do, not only at its next
+    /// poll.
+    #[cfg(unix)]
+    #[test]
+    fn tasks_due_again_wake_other_processes_queues() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tasks.db");
+        let watching = SqliteStore::open(&path).expect("open");
+        let heard: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+        let h = Arc::clone(&heard);
+        let _watch = watching
+            .watch(Arc::new(move |c: Option<&str>| {
+                if let Some(c) = c {
+                    h.lock().push(c.to_owned());
+                }
+            }))
+            .expect("watching");
+        let other = SqliteStore::open(&path).expect("open");
+        let hears = |what: &str, channel: &str, act: &dyn Fn()| {
+            // Past the announcer's quiet time and the listener's second wake-up.
+            std::thread::sleep(Duration::from_millis(20));
+            heard.lock().clear();
+            act();
+            let t0 = std::time::Instant::now();
+            while !heard.lock().iter().any(|c| c == channel) {
+                assert!(t0.elapsed() < Duration::from_secs(2), "{what}: not heard");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let now = SystemClock.now();
+        let later = now.after(Duration::from_secs(60));
+        hears("enqueue", "given", &|| {
+            other
+                .enqueue(
+                    &[NewTask::new("given", vec![]), NewTask::new("lost", vec![])],
+                    now,
+                )
+                .map(drop)
+                .expect("enqueue");
+        });
+        let given = other.claim("given", 1, now, later).expect("claim");
+        hears("release", "given", &|| {
+            other.release(&[given[0].claim()], now).expect("release");
+        });
+        other.claim("lost", 1, now, now).expect("claim");
+        hears("recovery", "lost", &|| {
+            assert_eq!(
+                other
+                    .recover_expired(now.after(Duration::from_millis(1)), 0)
+                    .expect("recover"),
+                1
+            );
+        });
+        hears("requeue", "lost", &|| {
+            assert_eq!(other.requeue_failed(None, None, now).expect("requeue"), 1);
+        });
+    }
 
     #[test]
     fn columns_end_with_the_state_columns() {

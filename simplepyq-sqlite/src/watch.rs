@@ -34,6 +34,10 @@ const QUIET: Duration = Duration::from_millis(1);
 /// How long a listener waits for news before it looks whether its queue stopped.
 const IDLE: Duration = Duration::from_millis(100);
 
+/// Where no socket can be had, the longest pause between two looks at the file's change
+/// counter while nothing changes (the first pause after a change is the watch interval).
+const LOOK_IDLE: Duration = Duration::from_millis(50);
+
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use simplepyq_core::{Wake, Watch};
@@ -49,6 +53,7 @@ fn folder(db: &Path) -> PathBuf {
 #[derive(Debug)]
 pub(crate) struct Announcer {
     folder: PathBuf,
+    db: PathBuf,
     #[cfg(unix)]
     sender: Option<std::os::unix::net::UnixDatagram>,
     state: Mutex<Peers>,
@@ -72,6 +77,7 @@ impl Announcer {
     pub(crate) fn new(db: &Path) -> Self {
         Announcer {
             folder: folder(db),
+            db: db.to_path_buf(),
             #[cfg(unix)]
             sender: std::os::unix::net::UnixDatagram::unbound()
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
@@ -105,7 +111,11 @@ impl Announcer {
                     return; // no folder: no queue listens
                 };
                 if peers.listed != Some(listed) {
-                    peers.sockets = sockets_in(&self.folder);
+                    peers.sockets = if trusted(&self.folder, &self.db, None) {
+                        sockets_in(&self.folder)
+                    } else {
+                        Vec::new()
+                    };
                     peers.listed = Some(listed);
                 }
             }
@@ -125,7 +135,9 @@ impl Announcer {
             for socket in others {
                 for channel in &channels {
                     if let Err(e) = sender.send_to(channel.as_bytes(), socket) {
-                        // Nobody bound it: its process died without removing it.
+                        // Nobody bound it: its process died without removing it. (Only
+                        // sockets are listed: a link planted there is neither sent to nor
+                        // followed.)
                         if e.kind() == std::io::ErrorKind::ConnectionRefused {
                             let _ = std::fs::remove_file(socket);
                         }
@@ -141,16 +153,70 @@ impl Announcer {
     }
 }
 
+/// The sockets in the folder: entries named `*.sock` that are sockets themselves (not links
+/// to one, nor anything else).
 #[cfg(unix)]
 fn sockets_in(folder: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
     std::fs::read_dir(folder)
         .map(|entries| {
             entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+                .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "sock"))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether the wake-up folder may be used: a folder (not a link to one) owned by the queue
+/// file's owner, or by this process (`own`: a socket it bound there). In a shared
+/// directory (`/tmp/tasks.db`) another user could make the folder first, read every channel
+/// name announced to it and plant files there; such a folder is left alone, and the queue
+/// polls.
+#[cfg(unix)]
+fn trusted(folder: &Path, db: &Path, own: Option<&Path>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(folder) else {
+        return false;
+    };
+    let owner = |p: &Path| std::fs::metadata(p).ok().map(|m| m.uid());
+    let own = own.and_then(|p| std::fs::symlink_metadata(p).ok().map(|m| m.uid()));
+    meta.is_dir() && (owner(db) == Some(meta.uid()) || own == Some(meta.uid()))
+}
+
+/// Makes the wake-up folder of the queue file at `db`, with the file's permissions (and
+/// search where it grants reading; owner-only if the file cannot be read): only who may use
+/// the file may bind or list sockets.
+#[cfg(unix)]
+fn make_folder(folder: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let file = std::fs::metadata(db).map_or(0o600, |m| m.permissions().mode() & 0o777);
+    let mode = file | ((file & 0o444) >> 2);
+    match std::fs::DirBuilder::new().mode(mode).create(folder) {
+        // The umask may have taken bits off that the file grants.
+        Ok(()) => std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What tells this process's sockets apart from every other's: its id, which containers
+/// sharing a volume repeat (each main process is PID 1), and a random number.
+#[cfg(unix)]
+fn process_tag() -> &'static str {
+    use std::hash::{BuildHasher, Hasher};
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u32(std::process::id());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        random.write_u128(nanos);
+        format!("{}-{:016x}", std::process::id(), random.finish())
+    })
 }
 
 /// Starts watching the file at `db` for tasks other processes add: by a socket where one can
@@ -178,19 +244,18 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
     use std::sync::atomic::AtomicU64;
     static NEXT: AtomicU64 = AtomicU64::new(0);
 
-    std::fs::create_dir_all(&announcer.folder).ok()?;
+    make_folder(&announcer.folder, &announcer.db).ok()?;
     let name = announcer.folder.join(format!(
         "{}-{}.sock",
-        std::process::id(),
+        process_tag(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let socket = UnixDatagram::bind(&name)
-        .or_else(|_| {
-            // Left by a dead process whose id this one has now.
-            std::fs::remove_file(&name)?;
-            UnixDatagram::bind(&name)
-        })
-        .ok()?;
+    // A name no other process has: a bind that fails leaves the file to whoever has it.
+    let socket = UnixDatagram::bind(&name).ok()?;
+    if !trusted(&announcer.folder, &announcer.db, Some(&name)) {
+        let _ = std::fs::remove_file(&name);
+        return None;
+    }
     socket.set_read_timeout(Some(IDLE)).ok()?;
     announcer.state.lock().own.push(name.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -254,8 +319,9 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
     }))
 }
 
-/// Looks at the file's change counter every `interval`, and when it moved, at the channels
-/// with new task ids.
+/// Looks at the file's change counter every `interval` (spacing the looks out to
+/// [`LOOK_IDLE`] while it does not move), and when it moved, at the channels with new task
+/// ids.
 fn look_every(db: &Path, interval: Duration, wake: Wake) -> Option<Watch> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(db, flags).ok()?;
@@ -267,8 +333,11 @@ fn look_every(db: &Path, interval: Duration, wake: Wake) -> Option<Watch> {
         .name("simplepyq-sqlite-watch".into())
         .spawn(move || {
             let mut seen = data_version(&conn).unwrap_or(0);
+            // While nothing changes, the looks space out, doubling up to LOOK_IDLE.
+            let mut pause = interval;
             while !stopped.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(LOOK_IDLE.max(interval));
                 // A failed look (the file busy, say) is tried again at the next one.
                 let Ok(version) = data_version(&conn) else {
                     continue;
@@ -276,6 +345,7 @@ fn look_every(db: &Path, interval: Duration, wake: Wake) -> Option<Watch> {
                 if version == seen {
                     continue;
                 }
+                pause = interval;
                 if let Ok(added) = added_since(&conn, last_id) {
                     seen = version;
                     for (channel, id) in added {
@@ -317,7 +387,7 @@ mod tests {
     #[test]
     fn a_listener_wakes_again_after_the_quiet_time() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("q.db");
+        let db = store_file(dir.path());
         let mine = Arc::new(Announcer::new(&db));
         let wakes: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
         let w = Arc::clone(&wakes);
@@ -346,5 +416,103 @@ mod tests {
         assert_eq!(names, ["a", "a"]);
         assert!(wakes[1].1 - wakes[0].1 >= QUIET * 2, "{wakes:?}");
         drop(watch);
+    }
+
+    fn store_file(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let db = dir.join("q.db");
+        std::fs::write(&db, b"").expect("the file");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        db
+    }
+
+    /// Two containers sharing a volume each run their queue as PID 1: a socket another
+    /// process bound under this process's id is neither removed nor taken over, and still
+    /// hears the news; the folder has the queue file's permissions, not the umask's.
+    #[test]
+    fn sockets_of_another_process_with_the_same_id_are_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store_file(dir.path());
+        let wake_dir = folder(&db);
+        std::fs::create_dir(&wake_dir).expect("folder");
+        // The other container's queue, under every name this process's could have had.
+        let theirs: Vec<UnixDatagram> = (0..64)
+            .map(|n| {
+                let name = wake_dir.join(format!("{}-{n}.sock", std::process::id()));
+                let s = UnixDatagram::bind(&name).expect("bind");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            })
+            .collect();
+        let mine = Arc::new(Announcer::new(&db));
+        let watch = listen(&mine, Arc::new(|_: Option<&str>| {})).expect("listening");
+        Announcer::new(&db).announce(["news"]);
+        let heard = theirs
+            .iter()
+            .filter(|s| {
+                let mut buf = [0u8; 16];
+                s.recv(&mut buf).is_ok()
+            })
+            .count();
+        assert_eq!(
+            heard,
+            theirs.len(),
+            "a socket of the other process went deaf"
+        );
+        drop(watch);
+        // A fresh folder takes the queue file's permissions.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store_file(dir.path());
+        let watch = listen(
+            &Arc::new(Announcer::new(&db)),
+            Arc::new(|_: Option<&str>| {}),
+        )
+        .expect("listening");
+        let mode = std::fs::metadata(folder(&db))
+            .expect("folder")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(watch);
+    }
+
+    /// A link planted in the folder (`x.sock -> /dev/log`) is neither sent to nor
+    /// removed; a folder owned by another user is not used at all.
+    #[test]
+    fn links_and_foreign_folders_hear_nothing() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store_file(dir.path());
+        let wake_dir = folder(&db);
+        std::fs::create_dir(&wake_dir).expect("folder");
+        let victim_path = dir.path().join("victim.sock");
+        let victim = UnixDatagram::bind(&victim_path).expect("bind");
+        victim.set_nonblocking(true).expect("nonblocking");
+        std::os::unix::fs::symlink(&victim_path, wake_dir.join("x.sock")).expect("link");
+        Announcer::new(&db).announce(["secret"]);
+        let mut buf = [0u8; 16];
+        assert!(
+            victim.recv(&mut buf).is_err(),
+            "sent through a planted link"
+        );
+        assert!(std::fs::symlink_metadata(wake_dir.join("x.sock")).is_ok());
+        // Another user's folder (as root, the test can make one).
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store_file(dir.path());
+        let wake_dir = folder(&db);
+        std::fs::create_dir(&wake_dir).expect("folder");
+        match std::os::unix::fs::chown(&wake_dir, Some(54_321), None) {
+            Ok(()) => {
+                let found = listen(
+                    &Arc::new(Announcer::new(&db)),
+                    Arc::new(|_: Option<&str>| {}),
+                );
+                assert!(found.is_none(), "listened in another user's folder");
+                assert_eq!(sockets_in(&wake_dir).len(), 0);
+            }
+            Err(e) => eprintln!("skipped the foreign folder case (chown needs root): {e}"),
+        }
     }
 }
