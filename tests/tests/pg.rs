@@ -572,3 +572,17 @@ fn a_step_of_the_wall_clock_does_not_move_the_servers_time() {
         );
     }
 }
+
+/// A schema name PostgreSQL reserves (`user`, `order`) is refused as a bad setting before
+/// any SQL runs: written unquoted, it failed later with a syntax error from the server.
+#[test]
+fn a_reserved_word_is_refused_as_a_schema_name() {
+    for name in ["user", "order", "select", "table"] {
+        let err = PostgresStore::connect_with(server().conninfo(), options(name))
+            .expect_err("a reserved word");
+        assert!(
+            matches!(err, simplepyq::Error::InvalidConfig(_)),
+            "{name}: {err}"
+        );
+    }
+}
