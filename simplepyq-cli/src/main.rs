@@ -512,10 +512,17 @@ fn check_token(addr: SocketAddr, token: Option<&str>) {
         None if !addr.ip().is_loopback() => {
             format!("{addr} is not a loopback address: serving it needs --token or --token-file")
         }
+        // Characters that a URL and a cookie carry as they are: any other would need
+        // encoding in `/?token=`, and `;` or `,` would end the cookie early.
         Some(t)
-            if t.chars().count() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            if t.len() < 16
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')) =>
         {
-            "the token must have at least 16 characters, none of them spaces".to_owned()
+            "the token must have at least 16 characters, each a letter, a digit, '-', '_', '.' \
+             or '~' (they pass in a URL and a cookie as they are)"
+                .to_owned()
         }
         _ => return,
     };

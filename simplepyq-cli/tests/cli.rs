@@ -313,3 +313,26 @@ fn import_brings_a_file_of_the_original_in() {
     assert_eq!(again.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to import"));
 }
+
+/// A dashboard token that a URL or a cookie would not carry as it is (`;` and `,` end the
+/// cookie early; `%`, `&`, `#` or a space need encoding in `/?token=`) is refused at start,
+/// with what a token may hold: such a token never matched, and the browser looped.
+#[test]
+fn serve_refuses_tokens_a_url_or_cookie_would_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    for token in [
+        "sixteen-chars-ok;x",
+        "sixteen-chars-ok,x",
+        "sixteen-chars%20ok",
+        "sixteen chars okay",
+    ] {
+        let out = cli(
+            &["serve", s(&db), "--addr", "127.0.0.1:0", "--token", token],
+            "",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{token}: served");
+        assert!(stderr.contains("each a letter"), "{token}: {stderr}");
+    }
+}
