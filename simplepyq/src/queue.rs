@@ -508,9 +508,10 @@ impl<S: Store> SimplePyQ<S> {
     /// for that stop to end, except in a handler of this queue (the stop waits for that
     /// handler): there it returns [`Error::Stopped`] at once.
     ///
-    /// First recovers tasks whose lease expired (left `running` by a process that died), as
-    /// the lease keeper does: renewing this queue's own leases first. Fails only if a thread
-    /// cannot be started; then nothing runs.
+    /// Before it returns, it also recovers tasks whose lease expired (left `running` by a
+    /// process that died), as the lease keeper does: renewing this queue's own leases first
+    /// (without holding up `add_channel`, `stop` and the rest meanwhile). Fails only if a
+    /// thread cannot be started; then nothing runs.
     pub fn start(&self) -> Result<()> {
         self.workers.start(self.own_claim())
     }

@@ -11,7 +11,7 @@ use simplepyq_core::{Claim, Error, Result, Store, Task, TaskId, Watch};
 
 use crate::context::CancelReason;
 use crate::dispatch::Dispatch;
-use crate::engine::Engine;
+use crate::engine::{Engine, guarded};
 use crate::leases;
 use crate::periodic;
 use crate::recorder;
@@ -186,10 +186,6 @@ impl<S: Store> Workers<S> {
                 Lifecycle::Stopped => break,
             }
         }
-        // A failure here is not fatal: the lease keeper recovers expired leases again soon.
-        if let Err(e) = leases::renew_and_recover(&self.engine) {
-            self.engine.errors.record(&e);
-        }
         self.engine.outcomes.stopping(false);
         let mut run = Run {
             number: self.engine.next_run(),
@@ -202,6 +198,13 @@ impl<S: Store> Workers<S> {
         match self.spawn_run(&reg, &mut run) {
             Ok(()) => {
                 reg.life = Lifecycle::Running(run);
+                drop(reg);
+                // Store calls, which may wait for seconds, are made without the registry's
+                // lock: `add_channel`, `stop` and the rest are not held up by them. A
+                // failure is not fatal: the lease keeper recovers expired leases again soon.
+                if let Err(e) = guarded(|| leases::renew_and_recover(&self.engine)) {
+                    self.engine.errors.record(&e);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -484,7 +487,10 @@ impl<S: Store> Workers<S> {
             // when this process holds nothing.
             if !busy {
                 match self.idle(&channels) {
-                    Ok(true) => break Ok(()),
+                    // Only if nothing changed here meanwhile: a handler of a channel read
+                    // later may have enqueued into one read earlier, and finished.
+                    Ok(true) if self.engine.held.snapshot().0 == seen => break Ok(()),
+                    Ok(true) => {}
                     Ok(false) => {}
                     Err(e) if e.is_retryable() => self.engine.errors.record(&e),
                     Err(e) => break Err(e),

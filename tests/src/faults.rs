@@ -39,6 +39,7 @@ pub struct Flaky<S> {
     late_left: AtomicU64,
     slow_claim_ms: AtomicU64,
     slow_read_ms: AtomicU64,
+    slow_recovery_ms: AtomicU64,
     /// Calls, and calls made on a thread that drives an async runtime.
     calls_made: AtomicU64,
     on_runtime: AtomicU64,
@@ -60,6 +61,7 @@ impl<S: Store> Flaky<S> {
             late_left: AtomicU64::new(0),
             slow_claim_ms: AtomicU64::new(0),
             slow_read_ms: AtomicU64::new(0),
+            slow_recovery_ms: AtomicU64::new(0),
             calls_made: AtomicU64::new(0),
             on_runtime: AtomicU64::new(0),
         }
@@ -134,6 +136,13 @@ impl<S: Store> Flaky<S> {
     pub fn slow_reads(&self, pause: std::time::Duration) {
         let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
         self.slow_read_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// From now on every `recover_expired` takes `pause` longer (a busy file, a database
+    /// failing over).
+    pub fn slow_recovery(&self, pause: std::time::Duration) {
+        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        self.slow_recovery_ms.store(ms, Ordering::SeqCst);
     }
 
     fn read(&self) {
@@ -234,6 +243,10 @@ impl<S: Store> Store for Flaky<S> {
     }
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         self.alive()?;
+        let slow = self.slow_recovery_ms.load(Ordering::SeqCst);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(slow));
+        }
         self.trip(self.faults.leases)?;
         self.inner.recover_expired(now, max_lost_runs)
     }

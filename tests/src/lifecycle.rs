@@ -738,6 +738,35 @@ pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: 
     assert_eq!((s.status, s.attempts, gate.started()), (Status::Done, 1, 1));
 }
 
+/// `start` makes its store calls (renewing and recovering leases) without holding the
+/// queue's lock: an `add_channel` from another thread meanwhile (in Python, one that holds
+/// the interpreter's lock) does not wait for a slow store.
+pub fn start_does_not_hold_up_other_calls_with_store_io(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    let q = Arc::new(
+        SimplePyQ::builder(Arc::clone(&slow))
+            .poll_interval(Duration::from_millis(10))
+            .build()
+            .expect("valid settings"),
+    );
+    handlers.add(&q, "a", |_: u32| Ok(()), 1).expect("add");
+    slow.slow_recovery(Duration::from_secs(2));
+    let starter = Arc::clone(&q);
+    let started = std::thread::spawn(move || starter.start());
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    handlers.add(&q, "b", |_: u32| Ok(()), 1).expect("add");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(1_000),
+        "add_channel waited {took:?} for start's store calls"
+    );
+    started.join().expect("start").expect("started");
+    slow.slow_recovery(Duration::ZERO);
+    q.stop();
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -760,6 +789,7 @@ macro_rules! lifecycle_tests {
             run_until_complete_in_a_handler_is_refused,
             no_worker_idles_while_a_slow_claim_runs,
             slow_gauges_do_not_delay_lease_renewals,
+            start_does_not_hold_up_other_calls_with_store_io,
             a_claim_answered_after_its_lease_ran_out_is_not_run
         );
     };
