@@ -149,6 +149,21 @@ impl Held {
         ids
     }
 
+    /// The tasks held and not running: waiting to start (being given back) or for their
+    /// outcome to be recorded; in id order.
+    pub(crate) fn unsettled(&self) -> Vec<TaskId> {
+        let mut ids: Vec<TaskId> = self
+            .state
+            .lock()
+            .claims
+            .iter()
+            .filter(|(_, p)| !p.is_running())
+            .map(|(c, _)| c.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Whether a handler other than the one of `own` runs.
     pub(crate) fn running_except(&self, own: Option<Claim>) -> bool {
         self.state

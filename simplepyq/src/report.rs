@@ -52,15 +52,21 @@ pub struct QueueStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StopReport {
-    /// The tasks whose handlers were still running when the stop returned (only after a
-    /// `stop_timeout` deadline). Their leases are kept until they finish and their outcomes
-    /// are recorded.
+    /// The tasks whose handlers were still running when the stop returned: after a
+    /// `stop_timeout` deadline, and the calling handler's own task when the stop is called
+    /// from a handler. Their leases are kept until they finish and their outcomes are
+    /// recorded.
     pub running: Vec<TaskId>,
     /// How many tasks claimed ahead and not started were given back.
     pub released: usize,
     /// Tasks whose outcome could not be recorded before the stop returned (the store kept
     /// failing): they run again once their lease expires.
     pub unrecorded: Vec<TaskId>,
+    /// Tasks whose outcome, or whose giving back, the store had not taken by a
+    /// `stop_timeout` deadline (a slow store: a busy file, a database failing over). The
+    /// queue goes on in the background, their leases renewed, until the store takes them;
+    /// a process that exits before leaves them to lease recovery, as a crash would.
+    pub unsettled: Vec<TaskId>,
 }
 
 /// The message of a caught panic.

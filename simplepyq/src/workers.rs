@@ -159,7 +159,7 @@ impl<S: Store> Workers<S> {
     /// claimed ahead are given back; the threads are not waited for, nor a stop already
     /// under way in another thread (which ends by itself).
     pub(crate) fn stop_detached(&self) {
-        if let Some((run, _)) = self.begin_stop(None, Wait::Never) {
+        if let Some((run, _)) = self.begin_stop(None, Wait::Never, None) {
             // Detached: the threads end by themselves once nothing is held.
             drop(run);
             self.end_stop();
@@ -211,7 +211,7 @@ impl<S: Store> Workers<S> {
                 // Stop what did start, as any stop does, before waiting for it.
                 reg.life = Lifecycle::Stopping;
                 drop(reg);
-                self.halt(&run);
+                self.halt(&run, None);
                 self.finish_stop(run, None, own);
                 Err(e)
             }
@@ -323,7 +323,12 @@ impl<S: Store> Workers<S> {
     /// running, or if another thread's stop was under way (after waiting for it to end, as
     /// `wait` says).
     /// With `only`, stops that run only: a run started since by someone else is theirs.
-    fn begin_stop(&self, only: Option<u64>, wait: Wait) -> Option<(Run, usize)> {
+    fn begin_stop(
+        &self,
+        only: Option<u64>,
+        wait: Wait,
+        deadline: Option<Instant>,
+    ) -> Option<(Run, usize)> {
         let mut reg = self.registry.lock();
         let run = loop {
             match std::mem::replace(&mut reg.life, Lifecycle::Stopping) {
@@ -336,21 +341,39 @@ impl<S: Store> Workers<S> {
             }
         };
         drop(reg);
-        let released = self.halt(&run);
+        let released = self.halt(&run, deadline);
         Some((run, released))
     }
 
     /// The first step of every stop: tells `run`'s helpers, and stops its channels'
     /// dispatches, so that no handler starts from now on; gives back the tasks claimed and
-    /// not started. Returns how many were given back.
-    fn halt(&self, run: &Run) -> usize {
+    /// not started, waiting for the store until `deadline` at most (the rest are given back
+    /// in the background). Returns how many were given back by then.
+    fn halt(&self, run: &Run, deadline: Option<Instant>) -> usize {
         self.engine.stop_run(&run.signal);
         let unstarted: Vec<Task> = run
             .crews
             .iter()
             .flat_map(|(name, crew)| self.halt_crew(name, &crew.dispatch))
             .collect();
-        leases::give_back(&self.engine, &unstarted)
+        let Some(deadline) = deadline else {
+            return leases::give_back(&self.engine, &unstarted);
+        };
+        if unstarted.is_empty() {
+            return 0;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let engine = Arc::clone(&self.engine);
+        let tasks = unstarted.clone();
+        let spawned = thread::Builder::new()
+            .name("simplepyq-give-back".into())
+            .spawn(move || drop(tx.send(leases::give_back(&engine, &tasks))));
+        match spawned {
+            Ok(_) => rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or(0),
+            Err(_) => leases::give_back(&self.engine, &unstarted),
+        }
     }
 
     /// Stops one channel's dispatch: no handler of it starts from now on. Returns its tasks
@@ -365,8 +388,14 @@ impl<S: Store> Workers<S> {
     /// still running then are left to finish, their threads detached), then for every
     /// outcome handed over to be recorded or given up on. The keeper and the recorder go on
     /// while handlers still run, and are joined otherwise. The queue is then `Stopped`.
-    /// Returns the tasks whose handlers still run.
-    fn finish_stop(&self, run: Run, deadline: Option<Instant>, own: Option<Claim>) -> Vec<TaskId> {
+    /// Returns the tasks whose handlers still run, and those whose outcome or giving back
+    /// the store had not taken by the deadline.
+    fn finish_stop(
+        &self,
+        run: Run,
+        deadline: Option<Instant>,
+        own: Option<Claim>,
+    ) -> (Vec<TaskId>, Vec<TaskId>) {
         let held = &self.engine.held;
         loop {
             let (seen, _) = held.snapshot();
@@ -383,10 +412,12 @@ impl<S: Store> Workers<S> {
         if deadline.is_some() {
             held.cancel(None, CancelReason::Stop);
         }
-        // Outcomes handed over are recorded (or, with a failing store, given up on).
+        // Outcomes handed over are recorded (or, with a failing store, given up on), and
+        // tasks claimed ahead given back: until the deadline, if any (a slow store's calls
+        // go on in the background then).
         loop {
             let (seen, _) = held.snapshot();
-            if held.only_running() {
+            if held.only_running() || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             held.wait(seen, Duration::from_millis(10));
@@ -406,14 +437,15 @@ impl<S: Store> Workers<S> {
             }
         }
         let running = held.running();
-        if running.is_empty() {
+        let unsettled = held.unsettled();
+        if running.is_empty() && unsettled.is_empty() {
             // The keeper and the recorder end once nothing is held: wait for them.
             for t in run.helpers {
                 let _ = t.join();
             }
         }
         self.end_stop();
-        running
+        (running, unsettled)
     }
 
     /// See [`SimplePyQ::stop`].
@@ -441,14 +473,15 @@ impl<S: Store> Workers<S> {
         } else {
             Wait::ForOtherStop
         };
-        let Some((run, released)) = self.begin_stop(None, wait) else {
+        let Some((run, released)) = self.begin_stop(None, wait, deadline) else {
             return StopReport::default();
         };
-        let running = self.finish_stop(run, deadline, own);
+        let (running, unsettled) = self.finish_stop(run, deadline, own);
         StopReport {
             running,
             released,
             unrecorded: self.engine.outcomes.take_unrecorded(),
+            unsettled,
         }
     }
 
@@ -498,7 +531,7 @@ impl<S: Store> Workers<S> {
             }
             self.engine.held.wait(seen, self.engine.poll_interval);
         };
-        if let Some((run, _)) = self.begin_stop(Some(number), Wait::ForOtherStop) {
+        if let Some((run, _)) = self.begin_stop(Some(number), Wait::ForOtherStop, None) {
             self.finish_stop(run, None, None);
         }
         result

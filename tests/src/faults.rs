@@ -40,6 +40,7 @@ pub struct Flaky<S> {
     slow_claim_ms: AtomicU64,
     slow_read_ms: AtomicU64,
     slow_recovery_ms: AtomicU64,
+    slow_write_ms: AtomicU64,
     /// Calls, and calls made on a thread that drives an async runtime.
     calls_made: AtomicU64,
     on_runtime: AtomicU64,
@@ -62,6 +63,7 @@ impl<S: Store> Flaky<S> {
             slow_claim_ms: AtomicU64::new(0),
             slow_read_ms: AtomicU64::new(0),
             slow_recovery_ms: AtomicU64::new(0),
+            slow_write_ms: AtomicU64::new(0),
             calls_made: AtomicU64::new(0),
             on_runtime: AtomicU64::new(0),
         }
@@ -143,6 +145,20 @@ impl<S: Store> Flaky<S> {
     pub fn slow_recovery(&self, pause: std::time::Duration) {
         let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
         self.slow_recovery_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// From now on every `finish_many` and `release` takes `pause` longer (a busy file, a
+    /// database failing over), and then takes effect.
+    pub fn slow_writes(&self, pause: std::time::Duration) {
+        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        self.slow_write_ms.store(ms, Ordering::SeqCst);
+    }
+
+    fn write(&self) {
+        let slow = self.slow_write_ms.load(Ordering::SeqCst);
+        if slow > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(slow));
+        }
     }
 
     fn read(&self) {
@@ -234,11 +250,13 @@ impl<S: Store> Store for Flaky<S> {
         if self.outage.load(Ordering::SeqCst) {
             self.fail()?;
         }
+        self.write();
         self.inner.finish_many(results, now)
     }
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         self.alive()?;
         self.trip(self.faults.leases)?;
+        self.write();
         self.inner.release(claims, now)
     }
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {

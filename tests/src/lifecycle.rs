@@ -767,6 +767,49 @@ pub fn start_does_not_hold_up_other_calls_with_store_io(store: Box<dyn Store>, h
     q.stop();
 }
 
+/// `stop_timeout(d)` returns by about `d` when the store is slow (a busy file, a database
+/// failing over): the outcome the store has not taken yet is reported as unsettled, and is
+/// still recorded in the background, its lease kept; nothing is lost or run twice.
+pub fn stop_timeout_is_bounded_by_a_slow_store(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    let q = SimplePyQ::builder(Arc::clone(&slow))
+        .lease(Duration::from_millis(600))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    handlers
+        .add(
+            &q,
+            "slow",
+            move |_: u32| {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
+    slow.slow_writes(Duration::from_secs(3));
+    let id = q.enqueue("slow", &0u32).expect("enqueue");
+    q.start().expect("start");
+    wait_until("the handler ran", || ran.load(Ordering::SeqCst) == 1);
+    let t0 = Instant::now();
+    let report = q.stop_timeout(Duration::from_millis(300));
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(1_500),
+        "stop_timeout(300 ms) took {took:?}"
+    );
+    assert_eq!(report.unsettled, vec![id], "{report:?}");
+    wait_until("the outcome is recorded", || {
+        store.get(id).expect("get").expect("exists").state.status == Status::Done
+    });
+    let s = store.get(id).expect("get").expect("exists").state;
+    assert_eq!((s.attempts, ran.load(Ordering::SeqCst)), (1, 1));
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -790,6 +833,7 @@ macro_rules! lifecycle_tests {
             no_worker_idles_while_a_slow_claim_runs,
             slow_gauges_do_not_delay_lease_renewals,
             start_does_not_hold_up_other_calls_with_store_io,
+            stop_timeout_is_bounded_by_a_slow_store,
             a_claim_answered_after_its_lease_ran_out_is_not_run
         );
     };
