@@ -367,7 +367,9 @@ impl<S: Store> Workers<S> {
         let tasks = unstarted.clone();
         let spawned = thread::Builder::new()
             .name("simplepyq-give-back".into())
-            .spawn(move || drop(tx.send(leases::give_back(&engine, &tasks))));
+            .spawn(move || {
+                let _ = tx.send(leases::give_back(&engine, &tasks));
+            });
         match spawned {
             Ok(_) => rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
