@@ -60,15 +60,22 @@ impl E {
         }
     }
 
-    /// Whether the connection broke before the request reached the server (it was closed
-    /// while idle in the pool: a restarted server, a terminated backend). The request had no
-    /// effect, so it may be sent again on a new connection.
+    /// Whether the connection broke while idle in the pool or during the request (a
+    /// restarted or crashed server, a terminated backend, a cut network). Then the request
+    /// most likely had no effect, but a request under way may have been run (and committed)
+    /// before its answer was lost: only a call that may run twice is sent again for it.
     pub(crate) fn is_unsent(&self) -> bool {
         matches!(self, E::Pg(e) if e.is_closed() || e.code().is_some_and(|c| {
-            // Delivered to an idle connection: it is reported by the next request, which
-            // the server never read.
             *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN
         }))
+    }
+
+    /// Whether the server ended the connection before it read the request: a backend
+    /// terminated (`pg_terminate_backend`, a fast shutdown) while the connection was idle
+    /// reports it to the next request, which it never read. (A crash's 57P02 can reach a
+    /// backend after its commit: not this.)
+    pub(crate) fn is_unread(&self) -> bool {
+        matches!(self, E::Pg(e) if e.code() == Some(&SqlState::ADMIN_SHUTDOWN))
     }
 }
 

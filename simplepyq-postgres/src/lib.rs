@@ -330,24 +330,41 @@ impl PostgresStore {
     /// Runs `op` on a pooled connection; runs it again (on another connection) when it lost
     /// a deadlock or serialization race, or when its connection had broken before the
     /// request was sent. Neither had any effect.
-    fn run<T: Send>(&self, mut op: impl FnMut(&mut Db<'_, Client>) -> R<T> + Send) -> Result<T> {
+    fn run<T: Send>(&self, op: impl FnMut(&mut Db<'_, Client>) -> R<T> + Send) -> Result<T> {
+        self.run_with(Resend::Always, op)
+    }
+
+    /// [`PostgresStore::run`] for an `op` whose effect `resend` says whether it may be
+    /// repeated: a connection that ends while a request is under way (a crashed server, a
+    /// cut network) leaves unknown whether the server ran it.
+    fn run_with<T: Send>(
+        &self,
+        resend: Resend,
+        mut op: impl FnMut(&mut Db<'_, Client>) -> R<T> + Send,
+    ) -> Result<T> {
         off_runtime(|| {
             let mut tries = 0;
             loop {
                 tries += 1;
-                let result = self.pool().get().map_err(E::from).and_then(|mut conn| {
-                    let conn = &mut *conn;
-                    if self.clock.claim_remeasure() {
-                        // A failed measurement keeps the last one; the next call tries again.
-                        let _ = self.clock.remeasure(&mut conn.client);
-                    }
-                    op(&mut Db {
-                        client: &mut conn.client,
-                        statements: &mut conn.statements,
-                    })
+                let mut conn = self.pool().get().map_err(E::from)?;
+                let conn = &mut *conn;
+                // Known to be closed before anything was sent: another connection, at no
+                // risk (the pool drops this one).
+                if conn.client.is_closed() && tries < 5 {
+                    continue;
+                }
+                if self.clock.claim_remeasure() {
+                    // A failed measurement keeps the last one; the next call tries again.
+                    let _ = self.clock.remeasure(&mut conn.client);
+                }
+                let result = op(&mut Db {
+                    client: &mut conn.client,
+                    statements: &mut conn.statements,
                 });
                 match result {
-                    Err(e) if tries < 5 && (e.is_conflict() || e.is_unsent()) => continue,
+                    Err(e) if tries < 5 && e.is_conflict() => continue,
+                    Err(e) if tries < 5 && e.is_unread() => continue,
+                    Err(e) if tries < 5 && resend == Resend::Always && e.is_unsent() => continue,
                     other => return other.map_err(Error::from),
                 }
             }
@@ -355,11 +372,17 @@ impl PostgresStore {
     }
 
     /// Runs `op` in a transaction, as [`PostgresStore::run`] does.
-    fn transaction<T: Send>(
+    fn transaction<T: Send>(&self, op: impl FnMut(&mut Tx<'_, '_>) -> R<T> + Send) -> Result<T> {
+        self.transaction_with(Resend::Always, op)
+    }
+
+    /// Runs `op` in a transaction, as [`PostgresStore::run_with`] does.
+    fn transaction_with<T: Send>(
         &self,
+        resend: Resend,
         mut op: impl FnMut(&mut Tx<'_, '_>) -> R<T> + Send,
     ) -> Result<T> {
-        self.run(|db| {
+        self.run_with(resend, |db| {
             let mut tx = db.client.transaction()?;
             let value = op(&mut Db {
                 client: &mut tx,
@@ -369,6 +392,17 @@ impl PostgresStore {
             Ok(value)
         })
     }
+}
+
+/// Whether a store call may be sent again after its connection ended while it was under
+/// way, with its effect unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Yes: running it twice does what running it once does (a renewal, a guarded outcome,
+    /// a claim whose first answer is lost either way).
+    Always,
+    /// Only if it provably never reached the server (an insert).
+    IfUnsent,
 }
 
 fn to_u32(what: &str, v: i64) -> R<u32> {
@@ -757,10 +791,14 @@ impl Store for PostgresStore {
             .filter(|(_, r)| r.is_none())
             .map(|(t, _)| t)
             .collect();
+        // Inserted twice, a task would run twice: an insert whose connection broke while
+        // it was under way is not sent again (the caller learns that its effect is unknown).
         let ids = if firsts.iter().all(|t| t.unique_key.is_none()) {
-            self.run(|c| Self::insert(c, &firsts, now))?
+            self.run_with(Resend::IfUnsent, |c| Self::insert(c, &firsts, now))?
         } else {
-            self.transaction(|tx| Self::insert_or_hold(tx, &firsts, now))?
+            self.transaction_with(Resend::IfUnsent, |tx| {
+                Self::insert_or_hold(tx, &firsts, now)
+            })?
         };
         self.announce(firsts.iter().map(|t| t.channel.as_str()));
         // Back to every position: a repeated key gets its first task's id.

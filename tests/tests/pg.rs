@@ -586,3 +586,127 @@ fn a_reserved_word_is_refused_as_a_schema_name() {
         );
     }
 }
+
+/// A TCP proxy to the test server that, once armed, cuts the first connection that runs an
+/// `INSERT INTO tasks`: the statement reaches the server (which runs and commits it), its
+/// answer never reaches the client, which sees its connection end mid-request.
+struct CutAfterInsert {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutAfterInsert {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let upstream = server()
+            .url()
+            .rsplit_once('@')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(addr, _)| addr.to_owned())
+            .expect("the server's address");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = Arc::clone(&armed);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let muted = Arc::new(AtomicBool::new(false));
+                let (mut c_in, mut s_out) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (arm, mute) = (Arc::clone(&arm), Arc::clone(&muted));
+                let cut_client = client.try_clone().expect("clone");
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65_536];
+                    // The statement is prepared first (its text, in a Parse message), then
+                    // run by the client's next message (Bind, Execute): that one is cut.
+                    let mut prepared = false;
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let insert = buf[..n].windows(17).any(|w| w == b"INSERT INTO tasks");
+                        let execute = message_kinds(&buf[..n]).contains(&b'E');
+                        if insert && !execute && arm.load(Ordering::SeqCst) {
+                            prepared = true;
+                        } else if (insert || prepared)
+                            && execute
+                            && arm.swap(false, Ordering::SeqCst)
+                        {
+                            mute.store(true, Ordering::SeqCst);
+                            let _ = s_out.write_all(&buf[..n]);
+                            // Long enough for the server to run and commit it.
+                            std::thread::sleep(Duration::from_millis(300));
+                            let _ = cut_client.shutdown(Shutdown::Both);
+                            let _ = s_out.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65_536];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 || muted.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CutAfterInsert { port, armed }
+    }
+}
+
+/// The kinds of the frontend messages in `bytes` (each a kind byte, then its length).
+fn message_kinds(mut bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while bytes.len() >= 5 {
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        kinds.push(bytes[0]);
+        bytes = bytes.get(1 + len..).unwrap_or_default();
+    }
+    kinds
+}
+
+/// An enqueue whose connection broke after the server got it (it committed; its answer was
+/// lost) is not sent again as if it never reached the server: the task is stored once, and
+/// the caller is told that the effect is unknown. Retried, it was stored twice.
+#[test]
+fn an_enqueue_cut_off_after_it_was_sent_is_not_stored_twice() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let proxy = CutAfterInsert::start();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        proxy.port
+    );
+    let s = PostgresStore::connect_with(&conninfo, options(&schema)).expect("connect");
+    proxy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let result = s.enqueue_one(NewTask::new("once", vec![1]), at(0));
+    if let Err(e) = &result {
+        assert!(matches!(e, simplepyq::Error::Unavailable { .. }), "{e}");
+    }
+    let stored: i64 = server()
+        .client()
+        .query_one(&format!("SELECT count(*) FROM {schema}.tasks"), &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        stored, 1,
+        "the enqueue was stored {stored} times ({result:?})"
+    );
+}
