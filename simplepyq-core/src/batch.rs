@@ -18,6 +18,12 @@ use crate::{
 /// A task's new state, for the store to write.
 pub type Change = (TaskId, TaskState);
 
+/// How many tasks one transaction of an administrative call changes at most (clearing,
+/// requeueing, removing, purging): a call over millions of tasks runs as many short
+/// transactions, so that it holds no lock for long (on SQLite, the only writer) and no
+/// statement runs into a statement timeout.
+pub const BULK_BATCH: usize = 5_000;
+
 /// The most due delayed tasks one claim promotes to pending, earliest run-at (then id)
 /// first. Until every due delayed task of a channel is promoted (more than this many came due
 /// at once: a long outage, a large scheduled batch), priorities order only the promoted ones.

@@ -58,7 +58,13 @@ use crate::error::{E, R, bad_value};
 use crate::pool::{Db, Manager, Pool};
 
 /// How many done tasks one statement of [`Store::purge_done`] deletes.
-pub const PURGE_BATCH: i64 = 5_000;
+pub const PURGE_BATCH: i64 = batch::BULK_BATCH as i64;
+
+/// How many tasks (of any channel) one statement of [`Store::remove_channel`] looks
+/// through: no index leads with the channel for every status, so the channel's tasks are
+/// deleted a range of the primary key at a time, each statement short whatever the table's
+/// size.
+const REMOVE_RANGE: i64 = 50_000;
 
 /// Settings of a [`PostgresStore`].
 #[derive(Clone, Debug)]
@@ -948,10 +954,18 @@ impl Store for PostgresStore {
 
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
         let sql = format!(
-            "DELETE FROM tasks WHERE status = 'failed'{}",
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+             WHERE status = 'failed'{} LIMIT {PURGE_BATCH})",
             channel_filter(channel, 1)
         );
-        self.run(|c| execute(c, &sql, channel, &[]))
+        let mut total = 0;
+        loop {
+            let n = self.run(|c| execute(c, &sql, channel, &[]))?;
+            total += n;
+            if n < batch::BULK_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     fn requeue_failed(
@@ -960,42 +974,80 @@ impl Store for PostgresStore {
         retries: Option<u32>,
         now: Timestamp,
     ) -> Result<usize> {
+        // A batch at a time, in the order of `tasks_failed`, from past the last one seen (a
+        // task whose unique key is held stays failed).
         let sql = format!(
-            "SELECT {COLUMNS} FROM tasks WHERE status = 'failed'{} ORDER BY id FOR UPDATE",
-            channel_filter(channel, 1)
+            "SELECT {COLUMNS} FROM tasks WHERE status = 'failed' AND (channel, id) > ($1, $2){} \
+             ORDER BY channel, id LIMIT {PURGE_BATCH} FOR UPDATE",
+            channel_filter(channel, 3)
         );
-        let channels = self.transaction(|tx| {
-            let rows = match channel {
-                Some(c) => tx.query(&sql, &[&c])?,
-                None => tx.query(&sql, &[])?,
-            };
-            let failed = tasks_from_rows(&rows)?;
-            let keys: Vec<Key<'_>> = failed
-                .iter()
-                .map(|t| key(&t.channel, &t.unique_key))
-                .collect();
-            let held: HashSet<Key<'_>> = keys
-                .iter()
-                .zip(holders(tx, &keys)?)
-                .filter_map(|(k, holder)| holder.map(|_| *k))
-                .collect();
-            let changes = batch::requeue(&failed, now, retries, |channel, key| {
-                Ok(held.contains(&(channel, Some(key))))
+        let mut after = (channel.unwrap_or_default().to_owned(), 0i64);
+        let mut total = 0;
+        loop {
+            let (seen, last, channels) = self.transaction(|tx| {
+                let rows = match channel {
+                    Some(c) => tx.query(&sql, &[&after.0, &after.1, &c])?,
+                    None => tx.query(&sql, &[&after.0, &after.1])?,
+                };
+                let failed = tasks_from_rows(&rows)?;
+                let keys: Vec<Key<'_>> = failed
+                    .iter()
+                    .map(|t| key(&t.channel, &t.unique_key))
+                    .collect();
+                let held: HashSet<Key<'_>> = keys
+                    .iter()
+                    .zip(holders(tx, &keys)?)
+                    .filter_map(|(k, holder)| holder.map(|_| *k))
+                    .collect();
+                let changes = batch::requeue(&failed, now, retries, |channel, key| {
+                    Ok(held.contains(&(channel, Some(key))))
+                })?;
+                StateArrays::of(&changes).save(tx)?;
+                let channel_of: HashMap<TaskId, &str> =
+                    failed.iter().map(|t| (t.id, t.channel.as_str())).collect();
+                let last = failed.last().map(|t| (t.channel.clone(), t.id.get()));
+                let channels = changes
+                    .iter()
+                    .filter_map(|(id, _)| channel_of.get(id).map(|c| (*c).to_owned()))
+                    .collect::<Vec<String>>();
+                Ok((failed.len(), last, channels))
             })?;
-            StateArrays::of(&changes).save(tx)?;
-            let channel_of: HashMap<TaskId, &str> =
-                failed.iter().map(|t| (t.id, t.channel.as_str())).collect();
-            Ok(changes
-                .iter()
-                .filter_map(|(id, _)| channel_of.get(id).map(|c| (*c).to_owned()))
-                .collect::<Vec<String>>())
-        })?;
-        self.announce(channels.iter().map(String::as_str));
-        Ok(channels.len())
+            self.announce(channels.iter().map(String::as_str));
+            total += channels.len();
+            match last {
+                Some(last) if seen == batch::BULK_BATCH => after = last,
+                _ => return Ok(total),
+            }
+        }
     }
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {
-        self.run(|c| c.execute("DELETE FROM tasks WHERE channel = $1", &[&channel]))
+        let mut total = 0;
+        let mut from = 0i64;
+        loop {
+            // The id REMOVE_RANGE rows on (by the primary key), or none past the last rows.
+            let to: Option<i64> = self.run(|c| {
+                let rows = c.query(
+                    &format!(
+                        "SELECT id FROM tasks WHERE id >= $1 ORDER BY id \
+                         OFFSET {REMOVE_RANGE} LIMIT 1"
+                    ),
+                    &[&from],
+                )?;
+                Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+            })?;
+            let until = to.unwrap_or(i64::MAX);
+            total += self.run(|c| {
+                c.execute(
+                    "DELETE FROM tasks WHERE channel = $1 AND id >= $2 AND id < $3",
+                    &[&channel, &from, &until],
+                )
+            })?;
+            match to {
+                Some(to) => from = to,
+                None => return Ok(total),
+            }
+        }
     }
 
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {

@@ -661,36 +661,60 @@ const KEY_HOLDER: &str = "SELECT id FROM tasks WHERE channel = ?1 AND unique_key
 /// Running tasks whose lease ended by ?1: their ids and channels.
 const EXPIRED: &str = "SELECT id, channel FROM tasks WHERE status = 'running' \
      AND lease_until <= ?1 ORDER BY lease_until";
-/// Deletes the tasks of channel ?1 with `status`. No index holds every row of a channel:
-/// a channel's tasks are deleted a status at a time, each following its status's index
-/// (which SQLite uses only when the status is written in the query, not bound).
+/// Runs `step` (a transaction that changes at most [`batch::BULK_BATCH`] tasks and says how
+/// many) until it changes fewer; returns how many it changed in all.
+fn in_batches(mut step: impl FnMut() -> Result<usize>) -> Result<usize> {
+    let mut total = 0;
+    loop {
+        let n = step()?;
+        total += n;
+        if n < batch::BULK_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Deletes up to [`batch::BULK_BATCH`] tasks of channel ?1 with `status`. No index holds
+/// every row of a channel: a channel's tasks are deleted a status at a time, each following
+/// its status's index (which SQLite uses only when the status is written in the query, not
+/// bound).
 fn remove_channel_sql(status: Status) -> String {
     format!(
-        "DELETE FROM tasks WHERE channel = ?1 AND status = '{}'",
-        status.as_str()
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+         WHERE channel = ?1 AND status = '{}' LIMIT {})",
+        status.as_str(),
+        batch::BULK_BATCH
     )
 }
 
-/// Failed tasks (of channel ?1 if given), in the order of `tasks_failed`.
+/// Up to [`batch::BULK_BATCH`] failed tasks past (channel ?1, id ?2) (of channel ?3 if
+/// given), in the order of `tasks_failed`.
 fn failed_sql(channel: Option<&str>) -> String {
     format!(
-        "SELECT {COLUMNS} FROM tasks WHERE status = 'failed'{} ORDER BY channel, id",
-        channel_filter(channel, 1)
+        "SELECT {COLUMNS} FROM tasks WHERE status = 'failed' AND (channel, id) > (?1, ?2){} \
+         ORDER BY channel, id LIMIT {}",
+        channel_filter(channel, 3),
+        batch::BULK_BATCH
     )
 }
 
+/// Deletes up to [`batch::BULK_BATCH`] failed tasks (of channel ?1 if given).
 fn clear_failed_sql(channel: Option<&str>) -> String {
     format!(
-        "DELETE FROM tasks WHERE status = 'failed'{}",
-        channel_filter(channel, 1)
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 'failed'{} LIMIT {})",
+        channel_filter(channel, 1),
+        batch::BULK_BATCH
     )
 }
 
-/// Done tasks (of channel ?2 if given) last changed before ?1.
+/// Deletes up to [`batch::BULK_BATCH`] done tasks (of channel ?2 if given) last changed
+/// before ?1.
 fn purge_done_sql(channel: Option<&str>) -> String {
     format!(
-        "DELETE FROM tasks WHERE status = 'done' AND updated_at < ?1{}",
-        channel_filter(channel, 2)
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+         WHERE status = 'done' AND updated_at < ?1{} LIMIT {})",
+        channel_filter(channel, 2),
+        batch::BULK_BATCH
     )
 }
 
@@ -892,7 +916,10 @@ impl Store for SqliteStore {
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
         let sql = clear_failed_sql(channel);
         let channel = channel.map(str::to_owned);
-        self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(&channel))?))
+        in_batches(|| {
+            let (sql, channel) = (sql.clone(), channel.clone());
+            self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(&channel))?))
+        })
     }
 
     fn requeue_failed(
@@ -902,45 +929,65 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<usize> {
         let sql = failed_sql(channel);
-        let channel = channel.map(str::to_owned);
-        let (n, channels) = self.write(move |tx| {
-            let failed = select_tasks(tx, &sql, params_from_iter(&channel))?;
-            let mut holder = tx.prepare_cached(KEY_HOLDER)?;
-            let changes = batch::requeue(&failed, now, retries, |channel, key| {
-                holder
-                    .exists(params![channel, key])
-                    .map_err(|e| Error::from(E::from(e)))
+        let only = channel.map(str::to_owned);
+        // A batch at a time, each its own transaction, from past the last task seen (a task
+        // whose unique key is held stays failed).
+        let mut after = (channel.unwrap_or_default().to_owned(), 0i64);
+        let mut total = 0;
+        loop {
+            let (sql, only, from) = (sql.clone(), only.clone(), after.clone());
+            let (seen, last, n, channels) = self.write(move |tx| {
+                let failed = match &only {
+                    Some(c) => select_tasks(tx, &sql, params![from.0, from.1, c])?,
+                    None => select_tasks(tx, &sql, params![from.0, from.1])?,
+                };
+                let mut holder = tx.prepare_cached(KEY_HOLDER)?;
+                let changes = batch::requeue(&failed, now, retries, |channel, key| {
+                    holder
+                        .exists(params![channel, key])
+                        .map_err(|e| Error::from(E::from(e)))
+                })?;
+                let channels: BTreeSet<String> = failed.iter().map(|t| t.channel.clone()).collect();
+                let last = failed.last().map(|t| (t.channel.clone(), t.id.get()));
+                Ok((failed.len(), last, write_changes(tx, &changes)?, channels))
             })?;
-            let channels: BTreeSet<String> = failed.iter().map(|t| t.channel.clone()).collect();
-            Ok((write_changes(tx, &changes)?, channels))
-        })?;
-        self.announce(n, &channels);
-        Ok(n)
+            self.announce(n, &channels);
+            total += n;
+            match last {
+                Some(last) if seen == batch::BULK_BATCH => after = last,
+                _ => return Ok(total),
+            }
+        }
     }
 
     fn remove_channel(&self, channel: &str) -> Result<usize> {
-        let channel = channel.to_owned();
-        self.write(move |tx| {
-            let mut n = 0;
-            for status in Status::ALL {
-                n += tx
-                    .prepare_cached(&remove_channel_sql(status))?
-                    .execute([&channel])?;
-            }
-            Ok(n)
-        })
+        let mut total = 0;
+        for status in Status::ALL {
+            total += in_batches(|| {
+                let channel = channel.to_owned();
+                self.write(move |tx| {
+                    Ok(tx
+                        .prepare_cached(&remove_channel_sql(status))?
+                        .execute([&channel])?)
+                })
+            })?;
+        }
+        Ok(total)
     }
 
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
         let sql = purge_done_sql(channel);
         let channel = channel.map(str::to_owned);
-        self.write(move |tx| {
-            let mut stmt = tx.prepare_cached(&sql)?;
-            let n = match &channel {
-                Some(c) => stmt.execute(params![before.as_millis(), c])?,
-                None => stmt.execute([before.as_millis()])?,
-            };
-            Ok(n)
+        in_batches(|| {
+            let (sql, channel) = (sql.clone(), channel.clone());
+            self.write(move |tx| {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let n = match &channel {
+                    Some(c) => stmt.execute(params![before.as_millis(), c])?,
+                    None => stmt.execute([before.as_millis()])?,
+                };
+                Ok(n)
+            })
         })
     }
 

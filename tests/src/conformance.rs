@@ -441,6 +441,63 @@ pub fn clear_failed_per_channel_or_all(s: &dyn Store) {
     assert_eq!(s.counts(None).expect("counts").total(), 1);
 }
 
+/// `n` tasks of `channel`, claimed and ended with `outcome`, in large batches.
+fn make_many(s: &dyn Store, channel: &str, n: usize, outcome: &Outcome) {
+    let tasks: Vec<NewTask> = (0..n).map(|_| task(channel)).collect();
+    for chunk in tasks.chunks(2_000) {
+        s.enqueue(chunk, T0).expect("enqueue");
+        let claimed = s
+            .claim(channel, chunk.len(), T0, T0.after(LEASE))
+            .expect("claim");
+        assert_eq!(claimed.len(), chunk.len());
+        let results: Vec<(Claim, Outcome)> = claimed
+            .iter()
+            .map(|t| (t.claim(), outcome.clone()))
+            .collect();
+        for r in s.finish_many(&results, T0).expect("finish") {
+            r.expect("recorded");
+        }
+    }
+}
+
+/// Requeueing, clearing, removing and purging more tasks than one of their transactions
+/// takes ([`simplepyq_core::batch::BULK_BATCH`]): every task is reached, each once, and a
+/// failed task whose unique key a task requeued in an earlier batch holds stays failed.
+pub fn bulk_calls_reach_every_task_across_batches(s: &dyn Store) {
+    let n = 2 * simplepyq_core::batch::BULK_BATCH + 7;
+    let permanent = Outcome::Failed {
+        error: "x".into(),
+        retry_at: T0,
+        permanent: true,
+    };
+    // Two failed tasks with one key, far apart: the second is in a later batch.
+    let first = make_failed_with(s, task("bulk").unique_key("k"));
+    make_many(s, "bulk", n - 2, &permanent);
+    let second = make_failed_with(s, task("bulk").unique_key("k"));
+    assert_eq!(s.counts(Some("bulk")).expect("counts").failed, n);
+    assert_eq!(
+        s.requeue_failed(Some("bulk"), None, at(1))
+            .expect("requeue"),
+        n - 1
+    );
+    assert_eq!(
+        (status(s, first), status(s, second)),
+        (Status::Pending, Status::Failed)
+    );
+    assert_eq!(s.clear_failed(None).expect("clear"), 1);
+    let c = s.counts(Some("bulk")).expect("counts");
+    assert_eq!((c.pending, c.failed), (n - 1, 0), "{c:?}");
+    assert_eq!(s.remove_channel("bulk").expect("remove"), n - 1);
+    make_many(s, "bulk", n, &permanent);
+    assert_eq!(s.requeue_failed(None, Some(1), at(2)).expect("requeue"), n);
+    assert_eq!(s.remove_channel("bulk").expect("remove"), n);
+    make_many(s, "done", n, &Outcome::Succeeded);
+    make_many(s, "failed", 3, &permanent);
+    assert_eq!(s.purge_done(None, at(1)).expect("purge"), n);
+    assert_eq!(s.clear_failed(Some("failed")).expect("clear"), 3);
+    assert_eq!(s.counts(None).expect("counts").total(), 0);
+}
+
 /// requeue_failed restores the enqueued retry count, or sets a new one; per channel or all.
 pub fn requeue_failed_restores_or_sets_retries(s: &dyn Store) {
     let a = make_failed(s, "a", 2);

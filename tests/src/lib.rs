@@ -216,6 +216,7 @@ macro_rules! conformance_tests {
             release_gives_unstarted_tasks_back,
             clear_failed_per_channel_or_all,
             requeue_failed_restores_or_sets_retries,
+            bulk_calls_reach_every_task_across_batches,
             remove_channel_deletes_every_status,
             purge_done_deletes_old_done_tasks,
             counts_per_channel_and_total,

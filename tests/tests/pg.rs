@@ -710,3 +710,44 @@ fn an_enqueue_cut_off_after_it_was_sent_is_not_stored_twice() {
         "the enqueue was stored {stored} times ({result:?})"
     );
 }
+
+/// Requeueing, clearing and removing a channel of many tasks runs as many short statements,
+/// each far inside the statement timeout (here 1 s, against PostgreSQL's default of 30 s):
+/// as one statement over 300,000 tasks each timed out, and could never be done.
+#[test]
+fn bulk_calls_over_many_tasks_stay_inside_the_statement_timeout() {
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let s = PostgresStore::connect_with(
+        server().conninfo(),
+        options(&schema).statement_timeout(Duration::from_secs(1)),
+    )
+    .expect("connect");
+    let fill = |status: &str| {
+        server()
+            .client()
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.tasks (channel, args, created_at, status, retries_left, \
+                     max_retries, attempts, run_at, updated_at) \
+                     SELECT 'many', '\\x91'::bytea || repeat('a', 200)::bytea, 0, '{status}', \
+                     0, 0, 1, 0, 0 FROM generate_series(1, 300000)"
+                ),
+                &[],
+            )
+            .expect("fill")
+    };
+    fill("failed");
+    assert_eq!(
+        s.requeue_failed(Some("many"), None, at(0))
+            .expect("requeue"),
+        300_000
+    );
+    server()
+        .client()
+        .execute(&format!("UPDATE {schema}.tasks SET status = 'failed'"), &[])
+        .expect("fail them again");
+    assert_eq!(s.clear_failed(Some("many")).expect("clear"), 300_000);
+    fill("done");
+    assert_eq!(s.remove_channel("many").expect("remove"), 300_000);
+}
