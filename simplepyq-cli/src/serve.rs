@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Json, Path, Request, State};
+use axum::extract::{Json, Path, Query, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -43,6 +43,18 @@ const STYLE: &str = include_str!("serve/style.css");
 const COOKIE: &str = "simplepyq_token";
 /// The failed tasks the overview lists.
 const FAILED_SHOWN: usize = 50;
+/// The channels one page of the overview shows (their counts are asked channel by channel).
+const CHANNELS_SHOWN: usize = 100;
+/// How long an overview is served again to every tab instead of asking the store: with any
+/// number of open tabs, the store answers at most one overview a second.
+const OVERVIEW_FRESH: Duration = Duration::from_secs(1);
+/// How often the chart counts the last two minutes again when there are more channels than
+/// a page shows (it then counts all channels at once, which reads every done task's index
+/// entry on SQLite).
+const WIDE_CHART_EVERY: Duration = Duration::from_secs(10);
+/// The longest arguments the overview shows of a failed task (as JSON text); the task's
+/// page shows them whole.
+const ARGS_PREVIEW: usize = 300;
 /// The chart's buckets: minutes, an hour of them.
 const MINUTE: Duration = Duration::from_secs(60);
 const MINUTES: i64 = 60;
@@ -64,6 +76,8 @@ struct App {
     csrf: String,
     read_only: bool,
     chart: Mutex<Chart>,
+    /// The last overview of each page asked for (by the channel it starts after), and when.
+    overviews: Mutex<BTreeMap<String, (Instant, Value)>>,
 }
 
 /// The chart's minutes, kept between requests: each request counts again only the last two
@@ -73,35 +87,52 @@ struct App {
 #[derive(Default)]
 struct Chart {
     counted_at: Option<Instant>,
+    /// When the last two minutes were last counted.
+    recent_at: Option<Instant>,
     minutes: BTreeMap<Timestamp, Finished>,
 }
 
 impl Chart {
     /// The minutes of the hour up to `now`'s, oldest first (none left out), of the tasks
-    /// of `channels` (asked one channel at a time: the stores' indexes of done tasks lead
-    /// with the channel).
+    /// of every channel: with no more than a page of them, asked one channel at a time (the
+    /// SQLite store's indexes of done tasks lead with the channel); with more, all at once,
+    /// and the last two minutes at most every [`WIDE_CHART_EVERY`].
     fn update(
         &mut self,
         store: &dyn Store,
-        channels: &[&str],
+        channels: &[String],
         now: Timestamp,
     ) -> Result<Vec<Finished>, Error> {
         let current = Finished::bucket_of(now, MINUTE).as_millis();
         let first = Timestamp::from_millis(current - (MINUTES - 1) * 60_000);
+        let wide = channels.len() > CHANNELS_SHOWN;
         let fresh = self
             .counted_at
             .is_some_and(|at| at.elapsed() < Duration::from_secs(60));
         let since = if fresh {
+            if wide
+                && self
+                    .recent_at
+                    .is_some_and(|at| at.elapsed() < WIDE_CHART_EVERY)
+            {
+                return Ok(self.hour(first));
+            }
             Timestamp::from_millis(current - 60_000)
         } else {
             self.counted_at = Some(Instant::now());
             first
         };
+        self.recent_at = Some(Instant::now());
         self.minutes
             .retain(|&bucket, _| bucket >= first && bucket < since);
         let mut rows = Vec::new();
-        for channel in channels {
-            for f in store.finished(Some(channel), since, MINUTE)? {
+        let asked: Vec<Option<&str>> = if wide {
+            vec![None]
+        } else {
+            channels.iter().map(|c| Some(c.as_str())).collect()
+        };
+        for channel in asked {
+            for f in store.finished(channel, since, MINUTE)? {
                 rows.extend([
                     (f.bucket, Status::Done, f.done),
                     (f.bucket, Status::Failed, f.failed),
@@ -111,7 +142,12 @@ impl Chart {
         for f in Finished::tally(rows, MINUTE) {
             self.minutes.insert(f.bucket, f);
         }
-        Ok((0..MINUTES)
+        Ok(self.hour(first))
+    }
+
+    /// The hour's minutes from `first`, none left out.
+    fn hour(&self, first: Timestamp) -> Vec<Finished> {
+        (0..MINUTES)
             .map(|i| {
                 let bucket = Timestamp::from_millis(first.as_millis() + i * 60_000);
                 self.minutes
@@ -119,7 +155,7 @@ impl Chart {
                     .copied()
                     .unwrap_or_else(|| Finished::none(bucket))
             })
-            .collect())
+            .collect()
     }
 
     /// Counts the whole hour again on the next request.
@@ -129,11 +165,16 @@ impl Chart {
 }
 
 impl App {
+    /// After an action: the next overview counts again.
     fn forget_chart(&self) {
         self.chart
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .forget();
+        self.overviews
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -149,6 +190,7 @@ pub(crate) fn run(
         csrf: random_token()?,
         read_only: options.read_only,
         chart: Mutex::default(),
+        overviews: Mutex::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -365,14 +407,50 @@ async fn style() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
 }
 
-/// Per channel its counts and oldest pending task, done and failed per minute over the
-/// last hour, and the first failed tasks (by channel, then id).
-async fn overview(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
+/// Which page of channels the overview shows: those named after `after`.
+#[derive(Debug, Default, Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: String,
+}
+
+/// A page of channels (at most [`CHANNELS_SHOWN`], from the one after `page.after`) with
+/// their counts and oldest pending task, the counts of every channel, done and failed per
+/// minute over the last hour, and the first failed tasks of the page's channels (by
+/// channel, then id), their arguments cut to a preview. The same page is answered from
+/// memory for a second, to every tab.
+async fn overview(
+    State(app): State<Arc<App>>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, Refusal> {
+    if let Some((at, value)) = app
+        .overviews
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&page.after)
+        && at.elapsed() < OVERVIEW_FRESH
+    {
+        return Ok(Json(value.clone()));
+    }
     let read_only = app.read_only;
     let shared = app.clone();
+    let after = page.after.clone();
     let value = on_store(&app, move |store, now| {
-        let channels = store.channel_stats()?;
-        let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+        let names = store.channels()?;
+        let shown: Vec<String> = names
+            .iter()
+            .filter(|n| **n > after)
+            .take(CHANNELS_SHOWN)
+            .cloned()
+            .collect();
+        let next = (names.iter().filter(|n| **n > after).count() > shown.len())
+            .then(|| shown.last().cloned())
+            .flatten();
+        let channels = shown
+            .into_iter()
+            .map(|name| store.stats_of(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all = store.counts(None)?;
         let minutes = shared
             .chart
             .lock()
@@ -392,18 +470,37 @@ async fn overview(State(app): State<Arc<App>>) -> Result<Json<Value>, Refusal> {
             let page = ListFilter::new(FAILED_SHOWN - failed.len())
                 .channel(c.name.as_str())
                 .status(Status::Failed);
-            failed.extend(store.list(&page)?.iter().map(task_json));
+            failed.extend(store.list(&page)?.iter().map(|t| {
+                let mut task = task_json(t);
+                task["args"] = json!(preview(&task["args"]));
+                task
+            }));
         }
-        let failed_total: usize = channels.iter().map(|c| c.counts.failed).sum();
         let mut value = stats_json(&channels, now);
         value["minutes"] = json!(minutes);
         value["failed"] = json!(failed);
-        value["failed_total"] = json!(failed_total);
+        value["failed_total"] = json!(all.failed);
+        value["channels_total"] = json!(names.len());
+        value["channels_next"] = json!(next);
         value["read_only"] = json!(read_only);
         Ok(value)
     })
     .await?;
+    app.overviews
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(page.after, (Instant::now(), value.clone()));
     Ok(Json(value))
+}
+
+/// Arguments as JSON text, cut to [`ARGS_PREVIEW`] characters (a task's page shows them
+/// whole): failed tasks of a megabyte each made every overview tens of megabytes.
+fn preview(args: &Value) -> String {
+    let text = args.to_string();
+    match text.char_indices().nth(ARGS_PREVIEW) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 async fn task(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Json<Value>, Refusal> {

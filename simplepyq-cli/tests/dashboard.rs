@@ -805,3 +805,82 @@ fn metrics_match_counts_on_postgres() {
         "the chart counts the task done on the server's clock"
     );
 }
+
+/// With more channels than a page shows (100 here of 250), the overview counts only the
+/// page's channels one by one (the next page through `?after=`), the chart and the totals
+/// still cover every channel, a failed task's arguments come as a short preview (its page
+/// has them whole), and an overview is answered from memory to every request within a
+/// second: one open dashboard costs the store one overview a second, whatever the number
+/// of channels or tabs.
+#[test]
+fn the_overview_pages_channels_and_cuts_arguments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tasks.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let t = now();
+    let tasks: Vec<NewTask> = (0..250)
+        .map(|i| NewTask::new(format!("tenant-{i:03}"), args(json!([i]))))
+        .collect();
+    store.enqueue(&tasks, t).expect("enqueue");
+    for i in 0..250 {
+        run_one(&store, &format!("tenant-{i:03}"), Outcome::Succeeded);
+    }
+    let big = json!({ "blob": "x".repeat(100_000) });
+    store
+        .enqueue_one(NewTask::new("tenant-000", args(big.clone())), t)
+        .expect("enqueue");
+    run_one(&store, "tenant-000", failure("too big"));
+    let served = Served::start(path.to_str().expect("utf-8"), &[]);
+    let overview = |path: &str| -> Value {
+        let (status, body) = http(served.addr, "GET", path, &[], "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("json")
+    };
+    let first = overview("/api/overview");
+    let names = |o: &Value| -> Vec<String> {
+        o["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .map(|c| c["channel"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(names(&first).len(), 100);
+    assert_eq!(first["channels_total"], 250);
+    assert_eq!(first["channels_next"], "tenant-099");
+    let asked = std::time::Instant::now();
+    let third = overview("/api/overview?after=tenant-199");
+    assert_eq!(
+        names(&third).first().map(String::as_str),
+        Some("tenant-200")
+    );
+    assert_eq!(
+        (names(&third).len(), &third["channels_next"]),
+        (50, &Value::Null)
+    );
+    let hour: u64 = first["minutes"]
+        .as_array()
+        .expect("minutes")
+        .iter()
+        .filter_map(|m| m["done"].as_u64())
+        .sum();
+    assert_eq!(hour, 250, "the chart counts every channel");
+    assert_eq!(first["failed_total"], 1);
+    let shown = first["failed"][0]["args"].as_str().expect("a preview");
+    assert!(shown.chars().count() <= 301, "{} characters", shown.len());
+    let id = first["failed"][0]["id"].as_i64().expect("id");
+    let whole = overview(&format!("/api/tasks/{id}"));
+    assert_eq!(whole["args"], big);
+    // A change the dashboard did not make shows within a second, not at once.
+    store
+        .enqueue_one(NewTask::new("tenant-249", args(json!([0]))), now())
+        .expect("enqueue");
+    let again = overview("/api/overview?after=tenant-199");
+    // (Unless this machine took a second for the requests between.)
+    if asked.elapsed() < Duration::from_millis(900) {
+        assert_eq!(again["channels"], third["channels"], "answered from memory");
+    }
+    std::thread::sleep(Duration::from_millis(1_100));
+    let later = overview("/api/overview?after=tenant-199");
+    assert_eq!(later["channels"][49]["pending"], 1);
+}

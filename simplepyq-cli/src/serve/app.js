@@ -8,6 +8,8 @@ const READ_ONLY = document.querySelector('meta[name="read-only"]').content === "
 const STATUSES = ["pending", "running", "delayed", "done", "failed"];
 const main = document.getElementById("main");
 const notice = document.getElementById("notice");
+// The channel the overview's page of channels starts after ("" for the first page).
+let channelsAfter = "";
 
 // An element with attributes (class, on<event> listeners, others as attributes) and children
 // (nodes, or strings as text).
@@ -113,7 +115,13 @@ function channelsSection(data) {
       }, "Clear failed")))));
   const table = rows.length === 0 ? el("p", { class: "muted" }, "No tasks.")
     : el("table", { id: "channels" }, el("thead", {}, head), el("tbody", {}, ...rows));
-  return el("section", {}, el("h2", {}, "Channels"), table);
+  // A page of channels at a time: the server counts only the channels it shows.
+  const paging = data.channels_total > data.channels.length ? el("p", { class: "muted", id: "channel-pages" },
+    `${data.channels.length} of ${data.channels_total} channels. `,
+    channelsAfter === "" ? null : el("button", { id: "first-channels", onclick: () => { channelsAfter = ""; refresh(); } }, "First page"), " ",
+    data.channels_next === null ? null : el("button", { id: "next-channels", onclick: () => { channelsAfter = data.channels_next; refresh(); } }, "Next page"))
+    : null;
+  return el("section", {}, el("h2", {}, `Channels (${data.channels_total})`), table, paging);
 }
 
 function chartSection(data) {
@@ -147,7 +155,7 @@ function failedSection(data) {
     el("td", {}, t.channel),
     el("td", { class: "n" }, t.attempts),
     el("td", {}, el("pre", { class: "error" }, t.last_error || "")),
-    el("td", {}, el("code", { class: "json args" }, JSON.stringify(t.args))),
+    el("td", {}, el("code", { class: "json args" }, t.args)),
     since("td", "muted", t.updated_at_ms, data.now_ms)));
   const more = data.failed_total > data.failed.length
     ? el("p", { class: "muted" }, `The first ${data.failed.length}, by channel and id; \`simplepyq list --status failed\` pages through all.`) : null;
@@ -203,7 +211,7 @@ async function refresh() {
         redraw(e.message, () => main.replaceChildren(el("section", {}, el("h1", {}, `Task #${match[1]}`), el("p", {}, e.message))));
       }
     } else {
-      const data = await api("/api/overview");
+      const data = await api(`/api/overview?after=${encodeURIComponent(channelsAfter)}`);
       const key = JSON.stringify({
         ...data,
         now_ms: 0,
