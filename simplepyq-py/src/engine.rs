@@ -1,5 +1,6 @@
 //! `Engine`: one queue of the Rust library, over SQLite, redb or PostgreSQL, for Python.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, UNIX_EPOCH};
@@ -73,6 +74,44 @@ fn py_err(e: Error) -> PyErr {
         | Error::InvalidTransition { .. } => PyValueError::new_err(e.to_string()),
         Error::NotFound(_) => PyKeyError::new_err(e.to_string()),
         e => QueueError::new_err(e.to_string()),
+    }
+}
+
+thread_local! {
+    /// Whether this thread runs a Python handler now.
+    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` on a thread of its own and waits for it without the GIL, looking for signals
+/// every 50 ms: on one (Ctrl-C), calls `interrupted` (with the receiver of `f`'s result,
+/// which it may wait on) and returns the signal's exception.
+fn interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    f: impl FnOnce() -> T + Send + 'static,
+    interrupted: impl FnOnce(&mpsc::Receiver<T>) + Send,
+) -> PyResult<T> {
+    let (done, result) = mpsc::channel();
+    // Locked only by this thread: the lock makes the receiver `Sync`, as `detach` needs.
+    let result = Mutex::new(result);
+    std::thread::Builder::new()
+        .name("simplepyq-wait".into())
+        .spawn(move || {
+            let _ = done.send(f());
+        })
+        .map_err(|e| QueueError::new_err(format!("could not start a thread: {e}")))?;
+    loop {
+        match py.detach(|| result.lock().recv_timeout(Duration::from_millis(50))) {
+            Ok(outcome) => return Ok(outcome),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(interrupt) = py.check_signals() {
+                    py.detach(|| interrupted(&result.lock()));
+                    return Err(interrupt);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(QueueError::new_err("the call ended without an outcome"));
+            }
+        }
     }
 }
 
@@ -173,7 +212,10 @@ impl Engine {
                         "the arguments could not be made Python objects: {e}"
                     ))
                 })?;
-                func.call1(py, (args,))
+                IN_HANDLER.with(|h| h.set(true));
+                let called = func.call1(py, (args,));
+                IN_HANDLER.with(|h| h.set(false));
+                called
                     .map(drop)
                     .map_err(|err| outcome(py, err, &delay_exception))
             })
@@ -275,10 +317,20 @@ impl Engine {
     #[pyo3(signature = (timeout=None))]
     fn stop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Vec<i64>> {
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-        let report = py.detach(|| match timeout {
-            Some(t) => on!(self.backend, q => q.stop_timeout(t)),
-            None => on!(self.backend, q => q.stop()),
-        });
+        let backend = Arc::clone(&self.backend);
+        let stop = move || match timeout {
+            Some(t) => on!(backend, q => q.stop_timeout(t)),
+            None => on!(backend, q => q.stop()),
+        };
+        // In a handler, the stop must know its caller (it does not wait for that handler),
+        // and no signal comes to that thread: it stops here.
+        let report = if IN_HANDLER.with(Cell::get) {
+            py.detach(stop)
+        } else {
+            // Ctrl-C ends the wait (the stop goes on: no handler starts, running ones end
+            // as they will) with KeyboardInterrupt: a hung handler cannot hold the process.
+            interruptible(py, stop, |_| {})?
+        };
         Ok(report.running.into_iter().map(TaskId::get).collect())
     }
 
@@ -286,34 +338,23 @@ impl Engine {
     /// lets go of the GIL and looks for signals every 50 ms: on Ctrl-C the queue stops
     /// (running handlers finish) and `KeyboardInterrupt` is raised.
     fn run_until_complete(&self, py: Python<'_>) -> PyResult<()> {
-        let backend = Arc::clone(&self.backend);
-        let (done, result) = mpsc::channel();
-        // Locked only by this thread: the lock makes the receiver `Sync`, as `detach` needs.
-        let result = Mutex::new(result);
-        std::thread::Builder::new()
-            .name("simplepyq-run".into())
-            .spawn(move || {
-                let outcome = on!(backend, q => q.run_until_complete());
-                let _ = done.send(outcome);
-            })
-            .map_err(|e| QueueError::new_err(format!("could not start a thread: {e}")))?;
-        loop {
-            match py.detach(|| result.lock().recv_timeout(Duration::from_millis(50))) {
-                Ok(outcome) => return outcome.map_err(py_err),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(interrupt) = py.check_signals() {
-                        py.detach(|| {
-                            on!(self.backend, q => q.stop());
-                            let _ = result.lock().recv();
-                        });
-                        return Err(interrupt);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(QueueError::new_err("the run ended without an outcome"));
-                }
-            }
+        // In a handler: refused at once (it would wait for that very handler).
+        if IN_HANDLER.with(Cell::get) {
+            return py
+                .detach(|| on!(self.backend, q => q.run_until_complete()))
+                .map_err(py_err);
         }
+        let backend = Arc::clone(&self.backend);
+        let stopper = Arc::clone(&self.backend);
+        interruptible(
+            py,
+            move || on!(backend, q => q.run_until_complete()),
+            move |result| {
+                on!(stopper, q => q.stop());
+                let _ = result.recv();
+            },
+        )?
+        .map_err(py_err)
     }
 
     #[pyo3(signature = (channel=None))]

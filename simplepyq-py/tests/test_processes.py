@@ -158,3 +158,68 @@ def test_the_file_stays_a_plain_sqlite_file(db):
     with sqlite3.connect(db) as conn:
         [(status,)] = conn.execute("SELECT status FROM tasks").fetchall()
     assert status == "pending"
+
+
+def test_a_started_queue_no_longer_referenced_finishes_its_handlers_before_exit(tmp_path, db):
+    # The queue is collected while its handler runs: it must not run on into the
+    # interpreter's finalization (a thread that takes the GIL then is ended by force,
+    # through the engine's frames), nor fail or lose the task.
+    main = script(
+        tmp_path,
+        "main.py",
+        """
+        import gc, sys, threading, time
+        from simplepyq import SimplePyQ
+        started = threading.Event()
+        def slow(args):
+            print("started", flush=True)
+            started.set()
+            time.sleep(0.5)
+            print("finished", flush=True)
+        def run():
+            q = SimplePyQ(sys.argv[1])
+            q.add_channel("c", slow)
+            q.enqueue("c", 1)
+            q.start()
+            started.wait(10)
+        run()
+        gc.collect()
+        # The script ends here: the queue is garbage, its handler still sleeping.
+        """,
+    )
+    p = spawn(main, db)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert out.split() == ["started", "finished"], (out, err)
+    counts = SimplePyQ(db).counts()
+    assert counts["done"] == 1 and counts["running"] == 0, counts
+
+
+def test_ctrl_c_ends_a_stop_that_waits_for_a_hung_handler(tmp_path, db):
+    main = script(
+        tmp_path,
+        "main.py",
+        """
+        import sys, threading, time
+        from simplepyq import SimplePyQ
+        q = SimplePyQ(sys.argv[1])
+        started = threading.Event()
+        def hung(args):
+            started.set()
+            time.sleep(3600)
+        q.add_channel("c", hung)
+        q.enqueue("c", 1)
+        q.start()
+        started.wait(10)
+        print("stopping", flush=True)
+        q.stop()
+        """,
+    )
+    p = spawn(main, db)
+    assert p.stdout.readline().strip() == "stopping"
+    time.sleep(0.3)
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+    assert time.monotonic() - t < 5
+    assert "KeyboardInterrupt" in err, err

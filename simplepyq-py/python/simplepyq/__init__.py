@@ -75,17 +75,23 @@ def _epoch(value: Optional[When]) -> Optional[float]:
     return float(value)
 
 
-# Queues to stop when the interpreter exits: their handlers need the interpreter.
+# Queues to stop when the interpreter exits: their handlers need the interpreter. A started
+# queue is also held here until it stops, as the original's threads hold theirs: collected
+# while running, it would run its handlers on into the interpreter's finalization.
 _live: "weakref.WeakSet[SimplePyQ]" = weakref.WeakSet()
+_started: "set[SimplePyQ]" = set()
 _live_lock = threading.Lock()
 
 
 @atexit.register
 def _stop_all() -> None:
     with _live_lock:
-        queues = list(_live)
+        queues = list(_live) + [q for q in _started if q not in _live]
     for q in queues:
-        q.stop()
+        # After a Ctrl-C ended a stop's wait for its handlers, that stop goes on (no handler
+        # starts) and exit does not wait again.
+        if not q._interrupted:
+            q.stop()
 
 
 class SimplePyQ:
@@ -105,6 +111,7 @@ class SimplePyQ:
     ):
         """Initialize the task scheduler with a SQLite store."""
         self.store_path = store_path
+        self._interrupted = False
         self._engine = _Engine(os.fspath(store_path), DelayException, _seconds("lease", lease))
         with _live_lock:
             _live.add(self)
@@ -206,18 +213,35 @@ class SimplePyQ:
 
     def start(self) -> None:
         """Start the scheduler to process tasks in the background."""
+        with _live_lock:
+            _started.add(self)
         self._engine.start()
 
     def stop(self, timeout: Optional[Seconds] = None) -> List[int]:
         """Stop the workers and wait for running handlers to finish (at most ``timeout``
         seconds if given). Tasks not started stay queued. Returns the ids of tasks whose
-        handlers still ran at the timeout (their outcomes are recorded when they end)."""
-        return self._engine.stop(_seconds("timeout", timeout))
+        handlers still ran at the timeout (their outcomes are recorded when they end).
+        Ctrl-C ends the wait with KeyboardInterrupt (the stop goes on)."""
+        try:
+            running = self._engine.stop(_seconds("timeout", timeout))
+        except KeyboardInterrupt:
+            self._interrupted = True
+            raise
+        finally:
+            with _live_lock:
+                _started.discard(self)
+        return running
 
     def run_until_complete(self) -> None:
         """Run until no task of this queue's channels is pending, running or delayed, then
         stop. Ctrl-C stops the queue (running handlers finish) and raises KeyboardInterrupt."""
-        self._engine.run_until_complete()
+        with _live_lock:
+            _started.add(self)
+        try:
+            self._engine.run_until_complete()
+        finally:
+            with _live_lock:
+                _started.discard(self)
 
     def clear_failed(self, channel: Optional[str] = None) -> int:
         """Remove the failed tasks (of one channel, or all); return how many."""
