@@ -129,6 +129,11 @@ impl Announcer {
             if others.is_empty() {
                 return;
             }
+            // Only the recent ones matter: a queue of ever new channel names (one per
+            // tenant, say) does not keep every name it announced.
+            if announced.len() >= 1_024 {
+                announced.retain(|_, at| now - *at < QUIET);
+            }
             for channel in &channels {
                 announced.insert((*channel).to_owned(), now);
             }

@@ -215,6 +215,11 @@ impl<S: Store> SimplePyQ<S> {
     /// Errors: [`Error::InvalidConfig`] for zero workers, [`Error::DuplicateChannel`] if the
     /// channel has a handler already, [`Error::InvalidChannel`] for an unusable name.
     ///
+    /// A handler that enqueues follow-up work captures a [`Channel`] handle (it holds what
+    /// enqueueing needs, not the queue); one that must stop or inspect the queue captures a
+    /// `Weak<SimplePyQ<_>>`. An `Arc<SimplePyQ<_>>` captured by its own handler is a cycle
+    /// (queue → handler → queue): the queue is then never dropped, and never stops on drop.
+    ///
     /// Handlers run on worker threads, so what they capture must be `Send + Sync`:
     ///
     /// ```compile_fail

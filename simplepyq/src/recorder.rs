@@ -82,9 +82,11 @@ pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
                 record(engine, rest);
             }
         }
-        // Once stopped, woken when the last claim goes (and every 10 ms besides).
+        // Once stopped, woken when the last claim goes (`Engine::let_go`) or a newer run
+        // starts (`Outcomes::stopping`); it looks every 100 ms besides, not at 100 Hz while
+        // a handler outlives a `stop_timeout` for minutes.
         let wait = if stopped {
-            Duration::from_millis(10)
+            Duration::from_millis(100)
         } else {
             Duration::from_secs(1)
         };
