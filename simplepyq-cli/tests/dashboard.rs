@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use simplepyq::{Outcome, SqliteStore, Status, Store, Timestamp, Totals};
+use simplepyq::{Finished, Outcome, SqliteStore, Status, Store, Timestamp, Totals};
 use simplepyq_core::{Clock, NewTask, StoreExt, SystemClock};
 use simplepyq_tests::lifecycle::wait_until;
 
@@ -22,6 +22,19 @@ const TOKEN: &str = "a-token-of-at-least-16-characters";
 const HOW_TO_GET_CHROMIUM: &str = "the dashboard's tests need Chromium and its driver \
     (Debian: `apt-get install chromium chromium-driver`; .ci/run installs them)";
 const XSS: &str = "<script>window.pwned = true</script><img src=x onerror=\"window.pwned = true\">";
+
+/// Waits, if need be, until the clock is at least 4 s past a minute and 4 s before the next.
+async fn settle_minute() {
+    let into = now().as_millis().rem_euclid(60_000);
+    let wait = if into < 4_000 {
+        4_000 - into
+    } else if into > 56_000 {
+        64_000 - into
+    } else {
+        0
+    };
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+}
 
 /// A `simplepyq serve` process, stopped when dropped.
 struct Served {
@@ -351,13 +364,15 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
             );
         }
     }
-    // The last hour's chart counts what the store finished.
+    // The last hour's chart counts what the store finished: in the dashboard's window, the
+    // current minute and the 59 before it, read well inside a minute (the page is at most
+    // a second or two old; the history reaches back 59 minutes, so that a minute turning
+    // between the page and this count moved a minute of tasks out of one of them).
+    settle_minute().await;
+    let minute = Duration::from_secs(60);
+    let first = Finished::bucket_of(now(), minute).as_millis() - 59 * 60_000;
     let hour = store
-        .finished(
-            None,
-            Timestamp::from_millis(now().as_millis() - 3_600_000),
-            Duration::from_secs(60),
-        )
+        .finished(None, Timestamp::from_millis(first), minute)
         .expect("finished");
     let (done, failed) = hour
         .iter()

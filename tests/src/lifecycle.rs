@@ -224,13 +224,17 @@ pub fn removed_channel_starts_nothing(store: Box<dyn Store>, handlers: Handlers)
 /// looking for expired leases all along never takes the task, which runs once.
 pub fn stop_keeps_leases_until_handlers_finish(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
-    let q = queue_on(&store, Duration::from_millis(150));
+    // Leases long enough that a renewal delayed by a loaded machine (a redb fsync behind
+    // the other tests' writes, with every core busy) does not lapse one; the handler
+    // outlives three of them.
+    let lease = Duration::from_secs(1);
+    let q = queue_on(&store, lease);
     let gate = Gate::new();
-    gated(&q, handlers, "l", &gate, Duration::from_millis(700), 1);
+    gated(&q, handlers, "l", &gate, lease * 3 + lease / 2, 1);
     let id = enqueue(&q, "l", 1)[0];
     q.start().expect("start");
     wait_until("the handler runs", || gate.started() == 1);
-    let other = queue_on(&store, Duration::from_millis(150));
+    let other = queue_on(&store, lease);
     gated(&other, handlers, "l", &gate, Duration::ZERO, 1);
     other.start().expect("start");
     q.stop();
@@ -694,13 +698,13 @@ pub fn no_worker_idles_while_a_slow_claim_runs(store: Box<dyn Store>, handlers: 
 
 /// Slow reads of the store (counts over millions of rows) never delay the renewal of a
 /// running task's lease: the `metrics` feature's gauges (on in this suite) read on a thread
-/// of their own. On the keeper's thread, 4 reads of 1 s each let a 300 ms lease lapse, and
+/// of their own. On the keeper's thread, 4 reads of 2 s each let a 1 s lease lapse, and
 /// another process would have run the task again.
 pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
     let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
     let q = SimplePyQ::builder(Arc::clone(&slow))
-        .lease(Duration::from_millis(300))
+        .lease(Duration::from_secs(1))
         .poll_interval(Duration::from_millis(10))
         .build()
         .expect("valid settings");
@@ -711,7 +715,7 @@ pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: 
             &q,
             "g",
             move |n: u32| {
-                g.run(n, Duration::from_millis(1_500));
+                g.run(n, Duration::from_secs(5));
                 Ok(())
             },
             1,
@@ -720,9 +724,9 @@ pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: 
     let id = q.enqueue("g", &0u32).expect("enqueue");
     q.start().expect("start");
     wait_until("the handler runs", || gate.started() == 1);
-    slow.slow_reads(Duration::from_secs(1));
+    slow.slow_reads(Duration::from_secs(2));
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_millis(1_200) {
+    while t0.elapsed() < Duration::from_millis(2_500) {
         let now = simplepyq::Clock::now(&simplepyq::SystemClock);
         let s = store.get(id).expect("get").expect("exists").state;
         assert!(
