@@ -163,7 +163,7 @@ impl<S: Store> Builder<S> {
 /// handler starts: tasks claimed ahead and not started are given back (pending again, no
 /// attempt used), and running handlers keep their leases until their outcomes are recorded.
 pub struct SimplePyQ<S: Store> {
-    workers: Arc<Workers<S>>,
+    pub(crate) workers: Arc<Workers<S>>,
     /// The runtime of async channels given none, once one is.
     #[cfg(feature = "tokio")]
     own_runtime: Mutex<Option<Arc<crate::spawner::OwnedRuntime>>>,

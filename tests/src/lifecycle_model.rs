@@ -25,6 +25,12 @@ use crate::faults::Flaky;
 
 /// Lease of the queues under test: short, so that crashed queues' tasks come back soon.
 const LEASE: Duration = Duration::from_millis(300);
+/// How long handlers that start once a stop is about to be called wait, so that each worker
+/// starts at most one before the stop begins. 50 ms was too short with every core busy: the
+/// stopping thread, descheduled, had not begun the stop when the gate opened, and a worker
+/// started a second handler (seen once in four loaded runs: "5 handlers started").
+const GATE: Duration = Duration::from_millis(400);
+
 /// Crashes per sequence at most: the default bound on lost runs.
 const MAX_CRASHES: usize = 3;
 
@@ -102,13 +108,13 @@ struct Marks {
 
 impl Generation {
     /// Marks the stop about to be called: handlers that start from now on wait at the gate,
-    /// which opens 50 ms later, when the stop has begun.
+    /// which opens [`GATE`] later, when the stop has surely begun.
     fn stopping(&self) {
         self.marks.gate_closed.store(true, Ordering::SeqCst);
         self.marks.stopping.store(true, Ordering::SeqCst);
         let marks = Arc::clone(&self.marks);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(GATE);
             marks.gate_closed.store(false, Ordering::SeqCst);
         });
     }
@@ -200,9 +206,10 @@ fn check_unstarted(
             continue;
         }
         // A claim in flight when a queue was dropped is given back by its worker once the
-        // claim returns; a task taken just before a stop starts its handler at once.
+        // claim returns; a task taken just before a stop starts its handler at once (once
+        // through the gate).
         let t0 = Instant::now();
-        while s.status == Status::Running && t0.elapsed() < Duration::from_millis(200) {
+        while s.status == Status::Running && t0.elapsed() < GATE + Duration::from_millis(300) {
             std::thread::sleep(Duration::from_millis(1));
             if started() {
                 break;

@@ -711,43 +711,95 @@ fn an_enqueue_cut_off_after_it_was_sent_is_not_stored_twice() {
     );
 }
 
-/// Requeueing, clearing and removing a channel of many tasks runs as many short statements,
-/// each far inside the statement timeout (here 1 s, against PostgreSQL's default of 30 s):
-/// as one statement over 300,000 tasks each timed out, and could never be done.
+/// Requeueing, clearing and removing a channel of many tasks runs as many statements of at
+/// most `BULK_BATCH` rows each, far inside a statement timeout: one statement over millions
+/// of tasks timed out (30 s by default) and could never be done. Statement-level triggers
+/// count the rows each statement changes.
 #[test]
-fn bulk_calls_over_many_tasks_stay_inside_the_statement_timeout() {
+fn bulk_calls_change_a_batch_per_statement() {
     let schema = fresh_schema();
     let _drop = DropSchema(schema.clone());
-    let s = PostgresStore::connect_with(
-        server().conninfo(),
-        options(&schema).statement_timeout(Duration::from_secs(1)),
-    )
-    .expect("connect");
-    let fill = |status: &str| {
-        server()
-            .client()
+    let s = store(&schema);
+    let mut client = server().client();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.statement_rows (n bigint NOT NULL); \
+             CREATE FUNCTION {schema}.count_new() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO {schema}.statement_rows SELECT count(*) FROM changed; \
+             RETURN NULL; END $$; \
+             CREATE TRIGGER updated AFTER UPDATE ON {schema}.tasks \
+             REFERENCING NEW TABLE AS changed FOR EACH STATEMENT \
+             EXECUTE FUNCTION {schema}.count_new(); \
+             CREATE TRIGGER deleted AFTER DELETE ON {schema}.tasks \
+             REFERENCING OLD TABLE AS changed FOR EACH STATEMENT \
+             EXECUTE FUNCTION {schema}.count_new();"
+        ))
+        .expect("triggers");
+    let n = 3 * simplepyq_core::batch::BULK_BATCH as i64 + 11;
+    let fill = |client: &mut postgres::Client, status: &str, n: i64| {
+        client
             .execute(
                 &format!(
                     "INSERT INTO {schema}.tasks (channel, args, created_at, status, retries_left, \
                      max_retries, attempts, run_at, updated_at) \
-                     SELECT 'many', '\\x91'::bytea || repeat('a', 200)::bytea, 0, '{status}', \
-                     0, 0, 1, 0, 0 FROM generate_series(1, 300000)"
+                     SELECT 'many', '\\x91'::bytea, 0, '{status}', 0, 0, 1, 0, 0 \
+                     FROM generate_series(1, $1::bigint)"
                 ),
-                &[],
+                &[&n],
             )
             .expect("fill")
     };
-    fill("failed");
+    let largest = |client: &mut postgres::Client| -> (i64, i64) {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT coalesce(max(n), 0), coalesce(sum(n), 0)::bigint \
+                     FROM {schema}.statement_rows"
+                ),
+                &[],
+            )
+            .expect("count");
+        client
+            .execute(&format!("DELETE FROM {schema}.statement_rows"), &[])
+            .expect("reset");
+        (row.get(0), row.get(1))
+    };
+    let batch = simplepyq_core::batch::BULK_BATCH as i64;
+    fill(&mut client, "failed", n);
     assert_eq!(
         s.requeue_failed(Some("many"), None, at(0))
             .expect("requeue"),
-        300_000
+        n as usize
     );
-    server()
-        .client()
+    let (most, all) = largest(&mut client);
+    assert!(
+        most <= batch && all == n,
+        "requeue: {most} rows in one statement, {all} in all"
+    );
+    client
         .execute(&format!("UPDATE {schema}.tasks SET status = 'failed'"), &[])
         .expect("fail them again");
-    assert_eq!(s.clear_failed(Some("many")).expect("clear"), 300_000);
-    fill("done");
-    assert_eq!(s.remove_channel("many").expect("remove"), 300_000);
+    largest(&mut client);
+    assert_eq!(s.clear_failed(None).expect("clear"), n as usize);
+    let (most, all) = largest(&mut client);
+    assert!(
+        most <= batch && all == n,
+        "clear: {most} rows in one statement, {all} in all"
+    );
+    // Removal goes a range of 50,000 ids at a time.
+    let wide = 2 * 50_000 + 11;
+    fill(&mut client, "done", wide);
+    assert_eq!(s.remove_channel("many").expect("remove"), wide as usize);
+    let (most, all) = largest(&mut client);
+    assert!(
+        most <= 50_000 && all == wide,
+        "remove: {most} rows in one statement, {all} in all"
+    );
+    fill(&mut client, "done", n);
+    assert_eq!(s.purge_done(None, at(1)).expect("purge"), n as usize);
+    let (most, all) = largest(&mut client);
+    assert!(
+        most <= batch && all == n,
+        "purge: {most} rows in one statement, {all} in all"
+    );
 }
