@@ -95,6 +95,14 @@ impl Dispatch {
         st.handed.drain(..).collect()
     }
 
+    /// Takes task `id` out of the tasks claimed and not started, if it is one of them: it
+    /// will not start here, and is the caller's to give back.
+    pub(crate) fn take(&self, id: simplepyq_core::TaskId) -> Option<Task> {
+        let mut st = self.state.lock();
+        let at = st.handed.iter().position(|t| t.id == id)?;
+        st.handed.remove(at)
+    }
+
     /// The worker's next turn. While another worker claims, it waits at most `wait`, then
     /// looks again, so that some worker always looks at the store within that time.
     pub(crate) fn turn(&self, held: &Held, wait: Duration) -> Turn {

@@ -137,6 +137,15 @@ impl<S> Engine<S> {
         self.dispatches.lock().keys().cloned().collect()
     }
 
+    /// Takes task `id` out of the tasks a channel here claimed and has not started, if it is
+    /// one of them (see [`Dispatch::take`]).
+    pub(crate) fn take_unstarted(
+        &self,
+        id: simplepyq_core::TaskId,
+    ) -> Option<simplepyq_core::Task> {
+        self.dispatches.lock().values().find_map(|d| d.take(id))
+    }
+
     /// Wakes idle workers of `channel`, if it has any here.
     pub(crate) fn wake(&self, channel: &str, all: bool) {
         if let Some(d) = self.dispatches.lock().get(channel) {

@@ -698,8 +698,9 @@ impl<S: Store> SimplePyQ<S> {
         self.workers.engine.store.list(filter)
     }
 
-    /// Cancels a task: a pending or delayed one is deleted and will not run
-    /// ([`Cancelled::Removed`]); one whose handler runs in this queue is asked to stop
+    /// Cancels a task: a pending or delayed one (or one this queue claimed ahead and has not
+    /// started) is deleted and will not run ([`Cancelled::Removed`]); one whose handler runs
+    /// in this queue is asked to stop
     /// through its [`TaskContext`] ([`Cancelled::Requested`]): the handler decides what its
     /// attempt's outcome is.
     ///
@@ -710,11 +711,18 @@ impl<S: Store> SimplePyQ<S> {
         let engine = &self.workers.engine;
         match engine.store.cancel(id) {
             Ok(()) => Ok(Cancelled::Removed),
-            Err(e @ Error::InvalidTransition { status, .. }) => {
-                if status == Status::Running && engine.held.cancel(Some(id), CancelReason::Cancel) {
-                    Ok(Cancelled::Requested)
-                } else {
-                    Err(e)
+            Err(e @ Error::InvalidTransition { status, .. }) if status == Status::Running => {
+                if engine.held.cancel(Some(id), CancelReason::Cancel) {
+                    return Ok(Cancelled::Requested);
+                }
+                // Claimed here ahead of its start: it does not start; given back, it is
+                // pending again and deleted as any pending task.
+                match engine.take_unstarted(id) {
+                    Some(task) => {
+                        crate::leases::give_back(engine, &[task]);
+                        engine.store.cancel(id).map(|()| Cancelled::Removed)
+                    }
+                    None => Err(e),
                 }
             }
             Err(e) => Err(e),

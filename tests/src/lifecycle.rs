@@ -814,6 +814,58 @@ pub fn stop_timeout_is_bounded_by_a_slow_store(store: Box<dyn Store>, handlers: 
     assert_eq!((s.attempts, ran.load(Ordering::SeqCst)), (1, 1));
 }
 
+/// `cancel` of a task this queue claimed ahead (for a quick handler, a worker claims a
+/// reserve behind the task it runs) and has not started: it never starts, and is deleted,
+/// as a pending one is. It was refused as running.
+pub fn cancel_reaches_tasks_claimed_ahead(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_secs(30));
+    let gate = Gate::new();
+    let g = Arc::clone(&gate);
+    handlers
+        .add(
+            &q,
+            "ahead",
+            move |n: u32| {
+                // The first 20 are quick: the worker learns to claim ahead.
+                g.run(
+                    n,
+                    if n < 20 {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(10)
+                    },
+                );
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
+    enqueue(&q, "ahead", 20);
+    q.start().expect("start");
+    wait_until("the quick tasks are done", || {
+        store.counts(Some("ahead")).expect("counts").done == 20
+    });
+    let ids = q
+        .enqueue_many(
+            "ahead",
+            (20..26u32).collect::<Vec<_>>().iter(),
+            simplepyq::EnqueueOptions::new(),
+        )
+        .expect("enqueue");
+    wait_until("the slow task runs", || gate.starts_of(20) == 1);
+    let cancelled = q.cancel(ids[3]).expect("cancel");
+    assert_eq!(cancelled, simplepyq::Cancelled::Removed);
+    gate.open();
+    q.run_until_complete().expect("run");
+    assert_eq!(gate.starts_of(23), 0, "a cancelled task ran");
+    assert!(
+        store.get(ids[3]).expect("get").is_none(),
+        "the task was not deleted"
+    );
+    assert_eq!(store.counts(Some("ahead")).expect("counts").done, 25);
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -838,6 +890,7 @@ macro_rules! lifecycle_tests {
             slow_gauges_do_not_delay_lease_renewals,
             start_does_not_hold_up_other_calls_with_store_io,
             stop_timeout_is_bounded_by_a_slow_store,
+            cancel_reaches_tasks_claimed_ahead,
             a_claim_answered_after_its_lease_ran_out_is_not_run
         );
     };
