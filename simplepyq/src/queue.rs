@@ -711,7 +711,12 @@ impl<S: Store> SimplePyQ<S> {
         let engine = &self.workers.engine;
         match engine.store.cancel(id) {
             Ok(()) => Ok(Cancelled::Removed),
-            Err(e @ Error::InvalidTransition { status, .. }) if status == Status::Running => {
+            Err(
+                e @ Error::InvalidTransition {
+                    status: Status::Running,
+                    ..
+                },
+            ) => {
                 if engine.held.cancel(Some(id), CancelReason::Cancel) {
                     return Ok(Cancelled::Requested);
                 }
