@@ -93,6 +93,23 @@ pub(crate) fn renew_and_recover<S: Store>(engine: &Engine<S>) -> Result<usize> {
 /// many the store still held. If the store keeps failing (for [`GIVE_UP`]), the claims are
 /// let go all the same: their tasks are recovered once their lease expires, as lost runs.
 pub(crate) fn give_back<S: Store>(engine: &Engine<S>, tasks: &[Task]) -> usize {
+    give_back_while(engine, tasks, |_| false)
+}
+
+/// [`give_back`] for tasks a running queue holds (their leases renewed by the keeper
+/// meanwhile): while the queue runs it keeps trying as long as the store fails, so that a
+/// task that never started loses no run to an outage; once the queue stops, for
+/// [`GIVE_UP`] at most, as a stop must end.
+pub(crate) fn give_back_held<S: Store>(engine: &Engine<S>, tasks: &[Task]) -> usize {
+    give_back_while(engine, tasks, |engine| !engine.outcomes.is_stopping())
+}
+
+/// Gives back `tasks`, trying past [`GIVE_UP`] while `patient` says so.
+fn give_back_while<S: Store>(
+    engine: &Engine<S>,
+    tasks: &[Task],
+    patient: impl Fn(&Engine<S>) -> bool,
+) -> usize {
     if tasks.is_empty() {
         return 0;
     }
@@ -104,7 +121,7 @@ pub(crate) fn give_back<S: Store>(engine: &Engine<S>, tasks: &[Task]) -> usize {
             Ok(n) => break n,
             Err(e) => {
                 engine.errors.record(&e);
-                if since.elapsed() >= GIVE_UP {
+                if since.elapsed() >= GIVE_UP && !patient(engine) {
                     break 0;
                 }
                 sync::pause(pause.next());

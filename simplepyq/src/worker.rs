@@ -139,7 +139,10 @@ pub(crate) fn claim_turn<S: Store>(
     errors.reset();
     if !tasks.is_empty() && lease_until.is_some_and(|u| engine.now() >= u) {
         dispatch.claimed(Vec::new(), &engine.held);
-        leases::give_back(engine, &tasks);
+        // Held until given back, so that the keeper renews those still this queue's and
+        // no one recovers them as lost runs while the store fails.
+        engine.held.reserve(tasks.iter().map(Task::claim));
+        leases::give_back_held(engine, &tasks);
         return None;
     }
     engine.held.reserve(tasks.iter().map(Task::claim));

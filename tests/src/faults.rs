@@ -41,6 +41,8 @@ pub struct Flaky<S> {
     slow_read_ms: AtomicU64,
     slow_recovery_ms: AtomicU64,
     slow_write_ms: AtomicU64,
+    late_kept_left: AtomicU64,
+    release_outage: AtomicBool,
     /// Calls, and calls made on a thread that drives an async runtime.
     calls_made: AtomicU64,
     on_runtime: AtomicU64,
@@ -64,6 +66,8 @@ impl<S: Store> Flaky<S> {
             slow_read_ms: AtomicU64::new(0),
             slow_recovery_ms: AtomicU64::new(0),
             slow_write_ms: AtomicU64::new(0),
+            late_kept_left: AtomicU64::new(0),
+            release_outage: AtomicBool::new(false),
             calls_made: AtomicU64::new(0),
             on_runtime: AtomicU64::new(0),
         }
@@ -154,6 +158,17 @@ impl<S: Store> Flaky<S> {
         self.slow_write_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// The next `n` claims that take tasks answer once the lease they asked for ran out, as
+    /// over a slow network, with no other worker taking the tasks meanwhile.
+    pub fn late_claims_kept(&self, n: u64) {
+        self.late_kept_left.store(n, Ordering::SeqCst);
+    }
+
+    /// While on, every `release` and `recover_expired` fails (renewals still pass).
+    pub fn release_outage(&self, on: bool) {
+        self.release_outage.store(on, Ordering::SeqCst);
+    }
+
     fn write(&self) {
         let slow = self.slow_write_ms.load(Ordering::SeqCst);
         if slow > 0 {
@@ -226,6 +241,15 @@ impl<S: Store> Store for Flaky<S> {
                 .late_left
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
+        let kept = !tasks.is_empty()
+            && self
+                .late_kept_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if kept {
+            let wait = SystemClock.now().until(lease_until);
+            std::thread::sleep(wait + std::time::Duration::from_millis(20));
+        }
         if late {
             self.inner.recover_expired(lease_until, u32::MAX)?;
             let other = lease_until.after(std::time::Duration::from_secs(60));
@@ -256,11 +280,17 @@ impl<S: Store> Store for Flaky<S> {
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         self.alive()?;
         self.trip(self.faults.leases)?;
+        if self.release_outage.load(Ordering::SeqCst) {
+            self.fail()?;
+        }
         self.write();
         self.inner.release(claims, now)
     }
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         self.alive()?;
+        if self.release_outage.load(Ordering::SeqCst) {
+            self.fail()?;
+        }
         let slow = self.slow_recovery_ms.load(Ordering::SeqCst);
         if slow > 0 {
             std::thread::sleep(std::time::Duration::from_millis(slow));

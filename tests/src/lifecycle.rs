@@ -866,6 +866,49 @@ pub fn cancel_reaches_tasks_claimed_ahead(store: Box<dyn Store>, handlers: Handl
     assert_eq!(store.counts(Some("ahead")).expect("counts").done, 25);
 }
 
+/// A claim answered after its lease ran out (a slow network) gives its tasks back; while
+/// the store refuses that for longer than a stop would wait (an outage of releases and
+/// recoveries; renewals pass), the running queue keeps them, renewed, and keeps trying: a
+/// task that never started loses no run. Given up after 2 s, it was recovered as a lost
+/// run once the store came back (three such outages failed it unrun).
+pub fn an_outage_costs_unstarted_tasks_no_run(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let flaky = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    let q = SimplePyQ::builder(Arc::clone(&flaky))
+        .lease(Duration::from_millis(300))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    let gate = Gate::new();
+    let g = Arc::clone(&gate);
+    handlers
+        .add(
+            &q,
+            "out",
+            move |n: u32| {
+                g.run(n, Duration::ZERO);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
+    let id = q.enqueue("out", &0u32).expect("enqueue");
+    flaky.late_claims_kept(1);
+    flaky.release_outage(true);
+    q.start().expect("start");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(gate.started(), 0, "the late claim's task ran");
+    flaky.release_outage(false);
+    wait_until("the task is done", || gate.started() == 1);
+    q.run_until_complete().expect("run");
+    let s = store.get(id).expect("get").expect("exists").state;
+    assert_eq!(
+        (s.status, s.lost_runs, gate.started()),
+        (Status::Done, 0, 1),
+        "{s:?}"
+    );
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -891,6 +934,7 @@ macro_rules! lifecycle_tests {
             start_does_not_hold_up_other_calls_with_store_io,
             stop_timeout_is_bounded_by_a_slow_store,
             cancel_reaches_tasks_claimed_ahead,
+            an_outage_costs_unstarted_tasks_no_run,
             a_claim_answered_after_its_lease_ran_out_is_not_run
         );
     };
