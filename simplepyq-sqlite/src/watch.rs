@@ -42,9 +42,12 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use simplepyq_core::{Wake, Watch};
 
-/// The folder of the wake-up sockets of the queue file at `db`.
+/// The folder of the wake-up sockets of the queue file at `db`: beside it, by an absolute
+/// path (a daemon that changes its directory after opening the queue still finds it).
 fn folder(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
+    let mut name = std::path::absolute(db)
+        .unwrap_or_else(|_| db.to_path_buf())
+        .into_os_string();
     name.push("-wake");
     PathBuf::from(name)
 }
@@ -77,7 +80,7 @@ impl Announcer {
     pub(crate) fn new(db: &Path) -> Self {
         Announcer {
             folder: folder(db),
-            db: db.to_path_buf(),
+            db: std::path::absolute(db).unwrap_or_else(|_| db.to_path_buf()),
             #[cfg(unix)]
             sender: std::os::unix::net::UnixDatagram::unbound()
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
@@ -405,21 +408,39 @@ mod tests {
         // This store's own queue is not told of this store's work.
         mine.announce(["own"]);
         let theirs = Announcer::new(&db);
+        let before = Instant::now();
         theirs.announce(["a"]);
         theirs.announce(["a"]);
+        // On a loaded machine the two calls may be further apart than the quiet time: then
+        // both are sent, and that is right.
+        let within_quiet = before.elapsed() < QUIET;
+        let of_a = |w: &[(String, Instant)]| -> Vec<Instant> {
+            w.iter()
+                .filter(|(c, _)| c == "a")
+                .map(|(_, at)| *at)
+                .collect()
+        };
         let t0 = Instant::now();
-        while wakes.lock().len() < 3 {
-            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", wakes.lock());
+        loop {
+            let seen = wakes.lock().clone();
+            let a = of_a(&seen);
+            let every = seen.iter().any(|(c, _)| c == "*");
+            if every && a.len() >= 2 && *a.last().expect("two") - a[0] >= QUIET * 2 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "{seen:?}");
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(QUIET * 10);
-        let (every, wakes): (Vec<_>, Vec<_>) =
-            wakes.lock().iter().cloned().partition(|(c, _)| c == "*");
+        let seen = wakes.lock().clone();
+        let every: Vec<_> = seen.iter().filter(|(c, _)| c == "*").collect();
         assert_eq!(every.len(), 1, "{every:?}");
         assert!(every[0].1 - bound >= QUIET * 2, "{every:?}");
-        let names: Vec<&str> = wakes.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(names, ["a", "a"]);
-        assert!(wakes[1].1 - wakes[0].1 >= QUIET * 2, "{wakes:?}");
+        // The own channel is never heard; "a" at once, and again twice the quiet time later.
+        assert!(seen.iter().all(|(c, _)| c == "a" || c == "*"), "{seen:?}");
+        if within_quiet {
+            assert_eq!(of_a(&seen).len(), 2, "{seen:?}");
+        }
         drop(watch);
     }
 
