@@ -570,3 +570,58 @@ fn a_panicking_future_fails_its_attempt() {
     );
     assert_eq!(q.counts("p").expect("counts").done, 4);
 }
+
+/// A handler of one queue that stops another queue is not that queue's handler: the stop
+/// waits (up to its deadline) for the other queue's own running handler, even when both
+/// tasks have the same id and attempt (two stores each start at id 1). The "own claim" was
+/// per thread: that stop returned at once, reporting the other's handler as its caller's.
+#[test]
+fn a_handler_stopping_another_queue_waits_for_that_queues_handlers() {
+    let b = Arc::new(SimplePyQ::memory());
+    let b_done = Arc::new(AtomicBool::new(false));
+    let b_running = Arc::new(AtomicBool::new(false));
+    let (done, running) = (Arc::clone(&b_done), Arc::clone(&b_running));
+    b.add_channel(
+        "b",
+        move |_: u32| {
+            running.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    b.enqueue("b", &0u32).expect("enqueue");
+    b.start().expect("start");
+    let t0 = Instant::now();
+    while !b_running.load(Ordering::SeqCst) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "b's handler never ran"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let a = SimplePyQ::memory();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (other, seen_done) = (Arc::clone(&b), Arc::clone(&b_done));
+    let tx = Mutex::new(tx);
+    a.add_channel(
+        "a",
+        move |_: u32| {
+            let report = other.stop_timeout(Duration::from_secs(5));
+            let _ = tx.lock().send((report, seen_done.load(Ordering::SeqCst)));
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    a.enqueue("a", &0u32).expect("enqueue");
+    a.start().expect("start");
+    let (report, b_finished) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stop returned");
+    assert!(report.running.is_empty(), "{report:?}");
+    assert!(b_finished, "the stop returned while b's handler ran");
+    a.stop();
+}
