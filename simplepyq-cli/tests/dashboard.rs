@@ -20,7 +20,7 @@ use simplepyq_tests::lifecycle::wait_until;
 
 const TOKEN: &str = "a-token-of-at-least-16-characters";
 const HOW_TO_GET_CHROMIUM: &str = "the dashboard's tests need Chromium and its driver \
-    (Debian: `apt-get install chromium chromium-driver`; .ci/run installs them)";
+    (Debian: `apt-get install chromium chromium-driver`; the suite installs them as root)";
 const XSS: &str = "<script>window.pwned = true</script><img src=x onerror=\"window.pwned = true\">";
 
 /// Waits, if need be, until the clock is at least 4 s past a minute and 4 s before the next.
@@ -215,15 +215,25 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
-        let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| panic!("no chromedriver found: {HOW_TO_GET_CHROMIUM}"));
-        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .unwrap_or_else(|| panic!("no chromium found: {HOW_TO_GET_CHROMIUM}"));
+        let find = || {
+            let driver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file());
+            let browser = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+                .into_iter()
+                .find(|p| Path::new(p).is_file());
+            driver.zip(browser)
+        };
+        // On a fresh machine the suite installs them (Debian's packages).
+        let found = find().or_else(|| {
+            if let Err(e) = simplepyq_tests::system::install(&["chromium", "chromium-driver"]) {
+                panic!("no Chromium and chromedriver found, and {e}: {HOW_TO_GET_CHROMIUM}");
+            }
+            find()
+        });
+        let (chromedriver, chromium) =
+            found.unwrap_or_else(|| panic!("no Chromium and chromedriver: {HOW_TO_GET_CHROMIUM}"));
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")

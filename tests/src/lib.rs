@@ -19,6 +19,7 @@ pub mod lifecycle_model;
 pub mod model;
 pub mod postgres;
 pub mod scenarios;
+pub mod system;
 
 /// How a suite's channels run their handlers: each scenario and lifecycle case runs both
 /// ways, on every backend.

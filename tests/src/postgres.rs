@@ -17,9 +17,10 @@ use crate::Fixture;
 pub const SERVER_VAR: &str = "SIMPLEPYQ_TEST_POSTGRES";
 
 const HOW_TO_GET_ONE: &str = "the PostgreSQL tests need a real server: install PostgreSQL's \
-     server binaries (Debian: `apt-get install postgresql`; `initdb` and `pg_ctl` are looked \
-     for on PATH and in /usr/lib/postgresql/*/bin), or set SIMPLEPYQ_TEST_POSTGRES to the \
-     connection string of a server where the tests may create schemas";
+     server binaries (Debian: `apt-get install postgresql`, which the suite runs itself as \
+     root; `initdb` and `pg_ctl` are looked for on PATH and in /usr/lib/postgresql/*/bin), or \
+     set SIMPLEPYQ_TEST_POSTGRES to the connection string of a server where the tests may \
+     create schemas";
 
 /// The server the tests use.
 #[derive(Debug)]
@@ -195,7 +196,14 @@ pub fn is_root() -> bool {
 }
 
 fn start_cluster(setup: &Setup) -> Result<Server, String> {
-    let bin = binaries().ok_or("no initdb and pg_ctl found")?;
+    let bin = match binaries() {
+        Some(bin) => bin,
+        None => {
+            crate::system::install(&["postgresql"])
+                .map_err(|e| format!("no initdb and pg_ctl found; {e}"))?;
+            binaries().ok_or("no initdb and pg_ctl found, even after installing postgresql")?
+        }
+    };
     let as_postgres = is_root();
     let dir = tempfile::Builder::new()
         .prefix("simplepyq-pg-")
