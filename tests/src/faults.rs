@@ -21,6 +21,21 @@ pub struct Faults {
     pub enqueue: bool,
 }
 
+/// Kinds of calls [`Flaky::slow`] slows down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slow {
+    /// `claim`, as a durable write on a slow disk: long enough for other workers to come
+    /// for work while it runs.
+    Claims,
+    /// The store's inspection (`channels`, `counts`, `list`, `next_wakeup`), as counts over
+    /// millions of rows.
+    Reads,
+    /// `recover_expired` (a busy file, a database failing over).
+    Recovery,
+    /// `finish_many` and `release` (a busy file, a database failing over).
+    Writes,
+}
+
 /// Wraps a store; every `every`-th call of a chosen operation fails before reaching it.
 /// Beside that, an outage switch fails every `finish_many` while it is on, and the first
 /// claims may be made to panic, as a custom backend with a bug would.
@@ -37,10 +52,8 @@ pub struct Flaky<S> {
     panics_left: AtomicU64,
     panicked: AtomicU64,
     late_left: AtomicU64,
-    slow_claim_ms: AtomicU64,
-    slow_read_ms: AtomicU64,
-    slow_recovery_ms: AtomicU64,
-    slow_write_ms: AtomicU64,
+    /// Milliseconds each kind of call takes longer, by [`Slow`].
+    slow_ms: [AtomicU64; 4],
     late_kept_left: AtomicU64,
     release_outage: AtomicBool,
     /// Calls, and calls made on a thread that drives an async runtime.
@@ -62,10 +75,7 @@ impl<S: Store> Flaky<S> {
             panics_left: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             late_left: AtomicU64::new(0),
-            slow_claim_ms: AtomicU64::new(0),
-            slow_read_ms: AtomicU64::new(0),
-            slow_recovery_ms: AtomicU64::new(0),
-            slow_write_ms: AtomicU64::new(0),
+            slow_ms: Default::default(),
             late_kept_left: AtomicU64::new(0),
             release_outage: AtomicBool::new(false),
             calls_made: AtomicU64::new(0),
@@ -130,32 +140,18 @@ impl<S: Store> Flaky<S> {
         self.late_left.store(n, Ordering::SeqCst);
     }
 
-    /// From now on every claim takes `pause` longer, as a durable write on a slow disk
-    /// does: long enough for other workers to come for work while it runs.
-    pub fn slow_claims(&self, pause: std::time::Duration) {
+    /// From now on every call of kind `what` takes `pause` longer (and then takes effect).
+    pub fn slow(&self, what: Slow, pause: std::time::Duration) {
         let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
-        self.slow_claim_ms.store(ms, Ordering::SeqCst);
+        self.slow_ms[what as usize].store(ms, Ordering::SeqCst);
     }
 
-    /// From now on every read of the store's inspection (`channels`, `counts`, `list`,
-    /// `next_wakeup`) takes `pause` longer, as counts over millions of rows do.
-    pub fn slow_reads(&self, pause: std::time::Duration) {
-        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
-        self.slow_read_ms.store(ms, Ordering::SeqCst);
-    }
-
-    /// From now on every `recover_expired` takes `pause` longer (a busy file, a database
-    /// failing over).
-    pub fn slow_recovery(&self, pause: std::time::Duration) {
-        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
-        self.slow_recovery_ms.store(ms, Ordering::SeqCst);
-    }
-
-    /// From now on every `finish_many` and `release` takes `pause` longer (a busy file, a
-    /// database failing over), and then takes effect.
-    pub fn slow_writes(&self, pause: std::time::Duration) {
-        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
-        self.slow_write_ms.store(ms, Ordering::SeqCst);
+    /// Takes as much longer as calls of kind `what` are made to.
+    fn wait(&self, what: Slow) {
+        let ms = self.slow_ms[what as usize].load(Ordering::SeqCst);
+        if ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
     }
 
     /// The next `n` claims that take tasks answer once the lease they asked for ran out, as
@@ -167,20 +163,6 @@ impl<S: Store> Flaky<S> {
     /// While on, every `release` and `recover_expired` fails (renewals still pass).
     pub fn release_outage(&self, on: bool) {
         self.release_outage.store(on, Ordering::SeqCst);
-    }
-
-    fn write(&self) {
-        let slow = self.slow_write_ms.load(Ordering::SeqCst);
-        if slow > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(slow));
-        }
-    }
-
-    fn read(&self) {
-        let slow = self.slow_read_ms.load(Ordering::SeqCst);
-        if slow > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(slow));
-        }
     }
 
     /// How many claims panicked.
@@ -231,10 +213,7 @@ impl<S: Store> Store for Flaky<S> {
             self.panicked.fetch_add(1, Ordering::SeqCst);
             panic!("injected panic in claim");
         }
-        let slow = self.slow_claim_ms.load(Ordering::SeqCst);
-        if slow > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(slow));
-        }
+        self.wait(Slow::Claims);
         let tasks = self.inner.claim(channel, limit, now, lease_until)?;
         let late = !tasks.is_empty()
             && self
@@ -274,7 +253,7 @@ impl<S: Store> Store for Flaky<S> {
         if self.outage.load(Ordering::SeqCst) {
             self.fail()?;
         }
-        self.write();
+        self.wait(Slow::Writes);
         self.inner.finish_many(results, now)
     }
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
@@ -283,7 +262,7 @@ impl<S: Store> Store for Flaky<S> {
         if self.release_outage.load(Ordering::SeqCst) {
             self.fail()?;
         }
-        self.write();
+        self.wait(Slow::Writes);
         self.inner.release(claims, now)
     }
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -291,10 +270,7 @@ impl<S: Store> Store for Flaky<S> {
         if self.release_outage.load(Ordering::SeqCst) {
             self.fail()?;
         }
-        let slow = self.slow_recovery_ms.load(Ordering::SeqCst);
-        if slow > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(slow));
-        }
+        self.wait(Slow::Recovery);
         self.trip(self.faults.leases)?;
         self.inner.recover_expired(now, max_lost_runs)
     }
@@ -320,22 +296,22 @@ impl<S: Store> Store for Flaky<S> {
         self.inner.purge_done(channel, before)
     }
     fn channels(&self) -> Result<Vec<String>> {
-        self.read();
+        self.wait(Slow::Reads);
         self.inner.channels()
     }
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
-        self.read();
+        self.wait(Slow::Reads);
         self.inner.counts(channel)
     }
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
-        self.read();
+        self.wait(Slow::Reads);
         self.inner.next_wakeup(channel)
     }
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         self.inner.get(id)
     }
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
-        self.read();
+        self.wait(Slow::Reads);
         self.inner.list(filter)
     }
     fn cancel(&self, id: TaskId) -> Result<()> {

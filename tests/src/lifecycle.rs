@@ -16,6 +16,7 @@ use simplepyq::{Error, SimplePyQ, Status, TaskId};
 use simplepyq_core::{Store, StoreExt};
 
 use crate::Handlers;
+use crate::faults::Slow;
 
 /// Handlers that block until the test opens the gate, counting their starts per argument.
 #[derive(Debug, Default)]
@@ -69,18 +70,24 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 type Shared = Arc<Box<dyn Store>>;
+type Faulty = Arc<crate::faults::Flaky<Shared>>;
 
-fn queue_on(store: &Shared, lease: Duration) -> SimplePyQ<Shared> {
-    SimplePyQ::builder(Arc::clone(store))
+fn queue_on<S: Store + Clone>(store: &S, lease: Duration) -> SimplePyQ<S> {
+    SimplePyQ::builder(store.clone())
         .lease(lease)
         .poll_interval(Duration::from_millis(10))
         .build()
         .expect("valid settings")
 }
 
+/// `store` behind a wrapper whose faults and slow-downs a test turns on.
+fn faulty(store: &Shared) -> Faulty {
+    Arc::new(crate::faults::Flaky::healthy(Arc::clone(store)))
+}
+
 /// Adds channel `name` whose handler runs `gate` holding each task up to `hold`.
-fn gated(
-    q: &SimplePyQ<Shared>,
+fn gated<S: Store>(
+    q: &SimplePyQ<S>,
     handlers: Handlers,
     name: &str,
     gate: &Arc<Gate>,
@@ -653,7 +660,7 @@ pub fn run_until_complete_in_a_handler_is_refused(store: Box<dyn Store>, handler
 /// waits until all 4 run at once, which they do within a few claims.
 pub fn no_worker_idles_while_a_slow_claim_runs(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
-    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
+    let slow = faulty(&store);
     let q = SimplePyQ::builder(Arc::clone(&slow))
         .poll_interval(Duration::from_secs(10))
         .build()
@@ -681,7 +688,7 @@ pub fn no_worker_idles_while_a_slow_claim_runs(store: Box<dyn Store>, handlers: 
     for n in 0..8u32 {
         q.enqueue("slow", &n).expect("enqueue");
     }
-    slow.slow_claims(Duration::from_millis(50));
+    slow.slow(Slow::Claims, Duration::from_millis(50));
     q.start().expect("start");
     let t0 = Instant::now();
     while most.load(Ordering::SeqCst) < 4 && t0.elapsed() < Duration::from_secs(4) {
@@ -702,29 +709,14 @@ pub fn no_worker_idles_while_a_slow_claim_runs(store: Box<dyn Store>, handlers: 
 /// another process would have run the task again.
 pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
-    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
-    let q = SimplePyQ::builder(Arc::clone(&slow))
-        .lease(Duration::from_secs(1))
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .expect("valid settings");
+    let slow = faulty(&store);
+    let q = queue_on(&slow, Duration::from_secs(1));
     let gate = Gate::new();
-    let g = Arc::clone(&gate);
-    handlers
-        .add(
-            &q,
-            "g",
-            move |n: u32| {
-                g.run(n, Duration::from_secs(5));
-                Ok(())
-            },
-            1,
-        )
-        .expect("add");
+    gated(&q, handlers, "g", &gate, Duration::from_secs(5), 1);
     let id = q.enqueue("g", &0u32).expect("enqueue");
     q.start().expect("start");
     wait_until("the handler runs", || gate.started() == 1);
-    slow.slow_reads(Duration::from_secs(2));
+    slow.slow(Slow::Reads, Duration::from_secs(2));
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(2_500) {
         let now = simplepyq::Clock::now(&simplepyq::SystemClock);
@@ -735,7 +727,7 @@ pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: 
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    slow.slow_reads(Duration::ZERO);
+    slow.slow(Slow::Reads, Duration::ZERO);
     gate.open();
     q.run_until_complete().expect("run");
     let s = store.get(id).expect("get").expect("exists").state;
@@ -747,15 +739,10 @@ pub fn slow_gauges_do_not_delay_lease_renewals(store: Box<dyn Store>, handlers: 
 /// the interpreter's lock) does not wait for a slow store.
 pub fn start_does_not_hold_up_other_calls_with_store_io(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
-    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
-    let q = Arc::new(
-        SimplePyQ::builder(Arc::clone(&slow))
-            .poll_interval(Duration::from_millis(10))
-            .build()
-            .expect("valid settings"),
-    );
+    let slow = faulty(&store);
+    let q = Arc::new(queue_on(&slow, Duration::from_secs(30)));
     handlers.add(&q, "a", |_: u32| Ok(()), 1).expect("add");
-    slow.slow_recovery(Duration::from_secs(2));
+    slow.slow(Slow::Recovery, Duration::from_secs(2));
     let starter = Arc::clone(&q);
     let started = std::thread::spawn(move || starter.start());
     std::thread::sleep(Duration::from_millis(200));
@@ -767,7 +754,7 @@ pub fn start_does_not_hold_up_other_calls_with_store_io(store: Box<dyn Store>, h
         "add_channel waited {took:?} for start's store calls"
     );
     started.join().expect("start").expect("started");
-    slow.slow_recovery(Duration::ZERO);
+    slow.slow(Slow::Recovery, Duration::ZERO);
     q.stop();
 }
 
@@ -776,12 +763,8 @@ pub fn start_does_not_hold_up_other_calls_with_store_io(store: Box<dyn Store>, h
 /// still recorded in the background, its lease kept; nothing is lost or run twice.
 pub fn stop_timeout_is_bounded_by_a_slow_store(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
-    let slow = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
-    let q = SimplePyQ::builder(Arc::clone(&slow))
-        .lease(Duration::from_millis(600))
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .expect("valid settings");
+    let slow = faulty(&store);
+    let q = queue_on(&slow, Duration::from_millis(600));
     let ran = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&ran);
     handlers
@@ -795,7 +778,7 @@ pub fn stop_timeout_is_bounded_by_a_slow_store(store: Box<dyn Store>, handlers: 
             1,
         )
         .expect("add");
-    slow.slow_writes(Duration::from_secs(3));
+    slow.slow(Slow::Writes, Duration::from_secs(3));
     let id = q.enqueue("slow", &0u32).expect("enqueue");
     q.start().expect("start");
     wait_until("the handler ran", || ran.load(Ordering::SeqCst) == 1);
@@ -873,25 +856,10 @@ pub fn cancel_reaches_tasks_claimed_ahead(store: Box<dyn Store>, handlers: Handl
 /// run once the store came back (three such outages failed it unrun).
 pub fn an_outage_costs_unstarted_tasks_no_run(store: Box<dyn Store>, handlers: Handlers) {
     let store: Shared = Arc::new(store);
-    let flaky = Arc::new(crate::faults::Flaky::healthy(Arc::clone(&store)));
-    let q = SimplePyQ::builder(Arc::clone(&flaky))
-        .lease(Duration::from_millis(300))
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .expect("valid settings");
+    let flaky = faulty(&store);
+    let q = queue_on(&flaky, Duration::from_millis(300));
     let gate = Gate::new();
-    let g = Arc::clone(&gate);
-    handlers
-        .add(
-            &q,
-            "out",
-            move |n: u32| {
-                g.run(n, Duration::ZERO);
-                Ok(())
-            },
-            1,
-        )
-        .expect("add");
+    gated(&q, handlers, "out", &gate, Duration::ZERO, 1);
     let id = q.enqueue("out", &0u32).expect("enqueue");
     flaky.late_claims_kept(1);
     flaky.release_outage(true);
