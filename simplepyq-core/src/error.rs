@@ -283,6 +283,19 @@ impl Error {
         })
     }
 
+    /// [`Error::InvalidConfig`] naming `path` if it is a directory, or if the directory that
+    /// should hold it does not exist: why a store could not open or create its file there,
+    /// said alike by every file backend.
+    pub fn unusable_path(path: &std::path::Path) -> Option<Self> {
+        if path.is_dir() {
+            return Some(Error::config(format!(
+                "{} is a directory: give the path of a queue file (created if missing)",
+                path.display()
+            )));
+        }
+        Self::missing_directory(path)
+    }
+
     /// Builds [`Error::InvalidConfig`].
     pub fn config(message: impl Into<String>) -> Self {
         Error::InvalidConfig(message.into())

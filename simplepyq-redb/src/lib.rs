@@ -213,16 +213,22 @@ fn inspect_repaired_copy(path: &Path) -> Result<()> {
     inspect(&db).map(drop)
 }
 
+/// Refuses a directory given as the queue file, as every file backend does.
+fn refuse_a_directory(path: &Path) -> Result<()> {
+    match Error::unusable_path(path) {
+        Some(e) if path.is_dir() => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Opens the redb database in the file at `path` (creating the file if `create`).
 ///
 /// The integrity check reads every page, so that a file damaged outside redb gives
 /// [`Error::Corrupt`] rather than a panic deep inside redb later.
 fn open_database(path: &Path, create: bool, cap: &Cap, failures: &Failures) -> Result<Database> {
     let file = FileStorage::open(path, create, cap.clone(), failures.clone()).map_err(|io| {
-        if io.kind() == std::io::ErrorKind::NotFound
-            && let Some(missing) = Error::missing_directory(path)
-        {
-            return missing;
+        if let Some(unusable) = Error::unusable_path(path) {
+            return unusable;
         }
         match io_err(io) {
             Error::ReadOnly { backend, message } => Error::ReadOnly {
@@ -311,6 +317,7 @@ impl RedbStore {
     }
 
     fn open_read_only_in(path: &Path) -> Result<Self> {
+        refuse_a_directory(path)?;
         let needs_write = |why: &str| Error::ReadOnly {
             backend: BACKEND,
             message: format!(
@@ -363,6 +370,7 @@ impl RedbStore {
     }
 
     fn open_in(path: &Path, options: RedbOptions) -> Result<Self> {
+        refuse_a_directory(path)?;
         let existing = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
         if existing {
             // Look read-only first: opening for writing updates redb's header, and a file

@@ -425,7 +425,7 @@ fn insert_tasks(tx: &Transaction<'_>, tasks: &[NewTask], now: Timestamp) -> R<Ve
 fn connect_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
-    wait_for_locks(&conn, busy_timeout).map_err(E::from)?;
+    wait_for_locks(&conn, busy_timeout).map_err(|e| cannot_open(path, e))?;
     Ok(conn)
 }
 
@@ -449,11 +449,12 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
 
 /// The error for a file SQLite could not open: the path is what the user must fix.
 fn cannot_open(path: &Path, e: rusqlite::Error) -> Error {
+    // A directory (SQLite says "disk I/O error" or "unable to open"), or none to hold it.
+    if let Some(unusable) = Error::unusable_path(path) {
+        return unusable;
+    }
     if e.sqlite_error_code() != Some(rusqlite::ErrorCode::CannotOpen) {
         return E::from(e).into();
-    }
-    if let Some(missing) = Error::missing_directory(path) {
-        return missing;
     }
     Error::ReadOnly {
         backend: error::BACKEND,

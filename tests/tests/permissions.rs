@@ -215,3 +215,21 @@ fn a_missing_directory_is_a_clear_error() {
         assert!(!root.path().join("no-such-dir").exists());
     }
 }
+
+/// A directory given as the queue file: both file backends say so, alike (SQLite said the
+/// file could not be opened for its permissions, redb "Is a directory (os error 21)").
+#[test]
+fn a_directory_is_not_a_queue_file_alike_on_both_backends() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let opens: [fn(&Path) -> simplepyq::Result<()>; 4] = [
+        |p| simplepyq::SqliteStore::open(p).map(drop),
+        |p| simplepyq::SqliteStore::open_read_only(p).map(drop),
+        |p| simplepyq::RedbStore::open(p).map(drop),
+        |p| simplepyq::RedbStore::open_read_only(p).map(drop),
+    ];
+    for open in opens {
+        let err = open(root.path()).expect_err("a directory");
+        assert!(matches!(err, simplepyq::Error::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains("is a directory"), "{err}");
+    }
+}
