@@ -437,13 +437,10 @@ async fn overview(
     let after = page.after.clone();
     let value = on_store(&app, move |store, now| {
         let names = store.channels()?;
-        let shown: Vec<String> = names
-            .iter()
-            .filter(|n| **n > after)
-            .take(CHANNELS_SHOWN)
-            .cloned()
-            .collect();
-        let next = (names.iter().filter(|n| **n > after).count() > shown.len())
+        // In name order (the store's): the page starts past `after`.
+        let rest = &names[names.partition_point(|n| *n <= after)..];
+        let shown = rest[..rest.len().min(CHANNELS_SHOWN)].to_vec();
+        let next = (rest.len() > shown.len())
             .then(|| shown.last().cloned())
             .flatten();
         let channels = shown

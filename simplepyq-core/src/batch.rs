@@ -24,6 +24,19 @@ pub type Change = (TaskId, TaskState);
 /// statement runs into a statement timeout.
 pub const BULK_BATCH: usize = 5_000;
 
+/// Runs `step` (one transaction of an administrative call, changing at most [`BULK_BATCH`]
+/// tasks and saying how many) until a step changes fewer; returns how many all changed.
+pub fn in_batches(mut step: impl FnMut() -> Result<usize>) -> Result<usize> {
+    let mut total = 0;
+    loop {
+        let n = step()?;
+        total += n;
+        if n < BULK_BATCH {
+            return Ok(total);
+        }
+    }
+}
+
 /// The most due delayed tasks one claim promotes to pending, earliest run-at (then id)
 /// first. Until every due delayed task of a channel is promoted (more than this many came due
 /// at once: a long outage, a large scheduled batch), priorities order only the promoted ones.

@@ -287,13 +287,18 @@ impl Error {
     /// should hold it does not exist: why a store could not open or create its file there,
     /// said alike by every file backend.
     pub fn unusable_path(path: &std::path::Path) -> Option<Self> {
-        if path.is_dir() {
-            return Some(Error::config(format!(
+        Self::directory_given(path).or_else(|| Self::missing_directory(path))
+    }
+
+    /// [`Error::InvalidConfig`] naming `path` if it is a directory, given where a queue
+    /// file was wanted.
+    pub fn directory_given(path: &std::path::Path) -> Option<Self> {
+        path.is_dir().then(|| {
+            Error::config(format!(
                 "{} is a directory: give the path of a queue file (created if missing)",
                 path.display()
-            )));
-        }
-        Self::missing_directory(path)
+            ))
+        })
     }
 
     /// Builds [`Error::InvalidConfig`].

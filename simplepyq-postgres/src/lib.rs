@@ -958,14 +958,7 @@ impl Store for PostgresStore {
              WHERE status = 'failed'{} LIMIT {PURGE_BATCH})",
             channel_filter(channel, 1)
         );
-        let mut total = 0;
-        loop {
-            let n = self.run(|c| execute(c, &sql, channel, &[]))?;
-            total += n;
-            if n < batch::BULK_BATCH {
-                return Ok(total);
-            }
-        }
+        batch::in_batches(|| self.run(|c| execute(c, &sql, channel, &[])))
     }
 
     fn requeue_failed(
@@ -1057,14 +1050,7 @@ impl Store for PostgresStore {
             channel_filter(channel, 2)
         );
         let before = millis(before);
-        let mut total = 0;
-        loop {
-            let n = self.run(|c| execute(c, &sql, channel, &[&before]))?;
-            total += n;
-            if n < PURGE_BATCH as usize {
-                return Ok(total);
-            }
-        }
+        batch::in_batches(|| self.run(|c| execute(c, &sql, channel, &[&before])))
     }
 
     fn channels(&self) -> Result<Vec<String>> {

@@ -213,14 +213,6 @@ fn inspect_repaired_copy(path: &Path) -> Result<()> {
     inspect(&db).map(drop)
 }
 
-/// Refuses a directory given as the queue file, as every file backend does.
-fn refuse_a_directory(path: &Path) -> Result<()> {
-    match Error::unusable_path(path) {
-        Some(e) if path.is_dir() => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// Opens the redb database in the file at `path` (creating the file if `create`).
 ///
 /// The integrity check reads every page, so that a file damaged outside redb gives
@@ -317,7 +309,7 @@ impl RedbStore {
     }
 
     fn open_read_only_in(path: &Path) -> Result<Self> {
-        refuse_a_directory(path)?;
+        Error::directory_given(path).map_or(Ok(()), Err)?;
         let needs_write = |why: &str| Error::ReadOnly {
             backend: BACKEND,
             message: format!(
@@ -370,7 +362,7 @@ impl RedbStore {
     }
 
     fn open_in(path: &Path, options: RedbOptions) -> Result<Self> {
-        refuse_a_directory(path)?;
+        Error::directory_given(path).map_or(Ok(()), Err)?;
         let existing = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
         if existing {
             // Look read-only first: opening for writing updates redb's header, and a file

@@ -351,8 +351,6 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `op` in the writer thread's next transaction (shared with other callers' writes)
-    /// and returns its result once that transaction committed.
     /// Tells other processes' queues that `channels` have tasks due again (`n` of them).
     fn announce(&self, n: usize, channels: &BTreeSet<String>) {
         if n > 0 {
@@ -360,6 +358,8 @@ impl SqliteStore {
         }
     }
 
+    /// Runs `op` in the writer thread's next transaction (shared with other callers' writes)
+    /// and returns its result once that transaction committed.
     fn write<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
@@ -662,19 +662,6 @@ const KEY_HOLDER: &str = "SELECT id FROM tasks WHERE channel = ?1 AND unique_key
 /// Running tasks whose lease ended by ?1: their ids and channels.
 const EXPIRED: &str = "SELECT id, channel FROM tasks WHERE status = 'running' \
      AND lease_until <= ?1 ORDER BY lease_until";
-/// Runs `step` (a transaction that changes at most [`batch::BULK_BATCH`] tasks and says how
-/// many) until it changes fewer; returns how many it changed in all.
-fn in_batches(mut step: impl FnMut() -> Result<usize>) -> Result<usize> {
-    let mut total = 0;
-    loop {
-        let n = step()?;
-        total += n;
-        if n < batch::BULK_BATCH {
-            return Ok(total);
-        }
-    }
-}
-
 /// Deletes up to [`batch::BULK_BATCH`] tasks of channel ?1 with `status`. No index holds
 /// every row of a channel: a channel's tasks are deleted a status at a time, each following
 /// its status's index (which SQLite uses only when the status is written in the query, not
@@ -917,7 +904,7 @@ impl Store for SqliteStore {
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
         let sql = clear_failed_sql(channel);
         let channel = channel.map(str::to_owned);
-        in_batches(|| {
+        batch::in_batches(|| {
             let (sql, channel) = (sql.clone(), channel.clone());
             self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(&channel))?))
         })
@@ -964,7 +951,7 @@ impl Store for SqliteStore {
     fn remove_channel(&self, channel: &str) -> Result<usize> {
         let mut total = 0;
         for status in Status::ALL {
-            total += in_batches(|| {
+            total += batch::in_batches(|| {
                 let channel = channel.to_owned();
                 self.write(move |tx| {
                     Ok(tx
@@ -979,7 +966,7 @@ impl Store for SqliteStore {
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
         let sql = purge_done_sql(channel);
         let channel = channel.map(str::to_owned);
-        in_batches(|| {
+        batch::in_batches(|| {
             let (sql, channel) = (sql.clone(), channel.clone());
             self.write(move |tx| {
                 let mut stmt = tx.prepare_cached(&sql)?;

@@ -137,27 +137,23 @@ impl Held {
 
     /// The tasks whose handlers run now, in id order.
     pub(crate) fn running(&self) -> Vec<TaskId> {
-        let mut ids: Vec<TaskId> = self
-            .state
-            .lock()
-            .claims
-            .iter()
-            .filter(|(_, p)| p.is_running())
-            .map(|(c, _)| c.id)
-            .collect();
-        ids.sort_unstable();
-        ids
+        self.ids_where(true)
     }
 
     /// The tasks held and not running: waiting to start (being given back) or for their
     /// outcome to be recorded; in id order.
     pub(crate) fn unsettled(&self) -> Vec<TaskId> {
+        self.ids_where(false)
+    }
+
+    /// The tasks held whose handler runs (or not), in id order.
+    fn ids_where(&self, running: bool) -> Vec<TaskId> {
         let mut ids: Vec<TaskId> = self
             .state
             .lock()
             .claims
             .iter()
-            .filter(|(_, p)| !p.is_running())
+            .filter(|(_, p)| p.is_running() == running)
             .map(|(c, _)| c.id)
             .collect();
         ids.sort_unstable();

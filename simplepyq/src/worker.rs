@@ -137,15 +137,14 @@ pub(crate) fn claim_turn<S: Store>(
         }
     };
     errors.reset();
+    engine.held.reserve(tasks.iter().map(Task::claim));
     if !tasks.is_empty() && lease_until.is_some_and(|u| engine.now() >= u) {
         dispatch.claimed(Vec::new(), &engine.held);
         // Held until given back, so that the keeper renews those still this queue's and
         // no one recovers them as lost runs while the store fails.
-        engine.held.reserve(tasks.iter().map(Task::claim));
         leases::give_back_held(engine, &tasks);
         return None;
     }
-    engine.held.reserve(tasks.iter().map(Task::claim));
     Some(tasks)
 }
 

@@ -525,8 +525,7 @@ impl<S: Store> Workers<S> {
                     // Only if nothing changed here meanwhile: a handler of a channel read
                     // later may have enqueued into one read earlier, and finished.
                     Ok(true) if self.engine.held.snapshot().0 == seen => break Ok(()),
-                    Ok(true) => {}
-                    Ok(false) => {}
+                    Ok(_) => {}
                     Err(e) if e.is_retryable() => self.engine.errors.record(&e),
                     Err(e) => break Err(e),
                 }
