@@ -1,12 +1,12 @@
 //! Measures enqueue and drain throughput, pick-up latency and peak memory.
 //!
 //! ```text
-//! cargo run --release --example throughput -- --backend sqlite|redb|memory --n 20000 \
+//! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite|redb|memory --n 20000 \
 //!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
 //!     [--bare]
-//! cargo run --release --example throughput -- --backend postgres [--url URL] \
+//! cargo run --release -p simplepyq-benches --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
-//! cargo run --release --example throughput -- --backend sqlite --remote [--watch off] \
+//! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite --remote [--watch off] \
 //!     [--idle-cpu 30] [--listener] [--readers 2] [--due-delayed] [--live]
 //! ```
 //!

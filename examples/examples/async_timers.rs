@@ -1,7 +1,7 @@
 //! Async channels against thread channels on I/O-bound work.
 //!
 //! ```text
-//! cargo run --release --features tokio --example async_timers [-- TASKS CONCURRENCY]
+//! cargo run --release -p simplepyq-examples --example async_timers [-- TASKS CONCURRENCY]
 //! ```
 //!
 //! 10,000 tasks (by default) whose handler waits 100 ms, as an HTTP call would, with 1,000

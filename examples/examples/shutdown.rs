@@ -1,7 +1,7 @@
 //! A service that stops its queue on SIGTERM or Ctrl-C, with a deadline.
 //!
 //! ```text
-//! cargo run --features tokio --example shutdown [-- --demo]
+//! cargo run -p simplepyq-examples --example shutdown [-- --demo]
 //! ```
 //!
 //! Workers export reports, each taking a while; on SIGTERM or Ctrl-C the queue stops: no

@@ -1,7 +1,7 @@
 //! A web service whose request handler enqueues work: axum and a queue on one runtime.
 //!
 //! ```text
-//! cargo run --features tokio --example axum_enqueue [-- --serve]
+//! cargo run -p simplepyq-examples --example axum_enqueue [-- --serve]
 //! ```
 //!
 //! `POST /thumbnails` with `{"path": "...", "width": N}` enqueues a thumbnail task through
