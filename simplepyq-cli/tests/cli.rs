@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use simplepyq::InspectStore;
 use simplepyq::{EnqueueOptions, RedbStore, SimplePyQ, SqliteStore, Store, TaskError};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simplepyq");

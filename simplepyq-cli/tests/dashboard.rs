@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use simplepyq::{Finished, Outcome, SqliteStore, Status, Store, Timestamp, Totals};
+use simplepyq_core::prelude::*;
 use simplepyq_core::{Clock, NewTask, StoreExt, SystemClock};
 use simplepyq_tests::lifecycle::wait_until;
 

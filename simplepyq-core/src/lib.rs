@@ -30,7 +30,18 @@ pub mod transition;
 
 pub use error::{BoxError, Error, Result};
 pub use schedule::Schedule;
-pub use store::{ChannelStats, Store, StoreExt, Wake, Watch};
+/// The store traits, for calling a store's methods on a concrete store type:
+/// `use simplepyq_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AdminStore, ClaimStore, InspectStore, OutcomeStore, ScheduleStore, Store, StoreExt,
+    };
+}
+
+pub use store::{
+    AdminStore, ChannelStats, ClaimStore, InspectStore, OutcomeStore, ScheduleStore, Store,
+    StoreExt, Wake, Watch,
+};
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError,
     Status, Task, TaskId, TaskState, validate_channel,

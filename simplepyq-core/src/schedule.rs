@@ -6,7 +6,7 @@
 //!   starts when); a cron expression's are read in UTC.
 //! - **Exactly once**: the store records each schedule's last firing, and a firing is
 //!   recorded and its task enqueued in one transaction only if it is later than the one
-//!   recorded ([`crate::Store::fire_schedule`]). Every queue and process sharing the store
+//!   recorded ([`crate::ScheduleStore::fire_schedule`]). Every queue and process sharing the store
 //!   may run the same schedule: each fire time is enqueued once.
 //! - **A new schedule** (no firing recorded) first fires at its first fire time after its
 //!   queue started (or after it was added to a running queue): none in the past.

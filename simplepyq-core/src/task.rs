@@ -274,7 +274,7 @@ impl NewTask {
     }
 }
 
-/// Which tasks [`crate::Store::list`] returns: a page in id order.
+/// Which tasks [`crate::InspectStore::list`] returns: a page in id order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ListFilter {
@@ -325,7 +325,7 @@ impl ListFilter {
     }
 }
 
-/// How a handler's run ended, as recorded by [`crate::Store::finish_many`].
+/// How a handler's run ended, as recorded by [`crate::OutcomeStore::finish_many`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The handler succeeded.
@@ -395,7 +395,7 @@ impl Counts {
     }
 }
 
-/// How many tasks ended done and failed in one bucket of time: see [`crate::Store::finished`].
+/// How many tasks ended done and failed in one bucket of time: see [`crate::InspectStore::finished`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Finished {
     /// The bucket's start: a multiple of the bucket's width since the Unix epoch.

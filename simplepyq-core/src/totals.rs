@@ -8,8 +8,8 @@ use crate::{Outcome, Status};
 
 /// How many runs of a channel ended each way since the store was made. Each is counted in
 /// the transaction that records it, so the totals move only forward and count every
-/// process's and machine's runs once. [`crate::Store::remove_channel`],
-/// [`crate::Store::clear_failed`] and [`crate::Store::purge_done`] leave them.
+/// process's and machine's runs once. [`crate::AdminStore::remove_channel`],
+/// [`crate::AdminStore::clear_failed`] and [`crate::AdminStore::purge_done`] leave them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     /// Runs that succeeded.
@@ -20,7 +20,7 @@ pub struct Totals {
     /// Runs that failed and left the task queued for a retry.
     pub retried: u64,
     /// Runs whose lease expired before they ended (their worker died or hung), recovered by
-    /// [`crate::Store::recover_expired`].
+    /// [`crate::OutcomeStore::recover_expired`].
     pub lease_lost: u64,
 }
 

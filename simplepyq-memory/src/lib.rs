@@ -1,11 +1,12 @@
-//! [`MemoryStore`]: an in-memory [`Store`] for simplepyq.
+//! [`MemoryStore`]: an in-memory [`Store`](simplepyq_core::Store) for simplepyq.
 //!
 //! It keeps every task in process memory, so nothing survives the process: use it for tests
 //! and throwaway queues. It is a complete backend, passing the same conformance suite as the
 //! durable ones, and safe to share between threads.
 //!
 //! ```
-//! use simplepyq_core::{NewTask, Store, StoreExt, Timestamp};
+//! use simplepyq_core::prelude::*;
+//! use simplepyq_core::{NewTask, Timestamp};
 //! use simplepyq_memory::MemoryStore;
 //!
 //! let store = MemoryStore::new();
@@ -22,11 +23,12 @@ use std::ops::Bound;
 use parking_lot::Mutex;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, Task, TaskId,
-    TaskState, Timestamp, Totals, batch, validate_channel,
+    AdminStore, Claim, ClaimStore, Counts, Error, InspectStore, ListFilter, NewTask, Outcome,
+    OutcomeStore, Result, ScheduleStore, Status, Task, TaskId, TaskState, Timestamp, Totals, batch,
+    validate_channel,
 };
 
-/// An in-memory [`Store`]. Claiming the next due task is O(log n) (plus the promotion of
+/// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
 /// delayed tasks that became due).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -238,7 +240,7 @@ fn toggle<T: Ord>(set: &mut BTreeSet<T>, value: T, add: bool) -> bool {
     }
 }
 
-impl Store for MemoryStore {
+impl ClaimStore for MemoryStore {
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
             validate_channel(&t.channel)?;
@@ -273,14 +275,23 @@ impl Store for MemoryStore {
             .collect()
     }
 
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        let inner = self.inner.lock();
+        Ok(inner.idx.channels.get(channel).and_then(|ch| {
+            // Pending tasks are due: any one's run-at is not later than now.
+            let ready = ch.ready.first().map(|(_, t, _)| *t);
+            let delayed = ch.delayed.first().map(|(t, _)| *t);
+            let lease = ch.running.first().map(|(t, _)| *t);
+            [ready, delayed, lease].into_iter().flatten().min()
+        }))
+    }
+}
+
+impl OutcomeStore for MemoryStore {
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
         self.inner
             .lock()
             .on_held(claims, &Event::Extend { lease_until })
-    }
-
-    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
-        self.inner.lock().on_held(claims, &Event::Release { now })
     }
 
     fn finish_many(
@@ -295,6 +306,10 @@ impl Store for MemoryStore {
         }
         inner.write(done.changes)?;
         Ok(done.statuses)
+    }
+
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+        self.inner.lock().on_held(claims, &Event::Release { now })
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -313,7 +328,9 @@ impl Store for MemoryStore {
         }
         Ok(expired.len())
     }
+}
 
+impl AdminStore for MemoryStore {
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
         Ok(self
             .inner
@@ -359,6 +376,16 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let task = inner.tasks.get(&id).ok_or(Error::NotFound(id))?;
+        transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
+        inner.delete(id);
+        Ok(())
+    }
+}
+
+impl InspectStore for MemoryStore {
     fn channels(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self.inner.lock().idx.channels.keys().cloned().collect();
         names.sort_unstable();
@@ -378,17 +405,6 @@ impl Store for MemoryStore {
         Ok(total)
     }
 
-    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
-        let inner = self.inner.lock();
-        Ok(inner.idx.channels.get(channel).and_then(|ch| {
-            // Pending tasks are due: any one's run-at is not later than now.
-            let ready = ch.ready.first().map(|(_, t, _)| *t);
-            let delayed = ch.delayed.first().map(|(t, _)| *t);
-            let lease = ch.running.first().map(|(t, _)| *t);
-            [ready, delayed, lease].into_iter().flatten().min()
-        }))
-    }
-
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         Ok(self.inner.lock().tasks.get(&id).cloned())
     }
@@ -406,14 +422,12 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn cancel(&self, id: TaskId) -> Result<()> {
-        let mut inner = self.inner.lock();
-        let task = inner.tasks.get(&id).ok_or(Error::NotFound(id))?;
-        transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
-        inner.delete(id);
-        Ok(())
+    fn totals(&self) -> Result<BTreeMap<String, Totals>> {
+        Ok(self.inner.lock().totals.clone())
     }
+}
 
+impl ScheduleStore for MemoryStore {
     fn fire_schedule(
         &self,
         name: &str,
@@ -432,9 +446,5 @@ impl Store for MemoryStore {
 
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         Ok(self.inner.lock().fired.get(name).copied())
-    }
-
-    fn totals(&self) -> Result<BTreeMap<String, Totals>> {
-        Ok(self.inner.lock().totals.clone())
     }
 }

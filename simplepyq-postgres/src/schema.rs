@@ -216,3 +216,18 @@ pub(crate) fn version(client: &mut impl postgres::GenericClient, name: &str) -> 
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        for good in ["simplepyq", "_q", "q2_test"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Q", "2q", "q-1", "q;drop", "pg_q", &"q".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -125,8 +125,9 @@ pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
 pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
-    Clock, Counts, Error, Finished, ListFilter, ManualClock, Outcome, Result, Schedule, Status,
-    Store, SystemClock, Task, TaskId, TaskState, Timestamp, Totals,
+    AdminStore, ClaimStore, Clock, Counts, Error, Finished, InspectStore, ListFilter, ManualClock,
+    Outcome, OutcomeStore, Result, Schedule, ScheduleStore, Status, Store, SystemClock, Task,
+    TaskId, TaskState, Timestamp, Totals,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

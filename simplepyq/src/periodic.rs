@@ -2,7 +2,7 @@
 //! the scheduler thread of each run that fires them. When a schedule fires, and which
 //! missed firings are made up for, is [`simplepyq_core::schedule`]'s rule; that each fire
 //! time is enqueued once, across every queue sharing the store, is the store's
-//! ([`Store::fire_schedule`]).
+//! ([`crate::ScheduleStore::fire_schedule`]).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -78,7 +78,7 @@ impl<S: Store> Builder<S> {
         self
     }
 
-    /// The clock tasks are timed by: by default the store's own ([`Store::clock`]: the
+    /// The clock tasks are timed by: by default the store's own ([`crate::ClaimStore::clock`]: the
     /// database server's, for a store shared by machines), else [`SystemClock`]. Tests pass
     /// a [`simplepyq_core::ManualClock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {

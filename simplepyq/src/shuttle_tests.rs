@@ -19,18 +19,21 @@ use std::time::Duration;
 use shuttle::thread;
 use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
-    Claim, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, StoreExt,
-    SystemClock, Task, TaskId, Timestamp,
+    AdminStore, Claim, ClaimStore, Counts, Error, InspectStore, ListFilter, NewTask, Outcome,
+    OutcomeStore, Result, ScheduleStore, Status, Store, StoreExt, SystemClock, Task, TaskId,
+    Timestamp,
 };
 use simplepyq_memory::MemoryStore;
 
+use crate::channel_work::ChannelWork;
 use crate::dispatch::Dispatch;
 use crate::engine::{Engine, Settings};
 use crate::handler::erase;
 use crate::options::Backoff;
+use crate::runner::Runner;
 use crate::signal::Signal;
 use crate::sync::Mutex;
-use crate::worker::{self, ChannelWork, Runner};
+use crate::worker;
 use crate::{leases, recorder};
 
 const ITERATIONS: usize = 2_000;
@@ -44,16 +47,25 @@ struct Store2 {
     failing: AtomicBool,
 }
 
-impl Store for Store2 {
+impl ClaimStore for Store2 {
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         self.inner.enqueue(tasks, now)
     }
+
     fn claim(&self, c: &str, n: usize, now: Timestamp, until: Timestamp) -> Result<Vec<Task>> {
         self.inner.claim(c, n, now, until)
     }
+
+    fn next_wakeup(&self, c: &str) -> Result<Option<Timestamp>> {
+        self.inner.next_wakeup(c)
+    }
+}
+
+impl OutcomeStore for Store2 {
     fn extend_leases(&self, claims: &[Claim], until: Timestamp) -> Result<usize> {
         self.inner.extend_leases(claims, until)
     }
+
     fn finish_many(&self, r: &[(Claim, Outcome)], now: Timestamp) -> Result<Vec<Result<Status>>> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(Error::Full {
@@ -63,42 +75,61 @@ impl Store for Store2 {
         }
         self.inner.finish_many(r, now)
     }
+
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         self.inner.release(claims, now)
     }
+
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         self.inner.recover_expired(now, max_lost_runs)
     }
+}
+
+impl AdminStore for Store2 {
     fn clear_failed(&self, c: Option<&str>) -> Result<usize> {
         self.inner.clear_failed(c)
     }
+
     fn requeue_failed(&self, c: Option<&str>, r: Option<u32>, now: Timestamp) -> Result<usize> {
         self.inner.requeue_failed(c, r, now)
     }
+
     fn remove_channel(&self, c: &str) -> Result<usize> {
         self.inner.remove_channel(c)
     }
+
     fn purge_done(&self, c: Option<&str>, before: Timestamp) -> Result<usize> {
         self.inner.purge_done(c, before)
     }
-    fn channels(&self) -> Result<Vec<String>> {
-        self.inner.channels()
-    }
-    fn counts(&self, c: Option<&str>) -> Result<Counts> {
-        self.inner.counts(c)
-    }
-    fn next_wakeup(&self, c: &str) -> Result<Option<Timestamp>> {
-        self.inner.next_wakeup(c)
-    }
-    fn get(&self, id: TaskId) -> Result<Option<Task>> {
-        self.inner.get(id)
-    }
-    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
-        self.inner.list(filter)
-    }
+
     fn cancel(&self, id: TaskId) -> Result<()> {
         self.inner.cancel(id)
     }
+}
+
+impl InspectStore for Store2 {
+    fn channels(&self) -> Result<Vec<String>> {
+        self.inner.channels()
+    }
+
+    fn counts(&self, c: Option<&str>) -> Result<Counts> {
+        self.inner.counts(c)
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<Task>> {
+        self.inner.get(id)
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        self.inner.list(filter)
+    }
+
+    fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
+        self.inner.totals()
+    }
+}
+
+impl ScheduleStore for Store2 {
     fn fire_schedule(
         &self,
         name: &str,
@@ -108,11 +139,9 @@ impl Store for Store2 {
     ) -> Result<Option<TaskId>> {
         self.inner.fire_schedule(name, at, task, now)
     }
+
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         self.inner.last_fired(name)
-    }
-    fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
-        self.inner.totals()
     }
 }
 

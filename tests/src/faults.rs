@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use simplepyq_core::{
-    Claim, Clock, Counts, Error, ListFilter, NewTask, Outcome, Result, Status, Store, SystemClock,
-    Task, TaskId, Timestamp,
+    AdminStore, Claim, ClaimStore, Clock, Counts, Error, InspectStore, ListFilter, NewTask,
+    Outcome, OutcomeStore, Result, ScheduleStore, Status, Store, SystemClock, Task, TaskId,
+    Timestamp,
 };
 
 /// Which operations fail.
@@ -191,12 +192,13 @@ impl<S: Store> Flaky<S> {
     }
 }
 
-impl<S: Store> Store for Flaky<S> {
+impl<S: Store> ClaimStore for Flaky<S> {
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         self.alive()?;
         self.trip(self.faults.enqueue)?;
         self.inner.enqueue(tasks, now)
     }
+
     fn claim(
         &self,
         channel: &str,
@@ -238,11 +240,20 @@ impl<S: Store> Store for Flaky<S> {
         }
         Ok(tasks)
     }
+
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        self.wait(Slow::Reads);
+        self.inner.next_wakeup(channel)
+    }
+}
+
+impl<S: Store> OutcomeStore for Flaky<S> {
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
         self.alive()?;
         self.trip(self.faults.leases)?;
         self.inner.extend_leases(claims, lease_until)
     }
+
     fn finish_many(
         &self,
         results: &[(Claim, Outcome)],
@@ -256,6 +267,7 @@ impl<S: Store> Store for Flaky<S> {
         self.wait(Slow::Writes);
         self.inner.finish_many(results, now)
     }
+
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         self.alive()?;
         self.trip(self.faults.leases)?;
@@ -265,6 +277,7 @@ impl<S: Store> Store for Flaky<S> {
         self.wait(Slow::Writes);
         self.inner.release(claims, now)
     }
+
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         self.alive()?;
         if self.release_outage.load(Ordering::SeqCst) {
@@ -274,10 +287,14 @@ impl<S: Store> Store for Flaky<S> {
         self.trip(self.faults.leases)?;
         self.inner.recover_expired(now, max_lost_runs)
     }
+}
+
+impl<S: Store> AdminStore for Flaky<S> {
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
         self.alive()?;
         self.inner.clear_failed(channel)
     }
+
     fn requeue_failed(
         &self,
         channel: Option<&str>,
@@ -287,37 +304,49 @@ impl<S: Store> Store for Flaky<S> {
         self.alive()?;
         self.inner.requeue_failed(channel, retries, now)
     }
+
     fn remove_channel(&self, channel: &str) -> Result<usize> {
         self.alive()?;
         self.inner.remove_channel(channel)
     }
+
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
         self.alive()?;
         self.inner.purge_done(channel, before)
     }
-    fn channels(&self) -> Result<Vec<String>> {
-        self.wait(Slow::Reads);
-        self.inner.channels()
-    }
-    fn counts(&self, channel: Option<&str>) -> Result<Counts> {
-        self.wait(Slow::Reads);
-        self.inner.counts(channel)
-    }
-    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
-        self.wait(Slow::Reads);
-        self.inner.next_wakeup(channel)
-    }
-    fn get(&self, id: TaskId) -> Result<Option<Task>> {
-        self.inner.get(id)
-    }
-    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
-        self.wait(Slow::Reads);
-        self.inner.list(filter)
-    }
+
     fn cancel(&self, id: TaskId) -> Result<()> {
         self.alive()?;
         self.inner.cancel(id)
     }
+}
+
+impl<S: Store> InspectStore for Flaky<S> {
+    fn channels(&self) -> Result<Vec<String>> {
+        self.wait(Slow::Reads);
+        self.inner.channels()
+    }
+
+    fn counts(&self, channel: Option<&str>) -> Result<Counts> {
+        self.wait(Slow::Reads);
+        self.inner.counts(channel)
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<Task>> {
+        self.inner.get(id)
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
+        self.wait(Slow::Reads);
+        self.inner.list(filter)
+    }
+
+    fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
+        self.inner.totals()
+    }
+}
+
+impl<S: Store> ScheduleStore for Flaky<S> {
     fn fire_schedule(
         &self,
         name: &str,
@@ -328,10 +357,8 @@ impl<S: Store> Store for Flaky<S> {
         self.alive()?;
         self.inner.fire_schedule(name, at, task, now)
     }
+
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         self.inner.last_fired(name)
-    }
-    fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
-        self.inner.totals()
     }
 }

@@ -196,60 +196,77 @@ macro_rules! backend_tests {
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
-        $crate::conformance_tests!(@each $factory;
-            enqueue_assigns_unique_ids_in_order,
-            enqueue_is_all_or_nothing_on_bad_channel,
-            enqueue_in_the_future_is_delayed,
-            args_round_trip_exactly,
-            claim_follows_run_at_then_id,
-            claim_respects_limit_and_channel,
-            claim_skips_tasks_not_due,
-            claims_promote_due_delayed_tasks_in_batches,
-            claimed_task_is_not_claimed_again,
-            success_marks_done,
-            retries_allow_n_plus_one_attempts,
-            permanent_failure_skips_retries,
-            delay_consumes_no_retry,
-            retry_at_in_the_future_delays,
-            stale_claim_is_lease_lost,
-            extend_leases_keeps_held_claims_only,
-            recover_expired_counts_lost_runs,
-            release_gives_unstarted_tasks_back,
-            clear_failed_per_channel_or_all,
-            requeue_failed_restores_or_sets_retries,
-            bulk_calls_reach_every_task_across_batches,
-            remove_channel_deletes_every_status,
-            purge_done_deletes_old_done_tasks,
-            counts_per_channel_and_total,
-            channels_lists_channels_with_tasks,
-            next_wakeup_is_earliest_run_at_or_lease,
-            get_returns_none_for_unknown_id,
-            ids_are_never_reused,
-            concurrent_claims_never_share_a_task,
-            priority_orders_claims,
-            due_delayed_tasks_are_promoted_and_keep_their_priority,
-            unique_keys_deduplicate_unfinished_tasks,
-            requeue_keeps_unique_keys_unique,
-            list_pages_in_id_order,
-            cancel_deletes_queued_tasks_only,
-            finished_counts_per_bucket,
-            totals_count_each_run_once,
-            schedule_firings_move_forward,
-            concurrent_firings_enqueue_each_fire_time_once
+        fn fixture() -> $crate::Fixture {
+            $factory()
+        }
+        $crate::conformance_tests!(@groups
+            claim: [
+                enqueue_assigns_unique_ids_in_order,
+                enqueue_is_all_or_nothing_on_bad_channel,
+                enqueue_in_the_future_is_delayed,
+                args_round_trip_exactly,
+                claim_follows_run_at_then_id,
+                claim_respects_limit_and_channel,
+                claim_skips_tasks_not_due,
+                claims_promote_due_delayed_tasks_in_batches,
+                claimed_task_is_not_claimed_again,
+                next_wakeup_is_earliest_run_at_or_lease,
+                ids_are_never_reused,
+                concurrent_claims_never_share_a_task,
+                priority_orders_claims,
+                due_delayed_tasks_are_promoted_and_keep_their_priority,
+                unique_keys_deduplicate_unfinished_tasks,
+            ];
+            outcome: [
+                success_marks_done,
+                retries_allow_n_plus_one_attempts,
+                permanent_failure_skips_retries,
+                delay_consumes_no_retry,
+                retry_at_in_the_future_delays,
+                stale_claim_is_lease_lost,
+                extend_leases_keeps_held_claims_only,
+                recover_expired_counts_lost_runs,
+                release_gives_unstarted_tasks_back,
+            ];
+            admin: [
+                clear_failed_per_channel_or_all,
+                bulk_calls_reach_every_task_across_batches,
+                requeue_failed_restores_or_sets_retries,
+                remove_channel_deletes_every_status,
+                purge_done_deletes_old_done_tasks,
+                requeue_keeps_unique_keys_unique,
+                cancel_deletes_queued_tasks_only,
+            ];
+            inspect: [
+                channels_lists_channels_with_tasks,
+                counts_per_channel_and_total,
+                get_returns_none_for_unknown_id,
+                list_pages_in_id_order,
+                finished_counts_per_bucket,
+                totals_count_each_run_once,
+            ];
+            schedules: [
+                schedule_firings_move_forward,
+                concurrent_firings_enqueue_each_fire_time_once,
+            ];
         );
         #[test]
         fn forwarding_impls_behave_alike() {
-            let $crate::Fixture { store, guard, .. } = $factory();
+            let $crate::Fixture { store, guard, .. } = fixture();
             $crate::conformance::forwarding_impls_behave_alike(store);
             drop(guard);
         }
     };
-    (@each $factory:expr; $($name:ident),* $(,)?) => {
+    (@groups $($group:ident: [$($name:ident),* $(,)?];)*) => {
         $(
-            #[test]
-            fn $name() {
-                let fixture: $crate::Fixture = $factory();
-                $crate::conformance::$name(&*fixture.store);
+            mod $group {
+                $(
+                    #[test]
+                    fn $name() {
+                        let fixture: $crate::Fixture = super::fixture();
+                        $crate::conformance::$group::$name(&*fixture.store);
+                    }
+                )*
             }
         )*
     };

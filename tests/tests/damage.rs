@@ -40,7 +40,7 @@ fn run_until_complete_returns_a_damaged_file_error_instead_of_waiting() {
     // The damaged task is still there, for a person to repair or remove.
     let store = SqliteStore::open(&path).expect("reopen");
     assert!(matches!(
-        simplepyq::Store::get(&store, bad),
+        simplepyq::InspectStore::get(&store, bad),
         Err(Error::Corrupt { .. })
     ));
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use simplepyq_core::{Clock, NewTask, Store, SystemClock};
+use simplepyq_core::prelude::*;
+use simplepyq_core::{Clock, NewTask, SystemClock};
 
 use simplepyq::{EnqueueOptions, MemoryStore, SimplePyQ, TaskError};
 

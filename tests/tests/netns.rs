@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use simplepyq::{PostgresStore, Store, SystemClock};
+use simplepyq::{PostgresStore, SystemClock};
+use simplepyq_core::prelude::*;
 use simplepyq_core::{Clock, NewTask};
 use simplepyq_tests::postgres;
 

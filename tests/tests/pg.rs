@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use simplepyq::{Clock, PostgresStore, SimplePyQ, Status, SystemClock, Timestamp};
+use simplepyq_core::prelude::*;
 use simplepyq_core::transition::{Event, apply};
-use simplepyq_core::{NewTask, Store, StoreExt};
+use simplepyq_core::{NewTask, StoreExt};
 use simplepyq_postgres::sql;
 use simplepyq_tests::postgres::{DropSchema, fresh_schema, options, server};
 

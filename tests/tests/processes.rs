@@ -10,6 +10,7 @@ use simplepyq::{
     Clock, EnqueueOptions, PostgresStore, RedbStore, SimplePyQ, SqliteOptions, SqliteStore, Status,
     SystemClock, TaskError,
 };
+use simplepyq_core::prelude::*;
 use simplepyq_core::{NewTask, Store};
 use simplepyq_tests::postgres::{self as pg, DropSchema};
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use simplepyq::ScheduleStore;
 use simplepyq::{
     EnqueueOptions, ListFilter, ManualClock, Schedule, SimplePyQ, SqliteStore, Store, Timestamp,
 };

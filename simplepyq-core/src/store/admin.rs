@@ -1,0 +1,49 @@
+//! Administration: the original's calls on failed tasks and channels, and cancel.
+
+use std::fmt::Debug;
+
+use crate::{Result, TaskId, Timestamp};
+
+/// Administration: deleting and requeueing failed tasks, removing a channel, purging done
+/// tasks, cancelling a task before it runs. What a program, the command line and the
+/// dashboard call; see [`super::Store`] for what every method of a store promises.
+pub trait AdminStore: Send + Sync + Debug + 'static {
+    /// Deletes failed tasks of `channel`, or of every channel; returns how many.
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize>;
+
+    /// Queues failed tasks of `channel` (or every channel) again, with the retry count they
+    /// were enqueued with (`retries == None`) or `retries`; returns how many.
+    ///
+    /// # Contract
+    /// Tasks go in id order. A failed task whose unique key an unfinished task of its
+    /// channel holds (enqueued after it failed, or requeued just before it) stays failed:
+    /// at most one unfinished task has a key.
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize>;
+
+    /// Deletes every task of `channel`, whatever its status; returns how many.
+    fn remove_channel(&self, channel: &str) -> Result<usize>;
+
+    /// Deletes done tasks of `channel` (or every channel) that finished before `before`;
+    /// returns how many.
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+
+    /// Deletes a pending or delayed task before it runs.
+    ///
+    /// # Contract
+    /// [`crate::Error::NotFound`] if there is no such task; [`crate::Error::InvalidTransition`]
+    /// if it is running, done or failed (and it stays as it is).
+    fn cancel(&self, id: TaskId) -> Result<()>;
+}
+
+forward!(AdminStore {
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize>;
+    fn requeue_failed(&self, channel: Option<&str>, retries: Option<u32>, now: Timestamp) -> Result<usize>;
+    fn remove_channel(&self, channel: &str) -> Result<usize>;
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+    fn cancel(&self, id: TaskId) -> Result<()>;
+});

@@ -1,0 +1,75 @@
+//! Inspection: what the store holds, for people, dashboards and metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use crate::{Counts, Finished, ListFilter, Result, Status, Task, TaskId, Timestamp, Totals};
+
+/// Inspection: channels, counts, tasks, what finished when, and the totals. Reads only;
+/// see [`super::Store`] for what every method of a store promises.
+pub trait InspectStore: Send + Sync + Debug + 'static {
+    /// The channels that have tasks, in name order.
+    fn channels(&self) -> Result<Vec<String>>;
+
+    /// Counts tasks per status, of `channel` or of every channel.
+    fn counts(&self, channel: Option<&str>) -> Result<Counts>;
+
+    /// The task with this id, if any.
+    fn get(&self, id: TaskId) -> Result<Option<Task>>;
+
+    /// A page of tasks in id order.
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
+
+    /// How many tasks of `channel` (or of every channel) ended done or failed since
+    /// `since`, per bucket of `width` (see [`Finished::bucket_of`]), in time order; buckets
+    /// with none are left out. A task counts once, at its last change: a failed task
+    /// requeued and then done counts as done; deleted tasks count no more.
+    ///
+    /// The default reads every done and failed task; backends with an index on the time
+    /// of their last change count in a query.
+    fn finished(
+        &self,
+        channel: Option<&str>,
+        since: Timestamp,
+        width: Duration,
+    ) -> Result<Vec<Finished>> {
+        const PAGE: usize = 1_000;
+        let mut rows = Vec::new();
+        for status in [Status::Done, Status::Failed] {
+            let mut filter = ListFilter::new(PAGE).status(status);
+            filter.channel = channel.map(str::to_owned);
+            loop {
+                let page = self.list(&filter)?;
+                rows.extend(
+                    page.iter()
+                        .filter(|t| t.state.updated_at >= since)
+                        .map(|t| (t.state.updated_at, status, 1)),
+                );
+                match page.last() {
+                    Some(last) if page.len() == PAGE => filter.after = Some(last.id),
+                    _ => break,
+                }
+            }
+        }
+        Ok(Finished::tally(rows, width))
+    }
+
+    /// The [`Totals`] of every channel that has counted something, in name order.
+    ///
+    /// # Contract
+    /// Each attempt [`crate::OutcomeStore::finish_many`] records and each lost run
+    /// [`crate::OutcomeStore::recover_expired`] recovers counts once, as [`Totals::of`] says, in the
+    /// same transaction as the change; refused outcomes count nothing. Totals only grow:
+    /// removing, clearing, purging or requeueing tasks leaves them.
+    fn totals(&self) -> Result<BTreeMap<String, Totals>>;
+}
+
+forward!(InspectStore {
+    fn channels(&self) -> Result<Vec<String>>;
+    fn counts(&self, channel: Option<&str>) -> Result<Counts>;
+    fn get(&self, id: TaskId) -> Result<Option<Task>>;
+    fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
+    fn finished(&self, channel: Option<&str>, since: Timestamp, width: Duration) -> Result<Vec<Finished>>;
+    fn totals(&self) -> Result<BTreeMap<String, Totals>>;
+});

@@ -1,0 +1,56 @@
+//! What becomes of claimed tasks: what the recorder and the lease keeper call.
+
+use std::fmt::Debug;
+
+use crate::{Claim, Outcome, Result, Status, Timestamp};
+
+/// What becomes of claimed tasks: leases renewed, outcomes recorded, claims given back
+/// unused, and the tasks of dead workers recovered. Every call is fenced by the claims'
+/// `(id, attempt)`. See [`super::Store`] for what every method of a store promises.
+pub trait OutcomeStore: Send + Sync + Debug + 'static {
+    /// Extends the leases of running attempts to `lease_until` and returns how many are
+    /// still held.
+    ///
+    /// # Contract
+    /// Claims that are no longer held (finished, recovered, claimed again, removed) are
+    /// skipped, not an error. A lease never shrinks.
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize>;
+
+    /// Records how attempts ended, all in one transaction, and returns each task's new
+    /// status in order.
+    ///
+    /// # Contract
+    /// An attempt whose `claim` is not the task's current running attempt (its lease
+    /// expired and it was recovered, or the task was removed) gets
+    /// [`crate::Error::LeaseLost`] in its place and changes nothing; the others are
+    /// recorded. The outer error is a storage failure, and then nothing is recorded.
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Status>>>;
+
+    /// Gives back claimed tasks whose handlers never started; returns how many were still
+    /// held.
+    ///
+    /// # Contract
+    /// Each held claim's task is `Pending` again with its lease cleared and the attempt of
+    /// the claim not counted (see [`crate::transition::Event::Release`]). Claims that are no
+    /// longer held are skipped, not an error.
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize>;
+
+    /// Recovers running tasks whose lease expired by `now` as lost runs (see
+    /// [`crate::transition::Event::Expire`]); returns how many.
+    ///
+    /// # Contract
+    /// Such a task becomes due at once with [`crate::transition::WORKER_LOST`] as its last
+    /// error and its retries unchanged; the lost run past `max_lost_runs` makes it `Failed`.
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize>;
+}
+
+forward!(OutcomeStore {
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize>;
+    fn finish_many(&self, results: &[(Claim, Outcome)], now: Timestamp) -> Result<Vec<Result<Status>>>;
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize>;
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize>;
+});

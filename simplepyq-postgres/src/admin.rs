@@ -1,0 +1,150 @@
+//! Administration: failed tasks cleared and requeued, channels removed, done tasks
+//! purged, tasks cancelled; the bulk calls in short statements.
+
+use std::collections::{HashMap, HashSet};
+
+use postgres::Client;
+use postgres::types::ToSql;
+use simplepyq_core::transition::cancel;
+use simplepyq_core::{AdminStore, Error, Result, TaskId, Timestamp, batch};
+
+use crate::PURGE_BATCH;
+use crate::PostgresStore;
+use crate::claim::{Key, holders, key};
+use crate::error::R;
+use crate::inspect::channel_filter;
+use crate::pool::Db;
+use crate::row::{COLUMNS, StateArrays, lock_states, millis, tasks_from_rows};
+
+impl AdminStore for PostgresStore {
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+        let sql = format!(
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+             WHERE status = 'failed'{} LIMIT {PURGE_BATCH})",
+            channel_filter(channel, 1)
+        );
+        batch::in_batches(|| self.run(|c| execute(c, &sql, channel, &[])))
+    }
+
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        // A batch at a time, in the order of `tasks_failed`, from past the last one seen (a
+        // task whose unique key is held stays failed).
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tasks WHERE status = 'failed' AND (channel, id) > ($1, $2){} \
+             ORDER BY channel, id LIMIT {PURGE_BATCH} FOR UPDATE",
+            channel_filter(channel, 3)
+        );
+        let mut after = (channel.unwrap_or_default().to_owned(), 0i64);
+        let mut total = 0;
+        loop {
+            let (seen, last, channels) = self.transaction(|tx| {
+                let rows = match channel {
+                    Some(c) => tx.query(&sql, &[&after.0, &after.1, &c])?,
+                    None => tx.query(&sql, &[&after.0, &after.1])?,
+                };
+                let failed = tasks_from_rows(&rows)?;
+                let keys: Vec<Key<'_>> = failed
+                    .iter()
+                    .map(|t| key(&t.channel, &t.unique_key))
+                    .collect();
+                let held: HashSet<Key<'_>> = keys
+                    .iter()
+                    .zip(holders(tx, &keys)?)
+                    .filter_map(|(k, holder)| holder.map(|_| *k))
+                    .collect();
+                let changes = batch::requeue(&failed, now, retries, |channel, key| {
+                    Ok(held.contains(&(channel, Some(key))))
+                })?;
+                StateArrays::of(&changes).save(tx)?;
+                let channel_of: HashMap<TaskId, &str> =
+                    failed.iter().map(|t| (t.id, t.channel.as_str())).collect();
+                let last = failed.last().map(|t| (t.channel.clone(), t.id.get()));
+                let channels = changes
+                    .iter()
+                    .filter_map(|(id, _)| channel_of.get(id).map(|c| (*c).to_owned()))
+                    .collect::<Vec<String>>();
+                Ok((failed.len(), last, channels))
+            })?;
+            self.announce(channels.iter().map(String::as_str));
+            total += channels.len();
+            match last {
+                Some(last) if seen == batch::BULK_BATCH => after = last,
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    fn remove_channel(&self, channel: &str) -> Result<usize> {
+        let mut total = 0;
+        let mut from = 0i64;
+        loop {
+            // The id REMOVE_RANGE rows on (by the primary key), or none past the last rows.
+            let to: Option<i64> = self.run(|c| {
+                let rows = c.query(
+                    &format!(
+                        "SELECT id FROM tasks WHERE id >= $1 ORDER BY id \
+                         OFFSET {REMOVE_RANGE} LIMIT 1"
+                    ),
+                    &[&from],
+                )?;
+                Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+            })?;
+            let until = to.unwrap_or(i64::MAX);
+            total += self.run(|c| {
+                c.execute(
+                    "DELETE FROM tasks WHERE channel = $1 AND id >= $2 AND id < $3",
+                    &[&channel, &from, &until],
+                )
+            })?;
+            match to {
+                Some(to) => from = to,
+                None => return Ok(total),
+            }
+        }
+    }
+
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        let sql = format!(
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+             WHERE status = 'done' AND updated_at < $1{} LIMIT {PURGE_BATCH})",
+            channel_filter(channel, 2)
+        );
+        let before = millis(before);
+        batch::in_batches(|| self.run(|c| execute(c, &sql, channel, &[&before])))
+    }
+
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        self.transaction(|tx| {
+            let states = lock_states(tx, &[id.get()])?;
+            let (_, _, state) = states.first().ok_or(Error::NotFound(id))?;
+            cancel(state).map_err(|r| r.into_error(id))?;
+            tx.execute("DELETE FROM tasks WHERE id = $1", &[&id.get()])?;
+            Ok(())
+        })
+    }
+}
+
+/// How many tasks (of any channel) one statement of [`AdminStore::remove_channel`] looks
+/// through: no index leads with the channel for every status, so the channel's tasks are
+/// deleted a range of the primary key at a time, each statement short whatever the table's
+/// size.
+pub(crate) const REMOVE_RANGE: i64 = 50_000;
+
+/// Runs `sql` whose last parameter is the optional channel; returns the rows it changed.
+pub(crate) fn execute(
+    c: &mut Db<'_, Client>,
+    sql: &str,
+    channel: Option<&str>,
+    params: &[&(dyn ToSql + Sync)],
+) -> R<usize> {
+    let mut all = params.to_vec();
+    if let Some(ch) = &channel {
+        all.push(ch);
+    }
+    c.execute(sql, &all)
+}

@@ -1,0 +1,267 @@
+//! Putting tasks in and taking them out: the insert (with its unique-key rule) and the
+//! claim (due delayed tasks promoted first).
+
+use std::sync::Arc;
+
+use postgres::GenericClient;
+use simplepyq_core::{
+    ClaimStore, Clock, Error, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch,
+    validate_channel,
+};
+
+use crate::error::{R, bad_value};
+use crate::pool::Db;
+use crate::row::{
+    STATE_ALIASES, STATE_ARRAYS, STATE_COLUMNS, StateArrays, UNFINISHED, millis, tasks_from_rows,
+};
+use crate::{PostgresStore, Resend, Tx, listen, sql};
+
+impl ClaimStore for PostgresStore {
+    fn watch(&self, wake: Wake) -> Option<Watch> {
+        let topic = self.notifier.as_ref()?.topic.clone();
+        listen::watch(self.config.clone(), topic, wake)
+    }
+
+    fn clock(&self) -> Option<Arc<dyn Clock>> {
+        Some(Arc::new(self.clock.clone()))
+    }
+
+    fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let repeats = batch::repeated_keys(tasks);
+        let firsts: Vec<&NewTask> = tasks
+            .iter()
+            .zip(&repeats)
+            .filter(|(_, r)| r.is_none())
+            .map(|(t, _)| t)
+            .collect();
+        // Inserted twice, a task would run twice: an insert whose connection broke while
+        // it was under way is not sent again (the caller learns that its effect is unknown).
+        let ids = if firsts.iter().all(|t| t.unique_key.is_none()) {
+            self.run_with(Resend::IfUnsent, |c| Self::insert(c, &firsts, now))?
+        } else {
+            self.transaction_with(Resend::IfUnsent, |tx| {
+                Self::insert_or_hold(tx, &firsts, now)
+            })?
+        };
+        self.announce(firsts.iter().map(|t| t.channel.as_str()));
+        // Back to every position: a repeated key gets its first task's id.
+        let mut firsts_ids = ids.into_iter();
+        let mut all: Vec<TaskId> = Vec::with_capacity(tasks.len());
+        for repeat in &repeats {
+            let id = match repeat {
+                Some(first) => all[*first],
+                None => firsts_ids
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| Error::from(bad_value("id", "none")))?,
+            };
+            all.push(id);
+        }
+        Ok(all)
+    }
+
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (now, lease_until) = (millis(now), millis(lease_until));
+        let mut tasks = self.run(|c| {
+            // Each statement is Event::Promote, then Event::Claim, on many rows at once.
+            c.execute(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?;
+            let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
+            tasks_from_rows(&rows)
+        })?;
+        tasks.sort_unstable_by_key(batch::claim_order);
+        Ok(tasks)
+    }
+
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        self.run(|c| {
+            let t: Option<i64> = c.query_one(sql::NEXT_WAKEUP, &[&channel])?.try_get(0)?;
+            Ok(t.map(Timestamp::from_millis))
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Inserts one task without a unique key: the statement of a single enqueue, simpler
+    /// to run than the `unnest` of a batch.
+    pub(crate) fn insert_one<C: GenericClient>(
+        tx: &mut Db<'_, C>,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> R<TaskId> {
+        let s = task.initial_state(now);
+        let row = tx.query_one(
+            &format!(
+                "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
+                 {STATE_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 RETURNING id"
+            ),
+            &[
+                &task.channel,
+                &task.args,
+                &now.as_millis(),
+                &task.priority,
+                &s.status.as_str(),
+                &i64::from(s.retries_left),
+                &i64::from(s.max_retries),
+                &i64::from(s.attempts),
+                &millis(s.run_at),
+                &s.lease_until.map(millis),
+                &s.last_error,
+                &millis(s.updated_at),
+                &i64::from(s.lost_runs),
+            ],
+        )?;
+        Ok(TaskId::new(row.try_get(0)?))
+    }
+
+    /// Inserts `tasks` (none of which repeats an earlier one's key) in `tx`; a task whose
+    /// key an unfinished task holds gets that task's id instead. Returns the ids by
+    /// position, each `Some`.
+    pub(crate) fn insert_or_hold(
+        tx: &mut Tx<'_, '_>,
+        tasks: &[&NewTask],
+        now: Timestamp,
+    ) -> R<Vec<Option<TaskId>>> {
+        if tasks.iter().all(|t| t.unique_key.is_none()) {
+            return Self::insert(tx, tasks, now);
+        }
+        // A key an unfinished task holds names that task; a task that took the key between
+        // the look and the insert is found by the next look.
+        let keys: Vec<Key<'_>> = tasks
+            .iter()
+            .map(|t| key(&t.channel, &t.unique_key))
+            .collect();
+        let mut ids = holders(tx, &keys)?;
+        loop {
+            let missing: Vec<usize> = (0..tasks.len()).filter(|&i| ids[i].is_none()).collect();
+            if missing.is_empty() {
+                return Ok(ids);
+            }
+            let batch: Vec<&NewTask> = missing.iter().map(|&i| tasks[i]).collect();
+            let inserted = Self::insert(tx, &batch, now)?;
+            if inserted.iter().any(Option::is_none) {
+                let batch_keys: Vec<Key<'_>> = missing.iter().map(|&i| keys[i]).collect();
+                let held = holders(tx, &batch_keys)?;
+                for ((&i, new), old) in missing.iter().zip(inserted).zip(held) {
+                    ids[i] = new.or(old);
+                }
+            } else {
+                for (&i, new) in missing.iter().zip(inserted) {
+                    ids[i] = new;
+                }
+            }
+        }
+    }
+
+    /// Inserts `tasks` (none of which repeats an earlier one's key) in one statement. A
+    /// task whose key an unfinished task holds is skipped. Returns the ids of the inserted
+    /// tasks by position.
+    pub(crate) fn insert<C: GenericClient>(
+        tx: &mut Db<'_, C>,
+        tasks: &[&NewTask],
+        now: Timestamp,
+    ) -> R<Vec<Option<TaskId>>> {
+        if let [task] = tasks
+            && task.unique_key.is_none()
+        {
+            return Self::insert_one(tx, task, now).map(|id| vec![Some(id)]);
+        }
+        let mut states = StateArrays::default();
+        for t in tasks {
+            states.push(TaskId::new(0), &t.initial_state(now));
+        }
+        let channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
+        let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
+        let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
+        let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
+        let created_at = now.as_millis();
+        let mut params = states.params().to_vec();
+        params.extend_from_slice(&[&channels, &args, &priorities, &keys, &created_at]);
+        let insert = format!(
+            "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
+                 {STATE_COLUMNS}) \
+                 SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.status, \
+                   u.retries_left, u.max_retries, u.attempts, u.run_at, u.lease_until, \
+                   u.last_error, u.updated_at, u.lost_runs \
+                 FROM unnest({STATE_ARRAYS}, $11::text[], $12::bytea[], $13::int[], \
+                   $14::text[]) WITH ORDINALITY \
+                   AS u({STATE_ALIASES}, channel, args, priority, unique_key, ord) \
+                 ORDER BY u.ord \
+                 ON CONFLICT (channel, unique_key) \
+                   WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \
+                 RETURNING id, channel, unique_key"
+        );
+        let rows = tx.query(&insert, &params)?;
+        // Ids are drawn in insertion order; a task without a key is never skipped, so the
+        // n-th such id is the n-th such task's.
+        let mut inserted: Vec<(i64, String, Option<String>)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<R<_>>()?;
+        inserted.sort_unstable_by_key(|(id, ..)| *id);
+        let mut ids = vec![None; tasks.len()];
+        let mut keyless = (0..tasks.len()).filter(|&i| tasks[i].unique_key.is_none());
+        for (id, channel, key) in inserted {
+            let at = match key {
+                Some(key) => tasks.iter().position(|t| {
+                    t.channel == channel && t.unique_key.as_deref() == Some(key.as_str())
+                }),
+                None => keyless.next(),
+            };
+            let at = at.ok_or_else(|| bad_value("id", id))?;
+            ids[at] = Some(TaskId::new(id));
+        }
+        Ok(ids)
+    }
+}
+
+/// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.
+pub(crate) const PROMOTE_LIMIT: i64 = batch::PROMOTE_PER_CLAIM as i64;
+
+/// A task's channel and unique key.
+pub(crate) type Key<'a> = (&'a str, Option<&'a str>);
+
+pub(crate) fn key<'a>(channel: &'a str, unique_key: &'a Option<String>) -> Key<'a> {
+    (channel, unique_key.as_deref())
+}
+
+/// The ids of the unfinished tasks holding `keys`, by position (`None` for a task without
+/// a key).
+pub(crate) fn holders(tx: &mut Tx<'_, '_>, keys: &[Key<'_>]) -> R<Vec<Option<TaskId>>> {
+    let (channels, keys): (Vec<&str>, Vec<Option<&str>>) = keys.iter().copied().unzip();
+    let rows = tx.query(
+        &format!(
+            "SELECT k.ord, t.id FROM unnest($1::text[], $2::text[]) WITH ORDINALITY \
+               AS k(channel, unique_key, ord) \
+             JOIN tasks t ON t.channel = k.channel AND t.unique_key = k.unique_key \
+             WHERE t.status IN {UNFINISHED}"
+        ),
+        &[&channels, &keys],
+    )?;
+    let mut ids = vec![None; channels.len()];
+    for r in rows {
+        let ord: i64 = r.try_get(0)?;
+        let at = usize::try_from(ord - 1).map_err(|_| bad_value("ordinality", ord))?;
+        if let Some(slot) = ids.get_mut(at) {
+            *slot = Some(TaskId::new(r.try_get(1)?));
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,116 @@
+//! The statements that change many rows at once, public to be read and `EXPLAIN`ed.
+//!
+//! Each of `PROMOTE`, `CLAIM` and `EXTEND` does what [`simplepyq_core::transition::apply`]
+//! does for its event, for every row it touches (the tests compare them): a claim is then
+//! one statement, and a lease renewal of all of a process's claims another. Every other
+//! change is computed by `apply` itself and written back.
+
+/// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
+/// (then id) first. Rows another claimer is promoting are skipped, never waited for.
+pub const PROMOTE: &str = "UPDATE tasks SET status = 'pending', updated_at = $2 \
+     WHERE id = ANY (ARRAY ( \
+       SELECT id FROM tasks \
+       WHERE channel = $1 AND status = 'delayed' AND run_at <= $2 \
+       ORDER BY run_at, id \
+       LIMIT $3 \
+       FOR UPDATE SKIP LOCKED))";
+
+/// `Event::Claim` at $2, leased until $4, of up to $3 due pending tasks of channel $1 in
+/// claim order. Rows another claimer locked are skipped, never waited for. The update
+/// finds its rows by id in an array: a join with the CTE would, in the generic plan a
+/// prepared statement gets, be a hash join over a scan of the whole table.
+pub const CLAIM: &str = "WITH due AS MATERIALIZED ( \
+       SELECT id FROM tasks \
+       WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
+       ORDER BY priority DESC, run_at, id \
+       LIMIT $3 \
+       FOR UPDATE SKIP LOCKED) \
+     UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, \
+       lease_until = $4, updated_at = $2 \
+     WHERE t.id = ANY (ARRAY (SELECT id FROM due)) \
+     RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
+       t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
+       t.last_error, t.updated_at, t.lost_runs";
+
+/// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held. It first
+/// locks the rows it can without waiting (the array is built before the update runs)
+/// and renews only those: a row locked elsewhere is being finished or recovered, and a
+/// renewal skipped once is made at the next one. Never waiting, it cannot deadlock with
+/// the statements that record outcomes, which do wait.
+pub const EXTEND: &str = "UPDATE tasks t \
+     SET lease_until = greatest(t.lease_until, $3) \
+     FROM unnest($1::bigint[], $2::bigint[]) AS c(id, attempt) \
+     WHERE t.id = c.id AND t.status = 'running' AND t.attempts = c.attempt \
+     AND t.id = ANY (ARRAY (SELECT id FROM tasks WHERE id = ANY ($1) \
+       FOR UPDATE SKIP LOCKED))";
+
+/// Reads the states of the tasks with ids $1.
+pub const READ_STATES: &str = "SELECT id, status, retries_left, max_retries, attempts, \
+     run_at, lease_until, last_error, updated_at, lost_runs FROM tasks WHERE id = ANY ($1)";
+
+/// Adds to the totals of channels: ends every statement that does so.
+macro_rules! add_totals {
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO totals AS s (channel, shard, done, failed, retried, lease_lost) ",
+            $rows,
+            " ON CONFLICT (channel, shard) DO UPDATE SET done = s.done + excluded.done, \
+             failed = s.failed + excluded.failed, retried = s.retried + excluded.retried, \
+             lease_lost = s.lease_lost + excluded.lease_lost"
+        )
+    };
+}
+
+/// Writes the states of `StateArrays` ($1..$10) to the tasks whose claims (attempts $11)
+/// still hold, adds what each written one counts (done, failed, retried and lease-lost
+/// arrays $12..$15) to its channel's totals, and returns the ids written. Rows of
+/// totals are locked in channel order, after every task row: two finishing
+/// statements cannot wait on each other.
+pub const FINISH: &str = concat!(
+    "WITH saved AS (UPDATE tasks t SET status = u.status, \
+     retries_left = u.retries_left, max_retries = u.max_retries, attempts = u.attempts, \
+     run_at = u.run_at, lease_until = u.lease_until, last_error = u.last_error, \
+     updated_at = u.updated_at, lost_runs = u.lost_runs \
+     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+       $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
+       $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+       AS u(id, status, retries_left, max_retries, attempts, run_at, lease_until, \
+       last_error, updated_at, lost_runs, held, done, failed, retried, lease_lost) \
+     WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held \
+     RETURNING t.id, t.channel, u.done, u.failed, u.retried, u.lease_lost), \
+     counted AS (",
+    add_totals!(
+        "SELECT channel, pg_backend_pid() % 16, sum(done)::bigint, sum(failed)::bigint, \
+         sum(retried)::bigint, sum(lease_lost)::bigint FROM saved GROUP BY channel \
+         HAVING sum(done + failed + retried + lease_lost) > 0 ORDER BY channel"
+    ),
+    ") SELECT id FROM saved"
+);
+
+/// Adds totals (channels $1, done, failed, retried and lease-lost arrays $2..$5) to
+/// their channels' totals, in channel order.
+pub const ADD_TOTALS: &str = add_totals!(
+    "SELECT c, pg_backend_pid() % 16, d, f, r, l FROM unnest($1::text[], $2::bigint[], \
+     $3::bigint[], $4::bigint[], $5::bigint[]) AS u(c, d, f, r, l) ORDER BY c"
+);
+
+/// Every channel's totals, in name order.
+pub const TOTALS: &str = "SELECT channel, sum(done)::bigint, sum(failed)::bigint, \
+     sum(retried)::bigint, sum(lease_lost)::bigint FROM totals GROUP BY channel \
+     ORDER BY channel";
+
+/// Whether a lease expired by $1.
+pub const ANY_EXPIRED: &str = "SELECT EXISTS (SELECT 1 FROM tasks \
+     WHERE status = 'running' AND lease_until <= $1)";
+
+/// Locks the running tasks whose lease expired by $1 and reads their channels and
+/// states.
+pub const LOCK_EXPIRED: &str = "SELECT id, channel, status, retries_left, max_retries, \
+     attempts, run_at, lease_until, last_error, updated_at, lost_runs FROM tasks \
+     WHERE status = 'running' AND lease_until <= $1 ORDER BY id FOR UPDATE SKIP LOCKED";
+
+/// The earliest time something is due in channel $1.
+pub const NEXT_WAKEUP: &str = "SELECT least( \
+     (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' LIMIT 1), \
+     (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed'), \
+     (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))";

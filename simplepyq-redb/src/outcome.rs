@@ -1,0 +1,70 @@
+//! What becomes of claimed tasks: leases, outcomes, claims given back and the tasks of
+//! dead workers, each fenced by the claim's `(id, attempt)`.
+
+use std::collections::HashMap;
+
+use redb::ReadableTable;
+use simplepyq_core::transition::Event;
+use simplepyq_core::{Claim, Outcome, OutcomeStore, Result, Status, Timestamp, Totals, batch};
+
+use crate::error::db_err;
+use crate::tables::{LEASES, add_totals};
+use crate::{RedbStore, to_id};
+
+impl OutcomeStore for RedbStore {
+    fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
+        self.write(|t| t.on_held(claims, &Event::Extend { lease_until }))
+    }
+
+    fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
+        self.write(|t| t.on_held(claims, &Event::Release { now }))
+    }
+
+    fn finish_many(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Status>>> {
+        self.write_tx(|tx, t| {
+            let mut read = HashMap::new();
+            let done = batch::finish(results, now, |id| t.read_state(id, &mut read))?;
+            let counted = done.totals_by_channel(|id| read.get(&id).map(|t| t.channel.as_str()));
+            add_totals(tx, &counted)?;
+            t.write_changes(done.changes, read)?;
+            Ok(done.statuses)
+        })
+    }
+
+    fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
+        let expired = (i64::MIN, 0)..=(now.as_millis(), u64::MAX);
+        let none_expired = self.read(|read| {
+            let leases = read.open_table(LEASES).map_err(db_err)?;
+            Ok(leases
+                .range(expired.clone())
+                .map_err(db_err)?
+                .next()
+                .is_none())
+        })?;
+        if none_expired {
+            return Ok(0);
+        }
+        self.write_tx(|tx, t| {
+            let mut ids = Vec::new();
+            for entry in t.leases.range(expired.clone()).map_err(db_err)? {
+                let (key, _) = entry.map_err(db_err)?;
+                ids.push(to_id(key.value().1)?);
+            }
+            let event = Event::Expire { now, max_lost_runs };
+            let mut counted = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let task = t.transition_id(*id, &event)?;
+                counted.push((task.channel, Totals::of(&event, task.state.status)));
+            }
+            add_totals(
+                tx,
+                &Totals::by_channel(counted.iter().map(|(c, t)| (c.as_str(), *t))),
+            )?;
+            Ok(ids.len())
+        })
+    }
+}

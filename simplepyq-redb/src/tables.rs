@@ -1,0 +1,401 @@
+//! The tables of the file and the indexes kept in step with each task: every change of a
+//! task goes through [`Tables`], which updates the indexes, counts and totals with it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::{
+    Claim, Error, ListFilter, NewTask, Result, Status, Task, TaskId, TaskState, Timestamp, Totals,
+    batch,
+};
+
+use crate::error::{corrupt, db_err};
+use crate::record::{self, status_code};
+use crate::{to_id, to_key};
+
+/// The layout version this build writes. Format 1 (one `queued` index, records without
+/// priority and unique key) is upgraded on open; format 2 (records without lost runs) only
+/// has its version raised, as its records are still read.
+pub(crate) const FORMAT: u64 = 3;
+
+pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+
+/// Pending tasks in claim order: (channel, -priority, run-at, id).
+pub(crate) const READY: TableDefinition<(&str, i64, i64, u64), ()> = TableDefinition::new("ready");
+
+pub(crate) const DELAYED: TableDefinition<(&str, i64, u64), ()> = TableDefinition::new("delayed");
+
+/// Unique keys of pending, delayed and running tasks: (channel, key) → id.
+pub(crate) const UNIQUE: TableDefinition<(&str, &str), u64> = TableDefinition::new("unique_keys");
+
+/// The index tables of format 1, dropped by the upgrade.
+pub(crate) const FORMAT_1_INDEXES: [&str; 5] =
+    ["queued", "leases", "channel_leases", "by_status", "counts"];
+
+pub(crate) const LEASES: TableDefinition<(i64, u64), ()> = TableDefinition::new("leases");
+
+pub(crate) const CHANNEL_LEASES: TableDefinition<(&str, i64, u64), ()> =
+    TableDefinition::new("channel_leases");
+
+pub(crate) const BY_STATUS: TableDefinition<(&str, u8, u64), ()> =
+    TableDefinition::new("by_status");
+
+pub(crate) const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new("counts");
+
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("simplepyq_meta");
+
+/// Each schedule's last firing, in milliseconds since the Unix epoch.
+pub(crate) const SCHEDULES: TableDefinition<&str, i64> = TableDefinition::new("schedules");
+
+/// Each channel's [`Totals`]: (done, failed, retried, lease lost).
+pub(crate) const TOTALS: TableDefinition<&str, (u64, u64, u64, u64)> =
+    TableDefinition::new("totals");
+
+pub(crate) const META_FORMAT: &str = "format";
+
+pub(crate) const META_LAST_ID: &str = "last_id";
+
+/// The tables of one write transaction.
+pub(crate) struct Tables<'tx> {
+    pub(crate) tasks: Table<'tx, u64, &'static [u8]>,
+    pub(crate) ready: Table<'tx, (&'static str, i64, i64, u64), ()>,
+    pub(crate) delayed: Table<'tx, (&'static str, i64, u64), ()>,
+    pub(crate) unique: Table<'tx, (&'static str, &'static str), u64>,
+    pub(crate) leases: Table<'tx, (i64, u64), ()>,
+    pub(crate) channel_leases: Table<'tx, (&'static str, i64, u64), ()>,
+    pub(crate) by_status: Table<'tx, (&'static str, u8, u64), ()>,
+    pub(crate) counts: Table<'tx, (&'static str, u8), u64>,
+    pub(crate) meta: Table<'tx, &'static str, u64>,
+}
+
+impl<'tx> Tables<'tx> {
+    pub(crate) fn open(tx: &'tx WriteTransaction) -> Result<Self> {
+        Ok(Tables {
+            tasks: tx.open_table(TASKS).map_err(db_err)?,
+            ready: tx.open_table(READY).map_err(db_err)?,
+            delayed: tx.open_table(DELAYED).map_err(db_err)?,
+            unique: tx.open_table(UNIQUE).map_err(db_err)?,
+            leases: tx.open_table(LEASES).map_err(db_err)?,
+            channel_leases: tx.open_table(CHANNEL_LEASES).map_err(db_err)?,
+            by_status: tx.open_table(BY_STATUS).map_err(db_err)?,
+            counts: tx.open_table(COUNTS).map_err(db_err)?,
+            meta: tx.open_table(META).map_err(db_err)?,
+        })
+    }
+
+    /// Adds tasks; a task whose unique key an unfinished task of its channel holds gets
+    /// that task's id instead.
+    pub(crate) fn add(&mut self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        let mut last = self
+            .meta
+            .get(META_LAST_ID)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let mut ids = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            if let Some(key) = &new.unique_key {
+                let existing = self
+                    .unique
+                    .get((new.channel.as_str(), key.as_str()))
+                    .map_err(db_err)?;
+                if let Some(id) = existing {
+                    ids.push(to_id(id.value())?);
+                    continue;
+                }
+            }
+            last += 1;
+            let task = new.to_task(to_id(last)?, now);
+            self.index(&task, true)?;
+            self.put(&task)?;
+            ids.push(task.id);
+        }
+        self.meta.insert(META_LAST_ID, last).map_err(db_err)?;
+        Ok(ids)
+    }
+
+    pub(crate) fn load(&self, id: TaskId) -> Result<Option<Task>> {
+        let Some(bytes) = self.tasks.get(to_key(id)).map_err(db_err)? else {
+            return Ok(None);
+        };
+        record::decode(id, bytes.value())
+            .map(Some)
+            .map_err(|e| corrupt(format!("task {id}: {e}")))
+    }
+
+    /// Adds (`add == true`) or removes the index entries and count of `task` as it stands.
+    pub(crate) fn index(&mut self, task: &Task, add: bool) -> Result<()> {
+        let (id, ch, s) = (to_key(task.id), task.channel.as_str(), &task.state);
+        let code = status_code(s.status);
+        let lease = s.lease_until.map_or(0, Timestamp::as_millis);
+        if add {
+            self.by_status.insert((ch, code, id), ()).map_err(db_err)?;
+        } else {
+            self.by_status.remove((ch, code, id)).map_err(db_err)?;
+        }
+        let count = self
+            .counts
+            .get((ch, code))
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let count = if add {
+            count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        if count == 0 {
+            self.counts.remove((ch, code)).map_err(db_err)?;
+        } else {
+            self.counts.insert((ch, code), count).map_err(db_err)?;
+        }
+        if let Some(key) = task.unique_key.as_deref().filter(|_| !s.status.is_final()) {
+            if add {
+                self.unique.insert((ch, key), id).map_err(db_err)?;
+            } else {
+                self.unique.remove((ch, key)).map_err(db_err)?;
+            }
+        }
+        let ready = (ch, -i64::from(task.priority), s.run_at.as_millis(), id);
+        let delayed = (ch, s.run_at.as_millis(), id);
+        match (s.status, add) {
+            (Status::Pending, true) => {
+                self.ready.insert(ready, ()).map_err(db_err)?;
+            }
+            (Status::Pending, false) => {
+                self.ready.remove(ready).map_err(db_err)?;
+            }
+            (Status::Delayed, true) => {
+                self.delayed.insert(delayed, ()).map_err(db_err)?;
+            }
+            (Status::Delayed, false) => {
+                self.delayed.remove(delayed).map_err(db_err)?;
+            }
+            (Status::Running, true) => {
+                self.leases.insert((lease, id), ()).map_err(db_err)?;
+                self.channel_leases
+                    .insert((ch, lease, id), ())
+                    .map_err(db_err)?;
+            }
+            (Status::Running, false) => {
+                self.leases.remove((lease, id)).map_err(db_err)?;
+                self.channel_leases
+                    .remove((ch, lease, id))
+                    .map_err(db_err)?;
+            }
+            (Status::Done | Status::Failed, _) => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put(&mut self, task: &Task) -> Result<()> {
+        self.tasks
+            .insert(to_key(task.id), record::encode(task).as_slice())
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Applies `event` to `task`, re-indexes and stores it.
+    pub(crate) fn transition(&mut self, task: &mut Task, event: &Event) -> Result<()> {
+        let next = apply(&task.state, event).map_err(|r| r.into_error(task.id))?;
+        self.set_state(task, next)
+    }
+
+    /// Gives `task` its new state, re-indexes and stores it.
+    pub(crate) fn set_state(&mut self, task: &mut Task, next: TaskState) -> Result<()> {
+        self.index(task, false)?;
+        task.state = next;
+        self.index(task, true)?;
+        self.put(task)
+    }
+
+    /// Writes the changes of a [`batch`] rule to the tasks the rule read (`read`, by id);
+    /// returns how many.
+    pub(crate) fn write_changes(
+        &mut self,
+        changes: Vec<batch::Change>,
+        mut read: HashMap<TaskId, Task>,
+    ) -> Result<usize> {
+        let n = changes.len();
+        for (id, next) in changes {
+            let mut task = read.remove(&id).ok_or(Error::NotFound(id))?;
+            self.set_state(&mut task, next)?;
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn transition_id(&mut self, id: TaskId, event: &Event) -> Result<Task> {
+        let mut task = self.load(id)?.ok_or(Error::NotFound(id))?;
+        self.transition(&mut task, event)?;
+        Ok(task)
+    }
+
+    pub(crate) fn delete(&mut self, task: &Task) -> Result<()> {
+        self.index(task, false)?;
+        self.tasks.remove(to_key(task.id)).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Reads a task's state for a [`batch`] rule, keeping the task in `read` for the write.
+    pub(crate) fn read_state(
+        &self,
+        id: TaskId,
+        read: &mut HashMap<TaskId, Task>,
+    ) -> Result<Option<TaskState>> {
+        let Some(task) = self.load(id)? else {
+            return Ok(None);
+        };
+        let state = task.state.clone();
+        read.insert(id, task);
+        Ok(Some(state))
+    }
+
+    /// Applies `event` to the task of each claim still held; returns how many.
+    pub(crate) fn on_held(&mut self, claims: &[Claim], event: &Event) -> Result<usize> {
+        let mut read = HashMap::new();
+        let changes = batch::on_held(claims, event, |id| self.read_state(id, &mut read))?;
+        self.write_changes(changes, read)
+    }
+
+    /// Ids of tasks with `status` in `channel`, or in every channel.
+    pub(crate) fn ids_with_status(
+        &self,
+        channel: Option<&str>,
+        status: Status,
+    ) -> Result<Vec<TaskId>> {
+        let code = status_code(status);
+        let entries = match channel {
+            Some(ch) => self.by_status.range((ch, code, 0)..=(ch, code, u64::MAX)),
+            None => self.by_status.iter(),
+        }
+        .map_err(db_err)?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let (key, _) = entry.map_err(db_err)?;
+            let (_, c, id) = key.value();
+            if c == code {
+                ids.push(to_id(id)?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Deletes the tasks `ids`; returns how many existed.
+    pub(crate) fn delete_ids(&mut self, ids: &[TaskId]) -> Result<usize> {
+        let mut n = 0;
+        for id in ids {
+            if let Some(task) = self.load(*id)? {
+                self.delete(&task)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The (channel, status code) pairs of the status index that `filter` (which names a
+/// channel, a status or both) selects: the channels come from the counts table.
+pub(crate) fn status_pairs(
+    read: &ReadTransaction,
+    filter: &ListFilter,
+) -> Result<Vec<(String, u8)>> {
+    let codes: Vec<u8> = match filter.status {
+        Some(s) => vec![status_code(s)],
+        None => Status::ALL.map(status_code).to_vec(),
+    };
+    let channels = match &filter.channel {
+        Some(c) => vec![c.clone()],
+        None => channel_names(read)?,
+    };
+    Ok(channels
+        .iter()
+        .flat_map(|c| codes.iter().map(move |code| (c.clone(), *code)))
+        .collect())
+}
+
+/// The channels with tasks, in order: the keys of the counts table.
+pub(crate) fn channel_names(read: &ReadTransaction) -> Result<Vec<String>> {
+    let table = match read.open_table(COUNTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(db_err(e)),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for entry in table.iter().map_err(db_err)? {
+        let (key, _) = entry.map_err(db_err)?;
+        let name = key.value().0;
+        if names.last().is_none_or(|last| last != name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Totals as the `totals` table stores them.
+pub(crate) fn stored_totals((done, failed, retried, lease_lost): (u64, u64, u64, u64)) -> Totals {
+    Totals::from_figures([done, failed, retried, lease_lost])
+}
+
+/// Adds `counted` to the channels' totals.
+pub(crate) fn add_totals(tx: &WriteTransaction, counted: &BTreeMap<String, Totals>) -> Result<()> {
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let mut table = tx.open_table(TOTALS).map_err(db_err)?;
+    for (channel, c) in counted {
+        let mut sum = table
+            .get(channel.as_str())
+            .map_err(db_err)?
+            .map_or_else(Totals::default, |v| stored_totals(v.value()));
+        sum.add(*c);
+        let [done, failed, retried, lease_lost] = sum.figures();
+        table
+            .insert(channel.as_str(), (done, failed, retried, lease_lost))
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use redb::ReadableDatabase;
+    use redb::ReadableTableMetadata;
+    use simplepyq_core::{
+        AdminStore, ClaimStore, InspectStore, NewTask, OutcomeStore, StoreExt, Timestamp,
+    };
+
+    use crate::RedbStore;
+
+    const T0: Timestamp = Timestamp::from_millis(1_000_000);
+
+    #[test]
+    pub(crate) fn indexes_stay_in_step_with_tasks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RedbStore::open(dir.path().join("q.redb")).expect("create");
+        let tasks: Vec<NewTask> = (0..50)
+            .map(|i| NewTask::new(if i % 2 == 0 { "a" } else { "b" }, vec![]).retries(1))
+            .collect();
+        store.enqueue(&tasks, T0).expect("enqueue");
+        for t in store.claim("a", 10, T0, T0).expect("claim") {
+            store.complete(t.claim(), T0).expect("complete");
+        }
+        store.claim("b", 5, T0, T0).expect("claim");
+        store.recover_expired(T0, 3).expect("recover");
+        store.remove_channel("a").expect("remove");
+        let db = store.database().expect("database");
+        let read = db.begin_read().expect("read");
+        let tasks = read.open_table(TASKS).expect("tasks").len().expect("len");
+        let by_status = read
+            .open_table(BY_STATUS)
+            .expect("by_status")
+            .len()
+            .expect("len");
+        let queued = read.open_table(READY).expect("ready").len().expect("len");
+        let leases = read.open_table(LEASES).expect("leases").len().expect("len");
+        let counts = store.counts(None).expect("counts");
+        assert_eq!((tasks, by_status), (25, 25));
+        assert_eq!((queued, leases), (25, 0));
+        assert_eq!((counts.pending, counts.total()), (25, 25));
+    }
+}

@@ -1,0 +1,148 @@
+//! Administration: failed tasks cleared and requeued, channels removed, done tasks
+//! purged, tasks cancelled; the bulk calls in batches of [`batch::BULK_BATCH`].
+
+use std::collections::BTreeSet;
+
+use rusqlite::{params, params_from_iter};
+use simplepyq_core::transition::cancel;
+use simplepyq_core::{AdminStore, Error, Result, Status, TaskId, Timestamp, batch};
+
+use crate::SqliteStore;
+use crate::claim::KEY_HOLDER;
+use crate::error::E;
+use crate::inspect::channel_filter;
+use crate::outcome::write_changes;
+use crate::row::{COLUMNS, load_state, select_tasks};
+
+impl AdminStore for SqliteStore {
+    fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
+        let sql = clear_failed_sql(channel);
+        let channel = channel.map(str::to_owned);
+        batch::in_batches(|| {
+            let (sql, channel) = (sql.clone(), channel.clone());
+            self.write(move |tx| Ok(tx.execute(&sql, params_from_iter(&channel))?))
+        })
+    }
+
+    fn requeue_failed(
+        &self,
+        channel: Option<&str>,
+        retries: Option<u32>,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let sql = failed_sql(channel);
+        let only = channel.map(str::to_owned);
+        // A batch at a time, each its own transaction, from past the last task seen (a task
+        // whose unique key is held stays failed).
+        let mut after = (channel.unwrap_or_default().to_owned(), 0i64);
+        let mut total = 0;
+        loop {
+            let (sql, only, from) = (sql.clone(), only.clone(), after.clone());
+            let (seen, last, n, channels) = self.write(move |tx| {
+                let failed = match &only {
+                    Some(c) => select_tasks(tx, &sql, params![from.0, from.1, c])?,
+                    None => select_tasks(tx, &sql, params![from.0, from.1])?,
+                };
+                let mut holder = tx.prepare_cached(KEY_HOLDER)?;
+                let changes = batch::requeue(&failed, now, retries, |channel, key| {
+                    holder
+                        .exists(params![channel, key])
+                        .map_err(|e| Error::from(E::from(e)))
+                })?;
+                let channels: BTreeSet<String> = failed.iter().map(|t| t.channel.clone()).collect();
+                let last = failed.last().map(|t| (t.channel.clone(), t.id.get()));
+                Ok((failed.len(), last, write_changes(tx, &changes)?, channels))
+            })?;
+            self.announce(n, &channels);
+            total += n;
+            match last {
+                Some(last) if seen == batch::BULK_BATCH => after = last,
+                _ => return Ok(total),
+            }
+        }
+    }
+
+    fn remove_channel(&self, channel: &str) -> Result<usize> {
+        let mut total = 0;
+        for status in Status::ALL {
+            total += batch::in_batches(|| {
+                let channel = channel.to_owned();
+                self.write(move |tx| {
+                    Ok(tx
+                        .prepare_cached(&remove_channel_sql(status))?
+                        .execute([&channel])?)
+                })
+            })?;
+        }
+        Ok(total)
+    }
+
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        let sql = purge_done_sql(channel);
+        let channel = channel.map(str::to_owned);
+        batch::in_batches(|| {
+            let (sql, channel) = (sql.clone(), channel.clone());
+            self.write(move |tx| {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let n = match &channel {
+                    Some(c) => stmt.execute(params![before.as_millis(), c])?,
+                    None => stmt.execute([before.as_millis()])?,
+                };
+                Ok(n)
+            })
+        })
+    }
+
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        self.write(move |tx| {
+            let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
+            cancel(&state).map_err(|r| r.into_error(id))?;
+            tx.execute("DELETE FROM tasks WHERE id = ?1", [id.get()])?;
+            Ok(())
+        })
+    }
+}
+
+/// Deletes up to [`batch::BULK_BATCH`] tasks of channel ?1 with `status`. No index holds
+/// every row of a channel: a channel's tasks are deleted a status at a time, each following
+/// its status's index (which SQLite uses only when the status is written in the query, not
+/// bound).
+pub(crate) fn remove_channel_sql(status: Status) -> String {
+    format!(
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+         WHERE channel = ?1 AND status = '{}' LIMIT {})",
+        status.as_str(),
+        batch::BULK_BATCH
+    )
+}
+
+/// Up to [`batch::BULK_BATCH`] failed tasks past (channel ?1, id ?2) (of channel ?3 if
+/// given), in the order of `tasks_failed`.
+pub(crate) fn failed_sql(channel: Option<&str>) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM tasks WHERE status = 'failed' AND (channel, id) > (?1, ?2){} \
+         ORDER BY channel, id LIMIT {}",
+        channel_filter(channel, 3),
+        batch::BULK_BATCH
+    )
+}
+
+/// Deletes up to [`batch::BULK_BATCH`] failed tasks (of channel ?1 if given).
+pub(crate) fn clear_failed_sql(channel: Option<&str>) -> String {
+    format!(
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 'failed'{} LIMIT {})",
+        channel_filter(channel, 1),
+        batch::BULK_BATCH
+    )
+}
+
+/// Deletes up to [`batch::BULK_BATCH`] done tasks (of channel ?2 if given) last changed
+/// before ?1.
+pub(crate) fn purge_done_sql(channel: Option<&str>) -> String {
+    format!(
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+         WHERE status = 'done' AND updated_at < ?1{} LIMIT {})",
+        channel_filter(channel, 2),
+        batch::BULK_BATCH
+    )
+}

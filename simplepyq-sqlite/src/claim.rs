@@ -1,0 +1,155 @@
+//! Putting tasks in and taking them out: the insert (with its unique-key rule) and the
+//! claim (due delayed tasks promoted first).
+
+use rusqlite::params;
+use rusqlite::{OptionalExtension, Transaction};
+use simplepyq_core::transition::{Event, apply};
+use simplepyq_core::{
+    ClaimStore, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch, validate_channel,
+};
+
+use crate::error::R;
+use crate::row::{COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, transition};
+use crate::writer::Caller;
+use crate::{SqliteStore, watch};
+
+impl ClaimStore for SqliteStore {
+    fn watch(&self, wake: Wake) -> Option<Watch> {
+        watch::watch(&self.path, self.watch_interval?, wake, &self.announcer)
+    }
+
+    fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        // The channels to announce, each once (not a name per task).
+        let mut channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let channels: Vec<String> = channels.into_iter().map(str::to_owned).collect();
+        let tasks = tasks.to_vec();
+        let ids = self.write_as(Caller::Producer, move |tx| insert_tasks(tx, &tasks, now))?;
+        self.announcer.announce(channels.iter().map(String::as_str));
+        Ok(ids)
+    }
+
+    fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<Task>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Look before taking the write lock: idle workers poll without blocking writers.
+        let due = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE {READY}) \
+                 OR EXISTS (SELECT 1 FROM tasks WHERE {DUE_DELAYED})"
+            ))?;
+            Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let event = Event::Claim { now, lease_until };
+        let channel = channel.to_owned();
+        self.write(move |tx| {
+            let promote = ids(
+                tx,
+                &format!("SELECT id FROM tasks WHERE {DUE_DELAYED} ORDER BY run_at, id LIMIT ?3"),
+                params![channel, now.as_millis(), PROMOTE_LIMIT],
+            )?;
+            for id in promote {
+                transition(tx, id, &Event::Promote { now })?;
+            }
+            let mut tasks = select_tasks(
+                tx,
+                &format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE {READY} \
+                     ORDER BY priority DESC, run_at, id LIMIT ?3"
+                ),
+                params![channel, now.as_millis(), limit],
+            )?;
+            for t in &mut tasks {
+                t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
+                save_state(tx, t.id, &t.state)?;
+            }
+            Ok(tasks)
+        })
+    }
+
+    fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT min(t) FROM ( \
+                   SELECT * FROM (SELECT run_at AS t FROM tasks \
+                     WHERE channel = ?1 AND status = 'pending' LIMIT 1) \
+                   UNION ALL \
+                   SELECT min(run_at) FROM tasks WHERE channel = ?1 AND status = 'delayed' \
+                   UNION ALL \
+                   SELECT min(lease_until) FROM tasks WHERE channel = ?1 AND status = 'running')",
+            )?;
+            let t: Option<i64> = stmt.query_row([channel], |r| r.get(0))?;
+            Ok(t.map(Timestamp::from_millis))
+        })
+    }
+}
+
+/// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.
+pub(crate) const PROMOTE_LIMIT: i64 = batch::PROMOTE_PER_CLAIM as i64;
+
+/// Pending tasks of channel ?1 due by ?2 (pending tasks are due unless clocks disagree).
+pub(crate) const READY: &str = "channel = ?1 AND status = 'pending' AND run_at <= ?2";
+
+/// Delayed tasks of channel ?1 whose run-at has come by ?2.
+pub(crate) const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND run_at <= ?2";
+
+/// The unfinished task of channel ?1 holding unique key ?2, in `tasks_unique` (whose
+/// condition the query repeats word for word: SQLite uses a partial index only then).
+pub(crate) const KEY_HOLDER: &str = "SELECT id FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
+     AND unique_key IS NOT NULL AND status NOT IN ('done', 'failed')";
+
+/// Inserts tasks in `tx`; a task whose unique key an unfinished task of its channel holds
+/// gets that task's id instead.
+pub(crate) fn insert_tasks(
+    tx: &Transaction<'_>,
+    tasks: &[NewTask],
+    now: Timestamp,
+) -> R<Vec<TaskId>> {
+    let mut insert = tx.prepare_cached(&insert_sql())?;
+    let mut existing = tx.prepare_cached(KEY_HOLDER)?;
+    let mut ids = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Some(key) = &t.unique_key {
+            let found: Option<i64> = existing
+                .query_row(params![t.channel, key], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = found {
+                ids.push(TaskId::new(id));
+                continue;
+            }
+        }
+        insert.raw_bind_parameter(1, &t.channel)?;
+        insert.raw_bind_parameter(2, &t.args)?;
+        insert.raw_bind_parameter(3, now.as_millis())?;
+        insert.raw_bind_parameter(4, t.priority)?;
+        insert.raw_bind_parameter(5, &t.unique_key)?;
+        bind_state(&mut insert, 6, &t.initial_state(now))?;
+        insert.raw_execute()?;
+        ids.push(TaskId::new(tx.last_insert_rowid()));
+    }
+    Ok(ids)
+}
+
+/// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6..
+/// the values of [`STATE_COLUMNS`].
+pub(crate) fn insert_sql() -> String {
+    format!(
+        "INSERT INTO tasks (channel, args, created_at, priority, unique_key, {STATE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    )
+}

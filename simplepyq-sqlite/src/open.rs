@@ -1,0 +1,612 @@
+//! Opening a queue file: the connections, the checks before anything is written, the
+//! import of the original's files, the migrations and the settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+use simplepyq_core::{Clock, Error, Result, SystemClock};
+
+use crate::checkpoint::{self, Checkpointer};
+use crate::error::{self, E, R};
+use crate::writer::Writer;
+use crate::{Durability, SqliteOptions, SqliteStore, original, readers, schema, watch};
+
+impl SqliteStore {
+    /// Opens the queue file at `path`, creating it if needed, with default settings.
+    ///
+    /// Errors, each leaving the file unchanged: [`Error::Foreign`] for a file that is not
+    /// SQLite or is another application's database, [`Error::SchemaTooNew`] for a file of a
+    /// newer simplepyq, [`Error::Corrupt`] for a damaged one.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens an existing queue file for reading only, as an inspecting tool should: nothing
+    /// is written, not even a migration, so that a newer reader leaves a file that older
+    /// workers use as it is. A file of an older schema is read as it is (the columns it lacks
+    /// read as their defaults). Every write fails with [`Error::ReadOnly`].
+    ///
+    /// Errors as [`SqliteStore::open`], and [`Error::Foreign`] for a file that does not exist
+    /// or holds no queue yet.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let busy_timeout = SqliteOptions::default().busy_timeout;
+        let open = {
+            let path = path.clone();
+            move || connect_read_only(&path, busy_timeout)
+        };
+        let conn = open()?;
+        let version = retrying(busy_timeout, || {
+            if schema::inspect(&conn)? == schema::Found::Original {
+                return Err(E::Core(Error::Foreign {
+                    backend: error::BACKEND,
+                    message: format!(
+                        "{} is a file of the original Python simplepyq: opening it for writing \
+                         (SimplePyQ::open, or `simplepyq import FILE`) imports its tasks",
+                        path.display()
+                    ),
+                }));
+            }
+            schema::read_as_latest(&conn)
+        })?;
+        if version == 0 {
+            return Err(Error::Foreign {
+                backend: error::BACKEND,
+                message: format!("{} holds no simplepyq queue", path.display()),
+            });
+        }
+        // Each connection reads an older schema through its own view of it.
+        let more = move || -> Result<Connection> {
+            let conn = open()?;
+            retrying(busy_timeout, || schema::read_as_latest(&conn))?;
+            Ok(conn)
+        };
+        Ok(SqliteStore {
+            announcer: Arc::new(watch::Announcer::new(&path)),
+            readers: readers::Readers::new(conn, more),
+            writer: None,
+            path,
+            busy_timeout,
+            watch_interval: None,
+        })
+    }
+
+    /// The version of the SQLite library this store runs on: its own copy, or with the
+    /// crate's `bundled` feature off, the system's (`libsqlite3.so.0`).
+    pub fn library_version() -> &'static str {
+        rusqlite::version()
+    }
+
+    /// Whether the file at `path` was written by the original Python simplepyq (0.1.3):
+    /// [`SqliteStore::open`] imports such a file. Reads only; `false` for any other file,
+    /// an error if it cannot be read as SQLite.
+    pub fn is_original(path: impl AsRef<Path>) -> Result<bool> {
+        let busy_timeout = SqliteOptions::default().busy_timeout;
+        let conn = connect_read_only(path.as_ref(), busy_timeout)?;
+        retrying(busy_timeout, || {
+            schema::inspect(&conn).map(|found| found == schema::Found::Original)
+        })
+    }
+
+    /// Where the next import of the original's file at `path` writes its backup copy.
+    pub fn original_backup_path(path: impl AsRef<Path>) -> PathBuf {
+        original::backup_path(path.as_ref())
+    }
+
+    /// Opens the queue file at `path` with `options`.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let conn = connect(&path, options.busy_timeout)?;
+        // SQLite falls back to reading a file it may not write; a queue must write.
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(E::from)? {
+            return Err(Error::ReadOnly {
+                backend: error::BACKEND,
+                message: format!(
+                    "{} is read-only for this process (its permissions, or a read-only mount)",
+                    path.display()
+                ),
+            });
+        }
+        let found = retrying(options.busy_timeout, || schema::inspect(&conn))?;
+        if found == schema::Found::Original {
+            // A file the import would refuse is refused before anything is written: no
+            // backup copy at every try (a restart loop would fill the disk), no switch to WAL.
+            retrying(options.busy_timeout, || original::check(&conn))?;
+            retrying(options.busy_timeout, || original::back_up(&conn, &path))?;
+        }
+        retrying(options.busy_timeout, || {
+            // From here on the file is ours (or new): changing it is fine.
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(E::Core(Error::Backend {
+                    backend: error::BACKEND,
+                    source: format!("could not switch the file to WAL mode (got {mode})").into(),
+                }));
+            }
+            Ok(())
+        })?;
+        let mut conn = conn;
+        let now_ms = SystemClock.now().as_millis();
+        retrying(options.busy_timeout, || schema::migrate(&mut conn, now_ms))?;
+        let sync = match options.durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(E::from)?;
+        // The checkpointer thread checkpoints; commits need not. A WAL that grew in a burst
+        // is cut back to 64 MiB once it starts over.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(E::from)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(E::from)?;
+        // The table's CHECK constraints hold for every value this connection writes: each
+        // comes from the typed task state (a status from its enum, counts unsigned). SQLite
+        // would build the status check's list of five values into a temporary table at every
+        // insert and every change of status (measured: a third of the drain's time). Other
+        // connections to the file (a `sqlite3` shell, say) still check.
+        conn.pragma_update(None, "ignore_check_constraints", true)
+            .map_err(E::from)?;
+        if let Some(bytes) = options.max_size {
+            let page: i64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get(0))
+                .map_err(E::from)?;
+            let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page.max(1);
+            conn.pragma_update(None, "max_page_count", pages.max(1))
+                .map_err(E::from)?;
+        }
+        let open_reader = {
+            let (path, busy_timeout) = (path.clone(), options.busy_timeout);
+            move || -> Result<Connection> {
+                let reader = connect(&path, busy_timeout)?;
+                reader
+                    .pragma_update(None, "query_only", true)
+                    .map_err(E::from)?;
+                Ok(reader)
+            }
+        };
+        let reader = open_reader()?;
+        let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
+        Ok(SqliteStore {
+            announcer: Arc::new(watch::Announcer::new(&path)),
+            readers: readers::Readers::new(reader, open_reader),
+            writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),
+            path,
+            busy_timeout: options.busy_timeout,
+            watch_interval: options.watch_interval,
+        })
+    }
+}
+
+/// Opens a connection to the existing file at `path` that only reads, waiting up to
+/// `busy_timeout` for locks.
+pub(crate) fn connect_read_only(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
+    wait_for_locks(&conn, busy_timeout).map_err(|e| cannot_open(path, e))?;
+    Ok(conn)
+}
+
+/// Makes `conn` wait up to `timeout` for a lock before it answers "busy". By the pragma,
+/// not rusqlite's `busy_timeout`, which needs SQLite 3.44 (`sqlite3_set_clientdata`): the
+/// store also runs on the system's SQLite (Debian 12 has 3.40), for one library per process.
+pub(crate) fn wait_for_locks(conn: &Connection, timeout: Duration) -> rusqlite::Result<()> {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    conn.query_row(&format!("PRAGMA busy_timeout = {ms}"), [], |_| Ok(()))
+}
+
+/// Opens a connection to `path` that waits up to `busy_timeout` for locks.
+pub(crate) fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
+    wait_for_locks(&conn, busy_timeout).map_err(E::from)?;
+    Ok(conn)
+}
+
+/// The error for a file SQLite could not open: the path is what the user must fix.
+pub(crate) fn cannot_open(path: &Path, e: rusqlite::Error) -> Error {
+    // A directory (SQLite says "disk I/O error" or "unable to open"), or none to hold it.
+    if let Some(unusable) = Error::unusable_path(path) {
+        return unusable;
+    }
+    if e.sqlite_error_code() != Some(rusqlite::ErrorCode::CannotOpen) {
+        return E::from(e).into();
+    }
+    Error::ReadOnly {
+        backend: error::BACKEND,
+        message: format!(
+            "{} cannot be opened or created by this process (the permissions of the file or \
+             its directory, or a read-only mount)",
+            path.display()
+        ),
+    }
+}
+
+/// Runs `op` again while another connection holds the lock, for up to `busy_timeout` in all.
+pub(crate) fn retrying<T>(busy_timeout: Duration, mut op: impl FnMut() -> R<T>) -> Result<T> {
+    let deadline = Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match op() {
+            Err(e) if e.is_busy() && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            result => return result.map_err(Error::from),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use std::path::Path;
+
+    use std::time::{Duration, Instant};
+
+    use rusqlite::Connection;
+    use rusqlite::params;
+
+    use simplepyq_core::{
+        ClaimStore, Error, InspectStore, ListFilter, NewTask, Outcome, OutcomeStore, ScheduleStore,
+        StoreExt,
+    };
+
+    use crate::testing::*;
+    use crate::{SqliteOptions, SqliteStore, schema};
+
+    #[test]
+    fn migrations_apply_to_a_fresh_file_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let id = SqliteStore::open(&path)
+            .expect("create")
+            .enqueue_one(NewTask::new("c", vec![1]), T0)
+            .expect("enqueue");
+        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        // Opening again migrates nothing and keeps the data.
+        let store = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(store.get(id).expect("get").map(|t| t.args), Some(vec![1]));
+        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+    }
+
+    /// A file as version 1 left it, with a pending and a delayed task.
+    fn version_1_file(path: &Path) {
+        let conn = Connection::open(path).expect("open raw");
+        conn.execute_batch("PRAGMA journal_mode = WAL;")
+            .expect("wal");
+        conn.execute_batch(schema::MIGRATIONS[0]).expect("0001");
+        conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
+            .expect("application_id");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("user_version");
+        for (args, status, run_at) in [(1, "pending", 0), (2, "delayed", 5_000)] {
+            conn.execute(
+                "INSERT INTO tasks (channel, args, status, retries_left, max_retries, \
+                 attempts, run_at, created_at, updated_at) \
+                 VALUES ('c', ?1, ?2, 1, 1, 0, ?3, 0, 0)",
+                params![vec![args as u8], status, T0.as_millis() + run_at],
+            )
+            .expect("insert");
+        }
+    }
+
+    /// Read-only opens never write: a version-1 file is read as it is, not migrated, while
+    /// a worker of its version may use it; every write is refused.
+    #[test]
+    fn a_read_only_open_reads_an_old_file_as_it_is() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.db");
+        version_1_file(&path);
+        let store = SqliteStore::open_read_only(&path).expect("open read-only");
+        assert_eq!(header(&path), (schema::APPLICATION_ID, 1));
+        let counts = store.counts(None).expect("counts");
+        assert_eq!((counts.pending, counts.delayed), (1, 1));
+        let tasks = store.list(&ListFilter::new(10)).expect("list");
+        assert_eq!(tasks.len(), 2);
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t.priority == 0 && t.state.lost_runs == 0)
+        );
+        assert_eq!(store.channels().expect("channels"), vec!["c".to_owned()]);
+        assert!(store.next_wakeup("c").expect("next wakeup").is_some());
+        // Tables of later versions read as empty.
+        assert_eq!(store.last_fired("s").expect("last fired"), None);
+        assert!(store.totals().expect("totals").is_empty());
+        let err = store
+            .enqueue_one(NewTask::new("c", vec![]), T0)
+            .expect_err("read-only");
+        assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+        drop(store);
+        assert_eq!(header(&path), (schema::APPLICATION_ID, 1));
+        // A file of the latest version reads the same way.
+        let store = SqliteStore::open(&path).expect("migrate");
+        drop(store);
+        let store = SqliteStore::open_read_only(&path).expect("open read-only");
+        assert_eq!(store.list(&ListFilter::new(10)).expect("list").len(), 2);
+        let missing = SqliteStore::open_read_only(dir.path().join("none.db"));
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn every_migration_says_what_columns_it_added() {
+        assert_eq!(schema::ADDED_COLUMNS.len(), schema::MIGRATIONS.len());
+        for (sql, columns) in schema::MIGRATIONS.iter().zip(schema::ADDED_COLUMNS) {
+            let added = sql.matches("ADD COLUMN").count();
+            assert_eq!(added, columns.len(), "{sql}");
+            for (name, _) in *columns {
+                assert!(sql.contains(&format!("ADD COLUMN {name} ")), "{name}");
+            }
+        }
+        assert_eq!(schema::ADDED_TABLES.len(), schema::MIGRATIONS.len());
+        for (sql, tables) in schema::MIGRATIONS.iter().zip(schema::ADDED_TABLES).skip(1) {
+            assert_eq!(sql.matches("CREATE TABLE").count(), tables.len(), "{sql}");
+            for (name, columns) in *tables {
+                let at = sql.find(&format!("CREATE TABLE {name} (")).expect(name);
+                for column in *columns {
+                    assert!(
+                        sql[at..].contains(&format!("    {column} ")),
+                        "{name}.{column}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_version_1_file_is_migrated_keeping_its_tasks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v1.db");
+        version_1_file(&path);
+        let store = SqliteStore::open(&path).expect("migrate");
+        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        let first = store.claim("c", 5, T0, T0).expect("claim");
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].args.clone(), first[0].priority), (vec![1], 0));
+        let later = T0.after(Duration::from_secs(5));
+        let second = store.claim("c", 5, later, later).expect("claim");
+        assert_eq!(second[0].args, vec![2]);
+        let keyed = NewTask::new("c", vec![]).unique_key("k");
+        let id = store.enqueue_one(keyed.clone(), T0).expect("enqueue");
+        assert_eq!(store.enqueue_one(keyed, T0).expect("enqueue"), id);
+    }
+
+    #[test]
+    fn a_full_database_refuses_writes_and_keeps_what_it_has() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let small = SqliteOptions::new().max_size(256 * 1024);
+        let store = SqliteStore::open_with(&path, small.clone()).expect("open");
+        let mut stored = Vec::new();
+        let err = loop {
+            match store.enqueue_one(NewTask::new("c", vec![7; 2_000]), T0) {
+                Ok(id) => stored.push(id),
+                Err(e) => break e,
+            }
+            assert!(stored.len() < 1_000, "the size cap did not hold");
+        };
+        assert!(matches!(err, Error::Full { .. }), "{err}");
+        assert!(
+            err.to_string().contains("database or disk is full"),
+            "{err}"
+        );
+        assert!(!stored.is_empty());
+        // Claims and outcomes need no new pages: work goes on while full.
+        let t = store.claim("c", 1, T0, T0).expect("claim while full");
+        store
+            .complete(t[0].claim(), T0)
+            .expect("complete while full");
+        drop(store);
+        // With room again, every task committed before the error is there and runs.
+        let store = SqliteStore::open(&path).expect("reopen without a cap");
+        assert_eq!(store.counts(None).expect("counts").total(), stored.len());
+        store
+            .enqueue_one(NewTask::new("c", vec![7; 2_000]), T0)
+            .expect("room again");
+        let rest = store.claim("c", usize::MAX, T0, T0).expect("claim");
+        assert_eq!(rest.len(), stored.len());
+        assert!(rest.iter().all(|t| t.args == vec![7; 2_000]));
+    }
+
+    /// A reader that holds a snapshot for long (a `sqlite3` shell, a backup) never stalls
+    /// writers for long: the checkpointer waits for it only a few milliseconds at a time.
+    #[test]
+    fn a_long_reader_does_not_stall_writers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let options = SqliteOptions::new().busy_timeout(Duration::from_secs(3));
+        let store = SqliteStore::open_with(&path, options).expect("open");
+        let other = Connection::open(&path).expect("open raw");
+        for _ in 0..200 {
+            store
+                .enqueue_one(NewTask::new("c", vec![1; 100]), T0)
+                .expect("enqueue");
+        }
+        // Holds a snapshot of the file as it is now.
+        other.execute_batch("BEGIN").expect("begin");
+        let n: i64 = other
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 200);
+        let mut slowest = Duration::ZERO;
+        let t0 = Instant::now();
+        // Past a second and a thousand writes: the checkpointer runs meanwhile.
+        while t0.elapsed() < Duration::from_millis(2_500) {
+            let t = Instant::now();
+            store
+                .enqueue_one(NewTask::new("c", vec![1; 100]), T0)
+                .expect("enqueue");
+            slowest = slowest.max(t.elapsed());
+        }
+        other.execute_batch("COMMIT").expect("end the read");
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a write waited {slowest:?}"
+        );
+    }
+
+    /// Under continuous writes the WAL starts over again and again: the checkpointer
+    /// restarts it once it passes its size (a passive checkpoint alone never catches up, and
+    /// the WAL then grows without bound: 96 MB in 3 s here).
+    #[test]
+    fn continuous_writes_restart_the_wal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let wal = dir.path().join("q.db-wal");
+        // The WAL header's checkpoint sequence number moves on each time the WAL restarts.
+        let sequence = || {
+            let header = std::fs::read(&wal).map(|b| b[..32.min(b.len())].to_vec());
+            header.ok().and_then(|h| h.get(12..16).map(<[u8]>::to_vec))
+        };
+        let mut seen = std::collections::HashSet::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) && seen.len() < 3 {
+            let tasks: Vec<NewTask> = (0..50).map(|_| NewTask::new("c", vec![1; 200])).collect();
+            store.enqueue(&tasks, T0).expect("enqueue");
+            let claimed = store.claim("c", 50, T0, T0).expect("claim");
+            let done: Vec<_> = claimed
+                .iter()
+                .map(|t| (t.claim(), Outcome::Succeeded))
+                .collect();
+            store.finish_many(&done, T0).expect("finish");
+            seen.extend(sequence());
+        }
+        assert!(
+            seen.len() >= 3,
+            "the WAL restarted {} times",
+            seen.len() - 1
+        );
+    }
+
+    #[test]
+    fn every_migration_applies_to_an_empty_in_memory_database() {
+        let mut conn = Connection::open_in_memory().expect("in memory");
+        schema::inspect(&conn).expect("an empty database is accepted");
+        schema::migrate(&mut conn, 0).expect("migrate");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(version, schema::latest());
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name LIKE 'tasks_%'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("indexes");
+        assert_eq!(indexes, 6);
+        schema::migrate(&mut conn, 0).expect("migrating again does nothing");
+    }
+
+    /// Opens `path` expecting an error, and checks the file's bytes did not change.
+    fn refused(path: &Path) -> Error {
+        let before = std::fs::read(path).expect("read");
+        let err = SqliteStore::open(path).expect_err("must be refused");
+        assert!(
+            std::fs::read(path).expect("read") == before,
+            "the file changed"
+        );
+        err
+    }
+
+    #[test]
+    fn a_file_that_is_not_sqlite_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "just some text, not a database\n".repeat(300)).expect("write");
+        let err = refused(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    }
+
+    #[test]
+    fn another_applications_database_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.db");
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);")
+            .expect("create");
+        let err = refused(&path);
+        assert!(matches!(err, Error::Foreign { .. }), "{err}");
+        assert!(err.to_string().contains("not a simplepyq queue"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_unchanged() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        drop(SqliteStore::open(&path).expect("create"));
+        let conn = Connection::open(&path).expect("open raw");
+        conn.pragma_update(None, "user_version", schema::latest() + 1)
+            .expect("bump");
+        drop(conn);
+        let err = refused(&path);
+        match err {
+            Error::SchemaTooNew {
+                found, supported, ..
+            } => assert_eq!((found, supported), (schema::latest() + 1, schema::latest())),
+            other => panic!("expected SchemaTooNew, got {other}"),
+        }
+    }
+
+    /// A closed queue file of 2,000 tasks with its WAL folded in, so that damage to the
+    /// file hits the tasks.
+    fn queue_of_2000(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let path = dir.path().join("q.db");
+        {
+            let store = SqliteStore::open(&path).expect("create");
+            let tasks: Vec<NewTask> = (0..2_000)
+                .map(|_| NewTask::new("c", vec![7; 100]))
+                .collect();
+            store.enqueue(&tasks, T0).expect("enqueue");
+        }
+        Connection::open(&path)
+            .expect("open raw")
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+        path
+    }
+
+    #[test]
+    fn a_damaged_file_gives_corrupt_errors_not_panics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = queue_of_2000(&dir);
+        let mut bytes = std::fs::read(&path).expect("read");
+        assert!(bytes.len() > 16 * 4096, "{} bytes", bytes.len());
+        for b in &mut bytes[4 * 4096..12 * 4096] {
+            *b = 0xab;
+        }
+        std::fs::write(&path, &bytes).expect("damage");
+        let err = SqliteStore::open(&path)
+            .and_then(|s| s.claim("c", 10, T0, T0).and(s.counts(None)))
+            .expect_err("damage must be reported");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    /// A file cut short (a bad copy, a full disk outside SQLite): the first call that needs
+    /// the missing pages says the file is damaged; none claims a partial list is whole.
+    #[test]
+    fn a_truncated_file_gives_corrupt_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = queue_of_2000(&dir);
+        let len = std::fs::metadata(&path).expect("stat").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(len / 2)
+            .expect("truncate");
+        let err = SqliteStore::open(&path)
+            .and_then(|s| s.list(&ListFilter::new(10_000)))
+            .expect_err("a cut file must be reported");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+}

@@ -1,0 +1,49 @@
+//! The firings of periodic tasks: a firing recorded and its task enqueued together.
+
+use rusqlite::OptionalExtension;
+use rusqlite::params;
+use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp, validate_channel};
+
+use crate::SqliteStore;
+use crate::claim::insert_tasks;
+
+impl ScheduleStore for SqliteStore {
+    fn fire_schedule(
+        &self,
+        name: &str,
+        at: Timestamp,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Option<TaskId>> {
+        validate_channel(&task.channel)?;
+        let (name, new) = (name.to_owned(), task.clone());
+        let id = self.write(move |tx| {
+            // Records `at` only if it is later than the firing recorded: one row changes,
+            // or none.
+            let fired = tx.execute(
+                "INSERT INTO schedules (name, last_fired) VALUES (?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET last_fired = excluded.last_fired \
+                 WHERE last_fired < excluded.last_fired",
+                params![name, at.as_millis()],
+            )?;
+            if fired == 0 {
+                return Ok(None);
+            }
+            Ok(insert_tasks(tx, std::slice::from_ref(&new), now)?.pop())
+        })?;
+        if id.is_some() {
+            self.announcer.announce([task.channel.as_str()]);
+        }
+        Ok(id)
+    }
+
+    fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
+        self.read(|conn| {
+            let ms: Option<i64> = conn
+                .prepare_cached("SELECT last_fired FROM schedules WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()?;
+            Ok(ms.map(Timestamp::from_millis))
+        })
+    }
+}
