@@ -14,8 +14,8 @@ use simplepyq_core::{Claim, Clock, Error, Result, Timestamp};
 use crate::dispatch::Dispatch;
 use crate::held::Held;
 use crate::outcomes::Outcomes;
-use crate::periodic::Schedules;
 use crate::report::{self, Hook, QueueStats};
+use crate::schedules::Schedules;
 use crate::signal::Signal;
 
 /// The shared parts of one queue.

@@ -94,7 +94,9 @@
 //!   `simplepyq serve` gives at `/metrics`.
 
 mod channel;
+mod channel_work;
 mod context;
+mod current;
 mod dispatch;
 mod engine;
 mod handler;
@@ -107,12 +109,15 @@ mod periodic;
 mod queue;
 mod recorder;
 mod report;
+mod runner;
+mod schedules;
 #[cfg(all(test, shuttle))]
 mod shuttle_tests;
 mod signal;
 #[cfg(feature = "tokio")]
 mod spawner;
 mod sync;
+mod turn;
 mod worker;
 mod workers;
 

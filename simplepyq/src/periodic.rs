@@ -1,109 +1,19 @@
-//! Periodic tasks: the schedules a queue fires ([`crate::SimplePyQ::add_schedule`]), and
-//! the scheduler thread of each run that fires them. When a schedule fires, and which
+//! Periodic tasks: the scheduler thread of each run, which fires a queue's
+//! [`crate::schedules`] as they come due. When a schedule fires, and which
 //! missed firings are made up for, is [`simplepyq_core::schedule`]'s rule; that each fire
 //! time is enqueued once, across every queue sharing the store, is the store's
 //! ([`crate::ScheduleStore::fire_schedule`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use simplepyq_core::{Error, NewTask, Result, Schedule, Store, Timestamp};
+use simplepyq_core::{Result, Store, Timestamp};
 
 use crate::engine::{Engine, guarded};
+use crate::schedules::Entry;
 use crate::signal::Signal;
-use crate::sync::{Condvar, Mutex};
 
 /// How soon a scheduler tries again after the store failed.
 const RETRY: Duration = Duration::from_millis(250);
-
-/// One schedule of a queue.
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) name: String,
-    pub(crate) schedule: Schedule,
-    /// The task each firing enqueues; its run-at is set to the fire time.
-    pub(crate) task: NewTask,
-    /// When the schedule was added.
-    added: Timestamp,
-    /// The latest firing this queue knows was made (by it or another), once read.
-    last: Mutex<Option<Timestamp>>,
-}
-
-impl Entry {
-    pub(crate) fn new(name: &str, schedule: Schedule, task: NewTask, added: Timestamp) -> Self {
-        Entry {
-            name: name.to_owned(),
-            schedule,
-            task,
-            added,
-            last: Mutex::new(None),
-        }
-    }
-}
-
-/// The schedules of a queue, and a wake-up for its scheduler thread (a schedule added, the
-/// run stopping).
-#[derive(Debug, Default)]
-pub(crate) struct Schedules {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    entries: Vec<Arc<Entry>>,
-    /// Counts changes, so that a waiter sees one that came before it waited.
-    generation: u64,
-}
-
-impl Schedules {
-    /// Adds a schedule; an error if the queue has one of that name.
-    pub(crate) fn add(&self, entry: Entry) -> Result<()> {
-        let mut state = self.state.lock();
-        if state.entries.iter().any(|e| e.name == entry.name) {
-            return Err(Error::InvalidConfig(format!(
-                "the queue has a schedule named {:?} already",
-                entry.name
-            )));
-        }
-        state.entries.push(Arc::new(entry));
-        state.generation += 1;
-        self.changed.notify_all();
-        Ok(())
-    }
-
-    /// Removes a schedule; returns whether there was one of that name.
-    pub(crate) fn remove(&self, name: &str) -> bool {
-        let mut state = self.state.lock();
-        let before = state.entries.len();
-        state.entries.retain(|e| e.name != name);
-        before != state.entries.len()
-    }
-
-    /// Wakes the scheduler thread.
-    pub(crate) fn poke(&self) {
-        self.state.lock().generation += 1;
-        self.changed.notify_all();
-    }
-
-    fn snapshot(&self) -> (Vec<Arc<Entry>>, u64) {
-        let state = self.state.lock();
-        (state.entries.clone(), state.generation)
-    }
-
-    /// Waits until a change after `seen`, or `timeout` (forever with `None`).
-    fn wait(&self, seen: u64, timeout: Option<Duration>) {
-        let mut state = self.state.lock();
-        if state.generation == seen {
-            match timeout {
-                Some(t) => {
-                    self.changed.wait_for(&mut state, t);
-                }
-                None => self.changed.wait(&mut state),
-            }
-        }
-    }
-}
 
 /// The scheduler thread of a run that started at `started`: fires the schedules as they
 /// come due, until the run stops. It sleeps until the next fire time, at most the poll

@@ -14,6 +14,7 @@ use simplepyq_core::{
 };
 
 use crate::channel::{self, Channel};
+use crate::channel_work::ChannelWork;
 use crate::context::CancelReason;
 #[cfg(doc)]
 use crate::context::TaskContext;
@@ -23,7 +24,7 @@ use crate::handler::AsyncHandler;
 use crate::handler::{Handler, erase};
 use crate::options::{ChannelOptions, EnqueueOptions};
 use crate::report::{Hook, QueueStats, StopReport, TaskReport};
-use crate::worker::{self, ChannelWork, Runner};
+use crate::runner::Runner;
 use crate::workers::Workers;
 
 /// Decodes a task's arguments (as [`SimplePyQ::task`] or [`SimplePyQ::tasks`] return it)
@@ -166,7 +167,7 @@ pub struct SimplePyQ<S: Store> {
     pub(crate) workers: Arc<Workers<S>>,
     /// The runtime of async channels given none, once one is.
     #[cfg(feature = "tokio")]
-    own_runtime: Mutex<Option<Arc<crate::spawner::OwnedRuntime>>>,
+    own_runtime: Mutex<Option<Arc<crate::runner::OwnedRuntime>>>,
 }
 
 impl<S: Store> std::fmt::Debug for SimplePyQ<S> {
@@ -328,27 +329,27 @@ impl<S: Store> SimplePyQ<S> {
         H: AsyncHandler<A, K>,
     {
         let runtime = match &options.runtime {
-            Some(handle) => crate::spawner::Runtime::Given(handle.clone()),
+            Some(handle) => crate::runner::Runtime::Given(handle.clone()),
             None => self.runtime()?,
         };
-        let runner = crate::spawner::AsyncRunner::new(handler, runtime);
+        let runner = crate::runner::AsyncRunner::new(handler, runtime);
         self.add(name, Runner::Async(runner), &options)
     }
 
     /// The runtime an async channel runs on when none is given: the caller's, else the
     /// queue's own (started once, shared by its async channels).
     #[cfg(feature = "tokio")]
-    fn runtime(&self) -> Result<crate::spawner::Runtime> {
+    fn runtime(&self) -> Result<crate::runner::Runtime> {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            return Ok(crate::spawner::Runtime::Given(handle));
+            return Ok(crate::runner::Runtime::Given(handle));
         }
         let mut own = self.own_runtime.lock();
         if let Some(rt) = &*own {
-            return Ok(crate::spawner::Runtime::Owned(Arc::clone(rt)));
+            return Ok(crate::runner::Runtime::Owned(Arc::clone(rt)));
         }
-        let rt = Arc::new(crate::spawner::OwnedRuntime::start()?);
+        let rt = Arc::new(crate::runner::OwnedRuntime::start()?);
         *own = Some(Arc::clone(&rt));
-        Ok(crate::spawner::Runtime::Owned(rt))
+        Ok(crate::runner::Runtime::Owned(rt))
     }
 
     fn add<A>(
@@ -499,7 +500,7 @@ impl<S: Store> SimplePyQ<S> {
         let task = options.task(channel, channel::encode(args)?, now);
         engine
             .schedules
-            .add(crate::periodic::Entry::new(name, schedule, task, now))
+            .add(crate::schedules::Entry::new(name, schedule, task, now))
     }
 
     /// Stops firing schedule `name` in this queue; returns whether it had one. Its record
@@ -523,7 +524,7 @@ impl<S: Store> SimplePyQ<S> {
 
     /// The claim whose handler (of this queue) runs on the calling thread, if any.
     fn own_claim(&self) -> Option<simplepyq_core::Claim> {
-        worker::current_claim(&self.workers.engine)
+        crate::current::current_claim(&self.workers.engine)
     }
 
     /// Stops the workers and returns when it is done: no handler starts once the call

@@ -12,93 +12,19 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::Instant;
 
-use serde::de::DeserializeOwned;
 use simplepyq_core::{Claim, Error, Result, Store, Task};
 
+use crate::channel_work::ChannelWork;
 use crate::context::TaskContext;
+use crate::current::as_current;
 use crate::dispatch::{Claimed, Dispatch, Started, Turn};
 use crate::engine::{Engine, Pause};
-use crate::handler::{AsyncHandler, TaskError, decode};
+use crate::handler::TaskError;
 use crate::leases;
 use crate::recorder;
 use crate::report;
-use crate::worker::{self, ChannelWork};
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), TaskError>> + Send>>;
-
-/// An async handler with its argument type erased: it decodes MessagePack itself.
-type ErasedAsync = dyn Fn(&[u8], TaskContext) -> Result<BoxFuture, TaskError> + Send + Sync;
-
-/// Where an async channel's futures run.
-#[derive(Debug)]
-pub(crate) enum Runtime {
-    /// A runtime of the application's.
-    Given(tokio::runtime::Handle),
-    /// The queue's own.
-    Owned(Arc<OwnedRuntime>),
-}
-
-impl Runtime {
-    fn handle(&self) -> &tokio::runtime::Handle {
-        match self {
-            Runtime::Given(handle) => handle,
-            Runtime::Owned(own) => own.0.as_ref().expect("set until dropped").handle(),
-        }
-    }
-}
-
-/// A runtime the queue started because the application gave none. Dropped without waiting
-/// (it may be dropped on one of its own threads, by the last future that held it).
-#[derive(Debug)]
-pub(crate) struct OwnedRuntime(Option<tokio::runtime::Runtime>);
-
-impl OwnedRuntime {
-    pub(crate) fn start() -> Result<Self> {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("simplepyq-async")
-            .build()
-            .map(|rt| OwnedRuntime(Some(rt)))
-            .map_err(Error::Spawn)
-    }
-}
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// How an async channel runs: its handler, its runtime, and its futures in flight.
-pub(crate) struct AsyncRunner {
-    handler: Box<ErasedAsync>,
-    runtime: Runtime,
-    in_flight: Arc<AtomicUsize>,
-    /// The runtime dropped a future before it ended: it shut down, and every future spawned
-    /// on it from now on would be dropped unpolled. The channel claims no more.
-    dead: Arc<AtomicBool>,
-}
-
-impl AsyncRunner {
-    pub(crate) fn new<A, K, H>(handler: H, runtime: Runtime) -> Self
-    where
-        A: DeserializeOwned + Send + 'static,
-        H: AsyncHandler<A, K>,
-    {
-        let handler = Box::new(move |bytes: &[u8], ctx: TaskContext| {
-            let args: A = decode(bytes)?;
-            Ok(Box::pin(handler.call(args, ctx)) as BoxFuture)
-        });
-        AsyncRunner {
-            handler,
-            runtime,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            dead: Arc::new(AtomicBool::new(false)),
-        }
-    }
-}
+use crate::runner::{AsyncRunner, BoxFuture};
+use crate::turn::{claim_turn, idle_pause, idle_timeout};
 
 /// The claiming thread of an async channel: claims as many tasks as the channel has free
 /// places for futures, and spawns them, until the channel stops. It rests like an idle
@@ -110,7 +36,7 @@ pub(crate) fn work<S: Store>(
     dispatch: &Arc<Dispatch>,
 ) {
     let mut errors = Pause::errors();
-    let mut poll = worker::idle_pause(engine);
+    let mut poll = idle_pause(engine);
     loop {
         let seen = match dispatch.turn(&engine.held, engine.poll_interval) {
             Turn::Stop => return,
@@ -142,8 +68,7 @@ pub(crate) fn work<S: Store>(
             dispatch.rest(seen, engine.poll_interval);
             continue;
         }
-        let Some(tasks) =
-            worker::claim_turn(engine, &channel.name, free, dispatch, seen, &mut errors)
+        let Some(tasks) = claim_turn(engine, &channel.name, free, dispatch, seen, &mut errors)
         else {
             continue;
         };
@@ -155,7 +80,7 @@ pub(crate) fn work<S: Store>(
                 }
             }
             Claimed::Nothing => {
-                let timeout = worker::idle_timeout(engine, &channel.name, poll.next());
+                let timeout = idle_timeout(engine, &channel.name, poll.next());
                 engine.held.bump();
                 dispatch.rest(seen, timeout);
             }
@@ -271,7 +196,7 @@ impl Future for CatchUnwind {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let polled = worker::as_current(this.queue, this.claim, || {
+        let polled = as_current(this.queue, this.claim, || {
             catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx)))
         });
         match polled {

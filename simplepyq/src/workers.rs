@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use simplepyq_core::{Claim, Error, Result, Store, Task, TaskId, Watch};
 
+use crate::channel_work::ChannelWork;
 use crate::context::CancelReason;
 use crate::dispatch::Dispatch;
 use crate::engine::{Engine, guarded};
@@ -16,8 +17,9 @@ use crate::leases;
 use crate::periodic;
 use crate::recorder;
 use crate::report::StopReport;
+use crate::runner::Runner;
 use crate::signal::Signal;
-use crate::worker::{self, ChannelWork, Runner};
+use crate::worker;
 
 /// The channels, and where the queue stands.
 #[derive(Debug, Default)]

@@ -1,0 +1,93 @@
+//! What the workers of one channel share: its name, how many work at once, how it runs its
+//! handler, its backoff, and the handler's average run time (for the claim's reserve).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use simplepyq_core::{Outcome, Task, Timestamp};
+
+use crate::handler::{TaskError, chain};
+use crate::options::Backoff;
+use crate::outcomes::Finished;
+use crate::report;
+use crate::runner::Runner;
+
+/// What the workers of one channel share.
+pub(crate) struct ChannelWork {
+    pub(crate) name: Arc<str>,
+    /// Worker threads, or for an async channel, futures in flight at most.
+    pub(crate) workers: usize,
+    pub(crate) runner: Runner,
+    pub(crate) backoff: Backoff,
+    /// A running average of the handler's run time, in nanoseconds; 0 until measured.
+    pub(crate) average_run: AtomicU64,
+}
+
+/// How much work a claim may take beyond one task per idle worker: the claimed tasks wait
+/// in this process (their leases held) until a worker is free, so the reserve is kept to
+/// about this long of handler time...
+const RESERVE_TIME: Duration = Duration::from_millis(5);
+/// ...and to at most this many tasks.
+const MAX_RESERVE: usize = 256;
+
+impl ChannelWork {
+    /// Tasks to claim beyond one per idle worker: none until the handler's run time is
+    /// known, then about [`RESERVE_TIME`] of work for quick handlers (none for slow ones).
+    pub(crate) fn reserve(&self) -> usize {
+        let average = self.average_run.load(Ordering::Relaxed);
+        if average == 0 {
+            return 0;
+        }
+        let quick = RESERVE_TIME.as_nanos() / u128::from(average);
+        usize::try_from(quick).map_or(MAX_RESERVE, |n| n.min(MAX_RESERVE))
+    }
+
+    /// Adds one run time to the average (weight 1/16).
+    fn observe(&self, run: Duration) {
+        let ns = u64::try_from(run.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.average_run.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            ns
+        } else {
+            old - old / 16 + ns / 16
+        };
+        self.average_run.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// The outcome of a run of `task` that ended at `now` with `result` (`Err` for a
+    /// panic), ready for the recorder.
+    pub(crate) fn finished(
+        &self,
+        task: &Task,
+        result: std::thread::Result<Result<(), TaskError>>,
+        elapsed: Duration,
+        now: Timestamp,
+    ) -> Finished {
+        self.observe(elapsed);
+        let claim = task.claim();
+        let failed = |error: String, permanent| Outcome::Failed {
+            error,
+            retry_at: now.after(self.backoff.wait(claim.attempt, task.id.get())),
+            permanent,
+        };
+        let outcome = match result {
+            Ok(Ok(())) => Outcome::Succeeded,
+            Ok(Err(TaskError::Delay(d))) => Outcome::Delayed {
+                until: now.after(d),
+            },
+            Ok(Err(TaskError::Failed(e))) => failed(chain(&*e), false),
+            Ok(Err(TaskError::Fatal(e))) => failed(chain(&*e), true),
+            Err(panic) => failed(
+                format!("handler panicked: {}", report::panic_message(&*panic)),
+                false,
+            ),
+        };
+        Finished {
+            channel: Arc::clone(&self.name),
+            claim,
+            outcome,
+            elapsed,
+        }
+    }
+}
