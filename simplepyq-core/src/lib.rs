@@ -21,6 +21,7 @@
 
 pub mod batch;
 mod error;
+pub mod row;
 pub mod schedule;
 mod store;
 mod task;

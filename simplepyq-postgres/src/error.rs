@@ -152,9 +152,9 @@ fn is_link_failure(e: &postgres::Error) -> bool {
 }
 
 /// The error for a stored value simplepyq never writes.
-pub(crate) fn bad_value(what: &str, value: impl std::fmt::Debug) -> E {
+pub(crate) fn bad_value(what: &str, value: impl std::fmt::Display) -> E {
     E::Core(Error::Corrupt {
         backend: BACKEND,
-        message: format!("the column {what} holds {value:?}, which simplepyq never writes"),
+        message: format!("the column {what} holds {value}, which simplepyq never writes"),
     })
 }

@@ -3,19 +3,17 @@
 
 use postgres::Row;
 use postgres::types::ToSql;
+use simplepyq_core::row::{self, RowValues};
 use simplepyq_core::{Task, TaskId, TaskState, Timestamp, Totals, batch};
 
 use crate::Tx;
-use crate::error::{R, bad_value};
+use crate::error::{E, R, bad_value};
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
-pub(crate) const COLUMNS: &str = "id, channel, args, created_at, priority, unique_key, status, \
-                       retries_left, max_retries, attempts, run_at, lease_until, last_error, \
-                       updated_at, lost_runs";
+pub(crate) const COLUMNS: &str = simplepyq_core::task_columns!();
 
 /// The columns of a [`TaskState`], as [`state_from_row`] reads them.
-pub(crate) const STATE_COLUMNS: &str = "status, retries_left, max_retries, attempts, run_at, \
-                                        lease_until, last_error, updated_at, lost_runs";
+pub(crate) const STATE_COLUMNS: &str = simplepyq_core::state_columns!();
 
 /// The arrays [`StateArrays`] binds to `$1..$10`: ids, then [`STATE_COLUMNS`].
 pub(crate) const STATE_ARRAYS: &str = "$1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
@@ -29,43 +27,53 @@ pub(crate) const STATE_ALIASES: &str = "id, status, retries_left, max_retries, a
 /// Statuses of unfinished tasks, which hold their unique keys.
 pub(crate) const UNFINISHED: &str = "('pending', 'delayed', 'running')";
 
-pub(crate) fn to_u32(what: &str, v: i64) -> R<u32> {
-    u32::try_from(v).map_err(|_| bad_value(what, v))
-}
-
 pub(crate) fn millis(t: Timestamp) -> i64 {
     t.as_millis()
 }
 
+/// A row as [`simplepyq_core::row`] reads it.
+struct Values<'a>(&'a Row);
+
+impl RowValues for Values<'_> {
+    type Error = E;
+
+    fn int(&self, column: usize) -> R<i64> {
+        Ok(self.0.try_get(column)?)
+    }
+
+    fn opt_int(&self, column: usize) -> R<Option<i64>> {
+        Ok(self.0.try_get(column)?)
+    }
+
+    fn int32(&self, column: usize) -> R<i32> {
+        Ok(self.0.try_get(column)?)
+    }
+
+    fn text<T>(&self, column: usize, read: impl FnOnce(&str) -> T) -> R<T> {
+        Ok(read(self.0.try_get(column)?))
+    }
+
+    fn opt_text(&self, column: usize) -> R<Option<String>> {
+        Ok(self.0.try_get(column)?)
+    }
+
+    fn bytes(&self, column: usize) -> R<Vec<u8>> {
+        Ok(self.0.try_get(column)?)
+    }
+
+    fn bad_value(&self, column: &str, value: &dyn std::fmt::Display) -> E {
+        bad_value(column, value)
+    }
+}
+
 /// Reads the columns of [`STATE_COLUMNS`] starting at column `at`.
 pub(crate) fn state_from_row(r: &Row, at: usize) -> R<TaskState> {
-    let status: &str = r.try_get(at)?;
-    Ok(TaskState {
-        status: status.parse().map_err(|_| bad_value("status", status))?,
-        retries_left: to_u32("retries_left", r.try_get(at + 1)?)?,
-        max_retries: to_u32("max_retries", r.try_get(at + 2)?)?,
-        attempts: to_u32("attempts", r.try_get(at + 3)?)?,
-        run_at: Timestamp::from_millis(r.try_get(at + 4)?),
-        lease_until: r
-            .try_get::<_, Option<i64>>(at + 5)?
-            .map(Timestamp::from_millis),
-        last_error: r.try_get(at + 6)?,
-        updated_at: Timestamp::from_millis(r.try_get(at + 7)?),
-        lost_runs: to_u32("lost_runs", r.try_get(at + 8)?)?,
-    })
+    row::read_state(&Values(r), at)
 }
 
 /// Reads the columns of [`COLUMNS`].
 pub(crate) fn task_from_row(r: &Row) -> R<Task> {
-    Ok(Task {
-        id: TaskId::new(r.try_get(0)?),
-        channel: r.try_get(1)?,
-        args: r.try_get(2)?,
-        created_at: Timestamp::from_millis(r.try_get(3)?),
-        priority: r.try_get(4)?,
-        unique_key: r.try_get(5)?,
-        state: state_from_row(r, 6)?,
-    })
+    row::read_task(&Values(r))
 }
 
 pub(crate) fn tasks_from_rows(rows: &[Row]) -> R<Vec<Task>> {
@@ -199,8 +207,7 @@ mod tests {
     use crate::sql;
 
     #[test]
-    pub(crate) fn columns_end_with_the_state_columns() {
-        assert!(COLUMNS.ends_with(STATE_COLUMNS));
+    fn statements_take_the_columns_in_the_row_readers_order() {
         assert!(sql::CLAIM.replace("t.", "").ends_with(COLUMNS));
         assert!(sql::LOCK_EXPIRED.contains(&format!("id, channel, {STATE_COLUMNS} FROM")));
         assert!(sql::READ_STATES.contains(&format!("id, {STATE_COLUMNS} FROM")));

@@ -2,55 +2,62 @@
 //! [`TaskState`], and how a state is written back.
 
 use rusqlite::{Connection, Row, Statement, Transaction};
+use simplepyq_core::row::{self, RowValues};
 use simplepyq_core::transition::{Event, apply};
-use simplepyq_core::{Error, Status, Task, TaskId, TaskState, Timestamp};
+use simplepyq_core::{Error, Task, TaskId, TaskState, Timestamp};
 
-use crate::error::{R, bad_value};
+use crate::error::{E, R, bad_value};
 
 /// The columns [`task_from_row`] reads: the task's own, then [`STATE_COLUMNS`].
-pub(crate) const COLUMNS: &str = "id, channel, args, created_at, priority, unique_key, status, \
-                       retries_left, max_retries, attempts, run_at, lease_until, last_error, \
-                       updated_at, lost_runs";
+pub(crate) const COLUMNS: &str = simplepyq_core::task_columns!();
 
 /// The columns of a [`TaskState`], as [`state_from_row`] reads them.
-pub(crate) const STATE_COLUMNS: &str = "status, retries_left, max_retries, attempts, run_at, \
-                                        lease_until, last_error, updated_at, lost_runs";
+pub(crate) const STATE_COLUMNS: &str = simplepyq_core::state_columns!();
 
-pub(crate) fn to_u32(what: &str, v: i64) -> R<u32> {
-    u32::try_from(v).map_err(|_| bad_value(what, v))
-}
+/// A row as [`simplepyq_core::row`] reads it.
+struct Values<'a, 'r>(&'a Row<'r>);
 
-pub(crate) fn status_from(s: &str) -> R<Status> {
-    s.parse().map_err(|_| bad_value("status", s))
+impl RowValues for Values<'_, '_> {
+    type Error = E;
+
+    fn int(&self, column: usize) -> R<i64> {
+        Ok(self.0.get(column)?)
+    }
+
+    fn opt_int(&self, column: usize) -> R<Option<i64>> {
+        Ok(self.0.get(column)?)
+    }
+
+    fn int32(&self, column: usize) -> R<i32> {
+        Ok(self.0.get(column)?)
+    }
+
+    fn text<T>(&self, column: usize, read: impl FnOnce(&str) -> T) -> R<T> {
+        let text: String = self.0.get(column)?;
+        Ok(read(&text))
+    }
+
+    fn opt_text(&self, column: usize) -> R<Option<String>> {
+        Ok(self.0.get(column)?)
+    }
+
+    fn bytes(&self, column: usize) -> R<Vec<u8>> {
+        Ok(self.0.get(column)?)
+    }
+
+    fn bad_value(&self, column: &str, value: &dyn std::fmt::Display) -> E {
+        bad_value(column, value)
+    }
 }
 
 /// Reads the columns of [`STATE_COLUMNS`] starting at column `at`.
 pub(crate) fn state_from_row(r: &Row<'_>, at: usize) -> R<TaskState> {
-    let status: String = r.get(at)?;
-    Ok(TaskState {
-        status: status_from(&status)?,
-        retries_left: to_u32("retries_left", r.get(at + 1)?)?,
-        max_retries: to_u32("max_retries", r.get(at + 2)?)?,
-        attempts: to_u32("attempts", r.get(at + 3)?)?,
-        run_at: Timestamp::from_millis(r.get(at + 4)?),
-        lease_until: r.get::<_, Option<i64>>(at + 5)?.map(Timestamp::from_millis),
-        last_error: r.get(at + 6)?,
-        updated_at: Timestamp::from_millis(r.get(at + 7)?),
-        lost_runs: to_u32("lost_runs", r.get(at + 8)?)?,
-    })
+    row::read_state(&Values(r), at)
 }
 
 /// Reads the columns of [`COLUMNS`].
 pub(crate) fn task_from_row(r: &Row<'_>) -> R<Task> {
-    Ok(Task {
-        id: TaskId::new(r.get(0)?),
-        channel: r.get(1)?,
-        args: r.get(2)?,
-        created_at: Timestamp::from_millis(r.get(3)?),
-        priority: r.get(4)?,
-        unique_key: r.get(5)?,
-        state: state_from_row(r, 6)?,
-    })
+    row::read_task(&Values(r))
 }
 
 pub(crate) fn load_state(tx: &Transaction<'_>, id: TaskId) -> R<Option<TaskState>> {
@@ -124,19 +131,11 @@ pub(crate) fn select_tasks(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     use rusqlite::Connection;
-
     use simplepyq_core::{ClaimStore, Error, InspectStore, ListFilter, NewTask, StoreExt, TaskId};
 
     use crate::SqliteStore;
     use crate::testing::*;
-
-    #[test]
-    fn columns_end_with_the_state_columns() {
-        assert!(COLUMNS.ends_with(STATE_COLUMNS));
-    }
 
     /// Another program wrote bytes that are not UTF-8 into text columns (channel, error,
     /// unique key) and a wrong type into a number column: reading those rows gives
