@@ -1,8 +1,8 @@
 //! `simplepyq`: look into a queue file and manage it from the shell.
 //!
 //! ```text
-//! simplepyq stats tasks.db                      counts per channel and status
-//! simplepyq list tasks.db --channel C --status failed [--limit N] [--json]
+//! simplepyq summary tasks.db                    counts per channel and status, and more
+//! simplepyq tasks tasks.db --channel C --status failed [--limit N] [--json]
 //! simplepyq show tasks.db ID                    one task, arguments decoded to JSON
 //! simplepyq requeue-failed tasks.db C [--retries N]
 //! simplepyq clear-failed tasks.db C
@@ -34,7 +34,7 @@ use simplepyq::{
 };
 use simplepyq_core::Error;
 
-use crate::view::{now, stats, task_json};
+use crate::view::{now, summary, task_json};
 
 mod prometheus;
 mod serve;
@@ -53,16 +53,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Counts per channel and status, the oldest pending task, the next wake-up.
-    Stats {
+    /// Counts per channel and status, the oldest pending task, the next wake-up (`stats`
+    /// before).
+    #[command(alias = "stats")]
+    Summary {
         /// The queue file (SQLite or redb), or a `postgres://` URL.
         file: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Tasks in id order, by channel and status.
-    List {
+    /// Tasks in id order, by channel and status (`list` before).
+    #[command(alias = "list")]
+    Tasks {
         /// The queue file.
         file: PathBuf,
         /// Only this channel.
@@ -151,7 +154,7 @@ enum Command {
         #[arg(long)]
         read_only: bool,
     },
-    /// The stats, refreshed until interrupted.
+    /// The summary, refreshed until interrupted.
     Watch {
         /// The queue file.
         file: PathBuf,
@@ -287,16 +290,16 @@ fn kind(path: &Path) -> Result<Kind, Failure> {
 fn run(command: Command) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match command {
-        Command::Stats { file, json } => {
+        Command::Summary { file, json } => {
             let store = open_to_read(&file)?;
-            let stats = stats(&*store, now(&*store))?;
+            let summary = summary(&*store, now(&*store))?;
             if json {
-                writeln!(out, "{stats}")?;
+                writeln!(out, "{summary}")?;
             } else {
-                print_stats(&mut out, &stats)?;
+                print_summary(&mut out, &summary)?;
             }
         }
-        Command::List {
+        Command::Tasks {
             file,
             channel,
             status,
@@ -444,10 +447,10 @@ fn run(command: Command) -> Result<(), Failure> {
             let store = open_to_read(&file)?;
             let mut shown = 0u64;
             loop {
-                let stats = stats(&*store, now(&*store))?;
+                let summary = summary(&*store, now(&*store))?;
                 // Clear the screen and go home, then draw.
                 write!(out, "\x1b[2J\x1b[H")?;
-                print_stats(&mut out, &stats)?;
+                print_summary(&mut out, &summary)?;
                 out.flush()?;
                 shown += 1;
                 if count.is_some_and(|c| shown >= c) {
@@ -460,14 +463,14 @@ fn run(command: Command) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_stats(out: &mut impl Write, stats: &Value) -> std::io::Result<()> {
+fn print_summary(out: &mut impl Write, summary: &Value) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} next wake-up",
         "channel", "pending", "running", "delayed", "done", "failed", "oldest pending"
     )?;
-    let now = Timestamp::from_millis(stats["now_ms"].as_i64().unwrap_or(0));
-    for c in stats["channels"].as_array().into_iter().flatten() {
+    let now = Timestamp::from_millis(summary["now_ms"].as_i64().unwrap_or(0));
+    for c in summary["channels"].as_array().into_iter().flatten() {
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
         let oldest = c["oldest_pending_age_ms"]
             .as_i64()
@@ -492,7 +495,7 @@ fn print_stats(out: &mut impl Write, stats: &Value) -> std::io::Result<()> {
             wakeup
         )?;
     }
-    if stats["channels"].as_array().is_none_or(Vec::is_empty) {
+    if summary["channels"].as_array().is_none_or(Vec::is_empty) {
         writeln!(out, "(no tasks)")?;
     }
     Ok(())

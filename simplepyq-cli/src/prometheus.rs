@@ -12,22 +12,22 @@ type Counter = (&'static str, &'static str, fn(&Totals) -> u64);
 /// The counters of the store's [`Totals`].
 const COUNTERS: [Counter; 4] = [
     (
-        "simplepyq_tasks_done_total",
+        "simplepyq_store_tasks_done_total",
         "Runs that succeeded, by channel.",
         |t| t.done,
     ),
     (
-        "simplepyq_tasks_failed_total",
+        "simplepyq_store_tasks_failed_total",
         "Tasks that became failed, by channel.",
         |t| t.failed,
     ),
     (
-        "simplepyq_tasks_retried_total",
+        "simplepyq_store_tasks_retried_total",
         "Runs that failed and left a retry, by channel.",
         |t| t.retried,
     ),
     (
-        "simplepyq_lease_lost_total",
+        "simplepyq_store_lease_lost_total",
         "Runs whose lease expired before they ended (worker died or hung), by channel.",
         |t| t.lease_lost,
     ),
@@ -36,11 +36,11 @@ const COUNTERS: [Counter; 4] = [
 /// Tasks by channel and status, each channel's oldest pending task's age, and the totals
 /// of what became of runs, as `GET /metrics` serves them.
 pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Error> {
-    let channels = store.channel_stats()?;
+    let channels = store.channel_summaries()?;
     let mut out = String::new();
     header(
         &mut out,
-        "simplepyq_tasks",
+        "simplepyq_store_tasks",
         "gauge",
         "Tasks in the store, by channel and status.",
     );
@@ -48,7 +48,7 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
         for status in Status::ALL {
             sample(
                 &mut out,
-                "simplepyq_tasks",
+                "simplepyq_store_tasks",
                 &[("channel", &c.name), ("status", status.as_str())],
                 c.counts.get(status) as f64,
             );
@@ -56,7 +56,7 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
     }
     header(
         &mut out,
-        "simplepyq_oldest_pending_age_seconds",
+        "simplepyq_store_oldest_pending_age_seconds",
         "gauge",
         "How long ago each channel's oldest pending task was enqueued (0 with none pending).",
     );
@@ -64,7 +64,7 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
         let age = c.oldest_pending_age(now).as_secs_f64();
         sample(
             &mut out,
-            "simplepyq_oldest_pending_age_seconds",
+            "simplepyq_store_oldest_pending_age_seconds",
             &[("channel", &c.name)],
             age,
         );

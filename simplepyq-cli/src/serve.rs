@@ -33,7 +33,7 @@ use simplepyq::{Finished, ListFilter, Status, Store, TaskId, Timestamp};
 use simplepyq_core::{Error, StoreExt};
 
 use crate::prometheus;
-use crate::view::{now, stats_json, task_json};
+use crate::view::{now, summary_json, task_json};
 
 const PAGE: &str = include_str!("serve/index.html");
 const SCRIPT: &str = include_str!("serve/app.js");
@@ -445,7 +445,7 @@ async fn overview(
             .flatten();
         let channels = shown
             .into_iter()
-            .map(|name| store.stats_of(name))
+            .map(|name| store.summary_of(name))
             .collect::<Result<Vec<_>, _>>()?;
         let all = store.counts(None)?;
         let minutes = shared
@@ -473,7 +473,7 @@ async fn overview(
                 task
             }));
         }
-        let mut value = stats_json(&channels, now);
+        let mut value = summary_json(&channels, now);
         value["minutes"] = json!(minutes);
         value["failed"] = json!(failed);
         value["failed_total"] = json!(all.failed);

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 use simplepyq::{Store, Task, Timestamp};
-use simplepyq_core::{ChannelStats, Clock, Error, StoreExt, SystemClock};
+use simplepyq_core::{ChannelSummary, Clock, Error, StoreExt, SystemClock};
 
 /// The time by the store's clock (the server's, for PostgreSQL).
 pub(crate) fn now(store: &dyn Store) -> Timestamp {
@@ -10,12 +10,12 @@ pub(crate) fn now(store: &dyn Store) -> Timestamp {
 }
 
 /// The stats of every channel, as JSON.
-pub(crate) fn stats(store: &dyn Store, now: Timestamp) -> Result<Value, Error> {
-    Ok(stats_json(&store.channel_stats()?, now))
+pub(crate) fn summary(store: &dyn Store, now: Timestamp) -> Result<Value, Error> {
+    Ok(summary_json(&store.channel_summaries()?, now))
 }
 
 /// `channels`' stats as JSON.
-pub(crate) fn stats_json(channels: &[ChannelStats], now: Timestamp) -> Value {
+pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value {
     let channels: Vec<Value> = channels
         .iter()
         .map(|c| {

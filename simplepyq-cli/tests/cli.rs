@@ -77,12 +77,12 @@ fn s(p: &Path) -> &str {
 }
 
 #[test]
-fn stats_counts_every_channel_and_status() {
+fn summary_counts_every_channel_and_status() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = sqlite_queue(dir.path());
-    let text = ok(&["stats", s(&db)]);
+    let text = ok(&["summary", s(&db)]);
     assert!(text.contains("mail"), "{text}");
-    let json: Value = serde_json::from_str(&ok(&["stats", s(&db), "--json"])).expect("json");
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
     let channels = json["channels"].as_array().expect("channels");
     assert_eq!(channels.len(), 2);
     let mail = &channels[0];
@@ -97,12 +97,35 @@ fn stats_counts_every_channel_and_status() {
     assert!(channels[1]["oldest_pending_age_ms"].as_i64().is_some());
 }
 
+/// The commands' old names (`stats` for `summary`, `list` for `tasks`) still work.
 #[test]
-fn list_and_show_decode_arguments() {
+fn old_command_names_still_work() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    let channels = |command: &str| -> Value {
+        let mut json: Value =
+            serde_json::from_str(&ok(&[command, s(&db), "--json"])).expect("json");
+        // Without the ages, which grow between the two calls.
+        for c in json["channels"].as_array_mut().expect("channels") {
+            c.as_object_mut()
+                .expect("a channel")
+                .remove("oldest_pending_age_ms");
+        }
+        json["channels"].take()
+    };
+    assert_eq!(channels("stats"), channels("summary"));
+    assert_eq!(
+        ok(&["list", s(&db), "--json"]),
+        ok(&["tasks", s(&db), "--json"])
+    );
+}
+
+#[test]
+fn tasks_and_show_decode_arguments() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = sqlite_queue(dir.path());
     let failed: Value = serde_json::from_str(&ok(&[
-        "list",
+        "tasks",
         s(&db),
         "--channel",
         "mail",
@@ -116,12 +139,12 @@ fn list_and_show_decode_arguments() {
     assert_eq!(failed[0]["args"], "bad1@x");
     assert_eq!(failed[0]["last_error"], "bad1@x: mailbox full");
     let page: Value =
-        serde_json::from_str(&ok(&["list", s(&db), "--limit", "2", "--json"])).expect("json");
+        serde_json::from_str(&ok(&["tasks", s(&db), "--limit", "2", "--json"])).expect("json");
     assert_eq!(page.as_array().map(Vec::len), Some(2));
     let id = failed[1]["id"].as_i64().expect("id").to_string();
     let shown: Value = serde_json::from_str(&ok(&["show", s(&db), &id])).expect("json");
     assert_eq!(shown["status"], "failed");
-    let sms = ok(&["list", s(&db), "--channel", "sms", "--json"]);
+    let sms = ok(&["tasks", s(&db), "--channel", "sms", "--json"]);
     let sms: Value = serde_json::from_str(&sms).expect("json");
     assert_eq!(sms[0]["args"], serde_json::json!(["+1555", 3]));
     let missing = cli(&["show", s(&db), "999"], "");
@@ -156,17 +179,17 @@ fn management_commands_change_the_queue() {
 fn missing_and_foreign_files_are_clear_errors_and_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("nope.db");
-    let out = cli(&["stats", s(&missing)], "");
+    let out = cli(&["summary", s(&missing)], "");
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
     assert!(!missing.exists(), "the command created the file");
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello").expect("write");
-    let out = cli(&["list", s(&text)], "");
+    let out = cli(&["tasks", s(&text)], "");
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a simplepyq queue"));
     assert_eq!(std::fs::read_to_string(&text).expect("read"), "hello");
-    let usage = cli(&["stats"], "");
+    let usage = cli(&["summary"], "");
     assert_eq!(usage.status.code(), Some(2));
 }
 
@@ -183,9 +206,9 @@ fn reading_commands_leave_an_older_file_as_it_is() {
             .expect("downgrade");
     }
     let before = std::fs::read(&db).expect("read");
-    let json: Value = serde_json::from_str(&ok(&["stats", s(&db), "--json"])).expect("json");
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
     assert_eq!(json["channels"][0]["failed"].as_u64(), Some(2));
-    assert!(ok(&["list", s(&db), "--status", "failed"]).contains("mailbox full"));
+    assert!(ok(&["tasks", s(&db), "--status", "failed"]).contains("mailbox full"));
     assert!(ok(&["show", s(&db), "1"]).contains("a@x"));
     ok(&["watch", s(&db), "--count", "1"]);
     assert!(
@@ -204,7 +227,7 @@ fn redb_files_are_recognized() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("tasks.redb");
     fill(&SimplePyQ::new(RedbStore::open(&path).expect("open")));
-    let json: Value = serde_json::from_str(&ok(&["stats", s(&path), "--json"])).expect("json");
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&path), "--json"])).expect("json");
     assert_eq!(json["channels"][0]["failed"].as_u64(), Some(2));
     assert!(ok(&["clear-failed", s(&path), "mail"]).contains("deleted 2"));
 }
@@ -231,7 +254,7 @@ fn works_beside_running_workers_and_watch_refreshes() {
     }
     q.start().expect("start");
     for _ in 0..3 {
-        let json: Value = serde_json::from_str(&ok(&["stats", s(&db), "--json"])).expect("json");
+        let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
         let total: u64 = ["pending", "running", "done"]
             .iter()
             .map(|k| json["channels"][0][k].as_u64().unwrap_or(0))
@@ -254,14 +277,17 @@ fn postgres_urls_work_like_files() {
         .expect("connect");
     fill(&SimplePyQ::new(store));
     let url = format!("{}?schema={schema}", server().url());
-    let json: Value = serde_json::from_str(&ok(&["stats", &url, "--json"])).expect("json");
+    let json: Value = serde_json::from_str(&ok(&["summary", &url, "--json"])).expect("json");
     assert_eq!(json["channels"][0]["failed"].as_u64(), Some(2));
-    assert!(ok(&["list", &url, "--status", "failed"]).contains("mailbox full"));
+    assert!(ok(&["tasks", &url, "--status", "failed"]).contains("mailbox full"));
     assert!(ok(&["requeue-failed", &url, "mail"]).contains("requeued 2"));
     assert!(ok(&["purge-done", &url]).contains("deleted 3"));
     // Reading a schema that holds no queue is an error that creates nothing.
     let none = fresh_schema();
-    let out = cli(&["stats", &format!("{}?schema={none}", server().url())], "");
+    let out = cli(
+        &["summary", &format!("{}?schema={none}", server().url())],
+        "",
+    );
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -295,7 +321,7 @@ fn import_brings_a_file_of_the_original_in() {
     )
     .expect("the original's table");
     drop(conn);
-    let refused = cli(&["stats", s(&path)], "");
+    let refused = cli(&["summary", s(&path)], "");
     assert_eq!(refused.status.code(), Some(3));
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("simplepyq import"), "{message}");
@@ -307,7 +333,7 @@ fn import_brings_a_file_of_the_original_in() {
     );
     assert!(out.contains("tasks.db.simplepyq-0.1.3.bak"), "{out}");
     assert!(dir.path().join("tasks.db.simplepyq-0.1.3.bak").exists());
-    let json: Value = serde_json::from_str(&ok(&["stats", s(&path), "--json"])).expect("json");
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&path), "--json"])).expect("json");
     assert_eq!(json["channels"][0]["pending"].as_u64(), Some(1));
 
     let again = cli(&["import", s(&path)], "");

@@ -680,7 +680,7 @@ fn metrics_match_the_store(target: &str, store: &dyn Store, totals: &[(&str, Tot
                 .samples
                 .iter()
                 .filter(|s| {
-                    s.metric == "simplepyq_tasks"
+                    s.metric == "simplepyq_store_tasks"
                         && s.labels.get("channel") == Some(channel.as_str())
                         && s.labels.get("status") == Some(status.as_str())
                 })
@@ -693,7 +693,7 @@ fn metrics_match_the_store(target: &str, store: &dyn Store, totals: &[(&str, Tot
             );
         }
         let age = scrape.samples.iter().find(|s| {
-            s.metric == "simplepyq_oldest_pending_age_seconds"
+            s.metric == "simplepyq_store_oldest_pending_age_seconds"
                 && s.labels.get("channel") == Some(channel.as_str())
         });
         match (counts.pending, age.map(|s| &s.value)) {
@@ -707,7 +707,7 @@ fn metrics_match_the_store(target: &str, store: &dyn Store, totals: &[(&str, Tot
     let counted: usize = scrape
         .samples
         .iter()
-        .filter(|s| s.metric == "simplepyq_tasks")
+        .filter(|s| s.metric == "simplepyq_store_tasks")
         .map(|s| match s.value {
             prometheus_parse::Value::Gauge(v) => v as usize,
             _ => panic!("simplepyq_tasks is a gauge"),
@@ -718,10 +718,10 @@ fn metrics_match_the_store(target: &str, store: &dyn Store, totals: &[(&str, Tot
         totals.iter().map(|(c, t)| ((*c).to_owned(), *t)).collect();
     assert_eq!(store.totals().expect("totals"), expected);
     let counters = [
-        "simplepyq_tasks_done_total",
-        "simplepyq_tasks_failed_total",
-        "simplepyq_tasks_retried_total",
-        "simplepyq_lease_lost_total",
+        "simplepyq_store_tasks_done_total",
+        "simplepyq_store_tasks_failed_total",
+        "simplepyq_store_tasks_retried_total",
+        "simplepyq_store_lease_lost_total",
     ];
     for (channel, t) in totals {
         let figures = [t.done, t.failed, t.retried, t.lease_lost];

@@ -39,8 +39,10 @@ pub mod prelude {
     };
 }
 
+#[allow(deprecated)]
+pub use store::ChannelStats;
 pub use store::{
-    AdminStore, ChannelStats, ClaimStore, InspectStore, OutcomeStore, ScheduleStore, Store,
+    AdminStore, ChannelSummary, ClaimStore, InspectStore, OutcomeStore, ScheduleStore, Store,
     StoreExt, Wake, Watch,
 };
 pub use task::{

@@ -40,7 +40,9 @@ mod schedule;
 
 pub use admin::AdminStore;
 pub use claim::ClaimStore;
-pub use ext::{ChannelStats, StoreExt};
+#[allow(deprecated)]
+pub use ext::ChannelStats;
+pub use ext::{ChannelSummary, StoreExt};
 pub use inspect::InspectStore;
 pub use outcome::OutcomeStore;
 pub use schedule::ScheduleStore;

@@ -9,7 +9,7 @@ import pytest
 from conftest import wait_for
 
 import simplepyq
-from simplepyq import DelayException, QueueError, SimplePyQ
+from simplepyq import Cancelled, DelayException, QueueError, SimplePyQ
 
 STATUSES = ["pending", "running", "delayed", "done", "failed"]
 
@@ -207,7 +207,8 @@ def test_tasks_pages_and_filters(db):
 
 def test_cancel_removes_a_queued_task_and_asks_a_running_one(db):
     q = SimplePyQ(db)
-    assert q.cancel(q.enqueue("c", {})) == "removed"
+    removed = q.cancel(q.enqueue("c", {}))
+    assert removed is Cancelled.REMOVED and removed == "removed" and str(removed) == "removed"
     with pytest.raises(KeyError):
         q.cancel(12345)
     started = []
@@ -221,7 +222,7 @@ def test_cancel_removes_a_queued_task_and_asks_a_running_one(db):
     tid = q.enqueue("slow", {})
     q.start()
     wait_for(lambda: started, what="the handler to start")
-    assert q.cancel(tid) == "requested"
+    assert q.cancel(tid) is Cancelled.REQUESTED
     release.append(1)
     q.stop()
     with pytest.raises(ValueError):

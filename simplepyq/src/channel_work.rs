@@ -9,7 +9,7 @@ use simplepyq_core::{Outcome, Task, Timestamp};
 
 use crate::handler::{TaskError, chain};
 use crate::options::Backoff;
-use crate::outcomes::Finished;
+use crate::outcomes::Ended;
 use crate::report;
 use crate::runner::Runner;
 
@@ -63,7 +63,7 @@ impl ChannelWork {
         result: std::thread::Result<Result<(), TaskError>>,
         elapsed: Duration,
         now: Timestamp,
-    ) -> Finished {
+    ) -> Ended {
         self.observe(elapsed);
         let claim = task.claim();
         let failed = |error: String, permanent| Outcome::Failed {
@@ -83,7 +83,7 @@ impl ChannelWork {
                 false,
             ),
         };
-        Finished {
+        Ended {
             channel: Arc::clone(&self.name),
             claim,
             outcome,

@@ -22,7 +22,7 @@ pub enum CancelReason {
 }
 
 #[derive(Debug, Default)]
-struct Signal {
+struct CancelState {
     set: AtomicBool,
     reason: Mutex<Option<CancelReason>>,
     wakers: Mutex<Vec<Waker>>,
@@ -30,7 +30,7 @@ struct Signal {
 
 /// The cancellation signal of one run: set once, read by the handler.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct CancelToken(Arc<Signal>);
+pub(crate) struct CancelToken(Arc<CancelState>);
 
 impl CancelToken {
     /// Asks the run to stop; the first reason given is kept.

@@ -16,7 +16,7 @@ use crate::held::Held;
 use crate::outcomes::Outcomes;
 use crate::report::{self, Hook, QueueStats};
 use crate::schedules::Schedules;
-use crate::signal::Signal;
+use crate::signal::StopSignal;
 
 /// The shared parts of one queue.
 pub(crate) struct Engine<S> {
@@ -107,7 +107,7 @@ impl<S> Engine<S> {
 
     /// Tells the helper threads of the run of `signal` that it stops: the signal first, then
     /// the wake-ups, so that a recorder woken here sees the stop.
-    pub(crate) fn stop_run(&self, signal: &Signal) {
+    pub(crate) fn stop_run(&self, signal: &StopSignal) {
         signal.stop();
         self.schedules.poke();
         self.outcomes.stopping(true);

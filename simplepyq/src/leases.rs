@@ -7,7 +7,7 @@ use simplepyq_core::{Claim, Result, Store, Task, Timestamp};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
 use crate::metered;
-use crate::signal::Signal;
+use crate::signal::StopSignal;
 use crate::sync::{self, GIVE_UP};
 
 /// The lease keeper of run `run`: every third of a lease, renews the leases of the claims
@@ -15,7 +15,7 @@ use crate::sync::{self, GIVE_UP};
 /// while claims are held (handlers that outlived a `stop_timeout`, outcomes not yet
 /// recorded); it ends when none is, or when a newer run's keeper takes over. So it stops
 /// last.
-pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
+pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &StopSignal, run: u64) {
     let period = (engine.lease / 3).max(Duration::from_millis(1));
     loop {
         if !signal.is_stopped() {
@@ -48,7 +48,7 @@ pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
 /// The gauges of run `run`'s channels (the `metrics` feature), every third of a lease until
 /// the run stops: on a thread of their own, so that a slow read of the store (counts over
 /// millions of rows) never delays the keeper's renewals past the leases.
-pub(crate) fn gauge<S: Store>(engine: &Engine<S>, signal: &Signal) {
+pub(crate) fn gauge<S: Store>(engine: &Engine<S>, signal: &StopSignal) {
     let period = (engine.lease / 3).max(Duration::from_millis(1));
     while !signal.wait(period) {
         let channels = engine.served();

@@ -89,9 +89,10 @@
 //!   counted by the process that ran the attempt), `simplepyq_tasks_recovered_total` (tasks
 //!   of dead workers this process recovered), `simplepyq_task_duration_seconds` (a
 //!   histogram of handler run times, by `channel`); and the store's state as gauges, set by
-//!   each running queue every third of a lease: `simplepyq_tasks` (by `channel` and
-//!   `status`) and `simplepyq_oldest_pending_age_seconds` (by `channel`), the figures
-//!   `simplepyq serve` gives at `/metrics`.
+//!   each running queue every third of a lease: `simplepyq_store_tasks` (by `channel` and
+//!   `status`) and `simplepyq_store_oldest_pending_age_seconds` (by `channel`), figures of
+//!   the store that `simplepyq serve` gives at `/metrics` too (the store's figures are named
+//!   `simplepyq_store_*`; a process's own, the others, are not).
 
 mod channel;
 mod channel_work;

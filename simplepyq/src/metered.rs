@@ -52,16 +52,16 @@ pub(crate) fn gauge_channels<S: Store>(
 ) -> Result<()> {
     #[cfg(feature = "metrics")]
     for name in channels {
-        let c = store.stats_of(name)?;
+        let c = store.summary_of(name)?;
         for status in Status::ALL {
             let labels = [
                 ("channel", c.name.clone()),
                 ("status", status.as_str().to_owned()),
             ];
-            metrics::gauge!("simplepyq_tasks", &labels).set(c.counts.get(status) as f64);
+            metrics::gauge!("simplepyq_store_tasks", &labels).set(c.counts.get(status) as f64);
         }
         let age = c.oldest_pending_age(now).as_secs_f64();
-        metrics::gauge!("simplepyq_oldest_pending_age_seconds", "channel" => c.name).set(age);
+        metrics::gauge!("simplepyq_store_oldest_pending_age_seconds", "channel" => c.name).set(age);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (store, channels, now);

@@ -12,7 +12,7 @@ const MAX_WAITING: usize = 2048;
 
 /// One attempt's outcome, waiting to be recorded.
 #[derive(Debug)]
-pub(crate) struct Finished {
+pub(crate) struct Ended {
     pub(crate) channel: Arc<str>,
     pub(crate) claim: Claim,
     pub(crate) outcome: Outcome,
@@ -21,7 +21,7 @@ pub(crate) struct Finished {
 
 #[derive(Debug, Default)]
 struct State {
-    waiting: Vec<Finished>,
+    waiting: Vec<Ended>,
     /// Recorder threads taking outcomes; with none, workers record their own.
     recorders: usize,
     /// The queue is stopping: a recorder gives up on a store that keeps failing.
@@ -53,19 +53,19 @@ impl Outcomes {
 
     /// Queues `finished` for a recorder thread; gives it back to be recorded by the caller
     /// if none runs or too many wait.
-    pub(crate) fn push(&self, finished: Finished) -> Option<Finished> {
+    pub(crate) fn push(&self, finished: Ended) -> Option<Ended> {
         self.push_below(finished, MAX_WAITING)
     }
 
     /// Queues `finished` for a recorder thread however many wait; gives it back if none
     /// runs.
     #[cfg(feature = "tokio")]
-    pub(crate) fn push_nowait(&self, finished: Finished) -> Option<Finished> {
+    pub(crate) fn push_nowait(&self, finished: Ended) -> Option<Ended> {
         self.push_below(finished, usize::MAX)
     }
 
     /// Queues `finished` unless no recorder runs or `max` outcomes wait already.
-    fn push_below(&self, finished: Finished, max: usize) -> Option<Finished> {
+    fn push_below(&self, finished: Ended, max: usize) -> Option<Ended> {
         let mut st = self.state.lock();
         if st.recorders == 0 || st.waiting.len() >= max {
             return Some(finished);
@@ -83,7 +83,7 @@ impl Outcomes {
 
     /// Takes up to `max` outcomes, waiting up to `wait` for the first unless woken since
     /// `seen` (from [`Outcomes::wakes`]).
-    pub(crate) fn take(&self, max: usize, wait: Duration, seen: u64) -> Vec<Finished> {
+    pub(crate) fn take(&self, max: usize, wait: Duration, seen: u64) -> Vec<Ended> {
         let mut st = self.state.lock();
         if st.waiting.is_empty() && st.wakes == seen && !wait.is_zero() {
             self.cv.wait_for(&mut st, wait);

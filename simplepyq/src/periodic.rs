@@ -10,7 +10,7 @@ use simplepyq_core::{Result, Store, Timestamp};
 
 use crate::engine::{Engine, guarded};
 use crate::schedules::Entry;
-use crate::signal::Signal;
+use crate::signal::StopSignal;
 
 /// How soon a scheduler tries again after the store failed.
 const RETRY: Duration = Duration::from_millis(250);
@@ -19,7 +19,7 @@ const RETRY: Duration = Duration::from_millis(250);
 /// come due, until the run stops. It sleeps until the next fire time, at most the poll
 /// interval (a clock set forward, another queue's firing), and without schedules until one
 /// is added.
-pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, started: Timestamp) {
+pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &StopSignal, started: Timestamp) {
     loop {
         let (entries, seen) = engine.schedules.snapshot();
         if signal.is_stopped() {

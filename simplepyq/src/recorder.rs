@@ -15,9 +15,9 @@ use simplepyq_core::{Claim, Error, Outcome, Store};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
 use crate::metered;
-use crate::outcomes::Finished;
+use crate::outcomes::Ended;
 use crate::report::{self, TaskReport};
-use crate::signal::Signal;
+use crate::signal::StopSignal;
 use crate::sync::{self, GIVE_UP};
 
 /// The most outcomes one `finish_many` call records.
@@ -25,7 +25,7 @@ const MAX_BATCH: usize = 512;
 
 /// Hands an outcome over, or records it right away if no recorder thread runs or too many
 /// outcomes wait.
-pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Finished) {
+pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Ended) {
     engine.held.recording(finished.claim);
     if let Some(own) = engine.outcomes.push(finished) {
         record(engine, vec![own]);
@@ -36,7 +36,7 @@ pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Finished) {
 /// the store: no backlog limit here (the channel's claimer keeps up instead, see
 /// [`keep_up`]); without a recorder thread, a thread of its own records it.
 #[cfg(feature = "tokio")]
-pub(crate) fn hand_over_nowait<S: Store>(engine: &std::sync::Arc<Engine<S>>, finished: Finished) {
+pub(crate) fn hand_over_nowait<S: Store>(engine: &std::sync::Arc<Engine<S>>, finished: Ended) {
     engine.held.recording(finished.claim);
     if let Some(own) = engine.outcomes.push_nowait(finished) {
         let e = std::sync::Arc::clone(engine);
@@ -67,7 +67,7 @@ pub(crate) fn keep_up<S: Store>(engine: &Engine<S>) {
 /// The recorder thread of run `run`: records what workers hand over. Once the run stops it
 /// goes on while claims are held (handlers that outlived a `stop_timeout`), until none is,
 /// or a newer run's recorder takes over.
-pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
+pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &StopSignal, run: u64) {
     loop {
         let seen = engine.outcomes.wakes();
         let stopped = signal.is_stopped();
@@ -98,7 +98,7 @@ pub(crate) fn run<S: Store>(engine: &Engine<S>, signal: &Signal, run: u64) {
 }
 
 /// Records `batch` in one call, reports each outcome, and lets the claims go.
-pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Finished>) {
+pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     let results: Vec<(Claim, Outcome)> =
         batch.iter().map(|f| (f.claim, f.outcome.clone())).collect();
     let mut pause = Pause::errors();

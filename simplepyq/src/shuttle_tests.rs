@@ -31,7 +31,7 @@ use crate::engine::{Engine, Settings};
 use crate::handler::erase;
 use crate::options::Backoff;
 use crate::runner::Runner;
-use crate::signal::Signal;
+use crate::signal::StopSignal;
 use crate::sync::Mutex;
 use crate::worker;
 use crate::{leases, recorder};
@@ -350,7 +350,7 @@ fn recorder_failing_during_stop() {
     shuttle::check_random(
         || {
             let scene = Scene::new();
-            let signal = Arc::new(Signal::default());
+            let signal = Arc::new(StopSignal::default());
             scene.engine.outcomes.open();
             let run = scene.engine.next_run();
             let (e, s) = (Arc::clone(&scene.engine), Arc::clone(&signal));

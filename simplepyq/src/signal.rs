@@ -7,12 +7,12 @@ use crate::sync::{Condvar, Mutex};
 /// Tells a run's helper threads that the run stopped, waking the lease keeper from its
 /// wait between rounds.
 #[derive(Debug, Default)]
-pub(crate) struct Signal {
+pub(crate) struct StopSignal {
     stopped: Mutex<bool>,
     cv: Condvar,
 }
 
-impl Signal {
+impl StopSignal {
     /// Tells the waiter to stop.
     pub(crate) fn stop(&self) {
         *self.stopped.lock() = true;

@@ -18,7 +18,7 @@ use crate::periodic;
 use crate::recorder;
 use crate::report::StopReport;
 use crate::runner::Runner;
-use crate::signal::Signal;
+use crate::signal::StopSignal;
 use crate::worker;
 
 /// The channels, and where the queue stands.
@@ -49,7 +49,7 @@ struct Run {
     /// Workers of channels removed while running, finishing their current task.
     retired: Vec<JoinHandle<()>>,
     /// Tells the keeper and the recorder that the run stopped.
-    signal: Arc<Signal>,
+    signal: Arc<StopSignal>,
     helpers: Vec<JoinHandle<()>>,
     /// The store's news of work from other processes, while the run lasts.
     watch: Option<Watch>,
@@ -193,7 +193,7 @@ impl<S: Store> Workers<S> {
             number: self.engine.next_run(),
             crews: HashMap::new(),
             retired: Vec::new(),
-            signal: Arc::new(Signal::default()),
+            signal: Arc::new(StopSignal::default()),
             helpers: Vec::new(),
             watch: None,
         };

@@ -106,7 +106,7 @@ fn attempts_and_the_store_are_recorded_through_the_facade() {
         let snapshot = snapshotter.snapshot().into_vec();
         let done = value(
             &snapshot,
-            "simplepyq_tasks",
+            "simplepyq_store_tasks",
             &[("channel", "metered"), ("status", "done")],
         );
         if let Some(DebugValue::Gauge(n)) = done
@@ -119,7 +119,7 @@ fn attempts_and_the_store_are_recorded_through_the_facade() {
     };
     let failed = value(
         &snapshot,
-        "simplepyq_tasks",
+        "simplepyq_store_tasks",
         &[("channel", "metered"), ("status", "failed")],
     );
     assert!(matches!(failed, Some(DebugValue::Gauge(n)) if n.into_inner() == 1.0));

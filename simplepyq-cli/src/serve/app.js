@@ -158,7 +158,7 @@ function failedSection(data) {
     el("td", {}, el("code", { class: "json args" }, t.args)),
     since("td", "muted", t.updated_at_ms, data.now_ms)));
   const more = data.failed_total > data.failed.length
-    ? el("p", { class: "muted" }, `The first ${data.failed.length}, by channel and id; \`simplepyq list --status failed\` pages through all.`) : null;
+    ? el("p", { class: "muted" }, `The first ${data.failed.length}, by channel and id; \`simplepyq tasks --status failed\` pages through all.`) : null;
   return el("section", {}, title, el("table", { id: "failed" },
     el("thead", {}, el("tr", {}, ...["id", "channel", "attempts", "last error", "arguments", "failed"].map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows)), more);

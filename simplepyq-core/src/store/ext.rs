@@ -41,27 +41,44 @@ pub trait StoreExt: Store {
     }
 
     /// What every channel with tasks holds now, in name order.
-    fn channel_stats(&self) -> Result<Vec<ChannelStats>> {
+    fn channel_summaries(&self) -> Result<Vec<ChannelSummary>> {
         self.channels()?
             .into_iter()
-            .map(|name| self.stats_of(name))
+            .map(|name| self.summary_of(name))
             .collect()
     }
 
     /// What channel `name` holds now.
-    fn stats_of(&self, name: String) -> Result<ChannelStats> {
-        Ok(ChannelStats {
+    fn summary_of(&self, name: String) -> Result<ChannelSummary> {
+        Ok(ChannelSummary {
             counts: self.counts(Some(&name))?,
             oldest_pending: self.oldest_pending(&name)?,
             next_wakeup: self.next_wakeup(&name)?,
             name,
         })
     }
+
+    /// The old name of [`StoreExt::channel_summaries`].
+    #[deprecated(since = "0.1.0", note = "renamed to `channel_summaries`")]
+    fn channel_stats(&self) -> Result<Vec<ChannelSummary>> {
+        self.channel_summaries()
+    }
+
+    /// The old name of [`StoreExt::summary_of`].
+    #[deprecated(since = "0.1.0", note = "renamed to `summary_of`")]
+    fn stats_of(&self, name: String) -> Result<ChannelSummary> {
+        self.summary_of(name)
+    }
 }
 
-/// What a channel holds now: see [`StoreExt::channel_stats`].
+/// The old name of [`ChannelSummary`].
+#[deprecated(since = "0.1.0", note = "renamed to `ChannelSummary`")]
+pub type ChannelStats = ChannelSummary;
+
+/// What a channel holds now: its counts, its oldest pending task, its next wake-up. See
+/// [`StoreExt::channel_summaries`]; the command line's `simplepyq summary FILE` prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChannelStats {
+pub struct ChannelSummary {
     /// The channel.
     pub name: String,
     /// Its tasks per status.
@@ -72,9 +89,9 @@ pub struct ChannelStats {
     pub next_wakeup: Option<Timestamp>,
 }
 
-impl ChannelStats {
+impl ChannelSummary {
     /// How long its oldest pending task has waited at `now`; zero with none pending (the
-    /// figure of the `simplepyq_oldest_pending_age_seconds` gauge).
+    /// figure of the `simplepyq_store_oldest_pending_age_seconds` gauge).
     pub fn oldest_pending_age(&self, now: Timestamp) -> Duration {
         self.oldest_pending
             .map_or(Duration::ZERO, |oldest| oldest.until(now))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as _dt
+import enum
 import os
 import threading
 import weakref
@@ -39,7 +40,20 @@ if _stdlib_sqlite3 is not None and _stdlib_sqlite3.sqlite_version != _simplepyq.
         stacklevel=2,
     )
 
-__all__ = ["SimplePyQ", "DelayException", "QueueError", "Task"]
+__all__ = ["SimplePyQ", "DelayException", "QueueError", "Task", "Cancelled"]
+
+
+class Cancelled(str, enum.Enum):
+    """What ``SimplePyQ.cancel`` did, as the Rust API's ``Cancelled``. A ``str`` too, so
+    ``q.cancel(id) == "removed"`` holds as it did when it returned a plain string."""
+
+    REMOVED = "removed"
+    """The task was pending or delayed: it is deleted and will not run."""
+    REQUESTED = "requested"
+    """The task runs in this process: its handler was asked to stop."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class DelayException(Exception):
@@ -274,11 +288,11 @@ class SimplePyQ:
         """The task with this id, or None."""
         return self._engine.task(id)
 
-    def cancel(self, id: int) -> str:
-        """Cancel a task: a queued one is deleted (``"removed"``); a running one is asked to
-        stop (``"requested"``: its handler ends as it will). KeyError if there is none;
-        ValueError if it is finished or running in another process."""
-        return self._engine.cancel(id)
+    def cancel(self, id: int) -> Cancelled:
+        """Cancel a task: a queued one is deleted (``Cancelled.REMOVED``); a running one is
+        asked to stop (``Cancelled.REQUESTED``: its handler ends as it will). KeyError if
+        there is none; ValueError if it is finished or running in another process."""
+        return Cancelled(self._engine.cancel(id))
 
     def __enter__(self) -> "SimplePyQ":
         return self
