@@ -54,8 +54,9 @@
 // One concern per file. The store: `options`; `open` (the checks before anything is
 // written, then `schema`'s migrations or `original`'s import); `row` (the row codec); one
 // file per group of the `Store` contract: `claim`, `outcome`, `admin`, `inspect`,
-// `schedules`. Its machinery: `writer` (the group commit), `readers`, `checkpoint`, `watch`
-// (wake-ups across processes), `error`.
+// `schedules`; and `outbox`, enqueueing in a caller's transaction. Its machinery: `writer`
+// (the group commit), `readers`, `checkpoint`, `watch` (wake-ups across processes),
+// `error`.
 mod admin;
 mod checkpoint;
 mod claim;
@@ -64,6 +65,7 @@ mod inspect;
 mod open;
 mod options;
 mod original;
+mod outbox;
 mod outcome;
 #[cfg(test)]
 mod plans;
@@ -91,6 +93,11 @@ use crate::writer::{Caller, Writer};
 
 pub(crate) use crate::open::wait_for_locks;
 pub use crate::options::{Durability, SqliteOptions};
+/// The rusqlite this store is built with: an application that writes its own rows in the
+/// queue's file, in the transactions it enqueues in ([`SqliteStore::enqueue_in`]), opens
+/// its connections with it, so that one SQLite library serves the process (two copies drop
+/// each other's locks on the file).
+pub use rusqlite;
 
 /// A [`Store`](simplepyq_core::Store) on a SQLite file. Several stores (in one process or
 /// several) may open the same file.
@@ -108,6 +115,8 @@ pub struct SqliteStore {
     watch_interval: Option<Duration>,
     /// Tells other processes' queues of the tasks this store adds.
     announcer: Arc<watch::Announcer>,
+    /// Tells them of the tasks added in callers' transactions, once committed.
+    committed: outbox::Committed,
 }
 
 impl SqliteStore {

@@ -11,7 +11,7 @@ use simplepyq_core::{Clock, Error, Result, SystemClock};
 use crate::checkpoint::{self, Checkpointer};
 use crate::error::{self, E, R};
 use crate::writer::Writer;
-use crate::{Durability, SqliteOptions, SqliteStore, original, readers, schema, watch};
+use crate::{Durability, SqliteOptions, SqliteStore, original, outbox, readers, schema, watch};
 
 impl SqliteStore {
     /// Opens the queue file at `path`, creating it if needed, with default settings.
@@ -63,8 +63,10 @@ impl SqliteStore {
             retrying(busy_timeout, || schema::read_as_latest(&conn))?;
             Ok(conn)
         };
+        let announcer = Arc::new(watch::Announcer::new(&path));
         Ok(SqliteStore {
-            announcer: Arc::new(watch::Announcer::new(&path)),
+            committed: outbox::Committed::new(path.clone(), busy_timeout, Arc::clone(&announcer)),
+            announcer,
             readers: readers::Readers::new(conn, more),
             writer: None,
             path,
@@ -170,8 +172,14 @@ impl SqliteStore {
         };
         let reader = open_reader()?;
         let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
+        let announcer = Arc::new(watch::Announcer::new(&path));
         Ok(SqliteStore {
-            announcer: Arc::new(watch::Announcer::new(&path)),
+            committed: outbox::Committed::new(
+                path.clone(),
+                options.busy_timeout,
+                Arc::clone(&announcer),
+            ),
+            announcer,
             readers: readers::Readers::new(reader, open_reader),
             writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),
             path,

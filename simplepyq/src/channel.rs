@@ -101,6 +101,12 @@ impl<A: ?Sized, S: Store> Channel<A, S> {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The queue's engine this handle enqueues through.
+    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
+    pub(crate) fn engine(&self) -> &Arc<Engine<S>> {
+        &self.engine
+    }
 }
 
 impl<A: Serialize + ?Sized, S: Store> Channel<A, S> {

@@ -105,6 +105,8 @@ mod held;
 mod leases;
 mod metered;
 mod options;
+#[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
+mod outbox;
 mod outcomes;
 mod periodic;
 mod queue;
@@ -142,7 +144,7 @@ pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock};
 #[cfg(feature = "redb")]
 pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
 #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
-pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore};
+pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore, rusqlite};
 
 /// The README's examples, compiled and run as doctests (they use every feature).
 #[cfg(all(

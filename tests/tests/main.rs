@@ -5,6 +5,7 @@ mod damage;
 mod fuzz_corpus;
 mod handlers;
 mod netns;
+mod outbox;
 mod permissions;
 mod pg;
 mod processes;

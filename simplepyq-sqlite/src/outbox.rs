@@ -1,0 +1,387 @@
+//! Enqueueing in the caller's own transaction (the outbox pattern): the application's rows
+//! and its tasks commit together, or neither.
+//!
+//! The tasks are inserted by the caller's connection, in its transaction, by the same rule
+//! as [`ClaimStore::enqueue`](simplepyq_core::ClaimStore::enqueue) (unique keys, priorities,
+//! delays). Nothing is visible to a worker before the commit; nothing remains after a
+//! rollback. A waiter ([`Committed`]) then tells the workers once the tasks are committed,
+//! never before: it reads the file's id sequence, which only a commit moves past the ids
+//! the transaction took (SQLite has one writer at a time, and `AUTOINCREMENT` ids never go
+//! back). A transaction that rolls back leaves its wait to expire.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{Connection, OptionalExtension, Transaction};
+use simplepyq_core::{Error, NewTask, Result, TaskId, Timestamp, validate_channel};
+
+use crate::claim::insert_tasks;
+use crate::error::BACKEND;
+use crate::open::connect_read_only;
+use crate::{SqliteStore, watch};
+
+/// How long a wait for a commit lasts: past it, the workers find the tasks at their next
+/// poll instead (a transaction held longer, or one that rolled back).
+const WAIT_FOR_COMMIT: Duration = Duration::from_secs(60);
+/// The first pause between two looks at the id sequence; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_micros(250);
+/// The longest pause between two looks.
+const MAX_PAUSE: Duration = Duration::from_millis(20);
+
+/// What to do once a transaction's tasks are committed.
+type Then = Box<dyn FnOnce() + Send>;
+
+impl SqliteStore {
+    /// Enqueues `tasks` in the caller's transaction `tx`, on a connection to this store's
+    /// file, and returns their ids (as [`ClaimStore::enqueue`] does: a task whose unique key
+    /// an unfinished task holds gets that task's id). They commit with `tx`, or roll back
+    /// with it; workers see them only once committed, and are told then (or at their next
+    /// poll after a minute).
+    ///
+    /// A busy error is returned, never retried here: begin transactions that write with
+    /// `BEGIN IMMEDIATE` ([`rusqlite::TransactionBehavior::Immediate`]) so that they wait
+    /// for the lock at their start instead. Errors: [`Error::InvalidConfig`] for a
+    /// transaction on another file than the queue's, [`Error::InvalidChannel`],
+    /// [`Error::ReadOnly`] for a read-only connection; nothing is written then.
+    ///
+    /// [`ClaimStore::enqueue`]: simplepyq_core::ClaimStore::enqueue
+    pub fn enqueue_in(
+        &self,
+        tx: &Transaction<'_>,
+        tasks: &[NewTask],
+        now: Timestamp,
+    ) -> Result<Vec<TaskId>> {
+        self.enqueue_in_then(tx, tasks, now, Box::new(|| {}))
+    }
+
+    /// [`SqliteStore::enqueue_in`], calling `then` as well once the tasks are committed.
+    #[doc(hidden)]
+    pub fn enqueue_in_then(
+        &self,
+        tx: &Transaction<'_>,
+        tasks: &[NewTask],
+        now: Timestamp,
+        then: Then,
+    ) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        if self.writer.is_none() {
+            return Err(Error::ReadOnly {
+                backend: BACKEND,
+                message: format!("{} was opened read-only", self.path.display()),
+            });
+        }
+        self.check_same_file(tx)?;
+        let before = last_id(tx)?;
+        let ids = insert_tasks(tx, tasks, now).map_err(Error::from)?;
+        let taken = last_id(tx)?;
+        if taken > before {
+            let mut channels: Vec<String> = tasks.iter().map(|t| t.channel.clone()).collect();
+            channels.sort_unstable();
+            channels.dedup();
+            self.committed.wait_for(taken, channels, then);
+        }
+        Ok(ids)
+    }
+
+    /// An error unless `tx` is on this store's file.
+    fn check_same_file(&self, tx: &Transaction<'_>) -> Result<()> {
+        let theirs = tx.path().filter(|p| !p.is_empty()).map(Path::new);
+        let same = theirs.is_some_and(|p| same_file(p, &self.path));
+        if same {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig(format!(
+            "the transaction is on {}, not on the queue's file {}: tasks commit with the \
+             application's rows only in the queue's own file",
+            theirs.map_or_else(
+                || "an in-memory database".into(),
+                |p| p.display().to_string()
+            ),
+            self.path.display()
+        )))
+    }
+}
+
+/// Whether two paths name one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The last id the file's task table gave out (committed, or taken by `conn`'s own
+/// transaction).
+fn last_id(conn: &Connection) -> Result<i64> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'tasks'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| Error::from(crate::error::E::from(e)))?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// One transaction's wait: its tasks are committed once the file's last id reaches
+/// `taken`.
+struct Waiting {
+    taken: i64,
+    channels: Vec<String>,
+    then: Then,
+    until: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: Vec<Waiting>,
+    /// Whether the thread that looks runs.
+    looking: bool,
+}
+
+/// Tells the workers of transactions' tasks once committed: a thread that looks at the id
+/// sequence while some transaction waits, and ends when none does.
+pub(crate) struct Committed {
+    path: PathBuf,
+    busy_timeout: Duration,
+    announcer: Arc<watch::Announcer>,
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl std::fmt::Debug for Committed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committed").finish_non_exhaustive()
+    }
+}
+
+impl Committed {
+    pub(crate) fn new(
+        path: PathBuf,
+        busy_timeout: Duration,
+        announcer: Arc<watch::Announcer>,
+    ) -> Self {
+        Committed {
+            path,
+            busy_timeout,
+            announcer,
+            state: Arc::default(),
+        }
+    }
+
+    /// Calls `then` and tells other processes' queues of `channels` once the file's last
+    /// id reaches `taken`.
+    fn wait_for(&self, taken: i64, channels: Vec<String>, then: Then) {
+        let (lock, changed) = &*self.state;
+        let mut state = lock.lock();
+        state.waiting.push(Waiting {
+            taken,
+            channels,
+            then,
+            until: Instant::now() + WAIT_FOR_COMMIT,
+        });
+        changed.notify_one();
+        if state.looking {
+            return;
+        }
+        let (path, busy_timeout) = (self.path.clone(), self.busy_timeout);
+        let (announcer, shared) = (Arc::clone(&self.announcer), Arc::clone(&self.state));
+        let spawned = std::thread::Builder::new()
+            .name("simplepyq-sqlite-commits".into())
+            .spawn(move || look(&path, busy_timeout, &announcer, &shared));
+        // Without a thread, the workers find the tasks at their next poll.
+        state.looking = spawned.is_ok();
+    }
+}
+
+/// The looking thread: until no transaction waits, reads the last id and tells those whose
+/// tasks are committed.
+fn look(
+    path: &Path,
+    busy_timeout: Duration,
+    announcer: &watch::Announcer,
+    shared: &(Mutex<State>, Condvar),
+) {
+    let (lock, changed) = shared;
+    let conn = connect_read_only(path, busy_timeout).ok();
+    let mut pause = FIRST_PAUSE;
+    loop {
+        // Read outside the lock: enqueues add their waits meanwhile.
+        let last = conn.as_ref().and_then(|c| last_id(c).ok());
+        let mut state = lock.lock();
+        let now = Instant::now();
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < state.waiting.len() {
+            let w = &state.waiting[i];
+            let committed = last.is_some_and(|last| last >= w.taken);
+            if committed || now >= w.until || conn.is_none() {
+                let w = state.waiting.swap_remove(i);
+                done.push((committed, w));
+            } else {
+                i += 1;
+            }
+        }
+        if state.waiting.is_empty() && done.is_empty() {
+            state.looking = false;
+            return;
+        }
+        let found = !done.is_empty();
+        if !found {
+            changed.wait_for(&mut state, pause);
+        }
+        drop(state);
+        for (committed, w) in done {
+            if committed {
+                announcer.announce(w.channels.iter().map(String::as_str));
+                (w.then)();
+            }
+        }
+        pause = if found {
+            FIRST_PAUSE
+        } else {
+            (pause * 2).min(MAX_PAUSE)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rusqlite::TransactionBehavior;
+    use simplepyq_core::{ClaimStore, InspectStore, Status};
+
+    use super::*;
+    use crate::testing::T0;
+
+    fn app(path: &Path) -> Connection {
+        let conn = Connection::open(path).expect("the application's connection");
+        conn.execute_batch(
+            "PRAGMA busy_timeout = 5000; \
+             CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)",
+        )
+        .expect("the application's table");
+        conn
+    }
+
+    #[test]
+    fn tasks_commit_with_the_applications_rows_or_roll_back_with_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let mut conn = app(&path);
+        let told = Arc::new(AtomicUsize::new(0));
+
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .expect("begin");
+        tx.execute("INSERT INTO orders (item) VALUES ('tea')", [])
+            .expect("the application's row");
+        let seen = Arc::clone(&told);
+        let ids = store
+            .enqueue_in_then(
+                &tx,
+                &[NewTask::new("receipts", vec![1])],
+                T0,
+                Box::new(move || {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }),
+            )
+            .expect("enqueue in the transaction");
+        // Not committed: the store's own connections see nothing, and no one is told.
+        assert_eq!(store.get(ids[0]).expect("get"), None);
+        assert!(
+            store
+                .claim("receipts", 10, T0, T0)
+                .expect("claim")
+                .is_empty()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(told.load(Ordering::SeqCst), 0, "told before the commit");
+        tx.commit().expect("commit");
+        let task = store.get(ids[0]).expect("get").expect("committed");
+        assert_eq!(task.state.status, Status::Pending);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while told.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "not told of the commit");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        let tx = conn.transaction().expect("begin");
+        tx.execute("INSERT INTO orders (item) VALUES ('cake')", [])
+            .expect("the application's row");
+        let rolled = store
+            .enqueue_in(&tx, &[NewTask::new("receipts", vec![2])], T0)
+            .expect("enqueue in the transaction");
+        tx.rollback().expect("rollback");
+        assert_eq!(store.get(rolled[0]).expect("get"), None);
+        let orders: i64 = conn
+            .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(orders, 1);
+        assert_eq!(store.counts(None).expect("counts").pending, 1);
+        assert_eq!(told.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn unique_keys_hold_in_the_callers_transaction_as_in_an_enqueue() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let held = store
+            .enqueue(&[NewTask::new("c", vec![]).unique_key("k")], T0)
+            .expect("enqueue");
+        let mut conn = app(&path);
+        let tx = conn.transaction().expect("begin");
+        let ids = store
+            .enqueue_in(
+                &tx,
+                &[
+                    NewTask::new("c", vec![]).unique_key("k"),
+                    NewTask::new("c", vec![]).unique_key("other"),
+                    NewTask::new("c", vec![]).unique_key("other"),
+                ],
+                T0,
+            )
+            .expect("enqueue in the transaction");
+        tx.commit().expect("commit");
+        assert_eq!(ids[0], held[0]);
+        assert_eq!(ids[1], ids[2]);
+        assert_eq!(store.counts(Some("c")).expect("counts").pending, 2);
+    }
+
+    #[test]
+    fn a_transaction_on_another_file_or_a_bad_channel_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(dir.path().join("q.db")).expect("open");
+        let mut other = app(&dir.path().join("other.db"));
+        let tx = other.transaction().expect("begin");
+        let err = store
+            .enqueue_in(&tx, &[NewTask::new("c", vec![])], T0)
+            .expect_err("another file");
+        assert!(
+            matches!(err, Error::InvalidConfig(ref m) if m.contains("other.db")),
+            "{err}"
+        );
+        let mut memory = Connection::open_in_memory().expect("in memory");
+        let tx = memory.transaction().expect("begin");
+        let err = store
+            .enqueue_in(&tx, &[NewTask::new("c", vec![])], T0)
+            .expect_err("an in-memory database");
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+        drop(tx);
+        let mut conn = app(&dir.path().join("q.db"));
+        let tx = conn.transaction().expect("begin");
+        let err = store
+            .enqueue_in(&tx, &[NewTask::new("", vec![])], T0)
+            .expect_err("a bad channel");
+        assert!(matches!(err, Error::InvalidChannel { .. }), "{err}");
+        tx.commit().expect("commit");
+        assert_eq!(store.counts(None).expect("counts").total(), 0);
+    }
+}

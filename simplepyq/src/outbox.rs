@@ -1,0 +1,137 @@
+//! Enqueueing in the application's own transaction on the SQLite queue file (the outbox
+//! pattern): [`SimplePyQ::enqueue_in`] and [`Channel::enqueue_in`].
+
+use std::sync::{Arc, Weak};
+
+use serde::Serialize;
+use simplepyq_core::{Result, TaskId};
+use simplepyq_sqlite::SqliteStore;
+use simplepyq_sqlite::rusqlite::Transaction;
+
+use crate::channel::{Channel, encode};
+use crate::engine::Engine;
+use crate::options::EnqueueOptions;
+use crate::queue::SimplePyQ;
+
+/// Enqueues `args` (each a task) for `channel` in `tx`, and wakes the channel's idle
+/// workers here once `tx` commits.
+fn enqueue_in<'a, T, I>(
+    engine: &Arc<Engine<SqliteStore>>,
+    tx: &Transaction<'_>,
+    channel: &str,
+    args: I,
+    options: &EnqueueOptions,
+) -> Result<Vec<TaskId>>
+where
+    T: Serialize + ?Sized + 'a,
+    I: IntoIterator<Item = &'a T>,
+{
+    let now = engine.now();
+    let tasks = args
+        .into_iter()
+        .map(|a| Ok(options.task(channel, encode(a)?, now)))
+        .collect::<Result<Vec<_>>>()?;
+    let many = tasks.len() > 1;
+    // A queue dropped meanwhile is not kept alive for a transaction it has no part in.
+    let here: Weak<Engine<SqliteStore>> = Arc::downgrade(engine);
+    let name = channel.to_owned();
+    let wake = Box::new(move || {
+        if let Some(engine) = here.upgrade() {
+            engine.wake(&name, many);
+        }
+    });
+    engine.store.enqueue_in_then(tx, &tasks, now, wake)
+}
+
+impl SimplePyQ<SqliteStore> {
+    /// Enqueues a task for `channel` with `args` in the application's transaction `tx`, on
+    /// a connection to the queue's file: the task commits with the application's rows, or
+    /// rolls back with them. Workers (in this process or another) see it only once
+    /// committed, and are woken then.
+    ///
+    /// Open the application's connections with [`crate::rusqlite`], the SQLite this queue
+    /// runs on, and begin transactions that write with
+    /// [`TransactionBehavior::Immediate`](crate::rusqlite::TransactionBehavior::Immediate):
+    /// a busy error is returned here, never retried inside the caller's transaction.
+    ///
+    /// ```
+    /// use simplepyq::rusqlite::{Connection, TransactionBehavior};
+    /// use simplepyq::SimplePyQ;
+    /// # let dir = tempfile::tempdir()?; let path = dir.path().join("shop.db");
+    /// let q = SimplePyQ::open(&path)?;
+    /// let mut db = Connection::open(&path)?;          // the application's own connection
+    /// db.execute_batch("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)")?;
+    /// let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    /// tx.execute("INSERT INTO orders (item) VALUES ('tea')", [])?;
+    /// let order = tx.last_insert_rowid();
+    /// q.enqueue_in(&tx, "receipts", &order)?;         // commits with the order, or not at all
+    /// tx.commit()?;
+    /// assert_eq!(q.counts("receipts")?.pending, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn enqueue_in<T: Serialize + ?Sized>(
+        &self,
+        tx: &Transaction<'_>,
+        channel: &str,
+        args: &T,
+    ) -> Result<TaskId> {
+        self.enqueue_with_in(tx, channel, args, EnqueueOptions::new())
+    }
+
+    /// [`SimplePyQ::enqueue_with`] in the application's transaction `tx`: see
+    /// [`SimplePyQ::enqueue_in`].
+    pub fn enqueue_with_in<T: Serialize + ?Sized>(
+        &self,
+        tx: &Transaction<'_>,
+        channel: &str,
+        args: &T,
+        options: EnqueueOptions,
+    ) -> Result<TaskId> {
+        let ids = enqueue_in(&self.workers.engine, tx, channel, [args], &options)?;
+        ids.into_iter().next().ok_or_else(no_id)
+    }
+
+    /// [`SimplePyQ::enqueue_many`] in the application's transaction `tx`: see
+    /// [`SimplePyQ::enqueue_in`].
+    pub fn enqueue_many_in<'a, T, I>(
+        &self,
+        tx: &Transaction<'_>,
+        channel: &str,
+        args: I,
+        options: EnqueueOptions,
+    ) -> Result<Vec<TaskId>>
+    where
+        T: Serialize + ?Sized + 'a,
+        I: IntoIterator<Item = &'a T>,
+    {
+        enqueue_in(&self.workers.engine, tx, channel, args, &options)
+    }
+}
+
+impl<A: Serialize + ?Sized> Channel<A, SqliteStore> {
+    /// Enqueues a task with no retries in the application's transaction `tx`: see
+    /// [`SimplePyQ::enqueue_in`].
+    pub fn enqueue_in(&self, tx: &Transaction<'_>, args: &A) -> Result<TaskId> {
+        self.enqueue_with_in(tx, args, EnqueueOptions::new())
+    }
+
+    /// Enqueues a task with options in the application's transaction `tx`: see
+    /// [`SimplePyQ::enqueue_in`].
+    pub fn enqueue_with_in(
+        &self,
+        tx: &Transaction<'_>,
+        args: &A,
+        options: EnqueueOptions,
+    ) -> Result<TaskId> {
+        let ids = enqueue_in(self.engine(), tx, self.name(), [args], &options)?;
+        ids.into_iter().next().ok_or_else(no_id)
+    }
+}
+
+/// The error for an enqueue of one task that returned no id (a store's bug).
+fn no_id() -> simplepyq_core::Error {
+    simplepyq_core::Error::Backend {
+        backend: "sqlite",
+        source: "enqueue returned no id for one task".into(),
+    }
+}

@@ -1,0 +1,239 @@
+//! Tasks enqueued in the application's own transaction on the SQLite queue file (the
+//! outbox pattern): they run only once committed, never after a rollback, and the workers
+//! are woken by the commit, not by their poll.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use simplepyq::rusqlite::{Connection, TransactionBehavior};
+use simplepyq::{EnqueueOptions, SimplePyQ, SqliteStore};
+
+/// The orders a handler ran, each with when.
+type Ran = Arc<Mutex<Vec<(i64, Instant)>>>;
+
+/// A queue on `path` polling every `poll`, whose channel `receipts` records when each order
+/// it is given ran.
+fn queue(path: &std::path::Path, poll: Duration) -> (SimplePyQ<SqliteStore>, Ran) {
+    let store = SqliteStore::open(path).expect("open");
+    let q = SimplePyQ::builder(store)
+        .poll_interval(poll)
+        .build()
+        .expect("valid settings");
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&ran);
+    q.add_channel(
+        "receipts",
+        move |order: i64| {
+            seen.lock().push((order, Instant::now()));
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    (q, ran)
+}
+
+/// The application's connection to the queue's file, with its own table.
+fn app(path: &std::path::Path) -> Connection {
+    let conn = Connection::open(path).expect("the application's connection");
+    conn.execute_batch(
+        "PRAGMA busy_timeout = 5000; \
+         CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)",
+    )
+    .expect("the application's table");
+    conn
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Workers that look every millisecond never claim a task whose transaction is still open
+/// (500 ms here); once it commits, the task runs once.
+#[test]
+fn a_task_runs_only_once_its_transaction_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let (q, ran) = queue(&path, Duration::from_millis(1));
+    q.start().expect("start");
+    let mut db = app(&path);
+    let tx = db
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    tx.execute("INSERT INTO orders (item) VALUES ('tea')", [])
+        .expect("the order");
+    let order = tx.last_insert_rowid();
+    let id = q.enqueue_in(&tx, "receipts", &order).expect("enqueue in");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ran.lock().is_empty(), "ran before its commit");
+    assert_eq!(q.task(id).expect("task"), None, "visible before its commit");
+    tx.commit().expect("commit");
+    wait_for("the committed task to run", Duration::from_secs(10), || {
+        !ran.lock().is_empty()
+    });
+    q.stop();
+    assert_eq!(
+        ran.lock().iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![order]
+    );
+    assert_eq!(q.counts("receipts").expect("counts").done, 1);
+}
+
+/// A rollback takes the task with the application's row: it never runs, nothing remains.
+#[test]
+fn a_rolled_back_task_never_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let (q, ran) = queue(&path, Duration::from_millis(1));
+    q.start().expect("start");
+    let mut db = app(&path);
+    let tx = db.transaction().expect("begin");
+    tx.execute("INSERT INTO orders (item) VALUES ('cake')", [])
+        .expect("the order");
+    let ids = q
+        .enqueue_many_in(&tx, "receipts", &[1i64, 2, 3], EnqueueOptions::new())
+        .expect("enqueue in");
+    assert_eq!(ids.len(), 3);
+    tx.rollback().expect("rollback");
+    // The queue goes on with other work meanwhile, and finds nothing of the rollback's.
+    q.enqueue("receipts", &4i64).expect("enqueue");
+    wait_for("the other task to run", Duration::from_secs(10), || {
+        !ran.lock().is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    q.stop();
+    assert_eq!(ran.lock().iter().map(|r| r.0).collect::<Vec<_>>(), vec![4]);
+    let counts = q.counts("receipts").expect("counts");
+    assert_eq!((counts.total(), counts.done), (1, 1));
+    let orders: i64 = db
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(orders, 0);
+}
+
+/// The commit wakes the workers: with a poll of a minute, a task committed in the
+/// application's transaction runs within a second, in this queue and in another queue on
+/// the file (as another process's would be told).
+#[test]
+fn the_commit_wakes_the_workers_here_and_in_other_queues() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let minute = Duration::from_secs(60);
+    let (producer, ran_here) = queue(&path, minute);
+    let (other, ran_there) = queue(&path, minute);
+    producer.start().expect("start");
+    // Let the idle workers settle into their minute-long sleeps.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut db = app(&path);
+    let tx = db
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    producer
+        .enqueue_in(&tx, "receipts", &1i64)
+        .expect("enqueue in");
+    let committed = {
+        tx.commit().expect("commit");
+        Instant::now()
+    };
+    wait_for(
+        "a wake-up by the commit here",
+        Duration::from_secs(5),
+        || !ran_here.lock().is_empty(),
+    );
+    assert!(ran_here.lock()[0].1 - committed < Duration::from_secs(1));
+    producer.stop();
+
+    other.start().expect("start");
+    std::thread::sleep(Duration::from_millis(200));
+    let tx = db
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    let typed = producer.channel::<i64>("receipts");
+    typed.enqueue_in(&tx, &2).expect("enqueue in");
+    tx.commit().expect("commit");
+    let committed = Instant::now();
+    wait_for(
+        "a wake-up by the commit there",
+        Duration::from_secs(5),
+        || !ran_there.lock().is_empty(),
+    );
+    assert!(ran_there.lock()[0].1 - committed < Duration::from_secs(1));
+    other.stop();
+    let runs = AtomicUsize::new(ran_here.lock().len() + ran_there.lock().len());
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// A producer process killed at random moments, round after round, while it commits orders
+/// and their tasks in one transaction each: every order has exactly one task (its id as
+/// arguments), and no task is without its order.
+#[test]
+fn a_killed_producer_leaves_every_order_with_exactly_one_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    // The queue file and the application's table exist before the first kill.
+    drop(SimplePyQ::open(&path).expect("open"));
+    drop(app(&path));
+    let rounds: u64 = std::env::var("SIMPLEPYQ_OUTBOX_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..rounds {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simplepyq-test-outbox"))
+            .arg(&path)
+            .spawn()
+            .expect("start the producer");
+        // A random moment: xorshift, 20 to 120 ms in.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(20 + seed % 100));
+        assert!(
+            child.try_wait().expect("the producer's status").is_none(),
+            "the producer ended by itself"
+        );
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let db = app(&path);
+    let orders: Vec<i64> = db
+        .prepare("SELECT id FROM orders ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("orders")
+        .collect::<Result<_, _>>()
+        .expect("orders");
+    assert!(
+        orders.len() > rounds as usize,
+        "too few orders: {}",
+        orders.len()
+    );
+    let q = SimplePyQ::open(&path).expect("open");
+    let mut tasks: Vec<i64> = Vec::new();
+    let mut after = None;
+    loop {
+        let mut filter = simplepyq::ListFilter::new(1_000).channel("receipts");
+        filter.after = after;
+        let page = q.tasks(&filter);
+        let page = page.expect("tasks");
+        for t in &page {
+            tasks.push(rmp_serde::from_slice(&t.args).expect("an order id"));
+        }
+        match page.last() {
+            Some(last) if page.len() == 1_000 => after = Some(last.id),
+            _ => break,
+        }
+    }
+    tasks.sort_unstable();
+    assert_eq!(tasks, orders, "orders and their tasks differ");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+}
