@@ -142,6 +142,8 @@ struct State {
     waiting: Vec<Waiting>,
     /// Whether the thread that looks runs.
     looking: bool,
+    /// The store closed: the thread ends (the workers find what is left at their poll).
+    closed: bool,
 }
 
 /// Tells the workers of transactions' tasks once committed: a thread that looks at the id
@@ -198,6 +200,14 @@ impl Committed {
     }
 }
 
+impl Drop for Committed {
+    fn drop(&mut self) {
+        let (lock, changed) = &*self.state;
+        lock.lock().closed = true;
+        changed.notify_all();
+    }
+}
+
 /// The looking thread: until no transaction waits, reads the last id and tells those whose
 /// tasks are committed.
 fn look(
@@ -226,7 +236,7 @@ fn look(
                 i += 1;
             }
         }
-        if state.waiting.is_empty() && done.is_empty() {
+        if state.closed || (state.waiting.is_empty() && done.is_empty()) {
             state.looking = false;
             return;
         }
