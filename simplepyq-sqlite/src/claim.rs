@@ -120,9 +120,20 @@ pub(crate) fn insert_tasks(
     tasks: &[NewTask],
     now: Timestamp,
 ) -> R<Vec<TaskId>> {
+    insert_tasks_taking(tx, tasks, now).map(|(ids, _)| ids)
+}
+
+/// [`insert_tasks`], also returning the last id it took for a task it inserted (none when
+/// unfinished tasks hold every task's unique key).
+pub(crate) fn insert_tasks_taking(
+    tx: &Transaction<'_>,
+    tasks: &[NewTask],
+    now: Timestamp,
+) -> R<(Vec<TaskId>, Option<i64>)> {
     let mut insert = tx.prepare_cached(&insert_sql())?;
     let mut existing = tx.prepare_cached(KEY_HOLDER)?;
     let mut ids = Vec::with_capacity(tasks.len());
+    let mut taken = None;
     for t in tasks {
         if let Some(key) = &t.unique_key {
             let found: Option<i64> = existing
@@ -140,9 +151,11 @@ pub(crate) fn insert_tasks(
         insert.raw_bind_parameter(5, &t.unique_key)?;
         bind_state(&mut insert, 6, &t.initial_state(now))?;
         insert.raw_execute()?;
-        ids.push(TaskId::new(tx.last_insert_rowid()));
+        let id = tx.last_insert_rowid();
+        taken = Some(id);
+        ids.push(TaskId::new(id));
     }
-    Ok(ids)
+    Ok((ids, taken))
 }
 
 /// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6..

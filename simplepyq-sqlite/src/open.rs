@@ -64,8 +64,10 @@ impl SqliteStore {
             Ok(conn)
         };
         let announcer = Arc::new(watch::Announcer::new(&path));
+        let committed =
+            outbox::Committed::new(&conn, path.clone(), busy_timeout, Arc::clone(&announcer));
         Ok(SqliteStore {
-            committed: outbox::Committed::new(path.clone(), busy_timeout, Arc::clone(&announcer)),
+            committed,
             announcer,
             readers: readers::Readers::new(conn, more),
             writer: None,
@@ -173,12 +175,14 @@ impl SqliteStore {
         let reader = open_reader()?;
         let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
         let announcer = Arc::new(watch::Announcer::new(&path));
+        let committed = outbox::Committed::new(
+            &reader,
+            path.clone(),
+            options.busy_timeout,
+            Arc::clone(&announcer),
+        );
         Ok(SqliteStore {
-            committed: outbox::Committed::new(
-                path.clone(),
-                options.busy_timeout,
-                Arc::clone(&announcer),
-            ),
+            committed,
             announcer,
             readers: readers::Readers::new(reader, open_reader),
             writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),

@@ -17,7 +17,7 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 use simplepyq_core::{Error, NewTask, Result, TaskId, Timestamp, validate_channel};
 
-use crate::claim::insert_tasks;
+use crate::claim::insert_tasks_taking;
 use crate::error::BACKEND;
 use crate::open::connect_read_only;
 use crate::{SqliteStore, watch};
@@ -29,6 +29,9 @@ const WAIT_FOR_COMMIT: Duration = Duration::from_secs(60);
 const FIRST_PAUSE: Duration = Duration::from_micros(250);
 /// The longest pause between two looks.
 const MAX_PAUSE: Duration = Duration::from_millis(20);
+/// How long the looking thread waits for another transaction before it ends (a producer
+/// that enqueues in one transaction after another keeps one thread).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What to do once a transaction's tasks are committed.
 type Then = Box<dyn FnOnce() + Send>;
@@ -75,10 +78,8 @@ impl SqliteStore {
             });
         }
         self.check_same_file(tx)?;
-        let before = last_id(tx)?;
-        let ids = insert_tasks(tx, tasks, now).map_err(Error::from)?;
-        let taken = last_id(tx)?;
-        if taken > before {
+        let (ids, taken) = insert_tasks_taking(tx, tasks, now).map_err(Error::from)?;
+        if let Some(taken) = taken {
             let mut channels: Vec<String> = tasks.iter().map(|t| t.channel.clone()).collect();
             channels.sort_unstable();
             channels.dedup();
@@ -89,11 +90,16 @@ impl SqliteStore {
 
     /// An error unless `tx` is on this store's file.
     fn check_same_file(&self, tx: &Transaction<'_>) -> Result<()> {
-        let theirs = tx.path().filter(|p| !p.is_empty()).map(Path::new);
-        let same = theirs.is_some_and(|p| same_file(p, &self.path));
+        let theirs = tx.path().filter(|p| !p.is_empty());
+        // SQLite names a file by its full path: the same name is the same file (the
+        // common case, checked without a system call); another name may still be.
+        let same = theirs.is_some_and(|name| {
+            self.committed.name.as_deref() == Some(name) || same_file(Path::new(name), &self.path)
+        });
         if same {
             return Ok(());
         }
+        let theirs = theirs.map(Path::new);
         Err(Error::InvalidConfig(format!(
             "the transaction is on {}, not on the queue's file {}: tasks commit with the \
              application's rows only in the queue's own file",
@@ -149,6 +155,8 @@ struct State {
 /// Tells the workers of transactions' tasks once committed: a thread that looks at the id
 /// sequence while some transaction waits, and ends when none does.
 pub(crate) struct Committed {
+    /// The file's name as SQLite gives it (`sqlite3_db_filename`), for a quick check.
+    name: Option<String>,
     path: PathBuf,
     busy_timeout: Duration,
     announcer: Arc<watch::Announcer>,
@@ -163,11 +171,13 @@ impl std::fmt::Debug for Committed {
 
 impl Committed {
     pub(crate) fn new(
+        conn: &Connection,
         path: PathBuf,
         busy_timeout: Duration,
         announcer: Arc<watch::Announcer>,
     ) -> Self {
         Committed {
+            name: conn.path().map(str::to_owned),
             path,
             busy_timeout,
             announcer,
@@ -180,13 +190,17 @@ impl Committed {
     fn wait_for(&self, taken: i64, channels: Vec<String>, then: Then) {
         let (lock, changed) = &*self.state;
         let mut state = lock.lock();
+        // A thread that looks while others wait sees this one at its next look (within
+        // its pause, short while commits come); one that waits for work is woken.
+        if state.waiting.is_empty() {
+            changed.notify_one();
+        }
         state.waiting.push(Waiting {
             taken,
             channels,
             then,
             until: Instant::now() + WAIT_FOR_COMMIT,
         });
-        changed.notify_one();
         if state.looking {
             return;
         }
@@ -208,8 +222,8 @@ impl Drop for Committed {
     }
 }
 
-/// The looking thread: until no transaction waits, reads the last id and tells those whose
-/// tasks are committed.
+/// The looking thread: reads the last id and tells the transactions whose tasks are
+/// committed; ends once none has waited for [`LINGER`], or the store closed.
 fn look(
     path: &Path,
     busy_timeout: Duration,
@@ -230,32 +244,42 @@ fn look(
             let w = &state.waiting[i];
             let committed = last.is_some_and(|last| last >= w.taken);
             if committed || now >= w.until || conn.is_none() {
-                let w = state.waiting.swap_remove(i);
-                done.push((committed, w));
+                done.push(state.waiting.swap_remove(i));
             } else {
                 i += 1;
             }
         }
-        if state.closed || (state.waiting.is_empty() && done.is_empty()) {
+        if state.closed {
             state.looking = false;
             return;
         }
-        let found = !done.is_empty();
-        if !found {
-            changed.wait_for(&mut state, pause);
+        if done.is_empty() {
+            let wait = if state.waiting.is_empty() {
+                LINGER
+            } else {
+                pause
+            };
+            let woken = !changed.wait_for(&mut state, wait).timed_out();
+            if state.closed || (!woken && state.waiting.is_empty()) {
+                state.looking = false;
+                return;
+            }
+            // A new transaction waits: look at once and often again.
+            pause = if woken {
+                FIRST_PAUSE
+            } else {
+                (pause * 2).min(MAX_PAUSE)
+            };
+            continue;
         }
         drop(state);
-        for (committed, w) in done {
-            if committed {
+        pause = FIRST_PAUSE;
+        for w in done {
+            if last.is_some_and(|last| last >= w.taken) {
                 announcer.announce(w.channels.iter().map(String::as_str));
                 (w.then)();
             }
         }
-        pause = if found {
-            FIRST_PAUSE
-        } else {
-            (pause * 2).min(MAX_PAUSE)
-        };
     }
 }
 

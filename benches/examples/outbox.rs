@@ -1,0 +1,185 @@
+//! Measures what enqueueing in the application's own transaction costs, and how soon
+//! another queue on the file picks such a task up.
+//!
+//! ```text
+//! cargo run --release -p simplepyq-benches --example outbox -- [--n 5000] [--rounds 3]
+//! ```
+//!
+//! For each durability (SQLite `synchronous=NORMAL` and `FULL`) and 1 and 4 producer
+//! threads, each with its own connection to the queue's file: N application transactions
+//! (`BEGIN IMMEDIATE`, one row into the application's table, `COMMIT`) timed against N that
+//! also enqueue the row's task (`enqueue_in`), alternating, `--rounds` times; the ratio of
+//! their times is the cost of the outbox (target: at most 1.5). Then the pick-up latency: 200
+//! tasks committed one by one in application transactions through one queue, each timed
+//! until a second queue on the file (as another process would be; its poll is a minute, so
+//! only the commit's wake-up counts) starts it.
+//!
+//! Prints one JSON line per durability and producer count, then one for the latency.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use simplepyq::rusqlite::{Connection, TransactionBehavior};
+use simplepyq::{Durability, SimplePyQ, SqliteOptions, SqliteStore};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn flag(name: &str, default: u64) -> Result<u64, String> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} takes a whole number")),
+        None => Ok(default),
+    }
+}
+
+fn run() -> Result<(), String> {
+    let n = flag("--n", 5_000)?;
+    let rounds = flag("--rounds", 3)?;
+    let e = |e: simplepyq::Error| e.to_string();
+    for (durability, sync) in [(Durability::Normal, "NORMAL"), (Durability::Full, "FULL")] {
+        for producers in [1u64, 4] {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let path = dir.path().join("shop.db");
+            let store = SqliteStore::open_with(&path, SqliteOptions::new().durability(durability))
+                .map_err(e)?;
+            let q = Arc::new(SimplePyQ::new(store));
+            let (mut alone, mut with_task) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                alone.push(transactions(&path, sync, n, producers, None)?);
+                with_task.push(transactions(&path, sync, n, producers, Some(&q))?);
+            }
+            let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+            let (a, t) = (best(&alone), best(&with_task));
+            println!(
+                "{{\"synchronous\":\"{sync}\",\"producers\":{producers},\"n\":{n},\
+                 \"row_alone_per_s\":{:.0},\"row_and_task_per_s\":{:.0},\"time_ratio\":{:.2}}}",
+                n as f64 / a,
+                n as f64 / t,
+                t / a
+            );
+        }
+    }
+    latency()
+}
+
+/// Seconds for `n` application transactions from `producers` threads, each inserting one
+/// row, and with `q` enqueueing its task too.
+fn transactions(
+    path: &Path,
+    sync: &str,
+    n: u64,
+    producers: u64,
+    q: Option<&Arc<SimplePyQ<SqliteStore>>>,
+) -> Result<f64, String> {
+    let started = Instant::now();
+    std::thread::scope(|s| -> Result<(), String> {
+        let handles: Vec<_> = (0..producers)
+            .map(|p| {
+                s.spawn(move || -> Result<(), String> {
+                    let mut db = app(path, sync)?;
+                    let mut i = p;
+                    while i < n {
+                        let tx = db
+                            .transaction_with_behavior(TransactionBehavior::Immediate)
+                            .map_err(|e| e.to_string())?;
+                        tx.execute("INSERT INTO orders (item) VALUES ('tea')", [])
+                            .map_err(|e| e.to_string())?;
+                        if let Some(q) = q {
+                            let order = tx.last_insert_rowid();
+                            q.enqueue_in(&tx, "receipts", &order)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        tx.commit().map_err(|e| e.to_string())?;
+                        i += producers;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "a producer panicked".to_string())??;
+        }
+        Ok(())
+    })?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The application's connection to the queue's file, at the queue's `synchronous`.
+fn app(path: &Path, sync: &str) -> Result<Connection, String> {
+    let db = Connection::open(path).map_err(|e| e.to_string())?;
+    db.execute_batch(&format!(
+        "PRAGMA busy_timeout = 30000; PRAGMA synchronous = {sync}; \
+         CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)"
+    ))
+    .map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
+/// The pick-up latency of tasks committed in application transactions, by a second queue.
+fn latency() -> Result<(), String> {
+    let e = |e: simplepyq::Error| e.to_string();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("shop.db");
+    let producer = SimplePyQ::open(&path).map_err(e)?;
+    let other = SimplePyQ::builder(SqliteStore::open(&path).map_err(e)?)
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .map_err(e)?;
+    let started: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let seen = Arc::clone(&started);
+    other
+        .add_channel(
+            "receipts",
+            move |_: i64| {
+                *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                Ok(())
+            },
+            1,
+        )
+        .map_err(e)?;
+    other.start().map_err(e)?;
+    let mut db = app(&path, "NORMAL")?;
+    let mut latencies = Vec::with_capacity(200);
+    for order in 0..200i64 {
+        std::thread::sleep(Duration::from_millis(5));
+        *started.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let tx = db
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
+        producer.enqueue_in(&tx, "receipts", &order).map_err(e)?;
+        tx.commit().map_err(|e| e.to_string())?;
+        let committed = Instant::now();
+        let deadline = committed + Duration::from_secs(10);
+        let ran = loop {
+            if let Some(at) = *started.lock().unwrap_or_else(PoisonError::into_inner) {
+                break at;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("order {order} was not picked up within 10 s"));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        latencies.push(ran.saturating_duration_since(committed).as_secs_f64() * 1_000.0);
+    }
+    other.stop();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "{{\"pickup_after_commit_ms_p50\":{:.3},\"pickup_after_commit_ms_p99\":{:.3}}}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100]
+    );
+    Ok(())
+}
