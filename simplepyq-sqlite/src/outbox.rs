@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, OptionalExtension, Transaction};
-use simplepyq_core::{Error, NewTask, Result, TaskId, Timestamp, validate_channel};
+use simplepyq_core::{
+    Claim, Error, NewTask, Outcome, Result, Status, TaskId, Timestamp, validate_channel,
+};
 
 use crate::claim::insert_tasks_taking;
 use crate::error::BACKEND;
 use crate::open::connect_read_only;
+use crate::outcome::finish_in;
 use crate::{SqliteStore, watch};
 
 /// How long a wait for a commit lasts: past it, the workers find the tasks at their next
@@ -71,12 +74,7 @@ impl SqliteStore {
         for t in tasks {
             validate_channel(&t.channel)?;
         }
-        if self.writer.is_none() {
-            return Err(Error::ReadOnly {
-                backend: BACKEND,
-                message: format!("{} was opened read-only", self.path.display()),
-            });
-        }
+        self.check_writable()?;
         self.check_same_file(tx)?;
         let (ids, taken) = insert_tasks_taking(tx, tasks, now).map_err(Error::from)?;
         if let Some(taken) = taken {
@@ -86,6 +84,41 @@ impl SqliteStore {
             self.committed.wait_for(taken, channels, then);
         }
         Ok(ids)
+    }
+
+    /// Completes the running attempt `claim` in the caller's transaction `tx` on this
+    /// store's file: the task is done once `tx` commits, with whatever else `tx` wrote (a
+    /// handler's own rows), or stays running if `tx` rolls back. Fenced as an outcome is:
+    /// [`Error::LeaseLost`] if the attempt no longer holds its task (its lease expired and
+    /// another worker took it over), and then nothing is written: do not commit `tx`. The
+    /// other errors are [`SqliteStore::enqueue_in`]'s.
+    pub fn complete_in(
+        &self,
+        tx: &Transaction<'_>,
+        claim: Claim,
+        now: Timestamp,
+    ) -> Result<Status> {
+        self.check_writable()?;
+        self.check_same_file(tx)?;
+        let mut statuses =
+            finish_in(tx, &[(claim, Outcome::Succeeded)], now).map_err(Error::from)?;
+        statuses.pop().unwrap_or_else(|| {
+            Err(Error::Backend {
+                backend: BACKEND,
+                source: "no status for one attempt".into(),
+            })
+        })
+    }
+
+    /// An error if the store was opened read-only.
+    fn check_writable(&self) -> Result<()> {
+        if self.writer.is_none() {
+            return Err(Error::ReadOnly {
+                backend: BACKEND,
+                message: format!("{} was opened read-only", self.path.display()),
+            });
+        }
+        Ok(())
     }
 
     /// An error unless `tx` is on this store's file.
@@ -288,7 +321,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use rusqlite::TransactionBehavior;
-    use simplepyq_core::{ClaimStore, InspectStore, Status};
+    use simplepyq_core::{ClaimStore, InspectStore, OutcomeStore, Status};
 
     use super::*;
     use crate::testing::T0;
@@ -417,5 +450,46 @@ mod tests {
         assert!(matches!(err, Error::InvalidChannel { .. }), "{err}");
         tx.commit().expect("commit");
         assert_eq!(store.counts(None).expect("counts").total(), 0);
+    }
+
+    /// A run whose lease was lost (recovered, and claimed again by another worker) cannot
+    /// complete its task in its transaction: `LeaseLost`, and nothing is written; the run
+    /// that holds the task can.
+    #[test]
+    fn a_stale_runs_completion_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).expect("open");
+        store
+            .enqueue(&[NewTask::new("c", vec![])], T0)
+            .expect("enqueue");
+        let lease = T0.after(Duration::from_secs(30));
+        let stale = store.claim("c", 1, T0, lease).expect("claim")[0].claim();
+        let later = lease.after(Duration::from_secs(1));
+        assert_eq!(store.recover_expired(later, 5).expect("recover"), 1);
+        let held = store
+            .claim("c", 1, later, later.after(Duration::from_secs(30)))
+            .expect("claim again")[0]
+            .claim();
+        let mut conn = app(&path);
+        let tx = conn.transaction().expect("begin");
+        let err = store
+            .complete_in(&tx, stale, later)
+            .expect_err("a stale run");
+        assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+        tx.commit().expect("commit what the handler would have");
+        let task = store.get(held.id).expect("get").expect("the task");
+        assert_eq!(
+            (task.state.status, task.state.attempts),
+            (Status::Running, held.attempt)
+        );
+        let tx = conn.transaction().expect("begin");
+        assert_eq!(
+            store.complete_in(&tx, held, later).expect("the holder"),
+            Status::Done
+        );
+        tx.commit().expect("commit");
+        assert_eq!(store.counts(None).expect("counts").done, 1);
+        assert_eq!(store.totals().expect("totals")["c"].done, 1);
     }
 }

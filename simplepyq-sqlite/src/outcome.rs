@@ -47,16 +47,7 @@ impl OutcomeStore for SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         let results = results.to_vec();
-        self.write(move |tx| {
-            let mut channels = HashMap::with_capacity(results.len());
-            let done = batch::finish(&results, now, channel_and_state_of(tx, &mut channels))?;
-            write_changes(tx, &done.changes)?;
-            add_totals(
-                tx,
-                &done.totals_by_channel(|id| channels.get(&id).map(String::as_str)),
-            )?;
-            Ok(done.statuses)
-        })
+        self.write(move |tx| finish_in(tx, &results, now))
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -153,6 +144,23 @@ pub(crate) fn write_changes(tx: &Transaction<'_>, changes: &[batch::Change]) -> 
 pub(crate) fn on_held(tx: &Transaction<'_>, claims: &[Claim], event: &Event) -> R<usize> {
     let changes = batch::on_held(claims, event, state_of(tx))?;
     write_changes(tx, &changes)
+}
+
+/// Records how attempts ended in `tx` (the writer's, or a caller's): each task's new status,
+/// or [`simplepyq_core::Error::LeaseLost`] for a claim no longer held, which changes nothing.
+pub(crate) fn finish_in(
+    tx: &Transaction<'_>,
+    results: &[(Claim, Outcome)],
+    now: Timestamp,
+) -> R<Vec<Result<Status>>> {
+    let mut channels = HashMap::with_capacity(results.len());
+    let done = batch::finish(results, now, channel_and_state_of(tx, &mut channels))?;
+    write_changes(tx, &done.changes)?;
+    add_totals(
+        tx,
+        &done.totals_by_channel(|id| channels.get(&id).map(String::as_str)),
+    )?;
+    Ok(done.statuses)
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //! `cargo run --example outbox`
 //!
 //! Three orders are placed; the second one's transaction rolls back (the payment failed),
-//! taking its task with it. The workers send two receipts, woken by each commit.
+//! taking its task with it. The workers, woken by each commit, send two receipts: each
+//! handler records its receipt and completes its task in one transaction of its own.
 
 use std::time::Duration;
 
 use simplepyq::rusqlite::{Connection, TransactionBehavior};
-use simplepyq::{SimplePyQ, TaskError};
+use simplepyq::{SimplePyQ, TaskContext, TaskError};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -17,20 +18,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let q = SimplePyQ::builder(simplepyq::SqliteStore::open(&path)?)
         .poll_interval(Duration::from_secs(60)) // the commits wake the workers, not the poll
         .build()?;
+    let mut db = Connection::open(&path)?;
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL); \
+         CREATE TABLE IF NOT EXISTS receipts (order_id INTEGER PRIMARY KEY)",
+    )?;
+    // The handler holds its channel's handle (not the queue) to complete its tasks.
+    let receipts = q.channel::<i64>("receipts");
+    let file = path.clone();
     q.add_channel(
         "receipts",
-        |order: i64| {
+        move |order: i64, ctx: &TaskContext| -> Result<(), TaskError> {
+            let mut db = Connection::open(&file)?;
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("INSERT INTO receipts (order_id) VALUES (?1)", [order])?;
+            receipts.complete_in(&tx, ctx)?; // the receipt and the task's `done`, together
+            tx.commit()?;
             println!("receipt sent for order {order}");
-            Ok::<(), TaskError>(())
+            Ok(())
         },
         2,
     )?;
     q.start()?;
 
-    let mut db = Connection::open(&path)?;
-    db.execute_batch(
-        "CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)",
-    )?;
     for (item, paid) in [("tea", true), ("cake", false), ("scones", true)] {
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("INSERT INTO orders (item) VALUES (?1)", [item])?;
@@ -46,8 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     q.run_until_complete()?;
     let orders: i64 = db.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))?;
-    let sent = q.counts("receipts")?.done;
-    println!("{orders} orders, {sent} receipts sent");
-    assert_eq!((orders, sent), (2, 2));
+    let recorded: i64 = db.query_row("SELECT count(*) FROM receipts", [], |r| r.get(0))?;
+    let done = q.counts("receipts")?.done;
+    println!("{orders} orders, {recorded} receipts recorded, {done} tasks done");
+    assert_eq!((orders, recorded, done), (2, 2, 2));
     Ok(())
 }

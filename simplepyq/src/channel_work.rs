@@ -63,6 +63,7 @@ impl ChannelWork {
         result: std::thread::Result<Result<(), TaskError>>,
         elapsed: Duration,
         now: Timestamp,
+        completed_in: bool,
     ) -> Ended {
         self.observe(elapsed);
         let claim = task.claim();
@@ -88,6 +89,7 @@ impl ChannelWork {
             claim,
             outcome,
             elapsed,
+            completed_in,
         }
     }
 }

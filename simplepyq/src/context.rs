@@ -87,10 +87,18 @@ pub struct TaskContext {
     retries_left: u32,
     enqueued_ms: i64,
     cancel: CancelToken,
+    /// The queue running the task (an engine's id).
+    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
+    queue: u64,
+    /// Set once the handler completed the task in its own transaction; whether that
+    /// transaction committed, the recorder finds out.
+    completed_in: Arc<AtomicBool>,
 }
 
 impl TaskContext {
-    pub(crate) fn new(task: &Task, channel: Arc<str>, cancel: CancelToken) -> Self {
+    pub(crate) fn new(task: &Task, channel: Arc<str>, cancel: CancelToken, queue: u64) -> Self {
+        #[cfg(not(any(feature = "sqlite", feature = "system-sqlite")))]
+        let _ = queue;
         TaskContext {
             id: task.id,
             channel,
@@ -98,7 +106,36 @@ impl TaskContext {
             retries_left: task.state.retries_left,
             enqueued_ms: task.created_at.as_millis(),
             cancel,
+            #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
+            queue,
+            completed_in: Arc::default(),
         }
+    }
+
+    /// The claim of the run this context is for.
+    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
+    pub(crate) fn claim(&self) -> simplepyq_core::Claim {
+        simplepyq_core::Claim {
+            id: self.id,
+            attempt: self.attempt,
+        }
+    }
+
+    /// The queue running the task (an engine's id).
+    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
+    pub(crate) fn queue(&self) -> u64 {
+        self.queue
+    }
+
+    /// Notes that the handler completed the task in its own transaction.
+    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
+    pub(crate) fn mark_completed_in(&self) {
+        self.completed_in.store(true, Ordering::Release);
+    }
+
+    /// The flag [`TaskContext::mark_completed_in`] sets, shared with every clone.
+    pub(crate) fn completed_in(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.completed_in)
     }
 
     /// The task's id.

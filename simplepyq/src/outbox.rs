@@ -1,14 +1,16 @@
-//! Enqueueing in the application's own transaction on the SQLite queue file (the outbox
-//! pattern): [`SimplePyQ::enqueue_in`] and [`Channel::enqueue_in`].
+//! The application's own transactions on the SQLite queue file: tasks enqueued in them
+//! ([`SimplePyQ::enqueue_in`], the outbox pattern), and a handler's task completed in its
+//! own ([`SimplePyQ::complete_in`]).
 
 use std::sync::{Arc, Weak};
 
 use serde::Serialize;
-use simplepyq_core::{Result, TaskId};
+use simplepyq_core::{Error, Result, TaskId};
 use simplepyq_sqlite::SqliteStore;
 use simplepyq_sqlite::rusqlite::Transaction;
 
 use crate::channel::{Channel, encode};
+use crate::context::TaskContext;
 use crate::engine::Engine;
 use crate::options::EnqueueOptions;
 use crate::queue::SimplePyQ;
@@ -43,7 +45,60 @@ where
     engine.store.enqueue_in_then(tx, &tasks, now, wake)
 }
 
+/// Completes the task `ctx` runs in `tx`, for the queue of `engine`.
+fn complete_in(
+    engine: &Engine<SqliteStore>,
+    tx: &Transaction<'_>,
+    ctx: &TaskContext,
+) -> Result<()> {
+    if ctx.queue() != engine.id {
+        return Err(Error::InvalidConfig(
+            "the task context is another queue's: complete a task through its own queue".into(),
+        ));
+    }
+    engine.store.complete_in(tx, ctx.claim(), engine.now())?;
+    ctx.mark_completed_in();
+    Ok(())
+}
+
 impl SimplePyQ<SqliteStore> {
+    /// Completes the task a handler runs (its `ctx`) in the handler's own transaction `tx`
+    /// on the queue's file: the handler's writes and the task's `done` commit together, or
+    /// neither does. Once `tx` commits, the run's outcome is recorded: what the handler
+    /// returns then changes nothing. If `tx` rolls back, the task still runs here, and what
+    /// the handler returns decides as usual.
+    ///
+    /// Fenced by the run's claim: if this run's lease was lost (it outlived its lease and
+    /// another worker took the task over), this returns [`Error::LeaseLost`] and writes
+    /// nothing; the handler must then not commit `tx`, which the `?` below sees to.
+    ///
+    /// ```
+    /// use simplepyq::rusqlite::{Connection, TransactionBehavior};
+    /// use simplepyq::{SimplePyQ, TaskContext};
+    /// # let dir = tempfile::tempdir()?; let path = dir.path().join("shop.db");
+    /// let q = std::sync::Arc::new(SimplePyQ::open(&path)?);
+    /// let queue = std::sync::Arc::downgrade(&q); // a handler must not keep its queue alive
+    /// let file = path.clone();
+    /// q.add_channel("receipts", move |order: i64, ctx: &TaskContext| {
+    ///     let mut db = Connection::open(&file)?;
+    ///     db.execute_batch("CREATE TABLE IF NOT EXISTS receipts (order_id INTEGER)")?;
+    ///     let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    ///     tx.execute("INSERT INTO receipts (order_id) VALUES (?1)", [order])?;
+    ///     if let Some(q) = queue.upgrade() {
+    ///         q.complete_in(&tx, ctx)?;   // the receipt and the task's `done`, together
+    ///     }
+    ///     tx.commit()?;
+    ///     Ok(())
+    /// }, 1)?;
+    /// q.enqueue("receipts", &7i64)?;
+    /// q.run_until_complete()?;
+    /// assert_eq!(q.counts("receipts")?.done, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn complete_in(&self, tx: &Transaction<'_>, ctx: &TaskContext) -> Result<()> {
+        complete_in(&self.workers.engine, tx, ctx)
+    }
+
     /// Enqueues a task for `channel` with `args` in the application's transaction `tx`, on
     /// a connection to the queue's file: the task commits with the application's rows, or
     /// rolls back with them. Workers (in this process or another) see it only once
@@ -105,6 +160,15 @@ impl SimplePyQ<SqliteStore> {
         I: IntoIterator<Item = &'a T>,
     {
         enqueue_in(&self.workers.engine, tx, channel, args, &options)
+    }
+}
+
+impl<A: ?Sized> Channel<A, SqliteStore> {
+    /// Completes the task a handler runs (its `ctx`) in the handler's own transaction `tx`:
+    /// see [`SimplePyQ::complete_in`]. A handler can hold its channel's handle (it does not
+    /// keep the queue running) to complete its tasks.
+    pub fn complete_in(&self, tx: &Transaction<'_>, ctx: &TaskContext) -> Result<()> {
+        complete_in(self.engine(), tx, ctx)
     }
 }
 

@@ -17,6 +17,8 @@ pub(crate) struct Ended {
     pub(crate) claim: Claim,
     pub(crate) outcome: Outcome,
     pub(crate) elapsed: Duration,
+    /// The handler completed the task in its own transaction (which may have rolled back).
+    pub(crate) completed_in: bool,
 }
 
 #[derive(Debug, Default)]

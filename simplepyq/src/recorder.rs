@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use simplepyq_core::{Claim, Error, Outcome, Store};
+use simplepyq_core::{Claim, Error, Outcome, Status, Store};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
 use crate::metered;
@@ -134,6 +134,23 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
                     let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
                 }
             }
+            // The handler completed its task in its own transaction, which committed: that
+            // was the run's outcome, recorded; nothing more is.
+            Some(Err(Error::LeaseLost { .. })) if f.completed_in && done_by(engine, f.claim) => {
+                let report = TaskReport {
+                    id: f.claim.id,
+                    channel: &f.channel,
+                    attempt: f.claim.attempt,
+                    elapsed: f.elapsed,
+                    outcome: &Outcome::Succeeded,
+                    status: Status::Done,
+                };
+                report::trace(&report);
+                metered::count(&report);
+                if let Some(hook) = &engine.on_outcome {
+                    let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
+                }
+            }
             Some(Err(Error::LeaseLost { .. })) => {
                 engine.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
                 report::trace_lease_lost(f.claim.id, &f.channel, f.claim.attempt);
@@ -149,4 +166,13 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
     engine.let_go(&claims);
+}
+
+/// Whether `claim`'s own run made its task done (in the handler's transaction): the task is
+/// done, in that attempt (a later attempt would have another number).
+fn done_by<S: Store>(engine: &Engine<S>, claim: Claim) -> bool {
+    matches!(
+        guarded(|| engine.store.get(claim.id)),
+        Ok(Some(t)) if t.state.status == Status::Done && t.state.attempts == claim.attempt
+    )
 }

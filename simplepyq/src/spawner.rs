@@ -103,7 +103,8 @@ fn spawn<S: Store>(
     let Started { task, cancel } = started;
     let claim = task.claim();
     report::trace_claim(task.id, &channel.name, task.state.attempts);
-    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel);
+    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel, engine.id);
+    let completed_in = ctx.completed_in();
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
     let began = Instant::now();
     let made = catch_unwind(AssertUnwindSafe(|| (runner.handler)(&task.args, ctx)));
@@ -115,6 +116,7 @@ fn spawn<S: Store>(
         dead: Arc::clone(&runner.dead),
         task: Some(task),
         began,
+        completed_in,
     };
     match made {
         Ok(Ok(future)) => {
@@ -147,6 +149,8 @@ struct Flight<S: Store> {
     dead: Arc<AtomicBool>,
     task: Option<Task>,
     began: Instant,
+    /// Set if the handler completed the task in its own transaction.
+    completed_in: Arc<AtomicBool>,
 }
 
 impl<S: Store> Flight<S> {
@@ -154,9 +158,10 @@ impl<S: Store> Flight<S> {
     fn land(mut self, result: std::thread::Result<Result<(), TaskError>>) {
         if let Some(task) = self.task.take() {
             let now = self.engine.now();
-            let finished = self
-                .channel
-                .finished(&task, result, self.began.elapsed(), now);
+            let completed_in = self.completed_in.load(Ordering::Acquire);
+            let finished =
+                self.channel
+                    .finished(&task, result, self.began.elapsed(), now, completed_in);
             recorder::hand_over_nowait(&self.engine, finished);
         }
     }

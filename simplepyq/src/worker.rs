@@ -96,12 +96,15 @@ fn run<S: Store>(
         claim: Some(claim),
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
-    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel);
+    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel, engine.id);
     let began = Instant::now();
     let result = as_current(engine.id, claim, || {
         catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)))
     });
-    let finished = channel.finished(&task, result, began.elapsed(), engine.now());
+    let completed_in = ctx
+        .completed_in()
+        .load(std::sync::atomic::Ordering::Acquire);
+    let finished = channel.finished(&task, result, began.elapsed(), engine.now(), completed_in);
     abandon.claim = None;
     recorder::hand_over(engine, finished);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use simplepyq::rusqlite::{Connection, TransactionBehavior};
-use simplepyq::{EnqueueOptions, SimplePyQ, SqliteStore};
+use simplepyq::{EnqueueOptions, InspectStore, SimplePyQ, SqliteStore};
 
 /// The orders a handler ran, each with when.
 type Ran = Arc<Mutex<Vec<(i64, Instant)>>>;
@@ -236,4 +236,95 @@ fn a_killed_producer_leaves_every_order_with_exactly_one_task() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity check");
     assert_eq!(check, "ok");
+}
+
+/// A handler that writes its receipt and completes its task in one transaction: the task is
+/// done with the receipt, counted once, and what the handler returns after the commit
+/// changes nothing (not a lease lost, not a retry).
+#[test]
+fn a_handler_completes_its_task_with_its_own_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let q = SimplePyQ::open(&path).expect("open");
+    let receipts = q.channel::<i64>("receipts");
+    let file = path.clone();
+    q.add_channel(
+        "receipts",
+        move |order: i64, ctx: &simplepyq::TaskContext| -> Result<(), simplepyq::TaskError> {
+            let mut db = app(&file);
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO orders (id, item) VALUES (?1, 'receipt')",
+                [order],
+            )?;
+            receipts.complete_in(&tx, ctx)?;
+            tx.commit()?;
+            if order == 2 {
+                return Err(simplepyq::TaskError::msg("an error after the commit"));
+            }
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    for order in [1i64, 2] {
+        q.enqueue_with("receipts", &order, EnqueueOptions::new().retries(3))
+            .expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    let counts = q.counts("receipts").expect("counts");
+    assert_eq!((counts.done, counts.total()), (2, 2));
+    for t in q.tasks(&simplepyq::ListFilter::new(10)).expect("tasks") {
+        assert_eq!(
+            (t.state.attempts, t.state.last_error),
+            (1, None),
+            "{:?}",
+            t.id
+        );
+    }
+    let totals = q.store().totals().expect("totals");
+    assert_eq!(
+        (totals["receipts"].done, totals["receipts"].retried),
+        (2, 0)
+    );
+    assert_eq!(q.stats().lease_lost, 0);
+    let rows: i64 = app(&path)
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 2);
+}
+
+/// A handler whose transaction rolls back after it completed the task: the task is not
+/// done by it, and what the handler returns decides (a fatal error: failed).
+#[test]
+fn a_rolled_back_completion_leaves_the_outcome_to_the_handler() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let q = SimplePyQ::open(&path).expect("open");
+    let receipts = q.channel::<i64>("receipts");
+    let file = path.clone();
+    q.add_channel(
+        "receipts",
+        move |order: i64, ctx: &simplepyq::TaskContext| -> Result<(), simplepyq::TaskError> {
+            let mut db = app(&file);
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO orders (id, item) VALUES (?1, 'receipt')",
+                [order],
+            )?;
+            receipts.complete_in(&tx, ctx)?;
+            tx.rollback()?;
+            Err(simplepyq::TaskError::fatal("the printer is on fire"))
+        },
+        1,
+    )
+    .expect("add");
+    q.enqueue("receipts", &1i64).expect("enqueue");
+    q.run_until_complete().expect("run");
+    let counts = q.counts("receipts").expect("counts");
+    assert_eq!((counts.failed, counts.done), (1, 0));
+    let rows: i64 = app(&path)
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 0);
 }
