@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::Serialize;
-use simplepyq_core::{Error, Result, Store, StoreExt, TaskId};
+use simplepyq_core::{Error, NewTask, Result, Store, StoreExt, TaskId, Timestamp};
 
 use crate::engine::Engine;
 use crate::options::EnqueueOptions;
@@ -16,6 +16,22 @@ pub(crate) fn encode<T: Serialize + ?Sized>(args: &T) -> Result<Vec<u8>> {
         action: "encoded",
         message: e.to_string(),
     })
+}
+
+/// The tasks for `channel` of each of `args`, with `options`, enqueued at `now`.
+pub(crate) fn tasks<'a, T, I>(
+    channel: &str,
+    args: I,
+    options: &EnqueueOptions,
+    now: Timestamp,
+) -> Result<Vec<NewTask>>
+where
+    T: Serialize + ?Sized + 'a,
+    I: IntoIterator<Item = &'a T>,
+{
+    args.into_iter()
+        .map(|a| Ok(options.task(channel, encode(a)?, now)))
+        .collect()
 }
 
 /// Enqueues one task and wakes an idle worker of the channel here, if any.
@@ -45,10 +61,7 @@ where
     I: IntoIterator<Item = &'a T>,
 {
     let now = engine.now();
-    let tasks = args
-        .into_iter()
-        .map(|a| Ok(options.task(channel, encode(a)?, now)))
-        .collect::<Result<Vec<_>>>()?;
+    let tasks = tasks(channel, args, options, now)?;
     let ids = engine.store.enqueue(&tasks, now)?;
     engine.wake(channel, true);
     Ok(ids)

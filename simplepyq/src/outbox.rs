@@ -9,7 +9,7 @@ use simplepyq_core::{Error, Result, TaskId};
 use simplepyq_sqlite::SqliteStore;
 use simplepyq_sqlite::rusqlite::Transaction;
 
-use crate::channel::{Channel, encode};
+use crate::channel::{Channel, tasks};
 use crate::context::TaskContext;
 use crate::engine::Engine;
 use crate::options::EnqueueOptions;
@@ -29,10 +29,7 @@ where
     I: IntoIterator<Item = &'a T>,
 {
     let now = engine.now();
-    let tasks = args
-        .into_iter()
-        .map(|a| Ok(options.task(channel, encode(a)?, now)))
-        .collect::<Result<Vec<_>>>()?;
+    let tasks = tasks(channel, args, options, now)?;
     let many = tasks.len() > 1;
     // A queue dropped meanwhile is not kept alive for a transaction it has no part in.
     let here: Weak<Engine<SqliteStore>> = Arc::downgrade(engine);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use simplepyq::rusqlite::{Connection, TransactionBehavior};
-use simplepyq::{EnqueueOptions, InspectStore, SimplePyQ, SqliteStore};
+use simplepyq::{EnqueueOptions, InspectStore, SimplePyQ, SqliteStore, TaskContext, TaskError};
 
 /// The orders a handler ran, each with when.
 type Ran = Arc<Mutex<Vec<(i64, Instant)>>>;
@@ -238,19 +238,20 @@ fn a_killed_producer_leaves_every_order_with_exactly_one_task() {
     assert_eq!(check, "ok");
 }
 
-/// A handler that writes its receipt and completes its task in one transaction: the task is
-/// done with the receipt, counted once, and what the handler returns after the commit
-/// changes nothing (not a lease lost, not a retry).
-#[test]
-fn a_handler_completes_its_task_with_its_own_rows() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("shop.db");
-    let q = SimplePyQ::open(&path).expect("open");
+/// A queue on `path` whose channel `receipts` writes each order's receipt into the
+/// application's table and completes its task in one transaction, then ends it with `end`
+/// (commit or roll back) and returns what `after` says for the order.
+fn receipts_queue(
+    path: &std::path::Path,
+    end: fn(simplepyq::rusqlite::Transaction<'_>) -> simplepyq::rusqlite::Result<()>,
+    after: fn(i64) -> Result<(), TaskError>,
+) -> SimplePyQ<SqliteStore> {
+    let q = SimplePyQ::open(path).expect("open");
     let receipts = q.channel::<i64>("receipts");
-    let file = path.clone();
+    let file = path.to_path_buf();
     q.add_channel(
         "receipts",
-        move |order: i64, ctx: &simplepyq::TaskContext| -> Result<(), simplepyq::TaskError> {
+        move |order: i64, ctx: &TaskContext| -> Result<(), TaskError> {
             let mut db = app(&file);
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
@@ -258,15 +259,37 @@ fn a_handler_completes_its_task_with_its_own_rows() {
                 [order],
             )?;
             receipts.complete_in(&tx, ctx)?;
-            tx.commit()?;
-            if order == 2 {
-                return Err(simplepyq::TaskError::msg("an error after the commit"));
-            }
-            Ok(())
+            end(tx)?;
+            after(order)
         },
         2,
     )
     .expect("add");
+    q
+}
+
+/// The rows of the application's table.
+fn orders(path: &std::path::Path) -> i64 {
+    app(path)
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .expect("count")
+}
+
+/// A handler that writes its receipt and completes its task in one transaction: the task is
+/// done with the receipt, counted once, and what the handler returns after the commit
+/// changes nothing (not a lease lost, not a retry).
+#[test]
+fn a_handler_completes_its_task_with_its_own_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let q = receipts_queue(
+        &path,
+        |tx| tx.commit(),
+        |order| match order {
+            2 => Err(TaskError::msg("an error after the commit")),
+            _ => Ok(()),
+        },
+    );
     for order in [1i64, 2] {
         q.enqueue_with("receipts", &order, EnqueueOptions::new().retries(3))
             .expect("enqueue");
@@ -288,10 +311,7 @@ fn a_handler_completes_its_task_with_its_own_rows() {
         (2, 0)
     );
     assert_eq!(q.stats().lease_lost, 0);
-    let rows: i64 = app(&path)
-        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(rows, 2);
+    assert_eq!(orders(&path), 2);
 }
 
 /// A handler whose transaction rolls back after it completed the task: the task is not
@@ -300,31 +320,14 @@ fn a_handler_completes_its_task_with_its_own_rows() {
 fn a_rolled_back_completion_leaves_the_outcome_to_the_handler() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("shop.db");
-    let q = SimplePyQ::open(&path).expect("open");
-    let receipts = q.channel::<i64>("receipts");
-    let file = path.clone();
-    q.add_channel(
-        "receipts",
-        move |order: i64, ctx: &simplepyq::TaskContext| -> Result<(), simplepyq::TaskError> {
-            let mut db = app(&file);
-            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO orders (id, item) VALUES (?1, 'receipt')",
-                [order],
-            )?;
-            receipts.complete_in(&tx, ctx)?;
-            tx.rollback()?;
-            Err(simplepyq::TaskError::fatal("the printer is on fire"))
-        },
-        1,
-    )
-    .expect("add");
+    let q = receipts_queue(
+        &path,
+        |tx| tx.rollback(),
+        |_| Err(TaskError::fatal("the printer is on fire")),
+    );
     q.enqueue("receipts", &1i64).expect("enqueue");
     q.run_until_complete().expect("run");
     let counts = q.counts("receipts").expect("counts");
     assert_eq!((counts.failed, counts.done), (1, 0));
-    let rows: i64 = app(&path)
-        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(rows, 0);
+    assert_eq!(orders(&path), 0);
 }
