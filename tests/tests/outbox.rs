@@ -40,7 +40,8 @@ fn app(path: &std::path::Path) -> Connection {
     let conn = Connection::open(path).expect("the application's connection");
     conn.execute_batch(
         "PRAGMA busy_timeout = 5000; \
-         CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)",
+         CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT); \
+         CREATE TABLE IF NOT EXISTS receipts (order_id INTEGER NOT NULL)",
     )
     .expect("the application's table");
     conn
@@ -186,6 +187,7 @@ fn a_killed_producer_leaves_every_order_with_exactly_one_task() {
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for _ in 0..rounds {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simplepyq-test-outbox"))
+            .arg("produce")
             .arg(&path)
             .spawn()
             .expect("start the producer");
@@ -330,4 +332,54 @@ fn a_rolled_back_completion_leaves_the_outcome_to_the_handler() {
     let counts = q.counts("receipts").expect("counts");
     assert_eq!((counts.failed, counts.done), (1, 0));
     assert_eq!(orders(&path), 0);
+}
+
+/// Consumer processes killed at random moments, round after round, while their handlers
+/// write each order's receipt and complete its task in one transaction; then one runs to
+/// the end: every task is done, and every order has exactly one receipt (a killed run wrote
+/// nothing, or its receipt and its task's `done` together).
+#[test]
+fn killed_consumers_write_each_receipt_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let q = SimplePyQ::open(&path).expect("open");
+    let orders = 300i64;
+    for order in 1..=orders {
+        q.enqueue("receipts", &order).expect("enqueue");
+    }
+    let consumer = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_simplepyq-test-outbox"));
+        c.arg("consume").arg(&path);
+        c
+    };
+    let rounds: u64 = std::env::var("SIMPLEPYQ_OUTBOX_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..rounds {
+        let mut child = consumer().spawn().expect("start a consumer");
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(20 + seed % 100));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let status = consumer().status().expect("the last consumer");
+    assert!(status.success(), "the last consumer failed: {status}");
+    let counts = q.counts("receipts").expect("counts");
+    assert_eq!(
+        (counts.done, counts.total()),
+        (orders as usize, orders as usize)
+    );
+    let written: Vec<(i64, i64)> = app(&path)
+        .prepare("SELECT order_id, count(*) FROM receipts GROUP BY order_id ORDER BY order_id")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("receipts")
+        .collect::<Result<_, _>>()
+        .expect("receipts");
+    let once: Vec<(i64, i64)> = (1..=orders).map(|o| (o, 1)).collect();
+    assert_eq!(written, once, "receipts written other than once per order");
 }

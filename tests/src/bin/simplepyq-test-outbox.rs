@@ -1,22 +1,35 @@
-//! A producer process for the outbox crash test.
+//! A producer or consumer process for the outbox crash tests.
 //!
-//! `simplepyq-test-outbox DB` opens the SQLite queue file DB and, until killed, commits one
-//! transaction after another on its own connection, each inserting an order into the
-//! application's table `orders` and enqueueing its task (channel `receipts`, the order's id
-//! as arguments) with `enqueue_in`. It exits 1 if anything fails.
+//! `simplepyq-test-outbox produce DB` opens the SQLite queue file DB and, until killed,
+//! commits one transaction after another on its own connection, each inserting an order
+//! into the application's table `orders` and enqueueing its task (channel `receipts`, the
+//! order's id as arguments) with `enqueue_in`.
+//!
+//! `simplepyq-test-outbox consume DB` serves channel `receipts` with 2 workers (a lease of
+//! 500 ms) until nothing is left: each run inserts a row into the application's table
+//! `receipts` and completes its task in one transaction with `complete_in`, then works 5 ms
+//! more.
+//!
+//! It exits 1 if anything fails.
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use simplepyq::SimplePyQ;
 use simplepyq::rusqlite::{Connection, TransactionBehavior};
+use simplepyq::{SimplePyQ, SqliteStore, TaskContext, TaskError};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [db] = args.as_slice() else {
-        eprintln!("usage: simplepyq-test-outbox DB");
-        return ExitCode::from(1);
+    let result = match args.as_slice() {
+        [mode, db] if mode == "produce" => produce(Path::new(db)),
+        [mode, db] if mode == "consume" => consume(Path::new(db)),
+        _ => {
+            eprintln!("usage: simplepyq-test-outbox produce|consume DB");
+            return ExitCode::from(1);
+        }
     };
-    match run(db) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -25,13 +38,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(db: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let q = SimplePyQ::open(db)?;
-    let mut conn = Connection::open(db)?;
+/// The application's connection to the queue's file, with its tables.
+fn app(db: &Path) -> Result<Connection, simplepyq::rusqlite::Error> {
+    let conn = Connection::open(db)?;
     conn.execute_batch(
         "PRAGMA busy_timeout = 10000; \
-         CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)",
+         CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL); \
+         CREATE TABLE IF NOT EXISTS receipts (order_id INTEGER NOT NULL)",
     )?;
+    Ok(conn)
+}
+
+fn produce(db: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let q = SimplePyQ::open(db)?;
+    let mut conn = app(db)?;
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("INSERT INTO orders (item) VALUES ('tea')", [])?;
@@ -39,4 +59,32 @@ fn run(db: &str) -> Result<(), Box<dyn std::error::Error>> {
         q.enqueue_in(&tx, "receipts", &order)?;
         tx.commit()?;
     }
+}
+
+fn consume(db: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let q = SimplePyQ::builder(SqliteStore::open(db)?)
+        .lease(Duration::from_millis(500))
+        // Killed on purpose, again and again: a task may be lost more often than a crash
+        // would lose it.
+        .max_lost_runs(100)
+        .build()?;
+    let receipts = q.channel::<i64>("receipts");
+    let file = db.to_path_buf();
+    q.add_channel(
+        "receipts",
+        move |order: i64, ctx: &TaskContext| -> Result<(), TaskError> {
+            let mut conn = app(&file)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("INSERT INTO receipts (order_id) VALUES (?1)", [order])?;
+            receipts.complete_in(&tx, ctx)?;
+            tx.commit()?;
+            // More work after the transaction (a reply, a log line): a kill here must not
+            // run the task again.
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(())
+        },
+        2,
+    )?;
+    q.run_until_complete()?;
+    Ok(())
 }
