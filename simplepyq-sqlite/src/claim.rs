@@ -22,11 +22,7 @@ impl ClaimStore for SqliteStore {
         for t in tasks {
             validate_channel(&t.channel)?;
         }
-        // The channels to announce, each once (not a name per task).
-        let mut channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
-        channels.sort_unstable();
-        channels.dedup();
-        let channels: Vec<String> = channels.into_iter().map(str::to_owned).collect();
+        let channels = channels_of(tasks);
         let tasks = tasks.to_vec();
         let ids = self.write_as(Caller::Producer, move |tx| insert_tasks(tx, &tasks, now))?;
         self.announcer.announce(channels.iter().map(String::as_str));
@@ -112,6 +108,14 @@ pub(crate) const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND ru
 /// condition the query repeats word for word: SQLite uses a partial index only then).
 pub(crate) const KEY_HOLDER: &str = "SELECT id FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
      AND unique_key IS NOT NULL AND status NOT IN ('done', 'failed')";
+
+/// The channels of `tasks`, each once: what an enqueue announces (not a name per task).
+pub(crate) fn channels_of(tasks: &[NewTask]) -> Vec<String> {
+    let mut channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
+    channels.sort_unstable();
+    channels.dedup();
+    channels.into_iter().map(str::to_owned).collect()
+}
 
 /// Inserts tasks in `tx`; a task whose unique key an unfinished task of its channel holds
 /// gets that task's id instead.

@@ -149,14 +149,19 @@ impl SqliteStore {
         F: Fn(&Transaction<'_>) -> R<T> + Send + 'static,
     {
         let Some((writer, checkpointer)) = &self.writer else {
-            return Err(Error::ReadOnly {
-                backend: error::BACKEND,
-                message: format!("{} was opened read-only", self.path.display()),
-            });
+            return Err(self.opened_read_only());
         };
         let result = writer.run(caller, op);
         checkpointer.wrote();
         result
+    }
+
+    /// The error for a write to a store opened read-only.
+    fn opened_read_only(&self) -> Error {
+        Error::ReadOnly {
+            backend: error::BACKEND,
+            message: format!("{} was opened read-only", self.path.display()),
+        }
     }
 
     /// Runs a read on a read connection.

@@ -19,7 +19,7 @@ use simplepyq_core::{
     Claim, Error, NewTask, Outcome, Result, Status, TaskId, Timestamp, validate_channel,
 };
 
-use crate::claim::insert_tasks_taking;
+use crate::claim::{channels_of, insert_tasks_taking};
 use crate::error::BACKEND;
 use crate::open::connect_read_only;
 use crate::outcome::finish_in;
@@ -78,10 +78,7 @@ impl SqliteStore {
         self.check_same_file(tx)?;
         let (ids, taken) = insert_tasks_taking(tx, tasks, now).map_err(Error::from)?;
         if let Some(taken) = taken {
-            let mut channels: Vec<String> = tasks.iter().map(|t| t.channel.clone()).collect();
-            channels.sort_unstable();
-            channels.dedup();
-            self.committed.wait_for(taken, channels, then);
+            self.committed.wait_for(taken, channels_of(tasks), then);
         }
         Ok(ids)
     }
@@ -112,13 +109,10 @@ impl SqliteStore {
 
     /// An error if the store was opened read-only.
     fn check_writable(&self) -> Result<()> {
-        if self.writer.is_none() {
-            return Err(Error::ReadOnly {
-                backend: BACKEND,
-                message: format!("{} was opened read-only", self.path.display()),
-            });
+        match self.writer {
+            Some(_) => Ok(()),
+            None => Err(self.opened_read_only()),
         }
-        Ok(())
     }
 
     /// An error unless `tx` is on this store's file.

@@ -26,6 +26,9 @@ struct CancelState {
     set: AtomicBool,
     reason: Mutex<Option<CancelReason>>,
     wakers: Mutex<Vec<Waker>>,
+    /// Set once the handler completed the task in its own transaction; whether that
+    /// transaction committed, the recorder finds out.
+    completed_in: AtomicBool,
 }
 
 /// The cancellation signal of one run: set once, read by the handler.
@@ -40,6 +43,11 @@ impl CancelToken {
         for w in self.0.wakers.lock().drain(..) {
             w.wake();
         }
+    }
+
+    /// Whether the handler of this run completed its task in its own transaction.
+    pub(crate) fn completed_in(&self) -> bool {
+        self.0.completed_in.load(Ordering::Acquire)
     }
 
     fn reason(&self) -> Option<CancelReason> {
@@ -90,9 +98,6 @@ pub struct TaskContext {
     /// The queue running the task (an engine's id).
     #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     queue: u64,
-    /// Set once the handler completed the task in its own transaction; whether that
-    /// transaction committed, the recorder finds out.
-    completed_in: Arc<AtomicBool>,
 }
 
 impl TaskContext {
@@ -108,7 +113,6 @@ impl TaskContext {
             cancel,
             #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
             queue,
-            completed_in: Arc::default(),
         }
     }
 
@@ -130,12 +134,7 @@ impl TaskContext {
     /// Notes that the handler completed the task in its own transaction.
     #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     pub(crate) fn mark_completed_in(&self) {
-        self.completed_in.store(true, Ordering::Release);
-    }
-
-    /// The flag [`TaskContext::mark_completed_in`] sets, shared with every clone.
-    pub(crate) fn completed_in(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.completed_in)
+        self.cancel.0.completed_in.store(true, Ordering::Release);
     }
 
     /// The task's id.

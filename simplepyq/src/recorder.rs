@@ -118,38 +118,11 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     let mut unrecorded = Vec::new();
     for (i, f) in batch.iter().enumerate() {
         match statuses.as_ref().and_then(|s| s.get(i)) {
-            Some(Ok(status)) => {
-                let report = TaskReport {
-                    id: f.claim.id,
-                    channel: &f.channel,
-                    attempt: f.claim.attempt,
-                    elapsed: f.elapsed,
-                    outcome: &f.outcome,
-                    status: *status,
-                };
-                report::trace(&report);
-                metered::count(&report);
-                if let Some(hook) = &engine.on_outcome {
-                    // A panicking hook must not take the recorder down with it.
-                    let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
-                }
-            }
+            Some(Ok(status)) => reported(engine, f, &f.outcome, *status),
             // The handler completed its task in its own transaction, which committed: that
             // was the run's outcome, recorded; nothing more is.
             Some(Err(Error::LeaseLost { .. })) if f.completed_in && done_by(engine, f.claim) => {
-                let report = TaskReport {
-                    id: f.claim.id,
-                    channel: &f.channel,
-                    attempt: f.claim.attempt,
-                    elapsed: f.elapsed,
-                    outcome: &Outcome::Succeeded,
-                    status: Status::Done,
-                };
-                report::trace(&report);
-                metered::count(&report);
-                if let Some(hook) = &engine.on_outcome {
-                    let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
-                }
+                reported(engine, f, &Outcome::Succeeded, Status::Done);
             }
             Some(Err(Error::LeaseLost { .. })) => {
                 engine.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +139,25 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
     engine.let_go(&claims);
+}
+
+/// Reports an attempt recorded as `outcome`, its task now `status`: a `tracing` event, the
+/// metrics, the queue's hook.
+fn reported<S: Store>(engine: &Engine<S>, f: &Ended, outcome: &Outcome, status: Status) {
+    let report = TaskReport {
+        id: f.claim.id,
+        channel: &f.channel,
+        attempt: f.claim.attempt,
+        elapsed: f.elapsed,
+        outcome,
+        status,
+    };
+    report::trace(&report);
+    metered::count(&report);
+    if let Some(hook) = &engine.on_outcome {
+        // A panicking hook must not take the recorder down with it.
+        let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
+    }
 }
 
 /// Whether `claim`'s own run made its task done (in the handler's transaction): the task is

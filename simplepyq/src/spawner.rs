@@ -15,7 +15,7 @@ use std::time::Instant;
 use simplepyq_core::{Claim, Error, Result, Store, Task};
 
 use crate::channel_work::ChannelWork;
-use crate::context::TaskContext;
+use crate::context::{CancelToken, TaskContext};
 use crate::current::as_current;
 use crate::dispatch::{Claimed, Dispatch, Started, Turn};
 use crate::engine::{Engine, Pause};
@@ -103,8 +103,7 @@ fn spawn<S: Store>(
     let Started { task, cancel } = started;
     let claim = task.claim();
     report::trace_claim(task.id, &channel.name, task.state.attempts);
-    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel, engine.id);
-    let completed_in = ctx.completed_in();
+    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
     let began = Instant::now();
     let made = catch_unwind(AssertUnwindSafe(|| (runner.handler)(&task.args, ctx)));
@@ -116,7 +115,7 @@ fn spawn<S: Store>(
         dead: Arc::clone(&runner.dead),
         task: Some(task),
         began,
-        completed_in,
+        cancel,
     };
     match made {
         Ok(Ok(future)) => {
@@ -149,8 +148,9 @@ struct Flight<S: Store> {
     dead: Arc<AtomicBool>,
     task: Option<Task>,
     began: Instant,
-    /// Set if the handler completed the task in its own transaction.
-    completed_in: Arc<AtomicBool>,
+    /// The run's cancellation state, which also says whether the handler completed the
+    /// task in its own transaction.
+    cancel: CancelToken,
 }
 
 impl<S: Store> Flight<S> {
@@ -158,7 +158,7 @@ impl<S: Store> Flight<S> {
     fn land(mut self, result: std::thread::Result<Result<(), TaskError>>) {
         if let Some(task) = self.task.take() {
             let now = self.engine.now();
-            let completed_in = self.completed_in.load(Ordering::Acquire);
+            let completed_in = self.cancel.completed_in();
             let finished =
                 self.channel
                     .finished(&task, result, self.began.elapsed(), now, completed_in);

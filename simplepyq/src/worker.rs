@@ -96,14 +96,12 @@ fn run<S: Store>(
         claim: Some(claim),
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
-    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel, engine.id);
+    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
     let began = Instant::now();
     let result = as_current(engine.id, claim, || {
         catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)))
     });
-    let completed_in = ctx
-        .completed_in()
-        .load(std::sync::atomic::Ordering::Acquire);
+    let completed_in = cancel.completed_in();
     let finished = channel.finished(&task, result, began.elapsed(), engine.now(), completed_in);
     abandon.claim = None;
     recorder::hand_over(engine, finished);
