@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Python package and runs its pytest suite, from nothing but CPython >= 3.9 and
 # the Rust toolchain: a virtualenv with maturin and pytest from PyPI, the original
-# simplepyq 0.1.3 installed apart (for the tests that read files it wrote), the package
+# simplepyq 0.1.3 installed apart (for the tests that read files it wrote), psycopg (a
+# producer enqueueing in its own transaction on PostgreSQL), the package
 # built into the virtualenv (a debug build, which reuses the workspace's test build; with
 # SIMPLEPYQ_PY_RELEASE=1 a release build, for benchmarks).
 #
@@ -17,7 +18,7 @@ python="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" pytest mypy
+"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" pytest mypy "psycopg[binary]>=3.1,<4"
 original="$venv/original-0.1.3"
 if [ ! -d "$original/simplepyq" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check --target "$original" simplepyq==0.1.3

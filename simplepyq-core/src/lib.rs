@@ -36,14 +36,15 @@ pub use schedule::Schedule;
 pub mod prelude {
     pub use crate::{
         AdminStore, ClaimStore, InspectStore, OutcomeStore, ScheduleStore, Store, StoreExt,
+        TransactionStore,
     };
 }
 
 #[allow(deprecated)]
 pub use store::ChannelStats;
 pub use store::{
-    AdminStore, ChannelSummary, ClaimStore, InspectStore, OutcomeStore, ScheduleStore, Store,
-    StoreExt, Wake, Watch,
+    AdminStore, ChannelSummary, ClaimStore, InspectStore, OnCommit, OutcomeStore, ScheduleStore,
+    Store, StoreExt, TransactionStore, Wake, Watch,
 };
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError,

@@ -8,6 +8,8 @@
 //!   purging and cancelling. What programs, the command line and the dashboard call.
 //! - [`InspectStore`], inspection: channels, counts, tasks, what finished when, totals.
 //! - [`ScheduleStore`], the firings of periodic tasks.
+//! - [`TransactionStore`], writes in the caller's own transaction, for stores whose
+//!   database the application writes too (not part of [`Store`]).
 //!
 //! [`Store`] is the five together, what a queue runs on; [`StoreExt`] adds helpers over it.
 //! A wrapper or a new backend reads and implements one group at a time; the conformance
@@ -37,6 +39,7 @@ mod ext;
 mod inspect;
 mod outcome;
 mod schedule;
+mod transaction;
 
 pub use admin::AdminStore;
 pub use claim::ClaimStore;
@@ -46,6 +49,7 @@ pub use ext::{ChannelSummary, StoreExt};
 pub use inspect::InspectStore;
 pub use outcome::OutcomeStore;
 pub use schedule::ScheduleStore;
+pub use transaction::{OnCommit, TransactionStore};
 
 /// Durable (or in-memory) storage of tasks: the five groups of the contract together.
 ///

@@ -37,7 +37,8 @@
 
 // One concern per file. The store: `options`; `open` (the pool, `schema`'s migrations, the
 // server's `clock`, the `listen`er); `row` (the row codec); one file per group of the
-// `Store` contract: `claim`, `outcome`, `admin`, `inspect`, `schedules`; and `sql`, the
+// `Store` contract: `claim`, `outcome`, `admin`, `inspect`, `schedules`; `outbox`, the
+// writes in the caller's transaction; and `sql`, the
 // statements that change many rows at once. Its machinery: `pool`, `error`.
 mod admin;
 mod claim;
@@ -47,6 +48,7 @@ mod inspect;
 mod listen;
 mod open;
 mod options;
+mod outbox;
 mod outcome;
 mod pool;
 mod row;
@@ -64,6 +66,9 @@ use crate::pool::{Db, Pool};
 
 pub use crate::clock::ServerClock;
 pub use crate::options::PostgresOptions;
+/// The `postgres` client this store is built with: an application that enqueues in its
+/// own transactions ([`PostgresStore::enqueue_in`]) hands the store a client of this crate.
+pub use postgres;
 
 /// How many done tasks one statement of
 /// [`purge_done`](simplepyq_core::AdminStore::purge_done) deletes.

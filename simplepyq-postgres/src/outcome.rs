@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use postgres::GenericClient;
 use postgres::types::ToSql;
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
@@ -10,6 +11,7 @@ use simplepyq_core::{
 };
 
 use crate::error::R;
+use crate::pool::Db;
 use crate::row::{StateArrays, TotalsArrays, lock_states, millis, state_from_row};
 use crate::{PostgresStore, Tx, sql};
 
@@ -39,48 +41,7 @@ impl OutcomeStore for PostgresStore {
         results: &[(Claim, Outcome)],
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
-        let ids: Vec<i64> = results.iter().map(|(c, _)| c.id.get()).collect();
-        self.run(|db| {
-            // Read without a lock, then write guarded by each claim: while a claim is held
-            // its task changes only in its lease, which an outcome clears, so what `apply`
-            // made of the state read is right if the claim still holds at the write. Two
-            // round trips, no transaction: the write counts the totals of the rows it wrote.
-            let rows = db.query(sql::READ_STATES, &[&ids])?;
-            let mut states = HashMap::with_capacity(rows.len());
-            for r in &rows {
-                states.insert(TaskId::new(r.try_get(0)?), state_from_row(r, 1)?);
-            }
-            let batch::Finish {
-                mut statuses,
-                changes,
-                totals,
-            } = batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
-            let next = StateArrays::of(&changes);
-            // Each change is of a claim that held at the read: its attempt is the one read.
-            let attempts: Vec<i64> = changes
-                .iter()
-                .map(|(id, _)| states.get(id).map_or(0, |s| i64::from(s.attempts)))
-                .collect();
-            if next.is_empty() {
-                return Ok(statuses);
-            }
-            let counted = TotalsArrays::of(totals.into_iter());
-            let mut params = next.params().to_vec();
-            params.push(&attempts);
-            params.extend(counted.params());
-            let written: HashSet<i64> = db
-                .query(sql::FINISH, &params)?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
-            // A claim that lost its lease between the read and the write.
-            for ((claim, _), status) in results.iter().zip(&mut statuses) {
-                if status.is_ok() && !written.contains(&claim.id.get()) {
-                    *status = Err(batch::lease_lost(claim));
-                }
-            }
-            Ok(statuses)
-        })
+        self.run(|db| finish_in(db, results, now))
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -138,4 +99,53 @@ pub(crate) fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R
         .iter()
         .filter_map(|(id, _)| locked.remove(id).map(|(channel, _)| channel))
         .collect())
+}
+
+/// Records `results` on `db` (a pooled connection, or a caller's transaction): reads the
+/// states without a lock, then writes each guarded by its claim.
+pub(crate) fn finish_in<C: GenericClient>(
+    db: &mut Db<'_, C>,
+    results: &[(Claim, Outcome)],
+    now: Timestamp,
+) -> R<Vec<Result<Status>>> {
+    let ids: Vec<i64> = results.iter().map(|(c, _)| c.id.get()).collect();
+    // Read without a lock, then write guarded by each claim: while a claim is held
+    // its task changes only in its lease, which an outcome clears, so what `apply`
+    // made of the state read is right if the claim still holds at the write. Two
+    // round trips, no transaction: the write counts the totals of the rows it wrote.
+    let rows = db.query(sql::READ_STATES, &[&ids])?;
+    let mut states = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        states.insert(TaskId::new(r.try_get(0)?), state_from_row(r, 1)?);
+    }
+    let batch::Finish {
+        mut statuses,
+        changes,
+        totals,
+    } = batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
+    let next = StateArrays::of(&changes);
+    // Each change is of a claim that held at the read: its attempt is the one read.
+    let attempts: Vec<i64> = changes
+        .iter()
+        .map(|(id, _)| states.get(id).map_or(0, |s| i64::from(s.attempts)))
+        .collect();
+    if next.is_empty() {
+        return Ok(statuses);
+    }
+    let counted = TotalsArrays::of(totals.into_iter());
+    let mut params = next.params().to_vec();
+    params.push(&attempts);
+    params.extend(counted.params());
+    let written: HashSet<i64> = db
+        .query(sql::FINISH, &params)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    // A claim that lost its lease between the read and the write.
+    for ((claim, _), status) in results.iter().zip(&mut statuses) {
+        if status.is_ok() && !written.contains(&claim.id.get()) {
+            *status = Err(batch::lease_lost(claim));
+        }
+    }
+    Ok(statuses)
 }

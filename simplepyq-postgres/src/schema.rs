@@ -10,6 +10,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_tasks.sql"),
     include_str!("../migrations/0002_schedules.sql"),
     include_str!("../migrations/0003_totals.sql"),
+    include_str!("../migrations/0004_enqueue.sql"),
 ];
 
 /// The schema version this build writes.

@@ -331,6 +331,42 @@ def test_the_postgresql_backend():
     assert q.remove_channel(channel) == 20
 
 
+def test_psycopg_enqueues_in_its_own_transaction():
+    """A psycopg transaction enqueues with the queue's SQL function: the task commits with
+    the transaction's own rows (invisible before the commit), or rolls back with them; the
+    handler gets the JSON arguments as Python values."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    url = os.environ.get("SIMPLEPYQ_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail("SIMPLEPYQ_TEST_POSTGRES_URL is not set (see test_the_postgresql_backend)")
+    channel = f"py-{uuid.uuid4()}"
+    q = SimplePyQ(url)  # creates the queue's schema and its functions
+    got = []
+    q.add_channel(channel, got.append)
+    enqueue = "SELECT simplepyq.enqueue(%s, %s)"
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TEMP TABLE orders (id serial PRIMARY KEY, item text)")
+        with conn.transaction():
+            order = conn.execute(
+                "INSERT INTO orders (item) VALUES ('tea') RETURNING id"
+            ).fetchone()[0]
+            tid = conn.execute(enqueue, [channel, Jsonb({"order": order, "n": 1.5})]).fetchone()[0]
+            assert q.task(tid) is None  # not before the commit
+        with conn.transaction():
+            conn.execute("INSERT INTO orders (item) VALUES ('cake')")
+            gone = conn.execute(enqueue, [channel, Jsonb({"order": -1})]).fetchone()[0]
+            raise psycopg.Rollback()
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+    assert q.task(tid).status == "pending"
+    assert q.task(gone) is None
+    q.run_until_complete()
+    assert got == [{"order": order, "n": 1.5}]
+    assert q.counts(channel) == counts(done=1)
+    assert q.remove_channel(channel) == 1
+
+
 def test_any_exception_out_of_a_handler_is_a_failed_attempt(db):
     q = SimplePyQ(db)
 

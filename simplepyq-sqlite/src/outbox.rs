@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 use simplepyq_core::{
-    Claim, Error, NewTask, Outcome, Result, Status, TaskId, Timestamp, validate_channel,
+    Claim, Error, NewTask, OnCommit, Outcome, Result, Status, TaskId, Timestamp, TransactionStore,
+    validate_channel,
 };
 
 use crate::claim::{channels_of, insert_tasks_taking};
@@ -37,7 +38,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(20);
 const LINGER: Duration = Duration::from_secs(1);
 
 /// What to do once a transaction's tasks are committed.
-type Then = Box<dyn FnOnce() + Send>;
+type Then = OnCommit;
 
 impl SqliteStore {
     /// Enqueues `tasks` in the caller's transaction `tx`, on a connection to this store's
@@ -59,28 +60,7 @@ impl SqliteStore {
         tasks: &[NewTask],
         now: Timestamp,
     ) -> Result<Vec<TaskId>> {
-        self.enqueue_in_then(tx, tasks, now, Box::new(|| {}))
-    }
-
-    /// [`SqliteStore::enqueue_in`], calling `then` as well once the tasks are committed.
-    #[doc(hidden)]
-    pub fn enqueue_in_then(
-        &self,
-        tx: &Transaction<'_>,
-        tasks: &[NewTask],
-        now: Timestamp,
-        then: Then,
-    ) -> Result<Vec<TaskId>> {
-        for t in tasks {
-            validate_channel(&t.channel)?;
-        }
-        self.check_writable()?;
-        self.check_same_file(tx)?;
-        let (ids, taken) = insert_tasks_taking(tx, tasks, now).map_err(Error::from)?;
-        if let Some(taken) = taken {
-            self.committed.wait_for(taken, channels_of(tasks), then);
-        }
-        Ok(ids)
+        TransactionStore::enqueue_in_then(self, tx, tasks, now, Box::new(|| {}))
     }
 
     /// Completes the running attempt `claim` in the caller's transaction `tx` on this
@@ -136,6 +116,31 @@ impl SqliteStore {
             ),
             self.path.display()
         )))
+    }
+}
+
+impl<'t, 'c> TransactionStore<&'t Transaction<'c>> for SqliteStore {
+    fn enqueue_in_then(
+        &self,
+        tx: &'t Transaction<'c>,
+        tasks: &[NewTask],
+        now: Timestamp,
+        then: OnCommit,
+    ) -> Result<Vec<TaskId>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        self.check_writable()?;
+        self.check_same_file(tx)?;
+        let (ids, taken) = insert_tasks_taking(tx, tasks, now).map_err(Error::from)?;
+        if let Some(taken) = taken {
+            self.committed.wait_for(taken, channels_of(tasks), then);
+        }
+        Ok(ids)
+    }
+
+    fn complete_in(&self, tx: &'t Transaction<'c>, claim: Claim, now: Timestamp) -> Result<Status> {
+        SqliteStore::complete_in(self, tx, claim, now)
     }
 }
 

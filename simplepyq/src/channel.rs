@@ -116,7 +116,6 @@ impl<A: ?Sized, S: Store> Channel<A, S> {
     }
 
     /// The queue's engine this handle enqueues through.
-    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     pub(crate) fn engine(&self) -> &Arc<Engine<S>> {
         &self.engine
     }

@@ -96,14 +96,11 @@ pub struct TaskContext {
     enqueued_ms: i64,
     cancel: CancelToken,
     /// The queue running the task (an engine's id).
-    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     queue: u64,
 }
 
 impl TaskContext {
     pub(crate) fn new(task: &Task, channel: Arc<str>, cancel: CancelToken, queue: u64) -> Self {
-        #[cfg(not(any(feature = "sqlite", feature = "system-sqlite")))]
-        let _ = queue;
         TaskContext {
             id: task.id,
             channel,
@@ -111,13 +108,11 @@ impl TaskContext {
             retries_left: task.state.retries_left,
             enqueued_ms: task.created_at.as_millis(),
             cancel,
-            #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
             queue,
         }
     }
 
     /// The claim of the run this context is for.
-    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     pub(crate) fn claim(&self) -> simplepyq_core::Claim {
         simplepyq_core::Claim {
             id: self.id,
@@ -126,13 +121,11 @@ impl TaskContext {
     }
 
     /// The queue running the task (an engine's id).
-    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     pub(crate) fn queue(&self) -> u64 {
         self.queue
     }
 
     /// Notes that the handler completed the task in its own transaction.
-    #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
     pub(crate) fn mark_completed_in(&self) {
         self.cancel.0.completed_in.store(true, Ordering::Release);
     }

@@ -105,7 +105,6 @@ mod held;
 mod leases;
 mod metered;
 mod options;
-#[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
 mod outbox;
 mod outcomes;
 mod periodic;
@@ -135,12 +134,12 @@ pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
     AdminStore, ClaimStore, Clock, Counts, Error, Finished, InspectStore, ListFilter, ManualClock,
     Outcome, OutcomeStore, Result, Schedule, ScheduleStore, Status, Store, SystemClock, Task,
-    TaskId, TaskState, Timestamp, Totals,
+    TaskId, TaskState, Timestamp, Totals, TransactionStore,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock};
+pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock, postgres};
 #[cfg(feature = "redb")]
 pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
 #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]

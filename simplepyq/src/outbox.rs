@@ -1,13 +1,12 @@
-//! The application's own transactions on the SQLite queue file: tasks enqueued in them
+//! The application's own transactions on the queue's database: tasks enqueued in them
 //! ([`SimplePyQ::enqueue_in`], the outbox pattern), and a handler's task completed in its
-//! own ([`SimplePyQ::complete_in`]).
+//! own ([`SimplePyQ::complete_in`]), on any store that can ([`TransactionStore`]: SQLite
+//! and PostgreSQL).
 
 use std::sync::{Arc, Weak};
 
 use serde::Serialize;
-use simplepyq_core::{Error, Result, TaskId};
-use simplepyq_sqlite::SqliteStore;
-use simplepyq_sqlite::rusqlite::Transaction;
+use simplepyq_core::{Error, Result, Store, TaskId, TransactionStore};
 
 use crate::channel::{Channel, tasks};
 use crate::context::TaskContext;
@@ -17,14 +16,15 @@ use crate::queue::SimplePyQ;
 
 /// Enqueues `args` (each a task) for `channel` in `tx`, and wakes the channel's idle
 /// workers here once `tx` commits.
-fn enqueue_in<'a, T, I>(
-    engine: &Arc<Engine<SqliteStore>>,
-    tx: &Transaction<'_>,
+fn enqueue_in<'a, S, X, T, I>(
+    engine: &Arc<Engine<S>>,
+    tx: X,
     channel: &str,
     args: I,
     options: &EnqueueOptions,
 ) -> Result<Vec<TaskId>>
 where
+    S: Store + TransactionStore<X>,
     T: Serialize + ?Sized + 'a,
     I: IntoIterator<Item = &'a T>,
 {
@@ -32,7 +32,7 @@ where
     let tasks = tasks(channel, args, options, now)?;
     let many = tasks.len() > 1;
     // A queue dropped meanwhile is not kept alive for a transaction it has no part in.
-    let here: Weak<Engine<SqliteStore>> = Arc::downgrade(engine);
+    let here: Weak<Engine<S>> = Arc::downgrade(engine);
     let name = channel.to_owned();
     let wake = Box::new(move || {
         if let Some(engine) = here.upgrade() {
@@ -43,9 +43,9 @@ where
 }
 
 /// Completes the task `ctx` runs in `tx`, for the queue of `engine`.
-fn complete_in(
-    engine: &Engine<SqliteStore>,
-    tx: &Transaction<'_>,
+fn complete_in<S: Store + TransactionStore<X>, X>(
+    engine: &Engine<S>,
+    tx: X,
     ctx: &TaskContext,
 ) -> Result<()> {
     if ctx.queue() != engine.id {
@@ -58,10 +58,11 @@ fn complete_in(
     Ok(())
 }
 
-impl SimplePyQ<SqliteStore> {
+impl<S: Store> SimplePyQ<S> {
     /// Completes the task a handler runs (its `ctx`) in the handler's own transaction `tx`
-    /// on the queue's file: the handler's writes and the task's `done` commit together, or
-    /// neither does. Once `tx` commits, the run's outcome is recorded: what the handler
+    /// on the queue's database (`&rusqlite::Transaction` on the SQLite file, `&mut` a
+    /// `postgres` transaction on PostgreSQL): the handler's writes and the task's `done`
+    /// commit together, or neither does. Once `tx` commits, the run's outcome is recorded: what the handler
     /// returns then changes nothing. If `tx` rolls back, the task still runs here, and what
     /// the handler returns decides as usual.
     ///
@@ -70,6 +71,7 @@ impl SimplePyQ<SqliteStore> {
     /// nothing; the handler must then not commit `tx`, which the `?` below sees to.
     ///
     /// ```
+    /// # #[cfg(feature = "sqlite")] {
     /// use simplepyq::rusqlite::{Connection, TransactionBehavior};
     /// use simplepyq::{SimplePyQ, TaskContext};
     /// # let dir = tempfile::tempdir()?; let path = dir.path().join("shop.db");
@@ -90,23 +92,33 @@ impl SimplePyQ<SqliteStore> {
     /// q.enqueue("receipts", &7i64)?;
     /// q.run_until_complete()?;
     /// assert_eq!(q.counts("receipts")?.done, 1);
+    /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn complete_in(&self, tx: &Transaction<'_>, ctx: &TaskContext) -> Result<()> {
+    pub fn complete_in<X>(&self, tx: X, ctx: &TaskContext) -> Result<()>
+    where
+        S: TransactionStore<X>,
+    {
         complete_in(&self.workers.engine, tx, ctx)
     }
 
-    /// Enqueues a task for `channel` with `args` in the application's transaction `tx`, on
-    /// a connection to the queue's file: the task commits with the application's rows, or
-    /// rolls back with them. Workers (in this process or another) see it only once
-    /// committed, and are woken then.
+    /// Enqueues a task for `channel` with `args` in the application's transaction `tx` on
+    /// the queue's database: the task commits with the application's rows, or rolls back
+    /// with them. Workers (in this process or another) see it only once committed, and are
+    /// woken then. An error is returned, never retried inside the caller's transaction.
     ///
-    /// Open the application's connections with [`crate::rusqlite`], the SQLite this queue
-    /// runs on, and begin transactions that write with
-    /// [`TransactionBehavior::Immediate`](crate::rusqlite::TransactionBehavior::Immediate):
-    /// a busy error is returned here, never retried inside the caller's transaction.
+    /// - SQLite: `tx` is a `&`[`rusqlite::Transaction`](crate::rusqlite::Transaction) on
+    ///   the queue's file. Open the application's connections with [`crate::rusqlite`], the
+    ///   SQLite this queue runs on, and begin transactions that write with
+    ///   [`TransactionBehavior::Immediate`](crate::rusqlite::TransactionBehavior::Immediate),
+    ///   so that they wait for the file's lock at their start, not at this call.
+    /// - PostgreSQL: `tx` is `&mut` a [`postgres::Transaction`](crate::postgres::Transaction)
+    ///   (or `Client`) of the `postgres` crate ([`crate::postgres`]) on the queue's
+    ///   database; the task's `NOTIFY` is sent at the commit. A failed statement aborts the
+    ///   caller's transaction, as any of its statements would.
     ///
     /// ```
+    /// # #[cfg(feature = "sqlite")] {
     /// use simplepyq::rusqlite::{Connection, TransactionBehavior};
     /// use simplepyq::SimplePyQ;
     /// # let dir = tempfile::tempdir()?; let path = dir.path().join("shop.db");
@@ -119,40 +131,48 @@ impl SimplePyQ<SqliteStore> {
     /// q.enqueue_in(&tx, "receipts", &order)?;         // commits with the order, or not at all
     /// tx.commit()?;
     /// assert_eq!(q.counts("receipts")?.pending, 1);
+    /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn enqueue_in<T: Serialize + ?Sized>(
+    pub fn enqueue_in<X, T: Serialize + ?Sized>(
         &self,
-        tx: &Transaction<'_>,
+        tx: X,
         channel: &str,
         args: &T,
-    ) -> Result<TaskId> {
+    ) -> Result<TaskId>
+    where
+        S: TransactionStore<X>,
+    {
         self.enqueue_with_in(tx, channel, args, EnqueueOptions::new())
     }
 
     /// [`SimplePyQ::enqueue_with`] in the application's transaction `tx`: see
     /// [`SimplePyQ::enqueue_in`].
-    pub fn enqueue_with_in<T: Serialize + ?Sized>(
+    pub fn enqueue_with_in<X, T: Serialize + ?Sized>(
         &self,
-        tx: &Transaction<'_>,
+        tx: X,
         channel: &str,
         args: &T,
         options: EnqueueOptions,
-    ) -> Result<TaskId> {
+    ) -> Result<TaskId>
+    where
+        S: TransactionStore<X>,
+    {
         let ids = enqueue_in(&self.workers.engine, tx, channel, [args], &options)?;
         ids.into_iter().next().ok_or_else(no_id)
     }
 
     /// [`SimplePyQ::enqueue_many`] in the application's transaction `tx`: see
     /// [`SimplePyQ::enqueue_in`].
-    pub fn enqueue_many_in<'a, T, I>(
+    pub fn enqueue_many_in<'a, X, T, I>(
         &self,
-        tx: &Transaction<'_>,
+        tx: X,
         channel: &str,
         args: I,
         options: EnqueueOptions,
     ) -> Result<Vec<TaskId>>
     where
+        S: TransactionStore<X>,
         T: Serialize + ?Sized + 'a,
         I: IntoIterator<Item = &'a T>,
     {
@@ -160,30 +180,34 @@ impl SimplePyQ<SqliteStore> {
     }
 }
 
-impl<A: ?Sized> Channel<A, SqliteStore> {
+impl<A: ?Sized, S: Store> Channel<A, S> {
     /// Completes the task a handler runs (its `ctx`) in the handler's own transaction `tx`:
     /// see [`SimplePyQ::complete_in`]. A handler can hold its channel's handle (it does not
     /// keep the queue running) to complete its tasks.
-    pub fn complete_in(&self, tx: &Transaction<'_>, ctx: &TaskContext) -> Result<()> {
+    pub fn complete_in<X>(&self, tx: X, ctx: &TaskContext) -> Result<()>
+    where
+        S: TransactionStore<X>,
+    {
         complete_in(self.engine(), tx, ctx)
     }
 }
 
-impl<A: Serialize + ?Sized> Channel<A, SqliteStore> {
+impl<A: Serialize + ?Sized, S: Store> Channel<A, S> {
     /// Enqueues a task with no retries in the application's transaction `tx`: see
     /// [`SimplePyQ::enqueue_in`].
-    pub fn enqueue_in(&self, tx: &Transaction<'_>, args: &A) -> Result<TaskId> {
+    pub fn enqueue_in<X>(&self, tx: X, args: &A) -> Result<TaskId>
+    where
+        S: TransactionStore<X>,
+    {
         self.enqueue_with_in(tx, args, EnqueueOptions::new())
     }
 
     /// Enqueues a task with options in the application's transaction `tx`: see
     /// [`SimplePyQ::enqueue_in`].
-    pub fn enqueue_with_in(
-        &self,
-        tx: &Transaction<'_>,
-        args: &A,
-        options: EnqueueOptions,
-    ) -> Result<TaskId> {
+    pub fn enqueue_with_in<X>(&self, tx: X, args: &A, options: EnqueueOptions) -> Result<TaskId>
+    where
+        S: TransactionStore<X>,
+    {
         let ids = enqueue_in(self.engine(), tx, self.name(), [args], &options)?;
         ids.into_iter().next().ok_or_else(no_id)
     }
@@ -192,7 +216,7 @@ impl<A: Serialize + ?Sized> Channel<A, SqliteStore> {
 /// The error for an enqueue of one task that returned no id (a store's bug).
 fn no_id() -> simplepyq_core::Error {
     simplepyq_core::Error::Backend {
-        backend: "sqlite",
+        backend: "simplepyq",
         source: "enqueue returned no id for one task".into(),
     }
 }

@@ -6,6 +6,7 @@ mod fuzz_corpus;
 mod handlers;
 mod netns;
 mod outbox;
+mod outbox_pg;
 mod permissions;
 mod pg;
 mod processes;
