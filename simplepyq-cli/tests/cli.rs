@@ -200,10 +200,17 @@ fn reading_commands_leave_an_older_file_as_it_is() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = sqlite_queue(dir.path());
     {
-        // Take the file back to schema 2, which had no lost-run count.
+        // Take the file back to schema 2, which had no lost-run count, kept its version in
+        // the header and named its table `tasks`.
         let conn = rusqlite::Connection::open(&db).expect("open raw");
-        conn.execute_batch("ALTER TABLE tasks DROP COLUMN lost_runs; PRAGMA user_version = 2;")
-            .expect("downgrade");
+        conn.execute_batch(
+            "ALTER TABLE simplepyq_tasks DROP COLUMN lost_runs; \
+             ALTER TABLE simplepyq_tasks RENAME TO tasks; \
+             DROP TABLE simplepyq_schedules; DROP TABLE simplepyq_totals; \
+             DROP TABLE simplepyq_schema; \
+             PRAGMA application_id = 1397774673; PRAGMA user_version = 2;",
+        )
+        .expect("downgrade");
     }
     let before = std::fs::read(&db).expect("read");
     let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");

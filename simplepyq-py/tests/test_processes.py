@@ -156,7 +156,7 @@ def test_the_file_stays_a_plain_sqlite_file(db):
     q = SimplePyQ(db)
     q.enqueue("c", {"n": 1})
     with sqlite3.connect(db) as conn:
-        [(status,)] = conn.execute("SELECT status FROM tasks").fetchall()
+        [(status,)] = conn.execute("SELECT status FROM simplepyq_tasks").fetchall()
     assert status == "pending"
 
 

@@ -41,7 +41,7 @@ def test_the_sqlite3_module_using_the_file_while_the_queue_runs_breaks_nothing(d
         try:
             while not stop.is_set():
                 con = sqlite3.connect(db, timeout=30)
-                con.execute("SELECT count(*) FROM tasks").fetchone()
+                con.execute("SELECT count(*) FROM simplepyq_tasks").fetchone()
                 con.execute("CREATE TABLE IF NOT EXISTS app (n INTEGER)")
                 con.execute("INSERT INTO app VALUES (?)", (len(rounds),))
                 con.commit()

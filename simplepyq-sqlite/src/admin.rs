@@ -97,7 +97,7 @@ impl AdminStore for SqliteStore {
         self.write(move |tx| {
             let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
             cancel(&state).map_err(|r| r.into_error(id))?;
-            tx.execute("DELETE FROM tasks WHERE id = ?1", [id.get()])?;
+            tx.execute("DELETE FROM simplepyq_tasks WHERE id = ?1", [id.get()])?;
             Ok(())
         })
     }
@@ -109,7 +109,7 @@ impl AdminStore for SqliteStore {
 /// bound).
 pub(crate) fn remove_channel_sql(status: Status) -> String {
     format!(
-        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+        "DELETE FROM simplepyq_tasks WHERE id IN (SELECT id FROM simplepyq_tasks \
          WHERE channel = ?1 AND status = '{}' LIMIT {})",
         status.as_str(),
         batch::BULK_BATCH
@@ -120,7 +120,7 @@ pub(crate) fn remove_channel_sql(status: Status) -> String {
 /// given), in the order of `tasks_failed`.
 pub(crate) fn failed_sql(channel: Option<&str>) -> String {
     format!(
-        "SELECT {COLUMNS} FROM tasks WHERE status = 'failed' AND (channel, id) > (?1, ?2){} \
+        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE status = 'failed' AND (channel, id) > (?1, ?2){} \
          ORDER BY channel, id LIMIT {}",
         channel_filter(channel, 3),
         batch::BULK_BATCH
@@ -130,7 +130,7 @@ pub(crate) fn failed_sql(channel: Option<&str>) -> String {
 /// Deletes up to [`batch::BULK_BATCH`] failed tasks (of channel ?1 if given).
 pub(crate) fn clear_failed_sql(channel: Option<&str>) -> String {
     format!(
-        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 'failed'{} LIMIT {})",
+        "DELETE FROM simplepyq_tasks WHERE id IN (SELECT id FROM simplepyq_tasks WHERE status = 'failed'{} LIMIT {})",
         channel_filter(channel, 1),
         batch::BULK_BATCH
     )
@@ -140,7 +140,7 @@ pub(crate) fn clear_failed_sql(channel: Option<&str>) -> String {
 /// before ?1.
 pub(crate) fn purge_done_sql(channel: Option<&str>) -> String {
     format!(
-        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+        "DELETE FROM simplepyq_tasks WHERE id IN (SELECT id FROM simplepyq_tasks \
          WHERE status = 'done' AND updated_at < ?1{} LIMIT {})",
         channel_filter(channel, 2),
         batch::BULK_BATCH

@@ -42,8 +42,8 @@ impl ClaimStore for SqliteStore {
         // Look before taking the write lock: idle workers poll without blocking writers.
         let due = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM tasks WHERE {READY}) \
-                 OR EXISTS (SELECT 1 FROM tasks WHERE {DUE_DELAYED})"
+                "SELECT EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {READY}) \
+                 OR EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED})"
             ))?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
         })?;
@@ -56,7 +56,7 @@ impl ClaimStore for SqliteStore {
         self.write(move |tx| {
             let promote = ids(
                 tx,
-                &format!("SELECT id FROM tasks WHERE {DUE_DELAYED} ORDER BY run_at, id LIMIT ?3"),
+                &format!("SELECT id FROM simplepyq_tasks WHERE {DUE_DELAYED} ORDER BY run_at, id LIMIT ?3"),
                 params![channel, now.as_millis(), PROMOTE_LIMIT],
             )?;
             for id in promote {
@@ -65,7 +65,7 @@ impl ClaimStore for SqliteStore {
             let mut tasks = select_tasks(
                 tx,
                 &format!(
-                    "SELECT {COLUMNS} FROM tasks WHERE {READY} \
+                    "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} \
                      ORDER BY priority DESC, run_at, id LIMIT ?3"
                 ),
                 params![channel, now.as_millis(), limit],
@@ -82,12 +82,12 @@ impl ClaimStore for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT min(t) FROM ( \
-                   SELECT * FROM (SELECT run_at AS t FROM tasks \
+                   SELECT * FROM (SELECT run_at AS t FROM simplepyq_tasks \
                      WHERE channel = ?1 AND status = 'pending' LIMIT 1) \
                    UNION ALL \
-                   SELECT min(run_at) FROM tasks WHERE channel = ?1 AND status = 'delayed' \
+                   SELECT min(run_at) FROM simplepyq_tasks WHERE channel = ?1 AND status = 'delayed' \
                    UNION ALL \
-                   SELECT min(lease_until) FROM tasks WHERE channel = ?1 AND status = 'running')",
+                   SELECT min(lease_until) FROM simplepyq_tasks WHERE channel = ?1 AND status = 'running')",
             )?;
             let t: Option<i64> = stmt.query_row([channel], |r| r.get(0))?;
             Ok(t.map(Timestamp::from_millis))
@@ -106,7 +106,7 @@ pub(crate) const DUE_DELAYED: &str = "channel = ?1 AND status = 'delayed' AND ru
 
 /// The unfinished task of channel ?1 holding unique key ?2, in `tasks_unique` (whose
 /// condition the query repeats word for word: SQLite uses a partial index only then).
-pub(crate) const KEY_HOLDER: &str = "SELECT id FROM tasks WHERE channel = ?1 AND unique_key = ?2 \
+pub(crate) const KEY_HOLDER: &str = "SELECT id FROM simplepyq_tasks WHERE channel = ?1 AND unique_key = ?2 \
      AND unique_key IS NOT NULL AND status NOT IN ('done', 'failed')";
 
 /// The channels of `tasks`, each once: what an enqueue announces (not a name per task).
@@ -166,7 +166,7 @@ pub(crate) fn insert_tasks_taking(
 /// the values of [`STATE_COLUMNS`].
 pub(crate) fn insert_sql() -> String {
     format!(
-        "INSERT INTO tasks (channel, args, created_at, priority, unique_key, {STATE_COLUMNS}) \
+        "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, {STATE_COLUMNS}) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
     )
 }

@@ -42,8 +42,9 @@ impl InspectStore for SqliteStore {
 
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         self.read(|conn| {
-            let mut stmt =
-                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM simplepyq_tasks WHERE id = ?1"
+            ))?;
             let mut rows = stmt.query([id.get()])?;
             match rows.next()? {
                 Some(r) => Ok(Some(task_from_row(r)?)),
@@ -53,7 +54,7 @@ impl InspectStore for SqliteStore {
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
-        let mut sql = format!("SELECT {COLUMNS} FROM tasks WHERE id > ?1");
+        let mut sql = format!("SELECT {COLUMNS} FROM simplepyq_tasks WHERE id > ?1");
         let mut values: Vec<rusqlite::types::Value> =
             vec![filter.after.map_or(0, TaskId::get).into()];
         if let Some(channel) = &filter.channel {
@@ -104,7 +105,7 @@ impl InspectStore for SqliteStore {
     fn totals(&self) -> Result<BTreeMap<String, Totals>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT channel, done, failed, retried, lease_lost FROM totals ORDER BY channel",
+                "SELECT channel, done, failed, retried, lease_lost FROM simplepyq_totals ORDER BY channel",
             )?;
             let mut rows = stmt.query([])?;
             let mut totals = BTreeMap::new();
@@ -128,7 +129,7 @@ pub(crate) fn channel_filter(channel: Option<&str>, n: usize) -> String {
 pub(crate) fn counts_sql(channel: Option<&str>) -> String {
     let counts = Status::ALL.map(|s| {
         format!(
-            "(SELECT count(*) FROM tasks WHERE status = '{}'{})",
+            "(SELECT count(*) FROM simplepyq_tasks WHERE status = '{}'{})",
             s.as_str(),
             channel_filter(channel, 1)
         )
@@ -141,7 +142,7 @@ pub(crate) fn counts_sql(channel: Option<&str>) -> String {
 pub(crate) fn finished_sql(channel: Option<&str>) -> String {
     let of_status = [Status::Done, Status::Failed].map(|s| {
         format!(
-            "SELECT updated_at - updated_at % ?2, '{0}', count(*) FROM tasks \
+            "SELECT updated_at - updated_at % ?2, '{0}', count(*) FROM simplepyq_tasks \
              WHERE status = '{0}' AND updated_at >= ?1{1} GROUP BY 1",
             s.as_str(),
             channel_filter(channel, 3)
@@ -156,8 +157,8 @@ pub(crate) fn finished_sql(channel: Option<&str>) -> String {
 pub(crate) fn channels_sql() -> String {
     let walks = Status::ALL.map(|s| {
         format!(
-            "in_{0}(ch) AS (SELECT min(channel) FROM tasks WHERE status = '{0}' \
-             UNION ALL SELECT (SELECT min(channel) FROM tasks \
+            "in_{0}(ch) AS (SELECT min(channel) FROM simplepyq_tasks WHERE status = '{0}' \
+             UNION ALL SELECT (SELECT min(channel) FROM simplepyq_tasks \
              WHERE status = '{0}' AND channel > in_{0}.ch) FROM in_{0} WHERE ch IS NOT NULL)",
             s.as_str()
         )

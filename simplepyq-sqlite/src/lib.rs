@@ -44,8 +44,18 @@
 //! ones keep their time, done and failed ones stay. [`SqliteStore::open_read_only`] refuses
 //! such a file, as it writes nothing.
 //!
+//! # In an application's database
+//! The queue's tables are `simplepyq_tasks`, `simplepyq_schedules`, `simplepyq_totals`
+//! and `simplepyq_schema` (the queue's schema version), with indexes named
+//! `simplepyq_tasks_*`: a queue can live in the application's own database beside its
+//! tables, which are never touched (nor its `PRAGMA user_version` and `application_id`),
+//! and the application's rows and its tasks can commit in one transaction
+//! ([`SqliteStore::enqueue_in`]). Opening any SQLite database adds these tables to it if
+//! missing, and switches it to WAL mode. Files of versions before 7 (tables `tasks`,
+//! `schedules`, `totals`, the version in `user_version`) are migrated in place.
+//!
 //! # Inspecting with SQL
-//! The table `tasks` has one row per task: `id`, `channel`, `args` (MessagePack), `status`
+//! The table `simplepyq_tasks` has one row per task: `id`, `channel`, `args` (MessagePack), `status`
 //! (`pending`, `running`, `delayed`, `done`, `failed`), `retries_left`, `max_retries`,
 //! `attempts`, `lost_runs`, `run_at`, `lease_until`, `last_error`, `created_at`,
 //! `updated_at` (times in milliseconds since the Unix epoch). Read it freely; write it only

@@ -14,11 +14,14 @@ use crate::writer::Writer;
 use crate::{Durability, SqliteOptions, SqliteStore, original, outbox, readers, schema, watch};
 
 impl SqliteStore {
-    /// Opens the queue file at `path`, creating it if needed, with default settings.
+    /// Opens the queue file at `path`, creating it if needed, with default settings. An
+    /// application's database gets the queue's tables beside its own (see the crate's
+    /// documentation).
     ///
     /// Errors, each leaving the file unchanged: [`Error::Foreign`] for a file that is not
-    /// SQLite or is another application's database, [`Error::SchemaTooNew`] for a file of a
-    /// newer simplepyq, [`Error::Corrupt`] for a damaged one.
+    /// SQLite, or has a table `simplepyq_tasks` that is not a queue's;
+    /// [`Error::SchemaTooNew`] for a file of a newer simplepyq, [`Error::Corrupt`] for a
+    /// damaged one.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, SqliteOptions::default())
     }
@@ -280,22 +283,31 @@ mod tests {
             .expect("create")
             .enqueue_one(NewTask::new("c", vec![1]), T0)
             .expect("enqueue");
-        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        assert_eq!(queue_version(&path), schema::latest());
+        // The header is left to the application.
+        assert_eq!(header(&path), (0, 0));
         // Opening again migrates nothing and keeps the data.
         let store = SqliteStore::open(&path).expect("reopen");
         assert_eq!(store.get(id).expect("get").map(|t| t.args), Some(vec![1]));
-        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        assert_eq!(queue_version(&path), schema::latest());
     }
 
     /// A file as version 1 left it, with a pending and a delayed task.
     fn version_1_file(path: &Path) {
+        version_file(path, 1);
+    }
+
+    /// A file as version `v` (1 to 6) left it, with a pending and a delayed task.
+    fn version_file(path: &Path, v: usize) {
         let conn = Connection::open(path).expect("open raw");
         conn.execute_batch("PRAGMA journal_mode = WAL;")
             .expect("wal");
-        conn.execute_batch(schema::MIGRATIONS[0]).expect("0001");
+        for sql in &schema::MIGRATIONS[..v] {
+            conn.execute_batch(sql).expect("a migration");
+        }
         conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
             .expect("application_id");
-        conn.pragma_update(None, "user_version", 1)
+        conn.pragma_update(None, "user_version", v as i64)
             .expect("user_version");
         for (args, status, run_at) in [(1, "pending", 0), (2, "delayed", 5_000)] {
             conn.execute(
@@ -305,6 +317,36 @@ mod tests {
                 params![vec![args as u8], status, T0.as_millis() + run_at],
             )
             .expect("insert");
+        }
+    }
+
+    /// A file of every earlier version is read as it is by a read-only open, and opened
+    /// (migrated) with its tasks, which then run.
+    #[test]
+    fn files_of_every_earlier_version_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for v in 1..usize::try_from(schema::OWN_NAMES).expect("a version") {
+            let path = dir.path().join(format!("v{v}.db"));
+            version_file(&path, v);
+            let store = SqliteStore::open_read_only(&path).expect("read-only");
+            let counts = store.counts(None).expect("counts");
+            assert_eq!((counts.pending, counts.delayed), (1, 1), "version {v}");
+            drop(store);
+            assert_eq!(
+                header(&path),
+                (schema::APPLICATION_ID, v as i64),
+                "unchanged"
+            );
+            let store = SqliteStore::open(&path).expect("migrate");
+            assert_eq!(queue_version(&path), schema::latest(), "version {v}");
+            let later = T0.after(Duration::from_secs(5));
+            let claimed = store.claim("c", 5, later, later).expect("claim");
+            let args: Vec<Vec<u8>> = claimed.iter().map(|t| t.args.clone()).collect();
+            assert_eq!(args, vec![vec![1], vec![2]], "version {v}");
+            let id = store
+                .enqueue_one(NewTask::new("c", vec![3]), T0)
+                .expect("enqueue");
+            assert!(id.get() > claimed[1].id.get(), "ids go on");
         }
     }
 
@@ -377,7 +419,11 @@ mod tests {
         let path = dir.path().join("v1.db");
         version_1_file(&path);
         let store = SqliteStore::open(&path).expect("migrate");
-        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        // The version moved to the queue's table; the header is the application's now.
+        assert_eq!(
+            (queue_version(&path), header(&path)),
+            (schema::latest(), (0, 0))
+        );
         let first = store.claim("c", 5, T0, T0).expect("claim");
         assert_eq!(first.len(), 1);
         assert_eq!((first[0].args.clone(), first[0].priority), (vec![1], 0));
@@ -443,7 +489,7 @@ mod tests {
         // Holds a snapshot of the file as it is now.
         other.execute_batch("BEGIN").expect("begin");
         let n: i64 = other
-            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM simplepyq_tasks", [], |r| r.get(0))
             .expect("read");
         assert_eq!(n, 200);
         let mut slowest = Duration::ZERO;
@@ -498,23 +544,92 @@ mod tests {
     }
 
     #[test]
-    fn every_migration_applies_to_an_empty_in_memory_database() {
+    fn an_empty_database_gets_the_latest_tables_once() {
         let mut conn = Connection::open_in_memory().expect("in memory");
         schema::inspect(&conn).expect("an empty database is accepted");
         schema::migrate(&mut conn, 0).expect("migrate");
         let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .expect("user_version");
+            .query_row("SELECT max(version) FROM simplepyq_schema", [], |r| {
+                r.get(0)
+            })
+            .expect("version");
         assert_eq!(version, schema::latest());
         let indexes: i64 = conn
             .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name LIKE 'tasks_%'",
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'index' \
+                 AND name LIKE 'simplepyq_tasks_%'",
                 [],
                 |r| r.get(0),
             )
             .expect("indexes");
         assert_eq!(indexes, 6);
         schema::migrate(&mut conn, 0).expect("migrating again does nothing");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM simplepyq_schema", [], |r| r.get(0))
+            .expect("versions");
+        assert_eq!(rows, 1);
+    }
+
+    /// What a database holds of the queue's: each table's columns (name, type, not null,
+    /// default, key), and each index's text.
+    fn shape(conn: &Connection) -> Vec<String> {
+        let mut shape = Vec::new();
+        for table in [
+            "simplepyq_tasks",
+            "simplepyq_schedules",
+            "simplepyq_totals",
+            "simplepyq_schema",
+        ] {
+            let mut columns = conn
+                .prepare(&format!(
+                    "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{table}')"
+                ))
+                .expect("columns");
+            let rows = columns
+                .query_map([], |r| {
+                    Ok(format!(
+                        "{table}.{}: {} {} {:?} {}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?
+                    ))
+                })
+                .expect("columns");
+            shape.extend(rows.map(|r| r.expect("a column")));
+        }
+        let mut indexes = conn
+            .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY name")
+            .expect("indexes");
+        let rows = indexes
+            .query_map([], |r| {
+                Ok(format!(
+                    "{}: {}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?
+                ))
+            })
+            .expect("indexes");
+        shape.extend(rows.map(|r| r.expect("an index")));
+        shape
+    }
+
+    /// A file migrated from version 1 through every migration holds the tables that a new
+    /// file gets at once (schema.sql): one schema, whichever way it came.
+    #[test]
+    fn the_migrations_and_the_new_schema_agree() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (old, new) = (dir.path().join("old.db"), dir.path().join("new.db"));
+        version_1_file(&old);
+        drop(SqliteStore::open(&old).expect("migrate"));
+        drop(SqliteStore::open(&new).expect("create"));
+        let (old, new) = (
+            Connection::open(&old).expect("open"),
+            Connection::open(&new).expect("open"),
+        );
+        assert_eq!(shape(&old), shape(&new));
+        assert!(shape(&new).len() > 25, "{:?}", shape(&new));
     }
 
     /// Opens `path` expecting an error, and checks the file's bytes did not change.
@@ -538,17 +653,19 @@ mod tests {
         assert!(err.to_string().contains("not a SQLite database"), "{err}");
     }
 
+    /// A table named as the queue's without the queue's version table is another
+    /// program's: refused, the file unchanged.
     #[test]
-    fn another_applications_database_is_refused_unchanged() {
+    fn a_table_with_the_queues_name_that_is_not_the_queues_is_refused_unchanged() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("app.db");
         Connection::open(&path)
             .expect("open raw")
-            .execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);")
+            .execute_batch("CREATE TABLE simplepyq_tasks (id INTEGER PRIMARY KEY, name TEXT);")
             .expect("create");
         let err = refused(&path);
         assert!(matches!(err, Error::Foreign { .. }), "{err}");
-        assert!(err.to_string().contains("not a simplepyq queue"), "{err}");
+        assert!(err.to_string().contains("simplepyq_tasks"), "{err}");
     }
 
     #[test]
@@ -557,8 +674,11 @@ mod tests {
         let path = dir.path().join("q.db");
         drop(SqliteStore::open(&path).expect("create"));
         let conn = Connection::open(&path).expect("open raw");
-        conn.pragma_update(None, "user_version", schema::latest() + 1)
-            .expect("bump");
+        conn.execute(
+            "INSERT INTO simplepyq_schema (version, applied_at) VALUES (?1, 0)",
+            [schema::latest() + 1],
+        )
+        .expect("bump");
         drop(conn);
         let err = refused(&path);
         match err {

@@ -1,7 +1,8 @@
 //! Files of the original Python simplepyq (0.1.3): one table `tasks (id, channel, args,
 //! status, retries, delay_until)`, times in seconds. Opening one for writing imports it:
 //! a backup copy is written beside the file, then, in the migration's transaction, its
-//! tasks move into this schema with their ids, and its table is dropped.
+//! tasks move into the queue's table `simplepyq_tasks` with their ids, and its table is
+//! dropped.
 
 use std::path::{Path, PathBuf};
 
@@ -89,21 +90,13 @@ pub(crate) fn check(conn: &Connection) -> R<()> {
     }
 }
 
-/// Checks the original's tasks ([`check`]) and renames their table, in the caller's
-/// transaction, so that the migrations create this schema's `tasks`; [`copy_tasks`] then
-/// moves them.
+/// Copies the original's tasks (its table `tasks`, [`check`]ed) into the queue's table
+/// `simplepyq_tasks`, keeping their ids, and drops the original's table, in the caller's
+/// transaction. `now_ms` is the time of the import. Returns how many tasks moved.
 ///
 /// Statuses: `pending` and `running` (left by a crash: the original has no leases) become
 /// pending; `delayed` stays delayed until its `delay_until`; `done` and `failed` stay.
 /// Retries left are the original's; the attempts made are not known and read 0.
-pub(crate) fn rename_table(tx: &Connection) -> R<()> {
-    check(tx)?;
-    tx.execute_batch("ALTER TABLE tasks RENAME TO simplepyq_original_tasks")?;
-    Ok(())
-}
-
-/// Copies the renamed table's tasks into the new `tasks` table, keeping their ids, and
-/// drops it. `now_ms` is the time of the import. Returns how many tasks moved.
 ///
 /// Every value is written as the type the store reads back (SQLite keeps a value's own
 /// type in a column of another affinity when it cannot convert it exactly): a fractional
@@ -111,8 +104,8 @@ pub(crate) fn rename_table(tx: &Connection) -> R<()> {
 /// whole milliseconds, retries to a whole count that fits, arguments to bytes.
 pub(crate) fn copy_tasks(tx: &Connection, now_ms: i64) -> R<usize> {
     let moved = tx.execute(
-        "INSERT INTO tasks (id, channel, args, status, retries_left, max_retries, attempts, \
-                            run_at, lease_until, last_error, created_at, updated_at) \
+        "INSERT INTO simplepyq_tasks (id, channel, args, status, retries_left, max_retries, \
+                            attempts, run_at, lease_until, last_error, created_at, updated_at) \
          SELECT id, channel, coalesce(CAST(args AS BLOB), X'c0'), \
                 CASE WHEN status = 'delayed' AND delay_until IS NOT NULL THEN 'delayed' \
                      WHEN status IN ('pending', 'running', 'delayed') THEN 'pending' \
@@ -125,18 +118,17 @@ pub(crate) fn copy_tasks(tx: &Connection, now_ms: i64) -> R<usize> {
                 CASE WHEN status = 'failed' \
                      THEN 'failed under the original simplepyq, which keeps no error' END, \
                 ?1, ?1 \
-         FROM simplepyq_original_tasks ORDER BY id",
+         FROM main.tasks ORDER BY id",
         [now_ms],
     )?;
     // Ids are never reused: the sequence goes on from the original's.
     tx.execute_batch(
-        "INSERT INTO sqlite_sequence (name, seq) SELECT 'tasks', 0 \
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'tasks'); \
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'simplepyq_tasks', 0 \
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'simplepyq_tasks'); \
          UPDATE sqlite_sequence SET seq = max(seq, \
-             (SELECT coalesce(max(seq), 0) FROM sqlite_sequence \
-              WHERE name = 'simplepyq_original_tasks')) \
-         WHERE name = 'tasks'; \
-         DROP TABLE simplepyq_original_tasks;",
+             (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'tasks')) \
+         WHERE name = 'simplepyq_tasks'; \
+         DROP TABLE main.tasks;",
     )?;
     Ok(moved)
 }
@@ -206,7 +198,10 @@ mod tests {
         assert!(read_only.to_string().contains("original"), "{read_only}");
 
         let store = SqliteStore::open(&path).expect("open imports");
-        assert_eq!(header(&path), (schema::APPLICATION_ID, schema::latest()));
+        assert_eq!(
+            (queue_version(&path), header(&path)),
+            (schema::latest(), (0, 0))
+        );
         let tasks = store.list(&ListFilter::new(10)).expect("list");
         let seen: Vec<(i64, Vec<u8>, Status, u32)> = tasks
             .iter()
@@ -307,7 +302,9 @@ mod tests {
         let store = SqliteStore::open(&path).expect("open imports");
         let types: Vec<(String, String, String)> = Connection::open(&path)
             .expect("open raw")
-            .prepare("SELECT typeof(args), typeof(retries_left), typeof(run_at) FROM tasks")
+            .prepare(
+                "SELECT typeof(args), typeof(retries_left), typeof(run_at) FROM simplepyq_tasks",
+            )
             .expect("prepare")
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .expect("query")

@@ -157,7 +157,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 fn last_id(conn: &Connection) -> Result<i64> {
     let seq: Option<i64> = conn
         .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'tasks'",
+            "SELECT seq FROM sqlite_sequence WHERE name = 'simplepyq_tasks'",
             [],
             |r| r.get(0),
         )

@@ -24,7 +24,8 @@ impl OutcomeStore for SqliteStore {
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         let claims = claims.to_vec();
         let (n, channels) = self.write(move |tx| {
-            let mut channel = tx.prepare_cached("SELECT channel FROM tasks WHERE id = ?1")?;
+            let mut channel =
+                tx.prepare_cached("SELECT channel FROM simplepyq_tasks WHERE id = ?1")?;
             let mut channels = BTreeSet::new();
             for c in &claims {
                 if let Some(name) = channel
@@ -87,7 +88,7 @@ impl OutcomeStore for SqliteStore {
 }
 
 /// Running tasks whose lease ended by ?1: their ids and channels.
-pub(crate) const EXPIRED: &str = "SELECT id, channel FROM tasks WHERE status = 'running' \
+pub(crate) const EXPIRED: &str = "SELECT id, channel FROM simplepyq_tasks WHERE status = 'running' \
      AND lease_until <= ?1 ORDER BY lease_until";
 
 /// Reads a task's state for a [`batch`] rule, noting its channel in `channels`.
@@ -98,7 +99,7 @@ pub(crate) fn channel_and_state_of<'a>(
     move |id| {
         let mut stmt = tx
             .prepare_cached(&format!(
-                "SELECT channel, {STATE_COLUMNS} FROM tasks WHERE id = ?1"
+                "SELECT channel, {STATE_COLUMNS} FROM simplepyq_tasks WHERE id = ?1"
             ))
             .map_err(E::from)?;
         let mut rows = stmt.query([id.get()]).map_err(E::from)?;
@@ -113,7 +114,7 @@ pub(crate) fn channel_and_state_of<'a>(
 /// Adds `counted` to the channels' totals.
 pub(crate) fn add_totals(tx: &Transaction<'_>, counted: &BTreeMap<String, Totals>) -> R<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO totals (channel, done, failed, retried, lease_lost) \
+        "INSERT INTO simplepyq_totals (channel, done, failed, retried, lease_lost) \
          VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (channel) DO UPDATE SET \
          done = done + excluded.done, failed = failed + excluded.failed, \
          retried = retried + excluded.retried, lease_lost = lease_lost + excluded.lease_lost",

@@ -23,7 +23,7 @@ fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
 
 fn query_steps(conn: &Connection) -> (i32, String) {
     let sql = format!(
-        "SELECT {COLUMNS} FROM tasks WHERE {READY} ORDER BY priority DESC, run_at, id LIMIT ?3"
+        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} ORDER BY priority DESC, run_at, id LIMIT ?3"
     );
     let plan: Vec<String> = conn
         .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -55,9 +55,9 @@ fn backlog(store: &SqliteStore, n: usize) {
     store
         .write(|tx| {
             Ok(tx.execute_batch(
-                "UPDATE tasks SET status = 'done' WHERE channel = 'b' AND id % 2 = 0;
-             UPDATE tasks SET status = 'failed' WHERE channel = 'b' AND id % 2 = 1;
-             UPDATE tasks SET channel = 'c' WHERE channel = 'b';",
+                "UPDATE simplepyq_tasks SET status = 'done' WHERE channel = 'b' AND id % 2 = 0;
+             UPDATE simplepyq_tasks SET status = 'failed' WHERE channel = 'b' AND id % 2 = 1;
+             UPDATE simplepyq_tasks SET channel = 'c' WHERE channel = 'b';",
             )?)
         })
         .expect("finish");
@@ -98,7 +98,8 @@ fn status_queries_follow_an_index() {
                     explain(conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3).expect("the query plan");
                 assert!(
                     plan.iter()
-                        .all(|step| !step.starts_with("SCAN tasks") || step.contains("INDEX")),
+                        .all(|step| !step.starts_with("SCAN simplepyq_tasks")
+                            || step.contains("INDEX")),
                     "{sql}: {plan:?}"
                 );
                 if sql == KEY_HOLDER {

@@ -61,8 +61,9 @@ pub(crate) fn task_from_row(r: &Row<'_>) -> R<Task> {
 }
 
 pub(crate) fn load_state(tx: &Transaction<'_>, id: TaskId) -> R<Option<TaskState>> {
-    let mut stmt =
-        tx.prepare_cached(&format!("SELECT {STATE_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {STATE_COLUMNS} FROM simplepyq_tasks WHERE id = ?1"
+    ))?;
     let mut rows = stmt.query([id.get()])?;
     match rows.next()? {
         Some(r) => Ok(Some(state_from_row(r, 0)?)),
@@ -85,7 +86,7 @@ pub(crate) fn bind_state(stmt: &mut Statement<'_>, first: usize, s: &TaskState) 
 }
 
 /// Writes a task's state: ?1 the id, ?2.. the values of [`STATE_COLUMNS`].
-pub(crate) const SAVE_STATE: &str = "UPDATE tasks SET status = ?2, retries_left = ?3, \
+pub(crate) const SAVE_STATE: &str = "UPDATE simplepyq_tasks SET status = ?2, retries_left = ?3, \
      max_retries = ?4, attempts = ?5, run_at = ?6, lease_until = ?7, last_error = ?8, updated_at = ?9, \
      lost_runs = ?10 WHERE id = ?1";
 
@@ -157,17 +158,17 @@ mod tests {
             .collect();
         let raw = Connection::open(&path).expect("open raw");
         raw.execute(
-            "UPDATE tasks SET last_error = CAST(X'66ff6f' AS TEXT) WHERE id = ?1",
+            "UPDATE simplepyq_tasks SET last_error = CAST(X'66ff6f' AS TEXT) WHERE id = ?1",
             [bad[0].get()],
         )
         .expect("damage the error");
         raw.execute(
-            "UPDATE tasks SET unique_key = CAST(X'c328' AS TEXT) WHERE id = ?1",
+            "UPDATE simplepyq_tasks SET unique_key = CAST(X'c328' AS TEXT) WHERE id = ?1",
             [bad[1].get()],
         )
         .expect("damage the key");
         raw.execute(
-            "UPDATE tasks SET attempts = 'many' WHERE id = ?1",
+            "UPDATE simplepyq_tasks SET attempts = 'many' WHERE id = ?1",
             [bad[2].get()],
         )
         .expect("damage a number");

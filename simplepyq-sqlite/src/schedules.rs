@@ -21,7 +21,7 @@ impl ScheduleStore for SqliteStore {
             // Records `at` only if it is later than the firing recorded: one row changes,
             // or none.
             let fired = tx.execute(
-                "INSERT INTO schedules (name, last_fired) VALUES (?1, ?2) \
+                "INSERT INTO simplepyq_schedules (name, last_fired) VALUES (?1, ?2) \
                  ON CONFLICT (name) DO UPDATE SET last_fired = excluded.last_fired \
                  WHERE last_fired < excluded.last_fired",
                 params![name, at.as_millis()],
@@ -40,7 +40,7 @@ impl ScheduleStore for SqliteStore {
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         self.read(|conn| {
             let ms: Option<i64> = conn
-                .prepare_cached("SELECT last_fired FROM schedules WHERE name = ?1")?
+                .prepare_cached("SELECT last_fired FROM simplepyq_schedules WHERE name = ?1")?
                 .query_row([name], |r| r.get(0))
                 .optional()?;
             Ok(ms.map(Timestamp::from_millis))

@@ -6,10 +6,13 @@ use simplepyq_core::Error;
 use crate::error::{BACKEND, R};
 use crate::original;
 
-/// `PRAGMA application_id` of simplepyq files: "SPYQ".
+/// `PRAGMA application_id` of simplepyq files of versions 1 to 6, whose `PRAGMA
+/// user_version` was their version; version 7 leaves both to the application.
 pub(crate) const APPLICATION_ID: i32 = 0x5350_5951;
 
-/// The migrations, in order; the file's `PRAGMA user_version` is the number applied.
+/// The migrations, in order: the version of a file is the number applied. Files of
+/// versions 1 to 6 keep the queue's tables under the names `tasks`, `schedules` and
+/// `totals`; 0007 renames them.
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_tasks.sql"),
     include_str!("../migrations/0002_priority_unique.sql"),
@@ -17,7 +20,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_status_indexes.sql"),
     include_str!("../migrations/0005_schedules.sql"),
     include_str!("../migrations/0006_totals.sql"),
+    include_str!("../migrations/0007_own_names.sql"),
 ];
+
+/// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
+/// an application's tables, which the first migrations' names could collide with).
+const CREATE: &str = include_str!("../migrations/schema.sql");
+
+/// The version from which the queue's tables have names of their own and the version is
+/// kept in `simplepyq_schema`.
+pub(crate) const OWN_NAMES: i64 = 7;
 
 /// The schema version this build writes.
 pub(crate) fn latest() -> i64 {
@@ -27,37 +39,90 @@ pub(crate) fn latest() -> i64 {
 /// What a file holds, as [`inspect`] finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Found {
-    /// A simplepyq queue of a version this build reads, or an empty file.
+    /// A simplepyq queue of a version this build reads, or a file without one (new, or an
+    /// application's database), where one is made.
     Queue,
     /// A file of the original Python simplepyq, to import ([`crate::original`]).
     Original,
 }
 
-/// Reads the file's header and schema without writing anything, and refuses files that
-/// are not simplepyq queues of a version this build can read (or the original's).
-pub(crate) fn inspect(conn: &Connection) -> R<Found> {
+/// Which queue a file holds, by the marks each version leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// None: a new file, or an application's database.
+    None,
+    /// Versions 1 to 6: tables `tasks`, `schedules`, `totals`, the version in
+    /// `PRAGMA user_version` and [`APPLICATION_ID`] in the header.
+    Unprefixed(i64),
+    /// Version 7 on: tables `simplepyq_*`, the version in `simplepyq_schema`.
+    Own(i64),
+}
+
+impl Layout {
+    /// The version of the queue (0 for none).
+    pub(crate) fn version(self) -> i64 {
+        match self {
+            Layout::None => 0,
+            Layout::Unprefixed(v) | Layout::Own(v) => v,
+        }
+    }
+}
+
+/// Whether the file has a table or view named `name`.
+fn has_table(conn: &Connection, name: &str) -> R<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'table' AND name = ?1)",
+        [name],
+        |r| r.get(0),
+    )?)
+}
+
+/// Reads which queue the file holds, without writing anything. A table `simplepyq_tasks`
+/// without the version table is another program's, and refused.
+pub(crate) fn layout(conn: &Connection) -> R<Layout> {
     // The first read of the header: a file that is not SQLite fails here.
     let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let tables: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
-        [],
-        |r| r.get(0),
-    )?;
-    if app_id == 0 && version == 0 && tables > 0 && original::is_original(conn)? {
-        return Ok(Found::Original);
+    if has_table(conn, "simplepyq_schema")? {
+        let version: Option<i64> =
+            conn.query_row("SELECT max(version) FROM main.simplepyq_schema", [], |r| {
+                r.get(0)
+            })?;
+        let version = version.unwrap_or(0);
+        check_version(version)?;
+        return Ok(Layout::Own(version));
     }
-    if app_id != APPLICATION_ID && (app_id != 0 || tables > 0 || version > 0) {
+    if has_table(conn, "simplepyq_tasks")? {
         return Err(Error::Foreign {
             backend: BACKEND,
-            message: format!(
-                "the file is a SQLite database of another application (application_id {app_id:#x}, \
-                 {tables} tables), not a simplepyq queue"
-            ),
+            message: "the file has a table simplepyq_tasks that is not a simplepyq queue's \
+                      (no simplepyq_schema beside it)"
+                .into(),
         }
         .into());
     }
-    check_version(version)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if app_id == APPLICATION_ID && version > 0 {
+        // Versions 1 to 6 wrote both; a later one writes neither.
+        if version >= OWN_NAMES {
+            return Err(Error::SchemaTooNew {
+                backend: BACKEND,
+                found: version,
+                supported: latest(),
+            }
+            .into());
+        }
+        return Ok(Layout::Unprefixed(version));
+    }
+    Ok(Layout::None)
+}
+
+/// Reads the file's header and schema without writing anything, and refuses files that
+/// are not SQLite, and queues of a version this build cannot read. An application's
+/// database is a file without a queue: the queue's tables go beside its own.
+pub(crate) fn inspect(conn: &Connection) -> R<Found> {
+    if layout(conn)? == Layout::None && original::is_original(conn)? {
+        return Ok(Found::Original);
+    }
     Ok(Found::Queue)
 }
 
@@ -66,6 +131,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str)]] = &[
     &[],
     &[("priority", "0"), ("unique_key", "NULL")],
     &[("lost_runs", "0")],
+    &[],
     &[],
     &[],
     &[],
@@ -83,35 +149,44 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
         "totals",
         &["channel", "done", "failed", "retried", "lease_lost"],
     )],
+    &[("simplepyq_schema", &["version", "applied_at"])],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,
-/// without writing it: a temporary view `tasks` (which shadows the file's table) adds the
-/// columns later migrations added, with their defaults, and an empty temporary view stands
-/// for each table they created. Returns the file's version.
+/// without writing it: temporary views under the latest names (which shadow the file's
+/// tables) read a file of versions 1 to 6 with the columns later migrations added, at their
+/// defaults, and stand empty for each table they created. Returns the file's version (0
+/// for a file without a queue).
 pub(crate) fn read_as_latest(conn: &Connection) -> R<i64> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let applied = usize::try_from(version).unwrap_or(0);
-    if applied == 0 || applied >= MIGRATIONS.len() {
-        return Ok(version);
-    }
-    let added: Vec<String> = ADDED_COLUMNS[applied..]
+    let applied = match layout(conn)? {
+        Layout::Unprefixed(v) => v,
+        other => return Ok(other.version()),
+    };
+    let from = usize::try_from(applied).unwrap_or(0).min(MIGRATIONS.len());
+    let added: Vec<String> = ADDED_COLUMNS[from..]
         .iter()
         .flat_map(|columns| columns.iter())
         .map(|(name, default)| format!(", {default} AS {name}"))
         .collect();
     conn.execute_batch(&format!(
-        "CREATE TEMP VIEW tasks AS SELECT *{} FROM main.tasks",
+        "CREATE TEMP VIEW simplepyq_tasks AS SELECT *{} FROM main.tasks",
         added.concat()
     ))?;
-    for (table, columns) in ADDED_TABLES[applied..].iter().flat_map(|t| t.iter()) {
-        let nulls: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
-        conn.execute_batch(&format!(
-            "CREATE TEMP VIEW {table} AS SELECT {} WHERE 0",
-            nulls.join(", ")
-        ))?;
+    for (i, tables) in ADDED_TABLES.iter().enumerate() {
+        for (table, columns) in *tables {
+            let body = if i < from {
+                format!("* FROM main.{table}")
+            } else {
+                let nulls: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
+                format!("{} WHERE 0", nulls.join(", "))
+            };
+            let name = table.strip_prefix("simplepyq_").unwrap_or(table);
+            conn.execute_batch(&format!(
+                "CREATE TEMP VIEW simplepyq_{name} AS SELECT {body}"
+            ))?;
+        }
     }
-    Ok(version)
+    Ok(applied)
 }
 
 fn check_version(found: i64) -> R<()> {
@@ -126,27 +201,40 @@ fn check_version(found: i64) -> R<()> {
     Ok(())
 }
 
-/// Applies the migrations the file lacks, all in one transaction; a file of the original
-/// simplepyq has its tasks imported in it too. `now_ms` is the time of an import.
+/// Applies the migrations the file lacks, all in one transaction: a file without a queue
+/// gets the latest tables at once; a file of the original simplepyq has its tasks imported
+/// in it too. `now_ms` is the time of an import and of the migration's record.
 pub(crate) fn migrate(conn: &mut Connection, now_ms: i64) -> R<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Read again under the write lock: another process may have migrated meanwhile.
-    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    check_version(version)?;
-    let import = version == 0 && original::is_original(&tx)?;
+    let found = layout(&tx)?;
+    let import = found == Layout::None && original::is_original(&tx)?;
     if import {
-        original::rename_table(&tx)?;
+        original::check(&tx)?;
     }
-    let applied = usize::try_from(version).unwrap_or(0);
-    for sql in &MIGRATIONS[applied..] {
+    let applied = match found {
+        Layout::None => {
+            tx.execute_batch(CREATE)?;
+            OWN_NAMES
+        }
+        Layout::Unprefixed(v) | Layout::Own(v) => v,
+    };
+    for sql in &MIGRATIONS[usize::try_from(applied).unwrap_or(0)..] {
         tx.execute_batch(sql)?;
     }
     if import {
         original::copy_tasks(&tx, now_ms)?;
     }
-    if version < latest() {
-        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
-        tx.pragma_update(None, "user_version", latest())?;
+    if let Layout::Unprefixed(_) = found {
+        // The header is the application's from now on.
+        tx.pragma_update(None, "application_id", 0)?;
+        tx.pragma_update(None, "user_version", 0)?;
+    }
+    if found.version() < latest() {
+        tx.execute(
+            "INSERT INTO simplepyq_schema (version, applied_at) VALUES (?1, ?2)",
+            [latest(), now_ms],
+        )?;
     }
     tx.commit()?;
     Ok(())

@@ -373,13 +373,18 @@ fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 fn newest_id(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT COALESCE(MAX(id), 0) FROM tasks", [], |r| r.get(0))
+    conn.query_row(
+        "SELECT COALESCE(MAX(id), 0) FROM simplepyq_tasks",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// The channels with tasks of ids above `after`, and the newest id of each.
 fn added_since(conn: &Connection, after: i64) -> rusqlite::Result<Vec<(String, i64)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT channel, MAX(id) FROM tasks WHERE id > ?1 GROUP BY channel")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT channel, MAX(id) FROM simplepyq_tasks WHERE id > ?1 GROUP BY channel",
+    )?;
     let rows = stmt.query_map([after], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
 }

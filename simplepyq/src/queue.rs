@@ -808,8 +808,9 @@ impl SimplePyQ<simplepyq_sqlite::SqliteStore> {
     /// `SimplePyQ("tasks.db")`. Tasks survive restarts and crashes; several processes may
     /// open the same file.
     ///
-    /// Fails with a clear error, changing nothing, if the file is not a simplepyq queue or
-    /// was written by a newer version. For settings (durability, lease, poll interval) use
+    /// The file may be the application's own database: the queue's tables (named
+    /// `simplepyq_*`) go beside its tables, which are left alone. Fails with a clear error,
+    /// changing nothing, if the file is not SQLite or was written by a newer version. For settings (durability, lease, poll interval) use
     /// [`SimplePyQ::builder`] with [`simplepyq_sqlite::SqliteStore::open_with`].
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         Ok(SimplePyQ::new(simplepyq_sqlite::SqliteStore::open(path)?))

@@ -23,7 +23,7 @@ fn run_until_complete_returns_a_damaged_file_error_instead_of_waiting() {
     rusqlite::Connection::open(&path)
         .expect("open raw")
         .execute(
-            "UPDATE tasks SET unique_key = CAST(X'c328' AS TEXT) WHERE id = ?1",
+            "UPDATE simplepyq_tasks SET unique_key = CAST(X'c328' AS TEXT) WHERE id = ?1",
             [bad.get()],
         )
         .expect("damage the row");

@@ -383,3 +383,90 @@ fn killed_consumers_write_each_receipt_once() {
     let once: Vec<(i64, i64)> = (1..=orders).map(|o| (o, 1)).collect();
     assert_eq!(written, once, "receipts written other than once per order");
 }
+
+/// The application's database, with its own `tasks` table and index `tasks_ready` (names
+/// the queue's tables and indexes had before version 7), its `user_version` and
+/// `application_id`, migrated by the application before and after the queue's tables are
+/// added: every table, row, index and pragma of the application's stays, and the queue
+/// works beside them, committing with the application's rows.
+#[test]
+fn the_queue_lives_in_the_applications_database_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.db");
+    let db = Connection::open(&path).expect("the application's database");
+    // The application's migration 1.
+    db.execute_batch(
+        "CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT NOT NULL); \
+         CREATE INDEX tasks_ready ON tasks (title); \
+         INSERT INTO tasks (title) VALUES ('write the report'), ('water the plants'); \
+         PRAGMA user_version = 1; PRAGMA application_id = 42;",
+    )
+    .expect("the application's schema");
+    let app_state = |db: &Connection| -> (Vec<(i64, String)>, i64, i64, i64) {
+        let rows = db
+            .prepare("SELECT id, title FROM tasks ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let version = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        let app_id = db
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .expect("application_id");
+        let index: i64 = db
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'tasks_ready' \
+                 AND tbl_name = 'tasks'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("index");
+        (rows, version, app_id, index)
+    };
+    let before = app_state(&db);
+
+    let (q, ran) = queue(&path, Duration::from_millis(10));
+    assert_eq!(
+        app_state(&db),
+        before,
+        "opening the queue changed the application's"
+    );
+    let mut db = db;
+    let tx = db
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .expect("begin");
+    tx.execute("INSERT INTO tasks (title) VALUES ('send the invoice')", [])
+        .expect("the application's row");
+    let row = tx.last_insert_rowid();
+    q.enqueue_in(&tx, "receipts", &row).expect("enqueue in");
+    tx.commit().expect("commit");
+    q.run_until_complete().expect("run");
+    assert_eq!(
+        ran.lock().iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![row]
+    );
+    drop(q);
+
+    // The application's migration 2, with the queue's tables there, then the queue again.
+    db.execute_batch(
+        "ALTER TABLE tasks ADD COLUMN done INTEGER NOT NULL DEFAULT 0; PRAGMA user_version = 2;",
+    )
+    .expect("the application's migration");
+    let (q, _) = queue(&path, Duration::from_millis(10));
+    q.enqueue("receipts", &0i64).expect("enqueue");
+    q.run_until_complete().expect("run");
+    assert_eq!(q.counts("receipts").expect("counts").done, 2);
+    let (rows, version, app_id, index) = app_state(&db);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[..2], before.0[..]);
+    assert_eq!((version, app_id, index), (2, 42, 1));
+    let columns: i64 = db
+        .query_row("SELECT count(*) FROM pragma_table_info('tasks')", [], |r| {
+            r.get(0)
+        })
+        .expect("columns");
+    assert_eq!(columns, 3, "the application's table is as it made it");
+}

@@ -2,7 +2,7 @@
 //! another queue on the file picks such a task up.
 //!
 //! ```text
-//! cargo run --release -p simplepyq-benches --example outbox -- [--n 5000] [--rounds 3]
+//! cargo run --release -p simplepyq-benches --example outbox_cost -- [--n 5000] [--rounds 3]
 //! ```
 //!
 //! For each durability (SQLite `synchronous=NORMAL` and `FULL`) and 1 and 4 producer
