@@ -37,8 +37,8 @@
 
 // One concern per file. The store: `options`; `open` (the pool, `schema`'s migrations, the
 // server's `clock`, the `listen`er); `row` (the row codec); one file per group of the
-// `Store` contract: `claim`, `outcome`, `admin`, `inspect`, `schedules`; `outbox`, the
-// writes in the caller's transaction; and `sql`, the
+// `Store` contract: `claim`, `outcome`, `admin`, `inspect`, `schedules`; `outbox` (and
+// `outbox_async`), the writes in the caller's transaction; and `sql`, the
 // statements that change many rows at once. Its machinery: `pool`, `error`.
 mod admin;
 mod claim;
@@ -49,6 +49,8 @@ mod listen;
 mod open;
 mod options;
 mod outbox;
+#[cfg(feature = "tokio")]
+mod outbox_async;
 mod outcome;
 mod pool;
 mod row;
@@ -69,6 +71,10 @@ pub use crate::options::PostgresOptions;
 /// The `postgres` client this store is built with: an application that enqueues in its
 /// own transactions ([`PostgresStore::enqueue_in`]) hands the store a client of this crate.
 pub use postgres;
+/// The `tokio_postgres` client of [`PostgresStore::enqueue_in_async`] and
+/// [`PostgresStore::complete_in_async`].
+#[cfg(feature = "tokio")]
+pub use tokio_postgres;
 
 /// How many done tasks one statement of
 /// [`purge_done`](simplepyq_core::AdminStore::purge_done) deletes.

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 
-use postgres::{GenericClient, Transaction};
+use postgres::types::ToSql;
+use postgres::{GenericClient, Row, Transaction};
 use simplepyq_core::{
     Claim, Error, NewTask, OnCommit, Outcome, Result, Status, TaskId, Timestamp, TransactionStore,
     validate_channel,
@@ -41,58 +42,13 @@ impl PostgresStore {
         tasks: &[NewTask],
         now: Timestamp,
     ) -> Result<Vec<TaskId>> {
-        for t in tasks {
-            validate_channel(&t.channel)?;
-        }
-        if tasks.is_empty() {
+        let Some(call) = EnqueueCall::of(&self.schema, tasks, now)? else {
             return Ok(Vec::new());
-        }
-        let channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
-        let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
-        let retries: Vec<i64> = tasks.iter().map(|t| i64::from(t.retries)).collect();
-        let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
-        let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
-        let run_at: Vec<Option<i64>> = tasks.iter().map(|t| t.run_at.map(millis)).collect();
-        let now = millis(now);
-        // One call per task, in order: a later task sees an earlier one's unique key.
-        let sql = format!(
-            "SELECT u.ord, {schema}.enqueue_msgpack(u.channel, u.args, u.retries, u.priority, \
-               u.unique_key, u.run_at, $7) \
-             FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::int[], $5::text[], \
-               $6::bigint[]) WITH ORDINALITY \
-               AS u(channel, args, retries, priority, unique_key, run_at, ord) \
-             ORDER BY u.ord",
-            schema = self.schema
-        );
+        };
         let rows = client
-            .query(
-                &sql,
-                &[
-                    &channels,
-                    &args,
-                    &retries,
-                    &priorities,
-                    &keys,
-                    &run_at,
-                    &now,
-                ],
-            )
+            .query(&call.sql, &call.params())
             .map_err(|e| self.in_caller(e.into()))?;
-        let mut ids = vec![None; tasks.len()];
-        for r in &rows {
-            let (ord, id): (i64, i64) = (r.get(0), r.get(1));
-            if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| ids.get_mut(i)) {
-                *slot = Some(TaskId::new(id));
-            }
-        }
-        ids.into_iter()
-            .map(|id| {
-                id.ok_or_else(|| Error::Backend {
-                    backend: BACKEND,
-                    source: "the enqueue returned no id for a task".into(),
-                })
-            })
-            .collect()
+        call.ids(&rows)
     }
 
     /// Completes the running attempt `claim` in the caller's transaction on `client`: the
@@ -108,17 +64,12 @@ impl PostgresStore {
         claim: Claim,
         now: Timestamp,
     ) -> Result<Status> {
-        let mut statuses = self
+        let statuses = self
             .in_schema(client, |db| {
                 finish_in(db, &[(claim, Outcome::Succeeded)], now)
             })
             .map_err(|e| self.in_caller(e))?;
-        statuses.pop().unwrap_or_else(|| {
-            Err(Error::Backend {
-                backend: BACKEND,
-                source: "no status for one attempt".into(),
-            })
-        })
+        one_status(statuses)
     }
 
     /// Runs `op` in a savepoint of the caller's transaction on `client` (or a transaction,
@@ -130,25 +81,20 @@ impl PostgresStore {
         op: impl FnOnce(&mut Db<'_, Transaction<'_>>) -> R<T>,
     ) -> R<T> {
         let mut tx = client.transaction()?;
-        let theirs: String = tx
-            .query_one(
-                "SELECT current_setting('search_path'), set_config('search_path', $1, true)",
-                &[&self.schema],
-            )?
-            .try_get(0)?;
+        let theirs: String = tx.query_one(SET_PATH, &[&self.schema])?.try_get(0)?;
         let mut statements = HashMap::new();
         let value = op(&mut Db {
             client: &mut tx,
             statements: &mut statements,
         })?;
-        tx.execute("SELECT set_config('search_path', $1, true)", &[&theirs])?;
+        tx.execute(RESTORE_PATH, &[&theirs])?;
         tx.commit()?;
         Ok(value)
     }
 
     /// The error of a statement in the caller's transaction: a database without this
     /// store's queue is named as such.
-    fn in_caller(&self, e: E) -> Error {
+    pub(crate) fn in_caller(&self, e: E) -> Error {
         let missing = matches!(&e, E::Pg(pg) if pg.code().is_some_and(|c| {
             *c == postgres::error::SqlState::UNDEFINED_FUNCTION
                 || *c == postgres::error::SqlState::UNDEFINED_TABLE
@@ -163,6 +109,96 @@ impl PostgresStore {
         }
         e.into()
     }
+}
+
+/// Sets the search path to $1 until the transaction ends, and returns the one it replaces.
+pub(crate) const SET_PATH: &str =
+    "SELECT current_setting('search_path'), set_config('search_path', $1, true)";
+/// Sets the search path back to $1 (what [`SET_PATH`] returned).
+pub(crate) const RESTORE_PATH: &str = "SELECT set_config('search_path', $1, true)";
+
+/// An enqueue in the caller's transaction: one statement, `enqueue_msgpack` once per task
+/// in order (a later task sees an earlier one's unique key), and its parameters.
+pub(crate) struct EnqueueCall<'a> {
+    pub(crate) sql: String,
+    channels: Vec<&'a str>,
+    args: Vec<&'a [u8]>,
+    retries: Vec<i64>,
+    priorities: Vec<i32>,
+    keys: Vec<Option<&'a str>>,
+    run_at: Vec<Option<i64>>,
+    now: i64,
+}
+
+impl<'a> EnqueueCall<'a> {
+    /// The call for `tasks` at `now` into the queue in `schema`; `None` for no tasks. An
+    /// invalid channel name is refused here, before anything is sent.
+    pub(crate) fn of(schema: &str, tasks: &'a [NewTask], now: Timestamp) -> Result<Option<Self>> {
+        for t in tasks {
+            validate_channel(&t.channel)?;
+        }
+        if tasks.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(EnqueueCall {
+            sql: format!(
+                "SELECT u.ord, {schema}.enqueue_msgpack(u.channel, u.args, u.retries, \
+                   u.priority, u.unique_key, u.run_at, $7) \
+                 FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::int[], $5::text[], \
+                   $6::bigint[]) WITH ORDINALITY \
+                   AS u(channel, args, retries, priority, unique_key, run_at, ord) \
+                 ORDER BY u.ord"
+            ),
+            channels: tasks.iter().map(|t| t.channel.as_str()).collect(),
+            args: tasks.iter().map(|t| t.args.as_slice()).collect(),
+            retries: tasks.iter().map(|t| i64::from(t.retries)).collect(),
+            priorities: tasks.iter().map(|t| t.priority).collect(),
+            keys: tasks.iter().map(|t| t.unique_key.as_deref()).collect(),
+            run_at: tasks.iter().map(|t| t.run_at.map(millis)).collect(),
+            now: millis(now),
+        }))
+    }
+
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.channels,
+            &self.args,
+            &self.retries,
+            &self.priorities,
+            &self.keys,
+            &self.run_at,
+            &self.now,
+        ]
+    }
+
+    /// The tasks' ids, in order, from the statement's rows.
+    pub(crate) fn ids(&self, rows: &[Row]) -> Result<Vec<TaskId>> {
+        let mut ids = vec![None; self.channels.len()];
+        for r in rows {
+            let (ord, id): (i64, i64) = (r.get(0), r.get(1));
+            if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| ids.get_mut(i)) {
+                *slot = Some(TaskId::new(id));
+            }
+        }
+        ids.into_iter()
+            .map(|id| {
+                id.ok_or_else(|| Error::Backend {
+                    backend: BACKEND,
+                    source: "the enqueue returned no id for a task".into(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The status of the one attempt a completion recorded.
+pub(crate) fn one_status(mut statuses: Vec<Result<Status>>) -> Result<Status> {
+    statuses.pop().unwrap_or_else(|| {
+        Err(Error::Backend {
+            backend: BACKEND,
+            source: "no status for one attempt".into(),
+        })
+    })
 }
 
 impl<'t, C: GenericClient> TransactionStore<&'t mut C> for PostgresStore {

@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use postgres::GenericClient;
 use postgres::types::ToSql;
+use postgres::{GenericClient, Row};
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
     Claim, Outcome, OutcomeStore, Result, Status, TaskId, TaskState, Timestamp, Totals, batch,
@@ -108,44 +108,95 @@ pub(crate) fn finish_in<C: GenericClient>(
     results: &[(Claim, Outcome)],
     now: Timestamp,
 ) -> R<Vec<Result<Status>>> {
-    let ids: Vec<i64> = results.iter().map(|(c, _)| c.id.get()).collect();
-    // Read without a lock, then write guarded by each claim: while a claim is held
-    // its task changes only in its lease, which an outcome clears, so what `apply`
-    // made of the state read is right if the claim still holds at the write. Two
-    // round trips, no transaction: the write counts the totals of the rows it wrote.
-    let rows = db.query(sql::READ_STATES, &[&ids])?;
-    let mut states = HashMap::with_capacity(rows.len());
-    for r in &rows {
-        states.insert(TaskId::new(r.try_get(0)?), state_from_row(r, 1)?);
+    // Read without a lock, then write guarded by each claim: while a claim is held its task
+    // changes only in its lease, which an outcome clears, so what `apply` made of the state
+    // read is right if the claim still holds at the write. Two round trips, no
+    // transaction: the write counts the totals of the rows it wrote.
+    let rows = db.query(sql::READ_STATES, &[&FinishPlan::ids(results)])?;
+    let plan = FinishPlan::of(results, now, &rows)?;
+    if plan.writes_nothing() {
+        return Ok(plan.into_statuses());
     }
-    let batch::Finish {
-        mut statuses,
-        changes,
-        totals,
-    } = batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
-    let next = StateArrays::of(&changes);
-    // Each change is of a claim that held at the read: its attempt is the one read.
-    let attempts: Vec<i64> = changes
-        .iter()
-        .map(|(id, _)| states.get(id).map_or(0, |s| i64::from(s.attempts)))
-        .collect();
-    if next.is_empty() {
-        return Ok(statuses);
+    let written = db.query(sql::FINISH, &plan.params())?;
+    plan.settle(results, &written)
+}
+
+/// What recording outcomes writes ([`sql::FINISH`]), made from the states read
+/// ([`sql::READ_STATES`] of [`FinishPlan::ids`]); the same for a pooled connection and a
+/// caller's transaction, sync or async.
+pub(crate) struct FinishPlan {
+    statuses: Vec<Result<Status>>,
+    next: StateArrays,
+    /// The attempt each write is guarded by.
+    attempts: Vec<i64>,
+    counted: TotalsArrays,
+}
+
+impl FinishPlan {
+    /// The ids whose states to read.
+    pub(crate) fn ids(results: &[(Claim, Outcome)]) -> Vec<i64> {
+        results.iter().map(|(c, _)| c.id.get()).collect()
     }
-    let counted = TotalsArrays::of(totals.into_iter());
-    let mut params = next.params().to_vec();
-    params.push(&attempts);
-    params.extend(counted.params());
-    let written: HashSet<i64> = db
-        .query(sql::FINISH, &params)?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
-    // A claim that lost its lease between the read and the write.
-    for ((claim, _), status) in results.iter().zip(&mut statuses) {
-        if status.is_ok() && !written.contains(&claim.id.get()) {
-            *status = Err(batch::lease_lost(claim));
+
+    /// The plan for `results` at `now`, from the rows of [`sql::READ_STATES`].
+    pub(crate) fn of(results: &[(Claim, Outcome)], now: Timestamp, rows: &[Row]) -> R<Self> {
+        let mut states = HashMap::with_capacity(rows.len());
+        for r in rows {
+            states.insert(TaskId::new(r.try_get(0)?), state_from_row(r, 1)?);
         }
+        let batch::Finish {
+            statuses,
+            changes,
+            totals,
+        } = batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
+        // Each change is of a claim that held at the read: its attempt is the one read.
+        let attempts = changes
+            .iter()
+            .map(|(id, _)| states.get(id).map_or(0, |s| i64::from(s.attempts)))
+            .collect();
+        Ok(FinishPlan {
+            statuses,
+            next: StateArrays::of(&changes),
+            attempts,
+            counted: TotalsArrays::of(totals.into_iter()),
+        })
     }
-    Ok(statuses)
+
+    /// The statuses, when nothing is written.
+    pub(crate) fn into_statuses(self) -> Vec<Result<Status>> {
+        self.statuses
+    }
+
+    /// Whether no claim held at the read: nothing to write.
+    pub(crate) fn writes_nothing(&self) -> bool {
+        self.next.is_empty()
+    }
+
+    /// The parameters of [`sql::FINISH`].
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params = self.next.params().to_vec();
+        params.push(&self.attempts);
+        params.extend(self.counted.params());
+        params
+    }
+
+    /// The statuses, given the rows [`sql::FINISH`] wrote: a claim that lost its lease
+    /// between the read and the write gets [`batch::lease_lost`].
+    pub(crate) fn settle(
+        self,
+        results: &[(Claim, Outcome)],
+        written: &[Row],
+    ) -> R<Vec<Result<Status>>> {
+        let written: HashSet<i64> = written
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let mut statuses = self.statuses;
+        for ((claim, _), status) in results.iter().zip(&mut statuses) {
+            if status.is_ok() && !written.contains(&claim.id.get()) {
+                *status = Err(batch::lease_lost(claim));
+            }
+        }
+        Ok(statuses)
+    }
 }

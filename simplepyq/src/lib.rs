@@ -106,6 +106,8 @@ mod leases;
 mod metered;
 mod options;
 mod outbox;
+#[cfg(all(feature = "postgres", feature = "tokio"))]
+mod outbox_async;
 mod outcomes;
 mod periodic;
 mod queue;
@@ -138,6 +140,8 @@ pub use simplepyq_core::{
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;
+#[cfg(all(feature = "postgres", feature = "tokio"))]
+pub use simplepyq_postgres::tokio_postgres;
 #[cfg(feature = "postgres")]
 pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock, postgres};
 #[cfg(feature = "redb")]

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Weak};
 
 use serde::Serialize;
-use simplepyq_core::{Error, Result, Store, TaskId, TransactionStore};
+use simplepyq_core::{Claim, Error, Result, Store, TaskId, TransactionStore};
 
 use crate::channel::{Channel, tasks};
 use crate::context::TaskContext;
@@ -48,14 +48,21 @@ fn complete_in<S: Store + TransactionStore<X>, X>(
     tx: X,
     ctx: &TaskContext,
 ) -> Result<()> {
+    engine
+        .store
+        .complete_in(tx, own_claim(engine, ctx)?, engine.now())?;
+    ctx.mark_completed_in();
+    Ok(())
+}
+
+/// The claim of the run `ctx` is for, if the queue of `engine` runs it.
+pub(crate) fn own_claim<S: Store>(engine: &Engine<S>, ctx: &TaskContext) -> Result<Claim> {
     if ctx.queue() != engine.id {
         return Err(Error::InvalidConfig(
             "the task context is another queue's: complete a task through its own queue".into(),
         ));
     }
-    engine.store.complete_in(tx, ctx.claim(), engine.now())?;
-    ctx.mark_completed_in();
-    Ok(())
+    Ok(ctx.claim())
 }
 
 impl<S: Store> SimplePyQ<S> {
@@ -214,7 +221,7 @@ impl<A: Serialize + ?Sized, S: Store> Channel<A, S> {
 }
 
 /// The error for an enqueue of one task that returned no id (a store's bug).
-fn no_id() -> simplepyq_core::Error {
+pub(crate) fn no_id() -> simplepyq_core::Error {
     simplepyq_core::Error::Backend {
         backend: "simplepyq",
         source: "enqueue returned no id for one task".into(),

@@ -671,3 +671,93 @@ fn the_postgres_outbox_example_runs() {
 #[allow(dead_code)] // its `main`
 #[path = "../../simplepyq/examples/outbox_postgres.rs"]
 mod example;
+
+/// On `tokio_postgres`, as an async web server and async handlers use it: a transaction's
+/// task is invisible before its commit and gone after a rollback; an async handler writes
+/// its receipt and completes its task in one transaction (the search path kept).
+#[test]
+fn tokio_postgres_transactions_enqueue_and_complete() {
+    use simplepyq::tokio_postgres;
+
+    let (store, drop) = store();
+    let schema = drop.0.clone();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(server().conninfo(), NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+        };
+        let mut web = connect().await;
+        web.batch_execute(&format!(
+            "CREATE TABLE {schema}.orders (id bigserial PRIMARY KEY, item text); \
+             CREATE TABLE {schema}.receipts (order_id bigint NOT NULL)"
+        ))
+        .await
+        .expect("the application's tables");
+        let q = SimplePyQ::new(store);
+        let receipts = q.channel::<i64>("receipts");
+        let handler_db = Arc::new(tokio::sync::Mutex::new(connect().await));
+        let insert = Arc::new(format!(
+            "INSERT INTO {schema}.receipts (order_id) VALUES ($1)"
+        ));
+        q.add_channel_async(
+            "receipts",
+            move |order: i64, ctx: TaskContext| {
+                let (receipts, db, insert) = (
+                    receipts.clone(),
+                    Arc::clone(&handler_db),
+                    Arc::clone(&insert),
+                );
+                async move {
+                    let mut db = db.lock().await;
+                    let mut tx = db.transaction().await?;
+                    let path: String = tx.query_one("SHOW search_path", &[]).await?.get(0);
+                    tx.execute(insert.as_str(), &[&order]).await?;
+                    receipts.complete_in_async(&mut tx, &ctx).await?;
+                    let after: String = tx.query_one("SHOW search_path", &[]).await?.get(0);
+                    assert_eq!(after, path, "the search path changed");
+                    tx.commit().await?;
+                    Err::<(), _>(TaskError::msg("an error after the commit changes nothing"))
+                }
+            },
+            4,
+        )
+        .expect("add");
+        q.start().expect("start");
+
+        let place = format!("INSERT INTO {schema}.orders (item) VALUES ('tea') RETURNING id");
+        let tx = web.transaction().await.expect("begin");
+        let order: i64 = tx.query_one(&place, &[]).await.expect("order").get(0);
+        let id = q
+            .enqueue_in_async(&tx, "receipts", &order)
+            .await
+            .expect("enqueue in");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(q.task(id).expect("task"), None, "visible before its commit");
+        tx.commit().await.expect("commit");
+
+        let tx = web.transaction().await.expect("begin");
+        tx.query_one(&place, &[]).await.expect("order");
+        q.enqueue_many_in_async(&tx, "receipts", &[-1i64, -2], EnqueueOptions::new())
+            .await
+            .expect("enqueue in");
+        tx.rollback().await.expect("rollback");
+
+        q.run_until_complete_async().await.expect("run");
+        let counts = q.counts("receipts").expect("counts");
+        assert_eq!((counts.done, counts.total()), (1, 1));
+        assert_eq!(q.stats().lease_lost, 0);
+        let written: Vec<i64> = web
+            .query(&format!("SELECT order_id FROM {schema}.receipts"), &[])
+            .await
+            .expect("receipts")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(written, vec![order]);
+        q.stop_async().await;
+    });
+}
