@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use postgres::{GenericClient, Row, Transaction};
 use simplepyq_core::{
     Claim, Error, NewTask, OnCommit, Outcome, Result, Status, TaskId, Timestamp, TransactionStore,
@@ -46,7 +46,7 @@ impl PostgresStore {
             return Ok(Vec::new());
         };
         let rows = client
-            .query(&call.sql, &call.params())
+            .query_typed(&call.sql, &call.params())
             .map_err(|e| self.in_caller(e.into()))?;
         call.ids(&rows)
     }
@@ -159,15 +159,17 @@ impl<'a> EnqueueCall<'a> {
         }))
     }
 
-    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 7] {
+    /// The parameters with their types: the statement is sent with them, unprepared, in
+    /// one round trip (a prepared one takes two).
+    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 7] {
         [
-            &self.channels,
-            &self.args,
-            &self.retries,
-            &self.priorities,
-            &self.keys,
-            &self.run_at,
-            &self.now,
+            (&self.channels, Type::TEXT_ARRAY),
+            (&self.args, Type::BYTEA_ARRAY),
+            (&self.retries, Type::INT8_ARRAY),
+            (&self.priorities, Type::INT4_ARRAY),
+            (&self.keys, Type::TEXT_ARRAY),
+            (&self.run_at, Type::INT8_ARRAY),
+            (&self.now, Type::INT8),
         ]
     }
 

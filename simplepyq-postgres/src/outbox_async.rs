@@ -21,7 +21,7 @@ impl PostgresStore {
             return Ok(Vec::new());
         };
         let rows = client
-            .query(&call.sql, &call.params())
+            .query_typed(&call.sql, &call.params())
             .await
             .map_err(|e| self.in_caller(e.into()))?;
         call.ids(&rows)
