@@ -761,3 +761,119 @@ fn tokio_postgres_transactions_enqueue_and_complete() {
         q.stop_async().await;
     });
 }
+
+/// A random moment, 20 to 120 ms in (xorshift).
+fn moment(seed: &mut u64) -> Duration {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    Duration::from_millis(20 + *seed % 100)
+}
+
+fn rounds() -> u64 {
+    std::env::var("SIMPLEPYQ_OUTBOX_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12)
+}
+
+fn outbox_process(mode: &str, schema: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_simplepyq-test-outbox"));
+    c.arg(mode).arg(server().conninfo()).arg(schema);
+    c
+}
+
+/// Producer processes killed at random moments, round after round, while each commits
+/// orders and their tasks in one transaction after another: every order has exactly one
+/// task, and no task is without its order.
+#[test]
+fn a_killed_producer_leaves_every_order_with_exactly_one_task() {
+    let (store, drop) = store();
+    let schema = drop.0.clone();
+    std::mem::drop(app(&schema)); // the application's tables, before the first kill
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..rounds() {
+        let mut child = outbox_process("produce-pg", &schema)
+            .spawn()
+            .expect("start the producer");
+        std::thread::sleep(moment(&mut seed));
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "the producer ended by itself"
+        );
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let mut db = app(&schema);
+    let orders: Vec<i64> = db
+        .query(&format!("SELECT id FROM {schema}.orders ORDER BY id"), &[])
+        .expect("orders")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        orders.len() > rounds() as usize,
+        "too few orders: {}",
+        orders.len()
+    );
+    let mut tasks: Vec<i64> = store
+        .list(&simplepyq::ListFilter::new(1_000_000).channel("receipts"))
+        .expect("tasks")
+        .iter()
+        .map(|t| rmp_serde::from_slice(&t.args).expect("an order id"))
+        .collect();
+    tasks.sort_unstable();
+    assert_eq!(tasks, orders, "orders and their tasks differ");
+}
+
+/// Consumer processes killed at random moments while their handlers write each order's
+/// receipt and complete its task in one transaction; then one runs to the end: every task
+/// is done, and every order has exactly one receipt.
+#[test]
+fn killed_consumers_write_each_receipt_once() {
+    let (store, drop) = store();
+    let schema = drop.0.clone();
+    std::mem::drop(app(&schema)); // the application's tables, before the first kill
+    let orders = 200i64;
+    let ids: Vec<i64> = (1..=orders).collect();
+    let tasks: Vec<NewTask> = ids
+        .iter()
+        .map(|o| NewTask::new("receipts", rmp_serde::to_vec(o).expect("encode")))
+        .collect();
+    store
+        .enqueue(&tasks, simplepyq::Clock::now(store.server_clock()))
+        .expect("enqueue");
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for _ in 0..rounds() {
+        let mut child = outbox_process("consume-pg", &schema)
+            .spawn()
+            .expect("start a consumer");
+        std::thread::sleep(moment(&mut seed));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let status = outbox_process("consume-pg", &schema)
+        .status()
+        .expect("the last consumer");
+    assert!(status.success(), "the last consumer failed: {status}");
+    let counts = store.counts(Some("receipts")).expect("counts");
+    assert_eq!(
+        (counts.done, counts.total()),
+        (orders as usize, orders as usize)
+    );
+    let mut db = app(&schema);
+    let written: Vec<(i64, i64)> = db
+        .query(
+            &format!(
+                "SELECT order_id, count(*) FROM {schema}.receipts GROUP BY order_id \
+                 ORDER BY order_id"
+            ),
+            &[],
+        )
+        .expect("receipts")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let once: Vec<(i64, i64)> = ids.iter().map(|&o| (o, 1)).collect();
+    assert_eq!(written, once, "receipts written other than once per order");
+}

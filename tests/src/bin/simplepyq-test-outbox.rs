@@ -10,6 +10,9 @@
 //! `receipts` and completes its task in one transaction with `complete_in`, then works 5 ms
 //! more.
 //!
+//! `produce-pg CONNINFO SCHEMA` and `consume-pg CONNINFO SCHEMA` do the same on PostgreSQL,
+//! with the queue and the application's tables `orders` and `receipts` in SCHEMA.
+//!
 //! It exits 1 if anything fails.
 
 use std::path::Path;
@@ -24,8 +27,13 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         [mode, db] if mode == "produce" => produce(Path::new(db)),
         [mode, db] if mode == "consume" => consume(Path::new(db)),
+        [mode, url, schema] if mode == "produce-pg" => pg::produce(url, schema),
+        [mode, url, schema] if mode == "consume-pg" => pg::consume(url, schema),
         _ => {
-            eprintln!("usage: simplepyq-test-outbox produce|consume DB");
+            eprintln!(
+                "usage: simplepyq-test-outbox produce|consume DB, \
+                 or produce-pg|consume-pg CONNINFO SCHEMA"
+            );
             return ExitCode::from(1);
         }
     };
@@ -87,4 +95,68 @@ fn consume(db: &Path) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     q.run_until_complete()?;
     Ok(())
+}
+
+/// The same on PostgreSQL.
+mod pg {
+    use std::time::Duration;
+
+    use simplepyq::postgres::{Client, NoTls};
+    use simplepyq::{PostgresOptions, PostgresStore, SimplePyQ, TaskContext, TaskError};
+
+    type Failure = Box<dyn std::error::Error>;
+
+    fn store(url: &str, schema: &str) -> Result<PostgresStore, Failure> {
+        Ok(PostgresStore::connect_with(
+            url,
+            PostgresOptions::new().schema(schema).pool_size(2),
+        )?)
+    }
+
+    /// The application's connection, with its tables in `schema`.
+    fn app(url: &str, schema: &str) -> Result<Client, Failure> {
+        let mut c = Client::connect(url, NoTls)?;
+        c.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.orders (id bigserial PRIMARY KEY, item text); \
+             CREATE TABLE IF NOT EXISTS {schema}.receipts (order_id bigint NOT NULL)"
+        ))?;
+        Ok(c)
+    }
+
+    pub(crate) fn produce(url: &str, schema: &str) -> Result<(), Failure> {
+        let q = SimplePyQ::new(store(url, schema)?);
+        let mut db = app(url, schema)?;
+        let insert = format!("INSERT INTO {schema}.orders (item) VALUES ('tea') RETURNING id");
+        loop {
+            let mut tx = db.transaction()?;
+            let order: i64 = tx.query_one(&insert, &[])?.get(0);
+            q.enqueue_in(&mut tx, "receipts", &order)?;
+            tx.commit()?;
+        }
+    }
+
+    pub(crate) fn consume(url: &str, schema: &str) -> Result<(), Failure> {
+        let q = SimplePyQ::builder(store(url, schema)?)
+            .lease(Duration::from_millis(500))
+            .max_lost_runs(100)
+            .build()?;
+        let receipts = q.channel::<i64>("receipts");
+        let db = std::sync::Mutex::new(app(url, schema)?);
+        let insert = format!("INSERT INTO {schema}.receipts (order_id) VALUES ($1)");
+        q.add_channel(
+            "receipts",
+            move |order: i64, ctx: &TaskContext| -> Result<(), TaskError> {
+                let mut db = db.lock().map_err(|_| TaskError::msg("poisoned"))?;
+                let mut tx = db.transaction()?;
+                tx.execute(&insert, &[&order])?;
+                receipts.complete_in(&mut tx, ctx)?;
+                tx.commit()?;
+                std::thread::sleep(Duration::from_millis(5));
+                Ok(())
+            },
+            1,
+        )?;
+        q.run_until_complete()?;
+        Ok(())
+    }
 }
