@@ -163,6 +163,15 @@ fn command(program: &Path, args: &[&str], as_postgres: bool) -> Command {
     }
 }
 
+/// The `psql` client beside the server's binaries (Debian's package has it there), or
+/// on PATH.
+pub fn psql() -> PathBuf {
+    binaries()
+        .map(|dir| dir.join("psql"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("psql"))
+}
+
 /// The directory of `initdb` and `pg_ctl`.
 fn binaries() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")

@@ -336,7 +336,7 @@ fn the_commit_wakes_the_workers() {
 
 /// Runs `sql` with `psql` on the test server; panics if it fails.
 fn psql(sql: &str) -> String {
-    let out = std::process::Command::new("psql")
+    let out = std::process::Command::new(simplepyq_tests::postgres::psql())
         .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d"])
         .arg(server().conninfo())
         .args(["-c", sql])
