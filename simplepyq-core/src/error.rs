@@ -26,6 +26,11 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The channel has no handler here and the store knows nothing of it (no task, no
+    /// setting): most likely a misspelt name.
+    #[error("no channel {0:?}: it has no handler here and no task or setting in the store")]
+    UnknownChannel(String),
+
     /// `add_channel` was called twice with one name.
     #[error("channel {0:?} already has a handler: remove_channel it first to replace it")]
     DuplicateChannel(String),
@@ -215,6 +220,7 @@ impl Error {
                 reason,
             },
             Error::DuplicateChannel(name) => Error::DuplicateChannel(name.clone()),
+            Error::UnknownChannel(name) => Error::UnknownChannel(name.clone()),
             Error::InvalidConfig(message) => Error::InvalidConfig(message.clone()),
             Error::NotFound(id) => Error::NotFound(*id),
             Error::InvalidTransition { id, status, action } => Error::InvalidTransition {

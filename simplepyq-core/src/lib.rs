@@ -35,16 +35,16 @@ pub use schedule::Schedule;
 /// `use simplepyq_core::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AdminStore, ClaimStore, InspectStore, OutcomeStore, ScheduleStore, Store, StoreExt,
-        TransactionStore,
+        AdminStore, ClaimStore, FlowStore, InspectStore, OutcomeStore, ScheduleStore, Store,
+        StoreExt, TransactionStore,
     };
 }
 
 #[allow(deprecated)]
 pub use store::ChannelStats;
 pub use store::{
-    AdminStore, ChannelSummary, ClaimStore, InspectStore, OnCommit, OutcomeStore, ScheduleStore,
-    Store, StoreExt, TransactionStore, Wake, Watch,
+    AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, OnCommit, OutcomeStore,
+    ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch,
 };
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError,

@@ -8,10 +8,11 @@
 //!   purging and cancelling. What programs, the command line and the dashboard call.
 //! - [`InspectStore`], inspection: channels, counts, tasks, what finished when, totals.
 //! - [`ScheduleStore`], the firings of periodic tasks.
+//! - [`FlowStore`], flow control: pausing a channel, for every process.
 //! - [`TransactionStore`], writes in the caller's own transaction, for stores whose
 //!   database the application writes too (not part of [`Store`]).
 //!
-//! [`Store`] is the five together, what a queue runs on; [`StoreExt`] adds helpers over it.
+//! [`Store`] is the six together, what a queue runs on; [`StoreExt`] adds helpers over it.
 //! A wrapper or a new backend reads and implements one group at a time; the conformance
 //! suite in the `simplepyq-tests` package follows the same groups.
 
@@ -36,6 +37,7 @@ macro_rules! forward {
 mod admin;
 mod claim;
 mod ext;
+mod flow;
 mod inspect;
 mod outcome;
 mod schedule;
@@ -46,23 +48,27 @@ pub use claim::ClaimStore;
 #[allow(deprecated)]
 pub use ext::ChannelStats;
 pub use ext::{ChannelSummary, StoreExt};
+pub use flow::{Flow, FlowStore};
 pub use inspect::InspectStore;
 pub use outcome::OutcomeStore;
 pub use schedule::ScheduleStore;
 pub use transaction::{OnCommit, TransactionStore};
 
-/// Durable (or in-memory) storage of tasks: the five groups of the contract together.
+/// Durable (or in-memory) storage of tasks: the six groups of the contract together.
 ///
 /// Every method is one atomic operation: it happens whole or not at all, also when several
 /// threads, queues or (for backends that allow it) processes use one store. State changes
 /// go through [`crate::transition::apply`]. Stores never read a clock: callers pass `now`.
 ///
 /// The `# Contract` of each method is checked for every backend by the conformance suite
-/// in the `simplepyq-tests` package. A type that implements the five groups is a `Store`.
-pub trait Store: ClaimStore + OutcomeStore + AdminStore + InspectStore + ScheduleStore {}
+/// in the `simplepyq-tests` package. A type that implements the six groups is a `Store`.
+pub trait Store:
+    ClaimStore + OutcomeStore + AdminStore + InspectStore + ScheduleStore + FlowStore
+{
+}
 
 impl<S> Store for S where
-    S: ClaimStore + OutcomeStore + AdminStore + InspectStore + ScheduleStore + ?Sized
+    S: ClaimStore + OutcomeStore + AdminStore + InspectStore + ScheduleStore + FlowStore + ?Sized
 {
 }
 

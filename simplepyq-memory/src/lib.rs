@@ -23,9 +23,9 @@ use std::ops::Bound;
 use parking_lot::Mutex;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    AdminStore, Claim, ClaimStore, Counts, Error, InspectStore, ListFilter, NewTask, Outcome,
-    OutcomeStore, Result, ScheduleStore, Status, Task, TaskId, TaskState, Timestamp, Totals, batch,
-    validate_channel,
+    AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, ListFilter,
+    NewTask, Outcome, OutcomeStore, Result, ScheduleStore, Status, Task, TaskId, TaskState,
+    Timestamp, Totals, batch, validate_channel,
 };
 
 /// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
@@ -65,6 +65,14 @@ struct Inner {
     /// Each schedule's last firing.
     fired: HashMap<String, Timestamp>,
     totals: BTreeMap<String, Totals>,
+    /// The flow settings that are not the default, by channel.
+    flows: BTreeMap<String, Flow>,
+}
+
+impl Inner {
+    fn paused(&self, channel: &str) -> bool {
+        self.flows.get(channel).is_some_and(|f| f.paused)
+    }
 }
 
 /// The indexes over `Inner::tasks`, apart from them so that a task can be re-indexed while
@@ -260,6 +268,9 @@ impl ClaimStore for MemoryStore {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.lock();
+        if inner.paused(channel) {
+            return Ok(Vec::new());
+        }
         inner.promote_due(channel, now)?;
         let due: Vec<TaskId> = inner.idx.channels.get(channel).map_or_else(Vec::new, |ch| {
             ch.ready
@@ -277,11 +288,15 @@ impl ClaimStore for MemoryStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         let inner = self.inner.lock();
+        let paused = inner.paused(channel);
         Ok(inner.idx.channels.get(channel).and_then(|ch| {
+            let lease = ch.running.first().map(|(t, _)| *t);
+            if paused {
+                return lease;
+            }
             // Pending tasks are due: any one's run-at is not later than now.
             let ready = ch.ready.first().map(|(_, t, _)| *t);
             let delayed = ch.delayed.first().map(|(t, _)| *t);
-            let lease = ch.running.first().map(|(t, _)| *t);
             [ready, delayed, lease].into_iter().flatten().min()
         }))
     }
@@ -446,5 +461,27 @@ impl ScheduleStore for MemoryStore {
 
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
         Ok(self.inner.lock().fired.get(name).copied())
+    }
+}
+
+impl FlowStore for MemoryStore {
+    fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
+        validate_channel(channel)?;
+        let mut inner = self.inner.lock();
+        let mut flow = inner.flows.get(channel).cloned().unwrap_or_default();
+        if flow.paused == paused {
+            return Ok(false);
+        }
+        flow.paused = paused;
+        if flow.is_default() {
+            inner.flows.remove(channel);
+        } else {
+            inner.flows.insert(channel.to_owned(), flow);
+        }
+        Ok(true)
+    }
+
+    fn flows(&self) -> Result<BTreeMap<String, Flow>> {
+        Ok(self.inner.lock().flows.clone())
     }
 }

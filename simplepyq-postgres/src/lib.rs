@@ -37,13 +37,14 @@
 
 // One concern per file. The store: `options`; `open` (the pool, `schema`'s migrations, the
 // server's `clock`, the `listen`er); `row` (the row codec); one file per group of the
-// `Store` contract: `claim`, `outcome`, `admin`, `inspect`, `schedules`; `outbox` (and
+// `Store` contract: `claim`, `outcome`, `admin`, `inspect`, `schedules`, `flow`; `outbox` (and
 // `outbox_async`), the writes in the caller's transaction; and `sql`, the
 // statements that change many rows at once. Its machinery: `pool`, `error`.
 mod admin;
 mod claim;
 mod clock;
 mod error;
+mod flow;
 mod inspect;
 mod listen;
 mod open;

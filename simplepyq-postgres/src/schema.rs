@@ -11,6 +11,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_schedules.sql"),
     include_str!("../migrations/0003_totals.sql"),
     include_str!("../migrations/0004_enqueue.sql"),
+    include_str!("../migrations/0005_channels.sql"),
 ];
 
 /// The schema version this build writes.

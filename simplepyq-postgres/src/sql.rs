@@ -6,22 +6,26 @@
 //! change is computed by `apply` itself and written back.
 
 /// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
-/// (then id) first. Rows another claimer is promoting are skipped, never waited for.
+/// (then id) first, unless the channel is paused. Rows another claimer is promoting are
+/// skipped, never waited for.
 pub const PROMOTE: &str = "UPDATE tasks SET status = 'pending', updated_at = $2 \
      WHERE id = ANY (ARRAY ( \
        SELECT id FROM tasks \
        WHERE channel = $1 AND status = 'delayed' AND run_at <= $2 \
+       AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
        ORDER BY run_at, id \
        LIMIT $3 \
        FOR UPDATE SKIP LOCKED))";
 
 /// `Event::Claim` at $2, leased until $4, of up to $3 due pending tasks of channel $1 in
-/// claim order. Rows another claimer locked are skipped, never waited for. The update
+/// claim order, unless the channel is paused. Rows another claimer locked are skipped,
+/// never waited for. The update
 /// finds its rows by id in an array: a join with the CTE would, in the generic plan a
 /// prepared statement gets, be a hash join over a scan of the whole table.
 pub const CLAIM: &str = "WITH due AS MATERIALIZED ( \
        SELECT id FROM tasks \
        WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
+       AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
        ORDER BY priority DESC, run_at, id \
        LIMIT $3 \
        FOR UPDATE SKIP LOCKED) \
@@ -109,8 +113,11 @@ pub const LOCK_EXPIRED: &str = "SELECT id, channel, status, retries_left, max_re
      attempts, run_at, lease_until, last_error, updated_at, lost_runs FROM tasks \
      WHERE status = 'running' AND lease_until <= $1 ORDER BY id FOR UPDATE SKIP LOCKED";
 
-/// The earliest time something is due in channel $1.
+/// The earliest time something is due in channel $1: of a paused channel, only a lease
+/// expiry.
 pub const NEXT_WAKEUP: &str = "SELECT least( \
-     (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' LIMIT 1), \
-     (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed'), \
+     (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' \
+       AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) LIMIT 1), \
+     (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed' \
+       AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused)), \
      (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))";

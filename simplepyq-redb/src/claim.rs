@@ -8,6 +8,7 @@ use simplepyq_core::{
 };
 
 use crate::error::db_err;
+use crate::flow::{paused_in_read, paused_in_write};
 use crate::tables::{CHANNEL_LEASES, DELAYED, READY};
 use crate::{RedbStore, to_id};
 
@@ -33,6 +34,9 @@ impl ClaimStore for RedbStore {
         let due_delayed = (channel, i64::MIN, 0)..=(channel, now.as_millis(), u64::MAX);
         // Look in a read transaction first: idle workers poll without taking the writer.
         let idle = self.read(|read| {
+            if paused_in_read(read, channel)? {
+                return Ok(true);
+            }
             let ready = read.open_table(READY).map_err(db_err)?;
             let delayed = read.open_table(DELAYED).map_err(db_err)?;
             Ok(ready
@@ -50,7 +54,10 @@ impl ClaimStore for RedbStore {
             return Ok(Vec::new());
         }
         let event = Event::Claim { now, lease_until };
-        self.write(|t| {
+        self.write_tx(|tx, t| {
+            if paused_in_write(tx, channel)? {
+                return Ok(Vec::new());
+            }
             let mut promote = Vec::new();
             let due = t.delayed.range(due_delayed.clone()).map_err(db_err)?;
             for entry in due.take(batch::PROMOTE_PER_CLAIM) {
@@ -78,6 +85,7 @@ impl ClaimStore for RedbStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|read| {
+            let paused = paused_in_read(read, channel)?;
             let ready = read.open_table(READY).map_err(db_err)?;
             let ready = match ready
                 .range((channel, i64::MIN, i64::MIN, 0)..=(channel, i64::MAX, i64::MAX, u64::MAX))
@@ -97,8 +105,12 @@ impl ClaimStore for RedbStore {
                     None => Ok(None),
                 }
             };
-            let delayed = first(DELAYED)?;
             let lease = first(CHANNEL_LEASES)?;
+            if paused {
+                // A paused channel's queued tasks are not due.
+                return Ok(lease.map(Timestamp::from_millis));
+            }
+            let delayed = first(DELAYED)?;
             Ok([ready, delayed, lease]
                 .into_iter()
                 .flatten()

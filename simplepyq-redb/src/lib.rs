@@ -53,6 +53,7 @@
 mod admin;
 mod claim;
 mod error;
+mod flow;
 mod inspect;
 mod open;
 mod options;

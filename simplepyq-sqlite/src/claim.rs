@@ -9,6 +9,7 @@ use simplepyq_core::{
 };
 
 use crate::error::R;
+use crate::flow::NOT_PAUSED;
 use crate::row::{COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, transition};
 use crate::writer::Caller;
 use crate::{SqliteStore, watch};
@@ -42,8 +43,8 @@ impl ClaimStore for SqliteStore {
         // Look before taking the write lock: idle workers poll without blocking writers.
         let due = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {READY}) \
-                 OR EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED})"
+                "SELECT {NOT_PAUSED} AND (EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {READY}) \
+                 OR EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
             ))?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
         })?;
@@ -54,6 +55,13 @@ impl ClaimStore for SqliteStore {
         let event = Event::Claim { now, lease_until };
         let channel = channel.to_owned();
         self.write(move |tx| {
+            // Under the write lock: a pause committed before this claim holds.
+            let paused: bool = tx
+                .prepare_cached(&format!("SELECT NOT {NOT_PAUSED}"))?
+                .query_row([&channel], |r| r.get(0))?;
+            if paused {
+                return Ok(Vec::new());
+            }
             let promote = ids(
                 tx,
                 &format!("SELECT id FROM simplepyq_tasks WHERE {DUE_DELAYED} ORDER BY run_at, id LIMIT ?3"),
@@ -80,15 +88,18 @@ impl ClaimStore for SqliteStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
+            // A paused channel's queued tasks are not due.
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT min(t) FROM ( \
                    SELECT * FROM (SELECT run_at AS t FROM simplepyq_tasks \
-                     WHERE channel = ?1 AND status = 'pending' LIMIT 1) \
+                     WHERE channel = ?1 AND status = 'pending' AND {NOT_PAUSED} LIMIT 1) \
                    UNION ALL \
-                   SELECT min(run_at) FROM simplepyq_tasks WHERE channel = ?1 AND status = 'delayed' \
+                   SELECT min(run_at) FROM simplepyq_tasks \
+                     WHERE channel = ?1 AND status = 'delayed' AND {NOT_PAUSED} \
                    UNION ALL \
-                   SELECT min(lease_until) FROM simplepyq_tasks WHERE channel = ?1 AND status = 'running')",
-            )?;
+                   SELECT min(lease_until) FROM simplepyq_tasks \
+                     WHERE channel = ?1 AND status = 'running')"
+            ))?;
             let t: Option<i64> = stmt.query_row([channel], |r| r.get(0))?;
             Ok(t.map(Timestamp::from_millis))
         })

@@ -64,13 +64,14 @@
 // One concern per file. The store: `options`; `open` (the checks before anything is
 // written, then `schema`'s migrations or `original`'s import); `row` (the row codec); one
 // file per group of the `Store` contract: `claim`, `outcome`, `admin`, `inspect`,
-// `schedules`; and `outbox`, enqueueing in a caller's transaction. Its machinery: `writer`
+// `schedules`, `flow`; and `outbox`, enqueueing in a caller's transaction. Its machinery: `writer`
 // (the group commit), `readers`, `checkpoint`, `watch` (wake-ups across processes),
 // `error`.
 mod admin;
 mod checkpoint;
 mod claim;
 mod error;
+mod flow;
 mod inspect;
 mod open;
 mod options;

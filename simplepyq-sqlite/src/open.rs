@@ -268,8 +268,8 @@ mod tests {
     use rusqlite::params;
 
     use simplepyq_core::{
-        ClaimStore, Error, InspectStore, ListFilter, NewTask, Outcome, OutcomeStore, ScheduleStore,
-        StoreExt,
+        ClaimStore, Error, FlowStore, InspectStore, ListFilter, NewTask, Outcome, OutcomeStore,
+        ScheduleStore, StoreExt,
     };
 
     use crate::testing::*;
@@ -297,7 +297,8 @@ mod tests {
         version_file(path, 1);
     }
 
-    /// A file as version `v` (1 to 6) left it, with a pending and a delayed task.
+    /// A file as version `v` (1 to the one before the latest) left it, with a pending and a
+    /// delayed task.
     fn version_file(path: &Path, v: usize) {
         let conn = Connection::open(path).expect("open raw");
         conn.execute_batch("PRAGMA journal_mode = WAL;")
@@ -305,15 +306,27 @@ mod tests {
         for sql in &schema::MIGRATIONS[..v] {
             conn.execute_batch(sql).expect("a migration");
         }
-        conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
-            .expect("application_id");
-        conn.pragma_update(None, "user_version", v as i64)
-            .expect("user_version");
+        let own = v as i64 >= schema::OWN_NAMES;
+        if own {
+            conn.execute(
+                "INSERT INTO simplepyq_schema (version, applied_at) VALUES (?1, 0)",
+                [v as i64],
+            )
+            .expect("version");
+        } else {
+            conn.pragma_update(None, "application_id", schema::APPLICATION_ID)
+                .expect("application_id");
+            conn.pragma_update(None, "user_version", v as i64)
+                .expect("user_version");
+        }
+        let table = if own { "simplepyq_tasks" } else { "tasks" };
         for (args, status, run_at) in [(1, "pending", 0), (2, "delayed", 5_000)] {
             conn.execute(
-                "INSERT INTO tasks (channel, args, status, retries_left, max_retries, \
-                 attempts, run_at, created_at, updated_at) \
-                 VALUES ('c', ?1, ?2, 1, 1, 0, ?3, 0, 0)",
+                &format!(
+                    "INSERT INTO {table} (channel, args, status, retries_left, max_retries, \
+                     attempts, run_at, created_at, updated_at) \
+                     VALUES ('c', ?1, ?2, 1, 1, 0, ?3, 0, 0)"
+                ),
                 params![vec![args as u8], status, T0.as_millis() + run_at],
             )
             .expect("insert");
@@ -325,17 +338,20 @@ mod tests {
     #[test]
     fn files_of_every_earlier_version_open() {
         let dir = tempfile::tempdir().expect("temp dir");
-        for v in 1..usize::try_from(schema::OWN_NAMES).expect("a version") {
+        for v in 1..usize::try_from(schema::latest()).expect("a version") {
             let path = dir.path().join(format!("v{v}.db"));
             version_file(&path, v);
+            let before = (header(&path), std::fs::read(&path).expect("read"));
             let store = SqliteStore::open_read_only(&path).expect("read-only");
             let counts = store.counts(None).expect("counts");
             assert_eq!((counts.pending, counts.delayed), (1, 1), "version {v}");
+            assert!(store.flows().expect("flows").is_empty(), "version {v}");
+            assert_eq!(store.last_fired("s").expect("last fired"), None);
             drop(store);
-            assert_eq!(
-                header(&path),
-                (schema::APPLICATION_ID, v as i64),
-                "unchanged"
+            let after = (header(&path), std::fs::read(&path).expect("read"));
+            assert!(
+                before == after,
+                "version {v}: the read-only open changed the file"
             );
             let store = SqliteStore::open(&path).expect("migrate");
             assert_eq!(queue_version(&path), schema::latest(), "version {v}");
@@ -579,6 +595,7 @@ mod tests {
             "simplepyq_schedules",
             "simplepyq_totals",
             "simplepyq_schema",
+            "simplepyq_channels",
         ] {
             let mut columns = conn
                 .prepare(&format!(

@@ -21,6 +21,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_schedules.sql"),
     include_str!("../migrations/0006_totals.sql"),
     include_str!("../migrations/0007_own_names.sql"),
+    include_str!("../migrations/0008_channels.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -135,6 +136,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str)]] = &[
     &[],
     &[],
     &[],
+    &[],
 ];
 
 /// The tables each migration created after the first, with their columns: in a file
@@ -150,17 +152,19 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
         &["channel", "done", "failed", "retried", "lease_lost"],
     )],
     &[("simplepyq_schema", &["version", "applied_at"])],
+    &[("simplepyq_channels", &["channel", "paused"])],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,
 /// without writing it: temporary views under the latest names (which shadow the file's
-/// tables) read a file of versions 1 to 6 with the columns later migrations added, at their
+/// tables) read the file's tables with the columns later migrations added, at their
 /// defaults, and stand empty for each table they created. Returns the file's version (0
 /// for a file without a queue).
 pub(crate) fn read_as_latest(conn: &Connection) -> R<i64> {
-    let applied = match layout(conn)? {
-        Layout::Unprefixed(v) => v,
-        other => return Ok(other.version()),
+    let (applied, legacy) = match layout(conn)? {
+        Layout::Unprefixed(v) => (v, true),
+        Layout::Own(v) => (v, false),
+        Layout::None => return Ok(0),
     };
     let from = usize::try_from(applied).unwrap_or(0).min(MIGRATIONS.len());
     let added: Vec<String> = ADDED_COLUMNS[from..]
@@ -168,19 +172,25 @@ pub(crate) fn read_as_latest(conn: &Connection) -> R<i64> {
         .flat_map(|columns| columns.iter())
         .map(|(name, default)| format!(", {default} AS {name}"))
         .collect();
-    conn.execute_batch(&format!(
-        "CREATE TEMP VIEW simplepyq_tasks AS SELECT *{} FROM main.tasks",
-        added.concat()
-    ))?;
+    if legacy || !added.is_empty() {
+        let table = if legacy { "tasks" } else { "simplepyq_tasks" };
+        conn.execute_batch(&format!(
+            "CREATE TEMP VIEW simplepyq_tasks AS SELECT *{} FROM main.{table}",
+            added.concat()
+        ))?;
+    }
     for (i, tables) in ADDED_TABLES.iter().enumerate() {
         for (table, columns) in *tables {
-            let body = if i < from {
-                format!("* FROM main.{table}")
-            } else {
+            let name = table.strip_prefix("simplepyq_").unwrap_or(table);
+            let body = if i >= from {
                 let nulls: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
                 format!("{} WHERE 0", nulls.join(", "))
+            } else if legacy && name == *table {
+                // A table of the file under its old name.
+                format!("* FROM main.{table}")
+            } else {
+                continue;
             };
-            let name = table.strip_prefix("simplepyq_").unwrap_or(table);
             conn.execute_batch(&format!(
                 "CREATE TEMP VIEW simplepyq_{name} AS SELECT {body}"
             ))?;

@@ -100,6 +100,7 @@ mod context;
 mod current;
 mod dispatch;
 mod engine;
+mod flow;
 mod handler;
 mod held;
 mod leases;
@@ -134,9 +135,9 @@ pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
 pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
-    AdminStore, ClaimStore, Clock, Counts, Error, Finished, InspectStore, ListFilter, ManualClock,
-    Outcome, OutcomeStore, Result, Schedule, ScheduleStore, Status, Store, SystemClock, Task,
-    TaskId, TaskState, Timestamp, Totals, TransactionStore,
+    AdminStore, ClaimStore, Clock, Counts, Error, Finished, Flow, FlowStore, InspectStore,
+    ListFilter, ManualClock, Outcome, OutcomeStore, Result, Schedule, ScheduleStore, Status, Store,
+    SystemClock, Task, TaskId, TaskState, Timestamp, Totals, TransactionStore,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

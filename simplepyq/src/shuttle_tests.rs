@@ -145,6 +145,16 @@ impl ScheduleStore for Store2 {
     }
 }
 
+impl simplepyq_core::FlowStore for Store2 {
+    fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
+        self.inner.set_paused(channel, paused)
+    }
+
+    fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
+        self.inner.flows()
+    }
+}
+
 /// One scenario's queue parts: an engine over `TASKS` pending tasks, and a channel whose
 /// handler notes each start, and whether the stop had been seen to end by then.
 struct Scene {

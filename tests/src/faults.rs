@@ -362,3 +362,14 @@ impl<S: Store> ScheduleStore for Flaky<S> {
         self.inner.last_fired(name)
     }
 }
+
+impl<S: Store> simplepyq_core::FlowStore for Flaky<S> {
+    fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
+        self.alive()?;
+        self.inner.set_paused(channel, paused)
+    }
+
+    fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
+        self.inner.flows()
+    }
+}

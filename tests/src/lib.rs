@@ -249,7 +249,17 @@ macro_rules! conformance_tests {
                 schedule_firings_move_forward,
                 concurrent_firings_enqueue_each_fire_time_once,
             ];
+            flow: [
+                a_paused_channel_is_not_claimed,
+                running_tasks_of_a_paused_channel_go_on,
+                a_pause_is_a_setting_of_its_own,
+            ];
         );
+        #[test]
+        fn a_pause_outlives_the_store() {
+            let mut fixture = fixture();
+            $crate::conformance::flow::a_pause_outlives_the_store(&mut fixture);
+        }
         #[test]
         fn forwarding_impls_behave_alike() {
             let $crate::Fixture { store, guard, .. } = fixture();

@@ -877,6 +877,49 @@ pub fn an_outage_costs_unstarted_tasks_no_run(store: Box<dyn Store>, handlers: H
     );
 }
 
+/// A channel paused by another queue on the store (another process) starts nothing more,
+/// though its workers poll every 10 ms; `run_until_complete` waits for the resume, which
+/// wakes the idle workers, and then every task runs once.
+pub fn a_paused_channel_starts_nothing_until_resumed(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let q = queue_on(&store, Duration::from_secs(30));
+    let admin = queue_on(&store, Duration::from_secs(30));
+    let starts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&starts);
+    handlers
+        .add(
+            &q,
+            "held",
+            move |_: u32| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+    enqueue(&q, "held", 3);
+    q.run_until_complete().expect("run");
+    assert_eq!(starts.load(Ordering::SeqCst), 3);
+    assert!(admin.pause("held").expect("pause"));
+    enqueue(&q, "held", 5);
+    q.start().expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        starts.load(Ordering::SeqCst),
+        3,
+        "a paused channel's task started"
+    );
+    let resumer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(admin.resume("held").expect("resume"));
+    });
+    q.run_until_complete().expect("run waits for the resume");
+    resumer.join().expect("the resumer");
+    assert_eq!(starts.load(Ordering::SeqCst), 8);
+    assert_eq!(store.counts(Some("held")).expect("counts").done, 8);
+    q.stop();
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -903,7 +946,8 @@ macro_rules! lifecycle_tests {
             stop_timeout_is_bounded_by_a_slow_store,
             cancel_reaches_tasks_claimed_ahead,
             an_outage_costs_unstarted_tasks_no_run,
-            a_claim_answered_after_its_lease_ran_out_is_not_run
+            a_claim_answered_after_its_lease_ran_out_is_not_run,
+            a_paused_channel_starts_nothing_until_resumed
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

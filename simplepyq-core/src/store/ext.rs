@@ -1,10 +1,11 @@
 //! Helpers over any [`Store`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::{Claim, Counts, ListFilter, NewTask, Outcome, Result, Status, TaskId, Timestamp};
 
-use super::Store;
+use super::{Flow, Store};
 
 /// Helpers over any [`Store`].
 pub trait StoreExt: Store {
@@ -40,22 +41,52 @@ pub trait StoreExt: Store {
         Ok(self.list(&first)?.first().map(|t| t.created_at))
     }
 
-    /// What every channel with tasks holds now, in name order.
+    /// What every channel with tasks or flow settings holds now, in name order.
     fn channel_summaries(&self) -> Result<Vec<ChannelSummary>> {
-        self.channels()?
+        let flows = self.flows()?;
+        let mut names: BTreeSet<String> = self.channels()?.into_iter().collect();
+        names.extend(flows.keys().cloned());
+        names
             .into_iter()
-            .map(|name| self.summary_of(name))
+            .map(|name| self.summary_with(name, &flows))
             .collect()
     }
 
     /// What channel `name` holds now.
     fn summary_of(&self, name: String) -> Result<ChannelSummary> {
+        self.summary_with(name, &self.flows()?)
+    }
+
+    /// What channel `name` holds now, its flow settings among `flows`.
+    #[doc(hidden)]
+    fn summary_with(&self, name: String, flows: &BTreeMap<String, Flow>) -> Result<ChannelSummary> {
         Ok(ChannelSummary {
             counts: self.counts(Some(&name))?,
             oldest_pending: self.oldest_pending(&name)?,
             next_wakeup: self.next_wakeup(&name)?,
+            paused: flows.get(&name).is_some_and(|f| f.paused),
             name,
         })
+    }
+
+    /// Whether the store knows `channel`: it has tasks, totals or flow settings.
+    fn knows_channel(&self, channel: &str) -> Result<bool> {
+        Ok(self.counts(Some(channel))?.total() > 0
+            || self.flows()?.contains_key(channel)
+            || self.totals()?.contains_key(channel))
+    }
+
+    /// Pauses (`paused`) or resumes `channel` ([`crate::FlowStore::set_paused`]), refusing a
+    /// name neither the store knows ([`StoreExt::knows_channel`]) nor the caller
+    /// (`known_here`: a channel with a handler in this process) with
+    /// [`crate::Error::UnknownChannel`], most likely a misspelling. Returns whether it
+    /// changed.
+    fn pause_known(&self, channel: &str, paused: bool, known_here: bool) -> Result<bool> {
+        crate::validate_channel(channel)?;
+        if !known_here && !self.knows_channel(channel)? {
+            return Err(crate::Error::UnknownChannel(channel.to_owned()));
+        }
+        self.set_paused(channel, paused)
     }
 
     /// The old name of [`StoreExt::channel_summaries`].
@@ -87,6 +118,8 @@ pub struct ChannelSummary {
     pub oldest_pending: Option<Timestamp>,
     /// Its [`crate::ClaimStore::next_wakeup`].
     pub next_wakeup: Option<Timestamp>,
+    /// Whether it is paused ([`crate::FlowStore::set_paused`]).
+    pub paused: bool,
 }
 
 impl ChannelSummary {

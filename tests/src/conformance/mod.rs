@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod claim;
+pub mod flow;
 pub mod inspect;
 pub mod outcome;
 pub mod schedules;

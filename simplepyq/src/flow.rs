@@ -1,0 +1,62 @@
+//! Flow control from a queue: pausing and resuming a channel for every process and
+//! machine sharing the store.
+
+use std::collections::BTreeMap;
+
+use simplepyq_core::{Flow, Result, Store, StoreExt};
+
+use crate::queue::SimplePyQ;
+
+impl<S: Store> SimplePyQ<S> {
+    /// Pauses `channel` for every process and machine sharing the store, durably (until
+    /// [`SimplePyQ::resume`], also across restarts): no worker anywhere starts another of
+    /// its tasks once the pause is committed, but for the tasks of claims already under way
+    /// (at most one claim per process, of at most its idle workers). Running handlers
+    /// finish; tasks stay queued; enqueueing goes on; [`SimplePyQ::run_until_complete`]
+    /// waits for the resume. Returns whether it was running before.
+    ///
+    /// [`Error::UnknownChannel`](crate::Error::UnknownChannel) for a channel that has no
+    /// handler here and of which the store knows nothing (no task, no setting): most
+    /// likely a misspelt name.
+    ///
+    /// ```
+    /// # let q = simplepyq::SimplePyQ::memory();
+    /// q.add_channel("emails", |to: String| { println!("{to}"); Ok(()) }, 2)?;
+    /// q.pause("emails")?;                       // the mail provider is down
+    /// q.enqueue("emails", "ada@example.com")?;  // kept, not sent
+    /// assert!(q.is_paused("emails")?);
+    /// q.resume("emails")?;                      // sent once a worker runs
+    /// q.run_until_complete()?;
+    /// assert_eq!(q.counts("emails")?.done, 1);
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn pause(&self, channel: &str) -> Result<bool> {
+        let known_here = self.workers.has(channel);
+        self.workers
+            .engine
+            .store
+            .pause_known(channel, true, known_here)
+    }
+
+    /// Resumes a paused `channel` for every process and machine sharing the store: idle
+    /// workers here are woken at once, those of other processes by the store's wake-ups
+    /// (within milliseconds) or at their next poll. Returns whether it was paused.
+    /// [`Error::UnknownChannel`](crate::Error::UnknownChannel) as [`SimplePyQ::pause`].
+    pub fn resume(&self, channel: &str) -> Result<bool> {
+        let engine = &self.workers.engine;
+        let known_here = self.workers.has(channel);
+        let changed = engine.store.pause_known(channel, false, known_here)?;
+        engine.wake(channel, true);
+        Ok(changed)
+    }
+
+    /// Whether `channel` is paused.
+    pub fn is_paused(&self, channel: &str) -> Result<bool> {
+        Ok(self.flows()?.get(channel).is_some_and(|f| f.paused))
+    }
+
+    /// Every channel whose flow settings are not the defaults (a paused one), in name order.
+    pub fn flows(&self) -> Result<BTreeMap<String, Flow>> {
+        self.workers.engine.store.flows()
+    }
+}
