@@ -32,7 +32,7 @@ use simplepyq::{
     ListFilter, PostgresOptions, PostgresStore, RedbStore, SqliteStore, Status, Store, TaskId,
     Timestamp,
 };
-use simplepyq_core::Error;
+use simplepyq_core::{Error, StoreExt};
 
 use crate::view::{now, summary, task_json};
 
@@ -118,6 +118,22 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Pauses a channel for every process and machine on the queue: no worker starts
+    /// another of its tasks (but for claims under way) until `resume`; running tasks
+    /// finish, tasks stay queued, enqueueing goes on.
+    Pause {
+        /// The queue file (SQLite or redb), or a `postgres://` URL.
+        file: PathBuf,
+        /// The channel.
+        channel: String,
+    },
+    /// Resumes a paused channel: idle workers are woken.
+    Resume {
+        /// The queue file (SQLite or redb), or a `postgres://` URL.
+        file: PathBuf,
+        /// The channel.
+        channel: String,
+    },
     /// Deletes done tasks that finished long enough ago.
     PurgeDone {
         /// The queue file.
@@ -184,6 +200,7 @@ impl From<Error> for Failure {
             | Error::SchemaTooNew { .. }
             | Error::Corrupt { .. }
             | Error::ReadOnly { .. } => Failure::File(e.to_string()),
+            Error::UnknownChannel(_) => Failure::NotFound(e.to_string()),
             other => Failure::Queue(other.to_string()),
         }
     }
@@ -379,6 +396,20 @@ fn run(command: Command) -> Result<(), Failure> {
                 backup.display()
             )?;
         }
+        Command::Pause { file, channel } => {
+            let changed = open(&file)?.pause_known(&channel, true, false)?;
+            let was = if changed {
+                ""
+            } else {
+                " (it was paused already)"
+            };
+            writeln!(out, "paused channel {channel}{was}")?;
+        }
+        Command::Resume { file, channel } => {
+            let changed = open(&file)?.pause_known(&channel, false, false)?;
+            let was = if changed { "" } else { " (it was not paused)" };
+            writeln!(out, "resumed channel {channel}{was}")?;
+        }
         Command::ClearFailed { file, channel } => {
             let n = open(&file)?.clear_failed(Some(&channel))?;
             writeln!(out, "deleted {n} failed task(s) of {channel}")?;
@@ -477,11 +508,15 @@ fn print_summary(out: &mut impl Write, summary: &Value) -> std::io::Result<()> {
             .map_or(String::from("-"), |ms| {
                 human(Duration::from_millis(ms.max(0) as u64))
             });
-        let wakeup = c["next_wakeup_ms"]
-            .as_i64()
-            .map_or(String::from("-"), |ms| {
-                relative(now, Timestamp::from_millis(ms))
-            });
+        let wakeup = if c["paused"].as_bool() == Some(true) {
+            String::from("paused")
+        } else {
+            c["next_wakeup_ms"]
+                .as_i64()
+                .map_or(String::from("-"), |ms| {
+                    relative(now, Timestamp::from_millis(ms))
+                })
+        };
         writeln!(
             out,
             "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} {}",

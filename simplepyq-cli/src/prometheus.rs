@@ -69,6 +69,20 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
             age,
         );
     }
+    header(
+        &mut out,
+        "simplepyq_channel_paused",
+        "gauge",
+        "1 for a paused channel (no process starts its tasks), 0 for a running one.",
+    );
+    for c in &channels {
+        sample(
+            &mut out,
+            "simplepyq_channel_paused",
+            &[("channel", &c.name)],
+            f64::from(u8::from(c.paused)),
+        );
+    }
     let totals = store.totals()?;
     for (name, help, figure) in COUNTERS {
         header(&mut out, name, "counter", help);

@@ -218,7 +218,9 @@ fn router(app: Arc<App>) -> Router {
         router = router
             .route("/api/requeue-failed", post(requeue_failed))
             .route("/api/clear-failed", post(clear_failed))
-            .route("/api/cancel", post(cancel));
+            .route("/api/cancel", post(cancel))
+            .route("/api/pause", post(pause))
+            .route("/api/resume", post(resume));
     }
     router
         .layer(middleware::from_fn_with_state(app.clone(), guard))
@@ -368,6 +370,7 @@ impl From<Error> for Refusal {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::InvalidTransition { .. } => StatusCode::CONFLICT,
             Error::InvalidChannel { .. } => StatusCode::BAD_REQUEST,
+            Error::UnknownChannel(_) => StatusCode::NOT_FOUND,
             Error::ReadOnly { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -443,9 +446,10 @@ async fn overview(
         let next = (rest.len() > shown.len())
             .then(|| shown.last().cloned())
             .flatten();
+        let flows = store.flows()?;
         let channels = shown
             .into_iter()
-            .map(|name| store.summary_of(name))
+            .map(|name| store.summary_with(name, &flows))
             .collect::<Result<Vec<_>, _>>()?;
         let all = store.counts(None)?;
         let minutes = shared
@@ -547,6 +551,11 @@ struct ChannelAction {
 }
 
 #[derive(Deserialize)]
+struct PauseAction {
+    channel: String,
+}
+
+#[derive(Deserialize)]
 struct TaskAction {
     id: i64,
 }
@@ -577,6 +586,41 @@ async fn clear_failed(
     .await?;
     app.forget_chart();
     Ok(Json(json!({ "cleared": n })))
+}
+
+async fn pause(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(action): Json<PauseAction>,
+) -> Result<Json<Value>, Refusal> {
+    set_paused(app, headers, action.channel, true).await
+}
+
+async fn resume(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(action): Json<PauseAction>,
+) -> Result<Json<Value>, Refusal> {
+    set_paused(app, headers, action.channel, false).await
+}
+
+/// Pauses or resumes `channel` for every process on the queue.
+async fn set_paused(
+    app: Arc<App>,
+    headers: HeaderMap,
+    channel: String,
+    paused: bool,
+) -> Result<Json<Value>, Refusal> {
+    check_csrf(&app, &headers)?;
+    let name = channel.clone();
+    let changed = on_store(&app, move |store, _| {
+        store.pause_known(&name, paused, false)
+    })
+    .await?;
+    app.forget_chart();
+    Ok(Json(
+        json!({ "channel": channel, "paused": paused, "changed": changed }),
+    ))
 }
 
 async fn cancel(

@@ -26,6 +26,7 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
                 "oldest_pending_age_ms":
                     c.oldest_pending.map(|t| now.as_millis() - t.as_millis()),
                 "next_wakeup_ms": c.next_wakeup.map(Timestamp::as_millis),
+                "paused": c.paused,
             })
         })
         .collect();

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use simplepyq::InspectStore;
+use simplepyq::{FlowStore, InspectStore};
 use simplepyq::{EnqueueOptions, RedbStore, SimplePyQ, SqliteStore, Store, TaskError};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simplepyq");
@@ -173,6 +173,34 @@ fn management_commands_change_the_queue() {
     assert!(ok(&["remove-channel", s(&db), "mail", "--yes"]).contains("3 task(s)"));
     let store = SqliteStore::open(&db).expect("open");
     assert_eq!(store.counts(None).expect("counts").total(), 0);
+}
+
+/// `pause` and `resume` change the channel's setting for every process; `summary` says it
+/// is paused; a misspelt channel is refused (exit 4), changing nothing.
+#[test]
+fn pause_and_resume_a_channel() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    assert!(ok(&["pause", s(&db), "mail"]).contains("paused channel mail"));
+    assert!(ok(&["pause", s(&db), "mail"]).contains("paused already"));
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
+    let paused: Vec<(&str, bool)> = json["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .map(|c| (c["channel"].as_str().unwrap_or(""), c["paused"] == true))
+        .collect();
+    assert_eq!(paused, vec![("mail", true), ("sms", false)]);
+    assert!(ok(&["summary", s(&db)]).contains("paused"));
+    let store = SqliteStore::open(&db).expect("open");
+    assert!(store.flows().expect("flows")["mail"].paused);
+    let typo = cli(&["pause", s(&db), "mial"], "");
+    assert_eq!(typo.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("no channel \"mial\""));
+    assert!(ok(&["resume", s(&db), "mail"]).contains("resumed channel mail"));
+    assert!(ok(&["resume", s(&db), "mail"]).contains("was not paused"));
+    assert!(store.flows().expect("flows").is_empty());
+    assert!(!ok(&["summary", s(&db)]).contains("paused"));
 }
 
 #[test]

@@ -451,6 +451,28 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
         "the page says what it did"
     );
 
+    // "Pause" asks first, then pauses the channel for every worker; the row says so, and
+    // "Resume" undoes it.
+    b.click("tr[data-channel=\"emails\"] button.pause").await;
+    b.client().accept_alert().await.expect("confirm");
+    wait_until("the channel is paused", || {
+        store.flows().expect("flows").get("emails").is_some_and(|f| f.paused)
+    });
+    assert!(
+        b.wait_for("tr[data-channel=\"emails\"] td", |t| t.contains("paused"))
+            .await
+            .contains("paused")
+    );
+    b.click("tr[data-channel=\"emails\"] button.resume").await;
+    wait_until("the channel is resumed", || {
+        store.flows().expect("flows").is_empty()
+    });
+    assert!(
+        b.wait_for("#notice", |t| t.contains("Resumed emails"))
+            .await
+            .contains("Resumed emails")
+    );
+
     // "Clear failed" asks first, then deletes the channel's failed tasks.
     let thumbnails = store.counts(Some("thumbnails")).expect("counts");
     assert!(thumbnails.failed > 0);
@@ -673,7 +695,18 @@ fn metrics_match_the_store(target: &str, store: &dyn Store, totals: &[(&str, Tot
         .expect("the Prometheus text format");
     let channels = store.channels().expect("channels");
     assert!(!channels.is_empty());
+    let flows = store.flows().expect("flows");
+    assert!(!flows.is_empty(), "a paused channel in every test");
     for channel in &channels {
+        let paused = scrape.samples.iter().find(|s| {
+            s.metric == "simplepyq_channel_paused" && s.labels.get("channel") == Some(channel)
+        });
+        let expected = f64::from(u8::from(flows.get(channel).is_some_and(|f| f.paused)));
+        assert_eq!(
+            paused.map(|s| &s.value),
+            Some(&prometheus_parse::Value::Gauge(expected)),
+            "{channel}"
+        );
         let counts = store.counts(Some(channel)).expect("counts");
         for status in Status::ALL {
             let samples: Vec<_> = scrape
@@ -778,6 +811,7 @@ fn metrics_match_counts_on_sqlite() {
         lease_lost,
     };
     let totals = [("emails", t(1, 1, 0, 0)), ("retries", t(0, 0, 1, 1))];
+    store.set_paused("reports", true).expect("pause");
     metrics_match_the_store(path.to_str().expect("utf-8"), &store, &totals);
 }
 
@@ -807,6 +841,7 @@ fn metrics_match_counts_on_postgres() {
         done: 1,
         ..Totals::default()
     };
+    store.set_paused("emails", true).expect("pause");
     metrics_match_the_store(&url, &store, &[("emails", done)]);
     // The overview of a PostgreSQL queue, as the page gets it.
     let served = Served::start(&url, &[]);

@@ -72,7 +72,7 @@ fn py_err(e: Error) -> PyErr {
         | Error::DuplicateChannel(_)
         | Error::InvalidConfig(_)
         | Error::InvalidTransition { .. } => PyValueError::new_err(e.to_string()),
-        Error::NotFound(_) => PyKeyError::new_err(e.to_string()),
+        Error::NotFound(_) | Error::UnknownChannel(_) => PyKeyError::new_err(e.to_string()),
         e => QueueError::new_err(e.to_string()),
     }
 }
@@ -372,6 +372,27 @@ impl Engine {
     ) -> PyResult<usize> {
         py.detach(|| on!(self.backend, q => q.requeue_failed(channel, retries)))
             .map_err(py_err)
+    }
+
+    fn pause(&self, py: Python<'_>, channel: &str) -> PyResult<bool> {
+        py.detach(|| on!(self.backend, q => q.pause(channel)))
+            .map_err(py_err)
+    }
+
+    fn resume(&self, py: Python<'_>, channel: &str) -> PyResult<bool> {
+        py.detach(|| on!(self.backend, q => q.resume(channel)))
+            .map_err(py_err)
+    }
+
+    fn paused(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let flows = py
+            .detach(|| on!(self.backend, q => q.flows()))
+            .map_err(py_err)?;
+        Ok(flows
+            .into_iter()
+            .filter(|(_, f)| f.paused)
+            .map(|(name, _)| name)
+            .collect())
     }
 
     fn remove_channel(&self, py: Python<'_>, name: &str) -> PyResult<usize> {

@@ -331,6 +331,31 @@ def test_the_postgresql_backend():
     assert q.remove_channel(channel) == 20
 
 
+def test_pause_and_resume_a_channel(db):
+    """A paused channel starts nothing, though its tasks are queued; another queue on the
+    file (as another process) resumes it, and the workers here are woken."""
+    q = SimplePyQ(db)
+    got = []
+    q.add_channel("c", got.append, max_workers=2)
+    assert q.pause("c") is True
+    assert q.pause("c") is False
+    assert q.paused() == ["c"]
+    for n in range(5):
+        q.enqueue("c", n)
+    q.start()
+    time.sleep(0.3)
+    assert got == []
+    other = SimplePyQ(db)
+    assert other.paused() == ["c"]
+    assert other.resume("c") is True
+    wait_for(lambda: len(got) == 5, what="every task after the resume")
+    q.stop()
+    assert sorted(got) == list(range(5))
+    assert q.paused() == []
+    with pytest.raises(KeyError):
+        q.pause("no-such-channel")
+
+
 def test_psycopg_enqueues_in_its_own_transaction():
     """A psycopg transaction enqueues with the queue's SQL function: the task commits with
     the transaction's own rows (invisible before the commit), or rolls back with them; the

@@ -61,7 +61,10 @@ pub(crate) fn gauge_channels<S: Store>(
             metrics::gauge!("simplepyq_store_tasks", &labels).set(c.counts.get(status) as f64);
         }
         let age = c.oldest_pending_age(now).as_secs_f64();
-        metrics::gauge!("simplepyq_store_oldest_pending_age_seconds", "channel" => c.name).set(age);
+        metrics::gauge!("simplepyq_store_oldest_pending_age_seconds", "channel" => c.name.clone())
+            .set(age);
+        metrics::gauge!("simplepyq_channel_paused", "channel" => c.name)
+            .set(f64::from(u8::from(c.paused)));
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (store, channels, now);

@@ -96,14 +96,23 @@ function channelsSection(data) {
   const head = el("tr", {}, el("th", {}, "channel"),
     ...STATUSES.map((s) => el("th", { class: "n" }, s)),
     el("th", { class: "n" }, "oldest pending"), READ_ONLY ? null : el("th", {}, ""));
-  const rows = data.channels.map((c) => el("tr", { "data-channel": c.channel },
-    el("td", {}, c.channel),
+  const rows = data.channels.map((c) => el("tr", { "data-channel": c.channel, class: c.paused ? "paused" : "" },
+    el("td", {}, c.channel, c.paused ? el("span", { class: "paused-tag" }, "paused") : null),
     ...STATUSES.map((s) => el("td", {
       class: `n ${s}-n${c[s] > 0 ? " nonzero" : ""}`, "data-status": s,
     }, c[s])),
     c.oldest_pending_age_ms === null ? el("td", { class: "n" }, "–")
       : since("td", "n", data.now_ms - c.oldest_pending_age_ms, data.now_ms),
-    READ_ONLY ? null : el("td", { class: "actions" }, c.failed === 0 ? "" : el("span", {},
+    READ_ONLY ? null : el("td", { class: "actions" },
+      c.paused ? el("button", {
+        class: "resume", onclick: () => act("/api/resume", { channel: c.channel },
+          () => `Resumed ${c.channel}: its tasks start again.`),
+      }, "Resume") : el("button", {
+        class: "pause", onclick: () => act("/api/pause", { channel: c.channel },
+          () => `Paused ${c.channel}: no worker starts its tasks until it is resumed.`,
+          `Pause ${c.channel} for every worker of every process?`),
+      }, "Pause"), " ",
+      c.failed === 0 ? "" : el("span", {},
       el("button", {
         class: "requeue", onclick: () => act("/api/requeue-failed", { channel: c.channel },
           (r) => `Requeued ${r.requeued} failed task(s) of ${c.channel}.`),

@@ -154,6 +154,22 @@ class SimplePyQ:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         self._engine.add_channel(name, func, max_workers, waits)
 
+    def pause(self, channel: str) -> bool:
+        """Pause a channel for every process and machine on the queue, durably: no worker
+        starts another of its tasks (but for claims already under way) until ``resume``;
+        running handlers finish, tasks stay queued, ``enqueue`` goes on, and
+        ``run_until_complete`` waits for the resume. Return whether it was running.
+        KeyError for a channel with no handler here and no task or setting in the queue."""
+        return self._engine.pause(channel)
+
+    def resume(self, channel: str) -> bool:
+        """Resume a paused channel; return whether it was paused."""
+        return self._engine.resume(channel)
+
+    def paused(self) -> List[str]:
+        """The paused channels, in name order."""
+        return self._engine.paused()
+
     def remove_channel(self, name: str) -> int:
         """Remove a channel, its handler, and all its tasks; return how many tasks."""
         return self._engine.remove_channel(name)
