@@ -6,8 +6,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use simplepyq::{FlowStore, InspectStore};
 use simplepyq::{EnqueueOptions, RedbStore, SimplePyQ, SqliteStore, Store, TaskError};
+use simplepyq::{FlowStore, InspectStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simplepyq");
 

@@ -456,7 +456,11 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
     b.click("tr[data-channel=\"emails\"] button.pause").await;
     b.client().accept_alert().await.expect("confirm");
     wait_until("the channel is paused", || {
-        store.flows().expect("flows").get("emails").is_some_and(|f| f.paused)
+        store
+            .flows()
+            .expect("flows")
+            .get("emails")
+            .is_some_and(|f| f.paused)
     });
     assert!(
         b.wait_for("tr[data-channel=\"emails\"] td", |t| t.contains("paused"))

@@ -2,6 +2,7 @@
 //! and the durability tests with real processes.
 
 mod damage;
+mod flow;
 mod fuzz_corpus;
 mod handlers;
 mod netns;

@@ -61,7 +61,7 @@ impl Backend {
     }
 }
 
-fn spawn_worker(
+pub(crate) fn spawn_worker(
     backend: Backend,
     db: &Path,
     log: &Path,
