@@ -55,29 +55,21 @@ impl ClaimStore for SqliteStore {
         let event = Event::Claim { now, lease_until };
         let channel = channel.to_owned();
         self.write(move |tx| {
-            // Under the write lock: a pause committed before this claim holds.
-            let paused: bool = tx
-                .prepare_cached(&format!("SELECT NOT {NOT_PAUSED}"))?
-                .query_row([&channel], |r| r.get(0))?;
-            if paused {
-                return Ok(Vec::new());
-            }
+            // Under the write lock, in each statement (where SQLite looks once, the channel
+            // being a parameter): a pause committed before this claim holds.
             let promote = ids(
                 tx,
-                &format!("SELECT id FROM simplepyq_tasks WHERE {DUE_DELAYED} ORDER BY run_at, id LIMIT ?3"),
+                &format!(
+                    "SELECT id FROM simplepyq_tasks WHERE {DUE_DELAYED} AND {NOT_PAUSED} \
+                     ORDER BY run_at, id LIMIT ?3"
+                ),
                 params![channel, now.as_millis(), PROMOTE_LIMIT],
             )?;
             for id in promote {
                 transition(tx, id, &Event::Promote { now })?;
             }
-            let mut tasks = select_tasks(
-                tx,
-                &format!(
-                    "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} \
-                     ORDER BY priority DESC, run_at, id LIMIT ?3"
-                ),
-                params![channel, now.as_millis(), limit],
-            )?;
+            let mut tasks =
+                select_tasks(tx, &claim_sql(), params![channel, now.as_millis(), limit])?;
             for t in &mut tasks {
                 t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
                 save_state(tx, t.id, &t.state)?;
@@ -104,6 +96,15 @@ impl ClaimStore for SqliteStore {
             Ok(t.map(Timestamp::from_millis))
         })
     }
+}
+
+/// The claim's query: up to ?3 due pending tasks of channel ?1 at ?2, in claim order, none
+/// while the channel is paused.
+pub(crate) fn claim_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} AND {NOT_PAUSED} \
+         ORDER BY priority DESC, run_at, id LIMIT ?3"
+    )
 }
 
 /// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.

@@ -11,10 +11,10 @@ use simplepyq_core::{ClaimStore, NewTask, Status, StoreExt};
 
 use crate::SqliteStore;
 use crate::admin::{clear_failed_sql, failed_sql, purge_done_sql, remove_channel_sql};
-use crate::claim::{KEY_HOLDER, READY, insert_sql};
+use crate::claim::{KEY_HOLDER, claim_sql, insert_sql};
 use crate::inspect::{channels_sql, counts_sql};
 use crate::outcome::EXPIRED;
-use crate::row::{COLUMNS, SAVE_STATE};
+use crate::row::SAVE_STATE;
 
 /// Virtual-machine steps SQLite takes to find the next due task of a channel.
 fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
@@ -22,9 +22,7 @@ fn claim_query_steps(store: &SqliteStore) -> (i32, String) {
 }
 
 fn query_steps(conn: &Connection) -> (i32, String) {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} ORDER BY priority DESC, run_at, id LIMIT ?3"
-    );
+    let sql = claim_sql();
     let plan: Vec<String> = conn
         .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
         .expect("explain")
