@@ -6,7 +6,7 @@
 //! core transition function, so what is tested here is each backend's indexing, ordering,
 //! fencing and bookkeeping, not the state machine itself (proptested in `simplepyq-core`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -89,6 +89,13 @@ pub enum Op {
     },
     /// Delete done tasks finished before now.
     PurgeDone,
+    /// Pause or resume a channel.
+    SetPaused {
+        /// Index into the channels.
+        channel: usize,
+        /// Pause (or resume).
+        paused: bool,
+    },
     /// Close the store and open its file again (durable stores only).
     Reopen,
 }
@@ -109,10 +116,11 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (proptest::option::of(channel.clone()), proptest::option::of(0u32..3))
             .prop_map(|(channel, retries)| Op::RequeueFailed { channel, retries }),
         1 => proptest::option::of(channel.clone()).prop_map(|channel| Op::ClearFailed { channel }),
-        1 => channel.prop_map(|channel| Op::RemoveChannel { channel }),
+        1 => channel.clone().prop_map(|channel| Op::RemoveChannel { channel }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         1 => Just(Op::PurgeDone),
         1 => Just(Op::Reopen),
+        1 => (channel, any::<bool>()).prop_map(|(channel, paused)| Op::SetPaused { channel, paused }),
     ]
 }
 
@@ -122,9 +130,29 @@ struct Model {
     tasks: BTreeMap<TaskId, Task>,
     last_id: Option<TaskId>,
     totals: BTreeMap<String, Totals>,
+    paused: BTreeSet<&'static str>,
 }
 
 impl Model {
+    /// What [`simplepyq_core::ClaimStore::next_wakeup`] gives: whether the channel has a
+    /// task to do (a queued one only while it runs), and the first lease expiry.
+    fn next_wakeup(&self, channel: &str) -> (bool, Option<Timestamp>) {
+        let paused = self.paused.contains(channel);
+        let mut any = false;
+        let mut lease = None;
+        for t in self.tasks.values().filter(|t| t.channel == channel) {
+            match t.state.status {
+                Status::Pending | Status::Delayed => any |= !paused,
+                Status::Running => {
+                    any = true;
+                    lease = lease.min(t.state.lease_until).or(t.state.lease_until);
+                }
+                Status::Done | Status::Failed => {}
+            }
+        }
+        (any, lease)
+    }
+
     fn unfinished_with_key(&self, channel: &str, key: &str) -> Option<TaskId> {
         self.tasks
             .values()
@@ -166,7 +194,7 @@ impl Model {
 
     /// The tasks a claim at `now` takes, in order, after promoting due delayed tasks.
     fn claim(&mut self, channel: &str, limit: usize, now: Timestamp) -> Vec<TaskId> {
-        if limit == 0 {
+        if limit == 0 || self.paused.contains(channel) {
             return Vec::new();
         }
         let due: Vec<TaskId> = self
@@ -399,6 +427,18 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     ),
                 }
             }
+            Op::SetPaused { channel, paused } => {
+                let ch = CHANNELS[*channel];
+                let changed = store
+                    .set_paused(ch, *paused)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let expected = if *paused {
+                    model.paused.insert(ch)
+                } else {
+                    model.paused.remove(ch)
+                };
+                prop_assert_eq!(changed, expected, "{}", at("pause changed"));
+            }
             Op::PurgeDone => {
                 let n = store
                     .purge_done(None, now)
@@ -431,6 +471,21 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
     prop_assert_eq!(all.len(), model.tasks.len(), "{} number of tasks", at);
     let totals = store.totals().map_err(|e| fail(&e.to_string()))?;
     prop_assert_eq!(&totals, &model.totals, "{} totals", at);
+    let flows = store.flows().map_err(|e| fail(&e.to_string()))?;
+    let paused: BTreeSet<&str> = flows
+        .iter()
+        .filter(|(_, f)| f.paused)
+        .map(|(c, _)| c.as_str())
+        .collect();
+    prop_assert_eq!(&paused, &model.paused, "{} paused channels", at);
+    for ch in CHANNELS {
+        let got = store.next_wakeup(ch).map_err(|e| fail(&e.to_string()))?;
+        let (any, lease) = model.next_wakeup(ch);
+        prop_assert_eq!(got.is_some(), any, "{} next wake-up of {}", at, ch);
+        if model.paused.contains(ch) {
+            prop_assert_eq!(got, lease, "{} next wake-up of paused {}", at, ch);
+        }
+    }
     for (task, expected) in all.iter().zip(model.tasks.values()) {
         prop_assert_eq!(task, expected, "{}", at);
     }
