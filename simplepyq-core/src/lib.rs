@@ -44,7 +44,8 @@ pub mod prelude {
 pub use store::ChannelStats;
 pub use store::{
     AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, OnCommit, OutcomeStore,
-    ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch,
+    ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch, check_max_running,
+    claim_allowance,
 };
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError,

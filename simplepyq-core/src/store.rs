@@ -8,7 +8,8 @@
 //!   purging and cancelling. What programs, the command line and the dashboard call.
 //! - [`InspectStore`], inspection: channels, counts, tasks, what finished when, totals.
 //! - [`ScheduleStore`], the firings of periodic tasks.
-//! - [`FlowStore`], flow control: pausing a channel, for every process.
+//! - [`FlowStore`], flow control: pausing a channel and limiting its running tasks, for
+//!   every process.
 //! - [`TransactionStore`], writes in the caller's own transaction, for stores whose
 //!   database the application writes too (not part of [`Store`]).
 //!
@@ -48,7 +49,7 @@ pub use claim::ClaimStore;
 #[allow(deprecated)]
 pub use ext::ChannelStats;
 pub use ext::{ChannelSummary, StoreExt};
-pub use flow::{Flow, FlowStore};
+pub use flow::{Flow, FlowStore, check_max_running, claim_allowance};
 pub use inspect::InspectStore;
 pub use outcome::OutcomeStore;
 pub use schedule::ScheduleStore;

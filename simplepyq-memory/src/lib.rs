@@ -25,7 +25,7 @@ use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, ListFilter,
     NewTask, Outcome, OutcomeStore, Result, ScheduleStore, Status, Task, TaskId, TaskState,
-    Timestamp, Totals, batch, validate_channel,
+    Timestamp, Totals, batch, check_max_running, claim_allowance, validate_channel,
 };
 
 /// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
@@ -70,8 +70,33 @@ struct Inner {
 }
 
 impl Inner {
-    fn paused(&self, channel: &str) -> bool {
-        self.flows.get(channel).is_some_and(|f| f.paused)
+    /// How many more of `channel`'s tasks a claim of up to `limit` may start.
+    fn allowance(&self, channel: &str, limit: usize) -> usize {
+        let Some(flow) = self.flows.get(channel) else {
+            return limit;
+        };
+        let running = self
+            .idx
+            .channels
+            .get(channel)
+            .map_or(0, |ch| ch.counts.running);
+        claim_allowance(flow, running, limit)
+    }
+
+    /// Changes `channel`'s flow settings with `change`; returns whether they changed.
+    fn change_flow(&mut self, channel: &str, change: impl FnOnce(&mut Flow)) -> bool {
+        let before = self.flows.get(channel).cloned().unwrap_or_default();
+        let mut flow = before.clone();
+        change(&mut flow);
+        if flow == before {
+            return false;
+        }
+        if flow.is_default() {
+            self.flows.remove(channel);
+        } else {
+            self.flows.insert(channel.to_owned(), flow);
+        }
+        true
     }
 }
 
@@ -268,10 +293,11 @@ impl ClaimStore for MemoryStore {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.lock();
-        if inner.paused(channel) {
+        if inner.flows.get(channel).is_some_and(|f| f.paused) {
             return Ok(Vec::new());
         }
         inner.promote_due(channel, now)?;
+        let limit = inner.allowance(channel, limit);
         let due: Vec<TaskId> = inner.idx.channels.get(channel).map_or_else(Vec::new, |ch| {
             ch.ready
                 .iter()
@@ -288,7 +314,8 @@ impl ClaimStore for MemoryStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         let inner = self.inner.lock();
-        let paused = inner.paused(channel);
+        // A paused or full channel's queued tasks are not due.
+        let paused = inner.allowance(channel, 1) == 0;
         Ok(inner.idx.channels.get(channel).and_then(|ch| {
             let lease = ch.running.first().map(|(t, _)| *t);
             if paused {
@@ -467,18 +494,19 @@ impl ScheduleStore for MemoryStore {
 impl FlowStore for MemoryStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
         validate_channel(channel)?;
-        let mut inner = self.inner.lock();
-        let mut flow = inner.flows.get(channel).cloned().unwrap_or_default();
-        if flow.paused == paused {
-            return Ok(false);
-        }
-        flow.paused = paused;
-        if flow.is_default() {
-            inner.flows.remove(channel);
-        } else {
-            inner.flows.insert(channel.to_owned(), flow);
-        }
-        Ok(true)
+        Ok(self
+            .inner
+            .lock()
+            .change_flow(channel, |f| f.paused = paused))
+    }
+
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
+        validate_channel(channel)?;
+        check_max_running(max)?;
+        Ok(self
+            .inner
+            .lock()
+            .change_flow(channel, |f| f.max_running = max))
     }
 
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {

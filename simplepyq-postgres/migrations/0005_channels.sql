@@ -2,5 +2,6 @@
 -- (FlowStore): a row only for a channel whose settings are not the defaults.
 CREATE TABLE channels (
     channel text PRIMARY KEY,
-    paused  boolean NOT NULL DEFAULT false
+    paused      boolean NOT NULL DEFAULT false,
+    max_running integer CHECK (max_running > 0)  -- NULL: no limit
 );

@@ -80,9 +80,35 @@ impl ClaimStore for PostgresStore {
         let (now, lease_until) = (millis(now), millis(lease_until));
         let mut tasks = self.run(|c| {
             // Each statement is Event::Promote, then Event::Claim, on many rows at once.
-            c.execute(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?;
-            let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
-            tasks_from_rows(&rows)
+            let limited: Option<i32> = c
+                .query_one(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?
+                .try_get(0)?;
+            if limited.is_none() {
+                let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
+                return tasks_from_rows(&rows);
+            }
+            // A limited channel: claims one at a time, each counting the others'.
+            let mut transaction = c.client.transaction()?;
+            let mut tx = Db {
+                client: &mut transaction,
+                statements: &mut *c.statements,
+            };
+            let rows = match tx.query_opt(sql::LOCK_FLOW, &[&channel])? {
+                Some(row) => match row.try_get::<_, Option<i32>>(0)? {
+                    Some(max) => {
+                        let max = i64::from(max);
+                        tx.query(
+                            sql::CLAIM_LIMITED,
+                            &[&channel, &now, &limit, &lease_until, &max],
+                        )?
+                    }
+                    None => tx.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?,
+                },
+                None => tx.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?,
+            };
+            let tasks = tasks_from_rows(&rows)?;
+            transaction.commit()?;
+            Ok(tasks)
         })?;
         tasks.sort_unstable_by_key(batch::claim_order);
         Ok(tasks)

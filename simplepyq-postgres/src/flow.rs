@@ -1,46 +1,88 @@
-//! Flow control: channels paused and resumed, for every process and machine on the schema.
+//! Flow control: channels paused and resumed, and their limits of running tasks, for every
+//! process and machine on the schema.
 
 use std::collections::BTreeMap;
 
+use postgres::Row;
 use postgres::error::SqlState;
-use simplepyq_core::{Flow, FlowStore, Result, validate_channel};
+use simplepyq_core::{Flow, FlowStore, Result, check_max_running, validate_channel};
 
 use crate::PostgresStore;
-use crate::error::E;
+use crate::error::{E, R};
 
 impl FlowStore for PostgresStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
-        validate_channel(channel)?;
-        // One statement each way, which changes one row or none. A channel's row holds no
-        // setting but `paused` yet: resuming deletes it.
-        let sql = if paused {
-            "INSERT INTO channels (channel, paused) VALUES ($1, true) \
-             ON CONFLICT (channel) DO UPDATE SET paused = true WHERE NOT channels.paused"
-        } else {
-            "DELETE FROM channels WHERE channel = $1 AND paused"
-        };
-        let changed = self.run(|c| c.execute(sql, &[&channel]))? > 0;
-        if changed && !paused {
-            // Idle workers of every process sleep until told.
-            self.announce([channel]);
-        }
-        Ok(changed)
+        self.change_flow(channel, |f| f.paused = paused)
+    }
+
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
+        check_max_running(max)?;
+        self.change_flow(channel, |f| f.max_running = max)
     }
 
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         let rows = self.run(|c| {
-            match c.query("SELECT channel, paused FROM channels ORDER BY channel", &[]) {
+            match c.query(
+                "SELECT channel, paused, max_running FROM channels ORDER BY channel",
+                &[],
+            ) {
                 // A schema of an earlier version, read-only: no settings.
                 Err(E::Pg(e)) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(Vec::new()),
                 other => other,
             }
         })?;
         rows.iter()
-            .map(|r| {
-                let mut flow = Flow::default();
-                flow.paused = r.try_get(1).map_err(E::from)?;
-                Ok((r.try_get(0).map_err(E::from)?, flow))
-            })
+            .map(|r| Ok((r.try_get(0).map_err(E::from)?, flow_from(r, 1)?)))
             .collect()
     }
+}
+
+impl PostgresStore {
+    /// Changes `channel`'s flow settings with `change` in one transaction (its row locked);
+    /// returns whether they changed. Idle workers of every process sleep while a channel is
+    /// paused or full: they are told of a change.
+    fn change_flow(&self, channel: &str, change: impl Fn(&mut Flow) + Send + Sync) -> Result<bool> {
+        validate_channel(channel)?;
+        let changed = self.transaction(|tx| {
+            let before = match tx.query_opt(
+                "SELECT paused, max_running FROM channels WHERE channel = $1 FOR UPDATE",
+                &[&channel],
+            )? {
+                Some(row) => flow_from(&row, 0)?,
+                None => Flow::default(),
+            };
+            let mut flow = before.clone();
+            change(&mut flow);
+            if flow == before {
+                return Ok(false);
+            }
+            if flow.is_default() {
+                tx.execute("DELETE FROM channels WHERE channel = $1", &[&channel])?;
+            } else {
+                let max = flow
+                    .max_running
+                    .map(|m| i32::try_from(m).unwrap_or(i32::MAX));
+                tx.execute(
+                    "INSERT INTO channels (channel, paused, max_running) VALUES ($1, $2, $3) \
+                     ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
+                       max_running = excluded.max_running",
+                    &[&channel, &flow.paused, &max],
+                )?;
+            }
+            Ok(true)
+        })?;
+        if changed {
+            self.announce([channel]);
+        }
+        Ok(changed)
+    }
+}
+
+/// The flow settings in the columns `paused` and `max_running` from `at`.
+fn flow_from(r: &Row, at: usize) -> R<Flow> {
+    let mut flow = Flow::default();
+    flow.paused = r.try_get(at)?;
+    let max: Option<i32> = r.try_get(at + 1)?;
+    flow.max_running = max.map(|m| u32::try_from(m).unwrap_or(1));
+    Ok(flow)
 }

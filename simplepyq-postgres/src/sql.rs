@@ -7,34 +7,59 @@
 
 /// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
 /// (then id) first, unless the channel is paused. Rows another claimer is promoting are
-/// skipped, never waited for.
-pub const PROMOTE: &str = "UPDATE tasks SET status = 'pending', updated_at = $2 \
+/// skipped, never waited for. Returns the channel's limit of running tasks (NULL for none),
+/// which decides how the claim that follows is made.
+pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending', updated_at = $2 \
      WHERE id = ANY (ARRAY ( \
        SELECT id FROM tasks \
        WHERE channel = $1 AND status = 'delayed' AND run_at <= $2 \
        AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
        ORDER BY run_at, id \
        LIMIT $3 \
-       FOR UPDATE SKIP LOCKED))";
+       FOR UPDATE SKIP LOCKED)) RETURNING 1) \
+     SELECT (SELECT max_running FROM channels WHERE channel = $1), \
+       (SELECT count(*) FROM promoted)";
+
+/// A claim: `Event::Claim` at $2, leased until $4, of up to `$limit` due pending tasks of
+/// channel $1 in claim order, unless the channel is paused.
+macro_rules! claim {
+    ($limit:literal) => {
+        concat!(
+            "WITH due AS MATERIALIZED ( \
+               SELECT id FROM tasks \
+               WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
+               AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
+               ORDER BY priority DESC, run_at, id \
+               LIMIT ",
+            $limit,
+            " FOR UPDATE SKIP LOCKED) \
+             UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, \
+               lease_until = $4, updated_at = $2 \
+             WHERE t.id = ANY (ARRAY (SELECT id FROM due)) \
+             RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
+               t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
+               t.last_error, t.updated_at, t.lost_runs"
+        )
+    };
+}
 
 /// `Event::Claim` at $2, leased until $4, of up to $3 due pending tasks of channel $1 in
 /// claim order, unless the channel is paused. Rows another claimer locked are skipped,
-/// never waited for. The update
-/// finds its rows by id in an array: a join with the CTE would, in the generic plan a
-/// prepared statement gets, be a hash join over a scan of the whole table.
-pub const CLAIM: &str = "WITH due AS MATERIALIZED ( \
-       SELECT id FROM tasks \
-       WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
-       AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
-       ORDER BY priority DESC, run_at, id \
-       LIMIT $3 \
-       FOR UPDATE SKIP LOCKED) \
-     UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, \
-       lease_until = $4, updated_at = $2 \
-     WHERE t.id = ANY (ARRAY (SELECT id FROM due)) \
-     RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
-       t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
-       t.last_error, t.updated_at, t.lost_runs";
+/// never waited for. The update finds its rows by id in an array: a join with the CTE
+/// would, in the generic plan a prepared statement gets, be a hash join over a scan of the
+/// whole table.
+pub const CLAIM: &str = claim!("$3");
+
+/// [`CLAIM`] of a channel with a limit of $5 running tasks: no more than the room the
+/// limit leaves. Run after [`LOCK_FLOW`] in one transaction, so that claims of a limited
+/// channel are made one at a time and each counts the others' committed claims.
+pub const CLAIM_LIMITED: &str = claim!(
+    "greatest(0, least($3, $5::bigint - (SELECT count(*) FROM tasks \
+       WHERE channel = $1 AND status = 'running')))"
+);
+
+/// Locks channel $1's settings and reads its limit of running tasks.
+pub const LOCK_FLOW: &str = "SELECT max_running FROM channels WHERE channel = $1 FOR UPDATE";
 
 /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held. It first
 /// locks the rows it can without waiting (the array is built before the update runs)
@@ -113,11 +138,24 @@ pub const LOCK_EXPIRED: &str = "SELECT id, channel, status, retries_left, max_re
      attempts, run_at, lease_until, last_error, updated_at, lost_runs FROM tasks \
      WHERE status = 'running' AND lease_until <= $1 ORDER BY id FOR UPDATE SKIP LOCKED";
 
-/// The earliest time something is due in channel $1: of a paused channel, only a lease
-/// expiry.
-pub const NEXT_WAKEUP: &str = "SELECT least( \
-     (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' \
-       AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) LIMIT 1), \
-     (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed' \
-       AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused)), \
-     (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))";
+/// Channel $1 is neither paused nor at its limit of running tasks: its queued tasks are due.
+macro_rules! open {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM channels f WHERE f.channel = $1 AND (f.paused \
+           OR f.max_running <= (SELECT count(*) FROM tasks \
+             WHERE channel = $1 AND status = 'running')))"
+    };
+}
+
+/// The earliest time something is due in channel $1: of a paused or full channel, only a
+/// lease expiry.
+pub const NEXT_WAKEUP: &str = concat!(
+    "SELECT least( \
+     (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' AND ",
+    open!(),
+    " LIMIT 1), \
+     (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed' AND ",
+    open!(),
+    "), \
+     (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))"
+);

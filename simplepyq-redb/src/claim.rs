@@ -8,7 +8,7 @@ use simplepyq_core::{
 };
 
 use crate::error::db_err;
-use crate::flow::{paused_in_read, paused_in_write};
+use crate::flow::{allowance_in_read, allowance_in_write};
 use crate::tables::{CHANNEL_LEASES, DELAYED, READY};
 use crate::{RedbStore, to_id};
 
@@ -34,7 +34,7 @@ impl ClaimStore for RedbStore {
         let due_delayed = (channel, i64::MIN, 0)..=(channel, now.as_millis(), u64::MAX);
         // Look in a read transaction first: idle workers poll without taking the writer.
         let idle = self.read(|read| {
-            if paused_in_read(read, channel)? {
+            if allowance_in_read(read, channel, 1)? == 0 {
                 return Ok(true);
             }
             let ready = read.open_table(READY).map_err(db_err)?;
@@ -55,7 +55,8 @@ impl ClaimStore for RedbStore {
         }
         let event = Event::Claim { now, lease_until };
         self.write_tx(|tx, t| {
-            if paused_in_write(tx, channel)? {
+            let limit = allowance_in_write(tx, &t.counts, channel, limit)?;
+            if limit == 0 {
                 return Ok(Vec::new());
             }
             let mut promote = Vec::new();
@@ -85,7 +86,8 @@ impl ClaimStore for RedbStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|read| {
-            let paused = paused_in_read(read, channel)?;
+            // A paused or full channel's queued tasks are not due.
+            let paused = allowance_in_read(read, channel, 1)? == 0;
             let ready = read.open_table(READY).map_err(db_err)?;
             let ready = match ready
                 .range((channel, i64::MIN, i64::MIN, 0)..=(channel, i64::MAX, i64::MAX, u64::MAX))

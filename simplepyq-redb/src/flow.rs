@@ -1,15 +1,24 @@
-//! Flow control: channels paused and resumed, kept in the file.
+//! Flow control: channels paused and resumed, and their limits of running tasks, kept in
+//! the file.
 
 use std::collections::BTreeMap;
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
-use simplepyq_core::{Flow, FlowStore, Result, validate_channel};
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use simplepyq_core::{
+    Flow, FlowStore, Result, Status, check_max_running, claim_allowance, validate_channel,
+};
 
 use crate::RedbStore;
 use crate::error::db_err;
+use crate::record::status_code;
+use crate::tables::COUNTS;
 
 /// The paused channels.
 pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_channels");
+
+/// The channels' limits of running tasks.
+pub(crate) const MAX_RUNNING: TableDefinition<&str, u32> =
+    TableDefinition::new("channel_max_running");
 
 impl FlowStore for RedbStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
@@ -25,35 +34,112 @@ impl FlowStore for RedbStore {
         })
     }
 
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
+        validate_channel(channel)?;
+        check_max_running(max)?;
+        self.write_tx(|tx, _| {
+            let mut table = tx.open_table(MAX_RUNNING).map_err(db_err)?;
+            let was = match max {
+                Some(n) => table.insert(channel, n).map_err(db_err)?,
+                None => table.remove(channel).map_err(db_err)?,
+            }
+            .map(|v| v.value());
+            Ok(was != max)
+        })
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         self.read(|read| {
-            let table = match read.open_table(PAUSED) {
-                Ok(table) => table,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
-                Err(e) => return Err(db_err(e)),
-            };
-            let mut flows = BTreeMap::new();
-            for entry in table.iter().map_err(db_err)? {
-                let mut flow = Flow::default();
-                flow.paused = true;
-                flows.insert(entry.map_err(db_err)?.0.value().to_owned(), flow);
+            let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
+            if let Some(table) = existing(read.open_table(PAUSED))? {
+                for entry in table.iter().map_err(db_err)? {
+                    let name = entry.map_err(db_err)?.0.value().to_owned();
+                    flows.entry(name).or_default().paused = true;
+                }
+            }
+            if let Some(table) = existing(read.open_table(MAX_RUNNING))? {
+                for entry in table.iter().map_err(db_err)? {
+                    let (name, max) = entry.map_err(db_err)?;
+                    flows
+                        .entry(name.value().to_owned())
+                        .or_default()
+                        .max_running = Some(max.value());
+                }
             }
             Ok(flows)
         })
     }
 }
 
-/// Whether `channel` is paused, as a read transaction sees it.
-pub(crate) fn paused_in_read(read: &ReadTransaction, channel: &str) -> Result<bool> {
-    match read.open_table(PAUSED) {
-        Ok(table) => Ok(table.get(channel).map_err(db_err)?.is_some()),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+/// A table, or `None` if the file has none yet.
+fn existing<T>(table: std::result::Result<T, redb::TableError>) -> Result<Option<T>> {
+    match table {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(db_err(e)),
     }
 }
 
-/// Whether `channel` is paused, as a write transaction sees it.
-pub(crate) fn paused_in_write(tx: &WriteTransaction, channel: &str) -> Result<bool> {
-    let table = tx.open_table(PAUSED).map_err(db_err)?;
-    Ok(table.get(channel).map_err(db_err)?.is_some())
+/// How many tasks a claim of up to `limit` may take from `channel` (core's rule), as a read
+/// transaction sees it.
+pub(crate) fn allowance_in_read(
+    read: &ReadTransaction,
+    channel: &str,
+    limit: usize,
+) -> Result<usize> {
+    let mut flow = Flow::default();
+    if let Some(table) = existing(read.open_table(PAUSED))? {
+        flow.paused = table.get(channel).map_err(db_err)?.is_some();
+    }
+    if let Some(table) = existing(read.open_table(MAX_RUNNING))? {
+        flow.max_running = table.get(channel).map_err(db_err)?.map(|v| v.value());
+    }
+    if flow.is_default() {
+        return Ok(limit);
+    }
+    let running = match existing(read.open_table(COUNTS))? {
+        Some(table) => running(
+            table
+                .get((channel, status_code(Status::Running)))
+                .map_err(db_err)?,
+        ),
+        None => 0,
+    };
+    Ok(claim_allowance(&flow, running, limit))
+}
+
+/// How many tasks a claim of up to `limit` may take from `channel` (core's rule), as a
+/// write transaction sees it.
+pub(crate) fn allowance_in_write(
+    tx: &WriteTransaction,
+    counts: &Table<'_, (&'static str, u8), u64>,
+    channel: &str,
+    limit: usize,
+) -> Result<usize> {
+    let mut flow = Flow::default();
+    flow.paused = tx
+        .open_table(PAUSED)
+        .map_err(db_err)?
+        .get(channel)
+        .map_err(db_err)?
+        .is_some();
+    flow.max_running = tx
+        .open_table(MAX_RUNNING)
+        .map_err(db_err)?
+        .get(channel)
+        .map_err(db_err)?
+        .map(|v| v.value());
+    if flow.is_default() {
+        return Ok(limit);
+    }
+    let running = running(
+        counts
+            .get((channel, status_code(Status::Running)))
+            .map_err(db_err)?,
+    );
+    Ok(claim_allowance(&flow, running, limit))
+}
+
+fn running(count: Option<redb::AccessGuard<'_, u64>>) -> usize {
+    count.map_or(0, |c| usize::try_from(c.value()).unwrap_or(usize::MAX))
 }

@@ -9,7 +9,7 @@ use simplepyq_core::{
 };
 
 use crate::error::R;
-use crate::flow::NOT_PAUSED;
+use crate::flow::{ALLOWANCE, NOT_PAUSED, OPEN};
 use crate::row::{COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, transition};
 use crate::writer::Caller;
 use crate::{SqliteStore, watch};
@@ -43,7 +43,7 @@ impl ClaimStore for SqliteStore {
         // Look before taking the write lock: idle workers poll without blocking writers.
         let due = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {NOT_PAUSED} AND (EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {READY}) \
+                "SELECT {OPEN} AND (EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {READY}) \
                  OR EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
             ))?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
@@ -80,14 +80,14 @@ impl ClaimStore for SqliteStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|conn| {
-            // A paused channel's queued tasks are not due.
+            // A paused or full channel's queued tasks are not due.
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT min(t) FROM ( \
                    SELECT * FROM (SELECT run_at AS t FROM simplepyq_tasks \
-                     WHERE channel = ?1 AND status = 'pending' AND {NOT_PAUSED} LIMIT 1) \
+                     WHERE channel = ?1 AND status = 'pending' AND {OPEN} LIMIT 1) \
                    UNION ALL \
                    SELECT min(run_at) FROM simplepyq_tasks \
-                     WHERE channel = ?1 AND status = 'delayed' AND {NOT_PAUSED} \
+                     WHERE channel = ?1 AND status = 'delayed' AND {OPEN} \
                    UNION ALL \
                    SELECT min(lease_until) FROM simplepyq_tasks \
                      WHERE channel = ?1 AND status = 'running')"
@@ -99,11 +99,13 @@ impl ClaimStore for SqliteStore {
 }
 
 /// The claim's query: up to ?3 due pending tasks of channel ?1 at ?2, in claim order, none
-/// while the channel is paused.
+/// while the channel is paused and no more than its limit of running tasks leaves room for
+/// (counted in the claim's own write transaction: claims of every process are one at a
+/// time).
 pub(crate) fn claim_sql() -> String {
     format!(
-        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} AND {NOT_PAUSED} \
-         ORDER BY priority DESC, run_at, id LIMIT ?3"
+        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} \
+         ORDER BY priority DESC, run_at, id LIMIT {ALLOWANCE}"
     )
 }
 

@@ -1,63 +1,94 @@
-//! Flow control: channels paused and resumed, for every process on the file.
+//! Flow control: channels paused and resumed, and their limits of running tasks, for every
+//! process on the file.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use simplepyq_core::{Flow, FlowStore, Result, validate_channel};
+use simplepyq_core::{Flow, FlowStore, Result, check_max_running, validate_channel};
 
 use crate::SqliteStore;
 use crate::error::R;
 
-/// Channel ?1 is not paused: a condition of every claim of it.
+/// Channel ?1 is not paused: a condition of the promotion of its delayed tasks.
 pub(crate) const NOT_PAUSED: &str =
     "NOT EXISTS (SELECT 1 FROM simplepyq_channels WHERE channel = ?1 AND paused)";
 
+/// Channel ?1 is neither paused nor at its limit of running tasks: its queued tasks are due.
+pub(crate) const OPEN: &str = "NOT EXISTS (SELECT 1 FROM simplepyq_channels f \
+     WHERE f.channel = ?1 AND (f.paused OR f.max_running <= (SELECT count(*) \
+       FROM simplepyq_tasks r WHERE r.channel = ?1 AND r.status = 'running')))";
+
+/// How many tasks a claim of up to ?3 may take from channel ?1 (core's `claim_allowance`,
+/// in SQL): ?3, 0 while paused, and no more than the room left under its limit.
+pub(crate) const ALLOWANCE: &str = "max(0, min(?3, coalesce((SELECT CASE WHEN f.paused \
+     THEN 0 ELSE coalesce(f.max_running - (SELECT count(*) FROM simplepyq_tasks r \
+       WHERE r.channel = ?1 AND r.status = 'running'), ?3) END \
+     FROM simplepyq_channels f WHERE f.channel = ?1), ?3)))";
+
 impl FlowStore for SqliteStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
-        validate_channel(channel)?;
-        let name = channel.to_owned();
-        let changed = self.write(move |tx| {
-            let mut flow = flow_of(tx, &name)?.unwrap_or_default();
-            if flow.paused == paused {
-                return Ok(false);
-            }
-            flow.paused = paused;
-            save(tx, &name, &flow)?;
-            Ok(true)
-        })?;
-        if changed && !paused {
-            // Idle workers of other processes sleep until told.
-            self.announcer.announce([channel]);
-        }
-        Ok(changed)
+        self.change_flow(channel, move |f| f.paused = paused)
+    }
+
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
+        check_max_running(max)?;
+        self.change_flow(channel, move |f| f.max_running = max)
     }
 
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT channel, paused FROM simplepyq_channels ORDER BY channel",
+                "SELECT channel, paused, max_running FROM simplepyq_channels ORDER BY channel",
             )?;
-            let rows = stmt.query_map([], |r| {
-                let mut flow = Flow::default();
-                flow.paused = r.get(1)?;
-                Ok((r.get(0)?, flow))
-            })?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, flow_from(r, 1)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
+}
+
+impl SqliteStore {
+    /// Changes `channel`'s flow settings with `change`, in one write; returns whether they
+    /// changed. Idle workers of other processes sleep while a channel is paused or full:
+    /// they are told of a change.
+    fn change_flow(
+        &self,
+        channel: &str,
+        change: impl Fn(&mut Flow) + Send + Sync + 'static,
+    ) -> Result<bool> {
+        validate_channel(channel)?;
+        let name = channel.to_owned();
+        let changed = self.write(move |tx| {
+            let before = flow_of(tx, &name)?.unwrap_or_default();
+            let mut flow = before.clone();
+            change(&mut flow);
+            if flow == before {
+                return Ok(false);
+            }
+            save(tx, &name, &flow)?;
+            Ok(true)
+        })?;
+        if changed {
+            self.announcer.announce([channel]);
+        }
+        Ok(changed)
+    }
+}
+
+/// The flow settings in the columns `paused` and `max_running` from `at`.
+fn flow_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Flow> {
+    let mut flow = Flow::default();
+    flow.paused = r.get(at)?;
+    flow.max_running = r.get(at + 1)?;
+    Ok(flow)
 }
 
 /// The flow settings of `channel`, if it has a row.
 fn flow_of(tx: &Transaction<'_>, channel: &str) -> R<Option<Flow>> {
     Ok(tx
         .query_row(
-            "SELECT paused FROM simplepyq_channels WHERE channel = ?1",
+            "SELECT paused, max_running FROM simplepyq_channels WHERE channel = ?1",
             [channel],
-            |r| {
-                let mut flow = Flow::default();
-                flow.paused = r.get(0)?;
-                Ok(flow)
-            },
+            |r| flow_from(r, 0),
         )
         .optional()?)
 }
@@ -71,9 +102,10 @@ fn save(tx: &Transaction<'_>, channel: &str, flow: &Flow) -> R<()> {
         )?;
     } else {
         tx.execute(
-            "INSERT INTO simplepyq_channels (channel, paused) VALUES (?1, ?2) \
-             ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused",
-            params![channel, flow.paused],
+            "INSERT INTO simplepyq_channels (channel, paused, max_running) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
+               max_running = excluded.max_running",
+            params![channel, flow.paused, flow.max_running],
         )?;
     }
     Ok(())

@@ -152,7 +152,7 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
         &["channel", "done", "failed", "retried", "lease_lost"],
     )],
     &[("simplepyq_schema", &["version", "applied_at"])],
-    &[("simplepyq_channels", &["channel", "paused"])],
+    &[("simplepyq_channels", &["channel", "paused", "max_running"])],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,

@@ -1,5 +1,5 @@
-//! Flow control from a queue: pausing and resuming a channel for every process and
-//! machine sharing the store.
+//! Flow control from a queue: pausing and resuming a channel, and limiting its running
+//! tasks, for every process and machine sharing the store.
 
 use std::collections::BTreeMap;
 
@@ -50,12 +50,40 @@ impl<S: Store> SimplePyQ<S> {
         Ok(changed)
     }
 
+    /// Sets how many of `channel`'s tasks may run at once across every process and machine
+    /// sharing the store (`None`: no limit), durably, changeable while workers run: "at
+    /// most 5 calls to the payment provider across the fleet". The limit is kept in the
+    /// claim itself: claims of all processes together never leave more than `max` running
+    /// (tasks claimed ahead count); a task holds its slot until its outcome is recorded, or
+    /// its lease expires after a crash. Lowering it stops no running task. Returns whether
+    /// it changed.
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for `Some(0)` (pause the
+    /// channel instead), [`Error::UnknownChannel`](crate::Error::UnknownChannel) as
+    /// [`SimplePyQ::pause`].
+    ///
+    /// ```
+    /// # let q = simplepyq::SimplePyQ::memory();
+    /// q.add_channel("payments", |_: u64| Ok(()), 8)?;
+    /// q.set_max_running("payments", Some(5))?; // 8 workers here, at most 5 calls anywhere
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
+        let engine = &self.workers.engine;
+        let changed = engine
+            .store
+            .limit_known(channel, max, self.workers.has(channel))?;
+        engine.wake(channel, true);
+        Ok(changed)
+    }
+
     /// Whether `channel` is paused.
     pub fn is_paused(&self, channel: &str) -> Result<bool> {
         Ok(self.flows()?.get(channel).is_some_and(|f| f.paused))
     }
 
-    /// Every channel whose flow settings are not the defaults (a paused one), in name order.
+    /// Every channel whose flow settings are not the defaults (paused, or limited), in name
+    /// order.
     pub fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         self.workers.engine.store.flows()
     }

@@ -139,6 +139,14 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
     engine.let_go(&claims);
+    // Each recorded outcome frees its task's slot under its channel's limit of running
+    // tasks: an idle worker whose claim found the channel full looks again.
+    let mut channels: Vec<&str> = batch.iter().map(|f| &*f.channel).collect();
+    channels.sort_unstable();
+    channels.dedup();
+    for channel in channels {
+        engine.wake(channel, false);
+    }
 }
 
 /// Reports an attempt recorded as `outcome`, its task now `status`: a `tracing` event, the

@@ -150,6 +150,10 @@ impl simplepyq_core::FlowStore for Store2 {
         self.inner.set_paused(channel, paused)
     }
 
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
+        self.inner.set_max_running(channel, max)
+    }
+
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
         self.inner.flows()
     }

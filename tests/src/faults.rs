@@ -369,6 +369,11 @@ impl<S: Store> simplepyq_core::FlowStore for Flaky<S> {
         self.inner.set_paused(channel, paused)
     }
 
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
+        self.alive()?;
+        self.inner.set_max_running(channel, max)
+    }
+
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
         self.inner.flows()
     }

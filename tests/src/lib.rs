@@ -253,6 +253,8 @@ macro_rules! conformance_tests {
                 a_paused_channel_is_not_claimed,
                 running_tasks_of_a_paused_channel_go_on,
                 a_pause_is_a_setting_of_its_own,
+                a_limit_caps_the_running_tasks,
+                concurrent_claims_never_exceed_the_limit,
             ];
         );
         #[test]

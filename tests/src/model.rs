@@ -6,14 +6,14 @@
 //! core transition function, so what is tested here is each backend's indexing, ordering,
 //! fencing and bookkeeping, not the state machine itself (proptested in `simplepyq-core`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    Claim, Counts, Error, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
-    Totals,
+    Claim, Counts, Error, Flow, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
+    Totals, claim_allowance,
 };
 
 const CHANNELS: [&str; 3] = ["a", "b", "c"];
@@ -96,6 +96,13 @@ pub enum Op {
         /// Pause (or resume).
         paused: bool,
     },
+    /// Set or remove a channel's limit of running tasks.
+    SetMaxRunning {
+        /// Index into the channels.
+        channel: usize,
+        /// The limit, or none.
+        max: Option<u32>,
+    },
     /// Close the store and open its file again (durable stores only).
     Reopen,
 }
@@ -120,7 +127,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         1 => Just(Op::PurgeDone),
         1 => Just(Op::Reopen),
-        1 => (channel, any::<bool>()).prop_map(|(channel, paused)| Op::SetPaused { channel, paused }),
+        1 => (channel.clone(), any::<bool>()).prop_map(|(channel, paused)| Op::SetPaused { channel, paused }),
+        1 => (channel, proptest::option::of(1u32..3)).prop_map(|(channel, max)| Op::SetMaxRunning { channel, max }),
     ]
 }
 
@@ -130,14 +138,14 @@ struct Model {
     tasks: BTreeMap<TaskId, Task>,
     last_id: Option<TaskId>,
     totals: BTreeMap<String, Totals>,
-    paused: BTreeSet<&'static str>,
+    flows: BTreeMap<&'static str, Flow>,
 }
 
 impl Model {
     /// What [`simplepyq_core::ClaimStore::next_wakeup`] gives: whether the channel has a
     /// task to do (a queued one only while it runs), and the first lease expiry.
     fn next_wakeup(&self, channel: &str) -> (bool, Option<Timestamp>) {
-        let paused = self.paused.contains(channel);
+        let paused = self.allowance(channel, 1) == 0;
         let mut any = false;
         let mut lease = None;
         for t in self.tasks.values().filter(|t| t.channel == channel) {
@@ -193,8 +201,35 @@ impl Model {
     }
 
     /// The tasks a claim at `now` takes, in order, after promoting due delayed tasks.
+    /// How many tasks a claim of up to `limit` may take from `channel`: core's rule.
+    fn allowance(&self, channel: &str, limit: usize) -> usize {
+        let flow = self.flows.get(channel).cloned().unwrap_or_default();
+        claim_allowance(&flow, self.counts(Some(channel)).running, limit)
+    }
+
+    /// Whether `channel`'s queued tasks are due: neither paused nor full.
+    fn open(&self, channel: &str) -> bool {
+        self.allowance(channel, 1) > 0
+    }
+
+    /// Changes `channel`'s flow settings; returns whether they changed.
+    fn change_flow(&mut self, channel: &'static str, change: impl FnOnce(&mut Flow)) -> bool {
+        let before = self.flows.get(channel).cloned().unwrap_or_default();
+        let mut flow = before.clone();
+        change(&mut flow);
+        if flow == before {
+            return false;
+        }
+        if flow.is_default() {
+            self.flows.remove(channel);
+        } else {
+            self.flows.insert(channel, flow);
+        }
+        true
+    }
+
     fn claim(&mut self, channel: &str, limit: usize, now: Timestamp) -> Vec<TaskId> {
-        if limit == 0 || self.paused.contains(channel) {
+        if limit == 0 || self.flows.get(channel).is_some_and(|f| f.paused) {
             return Vec::new();
         }
         let due: Vec<TaskId> = self
@@ -216,6 +251,7 @@ impl Model {
             })
             .collect();
         ready.sort_by_key(|t| (-i64::from(t.priority), t.state.run_at, t.id));
+        let limit = self.allowance(channel, limit);
         let ids: Vec<TaskId> = ready.iter().take(limit).map(|t| t.id).collect();
         let event = Event::Claim {
             now,
@@ -432,12 +468,16 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 let changed = store
                     .set_paused(ch, *paused)
                     .map_err(|e| fail(&at(&e.to_string())))?;
-                let expected = if *paused {
-                    model.paused.insert(ch)
-                } else {
-                    model.paused.remove(ch)
-                };
+                let expected = model.change_flow(ch, |f| f.paused = *paused);
                 prop_assert_eq!(changed, expected, "{}", at("pause changed"));
+            }
+            Op::SetMaxRunning { channel, max } => {
+                let ch = CHANNELS[*channel];
+                let changed = store
+                    .set_max_running(ch, *max)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let expected = model.change_flow(ch, |f| f.max_running = *max);
+                prop_assert_eq!(changed, expected, "{}", at("limit changed"));
             }
             Op::PurgeDone => {
                 let n = store
@@ -472,18 +512,14 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
     let totals = store.totals().map_err(|e| fail(&e.to_string()))?;
     prop_assert_eq!(&totals, &model.totals, "{} totals", at);
     let flows = store.flows().map_err(|e| fail(&e.to_string()))?;
-    let paused: BTreeSet<&str> = flows
-        .iter()
-        .filter(|(_, f)| f.paused)
-        .map(|(c, _)| c.as_str())
-        .collect();
-    prop_assert_eq!(&paused, &model.paused, "{} paused channels", at);
+    let flows: BTreeMap<&str, Flow> = flows.iter().map(|(c, f)| (c.as_str(), f.clone())).collect();
+    prop_assert_eq!(&flows, &model.flows, "{} flow settings", at);
     for ch in CHANNELS {
         let got = store.next_wakeup(ch).map_err(|e| fail(&e.to_string()))?;
         let (any, lease) = model.next_wakeup(ch);
         prop_assert_eq!(got.is_some(), any, "{} next wake-up of {}", at, ch);
-        if model.paused.contains(ch) {
-            prop_assert_eq!(got, lease, "{} next wake-up of paused {}", at, ch);
+        if !model.open(ch) {
+            prop_assert_eq!(got, lease, "{} next wake-up of paused or full {}", at, ch);
         }
     }
     for (task, expected) in all.iter().zip(model.tasks.values()) {

@@ -82,3 +82,70 @@ fn a_pause_quiets_every_process_sqlite() {
 fn a_pause_quiets_every_process_postgres() {
     a_pause_quiets_every_process(Backend::Postgres);
 }
+
+/// The most runs of `runs` (each `(pid, task, start ms)`, lasting `ms`) that overlap at
+/// any moment.
+fn most_at_once(runs: &[(u32, u32, i64)], ms: i64) -> usize {
+    let mut edges: Vec<(i64, i32)> = runs
+        .iter()
+        .flat_map(|(_, _, start)| [(*start, 1), (start + ms, -1)])
+        .collect();
+    // An end before a start at the same moment: back-to-back runs do not overlap.
+    edges.sort_unstable();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+/// Three worker processes (4 workers each) drain 300 tasks of 20 ms from a channel limited
+/// to 3 running tasks: never more than 3 run at once anywhere (each run lasts at least its
+/// 20 ms from its logged start, so more slots would show as more overlapping runs); every
+/// task runs exactly once; the processes together keep the 3 slots busy.
+fn a_limit_holds_across_processes(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    let (n, sleep_ms, limit) = (300u32, 20i64, 3usize);
+    enqueue_numbers(backend, &db, n, 0);
+    let admin = backend.open(&db);
+    assert!(admin.limit_known("work", Some(3), false).expect("limit"));
+    let started = Instant::now();
+    let children: Vec<Child> = (0..PROCESSES)
+        .map(|_| spawn_worker(backend, &db, &log, WORKERS, sleep_ms as u64, 30_000))
+        .collect();
+    for child in children {
+        wait_ok(child);
+    }
+    let took = started.elapsed();
+    let runs = timed_runs(&log);
+    let mut seen = HashMap::new();
+    for (pid, task, _) in &runs {
+        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
+    }
+    assert_eq!(runs.len(), n as usize);
+    let most = most_at_once(&runs, sleep_ms);
+    assert!(
+        most <= limit,
+        "{most} tasks ran at once, over the limit of {limit}"
+    );
+    // The bare minimum: n runs of 20 ms, 3 at a time.
+    let floor = Duration::from_millis(n as u64 * sleep_ms as u64 / limit as u64);
+    eprintln!(
+        "{backend:?}: at most {most} at once; {took:?} for what takes at least {floor:?} \
+         with {limit} slots"
+    );
+    let c = admin.counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
+}
+
+#[test]
+fn a_limit_holds_across_processes_sqlite() {
+    a_limit_holds_across_processes(Backend::Sqlite);
+}
+
+#[test]
+fn a_limit_holds_across_processes_postgres() {
+    a_limit_holds_across_processes(Backend::Postgres);
+}

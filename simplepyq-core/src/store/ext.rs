@@ -65,6 +65,7 @@ pub trait StoreExt: Store {
             oldest_pending: self.oldest_pending(&name)?,
             next_wakeup: self.next_wakeup(&name)?,
             paused: flows.get(&name).is_some_and(|f| f.paused),
+            max_running: flows.get(&name).and_then(|f| f.max_running),
             name,
         })
     }
@@ -82,11 +83,27 @@ pub trait StoreExt: Store {
     /// [`crate::Error::UnknownChannel`], most likely a misspelling. Returns whether it
     /// changed.
     fn pause_known(&self, channel: &str, paused: bool, known_here: bool) -> Result<bool> {
+        self.check_known(channel, known_here)?;
+        self.set_paused(channel, paused)
+    }
+
+    /// Sets `channel`'s limit of running tasks ([`crate::FlowStore::set_max_running`]),
+    /// refusing an unknown name as [`StoreExt::pause_known`] does. Returns whether it
+    /// changed.
+    fn limit_known(&self, channel: &str, max: Option<u32>, known_here: bool) -> Result<bool> {
+        crate::check_max_running(max)?;
+        self.check_known(channel, known_here)?;
+        self.set_max_running(channel, max)
+    }
+
+    /// An error for a channel name that is invalid, or that neither the store nor the
+    /// caller (`known_here`) knows: [`crate::Error::UnknownChannel`].
+    fn check_known(&self, channel: &str, known_here: bool) -> Result<()> {
         crate::validate_channel(channel)?;
         if !known_here && !self.knows_channel(channel)? {
             return Err(crate::Error::UnknownChannel(channel.to_owned()));
         }
-        self.set_paused(channel, paused)
+        Ok(())
     }
 
     /// The old name of [`StoreExt::channel_summaries`].
@@ -120,6 +137,8 @@ pub struct ChannelSummary {
     pub next_wakeup: Option<Timestamp>,
     /// Whether it is paused ([`crate::FlowStore::set_paused`]).
     pub paused: bool,
+    /// Its limit of running tasks ([`crate::FlowStore::set_max_running`]).
+    pub max_running: Option<u32>,
 }
 
 impl ChannelSummary {

@@ -12,6 +12,10 @@ use crate::Result;
 pub struct Flow {
     /// Paused: no claim takes the channel's tasks until it is resumed.
     pub paused: bool,
+    /// At most this many of the channel's tasks run at once, across every process and
+    /// machine sharing the store (tasks claimed and not yet started count); `None` for no
+    /// limit. Never 0: pause a channel instead.
+    pub max_running: Option<u32>,
 }
 
 impl Flow {
@@ -38,11 +42,51 @@ pub trait FlowStore: Send + Sync + Debug + 'static {
     /// [`crate::Error::InvalidChannel`].
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool>;
 
+    /// Sets how many of `channel`'s tasks may run at once across every process sharing the
+    /// store (`None`: no limit); returns whether that changed its setting.
+    ///
+    /// # Contract
+    /// A claim of a channel with a limit of N returns at most N minus the channel's running
+    /// tasks (none if that is not positive): claims of all processes together never leave
+    /// more than N running, the count and the claim being one atomic step. A task holds its
+    /// slot from its claim until its outcome, release or recovery. While the channel has N
+    /// or more running tasks, [`crate::ClaimStore::next_wakeup`] gives only their lease
+    /// expiries. Lowering the limit stops no running task. A limit of 0 is
+    /// [`crate::Error::InvalidConfig`] (pause the channel instead); the setting outlives the
+    /// store and [`crate::AdminStore::remove_channel`], as a pause does.
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool>;
+
     /// Every channel whose flow settings are not the default, in name order.
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
 }
 
+/// The error for a limit of 0 running tasks, and `Ok` for the others: the rule of
+/// [`FlowStore::set_max_running`], for every store.
+pub fn check_max_running(max: Option<u32>) -> Result<()> {
+    match max {
+        Some(0) => Err(crate::Error::InvalidConfig(
+            "a channel's limit of running tasks must be at least 1: pause the channel to run \
+             none"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// How many tasks a claim of up to `limit` may take from a channel with `flow` and
+/// `running` running tasks: the rule every store's claim follows.
+pub fn claim_allowance(flow: &Flow, running: usize, limit: usize) -> usize {
+    if flow.paused {
+        return 0;
+    }
+    match flow.max_running {
+        Some(max) => limit.min((max as usize).saturating_sub(running)),
+        None => limit,
+    }
+}
+
 forward!(FlowStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool>;
+    fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool>;
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
 });

@@ -1,4 +1,5 @@
-//! The flow group of the contract ([`simplepyq_core::FlowStore`]): paused channels.
+//! The flow group of the contract ([`simplepyq_core::FlowStore`]): paused channels, limits
+//! of running tasks.
 
 use simplepyq_core::{Error, Flow, Status, Store};
 
@@ -116,4 +117,106 @@ pub fn a_pause_outlives_the_store(fixture: &mut Fixture) {
     );
     s.set_paused("a", false).expect("resume");
     assert_eq!(claim_one(s, "a", at(10)).channel, "a");
+}
+
+fn limited(max: u32) -> Flow {
+    let mut flow = Flow::default();
+    flow.max_running = Some(max);
+    flow
+}
+
+/// A limit of N running tasks: claims take no more than the room left (tasks claimed and
+/// not finished count), a finish, release or recovery frees a slot, a full channel's next
+/// wake-up leaves its queued tasks out, lowering the limit stops nothing, and removing the
+/// limit lets everything through. 0 is refused.
+pub fn a_limit_caps_the_running_tasks(s: &dyn Store) {
+    for _ in 0..6 {
+        add(s, task("a"));
+    }
+    add(s, task("b"));
+    assert!(s.set_max_running("a", Some(2)).expect("limit"));
+    assert!(!s.set_max_running("a", Some(2)).expect("the same limit"));
+    assert_eq!(
+        s.flows().expect("flows"),
+        [("a".to_owned(), limited(2))].into_iter().collect()
+    );
+    let first = s.claim("a", 5, T0, T0.after(LEASE)).expect("claim");
+    assert_eq!(first.len(), 2, "the limit");
+    assert!(
+        s.claim("a", 5, T0, T0.after(LEASE))
+            .expect("claim")
+            .is_empty(),
+        "full"
+    );
+    assert_eq!(
+        s.next_wakeup("a").expect("next wakeup"),
+        Some(T0.after(LEASE))
+    );
+    assert_eq!(claim_one(s, "b", T0).channel, "b", "other channels go on");
+    // A finish frees a slot.
+    s.complete(first[0].claim(), at(10)).expect("complete");
+    let second = s.claim("a", 5, at(10), at(10).after(LEASE)).expect("claim");
+    assert_eq!(second.len(), 1);
+    // A release frees one too.
+    assert_eq!(s.release(&[second[0].claim()], at(20)).expect("release"), 1);
+    let third = s.claim("a", 5, at(20), at(20).after(LEASE)).expect("claim");
+    assert_eq!(third.len(), 1);
+    // Lowering the limit stops nothing; slots free up one by one.
+    assert!(s.set_max_running("a", Some(1)).expect("lower"));
+    assert_eq!(s.counts(Some("a")).expect("counts").running, 2);
+    s.complete(first[1].claim(), at(30)).expect("complete");
+    assert!(
+        s.claim("a", 5, at(30), at(30).after(LEASE))
+            .expect("claim")
+            .is_empty()
+    );
+    // A recovered lease frees its slot (the task of "b" is recovered too).
+    let expired = at(1_000).after(LEASE);
+    assert_eq!(s.recover_expired(expired, 10).expect("recover"), 2);
+    assert_eq!(claim_one(s, "a", expired).channel, "a");
+    let err = s.set_max_running("a", Some(0)).expect_err("a limit of 0");
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    assert_eq!(s.flows().expect("flows")["a"], limited(1));
+    // Paused and limited: both kept, each undone alone.
+    s.set_paused("a", true).expect("pause");
+    let mut both = limited(1);
+    both.paused = true;
+    assert_eq!(s.flows().expect("flows")["a"], both);
+    s.set_paused("a", false).expect("resume");
+    assert!(s.set_max_running("a", None).expect("no limit"));
+    assert!(s.flows().expect("flows").is_empty());
+    let rest = s
+        .claim("a", 10, expired, expired.after(LEASE))
+        .expect("claim");
+    assert_eq!(rest.len(), 3, "the rest, at once");
+}
+
+/// Threads claiming a limited channel at once never leave more than the limit running
+/// (five rounds, a channel each).
+pub fn concurrent_claims_never_exceed_the_limit(s: &dyn Store) {
+    for round in 0..5 {
+        let channel = format!("a{round}");
+        for _ in 0..40 {
+            add(s, task(&channel));
+        }
+        s.set_max_running(&channel, Some(3)).expect("limit");
+        let claimed = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..6 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let got = s.claim(&channel, 2, T0, T0.after(LEASE)).expect("claim");
+                        claimed.lock().expect("lock").extend(got);
+                    }
+                });
+            }
+        });
+        let claimed = claimed.into_inner().expect("lock");
+        assert_eq!(
+            claimed.len(),
+            3,
+            "claims together left more than the limit running"
+        );
+        assert_eq!(s.counts(Some(&channel)).expect("counts").running, 3);
+    }
 }
