@@ -134,6 +134,17 @@ enum Command {
         /// The channel.
         channel: String,
     },
+    /// Limits how many of a channel's tasks run at once across every process and machine on
+    /// the queue.
+    Limit {
+        /// The queue file (SQLite or redb), or a `postgres://` URL.
+        file: PathBuf,
+        /// The channel.
+        channel: String,
+        /// The most running at once (at least 1), or `none` to remove the limit.
+        #[arg(value_parser = parse_limit)]
+        max: Limit,
+    },
     /// Deletes done tasks that finished long enough ago.
     PurgeDone {
         /// The queue file.
@@ -181,6 +192,22 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+/// A limit of running tasks as the command line takes it.
+#[derive(Clone, Copy, Debug)]
+struct Limit(Option<u32>);
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(Limit(None));
+    }
+    match text.parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!(
+            "{text:?}: a number of tasks (at least 1), or `none`"
+        )),
+        Ok(n) => Ok(Limit(Some(n))),
+    }
 }
 
 /// Why the command failed, with its exit code.
@@ -410,6 +437,14 @@ fn run(command: Command) -> Result<(), Failure> {
             let was = if changed { "" } else { " (it was not paused)" };
             writeln!(out, "resumed channel {channel}{was}")?;
         }
+        Command::Limit { file, channel, max } => {
+            let changed = open(&file)?.limit_known(&channel, max.0, false)?;
+            let was = if changed { "" } else { " (it was so already)" };
+            match max.0 {
+                Some(n) => writeln!(out, "at most {n} task(s) of {channel} run at once{was}")?,
+                None => writeln!(out, "no limit on {channel}{was}")?,
+            }
+        }
         Command::ClearFailed { file, channel } => {
             let n = open(&file)?.clear_failed(Some(&channel))?;
             writeln!(out, "deleted {n} failed task(s) of {channel}")?;
@@ -510,6 +545,10 @@ fn print_summary(out: &mut impl Write, summary: &Value) -> std::io::Result<()> {
             });
         let wakeup = if c["paused"].as_bool() == Some(true) {
             String::from("paused")
+        } else if let Some(max) = c["max_running"].as_u64()
+            && n("running") >= max
+        {
+            format!("full ({max} running)")
         } else {
             c["next_wakeup_ms"]
                 .as_i64()

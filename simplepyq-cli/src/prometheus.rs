@@ -83,6 +83,22 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
             f64::from(u8::from(c.paused)),
         );
     }
+    header(
+        &mut out,
+        "simplepyq_channel_max_running",
+        "gauge",
+        "A channel's limit of running tasks across every process (channels with a limit).",
+    );
+    for c in &channels {
+        if let Some(max) = c.max_running {
+            sample(
+                &mut out,
+                "simplepyq_channel_max_running",
+                &[("channel", &c.name)],
+                f64::from(max),
+            );
+        }
+    }
     let totals = store.totals()?;
     for (name, help, figure) in COUNTERS {
         header(&mut out, name, "counter", help);

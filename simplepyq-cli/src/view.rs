@@ -27,6 +27,7 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
                     c.oldest_pending.map(|t| now.as_millis() - t.as_millis()),
                 "next_wakeup_ms": c.next_wakeup.map(Timestamp::as_millis),
                 "paused": c.paused,
+                "max_running": c.max_running,
             })
         })
         .collect();

@@ -203,6 +203,29 @@ fn pause_and_resume_a_channel() {
     assert!(!ok(&["summary", s(&db)]).contains("paused"));
 }
 
+/// `limit` sets and removes a channel's limit of running tasks; `summary` shows it; 0 and
+/// words are usage errors, changing nothing.
+#[test]
+fn limit_a_channel() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sqlite_queue(dir.path());
+    assert!(ok(&["limit", s(&db), "mail", "2"]).contains("at most 2 task(s) of mail"));
+    assert!(ok(&["limit", s(&db), "mail", "2"]).contains("so already"));
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["max_running"].as_u64(), Some(2));
+    assert_eq!(json["channels"][1]["max_running"], Value::Null);
+    for bad in ["0", "many", "-1"] {
+        let out = cli(&["limit", s(&db), "mail", bad], "");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    let store = SqliteStore::open(&db).expect("open");
+    assert_eq!(store.flows().expect("flows")["mail"].max_running, Some(2));
+    assert!(ok(&["limit", s(&db), "mail", "none"]).contains("no limit on mail"));
+    assert!(store.flows().expect("flows").is_empty());
+    let typo = cli(&["limit", s(&db), "mial", "3"], "");
+    assert_eq!(typo.status.code(), Some(4));
+}
+
 #[test]
 fn missing_and_foreign_files_are_clear_errors_and_left_alone() {
     let dir = tempfile::tempdir().expect("temp dir");

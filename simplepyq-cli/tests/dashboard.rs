@@ -711,6 +711,17 @@ fn metrics_match_the_store(target: &str, store: &dyn Store, totals: &[(&str, Tot
             Some(&prometheus_parse::Value::Gauge(expected)),
             "{channel}"
         );
+        let max = scrape.samples.iter().find(|s| {
+            s.metric == "simplepyq_channel_max_running" && s.labels.get("channel") == Some(channel)
+        });
+        let expected = flows.get(channel).and_then(|f| f.max_running);
+        assert_eq!(
+            max.map(|s| &s.value),
+            expected
+                .map(|m| prometheus_parse::Value::Gauge(f64::from(m)))
+                .as_ref(),
+            "{channel}"
+        );
         let counts = store.counts(Some(channel)).expect("counts");
         for status in Status::ALL {
             let samples: Vec<_> = scrape
@@ -816,6 +827,7 @@ fn metrics_match_counts_on_sqlite() {
     };
     let totals = [("emails", t(1, 1, 0, 0)), ("retries", t(0, 0, 1, 1))];
     store.set_paused("reports", true).expect("pause");
+    store.set_max_running("emails", Some(4)).expect("limit");
     metrics_match_the_store(path.to_str().expect("utf-8"), &store, &totals);
 }
 

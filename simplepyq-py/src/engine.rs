@@ -384,6 +384,17 @@ impl Engine {
             .map_err(py_err)
     }
 
+    #[pyo3(signature = (channel, max_running))]
+    fn set_max_running(
+        &self,
+        py: Python<'_>,
+        channel: &str,
+        max_running: Option<u32>,
+    ) -> PyResult<bool> {
+        py.detach(|| on!(self.backend, q => q.set_max_running(channel, max_running)))
+            .map_err(py_err)
+    }
+
     fn paused(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let flows = py
             .detach(|| on!(self.backend, q => q.flows()))

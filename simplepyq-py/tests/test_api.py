@@ -2,6 +2,7 @@
 
 import datetime as dt
 import os
+import threading
 import time
 import uuid
 
@@ -354,6 +355,31 @@ def test_pause_and_resume_a_channel(db):
     assert q.paused() == []
     with pytest.raises(KeyError):
         q.pause("no-such-channel")
+
+
+def test_a_limit_of_running_tasks_holds(db):
+    """With a limit of 2, no more than 2 handlers of 4 workers run at once."""
+    q = SimplePyQ(db)
+    lock = threading.Lock()
+    running, most = [0], [0]
+
+    def handler(args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    q.add_channel("c", handler, max_workers=4)
+    assert q.set_max_running("c", 2) is True
+    with pytest.raises(ValueError):
+        q.set_max_running("c", 0)
+    q.enqueue_many("c", range(20))
+    q.run_until_complete()
+    assert most[0] == 2
+    assert q.counts("c")["done"] == 20
+    assert q.set_max_running("c", None) is True
 
 
 def test_psycopg_enqueues_in_its_own_transaction():

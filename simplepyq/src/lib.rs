@@ -90,8 +90,9 @@
 //!   of dead workers this process recovered), `simplepyq_task_duration_seconds` (a
 //!   histogram of handler run times, by `channel`); and the store's state as gauges, set by
 //!   each running queue every third of a lease: `simplepyq_store_tasks` (by `channel` and
-//!   `status`) and `simplepyq_store_oldest_pending_age_seconds` and `simplepyq_channel_paused` (1 for a
-//!   paused channel; by `channel`), figures of
+//!   `status`) and `simplepyq_store_oldest_pending_age_seconds`, `simplepyq_channel_paused` (1 for a
+//!   paused channel) and `simplepyq_channel_max_running` (a channel's limit of running
+//!   tasks, if it has one; all by `channel`), figures of
 //!   the store that `simplepyq serve` gives at `/metrics` too (the store's figures are named
 //!   `simplepyq_store_*`; a process's own, the others, are not).
 

@@ -63,6 +63,10 @@ pub(crate) fn gauge_channels<S: Store>(
         let age = c.oldest_pending_age(now).as_secs_f64();
         metrics::gauge!("simplepyq_store_oldest_pending_age_seconds", "channel" => c.name.clone())
             .set(age);
+        if let Some(max) = c.max_running {
+            metrics::gauge!("simplepyq_channel_max_running", "channel" => c.name.clone())
+                .set(f64::from(max));
+        }
         metrics::gauge!("simplepyq_channel_paused", "channel" => c.name)
             .set(f64::from(u8::from(c.paused)));
     }

@@ -97,7 +97,9 @@ function channelsSection(data) {
     ...STATUSES.map((s) => el("th", { class: "n" }, s)),
     el("th", { class: "n" }, "oldest pending"), READ_ONLY ? null : el("th", {}, ""));
   const rows = data.channels.map((c) => el("tr", { "data-channel": c.channel, class: c.paused ? "paused" : "" },
-    el("td", {}, c.channel, c.paused ? el("span", { class: "paused-tag" }, "paused") : null),
+    el("td", {}, c.channel, c.paused ? el("span", { class: "paused-tag" }, "paused") : null,
+      c.max_running === null || c.max_running === undefined ? null
+        : el("span", { class: "limit-tag", title: "at most this many run at once, across every process" }, `≤ ${c.max_running} running`)),
     ...STATUSES.map((s) => el("td", {
       class: `n ${s}-n${c[s] > 0 ? " nonzero" : ""}`, "data-status": s,
     }, c[s])),

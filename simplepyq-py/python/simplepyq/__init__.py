@@ -170,6 +170,12 @@ class SimplePyQ:
         """The paused channels, in name order."""
         return self._engine.paused()
 
+    def set_max_running(self, channel: str, max_running: Optional[int]) -> bool:
+        """At most ``max_running`` of the channel's tasks run at once, across every process and
+        machine on the queue (``None``: no limit); durable, changeable while workers run.
+        Return whether it changed. ``ValueError`` for 0 (pause the channel instead)."""
+        return self._engine.set_max_running(channel, max_running)
+
     def remove_channel(self, name: str) -> int:
         """Remove a channel, its handler, and all its tasks; return how many tasks."""
         return self._engine.remove_channel(name)
