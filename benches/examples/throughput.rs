@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite|redb|memory --n 20000 \
 //!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
-//!     [--bare]
+//!     [--bare] [--max-running N]
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite --remote [--watch off] \
@@ -84,6 +84,8 @@ struct Args {
     due_delayed: bool,
     /// The workers drain while the producers enqueue.
     live: bool,
+    /// The channel's limit of running tasks, if any.
+    max_running: Option<u32>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -106,6 +108,7 @@ fn parse() -> Result<Args, String> {
         readers: 0,
         due_delayed: false,
         live: false,
+        max_running: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -149,6 +152,9 @@ fn parse() -> Result<Args, String> {
             "--watch" => args.watch = value != "off",
             "--idle-cpu" => args.idle_cpu = number()?,
             "--readers" => args.readers = number()?,
+            "--max-running" => {
+                args.max_running = Some(u32::try_from(number()?).map_err(|e| e.to_string())?);
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -356,6 +362,9 @@ fn run() -> Result<(), String> {
     let pickups = Arc::new(parking_lot_free::Slot::default());
     let handler = count_into(Arc::clone(&processed), Arc::clone(&pickups));
     q.add_channel("bench", handler, args.workers).map_err(e)?;
+    if args.max_running.is_some() {
+        q.set_max_running("bench", args.max_running).map_err(e)?;
+    }
     if args.live {
         q.start().map_err(e)?;
     }

@@ -2,14 +2,14 @@
 //! the outcomes waiting to be recorded, the errors met, and each channel's dispatch (to wake
 //! its workers). Each part owns its own state; this only brings them together.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::sync::Mutex;
-use simplepyq_core::{Claim, Clock, Error, Result, Timestamp};
+use simplepyq_core::{Claim, Clock, Error, Flow, Result, Timestamp};
 
 use crate::dispatch::Dispatch;
 use crate::held::Held;
@@ -40,6 +40,10 @@ pub(crate) struct Engine<S> {
     runs: AtomicU64,
     /// The periodic tasks the scheduler thread fires.
     pub(crate) schedules: Schedules,
+    /// The channels with a limit of running tasks, as last read from the store (by the
+    /// lease keeper, every third of a lease) or set here: a recorded outcome of theirs wakes
+    /// an idle worker, since it frees a slot.
+    limited: Mutex<HashSet<String>>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -80,7 +84,32 @@ impl<S> Engine<S> {
             dispatches: Mutex::new(HashMap::new()),
             runs: AtomicU64::new(0),
             schedules: Schedules::default(),
+            limited: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Notes which channels have a limit of running tasks, from the store's `flows`.
+    pub(crate) fn note_flows(&self, flows: &BTreeMap<String, Flow>) {
+        *self.limited.lock() = flows
+            .iter()
+            .filter(|(_, f)| f.max_running.is_some())
+            .map(|(c, _)| c.clone())
+            .collect();
+    }
+
+    /// Notes whether `channel` has a limit of running tasks (set by this queue).
+    pub(crate) fn note_limited(&self, channel: &str, limited: bool) {
+        let mut set = self.limited.lock();
+        if limited {
+            set.insert(channel.to_owned());
+        } else {
+            set.remove(channel);
+        }
+    }
+
+    /// Whether `channel` has a limit of running tasks, as last seen.
+    pub(crate) fn is_limited(&self, channel: &str) -> bool {
+        self.limited.lock().contains(channel)
     }
 
     /// Begins a new run; returns its number.

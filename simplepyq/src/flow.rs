@@ -73,6 +73,7 @@ impl<S: Store> SimplePyQ<S> {
         let changed = engine
             .store
             .limit_known(channel, max, self.workers.has(channel))?;
+        engine.note_limited(channel, max.is_some());
         engine.wake(channel, true);
         Ok(changed)
     }

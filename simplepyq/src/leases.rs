@@ -17,6 +17,7 @@ use crate::sync::{self, GIVE_UP};
 /// last.
 pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &StopSignal, run: u64) {
     let period = (engine.lease / 3).max(Duration::from_millis(1));
+    note_flows(engine);
     loop {
         if !signal.is_stopped() {
             if signal.wait(period) {
@@ -25,6 +26,7 @@ pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &StopSignal, run: u64) 
             if let Err(e) = guarded(|| renew_and_recover(engine)) {
                 engine.errors.record(&e);
             }
+            note_flows(engine);
             continue;
         }
         let next = Instant::now() + period;
@@ -55,6 +57,15 @@ pub(crate) fn gauge<S: Store>(engine: &Engine<S>, signal: &StopSignal) {
         if let Err(e) = guarded(|| metered::gauge_channels(&engine.store, channels, engine.now())) {
             engine.errors.record(&e);
         }
+    }
+}
+
+/// Reads which channels have limits of running tasks (other processes may have set them).
+/// A failed read keeps what was known: only wake-ups depend on it, not the limits, which
+/// the store keeps.
+fn note_flows<S: Store>(engine: &Engine<S>) {
+    if let Ok(flows) = guarded(|| engine.store.flows()) {
+        engine.note_flows(&flows);
     }
 }
 

@@ -139,13 +139,12 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
     engine.let_go(&claims);
-    // Each recorded outcome frees its task's slot under its channel's limit of running
-    // tasks: an idle worker whose claim found the channel full looks again.
-    let mut channels: Vec<&str> = batch.iter().map(|f| &*f.channel).collect();
-    channels.sort_unstable();
-    channels.dedup();
-    for channel in channels {
-        engine.wake(channel, false);
+    // Each recorded outcome of a channel with a limit of running tasks frees a slot: as
+    // many idle workers look again (one wake-up each, not a herd).
+    for f in &batch {
+        if engine.is_limited(&f.channel) {
+            engine.wake(&f.channel, false);
+        }
     }
 }
 
