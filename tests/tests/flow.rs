@@ -149,3 +149,55 @@ fn a_limit_holds_across_processes_sqlite() {
 fn a_limit_holds_across_processes_postgres() {
     a_limit_holds_across_processes(Backend::Postgres);
 }
+
+/// The same with processes SIGKILLed mid-drain (leases of 1 s, `retries = 0`): never more
+/// than 3 runs overlap, nothing fails, and the killed holders' slots come back with their
+/// leases (the drain ends, in the processes started after the kills).
+fn a_limit_holds_through_kills(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    let (n, sleep_ms, limit) = (200u32, 20i64, 3usize);
+    enqueue_numbers(backend, &db, n, 0);
+    let admin = backend.open(&db);
+    assert!(admin.limit_known("work", Some(3), false).expect("limit"));
+    let spawn = || spawn_worker(backend, &db, &log, WORKERS, sleep_ms as u64, 1_000);
+    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn()).collect();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        let mut victim = children.remove(0);
+        victim.kill().expect("SIGKILL");
+        victim.wait().expect("reap");
+        children.push(spawn());
+    }
+    for child in children {
+        wait_ok(child);
+    }
+    let runs = timed_runs(&log);
+    let most = most_at_once(&runs, sleep_ms);
+    assert!(
+        most <= limit,
+        "{most} tasks ran at once, over the limit of {limit}"
+    );
+    let c = admin.counts(None).expect("counts");
+    assert_eq!(
+        (c.done, c.failed, c.total()),
+        (n as usize, 0, n as usize),
+        "{c:?}"
+    );
+    let ran: std::collections::HashSet<u32> = runs.iter().map(|(_, task, _)| *task).collect();
+    assert_eq!(ran.len(), n as usize, "a task never ran");
+    eprintln!(
+        "{backend:?}: at most {most} at once through 2 kills; {} runs of {n} tasks",
+        runs.len()
+    );
+}
+
+#[test]
+fn a_limit_holds_through_kills_sqlite() {
+    a_limit_holds_through_kills(Backend::Sqlite);
+}
+
+#[test]
+fn a_limit_holds_through_kills_postgres() {
+    a_limit_holds_through_kills(Backend::Postgres);
+}
