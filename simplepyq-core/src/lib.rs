@@ -44,7 +44,7 @@ pub mod prelude {
 pub use store::ChannelStats;
 pub use store::{
     AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, OnCommit, OutcomeStore,
-    ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch, check_max_running,
+    ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch, change_flow, check_max_running,
     claim_allowance,
 };
 pub use task::{

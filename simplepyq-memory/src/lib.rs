@@ -25,7 +25,7 @@ use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, ListFilter,
     NewTask, Outcome, OutcomeStore, Result, ScheduleStore, Status, Task, TaskId, TaskState,
-    Timestamp, Totals, batch, check_max_running, claim_allowance, validate_channel,
+    Timestamp, Totals, batch, change_flow, check_max_running, claim_allowance, validate_channel,
 };
 
 /// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
@@ -81,22 +81,6 @@ impl Inner {
             .get(channel)
             .map_or(0, |ch| ch.counts.running);
         claim_allowance(flow, running, limit)
-    }
-
-    /// Changes `channel`'s flow settings with `change`; returns whether they changed.
-    fn change_flow(&mut self, channel: &str, change: impl FnOnce(&mut Flow)) -> bool {
-        let before = self.flows.get(channel).cloned().unwrap_or_default();
-        let mut flow = before.clone();
-        change(&mut flow);
-        if flow == before {
-            return false;
-        }
-        if flow.is_default() {
-            self.flows.remove(channel);
-        } else {
-            self.flows.insert(channel.to_owned(), flow);
-        }
-        true
     }
 }
 
@@ -494,19 +478,19 @@ impl ScheduleStore for MemoryStore {
 impl FlowStore for MemoryStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
         validate_channel(channel)?;
-        Ok(self
-            .inner
-            .lock()
-            .change_flow(channel, |f| f.paused = paused))
+        let flows = &mut self.inner.lock().flows;
+        Ok(change_flow(flows, channel.to_owned(), |f| {
+            f.paused = paused
+        }))
     }
 
     fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool> {
         validate_channel(channel)?;
         check_max_running(max)?;
-        Ok(self
-            .inner
-            .lock()
-            .change_flow(channel, |f| f.max_running = max))
+        let flows = &mut self.inner.lock().flows;
+        Ok(change_flow(flows, channel.to_owned(), |f| {
+            f.max_running = max
+        }))
     }
 
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     Claim, Counts, Error, Flow, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
-    Totals, claim_allowance,
+    Totals, change_flow, claim_allowance,
 };
 
 const CHANNELS: [&str; 3] = ["a", "b", "c"];
@@ -210,22 +210,6 @@ impl Model {
     /// Whether `channel`'s queued tasks are due: neither paused nor full.
     fn open(&self, channel: &str) -> bool {
         self.allowance(channel, 1) > 0
-    }
-
-    /// Changes `channel`'s flow settings; returns whether they changed.
-    fn change_flow(&mut self, channel: &'static str, change: impl FnOnce(&mut Flow)) -> bool {
-        let before = self.flows.get(channel).cloned().unwrap_or_default();
-        let mut flow = before.clone();
-        change(&mut flow);
-        if flow == before {
-            return false;
-        }
-        if flow.is_default() {
-            self.flows.remove(channel);
-        } else {
-            self.flows.insert(channel, flow);
-        }
-        true
     }
 
     fn claim(&mut self, channel: &str, limit: usize, now: Timestamp) -> Vec<TaskId> {
@@ -468,7 +452,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 let changed = store
                     .set_paused(ch, *paused)
                     .map_err(|e| fail(&at(&e.to_string())))?;
-                let expected = model.change_flow(ch, |f| f.paused = *paused);
+                let expected = change_flow(&mut model.flows, ch, |f| f.paused = *paused);
                 prop_assert_eq!(changed, expected, "{}", at("pause changed"));
             }
             Op::SetMaxRunning { channel, max } => {
@@ -476,7 +460,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 let changed = store
                     .set_max_running(ch, *max)
                     .map_err(|e| fail(&at(&e.to_string())))?;
-                let expected = model.change_flow(ch, |f| f.max_running = *max);
+                let expected = change_flow(&mut model.flows, ch, |f| f.max_running = *max);
                 prop_assert_eq!(changed, expected, "{}", at("limit changed"));
             }
             Op::PurgeDone => {

@@ -569,27 +569,7 @@ fn a_handler_completes_its_task_with_its_own_rows() {
             _ => Ok(()),
         },
     );
-    for order in [1i64, 2] {
-        q.enqueue_with("receipts", &order, EnqueueOptions::new().retries(3))
-            .expect("enqueue");
-    }
-    q.run_until_complete().expect("run");
-    let counts = q.counts("receipts").expect("counts");
-    assert_eq!((counts.done, counts.total()), (2, 2));
-    for t in q.tasks(&simplepyq::ListFilter::new(10)).expect("tasks") {
-        assert_eq!(
-            (t.state.attempts, t.state.last_error),
-            (1, None),
-            "{:?}",
-            t.id
-        );
-    }
-    let totals = q.store().totals().expect("totals");
-    assert_eq!(
-        (totals["receipts"].done, totals["receipts"].retried),
-        (2, 0)
-    );
-    assert_eq!(q.stats().lease_lost, 0);
+    crate::outbox::run_two_orders(&q);
     let mut db = app(&schema);
     let receipts = format!("SELECT count(*) FROM {schema}.receipts");
     assert_eq!(count(&mut db, &receipts), 2);

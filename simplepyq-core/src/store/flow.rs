@@ -73,6 +73,28 @@ pub fn check_max_running(max: Option<u32>) -> Result<()> {
     }
 }
 
+/// Changes the settings of `key` in `flows` with `change`, keeping no entry for the
+/// defaults; returns whether they changed. For stores (and models) that keep settings in a
+/// map.
+pub fn change_flow<K: Ord>(
+    flows: &mut BTreeMap<K, Flow>,
+    key: K,
+    change: impl FnOnce(&mut Flow),
+) -> bool {
+    let before = flows.get(&key).cloned().unwrap_or_default();
+    let mut flow = before.clone();
+    change(&mut flow);
+    if flow == before {
+        return false;
+    }
+    if flow.is_default() {
+        flows.remove(&key);
+    } else {
+        flows.insert(key, flow);
+    }
+    true
+}
+
 /// How many tasks a claim of up to `limit` may take from a channel with `flow` and
 /// `running` running tasks: the rule every store's claim follows.
 pub fn claim_allowance(flow: &Flow, running: usize, limit: usize) -> usize {
