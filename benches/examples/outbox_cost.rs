@@ -162,15 +162,30 @@ fn latency() -> Result<(), String> {
         .map_err(e)?;
     other.start().map_err(e)?;
     let mut db = app(&path, "NORMAL")?;
-    let mut latencies = Vec::with_capacity(200);
-    for order in 0..200i64 {
-        std::thread::sleep(Duration::from_millis(5));
-        *started.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    let (p50, p99) = pickups(&started, |order| {
         let tx = db
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| e.to_string())?;
         producer.enqueue_in(&tx, "receipts", &order).map_err(e)?;
-        tx.commit().map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())
+    })?;
+    other.stop();
+    println!("{{\"pickup_after_commit_ms_p50\":{p50:.3},\"pickup_after_commit_ms_p99\":{p99:.3}}}");
+    Ok(())
+}
+
+/// Commits 200 orders one by one with `commit` (which enqueues each in its transaction),
+/// each timed from its commit until a handler marks `started`; returns the p50 and p99 in
+/// milliseconds.
+fn pickups(
+    started: &Mutex<Option<Instant>>,
+    mut commit: impl FnMut(i64) -> Result<(), String>,
+) -> Result<(f64, f64), String> {
+    let mut latencies = Vec::with_capacity(200);
+    for order in 0..200i64 {
+        std::thread::sleep(Duration::from_millis(5));
+        *started.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        commit(order)?;
         let committed = Instant::now();
         let deadline = committed + Duration::from_secs(10);
         let ran = loop {
@@ -184,14 +199,11 @@ fn latency() -> Result<(), String> {
         };
         latencies.push(ran.saturating_duration_since(committed).as_secs_f64() * 1_000.0);
     }
-    other.stop();
     latencies.sort_by(f64::total_cmp);
-    println!(
-        "{{\"pickup_after_commit_ms_p50\":{:.3},\"pickup_after_commit_ms_p99\":{:.3}}}",
+    Ok((
         latencies[latencies.len() / 2],
-        latencies[latencies.len() * 99 / 100]
-    );
-    Ok(())
+        latencies[latencies.len() * 99 / 100],
+    ))
 }
 
 /// The same measures on PostgreSQL.
@@ -308,33 +320,15 @@ mod postgres {
         other.start().map_err(err)?;
         std::thread::sleep(Duration::from_millis(300));
         let mut db = Client::connect(url, NoTls).map_err(err)?;
-        let mut latencies = Vec::with_capacity(200);
-        for order in 0..200i64 {
-            std::thread::sleep(Duration::from_millis(5));
-            *started.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let (p50, p99) = super::pickups(&started, |order| {
             let mut tx = db.transaction().map_err(err)?;
             q.enqueue_in(&mut tx, "pickup", &order).map_err(err)?;
-            tx.commit().map_err(err)?;
-            let committed = Instant::now();
-            let deadline = committed + Duration::from_secs(10);
-            let ran = loop {
-                if let Some(at) = *started.lock().unwrap_or_else(PoisonError::into_inner) {
-                    break at;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("order {order} was not picked up within 10 s"));
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            };
-            latencies.push(ran.saturating_duration_since(committed).as_secs_f64() * 1_000.0);
-        }
+            tx.commit().map_err(err)
+        })?;
         other.stop();
-        latencies.sort_by(f64::total_cmp);
         println!(
-            "{{\"backend\":\"postgres\",\"pickup_after_commit_ms_p50\":{:.3},\
-             \"pickup_after_commit_ms_p99\":{:.3}}}",
-            latencies[latencies.len() / 2],
-            latencies[latencies.len() * 99 / 100]
+            "{{\"backend\":\"postgres\",\"pickup_after_commit_ms_p50\":{p50:.3},\
+             \"pickup_after_commit_ms_p99\":{p99:.3}}}"
         );
         Ok(())
     }

@@ -93,17 +93,16 @@ impl ClaimStore for PostgresStore {
                 client: &mut transaction,
                 statements: &mut *c.statements,
             };
-            let rows = match tx.query_opt(sql::LOCK_FLOW, &[&channel])? {
-                Some(row) => match row.try_get::<_, Option<i32>>(0)? {
-                    Some(max) => {
-                        let max = i64::from(max);
-                        tx.query(
-                            sql::CLAIM_LIMITED,
-                            &[&channel, &now, &limit, &lease_until, &max],
-                        )?
-                    }
-                    None => tx.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?,
-                },
+            // Read again under the lock: the limit may have changed, or gone.
+            let max: Option<i32> = match tx.query_opt(sql::LOCK_FLOW, &[&channel])? {
+                Some(row) => row.try_get(0)?,
+                None => None,
+            };
+            let rows = match max.map(i64::from) {
+                Some(max) => tx.query(
+                    sql::CLAIM_LIMITED,
+                    &[&channel, &now, &limit, &lease_until, &max],
+                )?,
                 None => tx.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?,
             };
             let tasks = tasks_from_rows(&rows)?;

@@ -8,7 +8,8 @@
 /// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
 /// (then id) first, unless the channel is paused. Rows another claimer is promoting are
 /// skipped, never waited for. Returns the channel's limit of running tasks (NULL for none),
-/// which decides how the claim that follows is made.
+/// which decides how the claim that follows is made (PostgreSQL runs a data-modifying
+/// `WITH` whether or not the query reads it).
 pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending', updated_at = $2 \
      WHERE id = ANY (ARRAY ( \
        SELECT id FROM tasks \
@@ -16,9 +17,8 @@ pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending'
        AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
        ORDER BY run_at, id \
        LIMIT $3 \
-       FOR UPDATE SKIP LOCKED)) RETURNING 1) \
-     SELECT (SELECT max_running FROM channels WHERE channel = $1), \
-       (SELECT count(*) FROM promoted)";
+       FOR UPDATE SKIP LOCKED))) \
+     SELECT (SELECT max_running FROM channels WHERE channel = $1)";
 
 /// A claim: `Event::Claim` at $2, leased until $4, of up to `$limit` due pending tasks of
 /// channel $1 in claim order, unless the channel is paused.

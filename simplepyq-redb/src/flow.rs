@@ -87,17 +87,53 @@ pub(crate) fn allowance_in_read(
     channel: &str,
     limit: usize,
 ) -> Result<usize> {
+    let counts = existing(read.open_table(COUNTS))?;
+    allowance(
+        existing(read.open_table(PAUSED))?,
+        existing(read.open_table(MAX_RUNNING))?,
+        counts.as_ref(),
+        channel,
+        limit,
+    )
+}
+
+/// How many tasks a claim of up to `limit` may take from `channel` (core's rule), as a
+/// write transaction sees it (`counts`: the transaction's open counts table).
+pub(crate) fn allowance_in_write(
+    tx: &WriteTransaction,
+    counts: &Table<'_, (&'static str, u8), u64>,
+    channel: &str,
+    limit: usize,
+) -> Result<usize> {
+    allowance(
+        Some(tx.open_table(PAUSED).map_err(db_err)?),
+        Some(tx.open_table(MAX_RUNNING).map_err(db_err)?),
+        Some(counts),
+        channel,
+        limit,
+    )
+}
+
+/// Core's `claim_allowance` for `channel`, from the flow tables and the counts (a table
+/// the file does not have yet reads as empty).
+fn allowance(
+    paused: Option<impl ReadableTable<&'static str, ()>>,
+    max_running: Option<impl ReadableTable<&'static str, u32>>,
+    counts: Option<&impl ReadableTable<(&'static str, u8), u64>>,
+    channel: &str,
+    limit: usize,
+) -> Result<usize> {
     let mut flow = Flow::default();
-    if let Some(table) = existing(read.open_table(PAUSED))? {
+    if let Some(table) = paused {
         flow.paused = table.get(channel).map_err(db_err)?.is_some();
     }
-    if let Some(table) = existing(read.open_table(MAX_RUNNING))? {
+    if let Some(table) = max_running {
         flow.max_running = table.get(channel).map_err(db_err)?.map(|v| v.value());
     }
     if flow.is_default() {
         return Ok(limit);
     }
-    let running = match existing(read.open_table(COUNTS))? {
+    let running = match counts {
         Some(table) => running(
             table
                 .get((channel, status_code(Status::Running)))
@@ -105,38 +141,6 @@ pub(crate) fn allowance_in_read(
         ),
         None => 0,
     };
-    Ok(claim_allowance(&flow, running, limit))
-}
-
-/// How many tasks a claim of up to `limit` may take from `channel` (core's rule), as a
-/// write transaction sees it.
-pub(crate) fn allowance_in_write(
-    tx: &WriteTransaction,
-    counts: &Table<'_, (&'static str, u8), u64>,
-    channel: &str,
-    limit: usize,
-) -> Result<usize> {
-    let mut flow = Flow::default();
-    flow.paused = tx
-        .open_table(PAUSED)
-        .map_err(db_err)?
-        .get(channel)
-        .map_err(db_err)?
-        .is_some();
-    flow.max_running = tx
-        .open_table(MAX_RUNNING)
-        .map_err(db_err)?
-        .get(channel)
-        .map_err(db_err)?
-        .map(|v| v.value());
-    if flow.is_default() {
-        return Ok(limit);
-    }
-    let running = running(
-        counts
-            .get((channel, status_code(Status::Running)))
-            .map_err(db_err)?,
-    );
     Ok(claim_allowance(&flow, running, limit))
 }
 

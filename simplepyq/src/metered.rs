@@ -51,8 +51,10 @@ pub(crate) fn gauge_channels<S: Store>(
     now: Timestamp,
 ) -> Result<()> {
     #[cfg(feature = "metrics")]
+    let flows = store.flows()?;
+    #[cfg(feature = "metrics")]
     for name in channels {
-        let c = store.summary_of(name)?;
+        let c = store.summary_with(name, &flows)?;
         for status in Status::ALL {
             let labels = [
                 ("channel", c.name.clone()),

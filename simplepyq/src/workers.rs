@@ -565,16 +565,20 @@ impl<S: Store> Workers<S> {
     /// Whether none of `channels` has a pending, delayed or running task. A paused
     /// channel's queued tasks are work left too: the run waits for its resume.
     fn idle(&self, channels: &[String]) -> Result<bool> {
-        let flows = self.engine.store.flows()?;
         for ch in channels {
             if self.engine.store.next_wakeup(ch)?.is_some() {
                 return Ok(false);
             }
-            if flows.get(ch).is_some_and(|f| f.paused) {
-                let c = self.engine.store.counts(Some(ch))?;
-                if c.pending + c.delayed > 0 {
-                    return Ok(false);
-                }
+        }
+        // Read only once nothing is due anywhere: the paused channels' queued tasks.
+        let flows = self.engine.store.flows()?;
+        for ch in channels
+            .iter()
+            .filter(|ch| flows.get(*ch).is_some_and(|f| f.paused))
+        {
+            let c = self.engine.store.counts(Some(ch))?;
+            if c.pending + c.delayed > 0 {
+                return Ok(false);
             }
         }
         Ok(true)
