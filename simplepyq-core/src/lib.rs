@@ -43,13 +43,13 @@ pub mod prelude {
 #[allow(deprecated)]
 pub use store::ChannelStats;
 pub use store::{
-    AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, OnCommit, OutcomeStore,
-    ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch, change_flow, check_max_running,
-    claim_allowance,
+    AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, KeyedClaim, OnCommit,
+    OutcomeStore, ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch, change_flow,
+    check_max_running, check_max_running_per_key, claim_allowance,
 };
 pub use task::{
-    Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, NewTask, Outcome, ParseStatusError,
-    Status, Task, TaskId, TaskState, validate_channel,
+    Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, NewTask, Outcome,
+    ParseStatusError, Status, Task, TaskId, TaskState, validate_channel, validate_concurrency_key,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use totals::Totals;

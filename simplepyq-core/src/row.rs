@@ -19,7 +19,7 @@ macro_rules! state_columns {
 macro_rules! task_columns {
     () => {
         concat!(
-            "id, channel, args, created_at, priority, unique_key, ",
+            "id, channel, args, created_at, priority, unique_key, concurrency_key, ",
             $crate::state_columns!()
         )
     };
@@ -81,7 +81,8 @@ pub fn read_task<R: RowValues>(r: &R) -> Result<Task, R::Error> {
         created_at: Timestamp::from_millis(r.int(3)?),
         priority: r.int32(4)?,
         unique_key: r.opt_text(5)?,
-        state: read_state(r, 6)?,
+        concurrency_key: r.opt_text(6)?,
+        state: read_state(r, 7)?,
     })
 }
 
@@ -156,6 +157,7 @@ mod tests {
             Int(1_000),
             Int(-3),
             Null,
+            Text("customer-9"),
             Text(status),
             Int(2),
             Int(3),
@@ -176,6 +178,7 @@ mod tests {
             (task.args, task.priority, task.unique_key),
             (vec![0x90], -3, None)
         );
+        assert_eq!(task.concurrency_key.as_deref(), Some("customer-9"));
         assert_eq!(task.created_at, Timestamp::from_millis(1_000));
         let s = task.state;
         assert_eq!(
@@ -189,7 +192,7 @@ mod tests {
         assert_eq!(s.updated_at, Timestamp::from_millis(4_000));
         let columns: Vec<&str> = task_columns!().split(", ").collect();
         assert_eq!(columns.len(), row("running", 1).0.len());
-        assert_eq!(columns[6], "status");
+        assert_eq!(columns[7], "status");
         assert!(task_columns!().ends_with(state_columns!()));
     }
 

@@ -49,7 +49,10 @@ pub use claim::ClaimStore;
 #[allow(deprecated)]
 pub use ext::ChannelStats;
 pub use ext::{ChannelSummary, StoreExt};
-pub use flow::{Flow, FlowStore, change_flow, check_max_running, claim_allowance};
+pub use flow::{
+    Flow, FlowStore, KeyedClaim, change_flow, check_max_running, check_max_running_per_key,
+    claim_allowance,
+};
 pub use inspect::InspectStore;
 pub use outcome::OutcomeStore;
 pub use schedule::ScheduleStore;

@@ -165,6 +165,9 @@ pub struct Task {
     /// While the task is pending, delayed or running, enqueueing the same key to the same
     /// channel returns this task's id instead of adding a task.
     pub unique_key: Option<String>,
+    /// Tasks of the channel with the same key run at most
+    /// [`crate::Flow::max_running_per_key`] at a time, across every process.
+    pub concurrency_key: Option<String>,
     /// Status, retries, attempts, times.
     pub state: TaskState,
 }
@@ -216,6 +219,9 @@ pub struct NewTask {
     pub priority: i32,
     /// A key that at most one pending, delayed or running task of the channel may have.
     pub unique_key: Option<String>,
+    /// Tasks of the channel with the same concurrency key run at most
+    /// [`crate::Flow::max_running_per_key`] at a time; `None` for no such rule.
+    pub concurrency_key: Option<String>,
 }
 
 impl NewTask {
@@ -228,6 +234,7 @@ impl NewTask {
             run_at: None,
             priority: 0,
             unique_key: None,
+            concurrency_key: None,
         }
     }
 
@@ -241,6 +248,23 @@ impl NewTask {
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.unique_key = Some(key.into());
         self
+    }
+
+    /// Sets the concurrency key: tasks of the channel with the same key run at most
+    /// [`crate::Flow::max_running_per_key`] at a time.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+
+    /// Checks that the task can be stored: its channel name ([`validate_channel`]) and its
+    /// concurrency key ([`validate_concurrency_key`]).
+    pub fn validate(&self) -> crate::Result<()> {
+        validate_channel(&self.channel)?;
+        match &self.concurrency_key {
+            Some(key) => validate_concurrency_key(key),
+            None => Ok(()),
+        }
     }
 
     /// Sets the number of retries.
@@ -269,6 +293,7 @@ impl NewTask {
             created_at: now,
             priority: self.priority,
             unique_key: self.unique_key.clone(),
+            concurrency_key: self.concurrency_key.clone(),
             state: self.initial_state(now),
         }
     }
@@ -471,4 +496,23 @@ pub fn validate_channel(name: &str) -> crate::Result<()> {
         name: name.chars().take(64).collect(),
         reason,
     })
+}
+
+/// The longest concurrency key, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Checks that a concurrency key can be stored: not empty (a task without a key has
+/// `None`), at most [`MAX_KEY_LEN`] bytes.
+pub fn validate_concurrency_key(key: &str) -> crate::Result<()> {
+    let problem = if key.is_empty() {
+        "it is empty (a task without a key has none)"
+    } else if key.len() > MAX_KEY_LEN {
+        "it is longer than 255 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(crate::Error::InvalidConfig(format!(
+        "invalid concurrency key {:?}: {problem}",
+        key.chars().take(64).collect::<String>()
+    )))
 }

@@ -23,9 +23,10 @@ use std::ops::Bound;
 use parking_lot::Mutex;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, ListFilter,
-    NewTask, Outcome, OutcomeStore, Result, ScheduleStore, Status, Task, TaskId, TaskState,
-    Timestamp, Totals, batch, change_flow, check_max_running, claim_allowance, validate_channel,
+    AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, KeyedClaim,
+    ListFilter, NewTask, Outcome, OutcomeStore, Result, ScheduleStore, Status, Task, TaskId,
+    TaskState, Timestamp, Totals, batch, change_flow, check_max_running, check_max_running_per_key,
+    claim_allowance, validate_channel,
 };
 
 /// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
@@ -54,6 +55,11 @@ struct ChannelIndex {
     failed: BTreeSet<TaskId>,
     /// Unique keys of pending, delayed and running tasks.
     unique: HashMap<String, TaskId>,
+    /// Running tasks per concurrency key.
+    keys_running: HashMap<String, usize>,
+    /// Pending tasks with a concurrency key: while there are none, a claim takes the
+    /// first due tasks without looking at keys.
+    keyed_pending: usize,
     counts: Counts,
 }
 
@@ -81,6 +87,42 @@ impl Inner {
             .get(channel)
             .map_or(0, |ch| ch.counts.running);
         claim_allowance(flow, running, limit)
+    }
+}
+
+impl Inner {
+    /// The due pending tasks of `channel` a claim of up to `allowance` takes, in claim
+    /// order: the first ones, skipping those whose concurrency key is busy
+    /// ([`KeyedClaim`]).
+    fn choose(&self, channel: &str, allowance: usize, now: Timestamp) -> Vec<TaskId> {
+        let Some(ch) = self.idx.channels.get(channel) else {
+            return Vec::new();
+        };
+        let due = ch
+            .ready
+            .iter()
+            .filter(|(_, run_at, _)| *run_at <= now)
+            .map(|&(_, _, id)| id);
+        if ch.keyed_pending == 0 {
+            return due.take(allowance).collect();
+        }
+        let flow = self.flows.get(channel).cloned().unwrap_or_default();
+        let mut claim = KeyedClaim::new(&flow, allowance);
+        let mut chosen = Vec::new();
+        for id in due {
+            let key = self
+                .tasks
+                .get(&id)
+                .and_then(|t| t.concurrency_key.as_deref());
+            let running = |k: &str| Ok::<_, ()>(ch.keys_running.get(k).copied().unwrap_or(0));
+            if claim.take(key, running) == Ok(true) {
+                chosen.push(id);
+            }
+            if claim.is_full() {
+                break;
+            }
+        }
+        chosen
     }
 }
 
@@ -131,6 +173,22 @@ impl Indexes {
                 ch.unique.insert(key.clone(), id);
             } else {
                 ch.unique.remove(key);
+            }
+        }
+        if let Some(key) = &task.concurrency_key {
+            match state.status {
+                Status::Pending if add => ch.keyed_pending += 1,
+                Status::Pending => ch.keyed_pending -= 1,
+                Status::Running if add => *ch.keys_running.entry(key.clone()).or_default() += 1,
+                Status::Running => {
+                    if let Some(n) = ch.keys_running.get_mut(key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            ch.keys_running.remove(key);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         if state.status == Status::Running {
@@ -260,7 +318,7 @@ fn toggle<T: Ord>(set: &mut BTreeSet<T>, value: T, add: bool) -> bool {
 impl ClaimStore for MemoryStore {
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
-            validate_channel(&t.channel)?;
+            t.validate()?;
         }
         let mut inner = self.inner.lock();
         Ok(tasks.iter().map(|t| inner.add(t, now)).collect())
@@ -282,14 +340,7 @@ impl ClaimStore for MemoryStore {
         }
         inner.promote_due(channel, now)?;
         let limit = inner.allowance(channel, limit);
-        let due: Vec<TaskId> = inner.idx.channels.get(channel).map_or_else(Vec::new, |ch| {
-            ch.ready
-                .iter()
-                .filter(|(_, run_at, _)| *run_at <= now)
-                .take(limit)
-                .map(|&(_, _, id)| id)
-                .collect()
-        });
+        let due = inner.choose(channel, limit, now);
         let event = Event::Claim { now, lease_until };
         due.into_iter()
             .map(|id| inner.transition(id, &event).cloned())
@@ -305,8 +356,15 @@ impl ClaimStore for MemoryStore {
             if paused {
                 return lease;
             }
-            // Pending tasks are due: any one's run-at is not later than now.
-            let ready = ch.ready.first().map(|(_, t, _)| *t);
+            // Pending tasks are due (any one's run-at is not later than now), unless their
+            // concurrency keys are busy.
+            let ready = match inner
+                .choose(channel, 1, Timestamp::from_millis(i64::MAX))
+                .first()
+            {
+                Some(id) => inner.tasks.get(id).map(|t| t.state.run_at),
+                None => None,
+            };
             let delayed = ch.delayed.first().map(|(t, _)| *t);
             [ready, delayed, lease].into_iter().flatten().min()
         }))
@@ -461,7 +519,7 @@ impl ScheduleStore for MemoryStore {
         task: &NewTask,
         now: Timestamp,
     ) -> Result<Option<TaskId>> {
-        validate_channel(&task.channel)?;
+        task.validate()?;
         let mut inner = self.inner.lock();
         if inner.fired.get(name).is_some_and(|&last| last >= at) {
             return Ok(None);
@@ -490,6 +548,15 @@ impl FlowStore for MemoryStore {
         let flows = &mut self.inner.lock().flows;
         Ok(change_flow(flows, channel.to_owned(), |f| {
             f.max_running = max
+        }))
+    }
+
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
+        validate_channel(channel)?;
+        check_max_running_per_key(max)?;
+        let flows = &mut self.inner.lock().flows;
+        Ok(change_flow(flows, channel.to_owned(), |f| {
+            f.max_running_per_key = max
         }))
     }
 

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use postgres::GenericClient;
+use std::collections::HashMap;
+
 use simplepyq_core::{
-    ClaimStore, Clock, Error, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch,
-    validate_channel,
+    ClaimStore, Clock, Error, Flow, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake,
+    Watch, batch, claim_allowance,
 };
 
-use crate::error::{R, bad_value};
+use crate::error::{E, R, bad_value};
+use crate::flow::flow_from;
 use crate::pool::Db;
 use crate::row::{
     STATE_ALIASES, STATE_ARRAYS, STATE_COLUMNS, StateArrays, UNFINISHED, millis, tasks_from_rows,
@@ -28,7 +31,7 @@ impl ClaimStore for PostgresStore {
 
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
-            validate_channel(&t.channel)?;
+            t.validate()?;
         }
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -80,9 +83,12 @@ impl ClaimStore for PostgresStore {
         let (now, lease_until) = (millis(now), millis(lease_until));
         let mut tasks = self.run(|c| {
             // Each statement is Event::Promote, then Event::Claim, on many rows at once.
-            let limited: Option<i32> = c
-                .query_one(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?
-                .try_get(0)?;
+            let promoted = c.query_one(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?;
+            let (limited, keyed): (Option<i32>, bool) =
+                (promoted.try_get(0)?, promoted.try_get(1)?);
+            if keyed {
+                return claim_keyed(c, channel, now, limit, lease_until);
+            }
             if limited.is_none() {
                 let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
                 return tasks_from_rows(&rows);
@@ -121,6 +127,84 @@ impl ClaimStore for PostgresStore {
     }
 }
 
+/// A claim of a channel with pending tasks that have concurrency keys: one claimer of the
+/// channel at a time ([`sql::LOCK_KEYED`], and its settings' row as a limited claim locks
+/// it), core's [`KeyedClaim`] going through the due pending tasks in claim order, a page
+/// at a time, skipping those whose key is busy.
+fn claim_keyed(
+    c: &mut Db<'_, postgres::Client>,
+    channel: &str,
+    now: i64,
+    limit: i64,
+    lease_until: i64,
+) -> R<Vec<Task>> {
+    let mut transaction = c.client.transaction()?;
+    let mut tx = Db {
+        client: &mut transaction,
+        statements: &mut *c.statements,
+    };
+    tx.execute(sql::LOCK_KEYED, &[&channel])?;
+    let flow = match tx.query_opt(sql::LOCK_FLOW_ALL, &[&channel])? {
+        Some(row) => flow_from(&row, 0)?,
+        None => Flow::default(),
+    };
+    let running = match flow.max_running {
+        Some(_) => tx
+            .query_one(sql::RUNNING, &[&channel])?
+            .try_get::<_, i64>(0)?,
+        None => 0,
+    };
+    let running = usize::try_from(running).unwrap_or(usize::MAX);
+    let allowance = claim_allowance(&flow, running, usize::try_from(limit).unwrap_or(0));
+    let mut claim = KeyedClaim::new(&flow, allowance);
+    let mut chosen: Vec<i64> = Vec::new();
+    let mut after: (i32, i64, i64) = (i32::MAX, i64::MIN, i64::MIN);
+    while !claim.is_full() {
+        let page = tx.query(
+            sql::CANDIDATES,
+            &[
+                &channel,
+                &now,
+                &after.0,
+                &after.1,
+                &after.2,
+                &CANDIDATES_PAGE,
+            ],
+        )?;
+        let Some(last) = page.last() else { break };
+        after = (last.try_get(2)?, last.try_get(3)?, last.try_get(0)?);
+        let keys: Vec<Option<String>> = page
+            .iter()
+            .map(|r| r.try_get(1))
+            .collect::<Result<_, _>>()?;
+        let asked: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
+        let mut busy: HashMap<String, usize> = HashMap::new();
+        for r in tx.query(sql::RUNNING_PER_KEY, &[&channel, &asked])? {
+            let n: i64 = r.try_get(1)?;
+            busy.insert(r.try_get(0)?, usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        for (row, key) in page.iter().zip(&keys) {
+            let running = |k: &str| Ok::<_, E>(busy.get(k).copied().unwrap_or(0));
+            if claim.take(key.as_deref(), running)? {
+                chosen.push(row.try_get(0)?);
+            }
+        }
+        if page.len() < CANDIDATES_PAGE as usize {
+            break;
+        }
+    }
+    let tasks = if chosen.is_empty() {
+        Vec::new()
+    } else {
+        tasks_from_rows(&tx.query(sql::CLAIM_IDS, &[&chosen, &now, &lease_until])?)?
+    };
+    transaction.commit()?;
+    Ok(tasks)
+}
+
+/// How many pending tasks a keyed claim reads at a time.
+const CANDIDATES_PAGE: i64 = 256;
+
 impl PostgresStore {
     /// Inserts one task without a unique key: the statement of a single enqueue, simpler
     /// to run than the `unnest` of a batch.
@@ -133,8 +217,8 @@ impl PostgresStore {
         let row = tx.query_one(
             &format!(
                 "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 {STATE_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 concurrency_key, {STATE_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, NULL, $14, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  RETURNING id"
             ),
             &[
@@ -151,6 +235,7 @@ impl PostgresStore {
                 &s.last_error,
                 &millis(s.updated_at),
                 &i64::from(s.lost_runs),
+                &task.concurrency_key,
             ],
         )?;
         Ok(TaskId::new(row.try_get(0)?))
@@ -216,18 +301,28 @@ impl PostgresStore {
         let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();
         let priorities: Vec<i32> = tasks.iter().map(|t| t.priority).collect();
         let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
+        let concurrency_keys: Vec<Option<&str>> =
+            tasks.iter().map(|t| t.concurrency_key.as_deref()).collect();
         let created_at = now.as_millis();
         let mut params = states.params().to_vec();
-        params.extend_from_slice(&[&channels, &args, &priorities, &keys, &created_at]);
+        params.extend_from_slice(&[
+            &channels,
+            &args,
+            &priorities,
+            &keys,
+            &created_at,
+            &concurrency_keys,
+        ]);
         let insert = format!(
             "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 {STATE_COLUMNS}) \
-                 SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.status, \
-                   u.retries_left, u.max_retries, u.attempts, u.run_at, u.lease_until, \
-                   u.last_error, u.updated_at, u.lost_runs \
+                 concurrency_key, {STATE_COLUMNS}) \
+                 SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.concurrency_key, \
+                   u.status, u.retries_left, u.max_retries, u.attempts, u.run_at, \
+                   u.lease_until, u.last_error, u.updated_at, u.lost_runs \
                  FROM unnest({STATE_ARRAYS}, $11::text[], $12::bytea[], $13::int[], \
-                   $14::text[]) WITH ORDINALITY \
-                   AS u({STATE_ALIASES}, channel, args, priority, unique_key, ord) \
+                   $14::text[], $16::text[]) WITH ORDINALITY \
+                   AS u({STATE_ALIASES}, channel, args, priority, unique_key, \
+                   concurrency_key, ord) \
                  ORDER BY u.ord \
                  ON CONFLICT (channel, unique_key) \
                    WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use postgres::Row;
 use postgres::error::SqlState;
-use simplepyq_core::{Flow, FlowStore, Result, check_max_running, validate_channel};
+use simplepyq_core::{
+    Flow, FlowStore, Result, check_max_running, check_max_running_per_key, validate_channel,
+};
 
 use crate::PostgresStore;
 use crate::error::{E, R};
@@ -20,10 +22,16 @@ impl FlowStore for PostgresStore {
         self.change_flow(channel, |f| f.max_running = max)
     }
 
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
+        check_max_running_per_key(max)?;
+        self.change_flow(channel, |f| f.max_running_per_key = max)
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         let rows = self.run(|c| {
             match c.query(
-                "SELECT channel, paused, max_running FROM channels ORDER BY channel",
+                "SELECT channel, paused, max_running, max_running_per_key FROM channels \
+                 ORDER BY channel",
                 &[],
             ) {
                 // A schema of an earlier version, read-only: no settings.
@@ -45,7 +53,8 @@ impl PostgresStore {
         validate_channel(channel)?;
         let changed = self.transaction(|tx| {
             let before = match tx.query_opt(
-                "SELECT paused, max_running FROM channels WHERE channel = $1 FOR UPDATE",
+                "SELECT paused, max_running, max_running_per_key FROM channels \
+                 WHERE channel = $1 FOR UPDATE",
                 &[&channel],
             )? {
                 Some(row) => flow_from(&row, 0)?,
@@ -62,11 +71,14 @@ impl PostgresStore {
                 let max = flow
                     .max_running
                     .map(|m| i32::try_from(m).unwrap_or(i32::MAX));
+                let per_key = i32::try_from(flow.max_running_per_key).unwrap_or(i32::MAX);
                 tx.execute(
-                    "INSERT INTO channels (channel, paused, max_running) VALUES ($1, $2, $3) \
+                    "INSERT INTO channels (channel, paused, max_running, max_running_per_key) \
+                     VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
-                       max_running = excluded.max_running",
-                    &[&channel, &flow.paused, &max],
+                       max_running = excluded.max_running, \
+                       max_running_per_key = excluded.max_running_per_key",
+                    &[&channel, &flow.paused, &max, &per_key],
                 )?;
             }
             Ok(true)
@@ -79,10 +91,12 @@ impl PostgresStore {
 }
 
 /// The flow settings in the columns `paused` and `max_running` from `at`.
-fn flow_from(r: &Row, at: usize) -> R<Flow> {
+pub(crate) fn flow_from(r: &Row, at: usize) -> R<Flow> {
     let mut flow = Flow::default();
     flow.paused = r.try_get(at)?;
     let max: Option<i32> = r.try_get(at + 1)?;
     flow.max_running = max.map(|m| u32::try_from(m).unwrap_or(1));
+    let per_key: i32 = r.try_get(at + 2)?;
+    flow.max_running_per_key = u32::try_from(per_key).unwrap_or(1);
     Ok(flow)
 }

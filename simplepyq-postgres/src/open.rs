@@ -79,10 +79,22 @@ impl PostgresStore {
             .build_unchecked(manager);
         let mut conn = pool.get().map_err(|e| Error::from(E::from(e)))?;
         if read_only {
-            if schema::version(&mut conn.client, &options.schema)? == 0 {
+            let version = schema::version(&mut conn.client, &options.schema)?;
+            if version == 0 {
                 return Err(Error::Foreign {
                     backend: error::BACKEND,
                     message: format!("the schema {} holds no simplepyq queue", options.schema),
+                });
+            }
+            if version < schema::latest() {
+                return Err(Error::ReadOnly {
+                    backend: error::BACKEND,
+                    message: format!(
+                        "the schema {} is of version {version} and this build reads version \
+                         {}: connect once without read-only (any worker does) to migrate it",
+                        options.schema,
+                        schema::latest()
+                    ),
                 });
             }
         } else {

@@ -13,7 +13,6 @@ use postgres::types::{ToSql, Type};
 use postgres::{GenericClient, Row, Transaction};
 use simplepyq_core::{
     Claim, Error, NewTask, OnCommit, Outcome, Result, Status, TaskId, Timestamp, TransactionStore,
-    validate_channel,
 };
 
 use crate::PostgresStore;
@@ -127,6 +126,7 @@ pub(crate) struct EnqueueCall<'a> {
     priorities: Vec<i32>,
     keys: Vec<Option<&'a str>>,
     run_at: Vec<Option<i64>>,
+    concurrency_keys: Vec<Option<&'a str>>,
     now: i64,
 }
 
@@ -135,7 +135,7 @@ impl<'a> EnqueueCall<'a> {
     /// invalid channel name is refused here, before anything is sent.
     pub(crate) fn of(schema: &str, tasks: &'a [NewTask], now: Timestamp) -> Result<Option<Self>> {
         for t in tasks {
-            validate_channel(&t.channel)?;
+            t.validate()?;
         }
         if tasks.is_empty() {
             return Ok(None);
@@ -143,10 +143,11 @@ impl<'a> EnqueueCall<'a> {
         Ok(Some(EnqueueCall {
             sql: format!(
                 "SELECT u.ord, {schema}.enqueue_msgpack(u.channel, u.args, u.retries, \
-                   u.priority, u.unique_key, u.run_at, $7) \
+                   u.priority, u.unique_key, u.run_at, $7, u.concurrency_key) \
                  FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::int[], $5::text[], \
-                   $6::bigint[]) WITH ORDINALITY \
-                   AS u(channel, args, retries, priority, unique_key, run_at, ord) \
+                   $6::bigint[], $8::text[]) WITH ORDINALITY \
+                   AS u(channel, args, retries, priority, unique_key, run_at, \
+                   concurrency_key, ord) \
                  ORDER BY u.ord"
             ),
             channels: tasks.iter().map(|t| t.channel.as_str()).collect(),
@@ -154,6 +155,7 @@ impl<'a> EnqueueCall<'a> {
             retries: tasks.iter().map(|t| i64::from(t.retries)).collect(),
             priorities: tasks.iter().map(|t| t.priority).collect(),
             keys: tasks.iter().map(|t| t.unique_key.as_deref()).collect(),
+            concurrency_keys: tasks.iter().map(|t| t.concurrency_key.as_deref()).collect(),
             run_at: tasks.iter().map(|t| t.run_at.map(millis)).collect(),
             now: millis(now),
         }))
@@ -161,7 +163,7 @@ impl<'a> EnqueueCall<'a> {
 
     /// The parameters with their types: the statement is sent with them, unprepared, in
     /// one round trip (a prepared one takes two).
-    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 7] {
+    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 8] {
         [
             (&self.channels, Type::TEXT_ARRAY),
             (&self.args, Type::BYTEA_ARRAY),
@@ -170,6 +172,7 @@ impl<'a> EnqueueCall<'a> {
             (&self.keys, Type::TEXT_ARRAY),
             (&self.run_at, Type::INT8_ARRAY),
             (&self.now, Type::INT8),
+            (&self.concurrency_keys, Type::TEXT_ARRAY),
         ]
     }
 

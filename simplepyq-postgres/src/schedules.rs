@@ -1,6 +1,6 @@
 //! The firings of periodic tasks: a firing recorded and its task enqueued together.
 
-use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp, validate_channel};
+use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp};
 
 use crate::PostgresStore;
 
@@ -12,7 +12,7 @@ impl ScheduleStore for PostgresStore {
         task: &NewTask,
         now: Timestamp,
     ) -> Result<Option<TaskId>> {
-        validate_channel(&task.channel)?;
+        task.validate()?;
         let id = self.transaction(|tx| {
             // The row lock makes concurrent firings wait; the condition is read again on
             // the row as the first one committed it.

@@ -7,9 +7,10 @@
 
 /// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
 /// (then id) first, unless the channel is paused. Rows another claimer is promoting are
-/// skipped, never waited for. Returns the channel's limit of running tasks (NULL for none),
-/// which decides how the claim that follows is made (PostgreSQL runs a data-modifying
-/// `WITH` whether or not the query reads it).
+/// skipped, never waited for. Returns the channel's limit of running tasks (NULL for none)
+/// and whether it has pending tasks with a concurrency key, which decide how the claim
+/// that follows is made (PostgreSQL runs a data-modifying `WITH` whether or not the query
+/// reads it).
 pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending', updated_at = $2 \
      WHERE id = ANY (ARRAY ( \
        SELECT id FROM tasks \
@@ -18,16 +19,20 @@ pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending'
        ORDER BY run_at, id \
        LIMIT $3 \
        FOR UPDATE SKIP LOCKED))) \
-     SELECT (SELECT max_running FROM channels WHERE channel = $1)";
+     SELECT (SELECT max_running FROM channels WHERE channel = $1), \
+       EXISTS (SELECT 1 FROM tasks WHERE channel = $1 AND status = 'pending' \
+         AND concurrency_key IS NOT NULL)";
 
 /// A claim: `Event::Claim` at $2, leased until $4, of up to `$limit` due pending tasks of
-/// channel $1 in claim order, unless the channel is paused.
+/// channel $1 without a concurrency key in claim order, unless the channel is paused.
+/// (Tasks with a key are claimed only by [`CLAIM_IDS`], one claimer at a time.)
 macro_rules! claim {
     ($limit:literal) => {
         concat!(
             "WITH due AS MATERIALIZED ( \
                SELECT id FROM tasks \
                WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
+               AND concurrency_key IS NULL \
                AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
                ORDER BY priority DESC, run_at, id \
                LIMIT ",
@@ -37,7 +42,7 @@ macro_rules! claim {
                lease_until = $4, updated_at = $2 \
              WHERE t.id = ANY (ARRAY (SELECT id FROM due)) \
              RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
-               t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
+               t.concurrency_key, t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
                t.last_error, t.updated_at, t.lost_runs"
         )
     };
@@ -60,6 +65,40 @@ pub const CLAIM_LIMITED: &str = claim!(
 
 /// Locks channel $1's settings and reads its limit of running tasks.
 pub const LOCK_FLOW: &str = "SELECT max_running FROM channels WHERE channel = $1 FOR UPDATE";
+
+/// Makes the claims of channel $1's tasks with concurrency keys one at a time, across every
+/// process, until the transaction ends: each counts the running tasks of the others.
+pub const LOCK_KEYED: &str = "SELECT pg_advisory_xact_lock(hashtextextended('simplepyq keys ' || current_schema() \
+       || ' ' || $1, 0))";
+
+/// Locks channel $1's settings and reads them all (no row: the defaults).
+pub const LOCK_FLOW_ALL: &str = "SELECT paused, max_running, max_running_per_key FROM channels \
+     WHERE channel = $1 FOR UPDATE";
+
+/// Channel $1's running tasks.
+pub const RUNNING: &str = "SELECT count(*) FROM tasks WHERE channel = $1 AND status = 'running'";
+
+/// A page of channel $1's pending tasks due by $2 in claim order, after the position
+/// ($3 priority, $4 run-at, $5 id) of the last one read (first page: past the top), up to
+/// $6: ids and concurrency keys.
+pub const CANDIDATES: &str = "SELECT id, concurrency_key, priority, run_at FROM tasks \
+     WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
+     AND (priority < $3 OR (priority = $3 AND (run_at, id) > ($4, $5))) \
+     ORDER BY priority DESC, run_at, id LIMIT $6";
+
+/// The running tasks of channel $1 per concurrency key among $2.
+pub const RUNNING_PER_KEY: &str = "SELECT concurrency_key, count(*) FROM tasks \
+     WHERE channel = $1 AND status = 'running' AND concurrency_key = ANY ($2) \
+     GROUP BY concurrency_key";
+
+/// `Event::Claim` at $2, leased until $3, of the tasks with ids $1 still pending (a task
+/// without a key may have been claimed meanwhile by [`CLAIM`]).
+pub const CLAIM_IDS: &str = "UPDATE tasks t SET status = 'running', attempts = t.attempts + 1, \
+       lease_until = $3, updated_at = $2 \
+     WHERE t.id = ANY ($1) AND t.status = 'pending' \
+     RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
+       t.concurrency_key, t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, \
+       t.lease_until, t.last_error, t.updated_at, t.lost_runs";
 
 /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held. It first
 /// locks the rows it can without waiting (the array is built before the update runs)
@@ -148,12 +187,17 @@ macro_rules! open {
 }
 
 /// The earliest time something is due in channel $1: of a paused or full channel, only a
-/// lease expiry.
+/// lease expiry; pending tasks whose concurrency keys are busy are not due (core's
+/// `KeyedClaim` for one task).
 pub const NEXT_WAKEUP: &str = concat!(
     "SELECT least( \
-     (SELECT run_at FROM tasks WHERE channel = $1 AND status = 'pending' AND ",
+     (SELECT p.run_at FROM tasks p WHERE p.channel = $1 AND p.status = 'pending' AND ",
     open!(),
-    " LIMIT 1), \
+    " AND (p.concurrency_key IS NULL OR (SELECT count(*) FROM tasks r \
+       WHERE r.channel = $1 AND r.status = 'running' \
+       AND r.concurrency_key = p.concurrency_key) < coalesce((SELECT max_running_per_key \
+       FROM channels WHERE channel = $1), 1)) \
+     LIMIT 1), \
      (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed' AND ",
     open!(),
     "), \

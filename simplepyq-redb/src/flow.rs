@@ -3,15 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use simplepyq_core::{
-    Flow, FlowStore, Result, Status, check_max_running, claim_allowance, validate_channel,
+    Flow, FlowStore, Result, Status, check_max_running, check_max_running_per_key, claim_allowance,
+    validate_channel,
 };
 
 use crate::RedbStore;
 use crate::error::db_err;
 use crate::record::status_code;
-use crate::tables::COUNTS;
 
 /// The paused channels.
 pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused_channels");
@@ -19,6 +19,10 @@ pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("pause
 /// The channels' limits of running tasks.
 pub(crate) const MAX_RUNNING: TableDefinition<&str, u32> =
     TableDefinition::new("channel_max_running");
+
+/// The channels' limits of running tasks per concurrency key, where not the default.
+pub(crate) const MAX_PER_KEY: TableDefinition<&str, u32> =
+    TableDefinition::new("channel_max_per_key");
 
 impl FlowStore for RedbStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
@@ -48,6 +52,22 @@ impl FlowStore for RedbStore {
         })
     }
 
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
+        validate_channel(channel)?;
+        check_max_running_per_key(max)?;
+        let default = Flow::default().max_running_per_key;
+        self.write_tx(|tx, _| {
+            let mut table = tx.open_table(MAX_PER_KEY).map_err(db_err)?;
+            let was = if max == default {
+                table.remove(channel).map_err(db_err)?
+            } else {
+                table.insert(channel, max).map_err(db_err)?
+            }
+            .map_or(default, |v| v.value());
+            Ok(was != max)
+        })
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         self.read(|read| {
             let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
@@ -66,13 +86,22 @@ impl FlowStore for RedbStore {
                         .max_running = Some(max.value());
                 }
             }
+            if let Some(table) = existing(read.open_table(MAX_PER_KEY))? {
+                for entry in table.iter().map_err(db_err)? {
+                    let (name, max) = entry.map_err(db_err)?;
+                    flows
+                        .entry(name.value().to_owned())
+                        .or_default()
+                        .max_running_per_key = max.value();
+                }
+            }
             Ok(flows)
         })
     }
 }
 
 /// A table, or `None` if the file has none yet.
-fn existing<T>(table: std::result::Result<T, redb::TableError>) -> Result<Option<T>> {
+pub(crate) fn existing<T>(table: std::result::Result<T, redb::TableError>) -> Result<Option<T>> {
     match table {
         Ok(table) => Ok(Some(table)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
@@ -80,49 +109,34 @@ fn existing<T>(table: std::result::Result<T, redb::TableError>) -> Result<Option
     }
 }
 
-/// How many tasks a claim of up to `limit` may take from `channel` (core's rule), as a read
-/// transaction sees it.
-pub(crate) fn allowance_in_read(
-    read: &ReadTransaction,
-    channel: &str,
-    limit: usize,
-) -> Result<usize> {
-    let counts = existing(read.open_table(COUNTS))?;
-    allowance(
+/// `channel`'s flow settings, as a read transaction sees them.
+pub(crate) fn flow_in_read(read: &ReadTransaction, channel: &str) -> Result<Flow> {
+    flow_from(
         existing(read.open_table(PAUSED))?,
         existing(read.open_table(MAX_RUNNING))?,
-        counts.as_ref(),
+        existing(read.open_table(MAX_PER_KEY))?,
         channel,
-        limit,
     )
 }
 
-/// How many tasks a claim of up to `limit` may take from `channel` (core's rule), as a
-/// write transaction sees it (`counts`: the transaction's open counts table).
-pub(crate) fn allowance_in_write(
-    tx: &WriteTransaction,
-    counts: &Table<'_, (&'static str, u8), u64>,
-    channel: &str,
-    limit: usize,
-) -> Result<usize> {
-    allowance(
+/// `channel`'s flow settings, as a write transaction sees them.
+pub(crate) fn flow_in_write(tx: &WriteTransaction, channel: &str) -> Result<Flow> {
+    flow_from(
         Some(tx.open_table(PAUSED).map_err(db_err)?),
         Some(tx.open_table(MAX_RUNNING).map_err(db_err)?),
-        Some(counts),
+        Some(tx.open_table(MAX_PER_KEY).map_err(db_err)?),
         channel,
-        limit,
     )
 }
 
-/// Core's `claim_allowance` for `channel`, from the flow tables and the counts (a table
-/// the file does not have yet reads as empty).
-fn allowance(
+/// `channel`'s flow settings from the flow tables (a table the file does not have yet
+/// reads as empty).
+fn flow_from(
     paused: Option<impl ReadableTable<&'static str, ()>>,
     max_running: Option<impl ReadableTable<&'static str, u32>>,
-    counts: Option<&impl ReadableTable<(&'static str, u8), u64>>,
+    max_per_key: Option<impl ReadableTable<&'static str, u32>>,
     channel: &str,
-    limit: usize,
-) -> Result<usize> {
+) -> Result<Flow> {
     let mut flow = Flow::default();
     if let Some(table) = paused {
         flow.paused = table.get(channel).map_err(db_err)?.is_some();
@@ -130,7 +144,23 @@ fn allowance(
     if let Some(table) = max_running {
         flow.max_running = table.get(channel).map_err(db_err)?.map(|v| v.value());
     }
-    if flow.is_default() {
+    if let Some(table) = max_per_key
+        && let Some(max) = table.get(channel).map_err(db_err)?
+    {
+        flow.max_running_per_key = max.value();
+    }
+    Ok(flow)
+}
+
+/// Core's `claim_allowance` for `channel` with `flow`, its running tasks counted in
+/// `counts` (none if the file has no counts yet).
+pub(crate) fn allowance(
+    flow: &Flow,
+    counts: Option<&impl ReadableTable<(&'static str, u8), u64>>,
+    channel: &str,
+    limit: usize,
+) -> Result<usize> {
+    if !flow.paused && flow.max_running.is_none() {
         return Ok(limit);
     }
     let running = match counts {
@@ -141,7 +171,7 @@ fn allowance(
         ),
         None => 0,
     };
-    Ok(claim_allowance(&flow, running, limit))
+    Ok(claim_allowance(flow, running, limit))
 }
 
 fn running(count: Option<redb::AccessGuard<'_, u64>>) -> usize {

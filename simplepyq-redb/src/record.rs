@@ -1,13 +1,14 @@
 //! The bytes of one task as stored in the `tasks` table.
 //!
 //! ```text
-//! u8 format (3) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
+//! u8 format (4) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
 //! u32 lost_runs                                    (format 3 on; 0 before)
 //! i64 run_at | i64 lease_until (i64::MIN: none) | i64 created_at | i64 updated_at
 //! i32 priority                                     (format 2 on; 0 in format 1)
 //! u32 channel length, channel bytes (UTF-8)
 //! u32 error length + 1 (0: none), error bytes (UTF-8)
 //! u32 unique key length + 1 (0: none), key bytes   (format 2 on; none in format 1)
+//! u32 concurrency key length + 1 (0: none), bytes  (format 4 on; none before)
 //! args: the rest
 //! ```
 //! All integers little-endian. Decoding checks every length against the bytes it has, so
@@ -15,11 +16,13 @@
 
 use simplepyq_core::{Status, Task, TaskId, TaskState, Timestamp};
 
-const FORMAT: u8 = 3;
+const FORMAT: u8 = 4;
 /// The first format, without priority and unique key; still read.
 const FORMAT_1: u8 = 1;
 /// The second format, without lost runs; still read.
 const FORMAT_2: u8 = 2;
+/// The third format, without concurrency key; still read.
+const FORMAT_3: u8 = 3;
 const NO_LEASE: i64 = i64::MIN;
 
 /// The one-byte code of a status, as stored in records and index keys.
@@ -42,8 +45,12 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
     let s = &task.state;
     let error = s.last_error.as_deref();
     let key = task.unique_key.as_deref();
-    let texts = task.channel.len() + error.map_or(0, str::len) + key.map_or(0, str::len);
-    let mut out = Vec::with_capacity(66 + texts + task.args.len());
+    let concurrency = task.concurrency_key.as_deref();
+    let texts = task.channel.len()
+        + error.map_or(0, str::len)
+        + key.map_or(0, str::len)
+        + concurrency.map_or(0, str::len);
+    let mut out = Vec::with_capacity(70 + texts + task.args.len());
     out.push(FORMAT);
     out.push(status_code(s.status));
     for v in [s.retries_left, s.max_retries, s.attempts, s.lost_runs] {
@@ -63,6 +70,7 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
     out.extend_from_slice(task.channel.as_bytes());
     put_optional(&mut out, error);
     put_optional(&mut out, key);
+    put_optional(&mut out, concurrency);
     out.extend_from_slice(&task.args);
     out
 }
@@ -133,12 +141,12 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
     let mut r = Reader(bytes);
     let format = r.u8()?;
-    if ![FORMAT_1, FORMAT_2, FORMAT].contains(&format) {
+    if ![FORMAT_1, FORMAT_2, FORMAT_3, FORMAT].contains(&format) {
         return Err("unknown record format");
     }
     let status = status_from_code(r.u8()?).ok_or("unknown status code")?;
     let (retries_left, max_retries, attempts) = (r.u32()?, r.u32()?, r.u32()?);
-    let lost_runs = if format == FORMAT { r.u32()? } else { 0 };
+    let lost_runs = if format >= FORMAT_3 { r.u32()? } else { 0 };
     let (run_at, lease, created_at, updated_at) = (r.i64()?, r.i64()?, r.i64()?, r.i64()?);
     let priority = if format == FORMAT_1 {
         0
@@ -153,6 +161,11 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
     } else {
         r.optional()?
     };
+    let concurrency_key = if format >= FORMAT {
+        r.optional()?
+    } else {
+        None
+    };
     Ok(Task {
         id,
         channel,
@@ -160,6 +173,7 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
         created_at: Timestamp::from_millis(created_at),
         priority,
         unique_key,
+        concurrency_key,
         state: TaskState {
             status,
             retries_left,
@@ -190,7 +204,11 @@ pub(crate) mod tests {
             (0usize..5, any::<u32>(), any::<u32>(), any::<(u32, u32)>()),
             (any::<i64>(), proptest::option::of(i64::MIN + 1..i64::MAX)),
             (proptest::option::of(".{0,80}"), any::<i64>()),
-            (any::<i32>(), proptest::option::of(".{0,20}")),
+            (
+                any::<i32>(),
+                proptest::option::of(".{0,20}"),
+                proptest::option::of(".{1,20}"),
+            ),
         )
             .prop_map(
                 |(
@@ -198,7 +216,7 @@ pub(crate) mod tests {
                     (status, retries_left, max_retries, (attempts, lost_runs)),
                     (run_at, lease),
                     (last_error, updated),
-                    (priority, unique_key),
+                    (priority, unique_key, concurrency_key),
                 )| Task {
                     id: TaskId::new(id),
                     channel,
@@ -206,6 +224,7 @@ pub(crate) mod tests {
                     created_at: Timestamp::from_millis(created),
                     priority,
                     unique_key,
+                    concurrency_key,
                     state: TaskState {
                         status: Status::ALL[status],
                         retries_left,
@@ -299,9 +318,26 @@ pub(crate) mod tests {
             .to_task(TaskId::new(7), Timestamp::from_millis(10));
         t.state.attempts = 3;
         let mut v2 = encode(&t);
-        // Format 2 had no lost-run count after the attempts.
+        // Format 2 had no concurrency key before the arguments (one byte here), nor a
+        // lost-run count after the attempts.
         v2[0] = FORMAT_2;
+        let args_at = v2.len() - 1;
+        v2.drain(args_at - 4..args_at);
         v2.drain(14..18);
         assert_eq!(decode(t.id, &v2), Ok(t));
+    }
+
+    #[test]
+    fn format_3_records_still_decode() {
+        let mut t = simplepyq_core::NewTask::new("c", vec![0x90])
+            .unique_key("k")
+            .to_task(TaskId::new(7), Timestamp::from_millis(10));
+        t.state.lost_runs = 2;
+        let mut v3 = encode(&t);
+        // Format 3 had no concurrency key before the arguments (one byte here).
+        v3[0] = FORMAT_3;
+        let args_at = v3.len() - 1;
+        v3.drain(args_at - 4..args_at);
+        assert_eq!(decode(t.id, &v3), Ok(t));
     }
 }

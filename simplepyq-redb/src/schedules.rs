@@ -1,7 +1,7 @@
 //! The firings of periodic tasks: a firing recorded and its task enqueued together.
 
 use redb::ReadableTable;
-use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp, validate_channel};
+use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp};
 
 use crate::RedbStore;
 use crate::error::db_err;
@@ -15,7 +15,7 @@ impl ScheduleStore for RedbStore {
         task: &NewTask,
         now: Timestamp,
     ) -> Result<Option<TaskId>> {
-        validate_channel(&task.channel)?;
+        task.validate()?;
         self.write_tx(|tx, t| {
             let mut schedules = tx.open_table(SCHEDULES).map_err(db_err)?;
             let last = schedules.get(name).map_err(db_err)?.map(|v| v.value());

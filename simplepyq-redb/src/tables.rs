@@ -15,9 +15,10 @@ use crate::record::{self, status_code};
 use crate::{to_id, to_key};
 
 /// The layout version this build writes. Format 1 (one `queued` index, records without
-/// priority and unique key) is upgraded on open; format 2 (records without lost runs) only
-/// has its version raised, as its records are still read.
-pub(crate) const FORMAT: u64 = 3;
+/// priority and unique key) is upgraded on open; formats 2 (records without lost runs) and
+/// 3 (without concurrency keys) only have their version raised, as their records are still
+/// read (the version keeps builds that cannot read concurrency keys away).
+pub(crate) const FORMAT: u64 = 4;
 
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 
@@ -45,6 +46,14 @@ pub(crate) const COUNTS: TableDefinition<(&str, u8), u64> = TableDefinition::new
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("simplepyq_meta");
 
+/// Running tasks per concurrency key: (channel, key) → how many.
+pub(crate) const KEYS_RUNNING: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("keys_running");
+
+/// Pending tasks with a concurrency key, per channel: while a channel has none, a claim
+/// takes its first due tasks without reading their records.
+pub(crate) const KEYED_PENDING: TableDefinition<&str, u64> = TableDefinition::new("keyed_pending");
+
 /// Each schedule's last firing, in milliseconds since the Unix epoch.
 pub(crate) const SCHEDULES: TableDefinition<&str, i64> = TableDefinition::new("schedules");
 
@@ -67,6 +76,8 @@ pub(crate) struct Tables<'tx> {
     pub(crate) by_status: Table<'tx, (&'static str, u8, u64), ()>,
     pub(crate) counts: Table<'tx, (&'static str, u8), u64>,
     pub(crate) meta: Table<'tx, &'static str, u64>,
+    pub(crate) keys_running: Table<'tx, (&'static str, &'static str), u64>,
+    pub(crate) keyed_pending: Table<'tx, &'static str, u64>,
 }
 
 impl<'tx> Tables<'tx> {
@@ -81,6 +92,8 @@ impl<'tx> Tables<'tx> {
             by_status: tx.open_table(BY_STATUS).map_err(db_err)?,
             counts: tx.open_table(COUNTS).map_err(db_err)?,
             meta: tx.open_table(META).map_err(db_err)?,
+            keys_running: tx.open_table(KEYS_RUNNING).map_err(db_err)?,
+            keyed_pending: tx.open_table(KEYED_PENDING).map_err(db_err)?,
         })
     }
 
@@ -133,20 +146,13 @@ impl<'tx> Tables<'tx> {
         } else {
             self.by_status.remove((ch, code, id)).map_err(db_err)?;
         }
-        let count = self
-            .counts
-            .get((ch, code))
-            .map_err(db_err)?
-            .map_or(0, |v| v.value());
-        let count = if add {
-            count + 1
-        } else {
-            count.saturating_sub(1)
-        };
-        if count == 0 {
-            self.counts.remove((ch, code)).map_err(db_err)?;
-        } else {
-            self.counts.insert((ch, code), count).map_err(db_err)?;
+        step(&mut self.counts, (ch, code), add)?;
+        if let Some(key) = task.concurrency_key.as_deref() {
+            match s.status {
+                Status::Pending => step(&mut self.keyed_pending, ch, add)?,
+                Status::Running => step(&mut self.keys_running, (ch, key), add)?,
+                _ => {}
+            }
         }
         if let Some(key) = task.unique_key.as_deref().filter(|_| !s.status.is_final()) {
             if add {
@@ -185,6 +191,11 @@ impl<'tx> Tables<'tx> {
             (Status::Done | Status::Failed, _) => {}
         }
         Ok(())
+    }
+
+    /// Whether `channel` has pending tasks with a concurrency key.
+    pub(crate) fn has_keyed_pending(&self, channel: &str) -> Result<bool> {
+        Ok(self.keyed_pending.get(channel).map_err(db_err)?.is_some())
     }
 
     pub(crate) fn put(&mut self, task: &Task) -> Result<()> {
@@ -351,6 +362,33 @@ pub(crate) fn add_totals(tx: &WriteTransaction, counted: &BTreeMap<String, Total
         table
             .insert(channel.as_str(), (done, failed, retried, lease_lost))
             .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Adds one to (`add`) or takes one from the count at `key` in `table`, keeping no entry
+/// for a count of 0.
+fn step<K: redb::Key + 'static>(
+    table: &mut Table<'_, K, u64>,
+    key: K::SelfType<'_>,
+    add: bool,
+) -> Result<()>
+where
+    for<'a> K::SelfType<'a>: Clone,
+{
+    let count = table
+        .get(key.clone())
+        .map_err(db_err)?
+        .map_or(0, |v| v.value());
+    let count = if add {
+        count + 1
+    } else {
+        count.saturating_sub(1)
+    };
+    if count == 0 {
+        table.remove(key).map_err(db_err)?;
+    } else {
+        table.insert(key, count).map_err(db_err)?;
     }
     Ok(())
 }

@@ -5,11 +5,11 @@ use rusqlite::params;
 use rusqlite::{OptionalExtension, Transaction};
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
-    ClaimStore, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch, validate_channel,
+    ClaimStore, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch,
 };
 
 use crate::error::R;
-use crate::flow::{ALLOWANCE, NOT_PAUSED, OPEN};
+use crate::flow::{ALLOWANCE, KEY_FREE, NOT_PAUSED, OPEN, flow_of};
 use crate::row::{COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, transition};
 use crate::writer::Caller;
 use crate::{SqliteStore, watch};
@@ -21,7 +21,7 @@ impl ClaimStore for SqliteStore {
 
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
-            validate_channel(&t.channel)?;
+            t.validate()?;
         }
         let channels = channels_of(tasks);
         let tasks = tasks.to_vec();
@@ -43,8 +43,8 @@ impl ClaimStore for SqliteStore {
         // Look before taking the write lock: idle workers poll without blocking writers.
         let due = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {OPEN} AND (EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {READY}) \
-                 OR EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
+                "SELECT {OPEN} AND (EXISTS (SELECT 1 FROM simplepyq_tasks p WHERE {READY} \
+                   AND {KEY_FREE}) OR EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
             ))?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
         })?;
@@ -68,8 +68,11 @@ impl ClaimStore for SqliteStore {
             for id in promote {
                 transition(tx, id, &Event::Promote { now })?;
             }
-            let mut tasks =
-                select_tasks(tx, &claim_sql(), params![channel, now.as_millis(), limit])?;
+            let mut tasks = if keyed_pending(tx, &channel)? {
+                claim_keyed(tx, &channel, now, limit)?
+            } else {
+                select_tasks(tx, &claim_sql(), params![channel, now.as_millis(), limit])?
+            };
             for t in &mut tasks {
                 t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
                 save_state(tx, t.id, &t.state)?;
@@ -80,11 +83,13 @@ impl ClaimStore for SqliteStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|conn| {
-            // A paused or full channel's queued tasks are not due.
+            // A paused or full channel's queued tasks are not due, nor pending tasks whose
+            // concurrency keys are busy.
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT min(t) FROM ( \
-                   SELECT * FROM (SELECT run_at AS t FROM simplepyq_tasks \
-                     WHERE channel = ?1 AND status = 'pending' AND {OPEN} LIMIT 1) \
+                   SELECT * FROM (SELECT run_at AS t FROM simplepyq_tasks p \
+                     WHERE channel = ?1 AND status = 'pending' AND {OPEN} AND {KEY_FREE} \
+                     LIMIT 1) \
                    UNION ALL \
                    SELECT min(run_at) FROM simplepyq_tasks \
                      WHERE channel = ?1 AND status = 'delayed' AND {OPEN} \
@@ -107,6 +112,56 @@ pub(crate) fn claim_sql() -> String {
         "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} \
          ORDER BY priority DESC, run_at, id LIMIT {ALLOWANCE}"
     )
+}
+
+/// Whether channel `channel` has pending tasks with a concurrency key: a claim of those
+/// looks at each candidate's key ([`claim_keyed`]), a claim of others takes the first.
+fn keyed_pending(tx: &Transaction<'_>, channel: &str) -> R<bool> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM simplepyq_tasks WHERE channel = ?1 \
+           AND status = 'pending' AND concurrency_key IS NOT NULL)",
+    )?;
+    Ok(stmt.query_row([channel], |r| r.get(0))?)
+}
+
+/// The claim's tasks when some have concurrency keys: core's [`KeyedClaim`] goes through
+/// the due pending tasks in claim order, skipping those whose key is busy, up to what the
+/// channel's flow settings allow a claim of up to `limit`.
+fn claim_keyed(tx: &Transaction<'_>, channel: &str, now: Timestamp, limit: i64) -> R<Vec<Task>> {
+    let allowance: i64 = tx.query_row(
+        &format!("SELECT {ALLOWANCE}"),
+        params![channel, now.as_millis(), limit],
+        |r| r.get(0),
+    )?;
+    let flow = flow_of(tx, channel)?.unwrap_or_default();
+    let mut claim = KeyedClaim::new(&flow, usize::try_from(allowance).unwrap_or(0));
+    let mut candidates = tx.prepare_cached(&format!(
+        "SELECT id, concurrency_key FROM simplepyq_tasks WHERE {READY} \
+         ORDER BY priority DESC, run_at, id"
+    ))?;
+    let mut running = tx.prepare_cached(
+        "SELECT count(*) FROM simplepyq_tasks \
+         WHERE channel = ?1 AND status = 'running' AND concurrency_key = ?2",
+    )?;
+    let mut chosen = Vec::new();
+    let mut rows = candidates.query(params![channel, now.as_millis()])?;
+    while !claim.is_full() {
+        let Some(row) = rows.next()? else { break };
+        let key: Option<String> = row.get(1)?;
+        let count = |key: &str| -> R<usize> {
+            let n: i64 = running.query_row(params![channel, key], |r| r.get(0))?;
+            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        if claim.take(key.as_deref(), count)? {
+            chosen.push(row.get::<_, i64>(0)?);
+        }
+    }
+    let mut tasks = Vec::with_capacity(chosen.len());
+    for id in chosen {
+        let sql = format!("SELECT {COLUMNS} FROM simplepyq_tasks WHERE id = ?1");
+        tasks.extend(select_tasks(tx, &sql, [id])?);
+    }
+    Ok(tasks)
 }
 
 /// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.
@@ -167,7 +222,8 @@ pub(crate) fn insert_tasks_taking(
         insert.raw_bind_parameter(3, now.as_millis())?;
         insert.raw_bind_parameter(4, t.priority)?;
         insert.raw_bind_parameter(5, &t.unique_key)?;
-        bind_state(&mut insert, 6, &t.initial_state(now))?;
+        insert.raw_bind_parameter(6, &t.concurrency_key)?;
+        bind_state(&mut insert, 7, &t.initial_state(now))?;
         insert.raw_execute()?;
         let id = tx.last_insert_rowid();
         taken = Some(id);
@@ -176,11 +232,12 @@ pub(crate) fn insert_tasks_taking(
     Ok((ids, taken))
 }
 
-/// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6..
-/// the values of [`STATE_COLUMNS`].
+/// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6
+/// concurrency key, ?7.. the values of [`STATE_COLUMNS`].
 pub(crate) fn insert_sql() -> String {
     format!(
-        "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, {STATE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, \
+           concurrency_key, {STATE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     )
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use simplepyq_core::{Flow, FlowStore, Result, check_max_running, validate_channel};
+use simplepyq_core::{
+    Flow, FlowStore, Result, check_max_running, check_max_running_per_key, validate_channel,
+};
 
 use crate::SqliteStore;
 use crate::error::R;
@@ -25,6 +27,14 @@ pub(crate) const ALLOWANCE: &str = "max(0, min(?3, coalesce((SELECT CASE WHEN f.
        WHERE r.channel = ?1 AND r.status = 'running'), ?3) END \
      FROM simplepyq_channels f WHERE f.channel = ?1), ?3)))";
 
+/// The pending task `p` of channel ?1 may start as far as its concurrency key goes: it has
+/// none, or fewer of the key's tasks run than the channel's limit per key (core's
+/// [`simplepyq_core::KeyedClaim`] for one task).
+pub(crate) const KEY_FREE: &str = "(p.concurrency_key IS NULL OR (SELECT count(*) \
+     FROM simplepyq_tasks r WHERE r.channel = ?1 AND r.status = 'running' \
+       AND r.concurrency_key = p.concurrency_key) < coalesce((SELECT max_running_per_key \
+     FROM simplepyq_channels WHERE channel = ?1), 1))";
+
 impl FlowStore for SqliteStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
         self.change_flow(channel, move |f| f.paused = paused)
@@ -35,10 +45,16 @@ impl FlowStore for SqliteStore {
         self.change_flow(channel, move |f| f.max_running = max)
     }
 
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
+        check_max_running_per_key(max)?;
+        self.change_flow(channel, move |f| f.max_running_per_key = max)
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT channel, paused, max_running FROM simplepyq_channels ORDER BY channel",
+                "SELECT channel, paused, max_running, max_running_per_key FROM simplepyq_channels \
+                 ORDER BY channel",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, flow_from(r, 1)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -74,19 +90,22 @@ impl SqliteStore {
     }
 }
 
-/// The flow settings in the columns `paused` and `max_running` from `at`.
+/// The flow settings in the columns `paused`, `max_running` and `max_running_per_key` from
+/// `at`.
 fn flow_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Flow> {
     let mut flow = Flow::default();
     flow.paused = r.get(at)?;
     flow.max_running = r.get(at + 1)?;
+    flow.max_running_per_key = r.get(at + 2)?;
     Ok(flow)
 }
 
 /// The flow settings of `channel`, if it has a row.
-fn flow_of(tx: &Transaction<'_>, channel: &str) -> R<Option<Flow>> {
+pub(crate) fn flow_of(tx: &Transaction<'_>, channel: &str) -> R<Option<Flow>> {
     Ok(tx
         .query_row(
-            "SELECT paused, max_running FROM simplepyq_channels WHERE channel = ?1",
+            "SELECT paused, max_running, max_running_per_key FROM simplepyq_channels \
+             WHERE channel = ?1",
             [channel],
             |r| flow_from(r, 0),
         )
@@ -102,10 +121,17 @@ fn save(tx: &Transaction<'_>, channel: &str, flow: &Flow) -> R<()> {
         )?;
     } else {
         tx.execute(
-            "INSERT INTO simplepyq_channels (channel, paused, max_running) VALUES (?1, ?2, ?3) \
+            "INSERT INTO simplepyq_channels (channel, paused, max_running, max_running_per_key) \
+             VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
-               max_running = excluded.max_running",
-            params![channel, flow.paused, flow.max_running],
+               max_running = excluded.max_running, \
+               max_running_per_key = excluded.max_running_per_key",
+            params![
+                channel,
+                flow.paused,
+                flow.max_running,
+                flow.max_running_per_key
+            ],
         )?;
     }
     Ok(())

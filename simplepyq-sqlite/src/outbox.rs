@@ -17,7 +17,6 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 use simplepyq_core::{
     Claim, Error, NewTask, OnCommit, Outcome, Result, Status, TaskId, Timestamp, TransactionStore,
-    validate_channel,
 };
 
 use crate::claim::{channels_of, insert_tasks_taking};
@@ -128,7 +127,7 @@ impl<'t, 'c> TransactionStore<&'t Transaction<'c>> for SqliteStore {
         then: OnCommit,
     ) -> Result<Vec<TaskId>> {
         for t in tasks {
-            validate_channel(&t.channel)?;
+            t.validate()?;
         }
         self.check_writable()?;
         self.check_same_file(tx)?;

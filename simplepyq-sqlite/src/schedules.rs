@@ -2,7 +2,7 @@
 
 use rusqlite::OptionalExtension;
 use rusqlite::params;
-use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp, validate_channel};
+use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp};
 
 use crate::SqliteStore;
 use crate::claim::insert_tasks;
@@ -15,7 +15,7 @@ impl ScheduleStore for SqliteStore {
         task: &NewTask,
         now: Timestamp,
     ) -> Result<Option<TaskId>> {
-        validate_channel(&task.channel)?;
+        task.validate()?;
         let (name, new) = (name.to_owned(), task.clone());
         let id = self.write(move |tx| {
             // Records `at` only if it is later than the firing recorded: one row changes,

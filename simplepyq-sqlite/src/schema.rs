@@ -22,6 +22,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_totals.sql"),
     include_str!("../migrations/0007_own_names.sql"),
     include_str!("../migrations/0008_channels.sql"),
+    include_str!("../migrations/0009_concurrency_keys.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -127,20 +128,28 @@ pub(crate) fn inspect(conn: &Connection) -> R<Found> {
     Ok(Found::Queue)
 }
 
-/// The columns each migration added, with the value they read as in a file without them.
-pub(crate) const ADDED_COLUMNS: &[&[(&str, &str)]] = &[
+/// The columns each migration added to a table it did not create, as (table, column, the
+/// value it reads as in a file without it).
+pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
     &[],
-    &[("priority", "0"), ("unique_key", "NULL")],
-    &[("lost_runs", "0")],
+    &[
+        ("simplepyq_tasks", "priority", "0"),
+        ("simplepyq_tasks", "unique_key", "NULL"),
+    ],
+    &[("simplepyq_tasks", "lost_runs", "0")],
     &[],
     &[],
     &[],
     &[],
     &[],
+    &[
+        ("simplepyq_tasks", "concurrency_key", "NULL"),
+        ("simplepyq_channels", "max_running_per_key", "1"),
+    ],
 ];
 
-/// The tables each migration created after the first, with their columns: in a file
-/// without them they read as empty.
+/// The tables each migration created after the first, with their columns (those later
+/// migrations added too): in a file without them they read as empty.
 pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
     &[],
     &[],
@@ -152,7 +161,11 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
         &["channel", "done", "failed", "retried", "lease_lost"],
     )],
     &[("simplepyq_schema", &["version", "applied_at"])],
-    &[("simplepyq_channels", &["channel", "paused", "max_running"])],
+    &[(
+        "simplepyq_channels",
+        &["channel", "paused", "max_running", "max_running_per_key"],
+    )],
+    &[],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,
@@ -167,34 +180,37 @@ pub(crate) fn read_as_latest(conn: &Connection) -> R<i64> {
         Layout::None => return Ok(0),
     };
     let from = usize::try_from(applied).unwrap_or(0).min(MIGRATIONS.len());
-    let added: Vec<String> = ADDED_COLUMNS[from..]
-        .iter()
-        .flat_map(|columns| columns.iter())
-        .map(|(name, default)| format!(", {default} AS {name}"))
-        .collect();
-    if legacy || !added.is_empty() {
-        let table = if legacy { "tasks" } else { "simplepyq_tasks" };
-        conn.execute_batch(&format!(
-            "CREATE TEMP VIEW simplepyq_tasks AS SELECT *{} FROM main.{table}",
-            added.concat()
-        ))?;
-    }
-    for (i, tables) in ADDED_TABLES.iter().enumerate() {
-        for (table, columns) in *tables {
-            let name = table.strip_prefix("simplepyq_").unwrap_or(table);
-            let body = if i >= from {
-                let nulls: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
-                format!("{} WHERE 0", nulls.join(", "))
-            } else if legacy && name == *table {
-                // A table of the file under its old name.
-                format!("* FROM main.{table}")
-            } else {
+    // Every table: the migration that made it, its name then, its latest columns.
+    let tasks: (usize, &str, &[&str]) = (0, "tasks", &[]);
+    let made = ADDED_TABLES.iter().enumerate().flat_map(|(i, tables)| {
+        tables
+            .iter()
+            .map(move |&(table, columns)| (i, table, columns))
+    });
+    for (i, table, columns) in std::iter::once(tasks).chain(made) {
+        let name = format!(
+            "simplepyq_{}",
+            table.strip_prefix("simplepyq_").unwrap_or(table)
+        );
+        let body = if i >= from {
+            let nulls: Vec<String> = columns.iter().map(|c| format!("NULL AS {c}")).collect();
+            format!("{} WHERE 0", nulls.join(", "))
+        } else {
+            // A table of the file (under its old name in a legacy file), with the columns
+            // later migrations added at their defaults.
+            let source = if legacy { table } else { name.as_str() };
+            let added: String = ADDED_COLUMNS[from..]
+                .iter()
+                .flat_map(|columns| columns.iter())
+                .filter(|(of, ..)| *of == name)
+                .map(|(_, column, default)| format!(", {default} AS {column}"))
+                .collect();
+            if source == name && added.is_empty() {
                 continue;
-            };
-            conn.execute_batch(&format!(
-                "CREATE TEMP VIEW simplepyq_{name} AS SELECT {body}"
-            ))?;
-        }
+            }
+            format!("*{added} FROM main.{source}")
+        };
+        conn.execute_batch(&format!("CREATE TEMP VIEW {name} AS SELECT {body}"))?;
     }
     Ok(applied)
 }

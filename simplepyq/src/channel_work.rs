@@ -90,6 +90,7 @@ impl ChannelWork {
             outcome,
             elapsed,
             completed_in,
+            keyed: task.concurrency_key.is_some(),
         }
     }
 }

@@ -78,6 +78,34 @@ impl<S: Store> SimplePyQ<S> {
         Ok(changed)
     }
 
+    /// Sets how many of `channel`'s tasks with the same concurrency key
+    /// ([`EnqueueOptions::concurrency_key`](crate::EnqueueOptions::concurrency_key)) may
+    /// run at once across every process and machine sharing the store (default 1: one at a
+    /// time per key), durably, changeable while workers run: "one job per customer at a
+    /// time". Kept in the claim itself, as [`SimplePyQ::set_max_running`] is: a claim skips
+    /// a task whose key is busy and takes the next one, so that a busy key holds up no
+    /// other key's tasks. Returns whether it changed.
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for 0,
+    /// [`Error::UnknownChannel`](crate::Error::UnknownChannel) as [`SimplePyQ::pause`].
+    ///
+    /// ```
+    /// use simplepyq::EnqueueOptions;
+    /// # let q = simplepyq::SimplePyQ::memory();
+    /// q.add_channel("sync", |_: u64| Ok(()), 8)?;
+    /// q.set_max_running_per_key("sync", 2)?; // two syncs per customer at a time
+    /// q.enqueue_with("sync", 1, EnqueueOptions::new().concurrency_key("customer-7"))?;
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
+        let engine = &self.workers.engine;
+        let changed = engine
+            .store
+            .limit_per_key_known(channel, max, self.workers.has(channel))?;
+        engine.wake(channel, true);
+        Ok(changed)
+    }
+
     /// Whether `channel` is paused.
     pub fn is_paused(&self, channel: &str) -> Result<bool> {
         Ok(self.flows()?.get(channel).is_some_and(|f| f.paused))

@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use simplepyq_core::{NewTask, Timestamp};
 
-/// Options of an enqueued task: retries, when it runs, its priority, a unique key.
+/// Options of an enqueued task: retries, when it runs, its priority, a unique key, a
+/// concurrency key.
 ///
 /// ```
 /// use std::time::Duration;
@@ -15,7 +16,8 @@ use simplepyq_core::{NewTask, Timestamp};
 ///     .retries(3)                           // up to 3 more attempts after a failure
 ///     .delay(Duration::from_secs(60))       // due in a minute
 ///     .priority(10)                         // before lower priorities of the channel
-///     .unique("invoice-2041");              // no second unfinished task with this key
+///     .unique("invoice-2041")               // no second unfinished task with this key
+///     .concurrency_key("customer-7");       // one of this customer's tasks at a time
 /// # let _ = opts;
 /// ```
 #[derive(Clone, Debug, Default)]
@@ -30,6 +32,10 @@ pub struct EnqueueOptions {
     /// While a task of the channel with this key is pending, delayed or running, enqueueing
     /// the key again returns that task's id and adds nothing.
     pub unique: Option<String>,
+    /// Tasks of the channel with the same concurrency key run at most the channel's
+    /// [`SimplePyQ::set_max_running_per_key`](crate::SimplePyQ::set_max_running_per_key)
+    /// (default 1) at a time, across every process.
+    pub concurrency_key: Option<String>,
 }
 
 /// When an enqueued task becomes due.
@@ -78,12 +84,24 @@ impl EnqueueOptions {
         self
     }
 
+    /// Sets the concurrency key: of the channel's tasks with the same key, at most
+    /// [`SimplePyQ::set_max_running_per_key`](crate::SimplePyQ::set_max_running_per_key)
+    /// (default 1) run at once across every process and machine ("one job per customer at
+    /// a time"), while tasks of other keys, or without one, run beside them. Not empty, at
+    /// most 255 bytes ([`Error::InvalidConfig`](crate::Error::InvalidConfig) at the
+    /// enqueue).
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
+
     /// The task to store, enqueued at `now`.
     pub(crate) fn task(&self, channel: &str, args: Vec<u8>, now: Timestamp) -> NewTask {
         let mut task = NewTask::new(channel, args)
             .retries(self.retries)
             .priority(self.priority);
         task.unique_key.clone_from(&self.unique);
+        task.concurrency_key.clone_from(&self.concurrency_key);
         match self.when {
             Some(When::After(d)) => task.run_at(now.after(d)),
             Some(When::At(t)) => task.run_at(system_time(t)),

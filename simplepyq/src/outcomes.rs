@@ -19,6 +19,8 @@ pub(crate) struct Ended {
     pub(crate) elapsed: Duration,
     /// The handler completed the task in its own transaction (which may have rolled back).
     pub(crate) completed_in: bool,
+    /// The task has a concurrency key: its outcome frees a slot of that key.
+    pub(crate) keyed: bool,
 }
 
 #[derive(Debug, Default)]

@@ -139,10 +139,11 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
     engine.let_go(&claims);
-    // Each recorded outcome of a channel with a limit of running tasks frees a slot: as
-    // many idle workers look again (one wake-up each, not a herd).
+    // Each recorded outcome of a channel with a limit of running tasks, or of a task with a
+    // concurrency key, frees a slot: as many idle workers look again (one wake-up each, not
+    // a herd).
     for f in &batch {
-        if engine.is_limited(&f.channel) {
+        if f.keyed || engine.is_limited(&f.channel) {
             engine.wake(&f.channel, false);
         }
     }

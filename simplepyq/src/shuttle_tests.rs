@@ -154,6 +154,10 @@ impl simplepyq_core::FlowStore for Store2 {
         self.inner.set_max_running(channel, max)
     }
 
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
+        self.inner.set_max_running_per_key(channel, max)
+    }
+
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
         self.inner.flows()
     }

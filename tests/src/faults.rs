@@ -374,6 +374,11 @@ impl<S: Store> simplepyq_core::FlowStore for Flaky<S> {
         self.inner.set_max_running(channel, max)
     }
 
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
+        self.alive()?;
+        self.inner.set_max_running_per_key(channel, max)
+    }
+
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
         self.inner.flows()
     }

@@ -256,6 +256,13 @@ macro_rules! conformance_tests {
                 a_limit_caps_the_running_tasks,
                 concurrent_claims_never_exceed_the_limit,
             ];
+            keys: [
+                a_busy_key_holds_up_no_other_task,
+                a_per_key_limit_lets_n_run,
+                keys_belong_to_their_channel,
+                bad_keys_are_refused,
+                concurrent_claims_never_run_a_key_twice,
+            ];
         );
         #[test]
         fn a_pause_outlives_the_store() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    Claim, Counts, Error, Flow, NewTask, Outcome, Status, Store, StoreExt, Task, TaskId, Timestamp,
-    Totals, change_flow, claim_allowance,
+    Claim, Counts, Error, Flow, KeyedClaim, NewTask, Outcome, Status, Store, StoreExt, Task,
+    TaskId, Timestamp, Totals, change_flow, claim_allowance,
 };
 
 const CHANNELS: [&str; 3] = ["a", "b", "c"];
@@ -36,6 +36,8 @@ pub enum Op {
         priority: i32,
         /// A unique key, if set.
         unique: Option<u8>,
+        /// A concurrency key, if set.
+        key: Option<u8>,
     },
     /// Claim up to `limit` tasks.
     Claim {
@@ -103,6 +105,13 @@ pub enum Op {
         /// The limit, or none.
         max: Option<u32>,
     },
+    /// Set a channel's limit of running tasks per concurrency key.
+    SetMaxPerKey {
+        /// Index into the channels.
+        channel: usize,
+        /// The limit.
+        max: u32,
+    },
     /// Close the store and open its file again (durable stores only).
     Reopen,
 }
@@ -111,9 +120,9 @@ pub enum Op {
 pub fn op() -> impl Strategy<Value = Op> {
     let channel = 0..CHANNELS.len();
     prop_oneof![
-        6 => (channel.clone(), 0u32..3, proptest::option::of(0u64..800), -1i32..2, proptest::option::of(0u8..3))
-            .prop_map(|(channel, retries, delay_ms, priority, unique)| Op::Enqueue {
-                channel, retries, delay_ms, priority, unique
+        6 => (channel.clone(), 0u32..3, proptest::option::of(0u64..800), -1i32..2, proptest::option::of(0u8..3), proptest::option::of(0u8..3))
+            .prop_map(|(channel, retries, delay_ms, priority, unique, key)| Op::Enqueue {
+                channel, retries, delay_ms, priority, unique, key
             }),
         5 => (channel.clone(), 0usize..4).prop_map(|(channel, limit)| Op::Claim { channel, limit }),
         5 => (any::<usize>(), 0u8..4, 0u64..600).prop_map(|(pick, kind, wait_ms)| Op::Finish { pick, kind, wait_ms }),
@@ -128,7 +137,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::PurgeDone),
         1 => Just(Op::Reopen),
         1 => (channel.clone(), any::<bool>()).prop_map(|(channel, paused)| Op::SetPaused { channel, paused }),
-        1 => (channel, proptest::option::of(1u32..3)).prop_map(|(channel, max)| Op::SetMaxRunning { channel, max }),
+        1 => (channel.clone(), proptest::option::of(1u32..3)).prop_map(|(channel, max)| Op::SetMaxRunning { channel, max }),
+        1 => (channel, 1u32..3).prop_map(|(channel, max)| Op::SetMaxPerKey { channel, max }),
     ]
 }
 
@@ -143,14 +153,20 @@ struct Model {
 
 impl Model {
     /// What [`simplepyq_core::ClaimStore::next_wakeup`] gives: whether the channel has a
-    /// task to do (a queued one only while it runs), and the first lease expiry.
+    /// task to do (a queued one only while it runs and, if pending, its concurrency key is
+    /// free), and the first lease expiry.
     fn next_wakeup(&self, channel: &str) -> (bool, Option<Timestamp>) {
         let paused = self.allowance(channel, 1) == 0;
+        let startable = !paused
+            && !self
+                .choose(channel, 1, Timestamp::from_millis(i64::MAX))
+                .is_empty();
         let mut any = false;
         let mut lease = None;
         for t in self.tasks.values().filter(|t| t.channel == channel) {
             match t.state.status {
-                Status::Pending | Status::Delayed => any |= !paused,
+                Status::Pending => any |= startable,
+                Status::Delayed => any |= !paused,
                 Status::Running => {
                     any = true;
                     lease = lease.min(t.state.lease_until).or(t.state.lease_until);
@@ -212,6 +228,51 @@ impl Model {
         self.allowance(channel, 1) > 0
     }
 
+    /// Whether `channel`'s queued tasks wait for a lease alone: paused, full, or every
+    /// pending task's key busy and nothing delayed.
+    fn waits_for_leases(&self, channel: &str) -> bool {
+        !self.open(channel)
+            || (self
+                .choose(channel, 1, Timestamp::from_millis(i64::MAX))
+                .is_empty()
+                && !self
+                    .tasks
+                    .values()
+                    .any(|t| t.channel == channel && t.state.status == Status::Delayed))
+    }
+
+    /// The pending tasks due by `now` a claim of up to `allowance` takes, in claim order
+    /// (core's rule of concurrency keys).
+    fn choose(&self, channel: &str, allowance: usize, now: Timestamp) -> Vec<TaskId> {
+        let mut ready: Vec<&Task> = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.channel == channel && t.state.status == Status::Pending && t.state.run_at <= now
+            })
+            .collect();
+        ready.sort_by_key(|t| (-i64::from(t.priority), t.state.run_at, t.id));
+        let flow = self.flows.get(channel).cloned().unwrap_or_default();
+        let mut claim = KeyedClaim::new(&flow, allowance);
+        let running = |key: &str| {
+            Ok::<_, ()>(
+                self.tasks
+                    .values()
+                    .filter(|t| {
+                        t.channel == channel
+                            && t.state.status == Status::Running
+                            && t.concurrency_key.as_deref() == Some(key)
+                    })
+                    .count(),
+            )
+        };
+        ready
+            .into_iter()
+            .filter(|t| claim.take(t.concurrency_key.as_deref(), running) == Ok(true))
+            .map(|t| t.id)
+            .collect()
+    }
+
     fn claim(&mut self, channel: &str, limit: usize, now: Timestamp) -> Vec<TaskId> {
         if limit == 0 || self.flows.get(channel).is_some_and(|f| f.paused) {
             return Vec::new();
@@ -227,16 +288,8 @@ impl Model {
         for id in due {
             self.event(id, &Event::Promote { now });
         }
-        let mut ready: Vec<&Task> = self
-            .tasks
-            .values()
-            .filter(|t| {
-                t.channel == channel && t.state.status == Status::Pending && t.state.run_at <= now
-            })
-            .collect();
-        ready.sort_by_key(|t| (-i64::from(t.priority), t.state.run_at, t.id));
         let limit = self.allowance(channel, limit);
-        let ids: Vec<TaskId> = ready.iter().take(limit).map(|t| t.id).collect();
+        let ids = self.choose(channel, limit, now);
         let event = Event::Claim {
             now,
             lease_until: now.after(LEASE),
@@ -268,6 +321,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 delay_ms,
                 priority,
                 unique,
+                key,
             } => {
                 let ch = CHANNELS[*channel];
                 let mut new = NewTask::new(ch, vec![*channel as u8])
@@ -278,6 +332,9 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 }
                 if let Some(k) = unique {
                     new = new.unique_key(format!("k{k}"));
+                }
+                if let Some(k) = key {
+                    new = new.concurrency_key(format!("c{k}"));
                 }
                 let id = store
                     .enqueue_one(new.clone(), now)
@@ -463,6 +520,14 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 let expected = change_flow(&mut model.flows, ch, |f| f.max_running = *max);
                 prop_assert_eq!(changed, expected, "{}", at("limit changed"));
             }
+            Op::SetMaxPerKey { channel, max } => {
+                let ch = CHANNELS[*channel];
+                let changed = store
+                    .set_max_running_per_key(ch, *max)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let expected = change_flow(&mut model.flows, ch, |f| f.max_running_per_key = *max);
+                prop_assert_eq!(changed, expected, "{}", at("per-key limit changed"));
+            }
             Op::PurgeDone => {
                 let n = store
                     .purge_done(None, now)
@@ -502,8 +567,14 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
         let got = store.next_wakeup(ch).map_err(|e| fail(&e.to_string()))?;
         let (any, lease) = model.next_wakeup(ch);
         prop_assert_eq!(got.is_some(), any, "{} next wake-up of {}", at, ch);
-        if !model.open(ch) {
-            prop_assert_eq!(got, lease, "{} next wake-up of paused or full {}", at, ch);
+        if model.waits_for_leases(ch) {
+            prop_assert_eq!(
+                got,
+                lease,
+                "{} next wake-up of paused, full or busy {}",
+                at,
+                ch
+            );
         }
     }
     for (task, expected) in all.iter().zip(model.tasks.values()) {

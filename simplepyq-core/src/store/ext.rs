@@ -66,6 +66,11 @@ pub trait StoreExt: Store {
             next_wakeup: self.next_wakeup(&name)?,
             paused: flows.get(&name).is_some_and(|f| f.paused),
             max_running: flows.get(&name).and_then(|f| f.max_running),
+            max_running_per_key: flows
+                .get(&name)
+                .map_or(Flow::default().max_running_per_key, |f| {
+                    f.max_running_per_key
+                }),
             name,
         })
     }
@@ -94,6 +99,15 @@ pub trait StoreExt: Store {
         crate::check_max_running(max)?;
         self.check_known(channel, known_here)?;
         self.set_max_running(channel, max)
+    }
+
+    /// Sets `channel`'s limit of running tasks per concurrency key
+    /// ([`crate::FlowStore::set_max_running_per_key`]), refusing an unknown name as
+    /// [`StoreExt::pause_known`] does. Returns whether it changed.
+    fn limit_per_key_known(&self, channel: &str, max: u32, known_here: bool) -> Result<bool> {
+        crate::check_max_running_per_key(max)?;
+        self.check_known(channel, known_here)?;
+        self.set_max_running_per_key(channel, max)
     }
 
     /// An error for a channel name that is invalid, or that neither the store nor the
@@ -139,6 +153,9 @@ pub struct ChannelSummary {
     pub paused: bool,
     /// Its limit of running tasks ([`crate::FlowStore::set_max_running`]).
     pub max_running: Option<u32>,
+    /// Its limit of running tasks per concurrency key
+    /// ([`crate::FlowStore::set_max_running_per_key`]).
+    pub max_running_per_key: u32,
 }
 
 impl ChannelSummary {

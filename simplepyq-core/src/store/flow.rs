@@ -1,13 +1,13 @@
 //! Flow control: whether, and how fast, a channel's tasks start, for every process and
 //! machine sharing the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 
 use crate::Result;
 
 /// A channel's flow settings, as the store keeps them (durably, for every process).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Flow {
     /// Paused: no claim takes the channel's tasks until it is resumed.
@@ -16,6 +16,20 @@ pub struct Flow {
     /// machine sharing the store (tasks claimed and not yet started count); `None` for no
     /// limit. Never 0: pause a channel instead.
     pub max_running: Option<u32>,
+    /// At most this many tasks with the same concurrency key
+    /// ([`crate::NewTask::concurrency_key`]) run at once, across every process; tasks
+    /// without a key are not counted. Default 1: one at a time per key. Never 0.
+    pub max_running_per_key: u32,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow {
+            paused: false,
+            max_running: None,
+            max_running_per_key: 1,
+        }
+    }
 }
 
 impl Flow {
@@ -56,6 +70,21 @@ pub trait FlowStore: Send + Sync + Debug + 'static {
     /// store and [`crate::AdminStore::remove_channel`], as a pause does.
     fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool>;
 
+    /// Sets how many of `channel`'s tasks with the same concurrency key may run at once
+    /// across every process sharing the store (default 1); returns whether that changed
+    /// its setting.
+    ///
+    /// # Contract
+    /// A claim takes due tasks in claim order and skips a task whose key already has
+    /// `max` running tasks (those it took itself count), as [`KeyedClaim`] decides: claims
+    /// of all processes together never leave more than `max` tasks of one key running,
+    /// and a busy key holds up no task of another key or without one. While every due
+    /// task's key is busy, [`crate::ClaimStore::next_wakeup`] gives no time for them (only
+    /// delayed tasks' and leases' times). Tasks without a key are not counted. A limit of 0
+    /// is [`crate::Error::InvalidConfig`]; the setting outlives the store and
+    /// [`crate::AdminStore::remove_channel`], as a pause does.
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool>;
+
     /// Every channel whose flow settings are not the default, in name order.
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
 }
@@ -71,6 +100,17 @@ pub fn check_max_running(max: Option<u32>) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// The error for a per-key limit of 0 running tasks, and `Ok` for the others: the rule
+/// of [`FlowStore::set_max_running_per_key`], for every store.
+pub fn check_max_running_per_key(max: u32) -> Result<()> {
+    if max == 0 {
+        return Err(crate::Error::InvalidConfig(
+            "a channel's limit of running tasks per concurrency key must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Changes the settings of `key` in `flows` with `change`, keeping no entry for the
@@ -107,8 +147,77 @@ pub fn claim_allowance(flow: &Flow, running: usize, limit: usize) -> usize {
     }
 }
 
+/// The rule of a claim of tasks that may have concurrency keys, for every store: taking a
+/// channel's due tasks in claim order, the claim skips a task whose key has
+/// [`Flow::max_running_per_key`] tasks running, counting those it took itself, and stops
+/// once it took its allowance ([`claim_allowance`]). A busy key holds up no other task.
+///
+/// ```
+/// use simplepyq_core::{Flow, KeyedClaim};
+///
+/// let mut claim = KeyedClaim::new(&Flow::default(), 3);
+/// let running = |key: &str| Ok::<_, ()>(usize::from(key == "busy"));
+/// assert_eq!(claim.take(Some("busy"), running), Ok(false)); // one running: skipped
+/// assert_eq!(claim.take(Some("a"), running), Ok(true));
+/// assert_eq!(claim.take(Some("a"), running), Ok(false)); // the one taken counts
+/// assert_eq!(claim.take(None, running), Ok(true)); // no key, no rule
+/// assert!(!claim.is_full());
+/// ```
+#[derive(Debug)]
+pub struct KeyedClaim {
+    per_key: usize,
+    room: usize,
+    /// Each key seen: its running tasks, and those taken by this claim.
+    busy: HashMap<String, usize>,
+}
+
+impl KeyedClaim {
+    /// A claim that may take `allowance` tasks of a channel with `flow`.
+    pub fn new(flow: &Flow, allowance: usize) -> Self {
+        KeyedClaim {
+            per_key: flow.max_running_per_key as usize,
+            room: allowance,
+            busy: HashMap::new(),
+        }
+    }
+
+    /// Whether the claim takes the next due task, whose concurrency key is `key`;
+    /// `running` tells how many tasks of a key run now (asked once per key). Never takes
+    /// a task once [`KeyedClaim::is_full`].
+    pub fn take<E>(
+        &mut self,
+        key: Option<&str>,
+        running: impl FnOnce(&str) -> std::result::Result<usize, E>,
+    ) -> std::result::Result<bool, E> {
+        if self.room == 0 {
+            return Ok(false);
+        }
+        if let Some(key) = key {
+            let busy = match self.busy.get_mut(key) {
+                Some(busy) => busy,
+                None => {
+                    let n = running(key)?;
+                    self.busy.entry(key.to_owned()).or_insert(n)
+                }
+            };
+            if *busy >= self.per_key {
+                return Ok(false);
+            }
+            *busy += 1;
+        }
+        self.room -= 1;
+        Ok(true)
+    }
+
+    /// Whether the claim took its allowance: no more task is taken.
+    pub fn is_full(&self) -> bool {
+        self.room == 0
+    }
+}
+
 forward!(FlowStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool>;
     fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool>;
+    fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool>;
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
 });

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod claim;
 pub mod flow;
 pub mod inspect;
+pub mod keys;
 pub mod outcome;
 pub mod schedules;
 

@@ -1,0 +1,9 @@
+-- Concurrency keys: tasks of a channel with the same key run at most the channel's
+-- max_running_per_key at a time, across every process (FlowStore::set_max_running_per_key).
+-- The index counts a key's running tasks, and finds whether a channel has keyed tasks
+-- pending, in one seek each.
+ALTER TABLE simplepyq_tasks ADD COLUMN concurrency_key TEXT;
+CREATE INDEX simplepyq_tasks_keys ON simplepyq_tasks (channel, status, concurrency_key)
+    WHERE concurrency_key IS NOT NULL;
+ALTER TABLE simplepyq_channels ADD COLUMN max_running_per_key INTEGER NOT NULL DEFAULT 1
+    CHECK (max_running_per_key > 0);
