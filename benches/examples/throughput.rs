@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite|redb|memory --n 20000 \
 //!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
-//!     [--bare] [--max-running N]
+//!     [--bare] [--max-running N] [--keys K]
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite --remote [--watch off] \
@@ -86,6 +86,8 @@ struct Args {
     live: bool,
     /// The channel's limit of running tasks, if any.
     max_running: Option<u32>,
+    /// Task i gets concurrency key i mod K (the default limit of 1 per key); 0: no keys.
+    keys: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -109,6 +111,7 @@ fn parse() -> Result<Args, String> {
         due_delayed: false,
         live: false,
         max_running: None,
+        keys: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -152,11 +155,15 @@ fn parse() -> Result<Args, String> {
             "--watch" => args.watch = value != "off",
             "--idle-cpu" => args.idle_cpu = number()?,
             "--readers" => args.readers = number()?,
+            "--keys" => args.keys = number()?,
             "--max-running" => {
                 args.max_running = Some(u32::try_from(number()?).map_err(|e| e.to_string())?);
             }
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if args.keys > 0 && args.batch {
+        return Err("--keys goes with --enqueue single".into());
     }
     if args.live && (args.due_delayed || args.processes > 1 || args.readers > 0) {
         return Err("--live goes with neither --due-delayed, --processes nor --readers".into());
@@ -389,12 +396,19 @@ fn run() -> Result<(), String> {
             let handles: Vec<_> = (0..args.producers)
                 .map(|p| {
                     let q = Arc::clone(&q);
-                    let n = args.n;
-                    let producers = args.producers;
+                    let (n, producers, keys) = (args.n, args.producers, args.keys);
+                    let options = options.clone();
                     s.spawn(move || -> Result<(), String> {
                         let mut i = p;
                         while i < n {
-                            q.enqueue("bench", &payload(i)).map_err(|e| e.to_string())?;
+                            if keys > 0 {
+                                let keyed =
+                                    options.clone().concurrency_key(format!("k{}", i % keys));
+                                q.enqueue_with("bench", &payload(i), keyed)
+                            } else {
+                                q.enqueue("bench", &payload(i))
+                            }
+                            .map_err(|e| e.to_string())?;
                             i += producers;
                         }
                         Ok(())
@@ -569,7 +583,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -589,6 +603,11 @@ fn run() -> Result<(), String> {
         reads,
         first_claim,
         if args.live { ",\"live\":true" } else { "" },
+        if args.keys > 0 {
+            format!(",\"keys\":{}", args.keys)
+        } else {
+            String::new()
+        },
         bare,
     );
     Ok(())

@@ -32,7 +32,7 @@ use simplepyq::{
     ListFilter, PostgresOptions, PostgresStore, RedbStore, SqliteStore, Status, Store, TaskId,
     Timestamp,
 };
-use simplepyq_core::{Error, StoreExt};
+use simplepyq_core::{Error, Flow, StoreExt};
 
 use crate::view::{now, summary, task_json};
 
@@ -135,15 +135,19 @@ enum Command {
         channel: String,
     },
     /// Limits how many of a channel's tasks run at once across every process and machine on
-    /// the queue.
+    /// the queue; with --per-key, how many of its tasks with the same concurrency key.
     Limit {
         /// The queue file (SQLite or redb), or a `postgres://` URL.
         file: PathBuf,
         /// The channel.
         channel: String,
-        /// The most running at once (at least 1), or `none` to remove the limit.
+        /// The most running at once (at least 1), or `none` to remove the limit (with
+        /// --per-key: back to the default, 1).
         #[arg(value_parser = parse_limit)]
         max: Limit,
+        /// The limit of each concurrency key's running tasks, not the channel's.
+        #[arg(long)]
+        per_key: bool,
     },
     /// Deletes done tasks that finished long enough ago.
     PurgeDone {
@@ -437,7 +441,23 @@ fn run(command: Command) -> Result<(), Failure> {
             let was = if changed { "" } else { " (it was not paused)" };
             writeln!(out, "resumed channel {channel}{was}")?;
         }
-        Command::Limit { file, channel, max } => {
+        Command::Limit {
+            file,
+            channel,
+            max,
+            per_key: true,
+        } => {
+            let n = max.0.unwrap_or(Flow::default().max_running_per_key);
+            let changed = open(&file)?.limit_per_key_known(&channel, n, false)?;
+            let was = if changed { "" } else { " (it was so already)" };
+            writeln!(
+                out,
+                "at most {n} task(s) of {channel} with the same concurrency key run at once{was}"
+            )?;
+        }
+        Command::Limit {
+            file, channel, max, ..
+        } => {
             let changed = open(&file)?.limit_known(&channel, max.0, false)?;
             let was = if changed { "" } else { " (it was so already)" };
             match max.0 {

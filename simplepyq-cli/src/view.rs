@@ -28,6 +28,7 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
                 "next_wakeup_ms": c.next_wakeup.map(Timestamp::as_millis),
                 "paused": c.paused,
                 "max_running": c.max_running,
+                "max_running_per_key": c.max_running_per_key,
             })
         })
         .collect();
@@ -48,6 +49,7 @@ pub(crate) fn task_json(t: &Task) -> Value {
         "max_retries": t.state.max_retries,
         "priority": t.priority,
         "unique_key": t.unique_key,
+        "concurrency_key": t.concurrency_key,
         "run_at_ms": t.state.run_at.as_millis(),
         "lease_until_ms": t.state.lease_until.map(Timestamp::as_millis),
         "created_at_ms": t.created_at.as_millis(),

@@ -224,6 +224,19 @@ fn limit_a_channel() {
     assert!(store.flows().expect("flows").is_empty());
     let typo = cli(&["limit", s(&db), "mial", "3"], "");
     assert_eq!(typo.status.code(), Some(4));
+    // Per concurrency key: N, and `none` back to the default of 1.
+    let out = ok(&["limit", s(&db), "mail", "3", "--per-key"]);
+    assert!(
+        out.contains("at most 3 task(s) of mail with the same concurrency key"),
+        "{out}"
+    );
+    assert_eq!(store.flows().expect("flows")["mail"].max_running_per_key, 3);
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["max_running_per_key"].as_u64(), Some(3));
+    assert!(ok(&["limit", s(&db), "mail", "none", "--per-key"]).contains("at most 1 task(s)"));
+    assert!(store.flows().expect("flows").is_empty());
+    let out = cli(&["limit", s(&db), "mail", "0", "--per-key"], "");
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

@@ -8,9 +8,9 @@
 /// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
 /// (then id) first, unless the channel is paused. Rows another claimer is promoting are
 /// skipped, never waited for. Returns the channel's limit of running tasks (NULL for none)
-/// and whether it has pending tasks with a concurrency key, which decide how the claim
-/// that follows is made (PostgreSQL runs a data-modifying `WITH` whether or not the query
-/// reads it).
+/// and whether it has pending tasks with a concurrency key (those it promoted count: the
+/// statement's other parts see the table as it was before), which decide how the claim
+/// that follows is made.
 pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending', updated_at = $2 \
      WHERE id = ANY (ARRAY ( \
        SELECT id FROM tasks \
@@ -18,10 +18,12 @@ pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending'
        AND NOT EXISTS (SELECT 1 FROM channels WHERE channel = $1 AND paused) \
        ORDER BY run_at, id \
        LIMIT $3 \
-       FOR UPDATE SKIP LOCKED))) \
+       FOR UPDATE SKIP LOCKED)) \
+     RETURNING concurrency_key) \
      SELECT (SELECT max_running FROM channels WHERE channel = $1), \
        EXISTS (SELECT 1 FROM tasks WHERE channel = $1 AND status = 'pending' \
-         AND concurrency_key IS NOT NULL)";
+         AND concurrency_key IS NOT NULL) \
+       OR EXISTS (SELECT 1 FROM promoted WHERE concurrency_key IS NOT NULL)";
 
 /// A claim: `Event::Claim` at $2, leased until $4, of up to `$limit` due pending tasks of
 /// channel $1 without a concurrency key in claim order, unless the channel is paused.

@@ -231,7 +231,7 @@ impl Engine {
     }
 
     /// Enqueues one task; returns its id.
-    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique))]
+    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique, concurrency_key=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -243,9 +243,13 @@ impl Engine {
         at: Option<f64>,
         priority: i32,
         unique: Option<String>,
+        concurrency_key: Option<String>,
     ) -> PyResult<i64> {
         let value = to_value(args, 0)?;
-        let options = options(retries, delay, at, priority, unique)?;
+        let mut options = options(retries, delay, at, priority, unique)?;
+        if let Some(key) = concurrency_key {
+            options = options.concurrency_key(key);
+        }
         let id = py
             .detach(|| on!(self.backend, q => q.enqueue_with(channel, &value, options)))
             .map_err(py_err)?;
@@ -395,6 +399,11 @@ impl Engine {
             .map_err(py_err)
     }
 
+    fn set_max_running_per_key(&self, py: Python<'_>, channel: &str, max: u32) -> PyResult<bool> {
+        py.detach(|| on!(self.backend, q => q.set_max_running_per_key(channel, max)))
+            .map_err(py_err)
+    }
+
     fn paused(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let flows = py
             .detach(|| on!(self.backend, q => q.flows()))
@@ -525,6 +534,7 @@ pub(crate) struct TaskInfo {
     updated_at: f64,
     priority: i32,
     unique_key: Option<String>,
+    concurrency_key: Option<String>,
 }
 
 impl TaskInfo {
@@ -544,6 +554,7 @@ impl TaskInfo {
             updated_at: to_seconds(task.state.updated_at),
             priority: task.priority,
             unique_key: task.unique_key.clone(),
+            concurrency_key: task.concurrency_key.clone(),
         })
     }
 }

@@ -382,6 +382,41 @@ def test_a_limit_of_running_tasks_holds(db):
     assert q.set_max_running("c", None) is True
 
 
+def test_a_concurrency_key_runs_one_at_a_time(db):
+    """Tasks of one concurrency key run one at a time (the default), beside other keys'; a
+    per-key limit of 2 lets two run; the key is read back; bad keys are ValueErrors."""
+    q = SimplePyQ(db)
+    lock = threading.Lock()
+    running, most = {}, {}
+
+    def handler(args):
+        key = args["key"]
+        with lock:
+            running[key] = running.get(key, 0) + 1
+            most[key] = max(most.get(key, 0), running[key])
+        time.sleep(0.02)
+        with lock:
+            running[key] -= 1
+
+    q.add_channel("c", handler, max_workers=4)
+    ids = [q.enqueue("c", {"key": k}, concurrency_key=k) for k in ["a", "b"] * 6]
+    assert q.task(ids[0]).concurrency_key == "a"
+    q.run_until_complete()
+    assert most == {"a": 1, "b": 1}
+    assert q.set_max_running_per_key("c", 2) is True
+    most.clear()
+    for _ in range(8):
+        q.enqueue("c", {"key": "a"}, concurrency_key="a")
+    q.run_until_complete()
+    assert most == {"a": 2}
+    for bad in ["", "k" * 256]:
+        with pytest.raises(ValueError):
+            q.enqueue("c", {"key": bad}, concurrency_key=bad)
+    with pytest.raises(ValueError):
+        q.set_max_running_per_key("c", 0)
+    assert q.counts("c")["done"] == 20
+
+
 def test_psycopg_enqueues_in_its_own_transaction():
     """A psycopg transaction enqueues with the queue's SQL function: the task commits with
     the transaction's own rows (invisible before the commit), or rolls back with them; the

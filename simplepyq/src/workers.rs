@@ -570,14 +570,17 @@ impl<S: Store> Workers<S> {
                 return Ok(false);
             }
         }
-        // Read only once nothing is due anywhere: the paused channels' queued tasks.
+        // Nothing is due: the paused channels' queued tasks wait for a resume. The settings
+        // are read after the wake-ups, so each channel not paused now is looked at again: a
+        // resume in between shows there.
         let flows = self.engine.store.flows()?;
-        for ch in channels
-            .iter()
-            .filter(|ch| flows.get(*ch).is_some_and(|f| f.paused))
-        {
-            let c = self.engine.store.counts(Some(ch))?;
-            if c.pending + c.delayed > 0 {
+        for ch in channels {
+            if flows.get(ch).is_some_and(|f| f.paused) {
+                let c = self.engine.store.counts(Some(ch))?;
+                if c.pending + c.delayed > 0 {
+                    return Ok(false);
+                }
+            } else if self.engine.store.next_wakeup(ch)?.is_some() {
                 return Ok(false);
             }
         }

@@ -60,6 +60,17 @@ pub struct Flaky<S> {
     /// Calls, and calls made on a thread that drives an async runtime.
     calls_made: AtomicU64,
     on_runtime: AtomicU64,
+    /// Run once at the start of the next `flows` call.
+    before_flows: parking_lot::Mutex<Option<Hook>>,
+}
+
+/// A call a test makes from inside a store call.
+struct Hook(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 impl<S: Store> Flaky<S> {
@@ -81,7 +92,14 @@ impl<S: Store> Flaky<S> {
             release_outage: AtomicBool::new(false),
             calls_made: AtomicU64::new(0),
             on_runtime: AtomicU64::new(0),
+            before_flows: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Runs `hook` at the start of the next `flows` call (a change another process makes
+    /// at that moment).
+    pub fn before_flows(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.before_flows.lock() = Some(Hook(Box::new(hook)));
     }
 
     /// A wrapper that injects nothing until told to.
@@ -380,6 +398,10 @@ impl<S: Store> simplepyq_core::FlowStore for Flaky<S> {
     }
 
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
+        let hook = self.before_flows.lock().take();
+        if let Some(Hook(hook)) = hook {
+            hook();
+        }
         self.inner.flows()
     }
 }

@@ -920,6 +920,44 @@ pub fn a_paused_channel_starts_nothing_until_resumed(store: Box<dyn Store>, hand
     q.stop();
 }
 
+/// `run_until_complete` does not end while a channel resumed during its last look has
+/// tasks: the resume comes (from another process) just as the queue reads the flow settings
+/// after finding nothing due (seen failing: it returned with the 5 tasks queued, when it
+/// read the settings after the channels' next wake-ups only).
+pub fn a_resume_during_the_idle_check_is_seen(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let wrapped = faulty(&store);
+    let q = queue_on(&wrapped, Duration::from_secs(30));
+    let starts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&starts);
+    handlers
+        .add(
+            &q,
+            "held",
+            move |_: u32| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+    store.set_paused("held", true).expect("pause");
+    for i in 0..5u32 {
+        q.enqueue("held", &i).expect("enqueue");
+    }
+    let other = Arc::clone(&store);
+    wrapped.before_flows(move || {
+        other.set_paused("held", false).expect("resume");
+    });
+    q.run_until_complete().expect("run");
+    assert_eq!(
+        starts.load(Ordering::SeqCst),
+        5,
+        "returned with tasks queued"
+    );
+    q.stop();
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -947,7 +985,8 @@ macro_rules! lifecycle_tests {
             cancel_reaches_tasks_claimed_ahead,
             an_outage_costs_unstarted_tasks_no_run,
             a_claim_answered_after_its_lease_ran_out_is_not_run,
-            a_paused_channel_starts_nothing_until_resumed
+            a_paused_channel_starts_nothing_until_resumed,
+            a_resume_during_the_idle_check_is_seen
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

@@ -1,14 +1,17 @@
 //! Flow control across processes: a pause quiets every worker process within one claim in
-//! flight each, and a resume lets them finish.
+//! flight each, and a resume lets them finish; limits of running tasks, per channel and
+//! per concurrency key, hold across processes.
 
 use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use simplepyq::{Clock, SystemClock};
-use simplepyq_core::StoreExt;
+use simplepyq_core::{NewTask, StoreExt};
 
-use crate::processes::{Backend, enqueue_numbers, spawn_worker, timed_runs, wait_ok};
+use crate::processes::{
+    Backend, WORKER, enqueue_numbers, spawn_worker, spawn_worker_with, timed_runs, wait_ok,
+};
 
 const PROCESSES: usize = 3;
 const WORKERS: u32 = 4;
@@ -200,4 +203,83 @@ fn a_limit_holds_through_kills_sqlite() {
 #[test]
 fn a_limit_holds_through_kills_postgres() {
     a_limit_holds_through_kills(Backend::Postgres);
+}
+
+/// Three worker processes (4 workers each) drain 1,000 tasks of 10 ms over 200 concurrency
+/// keys (task i has key i mod 200; the default limit of 1 per key), task 0 taking 2 s: no
+/// two runs of one key overlap anywhere (each run lasts its sleep from its logged start);
+/// every task runs exactly once; and while key 0 is busy for 2 s, the other keys' tasks keep
+/// running (claims skip key 0's waiting tasks; stopping at them would let at most the 199
+/// tasks before task 200 start).
+fn keys_hold_across_processes(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    let (n, keys, sleep_ms, slow_ms) = (1_000u32, 200u32, 10i64, 2_000i64);
+    let tasks: Vec<NewTask> = (0..n)
+        .map(|i| {
+            NewTask::new("work", rmp_serde::to_vec_named(&i).expect("encode"))
+                .concurrency_key(format!("k{}", i % keys))
+        })
+        .collect();
+    let admin = backend.open(&db);
+    admin.enqueue(&tasks, SystemClock.now()).expect("enqueue");
+    let children: Vec<Child> = (0..PROCESSES)
+        .map(|_| {
+            let mut command = std::process::Command::new(WORKER);
+            command.env("SIMPLEPYQ_TEST_SLOW", format!("0:{slow_ms}"));
+            let sleep = sleep_ms as u64;
+            spawn_worker_with(command, backend, &db, &log, WORKERS, sleep, 30_000)
+        })
+        .collect();
+    for child in children {
+        wait_ok(child);
+    }
+    let runs = timed_runs(&log);
+    let mut seen = HashMap::new();
+    for (pid, task, _) in &runs {
+        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
+    }
+    assert_eq!(runs.len(), n as usize);
+    let mut by_key: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
+    for (_, task, ms) in &runs {
+        by_key.entry(task % keys).or_default().push((*ms, *task));
+    }
+    for (key, mut starts) in by_key {
+        starts.sort_unstable();
+        for pair in starts.windows(2) {
+            let ((start, task), (next, _)) = (pair[0], pair[1]);
+            let lasts = if task == 0 { slow_ms } else { sleep_ms };
+            assert!(
+                next >= start + lasts,
+                "two runs of key {key} overlapped: task {task} started at {start}, the next \
+                 at {next}"
+            );
+        }
+    }
+    let start0 = runs
+        .iter()
+        .find(|(_, task, _)| *task == 0)
+        .map(|(_, _, ms)| *ms)
+        .expect("task 0 ran");
+    let beside = runs
+        .iter()
+        .filter(|(_, task, ms)| task % keys != 0 && *ms > start0 && *ms < start0 + slow_ms)
+        .count();
+    eprintln!("{backend:?}: {beside} runs of other keys while key 0 was busy for {slow_ms} ms");
+    assert!(
+        beside >= 400,
+        "only {beside} runs of other keys while key 0 was busy: held up behind it"
+    );
+    let c = admin.counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
+}
+
+#[test]
+fn keys_hold_across_processes_sqlite() {
+    keys_hold_across_processes(Backend::Sqlite);
+}
+
+#[test]
+fn keys_hold_across_processes_postgres() {
+    keys_hold_across_processes(Backend::Postgres);
 }

@@ -69,7 +69,28 @@ pub(crate) fn spawn_worker(
     sleep_ms: u64,
     lease_ms: u64,
 ) -> Child {
-    let mut command = Command::new(WORKER);
+    spawn_worker_with(
+        Command::new(WORKER),
+        backend,
+        db,
+        log,
+        workers,
+        sleep_ms,
+        lease_ms,
+    )
+}
+
+/// [`spawn_worker`] from `command`, a command of the worker binary with an environment of
+/// its own.
+pub(crate) fn spawn_worker_with(
+    mut command: Command,
+    backend: Backend,
+    db: &Path,
+    log: &Path,
+    workers: u32,
+    sleep_ms: u64,
+    lease_ms: u64,
+) -> Child {
     if let Backend::Postgres = backend {
         command.env(pg::SERVER_VAR, pg::server().conninfo());
     }

@@ -99,7 +99,9 @@ function channelsSection(data) {
   const rows = data.channels.map((c) => el("tr", { "data-channel": c.channel, class: c.paused ? "paused" : "" },
     el("td", {}, c.channel, c.paused ? el("span", { class: "paused-tag" }, "paused") : null,
       c.max_running === null || c.max_running === undefined ? null
-        : el("span", { class: "limit-tag", title: "at most this many run at once, across every process" }, `≤ ${c.max_running} running`)),
+        : el("span", { class: "limit-tag", title: "at most this many run at once, across every process" }, `≤ ${c.max_running} running`),
+      (c.max_running_per_key ?? 1) === 1 ? null
+        : el("span", { class: "limit-tag", title: "at most this many of one concurrency key run at once" }, `≤ ${c.max_running_per_key} per key`)),
     ...STATUSES.map((s) => el("td", {
       class: `n ${s}-n${c[s] > 0 ? " nonzero" : ""}`, "data-status": s,
     }, c[s])),
@@ -184,6 +186,7 @@ function drawTask(t, now) {
     ["channel", t.channel], ["status", el("span", { class: `status ${t.status}`, id: "task-status" }, t.status)],
     ["attempts", t.attempts], ["retries left", `${t.retries_left} of ${t.max_retries}`],
     ["priority", t.priority], ["unique key", t.unique_key ?? "–"],
+    ["concurrency key", t.concurrency_key ?? "–"],
     ["run at", when(t.run_at_ms, now)], ["lease until", when(t.lease_until_ms, now)],
     ["enqueued", when(t.created_at_ms, now)], ["last change", when(t.updated_at_ms, now)],
     ["last error", el("pre", { class: "error" }, t.last_error ?? "–")],

@@ -176,6 +176,13 @@ class SimplePyQ:
         Return whether it changed. ``ValueError`` for 0 (pause the channel instead)."""
         return self._engine.set_max_running(channel, max_running)
 
+    def set_max_running_per_key(self, channel: str, max_running: int) -> bool:
+        """At most ``max_running`` of the channel's tasks with the same ``concurrency_key``
+        run at once, across every process and machine on the queue (default 1: one at a
+        time per key); a busy key holds up no other key's tasks. Return whether it changed.
+        ``ValueError`` for 0."""
+        return self._engine.set_max_running_per_key(channel, max_running)
+
     def remove_channel(self, name: str) -> int:
         """Remove a channel, its handler, and all its tasks; return how many tasks."""
         return self._engine.remove_channel(name)
@@ -190,6 +197,7 @@ class SimplePyQ:
         at: Optional[When] = None,
         priority: int = 0,
         unique: Optional[str] = None,
+        concurrency_key: Optional[str] = None,
     ) -> int:
         """Enqueue a task for a channel; return its id.
 
@@ -197,10 +205,18 @@ class SimplePyQ:
         ``retries`` more attempts follow a failed one. ``delay`` (seconds or a timedelta) or
         ``at`` (a datetime, or seconds since the epoch) run it later; higher ``priority``
         runs first; while a task with the same ``unique`` key is unfinished in the channel,
-        its id is returned and nothing is added.
+        its id is returned and nothing is added. Of the channel's tasks with the same
+        ``concurrency_key``, at most ``set_max_running_per_key`` (default 1) run at once.
         """
         return self._engine.enqueue(
-            channel, args, retries, _seconds("delay", delay), _epoch(at), priority, unique
+            channel,
+            args,
+            retries,
+            _seconds("delay", delay),
+            _epoch(at),
+            priority,
+            unique,
+            concurrency_key,
         )
 
     def enqueue_many(

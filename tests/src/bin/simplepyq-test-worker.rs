@@ -8,7 +8,8 @@
 //! `lease_lost L recovered R`, its queue's stats. With `SIMPLEPYQ_TEST_CLOCK_SKEW_MS=D` a
 //! PostgreSQL worker acts as a machine whose clock is D ms off. With
 //! `SIMPLEPYQ_TEST_MIXED=1` it also fails the first run in this process of every fifth task
-//! (to be retried) and delays the first run of every seventh by 30 ms. It exits 0 when
+//! (to be retried) and delays the first run of every seventh by 30 ms. With
+//! `SIMPLEPYQ_TEST_SLOW=N:MS` task N sleeps MS instead of SLEEP_MS. It exits 0 when
 //! done, 2 if a worker met a storage error, 1 on bad usage or a failure to open the queue.
 
 use std::fs::OpenOptions;
@@ -97,6 +98,13 @@ fn run(
     let pid = std::process::id();
     let mixed = std::env::var("SIMPLEPYQ_TEST_MIXED").is_ok_and(|v| v == "1");
     let seen = Mutex::new(std::collections::HashSet::new());
+    let slow: Option<(u32, u64)> = match std::env::var("SIMPLEPYQ_TEST_SLOW") {
+        Ok(v) => {
+            let (n, ms) = v.split_once(':').ok_or("SIMPLEPYQ_TEST_SLOW is N:MS")?;
+            Some((n.parse()?, ms.parse()?))
+        }
+        Err(_) => None,
+    };
     q.add_channel(
         "work",
         move |n: u32| {
@@ -108,6 +116,10 @@ fn run(
             log.lock()
                 .map_err(|_| TaskError::msg("log lock poisoned"))?
                 .write_all(line.as_bytes())?;
+            let sleep_ms = match slow {
+                Some((slow, ms)) if slow == n => ms,
+                _ => sleep_ms,
+            };
             std::thread::sleep(Duration::from_millis(sleep_ms));
             let first = seen
                 .lock()
