@@ -25,6 +25,9 @@ macro_rules! task_columns {
     };
 }
 
+/// The place of `concurrency_key` in [`task_columns!`] (from 0).
+pub const CONCURRENCY_KEY_COLUMN: usize = 6;
+
 /// The values of one row of a query, as a SQL store's driver reads them by column index.
 pub trait RowValues {
     /// The driver's error (or the store's).
@@ -81,7 +84,7 @@ pub fn read_task<R: RowValues>(r: &R) -> Result<Task, R::Error> {
         created_at: Timestamp::from_millis(r.int(3)?),
         priority: r.int32(4)?,
         unique_key: r.opt_text(5)?,
-        concurrency_key: r.opt_text(6)?,
+        concurrency_key: r.opt_text(CONCURRENCY_KEY_COLUMN)?,
         state: read_state(r, 7)?,
     })
 }
@@ -193,6 +196,7 @@ mod tests {
         let columns: Vec<&str> = task_columns!().split(", ").collect();
         assert_eq!(columns.len(), row("running", 1).0.len());
         assert_eq!(columns[7], "status");
+        assert_eq!(columns[CONCURRENCY_KEY_COLUMN], "concurrency_key");
         assert!(task_columns!().ends_with(state_columns!()));
     }
 

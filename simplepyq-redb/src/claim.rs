@@ -36,11 +36,12 @@ impl ClaimStore for RedbStore {
         }
         let due_delayed = (channel, i64::MIN, 0)..=(channel, now.as_millis(), u64::MAX);
         // Look in a read transaction first: idle workers poll without taking the writer.
+        // Due delayed tasks are promoted unless the channel is paused, though it may be full.
         let idle = self.read(|read| {
-            if allowance_in_read(read, channel)? == 0 {
+            if flow_in_read(read, channel)?.paused {
                 return Ok(true);
             }
-            if first_ready(read, channel, now)?.is_some() {
+            if allowance_in_read(read, channel)? > 0 && first_ready(read, channel, now)?.is_some() {
                 return Ok(false);
             }
             let delayed = read.open_table(DELAYED).map_err(db_err)?;
@@ -56,8 +57,7 @@ impl ClaimStore for RedbStore {
         let event = Event::Claim { now, lease_until };
         self.write_tx(|tx, t| {
             let flow = flow_in_write(tx, channel)?;
-            let limit = allowance(&flow, Some(&t.counts), channel, limit)?;
-            if limit == 0 {
+            if flow.paused {
                 return Ok(Vec::new());
             }
             let mut promote = Vec::new();
@@ -68,6 +68,7 @@ impl ClaimStore for RedbStore {
             for id in promote {
                 t.transition_id(id, &Event::Promote { now })?;
             }
+            let limit = allowance(&flow, Some(&t.counts), channel, limit)?;
             let keyed = t.has_keyed_pending(channel)?;
             let ids = choose(
                 &t.ready,

@@ -6,11 +6,14 @@ use rusqlite::{OptionalExtension, Transaction};
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
     ClaimStore, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch,
+    claim_allowance,
 };
 
 use crate::error::R;
 use crate::flow::{ALLOWANCE, KEY_FREE, NOT_PAUSED, OPEN, flow_of};
-use crate::row::{COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, transition};
+use crate::row::{
+    COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, task_from_row, transition,
+};
 use crate::writer::Caller;
 use crate::{SqliteStore, watch};
 
@@ -40,11 +43,13 @@ impl ClaimStore for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Look before taking the write lock: idle workers poll without blocking writers.
+        // Look before taking the write lock: idle workers poll without blocking writers. Due
+        // delayed tasks are promoted unless the channel is paused, though it may be full.
         let due = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {OPEN} AND (EXISTS (SELECT 1 FROM simplepyq_tasks p WHERE {READY} \
-                   AND {KEY_FREE}) OR EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
+                "SELECT ({OPEN} AND EXISTS (SELECT 1 FROM simplepyq_tasks p WHERE {READY} \
+                   AND {KEY_FREE})) OR ({NOT_PAUSED} \
+                   AND EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
             ))?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
         })?;
@@ -126,42 +131,43 @@ fn keyed_pending(tx: &Transaction<'_>, channel: &str) -> R<bool> {
 
 /// The claim's tasks when some have concurrency keys: core's [`KeyedClaim`] goes through
 /// the due pending tasks in claim order, skipping those whose key is busy, up to what the
-/// channel's flow settings allow a claim of up to `limit`.
+/// channel's flow settings allow a claim of up to `limit` ([`claim_allowance`]).
 fn claim_keyed(tx: &Transaction<'_>, channel: &str, now: Timestamp, limit: i64) -> R<Vec<Task>> {
-    let allowance: i64 = tx.query_row(
-        &format!("SELECT {ALLOWANCE}"),
-        params![channel, now.as_millis(), limit],
-        |r| r.get(0),
-    )?;
     let flow = flow_of(tx, channel)?.unwrap_or_default();
-    let mut claim = KeyedClaim::new(&flow, usize::try_from(allowance).unwrap_or(0));
+    let running = match flow.max_running {
+        Some(_) => count(tx, RUNNING, params![channel])?,
+        None => 0,
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut claim = KeyedClaim::new(&flow, claim_allowance(&flow, running, limit));
     let mut candidates = tx.prepare_cached(&format!(
-        "SELECT id, concurrency_key FROM simplepyq_tasks WHERE {READY} \
-         ORDER BY priority DESC, run_at, id"
+        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} ORDER BY priority DESC, run_at, id"
     ))?;
-    let mut running = tx.prepare_cached(
-        "SELECT count(*) FROM simplepyq_tasks \
-         WHERE channel = ?1 AND status = 'running' AND concurrency_key = ?2",
-    )?;
-    let mut chosen = Vec::new();
     let mut rows = candidates.query(params![channel, now.as_millis()])?;
+    let mut tasks = Vec::new();
     while !claim.is_full() {
         let Some(row) = rows.next()? else { break };
-        let key: Option<String> = row.get(1)?;
-        let count = |key: &str| -> R<usize> {
-            let n: i64 = running.query_row(params![channel, key], |r| r.get(0))?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
-        };
-        if claim.take(key.as_deref(), count)? {
-            chosen.push(row.get::<_, i64>(0)?);
+        let key: Option<String> = row.get(simplepyq_core::row::CONCURRENCY_KEY_COLUMN)?;
+        let busy = |key: &str| count(tx, RUNNING_WITH_KEY, params![channel, key]);
+        if claim.take(key.as_deref(), busy)? {
+            tasks.push(task_from_row(row)?);
         }
     }
-    let mut tasks = Vec::with_capacity(chosen.len());
-    for id in chosen {
-        let sql = format!("SELECT {COLUMNS} FROM simplepyq_tasks WHERE id = ?1");
-        tasks.extend(select_tasks(tx, &sql, [id])?);
-    }
     Ok(tasks)
+}
+
+/// The running tasks of channel ?1.
+const RUNNING: &str =
+    "SELECT count(*) FROM simplepyq_tasks WHERE channel = ?1 AND status = 'running'";
+
+/// The running tasks of channel ?1 with concurrency key ?2.
+const RUNNING_WITH_KEY: &str = "SELECT count(*) FROM simplepyq_tasks \
+     WHERE channel = ?1 AND status = 'running' AND concurrency_key = ?2";
+
+/// The count `sql` selects.
+fn count(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> R<usize> {
+    let n: i64 = tx.prepare_cached(sql)?.query_row(params, |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.
