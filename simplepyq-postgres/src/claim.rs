@@ -4,8 +4,6 @@
 use std::sync::Arc;
 
 use postgres::GenericClient;
-use std::collections::HashMap;
-
 use simplepyq_core::{
     ClaimStore, Clock, Error, Flow, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake,
     Watch, batch, claim_allowance,
@@ -173,18 +171,10 @@ fn claim_keyed(
         )?;
         let Some(last) = page.last() else { break };
         after = (last.try_get(2)?, last.try_get(3)?, last.try_get(0)?);
-        let keys: Vec<Option<String>> = page
-            .iter()
-            .map(|r| r.try_get(1))
-            .collect::<Result<_, _>>()?;
-        let asked: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
-        let mut busy: HashMap<String, usize> = HashMap::new();
-        for r in tx.query(sql::RUNNING_PER_KEY, &[&channel, &asked])? {
-            let n: i64 = r.try_get(1)?;
-            busy.insert(r.try_get(0)?, usize::try_from(n).unwrap_or(usize::MAX));
-        }
-        for (row, key) in page.iter().zip(&keys) {
-            let running = |k: &str| Ok::<_, E>(busy.get(k).copied().unwrap_or(0));
+        for row in &page {
+            let key: Option<String> = row.try_get(1)?;
+            let n: Option<i64> = row.try_get(4)?;
+            let running = |_: &str| Ok::<_, E>(n.map_or(0, |n| usize::try_from(n).unwrap_or(0)));
             if claim.take(key.as_deref(), running)? {
                 chosen.push(row.try_get(0)?);
             }

@@ -82,16 +82,20 @@ pub const RUNNING: &str = "SELECT count(*) FROM tasks WHERE channel = $1 AND sta
 
 /// A page of channel $1's pending tasks due by $2 in claim order, after the position
 /// ($3 priority, $4 run-at, $5 id) of the last one read (first page: past the top), up to
-/// $6: ids and concurrency keys.
-pub const CANDIDATES: &str = "SELECT id, concurrency_key, priority, run_at FROM tasks \
-     WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
-     AND (priority < $3 OR (priority = $3 AND (run_at, id) > ($4, $5))) \
-     ORDER BY priority DESC, run_at, id LIMIT $6";
-
-/// The running tasks of channel $1 per concurrency key among $2.
-pub const RUNNING_PER_KEY: &str = "SELECT concurrency_key, count(*) FROM tasks \
-     WHERE channel = $1 AND status = 'running' AND concurrency_key = ANY ($2) \
-     GROUP BY concurrency_key";
+/// $6: ids, concurrency keys, and how many tasks of each one's key run (NULL for none or no
+/// key), counted once per key of the page.
+pub const CANDIDATES: &str = "WITH page AS MATERIALIZED ( \
+       SELECT id, concurrency_key, priority, run_at FROM tasks \
+       WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
+       AND (priority < $3 OR (priority = $3 AND (run_at, id) > ($4, $5))) \
+       ORDER BY priority DESC, run_at, id LIMIT $6), \
+     busy AS (SELECT concurrency_key, count(*) AS n FROM tasks \
+       WHERE channel = $1 AND status = 'running' \
+       AND concurrency_key = ANY (ARRAY (SELECT concurrency_key FROM page)) \
+       GROUP BY concurrency_key) \
+     SELECT p.id, p.concurrency_key, p.priority, p.run_at, b.n \
+     FROM page p LEFT JOIN busy b ON b.concurrency_key = p.concurrency_key \
+     ORDER BY p.priority DESC, p.run_at, p.id";
 
 /// `Event::Claim` at $2, leased until $3, of the tasks with ids $1 still pending (a task
 /// without a key may have been claimed meanwhile by [`CLAIM`]).
