@@ -94,7 +94,7 @@ impl<S: Store> SimplePyQ<S> {
     /// # let q = simplepyq::SimplePyQ::memory();
     /// q.add_channel("sync", |_: u64| Ok(()), 8)?;
     /// q.set_max_running_per_key("sync", 2)?; // two syncs per customer at a time
-    /// q.enqueue_with("sync", 1, EnqueueOptions::new().concurrency_key("customer-7"))?;
+    /// q.enqueue_with("sync", &1, EnqueueOptions::new().concurrency_key("customer-7"))?;
     /// # Ok::<(), simplepyq::Error>(())
     /// ```
     pub fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool> {
