@@ -189,15 +189,19 @@ impl Engine {
     }
 
     /// Binds `func` to channel `name`, run by up to `max_workers` threads.
-    #[pyo3(signature = (name, func, max_workers, backoff=None))]
+    #[pyo3(signature = (name, func, max_workers, backoff=None, timeout=None))]
     fn add_channel(
         &self,
         name: &str,
         func: Py<PyAny>,
         max_workers: usize,
         backoff: Option<(f64, f64)>,
+        timeout: Option<f64>,
     ) -> PyResult<()> {
         let mut options = ChannelOptions::new(max_workers);
+        if let Some(t) = timeout {
+            options = options.timeout(seconds("timeout", t)?);
+        }
         if let Some((base, max)) = backoff {
             options = options.backoff(Backoff::exponential(
                 seconds("backoff", base)?,

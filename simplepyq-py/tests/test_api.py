@@ -417,6 +417,28 @@ def test_a_concurrency_key_runs_one_at_a_time(db):
     assert q.counts("c")["done"] == 20
 
 
+def test_a_timeout_fails_an_attempt_that_runs_too_long(db):
+    """A function that runs past its channel's timeout is not interrupted; its attempt is
+    recorded as timed out when it returns (retries=0: failed), and quick ones are done."""
+    q = SimplePyQ(db)
+    ran = []
+
+    def handler(seconds):
+        time.sleep(seconds)
+        ran.append(seconds)
+
+    q.add_channel("c", handler, max_workers=2, timeout=0.2)
+    slow = q.enqueue("c", 0.6)
+    quick = q.enqueue("c", 0.0)
+    q.run_until_complete()
+    assert sorted(ran) == [0.0, 0.6]
+    assert q.task(slow).status == "failed"
+    assert q.task(slow).last_error.startswith("timed out after 200ms")
+    assert q.task(quick).status == "done"
+    with pytest.raises(ValueError):
+        q.add_channel("d", handler, timeout=0)
+
+
 def test_psycopg_enqueues_in_its_own_transaction():
     """A psycopg transaction enqueues with the queue's SQL function: the task commits with
     the transaction's own rows (invisible before the commit), or rolls back with them; the

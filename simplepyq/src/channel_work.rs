@@ -20,6 +20,8 @@ pub(crate) struct ChannelWork {
     pub(crate) workers: usize,
     pub(crate) runner: Runner,
     pub(crate) backoff: Backoff,
+    /// How long one run may last.
+    pub(crate) timeout: Option<Duration>,
     /// A running average of the handler's run time, in nanoseconds; 0 until measured.
     pub(crate) average_run: AtomicU64,
 }

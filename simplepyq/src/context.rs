@@ -19,6 +19,8 @@ pub enum CancelReason {
     Stop,
     /// [`crate::SimplePyQ::cancel`] was called on the task.
     Cancel,
+    /// The task ran past its timeout ([`crate::ChannelOptions::timeout`]).
+    Timeout,
 }
 
 #[derive(Debug, Default)]
@@ -50,7 +52,7 @@ impl CancelToken {
         self.0.completed_in.load(Ordering::Acquire)
     }
 
-    fn reason(&self) -> Option<CancelReason> {
+    pub(crate) fn reason(&self) -> Option<CancelReason> {
         if self.0.set.load(Ordering::Acquire) {
             *self.0.reason.lock()
         } else {
@@ -65,8 +67,9 @@ impl CancelToken {
 /// channel, `|args: A, ctx: TaskContext| async move {…}` for an async one (a future cannot
 /// borrow it, so async handlers own a copy; cloning it is cheap).
 ///
-/// The signal is set when the queue stops past its deadline ([`crate::SimplePyQ::stop_timeout`])
-/// or when [`crate::SimplePyQ::cancel`] is called on the running task. Nothing is interrupted:
+/// The signal is set when the queue stops past its deadline ([`crate::SimplePyQ::stop_timeout`]),
+/// when [`crate::SimplePyQ::cancel`] is called on the running task, or when the task runs past
+/// its timeout ([`crate::ChannelOptions::timeout`]). Nothing is interrupted:
 /// the handler decides. Return [`crate::TaskError::delay`] with a zero duration to have the
 /// task run again later without using a retry, or a fatal error to end it.
 ///

@@ -32,6 +32,8 @@ pub(crate) struct Engine<S> {
     pub(crate) outcomes: Outcomes,
     pub(crate) errors: Errors,
     pub(crate) stats: Stats,
+    /// The deadlines of runs with a timeout.
+    pub(crate) deadlines: crate::deadlines::Deadlines,
     pub(crate) on_outcome: Option<Box<Hook>>,
     /// The dispatch of each channel whose workers run.
     dispatches: Mutex<HashMap<String, Arc<Dispatch>>>,
@@ -80,6 +82,7 @@ impl<S> Engine<S> {
             outcomes: Outcomes::default(),
             errors: Errors::default(),
             stats: Stats::default(),
+            deadlines: crate::deadlines::Deadlines::default(),
             on_outcome: settings.on_outcome,
             dispatches: Mutex::new(HashMap::new()),
             runs: AtomicU64::new(0),
@@ -240,6 +243,7 @@ pub(crate) struct Stats {
     pub(crate) lease_lost: AtomicU64,
     pub(crate) unrecorded: AtomicU64,
     pub(crate) recovered: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
 }
 
 impl Stats {
@@ -247,12 +251,15 @@ impl Stats {
         counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> QueueStats {
+    /// The counters, with `stuck` thread handlers running past their timeout now.
+    pub(crate) fn snapshot(&self, stuck: u64) -> QueueStats {
         QueueStats {
             released: self.released.load(Ordering::Relaxed),
             lease_lost: self.lease_lost.load(Ordering::Relaxed),
             unrecorded: self.unrecorded.load(Ordering::Relaxed),
             recovered: self.recovered.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            stuck,
         }
     }
 }

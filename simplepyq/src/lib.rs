@@ -100,6 +100,7 @@ mod channel;
 mod channel_work;
 mod context;
 mod current;
+mod deadlines;
 mod dispatch;
 mod engine;
 mod flow;

@@ -34,6 +34,23 @@ pub(crate) fn count_lease_lost(channel: &str) {
     let _ = channel;
 }
 
+/// Counts an attempt of `channel` that ran past its timeout.
+pub(crate) fn count_timed_out(channel: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("simplepyq_tasks_timed_out_total", "channel" => channel.to_owned())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = channel;
+}
+
+/// Sets the gauge of thread handlers running past their timeout now.
+pub(crate) fn gauge_stuck(stuck: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!("simplepyq_tasks_stuck").set(stuck as f64);
+    #[cfg(not(feature = "metrics"))]
+    let _ = stuck;
+}
+
 /// Counts tasks of dead workers recovered.
 pub(crate) fn count_recovered(n: usize) {
     #[cfg(feature = "metrics")]

@@ -186,6 +186,9 @@ pub struct ChannelOptions {
     pub max_workers: usize,
     /// The wait before a retry. A delay the handler asks for wins over it.
     pub backoff: Backoff,
+    /// How long one run of a task may last; `None` for no limit. See
+    /// [`ChannelOptions::timeout`].
+    pub timeout: Option<Duration>,
     /// The runtime an async channel's futures run on; `None` for the caller's, else the
     /// queue's own.
     #[cfg(feature = "tokio")]
@@ -198,6 +201,7 @@ impl ChannelOptions {
         ChannelOptions {
             max_workers,
             backoff: Backoff::Immediate,
+            timeout: None,
             #[cfg(feature = "tokio")]
             runtime: None,
         }
@@ -213,6 +217,35 @@ impl ChannelOptions {
     /// Sets the retry backoff.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Limits how long one run of a task may last ("a hung handler must not hold its slot
+    /// forever"). At the deadline the run's cancellation signal is set
+    /// ([`crate::CancelReason::Timeout`]) and the attempt fails with "timed out after …",
+    /// following the retry policy. An async handler's future is dropped at once. A thread
+    /// cannot be stopped: a thread handler that does not look at
+    /// [`crate::TaskContext::is_cancelled`] runs on, keeping its task's lease (so no second
+    /// run starts while it may still write), counted in [`crate::QueueStats::stuck`] with
+    /// a `tracing` warning, and its attempt is recorded as timed out whenever it returns,
+    /// whatever it returns. Zero is [`crate::Error::InvalidConfig`] at `add_channel_with`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use simplepyq::{ChannelOptions, SimplePyQ, TaskContext};
+    /// # let q = SimplePyQ::memory();
+    /// q.add_channel_with(
+    ///     "report",
+    ///     |_: u32, ctx: &TaskContext| {
+    ///         while !ctx.is_cancelled() { /* one step of the work */ break }
+    ///         Ok(())
+    ///     },
+    ///     ChannelOptions::new(2).timeout(Duration::from_secs(30)),
+    /// )?;
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 }

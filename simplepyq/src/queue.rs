@@ -364,11 +364,17 @@ impl<S: Store> SimplePyQ<S> {
                 "channel {name:?} needs at least one worker (max_workers was 0)"
             )));
         }
+        if options.timeout == Some(Duration::ZERO) {
+            return Err(Error::config(format!(
+                "channel {name:?}: a timeout must be longer than zero"
+            )));
+        }
         self.workers.add(ChannelWork {
             name: Arc::from(name),
             workers: options.max_workers,
             runner,
             backoff: options.backoff,
+            timeout: options.timeout,
             average_run: std::sync::atomic::AtomicU64::new(0),
         })?;
         Ok(self.channel(name))
@@ -742,9 +748,11 @@ impl<S: Store> SimplePyQ<S> {
     }
 
     /// What the runtime did beside running handlers: tasks given back, outcomes refused as
-    /// lease-lost, outcomes never recorded, tasks of dead workers recovered.
+    /// lease-lost, outcomes never recorded, tasks of dead workers recovered, attempts timed
+    /// out, thread handlers stuck past their timeout.
     pub fn stats(&self) -> QueueStats {
-        self.workers.engine.stats.snapshot()
+        let engine = &self.workers.engine;
+        engine.stats.snapshot(engine.deadlines.stuck())
     }
 }
 

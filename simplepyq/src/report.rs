@@ -45,6 +45,12 @@ pub struct QueueStats {
     /// Running tasks of dead workers (in any process) that this queue's lease keeper
     /// recovered as lost runs.
     pub recovered: u64,
+    /// Attempts that ran past their timeout ([`crate::ChannelOptions::timeout`]), recorded as
+    /// failed with "timed out after …".
+    pub timed_out: u64,
+    /// Thread handlers running past their timeout now: a thread cannot be stopped, so each
+    /// keeps its task's lease until it returns (a `tracing` warning names each).
+    pub stuck: u64,
 }
 
 /// What a stop left behind, from [`crate::SimplePyQ::stop`] and
@@ -91,6 +97,48 @@ pub(crate) fn trace_lease_lost(id: TaskId, channel: &str, attempt: u32) {
     );
     #[cfg(not(feature = "tracing"))]
     let _ = (id, channel, attempt);
+}
+
+/// Emits the `tracing` warning of a run past its timeout (`on_thread`: a thread handler's,
+/// which runs on).
+pub(crate) fn trace_timeout(
+    id: TaskId,
+    channel: &str,
+    timeout: std::time::Duration,
+    on_thread: bool,
+) {
+    #[cfg(feature = "tracing")]
+    {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        if on_thread {
+            tracing::warn!(
+                id = id.get(),
+                channel,
+                timeout_ms = ms,
+                "simplepyq task ran past its timeout: its cancellation signal is set; a thread \
+                 handler cannot be stopped, so the task keeps its lease (no second run starts) \
+                 until the handler returns, and its attempt is then recorded as timed out"
+            );
+        } else {
+            tracing::warn!(
+                id = id.get(),
+                channel,
+                timeout_ms = ms,
+                "simplepyq task ran past its timeout: its future is dropped and its attempt \
+                 recorded as timed out"
+            );
+        }
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (id, channel, timeout, on_thread);
+}
+
+/// Emits the `tracing` error of a queue that could not start the thread of its timeouts.
+pub(crate) fn trace_no_deadline_thread(e: &std::io::Error) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(error = %e, "simplepyq: no thread for timeouts; runs are not timed out");
+    #[cfg(not(feature = "tracing"))]
+    let _ = e;
 }
 
 /// Emits the `tracing` event of a recorded attempt (with the `tracing` feature).

@@ -212,6 +212,7 @@ impl Scene {
                 Ok(())
             })),
             backoff: Backoff::Immediate,
+            timeout: None,
             average_run: AtomicU64::new(0),
         });
         let dispatch = Arc::new(Dispatch::default());

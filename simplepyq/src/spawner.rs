@@ -17,10 +17,12 @@ use simplepyq_core::{Claim, Error, Result, Store, Task};
 use crate::channel_work::ChannelWork;
 use crate::context::{CancelToken, TaskContext};
 use crate::current::as_current;
+use crate::deadlines::Deadline;
 use crate::dispatch::{Claimed, Dispatch, Started, Turn};
-use crate::engine::{Engine, Pause};
+use crate::engine::{Engine, Pause, Stats};
 use crate::handler::TaskError;
 use crate::leases;
+use crate::metered;
 use crate::recorder;
 use crate::report;
 use crate::runner::{AsyncRunner, BoxFuture};
@@ -105,6 +107,11 @@ fn spawn<S: Store>(
     report::trace_claim(task.id, &channel.name, task.state.attempts);
     let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
+    let deadline = channel.timeout.map(|t| {
+        engine
+            .deadlines
+            .watch(&cancel, task.id, &channel.name, t, false)
+    });
     let began = Instant::now();
     let made = catch_unwind(AssertUnwindSafe(|| (runner.handler)(&task.args, ctx)));
     let flight = Flight {
@@ -123,12 +130,28 @@ fn spawn<S: Store>(
             // task back.
             let queue = engine.id;
             drop(runner.runtime.handle().spawn(async move {
-                let result = CatchUnwind {
+                let run = CatchUnwind {
                     future,
                     queue,
                     claim,
-                }
-                .await;
+                };
+                let result = match deadline {
+                    None => run.await,
+                    Some(deadline) => match (Timed {
+                        run,
+                        deadline: &deadline,
+                    })
+                    .await
+                    {
+                        Some(result) => result,
+                        // The handler's future is dropped: the attempt timed out.
+                        None => {
+                            Stats::add(&flight.engine.stats.timed_out, 1);
+                            metered::count_timed_out(&flight.channel.name);
+                            Ok(Err(TaskError::msg(deadline.message())))
+                        }
+                    },
+                };
                 flight.land(result);
             }));
         }
@@ -185,6 +208,26 @@ impl<S: Store> Drop for Flight<S> {
         }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.dispatch.notify(false);
+    }
+}
+
+/// A run with a deadline: its output, or `None` once the deadline passed first.
+struct Timed<'a> {
+    run: CatchUnwind,
+    deadline: &'a Deadline,
+}
+
+impl Future for Timed<'_> {
+    type Output = Option<std::thread::Result<Result<(), TaskError>>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(result) = Pin::new(&mut self.run).poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        if self.deadline.passed_or_wake(cx.waker()) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 }
 

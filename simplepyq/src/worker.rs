@@ -9,10 +9,12 @@ use simplepyq_core::{Claim, Store};
 use crate::channel_work::ChannelWork;
 use crate::context::TaskContext;
 use crate::current::as_current;
+use crate::deadlines::Deadline;
 use crate::dispatch::{Claimed, Dispatch, Started, Turn};
-use crate::engine::{Engine, Pause};
-use crate::handler::ErasedHandler;
+use crate::engine::{Engine, Pause, Stats};
+use crate::handler::{ErasedHandler, TaskError};
 use crate::leases;
+use crate::metered;
 use crate::recorder;
 use crate::report;
 use crate::turn::{claim_turn, idle_pause, idle_timeout};
@@ -97,10 +99,21 @@ fn run<S: Store>(
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
     let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
+    let deadline = channel.timeout.map(|t| {
+        engine
+            .deadlines
+            .watch(&cancel, task.id, &channel.name, t, true)
+    });
     let began = Instant::now();
-    let result = as_current(engine.id, claim, || {
+    let mut result = as_current(engine.id, claim, || {
         catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)))
     });
+    if let Some(deadline) = deadline.filter(Deadline::passed) {
+        // Timed out, whatever the handler returned after its deadline.
+        Stats::add(&engine.stats.timed_out, 1);
+        metered::count_timed_out(&channel.name);
+        result = Ok(Err(TaskError::msg(deadline.message())));
+    }
     let completed_in = cancel.completed_in();
     let finished = channel.finished(&task, result, began.elapsed(), engine.now(), completed_in);
     abandon.claim = None;

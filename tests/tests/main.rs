@@ -12,6 +12,7 @@ mod permissions;
 mod pg;
 mod processes;
 mod schedules;
+mod timeouts;
 
 mod memory {
     use simplepyq::MemoryStore;

@@ -10,7 +10,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use simplepyq_core::prelude::*;
 use simplepyq_core::{Clock, NewTask, SystemClock};
 
-use simplepyq::{EnqueueOptions, MemoryStore, SimplePyQ, TaskError};
+use simplepyq::{ChannelOptions, EnqueueOptions, MemoryStore, SimplePyQ, TaskError};
 
 type Snapshot = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
 
@@ -71,6 +71,17 @@ fn attempts_and_the_store_are_recorded_through_the_facade() {
         2,
     )
     .expect("add");
+    // A thread handler past its timeout: stuck for a while, then timed out.
+    q.add_channel_with(
+        "slow",
+        |_: u32| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        },
+        ChannelOptions::new(1).timeout(Duration::from_millis(50)),
+    )
+    .expect("add");
+    q.enqueue("slow", &0u32).expect("enqueue");
     for n in [0u32, 0, 1] {
         q.enqueue_with(
             "metered",
@@ -90,6 +101,16 @@ fn attempts_and_the_store_are_recorded_through_the_facade() {
     assert_eq!(
         counter(&snapshot, "simplepyq_tasks_recovered_total", &[]),
         1
+    );
+    let slow = [("channel", "slow")];
+    assert_eq!(
+        counter(&snapshot, "simplepyq_tasks_timed_out_total", &slow),
+        1
+    );
+    assert_eq!(counter(&snapshot, "simplepyq_tasks_failed_total", &slow), 1);
+    assert!(
+        matches!(value(&snapshot, "simplepyq_tasks_stuck", &[]), Some(DebugValue::Gauge(n)) if n.into_inner() == 0.0),
+        "the stuck gauge, back at 0"
     );
     match value(
         &snapshot,

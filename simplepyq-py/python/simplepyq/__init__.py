@@ -137,6 +137,7 @@ class SimplePyQ:
         max_workers: int = 1,
         *,
         backoff: Optional[Tuple[Seconds, Seconds]] = None,
+        timeout: Optional[Seconds] = None,
     ) -> None:
         """Add a channel with a function to execute tasks.
 
@@ -145,14 +146,18 @@ class SimplePyQ:
         are left). ``backoff=(first, most)`` waits ``first`` seconds before the first retry,
         doubling up to ``most`` (each wait drawn between half of that and all of it, so
         that tasks that failed together do not retry together); without it retries run at
-        once, as in the original.
+        once, as in the original. With ``timeout`` (seconds or a timedelta), an attempt that
+        runs longer fails with "timed out after ..." (retried while retries are left): the
+        function is not interrupted (a thread cannot be stopped), its task keeps its lease
+        until it returns, and its attempt is then recorded as timed out, whatever it returned.
         """
+        limit = _seconds("timeout", timeout)
         waits = None if backoff is None else (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        self._engine.add_channel(name, func, max_workers, waits)
+        self._engine.add_channel(name, func, max_workers, waits, limit)
 
     def pause(self, channel: str) -> bool:
         """Pause a channel for every process and machine on the queue, durably: no worker

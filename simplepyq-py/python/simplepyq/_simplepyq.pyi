@@ -50,6 +50,7 @@ class Engine:
         func: Callable[[Any], Any],
         max_workers: int,
         backoff: Optional[Tuple[float, float]] = None,
+        timeout: Optional[float] = None,
     ) -> None: ...
     def enqueue(
         self,
