@@ -50,6 +50,7 @@ pub(crate) fn task_json(t: &Task) -> Value {
         "priority": t.priority,
         "unique_key": t.unique_key,
         "concurrency_key": t.concurrency_key,
+        "timeout_ms": t.timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         "run_at_ms": t.state.run_at.as_millis(),
         "lease_until_ms": t.state.lease_until.map(Timestamp::as_millis),
         "created_at_ms": t.created_at.as_millis(),

@@ -19,7 +19,7 @@ macro_rules! state_columns {
 macro_rules! task_columns {
     () => {
         concat!(
-            "id, channel, args, created_at, priority, unique_key, concurrency_key, ",
+            "id, channel, args, created_at, priority, unique_key, concurrency_key, timeout_ms, ",
             $crate::state_columns!()
         )
     };
@@ -85,7 +85,11 @@ pub fn read_task<R: RowValues>(r: &R) -> Result<Task, R::Error> {
         priority: r.int32(4)?,
         unique_key: r.opt_text(5)?,
         concurrency_key: r.opt_text(CONCURRENCY_KEY_COLUMN)?,
-        state: read_state(r, 7)?,
+        timeout: match r.opt_int(7)? {
+            Some(ms) if ms <= 0 => return Err(r.bad_value("timeout_ms", &ms)),
+            ms => ms.map(crate::task::timeout_from_ms),
+        },
+        state: read_state(r, 8)?,
     })
 }
 
@@ -161,6 +165,7 @@ mod tests {
             Int(-3),
             Null,
             Text("customer-9"),
+            Int(30_000),
             Text(status),
             Int(2),
             Int(3),
@@ -182,6 +187,7 @@ mod tests {
             (vec![0x90], -3, None)
         );
         assert_eq!(task.concurrency_key.as_deref(), Some("customer-9"));
+        assert_eq!(task.timeout, Some(std::time::Duration::from_secs(30)));
         assert_eq!(task.created_at, Timestamp::from_millis(1_000));
         let s = task.state;
         assert_eq!(
@@ -195,7 +201,7 @@ mod tests {
         assert_eq!(s.updated_at, Timestamp::from_millis(4_000));
         let columns: Vec<&str> = task_columns!().split(", ").collect();
         assert_eq!(columns.len(), row("running", 1).0.len());
-        assert_eq!(columns[7], "status");
+        assert_eq!(columns[8], "status");
         assert_eq!(columns[CONCURRENCY_KEY_COLUMN], "concurrency_key");
         assert!(task_columns!().ends_with(state_columns!()));
     }

@@ -168,6 +168,8 @@ pub struct Task {
     /// Tasks of the channel with the same key run at most
     /// [`crate::Flow::max_running_per_key`] at a time, across every process.
     pub concurrency_key: Option<String>,
+    /// How long one run may last, if the task sets it (before the channel's timeout).
+    pub timeout: Option<Duration>,
     /// Status, retries, attempts, times.
     pub state: TaskState,
 }
@@ -222,6 +224,9 @@ pub struct NewTask {
     /// Tasks of the channel with the same concurrency key run at most
     /// [`crate::Flow::max_running_per_key`] at a time; `None` for no such rule.
     pub concurrency_key: Option<String>,
+    /// How long one run may last (before the channel's timeout); `None` for the channel's.
+    /// Kept in whole milliseconds, at least one.
+    pub timeout: Option<Duration>,
 }
 
 impl NewTask {
@@ -235,6 +240,7 @@ impl NewTask {
             priority: 0,
             unique_key: None,
             concurrency_key: None,
+            timeout: None,
         }
     }
 
@@ -257,14 +263,35 @@ impl NewTask {
         self
     }
 
-    /// Checks that the task can be stored: its channel name ([`validate_channel`]) and its
-    /// concurrency key ([`validate_concurrency_key`]).
+    /// Sets how long one run may last (kept in whole milliseconds).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Checks that the task can be stored: its channel name ([`validate_channel`]), its
+    /// concurrency key ([`validate_concurrency_key`]) and its timeout (at least a
+    /// millisecond, at most `i64::MAX` of them).
     pub fn validate(&self) -> crate::Result<()> {
         validate_channel(&self.channel)?;
-        match &self.concurrency_key {
-            Some(key) => validate_concurrency_key(key),
-            None => Ok(()),
+        if let Some(key) = &self.concurrency_key {
+            validate_concurrency_key(key)?;
         }
+        match self.timeout.map(|t| (t, t.as_millis())) {
+            Some((t, ms)) if ms == 0 || ms > i64::MAX as u128 => {
+                Err(crate::Error::InvalidConfig(format!(
+                    "a task's timeout must be from 1 ms to {} ms, not {t:?}",
+                    i64::MAX
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The timeout in whole milliseconds, as stores keep it.
+    pub fn timeout_ms(&self) -> Option<i64> {
+        self.timeout
+            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// Sets the number of retries.
@@ -294,6 +321,7 @@ impl NewTask {
             priority: self.priority,
             unique_key: self.unique_key.clone(),
             concurrency_key: self.concurrency_key.clone(),
+            timeout: self.timeout_ms().map(timeout_from_ms),
             state: self.initial_state(now),
         }
     }
@@ -515,4 +543,10 @@ pub fn validate_concurrency_key(key: &str) -> crate::Result<()> {
         "invalid concurrency key {:?}: {problem}",
         key.chars().take(64).collect::<String>()
     )))
+}
+
+/// A stored timeout in milliseconds as a duration (a negative one, never written, reads as
+/// none).
+pub(crate) fn timeout_from_ms(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

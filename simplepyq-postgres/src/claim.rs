@@ -207,8 +207,9 @@ impl PostgresStore {
         let row = tx.query_one(
             &format!(
                 "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 concurrency_key, {STATE_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, NULL, $14, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 concurrency_key, timeout_ms, {STATE_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, NULL, $14, $15, $5, $6, $7, $8, $9, $10, $11, $12, \
+                   $13) \
                  RETURNING id"
             ),
             &[
@@ -226,6 +227,7 @@ impl PostgresStore {
                 &millis(s.updated_at),
                 &i64::from(s.lost_runs),
                 &task.concurrency_key,
+                &task.timeout_ms(),
             ],
         )?;
         Ok(TaskId::new(row.try_get(0)?))
@@ -293,6 +295,7 @@ impl PostgresStore {
         let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.unique_key.as_deref()).collect();
         let concurrency_keys: Vec<Option<&str>> =
             tasks.iter().map(|t| t.concurrency_key.as_deref()).collect();
+        let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout_ms()).collect();
         let created_at = now.as_millis();
         let mut params = states.params().to_vec();
         params.extend_from_slice(&[
@@ -302,17 +305,18 @@ impl PostgresStore {
             &keys,
             &created_at,
             &concurrency_keys,
+            &timeouts,
         ]);
         let insert = format!(
             "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 concurrency_key, {STATE_COLUMNS}) \
+                 concurrency_key, timeout_ms, {STATE_COLUMNS}) \
                  SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.concurrency_key, \
-                   u.status, u.retries_left, u.max_retries, u.attempts, u.run_at, \
+                   u.timeout_ms, u.status, u.retries_left, u.max_retries, u.attempts, u.run_at, \
                    u.lease_until, u.last_error, u.updated_at, u.lost_runs \
                  FROM unnest({STATE_ARRAYS}, $11::text[], $12::bytea[], $13::int[], \
-                   $14::text[], $16::text[]) WITH ORDINALITY \
+                   $14::text[], $16::text[], $17::bigint[]) WITH ORDINALITY \
                    AS u({STATE_ALIASES}, channel, args, priority, unique_key, \
-                   concurrency_key, ord) \
+                   concurrency_key, timeout_ms, ord) \
                  ORDER BY u.ord \
                  ON CONFLICT (channel, unique_key) \
                    WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \

@@ -127,6 +127,7 @@ pub(crate) struct EnqueueCall<'a> {
     keys: Vec<Option<&'a str>>,
     run_at: Vec<Option<i64>>,
     concurrency_keys: Vec<Option<&'a str>>,
+    timeouts: Vec<Option<i64>>,
     now: i64,
 }
 
@@ -143,11 +144,11 @@ impl<'a> EnqueueCall<'a> {
         Ok(Some(EnqueueCall {
             sql: format!(
                 "SELECT u.ord, {schema}.enqueue_msgpack(u.channel, u.args, u.retries, \
-                   u.priority, u.unique_key, u.run_at, $7, u.concurrency_key) \
+                   u.priority, u.unique_key, u.run_at, $7, u.concurrency_key, u.timeout_ms) \
                  FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::int[], $5::text[], \
-                   $6::bigint[], $8::text[]) WITH ORDINALITY \
+                   $6::bigint[], $8::text[], $9::bigint[]) WITH ORDINALITY \
                    AS u(channel, args, retries, priority, unique_key, run_at, \
-                   concurrency_key, ord) \
+                   concurrency_key, timeout_ms, ord) \
                  ORDER BY u.ord"
             ),
             channels: tasks.iter().map(|t| t.channel.as_str()).collect(),
@@ -156,6 +157,7 @@ impl<'a> EnqueueCall<'a> {
             priorities: tasks.iter().map(|t| t.priority).collect(),
             keys: tasks.iter().map(|t| t.unique_key.as_deref()).collect(),
             concurrency_keys: tasks.iter().map(|t| t.concurrency_key.as_deref()).collect(),
+            timeouts: tasks.iter().map(NewTask::timeout_ms).collect(),
             run_at: tasks.iter().map(|t| t.run_at.map(millis)).collect(),
             now: millis(now),
         }))
@@ -163,7 +165,7 @@ impl<'a> EnqueueCall<'a> {
 
     /// The parameters with their types: the statement is sent with them, unprepared, in
     /// one round trip (a prepared one takes two).
-    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 8] {
+    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 9] {
         [
             (&self.channels, Type::TEXT_ARRAY),
             (&self.args, Type::BYTEA_ARRAY),
@@ -173,6 +175,7 @@ impl<'a> EnqueueCall<'a> {
             (&self.run_at, Type::INT8_ARRAY),
             (&self.now, Type::INT8),
             (&self.concurrency_keys, Type::TEXT_ARRAY),
+            (&self.timeouts, Type::INT8_ARRAY),
         ]
     }
 

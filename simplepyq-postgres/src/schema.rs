@@ -12,7 +12,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_totals.sql"),
     include_str!("../migrations/0004_enqueue.sql"),
     include_str!("../migrations/0005_channels.sql"),
-    include_str!("../migrations/0006_concurrency_keys.sql"),
+    include_str!("../migrations/0006_keys_and_timeouts.sql"),
 ];
 
 /// The schema version this build writes.

@@ -235,7 +235,7 @@ impl Engine {
     }
 
     /// Enqueues one task; returns its id.
-    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique, concurrency_key=None))]
+    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique, concurrency_key=None, timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -248,11 +248,15 @@ impl Engine {
         priority: i32,
         unique: Option<String>,
         concurrency_key: Option<String>,
+        timeout: Option<f64>,
     ) -> PyResult<i64> {
         let value = to_value(args, 0)?;
         let mut options = options(retries, delay, at, priority, unique)?;
         if let Some(key) = concurrency_key {
             options = options.concurrency_key(key);
+        }
+        if let Some(t) = timeout {
+            options = options.timeout(seconds("timeout", t)?);
         }
         let id = py
             .detach(|| on!(self.backend, q => q.enqueue_with(channel, &value, options)))

@@ -9,6 +9,7 @@
 //! u32 error length + 1 (0: none), error bytes (UTF-8)
 //! u32 unique key length + 1 (0: none), key bytes   (format 2 on; none in format 1)
 //! u32 concurrency key length + 1 (0: none), bytes  (format 4 on; none before)
+//! u64 timeout in milliseconds (0: none)            (format 4 on; none before)
 //! args: the rest
 //! ```
 //! All integers little-endian. Decoding checks every length against the bytes it has, so
@@ -50,7 +51,7 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
         + error.map_or(0, str::len)
         + key.map_or(0, str::len)
         + concurrency.map_or(0, str::len);
-    let mut out = Vec::with_capacity(70 + texts + task.args.len());
+    let mut out = Vec::with_capacity(78 + texts + task.args.len());
     out.push(FORMAT);
     out.push(status_code(s.status));
     for v in [s.retries_left, s.max_retries, s.attempts, s.lost_runs] {
@@ -71,6 +72,10 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
     put_optional(&mut out, error);
     put_optional(&mut out, key);
     put_optional(&mut out, concurrency);
+    let timeout = task
+        .timeout
+        .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    out.extend_from_slice(&timeout.to_le_bytes());
     out.extend_from_slice(&task.args);
     out
 }
@@ -161,10 +166,12 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
     } else {
         r.optional()?
     };
-    let concurrency_key = if format >= FORMAT {
-        r.optional()?
+    let (concurrency_key, timeout) = if format >= FORMAT {
+        let key = r.optional()?;
+        let ms = u64::from_le_bytes(r.array()?);
+        (key, (ms > 0).then(|| std::time::Duration::from_millis(ms)))
     } else {
-        None
+        (None, None)
     };
     Ok(Task {
         id,
@@ -174,6 +181,7 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
         priority,
         unique_key,
         concurrency_key,
+        timeout,
         state: TaskState {
             status,
             retries_left,
@@ -208,6 +216,7 @@ pub(crate) mod tests {
                 any::<i32>(),
                 proptest::option::of(".{0,20}"),
                 proptest::option::of(".{1,20}"),
+                proptest::option::of(1u64..u64::MAX),
             ),
         )
             .prop_map(
@@ -216,7 +225,7 @@ pub(crate) mod tests {
                     (status, retries_left, max_retries, (attempts, lost_runs)),
                     (run_at, lease),
                     (last_error, updated),
-                    (priority, unique_key, concurrency_key),
+                    (priority, unique_key, concurrency_key, timeout),
                 )| Task {
                     id: TaskId::new(id),
                     channel,
@@ -225,6 +234,7 @@ pub(crate) mod tests {
                     priority,
                     unique_key,
                     concurrency_key,
+                    timeout: timeout.map(std::time::Duration::from_millis),
                     state: TaskState {
                         status: Status::ALL[status],
                         retries_left,
@@ -318,11 +328,11 @@ pub(crate) mod tests {
             .to_task(TaskId::new(7), Timestamp::from_millis(10));
         t.state.attempts = 3;
         let mut v2 = encode(&t);
-        // Format 2 had no concurrency key before the arguments (one byte here), nor a
-        // lost-run count after the attempts.
+        // Format 2 had no concurrency key nor timeout before the arguments (one byte
+        // here), nor a lost-run count after the attempts.
         v2[0] = FORMAT_2;
         let args_at = v2.len() - 1;
-        v2.drain(args_at - 4..args_at);
+        v2.drain(args_at - 12..args_at);
         v2.drain(14..18);
         assert_eq!(decode(t.id, &v2), Ok(t));
     }
@@ -334,10 +344,10 @@ pub(crate) mod tests {
             .to_task(TaskId::new(7), Timestamp::from_millis(10));
         t.state.lost_runs = 2;
         let mut v3 = encode(&t);
-        // Format 3 had no concurrency key before the arguments (one byte here).
+        // Format 3 had no concurrency key nor timeout before the arguments (one byte here).
         v3[0] = FORMAT_3;
         let args_at = v3.len() - 1;
-        v3.drain(args_at - 4..args_at);
+        v3.drain(args_at - 12..args_at);
         assert_eq!(decode(t.id, &v3), Ok(t));
     }
 }

@@ -229,7 +229,8 @@ pub(crate) fn insert_tasks_taking(
         insert.raw_bind_parameter(4, t.priority)?;
         insert.raw_bind_parameter(5, &t.unique_key)?;
         insert.raw_bind_parameter(6, &t.concurrency_key)?;
-        bind_state(&mut insert, 7, &t.initial_state(now))?;
+        insert.raw_bind_parameter(7, t.timeout_ms())?;
+        bind_state(&mut insert, 8, &t.initial_state(now))?;
         insert.raw_execute()?;
         let id = tx.last_insert_rowid();
         taken = Some(id);
@@ -239,11 +240,11 @@ pub(crate) fn insert_tasks_taking(
 }
 
 /// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6
-/// concurrency key, ?7.. the values of [`STATE_COLUMNS`].
+/// concurrency key, ?7 timeout in milliseconds, ?8.. the values of [`STATE_COLUMNS`].
 pub(crate) fn insert_sql() -> String {
     format!(
         "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, \
-           concurrency_key, {STATE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+           concurrency_key, timeout_ms, {STATE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
     )
 }

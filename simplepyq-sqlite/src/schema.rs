@@ -22,7 +22,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_totals.sql"),
     include_str!("../migrations/0007_own_names.sql"),
     include_str!("../migrations/0008_channels.sql"),
-    include_str!("../migrations/0009_concurrency_keys.sql"),
+    include_str!("../migrations/0009_keys_and_timeouts.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -145,6 +145,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
     &[
         ("simplepyq_tasks", "concurrency_key", "NULL"),
         ("simplepyq_channels", "max_running_per_key", "1"),
+        ("simplepyq_tasks", "timeout_ms", "NULL"),
     ],
 ];
 

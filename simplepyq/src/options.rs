@@ -36,6 +36,8 @@ pub struct EnqueueOptions {
     /// [`SimplePyQ::set_max_running_per_key`](crate::SimplePyQ::set_max_running_per_key)
     /// (default 1) at a time, across every process.
     pub concurrency_key: Option<String>,
+    /// How long one run of the task may last, before its channel's timeout.
+    pub timeout: Option<Duration>,
 }
 
 /// When an enqueued task becomes due.
@@ -95,6 +97,15 @@ impl EnqueueOptions {
         self
     }
 
+    /// Sets how long one run of this task may last, kept with the task (so that any
+    /// process that runs it keeps to it), before its channel's
+    /// [`ChannelOptions::timeout`]; what happens at the deadline is said there. At least a
+    /// millisecond ([`Error::InvalidConfig`](crate::Error::InvalidConfig) at the enqueue).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// The task to store, enqueued at `now`.
     pub(crate) fn task(&self, channel: &str, args: Vec<u8>, now: Timestamp) -> NewTask {
         let mut task = NewTask::new(channel, args)
@@ -102,6 +113,7 @@ impl EnqueueOptions {
             .priority(self.priority);
         task.unique_key.clone_from(&self.unique);
         task.concurrency_key.clone_from(&self.concurrency_key);
+        task.timeout = self.timeout;
         match self.when {
             Some(When::After(d)) => task.run_at(now.after(d)),
             Some(When::At(t)) => task.run_at(system_time(t)),

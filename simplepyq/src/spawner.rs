@@ -107,7 +107,7 @@ fn spawn<S: Store>(
     report::trace_claim(task.id, &channel.name, task.state.attempts);
     let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
-    let deadline = channel.timeout.map(|t| {
+    let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine
             .deadlines
             .watch(&cancel, task.id, &channel.name, t, false)

@@ -99,7 +99,7 @@ fn run<S: Store>(
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
     let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
-    let deadline = channel.timeout.map(|t| {
+    let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine
             .deadlines
             .watch(&cancel, task.id, &channel.name, t, true)

@@ -205,6 +205,7 @@ macro_rules! conformance_tests {
                 enqueue_is_all_or_nothing_on_bad_channel,
                 enqueue_in_the_future_is_delayed,
                 args_round_trip_exactly,
+                timeouts_round_trip_in_milliseconds,
                 claim_follows_run_at_then_id,
                 claim_respects_limit_and_channel,
                 claim_skips_tasks_not_due,

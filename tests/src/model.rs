@@ -38,6 +38,8 @@ pub enum Op {
         unique: Option<u8>,
         /// A concurrency key, if set.
         key: Option<u8>,
+        /// A timeout in milliseconds, if set.
+        timeout_ms: Option<u16>,
     },
     /// Claim up to `limit` tasks.
     Claim {
@@ -120,9 +122,9 @@ pub enum Op {
 pub fn op() -> impl Strategy<Value = Op> {
     let channel = 0..CHANNELS.len();
     prop_oneof![
-        6 => (channel.clone(), 0u32..3, proptest::option::of(0u64..800), -1i32..2, proptest::option::of(0u8..3), proptest::option::of(0u8..3))
-            .prop_map(|(channel, retries, delay_ms, priority, unique, key)| Op::Enqueue {
-                channel, retries, delay_ms, priority, unique, key
+        6 => (channel.clone(), 0u32..3, proptest::option::of(0u64..800), -1i32..2, proptest::option::of(0u8..3), proptest::option::of(0u8..3), proptest::option::of(1u16..))
+            .prop_map(|(channel, retries, delay_ms, priority, unique, key, timeout_ms)| Op::Enqueue {
+                channel, retries, delay_ms, priority, unique, key, timeout_ms
             }),
         5 => (channel.clone(), 0usize..4).prop_map(|(channel, limit)| Op::Claim { channel, limit }),
         5 => (any::<usize>(), 0u8..4, 0u64..600).prop_map(|(pick, kind, wait_ms)| Op::Finish { pick, kind, wait_ms }),
@@ -322,6 +324,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 priority,
                 unique,
                 key,
+                timeout_ms,
             } => {
                 let ch = CHANNELS[*channel];
                 let mut new = NewTask::new(ch, vec![*channel as u8])
@@ -335,6 +338,9 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 }
                 if let Some(k) = key {
                     new = new.concurrency_key(format!("c{k}"));
+                }
+                if let Some(ms) = timeout_ms {
+                    new = new.timeout(Duration::from_millis(u64::from(*ms)));
                 }
                 let id = store
                     .enqueue_one(new.clone(), now)

@@ -201,3 +201,36 @@ fn a_zero_timeout_is_refused() {
         .expect_err("zero");
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
 }
+
+/// A task's own timeout is kept to by the queue that runs it, before the channel's (none
+/// here): the task with one times out, the one without runs to its end.
+#[test]
+fn a_tasks_own_timeout_comes_before_its_channels() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let q = queue(&dir.path().join("q.db"), Duration::from_secs(30));
+    q.add_channel_with(
+        "c",
+        |ms: u64, ctx: &TaskContext| {
+            let began = Instant::now();
+            while !ctx.is_cancelled() && began.elapsed() < Duration::from_millis(ms) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        },
+        ChannelOptions::new(2),
+    )
+    .expect("add");
+    let limited = q
+        .enqueue_with("c", &5_000u64, EnqueueOptions::new().timeout(TIMEOUT))
+        .expect("enqueue");
+    let free = q.enqueue("c", &300u64).expect("enqueue");
+    q.run_until_complete().expect("run");
+    let task = q.task(limited).expect("read").expect("kept");
+    assert_eq!(task.timeout, Some(TIMEOUT));
+    assert_eq!(
+        task.state.last_error.as_deref(),
+        Some("timed out after 100ms")
+    );
+    let task = q.task(free).expect("read").expect("kept");
+    assert_eq!(task.state.status, Status::Done);
+}

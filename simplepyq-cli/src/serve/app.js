@@ -187,6 +187,7 @@ function drawTask(t, now) {
     ["attempts", t.attempts], ["retries left", `${t.retries_left} of ${t.max_retries}`],
     ["priority", t.priority], ["unique key", t.unique_key ?? "–"],
     ["concurrency key", t.concurrency_key ?? "–"],
+    ["timeout", t.timeout_ms === null || t.timeout_ms === undefined ? "the channel's" : `${t.timeout_ms} ms`],
     ["run at", when(t.run_at_ms, now)], ["lease until", when(t.lease_until_ms, now)],
     ["enqueued", when(t.created_at_ms, now)], ["last change", when(t.updated_at_ms, now)],
     ["last error", el("pre", { class: "error" }, t.last_error ?? "–")],

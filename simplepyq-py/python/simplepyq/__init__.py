@@ -203,6 +203,7 @@ class SimplePyQ:
         priority: int = 0,
         unique: Optional[str] = None,
         concurrency_key: Optional[str] = None,
+        timeout: Optional[Seconds] = None,
     ) -> int:
         """Enqueue a task for a channel; return its id.
 
@@ -212,6 +213,8 @@ class SimplePyQ:
         runs first; while a task with the same ``unique`` key is unfinished in the channel,
         its id is returned and nothing is added. Of the channel's tasks with the same
         ``concurrency_key``, at most ``set_max_running_per_key`` (default 1) run at once.
+        ``timeout`` (seconds or a timedelta) limits each run of this task, before the
+        channel's ``timeout``.
         """
         return self._engine.enqueue(
             channel,
@@ -222,6 +225,7 @@ class SimplePyQ:
             priority,
             unique,
             concurrency_key,
+            _seconds("timeout", timeout),
         )
 
     def enqueue_many(

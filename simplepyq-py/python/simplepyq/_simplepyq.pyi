@@ -62,6 +62,7 @@ class Engine:
         priority: int,
         unique: Optional[str],
         concurrency_key: Optional[str] = None,
+        timeout: Optional[float] = None,
     ) -> int: ...
     def enqueue_many(
         self,

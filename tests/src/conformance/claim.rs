@@ -54,6 +54,28 @@ pub fn args_round_trip_exactly(s: &dyn Store) {
     }
 }
 
+/// A task's own timeout is kept to the millisecond, read back and claimed with it; one
+/// under a millisecond is refused, and nothing of its enqueue is stored.
+pub fn timeouts_round_trip_in_milliseconds(s: &dyn Store) {
+    let timeout = Duration::from_millis(1_500);
+    let id = add(s, task("a").timeout(timeout));
+    let plain = add(s, task("a"));
+    assert_eq!(
+        s.get(id).expect("get").expect("kept").timeout,
+        Some(timeout)
+    );
+    let claimed = s.claim("a", 2, T0, T0.after(LEASE)).expect("claim");
+    assert_eq!(claimed[0].timeout, Some(timeout));
+    assert_eq!((claimed[1].id, claimed[1].timeout), (plain, None));
+    for bad in [Duration::ZERO, Duration::from_micros(500)] {
+        let err = s
+            .enqueue(&[task("b"), task("b").timeout(bad)], T0)
+            .expect_err("under a millisecond");
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    }
+    assert_eq!(s.counts(Some("b")).expect("counts").total(), 0);
+}
+
 /// Claims come in run-at order, then id order.
 pub fn claim_follows_run_at_then_id(s: &dyn Store) {
     let late = add(s, task("a").run_at(at(20)));

@@ -7,9 +7,11 @@ CREATE INDEX tasks_keys ON tasks (channel, status, concurrency_key)
     WHERE concurrency_key IS NOT NULL;
 ALTER TABLE channels ADD COLUMN max_running_per_key integer NOT NULL DEFAULT 1
     CHECK (max_running_per_key > 0);
+-- A task's own timeout of one run, in milliseconds (NULL: its channel's).
+ALTER TABLE tasks ADD COLUMN timeout_ms bigint CHECK (timeout_ms > 0);
 
--- The enqueue functions of 0004 with a concurrency key (a last parameter, by default none):
--- made anew, as a function's parameters cannot change in place.
+-- The enqueue functions of 0004 with a concurrency key and a timeout (last parameters, by
+-- default none): made anew, as a function's parameters cannot change in place.
 DROP FUNCTION enqueue(text, jsonb, integer, integer, text, timestamptz);
 DROP FUNCTION enqueue_msgpack(text, bytea, bigint, integer, text, bigint, bigint);
 
@@ -21,7 +23,8 @@ DROP FUNCTION enqueue_msgpack(text, bytea, bigint, integer, text, bigint, bigint
 CREATE FUNCTION enqueue_msgpack(channel text, args bytea, retries bigint DEFAULT 0,
                                 priority integer DEFAULT 0, unique_key text DEFAULT NULL,
                                 run_at bigint DEFAULT NULL, now bigint DEFAULT NULL,
-                                concurrency_key text DEFAULT NULL)
+                                concurrency_key text DEFAULT NULL,
+                                timeout_ms bigint DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
@@ -52,6 +55,11 @@ BEGIN
         RAISE EXCEPTION 'simplepyq: invalid concurrency key: it is longer than 255 bytes'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF enqueue_msgpack.timeout_ms <= 0 THEN
+        RAISE EXCEPTION 'simplepyq: a timeout must be at least 1 ms, not % ms',
+            enqueue_msgpack.timeout_ms
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF enqueue_msgpack.args IS NULL THEN
         RAISE EXCEPTION 'simplepyq: the arguments are NULL (for no arguments pass ''null''::jsonb)'
             USING ERRCODE = 'null_value_not_allowed';
@@ -65,11 +73,11 @@ BEGIN
     -- snapshot that cannot see its holder fails with a serialization error instead.
     FOR tries IN 1..10 LOOP
         INSERT INTO tasks AS t (channel, args, created_at, priority, unique_key,
-                               concurrency_key, status, retries_left, max_retries, attempts,
-                               lost_runs, run_at, lease_until, last_error, updated_at)
+                               concurrency_key, timeout_ms, status, retries_left, max_retries,
+                               attempts, lost_runs, run_at, lease_until, last_error, updated_at)
         VALUES (enqueue_msgpack.channel, enqueue_msgpack.args, at_now,
                 coalesce(enqueue_msgpack.priority, 0), enqueue_msgpack.unique_key,
-                enqueue_msgpack.concurrency_key,
+                enqueue_msgpack.concurrency_key, enqueue_msgpack.timeout_ms,
                 CASE WHEN due > at_now THEN 'delayed' ELSE 'pending' END,
                 enqueue_msgpack.retries, enqueue_msgpack.retries, 0, 0, due, NULL, NULL, at_now)
         ON CONFLICT (channel, unique_key)
@@ -98,14 +106,17 @@ $$;
 --   SELECT simplepyq.enqueue('mail', '{"to": "a@example.com"}');
 --   SELECT simplepyq.enqueue('mail', '["a@example.com", 3]', retries => 2,
 --                            run_at => now() + interval '5 minutes', unique_key => 'a');
---   SELECT simplepyq.enqueue('charge', '[42]', concurrency_key => 'customer-7');
+--   SELECT simplepyq.enqueue('charge', '[42]', concurrency_key => 'customer-7',
+--                            timeout => interval '30 seconds');
 CREATE FUNCTION enqueue(channel text, args jsonb, retries integer DEFAULT 0,
                         priority integer DEFAULT 0, unique_key text DEFAULT NULL,
-                        run_at timestamptz DEFAULT NULL, concurrency_key text DEFAULT NULL)
+                        run_at timestamptz DEFAULT NULL, concurrency_key text DEFAULT NULL,
+                        timeout interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql VOLATILE
 SET search_path FROM CURRENT
 AS $$
     SELECT enqueue_msgpack($1, msgpack($2), $3, $4, $5,
-                           floor(extract(epoch FROM $6) * 1000)::bigint, NULL, $7)
+                           floor(extract(epoch FROM $6) * 1000)::bigint, NULL, $7,
+                           ceil(extract(epoch FROM $8) * 1000)::bigint)
 $$;

@@ -7,3 +7,5 @@ CREATE INDEX simplepyq_tasks_keys ON simplepyq_tasks (channel, status, concurren
     WHERE concurrency_key IS NOT NULL;
 ALTER TABLE simplepyq_channels ADD COLUMN max_running_per_key INTEGER NOT NULL DEFAULT 1
     CHECK (max_running_per_key > 0);
+-- A task's own timeout of one run, in milliseconds (NULL: its channel's).
+ALTER TABLE simplepyq_tasks ADD COLUMN timeout_ms INTEGER CHECK (timeout_ms > 0);
