@@ -172,6 +172,7 @@ impl Deadline {
     }
 
     /// Whether the deadline passed; if not, `waker` is woken when it does.
+    #[cfg(feature = "tokio")]
     pub(crate) fn passed_or_wake(&self, waker: &Waker) -> bool {
         let mut state = self.inner.state.lock();
         if state.passed.contains(&self.key.1) {

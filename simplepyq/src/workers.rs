@@ -541,7 +541,7 @@ impl<S: Store> Workers<S> {
     }
 
     /// How many threads of channels removed from the run under way are kept (not joined).
-    #[cfg(test)]
+    #[cfg(all(test, feature = "memory", not(shuttle)))]
     pub(crate) fn retired(&self) -> usize {
         match &self.registry.lock().life {
             Lifecycle::Running(run) => run.retired.len(),
