@@ -234,3 +234,46 @@ fn a_tasks_own_timeout_comes_before_its_channels() {
     let task = q.task(free).expect("read").expect("kept");
     assert_eq!(task.state.status, Status::Done);
 }
+
+/// A handler past its timeout keeps its slot: with a limit of one running task, the
+/// channel's next task starts only once the stuck handler has returned (its attempt then
+/// recorded as timed out), though two workers are idle-free.
+#[test]
+fn a_stuck_handler_keeps_its_slot_until_it_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let q = queue(&dir.path().join("q.db"), Duration::from_secs(30));
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&starts);
+    q.add_channel_with(
+        "c",
+        move |n: u32| {
+            seen.lock().push((n, Instant::now()));
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(600));
+            }
+            Ok(())
+        },
+        ChannelOptions::new(2).timeout(TIMEOUT),
+    )
+    .expect("add");
+    q.set_max_running("c", Some(1)).expect("limit");
+    let stuck = q.enqueue("c", &0u32).expect("enqueue");
+    let next = q.enqueue("c", &1u32).expect("enqueue");
+    q.run_until_complete().expect("run");
+    let starts = starts.lock().clone();
+    assert_eq!(starts.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 1]);
+    let waited = starts[1].1 - starts[0].1;
+    assert!(
+        waited >= Duration::from_millis(600),
+        "the next task started {waited:?} after the stuck one, before it returned"
+    );
+    let task = q.task(stuck).expect("read").expect("kept");
+    assert_eq!(
+        task.state.last_error.as_deref(),
+        Some("timed out after 100ms")
+    );
+    assert_eq!(
+        q.task(next).expect("read").expect("kept").state.status,
+        Status::Done
+    );
+}
