@@ -32,7 +32,7 @@ use simplepyq::{
     ListFilter, PostgresOptions, PostgresStore, RedbStore, SqliteStore, Status, Store, TaskId,
     Timestamp,
 };
-use simplepyq_core::{Error, Flow, StoreExt};
+use simplepyq_core::{Error, Flow, Rate, StoreExt};
 
 use crate::view::{now, summary, task_json};
 
@@ -148,6 +148,20 @@ enum Command {
         /// The limit of each concurrency key's running tasks, not the channel's.
         #[arg(long)]
         per_key: bool,
+    },
+    /// Limits how many of a channel's tasks start per window of time across every process
+    /// and machine on the queue (windows from the Unix epoch).
+    Rate {
+        /// The queue file (SQLite or redb), or a `postgres://` URL.
+        file: PathBuf,
+        /// The channel.
+        channel: String,
+        /// The most starts per window (at least 1), or `none` to remove the rate.
+        #[arg(value_parser = parse_limit)]
+        starts: Limit,
+        /// The window: 500ms, 1s, 1m, 1h (with a number of starts).
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        per: Duration,
     },
     /// Deletes done tasks that finished long enough ago.
     PurgeDone {
@@ -463,6 +477,23 @@ fn run(command: Command) -> Result<(), Failure> {
             match max.0 {
                 Some(n) => writeln!(out, "at most {n} task(s) of {channel} run at once{was}")?,
                 None => writeln!(out, "no limit on {channel}{was}")?,
+            }
+        }
+        Command::Rate {
+            file,
+            channel,
+            starts,
+            per,
+        } => {
+            let rate = starts.0.map(|n| Rate::new(n, per));
+            let changed = open(&file)?.rate_known(&channel, rate, false)?;
+            let was = if changed { "" } else { " (it was so already)" };
+            match starts.0 {
+                Some(n) => writeln!(
+                    out,
+                    "at most {n} task(s) of {channel} start per {per:?}{was}"
+                )?,
+                None => writeln!(out, "no rate on {channel}{was}")?,
             }
         }
         Command::ClearFailed { file, channel } => {

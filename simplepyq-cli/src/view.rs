@@ -29,6 +29,10 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
                 "paused": c.paused,
                 "max_running": c.max_running,
                 "max_running_per_key": c.max_running_per_key,
+                "rate": c.rate.map(|r| json!({
+                    "starts": r.starts,
+                    "per_ms": r.per_ms(),
+                })),
             })
         })
         .collect();

@@ -237,6 +237,21 @@ fn limit_a_channel() {
     assert!(store.flows().expect("flows").is_empty());
     let out = cli(&["limit", s(&db), "mail", "0", "--per-key"], "");
     assert_eq!(out.status.code(), Some(2));
+    // A rate of starts: N per window, and `none`.
+    let out = ok(&["rate", s(&db), "mail", "100", "--per", "1m"]);
+    assert!(
+        out.contains("at most 100 task(s) of mail start per 60s"),
+        "{out}"
+    );
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["rate"]["starts"].as_u64(), Some(100));
+    assert_eq!(json["channels"][0]["rate"]["per_ms"].as_u64(), Some(60_000));
+    assert!(ok(&["rate", s(&db), "mail", "none"]).contains("no rate on mail"));
+    assert!(store.flows().expect("flows").is_empty());
+    assert_eq!(
+        cli(&["rate", s(&db), "mail", "0"], "").status.code(),
+        Some(2)
+    );
 }
 
 #[test]

@@ -44,8 +44,8 @@ pub mod prelude {
 pub use store::ChannelStats;
 pub use store::{
     AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, KeyedClaim, OnCommit,
-    OutcomeStore, ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch, change_flow,
-    check_max_running, check_max_running_per_key, claim_allowance,
+    OutcomeStore, Rate, RateWindow, ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch,
+    change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
 };
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, NewTask, Outcome,

@@ -24,9 +24,9 @@ use parking_lot::Mutex;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, KeyedClaim,
-    ListFilter, NewTask, Outcome, OutcomeStore, Result, ScheduleStore, Status, Task, TaskId,
-    TaskState, Timestamp, Totals, batch, change_flow, check_max_running, check_max_running_per_key,
-    claim_allowance, validate_channel,
+    ListFilter, NewTask, Outcome, OutcomeStore, Rate, RateWindow, Result, ScheduleStore, Status,
+    Task, TaskId, TaskState, Timestamp, Totals, batch, change_flow, check_max_running,
+    check_max_running_per_key, check_rate, claim_allowance, validate_channel,
 };
 
 /// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
@@ -73,6 +73,8 @@ struct Inner {
     totals: BTreeMap<String, Totals>,
     /// The flow settings that are not the default, by channel.
     flows: BTreeMap<String, Flow>,
+    /// Each rate-limited channel's last window of starts.
+    windows: HashMap<String, RateWindow>,
 }
 
 impl Inner {
@@ -339,8 +341,17 @@ impl ClaimStore for MemoryStore {
             return Ok(Vec::new());
         }
         inner.promote_due(channel, now)?;
-        let limit = inner.allowance(channel, limit);
+        let rate = inner.flows.get(channel).and_then(|f| f.rate);
+        let window = inner.windows.get(channel).copied();
+        let mut limit = inner.allowance(channel, limit);
+        if let Some(rate) = rate {
+            limit = limit.min(rate.room(window, now));
+        }
         let due = inner.choose(channel, limit, now);
+        if let Some(rate) = rate.filter(|_| !due.is_empty()) {
+            let next = rate.take(window, now, due.len());
+            inner.windows.insert(channel.to_owned(), next);
+        }
         let event = Event::Claim { now, lease_until };
         due.into_iter()
             .map(|id| inner.transition(id, &event).cloned())
@@ -366,7 +377,17 @@ impl ClaimStore for MemoryStore {
                 None => None,
             };
             let delayed = ch.delayed.first().map(|(t, _)| *t);
-            [ready, delayed, lease].into_iter().flatten().min()
+            // Not before the end of a used-up window of the channel's rate.
+            let free_at = inner
+                .flows
+                .get(channel)
+                .and_then(|f| f.rate)
+                .and_then(|rate| rate.free_at(inner.windows.get(channel).copied()));
+            let later = |t: Option<Timestamp>| t.map(|t| free_at.map_or(t, |f| t.max(f)));
+            [later(ready), later(delayed), lease]
+                .into_iter()
+                .flatten()
+                .min()
         }))
     }
 }
@@ -558,6 +579,18 @@ impl FlowStore for MemoryStore {
         Ok(change_flow(flows, channel.to_owned(), |f| {
             f.max_running_per_key = max
         }))
+    }
+
+    fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        validate_channel(channel)?;
+        check_rate(rate)?;
+        let mut inner = self.inner.lock();
+        let changed = change_flow(&mut inner.flows, channel.to_owned(), |f| f.rate = rate);
+        if changed {
+            // A new rate counts its starts afresh.
+            inner.windows.remove(channel);
+        }
+        Ok(changed)
     }
 
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {

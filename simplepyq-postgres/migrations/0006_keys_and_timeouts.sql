@@ -7,6 +7,12 @@ CREATE INDEX tasks_keys ON tasks (channel, status, concurrency_key)
     WHERE concurrency_key IS NOT NULL;
 ALTER TABLE channels ADD COLUMN max_running_per_key integer NOT NULL DEFAULT 1
     CHECK (max_running_per_key > 0);
+-- A channel's rate of starts (FlowStore::set_rate: rate_starts per window of rate_per_ms,
+-- NULL for none) and its last window (its start, and the starts counted in it).
+ALTER TABLE channels ADD COLUMN rate_starts integer CHECK (rate_starts > 0);
+ALTER TABLE channels ADD COLUMN rate_per_ms bigint CHECK (rate_per_ms > 0);
+ALTER TABLE channels ADD COLUMN window_start bigint;
+ALTER TABLE channels ADD COLUMN window_used integer NOT NULL DEFAULT 0;
 -- A task's own timeout of one run, in milliseconds (NULL: its channel's).
 ALTER TABLE tasks ADD COLUMN timeout_ms bigint CHECK (timeout_ms > 0);
 

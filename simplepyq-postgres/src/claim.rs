@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use postgres::GenericClient;
 use simplepyq_core::{
-    ClaimStore, Clock, Error, Flow, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake,
-    Watch, batch, claim_allowance,
+    ClaimStore, Clock, Error, Flow, KeyedClaim, NewTask, RateWindow, Result, Task, TaskId,
+    Timestamp, Wake, Watch, batch, claim_allowance,
 };
 
 use crate::error::{E, R, bad_value};
@@ -82,27 +82,26 @@ impl ClaimStore for PostgresStore {
         let mut tasks = self.run(|c| {
             // Each statement is Event::Promote, then Event::Claim, on many rows at once.
             let promoted = c.query_one(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?;
-            let (limited, keyed): (Option<i32>, bool) =
+            let (locked, keyed): (Option<bool>, bool) =
                 (promoted.try_get(0)?, promoted.try_get(1)?);
             if keyed {
                 return claim_keyed(c, channel, now, limit, lease_until);
             }
-            if limited.is_none() {
+            if locked != Some(true) {
                 let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
                 return tasks_from_rows(&rows);
             }
-            // A limited channel: claims one at a time, each counting the others'.
+            // A limited or rate-limited channel: claims one at a time, each counting the
+            // others'.
             let mut transaction = c.client.transaction()?;
             let mut tx = Db {
                 client: &mut transaction,
                 statements: &mut *c.statements,
             };
-            // Read again under the lock: the limit may have changed, or gone.
-            let max: Option<i32> = match tx.query_opt(sql::LOCK_FLOW, &[&channel])? {
-                Some(row) => row.try_get(0)?,
-                None => None,
-            };
-            let rows = match max.map(i64::from) {
+            // Read again under the lock: the settings may have changed, or gone.
+            let (flow, window) = lock_flow(&mut tx, channel)?;
+            let limit = rate_room(&flow, window, now, limit);
+            let rows = match flow.max_running.map(i64::from) {
                 Some(max) => tx.query(
                     sql::CLAIM_LIMITED,
                     &[&channel, &now, &limit, &lease_until, &max],
@@ -110,6 +109,7 @@ impl ClaimStore for PostgresStore {
                 None => tx.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?,
             };
             let tasks = tasks_from_rows(&rows)?;
+            save_window(&mut tx, channel, &flow, window, now, tasks.len())?;
             transaction.commit()?;
             Ok(tasks)
         })?;
@@ -142,10 +142,8 @@ fn claim_keyed(
         statements: &mut *c.statements,
     };
     tx.execute(sql::LOCK_KEYED, &[&channel])?;
-    let flow = match tx.query_opt(sql::LOCK_FLOW_ALL, &[&channel])? {
-        Some(row) => flow_from(&row, 0)?,
-        None => Flow::default(),
-    };
+    let (flow, window) = lock_flow(&mut tx, channel)?;
+    let limit = rate_room(&flow, window, now, limit);
     let running = match flow.max_running {
         Some(_) => tx
             .query_one(sql::RUNNING, &[&channel])?
@@ -188,8 +186,57 @@ fn claim_keyed(
     } else {
         tasks_from_rows(&tx.query(sql::CLAIM_IDS, &[&chosen, &now, &lease_until])?)?
     };
+    save_window(&mut tx, channel, &flow, window, now, tasks.len())?;
     transaction.commit()?;
     Ok(tasks)
+}
+
+/// Locks `channel`'s settings row and reads its settings and its window of starts.
+fn lock_flow<C: postgres::GenericClient>(
+    tx: &mut Db<'_, C>,
+    channel: &str,
+) -> R<(Flow, Option<RateWindow>)> {
+    let Some(row) = tx.query_opt(sql::LOCK_FLOW_ALL, &[&channel])? else {
+        return Ok((Flow::default(), None));
+    };
+    let start: Option<i64> = row.try_get(5)?;
+    let used: i32 = row.try_get(6)?;
+    let window = start.map(|start| RateWindow {
+        start: Timestamp::from_millis(start),
+        used: u32::try_from(used).unwrap_or(0),
+    });
+    Ok((flow_from(&row, 0)?, window))
+}
+
+/// `limit`, no more than the room the channel's rate leaves in its window at `now`.
+fn rate_room(flow: &Flow, window: Option<RateWindow>, now: i64, limit: i64) -> i64 {
+    match flow.rate {
+        Some(rate) => {
+            let room = rate.room(window, Timestamp::from_millis(now));
+            limit.min(i64::try_from(room).unwrap_or(i64::MAX))
+        }
+        None => limit,
+    }
+}
+
+/// Counts `taken` starts at `now` in `channel`'s window, if it has a rate.
+fn save_window<C: postgres::GenericClient>(
+    tx: &mut Db<'_, C>,
+    channel: &str,
+    flow: &Flow,
+    window: Option<RateWindow>,
+    now: i64,
+    taken: usize,
+) -> R<()> {
+    if let Some(rate) = flow.rate.filter(|_| taken > 0) {
+        let next = rate.take(window, Timestamp::from_millis(now), taken);
+        let used = i32::try_from(next.used).unwrap_or(i32::MAX);
+        tx.execute(
+            sql::SAVE_WINDOW,
+            &[&channel, &next.start.as_millis(), &used],
+        )?;
+    }
+    Ok(())
 }
 
 /// How many pending tasks a keyed claim reads at a time.

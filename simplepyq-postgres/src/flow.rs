@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 
 use postgres::Row;
 use postgres::error::SqlState;
+use std::time::Duration;
+
 use simplepyq_core::{
-    Flow, FlowStore, Result, check_max_running, check_max_running_per_key, validate_channel,
+    Flow, FlowStore, Rate, Result, check_max_running, check_max_running_per_key, check_rate,
+    validate_channel,
 };
 
 use crate::PostgresStore;
@@ -27,10 +30,15 @@ impl FlowStore for PostgresStore {
         self.change_flow(channel, |f| f.max_running_per_key = max)
     }
 
+    fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        check_rate(rate)?;
+        self.change_flow(channel, |f| f.rate = rate)
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         let rows = self.run(|c| {
             match c.query(
-                "SELECT channel, paused, max_running, max_running_per_key FROM channels \
+                "SELECT channel, paused, max_running, max_running_per_key, rate_starts, rate_per_ms FROM channels \
                  ORDER BY channel",
                 &[],
             ) {
@@ -53,7 +61,7 @@ impl PostgresStore {
         validate_channel(channel)?;
         let changed = self.transaction(|tx| {
             let before = match tx.query_opt(
-                "SELECT paused, max_running, max_running_per_key FROM channels \
+                "SELECT paused, max_running, max_running_per_key, rate_starts, rate_per_ms FROM channels \
                  WHERE channel = $1 FOR UPDATE",
                 &[&channel],
             )? {
@@ -72,13 +80,23 @@ impl PostgresStore {
                     .max_running
                     .map(|m| i32::try_from(m).unwrap_or(i32::MAX));
                 let per_key = i32::try_from(flow.max_running_per_key).unwrap_or(i32::MAX);
+                let starts = flow.rate.map(|r| i32::try_from(r.starts).unwrap_or(i32::MAX));
+                let per_ms = flow.rate.map(|r| r.per_ms());
                 tx.execute(
-                    "INSERT INTO channels (channel, paused, max_running, max_running_per_key) \
-                     VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO channels AS c (channel, paused, max_running, max_running_per_key, \
+                       rate_starts, rate_per_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
                        max_running = excluded.max_running, \
-                       max_running_per_key = excluded.max_running_per_key",
-                    &[&channel, &flow.paused, &max, &per_key],
+                       max_running_per_key = excluded.max_running_per_key, \
+                       rate_starts = excluded.rate_starts, rate_per_ms = excluded.rate_per_ms, \
+                       window_start = CASE WHEN (c.rate_starts, c.rate_per_ms) IS NOT DISTINCT \
+                         FROM (excluded.rate_starts, excluded.rate_per_ms) \
+                         THEN c.window_start END, \
+                       window_used = CASE WHEN (c.rate_starts, c.rate_per_ms) IS NOT DISTINCT \
+                         FROM (excluded.rate_starts, excluded.rate_per_ms) \
+                         THEN c.window_used ELSE 0 END",
+                    &[&channel, &flow.paused, &max, &per_key, &starts, &per_ms],
                 )?;
             }
             Ok(true)
@@ -98,5 +116,12 @@ pub(crate) fn flow_from(r: &Row, at: usize) -> R<Flow> {
     flow.max_running = max.map(|m| u32::try_from(m).unwrap_or(1));
     let per_key: i32 = r.try_get(at + 2)?;
     flow.max_running_per_key = u32::try_from(per_key).unwrap_or(1);
+    let (starts, per_ms): (Option<i32>, Option<i64>) = (r.try_get(at + 3)?, r.try_get(at + 4)?);
+    if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
+        flow.rate = Some(Rate::new(
+            u32::try_from(starts).unwrap_or(1),
+            Duration::from_millis(u64::try_from(per_ms).unwrap_or(1)),
+        ));
+    }
     Ok(flow)
 }

@@ -7,7 +7,8 @@
 
 /// `Event::Promote` at $2 for up to $3 due delayed tasks of channel $1, earliest run-at
 /// (then id) first, unless the channel is paused. Rows another claimer is promoting are
-/// skipped, never waited for. Returns the channel's limit of running tasks (NULL for none)
+/// skipped, never waited for. Returns whether the channel has a limit of running tasks or a
+/// rate of starts (NULL for no settings)
 /// and whether it has pending tasks with a concurrency key (those it promoted count: the
 /// statement's other parts see the table as it was before), which decide how the claim
 /// that follows is made.
@@ -20,7 +21,8 @@ pub const PROMOTE: &str = "WITH promoted AS (UPDATE tasks SET status = 'pending'
        LIMIT $3 \
        FOR UPDATE SKIP LOCKED)) \
      RETURNING concurrency_key) \
-     SELECT (SELECT max_running FROM channels WHERE channel = $1), \
+     SELECT (SELECT max_running IS NOT NULL OR rate_starts IS NOT NULL FROM channels \
+       WHERE channel = $1), \
        EXISTS (SELECT 1 FROM tasks WHERE channel = $1 AND status = 'pending' \
          AND concurrency_key IS NOT NULL) \
        OR EXISTS (SELECT 1 FROM promoted WHERE concurrency_key IS NOT NULL)";
@@ -58,24 +60,26 @@ macro_rules! claim {
 pub const CLAIM: &str = claim!("$3");
 
 /// [`CLAIM`] of a channel with a limit of $5 running tasks: no more than the room the
-/// limit leaves. Run after [`LOCK_FLOW`] in one transaction, so that claims of a limited
+/// limit leaves. Run after [`LOCK_FLOW_ALL`] in one transaction, so that claims of a limited
 /// channel are made one at a time and each counts the others' committed claims.
 pub const CLAIM_LIMITED: &str = claim!(
     "greatest(0, least($3, $5::bigint - (SELECT count(*) FROM tasks \
        WHERE channel = $1 AND status = 'running')))"
 );
 
-/// Locks channel $1's settings and reads its limit of running tasks.
-pub const LOCK_FLOW: &str = "SELECT max_running FROM channels WHERE channel = $1 FOR UPDATE";
-
 /// Makes the claims of channel $1's tasks with concurrency keys one at a time, across every
 /// process, until the transaction ends: each counts the running tasks of the others.
 pub const LOCK_KEYED: &str = "SELECT pg_advisory_xact_lock(hashtextextended('simplepyq keys ' || current_schema() \
        || ' ' || $1, 0))";
 
-/// Locks channel $1's settings and reads them all (no row: the defaults).
-pub const LOCK_FLOW_ALL: &str = "SELECT paused, max_running, max_running_per_key FROM channels \
-     WHERE channel = $1 FOR UPDATE";
+/// Locks channel $1's settings and reads them all, then its window of starts (no row: the
+/// defaults).
+pub const LOCK_FLOW_ALL: &str = "SELECT paused, max_running, max_running_per_key, rate_starts, \
+       rate_per_ms, window_start, window_used FROM channels WHERE channel = $1 FOR UPDATE";
+
+/// Saves channel $1's window of starts: its start $2, the starts counted $3.
+pub const SAVE_WINDOW: &str =
+    "UPDATE channels SET window_start = $2, window_used = $3 WHERE channel = $1";
 
 /// Channel $1's running tasks.
 pub const RUNNING: &str = "SELECT count(*) FROM tasks WHERE channel = $1 AND status = 'running'";
@@ -183,6 +187,15 @@ pub const LOCK_EXPIRED: &str = "SELECT id, channel, status, retries_left, max_re
      attempts, run_at, lease_until, last_error, updated_at, lost_runs FROM tasks \
      WHERE status = 'running' AND lease_until <= $1 ORDER BY id FOR UPDATE SKIP LOCKED";
 
+/// When channel $1's next start is allowed if its window of starts is used up (its end), else
+/// NULL (core's `Rate::free_at`; `greatest` passes over a NULL).
+macro_rules! free_at {
+    () => {
+        "(SELECT window_start + rate_per_ms FROM channels \
+           WHERE channel = $1 AND window_used >= rate_starts)"
+    };
+}
+
 /// Channel $1 is neither paused nor at its limit of running tasks: its queued tasks are due.
 macro_rules! open {
     () => {
@@ -197,14 +210,18 @@ macro_rules! open {
 /// `KeyedClaim` for one task).
 pub const NEXT_WAKEUP: &str = concat!(
     "SELECT least( \
-     (SELECT p.run_at FROM tasks p WHERE p.channel = $1 AND p.status = 'pending' AND ",
+     (SELECT greatest(p.run_at, ",
+    free_at!(),
+    ") FROM tasks p WHERE p.channel = $1 AND p.status = 'pending' AND ",
     open!(),
     " AND (p.concurrency_key IS NULL OR (SELECT count(*) FROM tasks r \
        WHERE r.channel = $1 AND r.status = 'running' \
        AND r.concurrency_key = p.concurrency_key) < coalesce((SELECT max_running_per_key \
        FROM channels WHERE channel = $1), 1)) \
      LIMIT 1), \
-     (SELECT min(run_at) FROM tasks WHERE channel = $1 AND status = 'delayed' AND ",
+     (SELECT CASE WHEN min(run_at) IS NOT NULL THEN greatest(min(run_at), ",
+    free_at!(),
+    ") END FROM tasks WHERE channel = $1 AND status = 'delayed' AND ",
     open!(),
     "), \
      (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))"

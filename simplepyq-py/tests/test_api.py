@@ -439,6 +439,27 @@ def test_a_timeout_fails_an_attempt_that_runs_too_long(db):
         q.add_channel("d", handler, timeout=0)
 
 
+def test_a_rate_spaces_the_starts(db):
+    """A rate of 5 starts per 0.5 s: 12 tasks take three windows, never more than 5 in
+    one; bad rates are ValueErrors."""
+    q = SimplePyQ(db)
+    starts = []
+    q.add_channel("c", lambda _: starts.append(time.time()), max_workers=4)
+    assert q.set_rate("c", 5, per=0.5) is True
+    for bad in [(0, 1.0), (1, 0.0)]:
+        with pytest.raises(ValueError):
+            q.set_rate("c", *bad)
+    q.enqueue_many("c", range(12))
+    q.run_until_complete()
+    windows = {}
+    for t in starts:
+        windows[int(t * 1000) // 500] = windows.get(int(t * 1000) // 500, 0) + 1
+    assert len(starts) == 12
+    assert max(windows.values()) <= 5
+    assert len(windows) >= 3
+    assert q.set_rate("c", None) is True
+
+
 def test_psycopg_enqueues_in_its_own_transaction():
     """A psycopg transaction enqueues with the queue's SQL function: the task commits with
     the transaction's own rows (invisible before the commit), or rolls back with them; the

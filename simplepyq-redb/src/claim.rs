@@ -8,7 +8,7 @@ use simplepyq_core::{
 };
 
 use crate::error::{corrupt, db_err};
-use crate::flow::{allowance, existing, flow_in_read, flow_in_write};
+use crate::flow::{WINDOWS, allowance, existing, flow_in_read, flow_in_write, window_of};
 use crate::record;
 use crate::tables::{CHANNEL_LEASES, COUNTS, DELAYED, KEYED_PENDING, KEYS_RUNNING, READY, TASKS};
 use crate::{RedbStore, to_id};
@@ -68,7 +68,13 @@ impl ClaimStore for RedbStore {
             for id in promote {
                 t.transition_id(id, &Event::Promote { now })?;
             }
-            let limit = allowance(&flow, Some(&t.counts), channel, limit)?;
+            let mut limit = allowance(&flow, Some(&t.counts), channel, limit)?;
+            // A rate of starts: no more than its window's room, counted in this transaction.
+            let mut windows = tx.open_table(WINDOWS).map_err(db_err)?;
+            let window = window_of(Some(&windows), channel)?;
+            if let Some(rate) = flow.rate {
+                limit = limit.min(rate.room(window, now));
+            }
             let keyed = t.has_keyed_pending(channel)?;
             let ids = choose(
                 &t.ready,
@@ -78,6 +84,11 @@ impl ClaimStore for RedbStore {
                 limit,
                 now,
             )?;
+            if let Some(rate) = flow.rate.filter(|_| !ids.is_empty()) {
+                let next = rate.take(window, now, ids.len());
+                let value = (next.start.as_millis(), next.used);
+                windows.insert(channel, value).map_err(db_err)?;
+            }
             ids.into_iter()
                 .map(|(id, _)| t.transition_id(id, &event))
                 .collect()
@@ -105,7 +116,14 @@ impl ClaimStore for RedbStore {
             }
             let ready = first_ready(read, channel, Timestamp::from_millis(i64::MAX))?;
             let delayed = first(DELAYED)?;
-            Ok([ready, delayed, lease]
+            // None before a used-up window of the channel's rate ends.
+            let windows = existing(read.open_table(WINDOWS))?;
+            let free_at = match flow_in_read(read, channel)?.rate {
+                Some(rate) => rate.free_at(window_of(windows.as_ref(), channel)?),
+                None => None,
+            };
+            let later = |t: Option<i64>| t.map(|t| free_at.map_or(t, |f| t.max(f.as_millis())));
+            Ok([later(ready), later(delayed), lease]
                 .into_iter()
                 .flatten()
                 .min()

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use simplepyq_core::{
-    Flow, FlowStore, Result, Status, check_max_running, check_max_running_per_key, claim_allowance,
-    validate_channel,
+    Flow, FlowStore, Rate, RateWindow, Result, Status, check_max_running,
+    check_max_running_per_key, check_rate, claim_allowance, validate_channel,
 };
 
 use crate::RedbStore;
@@ -19,6 +19,13 @@ pub(crate) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("pause
 /// The channels' limits of running tasks.
 pub(crate) const MAX_RUNNING: TableDefinition<&str, u32> =
     TableDefinition::new("channel_max_running");
+
+/// The channels' rates of starts: (starts, window in milliseconds).
+pub(crate) const RATES: TableDefinition<&str, (u32, u64)> = TableDefinition::new("channel_rates");
+
+/// The rate-limited channels' last windows of starts: (start in milliseconds, starts).
+pub(crate) const WINDOWS: TableDefinition<&str, (i64, u32)> =
+    TableDefinition::new("channel_windows");
 
 /// The channels' limits of running tasks per concurrency key, where not the default.
 pub(crate) const MAX_PER_KEY: TableDefinition<&str, u32> =
@@ -68,6 +75,28 @@ impl FlowStore for RedbStore {
         })
     }
 
+    fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        validate_channel(channel)?;
+        check_rate(rate)?;
+        self.write_tx(|tx, _| {
+            let mut table = tx.open_table(RATES).map_err(db_err)?;
+            let stored = rate.map(|r| (r.starts, u64::try_from(r.per_ms()).unwrap_or(1)));
+            let was = match stored {
+                Some(value) => table.insert(channel, value).map_err(db_err)?,
+                None => table.remove(channel).map_err(db_err)?,
+            }
+            .map(|v| v.value());
+            // A new rate counts its starts afresh.
+            if was != stored {
+                tx.open_table(WINDOWS)
+                    .map_err(db_err)?
+                    .remove(channel)
+                    .map_err(db_err)?;
+            }
+            Ok(was != stored)
+        })
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         self.read(|read| {
             let mut flows: BTreeMap<String, Flow> = BTreeMap::new();
@@ -95,6 +124,13 @@ impl FlowStore for RedbStore {
                         .max_running_per_key = max.value();
                 }
             }
+            if let Some(table) = existing(read.open_table(RATES))? {
+                for entry in table.iter().map_err(db_err)? {
+                    let (name, rate) = entry.map_err(db_err)?;
+                    flows.entry(name.value().to_owned()).or_default().rate =
+                        Some(rate_from(rate.value()));
+                }
+            }
             Ok(flows)
         })
     }
@@ -115,6 +151,7 @@ pub(crate) fn flow_in_read(read: &ReadTransaction, channel: &str) -> Result<Flow
         existing(read.open_table(PAUSED))?,
         existing(read.open_table(MAX_RUNNING))?,
         existing(read.open_table(MAX_PER_KEY))?,
+        existing(read.open_table(RATES))?,
         channel,
     )
 }
@@ -125,6 +162,7 @@ pub(crate) fn flow_in_write(tx: &WriteTransaction, channel: &str) -> Result<Flow
         Some(tx.open_table(PAUSED).map_err(db_err)?),
         Some(tx.open_table(MAX_RUNNING).map_err(db_err)?),
         Some(tx.open_table(MAX_PER_KEY).map_err(db_err)?),
+        Some(tx.open_table(RATES).map_err(db_err)?),
         channel,
     )
 }
@@ -132,6 +170,45 @@ pub(crate) fn flow_in_write(tx: &WriteTransaction, channel: &str) -> Result<Flow
 /// `channel`'s flow settings from the flow tables (a table the file does not have yet
 /// reads as empty).
 fn flow_from(
+    paused: Option<impl ReadableTable<&'static str, ()>>,
+    max_running: Option<impl ReadableTable<&'static str, u32>>,
+    max_per_key: Option<impl ReadableTable<&'static str, u32>>,
+    rates: Option<impl ReadableTable<&'static str, (u32, u64)>>,
+    channel: &str,
+) -> Result<Flow> {
+    let mut flow = flow_settings(paused, max_running, max_per_key, channel)?;
+    if let Some(table) = rates
+        && let Some(rate) = table.get(channel).map_err(db_err)?
+    {
+        flow.rate = Some(rate_from(rate.value()));
+    }
+    Ok(flow)
+}
+
+/// A stored rate: (starts, window in milliseconds).
+fn rate_from((starts, per_ms): (u32, u64)) -> Rate {
+    Rate::new(starts, std::time::Duration::from_millis(per_ms))
+}
+
+/// `channel`'s window of starts, as `windows` (of a read or write transaction) holds it.
+pub(crate) fn window_of(
+    windows: Option<&impl ReadableTable<&'static str, (i64, u32)>>,
+    channel: &str,
+) -> Result<Option<RateWindow>> {
+    let Some(table) = windows else {
+        return Ok(None);
+    };
+    Ok(table.get(channel).map_err(db_err)?.map(|w| {
+        let (start, used) = w.value();
+        RateWindow {
+            start: simplepyq_core::Timestamp::from_millis(start),
+            used,
+        }
+    }))
+}
+
+/// The settings but the rate.
+fn flow_settings(
     paused: Option<impl ReadableTable<&'static str, ()>>,
     max_running: Option<impl ReadableTable<&'static str, u32>>,
     max_per_key: Option<impl ReadableTable<&'static str, u32>>,

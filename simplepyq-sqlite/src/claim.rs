@@ -10,7 +10,7 @@ use simplepyq_core::{
 };
 
 use crate::error::R;
-use crate::flow::{ALLOWANCE, KEY_FREE, NOT_PAUSED, OPEN, flow_of};
+use crate::flow::{ALLOWANCE, FREE_AT, KEY_FREE, NOT_PAUSED, OPEN, flow_of, rate_of, save_window};
 use crate::row::{
     COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, task_from_row, transition,
 };
@@ -73,6 +73,14 @@ impl ClaimStore for SqliteStore {
             for id in promote {
                 transition(tx, id, &Event::Promote { now })?;
             }
+            // A rate of starts: no more than its window's room, counted under the writer.
+            let rate = rate_of(tx, &channel)?;
+            let limit = match rate {
+                Some((rate, window)) => {
+                    limit.min(i64::try_from(rate.room(window, now)).unwrap_or(i64::MAX))
+                }
+                None => limit,
+            };
             let mut tasks = if keyed_pending(tx, &channel)? {
                 claim_keyed(tx, &channel, now, limit)?
             } else {
@@ -82,6 +90,9 @@ impl ClaimStore for SqliteStore {
                 t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
                 save_state(tx, t.id, &t.state)?;
             }
+            if let Some((rate, window)) = rate.filter(|_| !tasks.is_empty()) {
+                save_window(tx, &channel, rate.take(window, now, tasks.len()))?;
+            }
             Ok(tasks)
         })
     }
@@ -89,15 +100,17 @@ impl ClaimStore for SqliteStore {
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|conn| {
             // A paused or full channel's queued tasks are not due, nor pending tasks whose
-            // concurrency keys are busy.
+            // concurrency keys are busy; none before a used-up window of starts ends.
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT min(t) FROM ( \
-                   SELECT * FROM (SELECT run_at AS t FROM simplepyq_tasks p \
+                   SELECT * FROM (SELECT max(run_at, coalesce({FREE_AT}, run_at)) AS t \
+                     FROM simplepyq_tasks p \
                      WHERE channel = ?1 AND status = 'pending' AND {OPEN} AND {KEY_FREE} \
                      LIMIT 1) \
                    UNION ALL \
-                   SELECT min(run_at) FROM simplepyq_tasks \
-                     WHERE channel = ?1 AND status = 'delayed' AND {OPEN} \
+                   SELECT max(m, coalesce({FREE_AT}, m)) FROM (SELECT min(run_at) AS m \
+                     FROM simplepyq_tasks \
+                     WHERE channel = ?1 AND status = 'delayed' AND {OPEN}) \
                    UNION ALL \
                    SELECT min(lease_until) FROM simplepyq_tasks \
                      WHERE channel = ?1 AND status = 'running')"

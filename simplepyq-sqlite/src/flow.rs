@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Transaction, params};
+use std::time::Duration;
+
 use simplepyq_core::{
-    Flow, FlowStore, Result, check_max_running, check_max_running_per_key, validate_channel,
+    Flow, FlowStore, Rate, RateWindow, Result, Timestamp, check_max_running,
+    check_max_running_per_key, check_rate, validate_channel,
 };
 
 use crate::SqliteStore;
@@ -14,6 +17,11 @@ use crate::error::R;
 /// Channel ?1 is not paused: a condition of the promotion of its delayed tasks.
 pub(crate) const NOT_PAUSED: &str =
     "NOT EXISTS (SELECT 1 FROM simplepyq_channels WHERE channel = ?1 AND paused)";
+
+/// When channel ?1's next start is allowed if its window of starts is used up (its end), else
+/// NULL (core's `Rate::free_at`).
+pub(crate) const FREE_AT: &str = "(SELECT window_start + rate_per_ms FROM simplepyq_channels \
+     WHERE channel = ?1 AND window_used >= rate_starts)";
 
 /// Channel ?1 is neither paused nor at its limit of running tasks: its queued tasks are due.
 pub(crate) const OPEN: &str = "NOT EXISTS (SELECT 1 FROM simplepyq_channels f \
@@ -50,12 +58,16 @@ impl FlowStore for SqliteStore {
         self.change_flow(channel, move |f| f.max_running_per_key = max)
     }
 
+    fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        check_rate(rate)?;
+        self.change_flow(channel, move |f| f.rate = rate)
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT channel, paused, max_running, max_running_per_key FROM simplepyq_channels \
-                 ORDER BY channel",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT channel, {FLOW_COLUMNS} FROM simplepyq_channels ORDER BY channel"
+            ))?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, flow_from(r, 1)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
@@ -90,22 +102,65 @@ impl SqliteStore {
     }
 }
 
-/// The flow settings in the columns `paused`, `max_running` and `max_running_per_key` from
-/// `at`.
+/// The flow settings in the columns of [`FLOW_COLUMNS`] from `at`.
 fn flow_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Flow> {
     let mut flow = Flow::default();
     flow.paused = r.get(at)?;
     flow.max_running = r.get(at + 1)?;
     flow.max_running_per_key = r.get(at + 2)?;
+    let (starts, per_ms): (Option<u32>, Option<i64>) = (r.get(at + 3)?, r.get(at + 4)?);
+    if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
+        flow.rate = Some(Rate::new(starts, millis(per_ms)));
+    }
     Ok(flow)
+}
+
+/// A stored window's length as a duration.
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(1))
+}
+
+/// The settings' columns of `simplepyq_channels`, as [`flow_from`] reads them.
+const FLOW_COLUMNS: &str = "paused, max_running, max_running_per_key, rate_starts, rate_per_ms";
+
+/// Channel `channel`'s rate and its last window, if it has a rate.
+pub(crate) fn rate_of(
+    tx: &Transaction<'_>,
+    channel: &str,
+) -> R<Option<(Rate, Option<RateWindow>)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT rate_starts, rate_per_ms, window_start, window_used FROM simplepyq_channels \
+         WHERE channel = ?1 AND rate_starts IS NOT NULL",
+    )?;
+    let found = stmt
+        .query_row([channel], |r| {
+            let rate = Rate::new(r.get(0)?, millis(r.get(1)?));
+            let start: Option<i64> = r.get(2)?;
+            let used: u32 = r.get(3)?;
+            let window = start.map(|s| RateWindow {
+                start: Timestamp::from_millis(s),
+                used,
+            });
+            Ok((rate, window))
+        })
+        .optional()?;
+    Ok(found)
+}
+
+/// Saves channel `channel`'s window of starts.
+pub(crate) fn save_window(tx: &Transaction<'_>, channel: &str, window: RateWindow) -> R<()> {
+    tx.prepare_cached(
+        "UPDATE simplepyq_channels SET window_start = ?2, window_used = ?3 WHERE channel = ?1",
+    )?
+    .execute(params![channel, window.start.as_millis(), window.used])?;
+    Ok(())
 }
 
 /// The flow settings of `channel`, if it has a row.
 pub(crate) fn flow_of(tx: &Transaction<'_>, channel: &str) -> R<Option<Flow>> {
     Ok(tx
         .query_row(
-            "SELECT paused, max_running, max_running_per_key FROM simplepyq_channels \
-             WHERE channel = ?1",
+            &format!("SELECT {FLOW_COLUMNS} FROM simplepyq_channels WHERE channel = ?1"),
             [channel],
             |r| flow_from(r, 0),
         )
@@ -121,16 +176,25 @@ fn save(tx: &Transaction<'_>, channel: &str, flow: &Flow) -> R<()> {
         )?;
     } else {
         tx.execute(
-            "INSERT INTO simplepyq_channels (channel, paused, max_running, max_running_per_key) \
-             VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
-               max_running = excluded.max_running, \
-               max_running_per_key = excluded.max_running_per_key",
+            &format!(
+                "INSERT INTO simplepyq_channels (channel, {FLOW_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
+                   max_running = excluded.max_running, \
+                   max_running_per_key = excluded.max_running_per_key, \
+                   rate_starts = excluded.rate_starts, rate_per_ms = excluded.rate_per_ms, \
+                   window_start = CASE WHEN rate_starts IS excluded.rate_starts \
+                     AND rate_per_ms IS excluded.rate_per_ms THEN window_start END, \
+                   window_used = CASE WHEN rate_starts IS excluded.rate_starts \
+                     AND rate_per_ms IS excluded.rate_per_ms THEN window_used ELSE 0 END"
+            ),
             params![
                 channel,
                 flow.paused,
                 flow.max_running,
-                flow.max_running_per_key
+                flow.max_running_per_key,
+                flow.rate.map(|r| r.starts),
+                flow.rate.map(|r| r.per_ms()),
             ],
         )?;
     }

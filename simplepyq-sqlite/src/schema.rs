@@ -145,6 +145,10 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
     &[
         ("simplepyq_tasks", "concurrency_key", "NULL"),
         ("simplepyq_channels", "max_running_per_key", "1"),
+        ("simplepyq_channels", "rate_starts", "NULL"),
+        ("simplepyq_channels", "rate_per_ms", "NULL"),
+        ("simplepyq_channels", "window_start", "NULL"),
+        ("simplepyq_channels", "window_used", "0"),
         ("simplepyq_tasks", "timeout_ms", "NULL"),
     ],
 ];
@@ -164,7 +168,16 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
     &[("simplepyq_schema", &["version", "applied_at"])],
     &[(
         "simplepyq_channels",
-        &["channel", "paused", "max_running", "max_running_per_key"],
+        &[
+            "channel",
+            "paused",
+            "max_running",
+            "max_running_per_key",
+            "rate_starts",
+            "rate_per_ms",
+            "window_start",
+            "window_used",
+        ],
     )],
     &[],
 ];

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use simplepyq_core::{Flow, Result, Store, StoreExt};
+use simplepyq_core::{Flow, Rate, Result, Store, StoreExt};
 
 use crate::queue::SimplePyQ;
 
@@ -102,6 +102,36 @@ impl<S: Store> SimplePyQ<S> {
         let changed = engine
             .store
             .limit_per_key_known(channel, max, self.workers.has(channel))?;
+        engine.wake(channel, true);
+        Ok(changed)
+    }
+
+    /// Sets how many of `channel`'s tasks may start per window of time across every process
+    /// and machine sharing the store (`None`: no limit), durably, changeable while workers
+    /// run: "no more than 100 requests a minute to that API". The windows are laid end to
+    /// end from the Unix epoch (`Rate::new(100, 60 s)`: each whole minute of the store's
+    /// clock); each claim of a task counts as a start, counted in the claim itself, so that
+    /// claims of all processes together start at most `starts` in a window. While a window
+    /// is used up, idle workers sleep until it ends (no polling). Returns whether it
+    /// changed.
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for 0 starts or a window under a
+    /// millisecond, [`Error::UnknownChannel`](crate::Error::UnknownChannel) as
+    /// [`SimplePyQ::pause`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use simplepyq::Rate;
+    /// # let q = simplepyq::SimplePyQ::memory();
+    /// q.add_channel("api", |_: u64| Ok(()), 8)?;
+    /// q.set_rate("api", Some(Rate::new(100, Duration::from_secs(60))))?;
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        let engine = &self.workers.engine;
+        let changed = engine
+            .store
+            .rate_known(channel, rate, self.workers.has(channel))?;
         engine.wake(channel, true);
         Ok(changed)
     }

@@ -139,8 +139,8 @@ pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
 pub use simplepyq_core::{
     AdminStore, ClaimStore, Clock, Counts, Error, Finished, Flow, FlowStore, InspectStore,
-    ListFilter, ManualClock, Outcome, OutcomeStore, Result, Schedule, ScheduleStore, Status, Store,
-    SystemClock, Task, TaskId, TaskState, Timestamp, Totals, TransactionStore,
+    ListFilter, ManualClock, Outcome, OutcomeStore, Rate, Result, Schedule, ScheduleStore, Status,
+    Store, SystemClock, Task, TaskId, TaskState, Timestamp, Totals, TransactionStore,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

@@ -158,6 +158,10 @@ impl simplepyq_core::FlowStore for Store2 {
         self.inner.set_max_running_per_key(channel, max)
     }
 
+    fn set_rate(&self, channel: &str, rate: Option<simplepyq_core::Rate>) -> Result<bool> {
+        self.inner.set_rate(channel, rate)
+    }
+
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
         self.inner.flows()
     }

@@ -264,7 +264,17 @@ macro_rules! conformance_tests {
                 bad_keys_are_refused,
                 concurrent_claims_never_run_a_key_twice,
             ];
+            rates: [
+                a_rate_caps_the_starts_of_each_window,
+                bad_rates_are_refused_and_a_rate_outlives_its_tasks,
+                concurrent_claims_never_exceed_a_rate,
+            ];
         );
+        #[test]
+        fn a_rate_outlives_the_store() {
+            let mut fixture = fixture();
+            $crate::conformance::rates::a_rate_outlives_the_store(&mut fixture);
+        }
         #[test]
         fn a_pause_outlives_the_store() {
             let mut fixture = fixture();

@@ -12,8 +12,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    Claim, Counts, Error, Flow, KeyedClaim, NewTask, Outcome, Status, Store, StoreExt, Task,
-    TaskId, Timestamp, Totals, change_flow, claim_allowance,
+    Claim, Counts, Error, Flow, KeyedClaim, NewTask, Outcome, Rate, RateWindow, Status, Store,
+    StoreExt, Task, TaskId, Timestamp, Totals, change_flow, claim_allowance,
 };
 
 const CHANNELS: [&str; 3] = ["a", "b", "c"];
@@ -114,9 +114,19 @@ pub enum Op {
         /// The limit.
         max: u32,
     },
+    /// Set or remove a channel's rate of starts (per window of [`RATE_WINDOW`]).
+    SetRate {
+        /// Index into the channels.
+        channel: usize,
+        /// Starts per window, or no rate.
+        starts: Option<u32>,
+    },
     /// Close the store and open its file again (durable stores only).
     Reopen,
 }
+
+/// The window of the rates the model-based tests set.
+const RATE_WINDOW: Duration = Duration::from_millis(300);
 
 /// A random operation, weighted towards the common ones.
 pub fn op() -> impl Strategy<Value = Op> {
@@ -140,7 +150,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => (channel.clone(), any::<bool>()).prop_map(|(channel, paused)| Op::SetPaused { channel, paused }),
         1 => (channel.clone(), proptest::option::of(1u32..3)).prop_map(|(channel, max)| Op::SetMaxRunning { channel, max }),
-        1 => (channel, 1u32..3).prop_map(|(channel, max)| Op::SetMaxPerKey { channel, max }),
+        1 => (channel.clone(), 1u32..3).prop_map(|(channel, max)| Op::SetMaxPerKey { channel, max }),
+        1 => (channel, proptest::option::of(1u32..4)).prop_map(|(channel, starts)| Op::SetRate { channel, starts }),
     ]
 }
 
@@ -151,6 +162,8 @@ struct Model {
     last_id: Option<TaskId>,
     totals: BTreeMap<String, Totals>,
     flows: BTreeMap<&'static str, Flow>,
+    /// Each rate-limited channel's last window of starts.
+    windows: BTreeMap<&'static str, RateWindow>,
 }
 
 impl Model {
@@ -290,8 +303,17 @@ impl Model {
         for id in due {
             self.event(id, &Event::Promote { now });
         }
-        let limit = self.allowance(channel, limit);
+        let mut limit = self.allowance(channel, limit);
+        let rate = self.flows.get(channel).and_then(|f| f.rate);
+        let window = self.windows.get(channel).copied();
+        if let Some(rate) = rate {
+            limit = limit.min(rate.room(window, now));
+        }
         let ids = self.choose(channel, limit, now);
+        let name = CHANNELS.iter().find(|c| **c == channel);
+        if let (Some(rate), Some(name)) = (rate.filter(|_| !ids.is_empty()), name) {
+            self.windows.insert(name, rate.take(window, now, ids.len()));
+        }
         let event = Event::Claim {
             now,
             lease_until: now.after(LEASE),
@@ -533,6 +555,18 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     .map_err(|e| fail(&at(&e.to_string())))?;
                 let expected = change_flow(&mut model.flows, ch, |f| f.max_running_per_key = *max);
                 prop_assert_eq!(changed, expected, "{}", at("per-key limit changed"));
+            }
+            Op::SetRate { channel, starts } => {
+                let ch = CHANNELS[*channel];
+                let rate = starts.map(|n| Rate::new(n, RATE_WINDOW));
+                let changed = store
+                    .set_rate(ch, rate)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let expected = change_flow(&mut model.flows, ch, |f| f.rate = rate);
+                if expected {
+                    model.windows.remove(ch);
+                }
+                prop_assert_eq!(changed, expected, "{}", at("rate changed"));
             }
             Op::PurgeDone => {
                 let n = store

@@ -283,3 +283,66 @@ fn keys_hold_across_processes_sqlite() {
 fn keys_hold_across_processes_postgres() {
     keys_hold_across_processes(Backend::Postgres);
 }
+
+/// Three worker processes (4 workers each) drain 250 tasks of 5 ms from a channel with a
+/// rate of 50 starts per second (windows of whole seconds): no window of a second holds
+/// more than 50 starts anywhere, the whole windows of the run hold close to 50 each (the
+/// processes together keep to the rate, not below it), and every task runs exactly once.
+fn a_rate_holds_across_processes(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    let (n, per_second) = (250u32, 50usize);
+    enqueue_numbers(backend, &db, n, 0);
+    let admin = backend.open(&db);
+    let rate = simplepyq_core::Rate::new(50, Duration::from_secs(1));
+    assert!(admin.rate_known("work", Some(rate), false).expect("rate"));
+    let children: Vec<Child> = (0..PROCESSES)
+        .map(|_| spawn_worker(backend, &db, &log, WORKERS, 5, 30_000))
+        .collect();
+    for child in children {
+        wait_ok(child);
+    }
+    let runs = timed_runs(&log);
+    let mut seen = HashMap::new();
+    for (pid, task, _) in &runs {
+        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
+    }
+    assert_eq!(runs.len(), n as usize);
+    // Starts per window, by the store's clock (SQLite's is this machine's; the test
+    // server's is this machine's too).
+    let mut windows: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+    for (_, _, ms) in &runs {
+        *windows.entry(ms / 1_000).or_default() += 1;
+    }
+    let counts: Vec<usize> = windows.values().copied().collect();
+    eprintln!("{backend:?}: starts per second {counts:?}");
+    // A start is logged a little after its claim: a claim at the end of a window may log
+    // in the next one. Counted by claim, no window holds more than 50; by log, a few move.
+    let most = counts.iter().copied().max().unwrap_or(0);
+    assert!(
+        most <= per_second + 4,
+        "{most} starts in a second: {counts:?}"
+    );
+    let inner = &counts[1..counts.len().saturating_sub(1)];
+    assert!(
+        inner.iter().all(|&c| c >= per_second - 5),
+        "a whole second well below the rate: {counts:?}"
+    );
+    assert!(
+        counts.len() >= 5,
+        "250 starts at 50 a second took {} windows",
+        counts.len()
+    );
+    let c = admin.counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
+}
+
+#[test]
+fn a_rate_holds_across_processes_sqlite() {
+    a_rate_holds_across_processes(Backend::Sqlite);
+}
+
+#[test]
+fn a_rate_holds_across_processes_postgres() {
+    a_rate_holds_across_processes(Backend::Postgres);
+}

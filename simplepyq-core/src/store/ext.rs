@@ -71,6 +71,7 @@ pub trait StoreExt: Store {
                 .map_or(Flow::default().max_running_per_key, |f| {
                     f.max_running_per_key
                 }),
+            rate: flows.get(&name).and_then(|f| f.rate),
             name,
         })
     }
@@ -108,6 +109,19 @@ pub trait StoreExt: Store {
         crate::check_max_running_per_key(max)?;
         self.check_known(channel, known_here)?;
         self.set_max_running_per_key(channel, max)
+    }
+
+    /// Sets `channel`'s rate of starts ([`crate::FlowStore::set_rate`]), refusing an unknown
+    /// name as [`StoreExt::pause_known`] does. Returns whether it changed.
+    fn rate_known(
+        &self,
+        channel: &str,
+        rate: Option<crate::Rate>,
+        known_here: bool,
+    ) -> Result<bool> {
+        crate::check_rate(rate)?;
+        self.check_known(channel, known_here)?;
+        self.set_rate(channel, rate)
     }
 
     /// An error for a channel name that is invalid, or that neither the store nor the
@@ -156,6 +170,8 @@ pub struct ChannelSummary {
     /// Its limit of running tasks per concurrency key
     /// ([`crate::FlowStore::set_max_running_per_key`]).
     pub max_running_per_key: u32,
+    /// Its rate of starts ([`crate::FlowStore::set_rate`]).
+    pub rate: Option<crate::Rate>,
 }
 
 impl ChannelSummary {

@@ -20,6 +20,91 @@ pub struct Flow {
     /// ([`crate::NewTask::concurrency_key`]) run at once, across every process; tasks
     /// without a key are not counted. Default 1: one at a time per key. Never 0.
     pub max_running_per_key: u32,
+    /// At most so many of the channel's tasks start per window of time, across every
+    /// process; `None` for no limit.
+    pub rate: Option<Rate>,
+}
+
+/// A channel's limit of task starts: at most `starts` claims of its tasks in each window of
+/// `per`, the windows laid end to end from the Unix epoch (a window starts at each multiple
+/// of `per`). A claim counts as a start (a task claimed and given back unstarted too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rate {
+    /// Starts per window; at least 1.
+    pub starts: u32,
+    /// The window's length; at least a millisecond, kept in whole milliseconds.
+    pub per: std::time::Duration,
+}
+
+/// The starts counted in a channel's current window of its [`Rate`], as a store keeps them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    /// The window's start.
+    pub start: crate::Timestamp,
+    /// The starts counted in it.
+    pub used: u32,
+}
+
+impl Rate {
+    /// `starts` per `per`.
+    pub fn new(starts: u32, per: std::time::Duration) -> Self {
+        Rate { starts, per }
+    }
+
+    /// The window's length in milliseconds (at least one).
+    pub fn per_ms(&self) -> i64 {
+        i64::try_from(self.per.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+
+    /// The start of the window that holds `now`.
+    pub fn window_of(&self, now: crate::Timestamp) -> crate::Timestamp {
+        let ms = now.as_millis();
+        crate::Timestamp::from_millis(ms - ms.rem_euclid(self.per_ms()))
+    }
+
+    /// How many more starts the window that holds `now` allows, given the store's last
+    /// window (`None`: no start counted yet). A claim whose `now` lies before the last
+    /// window (it waited for the store while others claimed) is counted in that window:
+    /// windows never go back.
+    pub fn room(&self, window: Option<RateWindow>, now: crate::Timestamp) -> usize {
+        self.starts.saturating_sub(self.current(window, now).used) as usize
+    }
+
+    /// The window after `taken` more starts at `now`.
+    pub fn take(
+        &self,
+        window: Option<RateWindow>,
+        now: crate::Timestamp,
+        taken: usize,
+    ) -> RateWindow {
+        let current = self.current(window, now);
+        RateWindow {
+            start: current.start,
+            used: current
+                .used
+                .saturating_add(u32::try_from(taken).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// The window a claim at `now` counts in: the one that holds `now`, or the last one if
+    /// that is later.
+    fn current(&self, window: Option<RateWindow>, now: crate::Timestamp) -> RateWindow {
+        let start = self.window_of(now);
+        match window {
+            Some(w) if w.start >= start => w,
+            _ => RateWindow { start, used: 0 },
+        }
+    }
+
+    /// When the next start is allowed, if the last window is used up: its end.
+    pub fn free_at(&self, window: Option<RateWindow>) -> Option<crate::Timestamp> {
+        let w = window?;
+        let end = w.start.as_millis().saturating_add(self.per_ms());
+        (w.used >= self.starts).then(|| crate::Timestamp::from_millis(end))
+    }
 }
 
 impl Default for Flow {
@@ -28,6 +113,7 @@ impl Default for Flow {
             paused: false,
             max_running: None,
             max_running_per_key: 1,
+            rate: None,
         }
     }
 }
@@ -85,6 +171,20 @@ pub trait FlowStore: Send + Sync + Debug + 'static {
     /// [`crate::AdminStore::remove_channel`], as a pause does.
     fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool>;
 
+    /// Sets how many of `channel`'s tasks may start per window of time across every process
+    /// sharing the store (`None`: no limit); returns whether that changed its setting.
+    ///
+    /// # Contract
+    /// Claims of all processes together start at most [`Rate::starts`] of the channel's tasks
+    /// in each window of [`Rate::per`] (windows from the Unix epoch, by the claims' `now`),
+    /// the count and the claim being one atomic step. While the window is used up,
+    /// [`crate::ClaimStore::next_wakeup`] gives no time for the channel's queued tasks
+    /// before the window's end, so idle workers sleep until then. A changed rate counts its
+    /// starts afresh (the current window's count is dropped). 0 starts, or a window
+    /// under a millisecond, is [`crate::Error::InvalidConfig`]; the setting outlives the
+    /// store and [`crate::AdminStore::remove_channel`].
+    fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool>;
+
     /// Every channel whose flow settings are not the default, in name order.
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
 }
@@ -111,6 +211,24 @@ pub fn check_max_running_per_key(max: u32) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The error for a rate of 0 starts or a window under a millisecond, and `Ok` for the
+/// others: the rule of [`FlowStore::set_rate`], for every store.
+pub fn check_rate(rate: Option<Rate>) -> Result<()> {
+    match rate {
+        Some(r) if r.starts == 0 => Err(crate::Error::InvalidConfig(
+            "a channel's rate must allow at least 1 start: pause the channel to start none".into(),
+        )),
+        Some(r) if r.per.as_millis() == 0 || r.per.as_millis() > i64::MAX as u128 => {
+            Err(crate::Error::InvalidConfig(format!(
+                "a rate's window must be from 1 ms to {} ms, not {:?}",
+                i64::MAX,
+                r.per
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Changes the settings of `key` in `flows` with `change`, keeping no entry for the
@@ -219,5 +337,41 @@ forward!(FlowStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool>;
     fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool>;
     fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool>;
+    fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool>;
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
 });
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Timestamp;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn windows_of_a_rate_fill_up_and_never_go_back() {
+        let rate = Rate::new(2, Duration::from_secs(1));
+        assert_eq!(rate.room(None, at(1_500)), 2);
+        let used = rate.take(None, at(1_500), 2);
+        assert_eq!(
+            used,
+            RateWindow {
+                start: at(1_000),
+                used: 2
+            }
+        );
+        assert_eq!(rate.room(Some(used), at(1_999)), 0);
+        assert_eq!(rate.free_at(Some(used)), Some(at(2_000)));
+        // A claim whose time lies before the last window (it waited while others claimed)
+        // counts in that window, not in a fresh one of its own (seen failing across
+        // PostgreSQL processes: 62 starts in a second of a rate of 50).
+        assert_eq!(rate.room(Some(used), at(900)), 0);
+        assert_eq!(rate.take(Some(used), at(900), 0).start, at(1_000));
+        assert_eq!(rate.room(Some(used), at(2_000)), 2);
+        assert_eq!(rate.free_at(Some(rate.take(None, at(2_000), 1))), None);
+    }
+}

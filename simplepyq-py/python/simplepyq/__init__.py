@@ -181,6 +181,14 @@ class SimplePyQ:
         Return whether it changed. ``ValueError`` for 0 (pause the channel instead)."""
         return self._engine.set_max_running(channel, max_running)
 
+    def set_rate(self, channel: str, starts: Optional[int], per: Seconds = 1.0) -> bool:
+        """At most ``starts`` of the channel's tasks start in each window of ``per`` seconds
+        (or a timedelta; windows laid end to end from the Unix epoch), across every process
+        and machine on the queue (``None``: no rate); durable, changeable while workers run.
+        Return whether it changed. ``ValueError`` for 0 starts or a window under a
+        millisecond."""
+        return self._engine.set_rate(channel, starts, _secs("per", per))
+
     def set_max_running_per_key(self, channel: str, max_running: int) -> bool:
         """At most ``max_running`` of the channel's tasks with the same ``concurrency_key``
         run at once, across every process and machine on the queue (default 1: one at a

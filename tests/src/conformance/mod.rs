@@ -8,6 +8,7 @@ pub mod flow;
 pub mod inspect;
 pub mod keys;
 pub mod outcome;
+pub mod rates;
 pub mod schedules;
 
 use std::sync::Arc;
