@@ -114,7 +114,7 @@ pub enum Op {
         /// The limit.
         max: u32,
     },
-    /// Set or remove a channel's rate of starts (per window of [`RATE_WINDOW`]).
+    /// Set or remove a channel's rate of starts (per window of 300 ms).
     SetRate {
         /// Index into the channels.
         channel: usize,
