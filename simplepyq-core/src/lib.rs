@@ -51,5 +51,5 @@ pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, NewTask, Outcome,
     ParseStatusError, Status, Task, TaskId, TaskState, validate_channel, validate_concurrency_key,
 };
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, duration_of, millis_of};
 pub use totals::Totals;

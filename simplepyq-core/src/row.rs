@@ -87,7 +87,7 @@ pub fn read_task<R: RowValues>(r: &R) -> Result<Task, R::Error> {
         concurrency_key: r.opt_text(CONCURRENCY_KEY_COLUMN)?,
         timeout: match r.opt_int(7)? {
             Some(ms) if ms <= 0 => return Err(r.bad_value("timeout_ms", &ms)),
-            ms => ms.map(crate::task::timeout_from_ms),
+            ms => ms.map(crate::time::duration_of),
         },
         state: read_state(r, 8)?,
     })

@@ -121,10 +121,8 @@ impl Schedule {
     /// that started then), in order: one for all those more than [`LATE`] late, at the
     /// latest of them, then each of the others.
     pub fn due(&self, after: Timestamp, now: Timestamp) -> Vec<Timestamp> {
-        let late = Timestamp::from_millis(
-            now.as_millis()
-                .saturating_sub(i64::try_from(LATE.as_millis()).unwrap_or(i64::MAX)),
-        );
+        let late =
+            Timestamp::from_millis(now.as_millis().saturating_sub(crate::time::millis_of(LATE)));
         let mut fires = Vec::new();
         if let Some(t) = self.last_at_or_before(late).filter(|&t| t > after) {
             fires.push(t);

@@ -290,8 +290,7 @@ impl NewTask {
 
     /// The timeout in whole milliseconds, as stores keep it.
     pub fn timeout_ms(&self) -> Option<i64> {
-        self.timeout
-            .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
+        self.timeout.map(crate::time::millis_of)
     }
 
     /// Sets the number of retries.
@@ -321,7 +320,7 @@ impl NewTask {
             priority: self.priority,
             unique_key: self.unique_key.clone(),
             concurrency_key: self.concurrency_key.clone(),
-            timeout: self.timeout_ms().map(timeout_from_ms),
+            timeout: self.timeout_ms().map(crate::time::duration_of),
             state: self.initial_state(now),
         }
     }
@@ -479,7 +478,7 @@ impl Finished {
 
     /// A bucket's width in milliseconds, as stores group by it: at least one.
     pub fn width_ms(width: Duration) -> i64 {
-        i64::try_from(width.as_millis()).unwrap_or(i64::MAX).max(1)
+        crate::time::millis_of(width).max(1)
     }
 
     /// Sums `(time, status, count)` rows into buckets of `width`, in time order; statuses
@@ -543,10 +542,4 @@ pub fn validate_concurrency_key(key: &str) -> crate::Result<()> {
         "invalid concurrency key {:?}: {problem}",
         key.chars().take(64).collect::<String>()
     )))
-}
-
-/// A stored timeout in milliseconds as a duration (a negative one, never written, reads as
-/// none).
-pub(crate) fn timeout_from_ms(ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

@@ -5,6 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// `d` in whole milliseconds, as stores keep lengths of time (saturating at `i64::MAX`).
+pub fn millis_of(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A length of time a store keeps in milliseconds (a negative one, never written, reads as
+/// zero).
+pub fn duration_of(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 /// A point in time: milliseconds since the Unix epoch, as stored on disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
@@ -25,8 +36,7 @@ impl Timestamp {
 
     /// This time plus `d`, saturating at the largest timestamp.
     pub fn after(self, d: Duration) -> Self {
-        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        Timestamp(self.0.saturating_add(ms))
+        Timestamp(self.0.saturating_add(millis_of(d)))
     }
 
     /// How long from `self` until `later`; zero if `later` is not later.
@@ -84,8 +94,7 @@ impl ManualClock {
 
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
-        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.0.fetch_add(millis_of(d), Ordering::SeqCst);
     }
 
     /// Sets the clock to `t`.

@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 
 use postgres::Row;
 use postgres::error::SqlState;
-use std::time::Duration;
 
 use simplepyq_core::{
     Flow, FlowStore, Rate, Result, check_max_running, check_max_running_per_key, check_rate,
-    validate_channel,
+    duration_of, validate_channel,
 };
 
 use crate::PostgresStore;
@@ -120,7 +119,7 @@ pub(crate) fn flow_from(r: &Row, at: usize) -> R<Flow> {
     if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
         flow.rate = Some(Rate::new(
             u32::try_from(starts).unwrap_or(1),
-            Duration::from_millis(u64::try_from(per_ms).unwrap_or(1)),
+            duration_of(per_ms),
         ));
     }
     Ok(flow)

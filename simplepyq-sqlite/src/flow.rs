@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use std::time::Duration;
 
 use simplepyq_core::{
     Flow, FlowStore, Rate, RateWindow, Result, Timestamp, check_max_running,
-    check_max_running_per_key, check_rate, validate_channel,
+    check_max_running_per_key, check_rate, duration_of, validate_channel,
 };
 
 use crate::SqliteStore;
@@ -110,14 +109,9 @@ fn flow_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Flow> {
     flow.max_running_per_key = r.get(at + 2)?;
     let (starts, per_ms): (Option<u32>, Option<i64>) = (r.get(at + 3)?, r.get(at + 4)?);
     if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
-        flow.rate = Some(Rate::new(starts, millis(per_ms)));
+        flow.rate = Some(Rate::new(starts, duration_of(per_ms)));
     }
     Ok(flow)
-}
-
-/// A stored window's length as a duration.
-fn millis(ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(ms).unwrap_or(1))
 }
 
 /// The settings' columns of `simplepyq_channels`, as [`flow_from`] reads them.
@@ -134,7 +128,7 @@ pub(crate) fn rate_of(
     )?;
     let found = stmt
         .query_row([channel], |r| {
-            let rate = Rate::new(r.get(0)?, millis(r.get(1)?));
+            let rate = Rate::new(r.get(0)?, duration_of(r.get(1)?));
             let start: Option<i64> = r.get(2)?;
             let used: u32 = r.get(3)?;
             let window = start.map(|s| RateWindow {

@@ -125,7 +125,7 @@ impl EnqueueOptions {
 fn system_time(t: SystemTime) -> Timestamp {
     let ms = t
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        .map_or(0, simplepyq_core::millis_of);
     Timestamp::from_millis(ms)
 }
 

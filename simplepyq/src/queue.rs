@@ -671,8 +671,8 @@ impl<S: Store> SimplePyQ<S> {
         older_than: Duration,
     ) -> Result<usize> {
         let now = self.workers.engine.now().as_millis();
-        let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-        let before = Timestamp::from_millis(now.saturating_sub(ms));
+        let before =
+            Timestamp::from_millis(now.saturating_sub(simplepyq_core::millis_of(older_than)));
         self.workers.engine.store.purge_done(channel.into(), before)
     }
 

@@ -54,9 +54,7 @@ impl Rate {
 
     /// The window's length in milliseconds (at least one).
     pub fn per_ms(&self) -> i64 {
-        i64::try_from(self.per.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1)
+        crate::time::millis_of(self.per).max(1)
     }
 
     /// The start of the window that holds `now`.
