@@ -70,8 +70,11 @@ impl ClaimStore for RedbStore {
             }
             let mut limit = allowance(&flow, Some(&t.counts), channel, limit)?;
             // A rate of starts: no more than its window's room, counted in this transaction.
-            let mut windows = tx.open_table(WINDOWS).map_err(db_err)?;
-            let window = window_of(Some(&windows), channel)?;
+            let mut windows = match flow.rate {
+                Some(_) => Some(tx.open_table(WINDOWS).map_err(db_err)?),
+                None => None,
+            };
+            let window = window_of(windows.as_ref(), channel)?;
             if let Some(rate) = flow.rate {
                 limit = limit.min(rate.room(window, now));
             }
@@ -84,7 +87,9 @@ impl ClaimStore for RedbStore {
                 limit,
                 now,
             )?;
-            if let Some(rate) = flow.rate.filter(|_| !ids.is_empty()) {
+            if let (Some(rate), Some(windows)) = (flow.rate, windows.as_mut())
+                && !ids.is_empty()
+            {
                 let next = rate.take(window, now, ids.len());
                 let value = (next.start.as_millis(), next.used);
                 windows.insert(channel, value).map_err(db_err)?;

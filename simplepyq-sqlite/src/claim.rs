@@ -5,12 +5,12 @@ use rusqlite::params;
 use rusqlite::{OptionalExtension, Transaction};
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
-    ClaimStore, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch,
+    ClaimStore, Flow, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch,
     claim_allowance,
 };
 
 use crate::error::R;
-use crate::flow::{ALLOWANCE, FREE_AT, KEY_FREE, NOT_PAUSED, OPEN, flow_of, rate_of, save_window};
+use crate::flow::{ALLOWANCE, FREE_AT, KEY_FREE, NOT_PAUSED, OPEN, flow_of, save_window};
 use crate::row::{
     COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, task_from_row, transition,
 };
@@ -74,15 +74,13 @@ impl ClaimStore for SqliteStore {
                 transition(tx, id, &Event::Promote { now })?;
             }
             // A rate of starts: no more than its window's room, counted under the writer.
-            let rate = rate_of(tx, &channel)?;
-            let limit = match rate {
-                Some((rate, window)) => {
-                    limit.min(i64::try_from(rate.room(window, now)).unwrap_or(i64::MAX))
-                }
+            let (flow, window) = flow_of(tx, &channel)?;
+            let limit = match flow.rate {
+                Some(rate) => limit.min(i64::try_from(rate.room(window, now)).unwrap_or(i64::MAX)),
                 None => limit,
             };
             let mut tasks = if keyed_pending(tx, &channel)? {
-                claim_keyed(tx, &channel, now, limit)?
+                claim_keyed(tx, &channel, &flow, now, limit)?
             } else {
                 select_tasks(tx, &claim_sql(), params![channel, now.as_millis(), limit])?
             };
@@ -90,7 +88,7 @@ impl ClaimStore for SqliteStore {
                 t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
                 save_state(tx, t.id, &t.state)?;
             }
-            if let Some((rate, window)) = rate.filter(|_| !tasks.is_empty()) {
+            if let Some(rate) = flow.rate.filter(|_| !tasks.is_empty()) {
                 save_window(tx, &channel, rate.take(window, now, tasks.len()))?;
             }
             Ok(tasks)
@@ -145,14 +143,19 @@ fn keyed_pending(tx: &Transaction<'_>, channel: &str) -> R<bool> {
 /// The claim's tasks when some have concurrency keys: core's [`KeyedClaim`] goes through
 /// the due pending tasks in claim order, skipping those whose key is busy, up to what the
 /// channel's flow settings allow a claim of up to `limit` ([`claim_allowance`]).
-fn claim_keyed(tx: &Transaction<'_>, channel: &str, now: Timestamp, limit: i64) -> R<Vec<Task>> {
-    let flow = flow_of(tx, channel)?.unwrap_or_default();
+fn claim_keyed(
+    tx: &Transaction<'_>,
+    channel: &str,
+    flow: &Flow,
+    now: Timestamp,
+    limit: i64,
+) -> R<Vec<Task>> {
     let running = match flow.max_running {
         Some(_) => count(tx, RUNNING, params![channel])?,
         None => 0,
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut claim = KeyedClaim::new(&flow, claim_allowance(&flow, running, limit));
+    let mut claim = KeyedClaim::new(flow, claim_allowance(flow, running, limit));
     let mut candidates = tx.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} ORDER BY priority DESC, run_at, id"
     ))?;

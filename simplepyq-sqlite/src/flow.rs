@@ -85,7 +85,7 @@ impl SqliteStore {
         validate_channel(channel)?;
         let name = channel.to_owned();
         let changed = self.write(move |tx| {
-            let before = flow_of(tx, &name)?.unwrap_or_default();
+            let (before, _) = flow_of(tx, &name)?;
             let mut flow = before.clone();
             change(&mut flow);
             if flow == before {
@@ -117,30 +117,6 @@ fn flow_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Flow> {
 /// The settings' columns of `simplepyq_channels`, as [`flow_from`] reads them.
 const FLOW_COLUMNS: &str = "paused, max_running, max_running_per_key, rate_starts, rate_per_ms";
 
-/// Channel `channel`'s rate and its last window, if it has a rate.
-pub(crate) fn rate_of(
-    tx: &Transaction<'_>,
-    channel: &str,
-) -> R<Option<(Rate, Option<RateWindow>)>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT rate_starts, rate_per_ms, window_start, window_used FROM simplepyq_channels \
-         WHERE channel = ?1 AND rate_starts IS NOT NULL",
-    )?;
-    let found = stmt
-        .query_row([channel], |r| {
-            let rate = Rate::new(r.get(0)?, duration_of(r.get(1)?));
-            let start: Option<i64> = r.get(2)?;
-            let used: u32 = r.get(3)?;
-            let window = start.map(|s| RateWindow {
-                start: Timestamp::from_millis(s),
-                used,
-            });
-            Ok((rate, window))
-        })
-        .optional()?;
-    Ok(found)
-}
-
 /// Saves channel `channel`'s window of starts.
 pub(crate) fn save_window(tx: &Transaction<'_>, channel: &str, window: RateWindow) -> R<()> {
     tx.prepare_cached(
@@ -150,15 +126,25 @@ pub(crate) fn save_window(tx: &Transaction<'_>, channel: &str, window: RateWindo
     Ok(())
 }
 
-/// The flow settings of `channel`, if it has a row.
-pub(crate) fn flow_of(tx: &Transaction<'_>, channel: &str) -> R<Option<Flow>> {
-    Ok(tx
-        .query_row(
-            &format!("SELECT {FLOW_COLUMNS} FROM simplepyq_channels WHERE channel = ?1"),
-            [channel],
-            |r| flow_from(r, 0),
-        )
-        .optional()?)
+/// The flow settings of `channel` (the defaults if it has no row), and its last window of
+/// starts.
+pub(crate) fn flow_of(tx: &Transaction<'_>, channel: &str) -> R<(Flow, Option<RateWindow>)> {
+    let found = tx
+        .prepare_cached(&format!(
+            "SELECT {FLOW_COLUMNS}, window_start, window_used FROM simplepyq_channels \
+             WHERE channel = ?1"
+        ))?
+        .query_row([channel], |r| {
+            let start: Option<i64> = r.get(5)?;
+            let used: u32 = r.get(6)?;
+            let window = start.map(|s| RateWindow {
+                start: Timestamp::from_millis(s),
+                used,
+            });
+            Ok((flow_from(r, 0)?, window))
+        })
+        .optional()?;
+    Ok(found.unwrap_or_default())
 }
 
 /// Writes `flow` as the settings of `channel`: no row for the defaults.

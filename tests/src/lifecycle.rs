@@ -108,10 +108,28 @@ fn gated<S: Store>(
         .expect("add");
 }
 
-fn enqueue(q: &SimplePyQ<Shared>, channel: &str, n: u32) -> Vec<TaskId> {
+fn enqueue<S: Store>(q: &SimplePyQ<S>, channel: &str, n: u32) -> Vec<TaskId> {
     (0..n)
         .map(|i| q.enqueue(channel, &i).expect("enqueue"))
         .collect()
+}
+
+/// Adds channel `name` (2 workers) whose handler counts its starts; returns the count.
+fn counted<S: Store>(q: &SimplePyQ<S>, handlers: Handlers, name: &str) -> Arc<AtomicUsize> {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&starts);
+    handlers
+        .add(
+            q,
+            name,
+            move |_: u32| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+    starts
 }
 
 /// Asserts that every task not in `ran` is pending with no attempt used.
@@ -884,19 +902,7 @@ pub fn a_paused_channel_starts_nothing_until_resumed(store: Box<dyn Store>, hand
     let store: Shared = Arc::new(store);
     let q = queue_on(&store, Duration::from_secs(30));
     let admin = queue_on(&store, Duration::from_secs(30));
-    let starts = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&starts);
-    handlers
-        .add(
-            &q,
-            "held",
-            move |_: u32| {
-                seen.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            },
-            2,
-        )
-        .expect("add");
+    let starts = counted(&q, handlers, "held");
     enqueue(&q, "held", 3);
     q.run_until_complete().expect("run");
     assert_eq!(starts.load(Ordering::SeqCst), 3);
@@ -928,23 +934,9 @@ pub fn a_resume_during_the_idle_check_is_seen(store: Box<dyn Store>, handlers: H
     let store: Shared = Arc::new(store);
     let wrapped = faulty(&store);
     let q = queue_on(&wrapped, Duration::from_secs(30));
-    let starts = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&starts);
-    handlers
-        .add(
-            &q,
-            "held",
-            move |_: u32| {
-                seen.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            },
-            2,
-        )
-        .expect("add");
+    let starts = counted(&q, handlers, "held");
     store.set_paused("held", true).expect("pause");
-    for i in 0..5u32 {
-        q.enqueue("held", &i).expect("enqueue");
-    }
+    enqueue(&q, "held", 5);
     let other = Arc::clone(&store);
     wrapped.before_flows(move || {
         other.set_paused("held", false).expect("resume");

@@ -66,14 +66,7 @@ fn a_pause_quiets_every_process(backend: Backend) {
     for child in children {
         wait_ok(child);
     }
-    let runs = timed_runs(&log);
-    let mut seen = HashMap::new();
-    for (pid, task, _) in &runs {
-        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
-    }
-    assert_eq!(runs.len(), n as usize);
-    let c = admin.counts(None).expect("counts");
-    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
+    each_ran_once_and_done(&*admin, &timed_runs(&log), n);
 }
 
 #[test]
@@ -84,6 +77,18 @@ fn a_pause_quiets_every_process_sqlite() {
 #[test]
 fn a_pause_quiets_every_process_postgres() {
     a_pause_quiets_every_process(Backend::Postgres);
+}
+
+/// Every one of the `n` tasks ran exactly once (`runs` as the workers logged them) and is
+/// done, none left in the store otherwise.
+fn each_ran_once_and_done(admin: &dyn simplepyq_core::Store, runs: &[(u32, u32, i64)], n: u32) {
+    let mut seen = HashMap::new();
+    for (pid, task, _) in runs {
+        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
+    }
+    assert_eq!(runs.len(), n as usize);
+    let c = admin.counts(None).expect("counts");
+    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
 }
 
 /// The most runs of `runs` (each `(pid, task, start ms)`, lasting `ms`) that overlap at
@@ -123,11 +128,7 @@ fn a_limit_holds_across_processes(backend: Backend) {
     }
     let took = started.elapsed();
     let runs = timed_runs(&log);
-    let mut seen = HashMap::new();
-    for (pid, task, _) in &runs {
-        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
-    }
-    assert_eq!(runs.len(), n as usize);
+    each_ran_once_and_done(&*admin, &runs, n);
     let most = most_at_once(&runs, sleep_ms);
     assert!(
         most <= limit,
@@ -139,8 +140,6 @@ fn a_limit_holds_across_processes(backend: Backend) {
         "{backend:?}: at most {most} at once; {took:?} for what takes at least {floor:?} \
          with {limit} slots"
     );
-    let c = admin.counts(None).expect("counts");
-    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
 }
 
 #[test]
@@ -235,11 +234,7 @@ fn keys_hold_across_processes(backend: Backend) {
         wait_ok(child);
     }
     let runs = timed_runs(&log);
-    let mut seen = HashMap::new();
-    for (pid, task, _) in &runs {
-        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
-    }
-    assert_eq!(runs.len(), n as usize);
+    each_ran_once_and_done(&*admin, &runs, n);
     let mut by_key: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
     for (_, task, ms) in &runs {
         by_key.entry(task % keys).or_default().push((*ms, *task));
@@ -270,8 +265,6 @@ fn keys_hold_across_processes(backend: Backend) {
         beside >= 400,
         "only {beside} runs of other keys while key 0 was busy: held up behind it"
     );
-    let c = admin.counts(None).expect("counts");
-    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
 }
 
 #[test]
@@ -303,11 +296,7 @@ fn a_rate_holds_across_processes(backend: Backend) {
         wait_ok(child);
     }
     let runs = timed_runs(&log);
-    let mut seen = HashMap::new();
-    for (pid, task, _) in &runs {
-        assert!(seen.insert(*task, *pid).is_none(), "task {task} ran twice");
-    }
-    assert_eq!(runs.len(), n as usize);
+    each_ran_once_and_done(&*admin, &runs, n);
     // Starts per window, by the store's clock (SQLite's is this machine's; the test
     // server's is this machine's too).
     let mut windows: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
@@ -333,8 +322,6 @@ fn a_rate_holds_across_processes(backend: Backend) {
         "250 starts at 50 a second took {} windows",
         counts.len()
     );
-    let c = admin.counts(None).expect("counts");
-    assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
 }
 
 #[test]
