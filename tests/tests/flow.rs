@@ -1,6 +1,7 @@
 //! Flow control across processes: a pause quiets every worker process within one claim in
 //! flight each, and a resume lets them finish; limits of running tasks, per channel and
-//! per concurrency key, hold across processes.
+//! per concurrency key, hold across processes (and through SIGKILLs); a rate holds across
+//! processes, and a channel waiting for its window sleeps.
 
 use std::collections::HashMap;
 use std::process::Child;
@@ -91,6 +92,35 @@ fn each_ran_once_and_done(admin: &dyn simplepyq_core::Store, runs: &[(u32, u32, 
     assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
 }
 
+/// Runs `PROCESSES` worker processes made by `spawn` until they are done, SIGKILLing the
+/// oldest one (and starting another) twice, 400 ms apart.
+fn drain_through_two_kills(spawn: impl Fn() -> Child) {
+    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn()).collect();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        let mut victim = children.remove(0);
+        victim.kill().expect("SIGKILL");
+        victim.wait().expect("reap");
+        children.push(spawn());
+    }
+    for child in children {
+        wait_ok(child);
+    }
+}
+
+/// After kills: every one of the `n` tasks ran (some twice: a killed run is run again) and
+/// is done, none failed.
+fn every_task_ran_and_done(admin: &dyn simplepyq_core::Store, runs: &[(u32, u32, i64)], n: u32) {
+    let c = admin.counts(None).expect("counts");
+    assert_eq!(
+        (c.done, c.failed, c.total()),
+        (n as usize, 0, n as usize),
+        "{c:?}"
+    );
+    let ran: std::collections::HashSet<u32> = runs.iter().map(|(_, task, _)| *task).collect();
+    assert_eq!(ran.len(), n as usize, "a task never ran");
+}
+
 /// The most runs of `runs` (each `(pid, task, start ms)`, lasting `ms`) that overlap at
 /// any moment.
 fn most_at_once(runs: &[(u32, u32, i64)], ms: i64) -> usize {
@@ -163,31 +193,14 @@ fn a_limit_holds_through_kills(backend: Backend) {
     let admin = backend.open(&db);
     assert!(admin.limit_known("work", Some(3), false).expect("limit"));
     let spawn = || spawn_worker(backend, &db, &log, WORKERS, sleep_ms as u64, 1_000);
-    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn()).collect();
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(400));
-        let mut victim = children.remove(0);
-        victim.kill().expect("SIGKILL");
-        victim.wait().expect("reap");
-        children.push(spawn());
-    }
-    for child in children {
-        wait_ok(child);
-    }
+    drain_through_two_kills(spawn);
     let runs = timed_runs(&log);
     let most = most_at_once(&runs, sleep_ms);
     assert!(
         most <= limit,
         "{most} tasks ran at once, over the limit of {limit}"
     );
-    let c = admin.counts(None).expect("counts");
-    assert_eq!(
-        (c.done, c.failed, c.total()),
-        (n as usize, 0, n as usize),
-        "{c:?}"
-    );
-    let ran: std::collections::HashSet<u32> = runs.iter().map(|(_, task, _)| *task).collect();
-    assert_eq!(ran.len(), n as usize, "a task never ran");
+    every_task_ran_and_done(&*admin, &runs, n);
     eprintln!(
         "{backend:?}: at most {most} at once through 2 kills; {} runs of {n} tasks",
         runs.len()
@@ -204,6 +217,36 @@ fn a_limit_holds_through_kills_postgres() {
     a_limit_holds_through_kills(Backend::Postgres);
 }
 
+/// Asserts that no two of `runs` (each `(pid, task, start ms)`) of one key overlap, task i
+/// having key i mod `keys` and lasting `lasts(i)` from its logged start.
+fn runs_of_a_key_apart(runs: &[(u32, u32, i64)], keys: u32, lasts: impl Fn(u32) -> i64) {
+    let mut by_key: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
+    for (_, task, ms) in runs {
+        by_key.entry(task % keys).or_default().push((*ms, *task));
+    }
+    for (key, mut starts) in by_key {
+        starts.sort_unstable();
+        for pair in starts.windows(2) {
+            let ((start, task), (next, _)) = (pair[0], pair[1]);
+            assert!(
+                next >= start + lasts(task),
+                "two runs of key {key} overlapped: task {task} started at {start}, the next \
+                 at {next}"
+            );
+        }
+    }
+}
+
+/// `n` tasks of channel `work`, task i with concurrency key `k{i mod keys}`.
+fn keyed_tasks(n: u32, keys: u32) -> Vec<NewTask> {
+    (0..n)
+        .map(|i| {
+            NewTask::new("work", rmp_serde::to_vec_named(&i).expect("encode"))
+                .concurrency_key(format!("k{}", i % keys))
+        })
+        .collect()
+}
+
 /// Three worker processes (4 workers each) drain 1,000 tasks of 10 ms over 200 concurrency
 /// keys (task i has key i mod 200; the default limit of 1 per key), task 0 taking 2 s: no
 /// two runs of one key overlap anywhere (each run lasts its sleep from its logged start);
@@ -214,14 +257,10 @@ fn keys_hold_across_processes(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
     let (n, keys, sleep_ms, slow_ms) = (1_000u32, 200u32, 10i64, 2_000i64);
-    let tasks: Vec<NewTask> = (0..n)
-        .map(|i| {
-            NewTask::new("work", rmp_serde::to_vec_named(&i).expect("encode"))
-                .concurrency_key(format!("k{}", i % keys))
-        })
-        .collect();
     let admin = backend.open(&db);
-    admin.enqueue(&tasks, SystemClock.now()).expect("enqueue");
+    admin
+        .enqueue(&keyed_tasks(n, keys), SystemClock.now())
+        .expect("enqueue");
     let children: Vec<Child> = (0..PROCESSES)
         .map(|_| {
             let mut command = std::process::Command::new(WORKER);
@@ -235,22 +274,11 @@ fn keys_hold_across_processes(backend: Backend) {
     }
     let runs = timed_runs(&log);
     each_ran_once_and_done(&*admin, &runs, n);
-    let mut by_key: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
-    for (_, task, ms) in &runs {
-        by_key.entry(task % keys).or_default().push((*ms, *task));
-    }
-    for (key, mut starts) in by_key {
-        starts.sort_unstable();
-        for pair in starts.windows(2) {
-            let ((start, task), (next, _)) = (pair[0], pair[1]);
-            let lasts = if task == 0 { slow_ms } else { sleep_ms };
-            assert!(
-                next >= start + lasts,
-                "two runs of key {key} overlapped: task {task} started at {start}, the next \
-                 at {next}"
-            );
-        }
-    }
+    runs_of_a_key_apart(
+        &runs,
+        keys,
+        |task| if task == 0 { slow_ms } else { sleep_ms },
+    );
     let start0 = runs
         .iter()
         .find(|(_, task, _)| *task == 0)
@@ -275,6 +303,40 @@ fn keys_hold_across_processes_sqlite() {
 #[test]
 fn keys_hold_across_processes_postgres() {
     keys_hold_across_processes(Backend::Postgres);
+}
+
+/// Keys through kills: three worker processes drain 600 tasks of 20 ms over 30 keys (the
+/// default limit of 1 per key; leases of 1 s, `retries = 0`), and one process is SIGKILLed
+/// twice mid-drain: no two runs of one key overlap (a killed holder's key stays taken until
+/// its lease runs out), nothing fails, and every task runs (the killed holders' keys come
+/// back with their leases, so the drain ends).
+fn keys_hold_through_kills(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    let (n, keys, sleep_ms) = (600u32, 30u32, 20i64);
+    let admin = backend.open(&db);
+    admin
+        .enqueue(&keyed_tasks(n, keys), SystemClock.now())
+        .expect("enqueue");
+    let spawn = || spawn_worker(backend, &db, &log, WORKERS, sleep_ms as u64, 1_000);
+    drain_through_two_kills(spawn);
+    let runs = timed_runs(&log);
+    runs_of_a_key_apart(&runs, keys, |_| sleep_ms);
+    every_task_ran_and_done(&*admin, &runs, n);
+    eprintln!(
+        "{backend:?}: keys apart through 2 kills; {} runs of {n} tasks",
+        runs.len()
+    );
+}
+
+#[test]
+fn keys_hold_through_kills_sqlite() {
+    keys_hold_through_kills(Backend::Sqlite);
+}
+
+#[test]
+fn keys_hold_through_kills_postgres() {
+    keys_hold_through_kills(Backend::Postgres);
 }
 
 /// Three worker processes (4 workers each) drain 250 tasks of 5 ms from a channel with a
@@ -332,4 +394,67 @@ fn a_rate_holds_across_processes_sqlite() {
 #[test]
 fn a_rate_holds_across_processes_postgres() {
     a_rate_holds_across_processes(Backend::Postgres);
+}
+
+/// An idle rate-limited channel sleeps: a worker process (4 workers) has used up its
+/// channel's window (1 start per 30 s) with 2 more tasks waiting; over the next 2 s it uses
+/// at most 2% of one core (a worker polling for the window would use all of it; the queue
+/// sleeps until the window's end, waking at its poll interval, here 1 s, at most).
+fn an_idle_rate_limited_channel_sleeps(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    enqueue_numbers(backend, &db, 3, 0);
+    let admin = backend.open(&db);
+    let rate = simplepyq_core::Rate::new(1, Duration::from_secs(30));
+    assert!(admin.rate_known("work", Some(rate), false).expect("rate"));
+    let mut command = std::process::Command::new(WORKER);
+    command.env("SIMPLEPYQ_TEST_POLL_MS", "1000");
+    let mut child = spawn_worker_with(command, backend, &db, &log, WORKERS, 0, 30_000);
+    let started = Instant::now();
+    while timed_runs(&log).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no task started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Settled: the first task's outcome recorded, the workers asleep.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    let ran = timed_runs(&log).len();
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    eprintln!("{backend:?}: {used} ticks of CPU in 2 s while waiting for the window");
+    // A window boundary can fall in those 2 s (windows are laid from the Unix epoch): then
+    // one more task starts; never the third, whose window is 30 s later.
+    assert!(ran <= 2, "{ran} starts in a window of one");
+    // Ticks of 10 ms (USER_HZ 100): 4 ticks is 40 ms in 2 s, 2% of one core.
+    assert!(used <= 4, "{used} ticks of CPU in 2 s while idle");
+}
+
+/// A process's CPU time so far (user and system), in the kernel's ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process's stat");
+    // The fields after the command name, which is in parentheses: utime and stime are the
+    // 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().expect("a number of ticks"))
+        .collect();
+    fields.iter().sum()
+}
+
+#[test]
+fn an_idle_rate_limited_channel_sleeps_sqlite() {
+    an_idle_rate_limited_channel_sleeps(Backend::Sqlite);
+}
+
+#[test]
+fn an_idle_rate_limited_channel_sleeps_postgres() {
+    an_idle_rate_limited_channel_sleeps(Backend::Postgres);
 }

@@ -9,7 +9,8 @@
 //! PostgreSQL worker acts as a machine whose clock is D ms off. With
 //! `SIMPLEPYQ_TEST_MIXED=1` it also fails the first run in this process of every fifth task
 //! (to be retried) and delays the first run of every seventh by 30 ms. With
-//! `SIMPLEPYQ_TEST_SLOW=N:MS` task N sleeps MS instead of SLEEP_MS. It exits 0 when
+//! `SIMPLEPYQ_TEST_SLOW=N:MS` task N sleeps MS instead of SLEEP_MS. The queue polls every
+//! 20 ms, or every `SIMPLEPYQ_TEST_POLL_MS` milliseconds. It exits 0 when
 //! done, 2 if a worker met a storage error, 1 on bad usage or a failure to open the queue.
 
 use std::fs::OpenOptions;
@@ -88,9 +89,13 @@ fn run(
         }
         other => return Err(format!("unknown backend {other:?}").into()),
     };
+    let poll_ms = match std::env::var("SIMPLEPYQ_TEST_POLL_MS") {
+        Ok(v) => v.parse()?,
+        Err(_) => 20,
+    };
     let mut builder = SimplePyQ::builder(store)
         .lease(Duration::from_millis(lease_ms))
-        .poll_interval(Duration::from_millis(20));
+        .poll_interval(Duration::from_millis(poll_ms));
     if let Some(clock) = skewed {
         builder = builder.clock(clock);
     }
