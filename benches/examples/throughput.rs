@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite|redb|memory --n 20000 \
 //!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
-//!     [--bare] [--max-running N] [--keys K]
+//!     [--bare] [--max-running N] [--keys K] [--work-us U]
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite --remote [--watch off] \
@@ -26,7 +26,8 @@
 //! into a fresh store, one call at a time (`--enqueue single`, the default) from the
 //! producer threads, or in batches of 10,000 (`--enqueue batch`, to fill large backlogs).
 //! `drain_per_s`: all N processed by the workers with a handler that only decodes the
-//! payload, timed from `start` until the last is done; the tool exits 1 unless exactly N
+//! payload (and with `--work-us U` sleeps U µs, a task that waits on I/O), timed from `start`
+//! until the last is done; the tool exits 1 unless exactly N
 //! were processed. Pick-up latency: from `enqueue` to the handler's start, for 200 tasks
 //! enqueued one by one while the workers are idle; with `--remote` (SQLite), enqueued through
 //! a second store on the file, as another process would (`--watch off` turns the queue's
@@ -86,6 +87,7 @@ struct Args {
     live: bool,
     /// The channel's limit of running tasks, if any.
     max_running: Option<u32>,
+    work_us: u64,
     /// Task i gets concurrency key i mod K (the default limit of 1 per key); 0: no keys.
     keys: u64,
 }
@@ -112,6 +114,7 @@ fn parse() -> Result<Args, String> {
         live: false,
         max_running: None,
         keys: 0,
+        work_us: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -156,6 +159,7 @@ fn parse() -> Result<Args, String> {
             "--idle-cpu" => args.idle_cpu = number()?,
             "--readers" => args.readers = number()?,
             "--keys" => args.keys = number()?,
+            "--work-us" => args.work_us = number()?,
             "--max-running" => {
                 args.max_running = Some(u32::try_from(number()?).map_err(|e| e.to_string())?);
             }
@@ -270,6 +274,7 @@ impl Server {
 fn count_into(
     count: Arc<AtomicU64>,
     pick: Arc<parking_lot_free::Slot>,
+    work: Duration,
 ) -> impl Fn(Payload) -> Result<(), TaskError> + Send + Sync + 'static {
     move |p: Payload| {
         if p.url.is_empty() {
@@ -277,6 +282,9 @@ fn count_into(
         }
         count.fetch_add(1, Ordering::Relaxed);
         pick.mark();
+        if !work.is_zero() {
+            std::thread::sleep(work);
+        }
         Ok(())
     }
 }
@@ -286,7 +294,8 @@ fn drain_only(args: &Args, schema: &str) -> Result<(), String> {
     let server = Server::get(args.url.as_deref(), args.notify);
     let q = SimplePyQ::new(server.store(schema)?);
     let processed = Arc::new(AtomicU64::new(0));
-    let handler = count_into(Arc::clone(&processed), Arc::default());
+    let work = Duration::from_micros(args.work_us);
+    let handler = count_into(Arc::clone(&processed), Arc::default(), work);
     q.add_channel("bench", handler, args.workers)
         .map_err(|e| e.to_string())?;
     q.run_until_complete().map_err(|e| e.to_string())?;
@@ -367,7 +376,8 @@ fn run() -> Result<(), String> {
     // The drain's handler; with --live the workers start before the enqueues.
     let processed = Arc::new(AtomicU64::new(0));
     let pickups = Arc::new(parking_lot_free::Slot::default());
-    let handler = count_into(Arc::clone(&processed), Arc::clone(&pickups));
+    let work = Duration::from_micros(args.work_us);
+    let handler = count_into(Arc::clone(&processed), Arc::clone(&pickups), work);
     q.add_channel("bench", handler, args.workers).map_err(e)?;
     if args.max_running.is_some() {
         q.set_max_running("bench", args.max_running).map_err(e)?;
@@ -583,7 +593,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -605,6 +615,11 @@ fn run() -> Result<(), String> {
         if args.live { ",\"live\":true" } else { "" },
         if args.keys > 0 {
             format!(",\"keys\":{}", args.keys)
+        } else {
+            String::new()
+        },
+        if args.work_us > 0 {
+            format!(",\"work_us\":{}", args.work_us)
         } else {
             String::new()
         },

@@ -24,9 +24,17 @@ use crate::sync::{self, GIVE_UP};
 const MAX_BATCH: usize = 512;
 
 /// Hands an outcome over, or records it right away if no recorder thread runs or too many
-/// outcomes wait.
+/// outcomes wait. An outcome of a channel with a limit of running tasks is recorded right
+/// away too: its slot is free once it commits, and this worker claims next, where a hand-over
+/// would keep the slot taken through two more thread wake-ups (the recorder's, then an idle
+/// worker's). Not for concurrency keys, whose claims skip busy keys and find other work: they
+/// gain more from recording in batches.
 pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Ended) {
     engine.held.recording(finished.claim);
+    if engine.is_limited(&finished.channel) {
+        record(engine, vec![finished]);
+        return;
+    }
     if let Some(own) = engine.outcomes.push(finished) {
         record(engine, vec![own]);
     }
