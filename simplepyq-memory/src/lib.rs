@@ -481,6 +481,12 @@ impl AdminStore for MemoryStore {
         }))
     }
 
+    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        Ok(self.inner.lock().delete_where(channel, |t| {
+            t.state.status == Status::Failed && t.state.updated_at < before
+        }))
+    }
+
     fn cancel(&self, id: TaskId) -> Result<()> {
         let mut inner = self.inner.lock();
         let task = inner.tasks.get(&id).ok_or(Error::NotFound(id))?;

@@ -78,19 +78,11 @@ impl AdminStore for SqliteStore {
     }
 
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        let sql = purge_done_sql(channel);
-        let channel = channel.map(str::to_owned);
-        batch::in_batches(|| {
-            let (sql, channel) = (sql.clone(), channel.clone());
-            self.write(move |tx| {
-                let mut stmt = tx.prepare_cached(&sql)?;
-                let n = match &channel {
-                    Some(c) => stmt.execute(params![before.as_millis(), c])?,
-                    None => stmt.execute([before.as_millis()])?,
-                };
-                Ok(n)
-            })
-        })
+        self.purge(Status::Done, channel, before)
+    }
+
+    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        self.purge(Status::Failed, channel, before)
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {
@@ -136,13 +128,34 @@ pub(crate) fn clear_failed_sql(channel: Option<&str>) -> String {
     )
 }
 
-/// Deletes up to [`batch::BULK_BATCH`] done tasks (of channel ?2 if given) last changed
-/// before ?1.
-pub(crate) fn purge_done_sql(channel: Option<&str>) -> String {
+/// Deletes up to [`batch::BULK_BATCH`] tasks with `status` (of channel ?2 if given) last
+/// changed before ?1. The status is written in the query, so that its index is used.
+pub(crate) fn purge_sql(status: Status, channel: Option<&str>) -> String {
     format!(
         "DELETE FROM simplepyq_tasks WHERE id IN (SELECT id FROM simplepyq_tasks \
-         WHERE status = 'done' AND updated_at < ?1{} LIMIT {})",
+         WHERE status = '{}' AND updated_at < ?1{} LIMIT {})",
+        status.as_str(),
         channel_filter(channel, 2),
         batch::BULK_BATCH
     )
+}
+
+impl SqliteStore {
+    /// Deletes the tasks of `channel` (or every channel) with `status` last changed before
+    /// `before`, in batches; returns how many.
+    fn purge(&self, status: Status, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        let sql = purge_sql(status, channel);
+        let channel = channel.map(str::to_owned);
+        batch::in_batches(|| {
+            let (sql, channel) = (sql.clone(), channel.clone());
+            self.write(move |tx| {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let n = match &channel {
+                    Some(c) => stmt.execute(params![before.as_millis(), c])?,
+                    None => stmt.execute([before.as_millis()])?,
+                };
+                Ok(n)
+            })
+        })
+    }
 }

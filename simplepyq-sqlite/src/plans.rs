@@ -10,7 +10,7 @@ use rusqlite::{params, params_from_iter};
 use simplepyq_core::{ClaimStore, NewTask, Status, StoreExt};
 
 use crate::SqliteStore;
-use crate::admin::{clear_failed_sql, failed_sql, purge_done_sql, remove_channel_sql};
+use crate::admin::{clear_failed_sql, failed_sql, purge_sql, remove_channel_sql};
 use crate::claim::{KEY_HOLDER, claim_sql, insert_sql};
 use crate::inspect::{channels_sql, counts_sql};
 use crate::outcome::EXPIRED;
@@ -84,7 +84,8 @@ fn status_queries_follow_an_index() {
         queries.extend([
             failed_sql(channel),
             clear_failed_sql(channel),
-            purge_done_sql(channel),
+            purge_sql(Status::Done, channel),
+            purge_sql(Status::Failed, channel),
             counts_sql(channel),
         ]);
     }

@@ -102,6 +102,10 @@ impl AdminStore for Store2 {
         self.inner.purge_done(c, before)
     }
 
+    fn purge_failed(&self, c: Option<&str>, before: Timestamp) -> Result<usize> {
+        self.inner.purge_failed(c, before)
+    }
+
     fn cancel(&self, id: TaskId) -> Result<()> {
         self.inner.cancel(id)
     }

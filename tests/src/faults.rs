@@ -333,6 +333,11 @@ impl<S: Store> AdminStore for Flaky<S> {
         self.inner.purge_done(channel, before)
     }
 
+    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        self.alive()?;
+        self.inner.purge_failed(channel, before)
+    }
+
     fn cancel(&self, id: TaskId) -> Result<()> {
         self.alive()?;
         self.inner.cancel(id)

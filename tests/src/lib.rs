@@ -235,6 +235,7 @@ macro_rules! conformance_tests {
                 requeue_failed_restores_or_sets_retries,
                 remove_channel_deletes_every_status,
                 purge_done_deletes_old_done_tasks,
+                purge_failed_deletes_old_failed_tasks,
                 requeue_keeps_unique_keys_unique,
                 cancel_deletes_queued_tasks_only,
             ];

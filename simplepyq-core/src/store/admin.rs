@@ -32,6 +32,10 @@ pub trait AdminStore: Send + Sync + Debug + 'static {
     /// returns how many.
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
 
+    /// Deletes failed tasks of `channel` (or every channel) that failed before `before`;
+    /// returns how many. (A queue's retention calls it; `clear_failed` deletes them all.)
+    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+
     /// Deletes a pending or delayed task before it runs.
     ///
     /// # Contract
@@ -45,5 +49,6 @@ forward!(AdminStore {
     fn requeue_failed(&self, channel: Option<&str>, retries: Option<u32>, now: Timestamp) -> Result<usize>;
     fn remove_channel(&self, channel: &str) -> Result<usize>;
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
     fn cancel(&self, id: TaskId) -> Result<()>;
 });

@@ -73,6 +73,8 @@ pub fn bulk_calls_reach_every_task_across_batches(s: &dyn Store) {
     make_many(s, "failed", 3, &permanent);
     assert_eq!(s.purge_done(None, at(1)).expect("purge"), n);
     assert_eq!(s.clear_failed(Some("failed")).expect("clear"), 3);
+    make_many(s, "failed", n, &permanent);
+    assert_eq!(s.purge_failed(Some("failed"), at(1)).expect("purge"), n);
     assert_eq!(s.counts(None).expect("counts").total(), 0);
 }
 
@@ -141,6 +143,34 @@ pub fn purge_done_deletes_old_done_tasks(s: &dyn Store) {
     assert_eq!(s.purge_done(None, at(21)).expect("purge"), 2);
     let c = s.counts(None).expect("counts");
     assert_eq!((c.done, c.failed, c.pending), (0, 1, 1));
+    assert_eq!(status(s, pending), Status::Pending);
+}
+
+/// purge_failed deletes failed tasks that failed before the cut-off only, of one channel or
+/// all; done and queued tasks stay.
+pub fn purge_failed_deletes_old_failed_tasks(s: &dyn Store) {
+    let mut failed = Vec::new();
+    for (channel, at_ms) in [("a", 10), ("a", 20), ("b", 10)] {
+        add(s, task(channel));
+        let t = claim_one(s, channel, T0);
+        let outcome = Outcome::Failed {
+            error: "x".into(),
+            retry_at: T0,
+            permanent: true,
+        };
+        s.finish(t.claim(), &outcome, at(at_ms)).expect("fail");
+        failed.push(t.id);
+    }
+    add(s, task("a"));
+    let t = claim_one(s, "a", T0);
+    s.complete(t.claim(), at(0)).expect("complete");
+    let pending = add(s, task("a"));
+    assert_eq!(s.purge_failed(Some("a"), at(20)).expect("purge"), 1);
+    assert_eq!(s.get(failed[0]).expect("get"), None);
+    assert_eq!(status(s, failed[1]), Status::Failed);
+    assert_eq!(s.purge_failed(None, at(21)).expect("purge"), 2);
+    let c = s.counts(None).expect("counts");
+    assert_eq!((c.done, c.failed, c.pending), (1, 0, 1));
     assert_eq!(status(s, pending), Status::Pending);
 }
 
