@@ -39,6 +39,11 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(millis_of(d)))
     }
 
+    /// This time minus `d`, saturating at the smallest timestamp.
+    pub fn before(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_sub(millis_of(d)))
+    }
+
     /// How long from `self` until `later`; zero if `later` is not later.
     pub fn until(self, later: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))

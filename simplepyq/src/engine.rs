@@ -46,6 +46,8 @@ pub(crate) struct Engine<S> {
     /// lease keeper, every third of a lease) or set here: a recorded outcome of theirs wakes
     /// an idle worker, since it frees a slot.
     limited: Mutex<HashSet<String>>,
+    /// How long each channel's finished tasks are kept (the pruner thread reads it).
+    pub(crate) kept: crate::retention::Kept,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -66,6 +68,8 @@ pub(crate) struct Settings {
     pub(crate) poll_interval: Duration,
     pub(crate) max_lost_runs: u32,
     pub(crate) on_outcome: Option<Box<Hook>>,
+    /// How long finished tasks are kept, for channels that do not say.
+    pub(crate) retention: crate::retention::Retention,
 }
 
 impl<S> Engine<S> {
@@ -88,6 +92,7 @@ impl<S> Engine<S> {
             runs: AtomicU64::new(0),
             schedules: Schedules::default(),
             limited: Mutex::new(HashSet::new()),
+            kept: crate::retention::Kept::new(settings.retention),
         }
     }
 

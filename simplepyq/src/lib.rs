@@ -114,9 +114,11 @@ mod outbox;
 mod outbox_async;
 mod outcomes;
 mod periodic;
+mod pruner;
 mod queue;
 mod recorder;
 mod report;
+mod retention;
 mod runner;
 mod schedules;
 #[cfg(all(test, shuttle))]
@@ -137,6 +139,7 @@ pub use handler::{ArgsOnly, Handler, TaskError, WithContext};
 pub use options::{Backoff, ChannelOptions, EnqueueOptions, When};
 pub use queue::{Builder, Cancelled, SimplePyQ, decode_args};
 pub use report::{QueueStats, StopReport, TaskReport};
+pub use retention::Retention;
 pub use simplepyq_core::{
     AdminStore, ClaimStore, Clock, Counts, Error, Finished, Flow, FlowStore, InspectStore,
     ListFilter, ManualClock, Outcome, OutcomeStore, Rate, Result, Schedule, ScheduleStore, Status,

@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use simplepyq_core::{NewTask, Timestamp};
 
+use crate::retention::Retention;
+
 /// Options of an enqueued task: retries, when it runs, its priority, a unique key, a
 /// concurrency key.
 ///
@@ -201,6 +203,9 @@ pub struct ChannelOptions {
     /// How long one run of a task may last; `None` for no limit. See
     /// [`ChannelOptions::timeout`].
     pub timeout: Option<Duration>,
+    /// How long the channel's finished tasks are kept; what it leaves `None`, the queue's
+    /// ([`crate::Builder::keep_done`]). See [`ChannelOptions::keep_done`].
+    pub retention: Retention,
     /// The runtime an async channel's futures run on; `None` for the caller's, else the
     /// queue's own.
     #[cfg(feature = "tokio")]
@@ -214,9 +219,37 @@ impl ChannelOptions {
             max_workers,
             backoff: Backoff::Immediate,
             timeout: None,
+            retention: Retention::default(),
             #[cfg(feature = "tokio")]
             runtime: None,
         }
+    }
+
+    /// Keeps the channel's done tasks this long after they finished, then deletes them
+    /// (over the queue's [`crate::Builder::keep_done`]): the queue deletes them while it
+    /// runs, on a thread of its own, a short transaction at a time.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use simplepyq::{ChannelOptions, SimplePyQ};
+    ///
+    /// let q = SimplePyQ::open(dir.path().join("q.db"))?;
+    /// let hour = Duration::from_secs(3_600);
+    /// let options = ChannelOptions::new(2).keep_done(hour).keep_failed(24 * hour);
+    /// q.add_channel_with("thumbnails", |_: String| Ok(()), &options)?;
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn keep_done(mut self, keep: Duration) -> Self {
+        self.retention.done = Some(keep);
+        self
+    }
+
+    /// Keeps the channel's failed tasks this long after they failed for good, then deletes
+    /// them (over the queue's [`crate::Builder::keep_failed`]).
+    pub fn keep_failed(mut self, keep: Duration) -> Self {
+        self.retention.failed = Some(keep);
+        self
     }
 
     /// Runs an async channel's futures on this runtime.

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
     Clock, Counts, Error, ListFilter, Result, Schedule, Status, Store, SystemClock, Task, TaskId,
-    Timestamp, validate_channel,
+    validate_channel,
 };
 
 use crate::channel::{self, Channel};
@@ -24,6 +24,7 @@ use crate::handler::AsyncHandler;
 use crate::handler::{Handler, erase};
 use crate::options::{ChannelOptions, EnqueueOptions};
 use crate::report::{Hook, QueueStats, StopReport, TaskReport};
+use crate::retention::Retention;
 use crate::runner::Runner;
 use crate::workers::Workers;
 
@@ -54,6 +55,7 @@ pub struct Builder<S> {
     poll_interval: Duration,
     max_lost_runs: u32,
     on_outcome: Option<Box<Hook>>,
+    retention: Retention,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Builder<S> {
@@ -105,6 +107,37 @@ impl<S: Store> Builder<S> {
         self
     }
 
+    /// Keeps done tasks this long after they finished, then deletes them, in every channel
+    /// of this queue that does not say otherwise ([`ChannelOptions::keep_done`]). By default
+    /// they are kept until purged ([`SimplePyQ::purge_done`], `simplepyq purge-done`), as
+    /// in the original. The queue deletes them while it runs, on a thread of its own, in
+    /// short transactions (see [`Retention`]).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use simplepyq::{SimplePyQ, SqliteStore};
+    ///
+    /// let day = Duration::from_secs(86_400);
+    /// let q = SimplePyQ::builder(SqliteStore::open(dir.path().join("q.db"))?)
+    ///     .keep_done(day)
+    ///     .keep_failed(30 * day)
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn keep_done(mut self, keep: Duration) -> Self {
+        self.retention.done = Some(keep);
+        self
+    }
+
+    /// Keeps failed tasks this long after they failed for good, then deletes them, in every
+    /// channel of this queue that does not say otherwise ([`ChannelOptions::keep_failed`]).
+    /// By default they are kept until cleared or requeued.
+    pub fn keep_failed(mut self, keep: Duration) -> Self {
+        self.retention.failed = Some(keep);
+        self
+    }
+
     /// A function told of every attempt's outcome once it is recorded, e.g. for metrics.
     /// It runs on the thread that records outcomes (the queue's recorder thread, which
     /// records in batches): keep it quick, as outcomes wait for it. A panic in it is caught
@@ -146,6 +179,7 @@ impl<S: Store> Builder<S> {
             poll_interval: self.poll_interval,
             max_lost_runs: self.max_lost_runs,
             on_outcome: self.on_outcome,
+            retention: self.retention,
         };
         Ok(SimplePyQ {
             workers: Arc::new(Workers::new(Engine::new(self.store, settings))),
@@ -195,6 +229,7 @@ impl<S: Store> SimplePyQ<S> {
             poll_interval: Duration::from_millis(500),
             max_lost_runs: DEFAULT_MAX_LOST_RUNS,
             on_outcome: None,
+            retention: Retention::default(),
         }
     }
 
@@ -377,6 +412,7 @@ impl<S: Store> SimplePyQ<S> {
             timeout: options.timeout,
             average_run: std::sync::atomic::AtomicU64::new(0),
         })?;
+        self.workers.engine.kept.add(name, options.retention);
         Ok(self.channel(name))
     }
 
@@ -670,9 +706,7 @@ impl<S: Store> SimplePyQ<S> {
         channel: impl Into<Option<&'a str>>,
         older_than: Duration,
     ) -> Result<usize> {
-        let now = self.workers.engine.now().as_millis();
-        let before =
-            Timestamp::from_millis(now.saturating_sub(simplepyq_core::millis_of(older_than)));
+        let before = self.workers.engine.now().before(older_than);
         self.workers.engine.store.purge_done(channel.into(), before)
     }
 

@@ -15,6 +15,7 @@ use crate::dispatch::Dispatch;
 use crate::engine::{Engine, guarded};
 use crate::leases;
 use crate::periodic;
+use crate::pruner;
 use crate::recorder;
 use crate::report::StopReport;
 use crate::runner::Runner;
@@ -144,6 +145,7 @@ impl<S: Store> Workers<S> {
         let crew = {
             let mut reg = self.registry.lock();
             reg.channels.remove(name);
+            self.engine.kept.remove(name);
             match &mut reg.life {
                 Lifecycle::Running(run) => run.crews.remove(name).map(|crew| {
                     run.retire(crew.threads);
@@ -243,6 +245,12 @@ impl<S: Store> Workers<S> {
             .spawn(move || periodic::run(&engine, &signal, started))
             .map_err(Error::Spawn)?;
         run.helpers.push(scheduler);
+        let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
+        let pruner = thread::Builder::new()
+            .name("simplepyq-pruner".into())
+            .spawn(move || pruner::prune(&engine, &signal))
+            .map_err(Error::Spawn)?;
+        run.helpers.push(pruner);
         if cfg!(feature = "metrics") {
             let (engine, signal) = (Arc::clone(&self.engine), Arc::clone(&run.signal));
             let gauges = thread::Builder::new()

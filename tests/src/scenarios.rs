@@ -483,6 +483,61 @@ pub fn misuse_gets_clear_errors(store: Box<dyn Store>, handlers: Handlers) {
     assert_eq!(state(&q, id).status, Status::Done);
 }
 
+/// Retention: a running queue deletes finished tasks older than kept — a channel's own
+/// time over the queue's — and nothing else: not younger ones, not another channel's, not
+/// queued ones; the totals stay as they were.
+pub fn a_running_queue_deletes_what_it_keeps_no_longer(store: Box<dyn Store>, handlers: Handlers) {
+    let clock = ManualClock::new(crate::conformance::T0);
+    let q = SimplePyQ::builder(store)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(5))
+        .keep_done(Duration::from_secs(16))
+        .build()
+        .expect("valid settings");
+    // Odd numbers fail (retries = 0).
+    let handler = |n: u32| {
+        if n % 2 == 1 {
+            Err(TaskError::msg("odd"))
+        } else {
+            Ok(())
+        }
+    };
+    let own = simplepyq::ChannelOptions::new(2).keep_failed(Duration::from_secs(8));
+    handlers.add_with(&q, "a", handler, own).expect("add");
+    handlers.add(&q, "b", handler, 2).expect("add");
+    for n in 0..6u32 {
+        q.enqueue("a", &n).expect("enqueue");
+        q.enqueue("b", &n).expect("enqueue");
+    }
+    q.run_until_complete().expect("run");
+    let totals = q.store().totals().expect("totals");
+    let later = q
+        .enqueue_with(
+            "a",
+            &0u32,
+            EnqueueOptions::new().delay(Duration::from_secs(3_600)),
+        )
+        .expect("enqueue");
+    q.start().expect("start");
+    let counts = |c: &str| {
+        let c = q.counts(c).expect("counts");
+        (c.done, c.failed)
+    };
+    // 10 s on: a's failed tasks (kept 8 s) go; its done ones (the queue's 16 s) stay, and
+    // b keeps its failed ones (the queue keeps them for ever).
+    clock.advance(Duration::from_secs(10));
+    crate::lifecycle::wait_until("a's failed tasks deleted", || counts("a") == (3, 0));
+    assert_eq!(counts("b"), (3, 3));
+    // 10 s more: done tasks of both go; b's failed ones stay; the delayed task stays.
+    clock.advance(Duration::from_secs(10));
+    crate::lifecycle::wait_until("done tasks deleted", || {
+        counts("a") == (0, 0) && counts("b") == (0, 3)
+    });
+    q.stop();
+    assert_eq!(state(&q, later).status, Status::Delayed);
+    assert_eq!(q.store().totals().expect("totals"), totals);
+}
+
 /// A task left running by a dead worker runs again once its lease expires.
 pub fn expired_lease_runs_the_task_again(store: Box<dyn Store>, handlers: Handlers) {
     let clock = ManualClock::new(crate::conformance::T0);
@@ -1002,6 +1057,7 @@ macro_rules! scenario_tests {
             many_threads_run_each_task_once,
             misuse_gets_clear_errors,
             expired_lease_runs_the_task_again,
+            a_running_queue_deletes_what_it_keeps_no_longer,
             slow_handler_keeps_its_lease,
             a_lapsed_lease_of_a_live_worker_is_renewed_not_recovered,
             scheduled_tasks_run_when_due,
