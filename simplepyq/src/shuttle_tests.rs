@@ -20,8 +20,7 @@ use shuttle::thread;
 use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
     AdminStore, Claim, ClaimStore, Counts, Error, InspectStore, ListFilter, NewTask, Outcome,
-    OutcomeStore, Result, ScheduleStore, Status, Store, StoreExt, SystemClock, Task, TaskId,
-    Timestamp,
+    OutcomeStore, Result, ScheduleStore, Status, StoreExt, SystemClock, Task, TaskId, Timestamp,
 };
 use simplepyq_memory::MemoryStore;
 
@@ -195,6 +194,7 @@ impl Scene {
             poll_interval: Duration::from_millis(10),
             max_lost_runs: DEFAULT_MAX_LOST_RUNS,
             on_outcome: None,
+            retention: crate::Retention::default(),
         };
         let engine = Arc::new(Engine::new(Store2::default(), settings));
         let now = engine.now();
