@@ -12,7 +12,8 @@ use pyo3::types::PyDict;
 use rmpv::Value;
 use simplepyq::{
     Backoff, Cancelled, ChannelOptions, EnqueueOptions, Error, ListFilter, PostgresStore,
-    RedbStore, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskError, TaskId, Timestamp,
+    RedbStore, Retention, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskError, TaskId,
+    Timestamp,
 };
 
 use crate::QueueError;
@@ -40,26 +41,35 @@ impl Backend {
     /// A PostgreSQL URL connects to the server; a path ending in `.redb` opens a redb file;
     /// any other path a SQLite file (a file of the original simplepyq is imported).
     /// `lease`: how long a claim lasts unless renewed (the library's default if `None`).
-    fn open(store: &str, lease: Option<Duration>) -> simplepyq::Result<Backend> {
+    fn open(store: &str, lease: Option<Duration>, keep: Retention) -> simplepyq::Result<Backend> {
         fn build<S: simplepyq::Store>(
             store: S,
             lease: Option<Duration>,
+            keep: Retention,
         ) -> simplepyq::Result<SimplePyQ<S>> {
-            let builder = SimplePyQ::builder(store);
-            match lease {
-                Some(lease) => builder.lease(lease).build(),
-                None => builder.build(),
+            let mut builder = SimplePyQ::builder(store);
+            if let Some(lease) = lease {
+                builder = builder.lease(lease);
             }
+            if let Some(d) = keep.done {
+                builder = builder.keep_done(d);
+            }
+            if let Some(d) = keep.failed {
+                builder = builder.keep_failed(d);
+            }
+            builder.build()
         }
         if store.starts_with("postgres://") || store.starts_with("postgresql://") {
-            Ok(Backend::Postgres(build(
-                PostgresStore::connect(store)?,
-                lease,
-            )?))
+            let store = PostgresStore::connect(store)?;
+            Ok(Backend::Postgres(build(store, lease, keep)?))
         } else if store.ends_with(".redb") {
-            Ok(Backend::Redb(build(RedbStore::open(store)?, lease)?))
+            Ok(Backend::Redb(build(RedbStore::open(store)?, lease, keep)?))
         } else {
-            Ok(Backend::Sqlite(build(SqliteStore::open(store)?, lease)?))
+            Ok(Backend::Sqlite(build(
+                SqliteStore::open(store)?,
+                lease,
+                keep,
+            )?))
         }
     }
 }
@@ -122,6 +132,14 @@ fn seconds(what: &str, s: f64) -> PyResult<Duration> {
     })
 }
 
+/// How long finished tasks are kept, from `keep_done=` and `keep_failed=` (seconds).
+fn retention(done: Option<f64>, failed: Option<f64>) -> PyResult<Retention> {
+    Ok(Retention {
+        done: done.map(|s| seconds("keep_done", s)).transpose()?,
+        failed: failed.map(|s| seconds("keep_failed", s)).transpose()?,
+    })
+}
+
 fn to_seconds(t: Timestamp) -> f64 {
     t.as_millis() as f64 / 1000.0
 }
@@ -173,15 +191,20 @@ pub(crate) struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (store, delay_exception, lease=None))]
+    #[pyo3(signature = (store, delay_exception, lease=None, keep_done=None, keep_failed=None))]
     fn new(
         py: Python<'_>,
         store: String,
         delay_exception: Py<PyAny>,
         lease: Option<f64>,
+        keep_done: Option<f64>,
+        keep_failed: Option<f64>,
     ) -> PyResult<Self> {
         let lease = lease.map(|l| seconds("lease", l)).transpose()?;
-        let backend = py.detach(|| Backend::open(&store, lease)).map_err(py_err)?;
+        let keep = retention(keep_done, keep_failed)?;
+        let backend = py
+            .detach(|| Backend::open(&store, lease, keep))
+            .map_err(py_err)?;
         Ok(Engine {
             backend: Arc::new(backend),
             delay_exception,
@@ -189,7 +212,8 @@ impl Engine {
     }
 
     /// Binds `func` to channel `name`, run by up to `max_workers` threads.
-    #[pyo3(signature = (name, func, max_workers, backoff=None, timeout=None))]
+    #[pyo3(signature = (name, func, max_workers, backoff=None, timeout=None, keep_done=None, keep_failed=None))]
+    #[allow(clippy::too_many_arguments)]
     fn add_channel(
         &self,
         name: &str,
@@ -197,8 +221,11 @@ impl Engine {
         max_workers: usize,
         backoff: Option<(f64, f64)>,
         timeout: Option<f64>,
+        keep_done: Option<f64>,
+        keep_failed: Option<f64>,
     ) -> PyResult<()> {
         let mut options = ChannelOptions::new(max_workers);
+        options.retention = retention(keep_done, keep_failed)?;
         if let Some(t) = timeout {
             options = options.timeout(seconds("timeout", t)?);
         }

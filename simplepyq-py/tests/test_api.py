@@ -439,6 +439,34 @@ def test_a_timeout_fails_an_attempt_that_runs_too_long(db):
         q.add_channel("d", handler, timeout=0)
 
 
+def test_finished_tasks_are_kept_as_long_as_asked(db):
+    """keep_done / keep_failed: the running queue deletes older finished tasks, a channel's
+    own time over the queue's; a channel that keeps them for ever keeps them."""
+    q = SimplePyQ(db, keep_done=0.3)
+
+    def handler(n):
+        if n % 2:
+            raise ValueError("odd")
+
+    q.add_channel("short", handler, keep_failed=0.3)
+    q.add_channel("long", handler, keep_done=3600)
+    q.enqueue_many("short", range(4))
+    q.enqueue_many("long", range(4))
+    q.run_until_complete()
+    assert q.counts("short")["done"] == 2 and q.counts("short")["failed"] == 2
+    q.start()
+    deadline = time.time() + 10
+    while q.counts("short")["done"] + q.counts("short")["failed"] > 0 and time.time() < deadline:
+        time.sleep(0.05)
+    q.stop()
+    assert q.counts("short")["done"] == 0 and q.counts("short")["failed"] == 0
+    assert q.counts("long")["done"] == 2 and q.counts("long")["failed"] == 2
+    with pytest.raises(ValueError):
+        SimplePyQ(db, keep_done=-1)
+    with pytest.raises(ValueError):
+        q.add_channel("bad", handler, keep_failed=-1)
+
+
 def test_a_rate_spaces_the_starts(db):
     """A rate of 5 starts per 0.5 s: 12 tasks take three windows, never more than 5 in
     one; bad rates are ValueErrors."""

@@ -122,11 +122,24 @@ class SimplePyQ:
         store_path: Union[str, "os.PathLike[str]"] = "simplepyq_tasks.db",
         *,
         lease: Optional[Seconds] = None,
+        keep_done: Optional[Seconds] = None,
+        keep_failed: Optional[Seconds] = None,
     ):
-        """Initialize the task scheduler with a SQLite store."""
+        """Initialize the task scheduler with a SQLite store.
+
+        ``keep_done`` and ``keep_failed`` (seconds or a timedelta): while the queue runs, it
+        deletes its channels' done tasks that finished, and failed tasks that failed, longer
+        ago than that (a channel's own ``add_channel(keep_done=...)`` comes first). By
+        default they are kept until purged or cleared, as in the original."""
         self.store_path = store_path
         self._interrupted = False
-        self._engine = _Engine(os.fspath(store_path), DelayException, _seconds("lease", lease))
+        self._engine = _Engine(
+            os.fspath(store_path),
+            DelayException,
+            _seconds("lease", lease),
+            _seconds("keep_done", keep_done),
+            _seconds("keep_failed", keep_failed),
+        )
         with _live_lock:
             _live.add(self)
 
@@ -138,6 +151,8 @@ class SimplePyQ:
         *,
         backoff: Optional[Tuple[Seconds, Seconds]] = None,
         timeout: Optional[Seconds] = None,
+        keep_done: Optional[Seconds] = None,
+        keep_failed: Optional[Seconds] = None,
     ) -> None:
         """Add a channel with a function to execute tasks.
 
@@ -150,6 +165,8 @@ class SimplePyQ:
         runs longer fails with "timed out after ..." (retried while retries are left): the
         function is not interrupted (a thread cannot be stopped), its task keeps its lease
         until it returns, and its attempt is then recorded as timed out, whatever it returned.
+        ``keep_done`` and ``keep_failed``: how long the channel's finished tasks are kept
+        while the queue runs (over the queue's own, see ``SimplePyQ``).
         """
         limit = _seconds("timeout", timeout)
         waits = None if backoff is None else (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
@@ -157,7 +174,15 @@ class SimplePyQ:
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        self._engine.add_channel(name, func, max_workers, waits, limit)
+        self._engine.add_channel(
+            name,
+            func,
+            max_workers,
+            waits,
+            limit,
+            _seconds("keep_done", keep_done),
+            _seconds("keep_failed", keep_failed),
+        )
 
     def pause(self, channel: str) -> bool:
         """Pause a channel for every process and machine on the queue, durably: no worker

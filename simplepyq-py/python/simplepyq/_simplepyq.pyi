@@ -42,7 +42,12 @@ class Task:
 
 class Engine:
     def __new__(
-        cls, store: str, delay_exception: type, lease: Optional[float] = None
+        cls,
+        store: str,
+        delay_exception: type,
+        lease: Optional[float] = None,
+        keep_done: Optional[float] = None,
+        keep_failed: Optional[float] = None,
     ) -> "Engine": ...
     def add_channel(
         self,
@@ -51,6 +56,8 @@ class Engine:
         max_workers: int,
         backoff: Optional[Tuple[float, float]] = None,
         timeout: Optional[float] = None,
+        keep_done: Optional[float] = None,
+        keep_failed: Optional[float] = None,
     ) -> None: ...
     def enqueue(
         self,
