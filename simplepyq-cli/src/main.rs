@@ -8,6 +8,7 @@
 //! simplepyq clear-failed tasks.db C
 //! simplepyq remove-channel tasks.db C [--yes]
 //! simplepyq purge-done tasks.db [--older-than 7d]
+//! simplepyq purge-failed tasks.db [--older-than 30d]
 //! simplepyq watch tasks.db [--interval 1s]
 //! simplepyq import tasks.db                     a file of the original Python simplepyq 0.1.3
 //! simplepyq serve tasks.db [--addr A] [--token T] [--read-only]   a web dashboard, /metrics
@@ -49,6 +50,19 @@ mod view;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `purge-done` and `purge-failed` delete.
+#[derive(clap::Args)]
+struct Purge {
+    /// The queue file.
+    file: PathBuf,
+    /// Only tasks finished at least this long ago: 30s, 15m, 12h, 7d.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    older_than: Duration,
+    /// Only this channel.
+    #[arg(long)]
+    channel: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -164,16 +178,9 @@ enum Command {
         per: Duration,
     },
     /// Deletes done tasks that finished long enough ago.
-    PurgeDone {
-        /// The queue file.
-        file: PathBuf,
-        /// Only tasks done at least this long ago: 30s, 15m, 12h, 7d.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
-        older_than: Duration,
-        /// Only this channel.
-        #[arg(long)]
-        channel: Option<String>,
-    },
+    PurgeDone(Purge),
+    /// Deletes failed tasks that failed long enough ago (clear-failed deletes them all).
+    PurgeFailed(Purge),
     /// Imports a file of the original Python simplepyq (0.1.3) into this version's schema,
     /// after a backup copy beside it. Commands that change a file, and queues that open
     /// it, import it too; the reading commands refuse it until then.
@@ -518,16 +525,17 @@ fn run(command: Command) -> Result<(), Failure> {
             let n = store.remove_channel(&channel)?;
             writeln!(out, "removed channel {channel} and {n} task(s)")?;
         }
-        Command::PurgeDone {
-            file,
-            older_than,
-            channel,
-        } => {
-            let store = open(&file)?;
-            let ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
-            let before = Timestamp::from_millis(now(&*store).as_millis().saturating_sub(ms));
-            let n = store.purge_done(channel.as_deref(), before)?;
+        Command::PurgeDone(purge) => {
+            let store = open(&purge.file)?;
+            let before = now(&*store).before(purge.older_than);
+            let n = store.purge_done(purge.channel.as_deref(), before)?;
             writeln!(out, "deleted {n} done task(s)")?;
+        }
+        Command::PurgeFailed(purge) => {
+            let store = open(&purge.file)?;
+            let before = now(&*store).before(purge.older_than);
+            let n = store.purge_failed(purge.channel.as_deref(), before)?;
+            writeln!(out, "deleted {n} failed task(s)")?;
         }
         Command::Serve {
             file,

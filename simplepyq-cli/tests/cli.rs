@@ -164,6 +164,12 @@ fn management_commands_change_the_queue() {
     assert!(ok(&["clear-failed", s(&db), "mail"]).contains("deleted 0"));
     assert!(ok(&["purge-done", s(&db), "--older-than", "1d"]).contains("deleted 0"));
     assert!(ok(&["purge-done", s(&db)]).contains("deleted 3"));
+    // Failed tasks of a fresh queue (two, of mail).
+    let other = tempfile::tempdir().expect("temp dir");
+    let fresh = sqlite_queue(other.path());
+    assert!(ok(&["purge-failed", s(&fresh), "--older-than", "1d"]).contains("deleted 0"));
+    assert!(ok(&["purge-failed", s(&fresh), "--channel", "sms"]).contains("deleted 0"));
+    assert!(ok(&["purge-failed", s(&fresh)]).contains("deleted 2 failed"));
     // Declined confirmation: nothing removed, exit 1.
     let declined = cli(&["remove-channel", s(&db), "sms"], "n\n");
     assert_eq!(declined.status.code(), Some(1));
