@@ -37,6 +37,18 @@ pub fn in_batches(mut step: impl FnMut() -> Result<usize>) -> Result<usize> {
     }
 }
 
+/// Whether tasks with `status` may be purged ([`crate::AdminStore::purge_batch`]): done and
+/// failed ones only.
+pub fn purgeable(status: Status) -> Result<()> {
+    match status {
+        Status::Done | Status::Failed => Ok(()),
+        other => Err(Error::config(format!(
+            "only done and failed tasks are purged, not {} ones",
+            other.as_str()
+        ))),
+    }
+}
+
 /// The most due delayed tasks one claim promotes to pending, earliest run-at (then id)
 /// first. Until every due delayed task of a channel is promoted (more than this many came due
 /// at once: a long outage, a large scheduled batch), priorities order only the promoted ones.

@@ -475,16 +475,26 @@ impl AdminStore for MemoryStore {
         Ok(self.inner.lock().delete_where(Some(channel), |_| true))
     }
 
-    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        Ok(self.inner.lock().delete_where(channel, |t| {
-            t.state.status == Status::Done && t.state.updated_at < before
-        }))
-    }
-
-    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        Ok(self.inner.lock().delete_where(channel, |t| {
-            t.state.status == Status::Failed && t.state.updated_at < before
-        }))
+    fn purge_batch(
+        &self,
+        status: Status,
+        channel: Option<&str>,
+        before: Timestamp,
+    ) -> Result<usize> {
+        batch::purgeable(status)?;
+        let mut inner = self.inner.lock();
+        let doomed: Vec<TaskId> = inner
+            .tasks
+            .values()
+            .filter(|t| channel.is_none_or(|c| t.channel == c))
+            .filter(|t| t.state.status == status && t.state.updated_at < before)
+            .take(batch::BULK_BATCH)
+            .map(|t| t.id)
+            .collect();
+        for id in &doomed {
+            inner.delete(*id);
+        }
+        Ok(doomed.len())
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {

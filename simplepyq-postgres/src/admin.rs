@@ -108,12 +108,22 @@ impl AdminStore for PostgresStore {
         }
     }
 
-    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.purge(Status::Done, channel, before)
-    }
-
-    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.purge(Status::Failed, channel, before)
+    fn purge_batch(
+        &self,
+        status: Status,
+        channel: Option<&str>,
+        before: Timestamp,
+    ) -> Result<usize> {
+        batch::purgeable(status)?;
+        // The status is written in the query, so that its partial index is used.
+        let sql = format!(
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
+             WHERE status = '{}' AND updated_at < $1{} LIMIT {PURGE_BATCH})",
+            status.as_str(),
+            channel_filter(channel, 2)
+        );
+        let before = millis(before);
+        self.run(|c| execute(c, &sql, channel, &[&before]))
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {
@@ -145,20 +155,4 @@ pub(crate) fn execute(
         all.push(ch);
     }
     c.execute(sql, &all)
-}
-
-impl PostgresStore {
-    /// Deletes the tasks of `channel` (or every channel) with `status` last changed before
-    /// `before`, in batches; returns how many. The status is written in the query, so that
-    /// its partial index is used.
-    fn purge(&self, status: Status, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        let sql = format!(
-            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks \
-             WHERE status = '{}' AND updated_at < $1{} LIMIT {PURGE_BATCH})",
-            status.as_str(),
-            channel_filter(channel, 2)
-        );
-        let before = millis(before);
-        batch::in_batches(|| self.run(|c| execute(c, &sql, channel, &[&before])))
-    }
 }

@@ -51,30 +51,19 @@ impl AdminStore for RedbStore {
         })
     }
 
-    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.purge(Status::Done, channel, before)
-    }
-
-    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.purge(Status::Failed, channel, before)
-    }
-
-    fn cancel(&self, id: TaskId) -> Result<()> {
-        self.write(|t| {
-            let task = t.load(id)?.ok_or(Error::NotFound(id))?;
-            transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
-            t.delete(&task)
-        })
-    }
-}
-
-impl RedbStore {
-    /// Deletes the tasks of `channel` (or every channel) with `status` last changed before
-    /// `before`; returns how many.
-    fn purge(&self, status: Status, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+    fn purge_batch(
+        &self,
+        status: Status,
+        channel: Option<&str>,
+        before: Timestamp,
+    ) -> Result<usize> {
+        batch::purgeable(status)?;
         self.write(|t| {
             let mut old = Vec::new();
             for id in t.ids_with_status(channel, status)? {
+                if old.len() == batch::BULK_BATCH {
+                    break;
+                }
                 if t.load(id)?
                     .is_some_and(|task| task.state.updated_at < before)
                 {
@@ -82,6 +71,14 @@ impl RedbStore {
                 }
             }
             t.delete_ids(&old)
+        })
+    }
+
+    fn cancel(&self, id: TaskId) -> Result<()> {
+        self.write(|t| {
+            let task = t.load(id)?.ok_or(Error::NotFound(id))?;
+            transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
+            t.delete(&task)
         })
     }
 }

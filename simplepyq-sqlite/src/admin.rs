@@ -77,12 +77,23 @@ impl AdminStore for SqliteStore {
         Ok(total)
     }
 
-    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.purge(Status::Done, channel, before)
-    }
-
-    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.purge(Status::Failed, channel, before)
+    fn purge_batch(
+        &self,
+        status: Status,
+        channel: Option<&str>,
+        before: Timestamp,
+    ) -> Result<usize> {
+        batch::purgeable(status)?;
+        let sql = purge_sql(status, channel);
+        let channel = channel.map(str::to_owned);
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let n = match &channel {
+                Some(c) => stmt.execute(params![before.as_millis(), c])?,
+                None => stmt.execute([before.as_millis()])?,
+            };
+            Ok(n)
+        })
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {
@@ -138,24 +149,4 @@ pub(crate) fn purge_sql(status: Status, channel: Option<&str>) -> String {
         channel_filter(channel, 2),
         batch::BULK_BATCH
     )
-}
-
-impl SqliteStore {
-    /// Deletes the tasks of `channel` (or every channel) with `status` last changed before
-    /// `before`, in batches; returns how many.
-    fn purge(&self, status: Status, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        let sql = purge_sql(status, channel);
-        let channel = channel.map(str::to_owned);
-        batch::in_batches(|| {
-            let (sql, channel) = (sql.clone(), channel.clone());
-            self.write(move |tx| {
-                let mut stmt = tx.prepare_cached(&sql)?;
-                let n = match &channel {
-                    Some(c) => stmt.execute(params![before.as_millis(), c])?,
-                    None => stmt.execute([before.as_millis()])?,
-                };
-                Ok(n)
-            })
-        })
-    }
 }

@@ -237,8 +237,8 @@ impl ChannelOptions {
     /// let q = SimplePyQ::open(dir.path().join("q.db"))?;
     /// let hour = Duration::from_secs(3_600);
     /// let options = ChannelOptions::new(2).keep_done(hour).keep_failed(24 * hour);
-    /// q.add_channel_with("thumbnails", |_: String| Ok(()), &options)?;
-    /// # Ok::<(), simplepyq::Error>(())
+    /// q.add_channel_with("thumbnails", |_: String| Ok(()), options)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn keep_done(mut self, keep: Duration) -> Self {
         self.retention.done = Some(keep);

@@ -1,25 +1,37 @@
 //! The pruner thread of a run: deletes the channels' finished tasks older than their
 //! retention says, a pass at a time, while the queue runs.
 
-use simplepyq_core::{Result, Store};
+use std::time::{Duration, Instant};
+
+use simplepyq_core::{Status, Store, batch};
 
 use crate::engine::{Engine, guarded};
-use crate::retention::{Retention, period};
+use crate::retention::period;
 use crate::signal::StopSignal;
 
+/// After a batch that took the store `t`, the pruner waits this many times `t` before the
+/// next: it takes at most a tenth of the store's time (on SQLite, of its only writer) from
+/// the workers, however many tasks it has to delete.
+const YIELD: u32 = 9;
+
 /// The pruner of a run: deletes the channels' finished tasks older than they are kept, a
-/// pass at a time, until the run stops. Each store deletes in short transactions of at most
-/// [`simplepyq_core::batch::BULK_BATCH`] tasks, so that no pass holds the store for long
-/// (on SQLite, its only writer).
+/// pass at a time, until the run stops. A pass deletes a batch at a time
+/// ([`simplepyq_core::AdminStore::purge_batch`]: at most
+/// [`simplepyq_core::batch::BULK_BATCH`] tasks, one short transaction), yielding the store
+/// to the workers between batches.
 pub(crate) fn prune<S: Store>(engine: &Engine<S>, signal: &StopSignal) {
     loop {
         let kept = engine.kept.all();
         for (channel, retention) in &kept {
-            if signal.is_stopped() {
-                return;
-            }
-            if let Err(e) = guarded(|| pass(engine, channel, *retention)) {
-                engine.errors.record(&e);
+            let statuses = [
+                (Status::Done, retention.done),
+                (Status::Failed, retention.failed),
+            ];
+            for (status, keep) in statuses {
+                let Some(keep) = keep else { continue };
+                if !purge(engine, signal, channel, status, keep) {
+                    return;
+                }
             }
         }
         if signal.wait(period(&kept)) {
@@ -28,16 +40,32 @@ pub(crate) fn prune<S: Store>(engine: &Engine<S>, signal: &StopSignal) {
     }
 }
 
-/// One pass over `channel`: deletes its done and failed tasks older than kept.
-fn pass<S: Store>(engine: &Engine<S>, channel: &str, retention: Retention) -> Result<usize> {
-    let store = &engine.store;
-    let now = engine.now();
-    let mut deleted = 0;
-    if let Some(keep) = retention.done {
-        deleted += store.purge_done(Some(channel), now.before(keep))?;
+/// Deletes `channel`'s tasks with `status` older than `keep`, a batch at a time, until none
+/// is left or an error (recorded; the next pass tries again). Returns false once the run
+/// stopped.
+fn purge<S: Store>(
+    engine: &Engine<S>,
+    signal: &StopSignal,
+    channel: &str,
+    status: Status,
+    keep: Duration,
+) -> bool {
+    loop {
+        if signal.is_stopped() {
+            return false;
+        }
+        let before = engine.now().before(keep);
+        let began = Instant::now();
+        match guarded(|| engine.store.purge_batch(status, Some(channel), before)) {
+            Ok(n) if n >= batch::BULK_BATCH => {}
+            Ok(_) => return true,
+            Err(e) => {
+                engine.errors.record(&e);
+                return true;
+            }
+        }
+        if signal.wait(began.elapsed() * YIELD) {
+            return false;
+        }
     }
-    if let Some(keep) = retention.failed {
-        deleted += store.purge_failed(Some(channel), now.before(keep))?;
-    }
-    Ok(deleted)
 }

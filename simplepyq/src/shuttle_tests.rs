@@ -97,12 +97,8 @@ impl AdminStore for Store2 {
         self.inner.remove_channel(c)
     }
 
-    fn purge_done(&self, c: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.inner.purge_done(c, before)
-    }
-
-    fn purge_failed(&self, c: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.inner.purge_failed(c, before)
+    fn purge_batch(&self, s: Status, c: Option<&str>, before: Timestamp) -> Result<usize> {
+        self.inner.purge_batch(s, c, before)
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {

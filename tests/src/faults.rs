@@ -328,14 +328,14 @@ impl<S: Store> AdminStore for Flaky<S> {
         self.inner.remove_channel(channel)
     }
 
-    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+    fn purge_batch(
+        &self,
+        status: Status,
+        channel: Option<&str>,
+        before: Timestamp,
+    ) -> Result<usize> {
         self.alive()?;
-        self.inner.purge_done(channel, before)
-    }
-
-    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
-        self.alive()?;
-        self.inner.purge_failed(channel, before)
+        self.inner.purge_batch(status, channel, before)
     }
 
     fn cancel(&self, id: TaskId) -> Result<()> {

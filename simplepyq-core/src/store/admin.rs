@@ -2,7 +2,7 @@
 
 use std::fmt::Debug;
 
-use crate::{Result, TaskId, Timestamp};
+use crate::{Result, Status, TaskId, Timestamp, batch};
 
 /// Administration: deleting and requeueing failed tasks, removing a channel, purging done
 /// tasks, cancelling a task before it runs. What a program, the command line and the
@@ -29,12 +29,30 @@ pub trait AdminStore: Send + Sync + Debug + 'static {
     fn remove_channel(&self, channel: &str) -> Result<usize>;
 
     /// Deletes done tasks of `channel` (or every channel) that finished before `before`;
-    /// returns how many.
-    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+    /// returns how many. A transaction per [`AdminStore::purge_batch`].
+    fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        batch::in_batches(|| self.purge_batch(Status::Done, channel, before))
+    }
 
     /// Deletes failed tasks of `channel` (or every channel) that failed before `before`;
     /// returns how many. (A queue's retention calls it; `clear_failed` deletes them all.)
-    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+    fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize> {
+        batch::in_batches(|| self.purge_batch(Status::Failed, channel, before))
+    }
+
+    /// Deletes, in one transaction, up to [`batch::BULK_BATCH`] tasks of `channel` (or every
+    /// channel) with `status` last changed before `before`; returns how many (fewer than
+    /// the batch: none is left).
+    ///
+    /// # Contract
+    /// Only done and failed tasks are purged: another status is
+    /// [`crate::Error::InvalidConfig`] ([`batch::purgeable`]), and nothing is deleted.
+    fn purge_batch(
+        &self,
+        status: Status,
+        channel: Option<&str>,
+        before: Timestamp,
+    ) -> Result<usize>;
 
     /// Deletes a pending or delayed task before it runs.
     ///
@@ -50,5 +68,6 @@ forward!(AdminStore {
     fn remove_channel(&self, channel: &str) -> Result<usize>;
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
     fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
+    fn purge_batch(&self, status: Status, channel: Option<&str>, before: Timestamp) -> Result<usize>;
     fn cancel(&self, id: TaskId) -> Result<()>;
 });

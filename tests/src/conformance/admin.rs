@@ -172,6 +172,14 @@ pub fn purge_failed_deletes_old_failed_tasks(s: &dyn Store) {
     let c = s.counts(None).expect("counts");
     assert_eq!((c.done, c.failed, c.pending), (1, 0, 1));
     assert_eq!(status(s, pending), Status::Pending);
+    // Queued and running tasks are never purged: a clear error, nothing deleted.
+    for queued in [Status::Pending, Status::Delayed, Status::Running] {
+        assert!(matches!(
+            s.purge_batch(queued, None, at(1_000_000)),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+    assert_eq!(status(s, pending), Status::Pending);
 }
 
 /// A failed task whose unique key another unfinished task now holds stays failed when
