@@ -13,6 +13,15 @@ pub(crate) fn db_err(e: impl Into<redb::Error>) -> Error {
                 .into(),
         },
         redb::Error::Corrupted(message) => corrupt(message),
+        // A table of the queue's names whose stored types are not the queue's: a damaged
+        // table definition (or a file another program wrote under the same names).
+        e @ (redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)) => corrupt(format!(
+            "a table of the file is not what the queue wrote ({e}): the file is damaged, or \
+             another program's"
+        )),
         redb::Error::UpgradeRequired(v) => Error::Foreign {
             backend: BACKEND,
             message: format!("the file is in redb's old format {v}, which this redb cannot read"),
@@ -33,6 +42,11 @@ pub(crate) fn io_err(io: std::io::Error) -> Error {
             backend: BACKEND,
             message: format!("the file is not a redb database ({io})"),
         },
+        // redb read where the file's own pages said data was, and the file ended: damage
+        // its checksums did not catch, or a truncated copy.
+        K::UnexpectedEof => corrupt(format!(
+            "the file ends where its pages say data is ({io}): it is truncated or damaged"
+        )),
         K::StorageFull | K::QuotaExceeded | K::FileTooLarge => Error::Full {
             backend: BACKEND,
             message: io.to_string(),
