@@ -35,7 +35,7 @@ use simplepyq::{
 };
 use simplepyq_core::{Error, Flow, Rate, StoreExt};
 
-use crate::view::{now, summary, task_json};
+use crate::view::{now, result_json, summary, task_json};
 
 mod prometheus;
 mod serve;
@@ -410,8 +410,10 @@ fn run(command: Command) -> Result<(), Failure> {
             let task = store
                 .get(TaskId::new(id))?
                 .ok_or_else(|| Failure::NotFound(format!("no task with id {id}")))?;
-            let text = serde_json::to_string_pretty(&task_json(&task))
-                .map_err(|e| Failure::Queue(e.to_string()))?;
+            let mut value = task_json(&task);
+            value["result"] = result_json(store.result(task.id)?);
+            let text =
+                serde_json::to_string_pretty(&value).map_err(|e| Failure::Queue(e.to_string()))?;
             writeln!(out, "{text}")?;
         }
         Command::RequeueFailed {

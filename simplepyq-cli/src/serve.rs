@@ -33,7 +33,7 @@ use simplepyq::{Finished, ListFilter, Status, Store, TaskId, Timestamp};
 use simplepyq_core::{Error, StoreExt};
 
 use crate::prometheus;
-use crate::view::{now, summary_json, task_json};
+use crate::view::{now, result_json, summary_json, task_json};
 
 const PAGE: &str = include_str!("serve/index.html");
 const SCRIPT: &str = include_str!("serve/app.js");
@@ -505,13 +505,15 @@ fn preview(args: &Value) -> String {
 }
 
 async fn task(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Json<Value>, Refusal> {
-    let (task, now) = on_store(&app, move |store, now| {
-        Ok((store.get(TaskId::new(id))?, now))
+    let (task, result, now) = on_store(&app, move |store, now| {
+        let id = TaskId::new(id);
+        Ok((store.get(id)?, store.result(id)?, now))
     })
     .await?;
     let task =
         task.ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("no task with id {id}")))?;
     let mut value = task_json(&task);
+    value["result"] = result_json(result);
     value["now_ms"] = json!(now.as_millis());
     Ok(Json(value))
 }

@@ -41,6 +41,15 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
 
 /// A task as JSON, its arguments decoded from MessagePack (or shown as bytes if they are
 /// not valid MessagePack).
+/// A done task's result as JSON (decoded from MessagePack), `null` for none.
+pub(crate) fn result_json(result: Option<Vec<u8>>) -> Value {
+    match result {
+        None => Value::Null,
+        Some(bytes) => rmp_serde::from_slice::<Value>(&bytes)
+            .unwrap_or_else(|_| json!({ "undecodable_bytes": bytes })),
+    }
+}
+
 pub(crate) fn task_json(t: &Task) -> Value {
     let args = rmp_serde::from_slice::<Value>(&t.args)
         .unwrap_or_else(|_| json!({ "undecodable_bytes": t.args }));

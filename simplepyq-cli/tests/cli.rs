@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use simplepyq::{EnqueueOptions, RedbStore, SimplePyQ, SqliteStore, Store, TaskError};
+use simplepyq::{EnqueueOptions, RedbStore, SimplePyQ, SqliteStore, Store, TaskContext, TaskError};
 use simplepyq::{FlowStore, InspectStore};
 
 const BIN: &str = env!("CARGO_BIN_EXE_simplepyq");
@@ -39,14 +39,18 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-/// A queue with 3 done, 2 failed and 1 pending task of "mail", and 1 pending of "sms".
+/// A queue with 3 done, 2 failed and 1 pending task of "mail", and 1 pending of "sms";
+/// the first (a@x) done with the result `["sent", 1]`.
 fn fill<S: Store>(q: &SimplePyQ<S>) {
     q.add_channel(
         "mail",
-        |to: String| {
+        |to: String, ctx: &TaskContext| {
             if to.starts_with("bad") {
                 Err(TaskError::msg(format!("{to}: mailbox full")))
             } else {
+                if to == "a@x" {
+                    ctx.set_result(&("sent", 1))?;
+                }
                 Ok(())
             }
         },
@@ -144,6 +148,9 @@ fn tasks_and_show_decode_arguments() {
     let id = failed[1]["id"].as_i64().expect("id").to_string();
     let shown: Value = serde_json::from_str(&ok(&["show", s(&db), &id])).expect("json");
     assert_eq!(shown["status"], "failed");
+    assert_eq!(shown["result"], Value::Null);
+    let first: Value = serde_json::from_str(&ok(&["show", s(&db), "1"])).expect("json");
+    assert_eq!(first["result"], serde_json::json!(["sent", 1]));
     let sms = ok(&["tasks", s(&db), "--channel", "sms", "--json"]);
     let sms: Value = serde_json::from_str(&sms).expect("json");
     assert_eq!(sms[0]["args"], serde_json::json!(["+1555", 3]));

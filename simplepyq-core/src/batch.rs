@@ -12,7 +12,8 @@ use std::collections::HashSet;
 
 use crate::transition::{Event, apply};
 use crate::{
-    Claim, Error, NewTask, Outcome, Result, Status, Task, TaskId, TaskState, Timestamp, Totals,
+    Claim, Error, MAX_RESULT_BYTES, NewTask, Outcome, Result, Status, Task, TaskId, TaskState,
+    Timestamp, Totals,
 };
 
 /// A task's new state, for the store to write.
@@ -92,6 +93,9 @@ pub struct Finish {
     pub changes: Vec<Change>,
     /// What each change counts, in the order of `changes` (see [`Totals::of`]).
     pub totals: Vec<Totals>,
+    /// The result to store with each change's task, in the order of `changes`: a
+    /// handler's result ([`Outcome::Returned`]), else none.
+    pub results: Vec<Option<Vec<u8>>>,
 }
 
 impl Finish {
@@ -119,6 +123,7 @@ pub fn finish(
         statuses: Vec::with_capacity(results.len()),
         changes: Vec::with_capacity(results.len()),
         totals: Vec::with_capacity(results.len()),
+        results: Vec::with_capacity(results.len()),
     };
     for (claim, outcome) in results {
         let held = if recorded.contains(&claim.id) {
@@ -130,6 +135,14 @@ pub fn finish(
             done.statuses.push(Err(lease_lost(claim)));
             continue;
         };
+        if let Some(result) = outcome.result().filter(|r| r.len() > MAX_RESULT_BYTES) {
+            done.statuses.push(Err(Error::config(format!(
+                "the result of task {} is {} bytes, over the limit of {MAX_RESULT_BYTES}",
+                claim.id,
+                result.len()
+            ))));
+            continue;
+        }
         let event = Event::Finish {
             now,
             outcome: outcome.clone(),
@@ -137,6 +150,7 @@ pub fn finish(
         let next = apply(&s, &event).map_err(|r| r.into_error(claim.id))?;
         done.statuses.push(Ok(next.status));
         done.totals.push(Totals::of(&event, next.status));
+        done.results.push(outcome.result().map(<[u8]>::to_vec));
         done.changes.push((claim.id, next));
         recorded.insert(claim.id);
     }
@@ -210,7 +224,7 @@ mod tests {
     fn finish_refuses_stale_and_repeated_claims() {
         let (a, b) = (TaskId::new(1), TaskId::new(2));
         let results = [
-            (Claim { id: a, attempt: 1 }, Outcome::Succeeded),
+            (Claim { id: a, attempt: 1 }, Outcome::Returned(vec![0xc0])),
             (Claim { id: b, attempt: 1 }, Outcome::Succeeded),
             (Claim { id: a, attempt: 1 }, Outcome::Succeeded),
         ];
@@ -218,6 +232,7 @@ mod tests {
             statuses,
             changes,
             totals,
+            results: kept,
         } = finish(&results, T0, |id| {
             Ok(Some(running(if id == a { 1 } else { 2 })))
         })
@@ -229,6 +244,11 @@ mod tests {
         assert!(matches!(statuses[2], Err(Error::LeaseLost { .. })));
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].1.status, Status::Done);
+        assert_eq!(
+            kept,
+            vec![Some(vec![0xc0])],
+            "the held attempt's result only"
+        );
     }
 
     /// A stale attempt's outcome beside the live one's, in one batch: the stale one is

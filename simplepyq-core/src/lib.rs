@@ -48,8 +48,9 @@ pub use store::{
     change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
 };
 pub use task::{
-    Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, NewTask, Outcome,
-    ParseStatusError, Status, Task, TaskId, TaskState, validate_channel, validate_concurrency_key,
+    Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, MAX_RESULT_BYTES, NewTask,
+    Outcome, ParseStatusError, Status, Task, TaskId, TaskState, validate_channel,
+    validate_concurrency_key,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, duration_of, millis_of};
 pub use totals::Totals;

@@ -382,6 +382,9 @@ impl ListFilter {
 pub enum Outcome {
     /// The handler succeeded.
     Succeeded,
+    /// The handler succeeded and gave a result (MessagePack, at most [`MAX_RESULT_BYTES`]),
+    /// stored with the task in the same write as `done`.
+    Returned(Vec<u8>),
     /// The handler failed.
     Failed {
         /// The message kept as the task's last error.
@@ -397,6 +400,26 @@ pub enum Outcome {
         until: Timestamp,
     },
 }
+
+impl Outcome {
+    /// Whether the handler succeeded (with or without a result).
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Outcome::Succeeded | Outcome::Returned(_))
+    }
+
+    /// The result the handler gave, if it gave one.
+    pub fn result(&self) -> Option<&[u8]> {
+        match self {
+            Outcome::Returned(result) => Some(result),
+            _ => None,
+        }
+    }
+}
+
+/// The largest result a task keeps ([`Outcome::Returned`]), in bytes of MessagePack: 1 MiB.
+/// A larger one fails the attempt with a clear error (the queue checks it); stores refuse
+/// one as [`crate::Error::InvalidConfig`].
+pub const MAX_RESULT_BYTES: usize = 1 << 20;
 
 /// Number of tasks in each status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

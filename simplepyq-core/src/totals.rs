@@ -31,7 +31,7 @@ impl Totals {
         let failed = u64::from(next == Status::Failed);
         match event {
             Event::Finish {
-                outcome: Outcome::Succeeded,
+                outcome: Outcome::Succeeded | Outcome::Returned(_),
                 ..
             } => Totals {
                 done: 1,

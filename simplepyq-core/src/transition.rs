@@ -89,7 +89,7 @@ impl Event {
             Event::Claim { .. } => "claim",
             Event::Extend { .. } => "extend the lease of",
             Event::Finish {
-                outcome: Outcome::Succeeded,
+                outcome: Outcome::Succeeded | Outcome::Returned(_),
                 ..
             } => "complete",
             Event::Finish {
@@ -226,7 +226,7 @@ fn finish(next: &mut TaskState, now: Timestamp, outcome: &Outcome) {
     next.lease_until = None;
     next.updated_at = now;
     match outcome {
-        Outcome::Succeeded => next.status = Status::Done,
+        Outcome::Succeeded | Outcome::Returned(_) => next.status = Status::Done,
         Outcome::Delayed { until } => {
             next.status = Status::Delayed;
             next.run_at = *until;
@@ -472,6 +472,7 @@ mod tests {
     fn event() -> impl Strategy<Value = Event> {
         let outcome = prop_oneof![
             Just(Outcome::Succeeded),
+            Just(Outcome::Returned(vec![0xc0])),
             (ts(), any::<bool>()).prop_map(|(retry_at, permanent)| Outcome::Failed {
                 error: "e".into(),
                 retry_at,

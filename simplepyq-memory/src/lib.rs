@@ -75,6 +75,8 @@ struct Inner {
     flows: BTreeMap<String, Flow>,
     /// Each rate-limited channel's last window of starts.
     windows: HashMap<String, RateWindow>,
+    /// The results of done tasks that gave one.
+    results: HashMap<TaskId, Vec<u8>>,
 }
 
 impl Inner {
@@ -264,6 +266,7 @@ impl Inner {
     }
 
     fn delete(&mut self, id: TaskId) {
+        self.results.remove(&id);
         if let Some(task) = self.tasks.remove(&id) {
             self.idx.index(&task, false);
             if self
@@ -409,6 +412,11 @@ impl OutcomeStore for MemoryStore {
         for (&(id, _), &counted) in done.changes.iter().zip(&done.totals) {
             inner.count(id, counted);
         }
+        for ((id, _), result) in done.changes.iter().zip(&done.results) {
+            if let Some(result) = result {
+                inner.results.insert(*id, result.clone());
+            }
+        }
         inner.write(done.changes)?;
         Ok(done.statuses)
     }
@@ -528,6 +536,10 @@ impl InspectStore for MemoryStore {
 
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         Ok(self.inner.lock().tasks.get(&id).cloned())
+    }
+
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.lock().results.get(&id).cloned())
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {

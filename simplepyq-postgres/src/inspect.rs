@@ -53,6 +53,16 @@ impl InspectStore for PostgresStore {
         })
     }
 
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
+        self.run(|c| {
+            let row = c.query_opt(
+                "SELECT result FROM tasks WHERE id = $1 AND status = 'done'",
+                &[&id.get()],
+            )?;
+            Ok(row.map(|r| r.try_get(0)).transpose()?.flatten())
+        })
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         let after = filter.after.map_or(0, TaskId::get);
         let status = filter.status.map(Status::as_str);

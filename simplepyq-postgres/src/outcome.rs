@@ -130,6 +130,8 @@ pub(crate) struct FinishPlan {
     /// The attempt each write is guarded by.
     attempts: Vec<i64>,
     counted: TotalsArrays,
+    /// The result stored with each change's task (NULL for none).
+    results: Vec<Option<Vec<u8>>>,
 }
 
 impl FinishPlan {
@@ -148,6 +150,7 @@ impl FinishPlan {
             statuses,
             changes,
             totals,
+            results,
         } = batch::finish(results, now, |id| Ok(states.get(&id).cloned()))?;
         // Each change is of a claim that held at the read: its attempt is the one read.
         let attempts = changes
@@ -159,6 +162,7 @@ impl FinishPlan {
             next: StateArrays::of(&changes),
             attempts,
             counted: TotalsArrays::of(totals.into_iter()),
+            results,
         })
     }
 
@@ -177,6 +181,7 @@ impl FinishPlan {
         let mut params = self.next.params().to_vec();
         params.push(&self.attempts);
         params.extend(self.counted.params());
+        params.push(&self.results);
         params
     }
 

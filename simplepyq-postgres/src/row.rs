@@ -213,8 +213,8 @@ mod tests {
         assert!(sql::READ_STATES.contains(&format!("id, {STATE_COLUMNS} FROM")));
         let arrays = format!(
             "unnest({STATE_ARRAYS}, $11::bigint[], $12::bigint[], $13::bigint[], \
-             $14::bigint[], $15::bigint[]) AS u({STATE_ALIASES}, held, done, failed, retried, \
-             lease_lost)"
+             $14::bigint[], $15::bigint[], $16::bytea[]) AS u({STATE_ALIASES}, held, done, \
+             failed, retried, lease_lost, result)"
         );
         assert!(sql::FINISH.contains(&arrays), "{arrays}");
     }

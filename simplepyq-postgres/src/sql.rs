@@ -148,12 +148,12 @@ pub const FINISH: &str = concat!(
     "WITH saved AS (UPDATE tasks t SET status = u.status, \
      retries_left = u.retries_left, max_retries = u.max_retries, attempts = u.attempts, \
      run_at = u.run_at, lease_until = u.lease_until, last_error = u.last_error, \
-     updated_at = u.updated_at, lost_runs = u.lost_runs \
+     updated_at = u.updated_at, lost_runs = u.lost_runs, result = u.result \
      FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
        $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], \
-       $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+       $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bytea[]) \
        AS u(id, status, retries_left, max_retries, attempts, run_at, lease_until, \
-       last_error, updated_at, lost_runs, held, done, failed, retried, lease_lost) \
+       last_error, updated_at, lost_runs, held, done, failed, retried, lease_lost, result) \
      WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held \
      RETURNING t.id, t.channel, u.done, u.failed, u.retried, u.lease_lost), \
      counted AS (",

@@ -12,8 +12,8 @@ use pyo3::types::PyDict;
 use rmpv::Value;
 use simplepyq::{
     Backoff, Cancelled, ChannelOptions, EnqueueOptions, Error, ListFilter, PostgresStore,
-    RedbStore, Retention, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskError, TaskId,
-    Timestamp,
+    RedbStore, Retention, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskContext, TaskError,
+    TaskId, Timestamp,
 };
 
 use crate::QueueError;
@@ -236,7 +236,7 @@ impl Engine {
             ));
         }
         let delay_exception = Python::attach(|py| self.delay_exception.clone_ref(py));
-        let handler = move |args: Value| -> Result<(), TaskError> {
+        let handler = move |args: Value, ctx: &TaskContext| -> Result<(), TaskError> {
             Python::attach(|py| {
                 let args = to_python(py, &args).map_err(|e| {
                     TaskError::fatal(format!(
@@ -246,9 +246,16 @@ impl Engine {
                 IN_HANDLER.with(|h| h.set(true));
                 let called = func.call1(py, (args,));
                 IN_HANDLER.with(|h| h.set(false));
-                called
-                    .map(drop)
-                    .map_err(|err| outcome(py, err, &delay_exception))
+                let returned = called.map_err(|err| outcome(py, err, &delay_exception))?;
+                // What the function returned, unless None: the task's result.
+                let returned = returned.bind(py);
+                if !returned.is_none() {
+                    let value = to_value(returned, 0).map_err(|e| {
+                        TaskError::msg(format!("the function's return value cannot be kept: {e}"))
+                    })?;
+                    ctx.set_result(&value)?;
+                }
+                Ok(())
             })
         };
         on!(self.backend, q => q.add_channel_with(name, handler, options).map(drop)).map_err(|e| {
@@ -518,6 +525,15 @@ impl Engine {
             .detach(|| on!(self.backend, q => q.tasks(&filter)))
             .map_err(py_err)?;
         tasks.iter().map(|t| TaskInfo::new(py, t)).collect()
+    }
+
+    /// What task `id`'s function returned (`None` if it returned nothing, or the task is
+    /// not done or does not exist).
+    fn result<'py>(&self, py: Python<'py>, id: i64) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let value = py
+            .detach(|| on!(self.backend, q => q.result::<Value>(TaskId::new(id))))
+            .map_err(py_err)?;
+        value.map(|v| to_python(py, &v)).transpose()
     }
 
     fn task(&self, py: Python<'_>, id: i64) -> PyResult<Option<TaskInfo>> {

@@ -439,6 +439,37 @@ def test_a_timeout_fails_an_attempt_that_runs_too_long(db):
         q.add_channel("d", handler, timeout=0)
 
 
+def test_a_functions_return_value_is_the_tasks_result(db):
+    """What a function returns is kept with its done task and read back by id, from this
+    queue or another on the file; None and a failed run keep nothing; a value too large
+    or unencodable fails the attempt with a clear error."""
+    q = SimplePyQ(db)
+
+    def handler(x):
+        if x == "none":
+            return None
+        if x == "fail":
+            raise ValueError("no")
+        if x == "big":
+            return b"x" * (2 << 20)
+        if x == "object":
+            return object()
+        return {"square": x * x, "of": [x]}
+
+    q.add_channel("c", handler)
+    ids = {x: q.enqueue("c", x) for x in [3, "none", "fail", "big", "object"]}
+    q.run_until_complete()
+    assert q.result(ids[3]) == {"square": 9, "of": [3]}
+    assert SimplePyQ(db).result(ids[3]) == {"square": 9, "of": [3]}
+    assert q.result(ids["none"]) is None and q.task(ids["none"]).status == "done"
+    assert q.result(ids["fail"]) is None and q.task(ids["fail"]).status == "failed"
+    assert q.task(ids["big"]).status == "failed"
+    assert "over the limit" in q.task(ids["big"]).last_error
+    assert q.task(ids["object"]).status == "failed"
+    assert "cannot be kept" in q.task(ids["object"]).last_error
+    assert q.result(10_000) is None
+
+
 def test_finished_tasks_are_kept_as_long_as_asked(db):
     """keep_done / keep_failed: the running queue deletes older finished tasks, a channel's
     own time over the queue's; a channel that keeps them for ever keeps them."""

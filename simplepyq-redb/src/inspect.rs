@@ -6,8 +6,11 @@ use redb::ReadableTable;
 use simplepyq_core::{Counts, InspectStore, ListFilter, Result, Task, TaskId, Totals};
 
 use crate::error::{corrupt, db_err};
+use crate::flow::existing;
 use crate::record::{self, status_from_code};
-use crate::tables::{BY_STATUS, COUNTS, TASKS, TOTALS, channel_names, status_pairs, stored_totals};
+use crate::tables::{
+    BY_STATUS, COUNTS, RESULTS, TASKS, TOTALS, channel_names, status_pairs, stored_totals,
+};
 use crate::{RedbStore, to_id, to_key};
 
 impl InspectStore for RedbStore {
@@ -48,6 +51,16 @@ impl InspectStore for RedbStore {
             record::decode(id, bytes.value())
                 .map(Some)
                 .map_err(|e| corrupt(format!("task {id}: {e}")))
+        })
+    }
+
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
+        self.read(|read| {
+            let Some(results) = existing(read.open_table(RESULTS))? else {
+                return Ok(None);
+            };
+            let result = results.get(to_key(id)).map_err(db_err)?;
+            Ok(result.map(|r| r.value().to_vec()))
         })
     }
 

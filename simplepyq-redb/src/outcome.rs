@@ -9,7 +9,7 @@ use simplepyq_core::{Claim, Outcome, OutcomeStore, Result, Status, Timestamp, To
 
 use crate::error::db_err;
 use crate::tables::{LEASES, add_totals};
-use crate::{RedbStore, to_id};
+use crate::{RedbStore, to_id, to_key};
 
 impl OutcomeStore for RedbStore {
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
@@ -30,6 +30,13 @@ impl OutcomeStore for RedbStore {
             let done = batch::finish(results, now, |id| t.read_state(id, &mut read))?;
             let counted = done.totals_by_channel(|id| read.get(&id).map(|t| t.channel.as_str()));
             add_totals(tx, &counted)?;
+            for ((id, _), result) in done.changes.iter().zip(&done.results) {
+                if let Some(result) = result {
+                    t.results
+                        .insert(to_key(*id), result.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
             t.write_changes(done.changes, read)?;
             Ok(done.statuses)
         })

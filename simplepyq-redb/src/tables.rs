@@ -61,6 +61,9 @@ pub(crate) const SCHEDULES: TableDefinition<&str, i64> = TableDefinition::new("s
 pub(crate) const TOTALS: TableDefinition<&str, (u64, u64, u64, u64)> =
     TableDefinition::new("totals");
 
+/// A done task's result (MessagePack), by id: what its handler gave when it succeeded.
+pub(crate) const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
+
 pub(crate) const META_FORMAT: &str = "format";
 
 pub(crate) const META_LAST_ID: &str = "last_id";
@@ -78,6 +81,7 @@ pub(crate) struct Tables<'tx> {
     pub(crate) meta: Table<'tx, &'static str, u64>,
     pub(crate) keys_running: Table<'tx, (&'static str, &'static str), u64>,
     pub(crate) keyed_pending: Table<'tx, &'static str, u64>,
+    pub(crate) results: Table<'tx, u64, &'static [u8]>,
 }
 
 impl<'tx> Tables<'tx> {
@@ -94,6 +98,7 @@ impl<'tx> Tables<'tx> {
             meta: tx.open_table(META).map_err(db_err)?,
             keys_running: tx.open_table(KEYS_RUNNING).map_err(db_err)?,
             keyed_pending: tx.open_table(KEYED_PENDING).map_err(db_err)?,
+            results: tx.open_table(RESULTS).map_err(db_err)?,
         })
     }
 
@@ -243,6 +248,7 @@ impl<'tx> Tables<'tx> {
     pub(crate) fn delete(&mut self, task: &Task) -> Result<()> {
         self.index(task, false)?;
         self.tasks.remove(to_key(task.id)).map_err(db_err)?;
+        self.results.remove(to_key(task.id)).map_err(db_err)?;
         Ok(())
     }
 

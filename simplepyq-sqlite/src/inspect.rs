@@ -53,6 +53,19 @@ impl InspectStore for SqliteStore {
         })
     }
 
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT result FROM simplepyq_tasks WHERE id = ?1 AND status = 'done'",
+            )?;
+            let mut rows = stmt.query([id.get()])?;
+            match rows.next()? {
+                Some(r) => Ok(r.get(0)?),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         let mut sql = format!("SELECT {COLUMNS} FROM simplepyq_tasks WHERE id > ?1");
         let mut values: Vec<rusqlite::types::Value> =

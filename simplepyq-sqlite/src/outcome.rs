@@ -157,11 +157,30 @@ pub(crate) fn finish_in(
     let mut channels = HashMap::with_capacity(results.len());
     let done = batch::finish(results, now, channel_and_state_of(tx, &mut channels))?;
     write_changes(tx, &done.changes)?;
+    write_results(tx, &done)?;
     add_totals(
         tx,
         &done.totals_by_channel(|id| channels.get(&id).map(String::as_str)),
     )?;
     Ok(done.statuses)
+}
+
+/// Stores the results that came with the changes of `done`.
+fn write_results(tx: &Transaction<'_>, done: &batch::Finish) -> R<()> {
+    let mut given = done
+        .changes
+        .iter()
+        .zip(&done.results)
+        .filter_map(|((id, _), r)| Some((id, r.as_ref()?)))
+        .peekable();
+    if given.peek().is_none() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached("UPDATE simplepyq_tasks SET result = ?2 WHERE id = ?1")?;
+    for (id, result) in given {
+        stmt.execute(rusqlite::params![id.get(), result])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_own_names.sql"),
     include_str!("../migrations/0008_channels.sql"),
     include_str!("../migrations/0009_keys_and_timeouts.sql"),
+    include_str!("../migrations/0010_results.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -151,6 +152,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
         ("simplepyq_channels", "window_used", "0"),
         ("simplepyq_tasks", "timeout_ms", "NULL"),
     ],
+    &[("simplepyq_tasks", "result", "NULL")],
 ];
 
 /// The tables each migration created after the first, with their columns (those later
@@ -179,6 +181,7 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
             "window_used",
         ],
     )],
+    &[],
     &[],
 ];
 

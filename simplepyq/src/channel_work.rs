@@ -58,11 +58,12 @@ impl ChannelWork {
     }
 
     /// The outcome of a run of `task` that ended at `now` with `result` (`Err` for a
-    /// panic), ready for the recorder.
+    /// panic) and gave `given` ([`crate::TaskContext::set_result`]), ready for the recorder.
     pub(crate) fn finished(
         &self,
         task: &Task,
         result: std::thread::Result<Result<(), TaskError>>,
+        given: Option<Result<Vec<u8>, String>>,
         elapsed: Duration,
         now: Timestamp,
         completed_in: bool,
@@ -75,7 +76,11 @@ impl ChannelWork {
             permanent,
         };
         let outcome = match result {
-            Ok(Ok(())) => Outcome::Succeeded,
+            Ok(Ok(())) => match given {
+                None => Outcome::Succeeded,
+                Some(Ok(bytes)) => Outcome::Returned(bytes),
+                Some(Err(e)) => failed(e, false),
+            },
             Ok(Err(TaskError::Delay(d))) => Outcome::Delayed {
                 until: now.after(d),
             },

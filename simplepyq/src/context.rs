@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use simplepyq_core::{Task, TaskId};
 
+use crate::handler::TaskError;
+
 /// Why a running task was asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -31,6 +33,9 @@ struct CancelState {
     /// Set once the handler completed the task in its own transaction; whether that
     /// transaction committed, the recorder finds out.
     completed_in: AtomicBool,
+    /// The result the handler gave ([`TaskContext::set_result`]), encoded, or why it could
+    /// not be kept.
+    result: Mutex<Option<Result<Vec<u8>, String>>>,
 }
 
 /// The cancellation signal of one run: set once, read by the handler.
@@ -50,6 +55,12 @@ impl CancelToken {
     /// Whether the handler of this run completed its task in its own transaction.
     pub(crate) fn completed_in(&self) -> bool {
         self.0.completed_in.load(Ordering::Acquire)
+    }
+
+    /// The result the handler gave, encoded, or why it could not be kept; `None` if it
+    /// gave none.
+    pub(crate) fn take_result(&self) -> Option<Result<Vec<u8>, String>> {
+        self.0.result.lock().take()
     }
 
     pub(crate) fn reason(&self) -> Option<CancelReason> {
@@ -141,6 +152,47 @@ impl TaskContext {
     /// The channel the task belongs to.
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// Keeps `value` as the task's result: when this run succeeds, it is stored with the
+    /// task in the same write as `done` (a run that fails, or whose lease was lost, stores
+    /// nothing), and [`crate::SimplePyQ::result`] reads it, here or in any process on the
+    /// store. A later call replaces it. As River's `RecordOutput`: handlers keep their
+    /// `Result<(), TaskError>`, and only those that give a result pay for one.
+    ///
+    /// A value that does not encode to MessagePack, or takes more than
+    /// [`simplepyq_core::MAX_RESULT_BYTES`] (1 MiB), is an error here, and the attempt
+    /// fails with it (following the retry policy) even if the handler then returns `Ok`.
+    ///
+    /// ```
+    /// use simplepyq::{SimplePyQ, TaskContext};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = SimplePyQ::open(dir.path().join("q.db"))?;
+    /// q.add_channel("square", |n: u64, ctx: &TaskContext| {
+    ///     ctx.set_result(&(n * n))?;
+    ///     Ok(())
+    /// }, 1)?;
+    /// let id = q.enqueue("square", &12u64)?;
+    /// q.run_until_complete()?;
+    /// assert_eq!(q.result::<u64>(id)?, Some(144));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_result<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), TaskError> {
+        let kept = match rmp_serde::to_vec_named(value) {
+            Ok(bytes) if bytes.len() > simplepyq_core::MAX_RESULT_BYTES => Err(format!(
+                "the result is {} bytes of MessagePack, over the limit of {} bytes",
+                bytes.len(),
+                simplepyq_core::MAX_RESULT_BYTES
+            )),
+            Ok(bytes) => Ok(bytes),
+            Err(e) => Err(format!("the result does not encode to MessagePack: {e}")),
+        };
+        let error = kept.as_ref().err().cloned();
+        *self.cancel.0.result.lock() = Some(kept);
+        match error {
+            Some(e) => Err(TaskError::msg(e)),
+            None => Ok(()),
+        }
     }
 
     /// This attempt's number: 1 for the first run (a run lost to a dead worker counts too).

@@ -13,7 +13,7 @@ pub(crate) fn count(report: &TaskReport<'_>) {
     {
         let channel = report.channel.to_owned();
         let name = match (report.outcome, report.status) {
-            (Outcome::Succeeded, _) => "simplepyq_tasks_done_total",
+            (Outcome::Succeeded | Outcome::Returned(_), _) => "simplepyq_tasks_done_total",
             (Outcome::Delayed { .. }, _) => "simplepyq_tasks_delayed_total",
             (Outcome::Failed { .. }, Status::Failed) => "simplepyq_tasks_failed_total",
             (Outcome::Failed { .. }, _) => "simplepyq_tasks_retried_total",

@@ -715,6 +715,21 @@ impl<S: Store> SimplePyQ<S> {
         self.workers.engine.store.counts(channel.into())
     }
 
+    /// The result task `id`'s handler gave ([`TaskContext::set_result`]), decoded as `T`:
+    /// `None` while the task is not done, if it gave none, or if the task does not exist
+    /// (never did, or was deleted). [`Error::Codec`] if the result does not decode as `T`.
+    pub fn result<T: DeserializeOwned>(&self, id: TaskId) -> Result<Option<T>> {
+        let Some(bytes) = self.workers.engine.store.result(id)? else {
+            return Ok(None);
+        };
+        rmp_serde::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Codec {
+                action: "decoded",
+                message: format!("the result of task {id}: {e}"),
+            })
+    }
+
     /// The task with this id, if it exists. [`decode_args`] reads its arguments.
     pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
         self.workers.engine.store.get(id)

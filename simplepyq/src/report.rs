@@ -148,7 +148,7 @@ pub(crate) fn trace(report: &TaskReport<'_>) {
         let (id, channel, attempt) = (report.id.get(), report.channel, report.attempt);
         let ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX);
         match (report.outcome, report.status) {
-            (Outcome::Succeeded, _) => {
+            (Outcome::Succeeded | Outcome::Returned(_), _) => {
                 tracing::info!(id, channel, attempt, ms, "simplepyq task succeeded");
             }
             (Outcome::Delayed { until }, _) => {

@@ -119,6 +119,10 @@ impl InspectStore for Store2 {
         self.inner.get(id)
     }
 
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
+        self.inner.result(id)
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         self.inner.list(filter)
     }

@@ -182,9 +182,11 @@ impl<S: Store> Flight<S> {
         if let Some(task) = self.task.take() {
             let now = self.engine.now();
             let completed_in = self.cancel.completed_in();
-            let finished =
-                self.channel
-                    .finished(&task, result, self.began.elapsed(), now, completed_in);
+            let given = self.cancel.take_result();
+            let elapsed = self.began.elapsed();
+            let finished = self
+                .channel
+                .finished(&task, result, given, elapsed, now, completed_in);
             recorder::hand_over_nowait(&self.engine, finished);
         }
     }

@@ -115,7 +115,9 @@ fn run<S: Store>(
         result = Ok(Err(TaskError::msg(deadline.message())));
     }
     let completed_in = cancel.completed_in();
-    let finished = channel.finished(&task, result, began.elapsed(), engine.now(), completed_in);
+    let given = cancel.take_result();
+    let (elapsed, now) = (began.elapsed(), engine.now());
+    let finished = channel.finished(&task, result, given, elapsed, now, completed_in);
     abandon.claim = None;
     recorder::hand_over(engine, finished);
 }

@@ -359,6 +359,10 @@ impl<S: Store> InspectStore for Flaky<S> {
         self.inner.get(id)
     }
 
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
+        self.inner.result(id)
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         self.wait(Slow::Reads);
         self.inner.list(filter)

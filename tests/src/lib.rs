@@ -228,6 +228,7 @@ macro_rules! conformance_tests {
                 extend_leases_keeps_held_claims_only,
                 recover_expired_counts_lost_runs,
                 release_gives_unstarted_tasks_back,
+                results_are_kept_with_done_tasks,
             ];
             admin: [
                 clear_failed_per_channel_or_all,

@@ -52,7 +52,8 @@ pub enum Op {
     Finish {
         /// Which earlier claim (modulo their number).
         pick: usize,
-        /// 0: success, 1: failure, 2: permanent failure, 3: delay.
+        /// 0: success, 1: failure, 2: permanent failure, 3: delay, 4: success with a
+        /// result.
         kind: u8,
         /// The delay or retry wait.
         wait_ms: u64,
@@ -137,7 +138,7 @@ pub fn op() -> impl Strategy<Value = Op> {
                 channel, retries, delay_ms, priority, unique, key, timeout_ms
             }),
         5 => (channel.clone(), 0usize..4).prop_map(|(channel, limit)| Op::Claim { channel, limit }),
-        5 => (any::<usize>(), 0u8..4, 0u64..600).prop_map(|(pick, kind, wait_ms)| Op::Finish { pick, kind, wait_ms }),
+        5 => (any::<usize>(), 0u8..5, 0u64..600).prop_map(|(pick, kind, wait_ms)| Op::Finish { pick, kind, wait_ms }),
         1 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         3 => (1u64..400).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::RecoverExpired),
@@ -164,6 +165,8 @@ struct Model {
     flows: BTreeMap<&'static str, Flow>,
     /// Each rate-limited channel's last window of starts.
     windows: BTreeMap<&'static str, RateWindow>,
+    /// The result each task that gave one succeeded with.
+    results: BTreeMap<TaskId, Vec<u8>>,
 }
 
 impl Model {
@@ -407,6 +410,8 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 let outcome = match kind {
                     0 => Outcome::Succeeded,
                     3 => Outcome::Delayed { until: wait },
+                    // MessagePack of the step's number.
+                    4 => Outcome::Returned(rmp_serde::to_vec(&step).expect("encode")),
                     k => Outcome::Failed {
                         error: format!("e{step}"),
                         retry_at: wait,
@@ -416,6 +421,9 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 let got = store.finish(claim, &outcome, now);
                 let held = model.held(claim);
                 if held {
+                    if let Some(result) = outcome.result() {
+                        model.results.insert(claim.id, result.to_vec());
+                    }
                     model.event(claim.id, &Event::Finish { now, outcome });
                     let expected = model.tasks[&claim.id].state.status;
                     prop_assert_eq!(got.ok(), Some(expected), "{}", at("finish"));
@@ -619,6 +627,12 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
     }
     for (task, expected) in all.iter().zip(model.tasks.values()) {
         prop_assert_eq!(task, expected, "{}", at);
+        let result = store.result(task.id).map_err(|e| fail(&e.to_string()))?;
+        let kept = model
+            .results
+            .get(&task.id)
+            .filter(|_| task.state.status == Status::Done);
+        prop_assert_eq!(result.as_ref(), kept, "{} result of {}", at, task.id);
     }
     Ok(())
 }

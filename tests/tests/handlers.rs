@@ -625,3 +625,74 @@ fn a_handler_stopping_another_queue_waits_for_that_queues_handlers() {
     assert!(b_finished, "the stop returned while b's handler ran");
     a.stop();
 }
+
+/// Results: what a thread or an async handler gives with `set_result` is read back once its
+/// task is done, by id; a run that fails after giving one keeps none (its task failed); a
+/// result over the limit fails the attempt with a clear error even though the handler then
+/// returns `Ok`; `()` handlers keep nothing; a result read as the wrong type is a codec
+/// error.
+#[test]
+fn results_of_thread_and_async_handlers() {
+    let (_dir, q) = sqlite();
+    let rt = runtime(2);
+    q.add_channel(
+        "thread",
+        |n: u32, ctx: &TaskContext| {
+            match n {
+                0 => {}
+                7 => {
+                    ctx.set_result(&"lost")?;
+                    return Err(TaskError::fatal("seven"));
+                }
+                9 => {
+                    // Ignores the error: the attempt fails all the same.
+                    let _ = ctx.set_result(&vec![1u8; 2 << 20]);
+                }
+                _ => ctx.set_result(&(n * 2))?,
+            }
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    rt.block_on(async {
+        q.add_channel_async(
+            "async",
+            |n: u32, ctx: TaskContext| async move {
+                ctx.set_result(&format!("a{n}"))?;
+                Ok(())
+            },
+            2,
+        )
+        .expect("add");
+    });
+    let ids: Vec<TaskId> = [0u32, 5, 7, 9]
+        .iter()
+        .map(|n| q.enqueue("thread", n).expect("enqueue"))
+        .collect();
+    let on_async = q.enqueue("async", &4u32).expect("enqueue");
+    assert_eq!(
+        q.result::<u32>(ids[1]).expect("result"),
+        None,
+        "not done yet"
+    );
+    rt.block_on(q.run_until_complete_async()).expect("run");
+    let status = |id: TaskId| q.task(id).expect("get").expect("exists").state;
+    assert_eq!(q.result::<u32>(ids[0]).expect("result"), None);
+    assert_eq!(status(ids[0]).status, Status::Done);
+    assert_eq!(q.result::<u32>(ids[1]).expect("result"), Some(10));
+    assert_eq!(
+        q.result::<String>(on_async).expect("result"),
+        Some("a4".into())
+    );
+    assert_eq!(q.result::<String>(ids[2]).expect("result"), None);
+    assert_eq!(status(ids[2]).status, Status::Failed);
+    let big = status(ids[3]);
+    assert_eq!(big.status, Status::Failed);
+    let error = big.last_error.unwrap_or_default();
+    assert!(error.contains("over the limit"), "{error}");
+    assert!(matches!(
+        q.result::<Vec<String>>(ids[1]),
+        Err(Error::Codec { .. })
+    ));
+}

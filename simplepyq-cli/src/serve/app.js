@@ -192,6 +192,8 @@ function drawTask(t, now) {
     ["enqueued", when(t.created_at_ms, now)], ["last change", when(t.updated_at_ms, now)],
     ["last error", el("pre", { class: "error" }, t.last_error ?? "–")],
     ["arguments", el("code", { class: "json args" }, JSON.stringify(t.args, null, 2))],
+    ["result", t.result === null || t.result === undefined ? "–"
+      : el("code", { class: "json result" }, JSON.stringify(t.result, null, 2))],
   ];
   const list = el("dl", {}, ...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   const cancellable = !READ_ONLY && (t.status === "pending" || t.status === "delayed");

@@ -18,6 +18,10 @@ pub trait InspectStore: Send + Sync + Debug + 'static {
     /// The task with this id, if any.
     fn get(&self, id: TaskId) -> Result<Option<Task>>;
 
+    /// The result task `id`'s handler gave when it succeeded ([`crate::Outcome::Returned`]),
+    /// if the task exists, is done and has one.
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>>;
+
     /// A page of tasks in id order.
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
 
@@ -69,6 +73,7 @@ forward!(InspectStore {
     fn channels(&self) -> Result<Vec<String>>;
     fn counts(&self, channel: Option<&str>) -> Result<Counts>;
     fn get(&self, id: TaskId) -> Result<Option<Task>>;
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>>;
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
     fn finished(&self, channel: Option<&str>, since: Timestamp, width: Duration) -> Result<Vec<Finished>>;
     fn totals(&self) -> Result<BTreeMap<String, Totals>>;

@@ -368,6 +368,13 @@ class SimplePyQ:
         """The task with this id, or None."""
         return self._engine.task(id)
 
+    def result(self, id: int) -> Any:
+        """What the task's function returned when it succeeded (anything MessagePack can
+        hold, at most 1 MiB of it; a larger or unencodable value fails the attempt): stored
+        with the task as it became done, in any process on the queue. None while the task is
+        not done, if the function returned None, or if the task does not exist."""
+        return self._engine.result(id)
+
     def cancel(self, id: int) -> Cancelled:
         """Cancel a task: a queued one is deleted (``Cancelled.REMOVED``); a running one is
         asked to stop (``Cancelled.REQUESTED``: its handler ends as it will). KeyError if

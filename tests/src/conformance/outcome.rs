@@ -238,3 +238,58 @@ pub fn release_gives_unstarted_tasks_back(s: &dyn Store) {
     assert_eq!((again.id, again.state.attempts), (first, 1));
     assert_eq!(s.counts(Some("a")).expect("counts").running, 1);
 }
+
+/// A handler's result is kept with its task, written with `done`: read back exactly; a
+/// stale attempt's result is refused with its outcome (nothing stored); a result over
+/// [`simplepyq_core::MAX_RESULT_BYTES`] is refused for that attempt only (its task still
+/// running); a task done without a result, one not done, an unknown one and a deleted one
+/// have none.
+pub fn results_are_kept_with_done_tasks(s: &dyn Store) {
+    let returned = |bytes: &[u8]| Outcome::Returned(bytes.to_vec());
+    let with = add(s, task("r").retries(1));
+    let without = add(s, task("r"));
+    let big = add(s, task("r"));
+    let first = claim_one(s, "r", T0);
+    assert_eq!(first.id, with);
+    // The first attempt's lease runs out; a second attempt runs.
+    assert_eq!(s.recover_expired(T0.after(LEASE), 10).expect("recover"), 1);
+    let later = T0.after(LEASE * 2);
+    let claimed = s.claim("r", 3, later, later.after(LEASE)).expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let second = claimed
+        .iter()
+        .find(|t| t.id == with)
+        .expect("claimed again");
+    let other = claimed.iter().find(|t| t.id == without).expect("claimed");
+    let large = claimed.iter().find(|t| t.id == big).expect("claimed");
+    let too_big = vec![0xc4; simplepyq_core::MAX_RESULT_BYTES + 1];
+    let statuses = s
+        .finish_many(
+            &[
+                (first.claim(), returned(b"stale")),
+                (second.claim(), returned(&[0x92, 0x01, 0xa1, 0x78])),
+                (other.claim(), Outcome::Succeeded),
+                (large.claim(), Outcome::Returned(too_big)),
+            ],
+            later,
+        )
+        .expect("finish");
+    assert!(matches!(statuses[0], Err(Error::LeaseLost { .. })));
+    assert_eq!(statuses[1].as_ref().ok(), Some(&Status::Done));
+    assert_eq!(statuses[2].as_ref().ok(), Some(&Status::Done));
+    assert!(matches!(statuses[3], Err(Error::InvalidConfig(_))));
+    assert_eq!(
+        s.result(with).expect("result"),
+        Some(vec![0x92, 0x01, 0xa1, 0x78])
+    );
+    assert_eq!(s.result(without).expect("result"), None);
+    assert_eq!(status(s, big), Status::Running);
+    assert_eq!(s.result(big).expect("result"), None);
+    assert_eq!(s.result(TaskId::new(999_999)).expect("result"), None);
+    // Deleted with its task.
+    assert_eq!(
+        s.purge_done(Some("r"), later.after(LEASE)).expect("purge"),
+        2
+    );
+    assert_eq!(s.result(with).expect("result"), None);
+}
