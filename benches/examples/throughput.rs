@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite|redb|memory --n 20000 \
 //!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
-//!     [--bare] [--max-running N] [--keys K] [--work-us U]
+//!     [--bare] [--max-running N] [--keys K] [--work-us U] [--result-bytes B]
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite --remote [--watch off] \
@@ -88,6 +88,7 @@ struct Args {
     /// The channel's limit of running tasks, if any.
     max_running: Option<u32>,
     work_us: u64,
+    result_bytes: usize,
     /// Task i gets concurrency key i mod K (the default limit of 1 per key); 0: no keys.
     keys: u64,
 }
@@ -115,6 +116,7 @@ fn parse() -> Result<Args, String> {
         max_running: None,
         keys: 0,
         work_us: 0,
+        result_bytes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -160,6 +162,9 @@ fn parse() -> Result<Args, String> {
             "--readers" => args.readers = number()?,
             "--keys" => args.keys = number()?,
             "--work-us" => args.work_us = number()?,
+            "--result-bytes" => {
+                args.result_bytes = usize::try_from(number()?).map_err(|e| e.to_string())?;
+            }
             "--max-running" => {
                 args.max_running = Some(u32::try_from(number()?).map_err(|e| e.to_string())?);
             }
@@ -177,7 +182,12 @@ fn parse() -> Result<Args, String> {
 
 /// With `--bare`: the bare SQLite limits at the same `synchronous` setting, measured now,
 /// as extra JSON fields.
-fn bare_limits(backend: Backend, dir: &std::path::Path, n: u64) -> Result<String, String> {
+fn bare_limits(
+    backend: Backend,
+    dir: &std::path::Path,
+    n: u64,
+    result_bytes: usize,
+) -> Result<String, String> {
     let sync = match backend {
         Backend::SqliteFull => "FULL",
         _ => "NORMAL",
@@ -191,9 +201,25 @@ fn bare_limits(backend: Backend, dir: &std::path::Path, n: u64) -> Result<String
     conn.execute("DELETE FROM jobs", []).map_err(e)?;
     bare::insert_batch(&mut conn, n).map_err(e)?;
     let cycle32 = bare::claim_delete_rate(&mut conn, 32, n).map_err(e)?;
+    // With results: claim and finish 32 rows at a time keeping them, without and with a
+    // result of the same size.
+    let results = if result_bytes > 0 {
+        let mut rates = Vec::new();
+        for bytes in [0, result_bytes] {
+            conn.execute("DELETE FROM jobs", []).map_err(e)?;
+            bare::insert_batch(&mut conn, n).map_err(e)?;
+            rates.push(bare::claim_finish_rate(&mut conn, 32, n, bytes).map_err(e)?);
+        }
+        format!(
+            ",\"bare_finish32_per_s\":{:.0},\"bare_finish32_result_per_s\":{:.0}",
+            rates[0], rates[1]
+        )
+    } else {
+        String::new()
+    };
     Ok(format!(
         ",\"bare_synchronous\":\"{sync}\",\"bare_insert_per_s\":{insert:.0},\
-         \"bare_cycle1_per_s\":{cycle1:.0},\"bare_cycle32_per_s\":{cycle32:.0}"
+         \"bare_cycle1_per_s\":{cycle1:.0},\"bare_cycle32_per_s\":{cycle32:.0}{results}"
     ))
 }
 
@@ -378,7 +404,18 @@ fn run() -> Result<(), String> {
     let pickups = Arc::new(parking_lot_free::Slot::default());
     let work = Duration::from_micros(args.work_us);
     let handler = count_into(Arc::clone(&processed), Arc::clone(&pickups), work);
-    q.add_channel("bench", handler, args.workers).map_err(e)?;
+    if args.result_bytes > 0 {
+        // Each task keeps a result of that many bytes of MessagePack (a string).
+        let result = "x".repeat(args.result_bytes.saturating_sub(3));
+        let with_result = move |p: Payload, ctx: &simplepyq::TaskContext| {
+            ctx.set_result(&result)?;
+            handler(p)
+        };
+        q.add_channel("bench", with_result, args.workers)
+            .map_err(e)?;
+    } else {
+        q.add_channel("bench", handler, args.workers).map_err(e)?;
+    }
     if args.max_running.is_some() {
         q.set_max_running("bench", args.max_running).map_err(e)?;
     }
@@ -581,7 +618,7 @@ fn run() -> Result<(), String> {
     let bare = match (&server, args.bare) {
         (_, false) => String::new(),
         (Some(server), true) => bare_pg_limits(server, args.n)?,
-        (None, true) => bare_limits(backend, dir.path(), args.n)?,
+        (None, true) => bare_limits(backend, dir.path(), args.n, args.result_bytes)?,
     };
     if let Some(server) = &server {
         drop(remote);
@@ -593,7 +630,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -620,6 +657,11 @@ fn run() -> Result<(), String> {
         },
         if args.work_us > 0 {
             format!(",\"work_us\":{}", args.work_us)
+        } else {
+            String::new()
+        },
+        if args.result_bytes > 0 {
+            format!(",\"result_bytes\":{}", args.result_bytes)
         } else {
             String::new()
         },

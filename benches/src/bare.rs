@@ -13,7 +13,8 @@ pub fn open(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS jobs (
-             id INTEGER PRIMARY KEY, status INTEGER NOT NULL, payload BLOB NOT NULL);
+             id INTEGER PRIMARY KEY, status INTEGER NOT NULL, payload BLOB NOT NULL,
+             result BLOB);
          CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, id);",
     )?;
     Ok(conn)
@@ -56,6 +57,46 @@ pub fn claim_delete_rate(conn: &mut Connection, batch: u32, limit: u64) -> rusql
         if ids.is_empty() {
             break;
         }
+        done += ids.len() as u64;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Claims `batch` pending rows per transaction and, in the next transaction, marks them
+/// finished with a result of `result_bytes` bytes (none for 0), until `limit` rows are done
+/// or none is left: a queue's claim and outcome that keeps finished rows; returns rows per
+/// second. Fill the table with [`insert_batch`] first.
+pub fn claim_finish_rate(
+    conn: &mut Connection,
+    batch: u32,
+    limit: u64,
+    result_bytes: usize,
+) -> rusqlite::Result<f64> {
+    let result = (result_bytes > 0).then(|| vec![0x78u8; result_bytes]);
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < limit {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids: Vec<i64> = tx
+            .prepare_cached(
+                "UPDATE jobs SET status = 1 WHERE id IN \
+                 (SELECT id FROM jobs WHERE status = 0 ORDER BY id LIMIT ?1) RETURNING id",
+            )?
+            .query_map([batch], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        tx.commit()?;
+        if ids.is_empty() {
+            break;
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut finish =
+                tx.prepare_cached("UPDATE jobs SET status = 2, result = ?2 WHERE id = ?1")?;
+            for id in &ids {
+                finish.execute(params![id, result])?;
+            }
+        }
+        tx.commit()?;
         done += ids.len() as u64;
     }
     Ok(done as f64 / started.elapsed().as_secs_f64())

@@ -13,7 +13,9 @@ use simplepyq_core::{
 
 use crate::SqliteStore;
 use crate::error::{E, R};
-use crate::row::{STATE_COLUMNS, ids, load_state, save_state, state_from_row, transition};
+use crate::row::{
+    STATE_COLUMNS, ids, load_state, save_finished, save_state, state_from_row, transition,
+};
 
 impl OutcomeStore for SqliteStore {
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
@@ -156,8 +158,7 @@ pub(crate) fn finish_in(
 ) -> R<Vec<Result<Status>>> {
     let mut channels = HashMap::with_capacity(results.len());
     let done = batch::finish(results, now, channel_and_state_of(tx, &mut channels))?;
-    write_changes(tx, &done.changes)?;
-    write_results(tx, &done)?;
+    write_finished(tx, &done)?;
     add_totals(
         tx,
         &done.totals_by_channel(|id| channels.get(&id).map(String::as_str)),
@@ -165,20 +166,11 @@ pub(crate) fn finish_in(
     Ok(done.statuses)
 }
 
-/// Stores the results that came with the changes of `done`.
-fn write_results(tx: &Transaction<'_>, done: &batch::Finish) -> R<()> {
-    let mut given = done
-        .changes
-        .iter()
-        .zip(&done.results)
-        .filter_map(|((id, _), r)| Some((id, r.as_ref()?)))
-        .peekable();
-    if given.peek().is_none() {
-        return Ok(());
-    }
-    let mut stmt = tx.prepare_cached("UPDATE simplepyq_tasks SET result = ?2 WHERE id = ?1")?;
-    for (id, result) in given {
-        stmt.execute(rusqlite::params![id.get(), result])?;
+/// Writes the changes of `done`, each task's result (if its handler gave one) in the same
+/// row write as its new state.
+fn write_finished(tx: &Transaction<'_>, done: &batch::Finish) -> R<()> {
+    for ((id, next), result) in done.changes.iter().zip(&done.results) {
+        save_finished(tx, *id, next, result.as_deref())?;
     }
     Ok(())
 }

@@ -85,15 +85,46 @@ pub(crate) fn bind_state(stmt: &mut Statement<'_>, first: usize, s: &TaskState) 
     Ok(())
 }
 
+/// The statement that stores a task's state (?2 to ?10, see [`bind_state`]) in row ?1,
+/// with `$more` assignments.
+macro_rules! save_state_sql {
+    ($more:literal) => {
+        concat!(
+            "UPDATE simplepyq_tasks SET status = ?2, retries_left = ?3, max_retries = ?4, \
+             attempts = ?5, run_at = ?6, lease_until = ?7, last_error = ?8, updated_at = ?9, \
+             lost_runs = ?10",
+            $more,
+            " WHERE id = ?1"
+        )
+    };
+}
+
 /// Writes a task's state: ?1 the id, ?2.. the values of [`STATE_COLUMNS`].
-pub(crate) const SAVE_STATE: &str = "UPDATE simplepyq_tasks SET status = ?2, retries_left = ?3, \
-     max_retries = ?4, attempts = ?5, run_at = ?6, lease_until = ?7, last_error = ?8, updated_at = ?9, \
-     lost_runs = ?10 WHERE id = ?1";
+pub(crate) const SAVE_STATE: &str = save_state_sql!("");
+
+/// [`SAVE_STATE`], and the task's result (?11) with it.
+pub(crate) const SAVE_STATE_AND_RESULT: &str = save_state_sql!(", result = ?11");
 
 pub(crate) fn save_state(tx: &Transaction<'_>, id: TaskId, s: &TaskState) -> R<()> {
-    let mut stmt = tx.prepare_cached(SAVE_STATE)?;
+    save_finished(tx, id, s, None)
+}
+
+/// Stores task `id`'s new state and, in the same row write, the result its handler gave.
+pub(crate) fn save_finished(
+    tx: &Transaction<'_>,
+    id: TaskId,
+    s: &TaskState,
+    result: Option<&[u8]>,
+) -> R<()> {
+    let mut stmt = tx.prepare_cached(match result {
+        None => SAVE_STATE,
+        Some(_) => SAVE_STATE_AND_RESULT,
+    })?;
     stmt.raw_bind_parameter(1, id.get())?;
     bind_state(&mut stmt, 2, s)?;
+    if let Some(result) = result {
+        stmt.raw_bind_parameter(11, result)?;
+    }
     stmt.raw_execute()?;
     Ok(())
 }
