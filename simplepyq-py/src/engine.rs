@@ -12,8 +12,8 @@ use pyo3::types::PyDict;
 use rmpv::Value;
 use simplepyq::{
     Backoff, Cancelled, ChannelOptions, EnqueueOptions, Error, ListFilter, PostgresStore,
-    RedbStore, Retention, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskContext, TaskError,
-    TaskId, Timestamp,
+    RedbStore, Retention, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskContext, TaskEnd,
+    TaskError, TaskId, Timestamp,
 };
 
 use crate::QueueError;
@@ -534,6 +534,41 @@ impl Engine {
             .detach(|| on!(self.backend, q => q.result::<Value>(TaskId::new(id))))
             .map_err(py_err)?;
         value.map(|v| to_python(py, &v)).transpose()
+    }
+
+    /// Waits up to `timeout` seconds (`None`: as long as it takes; Ctrl-C interrupts) for
+    /// task `id` to end: `("done", result)`, `("failed", last_error)`, `("gone", None)`, or
+    /// `None` if it has not ended by then.
+    #[pyo3(signature = (id, timeout=None))]
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        id: i64,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(&'static str, Bound<'py, PyAny>)>> {
+        let timeout = match timeout {
+            Some(t) => seconds("timeout", t)?,
+            None => Duration::MAX,
+        };
+        let backend = Arc::clone(&self.backend);
+        let ended = interruptible(
+            py,
+            move || on!(backend, q => q.wait::<Value>(TaskId::new(id), timeout)),
+            |_| {},
+        )?
+        .map_err(py_err)?;
+        Ok(match ended {
+            None => None,
+            Some(TaskEnd::Done(value)) => {
+                let value = match value {
+                    Some(v) => to_python(py, &v)?,
+                    None => py.None().into_bound(py),
+                };
+                Some(("done", value))
+            }
+            Some(TaskEnd::Failed(error)) => Some(("failed", error.into_pyobject(py)?.into_any())),
+            Some(TaskEnd::Gone) => Some(("gone", py.None().into_bound(py))),
+        })
     }
 
     fn task(&self, py: Python<'_>, id: i64) -> PyResult<Option<TaskInfo>> {

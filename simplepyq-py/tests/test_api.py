@@ -470,6 +470,37 @@ def test_a_functions_return_value_is_the_tasks_result(db):
     assert q.result(10_000) is None
 
 
+def test_wait_returns_the_result_or_raises(db):
+    """wait: the function's return value once done (from this queue or another on the
+    file); TaskFailed with the traceback; KeyError once cancelled; TimeoutError."""
+    from simplepyq import TaskFailed
+
+    q = SimplePyQ(db)
+
+    def handler(n):
+        if n == 0:
+            raise ValueError("zero")
+        time.sleep(0.02)
+        return n * 10
+
+    q.add_channel("c", handler, max_workers=2)
+    q.start()
+    try:
+        assert q.wait(q.enqueue("c", 4), timeout=10) == 40
+        assert SimplePyQ(db).wait(q.enqueue("c", 5), timeout=10) == 50
+        with pytest.raises(TaskFailed) as failed:
+            q.wait(q.enqueue("c", 0), timeout=10)
+        assert "ValueError: zero" in failed.value.error
+        later = q.enqueue("c", 1, delay=3600)
+        with pytest.raises(TimeoutError):
+            q.wait(later, timeout=0.05)
+        q.cancel(later)
+        with pytest.raises(KeyError):
+            q.wait(later, timeout=10)
+    finally:
+        q.stop()
+
+
 def test_finished_tasks_are_kept_as_long_as_asked(db):
     """keep_done / keep_failed: the running queue deletes older finished tasks, a channel's
     own time over the queue's; a channel that keeps them for ever keeps them."""

@@ -128,6 +128,7 @@ mod signal;
 mod spawner;
 mod sync;
 mod turn;
+mod waiting;
 mod worker;
 mod workers;
 
@@ -155,6 +156,7 @@ pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock, postgr
 pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
 #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
 pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore, rusqlite};
+pub use waiting::TaskEnd;
 
 /// The README's examples, compiled and run as doctests (they use every feature).
 #[cfg(all(

@@ -26,6 +26,7 @@ use crate::options::{ChannelOptions, EnqueueOptions};
 use crate::report::{Hook, QueueStats, StopReport, TaskReport};
 use crate::retention::Retention;
 use crate::runner::Runner;
+use crate::waiting::{self, TaskEnd};
 use crate::workers::Workers;
 
 /// Decodes a task's arguments (as [`SimplePyQ::task`] or [`SimplePyQ::tasks`] return it)
@@ -719,15 +720,49 @@ impl<S: Store> SimplePyQ<S> {
     /// `None` while the task is not done, if it gave none, or if the task does not exist
     /// (never did, or was deleted). [`Error::Codec`] if the result does not decode as `T`.
     pub fn result<T: DeserializeOwned>(&self, id: TaskId) -> Result<Option<T>> {
-        let Some(bytes) = self.workers.engine.store.result(id)? else {
-            return Ok(None);
-        };
-        rmp_serde::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Codec {
-                action: "decoded",
-                message: format!("the result of task {id}: {e}"),
-            })
+        waiting::decode_result(id, self.workers.engine.store.result(id)?)
+    }
+
+    /// Waits up to `timeout` for task `id` to end, and says how: done (with its result,
+    /// decoded as `T`; `()` if you want none), failed (its last error), or gone (cancelled,
+    /// removed or deleted); `None` if it has not ended by then. It may run in this queue or
+    /// in any process on the store: an outcome this queue records ends the wait at once,
+    /// another process's within 8 ms (the wait looks at the store again, from 1 ms apart to
+    /// 8 ms). A handler that waits holds its worker meanwhile.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use simplepyq::{SimplePyQ, TaskContext, TaskEnd};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = SimplePyQ::open(dir.path().join("q.db"))?;
+    /// q.add_channel("double", |n: u32, ctx: &TaskContext| {
+    ///     ctx.set_result(&(2 * n))?;
+    ///     Ok(())
+    /// }, 1)?;
+    /// q.start()?;
+    /// let id = q.enqueue("double", &21u32)?;
+    /// let end = q.wait::<u32>(id, Duration::from_secs(10))?;
+    /// assert_eq!(end, Some(TaskEnd::Done(Some(42))));
+    /// q.stop();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait<T: DeserializeOwned>(
+        &self,
+        id: TaskId,
+        timeout: Duration,
+    ) -> Result<Option<TaskEnd<T>>> {
+        waiting::wait(&self.workers.engine, id, timeout)
+    }
+
+    /// [`SimplePyQ::wait`] from async code: the runtime's thread is not held meanwhile.
+    #[cfg(feature = "tokio")]
+    pub async fn wait_async<T: DeserializeOwned + Send + 'static>(
+        &self,
+        id: TaskId,
+        timeout: Duration,
+    ) -> Result<Option<TaskEnd<T>>> {
+        let workers = Arc::clone(&self.workers);
+        off_runtime(move || waiting::wait(&workers.engine, id, timeout)).await
     }
 
     /// The task with this id, if it exists. [`decode_args`] reads its arguments.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use simplepyq::{
-    CancelReason, Cancelled, ChannelOptions, Error, MemoryStore, SimplePyQ, SqliteStore, Status,
-    TaskContext, TaskError, TaskId,
+    CancelReason, Cancelled, ChannelOptions, EnqueueOptions, Error, MemoryStore, SimplePyQ,
+    SqliteStore, Status, TaskContext, TaskEnd, TaskError, TaskId,
 };
 use simplepyq_tests::Handlers;
 use simplepyq_tests::faults::Flaky;
@@ -695,4 +695,75 @@ fn results_of_thread_and_async_handlers() {
         q.result::<Vec<String>>(ids[1]),
         Err(Error::Codec { .. })
     ));
+}
+
+/// `wait`: a task done here ends the wait with its result, a failed one with its error; one
+/// cancelled or removed meanwhile is gone; one that has not ended by the timeout gives
+/// `None`; a task run by another queue on the file (another process's, as far as this one
+/// knows) is seen too; and `wait_async` does the same from async code.
+#[test]
+fn wait_answers_as_a_task_ends() {
+    let (dir, q) = sqlite();
+    q.add_channel(
+        "c",
+        |n: u32, ctx: &TaskContext| {
+            if n == 0 {
+                return Err(TaskError::fatal("zero"));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            ctx.set_result(&(n + 1))?;
+            Ok(())
+        },
+        2,
+    )
+    .expect("add");
+    q.start().expect("start");
+    let long = Duration::from_secs(10);
+    let done = q.enqueue("c", &41u32).expect("enqueue");
+    assert_eq!(
+        q.wait::<u32>(done, long).expect("wait"),
+        Some(TaskEnd::Done(Some(42)))
+    );
+    let failed = q.enqueue("c", &0u32).expect("enqueue");
+    assert_eq!(
+        q.wait::<u32>(failed, long).expect("wait"),
+        Some(TaskEnd::Failed("zero".into()))
+    );
+    // Not due for an hour: not ended in 50 ms; then cancelled while waited for.
+    let later = q
+        .enqueue_with(
+            "c",
+            &1u32,
+            EnqueueOptions::new().delay(Duration::from_secs(3_600)),
+        )
+        .expect("enqueue");
+    let t0 = Instant::now();
+    assert_eq!(
+        q.wait::<u32>(later, Duration::from_millis(50))
+            .expect("wait"),
+        None
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            q.cancel(later).expect("cancel");
+        });
+        assert_eq!(
+            q.wait::<u32>(later, long).expect("wait"),
+            Some(TaskEnd::Gone)
+        );
+    });
+    // Another queue on the file, which serves no channel, waits for a task this one runs.
+    let other = SimplePyQ::new(SqliteStore::open(dir.path().join("q.db")).expect("open"));
+    let elsewhere = other.enqueue("c", &9u32).expect("enqueue");
+    assert_eq!(
+        other.wait::<u32>(elsewhere, long).expect("wait"),
+        Some(TaskEnd::Done(Some(10)))
+    );
+    let rt = runtime(1);
+    let id = q.enqueue("c", &1u32).expect("enqueue");
+    let end = rt.block_on(q.wait_async::<u32>(id, long)).expect("wait");
+    assert_eq!(end, Some(TaskEnd::Done(Some(2))));
+    q.stop();
 }

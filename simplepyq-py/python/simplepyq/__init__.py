@@ -40,7 +40,7 @@ if _stdlib_sqlite3 is not None and _stdlib_sqlite3.sqlite_version != _simplepyq.
         stacklevel=2,
     )
 
-__all__ = ["SimplePyQ", "DelayException", "QueueError", "Task", "Cancelled"]
+__all__ = ["SimplePyQ", "DelayException", "QueueError", "Task", "Cancelled", "TaskFailed"]
 
 
 class Cancelled(str, enum.Enum):
@@ -54,6 +54,16 @@ class Cancelled(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class TaskFailed(Exception):
+    """Raised by ``SimplePyQ.wait`` for a task that failed for good: ``error`` is its last
+    error (the function's traceback), ``task_id`` its id."""
+
+    def __init__(self, task_id: int, error: str):
+        super().__init__(f"task {task_id} failed: {error}")
+        self.task_id = task_id
+        self.error = error
 
 
 class DelayException(Exception):
@@ -367,6 +377,23 @@ class SimplePyQ:
     def task(self, id: int) -> Optional[Task]:
         """The task with this id, or None."""
         return self._engine.task(id)
+
+    def wait(self, id: int, timeout: Optional[Seconds] = None) -> Any:
+        """Wait for a task to end, and return what its function returned (None if it
+        returned nothing), in this process or any other on the queue: an outcome recorded
+        here ends the wait at once, another process's within 8 ms. Raise ``TaskFailed`` if
+        it failed for good, ``KeyError`` if it is gone (cancelled, its channel removed,
+        deleted), ``TimeoutError`` if it has not ended within ``timeout`` seconds (``None``:
+        wait as long as it takes; Ctrl-C interrupts)."""
+        ended = self._engine.wait(id, _seconds("timeout", timeout))
+        if ended is None:
+            raise TimeoutError(f"task {id} has not ended within {timeout} s")
+        kind, value = ended
+        if kind == "failed":
+            raise TaskFailed(id, value)
+        if kind == "gone":
+            raise KeyError(f"task {id} is not in the queue (cancelled, removed or deleted)")
+        return value
 
     def result(self, id: int) -> Any:
         """What the task's function returned when it succeeded (anything MessagePack can
