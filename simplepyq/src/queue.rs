@@ -727,8 +727,9 @@ impl<S: Store> SimplePyQ<S> {
     /// decoded as `T`; `()` if you want none), failed (its last error), or gone (cancelled,
     /// removed or deleted); `None` if it has not ended by then. It may run in this queue or
     /// in any process on the store: an outcome this queue records ends the wait at once,
-    /// another process's within 8 ms (the wait looks at the store again, from 1 ms apart to
-    /// 8 ms). A handler that waits holds its worker meanwhile.
+    /// another process's within 4 ms (the wait reads the task again, from 1 ms apart to
+    /// 4 ms: a read of one row every 4 ms while it waits). A handler that waits holds its
+    /// worker meanwhile.
     ///
     /// ```
     /// use std::time::Duration;

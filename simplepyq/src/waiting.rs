@@ -23,7 +23,7 @@ pub enum TaskEnd<T> {
 /// The first look at the store for another process's outcome comes this soon...
 const FIRST_LOOK: Duration = Duration::from_millis(1);
 /// ...and the looks then come at most this far apart.
-const LOOK_EVERY: Duration = Duration::from_millis(8);
+const LOOK_EVERY: Duration = Duration::from_millis(4);
 
 /// Waits up to `timeout` for task `id` to end; `None` if it has not by then. An outcome
 /// this queue records wakes the wait at once; one another process records is seen at the

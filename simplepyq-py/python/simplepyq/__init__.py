@@ -381,7 +381,7 @@ class SimplePyQ:
     def wait(self, id: int, timeout: Optional[Seconds] = None) -> Any:
         """Wait for a task to end, and return what its function returned (None if it
         returned nothing), in this process or any other on the queue: an outcome recorded
-        here ends the wait at once, another process's within 8 ms. Raise ``TaskFailed`` if
+        here ends the wait at once, another process's within 4 ms. Raise ``TaskFailed`` if
         it failed for good, ``KeyError`` if it is gone (cancelled, its channel removed,
         deleted), ``TimeoutError`` if it has not ended within ``timeout`` seconds (``None``:
         wait as long as it takes; Ctrl-C interrupts)."""
