@@ -72,9 +72,7 @@ fn run() -> Result<String, String> {
     let mut after = Vec::with_capacity(n as usize);
     for i in 0..n {
         let id = waiter.enqueue("work", &i).map_err(e)?;
-        let end = waiter
-            .wait::<u32>(id, Duration::from_secs(30))
-            .map_err(e)?;
+        let end = waiter.wait::<u32>(id, Duration::from_secs(30)).map_err(e)?;
         let answered = Instant::now();
         if end != Some(TaskEnd::Done(Some(i))) {
             return Err(format!("task {id} ended as {end:?}"));
@@ -82,7 +80,11 @@ fn run() -> Result<String, String> {
         // The hook runs right after the commit, on the runner's recorder: give it a moment.
         let mut committed = None;
         for _ in 0..100 {
-            committed = recorded.lock().map_err(|e| e.to_string())?.get(&id).copied();
+            committed = recorded
+                .lock()
+                .map_err(|e| e.to_string())?
+                .get(&id)
+                .copied();
             if committed.is_some() {
                 break;
             }
