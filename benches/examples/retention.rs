@@ -6,8 +6,11 @@
 //! and keeps the slowest enqueue: a write stall would show there.
 //!
 //! ```text
-//! cargo run --release -p simplepyq-benches --example retention -- --old 100000 --n 20000 --workers 4
+//! cargo run --release -p simplepyq-benches --example retention -- --old 100000 --n 20000 --workers 4 \
+//!     [--backend sqlite|postgres|redb]
 //! ```
+//!
+//! PostgreSQL: a throwaway server from the installed binaries, a fresh schema per run.
 //!
 //! Prints one JSON line per run: `{"retention":…,"drain_per_s":…,"pruned":…,
 //! "slowest_write_ms":…,"totals_kept":…}`, and exits 1 if a run did not drain every task,
@@ -18,11 +21,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use simplepyq::{Clock, Outcome, SimplePyQ, SqliteStore, SystemClock};
+use simplepyq::{
+    Clock, Outcome, PostgresOptions, PostgresStore, RedbStore, SimplePyQ, SqliteStore, Store,
+    SystemClock,
+};
 use simplepyq_benches::{Payload, payload};
-use simplepyq_core::{ClaimStore, InspectStore, NewTask, OutcomeStore};
+use simplepyq_core::NewTask;
 
 struct Args {
+    backend: String,
     old: u64,
     n: u64,
     workers: usize,
@@ -31,6 +38,7 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut args = Args {
+        backend: "sqlite".into(),
         old: 100_000,
         n: 20_000,
         workers: 4,
@@ -41,6 +49,7 @@ fn parse() -> Result<Args, String> {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         let number = || value.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
+            "--backend" => args.backend = value.clone(),
             "--old" => args.old = number()?,
             "--n" => args.n = number()?,
             "--workers" => args.workers = usize::try_from(number()?).map_err(|e| e.to_string())?,
@@ -52,7 +61,7 @@ fn parse() -> Result<Args, String> {
 }
 
 /// `old` done tasks of channel `bench`, finished a day ago, in batches of 10,000.
-fn fill_old(store: &SqliteStore, old: u64) -> Result<(), String> {
+fn fill_old(store: &dyn Store, old: u64) -> Result<(), String> {
     let e = |e: simplepyq::Error| e.to_string();
     let day_ago = SystemClock.now().before(Duration::from_secs(86_400));
     let lease = day_ago.after(Duration::from_secs(60));
@@ -79,12 +88,37 @@ fn fill_old(store: &SqliteStore, old: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// One run on a fresh file: returns its JSON line, or why it went wrong.
-fn run(args: &Args, keep: bool) -> Result<String, String> {
+/// A fresh store of `backend` (PostgreSQL: schema `schema` on `server`), in `dir`.
+fn fresh(
+    backend: &str,
+    dir: &std::path::Path,
+    server: Option<&simplepyq_tests::postgres::Server>,
+    schema: &str,
+) -> Result<Box<dyn Store>, String> {
+    let e = |e: simplepyq::Error| e.to_string();
+    Ok(match (backend, server) {
+        ("postgres", Some(server)) => Box::new(
+            PostgresStore::connect_with(server.conninfo(), PostgresOptions::new().schema(schema))
+                .map_err(e)?,
+        ),
+        ("redb", _) => Box::new(RedbStore::open(dir.join("tasks.redb")).map_err(e)?),
+        ("sqlite", _) => Box::new(SqliteStore::open(dir.join("tasks.db")).map_err(e)?),
+        (other, _) => return Err(format!("unknown backend {other}")),
+    })
+}
+
+/// One run on a fresh store: returns its JSON line, or why it went wrong.
+fn run(
+    args: &Args,
+    keep: bool,
+    server: Option<&simplepyq_tests::postgres::Server>,
+    round: u32,
+) -> Result<String, String> {
     let e = |e: simplepyq::Error| e.to_string();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let store = SqliteStore::open(dir.path().join("tasks.db")).map_err(e)?;
-    fill_old(&store, args.old)?;
+    let schema = format!("retention_{round}_{keep}");
+    let store = fresh(&args.backend, dir.path(), server, &schema)?;
+    fill_old(&*store, args.old)?;
     let mut builder = SimplePyQ::builder(store);
     if keep {
         builder = builder.keep_done(Duration::from_secs(3_600));
@@ -159,9 +193,10 @@ fn run(args: &Args, keep: bool) -> Result<String, String> {
         return Err(format!("the totals changed: {totals:?} then {after:?}"));
     }
     Ok(format!(
-        "{{\"retention\":{keep},\"old\":{},\"n\":{},\"workers\":{},\"drain_per_s\":{:.0},\
+        "{{\"backend\":\"{}\",\"retention\":{keep},\"old\":{},\"n\":{},\"workers\":{},\"drain_per_s\":{:.0},\
          \"pruned\":{pruned},\"prune_done_s\":{prune_s:.2},\"slowest_write_ms\":{:.1},\
          \"probes\":{probes},\"totals_kept\":{totals_kept}}}",
+        args.backend,
         args.old,
         args.n,
         args.workers,
@@ -178,9 +213,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for _ in 0..args.rounds {
+    let server = (args.backend == "postgres").then(simplepyq_tests::postgres::durable_server);
+    for round in 0..args.rounds {
         for keep in [false, true] {
-            match run(&args, keep) {
+            match run(&args, keep, server.as_ref(), round) {
                 Ok(line) => println!("{line}"),
                 Err(e) => {
                     eprintln!("retention: {e}");

@@ -59,17 +59,10 @@ impl AdminStore for RedbStore {
     ) -> Result<usize> {
         batch::purgeable(status)?;
         self.write(|t| {
-            let mut old = Vec::new();
-            for id in t.ids_with_status(channel, status)? {
-                if old.len() == batch::BULK_BATCH {
-                    break;
-                }
-                if t.load(id)?
-                    .is_some_and(|task| task.state.updated_at < before)
-                {
-                    old.push(id);
-                }
-            }
+            let old = t.ids_with_status_up_to(channel, status, batch::BULK_BATCH, |id| {
+                Ok(t.load(id)?
+                    .is_some_and(|task| task.state.updated_at < before))
+            })?;
             t.delete_ids(&old)
         })
     }

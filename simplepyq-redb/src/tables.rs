@@ -279,6 +279,18 @@ impl<'tx> Tables<'tx> {
         channel: Option<&str>,
         status: Status,
     ) -> Result<Vec<TaskId>> {
+        self.ids_with_status_up_to(channel, status, usize::MAX, |_| Ok(true))
+    }
+
+    /// Up to `max` ids of tasks with `status` (of `channel`, or every channel), in id
+    /// order per channel, that `pick` keeps: it stops reading once it has `max`.
+    pub(crate) fn ids_with_status_up_to(
+        &self,
+        channel: Option<&str>,
+        status: Status,
+        max: usize,
+        mut pick: impl FnMut(TaskId) -> Result<bool>,
+    ) -> Result<Vec<TaskId>> {
         let code = status_code(status);
         let entries = match channel {
             Some(ch) => self.by_status.range((ch, code, 0)..=(ch, code, u64::MAX)),
@@ -287,10 +299,16 @@ impl<'tx> Tables<'tx> {
         .map_err(db_err)?;
         let mut ids = Vec::new();
         for entry in entries {
+            if ids.len() >= max {
+                break;
+            }
             let (key, _) = entry.map_err(db_err)?;
             let (_, c, id) = key.value();
             if c == code {
-                ids.push(to_id(id)?);
+                let id = to_id(id)?;
+                if pick(id)? {
+                    ids.push(id);
+                }
             }
         }
         Ok(ids)
