@@ -92,8 +92,14 @@ pub enum Op {
         /// Which known task (modulo their number).
         pick: usize,
     },
-    /// Delete done tasks finished before now.
-    PurgeDone,
+    /// Delete done (or failed) tasks of a channel (or all) finished before now, as the
+    /// queue's retention does.
+    Purge {
+        /// Failed tasks, else done ones.
+        failed: bool,
+        /// Index into the channels, or every channel.
+        channel: Option<usize>,
+    },
     /// Pause or resume a channel.
     SetPaused {
         /// Index into the channels.
@@ -147,7 +153,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => proptest::option::of(channel.clone()).prop_map(|channel| Op::ClearFailed { channel }),
         1 => channel.clone().prop_map(|channel| Op::RemoveChannel { channel }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
-        1 => Just(Op::PurgeDone),
+        1 => (any::<bool>(), proptest::option::of(channel.clone()))
+            .prop_map(|(failed, channel)| Op::Purge { failed, channel }),
         1 => Just(Op::Reopen),
         1 => (channel.clone(), any::<bool>()).prop_map(|(channel, paused)| Op::SetPaused { channel, paused }),
         1 => (channel.clone(), proptest::option::of(1u32..3)).prop_map(|(channel, max)| Op::SetMaxRunning { channel, max }),
@@ -576,14 +583,20 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 }
                 prop_assert_eq!(changed, expected, "{}", at("rate changed"));
             }
-            Op::PurgeDone => {
-                let n = store
-                    .purge_done(None, now)
-                    .map_err(|e| fail(&at(&e.to_string())))?;
+            Op::Purge { failed, channel } => {
+                let ch = channel.map(|c| CHANNELS[c]);
+                let (status, n) = if *failed {
+                    (Status::Failed, store.purge_failed(ch, now))
+                } else {
+                    (Status::Done, store.purge_done(ch, now))
+                };
+                let n = n.map_err(|e| fail(&at(&e.to_string())))?;
                 let before = model.tasks.len();
-                model
-                    .tasks
-                    .retain(|_, t| !(t.state.status == Status::Done && t.state.updated_at < now));
+                model.tasks.retain(|_, t| {
+                    !(t.state.status == status
+                        && t.state.updated_at < now
+                        && ch.is_none_or(|c| t.channel == c))
+                });
                 prop_assert_eq!(n, before - model.tasks.len(), "{}", at("purged"));
             }
         }
