@@ -1,11 +1,13 @@
 //! Measures how soon `wait` answers once a task's outcome is recorded by another process:
-//! two queues on one SQLite file (two stores, two connections, as two processes have), the
+//! two queues on one SQLite file, or one PostgreSQL schema on a throwaway server (two
+//! stores, two connections, as two processes have), the
 //! first running the tasks, the second enqueueing each one and waiting for it. The outcome
 //! is timed by the first queue's `on_outcome` hook, which runs once the outcome committed;
 //! the wait, when the second queue's `wait` returns.
 //!
 //! ```text
-//! cargo run --release -p simplepyq-benches --example wait_latency -- --n 200 [--work-ms 5]
+//! cargo run --release -p simplepyq-benches --example wait_latency -- --n 200 [--work-ms 5] \
+//!     [--backend sqlite|postgres]
 //! ```
 //!
 //! Prints one JSON line: `{"n":…,"work_ms":…,"wait_after_outcome_ms_p50":…,"…_p99":…}`.
@@ -15,7 +17,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use simplepyq::{SimplePyQ, SqliteStore, TaskContext, TaskEnd, TaskId};
+use simplepyq::{
+    PostgresOptions, PostgresStore, SimplePyQ, SqliteStore, Store, TaskContext, TaskEnd, TaskId,
+};
 
 fn main() -> ExitCode {
     match run() {
@@ -31,23 +35,37 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<String, String> {
-    let (mut n, mut work_ms) = (200u32, 5u64);
+    let (mut n, mut work_ms, mut backend) = (200u32, 5u64, "sqlite".to_owned());
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--n" => n = value.parse().map_err(|e| format!("--n: {e}"))?,
             "--work-ms" => work_ms = value.parse().map_err(|e| format!("--work-ms: {e}"))?,
+            "--backend" => backend = value,
             other => return Err(format!("unknown flag {other}")),
         }
     }
     let e = |e: simplepyq::Error| e.to_string();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("tasks.db");
+    let cluster = (backend == "postgres").then(simplepyq_tests::postgres::durable_server);
+    let open = || -> Result<Box<dyn Store>, String> {
+        Ok(match &cluster {
+            Some(server) => Box::new(
+                PostgresStore::connect_with(
+                    server.conninfo(),
+                    PostgresOptions::new().schema("wait_latency"),
+                )
+                .map_err(e)?,
+            ),
+            None => Box::new(SqliteStore::open(&path).map_err(e)?),
+        })
+    };
     // When each task's outcome was recorded by the running queue.
     let recorded: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
     let r = Arc::clone(&recorded);
-    let runner = SimplePyQ::builder(SqliteStore::open(&path).map_err(e)?)
+    let runner = SimplePyQ::builder(open()?)
         .on_outcome(move |report| {
             if let Ok(mut map) = r.lock() {
                 map.insert(report.id, Instant::now());
@@ -68,7 +86,7 @@ fn run() -> Result<String, String> {
         )
         .map_err(e)?;
     runner.start().map_err(e)?;
-    let waiter = SimplePyQ::new(SqliteStore::open(&path).map_err(e)?);
+    let waiter = SimplePyQ::new(open()?);
     let mut after = Vec::with_capacity(n as usize);
     for i in 0..n {
         let id = waiter.enqueue("work", &i).map_err(e)?;
@@ -97,7 +115,7 @@ fn run() -> Result<String, String> {
     after.sort_by(f64::total_cmp);
     let at = |q: f64| after[((after.len() - 1) as f64 * q) as usize];
     Ok(format!(
-        "{{\"n\":{n},\"work_ms\":{work_ms},\"wait_after_outcome_ms_p50\":{:.2},\
+        "{{\"backend\":\"{backend}\",\"n\":{n},\"work_ms\":{work_ms},\"wait_after_outcome_ms_p50\":{:.2},\
          \"wait_after_outcome_ms_p99\":{:.2}}}",
         at(0.5),
         at(0.99)
