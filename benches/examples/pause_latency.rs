@@ -17,7 +17,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use simplepyq::{FlowStore, PostgresOptions, PostgresStore, SimplePyQ, SqliteStore, Store};
+use simplepyq::{FlowStore, SimplePyQ};
+use simplepyq_benches::stores::Stores;
 
 struct Args {
     backend: String,
@@ -63,20 +64,8 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cluster = (args.backend == "postgres").then(simplepyq_tests::postgres::durable_server);
-    let open = || -> Result<Box<dyn Store>, String> {
-        match &cluster {
-            Some(server) => {
-                let options = PostgresOptions::new().schema("pause_latency");
-                let store = PostgresStore::connect_with(server.conninfo(), options)
-                    .map_err(|e| e.to_string())?;
-                Ok(Box::new(store))
-            }
-            None => Ok(Box::new(
-                SqliteStore::open(dir.path().join("tasks.db")).map_err(|e| e.to_string())?,
-            )),
-        }
-    };
+    let stores = Stores::new(&args.backend)?;
+    let open = || stores.open(dir.path(), "pause_latency");
     let e = |e: simplepyq::Error| e.to_string();
     let q = SimplePyQ::new(open()?);
     let admin = open()?;

@@ -21,10 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use simplepyq::{
-    Clock, Outcome, PostgresOptions, PostgresStore, RedbStore, SimplePyQ, SqliteStore, Store,
-    SystemClock,
-};
+use simplepyq::{Clock, Outcome, SimplePyQ, Store, SystemClock};
+use simplepyq_benches::stores::Stores;
 use simplepyq_benches::{Payload, payload};
 use simplepyq_core::NewTask;
 
@@ -88,36 +86,12 @@ fn fill_old(store: &dyn Store, old: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// A fresh store of `backend` (PostgreSQL: schema `schema` on `server`), in `dir`.
-fn fresh(
-    backend: &str,
-    dir: &std::path::Path,
-    server: Option<&simplepyq_tests::postgres::Server>,
-    schema: &str,
-) -> Result<Box<dyn Store>, String> {
-    let e = |e: simplepyq::Error| e.to_string();
-    Ok(match (backend, server) {
-        ("postgres", Some(server)) => Box::new(
-            PostgresStore::connect_with(server.conninfo(), PostgresOptions::new().schema(schema))
-                .map_err(e)?,
-        ),
-        ("redb", _) => Box::new(RedbStore::open(dir.join("tasks.redb")).map_err(e)?),
-        ("sqlite", _) => Box::new(SqliteStore::open(dir.join("tasks.db")).map_err(e)?),
-        (other, _) => return Err(format!("unknown backend {other}")),
-    })
-}
-
 /// One run on a fresh store: returns its JSON line, or why it went wrong.
-fn run(
-    args: &Args,
-    keep: bool,
-    server: Option<&simplepyq_tests::postgres::Server>,
-    round: u32,
-) -> Result<String, String> {
+fn run(args: &Args, keep: bool, stores: &Stores, round: u32) -> Result<String, String> {
     let e = |e: simplepyq::Error| e.to_string();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let schema = format!("retention_{round}_{keep}");
-    let store = fresh(&args.backend, dir.path(), server, &schema)?;
+    let store = stores.open(dir.path(), &schema)?;
     fill_old(&*store, args.old)?;
     let mut builder = SimplePyQ::builder(store);
     if keep {
@@ -213,10 +187,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = (args.backend == "postgres").then(simplepyq_tests::postgres::durable_server);
+    let stores = match Stores::new(&args.backend) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("retention: {e}");
+            return ExitCode::from(2);
+        }
+    };
     for round in 0..args.rounds {
         for keep in [false, true] {
-            match run(&args, keep, server.as_ref(), round) {
+            match run(&args, keep, &stores, round) {
                 Ok(line) => println!("{line}"),
                 Err(e) => {
                     eprintln!("retention: {e}");

@@ -17,9 +17,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use simplepyq::{
-    PostgresOptions, PostgresStore, SimplePyQ, SqliteStore, Store, TaskContext, TaskEnd, TaskId,
-};
+use simplepyq::{SimplePyQ, TaskContext, TaskEnd, TaskId};
+use simplepyq_benches::stores::Stores;
 
 fn main() -> ExitCode {
     match run() {
@@ -48,20 +47,8 @@ fn run() -> Result<String, String> {
     }
     let e = |e: simplepyq::Error| e.to_string();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let path = dir.path().join("tasks.db");
-    let cluster = (backend == "postgres").then(simplepyq_tests::postgres::durable_server);
-    let open = || -> Result<Box<dyn Store>, String> {
-        Ok(match &cluster {
-            Some(server) => Box::new(
-                PostgresStore::connect_with(
-                    server.conninfo(),
-                    PostgresOptions::new().schema("wait_latency"),
-                )
-                .map_err(e)?,
-            ),
-            None => Box::new(SqliteStore::open(&path).map_err(e)?),
-        })
-    };
+    let stores = Stores::new(&backend)?;
+    let open = || stores.open(dir.path(), "wait_latency");
     // When each task's outcome was recorded by the running queue.
     let recorded: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
     let r = Arc::clone(&recorded);

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 pub mod backends;
 pub mod bare;
 pub mod bare_pg;
+pub mod stores;
 
 /// The payload of every benchmark task: `{"i": i, "url": "https://example.com/<i>"}`.
 #[derive(Debug, Serialize, Deserialize)]
