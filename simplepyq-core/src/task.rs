@@ -402,11 +402,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether the handler succeeded (with or without a result).
-    pub fn succeeded(&self) -> bool {
-        matches!(self, Outcome::Succeeded | Outcome::Returned(_))
-    }
-
     /// The result the handler gave, if it gave one.
     pub fn result(&self) -> Option<&[u8]> {
         match self {

@@ -187,12 +187,9 @@ impl TaskContext {
             Ok(bytes) => Ok(bytes),
             Err(e) => Err(format!("the result does not encode to MessagePack: {e}")),
         };
-        let error = kept.as_ref().err().cloned();
+        let error = kept.as_ref().err().map(TaskError::msg);
         *self.cancel.0.result.lock() = Some(kept);
-        match error {
-            Some(e) => Err(TaskError::msg(e)),
-            None => Ok(()),
-        }
+        error.map_or(Ok(()), Err)
     }
 
     /// This attempt's number: 1 for the first run (a run lost to a dead worker counts too).

@@ -696,6 +696,7 @@ impl<S: Store> SimplePyQ<S> {
     /// gone).
     pub fn remove_channel(&self, name: &str) -> Result<usize> {
         self.workers.remove(name);
+        self.workers.engine.kept.remove(name);
         self.workers.engine.store.remove_channel(name)
     }
 

@@ -34,9 +34,9 @@ impl Retention {
 }
 
 /// The retention of each channel added to a queue: its own, over the queue's.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Kept {
-    pub(crate) default: Retention,
+    default: Retention,
     channels: Mutex<HashMap<String, Retention>>,
 }
 

@@ -145,7 +145,6 @@ impl<S: Store> Workers<S> {
         let crew = {
             let mut reg = self.registry.lock();
             reg.channels.remove(name);
-            self.engine.kept.remove(name);
             match &mut reg.life {
                 Lifecycle::Running(run) => run.crews.remove(name).map(|crew| {
                     run.retire(crew.threads);
