@@ -524,7 +524,7 @@ fn run(command: Command) -> Result<(), Failure> {
                     return Err(Failure::Queue("not removed: not confirmed".into()));
                 }
             }
-            let n = store.remove_channel(&channel)?;
+            let n = store.remove_channel(&channel, now(&*store))?;
             writeln!(out, "removed channel {channel} and {n} task(s)")?;
         }
         Command::PurgeDone(purge) => {

@@ -631,7 +631,10 @@ async fn cancel(
     Json(action): Json<TaskAction>,
 ) -> Result<Json<Value>, Refusal> {
     check_csrf(&app, &headers)?;
-    on_store(&app, move |store, _| store.cancel(TaskId::new(action.id))).await?;
+    on_store(&app, move |store, now| {
+        store.cancel(TaskId::new(action.id), now)
+    })
+    .await?;
     Ok(Json(json!({ "cancelled": action.id })))
 }
 

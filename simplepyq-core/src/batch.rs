@@ -165,28 +165,53 @@ pub fn lease_lost(claim: &Claim) -> Error {
     }
 }
 
+/// What a store answers [`requeue`] about a failed task.
+pub trait RequeueLookup {
+    /// Whether an unfinished task of `channel` holds the unique `key`.
+    fn key_held(&mut self, channel: &str, key: &str) -> Result<bool>;
+
+    /// The parents task `id` still waits for (its unsatisfied edges, see
+    /// [`crate::dependency`]), with their statuses (`None` for one deleted).
+    fn parents_left(&mut self, id: TaskId) -> Result<Vec<(TaskId, Option<Status>)>>;
+}
+
 /// Which of the failed tasks `failed` (in id order) go back to the queue, as
 /// [`Event::Requeue`] with `retries`: each, unless its unique key is held by an unfinished
-/// task (`key_held(channel, key)`, asked of the store) or by a task requeued before it in
-/// this call. At most one unfinished task has a key.
+/// task or by a task requeued before it in this call (at most one unfinished task has a
+/// key), or a parent it waits for is failed or gone and not requeued before it in this
+/// call ([`crate::dependency::requeue`]). One with a parent left waits again.
 pub fn requeue<'a>(
     failed: impl IntoIterator<Item = &'a Task>,
     now: Timestamp,
     retries: Option<u32>,
-    mut key_held: impl FnMut(&str, &str) -> Result<bool>,
+    lookup: &mut impl RequeueLookup,
 ) -> Result<Vec<Change>> {
-    let event = Event::Requeue { now, retries };
     let mut taken: HashSet<(&str, &str)> = HashSet::new();
+    let mut requeued = HashSet::new();
     let mut changes = Vec::new();
     for task in failed {
-        if let Some(key) = task.unique_key.as_deref() {
-            if taken.contains(&(task.channel.as_str(), key)) || key_held(&task.channel, key)? {
-                continue;
-            }
+        let key = task.unique_key.as_deref();
+        if let Some(key) = key
+            && (taken.contains(&(task.channel.as_str(), key))
+                || lookup.key_held(&task.channel, key)?)
+        {
+            continue;
+        }
+        let parents = lookup.parents_left(task.id)?;
+        let Some(waiting) = crate::dependency::requeue(&parents, &requeued) else {
+            continue;
+        };
+        if let Some(key) = key {
             taken.insert((task.channel.as_str(), key));
         }
+        let event = Event::Requeue {
+            now,
+            retries,
+            waiting,
+        };
         let next = apply(&task.state, &event).map_err(|r| r.into_error(task.id))?;
         changes.push((task.id, next));
+        requeued.insert(task.id);
     }
     Ok(changes)
 }
@@ -294,7 +319,16 @@ mod tests {
             failed(3, None),
             failed(4, Some("held")),
         ];
-        let changes = requeue(&tasks, T0, Some(2), |_, key| Ok(key == "held")).expect("requeue");
+        struct Held;
+        impl RequeueLookup for Held {
+            fn key_held(&mut self, _: &str, key: &str) -> Result<bool> {
+                Ok(key == "held")
+            }
+            fn parents_left(&mut self, _: TaskId) -> Result<Vec<(TaskId, Option<Status>)>> {
+                Ok(Vec::new())
+            }
+        }
+        let changes = requeue(&tasks, T0, Some(2), &mut Held).expect("requeue");
         let ids: Vec<i64> = changes.iter().map(|(id, _)| id.get()).collect();
         assert_eq!(ids, vec![1, 3]);
         assert!(

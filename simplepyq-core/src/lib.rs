@@ -20,6 +20,7 @@
 //! ```
 
 pub mod batch;
+pub mod dependency;
 mod error;
 pub mod row;
 pub mod schedule;
@@ -43,13 +44,14 @@ pub mod prelude {
 #[allow(deprecated)]
 pub use store::ChannelStats;
 pub use store::{
-    AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, KeyedClaim, OnCommit,
-    OutcomeStore, Rate, RateWindow, ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch,
-    change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
+    AdminStore, ChannelSummary, ClaimStore, Flow, FlowStore, InspectStore, KeyedClaim, LocalWakes,
+    OnCommit, OutcomeStore, Rate, RateWindow, ScheduleStore, Store, StoreExt, TransactionStore,
+    Wake, Watch, change_flow, check_max_running, check_max_running_per_key, check_rate,
+    claim_allowance,
 };
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, MAX_RESULT_BYTES, NewTask,
-    Outcome, ParseStatusError, Status, Task, TaskId, TaskState, validate_channel,
+    Outcome, Parent, ParseStatusError, Status, Task, TaskId, TaskState, validate_channel,
     validate_concurrency_key,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, duration_of, millis_of};

@@ -43,6 +43,7 @@ mod inspect;
 mod outcome;
 mod schedule;
 mod transaction;
+mod wakes;
 
 pub use admin::AdminStore;
 pub use claim::ClaimStore;
@@ -57,6 +58,7 @@ pub use inspect::InspectStore;
 pub use outcome::OutcomeStore;
 pub use schedule::ScheduleStore;
 pub use transaction::{OnCommit, TransactionStore};
+pub use wakes::LocalWakes;
 
 /// Durable (or in-memory) storage of tasks: the six groups of the contract together.
 ///
@@ -93,6 +95,16 @@ impl Drop for Watch {
     fn drop(&mut self) {
         if let Some(stop) = self.0.take() {
             stop();
+        }
+    }
+}
+
+impl Watch {
+    /// One watch that ends both `a` and `b`.
+    pub fn both(a: Option<Watch>, b: Option<Watch>) -> Option<Watch> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(Watch::new(move || drop((a, b)))),
+            (a, b) => a.or(b),
         }
     }
 }

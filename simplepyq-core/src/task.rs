@@ -31,8 +31,9 @@ impl fmt::Display for TaskId {
 /// Where a task stands.
 ///
 /// `Pending` and `Delayed` tasks are *queued*: a worker claims them once their run-at time
-/// has come. `Running` tasks are held by a worker under a lease. `Done` and `Failed` are
-/// final; only `requeue_failed` moves a `Failed` task again.
+/// has come. `Running` tasks are held by a worker under a lease. `Waiting` tasks wait for
+/// their parents ([`NewTask::after`]) to be done. `Done` and `Failed` are final; only
+/// `requeue_failed` moves a `Failed` task again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Status {
     /// Waiting to run.
@@ -43,18 +44,22 @@ pub enum Status {
     Delayed,
     /// Its handler succeeded.
     Done,
-    /// Its handler failed and no retry is left.
+    /// Its handler failed and no retry is left (or a parent it waited for failed or was
+    /// removed).
     Failed,
+    /// Waiting for its parents ([`NewTask::after`]) to be done; then it is due.
+    Waiting,
 }
 
 impl Status {
     /// Every status, in a fixed order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Pending,
         Status::Running,
         Status::Delayed,
         Status::Done,
         Status::Failed,
+        Status::Waiting,
     ];
 
     /// The lower-case name, as stored in SQLite and printed.
@@ -65,6 +70,7 @@ impl Status {
             Status::Delayed => "delayed",
             Status::Done => "done",
             Status::Failed => "failed",
+            Status::Waiting => "waiting",
         }
     }
 
@@ -87,7 +93,7 @@ impl fmt::Display for Status {
 
 /// The error of parsing a [`Status`] from a string.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown task status {0:?} (expected pending, running, delayed, done or failed)")]
+#[error("unknown task status {0:?} (expected pending, running, delayed, done, failed or waiting)")]
 pub struct ParseStatusError(pub String);
 
 impl FromStr for Status {
@@ -227,6 +233,19 @@ pub struct NewTask {
     /// How long one run may last (before the channel's timeout); `None` for the channel's.
     /// Kept in whole milliseconds, at least one.
     pub timeout: Option<Duration>,
+    /// The tasks that must be done before this one is due (see [`crate::dependency`]);
+    /// empty for none.
+    pub after: Vec<Parent>,
+}
+
+/// A task that another waits for ([`NewTask::after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Parent {
+    /// A task already enqueued.
+    Task(TaskId),
+    /// The task at this position of the same enqueue call, which must come before the
+    /// task that waits for it: a group and its final task go in one call.
+    Earlier(usize),
 }
 
 impl NewTask {
@@ -241,7 +260,20 @@ impl NewTask {
             unique_key: None,
             concurrency_key: None,
             timeout: None,
+            after: Vec::new(),
         }
+    }
+
+    /// Adds parents: this task is due only once every one of them is done.
+    pub fn after(mut self, parents: impl IntoIterator<Item = TaskId>) -> Self {
+        self.after.extend(parents.into_iter().map(Parent::Task));
+        self
+    }
+
+    /// Adds as a parent the task at `position` of the same enqueue call (an earlier one).
+    pub fn after_earlier(mut self, position: usize) -> Self {
+        self.after.push(Parent::Earlier(position));
+        self
     }
 
     /// Sets the priority: higher runs first.
@@ -429,6 +461,8 @@ pub struct Counts {
     pub done: usize,
     /// Failed tasks.
     pub failed: usize,
+    /// Tasks waiting for their parents.
+    pub waiting: usize,
 }
 
 impl Counts {
@@ -440,6 +474,7 @@ impl Counts {
             Status::Delayed => self.delayed,
             Status::Done => self.done,
             Status::Failed => self.failed,
+            Status::Waiting => self.waiting,
         }
     }
 
@@ -451,12 +486,13 @@ impl Counts {
             Status::Delayed => &mut self.delayed,
             Status::Done => &mut self.done,
             Status::Failed => &mut self.failed,
+            Status::Waiting => &mut self.waiting,
         }
     }
 
-    /// Pending, running and delayed: tasks not finished yet.
+    /// Pending, running, delayed and waiting: tasks not finished yet.
     pub fn active(&self) -> usize {
-        self.pending + self.running + self.delayed
+        self.pending + self.running + self.delayed + self.waiting
     }
 
     /// All tasks.

@@ -14,8 +14,8 @@ use crate::{Outcome, Status};
 pub struct Totals {
     /// Runs that succeeded.
     pub done: u64,
-    /// Tasks that became failed: a run failed with no retry left, or a lost run past the
-    /// lost-run limit.
+    /// Tasks that became failed: a run failed with no retry left, a lost run past the
+    /// lost-run limit, or a waiting task whose parent failed or was removed.
     pub failed: u64,
     /// Runs that failed and left the task queued for a retry.
     pub retried: u64,
@@ -48,6 +48,10 @@ impl Totals {
             Event::Expire { .. } => Totals {
                 failed,
                 lease_lost: 1,
+                ..Totals::default()
+            },
+            Event::ParentLost { .. } => Totals {
+                failed,
                 ..Totals::default()
             },
             _ => Totals::default(),

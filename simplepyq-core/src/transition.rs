@@ -12,9 +12,14 @@
 //! Running  --release-->  Pending    given back unstarted: the claim's attempt is not counted
 //! Running  --expire-->   Pending    a lost run: the lease ran out; no retry used, but past
 //!                                   max_lost_runs lost runs: Failed, with "worker lost"
-//! Failed   --requeue-->  Pending
-//! Pending or Delayed --cancel--> deleted
+//! Failed   --requeue-->  Pending, or Waiting while a parent is not done
+//! Waiting  --unblock-->  Pending (Delayed if its run-at is later): every parent is done
+//! Waiting  --parent lost--> Failed   a parent failed or was removed before it was done
+//! Pending, Delayed or Waiting --cancel--> deleted
 //! ```
+//!
+//! A task enqueued with parents ([`crate::NewTask::after`]) starts `Waiting` unless they are
+//! all done; [`crate::dependency`] says when a waiting task is unblocked or lost.
 //!
 //! A pending task is due: stores promote delayed tasks whose run-at has come to pending
 //! before they claim, so that claims can take pending tasks in priority order.
@@ -75,10 +80,28 @@ pub enum Event {
     /// A failed task is queued again with the retry count it was enqueued with (`None`)
     /// or a new one.
     Requeue {
-        /// The time of the requeue; the task is due at once.
+        /// The time of the requeue; the task is due at once (unless it waits).
         now: Timestamp,
         /// The new retry count, or `None` to restore the original one.
         retries: Option<u32>,
+        /// A parent of the task is not done yet: it waits again instead of being due.
+        waiting: bool,
+    },
+    /// Every parent of a waiting task is done: it is due, queued behind the tasks already
+    /// due (its run-at is at least `now`).
+    Unblock {
+        /// The time the last parent was done.
+        now: Timestamp,
+    },
+    /// A parent of a waiting task failed or was removed before it was done: the task
+    /// fails with no retry, naming the parent.
+    ParentLost {
+        /// The time the parent failed or was removed.
+        now: Timestamp,
+        /// The parent.
+        parent: crate::TaskId,
+        /// Removed (cancelled, or its channel removed) rather than failed.
+        removed: bool,
     },
 }
 
@@ -104,6 +127,8 @@ impl Event {
             Event::Expire { .. } => "recover",
             Event::Promote { .. } => "promote",
             Event::Requeue { .. } => "requeue",
+            Event::Unblock { .. } => "unblock",
+            Event::ParentLost { .. } => "fail the dependent",
         }
     }
 }
@@ -195,24 +220,67 @@ pub fn apply(state: &TaskState, event: &Event) -> Result<TaskState, Refused> {
             next.status = Status::Pending;
             next.updated_at = *now;
         }
-        Event::Requeue { now, retries } => {
+        Event::Requeue {
+            now,
+            retries,
+            waiting,
+        } => {
             if state.status != Status::Failed {
                 return Err(refuse());
             }
-            next.status = Status::Pending;
+            next.status = if *waiting {
+                Status::Waiting
+            } else {
+                Status::Pending
+            };
             next.retries_left = retries.unwrap_or(state.max_retries);
             next.lost_runs = 0;
             next.run_at = *now;
+            next.updated_at = *now;
+        }
+        Event::Unblock { now } => {
+            if state.status != Status::Waiting {
+                return Err(refuse());
+            }
+            next.run_at = state.run_at.max(*now);
+            next.status = if next.run_at > *now {
+                Status::Delayed
+            } else {
+                Status::Pending
+            };
+            next.updated_at = *now;
+        }
+        Event::ParentLost {
+            now,
+            parent,
+            removed,
+        } => {
+            if state.status != Status::Waiting {
+                return Err(refuse());
+            }
+            next.status = Status::Failed;
+            next.retries_left = 0;
+            next.last_error = Some(parent_lost(*parent, *removed));
             next.updated_at = *now;
         }
     }
     Ok(next)
 }
 
-/// Whether a task in `state` may be cancelled (deleted before it runs): only a pending or
-/// delayed one. A running task cannot be taken from its worker; a finished one is kept.
+/// The error a task fails with when its parent failed or was removed before it was done.
+pub fn parent_lost(parent: crate::TaskId, removed: bool) -> String {
+    if removed {
+        format!("parent task {parent} was removed before it was done")
+    } else {
+        format!("parent task {parent} failed")
+    }
+}
+
+/// Whether a task in `state` may be cancelled (deleted before it runs): only a pending,
+/// delayed or waiting one. A running task cannot be taken from its worker; a finished one
+/// is kept.
 pub fn cancel(state: &TaskState) -> Result<(), Refused> {
-    if state.status.is_queued() {
+    if state.status.is_queued() || state.status == Status::Waiting {
         Ok(())
     } else {
         Err(Refused {
@@ -345,6 +413,7 @@ mod tests {
             &Event::Requeue {
                 now: T0,
                 retries: None,
+                waiting: false,
             },
         )
         .expect("failed tasks can be requeued");
@@ -357,6 +426,7 @@ mod tests {
             &Event::Requeue {
                 now: T0,
                 retries: Some(5),
+                waiting: false,
             },
         )
         .expect("failed tasks can be requeued");
@@ -413,6 +483,7 @@ mod tests {
             &Event::Requeue {
                 now: T0,
                 retries: None,
+                waiting: false,
             },
         )
         .expect("failed tasks can be requeued");
@@ -447,6 +518,7 @@ mod tests {
             Event::Requeue {
                 now: T0,
                 retries: None,
+                waiting: false,
             },
             Event::Expire {
                 now: T0,
@@ -487,8 +559,19 @@ mod tests {
             (ts(), 0u32..4).prop_map(|(now, max_lost_runs)| Event::Expire { now, max_lost_runs }),
             ts().prop_map(|now| Event::Release { now }),
             ts().prop_map(|now| Event::Promote { now }),
-            (ts(), proptest::option::of(0u32..5))
-                .prop_map(|(now, retries)| Event::Requeue { now, retries }),
+            (ts(), proptest::option::of(0u32..5), any::<bool>()).prop_map(
+                |(now, retries, waiting)| Event::Requeue {
+                    now,
+                    retries,
+                    waiting
+                }
+            ),
+            ts().prop_map(|now| Event::Unblock { now }),
+            (ts(), any::<bool>()).prop_map(|(now, removed)| Event::ParentLost {
+                now,
+                parent: crate::TaskId::new(1),
+                removed
+            }),
         ]
     }
 
@@ -508,6 +591,7 @@ mod tests {
                         Event::Requeue { .. } => prop_assert_ne!(s.status, Status::Failed),
                         Event::Expire { now, .. } => prop_assert!(s.status != Status::Running || s.lease_until > Some(*now)),
                         Event::Promote { now } => prop_assert!(s.status != Status::Delayed || s.run_at > *now),
+                        Event::Unblock { .. } | Event::ParentLost { .. } => prop_assert_ne!(s.status, Status::Waiting),
                         _ => prop_assert_ne!(s.status, Status::Running),
                     }
                     continue;
@@ -540,6 +624,18 @@ mod tests {
                         (Status::Pending, s.attempts - 1, s.retries_left)
                     ),
                     Event::Claim { .. } => prop_assert_eq!(next.attempts, s.attempts + 1),
+                    Event::Unblock { now } => {
+                        prop_assert!(next.status.is_queued() && next.run_at >= *now);
+                        prop_assert_eq!((next.retries_left, next.attempts), (s.retries_left, s.attempts));
+                    }
+                    Event::ParentLost { .. } => prop_assert_eq!(
+                        (next.status, next.attempts),
+                        (Status::Failed, s.attempts)
+                    ),
+                    Event::Requeue { waiting, .. } => prop_assert_eq!(
+                        next.status == Status::Waiting,
+                        *waiting
+                    ),
                     Event::Promote { .. } => prop_assert_eq!(
                         (next.status, next.retries_left, next.attempts),
                         (Status::Pending, s.retries_left, s.attempts)

@@ -17,16 +17,18 @@
 //! # Ok::<(), simplepyq_core::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
 use parking_lot::Mutex;
+use simplepyq_core::dependency::{self, Ended, Graph};
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, KeyedClaim,
-    ListFilter, NewTask, Outcome, OutcomeStore, Rate, RateWindow, Result, ScheduleStore, Status,
-    Task, TaskId, TaskState, Timestamp, Totals, batch, change_flow, check_max_running,
-    check_max_running_per_key, check_rate, claim_allowance, validate_channel,
+    ListFilter, LocalWakes, NewTask, Outcome, OutcomeStore, Rate, RateWindow, Result,
+    ScheduleStore, Status, Task, TaskId, TaskState, Timestamp, Totals, Wake, Watch, batch,
+    change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
+    validate_channel,
 };
 
 /// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
@@ -34,6 +36,8 @@ use simplepyq_core::{
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// The watching queues, woken when a waiting task becomes due.
+    wakes: LocalWakes,
 }
 
 impl MemoryStore {
@@ -77,6 +81,13 @@ struct Inner {
     windows: HashMap<String, RateWindow>,
     /// The results of done tasks that gave one.
     results: HashMap<TaskId, Vec<u8>>,
+    /// The edges of tasks that wait for others, `(child, parent) -> satisfied` (see
+    /// [`dependency`]).
+    edges: BTreeMap<(TaskId, TaskId), bool>,
+    /// The children of each parent that has edges.
+    dependents: HashMap<TaskId, BTreeSet<TaskId>>,
+    /// How many unsatisfied edges each waiting child has left (no entry for none).
+    edges_left: HashMap<TaskId, usize>,
 }
 
 impl Inner {
@@ -165,7 +176,7 @@ impl Indexes {
             Status::Delayed => toggle(&mut ch.delayed, (state.run_at, id), add),
             Status::Running => toggle(&mut ch.running, (lease, id), add),
             Status::Failed => toggle(&mut ch.failed, id, add),
-            Status::Done => true,
+            Status::Done | Status::Waiting => true,
         };
         debug_assert!(changed, "index out of step with task {id}");
         if let Some(key) = task
@@ -202,9 +213,39 @@ impl Indexes {
 }
 
 impl Inner {
-    /// Adds a task, or returns the id of the unfinished task of its channel that holds its
-    /// unique key.
-    fn add(&mut self, t: &NewTask, now: Timestamp) -> TaskId {
+    /// Adds the tasks of an enqueue call, all or none.
+    fn add_all(&mut self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
+        let mut ids = Vec::with_capacity(tasks.len());
+        let mut added = Vec::new();
+        for (position, t) in tasks.iter().enumerate() {
+            match self.add(t, position, &ids, now) {
+                Ok((id, new)) => {
+                    ids.push(id);
+                    if new {
+                        added.push(id);
+                    }
+                }
+                Err(e) => {
+                    for id in added.into_iter().rev() {
+                        self.delete(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Adds the task at `position` of an enqueue call (`earlier`: the ids of the call's
+    /// tasks before it), or returns the id of the unfinished task of its channel that holds
+    /// its unique key; says whether it added one.
+    fn add(
+        &mut self,
+        t: &NewTask,
+        position: usize,
+        earlier: &[TaskId],
+        now: Timestamp,
+    ) -> Result<(TaskId, bool)> {
         let existing = t.unique_key.as_ref().and_then(|key| {
             self.idx
                 .channels
@@ -212,16 +253,118 @@ impl Inner {
                 .and_then(|ch| ch.unique.get(key).copied())
         });
         if let Some(id) = existing {
-            return id;
+            return Ok((id, false));
+        }
+        let id = TaskId::new(self.last_id + 1);
+        let mut task = t.to_task(id, now);
+        let mut edges = Vec::new();
+        if !t.after.is_empty() {
+            let parents = dependency::resolve(position, &t.after, earlier)?;
+            let statuses: Vec<(TaskId, Option<Status>)> = parents
+                .iter()
+                .map(|p| (*p, self.tasks.get(p).map(|t| t.state.status)))
+                .collect();
+            (task.state, edges) = dependency::start(task.state, &statuses)?;
         }
         self.last_id += 1;
-        let task = t.to_task(TaskId::new(self.last_id), now);
+        for (parent, satisfied) in edges {
+            self.edges.insert((id, parent), satisfied);
+            self.dependents.entry(parent).or_default().insert(id);
+            if !satisfied {
+                *self.edges_left.entry(id).or_default() += 1;
+            }
+        }
         self.idx.index(&task, true);
-        let id = task.id;
         self.tasks.insert(id, task);
-        id
+        Ok((id, true))
     }
 
+    /// Settles the children of the tasks that `ended` ([`dependency::settle`]): writes and
+    /// counts their changes; returns the channels of those now due, to wake.
+    fn settle(&mut self, ended: Vec<(TaskId, Ended)>, now: Timestamp) -> Result<Due> {
+        let mut due = Due::default();
+        if ended.is_empty() || self.dependents.is_empty() {
+            return Ok(due);
+        }
+        for change in dependency::settle(self, ended, now)? {
+            if change.state.status.is_queued() {
+                due.0.insert(change.channel);
+            }
+            self.set_state(change.id, change.state)?;
+            self.count(change.id, change.counted);
+        }
+        Ok(due)
+    }
+
+    /// The parents task `id` still waits for, with their statuses.
+    fn parents_left(&self, id: TaskId) -> Vec<(TaskId, Option<Status>)> {
+        self.edges_of(id)
+            .filter(|(_, satisfied)| !satisfied)
+            .map(|(p, _)| (p, self.tasks.get(&p).map(|t| t.state.status)))
+            .collect()
+    }
+
+    /// The edges of child `id`: each parent, and whether it is done.
+    fn edges_of(&self, id: TaskId) -> impl Iterator<Item = (TaskId, bool)> + '_ {
+        let first = (id, TaskId::new(i64::MIN));
+        let last = (id, TaskId::new(i64::MAX));
+        self.edges
+            .range(first..=last)
+            .map(|(&(_, parent), &satisfied)| (parent, satisfied))
+    }
+}
+
+impl Graph for Inner {
+    fn satisfy(&mut self, parents: &[TaskId]) -> Result<Vec<TaskId>> {
+        let mut children = BTreeSet::new();
+        for parent in parents {
+            for child in self.dependents.get(parent).into_iter().flatten() {
+                let edge = self.edges.get_mut(&(*child, *parent));
+                if let Some(satisfied) = edge.filter(|s| !**s) {
+                    *satisfied = true;
+                    if let Some(left) = self.edges_left.get_mut(child) {
+                        *left -= 1;
+                        if *left == 0 {
+                            self.edges_left.remove(child);
+                        }
+                    }
+                }
+                children.insert(*child);
+            }
+        }
+        Ok(children.into_iter().collect())
+    }
+
+    fn children(&mut self, parents: &[TaskId]) -> Result<Vec<(TaskId, TaskId)>> {
+        Ok(parents
+            .iter()
+            .flat_map(|p| {
+                let children = self.dependents.get(p).into_iter().flatten();
+                children.map(move |c| (*p, *c))
+            })
+            .collect())
+    }
+
+    fn still_waiting(&mut self, children: &[TaskId]) -> Result<HashSet<TaskId>> {
+        Ok(children
+            .iter()
+            .filter(|c| self.edges_left.contains_key(c))
+            .copied()
+            .collect())
+    }
+
+    fn states(&mut self, ids: &[TaskId]) -> Result<BTreeMap<TaskId, (String, TaskState)>> {
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                let t = self.tasks.get(id)?;
+                Some((*id, (t.channel.clone(), t.state.clone())))
+            })
+            .collect())
+    }
+}
+
+impl Inner {
     /// Applies `event` to task `id` and re-indexes it.
     fn transition(&mut self, id: TaskId, event: &Event) -> Result<&Task> {
         let task = self.tasks.get(&id).ok_or(Error::NotFound(id))?;
@@ -267,6 +410,17 @@ impl Inner {
 
     fn delete(&mut self, id: TaskId) {
         self.results.remove(&id);
+        self.edges_left.remove(&id);
+        let parents: Vec<TaskId> = self.edges_of(id).map(|(p, _)| p).collect();
+        for parent in parents {
+            self.edges.remove(&(id, parent));
+            if let Some(children) = self.dependents.get_mut(&parent) {
+                children.remove(&id);
+                if children.is_empty() {
+                    self.dependents.remove(&parent);
+                }
+            }
+        }
         if let Some(task) = self.tasks.remove(&id) {
             self.idx.index(&task, false);
             if self
@@ -280,18 +434,26 @@ impl Inner {
         }
     }
 
-    /// Deletes tasks of `channel` (or all channels) that `pick` selects; returns how many.
-    fn delete_where(&mut self, channel: Option<&str>, pick: impl Fn(&Task) -> bool) -> usize {
-        let doomed: Vec<TaskId> = self
+    /// Deletes tasks of `channel` (or all channels) that `pick` selects, and fails the
+    /// waiting children of those not finished; returns how many.
+    fn delete_where(
+        &mut self,
+        channel: Option<&str>,
+        pick: impl Fn(&Task) -> bool,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let doomed: Vec<(TaskId, bool)> = self
             .tasks
             .values()
             .filter(|t| channel.is_none_or(|c| t.channel == c) && pick(t))
-            .map(|t| t.id)
+            .map(|t| (t.id, t.state.status.is_final()))
             .collect();
-        for id in &doomed {
+        for (id, _) in &doomed {
             self.delete(*id);
         }
-        doomed.len()
+        let removed = doomed.iter().filter(|(_, finished)| !finished);
+        self.settle(removed.map(|(id, _)| (*id, Ended::Removed)).collect(), now)?;
+        Ok(doomed.len())
     }
 
     /// Promotes the delayed tasks of `channel` whose run-at has come (up to
@@ -320,13 +482,26 @@ fn toggle<T: Ord>(set: &mut BTreeSet<T>, value: T, add: bool) -> bool {
     }
 }
 
+/// The channels whose waiting tasks became due, to wake once the lock is let go.
+#[derive(Default)]
+struct Due(BTreeSet<String>);
+
+impl Due {
+    fn wake(self, wakes: &LocalWakes) {
+        wakes.wake(self.0.iter().map(String::as_str));
+    }
+}
+
 impl ClaimStore for MemoryStore {
+    fn watch(&self, wake: Wake) -> Option<Watch> {
+        Some(self.wakes.watch(wake))
+    }
+
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
             t.validate()?;
         }
-        let mut inner = self.inner.lock();
-        Ok(tasks.iter().map(|t| inner.add(t, now)).collect())
+        self.inner.lock().add_all(tasks, now)
     }
 
     fn claim(
@@ -417,7 +592,11 @@ impl OutcomeStore for MemoryStore {
                 inner.results.insert(*id, result.clone());
             }
         }
+        let ended = ended_by(&done.changes);
         inner.write(done.changes)?;
+        let due = inner.settle(ended, now)?;
+        drop(inner);
+        due.wake(&self.wakes);
         Ok(done.statuses)
     }
 
@@ -435,20 +614,26 @@ impl OutcomeStore for MemoryStore {
             .map(|&(_, id)| id)
             .collect();
         let event = Event::Expire { now, max_lost_runs };
+        let mut failed = Vec::new();
         for id in &expired {
             let status = inner.transition(*id, &event)?.state.status;
             inner.count(*id, Totals::of(&event, status));
+            if status == Status::Failed {
+                failed.push((*id, Ended::Failed));
+            }
         }
+        inner.settle(failed, now)?;
         Ok(expired.len())
     }
 }
 
 impl AdminStore for MemoryStore {
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
-        Ok(self
-            .inner
+        // Failed tasks are final: no waiting task is failed by their deletion.
+        let failed = |t: &Task| t.state.status == Status::Failed;
+        self.inner
             .lock()
-            .delete_where(channel, |t| t.state.status == Status::Failed))
+            .delete_where(channel, failed, Timestamp::EPOCH)
     }
 
     fn requeue_failed(
@@ -467,20 +652,17 @@ impl AdminStore for MemoryStore {
             .collect();
         ids.sort_unstable();
         let changes = {
-            let failed = ids.iter().filter_map(|id| inner.tasks.get(id));
-            batch::requeue(failed, now, retries, |channel, key| {
-                Ok(inner
-                    .idx
-                    .channels
-                    .get(channel)
-                    .is_some_and(|ch| ch.unique.contains_key(key)))
-            })?
+            let failed: Vec<Task> = ids
+                .iter()
+                .filter_map(|id| inner.tasks.get(id).cloned())
+                .collect();
+            batch::requeue(&failed, now, retries, &mut Lookup(&inner))?
         };
         inner.write(changes)
     }
 
-    fn remove_channel(&self, channel: &str) -> Result<usize> {
-        Ok(self.inner.lock().delete_where(Some(channel), |_| true))
+    fn remove_channel(&self, channel: &str, now: Timestamp) -> Result<usize> {
+        self.inner.lock().delete_where(Some(channel), |_| true, now)
     }
 
     fn purge_batch(
@@ -505,12 +687,27 @@ impl AdminStore for MemoryStore {
         Ok(doomed.len())
     }
 
-    fn cancel(&self, id: TaskId) -> Result<()> {
+    fn cancel(&self, id: TaskId, now: Timestamp) -> Result<()> {
         let mut inner = self.inner.lock();
         let task = inner.tasks.get(&id).ok_or(Error::NotFound(id))?;
         transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
         inner.delete(id);
+        inner.settle(vec![(id, Ended::Removed)], now)?;
         Ok(())
+    }
+}
+
+/// What [`batch::requeue`] asks of the store.
+struct Lookup<'a>(&'a Inner);
+
+impl batch::RequeueLookup for Lookup<'_> {
+    fn key_held(&mut self, channel: &str, key: &str) -> Result<bool> {
+        let ch = self.0.idx.channels.get(channel);
+        Ok(ch.is_some_and(|ch| ch.unique.contains_key(key)))
+    }
+
+    fn parents_left(&mut self, id: TaskId) -> Result<Vec<(TaskId, Option<Status>)>> {
+        Ok(self.0.parents_left(id))
     }
 }
 
@@ -540,6 +737,10 @@ impl InspectStore for MemoryStore {
 
     fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
         Ok(self.inner.lock().results.get(&id).cloned())
+    }
+
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        Ok(self.inner.lock().edges_of(id).map(|(p, _)| p).collect())
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
@@ -574,7 +775,7 @@ impl ScheduleStore for MemoryStore {
             return Ok(None);
         }
         inner.fired.insert(name.to_owned(), at);
-        Ok(Some(inner.add(task, now)))
+        Ok(Some(inner.add_all(std::slice::from_ref(task), now)?[0]))
     }
 
     fn last_fired(&self, name: &str) -> Result<Option<Timestamp>> {
@@ -624,4 +825,12 @@ impl FlowStore for MemoryStore {
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         Ok(self.inner.lock().flows.clone())
     }
+}
+
+/// The tasks that `changes` end, for [`dependency::settle`].
+fn ended_by(changes: &[batch::Change]) -> Vec<(TaskId, Ended)> {
+    changes
+        .iter()
+        .filter_map(|(id, s)| Some((*id, Ended::of(s.status)?)))
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use postgres::GenericClient;
 use simplepyq_core::{
     ClaimStore, Clock, Error, Flow, KeyedClaim, NewTask, RateWindow, Result, Task, TaskId,
-    Timestamp, Wake, Watch, batch, claim_allowance,
+    TaskState, Timestamp, Wake, Watch, batch, claim_allowance,
 };
 
 use crate::error::{E, R, bad_value};
@@ -33,6 +33,12 @@ impl ClaimStore for PostgresStore {
         }
         if tasks.is_empty() {
             return Ok(Vec::new());
+        }
+        if tasks.iter().any(|t| !t.after.is_empty()) {
+            let ids =
+                self.transaction_with(Resend::IfUnsent, |tx| Self::insert_waiting(tx, tasks, now))?;
+            self.announce(tasks.iter().map(|t| t.channel.as_str()));
+            return Ok(ids);
         }
         let repeats = batch::repeated_keys(tasks);
         let firsts: Vec<&NewTask> = tasks
@@ -280,6 +286,39 @@ impl PostgresStore {
         Ok(TaskId::new(row.try_get(0)?))
     }
 
+    /// Inserts `tasks`, some of which wait for others, one at a time in `tx` (a task may
+    /// wait for an earlier one of the call); a task whose key an unfinished task holds gets
+    /// that task's id instead, and adds no edge.
+    fn insert_waiting(tx: &mut Tx<'_, '_>, tasks: &[NewTask], now: Timestamp) -> R<Vec<TaskId>> {
+        let mut ids: Vec<TaskId> = Vec::with_capacity(tasks.len());
+        for (position, task) in tasks.iter().enumerate() {
+            let keys = [key(&task.channel, &task.unique_key)];
+            let held = match task.unique_key {
+                Some(_) => holders(tx, &keys)?[0],
+                None => None,
+            };
+            if let Some(id) = held {
+                ids.push(id);
+                continue;
+            }
+            let (state, edges) = if task.after.is_empty() {
+                (task.initial_state(now), Vec::new())
+            } else {
+                crate::dependency::start(tx, task, position, &ids, task.initial_state(now))?
+            };
+            let id = match Self::insert_states(tx, &[task], &[state], now)?[0] {
+                Some(id) => {
+                    crate::dependency::insert_edges(tx, id, &edges)?;
+                    id
+                }
+                // Taken between the look and the insert: the holder's.
+                None => holders(tx, &keys)?[0].ok_or_else(|| bad_value("id", "none"))?,
+            };
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
     /// Inserts `tasks` (none of which repeats an earlier one's key) in `tx`; a task whose
     /// key an unfinished task holds gets that task's id instead. Returns the ids by
     /// position, each `Some`.
@@ -332,9 +371,20 @@ impl PostgresStore {
         {
             return Self::insert_one(tx, task, now).map(|id| vec![Some(id)]);
         }
+        let states: Vec<TaskState> = tasks.iter().map(|t| t.initial_state(now)).collect();
+        Self::insert_states(tx, tasks, &states, now)
+    }
+
+    /// [`PostgresStore::insert`], each task in its state of `states`.
+    fn insert_states<C: GenericClient>(
+        tx: &mut Db<'_, C>,
+        tasks: &[&NewTask],
+        task_states: &[TaskState],
+        now: Timestamp,
+    ) -> R<Vec<Option<TaskId>>> {
         let mut states = StateArrays::default();
-        for t in tasks {
-            states.push(TaskId::new(0), &t.initial_state(now));
+        for s in task_states {
+            states.push(TaskId::new(0), s);
         }
         let channels: Vec<&str> = tasks.iter().map(|t| t.channel.as_str()).collect();
         let args: Vec<&[u8]> = tasks.iter().map(|t| t.args.as_slice()).collect();

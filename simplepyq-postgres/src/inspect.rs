@@ -63,6 +63,15 @@ impl InspectStore for PostgresStore {
         })
     }
 
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.run(|c| {
+            let rows = c.query(crate::dependency::PARENTS, &[&id.get()])?;
+            rows.iter()
+                .map(|r| Ok(TaskId::new(r.try_get(0)?)))
+                .collect()
+        })
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         let after = filter.after.map_or(0, TaskId::get);
         let status = filter.status.map(Status::as_str);

@@ -43,6 +43,7 @@
 mod admin;
 mod claim;
 mod clock;
+mod dependency;
 mod error;
 mod flow;
 mod inspect;

@@ -137,6 +137,12 @@ impl<'a> EnqueueCall<'a> {
     pub(crate) fn of(schema: &str, tasks: &'a [NewTask], now: Timestamp) -> Result<Option<Self>> {
         for t in tasks {
             t.validate()?;
+            if !t.after.is_empty() {
+                return Err(Error::config(
+                    "a task that waits for others (NewTask::after) cannot be enqueued in the \
+                     caller's transaction on PostgreSQL: enqueue it with the store",
+                ));
+            }
         }
         if tasks.is_empty() {
             return Ok(None);

@@ -2,7 +2,7 @@
 //! programs (a web server's handlers, async channels): the statements of the sync path
 //! ([`crate::outbox`]), awaited.
 
-use simplepyq_core::{Claim, NewTask, Outcome, Result, Status, TaskId, Timestamp};
+use simplepyq_core::{Claim, Error, NewTask, Outcome, Result, Status, TaskId, Timestamp};
 
 use crate::error::R;
 use crate::outbox::{EnqueueCall, RESTORE_PATH, SET_PATH, one_status};
@@ -38,14 +38,23 @@ impl PostgresStore {
         let statuses: R<Vec<Result<Status>>> = async {
             let tx = client.transaction().await?;
             let theirs: String = tx.query_one(SET_PATH, &[&self.schema]).await?.try_get(0)?;
+            // Locked: no task can wait for it from now until the commit.
             let rows = tx
-                .query(sql::READ_STATES, &[&FinishPlan::ids(&results)])
+                .query(sql::LOCK_STATES, &[&FinishPlan::ids(&results)])
                 .await?;
+            if !FinishPlan::with_dependents(&rows)?.is_empty() {
+                return Err(Error::config(format!(
+                    "task {} has tasks that wait for it: complete it with complete_in, or \
+                     through the queue, which settle them",
+                    claim.id
+                ))
+                .into());
+            }
             let plan = FinishPlan::of(&results, now, &rows)?;
             let statuses = if plan.writes_nothing() {
                 plan.into_statuses()
             } else {
-                let written = tx.query(sql::FINISH, &plan.params()).await?;
+                let written = tx.query(sql::FINISH, &plan.params(false)).await?;
                 plan.settle(&results, &written)?
             };
             tx.execute(RESTORE_PATH, &[&theirs]).await?;

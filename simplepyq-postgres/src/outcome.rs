@@ -5,9 +5,11 @@ use std::collections::{HashMap, HashSet};
 
 use postgres::types::ToSql;
 use postgres::{GenericClient, Row};
+use simplepyq_core::dependency::Ended;
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
-    Claim, Outcome, OutcomeStore, Result, Status, TaskId, TaskState, Timestamp, Totals, batch,
+    Claim, Error, Outcome, OutcomeStore, Result, Status, TaskId, TaskState, Timestamp, Totals,
+    batch,
 };
 
 use crate::error::R;
@@ -41,6 +43,8 @@ impl OutcomeStore for PostgresStore {
         results: &[(Claim, Outcome)],
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
+        // The waiting tasks this makes due are announced by the transaction that unblocks
+        // them (`crate::dependency::settle`).
         self.run(|db| finish_in(db, results, now))
     }
 
@@ -61,15 +65,18 @@ impl OutcomeStore for PostgresStore {
             let mut next = StateArrays::default();
             let mut channels = Vec::with_capacity(rows.len());
             let mut counted = Vec::with_capacity(rows.len());
+            let mut failed = Vec::new();
             for r in &rows {
                 let id = TaskId::new(r.try_get(0)?);
                 channels.push(r.try_get::<_, String>(1)?);
                 let state = state_from_row(r, 2)?;
                 let after = apply(&state, &event).map_err(|r| r.into_error(id))?;
                 counted.push(Totals::of(&event, after.status));
+                failed.extend(Ended::of(after.status).map(|e| (id, e)));
                 next.push(id, &after);
             }
             next.save(tx)?;
+            crate::dependency::settle(tx, failed, now)?;
             let sums = Totals::by_channel(channels.iter().map(String::as_str).zip(counted));
             let names: Vec<&str> = sums.keys().map(String::as_str).collect();
             let figures = TotalsArrays::of(sums.values().copied());
@@ -102,7 +109,9 @@ pub(crate) fn on_held(tx: &mut Tx<'_, '_>, claims: &[Claim], event: &Event) -> R
 }
 
 /// Records `results` on `db` (a pooled connection, or a caller's transaction): reads the
-/// states without a lock, then writes each guarded by its claim.
+/// states without a lock, then writes each guarded by its claim. The outcomes of tasks
+/// others wait for are recorded in a transaction (a savepoint of the caller's) that settles
+/// those ([`crate::dependency`]).
 pub(crate) fn finish_in<C: GenericClient>(
     db: &mut Db<'_, C>,
     results: &[(Claim, Outcome)],
@@ -113,12 +122,60 @@ pub(crate) fn finish_in<C: GenericClient>(
     // read is right if the claim still holds at the write. Two round trips, no
     // transaction: the write counts the totals of the rows it wrote.
     let rows = db.query(sql::READ_STATES, &[&FinishPlan::ids(results)])?;
-    let plan = FinishPlan::of(results, now, &rows)?;
-    if plan.writes_nothing() {
-        return Ok(plan.into_statuses());
+    let with_dependents = FinishPlan::with_dependents(&rows)?;
+    let (alone, settling): (Vec<usize>, Vec<usize>) =
+        (0..results.len()).partition(|&i| !with_dependents.contains(&results[i].0.id.get()));
+    let mut statuses: Vec<Option<Result<Status>>> = (0..results.len()).map(|_| None).collect();
+    let mut again = settling;
+    if !alone.is_empty() {
+        let fast: Vec<(Claim, Outcome)> = alone.iter().map(|&i| results[i].clone()).collect();
+        let plan = FinishPlan::of(&fast, now, &rows)?;
+        let written = if plan.writes_nothing() {
+            Vec::new()
+        } else {
+            db.query(sql::FINISH, &plan.params(true))?
+        };
+        let written_ids = FinishPlan::written(&written)?;
+        let held = plan.held();
+        for ((&i, status), held) in alone.iter().zip(plan.settle(&fast, &written)?).zip(held) {
+            // Not written though held at the read: a child was enqueued meanwhile (or the
+            // lease was lost): recorded again under the lock, which tells which.
+            if held && !written_ids.contains(&results[i].0.id.get()) {
+                again.push(i);
+            } else {
+                statuses[i] = Some(status);
+            }
+        }
     }
-    let written = db.query(sql::FINISH, &plan.params())?;
-    plan.settle(results, &written)
+    if !again.is_empty() {
+        again.sort_unstable();
+        let slow: Vec<(Claim, Outcome)> = again.iter().map(|&i| results[i].clone()).collect();
+        let mut transaction = db.client.transaction()?;
+        let mut tx = Db {
+            client: &mut transaction,
+            statements: db.statements,
+        };
+        let rows = tx.query(sql::LOCK_STATES, &[&FinishPlan::ids(&slow)])?;
+        let plan = FinishPlan::of(&slow, now, &rows)?;
+        let settled = if plan.writes_nothing() {
+            plan.into_statuses()
+        } else {
+            let written = tx.query(sql::FINISH, &plan.params(false))?;
+            let ended = plan.ended();
+            let settled = plan.settle(&slow, &written)?;
+            crate::dependency::settle(&mut tx, ended, now)?;
+            settled
+        };
+        transaction.commit()?;
+        for (&i, status) in again.iter().zip(settled) {
+            statuses[i] = Some(status);
+        }
+    }
+    let statuses = statuses
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| Err(Error::config("no status recorded"))))
+        .collect();
+    Ok(statuses)
 }
 
 /// What recording outcomes writes ([`sql::FINISH`]), made from the states read
@@ -132,12 +189,42 @@ pub(crate) struct FinishPlan {
     counted: TotalsArrays,
     /// The result stored with each change's task (NULL for none).
     results: Vec<Option<Vec<u8>>>,
+    /// The tasks the changes end.
+    ended: Vec<(TaskId, Ended)>,
 }
+
+/// The column of [`sql::READ_STATES`] that says whether others wait for a task.
+const DEPENDENTS_COLUMN: usize = 10;
 
 impl FinishPlan {
     /// The ids whose states to read.
     pub(crate) fn ids(results: &[(Claim, Outcome)]) -> Vec<i64> {
         results.iter().map(|(c, _)| c.id.get()).collect()
+    }
+
+    /// The ids of the tasks others wait for, of the rows of [`sql::READ_STATES`].
+    pub(crate) fn with_dependents(rows: &[Row]) -> R<HashSet<i64>> {
+        let mut ids = HashSet::new();
+        for r in rows {
+            if r.try_get::<_, bool>(DEPENDENTS_COLUMN)? {
+                ids.insert(r.try_get(0)?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The ids [`sql::FINISH`] wrote.
+    pub(crate) fn written(rows: &[Row]) -> R<HashSet<i64>> {
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The tasks the plan's changes end, for [`crate::dependency::settle`]; a change not
+    /// written (its claim lost) is a task that did not end, and settles nothing.
+    pub(crate) fn ended(&self) -> Vec<(TaskId, Ended)> {
+        self.ended.clone()
     }
 
     /// The plan for `results` at `now`, from the rows of [`sql::READ_STATES`].
@@ -157,13 +244,23 @@ impl FinishPlan {
             .iter()
             .map(|(id, _)| states.get(id).map_or(0, |s| i64::from(s.attempts)))
             .collect();
+        let ended = changes
+            .iter()
+            .filter_map(|(id, s)| Some((*id, Ended::of(s.status)?)))
+            .collect();
         Ok(FinishPlan {
+            ended,
             statuses,
             next: StateArrays::of(&changes),
             attempts,
             counted: TotalsArrays::of(totals.into_iter()),
             results,
         })
+    }
+
+    /// Whether each attempt's claim held at the read (its outcome is to be written).
+    pub(crate) fn held(&self) -> Vec<bool> {
+        self.statuses.iter().map(Result::is_ok).collect()
     }
 
     /// The statuses, when nothing is written.
@@ -176,12 +273,13 @@ impl FinishPlan {
         self.next.is_empty()
     }
 
-    /// The parameters of [`sql::FINISH`].
-    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    /// The parameters of [`sql::FINISH`]; `alone`: leave out the tasks others wait for.
+    pub(crate) fn params(&self, alone: bool) -> Vec<&(dyn ToSql + Sync)> {
         let mut params = self.next.params().to_vec();
         params.push(&self.attempts);
         params.extend(self.counted.params());
         params.push(&self.results);
+        params.push(if alone { &true } else { &false });
         params
     }
 
@@ -192,10 +290,7 @@ impl FinishPlan {
         results: &[(Claim, Outcome)],
         written: &[Row],
     ) -> R<Vec<Result<Status>>> {
-        let written: HashSet<i64> = written
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let written = FinishPlan::written(written)?;
         let mut statuses = self.statuses;
         for ((claim, _), status) in results.iter().zip(&mut statuses) {
             if status.is_ok() && !written.contains(&claim.id.get()) {

@@ -25,7 +25,7 @@ pub(crate) const STATE_ALIASES: &str = "id, status, retries_left, max_retries, a
                              lease_until, last_error, updated_at, lost_runs";
 
 /// Statuses of unfinished tasks, which hold their unique keys.
-pub(crate) const UNFINISHED: &str = "('pending', 'delayed', 'running')";
+pub(crate) const UNFINISHED: &str = "('pending', 'delayed', 'running', 'waiting')";
 
 pub(crate) fn millis(t: Timestamp) -> i64 {
     t.as_millis()
@@ -210,7 +210,8 @@ mod tests {
     fn statements_take_the_columns_in_the_row_readers_order() {
         assert!(sql::CLAIM.replace("t.", "").ends_with(COLUMNS));
         assert!(sql::LOCK_EXPIRED.contains(&format!("id, channel, {STATE_COLUMNS} FROM")));
-        assert!(sql::READ_STATES.contains(&format!("id, {STATE_COLUMNS} FROM")));
+        assert!(sql::READ_STATES.contains(&format!("id, {STATE_COLUMNS}, has_dependents FROM")));
+        assert!(sql::LOCK_STATES.contains(&format!("id, {STATE_COLUMNS}, has_dependents FROM")));
         let arrays = format!(
             "unnest({STATE_ARRAYS}, $11::bigint[], $12::bigint[], $13::bigint[], \
              $14::bigint[], $15::bigint[], $16::bytea[]) AS u({STATE_ALIASES}, held, done, \

@@ -14,6 +14,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_channels.sql"),
     include_str!("../migrations/0006_keys_and_timeouts.sql"),
     include_str!("../migrations/0007_results.sql"),
+    include_str!("../migrations/0008_dependencies.sql"),
 ];
 
 /// The schema version this build writes.

@@ -122,9 +122,15 @@ pub const EXTEND: &str = "UPDATE tasks t \
      AND t.id = ANY (ARRAY (SELECT id FROM tasks WHERE id = ANY ($1) \
        FOR UPDATE SKIP LOCKED))";
 
-/// Reads the states of the tasks with ids $1.
+/// Reads the states of the tasks with ids $1, and whether others wait for them.
 pub const READ_STATES: &str = "SELECT id, status, retries_left, max_retries, attempts, \
-     run_at, lease_until, last_error, updated_at, lost_runs FROM tasks WHERE id = ANY ($1)";
+     run_at, lease_until, last_error, updated_at, lost_runs, has_dependents FROM tasks \
+     WHERE id = ANY ($1)";
+
+/// [`READ_STATES`], locking the rows in id order: an outcome that settles dependents.
+pub const LOCK_STATES: &str = "SELECT id, status, retries_left, max_retries, attempts, \
+     run_at, lease_until, last_error, updated_at, lost_runs, has_dependents FROM tasks \
+     WHERE id = ANY ($1) ORDER BY id FOR UPDATE";
 
 /// Adds to the totals of channels: ends every statement that does so.
 macro_rules! add_totals {
@@ -143,7 +149,9 @@ macro_rules! add_totals {
 /// still hold, adds what each written one counts (done, failed, retried and lease-lost
 /// arrays $12..$15) to its channel's totals, and returns the ids written. Rows of
 /// totals are locked in channel order, after every task row: two finishing
-/// statements cannot wait on each other.
+/// statements cannot wait on each other. With $17, a task others wait for is not written
+/// (its outcome settles them, in a transaction): the condition is checked on the row as
+/// the update finds it, after any enqueue of a child that held its lock.
 pub const FINISH: &str = concat!(
     "WITH saved AS (UPDATE tasks t SET status = u.status, \
      retries_left = u.retries_left, max_retries = u.max_retries, attempts = u.attempts, \
@@ -155,6 +163,7 @@ pub const FINISH: &str = concat!(
        AS u(id, status, retries_left, max_retries, attempts, run_at, lease_until, \
        last_error, updated_at, lost_runs, held, done, failed, retried, lease_lost, result) \
      WHERE t.id = u.id AND t.status = 'running' AND t.attempts = u.held \
+     AND NOT ($17 AND t.has_dependents) \
      RETURNING t.id, t.channel, u.done, u.failed, u.retried, u.lease_lost), \
      counted AS (",
     add_totals!(

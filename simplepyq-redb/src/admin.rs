@@ -2,10 +2,13 @@
 //! purged, tasks cancelled.
 
 use redb::ReadableTable;
+use simplepyq_core::dependency::Ended;
 use simplepyq_core::transition::{self};
 use simplepyq_core::{AdminStore, Error, Result, Status, TaskId, Timestamp, batch};
 
 use crate::error::db_err;
+use crate::record::status_from_code;
+use crate::tables::Tables;
 use crate::{RedbStore, to_id};
 
 impl AdminStore for RedbStore {
@@ -28,16 +31,14 @@ impl AdminStore for RedbStore {
                 failed.push(t.load(id)?.ok_or(Error::NotFound(id))?);
             }
             failed.sort_unstable_by_key(|task| task.id);
-            let changes = batch::requeue(&failed, now, retries, |channel, key| {
-                Ok(t.unique.get((channel, key)).map_err(db_err)?.is_some())
-            })?;
+            let changes = batch::requeue(&failed, now, retries, &mut Lookup(t))?;
             let read = failed.into_iter().map(|task| (task.id, task)).collect();
             t.write_changes(changes, read)
         })
     }
 
-    fn remove_channel(&self, channel: &str) -> Result<usize> {
-        self.write(|t| {
+    fn remove_channel(&self, channel: &str, now: Timestamp) -> Result<usize> {
+        self.write_tx(|tx, t| {
             let mut ids = Vec::new();
             for entry in t
                 .by_status
@@ -45,9 +46,21 @@ impl AdminStore for RedbStore {
                 .map_err(db_err)?
             {
                 let (key, _) = entry.map_err(db_err)?;
-                ids.push(to_id(key.value().2)?);
+                let (_, status, id) = key.value();
+                ids.push((
+                    to_id(id)?,
+                    status_from_code(status).is_some_and(|s| s.is_final()),
+                ));
             }
-            t.delete_ids(&ids)
+            let all: Vec<TaskId> = ids.iter().map(|(id, _)| *id).collect();
+            let n = t.delete_ids(&all)?;
+            let removed = ids.iter().filter(|(_, finished)| !finished);
+            t.settle(
+                tx,
+                removed.map(|(id, _)| (*id, Ended::Removed)).collect(),
+                now,
+            )?;
+            Ok(n)
         })
     }
 
@@ -67,11 +80,26 @@ impl AdminStore for RedbStore {
         })
     }
 
-    fn cancel(&self, id: TaskId) -> Result<()> {
-        self.write(|t| {
+    fn cancel(&self, id: TaskId, now: Timestamp) -> Result<()> {
+        self.write_tx(|tx, t| {
             let task = t.load(id)?.ok_or(Error::NotFound(id))?;
             transition::cancel(&task.state).map_err(|r| r.into_error(id))?;
-            t.delete(&task)
+            t.delete(&task)?;
+            t.settle(tx, vec![(id, Ended::Removed)], now)?;
+            Ok(())
         })
+    }
+}
+
+/// What [`batch::requeue`] asks of the file, in the requeue's transaction.
+struct Lookup<'a, 'tx>(&'a Tables<'tx>);
+
+impl batch::RequeueLookup for Lookup<'_, '_> {
+    fn key_held(&mut self, channel: &str, key: &str) -> Result<bool> {
+        Ok(self.0.unique.get((channel, key)).map_err(db_err)?.is_some())
+    }
+
+    fn parents_left(&mut self, id: TaskId) -> Result<Vec<(TaskId, Option<Status>)>> {
+        self.0.parents_left(id)
     }
 }

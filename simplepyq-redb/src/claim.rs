@@ -17,6 +17,11 @@ use crate::{RedbStore, to_id};
 type Ready = (&'static str, i64, i64, u64);
 
 impl ClaimStore for RedbStore {
+    fn watch(&self, wake: simplepyq_core::Wake) -> Option<simplepyq_core::Watch> {
+        // One process has the file: its own queues are all there is to wake.
+        Some(self.wakes.watch(wake))
+    }
+
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         for t in tasks {
             t.validate()?;

@@ -64,6 +64,10 @@ impl InspectStore for RedbStore {
         })
     }
 
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.read(|read| crate::dependency::parents(read, id))
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         self.read(|read| {
             let tasks = read.open_table(TASKS).map_err(db_err)?;

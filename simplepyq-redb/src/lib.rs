@@ -52,6 +52,7 @@
 // `error`.
 mod admin;
 mod claim;
+mod dependency;
 mod error;
 mod flow;
 mod inspect;
@@ -89,6 +90,8 @@ pub struct RedbStore {
     /// Failed writes of the current database, which make redb refuse every later call.
     failures: Failures,
     durability: redb::Durability,
+    /// The watching queues, woken when waiting tasks become due.
+    wakes: simplepyq_core::LocalWakes,
 }
 
 impl std::fmt::Debug for RedbStore {

@@ -43,7 +43,7 @@ impl RedbStore {
             Err(e) => return Err(db_err(e)),
         };
         match inspect(&reader)? {
-            Some(2 | 3 | FORMAT) => {}
+            Some(2..=4 | FORMAT) => {}
             Some(_) => return Err(needs_write("is of format 1 and must be upgraded")),
             None => {
                 return Err(Error::Foreign {
@@ -59,6 +59,7 @@ impl RedbStore {
             cap: Cap::new(None),
             failures: Failures::default(),
             durability: redb::Durability::Immediate,
+            wakes: simplepyq_core::LocalWakes::default(),
         })
     }
 
@@ -108,10 +109,11 @@ impl RedbStore {
                 RedbDurability::Immediate => redb::Durability::Immediate,
                 RedbDurability::None => redb::Durability::None,
             },
+            wakes: simplepyq_core::LocalWakes::default(),
         };
         match format {
             Some(FORMAT) => {}
-            Some(2 | 3) => store.write(|t| {
+            Some(2..=4) => store.write(|t| {
                 t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
                 Ok(())
             })?,
@@ -206,7 +208,7 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
         Ok(meta) => {
             let format = meta.get(META_FORMAT).map_err(db_err)?.map(|v| v.value());
             return match format {
-                Some(f @ (1 | 2 | 3 | FORMAT)) => Ok(Some(f)),
+                Some(f @ (1..=4 | FORMAT)) => Ok(Some(f)),
                 Some(found) => Err(Error::SchemaTooNew {
                     backend: BACKEND,
                     found: i64::try_from(found).unwrap_or(i64::MAX),

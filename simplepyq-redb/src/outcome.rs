@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use redb::ReadableTable;
+use simplepyq_core::dependency::Ended;
 use simplepyq_core::transition::Event;
 use simplepyq_core::{Claim, Outcome, OutcomeStore, Result, Status, Timestamp, Totals, batch};
 
@@ -37,8 +38,14 @@ impl OutcomeStore for RedbStore {
                         .map_err(db_err)?;
                 }
             }
+            let ended = ended_by(&done.changes);
             t.write_changes(done.changes, read)?;
-            Ok(done.statuses)
+            let due = t.settle(tx, ended, now)?;
+            Ok((done.statuses, due))
+        })
+        .map(|(statuses, due)| {
+            self.wakes.wake(due.iter().map(String::as_str));
+            statuses
         })
     }
 
@@ -63,10 +70,13 @@ impl OutcomeStore for RedbStore {
             }
             let event = Event::Expire { now, max_lost_runs };
             let mut counted = Vec::with_capacity(ids.len());
+            let mut failed = Vec::new();
             for id in &ids {
                 let task = t.transition_id(*id, &event)?;
+                failed.extend(Ended::of(task.state.status).map(|e| (*id, e)));
                 counted.push((task.channel, Totals::of(&event, task.state.status)));
             }
+            t.settle(tx, failed, now)?;
             add_totals(
                 tx,
                 &Totals::by_channel(counted.iter().map(|(c, t)| (c.as_str(), *t))),
@@ -74,4 +84,12 @@ impl OutcomeStore for RedbStore {
             Ok(ids.len())
         })
     }
+}
+
+/// The tasks that `changes` end.
+fn ended_by(changes: &[batch::Change]) -> Vec<(simplepyq_core::TaskId, Ended)> {
+    changes
+        .iter()
+        .filter_map(|(id, s)| Some((*id, Ended::of(s.status)?)))
+        .collect()
 }

@@ -34,6 +34,7 @@ pub(crate) fn status_code(s: Status) -> u8 {
         Status::Delayed => 2,
         Status::Done => 3,
         Status::Failed => 4,
+        Status::Waiting => 5,
     }
 }
 
@@ -209,7 +210,7 @@ pub(crate) mod tests {
                 any::<Vec<u8>>(),
                 any::<i64>(),
             ),
-            (0usize..5, any::<u32>(), any::<u32>(), any::<(u32, u32)>()),
+            (0usize..6, any::<u32>(), any::<u32>(), any::<(u32, u32)>()),
             (any::<i64>(), proptest::option::of(i64::MIN + 1..i64::MAX)),
             (proptest::option::of(".{0,80}"), any::<i64>()),
             (

@@ -18,7 +18,8 @@ use crate::{to_id, to_key};
 /// priority and unique key) is upgraded on open; formats 2 (records without lost runs) and
 /// 3 (without concurrency keys) only have their version raised, as their records are still
 /// read (the version keeps builds that cannot read concurrency keys away).
-pub(crate) const FORMAT: u64 = 4;
+/// Format 4 (before tasks could wait for others) only has its version raised too.
+pub(crate) const FORMAT: u64 = 5;
 
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 
@@ -64,6 +65,16 @@ pub(crate) const TOTALS: TableDefinition<&str, (u64, u64, u64, u64)> =
 /// A done task's result (MessagePack), by id: what its handler gave when it succeeded.
 pub(crate) const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 
+/// The edges of tasks that wait for others: (child, parent) → 1 once the parent is done
+/// (see [`simplepyq_core::dependency`]).
+pub(crate) const EDGES: TableDefinition<(u64, u64), u8> = TableDefinition::new("edges");
+
+/// The same edges by parent: (parent, child).
+pub(crate) const DEPENDENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("dependents");
+
+/// How many unsatisfied edges each waiting child has left (no entry for none).
+pub(crate) const EDGES_LEFT: TableDefinition<u64, u64> = TableDefinition::new("edges_left");
+
 pub(crate) const META_FORMAT: &str = "format";
 
 pub(crate) const META_LAST_ID: &str = "last_id";
@@ -82,6 +93,9 @@ pub(crate) struct Tables<'tx> {
     pub(crate) keys_running: Table<'tx, (&'static str, &'static str), u64>,
     pub(crate) keyed_pending: Table<'tx, &'static str, u64>,
     pub(crate) results: Table<'tx, u64, &'static [u8]>,
+    pub(crate) edges: Table<'tx, (u64, u64), u8>,
+    pub(crate) dependents: Table<'tx, (u64, u64), ()>,
+    pub(crate) edges_left: Table<'tx, u64, u64>,
 }
 
 impl<'tx> Tables<'tx> {
@@ -99,6 +113,9 @@ impl<'tx> Tables<'tx> {
             keys_running: tx.open_table(KEYS_RUNNING).map_err(db_err)?,
             keyed_pending: tx.open_table(KEYED_PENDING).map_err(db_err)?,
             results: tx.open_table(RESULTS).map_err(db_err)?,
+            edges: tx.open_table(EDGES).map_err(db_err)?,
+            dependents: tx.open_table(DEPENDENTS).map_err(db_err)?,
+            edges_left: tx.open_table(EDGES_LEFT).map_err(db_err)?,
         })
     }
 
@@ -111,7 +128,7 @@ impl<'tx> Tables<'tx> {
             .map_err(db_err)?
             .map_or(0, |v| v.value());
         let mut ids = Vec::with_capacity(tasks.len());
-        for new in tasks {
+        for (position, new) in tasks.iter().enumerate() {
             if let Some(key) = &new.unique_key {
                 let existing = self
                     .unique
@@ -123,7 +140,12 @@ impl<'tx> Tables<'tx> {
                 }
             }
             last += 1;
-            let task = new.to_task(to_id(last)?, now);
+            let mut task = new.to_task(to_id(last)?, now);
+            if !new.after.is_empty() {
+                let edges;
+                (task.state, edges) = self.start(new, position, &ids, task.state)?;
+                self.insert_edges(task.id, &edges)?;
+            }
             self.index(&task, true)?;
             self.put(&task)?;
             ids.push(task.id);
@@ -193,7 +215,7 @@ impl<'tx> Tables<'tx> {
                     .remove((ch, lease, id))
                     .map_err(db_err)?;
             }
-            (Status::Done | Status::Failed, _) => {}
+            (Status::Done | Status::Failed | Status::Waiting, _) => {}
         }
         Ok(())
     }
@@ -249,7 +271,7 @@ impl<'tx> Tables<'tx> {
         self.index(task, false)?;
         self.tasks.remove(to_key(task.id)).map_err(db_err)?;
         self.results.remove(to_key(task.id)).map_err(db_err)?;
-        Ok(())
+        self.delete_edges(task.id)
     }
 
     /// Reads a task's state for a [`batch`] rule, keeping the task in `read` for the write.
@@ -392,7 +414,7 @@ pub(crate) fn add_totals(tx: &WriteTransaction, counted: &BTreeMap<String, Total
 
 /// Adds one to (`add`) or takes one from the count at `key` in `table`, keeping no entry
 /// for a count of 0.
-fn step<K: redb::Key + 'static>(
+pub(crate) fn step<K: redb::Key + 'static>(
     table: &mut Table<'_, K, u64>,
     key: K::SelfType<'_>,
     add: bool,
@@ -444,7 +466,7 @@ mod tests {
         }
         store.claim("b", 5, T0, T0).expect("claim");
         store.recover_expired(T0, 3).expect("recover");
-        store.remove_channel("a").expect("remove");
+        store.remove_channel("a", T0).expect("remove");
         let db = store.database().expect("database");
         let read = db.begin_read().expect("read");
         let tasks = read.open_table(TASKS).expect("tasks").len().expect("len");

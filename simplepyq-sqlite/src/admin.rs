@@ -3,16 +3,17 @@
 
 use std::collections::BTreeSet;
 
-use rusqlite::{params, params_from_iter};
+use rusqlite::{Transaction, params, params_from_iter};
+use simplepyq_core::dependency::Ended;
 use simplepyq_core::transition::cancel;
 use simplepyq_core::{AdminStore, Error, Result, Status, TaskId, Timestamp, batch};
 
-use crate::SqliteStore;
 use crate::claim::KEY_HOLDER;
 use crate::error::E;
 use crate::inspect::channel_filter;
 use crate::outcome::write_changes;
-use crate::row::{COLUMNS, load_state, select_tasks};
+use crate::row::{COLUMNS, ids, load_state, select_tasks};
+use crate::{SqliteStore, dependency};
 
 impl AdminStore for SqliteStore {
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize> {
@@ -34,23 +35,18 @@ impl AdminStore for SqliteStore {
         let only = channel.map(str::to_owned);
         // A batch at a time, each its own transaction, from past the last task seen (a task
         // whose unique key is held stays failed).
-        let mut after = (channel.unwrap_or_default().to_owned(), 0i64);
+        let mut after = 0i64;
         let mut total = 0;
         loop {
-            let (sql, only, from) = (sql.clone(), only.clone(), after.clone());
+            let (sql, only) = (sql.clone(), only.clone());
             let (seen, last, n, channels) = self.write(move |tx| {
                 let failed = match &only {
-                    Some(c) => select_tasks(tx, &sql, params![from.0, from.1, c])?,
-                    None => select_tasks(tx, &sql, params![from.0, from.1])?,
+                    Some(c) => select_tasks(tx, &sql, params![after, c])?,
+                    None => select_tasks(tx, &sql, params![after])?,
                 };
-                let mut holder = tx.prepare_cached(KEY_HOLDER)?;
-                let changes = batch::requeue(&failed, now, retries, |channel, key| {
-                    holder
-                        .exists(params![channel, key])
-                        .map_err(|e| Error::from(E::from(e)))
-                })?;
+                let changes = batch::requeue(&failed, now, retries, &mut Lookup(tx))?;
                 let channels: BTreeSet<String> = failed.iter().map(|t| t.channel.clone()).collect();
-                let last = failed.last().map(|t| (t.channel.clone(), t.id.get()));
+                let last = failed.last().map(|t| t.id.get());
                 Ok((failed.len(), last, write_changes(tx, &changes)?, channels))
             })?;
             self.announce(n, &channels);
@@ -62,15 +58,22 @@ impl AdminStore for SqliteStore {
         }
     }
 
-    fn remove_channel(&self, channel: &str) -> Result<usize> {
+    fn remove_channel(&self, channel: &str, now: Timestamp) -> Result<usize> {
         let mut total = 0;
-        for status in Status::ALL {
+        // Waiting tasks first: the channel's own are deleted, not failed, when their parents
+        // of the channel go.
+        let waiting_first = Status::ALL.into_iter().filter(|s| *s == Status::Waiting);
+        let others = Status::ALL.into_iter().filter(|s| *s != Status::Waiting);
+        for status in waiting_first.chain(others) {
             total += batch::in_batches(|| {
                 let channel = channel.to_owned();
                 self.write(move |tx| {
-                    Ok(tx
-                        .prepare_cached(&remove_channel_sql(status))?
-                        .execute([&channel])?)
+                    let removed = ids(tx, &remove_channel_sql(status), [&channel])?;
+                    if !status.is_final() {
+                        let ended = removed.iter().map(|id| (*id, Ended::Removed));
+                        dependency::settle(tx, ended.collect(), now)?;
+                    }
+                    Ok(removed.len())
                 })
             })?;
         }
@@ -96,36 +99,53 @@ impl AdminStore for SqliteStore {
         })
     }
 
-    fn cancel(&self, id: TaskId) -> Result<()> {
+    fn cancel(&self, id: TaskId, now: Timestamp) -> Result<()> {
         self.write(move |tx| {
             let state = load_state(tx, id)?.ok_or(Error::NotFound(id))?;
             cancel(&state).map_err(|r| r.into_error(id))?;
             tx.execute("DELETE FROM simplepyq_tasks WHERE id = ?1", [id.get()])?;
+            dependency::settle(tx, vec![(id, Ended::Removed)], now)?;
             Ok(())
         })
     }
 }
 
-/// Deletes up to [`batch::BULK_BATCH`] tasks of channel ?1 with `status`. No index holds
+/// What [`batch::requeue`] asks of the file, in the requeue's transaction.
+struct Lookup<'a, 'c>(&'a Transaction<'c>);
+
+impl batch::RequeueLookup for Lookup<'_, '_> {
+    fn key_held(&mut self, channel: &str, key: &str) -> Result<bool> {
+        let mut holder = self.0.prepare_cached(KEY_HOLDER).map_err(E::from)?;
+        Ok(holder.exists(params![channel, key]).map_err(E::from)?)
+    }
+
+    fn parents_left(&mut self, id: TaskId) -> Result<Vec<(TaskId, Option<Status>)>> {
+        Ok(dependency::parents_left(self.0, id)?)
+    }
+}
+
+/// Deletes up to [`batch::BULK_BATCH`] tasks of channel ?1 with `status`, returning their
+/// ids. No index holds
 /// every row of a channel: a channel's tasks are deleted a status at a time, each following
 /// its status's index (which SQLite uses only when the status is written in the query, not
 /// bound).
 pub(crate) fn remove_channel_sql(status: Status) -> String {
     format!(
         "DELETE FROM simplepyq_tasks WHERE id IN (SELECT id FROM simplepyq_tasks \
-         WHERE channel = ?1 AND status = '{}' LIMIT {})",
+         WHERE channel = ?1 AND status = '{}' LIMIT {}) RETURNING id",
         status.as_str(),
         batch::BULK_BATCH
     )
 }
 
-/// Up to [`batch::BULK_BATCH`] failed tasks past (channel ?1, id ?2) (of channel ?3 if
-/// given), in the order of `tasks_failed`.
+/// Up to [`batch::BULK_BATCH`] failed tasks past id ?1, of channel ?2 if given, in id
+/// order: a task requeued after the parent it waits for sees that parent requeued. Each
+/// follows an index of failed tasks.
 pub(crate) fn failed_sql(channel: Option<&str>) -> String {
     format!(
-        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE status = 'failed' AND (channel, id) > (?1, ?2){} \
-         ORDER BY channel, id LIMIT {}",
-        channel_filter(channel, 3),
+        "SELECT {COLUMNS} FROM simplepyq_tasks WHERE status = 'failed' AND id > ?1{} \
+         ORDER BY id LIMIT {}",
+        channel_filter(channel, 2),
         batch::BULK_BATCH
     )
 }

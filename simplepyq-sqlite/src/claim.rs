@@ -15,11 +15,15 @@ use crate::row::{
     COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, task_from_row, transition,
 };
 use crate::writer::Caller;
-use crate::{SqliteStore, watch};
+use crate::{SqliteStore, dependency, watch};
 
 impl ClaimStore for SqliteStore {
     fn watch(&self, wake: Wake) -> Option<Watch> {
-        watch::watch(&self.path, self.watch_interval?, wake, &self.announcer)
+        let local = self.wakes.watch(std::sync::Arc::clone(&wake));
+        let others = self
+            .watch_interval
+            .and_then(|every| watch::watch(&self.path, every, wake, &self.announcer));
+        Watch::both(Some(local), others)
     }
 
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
@@ -229,7 +233,7 @@ pub(crate) fn insert_tasks_taking(
     let mut existing = tx.prepare_cached(KEY_HOLDER)?;
     let mut ids = Vec::with_capacity(tasks.len());
     let mut taken = None;
-    for t in tasks {
+    for (position, t) in tasks.iter().enumerate() {
         if let Some(key) = &t.unique_key {
             let found: Option<i64> = existing
                 .query_row(params![t.channel, key], |r| r.get(0))
@@ -246,9 +250,15 @@ pub(crate) fn insert_tasks_taking(
         insert.raw_bind_parameter(5, &t.unique_key)?;
         insert.raw_bind_parameter(6, &t.concurrency_key)?;
         insert.raw_bind_parameter(7, t.timeout_ms())?;
-        bind_state(&mut insert, 8, &t.initial_state(now))?;
+        let (state, edges) = if t.after.is_empty() {
+            (t.initial_state(now), Vec::new())
+        } else {
+            dependency::start(tx, t, position, &ids, t.initial_state(now))?
+        };
+        bind_state(&mut insert, 8, &state)?;
         insert.raw_execute()?;
         let id = tx.last_insert_rowid();
+        dependency::insert_edges(tx, TaskId::new(id), &edges)?;
         taken = Some(id);
         ids.push(TaskId::new(id));
     }

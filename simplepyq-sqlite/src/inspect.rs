@@ -66,6 +66,10 @@ impl InspectStore for SqliteStore {
         })
     }
 
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.read(|conn| crate::dependency::parents(conn, id))
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         let mut sql = format!("SELECT {COLUMNS} FROM simplepyq_tasks WHERE id > ?1");
         let mut values: Vec<rusqlite::types::Value> =

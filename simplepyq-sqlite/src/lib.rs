@@ -70,6 +70,7 @@
 mod admin;
 mod checkpoint;
 mod claim;
+mod dependency;
 mod error;
 mod flow;
 mod inspect;
@@ -128,6 +129,8 @@ pub struct SqliteStore {
     announcer: Arc<watch::Announcer>,
     /// Tells them of the tasks added in callers' transactions, once committed.
     committed: outbox::Committed,
+    /// Wakes this store's own queues when waiting tasks become due.
+    wakes: simplepyq_core::LocalWakes,
 }
 
 impl SqliteStore {
@@ -140,6 +143,14 @@ impl SqliteStore {
     fn announce(&self, n: usize, channels: &BTreeSet<String>) {
         if n > 0 {
             self.announcer.announce(channels.iter().map(String::as_str));
+        }
+    }
+
+    /// Tells every queue, this store's own too, that waiting tasks of `channels` became due.
+    fn announce_due(&self, channels: &BTreeSet<String>) {
+        if !channels.is_empty() {
+            self.announcer.announce(channels.iter().map(String::as_str));
+            self.wakes.wake(channels.iter().map(String::as_str));
         }
     }
 

@@ -76,7 +76,9 @@ impl SqliteStore {
     ) -> Result<Status> {
         self.check_writable()?;
         self.check_same_file(tx)?;
-        let mut statuses =
+        // Waiting tasks this makes due are left to the workers' next look: the wake-up
+        // would come before the caller's commit.
+        let (mut statuses, _due) =
             finish_in(tx, &[(claim, Outcome::Succeeded)], now).map_err(Error::from)?;
         statuses.pop().unwrap_or_else(|| {
             Err(Error::Backend {

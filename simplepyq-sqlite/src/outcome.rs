@@ -5,17 +5,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rusqlite::params;
 use rusqlite::{OptionalExtension, Transaction};
+use simplepyq_core::dependency::Ended;
 use simplepyq_core::transition::Event;
 use simplepyq_core::{
     Claim, Error, Outcome, OutcomeStore, Result, Status, TaskId, TaskState, Timestamp, Totals,
     batch,
 };
 
-use crate::SqliteStore;
 use crate::error::{E, R};
 use crate::row::{
     STATE_COLUMNS, ids, load_state, save_finished, save_state, state_from_row, transition,
 };
+use crate::{SqliteStore, dependency};
 
 impl OutcomeStore for SqliteStore {
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
@@ -50,7 +51,9 @@ impl OutcomeStore for SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>> {
         let results = results.to_vec();
-        self.write(move |tx| finish_in(tx, &results, now))
+        let (statuses, due) = self.write(move |tx| finish_in(tx, &results, now))?;
+        self.announce_due(&due);
+        Ok(statuses)
     }
 
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
@@ -69,10 +72,13 @@ impl OutcomeStore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let event = Event::Expire { now, max_lost_runs };
             let mut counted = Vec::with_capacity(expired.len());
+            let mut failed = Vec::new();
             for (id, channel) in expired {
                 let next = transition(tx, id, &event)?;
                 counted.push((channel, Totals::of(&event, next.status)));
+                failed.extend(Ended::of(next.status).map(|e| (id, e)));
             }
+            dependency::settle(tx, failed, now)?;
             add_totals(
                 tx,
                 &Totals::by_channel(counted.iter().map(|(c, t)| (c.as_str(), *t))),
@@ -150,12 +156,13 @@ pub(crate) fn on_held(tx: &Transaction<'_>, claims: &[Claim], event: &Event) -> 
 }
 
 /// Records how attempts ended in `tx` (the writer's, or a caller's): each task's new status,
-/// or [`simplepyq_core::Error::LeaseLost`] for a claim no longer held, which changes nothing.
+/// or [`simplepyq_core::Error::LeaseLost`] for a claim no longer held, which changes nothing;
+/// and the channels of the waiting tasks this made due.
 pub(crate) fn finish_in(
     tx: &Transaction<'_>,
     results: &[(Claim, Outcome)],
     now: Timestamp,
-) -> R<Vec<Result<Status>>> {
+) -> R<(Vec<Result<Status>>, BTreeSet<String>)> {
     let mut channels = HashMap::with_capacity(results.len());
     let done = batch::finish(results, now, channel_and_state_of(tx, &mut channels))?;
     write_finished(tx, &done)?;
@@ -163,7 +170,8 @@ pub(crate) fn finish_in(
         tx,
         &done.totals_by_channel(|id| channels.get(&id).map(String::as_str)),
     )?;
-    Ok(done.statuses)
+    let due = dependency::settle(tx, dependency::ended_by(&done.changes), now)?;
+    Ok((done.statuses, due))
 }
 
 /// Writes the changes of `done`, each task's result (if its handler gave one) in the same

@@ -24,6 +24,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_channels.sql"),
     include_str!("../migrations/0009_keys_and_timeouts.sql"),
     include_str!("../migrations/0010_results.sql"),
+    include_str!("../migrations/0011_dependencies.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -153,6 +154,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
         ("simplepyq_tasks", "timeout_ms", "NULL"),
     ],
     &[("simplepyq_tasks", "result", "NULL")],
+    &[],
 ];
 
 /// The tables each migration created after the first, with their columns (those later
@@ -183,6 +185,7 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
     )],
     &[],
     &[],
+    &[("simplepyq_dependencies", &["child", "parent", "satisfied"])],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,

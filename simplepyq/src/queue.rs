@@ -697,7 +697,8 @@ impl<S: Store> SimplePyQ<S> {
     pub fn remove_channel(&self, name: &str) -> Result<usize> {
         self.workers.remove(name);
         self.workers.engine.kept.remove(name);
-        self.workers.engine.store.remove_channel(name)
+        let now = self.workers.engine.now();
+        self.workers.engine.store.remove_channel(name, now)
     }
 
     /// Deletes the done tasks of `channel` (or of every channel with `None`) that finished
@@ -791,8 +792,9 @@ impl<S: Store> SimplePyQ<S> {
         self.workers.engine.store.list(filter)
     }
 
-    /// Cancels a task: a pending or delayed one (or one this queue claimed ahead and has not
-    /// started) is deleted and will not run ([`Cancelled::Removed`]); one whose handler runs
+    /// Cancels a task: a pending, delayed or waiting one (or one this queue claimed ahead
+    /// and has not started) is deleted and will not run ([`Cancelled::Removed`]), and the
+    /// tasks that wait for it fail; one whose handler runs
     /// in this queue is asked to stop
     /// through its [`TaskContext`] ([`Cancelled::Requested`]): the handler decides what its
     /// attempt's outcome is.
@@ -802,7 +804,7 @@ impl<S: Store> SimplePyQ<S> {
     /// from here).
     pub fn cancel(&self, id: TaskId) -> Result<Cancelled> {
         let engine = &self.workers.engine;
-        match engine.store.cancel(id) {
+        match engine.store.cancel(id, engine.now()) {
             Ok(()) => Ok(Cancelled::Removed),
             Err(
                 e @ Error::InvalidTransition {
@@ -818,7 +820,10 @@ impl<S: Store> SimplePyQ<S> {
                 match engine.take_unstarted(id) {
                     Some(task) => {
                         crate::leases::give_back(engine, &[task]);
-                        engine.store.cancel(id).map(|()| Cancelled::Removed)
+                        engine
+                            .store
+                            .cancel(id, engine.now())
+                            .map(|()| Cancelled::Removed)
                     }
                     None => Err(e),
                 }

@@ -60,7 +60,7 @@ fn ended<S: Store, T: DeserializeOwned>(store: &S, id: TaskId) -> Result<Option<
         // A done task stays done: its result, unless it was deleted meanwhile.
         Status::Done => Some(TaskEnd::Done(decode_result(id, store.result(id)?)?)),
         Status::Failed => Some(TaskEnd::Failed(task.state.last_error.unwrap_or_default())),
-        Status::Pending | Status::Running | Status::Delayed => None,
+        Status::Pending | Status::Running | Status::Delayed | Status::Waiting => None,
     })
 }
 

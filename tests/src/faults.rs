@@ -323,9 +323,9 @@ impl<S: Store> AdminStore for Flaky<S> {
         self.inner.requeue_failed(channel, retries, now)
     }
 
-    fn remove_channel(&self, channel: &str) -> Result<usize> {
+    fn remove_channel(&self, channel: &str, now: Timestamp) -> Result<usize> {
         self.alive()?;
-        self.inner.remove_channel(channel)
+        self.inner.remove_channel(channel, now)
     }
 
     fn purge_batch(
@@ -338,9 +338,9 @@ impl<S: Store> AdminStore for Flaky<S> {
         self.inner.purge_batch(status, channel, before)
     }
 
-    fn cancel(&self, id: TaskId) -> Result<()> {
+    fn cancel(&self, id: TaskId, now: Timestamp) -> Result<()> {
         self.alive()?;
-        self.inner.cancel(id)
+        self.inner.cancel(id, now)
     }
 }
 
@@ -357,6 +357,10 @@ impl<S: Store> InspectStore for Flaky<S> {
 
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         self.inner.get(id)
+    }
+
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.inner.parents(id)
     }
 
     fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {

@@ -123,7 +123,7 @@ fn exercise(store: &dyn Store) {
     let _ = store.requeue_failed(None, Some(1), later);
     let _ = store.enqueue_one(NewTask::new("mail", vec![0xc0]), later);
     let _ = store.purge_done(None, later);
-    let _ = store.remove_channel("resize");
+    let _ = store.remove_channel("resize", T0);
 }
 
 /// One template queue file per backend and process, and a scratch copy to damage.

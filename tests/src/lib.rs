@@ -266,6 +266,19 @@ macro_rules! conformance_tests {
                 bad_keys_are_refused,
                 concurrent_claims_never_run_a_key_twice,
             ];
+            dependencies: [
+                a_task_waits_for_every_parent,
+                done_parents_hold_up_nothing,
+                a_group_and_its_final_task_go_in_one_call,
+                lost_parents_are_refused,
+                a_failed_parent_fails_its_dependents,
+                a_removed_parent_fails_its_dependents,
+                requeue_waits_for_the_parents,
+                a_waiting_task_holds_its_unique_key,
+                parents_ending_together_unblock_once,
+                a_fan_in_is_unblocked_by_its_last_parent,
+                children_enqueued_while_the_parent_ends_are_settled,
+            ];
             rates: [
                 a_rate_caps_the_starts_of_each_window,
                 bad_rates_are_refused_and_a_rate_outlives_its_tasks,

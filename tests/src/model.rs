@@ -40,6 +40,8 @@ pub enum Op {
         key: Option<u8>,
         /// A timeout in milliseconds, if set.
         timeout_ms: Option<u16>,
+        /// Parents: known tasks (each modulo their number; deleted and failed ones too).
+        after: Vec<usize>,
     },
     /// Claim up to `limit` tasks.
     Claim {
@@ -139,9 +141,9 @@ const RATE_WINDOW: Duration = Duration::from_millis(300);
 pub fn op() -> impl Strategy<Value = Op> {
     let channel = 0..CHANNELS.len();
     prop_oneof![
-        6 => (channel.clone(), 0u32..3, proptest::option::of(0u64..800), -1i32..2, proptest::option::of(0u8..3), proptest::option::of(0u8..3), proptest::option::of(1u16..))
-            .prop_map(|(channel, retries, delay_ms, priority, unique, key, timeout_ms)| Op::Enqueue {
-                channel, retries, delay_ms, priority, unique, key, timeout_ms
+        6 => (channel.clone(), 0u32..3, proptest::option::of(0u64..800), -1i32..2, proptest::option::of(0u8..3), proptest::option::of(0u8..3), proptest::option::of(1u16..), parents())
+            .prop_map(|(channel, retries, delay_ms, priority, unique, key, timeout_ms, after)| Op::Enqueue {
+                channel, retries, delay_ms, priority, unique, key, timeout_ms, after
             }),
         5 => (channel.clone(), 0usize..4).prop_map(|(channel, limit)| Op::Claim { channel, limit }),
         5 => (any::<usize>(), 0u8..5, 0u64..600).prop_map(|(pick, kind, wait_ms)| Op::Finish { pick, kind, wait_ms }),
@@ -163,6 +165,14 @@ pub fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The parents of an enqueued task: mostly none.
+fn parents() -> impl Strategy<Value = Vec<usize>> {
+    prop_oneof![
+        2 => Just(Vec::new()),
+        1 => proptest::collection::vec(any::<usize>(), 1..3),
+    ]
+}
+
 /// The reference model.
 #[derive(Debug, Default)]
 struct Model {
@@ -174,6 +184,12 @@ struct Model {
     windows: BTreeMap<&'static str, RateWindow>,
     /// The result each task that gave one succeeded with.
     results: BTreeMap<TaskId, Vec<u8>>,
+    /// Each task's parents, and whether each is done (kept when the parent is deleted).
+    parents: BTreeMap<TaskId, BTreeMap<TaskId, bool>>,
+    /// The errors a task failed by the last step's settling may name instead: when several
+    /// of its parents were lost in one step, a store that deletes in batches names the
+    /// first it deleted.
+    may_name: BTreeMap<TaskId, Vec<String>>,
 }
 
 impl Model {
@@ -196,7 +212,7 @@ impl Model {
                     any = true;
                     lease = lease.min(t.state.lease_until).or(t.state.lease_until);
                 }
-                Status::Done | Status::Failed => {}
+                Status::Done | Status::Failed | Status::Waiting => {}
             }
         }
         (any, lease)
@@ -227,6 +243,108 @@ impl Model {
         self.tasks
             .get(&claim.id)
             .is_some_and(|t| claim.holds(&t.state))
+    }
+
+    /// Deletes the tasks `doomed` picks, with their edges; fails the waiting children of
+    /// those deleted before they were done.
+    fn delete(&mut self, doomed: impl Fn(&Task) -> bool, now: Timestamp) -> usize {
+        let ids: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| doomed(t))
+            .map(|t| t.id)
+            .collect();
+        for id in &ids {
+            self.tasks.remove(id);
+            self.parents.remove(id);
+        }
+        self.settle(now);
+        ids.len()
+    }
+
+    /// The dependency rules, written plainly: every edge to a done parent is satisfied; a
+    /// waiting task with none unsatisfied is due; a waiting task with an unsatisfied parent
+    /// that failed or is gone fails naming the lowest such parent, in rounds (a task failed
+    /// in one round fails its own children in the next).
+    fn settle(&mut self, now: Timestamp) {
+        for (_, edges) in self.parents.iter_mut() {
+            for (parent, done) in edges.iter_mut() {
+                let status = self.tasks.get(parent).map(|t| t.state.status);
+                if status == Some(Status::Done) {
+                    *done = true;
+                }
+            }
+        }
+        loop {
+            let mut round = Vec::new();
+            for (child, edges) in &self.parents {
+                if self.tasks.get(child).map(|t| t.state.status) != Some(Status::Waiting) {
+                    continue;
+                }
+                let lost: Vec<(TaskId, bool)> = edges
+                    .iter()
+                    .filter(|(_, done)| !**done)
+                    .filter_map(|(p, _)| match self.tasks.get(p).map(|t| t.state.status) {
+                        None => Some((*p, true)),
+                        Some(Status::Failed) => Some((*p, false)),
+                        _ => None,
+                    })
+                    .collect();
+                if lost.len() > 1 {
+                    let names = lost
+                        .iter()
+                        .map(|(p, removed)| transition::parent_lost(*p, *removed));
+                    self.may_name.insert(*child, names.collect());
+                }
+                let event = match lost.first().copied() {
+                    Some((parent, removed)) => Event::ParentLost {
+                        now,
+                        parent,
+                        removed,
+                    },
+                    None if edges.values().all(|done| *done) => Event::Unblock { now },
+                    None => continue,
+                };
+                round.push((*child, event));
+            }
+            if round.is_empty() {
+                return;
+            }
+            for (child, event) in round {
+                self.event(child, &event);
+            }
+        }
+    }
+
+    /// Whether a failed task may be requeued, given the tasks requeued before it in the same
+    /// call, and whether it then waits (core's rule, written plainly).
+    fn requeue_waits(&self, id: TaskId, requeued: &[TaskId]) -> Option<bool> {
+        let mut waits = false;
+        for (parent, done) in self.parents.get(&id).into_iter().flatten() {
+            if *done {
+                continue;
+            }
+            match self.tasks.get(parent).map(|t| t.state.status) {
+                _ if requeued.contains(parent) => waits = true,
+                None | Some(Status::Failed) => return None,
+                _ => waits = true,
+            }
+        }
+        Some(waits)
+    }
+
+    /// Takes the store's choice of the parent to name, where the last step lost several
+    /// of a task's parents at once and the store named one of them.
+    fn reconcile(&mut self, store: &dyn Store) -> simplepyq_core::Result<()> {
+        for (id, names) in std::mem::take(&mut self.may_name) {
+            let error = store.get(id)?.and_then(|t| t.state.last_error);
+            if let (Some(task), Some(error)) = (self.tasks.get_mut(&id), error)
+                && names.contains(&error)
+            {
+                task.state.last_error = Some(error);
+            }
+        }
+        Ok(())
     }
 
     fn event(&mut self, id: TaskId, event: &Event) {
@@ -357,6 +475,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 unique,
                 key,
                 timeout_ms,
+                after,
             } => {
                 let ch = CHANNELS[*channel];
                 let mut new = NewTask::new(ch, vec![*channel as u8])
@@ -374,23 +493,53 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                 if let Some(ms) = timeout_ms {
                     new = new.timeout(Duration::from_millis(u64::from(*ms)));
                 }
-                let id = store
-                    .enqueue_one(new.clone(), now)
-                    .map_err(|e| fail(&at(&e.to_string())))?;
-                match new
+                let parents: BTreeMap<TaskId, Option<Status>> = match model.last_id {
+                    Some(last) => after
+                        .iter()
+                        .map(|p| TaskId::new(1 + (*p as i64).rem_euclid(last.get())))
+                        .map(|p| (p, model.tasks.get(&p).map(|t| t.state.status)))
+                        .collect(),
+                    None => BTreeMap::new(),
+                };
+                new = new.after(parents.keys().copied());
+                let got = store.enqueue_one(new.clone(), now);
+                let held = new
                     .unique_key
                     .as_deref()
-                    .and_then(|k| model.unfinished_with_key(ch, k))
-                {
-                    Some(existing) => prop_assert_eq!(id, existing, "{}", at("unique key")),
+                    .and_then(|k| model.unfinished_with_key(ch, k));
+                let lost = parents
+                    .values()
+                    .any(|s| matches!(s, None | Some(Status::Failed)));
+                match held {
+                    Some(existing) => {
+                        prop_assert_eq!(got.ok(), Some(existing), "{}", at("unique key"));
+                    }
+                    None if lost => prop_assert!(
+                        matches!(got, Err(Error::InvalidConfig(_))),
+                        "{} a parent failed or gone: {:?}",
+                        at("enqueue refused"),
+                        got
+                    ),
                     None => {
+                        let id = got.map_err(|e| fail(&at(&e.to_string())))?;
                         prop_assert!(
                             model.last_id.is_none_or(|last| id > last),
                             "{}",
                             at("id not fresh")
                         );
                         model.last_id = Some(id);
-                        model.tasks.insert(id, new.to_task(id, now));
+                        let mut task = new.to_task(id, now);
+                        let edges: BTreeMap<TaskId, bool> = parents
+                            .iter()
+                            .map(|(p, s)| (*p, *s == Some(Status::Done)))
+                            .collect();
+                        if edges.values().any(|done| !done) {
+                            task.state.status = Status::Waiting;
+                        }
+                        if !edges.is_empty() {
+                            model.parents.insert(id, edges);
+                        }
+                        model.tasks.insert(id, task);
                     }
                 }
             }
@@ -433,6 +582,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     }
                     model.event(claim.id, &Event::Finish { now, outcome });
                     let expected = model.tasks[&claim.id].state.status;
+                    model.settle(now);
                     prop_assert_eq!(got.ok(), Some(expected), "{}", at("finish"));
                 } else {
                     prop_assert!(
@@ -489,7 +639,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     })
                     .map(|t| t.id)
                     .collect();
-                let mut requeued = 0;
+                let mut requeued = Vec::new();
                 for id in failed {
                     let t = &model.tasks[&id];
                     let taken = t
@@ -497,39 +647,44 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                         .as_deref()
                         .and_then(|k| model.unfinished_with_key(&t.channel, k))
                         .is_some();
-                    if !taken {
+                    let waiting = model.requeue_waits(id, &requeued);
+                    if let (false, Some(waiting)) = (taken, waiting) {
                         let retries = *retries;
-                        model.event(id, &Event::Requeue { now, retries });
-                        requeued += 1;
+                        let event = Event::Requeue {
+                            now,
+                            retries,
+                            waiting,
+                        };
+                        model.event(id, &event);
+                        requeued.push(id);
                     }
                 }
-                prop_assert_eq!(n, requeued, "{}", at("requeued"));
+                prop_assert_eq!(n, requeued.len(), "{}", at("requeued"));
             }
             Op::ClearFailed { channel } => {
                 let ch = channel.map(|c| CHANNELS[c]);
                 let n = store
                     .clear_failed(ch)
                     .map_err(|e| fail(&at(&e.to_string())))?;
-                let before = model.tasks.len();
-                model.tasks.retain(|_, t| {
-                    !(t.state.status == Status::Failed && ch.is_none_or(|c| c == t.channel))
-                });
-                prop_assert_eq!(n, before - model.tasks.len(), "{}", at("cleared"));
+                let cleared = model.delete(
+                    |t| t.state.status == Status::Failed && ch.is_none_or(|c| c == t.channel),
+                    now,
+                );
+                prop_assert_eq!(n, cleared, "{}", at("cleared"));
             }
             Op::RemoveChannel { channel } => {
                 let ch = CHANNELS[*channel];
                 let n = store
-                    .remove_channel(ch)
+                    .remove_channel(ch, now)
                     .map_err(|e| fail(&at(&e.to_string())))?;
-                let before = model.tasks.len();
-                model.tasks.retain(|_, t| t.channel != ch);
-                prop_assert_eq!(n, before - model.tasks.len(), "{}", at("removed"));
+                let removed = model.delete(|t| t.channel == ch, now);
+                prop_assert_eq!(n, removed, "{}", at("removed"));
             }
             Op::Cancel { pick } => {
                 let Some(last) = model.last_id else { continue };
                 // Any id up to the last, so that deleted and unknown ones are tried too.
                 let id = TaskId::new(1 + (*pick as i64).rem_euclid(last.get()));
-                let got = store.cancel(id);
+                let got = store.cancel(id, now);
                 match model.tasks.get(&id).map(|t| transition::cancel(&t.state)) {
                     None => prop_assert!(
                         matches!(got, Err(Error::NotFound(_))),
@@ -538,7 +693,7 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     ),
                     Some(Ok(())) => {
                         prop_assert!(got.is_ok(), "{}", at("cancel queued"));
-                        model.tasks.remove(&id);
+                        model.delete(|t| t.id == id, now);
                     }
                     Some(Err(_)) => prop_assert!(
                         matches!(got, Err(Error::InvalidTransition { .. })),
@@ -591,15 +746,20 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     (Status::Done, store.purge_done(ch, now))
                 };
                 let n = n.map_err(|e| fail(&at(&e.to_string())))?;
-                let before = model.tasks.len();
-                model.tasks.retain(|_, t| {
-                    !(t.state.status == status
-                        && t.state.updated_at < now
-                        && ch.is_none_or(|c| t.channel == c))
-                });
-                prop_assert_eq!(n, before - model.tasks.len(), "{}", at("purged"));
+                let purged = model.delete(
+                    |t| {
+                        t.state.status == status
+                            && t.state.updated_at < now
+                            && ch.is_none_or(|c| t.channel == c)
+                    },
+                    now,
+                );
+                prop_assert_eq!(n, purged, "{}", at("purged"));
             }
         }
+        model
+            .reconcile(store)
+            .map_err(|e| fail(&at(&e.to_string())))?;
         agree(store, &model, &at("state"))?;
     }
     Ok(())
@@ -646,6 +806,13 @@ fn agree(store: &dyn Store, model: &Model, at: &str) -> Result<(), TestCaseError
             .get(&task.id)
             .filter(|_| task.state.status == Status::Done);
         prop_assert_eq!(result.as_ref(), kept, "{} result of {}", at, task.id);
+        let parents = store.parents(task.id).map_err(|e| fail(&e.to_string()))?;
+        let expected: Vec<TaskId> = model
+            .parents
+            .get(&task.id)
+            .map(|edges| edges.keys().copied().collect())
+            .unwrap_or_default();
+        prop_assert_eq!(parents, expected, "{} parents of {}", at, task.id);
     }
     Ok(())
 }

@@ -790,7 +790,11 @@ fn bulk_calls_change_a_batch_per_statement() {
     // Removal goes a range of 50,000 ids at a time.
     let wide = 2 * 50_000 + 11;
     fill(&mut client, "done", wide);
-    assert_eq!(s.remove_channel("many").expect("remove"), wide as usize);
+    assert_eq!(
+        s.remove_channel("many", Timestamp::from_millis(0))
+            .expect("remove"),
+        wide as usize
+    );
     let (most, all) = largest(&mut client);
     assert!(
         most <= 50_000 && all == wide,

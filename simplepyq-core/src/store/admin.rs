@@ -17,7 +17,9 @@ pub trait AdminStore: Send + Sync + Debug + 'static {
     /// # Contract
     /// Tasks go in id order. A failed task whose unique key an unfinished task of its
     /// channel holds (enqueued after it failed, or requeued just before it) stays failed:
-    /// at most one unfinished task has a key.
+    /// at most one unfinished task has a key. A task that waits for a parent that is still
+    /// failed or was deleted stays failed; one whose parents are not all done waits again
+    /// ([`crate::batch::requeue`]).
     fn requeue_failed(
         &self,
         channel: Option<&str>,
@@ -26,7 +28,11 @@ pub trait AdminStore: Send + Sync + Debug + 'static {
     ) -> Result<usize>;
 
     /// Deletes every task of `channel`, whatever its status; returns how many.
-    fn remove_channel(&self, channel: &str) -> Result<usize>;
+    ///
+    /// # Contract
+    /// A waiting task of another channel whose parent is deleted before it was done fails
+    /// at `now`, naming it ([`crate::dependency`]), and so do its own waiting children.
+    fn remove_channel(&self, channel: &str, now: Timestamp) -> Result<usize>;
 
     /// Deletes done tasks of `channel` (or every channel) that finished before `before`;
     /// returns how many. A transaction per [`AdminStore::purge_batch`].
@@ -54,20 +60,21 @@ pub trait AdminStore: Send + Sync + Debug + 'static {
         before: Timestamp,
     ) -> Result<usize>;
 
-    /// Deletes a pending or delayed task before it runs.
+    /// Deletes a pending, delayed or waiting task before it runs.
     ///
     /// # Contract
     /// [`crate::Error::NotFound`] if there is no such task; [`crate::Error::InvalidTransition`]
-    /// if it is running, done or failed (and it stays as it is).
-    fn cancel(&self, id: TaskId) -> Result<()>;
+    /// if it is running, done or failed (and it stays as it is). Its waiting children fail
+    /// at `now`, naming it, and so do theirs.
+    fn cancel(&self, id: TaskId, now: Timestamp) -> Result<()>;
 }
 
 forward!(AdminStore {
     fn clear_failed(&self, channel: Option<&str>) -> Result<usize>;
     fn requeue_failed(&self, channel: Option<&str>, retries: Option<u32>, now: Timestamp) -> Result<usize>;
-    fn remove_channel(&self, channel: &str) -> Result<usize>;
+    fn remove_channel(&self, channel: &str, now: Timestamp) -> Result<usize>;
     fn purge_done(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
     fn purge_failed(&self, channel: Option<&str>, before: Timestamp) -> Result<usize>;
     fn purge_batch(&self, status: Status, channel: Option<&str>, before: Timestamp) -> Result<usize>;
-    fn cancel(&self, id: TaskId) -> Result<()>;
+    fn cancel(&self, id: TaskId, now: Timestamp) -> Result<()>;
 });

@@ -22,6 +22,11 @@ pub trait InspectStore: Send + Sync + Debug + 'static {
     /// if the task exists, is done and has one.
     fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>>;
 
+    /// The parents task `id` was enqueued to wait for ([`crate::NewTask::after`]), in id
+    /// order; none for a task without parents or that does not exist. A parent deleted
+    /// since (purged after it was done, say) is still named.
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>>;
+
     /// A page of tasks in id order.
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
 
@@ -74,6 +79,7 @@ forward!(InspectStore {
     fn counts(&self, channel: Option<&str>) -> Result<Counts>;
     fn get(&self, id: TaskId) -> Result<Option<Task>>;
     fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>>;
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>>;
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
     fn finished(&self, channel: Option<&str>, since: Timestamp, width: Duration) -> Result<Vec<Finished>>;
     fn totals(&self) -> Result<BTreeMap<String, Totals>>;

@@ -65,10 +65,10 @@ pub fn bulk_calls_reach_every_task_across_batches(s: &dyn Store) {
     assert_eq!(s.clear_failed(None).expect("clear"), 1);
     let c = s.counts(Some("bulk")).expect("counts");
     assert_eq!((c.pending, c.failed), (n - 1, 0), "{c:?}");
-    assert_eq!(s.remove_channel("bulk").expect("remove"), n - 1);
+    assert_eq!(s.remove_channel("bulk", T0).expect("remove"), n - 1);
     make_many(s, "bulk", n, &permanent);
     assert_eq!(s.requeue_failed(None, Some(1), at(2)).expect("requeue"), n);
-    assert_eq!(s.remove_channel("bulk").expect("remove"), n);
+    assert_eq!(s.remove_channel("bulk", T0).expect("remove"), n);
     make_many(s, "done", n, &Outcome::Succeeded);
     make_many(s, "failed", 3, &permanent);
     assert_eq!(s.purge_done(None, at(1)).expect("purge"), n);
@@ -115,7 +115,7 @@ pub fn remove_channel_deletes_every_status(s: &dyn Store) {
     let kept = add(s, task("b"));
     let r = claim_one(s, "a", T0);
     assert_eq!(r.id, running);
-    assert_eq!(s.remove_channel("a").expect("remove"), 5);
+    assert_eq!(s.remove_channel("a", T0).expect("remove"), 5);
     assert_eq!(s.counts(Some("a")).expect("counts").total(), 0);
     assert_eq!(s.next_wakeup("a").expect("wakeup"), None);
     assert!(matches!(
@@ -123,7 +123,7 @@ pub fn remove_channel_deletes_every_status(s: &dyn Store) {
         Err(Error::LeaseLost { .. })
     ));
     assert_eq!(status(s, kept), Status::Pending);
-    assert_eq!(s.remove_channel("a").expect("remove"), 0);
+    assert_eq!(s.remove_channel("a", T0).expect("remove"), 0);
 }
 
 /// purge_done deletes done tasks finished before the cut-off only.
@@ -190,7 +190,7 @@ pub fn requeue_keeps_unique_keys_unique(s: &dyn Store) {
     assert_ne!(holder, failed);
     assert_eq!(s.requeue_failed(None, None, T0).expect("requeue"), 0);
     assert_eq!(status(s, failed), Status::Failed);
-    s.cancel(holder).expect("cancel");
+    s.cancel(holder, T0).expect("cancel");
     let second = make_failed_with(s, task("c").unique_key("k"));
     assert_eq!(s.requeue_failed(Some("c"), None, T0).expect("requeue"), 1);
     assert_eq!(
@@ -205,17 +205,17 @@ pub fn cancel_deletes_queued_tasks_only(s: &dyn Store) {
     let pending = add(s, task("c"));
     let delayed = add(s, task("c").run_at(at(1_000)));
     let running = add(s, task("c"));
-    s.cancel(pending).expect("cancel pending");
-    s.cancel(delayed).expect("cancel delayed");
+    s.cancel(pending, T0).expect("cancel pending");
+    s.cancel(delayed, T0).expect("cancel delayed");
     assert_eq!(s.get(pending).expect("get"), None);
     let t = claim_one(s, "c", T0);
     assert_eq!(t.id, running);
-    let err = s.cancel(running).expect_err("running");
+    let err = s.cancel(running, T0).expect_err("running");
     assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
     s.complete(t.claim(), T0).expect("complete");
-    let err = s.cancel(running).expect_err("done");
+    let err = s.cancel(running, T0).expect_err("done");
     assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
-    let err = s.cancel(delayed).expect_err("gone");
+    let err = s.cancel(delayed, T0).expect_err("gone");
     assert!(matches!(err, Error::NotFound(_)), "{err}");
     let c = s.counts(None).expect("counts");
     assert_eq!((c.done, c.total()), (1, 1));

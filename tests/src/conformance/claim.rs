@@ -298,7 +298,7 @@ pub fn unique_keys_deduplicate_unfinished_tasks(s: &dyn Store) {
     s.complete(t.claim(), T0).expect("complete");
     let again = add(s, task("c").unique_key("k"));
     assert_ne!(again, first, "a done task frees its key");
-    s.cancel(again).expect("cancel");
+    s.cancel(again, T0).expect("cancel");
     let third = add(s, task("c").unique_key("k"));
     assert_ne!(third, again, "a cancelled task frees its key");
     assert_eq!(

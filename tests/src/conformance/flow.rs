@@ -86,7 +86,7 @@ pub fn running_tasks_of_a_paused_channel_go_on(s: &dyn Store) {
 pub fn a_pause_is_a_setting_of_its_own(s: &dyn Store) {
     add(s, task("a"));
     s.set_paused("a", true).expect("pause");
-    assert_eq!(s.remove_channel("a").expect("remove"), 1);
+    assert_eq!(s.remove_channel("a", T0).expect("remove"), 1);
     assert!(s.flows().expect("flows")["a"].paused);
     let err = s.set_paused("", true).expect_err("an empty name");
     assert!(matches!(err, Error::InvalidChannel { .. }), "{err}");

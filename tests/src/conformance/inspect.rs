@@ -19,7 +19,7 @@ pub fn channels_lists_channels_with_tasks(s: &dyn Store) {
     make_failed(s, "c", 0);
     add(s, task("a"));
     assert_eq!(s.channels().expect("channels"), vec!["a", "b", "c"]);
-    s.remove_channel("b").expect("remove");
+    s.remove_channel("b", T0).expect("remove");
     s.clear_failed(Some("c")).expect("clear");
     assert_eq!(s.channels().expect("channels"), vec!["a"]);
     // A channel is listed whatever the status of its tasks: one of each status apiece,
@@ -223,6 +223,6 @@ pub fn totals_count_each_run_once(s: &dyn Store) {
     assert_eq!(s.requeue_failed(Some("a"), None, now).expect("requeue"), 1);
     assert_eq!(s.clear_failed(None).expect("clear"), 1);
     assert_eq!(s.purge_done(None, at(1_000_000)).expect("purge"), 2);
-    assert!(s.remove_channel("a").expect("remove") > 0);
+    assert!(s.remove_channel("a", T0).expect("remove") > 0);
     assert_eq!(totals(s), expected, "totals only grow");
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod claim;
+pub mod dependencies;
 pub mod flow;
 pub mod inspect;
 pub mod keys;

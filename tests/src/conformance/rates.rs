@@ -79,7 +79,7 @@ pub fn bad_rates_are_refused_and_a_rate_outlives_its_tasks(s: &dyn Store) {
     assert!(s.flows().expect("flows").is_empty());
     add(s, task("a"));
     s.set_rate("a", Some(per_second(1))).expect("rate");
-    assert_eq!(s.remove_channel("a").expect("remove"), 1);
+    assert_eq!(s.remove_channel("a", T0).expect("remove"), 1);
     assert_eq!(s.flows().expect("flows")["a"].rate, Some(per_second(1)));
     // A used-up window with nothing queued: nothing to wake up for.
     add(s, task("c"));

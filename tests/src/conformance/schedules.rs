@@ -42,7 +42,7 @@ pub fn schedule_firings_move_forward(s: &dyn Store) {
     assert!(matches!(err, Error::InvalidChannel { .. }), "{err}");
     assert_eq!(s.last_fired("tick").expect("last fired"), Some(t1));
     // The record outlives the channel's tasks.
-    assert_eq!(s.remove_channel("a").expect("remove"), 1);
+    assert_eq!(s.remove_channel("a", T0).expect("remove"), 1);
     assert_eq!(s.last_fired("tick").expect("last fired"), Some(t1));
     // A unique key an unfinished task holds: its holder's id, the firing recorded.
     let holder = add(s, task("a").unique_key("one-at-a-time"));
