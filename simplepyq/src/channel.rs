@@ -67,6 +67,35 @@ where
     Ok(ids)
 }
 
+/// Enqueues a group of tasks of `channel` and a final task of `then` that waits for all of
+/// them, in one transaction; wakes both channels' idle workers.
+pub(crate) fn enqueue_group<'a, S, T, I, F>(
+    engine: &Engine<S>,
+    (channel, args, options): (&str, I, &EnqueueOptions),
+    (then, then_args, then_options): (&str, &F, &EnqueueOptions),
+) -> Result<(Vec<TaskId>, TaskId)>
+where
+    S: Store,
+    T: Serialize + ?Sized + 'a,
+    I: IntoIterator<Item = &'a T>,
+    F: Serialize + ?Sized,
+{
+    let now = engine.now();
+    let mut tasks = tasks(channel, args, options, now)?;
+    let mut last = then_options.task(then, encode(then_args)?, now);
+    for position in 0..tasks.len() {
+        last = last.after_earlier(position);
+    }
+    tasks.push(last);
+    let mut ids = engine.store.enqueue(&tasks, now)?;
+    engine.wake(channel, true);
+    engine.wake(then, false);
+    let last = ids
+        .pop()
+        .ok_or_else(|| Error::config("the store gave no id for the final task"))?;
+    Ok((ids, last))
+}
+
 /// A channel whose tasks take arguments of type `A`: the compiler checks what is enqueued.
 ///
 /// [`crate::SimplePyQ::add_channel`] and its variants give one back; a producer without the

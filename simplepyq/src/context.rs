@@ -3,15 +3,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use simplepyq_core::{Task, TaskId};
+use serde::de::DeserializeOwned;
+use simplepyq_core::{Error, Task, TaskId};
 
 use crate::handler::TaskError;
+use crate::reads::Reads;
+use crate::waiting::decode_result;
 
 /// Why a running task was asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +104,7 @@ impl CancelToken {
 /// }, 1)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TaskContext {
     id: TaskId,
     channel: Arc<str>,
@@ -111,19 +114,87 @@ pub struct TaskContext {
     cancel: CancelToken,
     /// The queue running the task (an engine's id).
     queue: u64,
+    /// The queue's store, to read the task's parents with.
+    reads: Weak<dyn Reads>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.id)
+            .field("channel", &self.channel)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskContext {
-    pub(crate) fn new(task: &Task, channel: Arc<str>, cancel: CancelToken, queue: u64) -> Self {
+    /// The context of `task`'s run, in channel `channel` of queue `queue` (an engine's id),
+    /// whose store `reads` reads.
+    pub(crate) fn new(
+        task: &Task,
+        channel: &Arc<str>,
+        cancel: CancelToken,
+        queue: u64,
+        reads: Weak<dyn Reads>,
+    ) -> Self {
         TaskContext {
             id: task.id,
-            channel,
+            channel: Arc::clone(channel),
             attempt: task.state.attempts,
             retries_left: task.state.retries_left,
             enqueued_ms: task.created_at.as_millis(),
             cancel,
             queue,
+            reads,
         }
+    }
+
+    /// The tasks this task waited for ([`crate::EnqueueOptions::after`]), in id order;
+    /// none for a task enqueued without. Read from the store at each call.
+    ///
+    /// Errors: the store's, or [`Error::Stopped`] once the queue is dropped.
+    pub fn parents(&self) -> Result<Vec<TaskId>, Error> {
+        self.reads()?.parents(self.id)
+    }
+
+    /// The result each parent gave ([`TaskContext::set_result`]), decoded as `T`, in id
+    /// order: `None` for a parent that gave none, or was deleted since it was done (its
+    /// retention passed). A fan-in reads what its group made:
+    ///
+    /// ```
+    /// use simplepyq::{EnqueueOptions, SimplePyQ, TaskContext};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = SimplePyQ::open(dir.path().join("q.db"))?;
+    /// q.add_channel("count", |word: String, ctx: &TaskContext| {
+    ///     ctx.set_result(&word.len())?;
+    ///     Ok(())
+    /// }, 2)?;
+    /// q.add_channel("total", |(): (), ctx: &TaskContext| {
+    ///     let total: usize = ctx.parent_results::<usize>()?.into_iter().flat_map(|(_, n)| n).sum();
+    ///     ctx.set_result(&total)?;
+    ///     Ok(())
+    /// }, 1)?;
+    /// let (_, total) = q.enqueue_group("count", &["a", "bb", "ccc"], EnqueueOptions::new(),
+    ///                                  "total", &(), EnqueueOptions::new())?;
+    /// q.run_until_complete()?;
+    /// assert_eq!(q.result::<usize>(total)?, Some(6));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Errors: as [`TaskContext::parents`], and [`Error::Codec`] for a result that does not
+    /// decode as `T`.
+    pub fn parent_results<T: DeserializeOwned>(&self) -> Result<Vec<(TaskId, Option<T>)>, Error> {
+        let reads = self.reads()?;
+        reads
+            .parents(self.id)?
+            .into_iter()
+            .map(|p| Ok((p, decode_result(p, reads.result(p)?)?)))
+            .collect()
+    }
+
+    fn reads(&self) -> Result<Arc<dyn Reads>, Error> {
+        self.reads.upgrade().ok_or(Error::Stopped)
     }
 
     /// The claim of the run this context is for.

@@ -4,16 +4,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::sync::Mutex;
-use simplepyq_core::{Claim, Clock, Error, Flow, Result, Timestamp};
+use simplepyq_core::{Claim, Clock, Error, Flow, Result, Store, TaskId, Timestamp};
 
 use crate::dispatch::Dispatch;
 use crate::held::Held;
 use crate::outcomes::Outcomes;
+use crate::reads::Reads;
 use crate::report::{self, Hook, QueueStats};
 use crate::schedules::Schedules;
 use crate::signal::StopSignal;
@@ -48,6 +49,35 @@ pub(crate) struct Engine<S> {
     limited: Mutex<HashSet<String>>,
     /// How long each channel's finished tasks are kept (the pruner thread reads it).
     pub(crate) kept: crate::retention::Kept,
+    /// This engine, for the handlers' contexts to read parents and their results with
+    /// (set once it is shared).
+    reads: std::sync::OnceLock<Weak<dyn Reads>>,
+}
+
+impl<S: Store> Engine<S> {
+    /// Shares `engine` with its handlers' contexts (once it is in an `Arc`).
+    pub(crate) fn share(engine: &Arc<Engine<S>>) {
+        let weak: Weak<dyn Reads> = Arc::downgrade(engine) as Weak<dyn Reads>;
+        let _ = engine.reads.set(weak);
+    }
+
+    /// What a handler's context reads the store through.
+    pub(crate) fn reads(&self) -> Weak<dyn Reads> {
+        self.reads
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Weak::<Engine<S>>::new() as Weak<dyn Reads>)
+    }
+}
+
+impl<S: Store> Reads for Engine<S> {
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.store.parents(id)
+    }
+
+    fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
+        self.store.result(id)
+    }
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Engine<S> {
@@ -93,6 +123,7 @@ impl<S> Engine<S> {
             schedules: Schedules::default(),
             limited: Mutex::new(HashSet::new()),
             kept: crate::retention::Kept::new(settings.retention),
+            reads: std::sync::OnceLock::new(),
         }
     }
 

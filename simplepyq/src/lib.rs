@@ -116,6 +116,7 @@ mod outcomes;
 mod periodic;
 mod pruner;
 mod queue;
+mod reads;
 mod recorder;
 mod report;
 mod retention;

@@ -3,12 +3,12 @@
 use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use simplepyq_core::{NewTask, Timestamp};
+use simplepyq_core::{NewTask, TaskId, Timestamp};
 
 use crate::retention::Retention;
 
 /// Options of an enqueued task: retries, when it runs, its priority, a unique key, a
-/// concurrency key.
+/// concurrency key, the tasks it waits for.
 ///
 /// ```
 /// use std::time::Duration;
@@ -40,6 +40,8 @@ pub struct EnqueueOptions {
     pub concurrency_key: Option<String>,
     /// How long one run of the task may last, before its channel's timeout.
     pub timeout: Option<Duration>,
+    /// The tasks that must be done before this one is due.
+    pub after: Vec<TaskId>,
 }
 
 /// When an enqueued task becomes due.
@@ -108,11 +110,24 @@ impl EnqueueOptions {
         self
     }
 
+    /// Makes the task wait for `parents`: it is due once every one of them is done (then
+    /// its [`TaskContext::parent_results`](crate::TaskContext::parent_results) reads what
+    /// they gave), and fails if one of them fails for good, is cancelled or removed, naming
+    /// it. Meanwhile it is waiting ([`Status::Waiting`](crate::Status::Waiting)). A parent
+    /// must be in the store, not failed
+    /// ([`Error::InvalidConfig`](crate::Error::InvalidConfig) at the enqueue otherwise):
+    /// tasks wait only for tasks enqueued before them, so there are no cycles.
+    pub fn after(mut self, parents: impl IntoIterator<Item = TaskId>) -> Self {
+        self.after.extend(parents);
+        self
+    }
+
     /// The task to store, enqueued at `now`.
     pub(crate) fn task(&self, channel: &str, args: Vec<u8>, now: Timestamp) -> NewTask {
         let mut task = NewTask::new(channel, args)
             .retries(self.retries)
-            .priority(self.priority);
+            .priority(self.priority)
+            .after(self.after.iter().copied());
         task.unique_key.clone_from(&self.unique);
         task.concurrency_key.clone_from(&self.concurrency_key);
         task.timeout = self.timeout;

@@ -476,6 +476,33 @@ impl<S: Store> SimplePyQ<S> {
         channel::enqueue_many(&self.workers.engine, channel, args, &options)
     }
 
+    /// Enqueues a group: tasks of `channel` with `args` (each with `options`), and a final
+    /// task of `then` with `then_args` (and `then_options`) that waits for every one of
+    /// them ([`EnqueueOptions::after`]), all in one transaction; returns the group's ids and
+    /// the final task's. The final task reads what the group gave with
+    /// [`TaskContext::parent_results`], and fails if one of them fails for good. (A group
+    /// may be empty: the final task is then due at once.)
+    pub fn enqueue_group<'a, T, I, F>(
+        &self,
+        channel: &str,
+        args: I,
+        options: EnqueueOptions,
+        then: &str,
+        then_args: &F,
+        then_options: EnqueueOptions,
+    ) -> Result<(Vec<TaskId>, TaskId)>
+    where
+        T: Serialize + ?Sized + 'a,
+        I: IntoIterator<Item = &'a T>,
+        F: Serialize + ?Sized,
+    {
+        channel::enqueue_group(
+            &self.workers.engine,
+            (channel, args, &options),
+            (then, then_args, &then_options),
+        )
+    }
+
     /// Fires `schedule` into `channel` with `args`: a periodic task. Each fire time is
     /// enqueued once, however many queues and processes sharing the store run the same
     /// schedule (by `name`), and the firing is recorded in the store, so that a restart

@@ -105,7 +105,13 @@ fn spawn<S: Store>(
     let Started { task, cancel } = started;
     let claim = task.claim();
     report::trace_claim(task.id, &channel.name, task.state.attempts);
-    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
+    let ctx = TaskContext::new(
+        &task,
+        &channel.name,
+        cancel.clone(),
+        engine.id,
+        engine.reads(),
+    );
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
     let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine

@@ -1,7 +1,6 @@
 //! The worker threads of a channel: claim, run, hand the outcome to the recorder.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::time::Instant;
 
 use simplepyq_core::{Claim, Store};
@@ -98,7 +97,13 @@ fn run<S: Store>(
         claim: Some(claim),
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
-    let ctx = TaskContext::new(&task, Arc::clone(&channel.name), cancel.clone(), engine.id);
+    let ctx = TaskContext::new(
+        &task,
+        &channel.name,
+        cancel.clone(),
+        engine.id,
+        engine.reads(),
+    );
     let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine
             .deadlines

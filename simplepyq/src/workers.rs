@@ -117,8 +117,10 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Workers<S> {
 
 impl<S: Store> Workers<S> {
     pub(crate) fn new(engine: Engine<S>) -> Self {
+        let engine = Arc::new(engine);
+        Engine::share(&engine);
         Workers {
-            engine: Arc::new(engine),
+            engine,
             registry: Mutex::new(Registry::default()),
             stopped: Condvar::new(),
         }

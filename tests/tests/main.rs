@@ -2,6 +2,7 @@
 //! and the durability tests with real processes.
 
 mod damage;
+mod dependencies;
 mod flow;
 mod fuzz_corpus;
 mod handlers;
