@@ -571,8 +571,9 @@ impl<S: Store> Workers<S> {
         self.registry.lock().channels.contains_key(channel)
     }
 
-    /// Whether none of `channels` has a pending, delayed or running task. A paused
-    /// channel's queued tasks are work left too: the run waits for its resume.
+    /// Whether none of `channels` has a pending, delayed, running or waiting task. A paused
+    /// channel's queued tasks are work left too: the run waits for its resume; and so are
+    /// tasks waiting for parents (of other channels, or other queues' work).
     fn idle(&self, channels: &[String]) -> Result<bool> {
         for ch in channels {
             if self.engine.store.next_wakeup(ch)?.is_some() {
@@ -584,8 +585,11 @@ impl<S: Store> Workers<S> {
         // resume in between shows there.
         let flows = self.engine.store.flows()?;
         for ch in channels {
+            let c = self.engine.store.counts(Some(ch))?;
+            if c.waiting > 0 {
+                return Ok(false);
+            }
             if flows.get(ch).is_some_and(|f| f.paused) {
-                let c = self.engine.store.counts(Some(ch))?;
                 if c.pending + c.delayed > 0 {
                     return Ok(false);
                 }

@@ -1,16 +1,22 @@
 //! Tasks that wait for others, through the queue: chains and fan-ins run in order, each
 //! step woken by its parent's outcome (not by a poll), a fan-in reads its group's results,
-//! and a failed parent fails what waits for it, on every backend.
+//! and a failed parent fails what waits for it, on every backend; and a diamond of 1,002
+//! tasks across worker processes SIGKILLed meanwhile.
 
+use std::collections::HashMap;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use simplepyq::{
-    EnqueueOptions, MemoryStore, RedbStore, SimplePyQ, SqliteStore, Status, Store, TaskContext,
-    TaskEnd, TaskError,
+    Clock, EnqueueOptions, MemoryStore, RedbStore, SimplePyQ, SqliteStore, Status, Store,
+    SystemClock, TaskContext, TaskEnd, TaskError,
 };
+use simplepyq_core::{NewTask, StoreExt};
 use simplepyq_tests::postgres::{fresh_schema, options, server};
+
+use crate::processes::{Backend, WORKER, spawn_worker_with, timed_runs, wait_ok};
 
 /// Polls once a minute: whatever runs sooner was woken.
 const NO_POLL: Duration = Duration::from_secs(60);
@@ -174,4 +180,116 @@ fn a_failed_parent_fails_what_waits_for_it() {
         assert_eq!(*ran.lock(), [0, 1], "{backend}: the third never ran");
         assert_eq!(q.counts(None).expect("counts").failed, 2, "{backend}");
     });
+}
+
+/// Three worker processes (4 workers each, leases of 1 s, `retries = 0`) run a diamond of
+/// 1,002 tasks of 5 ms (a root, 1,000 tasks after it, a final task after all of them) and
+/// a failing task with a child, while the oldest process is SIGKILLed twice: every task of
+/// the diamond ends done, each after its parents (its last start after each parent's last
+/// start and run), none failed; the failing task's child never runs and fails naming it.
+fn a_diamond_holds_through_kills(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
+    let (middle, sleep_ms) = (1_000u32, 5i64);
+    let admin = backend.open(&db);
+    let now = SystemClock.now();
+    let root = admin
+        .enqueue_one(NewTask::new("work", encode(0)), now)
+        .expect("enqueue");
+    let fan_out: Vec<NewTask> = (1..=middle)
+        .map(|n| NewTask::new("work", encode(n)).after([root]))
+        .collect();
+    let middles = admin.enqueue(&fan_out, now).expect("enqueue");
+    let last = admin
+        .enqueue_one(
+            NewTask::new("work", encode(middle + 1)).after(middles.iter().copied()),
+            now,
+        )
+        .expect("enqueue");
+    let (doomed, orphan) = (middle + 2, middle + 3);
+    let failing = admin
+        .enqueue_one(NewTask::new("work", encode(doomed)), now)
+        .expect("enqueue");
+    let child = admin
+        .enqueue_one(NewTask::new("work", encode(orphan)).after([failing]), now)
+        .expect("enqueue");
+    let spawn = || {
+        let mut command = Command::new(WORKER);
+        command.env("SIMPLEPYQ_TEST_FAIL", doomed.to_string());
+        spawn_worker_with(command, backend, &db, &log, 4, sleep_ms as u64, 1_000)
+    };
+    let mut children: Vec<Child> = (0..3).map(|_| spawn()).collect();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        let mut victim = children.remove(0);
+        victim.kill().expect("SIGKILL");
+        victim.wait().expect("reap");
+        children.push(spawn());
+    }
+    for c in children {
+        wait_ok(c);
+    }
+    let runs = timed_runs(&log);
+    let mut last_start: HashMap<u32, i64> = HashMap::new();
+    for (_, n, ms) in &runs {
+        let at = last_start.entry(*n).or_insert(*ms);
+        *at = (*at).max(*ms);
+    }
+    let first_start = |n: u32| {
+        runs.iter()
+            .filter(|(_, m, _)| *m == n)
+            .map(|(_, _, ms)| *ms)
+            .min()
+            .expect("ran")
+    };
+    for n in 1..=middle {
+        assert!(
+            first_start(n) >= last_start[&0] + sleep_ms,
+            "task {n} started before the root was done"
+        );
+    }
+    let latest_middle = (1..=middle).map(|n| last_start[&n]).max().expect("ran");
+    assert!(
+        first_start(middle + 1) >= latest_middle + sleep_ms,
+        "the final task started before its last parent was done"
+    );
+    assert!(
+        !last_start.contains_key(&orphan),
+        "the failed task's child ran"
+    );
+    let c = admin.counts(None).expect("counts");
+    assert_eq!(
+        (c.done, c.failed, c.total()),
+        (middle as usize + 2, 2, middle as usize + 4),
+        "{c:?}"
+    );
+    let orphaned = admin.get(child).expect("get").expect("kept");
+    assert_eq!(
+        orphaned.state.last_error,
+        Some(format!("parent task {failing} failed"))
+    );
+    assert_eq!(
+        admin.get(last).expect("get").expect("kept").state.status,
+        Status::Done
+    );
+    let final_runs = runs.iter().filter(|(_, n, _)| *n == middle + 1).count();
+    eprintln!(
+        "{backend:?}: a diamond of {} tasks through 2 kills: {} runs, the final task ran {final_runs} time(s)",
+        middle + 2,
+        runs.len()
+    );
+}
+
+fn encode(n: u32) -> Vec<u8> {
+    rmp_serde::to_vec(&n).expect("encode")
+}
+
+#[test]
+fn a_diamond_holds_through_kills_sqlite() {
+    a_diamond_holds_through_kills(Backend::Sqlite);
+}
+
+#[test]
+fn a_diamond_holds_through_kills_postgres() {
+    a_diamond_holds_through_kills(Backend::Postgres);
 }

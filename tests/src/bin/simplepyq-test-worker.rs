@@ -9,7 +9,8 @@
 //! PostgreSQL worker acts as a machine whose clock is D ms off. With
 //! `SIMPLEPYQ_TEST_MIXED=1` it also fails the first run in this process of every fifth task
 //! (to be retried) and delays the first run of every seventh by 30 ms. With
-//! `SIMPLEPYQ_TEST_SLOW=N:MS` task N sleeps MS instead of SLEEP_MS. The queue polls every
+//! `SIMPLEPYQ_TEST_SLOW=N:MS` task N sleeps MS instead of SLEEP_MS. With
+//! `SIMPLEPYQ_TEST_FAIL=N` every run of task N fails. The queue polls every
 //! 20 ms, or every `SIMPLEPYQ_TEST_POLL_MS` milliseconds. It exits 0 when
 //! done, 2 if a worker met a storage error, 1 on bad usage or a failure to open the queue.
 
@@ -110,6 +111,10 @@ fn run(
         }
         Err(_) => None,
     };
+    let fail: Option<u32> = match std::env::var("SIMPLEPYQ_TEST_FAIL") {
+        Ok(v) => Some(v.parse()?),
+        Err(_) => None,
+    };
     q.add_channel(
         "work",
         move |n: u32| {
@@ -126,6 +131,9 @@ fn run(
                 _ => sleep_ms,
             };
             std::thread::sleep(Duration::from_millis(sleep_ms));
+            if fail == Some(n) {
+                return Err(TaskError::msg(format!("task {n} always fails")));
+            }
             let first = seen
                 .lock()
                 .map_err(|_| TaskError::msg("lock poisoned"))?
