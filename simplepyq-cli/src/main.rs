@@ -412,6 +412,8 @@ fn run(command: Command) -> Result<(), Failure> {
                 .ok_or_else(|| Failure::NotFound(format!("no task with id {id}")))?;
             let mut value = task_json(&task);
             value["result"] = result_json(store.result(task.id)?);
+            let parents: Vec<i64> = store.parents(task.id)?.iter().map(|p| p.get()).collect();
+            value["parents"] = serde_json::json!(parents);
             let text =
                 serde_json::to_string_pretty(&value).map_err(|e| Failure::Queue(e.to_string()))?;
             writeln!(out, "{text}")?;
@@ -593,8 +595,8 @@ fn run(command: Command) -> Result<(), Failure> {
 fn print_summary(out: &mut impl Write, summary: &Value) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} next wake-up",
-        "channel", "pending", "running", "delayed", "done", "failed", "oldest pending"
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} next wake-up",
+        "channel", "pending", "running", "delayed", "waiting", "done", "failed", "oldest pending"
     )?;
     let now = Timestamp::from_millis(summary["now_ms"].as_i64().unwrap_or(0));
     for c in summary["channels"].as_array().into_iter().flatten() {
@@ -619,11 +621,12 @@ fn print_summary(out: &mut impl Write, summary: &Value) -> std::io::Result<()> {
         };
         writeln!(
             out,
-            "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} {}",
+            "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<14} {}",
             c["channel"].as_str().unwrap_or(""),
             n("pending"),
             n("running"),
             n("delayed"),
+            n("waiting"),
             n("done"),
             n("failed"),
             oldest,

@@ -505,15 +505,16 @@ fn preview(args: &Value) -> String {
 }
 
 async fn task(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Json<Value>, Refusal> {
-    let (task, result, now) = on_store(&app, move |store, now| {
+    let (task, result, parents, now) = on_store(&app, move |store, now| {
         let id = TaskId::new(id);
-        Ok((store.get(id)?, store.result(id)?, now))
+        Ok((store.get(id)?, store.result(id)?, store.parents(id)?, now))
     })
     .await?;
     let task =
         task.ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("no task with id {id}")))?;
     let mut value = task_json(&task);
     value["result"] = result_json(result);
+    value["parents"] = json!(parents.iter().map(|p| p.get()).collect::<Vec<i64>>());
     value["now_ms"] = json!(now.as_millis());
     Ok(Json(value))
 }

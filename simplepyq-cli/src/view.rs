@@ -22,7 +22,8 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
             json!({
                 "channel": c.name,
                 "pending": c.counts.pending, "running": c.counts.running,
-                "delayed": c.counts.delayed, "done": c.counts.done, "failed": c.counts.failed,
+                "delayed": c.counts.delayed, "waiting": c.counts.waiting,
+                "done": c.counts.done, "failed": c.counts.failed,
                 "oldest_pending_age_ms":
                     c.oldest_pending.map(|t| now.as_millis() - t.as_millis()),
                 "next_wakeup_ms": c.next_wakeup.map(Timestamp::as_millis),

@@ -158,6 +158,39 @@ fn tasks_and_show_decode_arguments() {
     assert_eq!(missing.status.code(), Some(4));
 }
 
+/// A task waiting for others is counted as waiting in the summary, and `show` names the
+/// tasks it waits for.
+#[test]
+fn waiting_tasks_are_counted_and_show_their_parents() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("tasks.db");
+    let q = SimplePyQ::open(&db).expect("open");
+    let parent = q.enqueue("fetch", &1).expect("enqueue");
+    let child = q
+        .enqueue_with(
+            "merge",
+            &2,
+            simplepyq::EnqueueOptions::new().after([parent]),
+        )
+        .expect("enqueue");
+    drop(q);
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
+    let merge = &json["channels"][1];
+    assert_eq!(
+        (&merge["channel"], merge["waiting"].as_u64()),
+        (&Value::from("merge"), Some(1))
+    );
+    let text = ok(&["summary", s(&db)]);
+    assert!(
+        text.lines().next().is_some_and(|l| l.contains("waiting")),
+        "{text}"
+    );
+    let shown: Value =
+        serde_json::from_str(&ok(&["show", s(&db), &child.to_string()])).expect("json");
+    assert_eq!(shown["status"], "waiting");
+    assert_eq!(shown["parents"], serde_json::json!([parent.get()]));
+}
+
 #[test]
 fn management_commands_change_the_queue() {
     let dir = tempfile::tempdir().expect("temp dir");

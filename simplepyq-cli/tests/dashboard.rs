@@ -961,3 +961,37 @@ fn the_overview_pages_channels_and_cuts_arguments() {
     let later = overview("/api/overview?after=tenant-199");
     assert_eq!(later["channels"][49]["pending"], 1);
 }
+
+/// A waiting task's page names the tasks it waits for; the overview counts it as waiting.
+#[test]
+fn a_waiting_task_names_its_parents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, store) = filled(dir.path());
+    let parent = store
+        .enqueue_one(NewTask::new("fetch", args(json!([1]))), now())
+        .expect("enqueue");
+    let child = store
+        .enqueue_one(
+            NewTask::new("merge", args(json!([2]))).after([parent]),
+            now(),
+        )
+        .expect("enqueue");
+    let served = Served::start(path.to_str().expect("utf-8"), &["--read-only"]);
+    let (status, body) = http(served.addr, "GET", &format!("/api/tasks/{child}"), &[], "");
+    assert_eq!(status, 200, "{body}");
+    let task: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (&task["status"], &task["parents"]),
+        (&json!("waiting"), &json!([parent.get()]))
+    );
+    let (_, body) = http(served.addr, "GET", "/api/overview", &[], "");
+    let overview: Value = serde_json::from_str(&body).expect("json");
+    let merge = overview["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["channel"] == "merge")
+        .cloned()
+        .expect("the merge channel");
+    assert_eq!(merge["waiting"], 1);
+}

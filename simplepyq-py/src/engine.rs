@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rmpv::Value;
@@ -90,6 +90,33 @@ fn py_err(e: Error) -> PyErr {
 thread_local! {
     /// Whether this thread runs a Python handler now.
     static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+    /// The context of the task whose Python handler runs on this thread.
+    static CONTEXT: std::cell::RefCell<Option<TaskContext>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The results of the parents of the task whose handler runs on this thread (what
+/// `simplepyq.parent_results()` returns): `[(id, result), ...]` in id order, `None` for a
+/// parent that returned nothing.
+#[pyfunction]
+pub(crate) fn parent_results(py: Python<'_>) -> PyResult<Vec<(i64, Py<PyAny>)>> {
+    let Some(ctx) = CONTEXT.with(|c| c.borrow().clone()) else {
+        return Err(PyRuntimeError::new_err(
+            "parent_results() is called from a task's function, while it runs",
+        ));
+    };
+    let results = py
+        .detach(|| ctx.parent_results::<Value>())
+        .map_err(py_err)?;
+    results
+        .into_iter()
+        .map(|(id, value)| {
+            let value = match value {
+                Some(v) => to_python(py, &v)?.unbind(),
+                None => py.None(),
+            };
+            Ok((id.get(), value))
+        })
+        .collect()
 }
 
 /// Runs `f` on a thread of its own and waits for it without the GIL, looking for signals
@@ -244,7 +271,9 @@ impl Engine {
                     ))
                 })?;
                 IN_HANDLER.with(|h| h.set(true));
+                CONTEXT.with(|c| *c.borrow_mut() = Some(ctx.clone()));
                 let called = func.call1(py, (args,));
+                CONTEXT.with(|c| *c.borrow_mut() = None);
                 IN_HANDLER.with(|h| h.set(false));
                 let returned = called.map_err(|err| outcome(py, err, &delay_exception))?;
                 // What the function returned, unless None: the task's result.
@@ -269,7 +298,7 @@ impl Engine {
     }
 
     /// Enqueues one task; returns its id.
-    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique, concurrency_key=None, timeout=None))]
+    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique, concurrency_key=None, timeout=None, after=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -283,9 +312,11 @@ impl Engine {
         unique: Option<String>,
         concurrency_key: Option<String>,
         timeout: Option<f64>,
+        after: Option<Vec<i64>>,
     ) -> PyResult<i64> {
         let value = to_value(args, 0)?;
-        let mut options = options(retries, delay, at, priority, unique)?;
+        let mut options = options(retries, delay, at, priority, unique)?
+            .after(after.unwrap_or_default().into_iter().map(TaskId::new));
         if let Some(key) = concurrency_key {
             options = options.concurrency_key(key);
         }
@@ -320,6 +351,43 @@ impl Engine {
             .detach(|| on!(self.backend, q => q.enqueue_many(channel, &values, options)))
             .map_err(py_err)?;
         Ok(ids.into_iter().map(TaskId::get).collect())
+    }
+
+    /// Enqueues a group of tasks of `channel` and a final task of `then` that waits for
+    /// all of them, in one transaction; returns the group's ids and the final task's.
+    #[pyo3(signature = (channel, many, then, then_args, retries, priority))]
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue_group(
+        &self,
+        py: Python<'_>,
+        channel: &str,
+        many: &Bound<'_, PyAny>,
+        then: &str,
+        then_args: &Bound<'_, PyAny>,
+        retries: u32,
+        priority: i32,
+    ) -> PyResult<(Vec<i64>, i64)> {
+        let values = many
+            .try_iter()?
+            .map(|item| to_value(&item?, 0))
+            .collect::<PyResult<Vec<Value>>>()?;
+        let last = to_value(then_args, 0)?;
+        let options = options(retries, None, None, priority, None)?;
+        let (ids, last) = py
+            .detach(|| {
+                on!(self.backend, q => q.enqueue_group(
+                    channel, &values, options.clone(), then, &last, options.clone()))
+            })
+            .map_err(py_err)?;
+        Ok((ids.into_iter().map(TaskId::get).collect(), last.get()))
+    }
+
+    /// The tasks task `id` waited for, in id order.
+    fn parents(&self, py: Python<'_>, id: i64) -> PyResult<Vec<i64>> {
+        let parents = py
+            .detach(|| on!(self.backend, q => q.parents(TaskId::new(id))))
+            .map_err(py_err)?;
+        Ok(parents.into_iter().map(TaskId::get).collect())
     }
 
     /// Fires a schedule (`every` seconds, or a `cron` expression in UTC) into `channel`.

@@ -23,6 +23,7 @@ pyo3::create_exception!(
 fn _simplepyq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_class::<engine::TaskInfo>()?;
+    m.add_function(wrap_pyfunction!(engine::parent_results, m)?)?;
     m.add("QueueError", m.py().get_type::<QueueError>())?;
     // The SQLite library the queue runs on: the package checks that it is the interpreter's.
     m.add("sqlite_version", simplepyq::SqliteStore::library_version())?;

@@ -501,6 +501,47 @@ def test_wait_returns_the_result_or_raises(db):
         q.stop()
 
 
+def test_tasks_wait_for_their_parents(db):
+    """after=: a task waits (status "waiting") until its parents are done, then its
+    function reads what they returned; a group's final task sums its group; a parent that
+    fails fails what waits for it; a parent that does not exist is a ValueError."""
+    from simplepyq import TaskFailed, parent_results
+
+    q = SimplePyQ(db)
+    q.add_channel("square", lambda n: n * n, max_workers=2)
+
+    def total(_):
+        return sum(result for _, result in parent_results())
+
+    q.add_channel("total", total)
+
+    def broken(_):
+        raise ValueError("broken")
+
+    q.add_channel("broken", broken)
+    first = q.enqueue("square", 3)
+    second = q.enqueue("total", None, after=[first])
+    assert q.task(second).status == "waiting"
+    assert q.counts()["waiting"] == 1
+    assert q.parents(second) == [first]
+    group, last = q.enqueue_group("square", [1, 2, 3, 4], "total")
+    assert len(group) == 4 and q.parents(last) == group
+    bad = q.enqueue("broken", None)
+    orphan = q.enqueue("total", None, after=[bad])
+    with pytest.raises(ValueError, match="does not exist"):
+        q.enqueue("total", None, after=[10_000])
+    with pytest.raises(RuntimeError):
+        parent_results()
+    q.start()
+    try:
+        assert q.wait(second, timeout=10) == 9
+        assert q.wait(last, timeout=10) == 1 + 4 + 9 + 16
+        with pytest.raises(TaskFailed, match=f"parent task {bad} failed"):
+            q.wait(orphan, timeout=10)
+    finally:
+        q.stop()
+
+
 def test_finished_tasks_are_kept_as_long_as_asked(db):
     """keep_done / keep_failed: the running queue deletes older finished tasks, a channel's
     own time over the queue's; a channel that keeps them for ever keeps them."""

@@ -795,6 +795,12 @@ impl<S: Store> SimplePyQ<S> {
         off_runtime(move || waiting::wait(&workers.engine, id, timeout)).await
     }
 
+    /// The tasks task `id` waits (or waited) for ([`EnqueueOptions::after`]), in id order;
+    /// none for a task without parents, or one that does not exist.
+    pub fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.workers.engine.store.parents(id)
+    }
+
     /// The task with this id, if it exists. [`decode_args`] reads its arguments.
     pub fn task(&self, id: TaskId) -> Result<Option<Task>> {
         self.workers.engine.store.get(id)

@@ -5,7 +5,7 @@
 
 const CSRF = document.querySelector('meta[name="csrf-token"]').content;
 const READ_ONLY = document.querySelector('meta[name="read-only"]').content === "true";
-const STATUSES = ["pending", "running", "delayed", "done", "failed"];
+const STATUSES = ["pending", "running", "delayed", "waiting", "done", "failed"];
 const main = document.getElementById("main");
 const notice = document.getElementById("notice");
 // The channel the overview's page of channels starts after ("" for the first page).
@@ -190,13 +190,15 @@ function drawTask(t, now) {
     ["timeout", t.timeout_ms === null || t.timeout_ms === undefined ? "the channel's" : `${t.timeout_ms} ms`],
     ["run at", when(t.run_at_ms, now)], ["lease until", when(t.lease_until_ms, now)],
     ["enqueued", when(t.created_at_ms, now)], ["last change", when(t.updated_at_ms, now)],
+    ["waits for", (t.parents ?? []).length === 0 ? "–" : el("span", { class: "parents" },
+      ...t.parents.flatMap((id, i) => [i > 0 ? ", " : "", el("a", { href: `/tasks/${id}` }, `#${id}`)]))],
     ["last error", el("pre", { class: "error" }, t.last_error ?? "–")],
     ["arguments", el("code", { class: "json args" }, JSON.stringify(t.args, null, 2))],
     ["result", t.result === null || t.result === undefined ? "–"
       : el("code", { class: "json result" }, JSON.stringify(t.result, null, 2))],
   ];
   const list = el("dl", {}, ...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-  const cancellable = !READ_ONLY && (t.status === "pending" || t.status === "delayed");
+  const cancellable = !READ_ONLY && ["pending", "delayed", "waiting"].includes(t.status);
   const cancel = cancellable ? el("p", {}, el("button", {
     class: "cancel danger", onclick: () => act("/api/cancel", { id: t.id },
       () => `Cancelled task #${t.id}.`, `Cancel task #${t.id}? It is deleted and never runs.`),

@@ -40,7 +40,22 @@ if _stdlib_sqlite3 is not None and _stdlib_sqlite3.sqlite_version != _simplepyq.
         stacklevel=2,
     )
 
-__all__ = ["SimplePyQ", "DelayException", "QueueError", "Task", "Cancelled", "TaskFailed"]
+__all__ = [
+    "SimplePyQ",
+    "DelayException",
+    "QueueError",
+    "Task",
+    "Cancelled",
+    "TaskFailed",
+    "parent_results",
+]
+
+
+def parent_results() -> List[Tuple[int, Any]]:
+    """In a task's function: what each task it waited for (``after=``, or a group of
+    ``enqueue_group``) returned, as ``[(id, result), ...]`` in id order (None for one that
+    returned nothing). RuntimeError outside a task's function."""
+    return _simplepyq.parent_results()
 
 
 class Cancelled(str, enum.Enum):
@@ -247,6 +262,7 @@ class SimplePyQ:
         unique: Optional[str] = None,
         concurrency_key: Optional[str] = None,
         timeout: Optional[Seconds] = None,
+        after: Optional[Iterable[int]] = None,
     ) -> int:
         """Enqueue a task for a channel; return its id.
 
@@ -257,7 +273,11 @@ class SimplePyQ:
         its id is returned and nothing is added. Of the channel's tasks with the same
         ``concurrency_key``, at most ``set_max_running_per_key`` (default 1) run at once.
         ``timeout`` (seconds or a timedelta) limits each run of this task, before the
-        channel's ``timeout``.
+        channel's ``timeout``. With ``after`` (task ids), the task waits (status
+        ``"waiting"``) until every one of those tasks is done, and fails if one of them
+        fails for good or is cancelled; its function reads what they returned with
+        ``simplepyq.parent_results()``. ValueError for a parent that does not exist or
+        failed.
         """
         return self._engine.enqueue(
             channel,
@@ -269,6 +289,7 @@ class SimplePyQ:
             unique,
             concurrency_key,
             _seconds("timeout", timeout),
+            None if after is None else [int(i) for i in after],
         )
 
     def enqueue_many(
@@ -285,6 +306,26 @@ class SimplePyQ:
         return self._engine.enqueue_many(
             channel, many, retries, _seconds("delay", delay), _epoch(at), priority
         )
+
+    def enqueue_group(
+        self,
+        channel: str,
+        many: Iterable[Any],
+        then: str,
+        then_args: Any = None,
+        retries: int = 0,
+        *,
+        priority: int = 0,
+    ) -> Tuple[List[int], int]:
+        """Enqueue tasks of ``channel`` and a final task of ``then`` that runs once every
+        one of them is done (its function reads what they returned with
+        ``simplepyq.parent_results()``), all in one transaction; return the group's ids and
+        the final task's id."""
+        return self._engine.enqueue_group(channel, many, then, then_args, retries, priority)
+
+    def parents(self, id: int) -> List[int]:
+        """The ids of the tasks task ``id`` waits (or waited) for."""
+        return self._engine.parents(id)
 
     def add_schedule(
         self,
@@ -361,7 +402,7 @@ class SimplePyQ:
         return self._engine.purge_done(channel, _secs("older_than", older_than))
 
     def counts(self, channel: Optional[str] = None) -> Dict[str, int]:
-        """Tasks per status: pending, running, delayed, done, failed."""
+        """Tasks per status: pending, running, delayed, done, failed, waiting."""
         return self._engine.counts(channel)
 
     def tasks(

@@ -70,7 +70,18 @@ class Engine:
         unique: Optional[str],
         concurrency_key: Optional[str] = None,
         timeout: Optional[float] = None,
+        after: Optional[List[int]] = None,
     ) -> int: ...
+    def enqueue_group(
+        self,
+        channel: str,
+        many: Iterable[Any],
+        then: str,
+        then_args: Any,
+        retries: int,
+        priority: int,
+    ) -> Tuple[List[int], int]: ...
+    def parents(self, id: int) -> List[int]: ...
     def enqueue_many(
         self,
         channel: str,
@@ -121,3 +132,5 @@ class Engine:
         self, id: int, timeout: Optional[float] = None
     ) -> Optional[Tuple[str, Any]]: ...
     def cancel(self, id: int) -> str: ...
+
+def parent_results() -> List[Tuple[int, Any]]: ...
