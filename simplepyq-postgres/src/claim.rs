@@ -35,8 +35,11 @@ impl ClaimStore for PostgresStore {
             return Ok(Vec::new());
         }
         if tasks.iter().any(|t| !t.after.is_empty()) {
-            let ids =
-                self.transaction_with(Resend::IfUnsent, |tx| Self::insert_waiting(tx, tasks, now))?;
+            let keyed = tasks.iter().any(|t| t.unique_key.is_some());
+            let ids = self.transaction_with(Resend::IfUnsent, |tx| match keyed {
+                true => Self::insert_waiting(tx, tasks, now),
+                false => crate::dependency::insert_all(tx, tasks, now),
+            })?;
             self.announce(tasks.iter().map(|t| t.channel.as_str()));
             return Ok(ids);
         }
@@ -376,7 +379,7 @@ impl PostgresStore {
     }
 
     /// [`PostgresStore::insert`], each task in its state of `states`.
-    fn insert_states<C: GenericClient>(
+    pub(crate) fn insert_states<C: GenericClient>(
         tx: &mut Db<'_, C>,
         tasks: &[&NewTask],
         task_states: &[TaskState],

@@ -72,6 +72,87 @@ pub(crate) fn start(
 ) -> R<(TaskState, Vec<(TaskId, bool)>)> {
     let parents = dependency::resolve(position, &task.after, earlier)?;
     let ids: Vec<i64> = parents.iter().map(|p| p.get()).collect();
+    let statuses = marked(tx, &ids)?;
+    let found: Vec<(TaskId, Option<Status>)> = parents
+        .iter()
+        .map(|p| (*p, statuses.get(p).copied()))
+        .collect();
+    Ok(dependency::start(state, &found)?)
+}
+
+/// Inserts `tasks` (none with a unique key), some of which wait for others, in four
+/// statements whatever their number: the parents already in the store are marked and read
+/// (under their row locks, see the module), the tasks inserted in their starting states,
+/// their edges inserted, and the parents among them marked. A parent earlier in the call is
+/// new, hence unfinished: its children wait.
+pub(crate) fn insert_all(tx: &mut Tx<'_, '_>, tasks: &[NewTask], now: Timestamp) -> R<Vec<TaskId>> {
+    // Placeholders for the ids of the call's tasks, until they are inserted: -1 - position.
+    let placeholder = |position: usize| TaskId::new(-1 - position as i64);
+    let placeholders: Vec<TaskId> = (0..tasks.len()).map(placeholder).collect();
+    let mut parents = Vec::with_capacity(tasks.len());
+    for (position, task) in tasks.iter().enumerate() {
+        parents.push(dependency::resolve(position, &task.after, &placeholders)?);
+    }
+    let stored: BTreeSet<i64> = parents
+        .iter()
+        .flatten()
+        .map(|p| p.get())
+        .filter(|p| *p >= 0)
+        .collect();
+    let stored = marked(tx, &stored.into_iter().collect::<Vec<i64>>())?;
+    let mut states = Vec::with_capacity(tasks.len());
+    let mut edges = Vec::with_capacity(tasks.len());
+    for (task, parents) in tasks.iter().zip(&parents) {
+        let found: Vec<(TaskId, Option<Status>)> = parents
+            .iter()
+            .map(|p| match p.get() {
+                earlier if earlier < 0 => (*p, Some(Status::Pending)),
+                _ => (*p, stored.get(p).copied()),
+            })
+            .collect();
+        let (state, task_edges) = dependency::start(task.initial_state(now), &found)?;
+        states.push(state);
+        edges.push(task_edges);
+    }
+    let all: Vec<&NewTask> = tasks.iter().collect();
+    let ids = crate::PostgresStore::insert_states(tx, &all, &states, now)?
+        .into_iter()
+        .map(|id| id.ok_or_else(|| bad_value("id", "none")))
+        .collect::<R<Vec<TaskId>>>()?;
+    let real = |p: TaskId| match p.get() {
+        earlier if earlier < 0 => ids[usize::try_from(-1 - earlier).unwrap_or(0)],
+        _ => p,
+    };
+    let (mut children, mut of, mut satisfied) = (Vec::new(), Vec::new(), Vec::new());
+    for (child, task_edges) in ids.iter().zip(&edges) {
+        for (parent, done) in task_edges {
+            children.push(child.get());
+            of.push(real(*parent).get());
+            satisfied.push(*done);
+        }
+    }
+    tx.execute(
+        "INSERT INTO dependencies (child, parent, satisfied) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::boolean[])",
+        &[&children, &of, &satisfied],
+    )?;
+    let new_parents: BTreeSet<i64> = edges
+        .iter()
+        .flatten()
+        .filter(|(p, _)| p.get() < 0)
+        .map(|(p, _)| real(*p).get())
+        .collect();
+    let new_parents: Vec<i64> = new_parents.into_iter().collect();
+    tx.execute(
+        "UPDATE tasks SET has_dependents = true WHERE id = ANY ($1)",
+        &[&new_parents],
+    )?;
+    Ok(ids)
+}
+
+/// Marks the tasks `ids` as having dependents, under their row locks, and reads their
+/// statuses (those that exist).
+fn marked(tx: &mut Tx<'_, '_>, ids: &[i64]) -> R<BTreeMap<TaskId, Status>> {
     let rows = tx.query(
         "UPDATE tasks SET has_dependents = true WHERE id = ANY ($1) RETURNING id, status",
         &[&ids],
@@ -82,11 +163,7 @@ pub(crate) fn start(
         let status: Status = status.parse().map_err(|_| bad_value("status", &status))?;
         statuses.insert(TaskId::new(r.try_get(0)?), status);
     }
-    let found: Vec<(TaskId, Option<Status>)> = parents
-        .iter()
-        .map(|p| (*p, statuses.get(p).copied()))
-        .collect();
-    Ok(dependency::start(state, &found)?)
+    Ok(statuses)
 }
 
 /// Stores the edges of task `child`.
