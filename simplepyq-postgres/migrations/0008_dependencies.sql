@@ -22,13 +22,28 @@ ALTER TABLE tasks ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
 -- unsatisfied ones (whether any is left: one probe, however many parents are done). A
 -- task's edges go with it.
 CREATE TABLE dependencies (
-    child bigint NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    child bigint NOT NULL,
     parent bigint NOT NULL,
     satisfied boolean NOT NULL DEFAULT false,
     PRIMARY KEY (child, parent)
 );
 CREATE INDEX dependencies_parent ON dependencies (parent);
 CREATE INDEX dependencies_left ON dependencies (child) WHERE NOT satisfied;
+-- A deleted task's edges go with it: a trigger on deletes only, once per statement with the
+-- deleted rows (a purge of thousands of tasks is one more statement), not a foreign key,
+-- whose triggers would also run at every update of a task (each claim, outcome and lease
+-- renewal).
+CREATE FUNCTION delete_edges() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    DELETE FROM dependencies d USING gone WHERE d.child = gone.id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER tasks_edges AFTER DELETE ON tasks REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION delete_edges();
 
 -- The enqueue function of 0006, with waiting tasks holding unique keys.
 -- Adds a task whose arguments are MessagePack already, by the rule of the store's enqueue
