@@ -213,15 +213,17 @@ impl Indexes {
 }
 
 impl Inner {
-    /// Adds the tasks of an enqueue call, all or none.
+    /// Adds the tasks of an enqueue call, all or none (only a task with parents can be
+    /// refused here: the others were checked before).
     fn add_all(&mut self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         let mut ids = Vec::with_capacity(tasks.len());
+        let undo = tasks.iter().any(|t| !t.after.is_empty());
         let mut added = Vec::new();
         for (position, t) in tasks.iter().enumerate() {
             match self.add(t, position, &ids, now) {
                 Ok((id, new)) => {
                     ids.push(id);
-                    if new {
+                    if new && undo {
                         added.push(id);
                     }
                 }

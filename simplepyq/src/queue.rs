@@ -666,8 +666,9 @@ impl<S: Store> SimplePyQ<S> {
         self.workers.stop_timeout(timeout, self.own_claim())
     }
 
-    /// Runs until no task of a channel with a handler here is pending, running or delayed
-    /// (waiting out delays and, for tasks held by a dead worker, their lease), then stops.
+    /// Runs until no task of a channel with a handler here is pending, running, delayed or
+    /// waiting for its parents (waiting out delays, parents run elsewhere and, for tasks held
+    /// by a dead worker, their lease), then stops.
     ///
     /// Starts the workers if needed. Tasks of channels without a handler here are not
     /// waited for. Returns an error if the store fails for good: a call fails with an

@@ -93,16 +93,16 @@ impl AdminStore for Store2 {
         self.inner.requeue_failed(c, r, now)
     }
 
-    fn remove_channel(&self, c: &str) -> Result<usize> {
-        self.inner.remove_channel(c)
+    fn remove_channel(&self, c: &str, now: Timestamp) -> Result<usize> {
+        self.inner.remove_channel(c, now)
     }
 
     fn purge_batch(&self, s: Status, c: Option<&str>, before: Timestamp) -> Result<usize> {
         self.inner.purge_batch(s, c, before)
     }
 
-    fn cancel(&self, id: TaskId) -> Result<()> {
-        self.inner.cancel(id)
+    fn cancel(&self, id: TaskId, now: Timestamp) -> Result<()> {
+        self.inner.cancel(id, now)
     }
 }
 
@@ -121,6 +121,10 @@ impl InspectStore for Store2 {
 
     fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>> {
         self.inner.result(id)
+    }
+
+    fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.inner.parents(id)
     }
 
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
@@ -323,7 +327,8 @@ fn race_a_claim(remove: bool) {
     let taken = scene.stop();
     if remove {
         scene.engine.unserve("c", &scene.dispatch);
-        scene.engine.store.remove_channel("c").expect("remove");
+        let now = scene.engine.now();
+        scene.engine.store.remove_channel("c", now).expect("remove");
     }
     for w in workers {
         w.join().expect("worker");
