@@ -4,7 +4,7 @@
 //! tasks across worker processes SIGKILLed meanwhile.
 
 use std::collections::HashMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use simplepyq::{
 use simplepyq_core::{NewTask, StoreExt};
 use simplepyq_tests::postgres::{fresh_schema, options, server};
 
-use crate::processes::{Backend, WORKER, spawn_worker_with, timed_runs, wait_ok};
+use crate::processes::{Backend, WORKER, drain_through_two_kills, spawn_worker_with, timed_runs};
 
 /// Polls once a minute: whatever runs sooner was woken.
 const NO_POLL: Duration = Duration::from_secs(60);
@@ -218,17 +218,7 @@ fn a_diamond_holds_through_kills(backend: Backend) {
         command.env("SIMPLEPYQ_TEST_FAIL", doomed.to_string());
         spawn_worker_with(command, backend, &db, &log, 4, sleep_ms as u64, 1_000)
     };
-    let mut children: Vec<Child> = (0..3).map(|_| spawn()).collect();
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(300));
-        let mut victim = children.remove(0);
-        victim.kill().expect("SIGKILL");
-        victim.wait().expect("reap");
-        children.push(spawn());
-    }
-    for c in children {
-        wait_ok(c);
-    }
+    drain_through_two_kills(spawn);
     let runs = timed_runs(&log);
     let mut last_start: HashMap<u32, i64> = HashMap::new();
     for (_, n, ms) in &runs {

@@ -11,7 +11,8 @@ use simplepyq::{Clock, SystemClock};
 use simplepyq_core::{NewTask, StoreExt};
 
 use crate::processes::{
-    Backend, WORKER, enqueue_numbers, spawn_worker, spawn_worker_with, timed_runs, wait_ok,
+    Backend, WORKER, drain_through_two_kills, enqueue_numbers, spawn_worker, spawn_worker_with,
+    timed_runs, wait_ok,
 };
 
 const PROCESSES: usize = 3;
@@ -90,22 +91,6 @@ fn each_ran_once_and_done(admin: &dyn simplepyq_core::Store, runs: &[(u32, u32, 
     assert_eq!(runs.len(), n as usize);
     let c = admin.counts(None).expect("counts");
     assert_eq!((c.done, c.total()), (n as usize, n as usize), "{c:?}");
-}
-
-/// Runs `PROCESSES` worker processes made by `spawn` until they are done, SIGKILLing the
-/// oldest one (and starting another) twice, 400 ms apart.
-fn drain_through_two_kills(spawn: impl Fn() -> Child) {
-    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn()).collect();
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(400));
-        let mut victim = children.remove(0);
-        victim.kill().expect("SIGKILL");
-        victim.wait().expect("reap");
-        children.push(spawn());
-    }
-    for child in children {
-        wait_ok(child);
-    }
 }
 
 /// After kills: every one of the `n` tasks ran (some twice: a killed run is run again) and

@@ -110,6 +110,22 @@ pub(crate) fn spawn_worker_with(
         .expect("spawn the worker process")
 }
 
+/// Runs three worker processes made by `spawn` until they are done, SIGKILLing the
+/// oldest one (and starting another) twice, 400 ms apart.
+pub(crate) fn drain_through_two_kills(spawn: impl Fn() -> Child) {
+    let mut children: Vec<Child> = (0..3).map(|_| spawn()).collect();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        let mut victim = children.remove(0);
+        victim.kill().expect("SIGKILL");
+        victim.wait().expect("reap");
+        children.push(spawn());
+    }
+    for child in children {
+        wait_ok(child);
+    }
+}
+
 /// Waits for a test process (a worker, a scheduler) and fails the test if it failed.
 pub(crate) fn wait_ok(child: Child) {
     let out = child.wait_with_output().expect("wait for the process");
