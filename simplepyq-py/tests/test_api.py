@@ -12,7 +12,7 @@ from conftest import wait_for
 import simplepyq
 from simplepyq import Cancelled, DelayException, QueueError, SimplePyQ
 
-STATUSES = ["pending", "running", "delayed", "done", "failed"]
+STATUSES = ["pending", "running", "delayed", "done", "failed", "waiting"]
 
 
 def counts(**given):

@@ -74,7 +74,7 @@ def test_a_file_of_the_original_is_imported_with_every_task(tmp_path, db):
     assert os.path.exists(backup)
     with sqlite3.connect(backup) as conn:
         assert dict(conn.execute("SELECT id, status FROM tasks").fetchall()) == before
-    assert q.counts() == {"pending": 7, "running": 0, "delayed": 1, "done": 1, "failed": 1}
+    assert q.counts() == {"pending": 7, "running": 0, "delayed": 1, "done": 1, "failed": 1, "waiting": 0}
     delayed = q.task(3)
     assert delayed.status == "delayed" and delayed.run_at > delayed.created_at + 3500
     got = []

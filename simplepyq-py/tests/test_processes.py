@@ -65,7 +65,7 @@ def test_a_killed_workers_task_runs_again_and_nothing_is_lost(tmp_path, db):
     c = SimplePyQ(db, lease=1)
     c.add_channel("c", lambda args: third.append(args["n"]), max_workers=2)
     c.run_until_complete()
-    assert c.counts("c") == {"pending": 0, "running": 0, "delayed": 0, "done": 50, "failed": 0}
+    assert c.counts("c") == {"pending": 0, "running": 0, "delayed": 0, "done": 50, "failed": 0, "waiting": 0}
     assert third == [0]
     assert runs(log_a) == [0]
     # Every other task ran exactly once; none was lost.
@@ -88,7 +88,7 @@ def test_two_processes_on_one_file_run_each_task_once(tmp_path, db):
     assert sorted(done) == list(range(n)), "each task ran exactly once"
     per_process = [len(runs(log)) for log in logs]
     assert all(k > 0 for k in per_process), per_process  # both processes took work
-    assert q.counts() == {"pending": 0, "running": 0, "delayed": 0, "done": n, "failed": 0}
+    assert q.counts() == {"pending": 0, "running": 0, "delayed": 0, "done": n, "failed": 0, "waiting": 0}
 
 
 def test_ctrl_c_stops_cleanly_and_raises_keyboard_interrupt(tmp_path, db):

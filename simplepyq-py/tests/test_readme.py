@@ -83,7 +83,7 @@ def test_4_clearing_failed_tasks(db):
     assert scheduler.counts("risky")["failed"] == 1
     scheduler.clear_failed("risky")
     assert scheduler.counts("risky") == dict.fromkeys(
-        ["pending", "running", "delayed", "done", "failed"], 0
+        ["pending", "running", "delayed", "done", "failed", "waiting"], 0
     )
 
 
