@@ -13,8 +13,7 @@ use serde::de::DeserializeOwned;
 use simplepyq_core::{Error, Task, TaskId};
 
 use crate::handler::TaskError;
-use crate::reads::Reads;
-use crate::waiting::decode_result;
+use crate::reads::{Reads, decode_result};
 
 /// Why a running task was asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -750,7 +750,7 @@ impl<S: Store> SimplePyQ<S> {
     /// `None` while the task is not done, if it gave none, or if the task does not exist
     /// (never did, or was deleted). [`Error::Codec`] if the result does not decode as `T`.
     pub fn result<T: DeserializeOwned>(&self, id: TaskId) -> Result<Option<T>> {
-        waiting::decode_result(id, self.workers.engine.store.result(id)?)
+        crate::reads::decode_result(id, self.workers.engine.store.result(id)?)
     }
 
     /// Waits up to `timeout` for task `id` to end, and says how: done (with its result,

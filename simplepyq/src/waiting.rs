@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use simplepyq_core::{Error, Result, Status, Store, TaskId};
+use simplepyq_core::{Result, Status, Store, TaskId};
 
 use crate::engine::{Engine, Pause};
+use crate::reads::decode_result;
 
 /// How a task ended, as [`crate::SimplePyQ::wait`] found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,20 +63,4 @@ fn ended<S: Store, T: DeserializeOwned>(store: &S, id: TaskId) -> Result<Option<
         Status::Failed => Some(TaskEnd::Failed(task.state.last_error.unwrap_or_default())),
         Status::Pending | Status::Running | Status::Delayed | Status::Waiting => None,
     })
-}
-
-/// Task `id`'s stored result, decoded as `T`.
-pub(crate) fn decode_result<T: DeserializeOwned>(
-    id: TaskId,
-    result: Option<Vec<u8>>,
-) -> Result<Option<T>> {
-    let Some(bytes) = result else {
-        return Ok(None);
-    };
-    rmp_serde::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::Codec {
-            action: "decoded",
-            message: format!("the result of task {id}: {e}"),
-        })
 }
