@@ -12,6 +12,19 @@ use crate::error::{E, R};
 use crate::outcome::add_totals;
 use crate::row::{STATE_COLUMNS, save_state, state_from_row};
 
+/// The statements that find edges, each by an index (`plans::dependency_queries_follow_an_index`):
+/// a parent's children, a task's parents, and whether a child has a parent left.
+pub(crate) const CHILDREN: &str = "SELECT child FROM simplepyq_dependencies WHERE parent = ?1";
+pub(crate) const SATISFY: &str =
+    "UPDATE simplepyq_dependencies SET satisfied = 1 WHERE parent = ?1 RETURNING child";
+pub(crate) const PARENTS: &str =
+    "SELECT parent FROM simplepyq_dependencies WHERE child = ?1 ORDER BY parent";
+pub(crate) const ANY_LEFT: &str =
+    "SELECT EXISTS (SELECT 1 FROM simplepyq_dependencies WHERE child = ?1 AND satisfied = 0)";
+pub(crate) const PARENTS_LEFT: &str = "SELECT d.parent, t.status FROM simplepyq_dependencies d \
+     LEFT JOIN simplepyq_tasks t ON t.id = d.parent \
+     WHERE d.child = ?1 AND d.satisfied = 0 ORDER BY d.parent";
+
 /// Whether any task waits, or waited, for another: while none has, a task's end settles
 /// nothing and costs this one lookup.
 fn any(tx: &Transaction<'_>) -> R<bool> {
@@ -84,9 +97,7 @@ pub(crate) fn insert_edges(tx: &Transaction<'_>, child: TaskId, edges: &[(TaskId
 
 /// The parents of task `id`, in id order.
 pub(crate) fn parents(conn: &Connection, id: TaskId) -> R<Vec<TaskId>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT parent FROM simplepyq_dependencies WHERE child = ?1 ORDER BY parent",
-    )?;
+    let mut stmt = conn.prepare_cached(PARENTS)?;
     let ids = stmt
         .query_map([id.get()], |r| r.get(0).map(TaskId::new))?
         .collect::<rusqlite::Result<_>>()?;
@@ -95,11 +106,7 @@ pub(crate) fn parents(conn: &Connection, id: TaskId) -> R<Vec<TaskId>> {
 
 /// The parents task `id` still waits for, with their statuses (`None` for one deleted).
 pub(crate) fn parents_left(tx: &Transaction<'_>, id: TaskId) -> R<Vec<(TaskId, Option<Status>)>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT d.parent, t.status FROM simplepyq_dependencies d \
-         LEFT JOIN simplepyq_tasks t ON t.id = d.parent \
-         WHERE d.child = ?1 AND d.satisfied = 0 ORDER BY d.parent",
-    )?;
+    let mut stmt = tx.prepare_cached(PARENTS_LEFT)?;
     let mut rows = stmt.query([id.get()])?;
     let mut left = Vec::new();
     while let Some(r) = rows.next()? {
@@ -121,13 +128,7 @@ struct Edges<'a, 'c>(&'a Transaction<'c>);
 
 impl Graph for Edges<'_, '_> {
     fn satisfy(&mut self, parents: &[TaskId]) -> Result<Vec<TaskId>> {
-        let mut stmt = self
-            .0
-            .prepare_cached(
-                "UPDATE simplepyq_dependencies SET satisfied = 1 WHERE parent = ?1 \
-                 RETURNING child",
-            )
-            .map_err(E::from)?;
+        let mut stmt = self.0.prepare_cached(SATISFY).map_err(E::from)?;
         let mut children = BTreeSet::new();
         for parent in parents {
             let rows = stmt
@@ -141,10 +142,7 @@ impl Graph for Edges<'_, '_> {
     }
 
     fn children(&mut self, parents: &[TaskId]) -> Result<Vec<(TaskId, TaskId)>> {
-        let mut stmt = self
-            .0
-            .prepare_cached("SELECT child FROM simplepyq_dependencies WHERE parent = ?1")
-            .map_err(E::from)?;
+        let mut stmt = self.0.prepare_cached(CHILDREN).map_err(E::from)?;
         let mut edges = Vec::new();
         for parent in parents {
             let rows = stmt
@@ -158,13 +156,7 @@ impl Graph for Edges<'_, '_> {
     }
 
     fn still_waiting(&mut self, children: &[TaskId]) -> Result<HashSet<TaskId>> {
-        let mut stmt = self
-            .0
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM simplepyq_dependencies \
-                 WHERE child = ?1 AND satisfied = 0)",
-            )
-            .map_err(E::from)?;
+        let mut stmt = self.0.prepare_cached(ANY_LEFT).map_err(E::from)?;
         let mut waiting = HashSet::new();
         for child in children {
             let left: bool = stmt

@@ -139,3 +139,38 @@ fn claim_cost_does_not_grow_with_the_backlog() {
     assert!(!plan.contains("TEMP B-TREE"), "claim sorts: {plan}");
     assert_eq!(small_steps, large_steps, "claim visits more rows at 100k");
 }
+
+/// The statements of dependencies each follow an index of the edges, by parent or by child
+/// (of the unsatisfied ones, for whether a child has a parent left): none reads every edge,
+/// so a fan-in's last parent costs what its first did.
+#[test]
+fn dependency_queries_follow_an_index() {
+    use crate::dependency::{ANY_LEFT, CHILDREN, PARENTS, PARENTS_LEFT, SATISFY};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("q.db")).expect("open");
+    let expected = [
+        (CHILDREN, "simplepyq_dependencies_parent"),
+        (SATISFY, "simplepyq_dependencies_parent"),
+        (PARENTS, "PRIMARY KEY"),
+        (ANY_LEFT, "simplepyq_dependencies_left"),
+        (PARENTS_LEFT, "simplepyq_dependencies_left"),
+    ];
+    store
+        .readers
+        .with(|conn| {
+            for (sql, index) in expected {
+                let plan =
+                    explain(conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3).expect("the query plan");
+                let edges: Vec<&String> = plan
+                    .iter()
+                    .filter(|step| step.contains("simplepyq_dependencies"))
+                    .collect();
+                assert!(
+                    edges.iter().all(|step| step.starts_with("SEARCH")),
+                    "{sql}: {plan:?}"
+                );
+                assert!(plan.concat().contains(index), "{sql}: {plan:?}");
+            }
+        })
+        .expect("a read connection");
+}
