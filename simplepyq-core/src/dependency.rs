@@ -227,6 +227,23 @@ pub fn start(
     Ok((state, edges))
 }
 
+/// [`resolve`], then [`start`]: the state and edges of the task at `position` of an enqueue
+/// call (`state`: the one it would start in without parents; `earlier`: the ids of the
+/// call's tasks before it), reading its parents' statuses with `statuses` (for the ids
+/// given, in their order; `None` for one that does not exist).
+pub fn start_task(
+    task: &crate::NewTask,
+    position: usize,
+    earlier: &[TaskId],
+    state: TaskState,
+    statuses: impl FnOnce(&[TaskId]) -> Result<Vec<Option<Status>>>,
+) -> Result<(TaskState, Vec<(TaskId, bool)>)> {
+    let parents = resolve(position, &task.after, earlier)?;
+    let found: Vec<(TaskId, Option<Status>)> =
+        parents.iter().copied().zip(statuses(&parents)?).collect();
+    start(state, &found)
+}
+
 /// Whether a failed task whose unsatisfied edges lead to `parents` (with their statuses,
 /// `None` for one deleted) may be requeued, and if so whether it waits: `Some(true)` while
 /// a parent is unfinished (or was `requeued` earlier in the same call), `Some(false)` with

@@ -261,12 +261,13 @@ impl Inner {
         let mut task = t.to_task(id, now);
         let mut edges = Vec::new();
         if !t.after.is_empty() {
-            let parents = dependency::resolve(position, &t.after, earlier)?;
-            let statuses: Vec<(TaskId, Option<Status>)> = parents
-                .iter()
-                .map(|p| (*p, self.tasks.get(p).map(|t| t.state.status)))
-                .collect();
-            (task.state, edges) = dependency::start(task.state, &statuses)?;
+            (task.state, edges) =
+                dependency::start_task(t, position, earlier, task.state, |parents| {
+                    Ok(parents
+                        .iter()
+                        .map(|p| self.tasks.get(p).map(|t| t.state.status))
+                        .collect())
+                })?;
         }
         self.last_id += 1;
         for (parent, satisfied) in edges {

@@ -70,14 +70,14 @@ pub(crate) fn start(
     earlier: &[TaskId],
     state: TaskState,
 ) -> R<(TaskState, Vec<(TaskId, bool)>)> {
-    let parents = dependency::resolve(position, &task.after, earlier)?;
-    let ids: Vec<i64> = parents.iter().map(|p| p.get()).collect();
-    let statuses = marked(tx, &ids)?;
-    let found: Vec<(TaskId, Option<Status>)> = parents
-        .iter()
-        .map(|p| (*p, statuses.get(p).copied()))
-        .collect();
-    Ok(dependency::start(state, &found)?)
+    let statuses = |parents: &[TaskId]| -> Result<Vec<Option<Status>>> {
+        let ids: Vec<i64> = parents.iter().map(|p| p.get()).collect();
+        let marked = marked(tx, &ids)?;
+        Ok(parents.iter().map(|p| marked.get(p).copied()).collect())
+    };
+    Ok(dependency::start_task(
+        task, position, earlier, state, statuses,
+    )?)
 }
 
 /// Inserts `tasks` (none with a unique key), some of which wait for others, in four

@@ -128,7 +128,12 @@ pub(crate) fn finish_in<C: GenericClient>(
     let mut statuses: Vec<Option<Result<Status>>> = (0..results.len()).map(|_| None).collect();
     let mut again = settling;
     if !alone.is_empty() {
-        let fast: Vec<(Claim, Outcome)> = alone.iter().map(|&i| results[i].clone()).collect();
+        // Most batches have no task others wait for: no copy of their outcomes then.
+        let fast: std::borrow::Cow<'_, [(Claim, Outcome)]> = if alone.len() == results.len() {
+            results.into()
+        } else {
+            alone.iter().map(|&i| results[i].clone()).collect()
+        };
         let plan = FinishPlan::of(&fast, now, &rows)?;
         let written = if plan.writes_nothing() {
             Vec::new()

@@ -28,12 +28,12 @@ impl Tables<'_> {
         earlier: &[TaskId],
         state: TaskState,
     ) -> Result<(TaskState, Vec<(TaskId, bool)>)> {
-        let parents = dependency::resolve(position, &task.after, earlier)?;
-        let mut found = Vec::with_capacity(parents.len());
-        for parent in parents {
-            found.push((parent, self.load(parent)?.map(|t| t.state.status)));
-        }
-        dependency::start(state, &found)
+        dependency::start_task(task, position, earlier, state, |parents| {
+            parents
+                .iter()
+                .map(|p| Ok(self.load(*p)?.map(|t| t.state.status)))
+                .collect()
+        })
     }
 
     /// Stores the edges of task `child`.

@@ -66,7 +66,7 @@ pub(crate) fn ended_by(changes: &[(TaskId, TaskState)]) -> Vec<(TaskId, Ended)> 
 
 /// The state task `position` of an enqueue call starts in, and its edges, for the task
 /// `state` would start without parents; `earlier` holds the ids of the call's tasks before
-/// it ([`dependency::resolve`], [`dependency::start`]).
+/// it ([`dependency::start_task`]).
 pub(crate) fn start(
     tx: &Transaction<'_>,
     task: &NewTask,
@@ -74,14 +74,21 @@ pub(crate) fn start(
     earlier: &[TaskId],
     state: TaskState,
 ) -> R<(TaskState, Vec<(TaskId, bool)>)> {
-    let parents = dependency::resolve(position, &task.after, earlier)?;
     let mut status = tx.prepare_cached("SELECT status FROM simplepyq_tasks WHERE id = ?1")?;
-    let mut found = Vec::with_capacity(parents.len());
-    for parent in parents {
-        let s: Option<String> = status.query_row([parent.get()], |r| r.get(0)).optional()?;
-        found.push((parent, s.map(|s| parse_status(&s)).transpose()?));
-    }
-    Ok(dependency::start(state, &found)?)
+    let statuses = |parents: &[TaskId]| -> Result<Vec<Option<Status>>> {
+        let mut found = Vec::with_capacity(parents.len());
+        for parent in parents {
+            let s: Option<String> = status
+                .query_row([parent.get()], |r| r.get(0))
+                .optional()
+                .map_err(E::from)?;
+            found.push(s.map(|s| parse_status(&s)).transpose()?);
+        }
+        Ok(found)
+    };
+    Ok(dependency::start_task(
+        task, position, earlier, state, statuses,
+    )?)
 }
 
 /// Stores the edges of task `child`.

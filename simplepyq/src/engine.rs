@@ -61,8 +61,18 @@ impl<S: Store> Engine<S> {
         let _ = engine.reads.set(weak);
     }
 
+    /// The context of a run of `task` in `channel`, with its cancellation signal.
+    pub(crate) fn context(
+        &self,
+        task: &simplepyq_core::Task,
+        channel: &Arc<str>,
+        cancel: crate::context::CancelToken,
+    ) -> crate::TaskContext {
+        crate::TaskContext::new(task, channel, cancel, self.id, self.reads())
+    }
+
     /// What a handler's context reads the store through.
-    pub(crate) fn reads(&self) -> Weak<dyn Reads> {
+    fn reads(&self) -> Weak<dyn Reads> {
         self.reads
             .get()
             .cloned()

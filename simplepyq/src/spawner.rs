@@ -15,7 +15,7 @@ use std::time::Instant;
 use simplepyq_core::{Claim, Error, Result, Store, Task};
 
 use crate::channel_work::ChannelWork;
-use crate::context::{CancelToken, TaskContext};
+use crate::context::CancelToken;
 use crate::current::as_current;
 use crate::deadlines::Deadline;
 use crate::dispatch::{Claimed, Dispatch, Started, Turn};
@@ -105,13 +105,7 @@ fn spawn<S: Store>(
     let Started { task, cancel } = started;
     let claim = task.claim();
     report::trace_claim(task.id, &channel.name, task.state.attempts);
-    let ctx = TaskContext::new(
-        &task,
-        &channel.name,
-        cancel.clone(),
-        engine.id,
-        engine.reads(),
-    );
+    let ctx = engine.context(&task, &channel.name, cancel.clone());
     runner.in_flight.fetch_add(1, Ordering::AcqRel);
     let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine

@@ -6,7 +6,6 @@ use std::time::Instant;
 use simplepyq_core::{Claim, Store};
 
 use crate::channel_work::ChannelWork;
-use crate::context::TaskContext;
 use crate::current::as_current;
 use crate::deadlines::Deadline;
 use crate::dispatch::{Claimed, Dispatch, Started, Turn};
@@ -97,13 +96,7 @@ fn run<S: Store>(
         claim: Some(claim),
     };
     report::trace_claim(task.id, &channel.name, claim.attempt);
-    let ctx = TaskContext::new(
-        &task,
-        &channel.name,
-        cancel.clone(),
-        engine.id,
-        engine.reads(),
-    );
+    let ctx = engine.context(&task, &channel.name, cancel.clone());
     let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine
             .deadlines
