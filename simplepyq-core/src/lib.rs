@@ -28,6 +28,7 @@ mod store;
 mod task;
 mod time;
 mod totals;
+pub mod trace;
 pub mod transition;
 
 pub use error::{BoxError, Error, Result};

@@ -19,7 +19,8 @@ macro_rules! state_columns {
 macro_rules! task_columns {
     () => {
         concat!(
-            "id, channel, args, created_at, priority, unique_key, concurrency_key, timeout_ms, ",
+            "id, channel, args, created_at, priority, unique_key, concurrency_key, timeout_ms, \
+             traceparent, ",
             $crate::state_columns!()
         )
     };
@@ -89,7 +90,8 @@ pub fn read_task<R: RowValues>(r: &R) -> Result<Task, R::Error> {
             Some(ms) if ms <= 0 => return Err(r.bad_value("timeout_ms", &ms)),
             ms => ms.map(crate::time::duration_of),
         },
-        state: read_state(r, 8)?,
+        traceparent: r.opt_text(8)?,
+        state: read_state(r, 9)?,
     })
 }
 
@@ -166,6 +168,7 @@ mod tests {
             Null,
             Text("customer-9"),
             Int(30_000),
+            Text("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             Text(status),
             Int(2),
             Int(3),
@@ -188,6 +191,10 @@ mod tests {
         );
         assert_eq!(task.concurrency_key.as_deref(), Some("customer-9"));
         assert_eq!(task.timeout, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            task.traceparent.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
         assert_eq!(task.created_at, Timestamp::from_millis(1_000));
         let s = task.state;
         assert_eq!(
@@ -201,7 +208,7 @@ mod tests {
         assert_eq!(s.updated_at, Timestamp::from_millis(4_000));
         let columns: Vec<&str> = task_columns!().split(", ").collect();
         assert_eq!(columns.len(), row("running", 1).0.len());
-        assert_eq!(columns[8], "status");
+        assert_eq!(columns[9], "status");
         assert_eq!(columns[CONCURRENCY_KEY_COLUMN], "concurrency_key");
         assert!(task_columns!().ends_with(state_columns!()));
     }

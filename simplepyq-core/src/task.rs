@@ -176,6 +176,9 @@ pub struct Task {
     pub concurrency_key: Option<String>,
     /// How long one run may last, if the task sets it (before the channel's timeout).
     pub timeout: Option<Duration>,
+    /// The trace context of the code that enqueued it, a W3C `traceparent`
+    /// ([`crate::trace`]); `None` if it had none.
+    pub traceparent: Option<String>,
     /// Status, retries, attempts, times.
     pub state: TaskState,
 }
@@ -236,6 +239,9 @@ pub struct NewTask {
     /// The tasks that must be done before this one is due (see [`crate::dependency`]);
     /// empty for none.
     pub after: Vec<Parent>,
+    /// The trace context of the code that enqueues it, a W3C `traceparent` checked by
+    /// [`crate::trace::validate_traceparent`]; `None` for none.
+    pub traceparent: Option<String>,
 }
 
 /// A task that another waits for ([`NewTask::after`]).
@@ -261,6 +267,7 @@ impl NewTask {
             concurrency_key: None,
             timeout: None,
             after: Vec::new(),
+            traceparent: None,
         }
     }
 
@@ -301,13 +308,23 @@ impl NewTask {
         self
     }
 
+    /// Sets the trace context it carries: a W3C `traceparent`.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
     /// Checks that the task can be stored: its channel name ([`validate_channel`]), its
-    /// concurrency key ([`validate_concurrency_key`]) and its timeout (at least a
-    /// millisecond, at most `i64::MAX` of them).
+    /// concurrency key ([`validate_concurrency_key`]), its trace context
+    /// ([`crate::trace::validate_traceparent`]) and its timeout (at least a millisecond, at
+    /// most `i64::MAX` of them).
     pub fn validate(&self) -> crate::Result<()> {
         validate_channel(&self.channel)?;
         if let Some(key) = &self.concurrency_key {
             validate_concurrency_key(key)?;
+        }
+        if let Some(traceparent) = &self.traceparent {
+            crate::trace::validate_traceparent(traceparent)?;
         }
         match self.timeout.map(|t| (t, t.as_millis())) {
             Some((t, ms)) if ms == 0 || ms > i64::MAX as u128 => {
@@ -353,6 +370,7 @@ impl NewTask {
             unique_key: self.unique_key.clone(),
             concurrency_key: self.concurrency_key.clone(),
             timeout: self.timeout_ms().map(crate::time::duration_of),
+            traceparent: self.traceparent.clone(),
             state: self.initial_state(now),
         }
     }

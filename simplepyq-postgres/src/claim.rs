@@ -263,9 +263,9 @@ impl PostgresStore {
         let row = tx.query_one(
             &format!(
                 "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 concurrency_key, timeout_ms, {STATE_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, NULL, $14, $15, $5, $6, $7, $8, $9, $10, $11, $12, \
-                   $13) \
+                 concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, NULL, $14, $15, $16, $5, $6, $7, $8, $9, $10, $11, \
+                   $12, $13) \
                  RETURNING id"
             ),
             &[
@@ -284,6 +284,7 @@ impl PostgresStore {
                 &i64::from(s.lost_runs),
                 &task.concurrency_key,
                 &task.timeout_ms(),
+                &task.traceparent,
             ],
         )?;
         Ok(TaskId::new(row.try_get(0)?))
@@ -396,6 +397,8 @@ impl PostgresStore {
         let concurrency_keys: Vec<Option<&str>> =
             tasks.iter().map(|t| t.concurrency_key.as_deref()).collect();
         let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout_ms()).collect();
+        let traceparents: Vec<Option<&str>> =
+            tasks.iter().map(|t| t.traceparent.as_deref()).collect();
         let created_at = now.as_millis();
         let mut params = states.params().to_vec();
         params.extend_from_slice(&[
@@ -406,17 +409,18 @@ impl PostgresStore {
             &created_at,
             &concurrency_keys,
             &timeouts,
+            &traceparents,
         ]);
         let insert = format!(
             "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 concurrency_key, timeout_ms, {STATE_COLUMNS}) \
+                 concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}) \
                  SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.concurrency_key, \
-                   u.timeout_ms, u.status, u.retries_left, u.max_retries, u.attempts, u.run_at, \
-                   u.lease_until, u.last_error, u.updated_at, u.lost_runs \
+                   u.timeout_ms, u.traceparent, u.status, u.retries_left, u.max_retries, \
+                   u.attempts, u.run_at, u.lease_until, u.last_error, u.updated_at, u.lost_runs \
                  FROM unnest({STATE_ARRAYS}, $11::text[], $12::bytea[], $13::int[], \
-                   $14::text[], $16::text[], $17::bigint[]) WITH ORDINALITY \
+                   $14::text[], $16::text[], $17::bigint[], $18::text[]) WITH ORDINALITY \
                    AS u({STATE_ALIASES}, channel, args, priority, unique_key, \
-                   concurrency_key, timeout_ms, ord) \
+                   concurrency_key, timeout_ms, traceparent, ord) \
                  ORDER BY u.ord \
                  ON CONFLICT (channel, unique_key) \
                    WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \

@@ -128,6 +128,7 @@ pub(crate) struct EnqueueCall<'a> {
     run_at: Vec<Option<i64>>,
     concurrency_keys: Vec<Option<&'a str>>,
     timeouts: Vec<Option<i64>>,
+    traceparents: Vec<Option<&'a str>>,
     now: i64,
 }
 
@@ -150,11 +151,12 @@ impl<'a> EnqueueCall<'a> {
         Ok(Some(EnqueueCall {
             sql: format!(
                 "SELECT u.ord, {schema}.enqueue_msgpack(u.channel, u.args, u.retries, \
-                   u.priority, u.unique_key, u.run_at, $7, u.concurrency_key, u.timeout_ms) \
+                   u.priority, u.unique_key, u.run_at, $7, u.concurrency_key, u.timeout_ms, \
+                   u.traceparent) \
                  FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::int[], $5::text[], \
-                   $6::bigint[], $8::text[], $9::bigint[]) WITH ORDINALITY \
+                   $6::bigint[], $8::text[], $9::bigint[], $10::text[]) WITH ORDINALITY \
                    AS u(channel, args, retries, priority, unique_key, run_at, \
-                   concurrency_key, timeout_ms, ord) \
+                   concurrency_key, timeout_ms, traceparent, ord) \
                  ORDER BY u.ord"
             ),
             channels: tasks.iter().map(|t| t.channel.as_str()).collect(),
@@ -164,6 +166,7 @@ impl<'a> EnqueueCall<'a> {
             keys: tasks.iter().map(|t| t.unique_key.as_deref()).collect(),
             concurrency_keys: tasks.iter().map(|t| t.concurrency_key.as_deref()).collect(),
             timeouts: tasks.iter().map(NewTask::timeout_ms).collect(),
+            traceparents: tasks.iter().map(|t| t.traceparent.as_deref()).collect(),
             run_at: tasks.iter().map(|t| t.run_at.map(millis)).collect(),
             now: millis(now),
         }))
@@ -171,7 +174,7 @@ impl<'a> EnqueueCall<'a> {
 
     /// The parameters with their types: the statement is sent with them, unprepared, in
     /// one round trip (a prepared one takes two).
-    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 9] {
+    pub(crate) fn params(&self) -> [(&(dyn ToSql + Sync), Type); 10] {
         [
             (&self.channels, Type::TEXT_ARRAY),
             (&self.args, Type::BYTEA_ARRAY),
@@ -182,6 +185,7 @@ impl<'a> EnqueueCall<'a> {
             (&self.now, Type::INT8),
             (&self.concurrency_keys, Type::TEXT_ARRAY),
             (&self.timeouts, Type::INT8_ARRAY),
+            (&self.traceparents, Type::TEXT_ARRAY),
         ]
     }
 

@@ -15,6 +15,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_keys_and_timeouts.sql"),
     include_str!("../migrations/0007_results.sql"),
     include_str!("../migrations/0008_dependencies.sql"),
+    include_str!("../migrations/0009_traces.sql"),
 ];
 
 /// The schema version this build writes.

@@ -46,7 +46,7 @@ macro_rules! claim {
                lease_until = $4, updated_at = $2 \
              WHERE t.id = ANY (ARRAY (SELECT id FROM due)) \
              RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
-               t.concurrency_key, t.timeout_ms, t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
+               t.concurrency_key, t.timeout_ms, t.traceparent, t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, t.lease_until, \
                t.last_error, t.updated_at, t.lost_runs"
         )
     };
@@ -107,7 +107,7 @@ pub const CLAIM_IDS: &str = "UPDATE tasks t SET status = 'running', attempts = t
        lease_until = $3, updated_at = $2 \
      WHERE t.id = ANY ($1) AND t.status = 'pending' \
      RETURNING t.id, t.channel, t.args, t.created_at, t.priority, t.unique_key, \
-       t.concurrency_key, t.timeout_ms, t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, \
+       t.concurrency_key, t.timeout_ms, t.traceparent, t.status, t.retries_left, t.max_retries, t.attempts, t.run_at, \
        t.lease_until, t.last_error, t.updated_at, t.lost_runs";
 
 /// `Event::Extend` to $3 of the claims (ids $1, attempts $2) still held. It first

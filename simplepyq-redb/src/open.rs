@@ -43,7 +43,7 @@ impl RedbStore {
             Err(e) => return Err(db_err(e)),
         };
         match inspect(&reader)? {
-            Some(2..=4 | FORMAT) => {}
+            Some(2..=5 | FORMAT) => {}
             Some(_) => return Err(needs_write("is of format 1 and must be upgraded")),
             None => {
                 return Err(Error::Foreign {
@@ -113,7 +113,7 @@ impl RedbStore {
         };
         match format {
             Some(FORMAT) => {}
-            Some(2..=4) => store.write(|t| {
+            Some(2..=5) => store.write(|t| {
                 t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
                 Ok(())
             })?,
@@ -208,7 +208,7 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
         Ok(meta) => {
             let format = meta.get(META_FORMAT).map_err(db_err)?.map(|v| v.value());
             return match format {
-                Some(f @ (1..=4 | FORMAT)) => Ok(Some(f)),
+                Some(f @ (1..=5 | FORMAT)) => Ok(Some(f)),
                 Some(found) => Err(Error::SchemaTooNew {
                     backend: BACKEND,
                     found: i64::try_from(found).unwrap_or(i64::MAX),

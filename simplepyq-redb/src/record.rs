@@ -1,7 +1,7 @@
 //! The bytes of one task as stored in the `tasks` table.
 //!
 //! ```text
-//! u8 format (4) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
+//! u8 format (5) | u8 status | u32 retries_left | u32 max_retries | u32 attempts
 //! u32 lost_runs                                    (format 3 on; 0 before)
 //! i64 run_at | i64 lease_until (i64::MIN: none) | i64 created_at | i64 updated_at
 //! i32 priority                                     (format 2 on; 0 in format 1)
@@ -10,6 +10,7 @@
 //! u32 unique key length + 1 (0: none), key bytes   (format 2 on; none in format 1)
 //! u32 concurrency key length + 1 (0: none), bytes  (format 4 on; none before)
 //! u64 timeout in milliseconds (0: none)            (format 4 on; none before)
+//! u32 traceparent length + 1 (0: none), bytes      (format 5 on; none before)
 //! args: the rest
 //! ```
 //! All integers little-endian. Decoding checks every length against the bytes it has, so
@@ -17,13 +18,15 @@
 
 use simplepyq_core::{Status, Task, TaskId, TaskState, Timestamp};
 
-const FORMAT: u8 = 4;
+const FORMAT: u8 = 5;
 /// The first format, without priority and unique key; still read.
 const FORMAT_1: u8 = 1;
 /// The second format, without lost runs; still read.
 const FORMAT_2: u8 = 2;
 /// The third format, without concurrency key; still read.
 const FORMAT_3: u8 = 3;
+/// The fourth format, without trace context; still read.
+const FORMAT_4: u8 = 4;
 const NO_LEASE: i64 = i64::MIN;
 
 /// The one-byte code of a status, as stored in records and index keys.
@@ -48,11 +51,13 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
     let error = s.last_error.as_deref();
     let key = task.unique_key.as_deref();
     let concurrency = task.concurrency_key.as_deref();
+    let traceparent = task.traceparent.as_deref();
     let texts = task.channel.len()
         + error.map_or(0, str::len)
         + key.map_or(0, str::len)
-        + concurrency.map_or(0, str::len);
-    let mut out = Vec::with_capacity(78 + texts + task.args.len());
+        + concurrency.map_or(0, str::len)
+        + traceparent.map_or(0, str::len);
+    let mut out = Vec::with_capacity(82 + texts + task.args.len());
     out.push(FORMAT);
     out.push(status_code(s.status));
     for v in [s.retries_left, s.max_retries, s.attempts, s.lost_runs] {
@@ -77,6 +82,7 @@ pub(crate) fn encode(task: &Task) -> Vec<u8> {
         .timeout
         .map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     out.extend_from_slice(&timeout.to_le_bytes());
+    put_optional(&mut out, traceparent);
     out.extend_from_slice(&task.args);
     out
 }
@@ -147,7 +153,7 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
     let mut r = Reader(bytes);
     let format = r.u8()?;
-    if ![FORMAT_1, FORMAT_2, FORMAT_3, FORMAT].contains(&format) {
+    if ![FORMAT_1, FORMAT_2, FORMAT_3, FORMAT_4, FORMAT].contains(&format) {
         return Err("unknown record format");
     }
     let status = status_from_code(r.u8()?).ok_or("unknown status code")?;
@@ -167,12 +173,17 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
     } else {
         r.optional()?
     };
-    let (concurrency_key, timeout) = if format >= FORMAT {
+    let (concurrency_key, timeout) = if format >= FORMAT_4 {
         let key = r.optional()?;
         let ms = u64::from_le_bytes(r.array()?);
         (key, (ms > 0).then(|| std::time::Duration::from_millis(ms)))
     } else {
         (None, None)
+    };
+    let traceparent = if format >= FORMAT {
+        r.optional()?
+    } else {
+        None
     };
     Ok(Task {
         id,
@@ -183,6 +194,7 @@ pub(crate) fn decode(id: TaskId, bytes: &[u8]) -> Result<Task, DecodeError> {
         unique_key,
         concurrency_key,
         timeout,
+        traceparent,
         state: TaskState {
             status,
             retries_left,
@@ -218,6 +230,7 @@ pub(crate) mod tests {
                 proptest::option::of(".{0,20}"),
                 proptest::option::of(".{1,20}"),
                 proptest::option::of(1u64..u64::MAX),
+                proptest::option::of("[0-9a-f-]{55}"),
             ),
         )
             .prop_map(
@@ -226,7 +239,7 @@ pub(crate) mod tests {
                     (status, retries_left, max_retries, (attempts, lost_runs)),
                     (run_at, lease),
                     (last_error, updated),
-                    (priority, unique_key, concurrency_key, timeout),
+                    (priority, unique_key, concurrency_key, timeout, traceparent),
                 )| Task {
                     id: TaskId::new(id),
                     channel,
@@ -236,6 +249,7 @@ pub(crate) mod tests {
                     unique_key,
                     concurrency_key,
                     timeout: timeout.map(std::time::Duration::from_millis),
+                    traceparent,
                     state: TaskState {
                         status: Status::ALL[status],
                         retries_left,
@@ -329,11 +343,11 @@ pub(crate) mod tests {
             .to_task(TaskId::new(7), Timestamp::from_millis(10));
         t.state.attempts = 3;
         let mut v2 = encode(&t);
-        // Format 2 had no concurrency key nor timeout before the arguments (one byte
-        // here), nor a lost-run count after the attempts.
+        // Format 2 had no concurrency key, timeout nor trace context before the arguments
+        // (one byte here), nor a lost-run count after the attempts.
         v2[0] = FORMAT_2;
         let args_at = v2.len() - 1;
-        v2.drain(args_at - 12..args_at);
+        v2.drain(args_at - 16..args_at);
         v2.drain(14..18);
         assert_eq!(decode(t.id, &v2), Ok(t));
     }
@@ -345,10 +359,25 @@ pub(crate) mod tests {
             .to_task(TaskId::new(7), Timestamp::from_millis(10));
         t.state.lost_runs = 2;
         let mut v3 = encode(&t);
-        // Format 3 had no concurrency key nor timeout before the arguments (one byte here).
+        // Format 3 had no concurrency key, timeout nor trace context before the arguments
+        // (one byte here).
         v3[0] = FORMAT_3;
         let args_at = v3.len() - 1;
-        v3.drain(args_at - 12..args_at);
+        v3.drain(args_at - 16..args_at);
         assert_eq!(decode(t.id, &v3), Ok(t));
+    }
+
+    #[test]
+    fn format_4_records_still_decode() {
+        let t = simplepyq_core::NewTask::new("c", vec![0x90])
+            .concurrency_key("k")
+            .timeout(std::time::Duration::from_secs(3))
+            .to_task(TaskId::new(7), Timestamp::from_millis(10));
+        let mut v4 = encode(&t);
+        // Format 4 had no trace context before the arguments (one byte here).
+        v4[0] = FORMAT_4;
+        let args_at = v4.len() - 1;
+        v4.drain(args_at - 4..args_at);
+        assert_eq!(decode(t.id, &v4), Ok(t));
     }
 }

@@ -18,8 +18,9 @@ use crate::{to_id, to_key};
 /// priority and unique key) is upgraded on open; formats 2 (records without lost runs) and
 /// 3 (without concurrency keys) only have their version raised, as their records are still
 /// read (the version keeps builds that cannot read concurrency keys away).
-/// Format 4 (before tasks could wait for others) only has its version raised too.
-pub(crate) const FORMAT: u64 = 5;
+/// Formats 4 (before tasks could wait for others) and 5 (before records kept a trace
+/// context) only have their version raised too.
+pub(crate) const FORMAT: u64 = 6;
 
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 

@@ -250,12 +250,13 @@ pub(crate) fn insert_tasks_taking(
         insert.raw_bind_parameter(5, &t.unique_key)?;
         insert.raw_bind_parameter(6, &t.concurrency_key)?;
         insert.raw_bind_parameter(7, t.timeout_ms())?;
+        insert.raw_bind_parameter(8, &t.traceparent)?;
         let (state, edges) = if t.after.is_empty() {
             (t.initial_state(now), Vec::new())
         } else {
             dependency::start(tx, t, position, &ids, t.initial_state(now))?
         };
-        bind_state(&mut insert, 8, &state)?;
+        bind_state(&mut insert, 9, &state)?;
         insert.raw_execute()?;
         let id = tx.last_insert_rowid();
         dependency::insert_edges(tx, TaskId::new(id), &edges)?;
@@ -266,11 +267,12 @@ pub(crate) fn insert_tasks_taking(
 }
 
 /// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6
-/// concurrency key, ?7 timeout in milliseconds, ?8.. the values of [`STATE_COLUMNS`].
+/// concurrency key, ?7 timeout in milliseconds, ?8 traceparent, ?9.. the values of
+/// [`STATE_COLUMNS`].
 pub(crate) fn insert_sql() -> String {
     format!(
         "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, \
-           concurrency_key, timeout_ms, {STATE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+           concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
     )
 }

@@ -25,6 +25,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_keys_and_timeouts.sql"),
     include_str!("../migrations/0010_results.sql"),
     include_str!("../migrations/0011_dependencies.sql"),
+    include_str!("../migrations/0012_traces.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -155,6 +156,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
     ],
     &[("simplepyq_tasks", "result", "NULL")],
     &[],
+    &[("simplepyq_tasks", "traceparent", "NULL")],
 ];
 
 /// The tables each migration created after the first, with their columns (those later

@@ -206,6 +206,7 @@ macro_rules! conformance_tests {
                 enqueue_in_the_future_is_delayed,
                 args_round_trip_exactly,
                 timeouts_round_trip_in_milliseconds,
+                traceparents_round_trip,
                 claim_follows_run_at_then_id,
                 claim_respects_limit_and_channel,
                 claim_skips_tasks_not_due,

@@ -162,7 +162,8 @@ fn row_of(c: &mut Client, schema: &str, id: i64) -> String {
             &format!(
                 "SELECT row(channel, args, created_at, priority, unique_key, status, \
                  retries_left, max_retries, attempts, lost_runs, run_at, lease_until, \
-                 last_error, updated_at)::text FROM {schema}.tasks WHERE id = $1"
+                 last_error, updated_at, concurrency_key, timeout_ms, traceparent)::text \
+                 FROM {schema}.tasks WHERE id = $1"
             ),
             &[&id],
         )
@@ -171,7 +172,8 @@ fn row_of(c: &mut Client, schema: &str, id: i64) -> String {
 }
 
 /// The SQL function writes the row the store's own enqueue writes, for tasks due at once or
-/// later, with retries, priorities and unique keys (a held key returns its holder's id);
+/// later, with retries, priorities, unique keys (a held key returns its holder's id),
+/// concurrency keys, timeouts and trace contexts;
 /// and it refuses the channel names that core refuses, and only those.
 #[test]
 fn the_sql_function_writes_the_row_the_store_writes() {
@@ -186,8 +188,12 @@ fn the_sql_function_writes_the_row_the_store_writes() {
         NewTask::new("b", vec![2]).run_at(Timestamp::from_millis(1_600_000_000_000)),
         NewTask::new("b", vec![4]).run_at(now),
         NewTask::new("c", vec![3]).unique_key("k"),
+        NewTask::new("d", vec![5])
+            .concurrency_key("customer-1")
+            .timeout(Duration::from_millis(2_500))
+            .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     ];
-    let sql = format!("SELECT {schema}.enqueue_msgpack($1, $2, $3, $4, $5, $6, $7)");
+    let sql = format!("SELECT {schema}.enqueue_msgpack($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
     let by_sql = |c: &mut Client, task: &NewTask| -> i64 {
         c.query_one(
             &sql,
@@ -199,6 +205,9 @@ fn the_sql_function_writes_the_row_the_store_writes() {
                 &task.unique_key,
                 &task.run_at.map(Timestamp::as_millis),
                 &now.as_millis(),
+                &task.concurrency_key,
+                &task.timeout_ms(),
+                &task.traceparent,
             ],
         )
         .expect("enqueue by SQL")
@@ -499,6 +508,17 @@ fn bad_input_is_refused_and_writes_nothing() {
         (
             format!("SELECT {schema}.enqueue('receipts', '1', retries => -1)"),
             "retries",
+        ),
+        (
+            format!("SELECT {schema}.enqueue('receipts', '1', traceparent => '00-4bf9')"),
+            "traceparent",
+        ),
+        (
+            format!(
+                "SELECT {schema}.enqueue('receipts', '1', traceparent => \
+                 '00-00000000000000000000000000000000-00f067aa0ba902b7-01')"
+            ),
+            "traceparent",
         ),
     ] {
         let e = db.query_one(&sql, &[]).expect_err(&sql);

@@ -76,6 +76,74 @@ pub fn timeouts_round_trip_in_milliseconds(s: &dyn Store) {
     assert_eq!(s.counts(Some("b")).expect("counts").total(), 0);
 }
 
+/// A task's trace context (a W3C `traceparent`) is kept as given, by every way a task is
+/// enqueued (one, a batch, a batch with a unique key, a batch with a task waiting for an
+/// earlier one), and read back by every way a task is claimed (with and without a
+/// concurrency key); a malformed one is refused and nothing of its enqueue is stored.
+pub fn traceparents_round_trip(s: &dyn Store) {
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const OTHER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let one = add(s, task("a").traceparent(TRACE));
+    let batch = s
+        .enqueue(&[task("a").traceparent(OTHER), task("a")], T0)
+        .expect("enqueue");
+    let keyed = s
+        .enqueue(&[task("a").unique_key("u").traceparent(TRACE)], T0)
+        .expect("enqueue");
+    let grouped = s
+        .enqueue(
+            &[
+                task("g").traceparent(TRACE),
+                task("g").traceparent(OTHER).after_earlier(0),
+            ],
+            T0,
+        )
+        .expect("enqueue");
+    let by_key = add(s, task("k").concurrency_key("c").traceparent(OTHER));
+    let trace = |id: TaskId| s.get(id).expect("get").expect("kept").traceparent;
+    assert_eq!(trace(one).as_deref(), Some(TRACE));
+    assert_eq!(trace(batch[0]).as_deref(), Some(OTHER));
+    assert_eq!(trace(batch[1]), None);
+    assert_eq!(trace(keyed[0]).as_deref(), Some(TRACE));
+    assert_eq!(trace(grouped[1]).as_deref(), Some(OTHER));
+    let claimed: Vec<(TaskId, Option<String>)> = s
+        .claim("a", 10, T0, T0.after(LEASE))
+        .expect("claim")
+        .into_iter()
+        .map(|t| (t.id, t.traceparent))
+        .collect();
+    assert_eq!(
+        claimed,
+        vec![
+            (one, Some(TRACE.to_owned())),
+            (batch[0], Some(OTHER.to_owned())),
+            (batch[1], None),
+            (keyed[0], Some(TRACE.to_owned())),
+        ]
+    );
+    let keyed_claim = claim_one(s, "k", T0);
+    assert_eq!(
+        (keyed_claim.id, keyed_claim.traceparent.as_deref()),
+        (by_key, Some(OTHER))
+    );
+    let listed = s
+        .list(&simplepyq_core::ListFilter::new(10).channel("g"))
+        .expect("list");
+    assert_eq!(listed[0].traceparent.as_deref(), Some(TRACE));
+    for bad in [
+        "",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "traceparent",
+    ] {
+        let err = s
+            .enqueue(&[task("b"), task("b").traceparent(bad)], T0)
+            .expect_err("a malformed traceparent");
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    }
+    assert_eq!(s.counts(Some("b")).expect("counts").total(), 0);
+}
+
 /// Claims come in run-at order, then id order.
 pub fn claim_follows_run_at_then_id(s: &dyn Store) {
     let late = add(s, task("a").run_at(at(20)));
