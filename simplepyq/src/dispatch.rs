@@ -58,6 +58,8 @@ pub(crate) enum Turn {
 
 /// What became of a claim's tasks.
 #[derive(Debug)]
+// The task moves by value, as in [`Turn`]: boxing it would allocate once per task.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Claimed {
     /// Run this one; the rest were handed over.
     Run(Started),
