@@ -110,6 +110,7 @@ pub struct TaskContext {
     attempt: u32,
     retries_left: u32,
     enqueued_ms: i64,
+    traceparent: Option<String>,
     cancel: CancelToken,
     /// The queue running the task (an engine's id).
     queue: u64,
@@ -143,6 +144,7 @@ impl TaskContext {
             attempt: task.state.attempts,
             retries_left: task.state.retries_left,
             enqueued_ms: task.created_at.as_millis(),
+            traceparent: task.traceparent.clone(),
             cancel,
             queue,
             reads,
@@ -270,6 +272,13 @@ impl TaskContext {
     /// How many more attempts may follow if this one fails.
     pub fn retries_left(&self) -> u32 {
         self.retries_left
+    }
+
+    /// The trace context the task was enqueued with (a W3C `traceparent`): the enqueuing
+    /// code's OpenTelemetry span with the `opentelemetry` feature, or the one given in
+    /// [`crate::EnqueueOptions::traceparent`]; `None` if it had none.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// When the task was enqueued (by the queue's clock).

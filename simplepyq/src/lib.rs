@@ -95,6 +95,12 @@
 //!   tasks, if it has one; all by `channel`), figures of
 //!   the store that `simplepyq serve` gives at `/metrics` too (the store's figures are named
 //!   `simplepyq_store_*`; a process's own, the others, are not).
+//! - `opentelemetry`: traces that cross the queue. An enqueue keeps the current
+//!   [OpenTelemetry](https://docs.rs/opentelemetry) span's context with the task (a W3C
+//!   `traceparent`, [`Task::traceparent`]), and whichever process runs the task makes the
+//!   handler's span (`process {channel}`, with the task's id, channel and attempt) its child,
+//!   current while the handler runs, through the global tracer provider the program installs.
+//!   With `tracing-opentelemetry`, `tracing` spans take part on both sides.
 
 mod channel;
 mod channel_work;
@@ -128,6 +134,7 @@ mod signal;
 #[cfg(feature = "tokio")]
 mod spawner;
 mod sync;
+mod traces;
 mod turn;
 mod waiting;
 mod worker;

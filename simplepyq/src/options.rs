@@ -42,6 +42,9 @@ pub struct EnqueueOptions {
     pub timeout: Option<Duration>,
     /// The tasks that must be done before this one is due.
     pub after: Vec<TaskId>,
+    /// The trace context the task carries (a W3C `traceparent`); `None` for the current
+    /// OpenTelemetry span's with the `opentelemetry` feature, else none.
+    pub traceparent: Option<String>,
 }
 
 /// When an enqueued task becomes due.
@@ -122,6 +125,17 @@ impl EnqueueOptions {
         self
     }
 
+    /// Sets the trace context the task carries: a W3C `traceparent`
+    /// (`00-{trace id}-{span id}-{flags}`, lower-case hex;
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) at the enqueue otherwise), which
+    /// the handler's span continues with the `opentelemetry` feature. Without it, that
+    /// feature takes the current OpenTelemetry span's context; this one is for a context
+    /// that came from elsewhere (a message's header, another language).
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
     /// The task to store, enqueued at `now`.
     pub(crate) fn task(&self, channel: &str, args: Vec<u8>, now: Timestamp) -> NewTask {
         let mut task = NewTask::new(channel, args)
@@ -131,6 +145,7 @@ impl EnqueueOptions {
         task.unique_key.clone_from(&self.unique);
         task.concurrency_key.clone_from(&self.concurrency_key);
         task.timeout = self.timeout;
+        task.traceparent = self.traceparent.clone().or_else(crate::traces::current);
         match self.when {
             Some(When::After(d)) => task.run_at(now.after(d)),
             Some(When::At(t)) => task.run_at(system_time(t)),

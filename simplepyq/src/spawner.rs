@@ -26,6 +26,7 @@ use crate::metered;
 use crate::recorder;
 use crate::report;
 use crate::runner::{AsyncRunner, BoxFuture};
+use crate::traces::TaskSpan;
 use crate::turn::{claim_turn, idle_pause, idle_timeout};
 
 /// The claiming thread of an async channel: claims as many tasks as the channel has free
@@ -112,8 +113,11 @@ fn spawn<S: Store>(
             .deadlines
             .watch(&cancel, task.id, &channel.name, t, false)
     });
+    let span = TaskSpan::start(&task, &channel.name);
     let began = Instant::now();
-    let made = catch_unwind(AssertUnwindSafe(|| (runner.handler)(&task.args, ctx)));
+    let made =
+        span.in_scope(|| catch_unwind(AssertUnwindSafe(|| (runner.handler)(&task.args, ctx))));
+    let made = made.map(|made| made.map(|future| span.instrument(future)));
     let flight = Flight {
         engine: Arc::clone(engine),
         channel: Arc::clone(channel),
@@ -123,6 +127,7 @@ fn spawn<S: Store>(
         task: Some(task),
         began,
         cancel,
+        span: Some(span),
     };
     match made {
         Ok(Ok(future)) => {
@@ -174,6 +179,8 @@ struct Flight<S: Store> {
     /// The run's cancellation state, which also says whether the handler completed the
     /// task in its own transaction.
     cancel: CancelToken,
+    /// The handler's span, ended with the outcome.
+    span: Option<TaskSpan>,
 }
 
 impl<S: Store> Flight<S> {
@@ -187,6 +194,9 @@ impl<S: Store> Flight<S> {
             let finished = self
                 .channel
                 .finished(&task, result, given, elapsed, now, completed_in);
+            if let Some(span) = self.span.take() {
+                span.end(&finished.outcome);
+            }
             recorder::hand_over_nowait(&self.engine, finished);
         }
     }

@@ -15,6 +15,7 @@ use crate::leases;
 use crate::metered;
 use crate::recorder;
 use crate::report;
+use crate::traces::TaskSpan;
 use crate::turn::{claim_turn, idle_pause, idle_timeout};
 
 /// One worker of a channel: runs tasks until the channel stops, claiming them in batches.
@@ -102,9 +103,12 @@ fn run<S: Store>(
             .deadlines
             .watch(&cancel, task.id, &channel.name, t, true)
     });
+    let span = TaskSpan::start(&task, &channel.name);
     let began = Instant::now();
-    let mut result = as_current(engine.id, claim, || {
-        catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)))
+    let mut result = span.in_scope(|| {
+        as_current(engine.id, claim, || {
+            catch_unwind(AssertUnwindSafe(|| handler(&task.args, &ctx)))
+        })
     });
     if let Some(deadline) = deadline.filter(Deadline::passed) {
         // Timed out, whatever the handler returned after its deadline.
@@ -116,6 +120,7 @@ fn run<S: Store>(
     let given = cancel.take_result();
     let (elapsed, now) = (began.elapsed(), engine.now());
     let finished = channel.finished(&task, result, given, elapsed, now, completed_in);
+    span.end(&finished.outcome);
     abandon.claim = None;
     recorder::hand_over(engine, finished);
 }
