@@ -40,8 +40,6 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
     json!({ "now_ms": now.as_millis(), "channels": channels })
 }
 
-/// A task as JSON, its arguments decoded from MessagePack (or shown as bytes if they are
-/// not valid MessagePack).
 /// A done task's result as JSON (decoded from MessagePack), `null` for none.
 pub(crate) fn result_json(result: Option<Vec<u8>>) -> Value {
     match result {
@@ -51,6 +49,8 @@ pub(crate) fn result_json(result: Option<Vec<u8>>) -> Value {
     }
 }
 
+/// A task as JSON, its arguments decoded from MessagePack (or shown as bytes if they are
+/// not valid MessagePack).
 pub(crate) fn task_json(t: &Task) -> Value {
     let args = rmp_serde::from_slice::<Value>(&t.args)
         .unwrap_or_else(|_| json!({ "undecodable_bytes": t.args }));
@@ -65,6 +65,7 @@ pub(crate) fn task_json(t: &Task) -> Value {
         "unique_key": t.unique_key,
         "concurrency_key": t.concurrency_key,
         "timeout_ms": t.timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        "traceparent": t.traceparent,
         "run_at_ms": t.state.run_at.as_millis(),
         "lease_until_ms": t.state.lease_until.map(Timestamp::as_millis),
         "created_at_ms": t.created_at.as_millis(),

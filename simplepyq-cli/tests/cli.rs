@@ -67,8 +67,16 @@ fn fill<S: Store>(q: &SimplePyQ<S>) {
         EnqueueOptions::new().delay(Duration::from_secs(3_600)),
     )
     .expect("enqueue");
-    q.enqueue("sms", &("+1555", 3u8)).expect("enqueue");
+    q.enqueue_with(
+        "sms",
+        &("+1555", 3u8),
+        EnqueueOptions::new().traceparent(TRACEPARENT),
+    )
+    .expect("enqueue");
 }
+
+/// The trace context the task of "sms" was enqueued with.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn sqlite_queue(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tasks.db");
@@ -154,6 +162,8 @@ fn tasks_and_show_decode_arguments() {
     let sms = ok(&["tasks", s(&db), "--channel", "sms", "--json"]);
     let sms: Value = serde_json::from_str(&sms).expect("json");
     assert_eq!(sms[0]["args"], serde_json::json!(["+1555", 3]));
+    assert_eq!(sms[0]["traceparent"], TRACEPARENT);
+    assert_eq!(first["traceparent"], Value::Null);
     let missing = cli(&["show", s(&db), "999"], "");
     assert_eq!(missing.status.code(), Some(4));
 }

@@ -195,7 +195,11 @@ fn filled(dir: &Path) -> (PathBuf, SqliteStore) {
     }
     for i in 0..2 {
         store
-            .enqueue_one(NewTask::new("reports", args(json!(["daily", i]))), t)
+            .enqueue_one(
+                NewTask::new("reports", args(json!(["daily", i])))
+                    .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                t,
+            )
             .expect("enqueue");
     }
     let later = NewTask::new("reports", args(json!(["weekly"])))
@@ -530,6 +534,11 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
         .await
         .expect("the task's page");
     assert_eq!(b.text("#task-status").await, "pending");
+    // Its trace, by the trace id of the context it was enqueued in.
+    assert_eq!(
+        b.text("#task-trace").await,
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
     b.click("button.cancel").await;
     b.client().accept_alert().await.expect("confirm");
     wait_until("the task is cancelled", || {

@@ -188,6 +188,7 @@ function drawTask(t, now) {
     ["priority", t.priority], ["unique key", t.unique_key ?? "–"],
     ["concurrency key", t.concurrency_key ?? "–"],
     ["timeout", t.timeout_ms === null || t.timeout_ms === undefined ? "the channel's" : `${t.timeout_ms} ms`],
+    ["trace", t.traceparent ? el("code", { id: "task-trace", title: `traceparent ${t.traceparent}` }, t.traceparent.split("-")[1]) : "–"],
     ["run at", when(t.run_at_ms, now)], ["lease until", when(t.lease_until_ms, now)],
     ["enqueued", when(t.created_at_ms, now)], ["last change", when(t.updated_at_ms, now)],
     ["waits for", (t.parents ?? []).length === 0 ? "–" : el("span", { class: "parents" },
