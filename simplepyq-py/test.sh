@@ -18,7 +18,8 @@ python="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" pytest mypy "psycopg[binary]>=3.1,<4"
+"$venv/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" pytest mypy "psycopg[binary]>=3.1,<4" \
+    "opentelemetry-api>=1.20,<2" "opentelemetry-sdk>=1.20,<2"
 original="$venv/original-0.1.3"
 if [ ! -d "$original/simplepyq" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check --target "$original" simplepyq==0.1.3

@@ -119,6 +119,21 @@ pub(crate) fn parent_results(py: Python<'_>) -> PyResult<Vec<(i64, Py<PyAny>)>> 
         .collect()
 }
 
+/// The task whose Python handler runs on this thread: `(id, attempt, traceparent)`, or
+/// `None` outside a handler (the package's OpenTelemetry span reads it).
+#[pyfunction]
+pub(crate) fn current_task() -> Option<(i64, u32, Option<String>)> {
+    CONTEXT.with(|c| {
+        c.borrow().as_ref().map(|ctx| {
+            (
+                ctx.id().get(),
+                ctx.attempt(),
+                ctx.traceparent().map(str::to_owned),
+            )
+        })
+    })
+}
+
 /// Runs `f` on a thread of its own and waits for it without the GIL, looking for signals
 /// every 50 ms: on one (Ctrl-C), calls `interrupted` (with the receiver of `f`'s result,
 /// which it may wait on) and returns the signal's exception.
@@ -298,7 +313,7 @@ impl Engine {
     }
 
     /// Enqueues one task; returns its id.
-    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique, concurrency_key=None, timeout=None, after=None))]
+    #[pyo3(signature = (channel, args, retries, delay, at, priority, unique, concurrency_key=None, timeout=None, after=None, traceparent=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
@@ -313,9 +328,10 @@ impl Engine {
         concurrency_key: Option<String>,
         timeout: Option<f64>,
         after: Option<Vec<i64>>,
+        traceparent: Option<String>,
     ) -> PyResult<i64> {
         let value = to_value(args, 0)?;
-        let mut options = options(retries, delay, at, priority, unique)?
+        let mut options = options(retries, delay, at, priority, unique, traceparent)?
             .after(after.unwrap_or_default().into_iter().map(TaskId::new));
         if let Some(key) = concurrency_key {
             options = options.concurrency_key(key);
@@ -330,7 +346,7 @@ impl Engine {
     }
 
     /// Enqueues many tasks in one transaction, all or none; returns their ids.
-    #[pyo3(signature = (channel, many, retries, delay, at, priority))]
+    #[pyo3(signature = (channel, many, retries, delay, at, priority, traceparent=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue_many(
         &self,
@@ -341,12 +357,13 @@ impl Engine {
         delay: Option<f64>,
         at: Option<f64>,
         priority: i32,
+        traceparent: Option<String>,
     ) -> PyResult<Vec<i64>> {
         let values = many
             .try_iter()?
             .map(|item| to_value(&item?, 0))
             .collect::<PyResult<Vec<Value>>>()?;
-        let options = options(retries, delay, at, priority, None)?;
+        let options = options(retries, delay, at, priority, None, traceparent)?;
         let ids = py
             .detach(|| on!(self.backend, q => q.enqueue_many(channel, &values, options)))
             .map_err(py_err)?;
@@ -355,7 +372,7 @@ impl Engine {
 
     /// Enqueues a group of tasks of `channel` and a final task of `then` that waits for
     /// all of them, in one transaction; returns the group's ids and the final task's.
-    #[pyo3(signature = (channel, many, then, then_args, retries, priority))]
+    #[pyo3(signature = (channel, many, then, then_args, retries, priority, traceparent=None))]
     #[allow(clippy::too_many_arguments)]
     fn enqueue_group(
         &self,
@@ -366,13 +383,14 @@ impl Engine {
         then_args: &Bound<'_, PyAny>,
         retries: u32,
         priority: i32,
+        traceparent: Option<String>,
     ) -> PyResult<(Vec<i64>, i64)> {
         let values = many
             .try_iter()?
             .map(|item| to_value(&item?, 0))
             .collect::<PyResult<Vec<Value>>>()?;
         let last = to_value(then_args, 0)?;
-        let options = options(retries, None, None, priority, None)?;
+        let options = options(retries, None, None, priority, None, traceparent)?;
         let (ids, last) = py
             .detach(|| {
                 on!(self.backend, q => q.enqueue_group(
@@ -411,7 +429,7 @@ impl Engine {
         }
         .map_err(py_err)?;
         let value = to_value(args, 0)?;
-        let options = options(retries, None, None, priority, unique)?;
+        let options = options(retries, None, None, priority, unique, None)?;
         on!(self.backend, q => q.add_schedule_with(name, channel, schedule, &value, options))
             .map_err(py_err)
     }
@@ -666,10 +684,14 @@ fn options(
     at: Option<f64>,
     priority: i32,
     unique: Option<String>,
+    traceparent: Option<String>,
 ) -> PyResult<EnqueueOptions> {
     let mut options = EnqueueOptions::new().retries(retries).priority(priority);
     if let Some(key) = unique {
         options = options.unique(key);
+    }
+    if let Some(traceparent) = traceparent {
+        options = options.traceparent(traceparent);
     }
     match (delay, at) {
         (Some(_), Some(_)) => {
@@ -705,6 +727,7 @@ pub(crate) struct TaskInfo {
     priority: i32,
     unique_key: Option<String>,
     concurrency_key: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl TaskInfo {
@@ -725,6 +748,7 @@ impl TaskInfo {
             priority: task.priority,
             unique_key: task.unique_key.clone(),
             concurrency_key: task.concurrency_key.clone(),
+            traceparent: task.traceparent.clone(),
         })
     }
 }

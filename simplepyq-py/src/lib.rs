@@ -24,6 +24,7 @@ fn _simplepyq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_class::<engine::TaskInfo>()?;
     m.add_function(wrap_pyfunction!(engine::parent_results, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::current_task, m)?)?;
     m.add("QueueError", m.py().get_type::<QueueError>())?;
     // The SQLite library the queue runs on: the package checks that it is the interpreter's.
     m.add("sqlite_version", simplepyq::SqliteStore::library_version())?;

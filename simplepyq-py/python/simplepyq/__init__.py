@@ -26,7 +26,7 @@ except ImportError:  # an interpreter built without sqlite3: no second SQLite ei
     _stdlib_sqlite3 = None  # type: ignore[assignment]
 import warnings
 
-from . import _simplepyq
+from . import _simplepyq, _traces
 from ._simplepyq import Engine as _Engine
 from ._simplepyq import QueueError, Task
 
@@ -192,6 +192,8 @@ class SimplePyQ:
         until it returns, and its attempt is then recorded as timed out, whatever it returned.
         ``keep_done`` and ``keep_failed``: how long the channel's finished tasks are kept
         while the queue runs (over the queue's own, see ``SimplePyQ``).
+        With the ``opentelemetry`` package installed, ``func`` runs inside a span
+        ``process {name}``, a child of the span its task was enqueued in.
         """
         limit = _seconds("timeout", timeout)
         waits = None if backoff is None else (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
@@ -201,7 +203,7 @@ class SimplePyQ:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         self._engine.add_channel(
             name,
-            func,
+            _traces.traced(name, func, DelayException),
             max_workers,
             waits,
             limit,
@@ -263,6 +265,7 @@ class SimplePyQ:
         concurrency_key: Optional[str] = None,
         timeout: Optional[Seconds] = None,
         after: Optional[Iterable[int]] = None,
+        traceparent: Optional[str] = None,
     ) -> int:
         """Enqueue a task for a channel; return its id.
 
@@ -277,7 +280,9 @@ class SimplePyQ:
         ``"waiting"``) until every one of those tasks is done, and fails if one of them
         fails for good or is cancelled; its function reads what they returned with
         ``simplepyq.parent_results()``. ValueError for a parent that does not exist or
-        failed.
+        failed. The task keeps ``traceparent`` (a W3C trace context), or else, with the
+        ``opentelemetry`` package installed, the current span's: its function's span, in
+        whichever process runs it, continues that trace.
         """
         return self._engine.enqueue(
             channel,
@@ -290,6 +295,7 @@ class SimplePyQ:
             concurrency_key,
             _seconds("timeout", timeout),
             None if after is None else [int(i) for i in after],
+            traceparent if traceparent is not None else _traces.current(),
         )
 
     def enqueue_many(
@@ -302,9 +308,16 @@ class SimplePyQ:
         at: Optional[When] = None,
         priority: int = 0,
     ) -> List[int]:
-        """Enqueue many tasks in one transaction, all or none; return their ids."""
+        """Enqueue many tasks in one transaction, all or none; return their ids. Each keeps
+        the current span's trace context, as with ``enqueue``."""
         return self._engine.enqueue_many(
-            channel, many, retries, _seconds("delay", delay), _epoch(at), priority
+            channel,
+            many,
+            retries,
+            _seconds("delay", delay),
+            _epoch(at),
+            priority,
+            _traces.current(),
         )
 
     def enqueue_group(
@@ -321,7 +334,9 @@ class SimplePyQ:
         one of them is done (its function reads what they returned with
         ``simplepyq.parent_results()``), all in one transaction; return the group's ids and
         the final task's id."""
-        return self._engine.enqueue_group(channel, many, then, then_args, retries, priority)
+        return self._engine.enqueue_group(
+            channel, many, then, then_args, retries, priority, _traces.current()
+        )
 
     def parents(self, id: int) -> List[int]:
         """The ids of the tasks task ``id`` waits (or waited) for."""

@@ -39,6 +39,8 @@ class Task:
     def unique_key(self) -> Optional[str]: ...
     @property
     def concurrency_key(self) -> Optional[str]: ...
+    @property
+    def traceparent(self) -> Optional[str]: ...
 
 class Engine:
     def __new__(
@@ -71,6 +73,7 @@ class Engine:
         concurrency_key: Optional[str] = None,
         timeout: Optional[float] = None,
         after: Optional[List[int]] = None,
+        traceparent: Optional[str] = None,
     ) -> int: ...
     def enqueue_group(
         self,
@@ -80,6 +83,7 @@ class Engine:
         then_args: Any,
         retries: int,
         priority: int,
+        traceparent: Optional[str] = None,
     ) -> Tuple[List[int], int]: ...
     def parents(self, id: int) -> List[int]: ...
     def enqueue_many(
@@ -90,6 +94,7 @@ class Engine:
         delay: Optional[float],
         at: Optional[float],
         priority: int,
+        traceparent: Optional[str] = None,
     ) -> List[int]: ...
     def add_schedule(
         self,
@@ -134,3 +139,4 @@ class Engine:
     def cancel(self, id: int) -> str: ...
 
 def parent_results() -> List[Tuple[int, Any]]: ...
+def current_task() -> Optional[Tuple[int, int, Optional[str]]]: ...
