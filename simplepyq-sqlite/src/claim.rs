@@ -32,7 +32,14 @@ impl ClaimStore for SqliteStore {
         }
         let channels = channels_of(tasks);
         let tasks = tasks.to_vec();
-        let ids = self.write_as(Caller::Producer, move |tx| insert_tasks(tx, &tasks, now))?;
+        let most = self.enqueue_pages;
+        let ids = self.write_as(Caller::Producer, move |tx| {
+            let ids = insert_tasks(tx, &tasks, now)?;
+            if let Some(most) = most {
+                within(tx, most)?;
+            }
+            Ok(ids)
+        })?;
         self.announcer.announce(channels.iter().map(String::as_str));
         Ok(ids)
     }
@@ -264,6 +271,31 @@ pub(crate) fn insert_tasks_taking(
         ids.push(TaskId::new(id));
     }
     Ok((ids, taken))
+}
+
+/// The most pages an enqueue may leave a file capped at `cap` pages with: an eighth of the
+/// cap (at least 8 pages) stays for claims and outcomes, which write into pages that exist
+/// but may split one (a row that grows by its lease, an index of done tasks that grows with
+/// each), so that a queue full of tasks still runs them.
+pub(crate) fn enqueue_pages(cap: i64) -> i64 {
+    (cap - (cap / 8).max(8)).max(1)
+}
+
+/// Refuses a transaction that leaves the file with more than `most` pages, as SQLite refuses
+/// one past its cap (`Error::Full`, rolled back by the caller).
+fn within(tx: &Transaction<'_>, most: i64) -> R<()> {
+    let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    if pages > most {
+        return Err(simplepyq_core::Error::Full {
+            backend: crate::error::BACKEND,
+            message: format!(
+                "database or disk is full: enqueues stop at {most} pages, short of the \
+                 file's cap, to leave room for claims and outcomes"
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6

@@ -131,6 +131,9 @@ pub struct SqliteStore {
     committed: outbox::Committed,
     /// Wakes this store's own queues when waiting tasks become due.
     wakes: simplepyq_core::LocalWakes,
+    /// With `SqliteOptions::max_size`, the most pages an enqueue leaves the file with
+    /// ([`claim::enqueue_pages`]).
+    enqueue_pages: Option<i64>,
 }
 
 impl SqliteStore {

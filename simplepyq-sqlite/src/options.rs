@@ -26,6 +26,7 @@ pub struct SqliteOptions {
     /// The most the database file may grow to, in bytes (rounded down to whole pages);
     /// `None` (the default) for SQLite's own limit. Writes that would pass it fail with
     /// [`Error::Full`](simplepyq_core::Error::Full) and change nothing; what was committed stays.
+    /// Enqueues stop an eighth of it short (at least 8 pages), left for claims and outcomes.
     pub max_size: Option<u64>,
     /// Whether a running queue watches for work other processes add, waking the channel's
     /// idle workers at once: on Unix by a socket in a folder beside the file

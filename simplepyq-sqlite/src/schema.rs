@@ -188,6 +188,7 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
     &[],
     &[],
     &[("simplepyq_dependencies", &["child", "parent", "satisfied"])],
+    &[],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,
