@@ -52,7 +52,7 @@ pub use store::{
 };
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, MAX_RESULT_BYTES, NewTask,
-    Outcome, Parent, ParseStatusError, Status, Task, TaskId, TaskState, validate_channel,
+    Outcome, Parent, ParseStatusError, Status, Stuck, Task, TaskId, TaskState, validate_channel,
     validate_concurrency_key,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, duration_of, millis_of};

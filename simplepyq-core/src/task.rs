@@ -214,6 +214,20 @@ impl Claim {
     }
 }
 
+/// A running attempt whose handler ran past its timeout and cannot be stopped (a thread):
+/// its worker keeps its lease until it returns. See [`crate::OutcomeStore::mark_stuck`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stuck {
+    /// The task.
+    pub id: TaskId,
+    /// Its channel.
+    pub channel: String,
+    /// The attempt that is stuck.
+    pub attempt: u32,
+    /// When it was marked: its deadline, as its worker saw it pass.
+    pub since: Timestamp,
+}
+
 /// A task to enqueue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

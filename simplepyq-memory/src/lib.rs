@@ -26,7 +26,7 @@ use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
     AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, KeyedClaim,
     ListFilter, LocalWakes, NewTask, Outcome, OutcomeStore, Rate, RateWindow, Result,
-    ScheduleStore, Status, Task, TaskId, TaskState, Timestamp, Totals, Wake, Watch, batch,
+    ScheduleStore, Status, Stuck, Task, TaskId, TaskState, Timestamp, Totals, Wake, Watch, batch,
     change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
     validate_channel,
 };
@@ -88,6 +88,8 @@ struct Inner {
     dependents: HashMap<TaskId, BTreeSet<TaskId>>,
     /// How many unsatisfied edges each waiting child has left (no entry for none).
     edges_left: HashMap<TaskId, usize>,
+    /// Attempts marked stuck: task → (attempt, since); a mark counts while its attempt runs.
+    stuck: BTreeMap<TaskId, (u32, Timestamp)>,
 }
 
 impl Inner {
@@ -628,6 +630,24 @@ impl OutcomeStore for MemoryStore {
         inner.settle(failed, now)?;
         Ok(expired.len())
     }
+
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        let Inner { tasks, stuck, .. } = &mut *inner;
+        // Marks whose attempt no longer runs count no more.
+        stuck.retain(|id, (attempt, _)| {
+            let c = Claim {
+                id: *id,
+                attempt: *attempt,
+            };
+            tasks.get(id).is_some_and(|t| c.holds(&t.state))
+        });
+        let held = tasks.get(&claim.id).is_some_and(|t| claim.holds(&t.state));
+        if held {
+            stuck.insert(claim.id, (claim.attempt, since));
+        }
+        Ok(held)
+    }
 }
 
 impl AdminStore for MemoryStore {
@@ -761,6 +781,25 @@ impl InspectStore for MemoryStore {
 
     fn totals(&self) -> Result<BTreeMap<String, Totals>> {
         Ok(self.inner.lock().totals.clone())
+    }
+
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<Stuck>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .stuck
+            .iter()
+            .filter_map(|(&id, &(attempt, since))| {
+                let task = inner.tasks.get(&id)?;
+                let counts = Claim { id, attempt }.holds(&task.state)
+                    && channel.is_none_or(|c| c == task.channel);
+                counts.then(|| Stuck {
+                    id,
+                    channel: task.channel.clone(),
+                    attempt,
+                    since,
+                })
+            })
+            .collect())
     }
 }
 

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use simplepyq_core::{
-    Counts, Finished, InspectStore, ListFilter, Result, Status, Task, TaskId, Timestamp, Totals,
+    Counts, Finished, InspectStore, ListFilter, Result, Status, Stuck, Task, TaskId, Timestamp,
+    Totals,
 };
 
 use crate::error::bad_value;
@@ -129,6 +130,22 @@ impl InspectStore for PostgresStore {
                 totals.insert(r.try_get(0)?, t);
             }
             Ok(totals)
+        })
+    }
+
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<Stuck>> {
+        self.run(|c| {
+            let mut stuck = Vec::new();
+            for r in c.query(sql::STUCK, &[&channel])? {
+                let attempt: i64 = r.try_get(2)?;
+                stuck.push(Stuck {
+                    id: TaskId::new(r.try_get(0)?),
+                    channel: r.try_get(1)?,
+                    attempt: u32::try_from(attempt).map_err(|_| bad_value("attempt", attempt))?,
+                    since: Timestamp::from_millis(r.try_get(3)?),
+                });
+            }
+            Ok(stuck)
         })
     }
 }

@@ -28,6 +28,14 @@ impl OutcomeStore for PostgresStore {
         self.run(|c| c.execute(sql::EXTEND, &[&ids, &attempts, &lease_until]))
     }
 
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool> {
+        let (id, attempt, since) = (claim.id.get(), i64::from(claim.attempt), millis(since));
+        self.transaction(|tx| {
+            tx.execute(sql::FORGET_STUCK, &[])?;
+            Ok(tx.execute(sql::MARK_STUCK, &[&id, &attempt, &since])? > 0)
+        })
+    }
+
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         if claims.is_empty() {
             return Ok(0);

@@ -16,6 +16,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_results.sql"),
     include_str!("../migrations/0008_dependencies.sql"),
     include_str!("../migrations/0009_traces.sql"),
+    include_str!("../migrations/0010_stuck.sql"),
 ];
 
 /// The schema version this build writes.

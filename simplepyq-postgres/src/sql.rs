@@ -235,3 +235,28 @@ pub const NEXT_WAKEUP: &str = concat!(
     "), \
      (SELECT min(lease_until) FROM tasks WHERE channel = $1 AND status = 'running'))"
 );
+
+/// Whether the mark `s` of table `stuck` counts: its attempt is its task's running attempt
+/// (`simplepyq_core::Claim::holds`).
+macro_rules! stuck_counts {
+    () => {
+        "EXISTS (SELECT 1 FROM tasks t WHERE t.id = s.id AND t.status = 'running' \
+         AND t.attempts = s.attempt)"
+    };
+}
+
+/// Forgets the marks that count no more.
+pub const FORGET_STUCK: &str = concat!("DELETE FROM stuck s WHERE NOT ", stuck_counts!());
+
+/// Marks attempt $2 of task $1 stuck since $3, if it is the task's running attempt.
+pub const MARK_STUCK: &str = "INSERT INTO stuck (id, attempt, since) \
+     SELECT id, attempts, $3 FROM tasks WHERE id = $1 AND status = 'running' AND attempts = $2 \
+     ON CONFLICT (id) DO UPDATE SET attempt = excluded.attempt, since = excluded.since";
+
+/// The marks that count, of channel $1 (NULL: every channel), in id order.
+pub const STUCK: &str = concat!(
+    "SELECT s.id, t.channel, s.attempt, s.since FROM stuck s JOIN tasks t ON t.id = s.id \
+     WHERE ",
+    stuck_counts!(),
+    " AND ($1::text IS NULL OR t.channel = $1) ORDER BY s.id"
+);

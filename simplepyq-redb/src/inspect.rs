@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 
 use redb::ReadableTable;
-use simplepyq_core::{Counts, InspectStore, ListFilter, Result, Task, TaskId, Totals};
+use simplepyq_core::{
+    Claim, Counts, InspectStore, ListFilter, Result, Stuck, Task, TaskId, Timestamp, Totals,
+};
 
 use crate::error::{corrupt, db_err};
 use crate::flow::existing;
 use crate::record::{self, status_from_code};
 use crate::tables::{
-    BY_STATUS, COUNTS, RESULTS, TASKS, TOTALS, channel_names, status_pairs, stored_totals,
+    BY_STATUS, COUNTS, RESULTS, STUCK, TASKS, TOTALS, channel_names, status_pairs, stored_totals,
 };
 use crate::{RedbStore, to_id, to_key};
 
@@ -126,6 +128,37 @@ impl InspectStore for RedbStore {
                 totals.insert(channel.value().to_owned(), stored_totals(counts.value()));
             }
             Ok(totals)
+        })
+    }
+
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<Stuck>> {
+        self.read(|read| {
+            let Some(marks) = existing(read.open_table(STUCK))? else {
+                return Ok(Vec::new());
+            };
+            let tasks = read.open_table(TASKS).map_err(db_err)?;
+            let mut stuck = Vec::new();
+            for entry in marks.iter().map_err(db_err)? {
+                let (key, mark) = entry.map_err(db_err)?;
+                let id = to_id(key.value())?;
+                let (attempt, since) = mark.value();
+                let Some(bytes) = tasks.get(key.value()).map_err(db_err)? else {
+                    continue;
+                };
+                let task = record::decode(id, bytes.value())
+                    .map_err(|e| corrupt(format!("task {id}: {e}")))?;
+                if (Claim { id, attempt }).holds(&task.state)
+                    && channel.is_none_or(|c| c == task.channel)
+                {
+                    stuck.push(Stuck {
+                        id,
+                        channel: task.channel,
+                        attempt,
+                        since: Timestamp::from_millis(since),
+                    });
+                }
+            }
+            Ok(stuck)
         })
     }
 }

@@ -9,7 +9,7 @@ use simplepyq_core::transition::Event;
 use simplepyq_core::{Claim, Outcome, OutcomeStore, Result, Status, Timestamp, Totals, batch};
 
 use crate::error::db_err;
-use crate::tables::{LEASES, add_totals};
+use crate::tables::{LEASES, STUCK, add_totals};
 use crate::{RedbStore, to_id, to_key};
 
 impl OutcomeStore for RedbStore {
@@ -19,6 +19,36 @@ impl OutcomeStore for RedbStore {
 
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {
         self.write(|t| t.on_held(claims, &Event::Release { now }))
+    }
+
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool> {
+        self.write_tx(|tx, t| {
+            let mut stuck = tx.open_table(STUCK).map_err(db_err)?;
+            // Marks whose attempt no longer runs count no more.
+            let mut gone = Vec::new();
+            for entry in stuck.iter().map_err(db_err)? {
+                let (key, mark) = entry.map_err(db_err)?;
+                let mark = Claim {
+                    id: to_id(key.value())?,
+                    attempt: mark.value().0,
+                };
+                if !t.load(mark.id)?.is_some_and(|task| mark.holds(&task.state)) {
+                    gone.push(key.value());
+                }
+            }
+            for key in gone {
+                stuck.remove(key).map_err(db_err)?;
+            }
+            let held = t
+                .load(claim.id)?
+                .is_some_and(|task| claim.holds(&task.state));
+            if held {
+                stuck
+                    .insert(to_key(claim.id), (claim.attempt, since.as_millis()))
+                    .map_err(db_err)?;
+            }
+            Ok(held)
+        })
     }
 
     fn finish_many(

@@ -66,6 +66,11 @@ pub(crate) const TOTALS: TableDefinition<&str, (u64, u64, u64, u64)> =
 /// A done task's result (MessagePack), by id: what its handler gave when it succeeded.
 pub(crate) const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 
+/// Attempts marked stuck (`OutcomeStore::mark_stuck`): id → (attempt, since in
+/// milliseconds). A mark counts while its attempt is its task's running attempt. Made by the
+/// first mark: a file without it has none.
+pub(crate) const STUCK: TableDefinition<u64, (u32, i64)> = TableDefinition::new("stuck");
+
 /// The edges of tasks that wait for others: (child, parent) → 1 once the parent is done
 /// (see [`simplepyq_core::dependency`]).
 pub(crate) const EDGES: TableDefinition<(u64, u64), u8> = TableDefinition::new("edges");

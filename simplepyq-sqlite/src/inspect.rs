@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use rusqlite::params_from_iter;
 use simplepyq_core::{
-    Counts, Finished, InspectStore, ListFilter, Result, Status, Task, TaskId, Timestamp, Totals,
+    Counts, Finished, InspectStore, ListFilter, Result, Status, Stuck, Task, TaskId, Timestamp,
+    Totals,
 };
 
 use crate::SqliteStore;
@@ -134,7 +135,40 @@ impl InspectStore for SqliteStore {
             Ok(totals)
         })
     }
+
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<Stuck>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT simplepyq_stuck.id, t.channel, simplepyq_stuck.attempt, \
+                   simplepyq_stuck.since \
+                 FROM simplepyq_stuck JOIN simplepyq_tasks t ON t.id = simplepyq_stuck.id \
+                 WHERE {STUCK_COUNTS}{} ORDER BY simplepyq_stuck.id",
+                channel.map_or("", |_| " AND t.channel = ?1")
+            ))?;
+            let mut rows = match channel {
+                Some(c) => stmt.query([c])?,
+                None => stmt.query([])?,
+            };
+            let mut stuck = Vec::new();
+            while let Some(r) = rows.next()? {
+                let attempt: i64 = r.get(2)?;
+                stuck.push(Stuck {
+                    id: TaskId::new(r.get(0)?),
+                    channel: r.get(1)?,
+                    attempt: u32::try_from(attempt).map_err(|_| bad_value("attempt", attempt))?,
+                    since: Timestamp::from_millis(r.get(3)?),
+                });
+            }
+            Ok(stuck)
+        })
+    }
 }
+
+/// Whether the mark `s` of table `simplepyq_stuck` counts: its attempt is its task's running
+/// attempt ([`simplepyq_core::Claim::holds`]).
+pub(crate) const STUCK_COUNTS: &str = "EXISTS (SELECT 1 FROM simplepyq_tasks t \
+     WHERE t.id = simplepyq_stuck.id AND t.status = 'running' \
+     AND t.attempts = simplepyq_stuck.attempt)";
 
 /// `AND channel = ?n` when a channel is given.
 pub(crate) fn channel_filter(channel: Option<&str>, n: usize) -> String {

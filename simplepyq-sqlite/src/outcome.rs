@@ -13,6 +13,7 @@ use simplepyq_core::{
 };
 
 use crate::error::{E, R};
+use crate::inspect::STUCK_COUNTS;
 use crate::row::{
     STATE_COLUMNS, ids, load_state, save_finished, save_state, state_from_row, transition,
 };
@@ -22,6 +23,24 @@ impl OutcomeStore for SqliteStore {
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize> {
         let claims = claims.to_vec();
         self.write(move |tx| on_held(tx, &claims, &Event::Extend { lease_until }))
+    }
+
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool> {
+        self.write(move |tx| {
+            // Marks whose attempt no longer runs count no more.
+            tx.prepare_cached(&format!(
+                "DELETE FROM simplepyq_stuck WHERE NOT {STUCK_COUNTS}"
+            ))?
+            .execute([])?;
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO simplepyq_stuck (id, attempt, since) \
+                     SELECT id, attempts, ?3 FROM simplepyq_tasks \
+                     WHERE id = ?1 AND status = 'running' AND attempts = ?2",
+                )?
+                .execute(params![claim.id.get(), claim.attempt, since.as_millis()])?;
+            Ok(n > 0)
+        })
     }
 
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize> {

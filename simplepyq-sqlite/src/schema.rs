@@ -26,6 +26,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_results.sql"),
     include_str!("../migrations/0011_dependencies.sql"),
     include_str!("../migrations/0012_traces.sql"),
+    include_str!("../migrations/0013_stuck.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -157,6 +158,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
     &[("simplepyq_tasks", "result", "NULL")],
     &[],
     &[("simplepyq_tasks", "traceparent", "NULL")],
+    &[],
 ];
 
 /// The tables each migration created after the first, with their columns (those later
@@ -189,6 +191,7 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
     &[],
     &[("simplepyq_dependencies", &["child", "parent", "satisfied"])],
     &[],
+    &[("simplepyq_stuck", &["id", "attempt", "since"])],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,

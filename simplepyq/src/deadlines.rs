@@ -10,7 +10,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use simplepyq_core::TaskId;
+use simplepyq_core::Claim;
 
 use crate::context::{CancelReason, CancelToken};
 use crate::{metered, report};
@@ -42,12 +42,15 @@ struct State {
     next: u64,
     /// Whether the deadline thread runs.
     thread: bool,
+    /// Thread handlers' runs that became stuck and that the store has not been told of yet
+    /// (the lease keeper marks them), each with its deadline.
+    unmarked: Vec<(Claim, Instant)>,
 }
 
 #[derive(Debug)]
 struct Watched {
     cancel: CancelToken,
-    id: TaskId,
+    claim: Claim,
     channel: Arc<str>,
     timeout: Duration,
     /// A thread handler's run, which cannot be stopped.
@@ -66,12 +69,12 @@ pub(crate) struct Deadline {
 }
 
 impl Deadlines {
-    /// Watches a run of task `id` of `channel` (`on_thread`: a thread handler's) that may
+    /// Watches the run of `claim` on `channel` (`on_thread`: a thread handler's) that may
     /// last `timeout`: at its deadline its signal `cancel` is set.
     pub(crate) fn watch(
         &self,
         cancel: &CancelToken,
-        id: TaskId,
+        claim: Claim,
         channel: &Arc<str>,
         timeout: Duration,
         on_thread: bool,
@@ -82,7 +85,7 @@ impl Deadlines {
         let key = (at, state.next);
         let watched = Watched {
             cancel: cancel.clone(),
-            id,
+            claim,
             channel: Arc::clone(channel),
             timeout,
             on_thread,
@@ -113,6 +116,18 @@ impl Deadlines {
     pub(crate) fn stuck(&self) -> u64 {
         self.inner.stuck.load(Ordering::Relaxed)
     }
+
+    /// The runs that became stuck since the last call, each with its deadline: for the
+    /// store to know (`OutcomeStore::mark_stuck`).
+    pub(crate) fn take_unmarked(&self) -> Vec<(Claim, Instant)> {
+        std::mem::take(&mut self.inner.state.lock().unmarked)
+    }
+
+    /// Gives back runs [`Deadlines::take_unmarked`] took that the store could not be told
+    /// of, for the next try.
+    pub(crate) fn put_back(&self, runs: Vec<(Claim, Instant)>) {
+        self.inner.state.lock().unmarked.extend(runs);
+    }
 }
 
 impl Inner {
@@ -126,8 +141,11 @@ impl Inner {
                 if entry.key().0 > now {
                     break;
                 }
-                let ((_, n), watched) = entry.remove_entry();
+                let ((at, n), watched) = entry.remove_entry();
                 state.passed.insert(n);
+                if watched.on_thread {
+                    state.unmarked.push((watched.claim, at));
+                }
                 self.passed(watched);
             }
             match state.waiting.keys().next() {
@@ -154,7 +172,7 @@ impl Inner {
             metered::gauge_stuck(self.stuck.fetch_add(1, Ordering::Relaxed) + 1);
         }
         report::trace_timeout(
-            watched.id,
+            watched.claim.id,
             &watched.channel,
             watched.timeout,
             watched.on_thread,
@@ -205,31 +223,34 @@ impl Drop for Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use simplepyq_core::TaskId;
+
+    fn claim(id: i64) -> Claim {
+        Claim {
+            id: TaskId::new(id),
+            attempt: 1,
+        }
+    }
 
     #[test]
     fn a_deadline_sets_the_signal_and_counts_a_thread_run_as_stuck_until_it_ends() {
         let deadlines = Deadlines::default();
         let channel: Arc<str> = Arc::from("c");
         let (slow, quick) = (CancelToken::default(), CancelToken::default());
-        let late = deadlines.watch(
-            &slow,
-            TaskId::new(1),
-            &channel,
-            Duration::from_millis(30),
-            true,
-        );
-        let early = deadlines.watch(
-            &quick,
-            TaskId::new(2),
-            &channel,
-            Duration::from_secs(60),
-            true,
-        );
+        let late = deadlines.watch(&slow, claim(1), &channel, Duration::from_millis(30), true);
+        let early = deadlines.watch(&quick, claim(2), &channel, Duration::from_secs(60), true);
         assert!(!late.passed());
         std::thread::sleep(Duration::from_millis(200));
         assert!(late.passed());
         assert_eq!(slow.reason(), Some(CancelReason::Timeout));
         assert_eq!(deadlines.stuck(), 1);
+        // The stuck run is the store's to know, once.
+        let unmarked = deadlines.take_unmarked();
+        assert_eq!(
+            unmarked.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            vec![claim(1)]
+        );
+        assert!(deadlines.take_unmarked().is_empty());
         assert!(!early.passed());
         assert_eq!(quick.reason(), None);
         drop(late);

@@ -69,13 +69,31 @@ fn note_flows<S: Store>(engine: &Engine<S>) {
     }
 }
 
-/// Renews the leases of every claim held, as of `now`.
+/// Renews the leases of every claim held, as of `now`; then tells the store of the runs that
+/// became stuck meanwhile, for the dashboards of every process.
 fn renew<S: Store>(engine: &Engine<S>, now: Timestamp) -> Result<()> {
     let claims = engine.held.all();
     if !claims.is_empty() {
         engine
             .store
             .extend_leases(&claims, now.after(engine.lease))?;
+    }
+    mark_stuck(engine, now)
+}
+
+/// Marks in the store the runs of thread handlers that became stuck (past their timeout):
+/// each since its deadline. Those the store could not take are tried again next time.
+fn mark_stuck<S: Store>(engine: &Engine<S>, now: Timestamp) -> Result<()> {
+    let mut runs = engine.deadlines.take_unmarked().into_iter();
+    let at = Instant::now();
+    while let Some((claim, deadline)) = runs.next() {
+        let since = now.before(at.saturating_duration_since(deadline));
+        if let Err(e) = engine.store.mark_stuck(claim, since) {
+            engine
+                .deadlines
+                .put_back(std::iter::once((claim, deadline)).chain(runs).collect());
+            return Err(e);
+        }
     }
     Ok(())
 }

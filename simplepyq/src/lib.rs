@@ -152,7 +152,7 @@ pub use retention::Retention;
 pub use simplepyq_core::{
     AdminStore, ClaimStore, Clock, Counts, Error, Finished, Flow, FlowStore, InspectStore,
     ListFilter, ManualClock, Outcome, OutcomeStore, Rate, Result, Schedule, ScheduleStore, Status,
-    Store, SystemClock, Task, TaskId, TaskState, Timestamp, Totals, TransactionStore,
+    Store, Stuck, SystemClock, Task, TaskId, TaskState, Timestamp, Totals, TransactionStore,
 };
 #[cfg(feature = "memory")]
 pub use simplepyq_memory::MemoryStore;

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use simplepyq_core::transition::DEFAULT_MAX_LOST_RUNS;
 use simplepyq_core::{
-    Clock, Counts, Error, ListFilter, Result, Schedule, Status, Store, SystemClock, Task, TaskId,
-    validate_channel,
+    Clock, Counts, Error, ListFilter, Result, Schedule, Status, Store, Stuck, SystemClock, Task,
+    TaskId, validate_channel,
 };
 
 use crate::channel::{self, Channel};
@@ -800,6 +800,14 @@ impl<S: Store> SimplePyQ<S> {
     /// none for a task without parents, or one that does not exist.
     pub fn parents(&self, id: TaskId) -> Result<Vec<TaskId>> {
         self.workers.engine.store.parents(id)
+    }
+
+    /// The running tasks whose thread handler ran past its timeout and still runs (stuck:
+    /// its worker keeps its lease until it returns), in any process or machine on the store,
+    /// of `channel` or of every channel, in id order. Each is marked by the process that
+    /// runs it within a third of a lease of its deadline.
+    pub fn stuck<'a>(&self, channel: impl Into<Option<&'a str>>) -> Result<Vec<Stuck>> {
+        self.workers.engine.store.stuck(channel.into())
     }
 
     /// The task with this id, if it exists. [`decode_args`] reads its arguments.

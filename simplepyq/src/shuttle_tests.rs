@@ -82,6 +82,10 @@ impl OutcomeStore for Store2 {
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         self.inner.recover_expired(now, max_lost_runs)
     }
+
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool> {
+        self.inner.mark_stuck(claim, since)
+    }
 }
 
 impl AdminStore for Store2 {
@@ -133,6 +137,10 @@ impl InspectStore for Store2 {
 
     fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
         self.inner.totals()
+    }
+
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<simplepyq_core::Stuck>> {
+        self.inner.stuck(channel)
     }
 }
 

@@ -111,7 +111,7 @@ fn spawn<S: Store>(
     let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine
             .deadlines
-            .watch(&cancel, task.id, &channel.name, t, false)
+            .watch(&cancel, claim, &channel.name, t, false)
     });
     let span = TaskSpan::start(&task, &channel.name);
     let began = Instant::now();

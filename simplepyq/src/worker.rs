@@ -101,7 +101,7 @@ fn run<S: Store>(
     let deadline = task.timeout.or(channel.timeout).map(|t| {
         engine
             .deadlines
-            .watch(&cancel, task.id, &channel.name, t, true)
+            .watch(&cancel, claim, &channel.name, t, true)
     });
     let span = TaskSpan::start(&task, &channel.name);
     let began = Instant::now();

@@ -296,6 +296,12 @@ impl<S: Store> OutcomeStore for Flaky<S> {
         self.inner.release(claims, now)
     }
 
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool> {
+        self.alive()?;
+        self.trip(self.faults.leases)?;
+        self.inner.mark_stuck(claim, since)
+    }
+
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         self.alive()?;
         if self.release_outage.load(Ordering::SeqCst) {
@@ -374,6 +380,10 @@ impl<S: Store> InspectStore for Flaky<S> {
 
     fn totals(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Totals>> {
         self.inner.totals()
+    }
+
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<simplepyq_core::Stuck>> {
+        self.inner.stuck(channel)
     }
 }
 

@@ -230,6 +230,7 @@ macro_rules! conformance_tests {
                 recover_expired_counts_lost_runs,
                 release_gives_unstarted_tasks_back,
                 results_are_kept_with_done_tasks,
+                stuck_marks_count_while_their_attempt_runs,
             ];
             admin: [
                 clear_failed_per_channel_or_all,

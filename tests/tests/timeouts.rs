@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use simplepyq::InspectStore;
 use simplepyq::{
     CancelReason, ChannelOptions, EnqueueOptions, Error, SimplePyQ, SqliteStore, Status,
     TaskContext,
@@ -65,9 +66,11 @@ fn a_thread_handler_watching_its_signal_times_out_and_is_retried() {
 }
 
 /// A thread handler that ignores its signal runs on past the deadline: it is counted as
-/// stuck meanwhile, its task keeps its lease (a second queue on the file, as another
-/// process, never starts it again, though the lease is 300 ms and the handler runs 1.2 s),
-/// and when it returns Ok its attempt is recorded as timed out.
+/// stuck meanwhile, and marked so in the store (a read-only view of the file, as the
+/// dashboard and other processes read it, lists it); its task keeps its lease (a second
+/// queue on the file, as another process, never starts it again, though the lease is 300 ms
+/// and the handler runs 1.2 s), and when it returns Ok its attempt is recorded as timed out
+/// and the mark counts no more.
 #[test]
 fn a_thread_handler_ignoring_its_signal_keeps_its_lease_and_is_stuck() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -97,6 +100,14 @@ fn a_thread_handler_ignoring_its_signal_keeps_its_lease_and_is_stuck() {
         assert!(Instant::now() < deadline, "never counted as stuck");
         std::thread::sleep(Duration::from_millis(10));
     }
+    let view = SqliteStore::open_read_only(&path).expect("a read-only view");
+    while view.stuck(None).expect("stuck").is_empty() {
+        assert!(Instant::now() < deadline, "never marked stuck in the store");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let marked = view.stuck(Some("c")).expect("stuck");
+    assert_eq!((marked[0].id, marked[0].attempt), (id, 1));
+    assert_eq!(q.stuck(None).expect("stuck"), marked);
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
         starts.load(Ordering::SeqCst),
@@ -118,6 +129,7 @@ fn a_thread_handler_ignoring_its_signal_keeps_its_lease_and_is_stuck() {
         Some("timed out after 100ms")
     );
     assert_eq!(starts.load(Ordering::SeqCst), 1);
+    assert_eq!(view.stuck(None).expect("stuck"), vec![], "its attempt ended");
     let stats = [q.stats(), other.stats()];
     assert_eq!(stats.iter().map(|s| s.stuck).sum::<u64>(), 0);
     assert_eq!(stats.iter().map(|s| s.timed_out).sum::<u64>(), 1);

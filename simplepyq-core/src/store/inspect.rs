@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
-use crate::{Counts, Finished, ListFilter, Result, Status, Task, TaskId, Timestamp, Totals};
+use crate::{Counts, Finished, ListFilter, Result, Status, Stuck, Task, TaskId, Timestamp, Totals};
 
 /// Inspection: channels, counts, tasks, what finished when, and the totals. Reads only;
 /// see [`super::Store`] for what every method of a store promises.
@@ -72,6 +72,10 @@ pub trait InspectStore: Send + Sync + Debug + 'static {
     /// same transaction as the change; refused outcomes count nothing. Totals only grow:
     /// removing, clearing, purging or requeueing tasks leaves them.
     fn totals(&self) -> Result<BTreeMap<String, Totals>>;
+
+    /// The running attempts marked stuck ([`crate::OutcomeStore::mark_stuck`]) whose mark
+    /// still counts, of `channel` or of every channel, in id order.
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<Stuck>>;
 }
 
 forward!(InspectStore {
@@ -83,4 +87,5 @@ forward!(InspectStore {
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>>;
     fn finished(&self, channel: Option<&str>, since: Timestamp, width: Duration) -> Result<Vec<Finished>>;
     fn totals(&self) -> Result<BTreeMap<String, Totals>>;
+    fn stuck(&self, channel: Option<&str>) -> Result<Vec<Stuck>>;
 });

@@ -46,6 +46,18 @@ pub trait OutcomeStore: Send + Sync + Debug + 'static {
     /// Such a task becomes due at once with [`crate::transition::WORKER_LOST`] as its last
     /// error and its retries unchanged; the lost run past `max_lost_runs` makes it `Failed`.
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize>;
+
+    /// Marks the attempt `claim` as stuck since `since`: its handler runs past its timeout
+    /// and cannot be stopped (a thread), so its worker keeps its lease until it returns.
+    /// Returns whether the claim still held its task. Read by
+    /// [`crate::InspectStore::stuck`], for dashboards of every process.
+    ///
+    /// # Contract
+    /// A mark counts only while its attempt is the task's running attempt
+    /// ([`Claim::holds`]): once the task's outcome is recorded, it is recovered, released or
+    /// deleted, the mark is ignored (and may be forgotten). A claim no longer held marks
+    /// nothing, and is not an error.
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool>;
 }
 
 forward!(OutcomeStore {
@@ -53,4 +65,5 @@ forward!(OutcomeStore {
     fn finish_many(&self, results: &[(Claim, Outcome)], now: Timestamp) -> Result<Vec<Result<Status>>>;
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize>;
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize>;
+    fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool>;
 });

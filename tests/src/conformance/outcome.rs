@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use simplepyq_core::transition::WORKER_LOST;
 use simplepyq_core::{
-    Claim, Error, Outcome, Status, Store, StoreExt, TaskId, TaskState, Timestamp,
+    Claim, Error, Outcome, Status, Store, StoreExt, Stuck, TaskId, TaskState, Timestamp,
 };
 
 use super::*;
@@ -292,4 +292,70 @@ pub fn results_are_kept_with_done_tasks(s: &dyn Store) {
         2
     );
     assert_eq!(s.result(with).expect("result"), None);
+}
+
+/// A running attempt marked stuck is listed, with its channel and the time of the mark,
+/// while it is its task's running attempt; once the task's outcome is recorded, or its
+/// lease expired and it runs again, the mark counts no more. A claim that holds nothing
+/// marks nothing.
+pub fn stuck_marks_count_while_their_attempt_runs(s: &dyn Store) {
+    let a = add(s, task("c"));
+    let queued = add(s, task("c"));
+    let other = add(s, task("d"));
+    let held = claim_one(s, "c", T0);
+    assert_eq!(held.id, a);
+    let since = at(1_000);
+    assert!(s.mark_stuck(held.claim(), since).expect("mark"));
+    let unclaimed = Claim {
+        id: queued,
+        attempt: 1,
+    };
+    assert!(
+        !s.mark_stuck(unclaimed, since).expect("mark"),
+        "not running"
+    );
+    let stuck_a = Stuck {
+        id: a,
+        channel: "c".into(),
+        attempt: 1,
+        since,
+    };
+    assert_eq!(s.stuck(None).expect("stuck"), vec![stuck_a.clone()]);
+    assert_eq!(s.stuck(Some("d")).expect("stuck"), vec![]);
+
+    // A lease that expires: the task runs again, in another attempt.
+    let d = claim_one(s, "d", T0);
+    assert!(s.mark_stuck(d.claim(), at(2_000)).expect("mark"));
+    assert_eq!(s.stuck(None).expect("stuck").len(), 2);
+    assert_eq!(
+        s.recover_expired(T0.after(LEASE).after(LEASE), 5)
+            .expect("recover"),
+        2
+    );
+    assert_eq!(s.stuck(None).expect("stuck"), vec![], "no attempt runs");
+    let again = claim_one(s, "d", T0.after(LEASE).after(LEASE));
+    assert_eq!((again.id, again.state.attempts), (other, 2));
+    assert_eq!(
+        s.stuck(Some("d")).expect("stuck"),
+        vec![],
+        "another attempt"
+    );
+    assert!(
+        !s.mark_stuck(d.claim(), at(3_000)).expect("mark"),
+        "a stale claim"
+    );
+    assert!(s.mark_stuck(again.claim(), at(4_000)).expect("mark"));
+    assert_eq!(
+        s.stuck(None).expect("stuck"),
+        vec![Stuck {
+            id: other,
+            channel: "d".into(),
+            attempt: 2,
+            since: at(4_000),
+        }]
+    );
+    // Its outcome ends the mark.
+    s.finish(again.claim(), &Outcome::Succeeded, at(5_000))
+        .expect("finish");
+    assert_eq!(s.stuck(None).expect("stuck"), vec![]);
 }
