@@ -99,6 +99,26 @@ pub(crate) fn exposition(store: &dyn Store, now: Timestamp) -> Result<String, Er
             );
         }
     }
+    header(
+        &mut out,
+        "simplepyq_store_tasks_stuck",
+        "gauge",
+        "Running tasks whose thread handler is past its timeout and still runs, in any \
+         process, by channel.",
+    );
+    let mut stuck = std::collections::BTreeMap::<String, usize>::new();
+    for mark in store.stuck(None)? {
+        *stuck.entry(mark.channel).or_default() += 1;
+    }
+    for c in &channels {
+        let n = stuck.get(&c.name).copied().unwrap_or(0);
+        sample(
+            &mut out,
+            "simplepyq_store_tasks_stuck",
+            &[("channel", &c.name)],
+            n as f64,
+        );
+    }
     let totals = store.totals()?;
     for (name, help, figure) in COUNTERS {
         header(&mut out, name, "counter", help);

@@ -478,6 +478,17 @@ async fn overview(
             }));
         }
         let mut value = summary_json(&channels, now);
+        // Thread handlers past their timeout, in whichever process: a count per channel.
+        let mut stuck = std::collections::BTreeMap::<String, usize>::new();
+        for mark in store.stuck(None)? {
+            *stuck.entry(mark.channel).or_default() += 1;
+        }
+        if let Some(shown) = value["channels"].as_array_mut() {
+            for c in shown {
+                let n = c["channel"].as_str().and_then(|name| stuck.get(name));
+                c["stuck"] = json!(n.copied().unwrap_or(0));
+            }
+        }
         value["minutes"] = json!(minutes);
         value["failed"] = json!(failed);
         value["failed_total"] = json!(all.failed);
@@ -505,9 +516,17 @@ fn preview(args: &Value) -> String {
 }
 
 async fn task(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Json<Value>, Refusal> {
-    let (task, result, parents, now) = on_store(&app, move |store, now| {
+    let (task, result, parents, stuck, now) = on_store(&app, move |store, now| {
         let id = TaskId::new(id);
-        Ok((store.get(id)?, store.result(id)?, store.parents(id)?, now))
+        let task = store.get(id)?;
+        let stuck = match &task {
+            Some(t) if t.state.status == Status::Running => store
+                .stuck(Some(&t.channel))?
+                .into_iter()
+                .find(|mark| mark.id == id),
+            _ => None,
+        };
+        Ok((task, store.result(id)?, store.parents(id)?, stuck, now))
     })
     .await?;
     let task =
@@ -515,6 +534,7 @@ async fn task(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Result<Json<V
     let mut value = task_json(&task);
     value["result"] = result_json(result);
     value["parents"] = json!(parents.iter().map(|p| p.get()).collect::<Vec<i64>>());
+    value["stuck_since_ms"] = json!(stuck.map(|mark| mark.since.as_millis()));
     value["now_ms"] = json!(now.as_millis());
     Ok(Json(value))
 }

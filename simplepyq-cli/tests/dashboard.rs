@@ -1004,3 +1004,51 @@ fn a_waiting_task_names_its_parents() {
         .expect("the merge channel");
     assert_eq!(merge["waiting"], 1);
 }
+
+/// A handler past its timeout that still runs, in any process (marked in the store):
+/// counted on its channel's row of the overview, dated on its task's page, and given by
+/// `/metrics`; a channel without one counts 0.
+#[test]
+fn a_stuck_handler_is_shown_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, store) = filled(dir.path());
+    let t = now();
+    let running = store
+        .claim("reports", 1, t, t.after(Duration::from_secs(60)))
+        .expect("claim")
+        .remove(0);
+    let since = Timestamp::from_millis(t.as_millis() - 5_000);
+    assert!(store.mark_stuck(running.claim(), since).expect("mark"));
+    let served = Served::start(path.to_str().expect("utf-8"), &["--read-only"]);
+    let (status, body) = http(served.addr, "GET", "/api/overview", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let overview: Value = serde_json::from_str(&body).expect("json");
+    let stuck_of = |name: &str| {
+        overview["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .find(|c| c["channel"] == name)
+            .map(|c| c["stuck"].clone())
+    };
+    assert_eq!(stuck_of("reports"), Some(json!(1)));
+    assert_eq!(stuck_of("emails"), Some(json!(0)));
+    let (_, body) = http(
+        served.addr,
+        "GET",
+        &format!("/api/tasks/{}", running.id),
+        &[],
+        "",
+    );
+    let task: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(task["stuck_since_ms"], json!(since.as_millis()));
+    let (_, body) = http(served.addr, "GET", "/metrics", &[], "");
+    assert!(
+        body.contains("simplepyq_store_tasks_stuck{channel=\"reports\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("simplepyq_store_tasks_stuck{channel=\"emails\"} 0\n"),
+        "{body}"
+    );
+}

@@ -129,7 +129,11 @@ fn a_thread_handler_ignoring_its_signal_keeps_its_lease_and_is_stuck() {
         Some("timed out after 100ms")
     );
     assert_eq!(starts.load(Ordering::SeqCst), 1);
-    assert_eq!(view.stuck(None).expect("stuck"), vec![], "its attempt ended");
+    assert_eq!(
+        view.stuck(None).expect("stuck"),
+        vec![],
+        "its attempt ended"
+    );
     let stats = [q.stats(), other.stats()];
     assert_eq!(stats.iter().map(|s| s.stuck).sum::<u64>(), 0);
     assert_eq!(stats.iter().map(|s| s.timed_out).sum::<u64>(), 1);

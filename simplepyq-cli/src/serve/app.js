@@ -101,7 +101,9 @@ function channelsSection(data) {
       c.max_running === null || c.max_running === undefined ? null
         : el("span", { class: "limit-tag", title: "at most this many run at once, across every process" }, `≤ ${c.max_running} running`),
       (c.max_running_per_key ?? 1) === 1 ? null
-        : el("span", { class: "limit-tag", title: "at most this many of one concurrency key run at once" }, `≤ ${c.max_running_per_key} per key`)),
+        : el("span", { class: "limit-tag", title: "at most this many of one concurrency key run at once" }, `≤ ${c.max_running_per_key} per key`),
+      (c.stuck ?? 0) === 0 ? null
+        : el("span", { class: "stuck-tag", title: "handlers past their timeout that still run: their tasks keep their leases until they return" }, `${c.stuck} stuck`)),
     ...STATUSES.map((s) => el("td", {
       class: `n ${s}-n${c[s] > 0 ? " nonzero" : ""}`, "data-status": s,
     }, c[s])),
@@ -190,6 +192,8 @@ function drawTask(t, now) {
     ["timeout", t.timeout_ms === null || t.timeout_ms === undefined ? "the channel's" : `${t.timeout_ms} ms`],
     ["trace", t.traceparent ? el("code", { id: "task-trace", title: `traceparent ${t.traceparent}` }, t.traceparent.split("-")[1]) : "–"],
     ["run at", when(t.run_at_ms, now)], ["lease until", when(t.lease_until_ms, now)],
+    ["stuck", t.stuck_since_ms === null || t.stuck_since_ms === undefined ? "–"
+      : el("span", { class: "stuck-tag", id: "task-stuck" }, "past its timeout since ", when(t.stuck_since_ms, now))],
     ["enqueued", when(t.created_at_ms, now)], ["last change", when(t.updated_at_ms, now)],
     ["waits for", (t.parents ?? []).length === 0 ? "–" : el("span", { class: "parents" },
       ...t.parents.flatMap((id, i) => [i > 0 ? ", " : "", el("a", { href: `/tasks/${id}` }, `#${id}`)]))],
