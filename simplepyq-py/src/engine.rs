@@ -548,6 +548,23 @@ impl Engine {
             .map_err(py_err)
     }
 
+    /// The running tasks whose function ran past its timeout and still runs, in any process:
+    /// `(id, channel, attempt, since)`, `since` in seconds since the Unix epoch.
+    #[pyo3(signature = (channel=None))]
+    fn stuck(
+        &self,
+        py: Python<'_>,
+        channel: Option<String>,
+    ) -> PyResult<Vec<(i64, String, u32, f64)>> {
+        let marks = py
+            .detach(|| on!(self.backend, q => q.stuck(channel.as_deref())))
+            .map_err(py_err)?;
+        Ok(marks
+            .into_iter()
+            .map(|m| (m.id.get(), m.channel, m.attempt, to_seconds(m.since)))
+            .collect())
+    }
+
     fn paused(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let flows = py
             .detach(|| on!(self.backend, q => q.flows()))

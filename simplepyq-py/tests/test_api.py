@@ -439,6 +439,27 @@ def test_a_timeout_fails_an_attempt_that_runs_too_long(db):
         q.add_channel("d", handler, timeout=0)
 
 
+def test_a_function_past_its_timeout_is_listed_as_stuck_while_it_runs(db):
+    """A function that runs past its timeout is marked stuck in the store while it runs:
+    another queue on the file lists it; once its attempt is recorded, it is listed no more."""
+    q = SimplePyQ(db, lease=0.6)
+    q.add_channel("c", lambda seconds: time.sleep(seconds), timeout=0.1)
+    slow = q.enqueue("c", 1.5)
+    q.start()
+    other = SimplePyQ(db)
+    deadline = time.time() + 10
+    while not other.stuck():
+        assert time.time() < deadline, "never listed as stuck"
+        time.sleep(0.02)
+    [mark] = other.stuck("c")
+    assert (mark["id"], mark["channel"], mark["attempt"]) == (slow, "c", 1)
+    assert mark["since"] <= time.time()
+    assert other.stuck("elsewhere") == []
+    q.run_until_complete()
+    assert other.stuck() == []
+    q.stop()
+
+
 def test_a_functions_return_value_is_the_tasks_result(db):
     """What a function returns is kept with its done task and read back by id, from this
     queue or another on the file; None and a failed run keep nothing; a value too large

@@ -227,6 +227,16 @@ class SimplePyQ:
         """The paused channels, in name order."""
         return self._engine.paused()
 
+    def stuck(self, channel: Optional[str] = None) -> List[Dict[str, Any]]:
+        """The running tasks whose function ran past its channel's ``timeout`` and still
+        runs, in any process on the queue (marked within a third of a lease of the deadline,
+        until the attempt ends), of ``channel`` or of every channel: dicts of ``id``,
+        ``channel``, ``attempt`` and ``since`` (seconds since the epoch)."""
+        return [
+            {"id": id, "channel": name, "attempt": attempt, "since": since}
+            for id, name, attempt, since in self._engine.stuck(channel)
+        ]
+
     def set_max_running(self, channel: str, max_running: Optional[int]) -> bool:
         """At most ``max_running`` of the channel's tasks run at once, across every process and
         machine on the queue (``None``: no limit); durable, changeable while workers run.
