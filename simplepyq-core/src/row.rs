@@ -2,7 +2,7 @@
 //! values of a row read as a [`Task`] or a [`TaskState`]. The order is written here once;
 //! each store only says how its driver reads one value ([`RowValues`]).
 
-use crate::{Status, Task, TaskId, TaskState, Timestamp};
+use crate::{Status, Stuck, Task, TaskId, TaskState, Timestamp};
 
 /// The columns of a [`TaskState`], in the order [`read_state`] reads them.
 #[macro_export]
@@ -92,6 +92,18 @@ pub fn read_task<R: RowValues>(r: &R) -> Result<Task, R::Error> {
         },
         traceparent: r.opt_text(8)?,
         state: read_state(r, 9)?,
+    })
+}
+
+/// Reads a mark of [`crate::InspectStore::stuck`]: the columns `id, channel, attempt,
+/// since` (milliseconds).
+pub fn read_stuck<R: RowValues>(r: &R) -> Result<Stuck, R::Error> {
+    let attempt = r.int(2)?;
+    Ok(Stuck {
+        id: TaskId::new(r.int(0)?),
+        channel: r.text(1, str::to_owned)?,
+        attempt: u32::try_from(attempt).map_err(|_| r.bad_value("attempt", &attempt))?,
+        since: Timestamp::from_millis(r.int(3)?),
     })
 }
 
@@ -211,6 +223,23 @@ mod tests {
         assert_eq!(columns[9], "status");
         assert_eq!(columns[CONCURRENCY_KEY_COLUMN], "concurrency_key");
         assert!(task_columns!().ends_with(state_columns!()));
+    }
+
+    #[test]
+    fn a_row_reads_as_a_stuck_mark() {
+        use Value::*;
+        let mark = Row(vec![Int(7), Text("mail"), Int(2), Int(1_000)]);
+        assert_eq!(
+            read_stuck(&mark),
+            Ok(Stuck {
+                id: TaskId::new(7),
+                channel: "mail".into(),
+                attempt: 2,
+                since: Timestamp::from_millis(1_000),
+            })
+        );
+        let bad = Row(vec![Int(7), Text("mail"), Int(-1), Int(1_000)]);
+        assert_eq!(read_stuck(&bad), Err("bad attempt: -1".to_owned()));
     }
 
     #[test]

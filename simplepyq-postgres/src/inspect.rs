@@ -9,7 +9,7 @@ use simplepyq_core::{
 };
 
 use crate::error::bad_value;
-use crate::row::{COLUMNS, millis, task_from_row, tasks_from_rows};
+use crate::row::{COLUMNS, millis, stuck_from_row, task_from_row, tasks_from_rows};
 use crate::{PostgresStore, sql};
 
 impl InspectStore for PostgresStore {
@@ -135,17 +135,10 @@ impl InspectStore for PostgresStore {
 
     fn stuck(&self, channel: Option<&str>) -> Result<Vec<Stuck>> {
         self.run(|c| {
-            let mut stuck = Vec::new();
-            for r in c.query(sql::STUCK, &[&channel])? {
-                let attempt: i64 = r.try_get(2)?;
-                stuck.push(Stuck {
-                    id: TaskId::new(r.try_get(0)?),
-                    channel: r.try_get(1)?,
-                    attempt: u32::try_from(attempt).map_err(|_| bad_value("attempt", attempt))?,
-                    since: Timestamp::from_millis(r.try_get(3)?),
-                });
-            }
-            Ok(stuck)
+            c.query(sql::STUCK, &[&channel])?
+                .iter()
+                .map(stuck_from_row)
+                .collect()
         })
     }
 }

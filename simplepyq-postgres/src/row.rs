@@ -72,6 +72,11 @@ pub(crate) fn state_from_row(r: &Row, at: usize) -> R<TaskState> {
 }
 
 /// Reads the columns of [`COLUMNS`].
+/// A mark of `InspectStore::stuck` from a row of `id, channel, attempt, since`.
+pub(crate) fn stuck_from_row(r: &Row) -> R<simplepyq_core::Stuck> {
+    row::read_stuck(&Values(r))
+}
+
 pub(crate) fn task_from_row(r: &Row) -> R<Task> {
     row::read_task(&Values(r))
 }

@@ -11,7 +11,7 @@ use simplepyq_core::{
 
 use crate::SqliteStore;
 use crate::error::bad_value;
-use crate::row::{COLUMNS, select_tasks, task_from_row};
+use crate::row::{COLUMNS, select_tasks, stuck_from_row, task_from_row};
 
 impl InspectStore for SqliteStore {
     fn channels(&self) -> Result<Vec<String>> {
@@ -151,13 +151,7 @@ impl InspectStore for SqliteStore {
             };
             let mut stuck = Vec::new();
             while let Some(r) = rows.next()? {
-                let attempt: i64 = r.get(2)?;
-                stuck.push(Stuck {
-                    id: TaskId::new(r.get(0)?),
-                    channel: r.get(1)?,
-                    attempt: u32::try_from(attempt).map_err(|_| bad_value("attempt", attempt))?,
-                    since: Timestamp::from_millis(r.get(3)?),
-                });
+                stuck.push(stuck_from_row(r)?);
             }
             Ok(stuck)
         })
