@@ -26,6 +26,7 @@ pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &StopSignal, run: u64) 
             if let Err(e) = guarded(|| renew_and_recover(engine)) {
                 engine.errors.record(&e);
             }
+            mark_stuck(engine);
             note_flows(engine);
             continue;
         }
@@ -44,6 +45,7 @@ pub(crate) fn keep<S: Store>(engine: &Engine<S>, signal: &StopSignal, run: u64) 
         if let Err(e) = guarded(|| renew(engine, engine.now())) {
             engine.errors.record(&e);
         }
+        mark_stuck(engine);
     }
 }
 
@@ -69,8 +71,7 @@ fn note_flows<S: Store>(engine: &Engine<S>) {
     }
 }
 
-/// Renews the leases of every claim held, as of `now`; then tells the store of the runs that
-/// became stuck meanwhile, for the dashboards of every process.
+/// Renews the leases of every claim held, as of `now`.
 fn renew<S: Store>(engine: &Engine<S>, now: Timestamp) -> Result<()> {
     let claims = engine.held.all();
     if !claims.is_empty() {
@@ -78,24 +79,26 @@ fn renew<S: Store>(engine: &Engine<S>, now: Timestamp) -> Result<()> {
             .store
             .extend_leases(&claims, now.after(engine.lease))?;
     }
-    mark_stuck(engine, now)
+    Ok(())
 }
 
-/// Marks in the store the runs of thread handlers that became stuck (past their timeout):
-/// each since its deadline. Those the store could not take are tried again next time.
-fn mark_stuck<S: Store>(engine: &Engine<S>, now: Timestamp) -> Result<()> {
+/// Marks in the store the runs of thread handlers that became stuck (past their timeout),
+/// each since its deadline, for the dashboards of every process. Apart from the renewal and
+/// recovery, so that a failed mark delays neither. Those the store could not take are tried
+/// again next time; with none, no store call is made.
+fn mark_stuck<S: Store>(engine: &Engine<S>) {
     let mut runs = engine.deadlines.take_unmarked().into_iter();
-    let at = Instant::now();
+    let (now, at) = (engine.now(), Instant::now());
     while let Some((claim, deadline)) = runs.next() {
         let since = now.before(at.saturating_duration_since(deadline));
-        if let Err(e) = engine.store.mark_stuck(claim, since) {
+        if let Err(e) = guarded(|| engine.store.mark_stuck(claim, since)) {
+            engine.errors.record(&e);
             engine
                 .deadlines
                 .put_back(std::iter::once((claim, deadline)).chain(runs).collect());
-            return Err(e);
+            return;
         }
     }
-    Ok(())
 }
 
 /// Renews the leases of the claims held, then recovers the tasks whose lease expired as

@@ -9,17 +9,28 @@ status to an error). Without the package, nothing is kept and the function runs 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Type
 
 from . import _simplepyq
 
 
-def current() -> Optional[str]:
-    """The ``traceparent`` of the current OpenTelemetry span, or None (no span, or no
-    ``opentelemetry`` package)."""
+@functools.lru_cache(maxsize=None)
+def _trace_api() -> Any:
+    """The ``opentelemetry.trace`` module, or None without the package: looked for once, not
+    at every enqueue (an import that fails searches the whole path each time)."""
     try:
         from opentelemetry import trace
     except ImportError:
+        return None
+    return trace
+
+
+def current() -> Optional[str]:
+    """The ``traceparent`` of the current OpenTelemetry span, or None (no span, or no
+    ``opentelemetry`` package)."""
+    trace = _trace_api()
+    if trace is None:
         return None
     span = trace.get_current_span().get_span_context()
     if not span.is_valid:
