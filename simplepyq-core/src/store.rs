@@ -51,8 +51,8 @@ pub use claim::ClaimStore;
 pub use ext::ChannelStats;
 pub use ext::{ChannelSummary, StoreExt};
 pub use flow::{
-    Flow, FlowStore, KeyedClaim, Rate, RateWindow, change_flow, check_max_running,
-    check_max_running_per_key, check_rate, claim_allowance,
+    CountedWindows, Flow, FlowStore, KeyLoad, KeyWindows, KeyedClaim, KeyedWake, Rate, RateWindow,
+    change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
 };
 pub use inspect::InspectStore;
 pub use outcome::OutcomeStore;

@@ -24,11 +24,11 @@ use parking_lot::Mutex;
 use simplepyq_core::dependency::{self, Ended, Graph};
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    AdminStore, Claim, ClaimStore, Counts, Error, Flow, FlowStore, InspectStore, KeyedClaim,
-    ListFilter, LocalWakes, NewTask, Outcome, OutcomeStore, Rate, RateWindow, Result,
-    ScheduleStore, Status, Stuck, Task, TaskId, TaskState, Timestamp, Totals, Wake, Watch, batch,
-    change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
-    validate_channel,
+    AdminStore, Claim, ClaimStore, CountedWindows, Counts, Error, Flow, FlowStore, InspectStore,
+    KeyLoad, KeyWindows, KeyedClaim, KeyedWake, ListFilter, LocalWakes, NewTask, Outcome,
+    OutcomeStore, Rate, RateWindow, Result, ScheduleStore, Status, Stuck, Task, TaskId, TaskState,
+    Timestamp, Totals, Wake, Watch, batch, change_flow, check_max_running,
+    check_max_running_per_key, check_rate, claim_allowance, validate_channel,
 };
 
 /// An in-memory [`Store`](simplepyq_core::Store). Claiming the next due task is O(log n) (plus the promotion of
@@ -79,6 +79,8 @@ struct Inner {
     flows: BTreeMap<String, Flow>,
     /// Each rate-limited channel's last window of starts.
     windows: HashMap<String, RateWindow>,
+    /// The windows of starts per concurrency key of channels with a rate per key.
+    key_windows: HashMap<String, KeyWindows>,
     /// The results of done tasks that gave one.
     results: HashMap<TaskId, Vec<u8>>,
     /// The edges of tasks that wait for others, `(child, parent) -> satisfied` (see
@@ -108,12 +110,17 @@ impl Inner {
 }
 
 impl Inner {
-    /// The due pending tasks of `channel` a claim of up to `allowance` takes, in claim
-    /// order: the first ones, skipping those whose concurrency key is busy
-    /// ([`KeyedClaim`]).
-    fn choose(&self, channel: &str, allowance: usize, now: Timestamp) -> Vec<TaskId> {
+    /// The due pending tasks of `channel` a claim at `now` of up to `allowance` takes, in
+    /// claim order: the first ones, skipping those whose concurrency key is busy or used up
+    /// its window of starts ([`KeyedClaim`]); and the keys' windows to save.
+    fn choose(
+        &self,
+        channel: &str,
+        allowance: usize,
+        now: Timestamp,
+    ) -> (Vec<TaskId>, CountedWindows) {
         let Some(ch) = self.idx.channels.get(channel) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let due = ch
             .ready
@@ -121,25 +128,50 @@ impl Inner {
             .filter(|(_, run_at, _)| *run_at <= now)
             .map(|&(_, _, id)| id);
         if ch.keyed_pending == 0 {
-            return due.take(allowance).collect();
+            return (due.take(allowance).collect(), Vec::new());
         }
         let flow = self.flows.get(channel).cloned().unwrap_or_default();
-        let mut claim = KeyedClaim::new(&flow, allowance);
+        let mut claim = KeyedClaim::new(&flow, allowance, now);
         let mut chosen = Vec::new();
         for id in due {
-            let key = self
-                .tasks
-                .get(&id)
-                .and_then(|t| t.concurrency_key.as_deref());
-            let running = |k: &str| Ok::<_, ()>(ch.keys_running.get(k).copied().unwrap_or(0));
-            if claim.take(key, running) == Ok(true) {
+            let key = self.key_of(id);
+            if claim.take(key, |k| Ok::<_, ()>(self.load(channel, ch, k))) == Ok(true) {
                 chosen.push(id);
             }
             if claim.is_full() {
                 break;
             }
         }
-        chosen
+        let windows = claim.windows();
+        (chosen, windows)
+    }
+
+    /// When a claim of `channel` could next take one of its pending tasks (they are due),
+    /// as far as their concurrency keys go ([`KeyedWake`]); `None` while every key is busy.
+    fn first_start(&self, channel: &str, ch: &ChannelIndex) -> Option<Timestamp> {
+        let flow = self.flows.get(channel).cloned().unwrap_or_default();
+        let mut wake = KeyedWake::new(&flow);
+        for &(_, run_at, id) in &ch.ready {
+            let key = self.key_of(id).filter(|_| ch.keyed_pending > 0);
+            if wake.look(key, run_at, |k| Ok::<_, ()>(self.load(channel, ch, k))) == Ok(true) {
+                break;
+            }
+        }
+        wake.earliest()
+    }
+
+    fn key_of(&self, id: TaskId) -> Option<&str> {
+        self.tasks
+            .get(&id)
+            .and_then(|t| t.concurrency_key.as_deref())
+    }
+
+    /// The load of concurrency key `key` of `channel`.
+    fn load(&self, channel: &str, ch: &ChannelIndex, key: &str) -> KeyLoad {
+        KeyLoad {
+            running: ch.keys_running.get(key).copied().unwrap_or(0),
+            window: self.key_windows.get(channel).and_then(|w| w.get(key)),
+        }
     }
 }
 
@@ -530,10 +562,14 @@ impl ClaimStore for MemoryStore {
         if let Some(rate) = rate {
             limit = limit.min(rate.room(window, now));
         }
-        let due = inner.choose(channel, limit, now);
+        let (due, key_windows) = inner.choose(channel, limit, now);
         if let Some(rate) = rate.filter(|_| !due.is_empty()) {
             let next = rate.take(window, now, due.len());
             inner.windows.insert(channel.to_owned(), next);
+        }
+        if let Some(rate) = inner.flows.get(channel).and_then(|f| f.rate_per_key) {
+            let saved = inner.key_windows.entry(channel.to_owned()).or_default();
+            saved.save(rate, now, &key_windows);
         }
         let event = Event::Claim { now, lease_until };
         due.into_iter()
@@ -551,14 +587,8 @@ impl ClaimStore for MemoryStore {
                 return lease;
             }
             // Pending tasks are due (any one's run-at is not later than now), unless their
-            // concurrency keys are busy.
-            let ready = match inner
-                .choose(channel, 1, Timestamp::from_millis(i64::MAX))
-                .first()
-            {
-                Some(id) => inner.tasks.get(id).map(|t| t.state.run_at),
-                None => None,
-            };
+            // concurrency keys are busy or used up their windows.
+            let ready = inner.first_start(channel, ch);
             let delayed = ch.delayed.first().map(|(t, _)| *t);
             // Not before the end of a used-up window of the channel's rate.
             let free_at = inner
@@ -860,6 +890,20 @@ impl FlowStore for MemoryStore {
         if changed {
             // A new rate counts its starts afresh.
             inner.windows.remove(channel);
+        }
+        Ok(changed)
+    }
+
+    fn set_rate_per_key(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        validate_channel(channel)?;
+        check_rate(rate)?;
+        let mut inner = self.inner.lock();
+        let changed = change_flow(&mut inner.flows, channel.to_owned(), |f| {
+            f.rate_per_key = rate
+        });
+        if changed {
+            // A new rate counts every key's starts afresh.
+            inner.key_windows.remove(channel);
         }
         Ok(changed)
     }

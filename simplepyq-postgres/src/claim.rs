@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use postgres::GenericClient;
 use simplepyq_core::{
-    ClaimStore, Clock, Error, Flow, KeyedClaim, NewTask, RateWindow, Result, Task, TaskId,
-    TaskState, Timestamp, Wake, Watch, batch, claim_allowance,
+    ClaimStore, Clock, Error, Flow, KeyLoad, KeyedClaim, NewTask, Rate, RateWindow, Result, Task,
+    TaskId, TaskState, Timestamp, Wake, Watch, batch, claim_allowance,
 };
 
 use crate::error::{E, R, bad_value};
@@ -161,7 +161,7 @@ fn claim_keyed(
     };
     let running = usize::try_from(running).unwrap_or(usize::MAX);
     let allowance = claim_allowance(&flow, running, usize::try_from(limit).unwrap_or(0));
-    let mut claim = KeyedClaim::new(&flow, allowance);
+    let mut claim = KeyedClaim::new(&flow, allowance, Timestamp::from_millis(now));
     let mut chosen: Vec<i64> = Vec::new();
     let mut after: (i32, i64, i64) = (i32::MAX, i64::MIN, i64::MIN);
     while !claim.is_full() {
@@ -181,8 +181,17 @@ fn claim_keyed(
         for row in &page {
             let key: Option<String> = row.try_get(1)?;
             let n: Option<i64> = row.try_get(4)?;
-            let running = |_: &str| Ok::<_, E>(n.map_or(0, |n| usize::try_from(n).unwrap_or(0)));
-            if claim.take(key.as_deref(), running)? {
+            let (start, used): (Option<i64>, Option<i32>) = (row.try_get(5)?, row.try_get(6)?);
+            let load = |_: &str| {
+                Ok::<_, E>(KeyLoad {
+                    running: n.map_or(0, |n| usize::try_from(n).unwrap_or(0)),
+                    window: start.map(|start| RateWindow {
+                        start: Timestamp::from_millis(start),
+                        used: used.map_or(0, |u| u32::try_from(u).unwrap_or(0)),
+                    }),
+                })
+            };
+            if claim.take(key.as_deref(), load)? {
                 chosen.push(row.try_get(0)?);
             }
         }
@@ -196,8 +205,35 @@ fn claim_keyed(
         tasks_from_rows(&tx.query(sql::CLAIM_IDS, &[&chosen, &now, &lease_until])?)?
     };
     save_window(&mut tx, channel, &flow, window, now, tasks.len())?;
+    if let Some(rate) = flow.rate_per_key {
+        save_key_windows(&mut tx, channel, rate, now, &claim.windows())?;
+    }
     transaction.commit()?;
     Ok(tasks)
+}
+
+/// Saves the windows of starts per key a claim at `now` counted in `channel`
+/// ([`KeyedClaim::windows`]), first deleting the channel's windows before the current one
+/// of `rate`.
+fn save_key_windows<C: postgres::GenericClient>(
+    tx: &mut Db<'_, C>,
+    channel: &str,
+    rate: Rate,
+    now: i64,
+    windows: &[(String, RateWindow)],
+) -> R<()> {
+    let current = rate.window_of(Timestamp::from_millis(now)).as_millis();
+    tx.execute(sql::FORGET_KEY_WINDOWS, &[&channel, &current])?;
+    let (mut keys, mut starts, mut used) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, window) in windows {
+        keys.push(key);
+        starts.push(window.start.as_millis());
+        used.push(i32::try_from(window.used).unwrap_or(i32::MAX));
+    }
+    if !keys.is_empty() {
+        tx.execute(sql::SAVE_KEY_WINDOWS, &[&channel, &keys, &starts, &used])?;
+    }
+    Ok(())
 }
 
 /// Locks `channel`'s settings row and reads its settings and its window of starts.
@@ -208,8 +244,8 @@ fn lock_flow<C: postgres::GenericClient>(
     let Some(row) = tx.query_opt(sql::LOCK_FLOW_ALL, &[&channel])? else {
         return Ok((Flow::default(), None));
     };
-    let start: Option<i64> = row.try_get(5)?;
-    let used: i32 = row.try_get(6)?;
+    let start: Option<i64> = row.try_get(7)?;
+    let used: i32 = row.try_get(8)?;
     let window = start.map(|start| RateWindow {
         start: Timestamp::from_millis(start),
         used: u32::try_from(used).unwrap_or(0),

@@ -34,11 +34,15 @@ impl FlowStore for PostgresStore {
         self.change_flow(channel, |f| f.rate = rate)
     }
 
+    fn set_rate_per_key(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        check_rate(rate)?;
+        self.change_flow(channel, |f| f.rate_per_key = rate)
+    }
+
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
         let rows = self.run(|c| {
             match c.query(
-                "SELECT channel, paused, max_running, max_running_per_key, rate_starts, rate_per_ms FROM channels \
-                 ORDER BY channel",
+                &format!("SELECT channel, {FLOW_COLUMNS} FROM channels ORDER BY channel"),
                 &[],
             ) {
                 // A schema of an earlier version, read-only: no settings.
@@ -60,8 +64,7 @@ impl PostgresStore {
         validate_channel(channel)?;
         let changed = self.transaction(|tx| {
             let before = match tx.query_opt(
-                "SELECT paused, max_running, max_running_per_key, rate_starts, rate_per_ms FROM channels \
-                 WHERE channel = $1 FOR UPDATE",
+                &format!("SELECT {FLOW_COLUMNS} FROM channels WHERE channel = $1 FOR UPDATE"),
                 &[&channel],
             )? {
                 Some(row) => flow_from(&row, 0)?,
@@ -79,24 +82,45 @@ impl PostgresStore {
                     .max_running
                     .map(|m| i32::try_from(m).unwrap_or(i32::MAX));
                 let per_key = i32::try_from(flow.max_running_per_key).unwrap_or(i32::MAX);
-                let starts = flow.rate.map(|r| i32::try_from(r.starts).unwrap_or(i32::MAX));
+                let starts = flow
+                    .rate
+                    .map(|r| i32::try_from(r.starts).unwrap_or(i32::MAX));
                 let per_ms = flow.rate.map(|r| r.per_ms());
+                let key_starts = flow
+                    .rate_per_key
+                    .map(|r| i32::try_from(r.starts).unwrap_or(i32::MAX));
+                let key_per_ms = flow.rate_per_key.map(|r| r.per_ms());
                 tx.execute(
                     "INSERT INTO channels AS c (channel, paused, max_running, max_running_per_key, \
-                       rate_starts, rate_per_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
+                       rate_starts, rate_per_ms, key_rate_starts, key_rate_per_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
                        max_running = excluded.max_running, \
                        max_running_per_key = excluded.max_running_per_key, \
                        rate_starts = excluded.rate_starts, rate_per_ms = excluded.rate_per_ms, \
+                       key_rate_starts = excluded.key_rate_starts, \
+                       key_rate_per_ms = excluded.key_rate_per_ms, \
                        window_start = CASE WHEN (c.rate_starts, c.rate_per_ms) IS NOT DISTINCT \
                          FROM (excluded.rate_starts, excluded.rate_per_ms) \
                          THEN c.window_start END, \
                        window_used = CASE WHEN (c.rate_starts, c.rate_per_ms) IS NOT DISTINCT \
                          FROM (excluded.rate_starts, excluded.rate_per_ms) \
                          THEN c.window_used ELSE 0 END",
-                    &[&channel, &flow.paused, &max, &per_key, &starts, &per_ms],
+                    &[
+                        &channel,
+                        &flow.paused,
+                        &max,
+                        &per_key,
+                        &starts,
+                        &per_ms,
+                        &key_starts,
+                        &key_per_ms,
+                    ],
                 )?;
+            }
+            if flow.rate_per_key != before.rate_per_key {
+                // A new rate counts every key's starts afresh.
+                tx.execute("DELETE FROM key_windows WHERE channel = $1", &[&channel])?;
             }
             Ok(true)
         })?;
@@ -107,7 +131,11 @@ impl PostgresStore {
     }
 }
 
-/// The flow settings in the columns `paused` and `max_running` from `at`.
+/// The settings' columns of `channels`, as [`flow_from`] reads them.
+pub(crate) const FLOW_COLUMNS: &str = "paused, max_running, max_running_per_key, rate_starts, \
+     rate_per_ms, key_rate_starts, key_rate_per_ms";
+
+/// The flow settings in the columns of [`FLOW_COLUMNS`] from `at`.
 pub(crate) fn flow_from(r: &Row, at: usize) -> R<Flow> {
     let mut flow = Flow::default();
     flow.paused = r.try_get(at)?;
@@ -118,6 +146,13 @@ pub(crate) fn flow_from(r: &Row, at: usize) -> R<Flow> {
     let (starts, per_ms): (Option<i32>, Option<i64>) = (r.try_get(at + 3)?, r.try_get(at + 4)?);
     if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
         flow.rate = Some(Rate::new(
+            u32::try_from(starts).unwrap_or(1),
+            duration_of(per_ms),
+        ));
+    }
+    let (starts, per_ms): (Option<i32>, Option<i64>) = (r.try_get(at + 5)?, r.try_get(at + 6)?);
+    if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
+        flow.rate_per_key = Some(Rate::new(
             u32::try_from(starts).unwrap_or(1),
             duration_of(per_ms),
         ));

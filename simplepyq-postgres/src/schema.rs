@@ -17,6 +17,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_dependencies.sql"),
     include_str!("../migrations/0009_traces.sql"),
     include_str!("../migrations/0010_stuck.sql"),
+    include_str!("../migrations/0011_key_rates.sql"),
 ];
 
 /// The schema version this build writes.

@@ -75,7 +75,8 @@ pub const LOCK_KEYED: &str = "SELECT pg_advisory_xact_lock(hashtextextended('sim
 /// Locks channel $1's settings and reads them all, then its window of starts (no row: the
 /// defaults).
 pub const LOCK_FLOW_ALL: &str = "SELECT paused, max_running, max_running_per_key, rate_starts, \
-       rate_per_ms, window_start, window_used FROM channels WHERE channel = $1 FOR UPDATE";
+       rate_per_ms, key_rate_starts, key_rate_per_ms, window_start, window_used FROM channels \
+     WHERE channel = $1 FOR UPDATE";
 
 /// Saves channel $1's window of starts: its start $2, the starts counted $3.
 pub const SAVE_WINDOW: &str =
@@ -86,8 +87,9 @@ pub const RUNNING: &str = "SELECT count(*) FROM tasks WHERE channel = $1 AND sta
 
 /// A page of channel $1's pending tasks due by $2 in claim order, after the position
 /// ($3 priority, $4 run-at, $5 id) of the last one read (first page: past the top), up to
-/// $6: ids, concurrency keys, and how many tasks of each one's key run (NULL for none or no
-/// key), counted once per key of the page.
+/// $6: ids, concurrency keys, how many tasks of each one's key run (NULL for none or no
+/// key), counted once per key of the page, and its key's last window of starts (its start
+/// and count, NULL for none).
 pub const CANDIDATES: &str = "WITH page AS MATERIALIZED ( \
        SELECT id, concurrency_key, priority, run_at FROM tasks \
        WHERE channel = $1 AND status = 'pending' AND run_at <= $2 \
@@ -97,9 +99,22 @@ pub const CANDIDATES: &str = "WITH page AS MATERIALIZED ( \
        WHERE channel = $1 AND status = 'running' \
        AND concurrency_key = ANY (ARRAY (SELECT concurrency_key FROM page)) \
        GROUP BY concurrency_key) \
-     SELECT p.id, p.concurrency_key, p.priority, p.run_at, b.n \
+     SELECT p.id, p.concurrency_key, p.priority, p.run_at, b.n, w.window_start, w.window_used \
      FROM page p LEFT JOIN busy b ON b.concurrency_key = p.concurrency_key \
+     LEFT JOIN key_windows w ON w.channel = $1 AND w.key = p.concurrency_key \
      ORDER BY p.priority DESC, p.run_at, p.id";
+
+/// Deletes channel $1's windows of starts per key that began before $2 (the current one's
+/// start).
+pub const FORGET_KEY_WINDOWS: &str =
+    "DELETE FROM key_windows WHERE channel = $1 AND window_start < $2";
+
+/// Saves channel $1's windows of starts of keys $2: their starts $3, the starts counted $4.
+pub const SAVE_KEY_WINDOWS: &str = "INSERT INTO key_windows AS w (channel, key, window_start, \
+       window_used) \
+     SELECT $1, k, s, u FROM unnest($2::text[], $3::bigint[], $4::int[]) AS u(k, s, u) \
+     ON CONFLICT (channel, key) DO UPDATE SET window_start = excluded.window_start, \
+       window_used = excluded.window_used";
 
 /// `Event::Claim` at $2, leased until $3, of the tasks with ids $1 still pending (a task
 /// without a key may have been claimed meanwhile by [`CLAIM`]).
@@ -214,20 +229,42 @@ macro_rules! open {
     };
 }
 
+/// The pending task `p` of channel $1 may start as far as its concurrency key's running
+/// tasks go (core's `KeyedClaim` for one task).
+macro_rules! key_free {
+    () => {
+        "(p.concurrency_key IS NULL OR (SELECT count(*) FROM tasks r \
+           WHERE r.channel = $1 AND r.status = 'running' \
+           AND r.concurrency_key = p.concurrency_key) < coalesce((SELECT max_running_per_key \
+           FROM channels WHERE channel = $1), 1))"
+    };
+}
+
 /// The earliest time something is due in channel $1: of a paused or full channel, only a
-/// lease expiry; pending tasks whose concurrency keys are busy are not due (core's
-/// `KeyedClaim` for one task).
+/// lease expiry; pending tasks whose concurrency keys are busy are not due, nor those
+/// whose keys' windows of starts are used up before those windows end (core's
+/// `KeyedWake`).
 pub const NEXT_WAKEUP: &str = concat!(
     "SELECT least( \
      (SELECT greatest(p.run_at, ",
     free_at!(),
     ") FROM tasks p WHERE p.channel = $1 AND p.status = 'pending' AND ",
     open!(),
-    " AND (p.concurrency_key IS NULL OR (SELECT count(*) FROM tasks r \
-       WHERE r.channel = $1 AND r.status = 'running' \
-       AND r.concurrency_key = p.concurrency_key) < coalesce((SELECT max_running_per_key \
-       FROM channels WHERE channel = $1), 1)) \
+    " AND ",
+    key_free!(),
+    " AND (p.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 FROM key_windows w \
+       JOIN channels c ON c.channel = w.channel WHERE w.channel = $1 \
+       AND w.key = p.concurrency_key AND w.window_used >= c.key_rate_starts)) \
      LIMIT 1), \
+     (SELECT CASE WHEN count(*) > 0 THEN greatest(min(w.window_start + c.key_rate_per_ms), ",
+    free_at!(),
+    ") END FROM key_windows w JOIN channels c ON c.channel = w.channel \
+       WHERE w.channel = $1 AND w.window_used >= c.key_rate_starts AND ",
+    open!(),
+    " AND EXISTS (SELECT 1 FROM tasks p WHERE p.channel = $1 AND p.status = 'pending' \
+         AND p.concurrency_key = w.key AND ",
+    key_free!(),
+    ")), \
      (SELECT CASE WHEN min(run_at) IS NOT NULL THEN greatest(min(run_at), ",
     free_at!(),
     ") END FROM tasks WHERE channel = $1 AND status = 'delayed' AND ",

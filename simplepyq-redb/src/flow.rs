@@ -27,6 +27,19 @@ pub(crate) const RATES: TableDefinition<&str, (u32, u64)> = TableDefinition::new
 pub(crate) const WINDOWS: TableDefinition<&str, (i64, u32)> =
     TableDefinition::new("channel_windows");
 
+/// The channels' rates of starts per concurrency key: (starts, window in milliseconds).
+pub(crate) const KEY_RATES: TableDefinition<&str, (u32, u64)> =
+    TableDefinition::new("channel_key_rates");
+
+/// The last windows of starts of the keys of channels with a rate per key, by (channel,
+/// key): (start in milliseconds, starts).
+pub(crate) const KEY_WINDOWS: TableDefinition<(&str, &str), (i64, u32)> =
+    TableDefinition::new("key_windows");
+
+/// The start of the window to which each channel's [`KEY_WINDOWS`] were last pruned.
+pub(crate) const KEY_WINDOWS_PRUNED: TableDefinition<&str, i64> =
+    TableDefinition::new("key_windows_pruned");
+
 /// The channels' limits of running tasks per concurrency key, where not the default.
 pub(crate) const MAX_PER_KEY: TableDefinition<&str, u32> =
     TableDefinition::new("channel_max_per_key");
@@ -79,21 +92,31 @@ impl FlowStore for RedbStore {
         validate_channel(channel)?;
         check_rate(rate)?;
         self.write_tx(|tx, _| {
-            let mut table = tx.open_table(RATES).map_err(db_err)?;
-            let stored = rate.map(|r| (r.starts, u64::try_from(r.per_ms()).unwrap_or(1)));
-            let was = match stored {
-                Some(value) => table.insert(channel, value).map_err(db_err)?,
-                None => table.remove(channel).map_err(db_err)?,
-            }
-            .map(|v| v.value());
+            let changed = save_rate(tx, RATES, channel, rate)?;
             // A new rate counts its starts afresh.
-            if was != stored {
+            if changed {
                 tx.open_table(WINDOWS)
                     .map_err(db_err)?
                     .remove(channel)
                     .map_err(db_err)?;
             }
-            Ok(was != stored)
+            Ok(changed)
+        })
+    }
+
+    fn set_rate_per_key(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        validate_channel(channel)?;
+        check_rate(rate)?;
+        self.write_tx(|tx, _| {
+            let changed = save_rate(tx, KEY_RATES, channel, rate)?;
+            // A new rate counts every key's starts afresh.
+            if changed {
+                let mut windows = tx.open_table(KEY_WINDOWS).map_err(db_err)?;
+                for key in keys_where(&windows, channel, |_| true)? {
+                    windows.remove((channel, key.as_str())).map_err(db_err)?;
+                }
+            }
+            Ok(changed)
         })
     }
 
@@ -131,6 +154,15 @@ impl FlowStore for RedbStore {
                         Some(rate_from(rate.value()));
                 }
             }
+            if let Some(table) = existing(read.open_table(KEY_RATES))? {
+                for entry in table.iter().map_err(db_err)? {
+                    let (name, rate) = entry.map_err(db_err)?;
+                    flows
+                        .entry(name.value().to_owned())
+                        .or_default()
+                        .rate_per_key = Some(rate_from(rate.value()));
+                }
+            }
             Ok(flows)
         })
     }
@@ -152,6 +184,7 @@ pub(crate) fn flow_in_read(read: &ReadTransaction, channel: &str) -> Result<Flow
         existing(read.open_table(MAX_RUNNING))?,
         existing(read.open_table(MAX_PER_KEY))?,
         existing(read.open_table(RATES))?,
+        existing(read.open_table(KEY_RATES))?,
         channel,
     )
 }
@@ -163,6 +196,7 @@ pub(crate) fn flow_in_write(tx: &WriteTransaction, channel: &str) -> Result<Flow
         Some(tx.open_table(MAX_RUNNING).map_err(db_err)?),
         Some(tx.open_table(MAX_PER_KEY).map_err(db_err)?),
         Some(tx.open_table(RATES).map_err(db_err)?),
+        Some(tx.open_table(KEY_RATES).map_err(db_err)?),
         channel,
     )
 }
@@ -174,6 +208,7 @@ fn flow_from(
     max_running: Option<impl ReadableTable<&'static str, u32>>,
     max_per_key: Option<impl ReadableTable<&'static str, u32>>,
     rates: Option<impl ReadableTable<&'static str, (u32, u64)>>,
+    key_rates: Option<impl ReadableTable<&'static str, (u32, u64)>>,
     channel: &str,
 ) -> Result<Flow> {
     let mut flow = flow_settings(paused, max_running, max_per_key, channel)?;
@@ -182,7 +217,83 @@ fn flow_from(
     {
         flow.rate = Some(rate_from(rate.value()));
     }
+    if let Some(table) = key_rates
+        && let Some(rate) = table.get(channel).map_err(db_err)?
+    {
+        flow.rate_per_key = Some(rate_from(rate.value()));
+    }
     Ok(flow)
+}
+
+/// Saves `channel`'s `rate` in `table` (of rates of channels, or per key); returns whether
+/// it changed.
+fn save_rate(
+    tx: &WriteTransaction,
+    table: TableDefinition<&str, (u32, u64)>,
+    channel: &str,
+    rate: Option<Rate>,
+) -> Result<bool> {
+    let mut table = tx.open_table(table).map_err(db_err)?;
+    let stored = rate.map(|r| (r.starts, u64::try_from(r.per_ms()).unwrap_or(1)));
+    let was = match stored {
+        Some(value) => table.insert(channel, value).map_err(db_err)?,
+        None => table.remove(channel).map_err(db_err)?,
+    }
+    .map(|v| v.value());
+    Ok(was != stored)
+}
+
+/// Key `key`'s last window of starts in `channel`, as `windows` (of a read or write
+/// transaction) holds it.
+pub(crate) fn key_window_of(
+    windows: Option<&impl ReadableTable<(&'static str, &'static str), (i64, u32)>>,
+    channel: &str,
+    key: &str,
+) -> Result<Option<RateWindow>> {
+    let Some(table) = windows else {
+        return Ok(None);
+    };
+    Ok(table
+        .get((channel, key))
+        .map_err(db_err)?
+        .map(|w| window_from(w.value())))
+}
+
+/// A stored window: (start in milliseconds, starts).
+fn window_from((start, used): (i64, u32)) -> RateWindow {
+    RateWindow {
+        start: simplepyq_core::Timestamp::from_millis(start),
+        used,
+    }
+}
+
+/// Saves the windows of starts per key a claim at `now` counted in `channel`
+/// (`KeyedClaim::windows`), first deleting the channel's windows before the current one
+/// of `rate` once per window.
+pub(crate) fn save_key_windows(
+    tx: &WriteTransaction,
+    channel: &str,
+    rate: Rate,
+    now: simplepyq_core::Timestamp,
+    windows: &[(String, RateWindow)],
+) -> Result<()> {
+    let current = rate.window_of(now).as_millis();
+    let mut table = tx.open_table(KEY_WINDOWS).map_err(db_err)?;
+    let mut pruned = tx.open_table(KEY_WINDOWS_PRUNED).map_err(db_err)?;
+    let last = pruned.get(channel).map_err(db_err)?.map(|v| v.value());
+    if last.is_none_or(|last| last < current) {
+        for key in keys_where(&table, channel, |(start, _)| start < current)? {
+            table.remove((channel, key.as_str())).map_err(db_err)?;
+        }
+        pruned.insert(channel, current).map_err(db_err)?;
+    }
+    for (key, window) in windows {
+        let value = (window.start.as_millis(), window.used);
+        table
+            .insert((channel, key.as_str()), value)
+            .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// A stored rate: (starts, window in milliseconds).
@@ -198,13 +309,10 @@ pub(crate) fn window_of(
     let Some(table) = windows else {
         return Ok(None);
     };
-    Ok(table.get(channel).map_err(db_err)?.map(|w| {
-        let (start, used) = w.value();
-        RateWindow {
-            start: simplepyq_core::Timestamp::from_millis(start),
-            used,
-        }
-    }))
+    Ok(table
+        .get(channel)
+        .map_err(db_err)?
+        .map(|w| window_from(w.value())))
 }
 
 /// The settings but the rate.
@@ -253,4 +361,24 @@ pub(crate) fn allowance(
 
 fn running(count: Option<redb::AccessGuard<'_, u64>>) -> usize {
     count.map_or(0, |c| usize::try_from(c.value()).unwrap_or(usize::MAX))
+}
+
+/// The keys of `channel` in `windows` whose stored window `which` picks.
+fn keys_where(
+    windows: &impl ReadableTable<(&'static str, &'static str), (i64, u32)>,
+    channel: &str,
+    which: impl Fn((i64, u32)) -> bool,
+) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for entry in windows.range((channel, "")..).map_err(db_err)? {
+        let (at, window) = entry.map_err(db_err)?;
+        let (of, key) = at.value();
+        if of != channel {
+            break;
+        }
+        if which(window.value()) {
+            keys.push(key.to_owned());
+        }
+    }
+    Ok(keys)
 }

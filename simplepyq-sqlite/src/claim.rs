@@ -5,12 +5,15 @@ use rusqlite::params;
 use rusqlite::{OptionalExtension, Transaction};
 use simplepyq_core::transition::{Event, apply};
 use simplepyq_core::{
-    ClaimStore, Flow, KeyedClaim, NewTask, Result, Task, TaskId, Timestamp, Wake, Watch, batch,
-    claim_allowance,
+    ClaimStore, CountedWindows, Flow, KeyLoad, KeyedClaim, NewTask, Result, Task, TaskId,
+    Timestamp, Wake, Watch, batch, claim_allowance,
 };
 
 use crate::error::R;
-use crate::flow::{ALLOWANCE, FREE_AT, KEY_FREE, NOT_PAUSED, OPEN, flow_of, save_window};
+use crate::flow::{
+    ALLOWANCE, FREE_AT, KEY_FREE, KEY_RATE_FREE, NOT_PAUSED, OPEN, flow_of, key_free_at,
+    key_window, save_key_windows, save_window,
+};
 use crate::row::{
     COLUMNS, STATE_COLUMNS, bind_state, ids, save_state, select_tasks, task_from_row, transition,
 };
@@ -59,7 +62,7 @@ impl ClaimStore for SqliteStore {
         let due = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT ({OPEN} AND EXISTS (SELECT 1 FROM simplepyq_tasks p WHERE {READY} \
-                   AND {KEY_FREE})) OR ({NOT_PAUSED} \
+                   AND {KEY_FREE} AND {KEY_RATE_FREE})) OR ({NOT_PAUSED} \
                    AND EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
             ))?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
@@ -91,7 +94,11 @@ impl ClaimStore for SqliteStore {
                 None => limit,
             };
             let mut tasks = if keyed_pending(tx, &channel)? {
-                claim_keyed(tx, &channel, &flow, now, limit)?
+                let (tasks, windows) = claim_keyed(tx, &channel, &flow, now, limit)?;
+                if let Some(rate) = flow.rate_per_key {
+                    save_key_windows(tx, &channel, rate, now, &windows)?;
+                }
+                tasks
             } else {
                 select_tasks(tx, &claim_sql(), params![channel, now.as_millis(), limit])?
             };
@@ -109,13 +116,19 @@ impl ClaimStore for SqliteStore {
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|conn| {
             // A paused or full channel's queued tasks are not due, nor pending tasks whose
-            // concurrency keys are busy; none before a used-up window of starts ends.
+            // concurrency keys are busy; none before a used-up window of starts ends (the
+            // channel's, or a key's).
+            let key_free_at = key_free_at();
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT min(t) FROM ( \
                    SELECT * FROM (SELECT max(run_at, coalesce({FREE_AT}, run_at)) AS t \
                      FROM simplepyq_tasks p \
                      WHERE channel = ?1 AND status = 'pending' AND {OPEN} AND {KEY_FREE} \
+                     AND {KEY_RATE_FREE} \
                      LIMIT 1) \
+                   UNION ALL \
+                   SELECT max(m, coalesce({FREE_AT}, m)) FROM (SELECT {key_free_at} AS m \
+                     WHERE {OPEN}) \
                    UNION ALL \
                    SELECT max(m, coalesce({FREE_AT}, m)) FROM (SELECT min(run_at) AS m \
                      FROM simplepyq_tasks \
@@ -124,7 +137,7 @@ impl ClaimStore for SqliteStore {
                    SELECT min(lease_until) FROM simplepyq_tasks \
                      WHERE channel = ?1 AND status = 'running')"
             ))?;
-            let t: Option<i64> = stmt.query_row([channel], |r| r.get(0))?;
+            let t: Option<i64> = stmt.query_row(params![channel, i64::MIN], |r| r.get(0))?;
             Ok(t.map(Timestamp::from_millis))
         })
     }
@@ -160,13 +173,13 @@ fn claim_keyed(
     flow: &Flow,
     now: Timestamp,
     limit: i64,
-) -> R<Vec<Task>> {
+) -> R<(Vec<Task>, CountedWindows)> {
     let running = match flow.max_running {
         Some(_) => count(tx, RUNNING, params![channel])?,
         None => 0,
     };
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut claim = KeyedClaim::new(flow, claim_allowance(flow, running, limit));
+    let mut claim = KeyedClaim::new(flow, claim_allowance(flow, running, limit), now);
     let mut candidates = tx.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM simplepyq_tasks WHERE {READY} ORDER BY priority DESC, run_at, id"
     ))?;
@@ -175,12 +188,21 @@ fn claim_keyed(
     while !claim.is_full() {
         let Some(row) = rows.next()? else { break };
         let key: Option<String> = row.get(simplepyq_core::row::CONCURRENCY_KEY_COLUMN)?;
-        let busy = |key: &str| count(tx, RUNNING_WITH_KEY, params![channel, key]);
-        if claim.take(key.as_deref(), busy)? {
+        let load = |key: &str| -> R<KeyLoad> {
+            Ok(KeyLoad {
+                running: count(tx, RUNNING_WITH_KEY, params![channel, key])?,
+                window: match flow.rate_per_key {
+                    Some(_) => key_window(tx, channel, key)?,
+                    None => None,
+                },
+            })
+        };
+        if claim.take(key.as_deref(), load)? {
             tasks.push(task_from_row(row)?);
         }
     }
-    Ok(tasks)
+    let windows = claim.windows();
+    Ok((tasks, windows))
 }
 
 /// The running tasks of channel ?1.

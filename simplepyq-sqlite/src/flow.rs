@@ -42,6 +42,28 @@ pub(crate) const KEY_FREE: &str = "(p.concurrency_key IS NULL OR (SELECT count(*
        AND r.concurrency_key = p.concurrency_key) < coalesce((SELECT max_running_per_key \
      FROM simplepyq_channels WHERE channel = ?1), 1))";
 
+/// The pending task `p` of channel ?1 may start at ?2 as far as its key's window of starts
+/// goes: it has no key, or its key's window is not used up or ended by ?2 (core's
+/// [`simplepyq_core::KeyedClaim`] for one task; `i64::MIN` for ?2: it is not used up at
+/// all).
+pub(crate) const KEY_RATE_FREE: &str = "(p.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 \
+     FROM simplepyq_key_windows w, simplepyq_channels c WHERE c.channel = ?1 \
+       AND w.channel = ?1 AND w.key = p.concurrency_key \
+       AND w.window_used >= c.key_rate_starts AND w.window_start + c.key_rate_per_ms > ?2))";
+
+/// The earliest end of a used-up window of starts of a key of channel ?1 that holds up a
+/// pending task that may otherwise start (core's [`simplepyq_core::KeyedWake`]), NULL for
+/// none.
+pub(crate) fn key_free_at() -> String {
+    format!(
+        "(SELECT min(w.window_start + c.key_rate_per_ms) \
+         FROM simplepyq_key_windows w, simplepyq_channels c WHERE c.channel = ?1 \
+           AND w.channel = ?1 AND w.window_used >= c.key_rate_starts \
+           AND EXISTS (SELECT 1 FROM simplepyq_tasks p WHERE p.channel = ?1 \
+             AND p.status = 'pending' AND p.concurrency_key = w.key AND {KEY_FREE}))"
+    )
+}
+
 impl FlowStore for SqliteStore {
     fn set_paused(&self, channel: &str, paused: bool) -> Result<bool> {
         self.change_flow(channel, move |f| f.paused = paused)
@@ -60,6 +82,11 @@ impl FlowStore for SqliteStore {
     fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
         check_rate(rate)?;
         self.change_flow(channel, move |f| f.rate = rate)
+    }
+
+    fn set_rate_per_key(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        check_rate(rate)?;
+        self.change_flow(channel, move |f| f.rate_per_key = rate)
     }
 
     fn flows(&self) -> Result<BTreeMap<String, Flow>> {
@@ -92,6 +119,11 @@ impl SqliteStore {
                 return Ok(false);
             }
             save(tx, &name, &flow)?;
+            if flow.rate_per_key != before.rate_per_key {
+                // A new rate counts every key's starts afresh.
+                tx.prepare_cached("DELETE FROM simplepyq_key_windows WHERE channel = ?1")?
+                    .execute([&name])?;
+            }
             Ok(true)
         })?;
         if changed {
@@ -111,11 +143,16 @@ fn flow_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Flow> {
     if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
         flow.rate = Some(Rate::new(starts, duration_of(per_ms)));
     }
+    let (starts, per_ms): (Option<u32>, Option<i64>) = (r.get(at + 5)?, r.get(at + 6)?);
+    if let (Some(starts), Some(per_ms)) = (starts, per_ms) {
+        flow.rate_per_key = Some(Rate::new(starts, duration_of(per_ms)));
+    }
     Ok(flow)
 }
 
 /// The settings' columns of `simplepyq_channels`, as [`flow_from`] reads them.
-const FLOW_COLUMNS: &str = "paused, max_running, max_running_per_key, rate_starts, rate_per_ms";
+const FLOW_COLUMNS: &str = "paused, max_running, max_running_per_key, rate_starts, rate_per_ms, \
+     key_rate_starts, key_rate_per_ms";
 
 /// Saves channel `channel`'s window of starts.
 pub(crate) fn save_window(tx: &Transaction<'_>, channel: &str, window: RateWindow) -> R<()> {
@@ -135,8 +172,8 @@ pub(crate) fn flow_of(tx: &Transaction<'_>, channel: &str) -> R<(Flow, Option<Ra
              WHERE channel = ?1"
         ))?
         .query_row([channel], |r| {
-            let start: Option<i64> = r.get(5)?;
-            let used: u32 = r.get(6)?;
+            let start: Option<i64> = r.get(7)?;
+            let used: u32 = r.get(8)?;
             let window = start.map(|s| RateWindow {
                 start: Timestamp::from_millis(s),
                 used,
@@ -158,11 +195,13 @@ fn save(tx: &Transaction<'_>, channel: &str, flow: &Flow) -> R<()> {
         tx.execute(
             &format!(
                 "INSERT INTO simplepyq_channels (channel, {FLOW_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                  ON CONFLICT (channel) DO UPDATE SET paused = excluded.paused, \
                    max_running = excluded.max_running, \
                    max_running_per_key = excluded.max_running_per_key, \
                    rate_starts = excluded.rate_starts, rate_per_ms = excluded.rate_per_ms, \
+                   key_rate_starts = excluded.key_rate_starts, \
+                   key_rate_per_ms = excluded.key_rate_per_ms, \
                    window_start = CASE WHEN rate_starts IS excluded.rate_starts \
                      AND rate_per_ms IS excluded.rate_per_ms THEN window_start END, \
                    window_used = CASE WHEN rate_starts IS excluded.rate_starts \
@@ -175,8 +214,52 @@ fn save(tx: &Transaction<'_>, channel: &str, flow: &Flow) -> R<()> {
                 flow.max_running_per_key,
                 flow.rate.map(|r| r.starts),
                 flow.rate.map(|r| r.per_ms()),
+                flow.rate_per_key.map(|r| r.starts),
+                flow.rate_per_key.map(|r| r.per_ms()),
             ],
         )?;
+    }
+    Ok(())
+}
+
+/// Concurrency key `key`'s last window of starts in channel `channel`.
+pub(crate) fn key_window(tx: &Transaction<'_>, channel: &str, key: &str) -> R<Option<RateWindow>> {
+    let found = tx
+        .prepare_cached(
+            "SELECT window_start, window_used FROM simplepyq_key_windows \
+             WHERE channel = ?1 AND key = ?2",
+        )?
+        .query_row([channel, key], |r| {
+            Ok(RateWindow {
+                start: Timestamp::from_millis(r.get(0)?),
+                used: r.get(1)?,
+            })
+        })
+        .optional()?;
+    Ok(found)
+}
+
+/// Saves the windows of starts per key a claim at `now` counted in channel `channel`
+/// (`simplepyq_core::KeyedClaim::windows`), first deleting the channel's windows before the
+/// current one of `rate`.
+pub(crate) fn save_key_windows(
+    tx: &Transaction<'_>,
+    channel: &str,
+    rate: Rate,
+    now: Timestamp,
+    windows: &[(String, RateWindow)],
+) -> R<()> {
+    tx.prepare_cached(
+        "DELETE FROM simplepyq_key_windows WHERE channel = ?1 AND window_start < ?2",
+    )?
+    .execute(params![channel, rate.window_of(now).as_millis()])?;
+    let mut save = tx.prepare_cached(
+        "INSERT INTO simplepyq_key_windows (channel, key, window_start, window_used) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (channel, key) DO UPDATE \
+         SET window_start = excluded.window_start, window_used = excluded.window_used",
+    )?;
+    for (key, window) in windows {
+        save.execute(params![channel, key, window.start.as_millis(), window.used])?;
     }
     Ok(())
 }

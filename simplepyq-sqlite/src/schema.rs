@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_dependencies.sql"),
     include_str!("../migrations/0012_traces.sql"),
     include_str!("../migrations/0013_stuck.sql"),
+    include_str!("../migrations/0014_key_rates.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -159,6 +160,10 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
     &[],
     &[("simplepyq_tasks", "traceparent", "NULL")],
     &[],
+    &[
+        ("simplepyq_channels", "key_rate_starts", "NULL"),
+        ("simplepyq_channels", "key_rate_per_ms", "NULL"),
+    ],
 ];
 
 /// The tables each migration created after the first, with their columns (those later
@@ -185,6 +190,8 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
             "rate_per_ms",
             "window_start",
             "window_used",
+            "key_rate_starts",
+            "key_rate_per_ms",
         ],
     )],
     &[],
@@ -192,6 +199,10 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
     &[("simplepyq_dependencies", &["child", "parent", "satisfied"])],
     &[],
     &[("simplepyq_stuck", &["id", "attempt", "since"])],
+    &[(
+        "simplepyq_key_windows",
+        &["channel", "key", "window_start", "window_used"],
+    )],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,

@@ -177,6 +177,10 @@ impl simplepyq_core::FlowStore for Store2 {
         self.inner.set_rate(channel, rate)
     }
 
+    fn set_rate_per_key(&self, channel: &str, rate: Option<simplepyq_core::Rate>) -> Result<bool> {
+        self.inner.set_rate_per_key(channel, rate)
+    }
+
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
         self.inner.flows()
     }

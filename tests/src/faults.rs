@@ -425,6 +425,11 @@ impl<S: Store> simplepyq_core::FlowStore for Flaky<S> {
         self.inner.set_rate(channel, rate)
     }
 
+    fn set_rate_per_key(&self, channel: &str, rate: Option<simplepyq_core::Rate>) -> Result<bool> {
+        self.alive()?;
+        self.inner.set_rate_per_key(channel, rate)
+    }
+
     fn flows(&self) -> Result<std::collections::BTreeMap<String, simplepyq_core::Flow>> {
         let hook = self.before_flows.lock().take();
         if let Some(Hook(hook)) = hook {

@@ -285,6 +285,9 @@ macro_rules! conformance_tests {
                 a_rate_caps_the_starts_of_each_window,
                 bad_rates_are_refused_and_a_rate_outlives_its_tasks,
                 concurrent_claims_never_exceed_a_rate,
+                a_rate_per_key_caps_each_keys_starts,
+                a_rate_per_key_waits_for_busy_keys_and_outlives_its_tasks,
+                concurrent_claims_never_exceed_a_rate_per_key,
             ];
         );
         #[test]

@@ -12,8 +12,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    Claim, Counts, Error, Flow, KeyedClaim, NewTask, Outcome, Rate, RateWindow, Status, Store,
-    StoreExt, Task, TaskId, Timestamp, Totals, change_flow, claim_allowance,
+    Claim, CountedWindows, Counts, Error, Flow, KeyLoad, KeyWindows, KeyedClaim, KeyedWake,
+    NewTask, Outcome, Rate, RateWindow, Status, Store, StoreExt, Task, TaskId, Timestamp, Totals,
+    change_flow, claim_allowance,
 };
 
 const CHANNELS: [&str; 3] = ["a", "b", "c"];
@@ -130,6 +131,13 @@ pub enum Op {
         /// Starts per window, or no rate.
         starts: Option<u32>,
     },
+    /// Set or remove a channel's rate of starts per concurrency key (per window of 300 ms).
+    SetRatePerKey {
+        /// Index into the channels.
+        channel: usize,
+        /// Starts per window for each key, or no rate.
+        starts: Option<u32>,
+    },
     /// Close the store and open its file again (durable stores only).
     Reopen,
 }
@@ -161,7 +169,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => (channel.clone(), any::<bool>()).prop_map(|(channel, paused)| Op::SetPaused { channel, paused }),
         1 => (channel.clone(), proptest::option::of(1u32..3)).prop_map(|(channel, max)| Op::SetMaxRunning { channel, max }),
         1 => (channel.clone(), 1u32..3).prop_map(|(channel, max)| Op::SetMaxPerKey { channel, max }),
-        1 => (channel, proptest::option::of(1u32..4)).prop_map(|(channel, starts)| Op::SetRate { channel, starts }),
+        1 => (channel.clone(), proptest::option::of(1u32..4)).prop_map(|(channel, starts)| Op::SetRate { channel, starts }),
+        1 => (channel, proptest::option::of(1u32..3)).prop_map(|(channel, starts)| Op::SetRatePerKey { channel, starts }),
     ]
 }
 
@@ -182,6 +191,8 @@ struct Model {
     flows: BTreeMap<&'static str, Flow>,
     /// Each rate-limited channel's last window of starts.
     windows: BTreeMap<&'static str, RateWindow>,
+    /// The windows of starts per key of channels with a rate per key.
+    key_windows: BTreeMap<&'static str, KeyWindows>,
     /// The result each task that gave one succeeded with.
     results: BTreeMap<TaskId, Vec<u8>>,
     /// Each task's parents, and whether each is done (kept when the parent is deleted).
@@ -198,10 +209,7 @@ impl Model {
     /// free), and the first lease expiry.
     fn next_wakeup(&self, channel: &str) -> (bool, Option<Timestamp>) {
         let paused = self.allowance(channel, 1) == 0;
-        let startable = !paused
-            && !self
-                .choose(channel, 1, Timestamp::from_millis(i64::MAX))
-                .is_empty();
+        let startable = !paused && self.startable(channel);
         let mut any = false;
         let mut lease = None;
         for t in self.tasks.values().filter(|t| t.channel == channel) {
@@ -375,9 +383,7 @@ impl Model {
     /// pending task's key busy and nothing delayed.
     fn waits_for_leases(&self, channel: &str) -> bool {
         !self.open(channel)
-            || (self
-                .choose(channel, 1, Timestamp::from_millis(i64::MAX))
-                .is_empty()
+            || (!self.startable(channel)
                 && !self
                     .tasks
                     .values()
@@ -385,35 +391,66 @@ impl Model {
     }
 
     /// The pending tasks due by `now` a claim of up to `allowance` takes, in claim order
-    /// (core's rule of concurrency keys).
-    fn choose(&self, channel: &str, allowance: usize, now: Timestamp) -> Vec<TaskId> {
+    /// (core's rule of concurrency keys), and the keys' windows of starts it counted.
+    fn choose(
+        &self,
+        channel: &str,
+        allowance: usize,
+        now: Timestamp,
+    ) -> (Vec<TaskId>, CountedWindows) {
+        let flow = self.flows.get(channel).cloned().unwrap_or_default();
+        let mut claim = KeyedClaim::new(&flow, allowance, now);
+        let ids = self
+            .pending(channel)
+            .into_iter()
+            .filter(|t| t.state.run_at <= now)
+            .filter(|t| {
+                claim.take(t.concurrency_key.as_deref(), |k| self.load(channel, k)) == Ok(true)
+            })
+            .map(|t| t.id)
+            .collect();
+        let windows = claim.windows();
+        (ids, windows)
+    }
+
+    /// Whether a claim could ever take one of the channel's pending tasks as far as their
+    /// concurrency keys go (core's [`KeyedWake`]: none while every key is busy).
+    fn startable(&self, channel: &str) -> bool {
+        let flow = self.flows.get(channel).cloned().unwrap_or_default();
+        let mut wake = KeyedWake::new(&flow);
+        for t in self.pending(channel) {
+            let load = |k: &str| self.load(channel, k);
+            if wake.look(t.concurrency_key.as_deref(), t.state.run_at, load) == Ok(true) {
+                break;
+            }
+        }
+        wake.earliest().is_some()
+    }
+
+    /// The channel's pending tasks in claim order.
+    fn pending(&self, channel: &str) -> Vec<&Task> {
         let mut ready: Vec<&Task> = self
             .tasks
             .values()
-            .filter(|t| {
-                t.channel == channel && t.state.status == Status::Pending && t.state.run_at <= now
-            })
+            .filter(|t| t.channel == channel && t.state.status == Status::Pending)
             .collect();
         ready.sort_by_key(|t| (-i64::from(t.priority), t.state.run_at, t.id));
-        let flow = self.flows.get(channel).cloned().unwrap_or_default();
-        let mut claim = KeyedClaim::new(&flow, allowance);
-        let running = |key: &str| {
-            Ok::<_, ()>(
-                self.tasks
-                    .values()
-                    .filter(|t| {
-                        t.channel == channel
-                            && t.state.status == Status::Running
-                            && t.concurrency_key.as_deref() == Some(key)
-                    })
-                    .count(),
-            )
-        };
         ready
-            .into_iter()
-            .filter(|t| claim.take(t.concurrency_key.as_deref(), running) == Ok(true))
-            .map(|t| t.id)
-            .collect()
+    }
+
+    /// A concurrency key's running tasks and last window of starts.
+    fn load(&self, channel: &str, key: &str) -> Result<KeyLoad, ()> {
+        let running = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.channel == channel
+                    && t.state.status == Status::Running
+                    && t.concurrency_key.as_deref() == Some(key)
+            })
+            .count();
+        let window = self.key_windows.get(channel).and_then(|w| w.get(key));
+        Ok(KeyLoad { running, window })
     }
 
     fn claim(&mut self, channel: &str, limit: usize, now: Timestamp) -> Vec<TaskId> {
@@ -437,10 +474,15 @@ impl Model {
         if let Some(rate) = rate {
             limit = limit.min(rate.room(window, now));
         }
-        let ids = self.choose(channel, limit, now);
+        let (ids, key_windows) = self.choose(channel, limit, now);
         let name = CHANNELS.iter().find(|c| **c == channel);
         if let (Some(rate), Some(name)) = (rate.filter(|_| !ids.is_empty()), name) {
             self.windows.insert(name, rate.take(window, now, ids.len()));
+        }
+        let key_rate = self.flows.get(channel).and_then(|f| f.rate_per_key);
+        if let (Some(rate), Some(name)) = (key_rate, name) {
+            let saved = self.key_windows.entry(name).or_default();
+            saved.save(rate, now, &key_windows);
         }
         let event = Event::Claim {
             now,
@@ -737,6 +779,18 @@ pub fn check(fixture: &mut crate::Fixture, ops: &[Op]) -> Result<(), TestCaseErr
                     model.windows.remove(ch);
                 }
                 prop_assert_eq!(changed, expected, "{}", at("rate changed"));
+            }
+            Op::SetRatePerKey { channel, starts } => {
+                let ch = CHANNELS[*channel];
+                let rate = starts.map(|n| Rate::new(n, RATE_WINDOW));
+                let changed = store
+                    .set_rate_per_key(ch, rate)
+                    .map_err(|e| fail(&at(&e.to_string())))?;
+                let expected = change_flow(&mut model.flows, ch, |f| f.rate_per_key = rate);
+                if expected {
+                    model.key_windows.remove(ch);
+                }
+                prop_assert_eq!(changed, expected, "{}", at("rate per key changed"));
             }
             Op::Purge { failed, channel } => {
                 let ch = channel.map(|c| CHANNELS[c]);

@@ -72,6 +72,7 @@ pub trait StoreExt: Store {
                     f.max_running_per_key
                 }),
             rate: flows.get(&name).and_then(|f| f.rate),
+            rate_per_key: flows.get(&name).and_then(|f| f.rate_per_key),
             name,
         })
     }
@@ -124,6 +125,20 @@ pub trait StoreExt: Store {
         self.set_rate(channel, rate)
     }
 
+    /// Sets `channel`'s rate of starts per concurrency key
+    /// ([`crate::FlowStore::set_rate_per_key`]), refusing an unknown name as
+    /// [`StoreExt::pause_known`] does. Returns whether it changed.
+    fn rate_per_key_known(
+        &self,
+        channel: &str,
+        rate: Option<crate::Rate>,
+        known_here: bool,
+    ) -> Result<bool> {
+        crate::check_rate(rate)?;
+        self.check_known(channel, known_here)?;
+        self.set_rate_per_key(channel, rate)
+    }
+
     /// An error for a channel name that is invalid, or that neither the store nor the
     /// caller (`known_here`) knows: [`crate::Error::UnknownChannel`].
     fn check_known(&self, channel: &str, known_here: bool) -> Result<()> {
@@ -172,6 +187,8 @@ pub struct ChannelSummary {
     pub max_running_per_key: u32,
     /// Its rate of starts ([`crate::FlowStore::set_rate`]).
     pub rate: Option<crate::Rate>,
+    /// Its rate of starts per concurrency key ([`crate::FlowStore::set_rate_per_key`]).
+    pub rate_per_key: Option<crate::Rate>,
 }
 
 impl ChannelSummary {

@@ -23,6 +23,9 @@ pub struct Flow {
     /// At most so many of the channel's tasks start per window of time, across every
     /// process; `None` for no limit.
     pub rate: Option<Rate>,
+    /// At most so many tasks with the same concurrency key start per window of time, across
+    /// every process; `None` for no limit. Tasks without a key are not counted.
+    pub rate_per_key: Option<Rate>,
 }
 
 /// A channel's limit of task starts: at most `starts` claims of its tasks in each window of
@@ -112,6 +115,7 @@ impl Default for Flow {
             max_running: None,
             max_running_per_key: 1,
             rate: None,
+            rate_per_key: None,
         }
     }
 }
@@ -182,6 +186,22 @@ pub trait FlowStore: Send + Sync + Debug + 'static {
     /// under a millisecond, is [`crate::Error::InvalidConfig`]; the setting outlives the
     /// store and [`crate::AdminStore::remove_channel`].
     fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool>;
+
+    /// Sets how many of `channel`'s tasks with the same concurrency key may start per
+    /// window of time across every process sharing the store (`None`: no limit); returns
+    /// whether that changed its setting.
+    ///
+    /// # Contract
+    /// As [`FlowStore::set_rate`], for each key apart: claims of all processes together
+    /// start at most [`Rate::starts`] tasks of one key in each window of [`Rate::per`], as
+    /// [`KeyedClaim`] decides (the count and the claim being one atomic step), and a key
+    /// whose window is used up holds up no task of another key or without one. While a
+    /// key's window is used up, [`crate::ClaimStore::next_wakeup`] gives no time for its
+    /// pending tasks before the window's end ([`KeyedWake`]). A changed rate counts every
+    /// key's starts afresh. Tasks without a key are not counted. Bad rates are refused as
+    /// [`FlowStore::set_rate`] refuses them; the setting outlives the store and
+    /// [`crate::AdminStore::remove_channel`].
+    fn set_rate_per_key(&self, channel: &str, rate: Option<Rate>) -> Result<bool>;
 
     /// Every channel whose flow settings are not the default, in name order.
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
@@ -263,63 +283,105 @@ pub fn claim_allowance(flow: &Flow, running: usize, limit: usize) -> usize {
     }
 }
 
+/// What a store knows of a concurrency key when a claim looks at it: how many of the
+/// channel's tasks with it run, and its last window of starts (kept only for a channel with
+/// a [`Flow::rate_per_key`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyLoad {
+    /// The key's running tasks.
+    pub running: usize,
+    /// Its last window of starts, if one was counted.
+    pub window: Option<RateWindow>,
+}
+
+impl KeyLoad {
+    /// A key with `running` running tasks and no window of starts.
+    pub fn running(running: usize) -> Self {
+        KeyLoad {
+            running,
+            window: None,
+        }
+    }
+}
+
 /// The rule of a claim of tasks that may have concurrency keys, for every store: taking a
 /// channel's due tasks in claim order, the claim skips a task whose key has
-/// [`Flow::max_running_per_key`] tasks running, counting those it took itself, and stops
-/// once it took its allowance ([`claim_allowance`]). A busy key holds up no other task.
+/// [`Flow::max_running_per_key`] tasks running, or whose key's window of
+/// [`Flow::rate_per_key`] is used up, counting those it took itself, and stops once it took
+/// its allowance ([`claim_allowance`]). A busy key holds up no other task.
 ///
 /// ```
-/// use simplepyq_core::{Flow, KeyedClaim};
+/// use simplepyq_core::{Flow, KeyLoad, KeyedClaim, Timestamp};
 ///
-/// let mut claim = KeyedClaim::new(&Flow::default(), 3);
-/// let running = |key: &str| Ok::<_, ()>(usize::from(key == "busy"));
-/// assert_eq!(claim.take(Some("busy"), running), Ok(false)); // one running: skipped
-/// assert_eq!(claim.take(Some("a"), running), Ok(true));
-/// assert_eq!(claim.take(Some("a"), running), Ok(false)); // the one taken counts
-/// assert_eq!(claim.take(None, running), Ok(true)); // no key, no rule
+/// let mut claim = KeyedClaim::new(&Flow::default(), 3, Timestamp::from_millis(0));
+/// let load = |key: &str| Ok::<_, ()>(KeyLoad::running(usize::from(key == "busy")));
+/// assert_eq!(claim.take(Some("busy"), load), Ok(false)); // one running: skipped
+/// assert_eq!(claim.take(Some("a"), load), Ok(true));
+/// assert_eq!(claim.take(Some("a"), load), Ok(false)); // the one taken counts
+/// assert_eq!(claim.take(None, load), Ok(true)); // no key, no rule
 /// assert!(!claim.is_full());
 /// ```
 #[derive(Debug)]
 pub struct KeyedClaim {
     per_key: usize,
+    rate: Option<Rate>,
+    now: crate::Timestamp,
     room: usize,
-    /// Each key seen: its running tasks, and those taken by this claim.
-    busy: HashMap<String, usize>,
+    /// Each key seen: its load, with the tasks this claim took counted in it.
+    keys: HashMap<String, KeyUse>,
+}
+
+/// A key as a claim counts it.
+#[derive(Debug)]
+struct KeyUse {
+    load: KeyLoad,
+    /// Whether this claim took a task of the key.
+    took: bool,
 }
 
 impl KeyedClaim {
-    /// A claim that may take `allowance` tasks of a channel with `flow`.
-    pub fn new(flow: &Flow, allowance: usize) -> Self {
+    /// A claim at `now` that may take `allowance` tasks of a channel with `flow`.
+    pub fn new(flow: &Flow, allowance: usize, now: crate::Timestamp) -> Self {
         KeyedClaim {
             per_key: flow.max_running_per_key as usize,
+            rate: flow.rate_per_key,
+            now,
             room: allowance,
-            busy: HashMap::new(),
+            keys: HashMap::new(),
         }
     }
 
-    /// Whether the claim takes the next due task, whose concurrency key is `key`;
-    /// `running` tells how many tasks of a key run now (asked once per key). Never takes
-    /// a task once [`KeyedClaim::is_full`].
+    /// Whether the claim takes the next due task, whose concurrency key is `key`; `load`
+    /// tells how many tasks of a key run now and its last window of starts (asked once per
+    /// key). Never takes a task once [`KeyedClaim::is_full`].
     pub fn take<E>(
         &mut self,
         key: Option<&str>,
-        running: impl FnOnce(&str) -> std::result::Result<usize, E>,
+        load: impl FnOnce(&str) -> std::result::Result<KeyLoad, E>,
     ) -> std::result::Result<bool, E> {
         if self.room == 0 {
             return Ok(false);
         }
         if let Some(key) = key {
-            let busy = match self.busy.get_mut(key) {
-                Some(busy) => busy,
+            let used = match self.keys.get_mut(key) {
+                Some(used) => used,
                 None => {
-                    let n = running(key)?;
-                    self.busy.entry(key.to_owned()).or_insert(n)
+                    let load = load(key)?;
+                    let fresh = KeyUse { load, took: false };
+                    self.keys.entry(key.to_owned()).or_insert(fresh)
                 }
             };
-            if *busy >= self.per_key {
+            if used.load.running >= self.per_key {
                 return Ok(false);
             }
-            *busy += 1;
+            if let Some(rate) = self.rate {
+                if rate.room(used.load.window, self.now) == 0 {
+                    return Ok(false);
+                }
+                used.load.window = Some(rate.take(used.load.window, self.now, 1));
+            }
+            used.load.running += 1;
+            used.took = true;
         }
         self.room -= 1;
         Ok(true)
@@ -329,6 +391,152 @@ impl KeyedClaim {
     pub fn is_full(&self) -> bool {
         self.room == 0
     }
+
+    /// The keys' windows of starts the store saves after the claim: those of the keys it
+    /// took tasks of, with those starts counted (none without a rate per key).
+    pub fn windows(&self) -> CountedWindows {
+        let mut windows = Vec::new();
+        for (key, used) in &self.keys {
+            if let (true, Some(window)) = (used.took, used.load.window) {
+                windows.push((key.clone(), window));
+            }
+        }
+        windows
+    }
+}
+
+/// The windows of starts per key a claim counted ([`KeyedClaim::windows`]): (key, window).
+pub type CountedWindows = Vec<(String, RateWindow)>;
+
+/// The rule of a channel's next wake-up for its pending tasks with concurrency keys
+/// ([`crate::ClaimStore::next_wakeup`]), for stores that go through the tasks in Rust:
+/// looking at the pending tasks in claim order, a task whose key is busy gives no time (an
+/// outcome wakes the channel), one whose key's window of starts is used up gives its end
+/// ([`Rate::free_at`]), and any other its run-at, after which no later task can give an
+/// earlier time (pending tasks are due).
+///
+/// ```
+/// use std::time::Duration;
+/// use simplepyq_core::{Flow, KeyLoad, KeyedWake, Rate, RateWindow, Timestamp};
+///
+/// let mut flow = Flow::default();
+/// flow.rate_per_key = Some(Rate::new(1, Duration::from_secs(1)));
+/// let used = RateWindow { start: Timestamp::from_millis(0), used: 1 };
+/// let load = |key: &str| Ok::<_, ()>(match key {
+///     "busy" => KeyLoad::running(1),
+///     _ => KeyLoad { running: 0, window: Some(used) },
+/// });
+/// let mut wake = KeyedWake::new(&flow);
+/// assert_eq!(wake.look(Some("busy"), Timestamp::from_millis(5), load), Ok(false));
+/// assert_eq!(wake.look(Some("used"), Timestamp::from_millis(5), load), Ok(false));
+/// assert_eq!(wake.earliest(), Some(Timestamp::from_millis(1_000))); // the window's end
+/// assert_eq!(wake.look(None, Timestamp::from_millis(7), load), Ok(true));
+/// assert_eq!(wake.earliest(), Some(Timestamp::from_millis(7)));
+/// ```
+#[derive(Debug)]
+pub struct KeyedWake {
+    per_key: usize,
+    rate: Option<Rate>,
+    seen: HashMap<String, KeyWait>,
+    earliest: Option<crate::Timestamp>,
+}
+
+/// How the tasks of a key wait, as [`KeyedWake`] sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyWait {
+    /// Its running tasks are at the limit: until an outcome.
+    Busy,
+    /// Until its window of starts ends.
+    Until(crate::Timestamp),
+    /// Not at all.
+    Free,
+}
+
+impl KeyedWake {
+    /// The wake-up of a channel with `flow`, before any task is looked at.
+    pub fn new(flow: &Flow) -> Self {
+        KeyedWake {
+            per_key: flow.max_running_per_key as usize,
+            rate: flow.rate_per_key,
+            seen: HashMap::new(),
+            earliest: None,
+        }
+    }
+
+    /// Looks at the next pending task in claim order, run at `run_at`, whose concurrency
+    /// key is `key`; `load` tells a key's running tasks and last window (asked once per
+    /// key). Returns whether the earliest time is known: no later task need be looked at.
+    pub fn look<E>(
+        &mut self,
+        key: Option<&str>,
+        run_at: crate::Timestamp,
+        load: impl FnOnce(&str) -> std::result::Result<KeyLoad, E>,
+    ) -> std::result::Result<bool, E> {
+        let wait = match key {
+            None => KeyWait::Free,
+            Some(key) => match self.seen.get(key) {
+                Some(&wait) => wait,
+                None => {
+                    let wait = self.wait_of(load(key)?);
+                    self.seen.insert(key.to_owned(), wait);
+                    wait
+                }
+            },
+        };
+        let at = match wait {
+            KeyWait::Busy => return Ok(false),
+            KeyWait::Free => run_at,
+            KeyWait::Until(end) => run_at.max(end),
+        };
+        self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+        Ok(wait == KeyWait::Free)
+    }
+
+    /// How a task of a key with `load` waits.
+    fn wait_of(&self, load: KeyLoad) -> KeyWait {
+        if load.running >= self.per_key {
+            return KeyWait::Busy;
+        }
+        match self.rate.and_then(|rate| rate.free_at(load.window)) {
+            Some(end) => KeyWait::Until(end),
+            None => KeyWait::Free,
+        }
+    }
+
+    /// The earliest time a task looked at may start, if any may.
+    pub fn earliest(&self) -> Option<crate::Timestamp> {
+        self.earliest
+    }
+}
+
+/// A channel's windows of starts per concurrency key ([`Flow::rate_per_key`]), for stores
+/// (and models) that keep them in memory. Windows before the current one are forgotten as
+/// claims go on, so that keys seen once keep no entry.
+#[derive(Clone, Debug, Default)]
+pub struct KeyWindows {
+    windows: HashMap<String, RateWindow>,
+    /// The start of the window the map was last pruned to.
+    pruned: Option<crate::Timestamp>,
+}
+
+impl KeyWindows {
+    /// `key`'s last window of starts.
+    pub fn get(&self, key: &str) -> Option<RateWindow> {
+        self.windows.get(key).copied()
+    }
+
+    /// Saves the windows a claim at `now` of a channel with `rate` per key counted
+    /// ([`KeyedClaim::windows`]), first forgetting those of windows before the current one.
+    pub fn save(&mut self, rate: Rate, now: crate::Timestamp, windows: &[(String, RateWindow)]) {
+        let current = rate.window_of(now);
+        if self.pruned.is_none_or(|p| p < current) {
+            self.windows.retain(|_, w| w.start >= current);
+            self.pruned = Some(current);
+        }
+        for (key, window) in windows {
+            self.windows.insert(key.clone(), *window);
+        }
+    }
 }
 
 forward!(FlowStore {
@@ -336,6 +544,7 @@ forward!(FlowStore {
     fn set_max_running(&self, channel: &str, max: Option<u32>) -> Result<bool>;
     fn set_max_running_per_key(&self, channel: &str, max: u32) -> Result<bool>;
     fn set_rate(&self, channel: &str, rate: Option<Rate>) -> Result<bool>;
+    fn set_rate_per_key(&self, channel: &str, rate: Option<Rate>) -> Result<bool>;
     fn flows(&self) -> Result<BTreeMap<String, Flow>>;
 });
 
