@@ -136,6 +136,37 @@ impl<S: Store> SimplePyQ<S> {
         Ok(changed)
     }
 
+    /// Sets how many of `channel`'s tasks with the same concurrency key
+    /// ([`EnqueueOptions::concurrency_key`](crate::EnqueueOptions::concurrency_key)) may start
+    /// per window of time across every process and machine sharing the store (`None`: no
+    /// limit), durably, changeable while workers run: "no more than 10 calls a minute per
+    /// customer". Each key is counted apart, in windows as [`SimplePyQ::set_rate`] counts a
+    /// channel's; a key whose window is used up holds up no task of another key or without
+    /// one, and its tasks wait, without polling, until the window ends. Tasks without a key
+    /// are not counted. A channel may have both rates, and a limit of running tasks per key
+    /// ([`SimplePyQ::set_max_running_per_key`], 1 unless set): a task starts only when every
+    /// one allows it. Returns whether it changed.
+    ///
+    /// Errors as [`SimplePyQ::set_rate`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use simplepyq::Rate;
+    /// # let q = simplepyq::SimplePyQ::memory();
+    /// q.add_channel("api", |_: u64| Ok(()), 8)?;
+    /// q.set_max_running_per_key("api", 4)?;
+    /// q.set_rate_per_key("api", Some(Rate::new(10, Duration::from_secs(60))))?;
+    /// # Ok::<(), simplepyq::Error>(())
+    /// ```
+    pub fn set_rate_per_key(&self, channel: &str, rate: Option<Rate>) -> Result<bool> {
+        let engine = &self.workers.engine;
+        let changed = engine
+            .store
+            .rate_per_key_known(channel, rate, self.workers.has(channel))?;
+        engine.wake(channel, true);
+        Ok(changed)
+    }
+
     /// Whether `channel` is paused.
     pub fn is_paused(&self, channel: &str) -> Result<bool> {
         Ok(self.flows()?.get(channel).is_some_and(|f| f.paused))

@@ -1,7 +1,7 @@
 //! Flow control across processes: a pause quiets every worker process within one claim in
 //! flight each, and a resume lets them finish; limits of running tasks, per channel and
-//! per concurrency key, hold across processes (and through SIGKILLs); a rate holds across
-//! processes, and a channel waiting for its window sleeps.
+//! per concurrency key, hold across processes (and through SIGKILLs); a rate, of a channel
+//! or per key, holds across processes, and a channel waiting for a window sleeps.
 
 use std::collections::HashMap;
 use std::process::Child;
@@ -381,17 +381,99 @@ fn a_rate_holds_across_processes_postgres() {
     a_rate_holds_across_processes(Backend::Postgres);
 }
 
-/// An idle rate-limited channel sleeps: a worker process (4 workers) has used up its
-/// channel's window (1 start per 30 s) with 2 more tasks waiting; over the next 2 s it uses
-/// at most 2% of one core (a worker polling for the window would use all of it; the queue
-/// sleeps until the window's end, waking at its poll interval, here 1 s, at most).
-fn an_idle_rate_limited_channel_sleeps(backend: Backend) {
+/// Three worker processes (4 workers each) drain 200 tasks of 5 ms over 5 concurrency keys
+/// (task i has key i mod 5; up to 4 running per key) from a channel with a rate of 10
+/// starts per second per key: no window of a second holds more than 10 starts of a key
+/// anywhere, the whole windows hold close to 10 of each (a used-up key holds up no other
+/// key: together they start 50 a second), and every task runs exactly once.
+fn a_rate_per_key_holds_across_processes(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
-    enqueue_numbers(backend, &db, 3, 0);
+    let (n, keys, per_second) = (200u32, 5u32, 10usize);
+    let admin = backend.open(&db);
+    admin
+        .enqueue(&keyed_tasks(n, keys), SystemClock.now())
+        .expect("enqueue");
+    admin
+        .limit_per_key_known("work", 4, false)
+        .expect("per key");
+    let rate = simplepyq_core::Rate::new(10, Duration::from_secs(1));
+    assert!(
+        admin
+            .rate_per_key_known("work", Some(rate), false)
+            .expect("rate")
+    );
+    let children: Vec<Child> = (0..PROCESSES)
+        .map(|_| spawn_worker(backend, &db, &log, WORKERS, 5, 30_000))
+        .collect();
+    for child in children {
+        wait_ok(child);
+    }
+    let runs = timed_runs(&log);
+    each_ran_once_and_done(&*admin, &runs, n);
+    // Starts per key per window, by the store's clock (this machine's, as above).
+    let mut windows: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for (_, task, ms) in &runs {
+        windows
+            .entry(ms / 1_000)
+            .or_insert_with(|| vec![0; keys as usize])[(task % keys) as usize] += 1;
+    }
+    let counts: Vec<Vec<usize>> = windows.values().cloned().collect();
+    eprintln!("{backend:?}: starts per second of each key {counts:?}");
+    // A start is logged a little after its claim: a few may move to the next window.
+    let most = counts.iter().flatten().copied().max().unwrap_or(0);
+    assert!(
+        most <= per_second + 2,
+        "{most} starts of a key in a second: {counts:?}"
+    );
+    let inner = &counts[1..counts.len().saturating_sub(1)];
+    assert!(
+        inner.iter().flatten().all(|&c| c >= per_second - 3),
+        "a whole second well below a key's rate: {counts:?}"
+    );
+    assert!(
+        counts.len() >= 4,
+        "40 starts of each key at 10 a second took {} windows",
+        counts.len()
+    );
+}
+
+#[test]
+fn a_rate_per_key_holds_across_processes_sqlite() {
+    a_rate_per_key_holds_across_processes(Backend::Sqlite);
+}
+
+#[test]
+fn a_rate_per_key_holds_across_processes_postgres() {
+    a_rate_per_key_holds_across_processes(Backend::Postgres);
+}
+
+/// An idle rate-limited channel sleeps: a worker process (4 workers) has used up its
+/// channel's window (1 start per 30 s; or, `per_key`, its one key's window) with 2 more
+/// tasks waiting; over the next 2 s it uses at most 2% of one core (a worker polling for
+/// the window would use all of it; the queue sleeps until the window's end, waking at its
+/// poll interval, here 1 s, at most).
+fn an_idle_rate_limited_channel_sleeps(backend: Backend, per_key: bool) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
     let admin = backend.open(&db);
     let rate = simplepyq_core::Rate::new(1, Duration::from_secs(30));
-    assert!(admin.rate_known("work", Some(rate), false).expect("rate"));
+    if per_key {
+        admin
+            .enqueue(&keyed_tasks(3, 1), SystemClock.now())
+            .expect("enqueue");
+        admin
+            .limit_per_key_known("work", 4, false)
+            .expect("per key");
+        assert!(
+            admin
+                .rate_per_key_known("work", Some(rate), false)
+                .expect("rate")
+        );
+    } else {
+        enqueue_numbers(backend, &db, 3, 0);
+        assert!(admin.rate_known("work", Some(rate), false).expect("rate"));
+    }
     let mut command = std::process::Command::new(WORKER);
     command.env("SIMPLEPYQ_TEST_POLL_MS", "1000");
     let mut child = spawn_worker_with(command, backend, &db, &log, WORKERS, 0, 30_000);
@@ -436,10 +518,20 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn an_idle_rate_limited_channel_sleeps_sqlite() {
-    an_idle_rate_limited_channel_sleeps(Backend::Sqlite);
+    an_idle_rate_limited_channel_sleeps(Backend::Sqlite, false);
 }
 
 #[test]
 fn an_idle_rate_limited_channel_sleeps_postgres() {
-    an_idle_rate_limited_channel_sleeps(Backend::Postgres);
+    an_idle_rate_limited_channel_sleeps(Backend::Postgres, false);
+}
+
+#[test]
+fn an_idle_channel_with_a_used_up_key_sleeps_sqlite() {
+    an_idle_rate_limited_channel_sleeps(Backend::Sqlite, true);
+}
+
+#[test]
+fn an_idle_channel_with_a_used_up_key_sleeps_postgres() {
+    an_idle_rate_limited_channel_sleeps(Backend::Postgres, true);
 }
