@@ -176,6 +176,9 @@ enum Command {
         /// The window: 500ms, 1s, 1m, 1h (with a number of starts).
         #[arg(long, value_parser = parse_duration, default_value = "1s")]
         per: Duration,
+        /// The rate of each concurrency key's starts, not the channel's.
+        #[arg(long)]
+        per_key: bool,
     },
     /// Deletes done tasks that finished long enough ago.
     PurgeDone(Purge),
@@ -495,15 +498,23 @@ fn run(command: Command) -> Result<(), Failure> {
             channel,
             starts,
             per,
+            per_key,
         } => {
             let rate = starts.0.map(|n| Rate::new(n, per));
-            let changed = open(&file)?.rate_known(&channel, rate, false)?;
+            let store = open(&file)?;
+            let (changed, of) = if per_key {
+                let changed = store.rate_per_key_known(&channel, rate, false)?;
+                (changed, " with the same concurrency key")
+            } else {
+                (store.rate_known(&channel, rate, false)?, "")
+            };
             let was = if changed { "" } else { " (it was so already)" };
             match starts.0 {
                 Some(n) => writeln!(
                     out,
-                    "at most {n} task(s) of {channel} start per {per:?}{was}"
+                    "at most {n} task(s) of {channel}{of} start per {per:?}{was}"
                 )?,
+                None if per_key => writeln!(out, "no rate per key on {channel}{was}")?,
                 None => writeln!(out, "no rate on {channel}{was}")?,
             }
         }

@@ -30,14 +30,17 @@ pub(crate) fn summary_json(channels: &[ChannelSummary], now: Timestamp) -> Value
                 "paused": c.paused,
                 "max_running": c.max_running,
                 "max_running_per_key": c.max_running_per_key,
-                "rate": c.rate.map(|r| json!({
-                    "starts": r.starts,
-                    "per_ms": r.per_ms(),
-                })),
+                "rate": c.rate.map(rate_json),
+                "rate_per_key": c.rate_per_key.map(rate_json),
             })
         })
         .collect();
     json!({ "now_ms": now.as_millis(), "channels": channels })
+}
+
+/// A rate of starts as JSON.
+fn rate_json(rate: simplepyq_core::Rate) -> Value {
+    json!({ "starts": rate.starts, "per_ms": rate.per_ms() })
 }
 
 /// A done task's result as JSON (decoded from MessagePack), `null` for none.

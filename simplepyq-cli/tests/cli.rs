@@ -304,6 +304,25 @@ fn limit_a_channel() {
     assert_eq!(json["channels"][0]["rate"]["per_ms"].as_u64(), Some(60_000));
     assert!(ok(&["rate", s(&db), "mail", "none"]).contains("no rate on mail"));
     assert!(store.flows().expect("flows").is_empty());
+    // A rate per concurrency key.
+    let out = ok(&["rate", s(&db), "mail", "10", "--per", "1m", "--per-key"]);
+    assert!(
+        out.contains("at most 10 task(s) of mail with the same concurrency key start per 60s"),
+        "{out}"
+    );
+    let json: Value = serde_json::from_str(&ok(&["summary", s(&db), "--json"])).expect("json");
+    assert_eq!(json["channels"][0]["rate"], Value::Null);
+    assert_eq!(
+        json["channels"][0]["rate_per_key"]["starts"].as_u64(),
+        Some(10)
+    );
+    assert_eq!(
+        json["channels"][0]["rate_per_key"]["per_ms"].as_u64(),
+        Some(60_000)
+    );
+    let out = ok(&["rate", s(&db), "mail", "none", "--per-key"]);
+    assert!(out.contains("no rate per key on mail"), "{out}");
+    assert!(store.flows().expect("flows").is_empty());
     assert_eq!(
         cli(&["rate", s(&db), "mail", "0"], "").status.code(),
         Some(2)

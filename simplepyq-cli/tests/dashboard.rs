@@ -208,6 +208,14 @@ fn filled(dir: &Path) -> (PathBuf, SqliteStore) {
     store
         .enqueue_one(NewTask::new(XSS, args(json!([]))), t)
         .expect("enqueue");
+    let per_minute = simplepyq_core::Rate::new(100, Duration::from_secs(60));
+    store
+        .set_rate("thumbnails", Some(per_minute))
+        .expect("rate");
+    let per_second = simplepyq_core::Rate::new(5, Duration::from_secs(1));
+    store
+        .set_rate_per_key("thumbnails", Some(per_second))
+        .expect("rate per key");
     (path, store)
 }
 
@@ -379,6 +387,12 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
             );
         }
     }
+    // The channel's rates.
+    let rates = b.text("tr[data-channel=\"thumbnails\"] td").await;
+    assert!(
+        rates.contains("≤ 100 starts / 1m 0s") && rates.contains("≤ 5 starts / 1s per key"),
+        "{rates}"
+    );
     // The last hour's chart counts what the store finished: in the dashboard's window, the
     // current minute and the 59 before it, read well inside a minute (the page is at most
     // a second or two old; the history reaches back 59 minutes, so that a minute turning
@@ -473,7 +487,7 @@ async fn the_dashboard_shows_the_store_and_acts_on_it_in_a_real_browser() {
     );
     b.click("tr[data-channel=\"emails\"] button.resume").await;
     wait_until("the channel is resumed", || {
-        store.flows().expect("flows").is_empty()
+        !store.flows().expect("flows").contains_key("emails")
     });
     assert!(
         b.wait_for("#notice", |t| t.contains("Resumed emails"))

@@ -102,6 +102,8 @@ function channelsSection(data) {
         : el("span", { class: "limit-tag", title: "at most this many run at once, across every process" }, `≤ ${c.max_running} running`),
       (c.max_running_per_key ?? 1) === 1 ? null
         : el("span", { class: "limit-tag", title: "at most this many of one concurrency key run at once" }, `≤ ${c.max_running_per_key} per key`),
+      c.rate ? el("span", { class: "limit-tag rate-tag", title: "at most this many start per window, across every process" }, `≤ ${c.rate.starts} starts / ${human(c.rate.per_ms)}`) : null,
+      c.rate_per_key ? el("span", { class: "limit-tag key-rate-tag", title: "at most this many of one concurrency key start per window" }, `≤ ${c.rate_per_key.starts} starts / ${human(c.rate_per_key.per_ms)} per key`) : null,
       (c.stuck ?? 0) === 0 ? null
         : el("span", { class: "stuck-tag", title: "handlers past their timeout that still run: their tasks keep their leases until they return" }, `${c.stuck} stuck`)),
     ...STATUSES.map((s) => el("td", {
