@@ -543,6 +543,22 @@ impl Engine {
             .map_err(py_err)
     }
 
+    #[pyo3(signature = (channel, starts, per))]
+    fn set_rate_per_key(
+        &self,
+        py: Python<'_>,
+        channel: &str,
+        starts: Option<u32>,
+        per: f64,
+    ) -> PyResult<bool> {
+        let rate = match starts {
+            Some(n) => Some(simplepyq::Rate::new(n, seconds("per", per)?)),
+            None => None,
+        };
+        py.detach(|| on!(self.backend, q => q.set_rate_per_key(channel, rate)))
+            .map_err(py_err)
+    }
+
     fn set_max_running_per_key(&self, py: Python<'_>, channel: &str, max: u32) -> PyResult<bool> {
         py.detach(|| on!(self.backend, q => q.set_max_running_per_key(channel, max)))
             .map_err(py_err)

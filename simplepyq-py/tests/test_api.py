@@ -616,6 +616,37 @@ def test_a_rate_spaces_the_starts(db):
     assert q.set_rate("c", None) is True
 
 
+def test_a_rate_per_key_caps_each_key_apart(db):
+    """A rate of 2 starts per 0.5 s per key, with up to 4 of a key at once: 6 tasks of key
+    "a" take three windows and never start more than 2 in one, while the tasks of key "b"
+    and those without a key are not held up behind them (they start before key "a"'s last
+    window); bad rates are ValueErrors."""
+    q = SimplePyQ(db)
+    starts = []
+    ids = []
+    q.add_channel("c", lambda i: starts.append((i, q.task(ids[i]).updated_at)), max_workers=4)
+    q.set_max_running_per_key("c", 4)
+    assert q.set_rate_per_key("c", 2, per=0.5) is True
+    assert q.set_rate_per_key("c", 2, per=0.5) is False
+    for bad in [(0, 1.0), (1, 0.0)]:
+        with pytest.raises(ValueError):
+            q.set_rate_per_key("c", *bad)
+    keys = ["a"] * 6 + ["b"] * 2 + [None] * 2
+    for key in keys:
+        ids.append(q.enqueue("c", len(ids), concurrency_key=key))
+    q.run_until_complete()
+    assert len(starts) == 10
+    windows = {}
+    for i, t in starts:
+        at = (keys[i], round(t * 1000) // 500)  # the store keeps whole milliseconds
+        windows[at] = windows.get(at, 0) + 1
+    a = [n for (key, _), n in windows.items() if key == "a"]
+    assert max(a) <= 2 and len(a) >= 3, windows
+    last_a = max(w for (key, w) in windows if key == "a")
+    assert all(w < last_a for (key, w) in windows if key != "a"), windows
+    assert q.set_rate_per_key("c", None) is True
+
+
 def test_psycopg_enqueues_in_its_own_transaction():
     """A psycopg transaction enqueues with the queue's SQL function: the task commits with
     the transaction's own rows (invisible before the commit), or rolls back with them; the

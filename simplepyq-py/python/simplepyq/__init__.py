@@ -251,6 +251,14 @@ class SimplePyQ:
         millisecond."""
         return self._engine.set_rate(channel, starts, _secs("per", per))
 
+    def set_rate_per_key(self, channel: str, starts: Optional[int], per: Seconds = 1.0) -> bool:
+        """At most ``starts`` of the channel's tasks with the same ``concurrency_key`` start in
+        each window of ``per`` seconds (or a timedelta), each key counted apart, across every
+        process and machine on the queue (``None``: no rate); a key whose window is used up
+        holds up no other key. Tasks without a key are not counted. Durable, changeable while
+        workers run; errors as ``set_rate``. Return whether it changed."""
+        return self._engine.set_rate_per_key(channel, starts, _secs("per", per))
+
     def set_max_running_per_key(self, channel: str, max_running: int) -> bool:
         """At most ``max_running`` of the channel's tasks with the same ``concurrency_key``
         run at once, across every process and machine on the queue (default 1: one at a
