@@ -55,7 +55,7 @@ pub use flow::{
     change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
 };
 pub use inspect::InspectStore;
-pub use outcome::OutcomeStore;
+pub use outcome::{FinishedAndClaimed, OutcomeStore};
 pub use schedule::ScheduleStore;
 pub use transaction::{OnCommit, TransactionStore};
 pub use wakes::LocalWakes;

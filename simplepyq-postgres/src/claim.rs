@@ -89,37 +89,11 @@ impl ClaimStore for PostgresStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (now, lease_until) = (millis(now), millis(lease_until));
         let mut tasks = self.run(|c| {
-            // Each statement is Event::Promote, then Event::Claim, on many rows at once.
-            let promoted = c.query_one(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?;
-            let (locked, keyed): (Option<bool>, bool) =
-                (promoted.try_get(0)?, promoted.try_get(1)?);
-            if keyed {
-                return claim_keyed(c, channel, now, limit, lease_until);
+            let mut transaction = None;
+            let tasks = claim_with(c, Some(&mut transaction), channel, now, limit, lease_until)?;
+            if let Some(tx) = transaction {
+                tx.commit()?;
             }
-            if locked != Some(true) {
-                let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
-                return tasks_from_rows(&rows);
-            }
-            // A limited or rate-limited channel: claims one at a time, each counting the
-            // others'.
-            let mut transaction = c.client.transaction()?;
-            let mut tx = Db {
-                client: &mut transaction,
-                statements: &mut *c.statements,
-            };
-            // Read again under the lock: the settings may have changed, or gone.
-            let (flow, window) = lock_flow(&mut tx, channel)?;
-            let limit = rate_room(&flow, window, now, limit);
-            let rows = match flow.max_running.map(i64::from) {
-                Some(max) => tx.query(
-                    sql::CLAIM_LIMITED,
-                    &[&channel, &now, &limit, &lease_until, &max],
-                )?,
-                None => tx.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?,
-            };
-            let tasks = tasks_from_rows(&rows)?;
-            save_window(&mut tx, channel, &flow, window, now, tasks.len())?;
-            transaction.commit()?;
             Ok(tasks)
         })?;
         tasks.sort_unstable_by_key(batch::claim_order);
@@ -134,24 +108,90 @@ impl ClaimStore for PostgresStore {
     }
 }
 
-/// A claim of a channel with pending tasks that have concurrency keys: one claimer of the
-/// channel at a time ([`sql::LOCK_KEYED`], and its settings' row as a limited claim locks
-/// it), core's [`KeyedClaim`] going through the due pending tasks in claim order, a page
-/// at a time, skipping those whose key is busy.
-fn claim_keyed(
-    c: &mut Db<'_, postgres::Client>,
+/// A claim of up to `limit` of `channel`'s due tasks at `now` (milliseconds), leased until
+/// `lease_until`: each statement is `Event::Promote`, then `Event::Claim`, on many rows at
+/// once. A claim that must count others' (a channel with a limit, a rate or pending tasks
+/// with concurrency keys) is made in a transaction: `c`'s own if `transaction` is `None`
+/// (the caller's), else one begun here and left in `transaction` for the caller to commit.
+pub(crate) fn claim_with<'a, C: postgres::GenericClient>(
+    c: &'a mut Db<'_, C>,
+    transaction: Option<&mut Option<postgres::Transaction<'a>>>,
     channel: &str,
     now: i64,
     limit: i64,
     lease_until: i64,
 ) -> R<Vec<Task>> {
-    let mut transaction = c.client.transaction()?;
+    let promoted = c.query_one(sql::PROMOTE, &[&channel, &now, &PROMOTE_LIMIT])?;
+    let (locked, keyed): (Option<bool>, bool) = (promoted.try_get(0)?, promoted.try_get(1)?);
+    if !keyed && locked != Some(true) {
+        let rows = c.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?;
+        return tasks_from_rows(&rows);
+    }
+    let Some(transaction) = transaction else {
+        return claim_counting(c, keyed, channel, now, limit, lease_until);
+    };
+    let tx = transaction.insert(c.client.transaction()?);
     let mut tx = Db {
-        client: &mut transaction,
+        client: tx,
         statements: &mut *c.statements,
     };
+    claim_counting(&mut tx, keyed, channel, now, limit, lease_until)
+}
+
+/// The claim that counts others', in transaction `tx`: of tasks with concurrency keys
+/// (`keyed`), or of a limited or rate-limited channel.
+fn claim_counting<C: postgres::GenericClient>(
+    tx: &mut Db<'_, C>,
+    keyed: bool,
+    channel: &str,
+    now: i64,
+    limit: i64,
+    lease_until: i64,
+) -> R<Vec<Task>> {
+    if keyed {
+        claim_keyed(tx, channel, now, limit, lease_until)
+    } else {
+        claim_limited(tx, channel, now, limit, lease_until)
+    }
+}
+
+/// A claim of a limited or rate-limited channel, in a transaction: claims one at a time,
+/// each counting the others'.
+fn claim_limited<C: postgres::GenericClient>(
+    tx: &mut Db<'_, C>,
+    channel: &str,
+    now: i64,
+    limit: i64,
+    lease_until: i64,
+) -> R<Vec<Task>> {
+    // Read again under the lock: the settings may have changed, or gone.
+    let (flow, window) = lock_flow(tx, channel)?;
+    let limit = rate_room(&flow, window, now, limit);
+    let rows = match flow.max_running.map(i64::from) {
+        Some(max) => tx.query(
+            sql::CLAIM_LIMITED,
+            &[&channel, &now, &limit, &lease_until, &max],
+        )?,
+        None => tx.query(sql::CLAIM, &[&channel, &now, &limit, &lease_until])?,
+    };
+    let tasks = tasks_from_rows(&rows)?;
+    save_window(tx, channel, &flow, window, now, tasks.len())?;
+    Ok(tasks)
+}
+
+/// A claim of a channel with pending tasks that have concurrency keys: one claimer of the
+/// channel at a time ([`sql::LOCK_KEYED`], and its settings' row as a limited claim locks
+/// it), core's [`KeyedClaim`] going through the due pending tasks in claim order, a page
+/// at a time, skipping those whose key is busy.
+fn claim_keyed<C: postgres::GenericClient>(
+    tx: &mut Db<'_, C>,
+    channel: &str,
+    now: i64,
+    limit: i64,
+    lease_until: i64,
+) -> R<Vec<Task>> {
     tx.execute(sql::LOCK_KEYED, &[&channel])?;
-    let (flow, window) = lock_flow(&mut tx, channel)?;
+    let (flow, window) = lock_flow(tx, channel)?;
     let limit = rate_room(&flow, window, now, limit);
     let running = match flow.max_running {
         Some(_) => tx
@@ -204,11 +244,10 @@ fn claim_keyed(
     } else {
         tasks_from_rows(&tx.query(sql::CLAIM_IDS, &[&chosen, &now, &lease_until])?)?
     };
-    save_window(&mut tx, channel, &flow, window, now, tasks.len())?;
+    save_window(tx, channel, &flow, window, now, tasks.len())?;
     if let Some(rate) = flow.rate_per_key {
-        save_key_windows(&mut tx, channel, rate, now, &claim.windows())?;
+        save_key_windows(tx, channel, rate, now, &claim.windows())?;
     }
-    transaction.commit()?;
     Ok(tasks)
 }
 

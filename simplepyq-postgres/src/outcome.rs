@@ -56,6 +56,30 @@ impl OutcomeStore for PostgresStore {
         self.run(|db| finish_in(db, results, now))
     }
 
+    fn finish_and_claim(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+        channel: &str,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<simplepyq_core::FinishedAndClaimed> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (at, until) = (millis(now), millis(lease_until));
+        // One transaction, one commit: a claim that fails undoes the outcomes too, and the
+        // caller records them again without it (the contract's outer error).
+        let (statuses, mut tasks) = self.transaction(|tx| {
+            let statuses = finish_in(tx, results, now)?;
+            if limit == 0 {
+                return Ok((statuses, Vec::new()));
+            }
+            let tasks = crate::claim::claim_with(tx, None, channel, at, limit, until)?;
+            Ok((statuses, tasks))
+        })?;
+        tasks.sort_unstable_by_key(simplepyq_core::batch::claim_order);
+        Ok((statuses, Ok(tasks)))
+    }
+
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         let at = millis(now);
         let any = self.run(|c| {

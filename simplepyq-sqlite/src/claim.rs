@@ -70,47 +70,8 @@ impl ClaimStore for SqliteStore {
         if !due {
             return Ok(Vec::new());
         }
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let event = Event::Claim { now, lease_until };
         let channel = channel.to_owned();
-        self.write(move |tx| {
-            // Under the write lock, in each statement (where SQLite looks once, the channel
-            // being a parameter): a pause committed before this claim holds.
-            let promote = ids(
-                tx,
-                &format!(
-                    "SELECT id FROM simplepyq_tasks WHERE {DUE_DELAYED} AND {NOT_PAUSED} \
-                     ORDER BY run_at, id LIMIT ?3"
-                ),
-                params![channel, now.as_millis(), PROMOTE_LIMIT],
-            )?;
-            for id in promote {
-                transition(tx, id, &Event::Promote { now })?;
-            }
-            // A rate of starts: no more than its window's room, counted under the writer.
-            let (flow, window) = flow_of(tx, &channel)?;
-            let limit = match flow.rate {
-                Some(rate) => limit.min(i64::try_from(rate.room(window, now)).unwrap_or(i64::MAX)),
-                None => limit,
-            };
-            let mut tasks = if keyed_pending(tx, &channel)? {
-                let (tasks, windows) = claim_keyed(tx, &channel, &flow, now, limit)?;
-                if let Some(rate) = flow.rate_per_key {
-                    save_key_windows(tx, &channel, rate, now, &windows)?;
-                }
-                tasks
-            } else {
-                select_tasks(tx, &claim_sql(), params![channel, now.as_millis(), limit])?
-            };
-            for t in &mut tasks {
-                t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
-                save_state(tx, t.id, &t.state)?;
-            }
-            if let Some(rate) = flow.rate.filter(|_| !tasks.is_empty()) {
-                save_window(tx, &channel, rate.take(window, now, tasks.len()))?;
-            }
-            Ok(tasks)
-        })
+        self.write(move |tx| claim_in(tx, &channel, limit, now, lease_until))
     }
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
@@ -141,6 +102,55 @@ impl ClaimStore for SqliteStore {
             Ok(t.map(Timestamp::from_millis))
         })
     }
+}
+
+/// A claim of up to `limit` of `channel`'s due tasks at `now`, leased until `lease_until`,
+/// in the writer's transaction `tx` (see [`ClaimStore::claim`]).
+pub(crate) fn claim_in(
+    tx: &Transaction<'_>,
+    channel: &str,
+    limit: usize,
+    now: Timestamp,
+    lease_until: Timestamp,
+) -> R<Vec<Task>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let event = Event::Claim { now, lease_until };
+    // Under the write lock, in each statement (where SQLite looks once, the channel
+    // being a parameter): a pause committed before this claim holds.
+    let promote = ids(
+        tx,
+        &format!(
+            "SELECT id FROM simplepyq_tasks WHERE {DUE_DELAYED} AND {NOT_PAUSED} \
+                 ORDER BY run_at, id LIMIT ?3"
+        ),
+        params![channel, now.as_millis(), PROMOTE_LIMIT],
+    )?;
+    for id in promote {
+        transition(tx, id, &Event::Promote { now })?;
+    }
+    // A rate of starts: no more than its window's room, counted under the writer.
+    let (flow, window) = flow_of(tx, channel)?;
+    let limit = match flow.rate {
+        Some(rate) => limit.min(i64::try_from(rate.room(window, now)).unwrap_or(i64::MAX)),
+        None => limit,
+    };
+    let mut tasks = if keyed_pending(tx, channel)? {
+        let (tasks, windows) = claim_keyed(tx, channel, &flow, now, limit)?;
+        if let Some(rate) = flow.rate_per_key {
+            save_key_windows(tx, channel, rate, now, &windows)?;
+        }
+        tasks
+    } else {
+        select_tasks(tx, &claim_sql(), params![channel, now.as_millis(), limit])?
+    };
+    for t in &mut tasks {
+        t.state = apply(&t.state, &event).map_err(|r| r.into_error(t.id))?;
+        save_state(tx, t.id, &t.state)?;
+    }
+    if let Some(rate) = flow.rate.filter(|_| !tasks.is_empty()) {
+        save_window(tx, channel, rate.take(window, now, tasks.len()))?;
+    }
+    Ok(tasks)
 }
 
 /// The claim's query: up to ?3 due pending tasks of channel ?1 at ?2, in claim order, none

@@ -75,6 +75,31 @@ impl OutcomeStore for SqliteStore {
         Ok(statuses)
     }
 
+    fn finish_and_claim(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+        channel: &str,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<simplepyq_core::FinishedAndClaimed> {
+        // One write: a claim that fails undoes the outcomes too, and the caller records
+        // them again without it (the contract's outer error).
+        let results = results.to_vec();
+        let channel = channel.to_owned();
+        let (statuses, due, tasks) = self.write(move |tx| {
+            let (statuses, due) = finish_in(tx, &results, now)?;
+            let tasks = if limit == 0 {
+                Vec::new()
+            } else {
+                crate::claim::claim_in(tx, &channel, limit, now, lease_until)?
+            };
+            Ok((statuses, due, tasks))
+        })?;
+        self.announce_due(&due);
+        Ok((statuses, Ok(tasks)))
+    }
+
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize> {
         if self
             .read(|conn| ids(conn, EXPIRED, [now.as_millis()]))?

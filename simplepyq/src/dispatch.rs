@@ -137,14 +137,32 @@ impl Dispatch {
     /// wakes an idle worker, and if idle workers are left over (some came while the claim
     /// ran, and it claimed nothing for them), one of them is woken to claim next.
     pub(crate) fn claimed(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
-        self.back(tasks, |st, mut tasks| {
-            let mine = Started::new(tasks.remove(0), held);
-            st.handed.extend(tasks);
-            for _ in 0..(st.handed.len() + 1).min(st.idle) {
-                self.cv.notify_one();
-            }
-            Claimed::Run(mine)
-        })
+        self.back(tasks, |st, tasks| self.start_first(st, tasks, held))
+    }
+
+    /// A worker that claimed `tasks` while recording its outcome (not in a claiming turn) is
+    /// back with them: the first is its next task and the rest are handed over, as
+    /// [`Dispatch::claimed`] does; given back if the channel stopped meanwhile.
+    pub(crate) fn claimed_after(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
+        let mut st = self.state.lock();
+        if st.stopped {
+            return Claimed::GiveBack(tasks);
+        }
+        if tasks.is_empty() {
+            return Claimed::Nothing;
+        }
+        self.start_first(&mut st, tasks, held)
+    }
+
+    /// Starts the first of `tasks` for the caller and hands the rest over, waking as many
+    /// idle workers (and one more to claim next, if any is idle).
+    fn start_first(&self, st: &mut State, mut tasks: Vec<Task>, held: &Held) -> Claimed {
+        let mine = Started::new(tasks.remove(0), held);
+        st.handed.extend(tasks);
+        for _ in 0..(st.handed.len() + 1).min(st.idle) {
+            self.cv.notify_one();
+        }
+        Claimed::Run(mine)
     }
 
     /// The claimer of an async channel is back with `tasks`: every one starts at once.

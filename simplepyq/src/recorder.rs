@@ -11,9 +11,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use simplepyq_core::{Claim, Error, Outcome, Status, Store};
+use simplepyq_core::{Claim, Error, Outcome, Status, Store, Task};
 
 use crate::engine::{Engine, Pause, Stats, guarded};
+use crate::leases;
 use crate::metered;
 use crate::outcomes::Ended;
 use crate::report::{self, TaskReport};
@@ -25,19 +26,65 @@ const MAX_BATCH: usize = 512;
 
 /// Hands an outcome over, or records it right away if no recorder thread runs or too many
 /// outcomes wait. An outcome of a channel with a limit of running tasks is recorded right
-/// away too: its slot is free once it commits, and this worker claims next, where a hand-over
-/// would keep the slot taken through two more thread wake-ups (the recorder's, then an idle
-/// worker's). Not for concurrency keys, whose claims skip busy keys and find other work: they
-/// gain more from recording in batches.
-pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Ended) {
+/// away too, in one store call that also claims a task for the slot it frees
+/// ([`simplepyq_core::OutcomeStore::finish_and_claim`]): returned, reserved in the held
+/// claims, for this worker to run next (none otherwise). A hand-over would keep the slot
+/// taken through two more thread wake-ups (the recorder's, then an idle worker's), and a
+/// claim of its own through a second commit. Not for concurrency keys, whose claims skip
+/// busy keys and find other work: they gain more from recording in batches.
+pub(crate) fn hand_over<S: Store>(engine: &Engine<S>, finished: Ended) -> Vec<Task> {
     engine.held.recording(finished.claim);
     if engine.is_limited(&finished.channel) {
-        record(engine, vec![finished]);
-        return;
+        return record_and_claim(engine, finished);
     }
     if let Some(own) = engine.outcomes.push(finished) {
         record(engine, vec![own]);
     }
+    Vec::new()
+}
+
+/// Records `finished` and claims a task of its channel in one store call, as
+/// [`hand_over`] says; if that call fails, records it as [`record`] does, claiming nothing
+/// (the worker's next claim turn claims). A stopping queue claims nothing.
+fn record_and_claim<S: Store>(engine: &Engine<S>, finished: Ended) -> Vec<Task> {
+    if engine.outcomes.is_stopping() {
+        record(engine, vec![finished]);
+        return Vec::new();
+    }
+    let results = [(finished.claim, finished.outcome.clone())];
+    let now = engine.now();
+    let lease_until = now.after(engine.lease);
+    let channel = std::sync::Arc::clone(&finished.channel);
+    let called = guarded(|| {
+        engine
+            .store
+            .finish_and_claim(&results, now, &channel, 1, lease_until)
+    });
+    let (statuses, claimed) = match called {
+        Ok(both) => both,
+        Err(e) => {
+            engine.errors.record(&e);
+            record(engine, vec![finished]);
+            return Vec::new();
+        }
+    };
+    let (tasks, freed_here) = match claimed {
+        Ok(tasks) => (tasks, true),
+        Err(e) => {
+            engine.errors.record(&e);
+            (Vec::new(), false)
+        }
+    };
+    // Held before the outcome's claim goes, so that a stop or run_until_complete never sees
+    // this worker hold nothing between its two tasks.
+    engine.held.reserve(tasks.iter().map(Task::claim));
+    settle(engine, vec![finished], Some(statuses), !freed_here);
+    if !tasks.is_empty() && engine.now() >= lease_until {
+        // Answered after the lease it asked for: as a late claim turn, not one runs here.
+        leases::give_back_held(engine, &tasks);
+        return Vec::new();
+    }
+    tasks
 }
 
 /// Hands an outcome over from a future on an async runtime, whose thread must not wait for
@@ -123,6 +170,19 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
             }
         }
     };
+    settle(engine, batch, statuses, true);
+}
+
+/// Reports each outcome of `batch` by its status (`None`: given up on, unrecorded) and lets
+/// the claims go. With `wake`, each outcome of a channel with a limit of running tasks, or
+/// of a task with a concurrency key, wakes one idle worker for the slot it frees (one each,
+/// not a herd).
+fn settle<S: Store>(
+    engine: &Engine<S>,
+    batch: Vec<Ended>,
+    statuses: Option<Vec<Result<Status, Error>>>,
+    wake: bool,
+) {
     let mut unrecorded = Vec::new();
     for (i, f) in batch.iter().enumerate() {
         match statuses.as_ref().and_then(|s| s.get(i)) {
@@ -147,9 +207,9 @@ pub(crate) fn record<S: Store>(engine: &Engine<S>, batch: Vec<Ended>) {
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
     engine.let_go(&claims);
-    // Each recorded outcome of a channel with a limit of running tasks, or of a task with a
-    // concurrency key, frees a slot: as many idle workers look again (one wake-up each, not
-    // a herd).
+    if !wake {
+        return;
+    }
     for f in &batch {
         if f.keyed || engine.is_limited(&f.channel) {
             engine.wake(&f.channel, false);

@@ -330,10 +330,30 @@ fn remove_racing_a_claim() {
     shuttle::check_random(|| race_a_claim(true), ITERATIONS);
 }
 
+/// A stop racing the workers of a channel limited to one running task, each of which
+/// records its outcome and claims its next task in one call
+/// (`OutcomeStore::finish_and_claim`), outside any claim turn: no handler starts once the
+/// stop began but those a worker had taken; every task is done once or pending with no
+/// attempt used.
+#[test]
+fn stop_racing_a_claim_with_an_outcome() {
+    shuttle::check_random(|| race_a_claim_limited(false, true), ITERATIONS);
+}
+
 /// Two workers claim and run while the test stops the channel (and removes it, if
 /// `remove`), as `stop` and `remove_channel` do.
 fn race_a_claim(remove: bool) {
+    race_a_claim_limited(remove, false);
+}
+
+/// [`race_a_claim`], the channel limited to one running task if `limited`.
+fn race_a_claim_limited(remove: bool, limited: bool) {
     let scene = Scene::new();
+    if limited {
+        let store = &scene.engine.store;
+        simplepyq_core::FlowStore::set_max_running(store, "c", Some(1)).expect("limit");
+        scene.engine.note_limited("c", true);
+    }
     let workers = scene.spawn_workers();
     thread::yield_now();
     let taken = scene.stop();

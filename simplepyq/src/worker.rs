@@ -37,7 +37,7 @@ pub(crate) fn work<S: Store>(
         let (idle, seen) = match dispatch.turn(&engine.held, engine.poll_interval) {
             Turn::Stop => return,
             Turn::Run(started) => {
-                run(engine, channel, handler, started);
+                run_on(engine, channel, handler, dispatch, started);
                 continue;
             }
             Turn::Claim { idle, seen } => (idle, seen),
@@ -52,7 +52,7 @@ pub(crate) fn work<S: Store>(
         match dispatch.claimed(tasks, &engine.held) {
             Claimed::Run(started) => {
                 poll.reset();
-                run(engine, channel, handler, started);
+                run_on(engine, channel, handler, dispatch, started);
             }
             Claimed::Nothing => {
                 let timeout = idle_timeout(engine, &channel.name, poll.next());
@@ -83,13 +83,41 @@ impl<S> Drop for Abandon<'_, S> {
     }
 }
 
-/// Runs one claimed task and hands its outcome to the recorder.
+/// Runs `started`, then each task its outcome's record claimed (a channel with a limit of
+/// running tasks: [`recorder::hand_over`]) while the channel runs.
+fn run_on<S: Store>(
+    engine: &Engine<S>,
+    channel: &ChannelWork,
+    handler: &ErasedHandler,
+    dispatch: &Dispatch,
+    started: Started,
+) {
+    let mut next = Some(started);
+    while let Some(started) = next.take() {
+        let claimed = run(engine, channel, handler, started);
+        if claimed.is_empty() {
+            return;
+        }
+        match dispatch.claimed_after(claimed, &engine.held) {
+            Claimed::Run(started) => next = Some(started),
+            Claimed::GiveBack(tasks) => {
+                leases::give_back(engine, &tasks);
+            }
+            Claimed::Nothing => {}
+            #[cfg(feature = "tokio")]
+            Claimed::RunAll(_) => unreachable!("only an async channel's claimer starts all"),
+        }
+    }
+}
+
+/// Runs one claimed task and hands its outcome to the recorder; returns the tasks claimed
+/// with its outcome, reserved for this worker.
 fn run<S: Store>(
     engine: &Engine<S>,
     channel: &ChannelWork,
     handler: &ErasedHandler,
     started: Started,
-) {
+) -> Vec<simplepyq_core::Task> {
     let Started { task, cancel } = started;
     let claim = task.claim();
     let mut abandon = Abandon {
@@ -122,5 +150,5 @@ fn run<S: Store>(
     let finished = channel.finished(&task, result, given, elapsed, now, completed_in);
     span.end(&finished.outcome);
     abandon.claim = None;
-    recorder::hand_over(engine, finished);
+    recorder::hand_over(engine, finished)
 }

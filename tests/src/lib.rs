@@ -260,6 +260,7 @@ macro_rules! conformance_tests {
                 a_pause_is_a_setting_of_its_own,
                 a_limit_caps_the_running_tasks,
                 concurrent_claims_never_exceed_the_limit,
+                an_outcome_frees_the_slot_its_call_claims,
             ];
             keys: [
                 a_busy_key_holds_up_no_other_task,

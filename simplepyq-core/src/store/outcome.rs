@@ -2,12 +2,16 @@
 
 use std::fmt::Debug;
 
-use crate::{Claim, Outcome, Result, Status, Timestamp};
+use crate::{Claim, Outcome, Result, Status, Task, Timestamp};
+
+/// What [`OutcomeStore::finish_and_claim`] returns: each outcome's status, as
+/// [`OutcomeStore::finish_many`] returns them, and the claim's own result.
+pub type FinishedAndClaimed = (Vec<Result<Status>>, Result<Vec<Task>>);
 
 /// What becomes of claimed tasks: leases renewed, outcomes recorded, claims given back
 /// unused, and the tasks of dead workers recovered. Every call is fenced by the claims'
 /// `(id, attempt)`. See [`super::Store`] for what every method of a store promises.
-pub trait OutcomeStore: Send + Sync + Debug + 'static {
+pub trait OutcomeStore: super::ClaimStore + Send + Sync + Debug + 'static {
     /// Extends the leases of running attempts to `lease_until` and returns how many are
     /// still held.
     ///
@@ -29,6 +33,29 @@ pub trait OutcomeStore: Send + Sync + Debug + 'static {
         results: &[(Claim, Outcome)],
         now: Timestamp,
     ) -> Result<Vec<Result<Status>>>;
+
+    /// Records how attempts ended, as [`OutcomeStore::finish_many`] does, then claims up
+    /// to `limit` of `channel`'s due tasks, as [`crate::ClaimStore::claim`] does at `now`
+    /// with leases until `lease_until`: the call of a worker of a limited channel, whose
+    /// outcome frees the slot it claims next. Stores that can make both one commit do (the
+    /// default makes two calls), so that a slot passes from one task to the next in one.
+    ///
+    /// # Contract
+    /// The outer result is that of [`OutcomeStore::finish_many`]: an error records nothing
+    /// (and claims nothing). With the outcomes recorded, the claim's own result follows:
+    /// it sees them (their slots, concurrency keys and parents freed), and its error
+    /// leaves them recorded.
+    fn finish_and_claim(
+        &self,
+        results: &[(Claim, Outcome)],
+        now: Timestamp,
+        channel: &str,
+        limit: usize,
+        lease_until: Timestamp,
+    ) -> Result<FinishedAndClaimed> {
+        let statuses = self.finish_many(results, now)?;
+        Ok((statuses, self.claim(channel, limit, now, lease_until)))
+    }
 
     /// Gives back claimed tasks whose handlers never started; returns how many were still
     /// held.
@@ -63,6 +90,7 @@ pub trait OutcomeStore: Send + Sync + Debug + 'static {
 forward!(OutcomeStore {
     fn extend_leases(&self, claims: &[Claim], lease_until: Timestamp) -> Result<usize>;
     fn finish_many(&self, results: &[(Claim, Outcome)], now: Timestamp) -> Result<Vec<Result<Status>>>;
+    fn finish_and_claim(&self, results: &[(Claim, Outcome)], now: Timestamp, channel: &str, limit: usize, lease_until: Timestamp) -> Result<FinishedAndClaimed>;
     fn release(&self, claims: &[Claim], now: Timestamp) -> Result<usize>;
     fn recover_expired(&self, now: Timestamp, max_lost_runs: u32) -> Result<usize>;
     fn mark_stuck(&self, claim: Claim, since: Timestamp) -> Result<bool>;

@@ -220,3 +220,53 @@ pub fn concurrent_claims_never_exceed_the_limit(s: &dyn Store) {
         assert_eq!(s.counts(Some(&channel)).expect("counts").running, 3);
     }
 }
+
+/// `finish_and_claim` records the outcomes, then claims with their slots free: a channel
+/// limited to one running task claims its next task in the call that records the running
+/// one's outcome; a stale claim is lease-lost and frees no slot; a paused channel's
+/// outcome is recorded and nothing claimed.
+pub fn an_outcome_frees_the_slot_its_call_claims(s: &dyn Store) {
+    for _ in 0..3 {
+        add(s, task("a"));
+    }
+    s.set_max_running("a", Some(1)).expect("limit");
+    let first = claim_one(s, "a", T0);
+    assert!(
+        s.claim("a", 5, T0, T0.after(LEASE))
+            .expect("claim")
+            .is_empty()
+    );
+    let call = |claim: simplepyq_core::Claim, ms: u64| {
+        let now = at(ms);
+        let (statuses, claimed) = s
+            .finish_and_claim(
+                &[(claim, Outcome::Succeeded)],
+                now,
+                "a",
+                5,
+                now.after(LEASE),
+            )
+            .expect("finish and claim");
+        (statuses, claimed.expect("the claim"))
+    };
+    let (statuses, next) = call(first.claim(), 10);
+    assert!(matches!(statuses[..], [Ok(Status::Done)]), "{statuses:?}");
+    assert_eq!(next.len(), 1, "the slot the outcome freed, and no more");
+    assert_eq!(next[0].state.status, Status::Running);
+    assert_eq!(
+        s.get(first.id).expect("get").expect("task").state.status,
+        Status::Done
+    );
+    let (statuses, none) = call(first.claim(), 20);
+    assert!(
+        matches!(statuses[..], [Err(Error::LeaseLost { .. })]),
+        "{statuses:?}"
+    );
+    assert!(none.is_empty(), "a stale claim frees no slot");
+    s.set_paused("a", true).expect("pause");
+    let (statuses, none) = call(next[0].claim(), 30);
+    assert!(matches!(statuses[..], [Ok(Status::Done)]), "{statuses:?}");
+    assert!(none.is_empty(), "paused");
+    let counts = s.counts(Some("a")).expect("counts");
+    assert_eq!((counts.done, counts.pending, counts.running), (2, 1, 0));
+}
