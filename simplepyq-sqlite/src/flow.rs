@@ -45,8 +45,12 @@ pub(crate) const KEY_FREE: &str = "(p.concurrency_key IS NULL OR (SELECT count(*
 /// The pending task `p` of channel ?1 may start at ?2 as far as its key's window of starts
 /// goes: it has no key, or its key's window is not used up or ended by ?2 (core's
 /// [`simplepyq_core::KeyedClaim`] for one task; `i64::MIN` for ?2: it is not used up at
-/// all).
-pub(crate) const KEY_RATE_FREE: &str = "(p.concurrency_key IS NULL OR NOT EXISTS (SELECT 1 \
+/// all). Whether the channel has a rate per key is asked first, once per statement (a
+/// subquery that names no column of `p`): without one, no task's window is looked for.
+pub(crate) const KEY_RATE_FREE: &str = "(p.concurrency_key IS NULL \
+     OR NOT EXISTS (SELECT 1 FROM simplepyq_channels k WHERE k.channel = ?1 \
+       AND k.key_rate_starts IS NOT NULL) \
+     OR NOT EXISTS (SELECT 1 \
      FROM simplepyq_key_windows w, simplepyq_channels c WHERE c.channel = ?1 \
        AND w.channel = ?1 AND w.key = p.concurrency_key \
        AND w.window_used >= c.key_rate_starts AND w.window_start + c.key_rate_per_ms > ?2))";
