@@ -420,12 +420,31 @@ fn a_rate_per_key_holds_across_processes(backend: Backend) {
     }
     let counts: Vec<Vec<usize>> = windows.values().cloned().collect();
     eprintln!("{backend:?}: starts per second of each key {counts:?}");
-    // A start is logged a little after its claim: a few may move to the next window.
+    // A start is logged a little after its claim, by a clock that may differ from the
+    // store's by a millisecond or two, while a key's starts come in a burst at each
+    // window's start: some may move to the next second. Apart from that clock, 21 starts of
+    // a key (2N + 1) take three windows, so more than a second passes from the first to the
+    // last.
     let most = counts.iter().flatten().copied().max().unwrap_or(0);
     assert!(
-        most <= per_second + 2,
+        most <= per_second + 4,
         "{most} starts of a key in a second: {counts:?}"
     );
+    for key in 0..keys {
+        let mut starts: Vec<i64> = runs
+            .iter()
+            .filter(|(_, task, _)| task % keys == key)
+            .map(|(_, _, ms)| *ms)
+            .collect();
+        starts.sort_unstable();
+        for span in starts.windows(2 * per_second + 1) {
+            let took = span[2 * per_second] - span[0];
+            assert!(
+                took > 950,
+                "21 starts of key {key} in {took} ms: {starts:?}"
+            );
+        }
+    }
     let inner = &counts[1..counts.len().saturating_sub(1)];
     assert!(
         inner.iter().flatten().all(|&c| c >= per_second - 3),
