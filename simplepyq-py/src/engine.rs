@@ -527,36 +527,25 @@ impl Engine {
             .map_err(py_err)
     }
 
-    #[pyo3(signature = (channel, starts, per))]
+    /// The channel's rate of starts, or (`per_key`) its rate of each concurrency key's.
+    #[pyo3(signature = (channel, starts, per, per_key))]
     fn set_rate(
         &self,
         py: Python<'_>,
         channel: &str,
         starts: Option<u32>,
         per: f64,
+        per_key: bool,
     ) -> PyResult<bool> {
         let rate = match starts {
             Some(n) => Some(simplepyq::Rate::new(n, seconds("per", per)?)),
             None => None,
         };
-        py.detach(|| on!(self.backend, q => q.set_rate(channel, rate)))
-            .map_err(py_err)
-    }
-
-    #[pyo3(signature = (channel, starts, per))]
-    fn set_rate_per_key(
-        &self,
-        py: Python<'_>,
-        channel: &str,
-        starts: Option<u32>,
-        per: f64,
-    ) -> PyResult<bool> {
-        let rate = match starts {
-            Some(n) => Some(simplepyq::Rate::new(n, seconds("per", per)?)),
-            None => None,
-        };
-        py.detach(|| on!(self.backend, q => q.set_rate_per_key(channel, rate)))
-            .map_err(py_err)
+        py.detach(|| match per_key {
+            true => on!(self.backend, q => q.set_rate_per_key(channel, rate)),
+            false => on!(self.backend, q => q.set_rate(channel, rate)),
+        })
+        .map_err(py_err)
     }
 
     fn set_max_running_per_key(&self, py: Python<'_>, channel: &str, max: u32) -> PyResult<bool> {

@@ -249,7 +249,7 @@ class SimplePyQ:
         and machine on the queue (``None``: no rate); durable, changeable while workers run.
         Return whether it changed. ``ValueError`` for 0 starts or a window under a
         millisecond."""
-        return self._engine.set_rate(channel, starts, _secs("per", per))
+        return self._engine.set_rate(channel, starts, _secs("per", per), False)
 
     def set_rate_per_key(self, channel: str, starts: Optional[int], per: Seconds = 1.0) -> bool:
         """At most ``starts`` of the channel's tasks with the same ``concurrency_key`` start in
@@ -257,7 +257,7 @@ class SimplePyQ:
         process and machine on the queue (``None``: no rate); a key whose window is used up
         holds up no other key. Tasks without a key are not counted. Durable, changeable while
         workers run; errors as ``set_rate``. Return whether it changed."""
-        return self._engine.set_rate_per_key(channel, starts, _secs("per", per))
+        return self._engine.set_rate(channel, starts, _secs("per", per), True)
 
     def set_max_running_per_key(self, channel: str, max_running: int) -> bool:
         """At most ``max_running`` of the channel's tasks with the same ``concurrency_key``
