@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use postgres::GenericClient;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
 use simplepyq_core::{
     ClaimStore, Clock, Error, Flow, KeyLoad, KeyedClaim, NewTask, Rate, RateWindow, Result, Task,
     TaskId, TaskState, Timestamp, Wake, Watch, batch, claim_allowance,
@@ -450,8 +452,54 @@ impl PostgresStore {
         {
             return Self::insert_one(tx, task, now).map(|id| vec![Some(id)]);
         }
+        if tasks.len() >= COPY_FROM && tasks.iter().all(|t| t.unique_key.is_none()) {
+            return Self::insert_copied(tx, tasks, now);
+        }
         let states: Vec<TaskState> = tasks.iter().map(|t| t.initial_state(now)).collect();
         Self::insert_states(tx, tasks, &states, now)
+    }
+
+    /// Inserts `tasks`, none with a unique key, by `COPY`: their ids are drawn first, in
+    /// order, from the table's sequence (one statement), then the rows go in binary, with
+    /// no statement of their own to plan or parameters to bind. Returns their ids, each
+    /// `Some`.
+    fn insert_copied<C: GenericClient>(
+        tx: &mut Db<'_, C>,
+        tasks: &[&NewTask],
+        now: Timestamp,
+    ) -> R<Vec<Option<TaskId>>> {
+        let n = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = tx.query_one(sql::DRAW_IDS, &[&n])?.try_get(0)?;
+        if ids.len() != tasks.len() {
+            return Err(bad_value("ids drawn", ids.len()));
+        }
+        let sink = tx.client.copy_in(sql::COPY_TASKS)?;
+        let mut writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+        let created_at = now.as_millis();
+        for (task, id) in tasks.iter().zip(&ids) {
+            let s = task.initial_state(now);
+            writer.write(&[
+                id,
+                &task.channel,
+                &task.args,
+                &created_at,
+                &task.priority,
+                &task.concurrency_key,
+                &task.timeout_ms(),
+                &task.traceparent,
+                &s.status.as_str(),
+                &i64::from(s.retries_left),
+                &i64::from(s.max_retries),
+                &i64::from(s.attempts),
+                &millis(s.run_at),
+                &s.lease_until.map(millis),
+                &s.last_error,
+                &millis(s.updated_at),
+                &i64::from(s.lost_runs),
+            ])?;
+        }
+        writer.finish()?;
+        Ok(ids.into_iter().map(|id| Some(TaskId::new(id))).collect())
     }
 
     /// [`PostgresStore::insert`], each task in its state of `states`.
@@ -524,6 +572,31 @@ impl PostgresStore {
         Ok(ids)
     }
 }
+
+/// From how many tasks without unique keys an insert goes by `COPY` rather than an `unnest`
+/// of arrays (a round trip more: measured faster for 10,000, kept to large batches).
+const COPY_FROM: usize = 1_000;
+
+/// The types of [`sql::COPY_TASKS`]'s columns, in order.
+const COPY_TYPES: [Type; 17] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::INT8,
+    Type::INT4,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+];
 
 /// [`batch::PROMOTE_PER_CLAIM`], as SQL binds it.
 pub(crate) const PROMOTE_LIMIT: i64 = batch::PROMOTE_PER_CLAIM as i64;

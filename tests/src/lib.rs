@@ -202,6 +202,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@groups
             claim: [
                 enqueue_assigns_unique_ids_in_order,
+                a_large_batch_keeps_its_order_and_fields,
                 enqueue_is_all_or_nothing_on_bad_channel,
                 enqueue_in_the_future_is_delayed,
                 args_round_trip_exactly,

@@ -20,6 +20,57 @@ pub fn enqueue_assigns_unique_ids_in_order(s: &dyn Store) {
     assert_eq!((t.state.attempts, t.created_at), (0, T0));
 }
 
+/// A large batch (stores may insert it another way than a small one: PostgreSQL by `COPY`
+/// from 1,000 tasks) keeps its order and
+/// every field of every task: ids increase in the tasks' order, and each task reads back
+/// as it was enqueued, pending or delayed, with its priority, retries, key, timeout and
+/// trace context.
+pub fn a_large_batch_keeps_its_order_and_fields(s: &dyn Store) {
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tasks: Vec<NewTask> = (0..1_200u32)
+        .map(|i| {
+            let mut t = NewTask::new(["a", "b", "c"][i as usize % 3], vec![0x91, (i % 100) as u8])
+                .priority(i as i32 % 5 - 2)
+                .retries(i % 4);
+            if i % 7 == 0 {
+                t = t.run_at(T0.after(Duration::from_secs(60)));
+            }
+            if i % 5 == 0 {
+                t = t.concurrency_key(format!("k{i}"));
+            }
+            if i % 11 == 0 {
+                t = t.timeout(Duration::from_millis(u64::from(i) + 1));
+            }
+            if i % 13 == 0 {
+                t = t.traceparent(trace);
+            }
+            t
+        })
+        .collect();
+    let ids = s.enqueue(&tasks, T0).expect("enqueue");
+    assert_eq!(ids.len(), tasks.len());
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    for (id, t) in ids.iter().zip(&tasks) {
+        let got = s.get(*id).expect("get").expect("exists");
+        assert_eq!(
+            (&got.channel, &got.args, got.priority, got.created_at),
+            (&t.channel, &t.args, t.priority, T0)
+        );
+        assert_eq!(got.state, t.initial_state(T0), "{id}");
+        assert_eq!(
+            (
+                &got.concurrency_key,
+                got.timeout,
+                &got.traceparent,
+                &got.unique_key
+            ),
+            (&t.concurrency_key, t.timeout, &t.traceparent, &None)
+        );
+    }
+    let counts = s.counts(None).expect("counts");
+    assert_eq!((counts.pending, counts.delayed), (1_028, 172));
+}
+
 /// A bad channel name fails the whole batch and adds nothing.
 pub fn enqueue_is_all_or_nothing_on_bad_channel(s: &dyn Store) {
     let long = "x".repeat(256);
