@@ -203,6 +203,7 @@ macro_rules! conformance_tests {
             claim: [
                 enqueue_assigns_unique_ids_in_order,
                 a_large_batch_keeps_its_order_and_fields,
+                concurrent_enqueues_each_get_their_own_ids,
                 enqueue_is_all_or_nothing_on_bad_channel,
                 enqueue_in_the_future_is_delayed,
                 args_round_trip_exactly,

@@ -71,6 +71,46 @@ pub fn a_large_batch_keeps_its_order_and_fields(s: &dyn Store) {
     assert_eq!((counts.pending, counts.delayed), (1_028, 172));
 }
 
+/// Threads enqueueing at once (stores may gather their calls into one commit) each get
+/// their own tasks' ids: each id reads back as its caller's task, with its caller's time,
+/// and no id is given twice.
+pub fn concurrent_enqueues_each_get_their_own_ids(s: &dyn Store) {
+    let all = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for thread in 0..8u8 {
+            let all = &all;
+            scope.spawn(move || {
+                let now = T0.after(Duration::from_millis(u64::from(thread)));
+                for i in 0..40u8 {
+                    let mut batch = vec![NewTask::new("a", vec![0x92, thread, i])];
+                    if i % 4 == 0 {
+                        // Now and then a call of two, one of them delayed.
+                        let later = now.after(Duration::from_secs(5));
+                        batch.push(NewTask::new("b", vec![0x92, thread, i]).run_at(later));
+                    }
+                    let ids = s.enqueue(&batch, now).expect("enqueue");
+                    assert_eq!(ids.len(), batch.len());
+                    let mut all = all.lock().expect("lock");
+                    all.extend(ids.into_iter().zip(batch).map(|(id, t)| (id, t, now)));
+                }
+            });
+        }
+    });
+    let all = all.into_inner().expect("lock");
+    let ids: HashSet<TaskId> = all.iter().map(|(id, ..)| *id).collect();
+    assert_eq!(ids.len(), all.len(), "an id given twice");
+    for (id, t, now) in &all {
+        let got = s.get(*id).expect("get").expect("exists");
+        assert_eq!(
+            (&got.channel, &got.args, got.created_at),
+            (&t.channel, &t.args, *now)
+        );
+        assert_eq!(got.state, t.initial_state(*now), "{id}");
+    }
+    let counts = s.counts(None).expect("counts");
+    assert_eq!((counts.pending, counts.delayed), (320, 80));
+}
+
 /// A bad channel name fails the whole batch and adds nothing.
 pub fn enqueue_is_all_or_nothing_on_bad_channel(s: &dyn Store) {
     let long = "x".repeat(256);
