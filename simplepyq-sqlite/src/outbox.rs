@@ -76,8 +76,10 @@ impl SqliteStore {
     ) -> Result<Status> {
         self.check_writable()?;
         self.check_same_file(tx)?;
-        // Waiting tasks this makes due are left to the workers' next look: the wake-up
-        // would come before the caller's commit.
+        // Waiting tasks this makes due are not announced here, as the wake-up would come
+        // before the caller's commit: the queue wakes its channels once the handler
+        // returned and its outcome was found recorded; other processes find them at their
+        // next look.
         let (mut statuses, _due) =
             finish_in(tx, &[(claim, Outcome::Succeeded)], now).map_err(Error::from)?;
         statuses.pop().unwrap_or_else(|| {

@@ -184,6 +184,7 @@ fn settle<S: Store>(
     wake: bool,
 ) {
     let mut unrecorded = Vec::new();
+    let mut completed_in = false;
     for (i, f) in batch.iter().enumerate() {
         match statuses.as_ref().and_then(|s| s.get(i)) {
             Some(Ok(status)) => reported(engine, f, &f.outcome, *status),
@@ -191,6 +192,7 @@ fn settle<S: Store>(
             // was the run's outcome, recorded; nothing more is.
             Some(Err(Error::LeaseLost { .. })) if f.completed_in && done_by(engine, f.claim) => {
                 reported(engine, f, &Outcome::Succeeded, Status::Done);
+                completed_in = true;
             }
             Some(Err(Error::LeaseLost { .. })) => {
                 engine.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
@@ -207,6 +209,11 @@ fn settle<S: Store>(
     }
     let claims: Vec<Claim> = batch.iter().map(|f| f.claim).collect();
     engine.let_go(&claims);
+    if completed_in {
+        // Tasks waiting for it are due now, on channels the store could not say before the
+        // handler's commit (no wake-up may come before it): every channel here looks.
+        engine.wake_all();
+    }
     if !wake {
         return;
     }

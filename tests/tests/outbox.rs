@@ -477,3 +477,69 @@ fn the_queue_lives_in_the_applications_database_and_leaves_it_alone() {
         .expect("columns");
     assert_eq!(columns, 3, "the application's table is as it made it");
 }
+
+/// A handler that completes its task in its own transaction unblocks the tasks waiting for
+/// it at once, as a recorded outcome does: a child on another channel of the queue starts
+/// within a second, though the workers poll only every 30 s (it waited for that poll
+/// before: nothing woke its channel).
+#[test]
+fn a_completion_in_a_transaction_wakes_the_tasks_waiting_for_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shop.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let q = SimplePyQ::builder(store)
+        .poll_interval(Duration::from_secs(30))
+        .build()
+        .expect("valid settings");
+    let receipts = q.channel::<i64>("receipts");
+    let file = path.clone();
+    q.add_channel(
+        "receipts",
+        move |order: i64, ctx: &TaskContext| -> Result<(), TaskError> {
+            let mut db = app(&file);
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO orders (id, item) VALUES (?1, 'receipt')",
+                [order],
+            )?;
+            receipts.complete_in(&tx, ctx)?;
+            tx.commit()?;
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    let mailed = Arc::new(Mutex::new(None));
+    let seen = Arc::clone(&mailed);
+    q.add_channel(
+        "mail",
+        move |_: i64| {
+            *seen.lock() = Some(Instant::now());
+            Ok(())
+        },
+        1,
+    )
+    .expect("add");
+    q.start().expect("start");
+    // Both workers idle, asleep for the poll interval.
+    std::thread::sleep(Duration::from_millis(200));
+    let parent = q.enqueue("receipts", &7i64).expect("enqueue");
+    q.enqueue_with("mail", &7i64, EnqueueOptions::new().after([parent]))
+        .expect("enqueue the child");
+    wait_for("the receipt", Duration::from_secs(10), || {
+        orders(&path) == 1
+    });
+    let receipt = Instant::now();
+    wait_for("the child, woken", Duration::from_secs(5), || {
+        mailed.lock().is_some()
+    });
+    let waited = mailed
+        .lock()
+        .expect("mailed")
+        .saturating_duration_since(receipt);
+    assert!(
+        waited < Duration::from_secs(1),
+        "the child waited {waited:?}"
+    );
+    q.stop();
+}
