@@ -315,7 +315,7 @@ pub(crate) fn enqueue_pages(cap: i64) -> i64 {
 
 /// Refuses a transaction that leaves the file with more than `most` pages, as SQLite refuses
 /// one past its cap (`Error::Full`, rolled back by the caller).
-fn within(tx: &Transaction<'_>, most: i64) -> R<()> {
+pub(crate) fn within(tx: &Transaction<'_>, most: i64) -> R<()> {
     let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     if pages > most {
         return Err(simplepyq_core::Error::Full {

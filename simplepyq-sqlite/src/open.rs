@@ -576,6 +576,63 @@ mod tests {
         }
     }
 
+    /// The cap holds for tasks enqueued in the application's own transaction, on a
+    /// connection the store did not open (and so without the cap's pragma): the enqueue
+    /// that would pass the store's reserve is refused as full, and the caller rolls back;
+    /// then every task runs while the file is full, as after the store's own enqueues.
+    #[test]
+    fn an_enqueue_in_the_callers_transaction_keeps_the_cap() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let small = SqliteOptions::new().max_size(256 * 1024);
+        let store = SqliteStore::open_with(&path, small).expect("open");
+        let mut app = Connection::open(&path).expect("the application's connection");
+        let mut stored = 0;
+        let err = loop {
+            let tx = app
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .expect("begin");
+            match store.enqueue_in(&tx, &[NewTask::new("c", vec![7; 100])], T0) {
+                Ok(_) => {
+                    tx.commit().expect("commit");
+                    stored += 1;
+                }
+                Err(e) => break e,
+            }
+            assert!(stored < 100_000, "the size cap did not hold");
+        };
+        assert!(matches!(err, Error::Full { .. }), "{err}");
+        assert_eq!(store.counts(None).expect("counts").total(), stored);
+        for _ in 0..stored {
+            let t = store.claim("c", 1, T0, T0).expect("claim while full");
+            store
+                .complete(t[0].claim(), T0)
+                .expect("complete while full");
+        }
+        assert_eq!(store.counts(None).expect("counts").done, stored);
+    }
+
+    /// A schedule's firing is an enqueue: once enqueues are refused as full, so is a
+    /// firing (nothing recorded, so it fires once there is room), and the room left stays
+    /// for claims and outcomes.
+    #[test]
+    fn a_schedule_firing_keeps_the_reserve() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let small = SqliteOptions::new().max_size(256 * 1024);
+        let store = SqliteStore::open_with(&path, small).expect("open");
+        let task = NewTask::new("c", vec![7; 100]);
+        let mut stored = 0;
+        while store.enqueue_one(task.clone(), T0).is_ok() {
+            stored += 1;
+            assert!(stored < 100_000, "the size cap did not hold");
+        }
+        let fired = store.fire_schedule("every minute", T0, &task, T0);
+        assert!(matches!(fired, Err(Error::Full { .. })), "{fired:?}");
+        assert_eq!(store.last_fired("every minute").expect("last fired"), None);
+        assert_eq!(store.counts(None).expect("counts").total(), stored);
+    }
+
     /// A reader that holds a snapshot for long (a `sqlite3` shell, a backup) never stalls
     /// writers for long: the checkpointer waits for it only a few milliseconds at a time.
     #[test]

@@ -19,7 +19,7 @@ use simplepyq_core::{
     Claim, Error, NewTask, OnCommit, Outcome, Result, Status, TaskId, Timestamp, TransactionStore,
 };
 
-use crate::claim::{channels_of, insert_tasks_taking};
+use crate::claim::{channels_of, insert_tasks_taking, within};
 use crate::error::BACKEND;
 use crate::open::connect_read_only;
 use crate::outcome::finish_in;
@@ -136,6 +136,11 @@ impl<'t, 'c> TransactionStore<&'t Transaction<'c>> for SqliteStore {
         self.check_writable()?;
         self.check_same_file(tx)?;
         let (ids, taken) = insert_tasks_taking(tx, tasks, now).map_err(Error::from)?;
+        // The caller's connection has no cap of its own: the file's is kept here, as in
+        // the store's enqueue (the caller rolls back on the error).
+        if let Some(most) = self.enqueue_pages {
+            within(tx, most).map_err(Error::from)?;
+        }
         if let Some(taken) = taken {
             self.committed.wait_for(taken, channels_of(tasks), then);
         }

@@ -5,7 +5,7 @@ use rusqlite::params;
 use simplepyq_core::{NewTask, Result, ScheduleStore, TaskId, Timestamp};
 
 use crate::SqliteStore;
-use crate::claim::insert_tasks;
+use crate::claim::{insert_tasks, within};
 
 impl ScheduleStore for SqliteStore {
     fn fire_schedule(
@@ -17,6 +17,7 @@ impl ScheduleStore for SqliteStore {
     ) -> Result<Option<TaskId>> {
         task.validate()?;
         let (name, new) = (name.to_owned(), task.clone());
+        let most = self.enqueue_pages;
         let id = self.write(move |tx| {
             // Records `at` only if it is later than the firing recorded: one row changes,
             // or none.
@@ -29,7 +30,11 @@ impl ScheduleStore for SqliteStore {
             if fired == 0 {
                 return Ok(None);
             }
-            Ok(insert_tasks(tx, std::slice::from_ref(&new), now)?.pop())
+            let id = insert_tasks(tx, std::slice::from_ref(&new), now)?.pop();
+            if let Some(most) = most {
+                within(tx, most)?;
+            }
+            Ok(id)
         })?;
         if id.is_some() {
             self.announcer.announce([task.channel.as_str()]);
