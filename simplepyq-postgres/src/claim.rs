@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use postgres::GenericClient;
 use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::Type;
+use postgres::types::{ToSql, Type};
 use simplepyq_core::{
     ClaimStore, Clock, Error, Flow, KeyLoad, KeyedClaim, NewTask, Rate, RateWindow, Result, Task,
     TaskId, TaskState, Timestamp, Wake, Watch, batch, claim_allowance,
@@ -325,6 +325,69 @@ fn save_window<C: postgres::GenericClient>(
     Ok(())
 }
 
+/// The columns a new task's row is written with, in the order of [`RowValues::params`].
+const ROW_COLUMNS: &str = "channel, args, created_at, priority, concurrency_key, timeout_ms, \
+     traceparent, status, retries_left, max_retries, attempts, run_at, lease_until, \
+     last_error, updated_at, lost_runs";
+
+/// What a new task's row holds beside the task's own fields: its time and initial state,
+/// as the columns take them.
+struct RowValues {
+    created_at: i64,
+    timeout_ms: Option<i64>,
+    status: &'static str,
+    retries_left: i64,
+    max_retries: i64,
+    attempts: i64,
+    run_at: i64,
+    lease_until: Option<i64>,
+    last_error: Option<String>,
+    updated_at: i64,
+    lost_runs: i64,
+}
+
+impl RowValues {
+    /// The values of `task` enqueued at `now`.
+    fn of(task: &NewTask, now: Timestamp) -> Self {
+        let s = task.initial_state(now);
+        RowValues {
+            created_at: now.as_millis(),
+            timeout_ms: task.timeout_ms(),
+            status: s.status.as_str(),
+            retries_left: i64::from(s.retries_left),
+            max_retries: i64::from(s.max_retries),
+            attempts: i64::from(s.attempts),
+            run_at: millis(s.run_at),
+            lease_until: s.lease_until.map(millis),
+            last_error: s.last_error,
+            updated_at: millis(s.updated_at),
+            lost_runs: i64::from(s.lost_runs),
+        }
+    }
+
+    /// The values of [`ROW_COLUMNS`] for `task`, in order.
+    fn params<'a>(&'a self, task: &'a NewTask) -> [&'a (dyn ToSql + Sync); 16] {
+        [
+            &task.channel,
+            &task.args,
+            &self.created_at,
+            &task.priority,
+            &task.concurrency_key,
+            &self.timeout_ms,
+            &task.traceparent,
+            &self.status,
+            &self.retries_left,
+            &self.max_retries,
+            &self.attempts,
+            &self.run_at,
+            &self.lease_until,
+            &self.last_error,
+            &self.updated_at,
+            &self.lost_runs,
+        ]
+    }
+}
+
 /// How many pending tasks a keyed claim reads at a time.
 const CANDIDATES_PAGE: i64 = 256;
 
@@ -336,35 +399,16 @@ impl PostgresStore {
         task: &NewTask,
         now: Timestamp,
     ) -> R<TaskId> {
-        let s = task.initial_state(now);
-        let row = tx.query_one(
+        let row = RowValues::of(task, now);
+        let inserted = tx.query_one(
             &format!(
-                "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
-                 concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, NULL, $14, $15, $16, $5, $6, $7, $8, $9, $10, $11, \
-                   $12, $13) \
+                "INSERT INTO tasks ({ROW_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  RETURNING id"
             ),
-            &[
-                &task.channel,
-                &task.args,
-                &now.as_millis(),
-                &task.priority,
-                &s.status.as_str(),
-                &i64::from(s.retries_left),
-                &i64::from(s.max_retries),
-                &i64::from(s.attempts),
-                &millis(s.run_at),
-                &s.lease_until.map(millis),
-                &s.last_error,
-                &millis(s.updated_at),
-                &i64::from(s.lost_runs),
-                &task.concurrency_key,
-                &task.timeout_ms(),
-                &task.traceparent,
-            ],
+            &row.params(task),
         )?;
-        Ok(TaskId::new(row.try_get(0)?))
+        Ok(TaskId::new(inserted.try_get(0)?))
     }
 
     /// Inserts `tasks`, some of which wait for others, one at a time in `tx` (a task may
@@ -473,30 +517,15 @@ impl PostgresStore {
         if ids.len() != tasks.len() {
             return Err(bad_value("ids drawn", ids.len()));
         }
-        let sink = tx.client.copy_in(sql::COPY_TASKS)?;
+        let sink = tx.client.copy_in(&format!(
+            "COPY tasks (id, {ROW_COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))?;
         let mut writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-        let created_at = now.as_millis();
         for (task, id) in tasks.iter().zip(&ids) {
-            let s = task.initial_state(now);
-            writer.write(&[
-                id,
-                &task.channel,
-                &task.args,
-                &created_at,
-                &task.priority,
-                &task.concurrency_key,
-                &task.timeout_ms(),
-                &task.traceparent,
-                &s.status.as_str(),
-                &i64::from(s.retries_left),
-                &i64::from(s.max_retries),
-                &i64::from(s.attempts),
-                &millis(s.run_at),
-                &s.lease_until.map(millis),
-                &s.last_error,
-                &millis(s.updated_at),
-                &i64::from(s.lost_runs),
-            ])?;
+            let row = RowValues::of(task, now);
+            let mut values: Vec<&(dyn ToSql + Sync)> = vec![id];
+            values.extend(row.params(task));
+            writer.write(&values)?;
         }
         writer.finish()?;
         Ok(ids.into_iter().map(|id| Some(TaskId::new(id))).collect())
@@ -577,7 +606,7 @@ impl PostgresStore {
 /// of arrays (a round trip more: measured faster for 10,000, kept to large batches).
 const COPY_FROM: usize = 1_000;
 
-/// The types of [`sql::COPY_TASKS`]'s columns, in order.
+/// The types of the columns a `COPY` of tasks writes: the id, then [`ROW_COLUMNS`].
 const COPY_TYPES: [Type; 17] = [
     Type::INT8,
     Type::TEXT,

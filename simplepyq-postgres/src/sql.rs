@@ -73,11 +73,6 @@ pub const DRAW_IDS: &str = "SELECT array_agg(nextval(q.s) ORDER BY i) \
      FROM (SELECT pg_get_serial_sequence('tasks', 'id')::regclass AS s) q, \
        generate_series(1, $1::bigint) AS i";
 
-/// Inserts rows of tasks by `COPY` in binary, with ids drawn by [`DRAW_IDS`].
-pub const COPY_TASKS: &str = "COPY tasks (id, channel, args, created_at, priority, \
-       concurrency_key, timeout_ms, traceparent, status, retries_left, max_retries, attempts, \
-       run_at, lease_until, last_error, updated_at, lost_runs) FROM STDIN (FORMAT binary)";
-
 /// Makes the claims of channel $1's tasks with concurrency keys one at a time, across every
 /// process, until the transaction ends: each counts the running tasks of the others.
 pub const LOCK_KEYED: &str = "SELECT pg_advisory_xact_lock(hashtextextended('simplepyq keys ' || current_schema() \

@@ -249,6 +249,17 @@ fn receipts_queue(
     after: fn(i64) -> Result<(), TaskError>,
 ) -> SimplePyQ<SqliteStore> {
     let q = SimplePyQ::open(path).expect("open");
+    add_receipts(&q, path, end, after);
+    q
+}
+
+/// Adds channel `receipts` to `q`, as [`receipts_queue`] says.
+fn add_receipts(
+    q: &SimplePyQ<SqliteStore>,
+    path: &std::path::Path,
+    end: fn(simplepyq::rusqlite::Transaction<'_>) -> simplepyq::rusqlite::Result<()>,
+    after: fn(i64) -> Result<(), TaskError>,
+) {
     let receipts = q.channel::<i64>("receipts");
     let file = path.to_path_buf();
     q.add_channel(
@@ -267,7 +278,6 @@ fn receipts_queue(
         2,
     )
     .expect("add");
-    q
 }
 
 /// The rows of the application's table.
@@ -491,24 +501,7 @@ fn a_completion_in_a_transaction_wakes_the_tasks_waiting_for_it() {
         .poll_interval(Duration::from_secs(30))
         .build()
         .expect("valid settings");
-    let receipts = q.channel::<i64>("receipts");
-    let file = path.clone();
-    q.add_channel(
-        "receipts",
-        move |order: i64, ctx: &TaskContext| -> Result<(), TaskError> {
-            let mut db = app(&file);
-            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO orders (id, item) VALUES (?1, 'receipt')",
-                [order],
-            )?;
-            receipts.complete_in(&tx, ctx)?;
-            tx.commit()?;
-            Ok(())
-        },
-        1,
-    )
-    .expect("add");
+    add_receipts(&q, &path, |tx| tx.commit(), |_| Ok(()));
     let mailed = Arc::new(Mutex::new(None));
     let seen = Arc::clone(&mailed);
     q.add_channel(
