@@ -328,6 +328,7 @@ fn keys_hold_through_kills_postgres() {
 /// rate of 50 starts per second (windows of whole seconds): no window of a second holds
 /// more than 50 starts anywhere, the whole windows of the run hold close to 50 each (the
 /// processes together keep to the rate, not below it), and every task runs exactly once.
+/// (Windows of the store's clock, counted from logged starts: see [`never_faster_than`].)
 fn a_rate_holds_across_processes(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
@@ -352,13 +353,8 @@ fn a_rate_holds_across_processes(backend: Backend) {
     }
     let counts: Vec<usize> = windows.values().copied().collect();
     eprintln!("{backend:?}: starts per second {counts:?}");
-    // A start is logged a little after its claim: a claim at the end of a window may log
-    // in the next one. Counted by claim, no window holds more than 50; by log, a few move.
-    let most = counts.iter().copied().max().unwrap_or(0);
-    assert!(
-        most <= per_second + 4,
-        "{most} starts in a second: {counts:?}"
-    );
+    let mut starts: Vec<i64> = runs.iter().map(|(_, _, ms)| *ms).collect();
+    never_faster_than(&mut starts, per_second, "the channel");
     let inner = &counts[1..counts.len().saturating_sub(1)];
     assert!(
         inner.iter().all(|&c| c >= per_second - 5),
@@ -369,6 +365,21 @@ fn a_rate_holds_across_processes(backend: Backend) {
         "250 starts at 50 a second took {} windows",
         counts.len()
     );
+}
+
+/// Asserts that `starts` (logged times, in ms) keep to a rate of `n` per window of a second:
+/// 2n + 1 starts take three windows, so more than a second passes from the first to the
+/// last. Counting starts per logged second instead would not hold: starts are logged a
+/// little after their claims, by a clock that may differ from the store's by a millisecond
+/// or two (PostgreSQL's, measured at connect), while a window's starts come in a burst at
+/// its start, which can fall on either side of a logged second (seen in CI: 55 in a
+/// second at 50 a second, the next window's first starts logged early).
+fn never_faster_than(starts: &mut [i64], n: usize, what: &str) {
+    starts.sort_unstable();
+    for span in starts.windows(2 * n + 1) {
+        let took = span[2 * n] - span[0];
+        assert!(took > 950, "{} starts of {what} in {took} ms", 2 * n + 1);
+    }
 }
 
 #[test]
@@ -420,30 +431,13 @@ fn a_rate_per_key_holds_across_processes(backend: Backend) {
     }
     let counts: Vec<Vec<usize>> = windows.values().cloned().collect();
     eprintln!("{backend:?}: starts per second of each key {counts:?}");
-    // A start is logged a little after its claim, by a clock that may differ from the
-    // store's by a millisecond or two, while a key's starts come in a burst at each
-    // window's start: some may move to the next second. Apart from that clock, 21 starts of
-    // a key (2N + 1) take three windows, so more than a second passes from the first to the
-    // last.
-    let most = counts.iter().flatten().copied().max().unwrap_or(0);
-    assert!(
-        most <= per_second + 4,
-        "{most} starts of a key in a second: {counts:?}"
-    );
     for key in 0..keys {
         let mut starts: Vec<i64> = runs
             .iter()
             .filter(|(_, task, _)| task % keys == key)
             .map(|(_, _, ms)| *ms)
             .collect();
-        starts.sort_unstable();
-        for span in starts.windows(2 * per_second + 1) {
-            let took = span[2 * per_second] - span[0];
-            assert!(
-                took > 950,
-                "21 starts of key {key} in {took} ms: {starts:?}"
-            );
-        }
+        never_faster_than(&mut starts, per_second, &format!("key {key}"));
     }
     let inner = &counts[1..counts.len().saturating_sub(1)];
     assert!(
