@@ -54,11 +54,10 @@ fn record_and_claim<S: Store>(engine: &Engine<S>, finished: Ended) -> Vec<Task> 
     let results = [(finished.claim, finished.outcome.clone())];
     let now = engine.now();
     let lease_until = now.after(engine.lease);
-    let channel = std::sync::Arc::clone(&finished.channel);
     let called = guarded(|| {
         engine
             .store
-            .finish_and_claim(&results, now, &channel, 1, lease_until)
+            .finish_and_claim(&results, now, &finished.channel, 1, lease_until)
     });
     let (statuses, claimed) = match called {
         Ok(both) => both,

@@ -325,10 +325,10 @@ fn keys_hold_through_kills_postgres() {
 }
 
 /// Three worker processes (4 workers each) drain 250 tasks of 5 ms from a channel with a
-/// rate of 50 starts per second (windows of whole seconds): no window of a second holds
-/// more than 50 starts anywhere, the whole windows of the run hold close to 50 each (the
-/// processes together keep to the rate, not below it), and every task runs exactly once.
-/// (Windows of the store's clock, counted from logged starts: see [`never_faster_than`].)
+/// rate of 50 starts per second (windows of whole seconds): no window holds more than 50
+/// starts anywhere (101 starts never within a second: see [`never_faster_than`]), the whole
+/// seconds of the run hold close to 50 each (the processes together keep to the rate, not
+/// below it), and every task runs exactly once.
 fn a_rate_holds_across_processes(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
@@ -394,9 +394,10 @@ fn a_rate_holds_across_processes_postgres() {
 
 /// Three worker processes (4 workers each) drain 200 tasks of 5 ms over 5 concurrency keys
 /// (task i has key i mod 5; up to 4 running per key) from a channel with a rate of 10
-/// starts per second per key: no window of a second holds more than 10 starts of a key
-/// anywhere, the whole windows hold close to 10 of each (a used-up key holds up no other
-/// key: together they start 50 a second), and every task runs exactly once.
+/// starts per second per key: no key starts faster than its rate anywhere (21 of its starts
+/// never within a second: see [`never_faster_than`]), the whole seconds hold close to 10 of
+/// each (a used-up key holds up no other key: together they start 50 a second), and every
+/// task runs exactly once.
 fn a_rate_per_key_holds_across_processes(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
     let ((db, _drop), log) = (backend.db(dir.path()), dir.path().join("runs.log"));
