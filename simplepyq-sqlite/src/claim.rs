@@ -330,13 +330,20 @@ pub(crate) fn within(tx: &Transaction<'_>, most: i64) -> R<()> {
     Ok(())
 }
 
-/// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6
-/// concurrency key, ?7 timeout in milliseconds, ?8 traceparent, ?9.. the values of
-/// [`STATE_COLUMNS`].
+/// The last id given out: the greater of the largest id in the table and the largest
+/// deleted while it was the largest (`simplepyq_ids`, migration 0015). A new task takes
+/// one more, so no id is given twice.
+pub(crate) const LAST_ID: &str = "max(coalesce((SELECT max(id) FROM simplepyq_tasks), 0), \
+     coalesce((SELECT given_out FROM simplepyq_ids), 0))";
+
+/// Inserts a task with the next id: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5
+/// unique key, ?6 concurrency key, ?7 timeout in milliseconds, ?8 traceparent, ?9.. the
+/// values of [`STATE_COLUMNS`].
 pub(crate) fn insert_sql() -> String {
     format!(
-        "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, \
+        "INSERT INTO simplepyq_tasks (id, channel, args, created_at, priority, unique_key, \
            concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+         VALUES ({LAST_ID} + 1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+           ?15, ?16, ?17)"
     )
 }

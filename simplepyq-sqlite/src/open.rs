@@ -412,6 +412,64 @@ mod tests {
         assert_eq!(store.parents(id).expect("parents"), [TaskId::new(3)]);
     }
 
+    /// Migration 0015 makes the tasks table anew without `AUTOINCREMENT`: its rows, its
+    /// indexes and its trigger come through unchanged, and the ids given out before (the
+    /// largest one deleted) are never given again.
+    #[test]
+    fn ids_without_autoincrement_keep_the_files_indexes_and_ids() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("v14.db");
+        version_file(&path, 14);
+        let schema_of = |conn: &Connection| -> Vec<(String, String)> {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'simplepyq_tasks' \
+                     AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY name",
+                )
+                .expect("schema");
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("rows")
+                .collect::<rusqlite::Result<_>>()
+                .expect("schema")
+        };
+        let mut before = {
+            let conn = Connection::open(&path).expect("open raw");
+            conn.execute("DELETE FROM simplepyq_tasks WHERE id = 2", [])
+                .expect("the largest id deleted");
+            schema_of(&conn)
+        };
+        let store = SqliteStore::open(&path).expect("migrate");
+        assert_eq!(store.counts(None).expect("counts").total(), 1);
+        let id = store
+            .enqueue_one(NewTask::new("c", vec![]), T0)
+            .expect("enqueue");
+        assert_eq!(id, simplepyq_core::TaskId::new(3), "2 is never given again");
+        drop(store);
+        let conn = Connection::open(&path).expect("open raw");
+        let table: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'simplepyq_tasks'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("table");
+        assert!(!table.contains("AUTOINCREMENT"), "{table}");
+        let trigger = "simplepyq_tasks_given_out".to_owned();
+        let after = schema_of(&conn);
+        assert!(after.iter().any(|(name, _)| *name == trigger), "{after:?}");
+        before.push((trigger.clone(), String::new()));
+        before.sort();
+        let names = |s: &[(String, String)]| -> Vec<String> {
+            s.iter().map(|(name, _)| name.clone()).collect()
+        };
+        assert_eq!(names(&after), names(&before));
+        for ((name, sql), (_, was)) in after.iter().zip(&before) {
+            if *name != trigger {
+                assert_eq!(sql, was, "{name}");
+            }
+        }
+    }
+
     /// Read-only opens never write: a version-1 file is read as it is, not migrated, while
     /// a worker of its version may use it; every write is refused.
     #[test]

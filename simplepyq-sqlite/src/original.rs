@@ -121,13 +121,10 @@ pub(crate) fn copy_tasks(tx: &Connection, now_ms: i64) -> R<usize> {
          FROM main.tasks ORDER BY id",
         [now_ms],
     )?;
-    // Ids are never reused: the sequence goes on from the original's.
+    // Ids are never reused: the ids the original gave out stay given out.
     tx.execute_batch(
-        "INSERT INTO sqlite_sequence (name, seq) SELECT 'simplepyq_tasks', 0 \
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'simplepyq_tasks'); \
-         UPDATE sqlite_sequence SET seq = max(seq, \
-             (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'tasks')) \
-         WHERE name = 'simplepyq_tasks'; \
+        "UPDATE simplepyq_ids SET given_out = max(given_out, \
+             (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'tasks')); \
          DROP TABLE main.tasks;",
     )?;
     Ok(moved)

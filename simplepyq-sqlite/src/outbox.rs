@@ -5,21 +5,21 @@
 //! as [`ClaimStore::enqueue`](simplepyq_core::ClaimStore::enqueue) (unique keys, priorities,
 //! delays). Nothing is visible to a worker before the commit; nothing remains after a
 //! rollback. A waiter ([`Committed`]) then tells the workers once the tasks are committed,
-//! never before: it reads the file's id sequence, which only a commit moves past the ids
-//! the transaction took (SQLite has one writer at a time, and `AUTOINCREMENT` ids never go
-//! back). A transaction that rolls back leaves its wait to expire.
+//! never before: it reads the file's last id given out, which only a commit moves past the
+//! ids the transaction took (SQLite has one writer at a time, and the last id never goes
+//! back: [`LAST_ID`]). A transaction that rolls back leaves its wait to expire.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use rusqlite::{Connection, OptionalExtension, Transaction};
+use rusqlite::{Connection, Transaction};
 use simplepyq_core::{
     Claim, Error, NewTask, OnCommit, Outcome, Result, Status, TaskId, Timestamp, TransactionStore,
 };
 
-use crate::claim::{channels_of, insert_tasks_taking, within};
+use crate::claim::{LAST_ID, channels_of, insert_tasks_taking, within};
 use crate::error::BACKEND;
 use crate::open::connect_read_only;
 use crate::outcome::finish_in;
@@ -163,15 +163,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// The last id the file's task table gave out (committed, or taken by `conn`'s own
 /// transaction).
 fn last_id(conn: &Connection) -> Result<i64> {
-    let seq: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'simplepyq_tasks'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| Error::from(crate::error::E::from(e)))?;
-    Ok(seq.unwrap_or(0))
+    conn.query_row(&format!("SELECT {LAST_ID}"), [], |r| r.get(0))
+        .map_err(|e| Error::from(crate::error::E::from(e)))
 }
 
 /// One transaction's wait: its tasks are committed once the file's last id reaches

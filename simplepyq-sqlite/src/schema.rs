@@ -28,6 +28,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_traces.sql"),
     include_str!("../migrations/0013_stuck.sql"),
     include_str!("../migrations/0014_key_rates.sql"),
+    include_str!("../migrations/0015_ids.sql"),
 ];
 
 /// The tables of version [`OWN_NAMES`], made at once in a file without a queue (or beside
@@ -164,6 +165,7 @@ pub(crate) const ADDED_COLUMNS: &[&[(&str, &str, &str)]] = &[
         ("simplepyq_channels", "key_rate_starts", "NULL"),
         ("simplepyq_channels", "key_rate_per_ms", "NULL"),
     ],
+    &[],
 ];
 
 /// The tables each migration created after the first, with their columns (those later
@@ -203,6 +205,7 @@ pub(crate) const ADDED_TABLES: &[&[(&str, &[&str])]] = &[
         "simplepyq_key_windows",
         &["channel", "key", "window_start", "window_used"],
     )],
+    &[("simplepyq_ids", &["given_out"])],
 ];
 
 /// Lets a read-only connection read a file of an older schema as if it were the latest,

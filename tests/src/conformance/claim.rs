@@ -346,12 +346,35 @@ pub fn next_wakeup_is_earliest_run_at_or_lease(s: &dyn Store) {
     assert_eq!(s.next_wakeup("other").expect("wakeup"), None);
 }
 
-/// Ids of deleted tasks are not given out again (stale claims must stay stale).
+/// Ids of deleted tasks are not given out again (stale claims must stay stale), whichever
+/// way the task with the largest id goes: cleared when failed, cancelled, removed with its
+/// channel among others, purged when done, or several at once in any order.
 pub fn ids_are_never_reused(s: &dyn Store) {
-    let first = make_failed(s, "a", 0);
+    // A task after `last`, the largest id deleted so far; it stays, in a channel of its own.
+    let never_again = |last: TaskId| {
+        let next = add(s, task("next"));
+        assert!(next > last, "{next} given again after {last}");
+    };
+    let failed = make_failed(s, "failed", 0);
     s.clear_failed(None).expect("clear");
-    let next = add(s, task("a"));
-    assert!(next > first, "{next} reused after {first}");
+    never_again(failed);
+    let cancelled = add(s, task("cancelled"));
+    s.cancel(cancelled, T0).expect("cancel");
+    never_again(cancelled);
+    let removed: Vec<TaskId> = (0..3).map(|_| add(s, task("gone"))).collect();
+    assert_eq!(s.remove_channel("gone", T0).expect("remove"), 3);
+    never_again(removed[2]);
+    let done = add(s, task("done"));
+    let claimed = claim_one(s, "done", T0);
+    s.complete(claimed.claim(), T0).expect("complete");
+    assert_eq!(s.purge_done(None, at(1)).expect("purge"), 1);
+    never_again(done);
+    // Cancelled from the largest down, each then the largest.
+    let more: Vec<TaskId> = (0..3).map(|_| add(s, task("more"))).collect();
+    for &id in more.iter().rev() {
+        s.cancel(id, T0).expect("cancel");
+    }
+    never_again(more[2]);
 }
 
 /// Many threads claiming at once never get the same task twice.
