@@ -12,10 +12,12 @@
 //!
 //! For PostgreSQL the tool uses the server at `--url` (in a schema of its own, dropped at the
 //! end), or starts a throwaway one from the installed binaries, with PostgreSQL's default
-//! settings. With `--processes K`, K-1
-//! more processes of the tool (`--drain-only`) drain beside this one. Its pick-up latency is
-//! for tasks enqueued through a second store (another pool, as another process would): the
-//! wake-up comes by `NOTIFY`.
+//! settings. With `--processes K` (PostgreSQL or SQLite), K-1 more processes of the tool
+//! (`--drain-only`) drain beside this one: they start, open the queue and are ready before
+//! the enqueues, so that `drain_per_s` times the drain alone, and on PostgreSQL
+//! `"connections_max"` is the most sessions the database had during it. Pick-up latency on
+//! PostgreSQL is for tasks enqueued through a second store (another pool, as another
+//! process would): the wake-up comes by `NOTIFY`.
 //!
 //! Prints one JSON line:
 //! `{"system":"simplepyq-rs","version":…,"backend":…,"n":…,"workers":…,"enqueue_per_s":…,
@@ -315,18 +317,132 @@ fn count_into(
     }
 }
 
-/// A helper process of `--processes`: drains the schema, prints how many it ran.
-fn drain_only(args: &Args, schema: &str) -> Result<(), String> {
-    let server = Server::get(args.url.as_deref(), args.notify);
-    let q = SimplePyQ::new(server.store(schema)?);
+/// A helper process of `--processes`: opens the queue (a PostgreSQL schema or a SQLite
+/// file), says `ready`, waits for `go` on its input, drains, and prints how many it ran.
+/// Its start-up (a process, its connections, the schema check) is not timed.
+fn drain_only(args: &Args, target: &str) -> Result<(), String> {
+    let store: Box<dyn Store> = if args.backend == "postgres" {
+        let server = Server::get(args.url.as_deref(), args.notify);
+        Box::new(server.store(target)?)
+    } else {
+        let durability = Backend::parse(&args.backend, &args.durability)?.sqlite_durability();
+        let options = SqliteOptions::new().durability(durability);
+        Box::new(SqliteStore::open_with(target, options).map_err(|e| e.to_string())?)
+    };
+    let q = SimplePyQ::new(store);
     let processed = Arc::new(AtomicU64::new(0));
     let work = Duration::from_micros(args.work_us);
     let handler = count_into(Arc::clone(&processed), Arc::default(), work);
     q.add_channel("bench", handler, args.workers)
         .map_err(|e| e.to_string())?;
+    println!("ready");
+    let mut go = String::new();
+    std::io::stdin()
+        .read_line(&mut go)
+        .map_err(|e| e.to_string())?;
     q.run_until_complete().map_err(|e| e.to_string())?;
     println!("{}", processed.load(Ordering::Relaxed));
     Ok(())
+}
+
+/// The helper processes of `--processes`, started and ready before the enqueues.
+struct Helpers {
+    children: Vec<(
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    )>,
+}
+
+impl Helpers {
+    /// Starts `count` helpers on `target` and waits until each is ready.
+    fn start(args: &Args, target: &str, url: Option<&str>, count: u64) -> Result<Self, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut children = Vec::new();
+        for _ in 0..count {
+            let mut helper = std::process::Command::new(&exe);
+            helper
+                .args(["--drain-only", target, "--backend", &args.backend])
+                .args(["--durability", &args.durability])
+                .args(["--workers", &args.workers.to_string()])
+                .args(["--work-us", &args.work_us.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            if let Some(url) = url {
+                helper.args(["--url", url]);
+            }
+            if !args.notify {
+                helper.args(["--notify", "off"]);
+            }
+            let mut child = helper.spawn().map_err(|e| e.to_string())?;
+            let stdout = child.stdout.take().ok_or("a helper has no output")?;
+            children.push((child, std::io::BufReader::new(stdout)));
+        }
+        for (_, out) in &mut children {
+            let mut line = String::new();
+            out.read_line(&mut line).map_err(|e| e.to_string())?;
+            if line.trim() != "ready" {
+                return Err(format!("a helper did not start: {line:?}"));
+            }
+        }
+        Ok(Helpers { children })
+    }
+
+    /// Tells every helper to drain.
+    fn go(&mut self) -> Result<(), String> {
+        use std::io::Write;
+        for (child, _) in &mut self.children {
+            let input = child.stdin.as_mut().ok_or("a helper has no input")?;
+            input.write_all(b"go\n").map_err(|e| e.to_string())?;
+            input.flush().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every helper; the tasks they ran, together.
+    fn ran(self) -> Result<u64, String> {
+        use std::io::Read;
+        let mut done = 0;
+        for (mut child, mut out) in self.children {
+            let mut count = String::new();
+            out.read_to_string(&mut count).map_err(|e| e.to_string())?;
+            let status = child.wait().map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("a helper process failed: {status}"));
+            }
+            done += count
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| "a helper printed no count")?;
+        }
+        Ok(done)
+    }
+}
+
+/// The most connections of the database's sessions seen while `running`, sampled every
+/// 10 ms by a connection of its own (not counted).
+fn sample_connections(
+    conninfo: String,
+    running: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<i64, String>> {
+    std::thread::spawn(move || {
+        let mut c =
+            postgres::Client::connect(&conninfo, postgres::NoTls).map_err(|e| e.to_string())?;
+        let mut most = 0;
+        while running.load(Ordering::Relaxed) {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .map_err(|e| e.to_string())?
+                .get(0);
+            most = most.max(n);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(most)
+    })
 }
 
 /// With `--bare` on PostgreSQL: the bare client's limits on the same server, measured now.
@@ -357,8 +473,8 @@ fn run() -> Result<(), String> {
     } else {
         Backend::parse(&args.backend, &args.durability)?
     };
-    if args.processes > 1 && !postgres {
-        return Err("--processes needs --backend postgres".into());
+    if args.processes > 1 && !postgres && !args.backend.starts_with("sqlite") {
+        return Err("--processes needs --backend postgres or sqlite".into());
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let server = postgres.then(|| Server::get(args.url.as_deref(), args.notify));
@@ -422,6 +538,18 @@ fn run() -> Result<(), String> {
     if args.live {
         q.start().map_err(e)?;
     }
+
+    // With --processes: the helpers start, and are ready, before anything is timed.
+    let mut helpers = if args.processes > 1 {
+        let target = match &server {
+            Some(_) => schema.clone(),
+            None => dir.path().join("tasks.db").display().to_string(),
+        };
+        let url = server.as_ref().map(|s| s.conninfo.as_str());
+        Some(Helpers::start(&args, &target, url, args.processes - 1)?)
+    } else {
+        None
+    };
 
     // Enqueue.
     let enqueue_started = Instant::now();
@@ -494,24 +622,14 @@ fn run() -> Result<(), String> {
     } else {
         Instant::now()
     };
-    let helpers = (1..args.processes)
-        .map(|_| {
-            let mut helper =
-                std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-            helper
-                .args([
-                    "--drain-only",
-                    &schema,
-                    "--workers",
-                    &args.workers.to_string(),
-                ])
-                .stdout(std::process::Stdio::piped());
-            if let Some(server) = &server {
-                helper.args(["--url", &server.conninfo]);
-            }
-            helper.spawn().map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    if let Some(helpers) = &mut helpers {
+        helpers.go()?;
+    }
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let connections = server
+        .as_ref()
+        .filter(|_| args.processes > 1)
+        .map(|server| sample_connections(server.conninfo.clone(), Arc::clone(&sampling)));
     let reading = Arc::new(std::sync::atomic::AtomicBool::new(args.readers > 0));
     let reads = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = (0..args.readers)
@@ -557,18 +675,18 @@ fn run() -> Result<(), String> {
         String::new()
     };
     let mut done = processed.load(Ordering::Relaxed);
-    for helper in helpers {
-        let out = helper.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!("a helper process failed: {}", out.status));
-        }
-        let ran: u64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .map_err(|_| "a helper printed no count")?;
-        done += ran;
+    if let Some(helpers) = helpers {
+        done += helpers.ran()?;
     }
     let drain_s = started.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    let connections = match connections {
+        Some(sampler) => format!(
+            ",\"connections_max\":{}",
+            sampler.join().map_err(|_| "the sampler panicked")??
+        ),
+        None => String::new(),
+    };
     if done != args.n {
         return Err(format!("processed {done} tasks, expected {}", args.n));
     }
@@ -630,7 +748,7 @@ fn run() -> Result<(), String> {
         "{{\"system\":\"simplepyq-rs\",\"version\":\"{}\",\"backend\":\"{}\",\"n\":{},\"workers\":{},\
          \"enqueue_per_s\":{:.0},\"drain_per_s\":{:.0},\"durability\":\"{}\",\"producers\":{},\
          \"enqueue_mode\":\"{}\",\"pickup_latency_ms_p50\":{:.3},\"pickup_latency_ms_p99\":{:.3},\
-         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}{}{}{}}}",
+         \"peak_rss_mib\":{:.1},\"processes\":{},\"pickup_remote\":{},\"watch\":{}{}{}{}{}{}{}{}{}{}}}",
         env!("CARGO_PKG_VERSION"),
         args.backend,
         args.n,
@@ -666,6 +784,7 @@ fn run() -> Result<(), String> {
             String::new()
         },
         bare,
+        connections,
     );
     Ok(())
 }
