@@ -272,6 +272,9 @@ pub(crate) fn insert_tasks_taking(
     let mut existing = tx.prepare_cached(KEY_HOLDER)?;
     let mut ids = Vec::with_capacity(tasks.len());
     let mut taken = None;
+    // The next id, read once: the transaction holds the write lock, so no one else takes
+    // ids meanwhile.
+    let mut next = None;
     for (position, t) in tasks.iter().enumerate() {
         if let Some(key) = &t.unique_key {
             let found: Option<i64> = existing
@@ -296,8 +299,15 @@ pub(crate) fn insert_tasks_taking(
             dependency::start(tx, t, position, &ids, t.initial_state(now))?
         };
         bind_state(&mut insert, 9, &state)?;
+        let id = match next {
+            Some(id) => id,
+            None => tx
+                .prepare_cached(&format!("SELECT {LAST_ID} + 1"))?
+                .query_row([], |r| r.get(0))?,
+        };
+        insert.raw_bind_parameter(18, id)?;
         insert.raw_execute()?;
-        let id = tx.last_insert_rowid();
+        next = Some(id + 1);
         dependency::insert_edges(tx, TaskId::new(id), &edges)?;
         taken = Some(id);
         ids.push(TaskId::new(id));
@@ -336,14 +346,14 @@ pub(crate) fn within(tx: &Transaction<'_>, most: i64) -> R<()> {
 pub(crate) const LAST_ID: &str = "max(coalesce((SELECT max(id) FROM simplepyq_tasks), 0), \
      coalesce((SELECT given_out FROM simplepyq_ids), 0))";
 
-/// Inserts a task with the next id: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5
-/// unique key, ?6 concurrency key, ?7 timeout in milliseconds, ?8 traceparent, ?9.. the
-/// values of [`STATE_COLUMNS`].
+/// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6
+/// concurrency key, ?7 timeout in milliseconds, ?8 traceparent, ?9..?17 the values of
+/// [`STATE_COLUMNS`], ?18 its id (one past [`LAST_ID`]).
 pub(crate) fn insert_sql() -> String {
     format!(
-        "INSERT INTO simplepyq_tasks (id, channel, args, created_at, priority, unique_key, \
-           concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}) \
-         VALUES ({LAST_ID} + 1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-           ?15, ?16, ?17)"
+        "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, \
+           concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}, id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+           ?18)"
     )
 }
