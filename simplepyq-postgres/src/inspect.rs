@@ -73,6 +73,25 @@ impl InspectStore for PostgresStore {
         })
     }
 
+    fn has_tasks(&self, channel: &str, statuses: &[Status]) -> Result<bool> {
+        if statuses.is_empty() {
+            return Ok(false);
+        }
+        // Each status written into the statement, so that its generic plan takes the
+        // status's partial index (done tasks have none by channel).
+        let looks: Vec<String> = statuses
+            .iter()
+            .map(|s| {
+                format!(
+                    "EXISTS (SELECT 1 FROM tasks WHERE channel = $1 AND status = '{}')",
+                    s.as_str()
+                )
+            })
+            .collect();
+        let sql = format!("SELECT {}", looks.join(" OR "));
+        self.run(|c| Ok(c.query_one(&sql, &[&channel])?.try_get(0)?))
+    }
+
     fn list(&self, filter: &ListFilter) -> Result<Vec<Task>> {
         let after = filter.after.map_or(0, TaskId::get);
         let status = filter.status.map(Status::as_str);

@@ -41,6 +41,18 @@ impl InspectStore for SqliteStore {
         })
     }
 
+    fn has_tasks(&self, channel: &str, statuses: &[Status]) -> Result<bool> {
+        if statuses.is_empty() {
+            return Ok(false);
+        }
+        let sql = has_tasks_sql(statuses);
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row([channel], |r| r.get(0))?)
+        })
+    }
+
     fn get(&self, id: TaskId) -> Result<Option<Task>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
@@ -180,6 +192,21 @@ pub(crate) fn counts_sql(channel: Option<&str>) -> String {
         )
     });
     format!("SELECT {}", counts.join(", "))
+}
+
+/// Whether channel ?1 has a task in any of `statuses`, each looked for in its status's
+/// index (the status is written into the statement: SQLite takes a partial index only so).
+pub(crate) fn has_tasks_sql(statuses: &[Status]) -> String {
+    let looks: Vec<String> = statuses
+        .iter()
+        .map(|s| {
+            format!(
+                "EXISTS (SELECT 1 FROM simplepyq_tasks WHERE channel = ?1 AND status = '{}')",
+                s.as_str()
+            )
+        })
+        .collect();
+    format!("SELECT {}", looks.join(" OR "))
 }
 
 /// Done and failed tasks changed at or after ?1, counted per bucket of ?2 milliseconds (of

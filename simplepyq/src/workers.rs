@@ -7,7 +7,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use simplepyq_core::{Claim, Error, Result, Store, Task, TaskId, Watch};
+use simplepyq_core::{Claim, Error, Result, Status, Store, Task, TaskId, Watch};
 
 use crate::channel_work::ChannelWork;
 use crate::context::CancelReason;
@@ -583,17 +583,20 @@ impl<S: Store> Workers<S> {
         // Nothing is due: the paused channels' queued tasks wait for a resume. The settings
         // are read after the wake-ups, so each channel not paused now is looked at again: a
         // resume in between shows there.
+        // Each a look at the status's index: a count of every task of the channel (its done
+        // tasks too) made the check of each process cost as much as the table.
         let flows = self.engine.store.flows()?;
         for ch in channels {
-            let c = self.engine.store.counts(Some(ch))?;
-            if c.waiting > 0 {
+            let paused = flows.get(ch).is_some_and(|f| f.paused);
+            let queued: &[Status] = if paused {
+                &[Status::Waiting, Status::Pending, Status::Delayed]
+            } else {
+                &[Status::Waiting]
+            };
+            if self.engine.store.has_tasks(ch, queued)? {
                 return Ok(false);
             }
-            if flows.get(ch).is_some_and(|f| f.paused) {
-                if c.pending + c.delayed > 0 {
-                    return Ok(false);
-                }
-            } else if self.engine.store.next_wakeup(ch)?.is_some() {
+            if !paused && self.engine.store.next_wakeup(ch)?.is_some() {
                 return Ok(false);
             }
         }

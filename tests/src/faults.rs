@@ -62,6 +62,8 @@ pub struct Flaky<S> {
     on_runtime: AtomicU64,
     /// Run once at the start of the next `flows` call.
     before_flows: parking_lot::Mutex<Option<Hook>>,
+    /// Calls of `counts`, which read every task of a channel.
+    pub counted: AtomicU64,
 }
 
 /// A call a test makes from inside a store call.
@@ -93,6 +95,7 @@ impl<S: Store> Flaky<S> {
             calls_made: AtomicU64::new(0),
             on_runtime: AtomicU64::new(0),
             before_flows: parking_lot::Mutex::new(None),
+            counted: AtomicU64::new(0),
         }
     }
 
@@ -358,7 +361,13 @@ impl<S: Store> InspectStore for Flaky<S> {
 
     fn counts(&self, channel: Option<&str>) -> Result<Counts> {
         self.wait(Slow::Reads);
+        self.counted.fetch_add(1, Ordering::Relaxed);
         self.inner.counts(channel)
+    }
+
+    fn has_tasks(&self, channel: &str, statuses: &[Status]) -> Result<bool> {
+        self.wait(Slow::Reads);
+        self.inner.has_tasks(channel, statuses)
     }
 
     fn get(&self, id: TaskId) -> Result<Option<Task>> {

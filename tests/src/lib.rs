@@ -247,6 +247,7 @@ macro_rules! conformance_tests {
             inspect: [
                 channels_lists_channels_with_tasks,
                 counts_per_channel_and_total,
+                has_tasks_per_channel_and_status,
                 get_returns_none_for_unknown_id,
                 list_pages_in_id_order,
                 finished_counts_per_bucket,

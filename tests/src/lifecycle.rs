@@ -398,6 +398,49 @@ pub fn run_until_complete_returns_when_stopped_elsewhere(
     assert_eq!((c.done, c.pending, c.failed), (1, 4, 0), "{c:?}");
 }
 
+/// `run_until_complete` learns that its channels' work is done by looking at their statuses'
+/// indexes, never by counting every task of a channel (a fleet of processes each counting a
+/// table of done tasks at every check took minutes to end a drain of seconds). With a
+/// waiting task and a paused channel's task it waits; once both are done it returns.
+pub fn run_until_complete_never_counts_every_task(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let watched = faulty(&store);
+    let q = SimplePyQ::builder(Arc::clone(&watched))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .expect("valid settings");
+    for name in ["a", "p"] {
+        handlers.add(&q, name, |_: u32| Ok(()), 2).expect("add");
+    }
+    for n in 0..20u32 {
+        q.enqueue("a", &n).expect("enqueue");
+    }
+    q.pause("p").expect("pause");
+    q.enqueue("p", &0u32).expect("enqueue");
+    let parent = q.enqueue("a", &99u32).expect("enqueue");
+    let opts = simplepyq::EnqueueOptions::new().after([parent]);
+    q.enqueue_with("a", &100u32, opts).expect("a waiting task");
+    let q = Arc::new(q);
+    let runner = Arc::clone(&q);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(runner.run_until_complete());
+    });
+    // The paused channel's task is work left: the run does not end.
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    q.resume("p").expect("resume");
+    let result = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("run_until_complete returned");
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(store.counts(None).expect("counts").done, 23);
+    assert_eq!(
+        watched.counted.load(Ordering::SeqCst),
+        0,
+        "counts were read"
+    );
+}
+
 /// A store that panics (a bug in a custom backend) in a claim does not leave the channel
 /// stuck: the other workers go on and the tasks are done.
 pub fn a_panicking_store_call_does_not_stall_the_channel(
@@ -966,6 +1009,7 @@ macro_rules! lifecycle_tests {
             idle_workers_poll_while_another_runs,
             run_until_complete_returns_when_stopped_elsewhere,
             a_panicking_store_call_does_not_stall_the_channel,
+            run_until_complete_never_counts_every_task,
             a_long_storage_outage_fails_no_task,
             a_handler_can_stop_its_own_queue,
             stops_at_once_from_handlers_do_not_hang,

@@ -15,6 +15,16 @@ pub trait InspectStore: Send + Sync + Debug + 'static {
     /// Counts tasks per status, of `channel` or of every channel.
     fn counts(&self, channel: Option<&str>) -> Result<Counts>;
 
+    /// Whether `channel` has a task in any of `statuses`: a look at each status's index
+    /// where the store has one, however many tasks the channel holds (a queue's check that
+    /// its work is done asks this, not [`InspectStore::counts`], which reads every task).
+    ///
+    /// The default counts the channel's tasks.
+    fn has_tasks(&self, channel: &str, statuses: &[Status]) -> Result<bool> {
+        let counts = self.counts(Some(channel))?;
+        Ok(statuses.iter().any(|&s| counts.get(s) > 0))
+    }
+
     /// The task with this id, if any.
     fn get(&self, id: TaskId) -> Result<Option<Task>>;
 
@@ -81,6 +91,7 @@ pub trait InspectStore: Send + Sync + Debug + 'static {
 forward!(InspectStore {
     fn channels(&self) -> Result<Vec<String>>;
     fn counts(&self, channel: Option<&str>) -> Result<Counts>;
+    fn has_tasks(&self, channel: &str, statuses: &[Status]) -> Result<bool>;
     fn get(&self, id: TaskId) -> Result<Option<Task>>;
     fn result(&self, id: TaskId) -> Result<Option<Vec<u8>>>;
     fn parents(&self, id: TaskId) -> Result<Vec<TaskId>>;

@@ -69,6 +69,30 @@ pub fn counts_per_channel_and_total(s: &dyn Store) {
     assert_eq!(s.counts(Some("zzz")).expect("counts").total(), 0);
 }
 
+/// `has_tasks` tells whether a channel has a task in any of the statuses asked, and only of
+/// that channel.
+pub fn has_tasks_per_channel_and_status(s: &dyn Store) {
+    make_failed(s, "a", 0);
+    add(s, task("a").run_at(at(1_000)));
+    add(s, task("b"));
+    let has = |channel: &str, statuses: &[Status]| s.has_tasks(channel, statuses).expect("has");
+    assert!(has("a", &[Status::Failed]));
+    assert!(has("a", &[Status::Delayed]));
+    assert!(has("a", &[Status::Pending, Status::Delayed]));
+    assert!(!has(
+        "a",
+        &[Status::Pending, Status::Running, Status::Waiting]
+    ));
+    assert!(!has("a", &[]));
+    assert!(has("b", &[Status::Pending]));
+    assert!(!has("b", &[Status::Failed, Status::Delayed, Status::Done]));
+    let b = claim_one(s, "b", T0);
+    assert!(has("b", &[Status::Running]) && !has("b", &[Status::Pending]));
+    s.complete(b.claim(), T0).expect("complete");
+    assert!(has("b", &[Status::Done]) && !has("b", &[Status::Running]));
+    assert!(!has("zzz", &Status::ALL));
+}
+
 /// Unknown ids are `None`, not an error.
 pub fn get_returns_none_for_unknown_id(s: &dyn Store) {
     assert_eq!(s.get(TaskId::new(42)).expect("get"), None);
