@@ -153,7 +153,13 @@ pub const LOCK_STATES: &str = "SELECT id, status, retries_left, max_retries, att
      run_at, lease_until, last_error, updated_at, lost_runs, has_dependents FROM tasks \
      WHERE id = ANY ($1) ORDER BY id FOR UPDATE";
 
-/// Adds to the totals of channels: ends every statement that does so.
+/// Adds to the totals of channels: ends every statement that does so. Each connection adds
+/// to its channel's row of shard `pg_backend_pid() % 128` (reads sum a channel's rows), so
+/// that finishing transactions of many processes seldom wait on one row lock until the
+/// other's commit: with 16 shards (migration 0003's comment), 32 processes of 4 workers
+/// spent most of a drain waiting so (BENCHMARKS.md, "A fleet on one server"). A channel
+/// has a row per shard a connection of it used: at most 128, and no more than the
+/// connections that finished its tasks.
 macro_rules! add_totals {
     ($rows:literal) => {
         concat!(
@@ -188,7 +194,7 @@ pub const FINISH: &str = concat!(
      RETURNING t.id, t.channel, u.done, u.failed, u.retried, u.lease_lost), \
      counted AS (",
     add_totals!(
-        "SELECT channel, pg_backend_pid() % 16, sum(done)::bigint, sum(failed)::bigint, \
+        "SELECT channel, pg_backend_pid() % 128, sum(done)::bigint, sum(failed)::bigint, \
          sum(retried)::bigint, sum(lease_lost)::bigint FROM saved GROUP BY channel \
          HAVING sum(done + failed + retried + lease_lost) > 0 ORDER BY channel"
     ),
@@ -198,7 +204,7 @@ pub const FINISH: &str = concat!(
 /// Adds totals (channels $1, done, failed, retried and lease-lost arrays $2..$5) to
 /// their channels' totals, in channel order.
 pub const ADD_TOTALS: &str = add_totals!(
-    "SELECT c, pg_backend_pid() % 16, d, f, r, l FROM unnest($1::text[], $2::bigint[], \
+    "SELECT c, pg_backend_pid() % 128, d, f, r, l FROM unnest($1::text[], $2::bigint[], \
      $3::bigint[], $4::bigint[], $5::bigint[]) AS u(c, d, f, r, l) ORDER BY c"
 );
 
