@@ -29,6 +29,24 @@ macro_rules! task_columns {
 /// The place of `concurrency_key` in [`task_columns!`] (from 0).
 pub const CONCURRENCY_KEY_COLUMN: usize = 6;
 
+/// A statement whose one value is whether channel `channel` (a parameter, `?1` or `$1`)
+/// has a task in `table` in any of `statuses`
+/// ([`InspectStore::has_tasks`](crate::InspectStore::has_tasks)): one `EXISTS` per status,
+/// the status written into the statement, so that the planner takes that status's partial
+/// index (SQLite takes one only so; PostgreSQL's generic plans neither).
+pub fn has_tasks_sql(table: &str, channel: &str, statuses: &[Status]) -> String {
+    let looks: Vec<String> = statuses
+        .iter()
+        .map(|s| {
+            format!(
+                "EXISTS (SELECT 1 FROM {table} WHERE channel = {channel} AND status = '{}')",
+                s.as_str()
+            )
+        })
+        .collect();
+    format!("SELECT {}", looks.join(" OR "))
+}
+
 /// The values of one row of a query, as a SQL store's driver reads them by column index.
 pub trait RowValues {
     /// The driver's error (or the store's).

@@ -77,18 +77,8 @@ impl InspectStore for PostgresStore {
         if statuses.is_empty() {
             return Ok(false);
         }
-        // Each status written into the statement, so that its generic plan takes the
-        // status's partial index (done tasks have none by channel).
-        let looks: Vec<String> = statuses
-            .iter()
-            .map(|s| {
-                format!(
-                    "EXISTS (SELECT 1 FROM tasks WHERE channel = $1 AND status = '{}')",
-                    s.as_str()
-                )
-            })
-            .collect();
-        let sql = format!("SELECT {}", looks.join(" OR "));
+        // Done tasks have no index by channel: looking for them reads the done index.
+        let sql = simplepyq_core::row::has_tasks_sql("tasks", "$1", statuses);
         self.run(|c| Ok(c.query_one(&sql, &[&channel])?.try_get(0)?))
     }
 

@@ -45,7 +45,7 @@ impl InspectStore for SqliteStore {
         if statuses.is_empty() {
             return Ok(false);
         }
-        let sql = has_tasks_sql(statuses);
+        let sql = simplepyq_core::row::has_tasks_sql("simplepyq_tasks", "?1", statuses);
         self.read(|conn| {
             Ok(conn
                 .prepare_cached(&sql)?
@@ -192,21 +192,6 @@ pub(crate) fn counts_sql(channel: Option<&str>) -> String {
         )
     });
     format!("SELECT {}", counts.join(", "))
-}
-
-/// Whether channel ?1 has a task in any of `statuses`, each looked for in its status's
-/// index (the status is written into the statement: SQLite takes a partial index only so).
-pub(crate) fn has_tasks_sql(statuses: &[Status]) -> String {
-    let looks: Vec<String> = statuses
-        .iter()
-        .map(|s| {
-            format!(
-                "EXISTS (SELECT 1 FROM simplepyq_tasks WHERE channel = ?1 AND status = '{}')",
-                s.as_str()
-            )
-        })
-        .collect();
-    format!("SELECT {}", looks.join(" OR "))
 }
 
 /// Done and failed tasks changed at or after ?1, counted per bucket of ?2 milliseconds (of

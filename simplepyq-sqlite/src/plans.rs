@@ -12,7 +12,7 @@ use simplepyq_core::{ClaimStore, NewTask, Status, StoreExt};
 use crate::SqliteStore;
 use crate::admin::{clear_failed_sql, failed_sql, purge_sql, remove_channel_sql};
 use crate::claim::{KEY_HOLDER, claim_sql, insert_sql};
-use crate::inspect::{channels_sql, counts_sql, has_tasks_sql};
+use crate::inspect::{channels_sql, counts_sql};
 use crate::outcome::EXPIRED;
 use crate::row::SAVE_STATE;
 
@@ -89,7 +89,9 @@ fn status_queries_follow_an_index() {
             counts_sql(channel),
         ]);
     }
-    queries.extend(Status::ALL.map(|s| has_tasks_sql(&[s])));
+    queries.extend(
+        Status::ALL.map(|s| simplepyq_core::row::has_tasks_sql("simplepyq_tasks", "?1", &[s])),
+    );
     store
         .readers
         .with(|conn| {
