@@ -301,9 +301,7 @@ pub(crate) fn insert_tasks_taking(
         bind_state(&mut insert, 9, &state)?;
         let id = match next {
             Some(id) => id,
-            None => tx
-                .prepare_cached(&format!("SELECT {LAST_ID} + 1"))?
-                .query_row([], |r| r.get(0))?,
+            None => tx.prepare_cached(NEXT_ID)?.query_row([], |r| r.get(0))?,
         };
         insert.raw_bind_parameter(18, id)?;
         insert.raw_execute()?;
@@ -343,12 +341,22 @@ pub(crate) fn within(tx: &Transaction<'_>, most: i64) -> R<()> {
 /// The last id given out: the greater of the largest id in the table and the largest
 /// deleted while it was the largest (`simplepyq_ids`, migration 0015). A new task takes
 /// one more, so no id is given twice.
-pub(crate) const LAST_ID: &str = "max(coalesce((SELECT max(id) FROM simplepyq_tasks), 0), \
-     coalesce((SELECT given_out FROM simplepyq_ids), 0))";
+macro_rules! last_id {
+    () => {
+        "max(coalesce((SELECT max(id) FROM simplepyq_tasks), 0), \
+         coalesce((SELECT given_out FROM simplepyq_ids), 0))"
+    };
+}
+
+/// Reads the last id given out.
+pub(crate) const LAST_ID: &str = concat!("SELECT ", last_id!());
+
+/// Reads the next id to give out (an enqueue's first, once per write).
+const NEXT_ID: &str = concat!("SELECT ", last_id!(), " + 1");
 
 /// Inserts a task: ?1 channel, ?2 args, ?3 created at, ?4 priority, ?5 unique key, ?6
 /// concurrency key, ?7 timeout in milliseconds, ?8 traceparent, ?9..?17 the values of
-/// [`STATE_COLUMNS`], ?18 its id (one past [`LAST_ID`]).
+/// [`STATE_COLUMNS`], ?18 its id ([`NEXT_ID`] and on).
 pub(crate) fn insert_sql() -> String {
     format!(
         "INSERT INTO simplepyq_tasks (channel, args, created_at, priority, unique_key, \

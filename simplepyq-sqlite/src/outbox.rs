@@ -163,7 +163,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// The last id the file's task table gave out (committed, or taken by `conn`'s own
 /// transaction).
 fn last_id(conn: &Connection) -> Result<i64> {
-    conn.query_row(&format!("SELECT {LAST_ID}"), [], |r| r.get(0))
+    conn.query_row(LAST_ID, [], |r| r.get(0))
         .map_err(|e| Error::from(crate::error::E::from(e)))
 }
 
