@@ -317,17 +317,18 @@ fn count_into(
     }
 }
 
-/// A helper process of `--processes`: opens the queue (a PostgreSQL schema or a SQLite
-/// file), says `ready`, waits for `go` on its input, drains, and prints how many it ran.
+/// A helper process of `--processes`: opens the queue (a PostgreSQL schema, or the SQLite
+/// file in folder `target`), says `ready`, waits for `go` on its input, drains, and prints
+/// how many it ran.
 /// Its start-up (a process, its connections, the schema check) is not timed.
 fn drain_only(args: &Args, target: &str) -> Result<(), String> {
     let store: Box<dyn Store> = if args.backend == "postgres" {
         let server = Server::get(args.url.as_deref(), args.notify);
         Box::new(server.store(target)?)
     } else {
-        let durability = Backend::parse(&args.backend, &args.durability)?.sqlite_durability();
-        let options = SqliteOptions::new().durability(durability);
-        Box::new(SqliteStore::open_with(target, options).map_err(|e| e.to_string())?)
+        Backend::parse(&args.backend, &args.durability)?
+            .open(std::path::Path::new(target))
+            .map_err(|e| e.to_string())?
     };
     let q = SimplePyQ::new(store);
     let processed = Arc::new(AtomicU64::new(0));
@@ -543,7 +544,7 @@ fn run() -> Result<(), String> {
     let mut helpers = if args.processes > 1 {
         let target = match &server {
             Some(_) => schema.clone(),
-            None => dir.path().join("tasks.db").display().to_string(),
+            None => dir.path().display().to_string(),
         };
         let url = server.as_ref().map(|s| s.conninfo.as_str());
         Some(Helpers::start(&args, &target, url, args.processes - 1)?)
