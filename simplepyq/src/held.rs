@@ -63,6 +63,11 @@ struct State {
     claims: HashMap<Claim, Phase, BuildHasherDefault<ClaimHasher>>,
     /// Moves on every change that may end a wait: a claim let go, a worker idle, a stop.
     generation: u64,
+    /// The tickets of the claim calls under way: their tasks may already be running in the
+    /// store, and are not held yet.
+    claiming: Vec<u64>,
+    /// The next claim call's ticket.
+    next_ticket: u64,
 }
 
 /// The claims of one queue, shared by its workers, recorder and keeper.
@@ -73,12 +78,40 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// New claims, not started yet.
-    pub(crate) fn reserve(&self, claims: impl IntoIterator<Item = Claim>) {
+    /// A claim call begins; returns its ticket, for [`Held::claimed`].
+    pub(crate) fn claiming(&self) -> u64 {
         let mut st = self.state.lock();
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.claiming.push(ticket);
+        ticket
+    }
+
+    /// The claim call of `ticket` ended with `claims` (none if it failed), held from now
+    /// on, not started yet.
+    pub(crate) fn claimed(&self, ticket: u64, claims: impl IntoIterator<Item = Claim>) {
+        let mut st = self.state.lock();
+        st.claiming.retain(|t| *t != ticket);
         for c in claims {
             st.claims.insert(c, Phase::Reserved);
         }
+    }
+
+    /// The ticket the next claim call gets: a claim whose tasks a look at the store saw
+    /// running began before the mark taken after that look.
+    pub(crate) fn mark(&self) -> u64 {
+        self.state.lock().next_ticket
+    }
+
+    /// Whether task `id` may be on its way to start here: a claim call begun before `mark`
+    /// is under way, or `id` is held and not started.
+    pub(crate) fn on_its_way(&self, id: TaskId, mark: u64) -> bool {
+        let st = self.state.lock();
+        st.claiming.iter().any(|t| *t < mark)
+            || st
+                .claims
+                .iter()
+                .any(|(c, p)| c.id == id && matches!(p, Phase::Reserved))
     }
 
     /// Marks a held claim's handler as started; returns the run's cancellation signal.

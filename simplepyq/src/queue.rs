@@ -836,41 +836,50 @@ impl<S: Store> SimplePyQ<S> {
 
     /// Cancels a task: a pending, delayed or waiting one (or one this queue claimed ahead
     /// and has not started) is deleted and will not run ([`Cancelled::Removed`]), and the
-    /// tasks that wait for it fail; one whose handler runs
-    /// in this queue is asked to stop
-    /// through its [`TaskContext`] ([`Cancelled::Requested`]): the handler decides what its
-    /// attempt's outcome is.
+    /// tasks that wait for it fail; one whose handler runs in this queue (or starts once
+    /// this queue's claim of it reaches a worker) is asked to stop through its
+    /// [`TaskContext`] ([`Cancelled::Requested`]): the handler decides what its attempt's
+    /// outcome is.
     ///
     /// Errors: [`Error::NotFound`] if there is no such task; [`Error::InvalidTransition`] if
     /// it is done or failed, or running in another queue or process (it cannot be reached
     /// from here).
     pub fn cancel(&self, id: TaskId) -> Result<Cancelled> {
         let engine = &self.workers.engine;
-        match engine.store.cancel(id, engine.now()) {
-            Ok(()) => Ok(Cancelled::Removed),
-            Err(
-                e @ Error::InvalidTransition {
-                    status: Status::Running,
-                    ..
-                },
-            ) => {
-                if engine.held.cancel(Some(id), CancelReason::Cancel) {
-                    return Ok(Cancelled::Requested);
-                }
-                // Claimed here ahead of its start: it does not start; given back, it is
-                // pending again and deleted as any pending task.
-                match engine.take_unstarted(id) {
-                    Some(task) => {
-                        crate::leases::give_back(engine, &[task]);
-                        engine
-                            .store
-                            .cancel(id, engine.now())
-                            .map(|()| Cancelled::Removed)
-                    }
-                    None => Err(e),
-                }
+        loop {
+            let e = match engine.store.cancel(id, engine.now()) {
+                Ok(()) => return Ok(Cancelled::Removed),
+                Err(
+                    e @ Error::InvalidTransition {
+                        status: Status::Running,
+                        ..
+                    },
+                ) => e,
+                Err(e) => return Err(e),
+            };
+            // Looked at before the handlers: a task on its way does not leave that way
+            // except to start, to wait for a worker, or to be given back.
+            let mark = engine.held.mark();
+            let on_its_way = engine.held.on_its_way(id, mark);
+            if engine.held.cancel(Some(id), CancelReason::Cancel) {
+                return Ok(Cancelled::Requested);
             }
-            Err(e) => Err(e),
+            // Claimed here ahead of its start: it does not start; given back, it is pending
+            // again and deleted as any pending task.
+            if let Some(task) = engine.take_unstarted(id) {
+                crate::leases::give_back(engine, &[task]);
+                return engine
+                    .store
+                    .cancel(id, engine.now())
+                    .map(|()| Cancelled::Removed);
+            }
+            if !on_its_way {
+                return Err(e);
+            }
+            // Claimed here, its claim's answer not yet with a worker: look again once it
+            // is (started, handed over, or given back).
+            let (seen, _) = engine.held.snapshot();
+            engine.held.wait(seen, Duration::from_millis(1));
         }
     }
 

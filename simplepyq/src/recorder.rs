@@ -54,6 +54,7 @@ fn record_and_claim<S: Store>(engine: &Engine<S>, finished: Ended) -> Vec<Task> 
     let results = [(finished.claim, finished.outcome.clone())];
     let now = engine.now();
     let lease_until = now.after(engine.lease);
+    let ticket = engine.held.claiming();
     let called = guarded(|| {
         engine
             .store
@@ -62,6 +63,7 @@ fn record_and_claim<S: Store>(engine: &Engine<S>, finished: Ended) -> Vec<Task> 
     let (statuses, claimed) = match called {
         Ok(both) => both,
         Err(e) => {
+            engine.held.claimed(ticket, []);
             engine.errors.record(&e);
             record(engine, vec![finished]);
             return Vec::new();
@@ -76,7 +78,7 @@ fn record_and_claim<S: Store>(engine: &Engine<S>, finished: Ended) -> Vec<Task> 
     };
     // Held before the outcome's claim goes, so that a stop or run_until_complete never sees
     // this worker hold nothing between its two tasks.
-    engine.held.reserve(tasks.iter().map(Task::claim));
+    engine.held.claimed(ticket, tasks.iter().map(Task::claim));
     settle(engine, vec![finished], Some(statuses), !freed_here);
     if !tasks.is_empty() && engine.now() >= lease_until {
         // Answered after the lease it asked for: as a late claim turn, not one runs here.

@@ -24,6 +24,7 @@ pub(crate) fn claim_turn<S: Store>(
     errors: &mut Pause,
 ) -> Option<Vec<Task>> {
     let mut lease_until = None;
+    let ticket = engine.held.claiming();
     let claimed = guarded(|| {
         let now = engine.now();
         let until = now.after(engine.lease);
@@ -33,6 +34,7 @@ pub(crate) fn claim_turn<S: Store>(
     let tasks = match claimed {
         Ok(tasks) => tasks,
         Err(e) => {
+            engine.held.claimed(ticket, []);
             engine.errors.record(&e);
             dispatch.claimed(Vec::new(), &engine.held);
             dispatch.rest(seen, errors.next());
@@ -40,7 +42,7 @@ pub(crate) fn claim_turn<S: Store>(
         }
     };
     errors.reset();
-    engine.held.reserve(tasks.iter().map(Task::claim));
+    engine.held.claimed(ticket, tasks.iter().map(Task::claim));
     if !tasks.is_empty() && lease_until.is_some_and(|u| engine.now() >= u) {
         dispatch.claimed(Vec::new(), &engine.held);
         // Held until given back, so that the keeper renews those still this queue's and

@@ -35,6 +35,9 @@ pub enum Slow {
     Recovery,
     /// `finish_many` and `release` (a busy file, a database failing over).
     Writes,
+    /// The answer of a `claim` that took tasks, after its commit (a slow network): the
+    /// tasks are running in the store before the worker has them.
+    ClaimAnswers,
 }
 
 /// Wraps a store; every `every`-th call of a chosen operation fails before reaching it.
@@ -54,7 +57,7 @@ pub struct Flaky<S> {
     panicked: AtomicU64,
     late_left: AtomicU64,
     /// Milliseconds each kind of call takes longer, by [`Slow`].
-    slow_ms: [AtomicU64; 4],
+    slow_ms: [AtomicU64; 5],
     late_kept_left: AtomicU64,
     release_outage: AtomicBool,
     /// Calls, and calls made on a thread that drives an async runtime.
@@ -238,6 +241,9 @@ impl<S: Store> ClaimStore for Flaky<S> {
         }
         self.wait(Slow::Claims);
         let tasks = self.inner.claim(channel, limit, now, lease_until)?;
+        if !tasks.is_empty() {
+            self.wait(Slow::ClaimAnswers);
+        }
         let late = !tasks.is_empty()
             && self
                 .late_left

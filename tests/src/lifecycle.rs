@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use simplepyq::{Error, SimplePyQ, Status, TaskId};
+use simplepyq::{
+    CancelReason, Cancelled, ChannelOptions, Error, SimplePyQ, Status, TaskContext, TaskError,
+    TaskId,
+};
 use simplepyq_core::{Store, StoreExt};
 
 use crate::Handlers;
@@ -910,6 +913,57 @@ pub fn cancel_reaches_tasks_claimed_ahead(store: Box<dyn Store>, handlers: Handl
     assert_eq!(store.counts(Some("ahead")).expect("counts").done, 25);
 }
 
+/// `cancel` of a task this queue has claimed while the claim's answer is still on its way
+/// to the worker (running in the store, not started here, as over a slow network or on a
+/// descheduled thread): the handler is asked to stop once it starts. It was refused as
+/// running in another queue or process.
+pub fn cancel_reaches_a_claim_on_its_way(store: Box<dyn Store>, handlers: Handlers) {
+    let store: Shared = Arc::new(store);
+    let slow = faulty(&store);
+    let q = queue_on(&slow, Duration::from_secs(30));
+    let seen: Arc<Mutex<Vec<Option<CancelReason>>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let record = move |ctx: &TaskContext| {
+        let t0 = Instant::now();
+        while !ctx.is_cancelled() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.lock().push(ctx.cancel_reason());
+        Err(TaskError::fatal("stopped early"))
+    };
+    match handlers {
+        Handlers::Threads => q
+            .add_channel("way", move |_: u32, ctx: &TaskContext| record(ctx), 1)
+            .map(drop),
+        Handlers::Async => {
+            let record = Arc::new(record);
+            q.add_channel_async_with(
+                "way",
+                move |_: u32, ctx: TaskContext| {
+                    let record = Arc::clone(&record);
+                    async move { record(&ctx) }
+                },
+                ChannelOptions::new(1).runtime(crate::runtime().handle().clone()),
+            )
+            .map(drop)
+        }
+    }
+    .expect("add");
+    let id = q.enqueue("way", &0u32).expect("enqueue");
+    slow.slow(Slow::ClaimAnswers, Duration::from_millis(300));
+    q.start().expect("start");
+    wait_until("the claim is committed", || {
+        store.get(id).expect("get").expect("kept").state.status == Status::Running
+    });
+    slow.slow(Slow::ClaimAnswers, Duration::ZERO);
+    assert_eq!(q.cancel(id).expect("cancel"), Cancelled::Requested);
+    wait_until("the task failed", || {
+        store.get(id).expect("get").expect("kept").state.status == Status::Failed
+    });
+    assert_eq!(*seen.lock(), vec![Some(CancelReason::Cancel)]);
+    q.stop();
+}
+
 /// A claim answered after its lease ran out (a slow network) gives its tasks back; while
 /// the store refuses that for longer than a stop would wait (an outage of releases and
 /// recoveries; renewals pass), the running queue keeps them, renewed, and keeps trying: a
@@ -1019,6 +1073,7 @@ macro_rules! lifecycle_tests {
             start_does_not_hold_up_other_calls_with_store_io,
             stop_timeout_is_bounded_by_a_slow_store,
             cancel_reaches_tasks_claimed_ahead,
+            cancel_reaches_a_claim_on_its_way,
             an_outage_costs_unstarted_tasks_no_run,
             a_claim_answered_after_its_lease_ran_out_is_not_run,
             a_paused_channel_starts_nothing_until_resumed,

@@ -299,12 +299,16 @@ fn cancellation(handlers: Handlers, by_stop: bool) {
         ));
     };
     let record = Arc::new(record);
+    // A stop gives back a task claimed and not started: it reports the handlers started.
+    let started = Arc::new(AtomicBool::new(false));
     match handlers {
         Handlers::Threads => {
             let record = Arc::clone(&record);
+            let started = Arc::clone(&started);
             q.add_channel(
                 "job",
                 move |_: u32, ctx: &TaskContext| {
+                    started.store(true, Ordering::SeqCst);
                     while !ctx.is_cancelled() {
                         std::thread::sleep(Duration::from_millis(1));
                     }
@@ -317,10 +321,12 @@ fn cancellation(handlers: Handlers, by_stop: bool) {
         }
         Handlers::Async => {
             let record = Arc::clone(&record);
+            let started = Arc::clone(&started);
             q.add_channel_async_with(
                 "job",
                 move |_: u32, ctx: TaskContext| {
                     let record = Arc::clone(&record);
+                    started.store(true, Ordering::SeqCst);
                     async move {
                         ctx.cancelled().await;
                         record(&ctx);
@@ -344,6 +350,10 @@ fn cancellation(handlers: Handlers, by_stop: bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
     let reason = if by_stop {
+        while !started.load(Ordering::SeqCst) {
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let report = q.stop_timeout(Duration::from_millis(50));
         assert_eq!(report.running, vec![id], "{handlers:?}");
         CancelReason::Stop
