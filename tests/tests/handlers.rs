@@ -239,20 +239,26 @@ fn blocking_calls_on_a_current_thread_runtime_do_not_hang() {
         q.run_until_complete_async().await.expect("run");
         assert_eq!(runs.load(Ordering::SeqCst), 50);
 
-        // A handler that runs until asked to stop; `stop` must not wait for it here.
+        // A handler that runs until asked to stop; `stop` must not wait for it here. (Its
+        // start, not the store's status, is waited for: a stop gives back a task claimed
+        // and not started.)
+        let started = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&started);
         q.add_channel_async(
             "long",
-            |_: u32, ctx: TaskContext| async move {
-                ctx.cancelled().await;
-                Err(TaskError::delay(Duration::ZERO))
+            move |_: u32, ctx: TaskContext| {
+                s.store(true, Ordering::SeqCst);
+                async move {
+                    ctx.cancelled().await;
+                    Err(TaskError::delay(Duration::ZERO))
+                }
             },
             1,
         )
         .expect("add");
         let id = q.enqueue("long", &0u32).expect("enqueue");
         q.start().expect("start");
-        wait_async(|| q.task(id).expect("get").expect("exists").state.status == Status::Running)
-            .await;
+        wait_async(|| started.load(Ordering::SeqCst)).await;
         let report = q.stop();
         assert_eq!(report.running, vec![id], "{report:?}");
         // Asked to stop, the handler deferred its task: it runs again on the next start.
