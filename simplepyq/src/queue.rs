@@ -846,6 +846,9 @@ impl<S: Store> SimplePyQ<S> {
     /// from here).
     pub fn cancel(&self, id: TaskId) -> Result<Cancelled> {
         let engine = &self.workers.engine;
+        // Taken after the store's first answer, once: only the claims under way then may
+        // have made the task running, so a busy queue's later claims never hold the look up.
+        let mut mark = None;
         loop {
             let e = match engine.store.cancel(id, engine.now()) {
                 Ok(()) => return Ok(Cancelled::Removed),
@@ -859,7 +862,7 @@ impl<S: Store> SimplePyQ<S> {
             };
             // Looked at before the handlers: a task on its way does not leave that way
             // except to start, to wait for a worker, or to be given back.
-            let mark = engine.held.mark();
+            let mark = *mark.get_or_insert_with(|| engine.held.mark());
             let on_its_way = engine.held.on_its_way(id, mark);
             if engine.held.cancel(Some(id), CancelReason::Cancel) {
                 return Ok(Cancelled::Requested);
