@@ -12,8 +12,8 @@ use std::collections::HashSet;
 
 use crate::transition::{Event, apply};
 use crate::{
-    Claim, Error, MAX_RESULT_BYTES, NewTask, Outcome, Result, Status, Task, TaskId, TaskState,
-    Timestamp, Totals,
+    Claim, Error, IdSet, MAX_RESULT_BYTES, NewTask, Outcome, Result, Status, Task, TaskId,
+    TaskState, Timestamp, Totals,
 };
 
 /// A task's new state, for the store to write.
@@ -69,7 +69,7 @@ pub fn on_held(
     event: &Event,
     mut state: impl FnMut(TaskId) -> Result<Option<TaskState>>,
 ) -> Result<Vec<Change>> {
-    let mut changed = HashSet::with_capacity(claims.len());
+    let mut changed = IdSet::with_capacity_and_hasher(claims.len(), Default::default());
     let mut changes = Vec::with_capacity(claims.len());
     for claim in claims {
         if changed.contains(&claim.id) {
@@ -118,7 +118,7 @@ pub fn finish(
     now: Timestamp,
     mut state: impl FnMut(TaskId) -> Result<Option<TaskState>>,
 ) -> Result<Finish> {
-    let mut recorded = HashSet::with_capacity(results.len());
+    let mut recorded = IdSet::with_capacity_and_hasher(results.len(), Default::default());
     let mut done = Finish {
         statuses: Vec::with_capacity(results.len()),
         changes: Vec::with_capacity(results.len()),

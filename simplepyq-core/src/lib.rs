@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod dependency;
 mod error;
+mod ids;
 pub mod row;
 pub mod schedule;
 mod store;
@@ -32,6 +33,7 @@ pub mod trace;
 pub mod transition;
 
 pub use error::{BoxError, Error, Result};
+pub use ids::{IdHasher, IdMap, IdSet};
 pub use schedule::Schedule;
 /// The store traits, for calling a store's methods on a concrete store type:
 /// `use simplepyq_core::prelude::*;`.

@@ -17,17 +17,18 @@
 //! # Ok::<(), simplepyq_core::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 
+use foldhash::HashMap;
 use parking_lot::Mutex;
 use simplepyq_core::dependency::{self, Ended, Graph};
 use simplepyq_core::transition::{self, Event, apply};
 use simplepyq_core::{
-    AdminStore, Claim, ClaimStore, CountedWindows, Counts, Error, Flow, FlowStore, InspectStore,
-    KeyLoad, KeyWindows, KeyedClaim, KeyedWake, ListFilter, LocalWakes, NewTask, Outcome,
-    OutcomeStore, Rate, RateWindow, Result, ScheduleStore, Status, Stuck, Task, TaskId, TaskState,
-    Timestamp, Totals, Wake, Watch, batch, change_flow, check_max_running,
+    AdminStore, Claim, ClaimStore, CountedWindows, Counts, Error, Flow, FlowStore, IdMap,
+    InspectStore, KeyLoad, KeyWindows, KeyedClaim, KeyedWake, ListFilter, LocalWakes, NewTask,
+    Outcome, OutcomeStore, Rate, RateWindow, Result, ScheduleStore, Status, Stuck, Task, TaskId,
+    TaskState, Timestamp, Totals, Wake, Watch, batch, change_flow, check_max_running,
     check_max_running_per_key, check_rate, claim_allowance, validate_channel,
 };
 
@@ -82,14 +83,14 @@ struct Inner {
     /// The windows of starts per concurrency key of channels with a rate per key.
     key_windows: HashMap<String, KeyWindows>,
     /// The results of done tasks that gave one.
-    results: HashMap<TaskId, Vec<u8>>,
+    results: IdMap<TaskId, Vec<u8>>,
     /// The edges of tasks that wait for others, `(child, parent) -> satisfied` (see
     /// [`dependency`]).
     edges: BTreeMap<(TaskId, TaskId), bool>,
     /// The children of each parent that has edges.
-    dependents: HashMap<TaskId, BTreeSet<TaskId>>,
+    dependents: IdMap<TaskId, BTreeSet<TaskId>>,
     /// How many unsatisfied edges each waiting child has left (no entry for none).
-    edges_left: HashMap<TaskId, usize>,
+    edges_left: IdMap<TaskId, usize>,
     /// Attempts marked stuck: task → (attempt, since); a mark counts while its attempt runs.
     stuck: BTreeMap<TaskId, (u32, Timestamp)>,
 }
@@ -197,19 +198,48 @@ impl Indexes {
 
     /// Adds (`add == true`) or removes the index entries of `task` as it stands.
     fn index(&mut self, task: &Task, add: bool) {
-        let (id, state) = (task.id, &task.state);
-        let lease = state.lease_until.unwrap_or(Timestamp::EPOCH);
         let ch = self.channel(&task.channel);
-        let count = ch.counts.get_mut(state.status);
+        ch.index(task, &task.state, add);
+        if task.state.status == Status::Running {
+            let lease = task.state.lease_until.unwrap_or(Timestamp::EPOCH);
+            toggle(&mut self.leases, (lease, task.id), add);
+        }
+    }
+
+    /// Gives `task` its `next` state and moves its index entries there.
+    fn replace_state<'t>(&mut self, task: &'t mut Task, next: TaskState) -> &'t Task {
+        let before = std::mem::replace(&mut task.state, next);
+        // An indexed task's channel has its index: looked up once for both moves.
+        let ch = self.channel(&task.channel);
+        ch.index(task, &before, false);
+        ch.index(task, &task.state, true);
+        let lease = |s: &TaskState| (s.lease_until.unwrap_or(Timestamp::EPOCH), task.id);
+        if before.status == Status::Running {
+            toggle(&mut self.leases, lease(&before), false);
+        }
+        if task.state.status == Status::Running {
+            toggle(&mut self.leases, lease(&task.state), true);
+        }
+        task
+    }
+}
+
+impl ChannelIndex {
+    /// Adds (`add == true`) or removes the entries of `task` in `state` in its channel's
+    /// index.
+    fn index(&mut self, task: &Task, state: &TaskState, add: bool) {
+        let id = task.id;
+        let lease = state.lease_until.unwrap_or(Timestamp::EPOCH);
+        let count = self.counts.get_mut(state.status);
         *count = if add { *count + 1 } else { *count - 1 };
         let changed = match state.status {
             Status::Pending => {
                 let key = (-i64::from(task.priority), state.run_at, id);
-                toggle(&mut ch.ready, key, add)
+                toggle(&mut self.ready, key, add)
             }
-            Status::Delayed => toggle(&mut ch.delayed, (state.run_at, id), add),
-            Status::Running => toggle(&mut ch.running, (lease, id), add),
-            Status::Failed => toggle(&mut ch.failed, id, add),
+            Status::Delayed => toggle(&mut self.delayed, (state.run_at, id), add),
+            Status::Running => toggle(&mut self.running, (lease, id), add),
+            Status::Failed => toggle(&mut self.failed, id, add),
             Status::Done | Status::Waiting => true,
         };
         debug_assert!(changed, "index out of step with task {id}");
@@ -219,29 +249,26 @@ impl Indexes {
             .filter(|_| !state.status.is_final())
         {
             if add {
-                ch.unique.insert(key.clone(), id);
+                self.unique.insert(key.clone(), id);
             } else {
-                ch.unique.remove(key);
+                self.unique.remove(key);
             }
         }
         if let Some(key) = &task.concurrency_key {
             match state.status {
-                Status::Pending if add => ch.keyed_pending += 1,
-                Status::Pending => ch.keyed_pending -= 1,
-                Status::Running if add => *ch.keys_running.entry(key.clone()).or_default() += 1,
+                Status::Pending if add => self.keyed_pending += 1,
+                Status::Pending => self.keyed_pending -= 1,
+                Status::Running if add => *self.keys_running.entry(key.clone()).or_default() += 1,
                 Status::Running => {
-                    if let Some(n) = ch.keys_running.get_mut(key) {
+                    if let Some(n) = self.keys_running.get_mut(key) {
                         *n -= 1;
                         if *n == 0 {
-                            ch.keys_running.remove(key);
+                            self.keys_running.remove(key);
                         }
                     }
                 }
                 _ => {}
             }
-        }
-        if state.status == Status::Running {
-            toggle(&mut self.leases, (lease, id), add);
         }
     }
 }
@@ -404,25 +431,29 @@ impl Graph for Inner {
 impl Inner {
     /// Applies `event` to task `id` and re-indexes it.
     fn transition(&mut self, id: TaskId, event: &Event) -> Result<&Task> {
-        let task = self.tasks.get(&id).ok_or(Error::NotFound(id))?;
+        let task = self.tasks.get_mut(&id).ok_or(Error::NotFound(id))?;
         let next = apply(&task.state, event).map_err(|r| r.into_error(id))?;
-        self.set_state(id, next)
+        Ok(self.idx.replace_state(task, next))
     }
 
     /// Stores task `id`'s new state and re-indexes it.
     fn set_state(&mut self, id: TaskId, next: TaskState) -> Result<&Task> {
         let task = self.tasks.get_mut(&id).ok_or(Error::NotFound(id))?;
-        self.idx.index(task, false);
-        task.state = next;
-        self.idx.index(task, true);
-        Ok(task)
+        Ok(self.idx.replace_state(task, next))
     }
 
     /// Adds what a change to task `id` counts to its channel's totals.
     fn count(&mut self, id: TaskId, counted: Totals) {
-        if let Some(task) = self.tasks.get(&id).filter(|_| !counted.is_zero()) {
-            let channel = task.channel.clone();
-            self.totals.entry(channel).or_default().add(counted);
+        let Some(task) = self.tasks.get(&id).filter(|_| !counted.is_zero()) else {
+            return;
+        };
+        // The channel's name is copied only for its first totals.
+        match self.totals.get_mut(&task.channel) {
+            Some(totals) => totals.add(counted),
+            None => {
+                let channel = task.channel.clone();
+                self.totals.entry(channel).or_default().add(counted);
+            }
         }
     }
 

@@ -2,13 +2,11 @@
 //! back or its outcome is recorded. The lease keeper renews exactly these; `stop_timeout`
 //! reports the ones whose handlers still run; `run_until_complete` waits on their changes.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use crate::context::{CancelReason, CancelToken};
 use crate::sync::{Condvar, Mutex};
-use simplepyq_core::{Claim, TaskId};
+use simplepyq_core::{Claim, IdMap, TaskId};
 
 /// Where a held claim stands in this process.
 #[derive(Debug)]
@@ -27,40 +25,10 @@ impl Phase {
     }
 }
 
-/// Hashes claims (an id and an attempt number, both made by the store, not by users) with
-/// a multiply-and-rotate step instead of SipHash: four map operations per task made SipHash
-/// a measurable part of a drain.
-#[derive(Clone, Copy, Debug, Default)]
-struct ClaimHasher(u64);
-
-impl Hasher for ClaimHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_i64(&mut self, n: i64) {
-        self.write_u64(n as u64);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
     /// Keyed by claim, not task: a stale attempt of a task never touches a live one's entry.
-    claims: HashMap<Claim, Phase, BuildHasherDefault<ClaimHasher>>,
+    claims: IdMap<Claim, Phase>,
     /// Moves on every change that may end a wait: a claim let go, a worker idle, a stop.
     generation: u64,
     /// The tickets of the claim calls under way: their tasks may already be running in the
