@@ -31,6 +31,10 @@ struct State {
     claims: IdMap<Claim, Phase>,
     /// Moves on every change that may end a wait: a claim let go, a worker idle, a stop.
     generation: u64,
+    /// Moves when the last claim goes and on every bump (a worker idle, a stop): all that
+    /// a wait for the queue's work to end needs while claims are held, without a wake-up
+    /// per batch of outcomes recorded.
+    quiet: u64,
     /// The tickets of the claim calls under way: their tasks may already be running in the
     /// store, and are not held yet.
     claiming: Vec<u64>,
@@ -43,6 +47,8 @@ struct State {
 pub(crate) struct Held {
     state: Mutex<State>,
     changed: Condvar,
+    /// Woken when `quiet` moves.
+    quieted: Condvar,
 }
 
 impl Held {
@@ -122,13 +128,21 @@ impl Held {
         }
         st.generation += 1;
         self.changed.notify_all();
-        st.claims.is_empty()
+        let none = st.claims.is_empty();
+        if none {
+            st.quiet += 1;
+            self.quieted.notify_all();
+        }
+        none
     }
 
     /// Wakes the waiters, e.g. when a worker found nothing to do or the queue stopped.
     pub(crate) fn bump(&self) {
-        self.state.lock().generation += 1;
+        let mut st = self.state.lock();
+        st.generation += 1;
+        st.quiet += 1;
         self.changed.notify_all();
+        self.quieted.notify_all();
     }
 
     /// Every held claim, for lease renewal.
@@ -179,6 +193,20 @@ impl Held {
     /// Whether every held claim is `Running` (none waits to start or to be recorded).
     pub(crate) fn only_running(&self) -> bool {
         self.state.lock().claims.values().all(Phase::is_running)
+    }
+
+    /// The mark of [`Held::wait_quiet`]: take it before looking at what the wait is for.
+    pub(crate) fn quiet(&self) -> u64 {
+        self.state.lock().quiet
+    }
+
+    /// Waits up to `timeout` while a claim is held, until none is or a bump came since the
+    /// mark `seen` (from [`Held::quiet`]).
+    pub(crate) fn wait_quiet(&self, seen: u64, timeout: Duration) {
+        let mut st = self.state.lock();
+        if st.quiet == seen && !st.claims.is_empty() {
+            self.quieted.wait_for(&mut st, timeout);
+        }
     }
 
     /// Waits up to `timeout` for the generation to move past `seen`.

@@ -525,6 +525,7 @@ impl<S: Store> Workers<S> {
             if let Some(e) = self.engine.errors.take_lasting() {
                 break Err(e);
             }
+            let quiet = self.engine.held.quiet();
             let (seen, busy) = self.engine.held.snapshot();
             if self.running_number() != Some(number) {
                 return Err(Error::Stopped);
@@ -541,7 +542,14 @@ impl<S: Store> Workers<S> {
                     Err(e) => break Err(e),
                 }
             }
-            self.engine.held.wait(seen, self.engine.poll_interval);
+            if busy {
+                // Woken when the last claim goes, not at each outcome recorded.
+                self.engine
+                    .held
+                    .wait_quiet(quiet, self.engine.poll_interval);
+            } else {
+                self.engine.held.wait(seen, self.engine.poll_interval);
+            }
         };
         if let Some((run, _)) = self.begin_stop(Some(number), Wait::ForOtherStop, None) {
             self.finish_stop(run, None, None);
