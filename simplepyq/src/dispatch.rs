@@ -41,6 +41,9 @@ struct State {
     idle: usize,
     /// Claimed tasks waiting for a worker.
     handed: VecDeque<Task>,
+    /// The last claim took all it asked for, so more may be due: a worker claims again
+    /// before the handed tasks run out (see [`Dispatch::turn`]).
+    more: bool,
 }
 
 /// What a worker does next. (Returned once per task: moving a task is cheaper than boxing
@@ -109,11 +112,22 @@ impl Dispatch {
 
     /// The worker's next turn. While another worker claims, it waits at most `wait`, then
     /// looks again, so that some worker always looks at the store within that time.
-    pub(crate) fn turn(&self, held: &Held, wait: Duration) -> Turn {
+    ///
+    /// Once no more than `low` handed tasks are left, and the last claim took all it asked
+    /// for, the worker claims before it takes one: the other workers run those meanwhile
+    /// instead of waiting for the claim once they are gone.
+    pub(crate) fn turn(&self, held: &Held, wait: Duration, low: usize) -> Turn {
         let mut st = self.state.lock();
         loop {
             if st.stopped {
                 return Turn::Stop;
+            }
+            if st.more && !st.claiming && !st.handed.is_empty() && st.handed.len() <= low {
+                st.claiming = true;
+                return Turn::Claim {
+                    idle: st.idle,
+                    seen: st.generation,
+                };
             }
             if let Some(task) = st.handed.pop_front() {
                 return Turn::Run(Started::new(task, held));
@@ -131,13 +145,17 @@ impl Dispatch {
         }
     }
 
-    /// The claimer is back with `tasks` (none if the claim failed).
+    /// The claimer is back with `tasks` (none if the claim failed); `full`: it got all it
+    /// asked for.
     ///
     /// No worker stays idle longer than one claim while a due task waits: each handed task
     /// wakes an idle worker, and if idle workers are left over (some came while the claim
     /// ran, and it claimed nothing for them), one of them is woken to claim next.
-    pub(crate) fn claimed(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
-        self.back(tasks, |st, tasks| self.start_first(st, tasks, held))
+    pub(crate) fn claimed(&self, tasks: Vec<Task>, full: bool, held: &Held) -> Claimed {
+        self.back(tasks, |st, tasks| {
+            st.more = full;
+            self.start_first(st, tasks, held)
+        })
     }
 
     /// A worker that claimed `tasks` while recording its outcome (not in a claiming turn) is
@@ -154,11 +172,13 @@ impl Dispatch {
         self.start_first(&mut st, tasks, held)
     }
 
-    /// Starts the first of `tasks` for the caller and hands the rest over, waking as many
-    /// idle workers (and one more to claim next, if any is idle).
-    fn start_first(&self, st: &mut State, mut tasks: Vec<Task>, held: &Held) -> Claimed {
-        let mine = Started::new(tasks.remove(0), held);
+    /// Hands `tasks` over after those handed before, and starts the first handed for the
+    /// caller, waking as many idle workers as are left (and one more to claim next, if any
+    /// is idle).
+    fn start_first(&self, st: &mut State, tasks: Vec<Task>, held: &Held) -> Claimed {
         st.handed.extend(tasks);
+        let first = st.handed.pop_front();
+        let mine = Started::new(first.expect("tasks were handed"), held);
         for _ in 0..(st.handed.len() + 1).min(st.idle) {
             self.cv.notify_one();
         }
@@ -201,5 +221,67 @@ impl Dispatch {
             self.cv.wait_for(&mut st, timeout);
             st.idle -= 1;
         }
+    }
+}
+
+#[cfg(all(test, not(shuttle)))]
+mod tests {
+    use super::*;
+    use simplepyq_core::{NewTask, TaskId, Timestamp};
+
+    /// `n` claimed tasks, numbered from `first`.
+    fn claimed(first: i64, n: i64) -> Vec<Task> {
+        let now = Timestamp::from_millis(0);
+        (first..first + n)
+            .map(|id| {
+                let task = NewTask::new("c", vec![0x90]).to_task(TaskId::new(id), now);
+                let next = simplepyq_core::transition::Event::Claim {
+                    now,
+                    lease_until: now,
+                };
+                let state = simplepyq_core::transition::apply(&task.state, &next);
+                simplepyq_core::Task {
+                    state: state.expect("a new task can be claimed"),
+                    ..task
+                }
+            })
+            .collect()
+    }
+
+    fn claims(turn: Turn) -> bool {
+        matches!(turn, Turn::Claim { .. })
+    }
+
+    fn runs(turn: Turn) -> Option<TaskId> {
+        match turn {
+            Turn::Run(started) => Some(started.task.id),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_worker_claims_again_before_the_handed_tasks_run_out_while_more_may_be_due() {
+        let (d, held) = (Dispatch::default(), Held::default());
+        let wait = Duration::ZERO;
+        assert!(claims(d.turn(&held, wait, 2)));
+        // A claim that took all it asked for: the claimer runs task 1, three are handed.
+        assert!(matches!(
+            d.claimed(claimed(1, 4), true, &held),
+            Claimed::Run(_)
+        ));
+        assert_eq!(runs(d.turn(&held, wait, 2)), Some(TaskId::new(2)));
+        // Two are left, no more than `low`: this worker claims before it takes one...
+        assert!(claims(d.turn(&held, wait, 2)));
+        // ...while the others take the handed tasks, in claim order.
+        assert_eq!(runs(d.turn(&held, wait, 2)), Some(TaskId::new(3)));
+        // The claim found fewer than it asked for: its tasks are handed after those left,
+        // and the claimer takes the first handed.
+        match d.claimed(claimed(5, 1), false, &held) {
+            Claimed::Run(started) => assert_eq!(started.task.id, TaskId::new(4)),
+            other => panic!("expected a task to run, got {other:?}"),
+        }
+        // Nothing more may be due: the last handed task runs, no claim before it.
+        assert_eq!(runs(d.turn(&held, wait, 2)), Some(TaskId::new(5)));
+        assert!(claims(d.turn(&held, wait, 2)));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub(crate) struct Engine<S> {
     /// lease keeper, every third of a lease) or set here: a recorded outcome of theirs wakes
     /// an idle worker, since it frees a slot.
     limited: Mutex<HashSet<String>>,
+    /// Whether `limited` names any channel: while none is (the usual case), a worker's
+    /// look at it per task takes no lock that every worker shares.
+    any_limited: AtomicBool,
     /// How long each channel's finished tasks are kept (the pruner thread reads it).
     pub(crate) kept: crate::retention::Kept,
     /// This engine, for the handlers' contexts to read parents and their results with
@@ -132,6 +135,7 @@ impl<S> Engine<S> {
             runs: AtomicU64::new(0),
             schedules: Schedules::default(),
             limited: Mutex::new(HashSet::new()),
+            any_limited: AtomicBool::new(false),
             kept: crate::retention::Kept::new(settings.retention),
             reads: std::sync::OnceLock::new(),
         }
@@ -139,11 +143,13 @@ impl<S> Engine<S> {
 
     /// Notes which channels have a limit of running tasks, from the store's `flows`.
     pub(crate) fn note_flows(&self, flows: &BTreeMap<String, Flow>) {
-        *self.limited.lock() = flows
+        let mut set = self.limited.lock();
+        *set = flows
             .iter()
             .filter(|(_, f)| f.max_running.is_some())
             .map(|(c, _)| c.clone())
             .collect();
+        self.any_limited.store(!set.is_empty(), Ordering::Release);
     }
 
     /// Notes whether `channel` has a limit of running tasks (set by this queue).
@@ -154,11 +160,12 @@ impl<S> Engine<S> {
         } else {
             set.remove(channel);
         }
+        self.any_limited.store(!set.is_empty(), Ordering::Release);
     }
 
     /// Whether `channel` has a limit of running tasks, as last seen.
     pub(crate) fn is_limited(&self, channel: &str) -> bool {
-        self.limited.lock().contains(channel)
+        self.any_limited.load(Ordering::Acquire) && self.limited.lock().contains(channel)
     }
 
     /// Begins a new run; returns its number.

@@ -41,7 +41,7 @@ pub(crate) fn work<S: Store>(
     let mut errors = Pause::errors();
     let mut poll = idle_pause(engine);
     loop {
-        let seen = match dispatch.turn(&engine.held, engine.poll_interval) {
+        let seen = match dispatch.turn(&engine.held, engine.poll_interval, 0) {
             Turn::Stop => return,
             // Nothing is handed over in an async channel: its claimer starts all it claims.
             Turn::Run(started) => {
@@ -58,7 +58,7 @@ pub(crate) fn work<S: Store>(
                  tasks (they stay queued); give it a runtime that outlives the queue",
                 channel.name
             )));
-            dispatch.claimed(Vec::new(), &engine.held);
+            dispatch.claimed(Vec::new(), false, &engine.held);
             return;
         }
         // Futures hand outcomes over without waiting; past the backlog, this thread records.
@@ -67,7 +67,7 @@ pub(crate) fn work<S: Store>(
             .workers
             .saturating_sub(runner.in_flight.load(Ordering::Acquire));
         if free == 0 {
-            dispatch.claimed(Vec::new(), &engine.held);
+            dispatch.claimed(Vec::new(), false, &engine.held);
             dispatch.rest(seen, engine.poll_interval);
             continue;
         }

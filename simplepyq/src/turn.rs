@@ -36,7 +36,7 @@ pub(crate) fn claim_turn<S: Store>(
         Err(e) => {
             engine.held.claimed(ticket, []);
             engine.errors.record(&e);
-            dispatch.claimed(Vec::new(), &engine.held);
+            dispatch.claimed(Vec::new(), false, &engine.held);
             dispatch.rest(seen, errors.next());
             return None;
         }
@@ -44,7 +44,7 @@ pub(crate) fn claim_turn<S: Store>(
     errors.reset();
     engine.held.claimed(ticket, tasks.iter().map(Task::claim));
     if !tasks.is_empty() && lease_until.is_some_and(|u| engine.now() >= u) {
-        dispatch.claimed(Vec::new(), &engine.held);
+        dispatch.claimed(Vec::new(), false, &engine.held);
         // Held until given back, so that the keeper renews those still this queue's and
         // no one recovers them as lost runs while the store fails.
         leases::give_back_held(engine, &tasks);

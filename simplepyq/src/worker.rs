@@ -34,7 +34,9 @@ pub(crate) fn work<S: Store>(
     let mut errors = Pause::errors();
     let mut poll = idle_pause(engine);
     loop {
-        let (idle, seen) = match dispatch.turn(&engine.held, engine.poll_interval) {
+        // Claims again once half the reserve is left.
+        let low = channel.reserve() / 2;
+        let (idle, seen) = match dispatch.turn(&engine.held, engine.poll_interval, low) {
             Turn::Stop => return,
             Turn::Run(started) => {
                 run_on(engine, channel, handler, dispatch, started);
@@ -49,7 +51,8 @@ pub(crate) fn work<S: Store>(
         else {
             continue;
         };
-        match dispatch.claimed(tasks, &engine.held) {
+        let full = tasks.len() >= want;
+        match dispatch.claimed(tasks, full, &engine.held) {
             Claimed::Run(started) => {
                 poll.reset();
                 run_on(engine, channel, handler, dispatch, started);
