@@ -30,8 +30,10 @@ pub(crate) struct ChannelWork {
 /// in this process (their leases held) until a worker is free, so the reserve is kept to
 /// about this long of handler time...
 const RESERVE_TIME: Duration = Duration::from_millis(5);
-/// ...and to at most this many tasks.
-const MAX_RESERVE: usize = 256;
+/// ...and to at most this many tasks (for handlers of a microsecond or less, whose claims
+/// and their hand-over cost more than the handlers: 256 drained the memory store 10-20%
+/// slower, SQLite's 7%).
+const MAX_RESERVE: usize = 1024;
 
 impl ChannelWork {
     /// Tasks to claim beyond one per idle worker: none until the handler's run time is
