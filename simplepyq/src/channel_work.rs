@@ -56,25 +56,30 @@ impl ChannelWork {
         } else {
             old - old / 16 + ns / 16
         };
-        self.average_run.store(new.max(1), Ordering::Relaxed);
+        // Written only when it moves: every worker of the channel reads this line, and a
+        // quick handler's runs leave the average where it was.
+        if new.max(1) != old {
+            self.average_run.store(new.max(1), Ordering::Relaxed);
+        }
     }
 
-    /// The outcome of a run of `task` that ended at `now` with `result` (`Err` for a
-    /// panic) and gave `given` ([`crate::TaskContext::set_result`]), ready for the recorder.
+    /// The outcome of a run of `task` that ended with `result` (`Err` for a panic) and
+    /// gave `given` ([`crate::TaskContext::set_result`]), ready for the recorder; `now` reads
+    /// the time it ended, for a retry's or a delay's run-at (a success needs no clock).
     pub(crate) fn finished(
         &self,
         task: &Task,
         result: std::thread::Result<Result<(), TaskError>>,
         given: Option<Result<Vec<u8>, String>>,
         elapsed: Duration,
-        now: Timestamp,
+        now: impl Fn() -> Timestamp,
         completed_in: bool,
     ) -> Ended {
         self.observe(elapsed);
         let claim = task.claim();
         let failed = |error: String, permanent| Outcome::Failed {
             error,
-            retry_at: now.after(self.backoff.wait(claim.attempt, task.id.get())),
+            retry_at: now().after(self.backoff.wait(claim.attempt, task.id.get())),
             permanent,
         };
         let outcome = match result {
@@ -84,7 +89,7 @@ impl ChannelWork {
                 Some(Err(e)) => failed(e, false),
             },
             Ok(Err(TaskError::Delay(d))) => Outcome::Delayed {
-                until: now.after(d),
+                until: now().after(d),
             },
             Ok(Err(TaskError::Failed(e))) => failed(chain(&*e), false),
             Ok(Err(TaskError::Fatal(e))) => failed(chain(&*e), true),

@@ -187,7 +187,7 @@ impl<S: Store> Flight<S> {
     /// Hands the outcome over to the recorder, without waiting for it.
     fn land(mut self, result: std::thread::Result<Result<(), TaskError>>) {
         if let Some(task) = self.task.take() {
-            let now = self.engine.now();
+            let now = || self.engine.now();
             let completed_in = self.cancel.completed_in();
             let given = self.cancel.take_result();
             let elapsed = self.began.elapsed();

@@ -149,7 +149,8 @@ fn run<S: Store>(
     }
     let completed_in = cancel.completed_in();
     let given = cancel.take_result();
-    let (elapsed, now) = (began.elapsed(), engine.now());
+    let elapsed = began.elapsed();
+    let now = || engine.now();
     let finished = channel.finished(&task, result, given, elapsed, now, completed_in);
     span.end(&finished.outcome);
     abandon.claim = None;
