@@ -70,6 +70,8 @@ struct Args {
     processes: u64,
     /// In a helper process: the schema to drain.
     drain_only: Option<String>,
+    /// In a helper process: measure the bare SQLite limits only.
+    bare_only: bool,
     /// PostgreSQL: whether enqueues send `NOTIFY`.
     notify: bool,
     /// SQLite: pick-up of tasks another store on the file enqueues.
@@ -107,6 +109,7 @@ fn parse() -> Result<Args, String> {
         url: None,
         processes: 1,
         drain_only: None,
+        bare_only: false,
         notify: true,
         remote: false,
         watch: true,
@@ -122,6 +125,10 @@ fn parse() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--bare-only" {
+            args.bare_only = true;
+            continue;
+        }
         if flag == "--bare" {
             args.bare = true;
             continue;
@@ -182,8 +189,25 @@ fn parse() -> Result<Args, String> {
     Ok(args)
 }
 
-/// With `--bare`: the bare SQLite limits at the same `synchronous` setting, measured now,
-/// as extra JSON fields.
+/// With `--bare`: the bare SQLite limits, measured now by a process of their own (this one's
+/// arguments and `--bare-only`): in this process they depended on the allocator's state the
+/// queue left (glibc raises its mmap and trim thresholds after large frees: the bare 32-row
+/// cycle measured 256-286k/s after one queue's run and 408-439k/s after another's).
+fn bare_apart() -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .args(std::env::args().skip(1))
+        .arg("--bare-only")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+}
+
+/// With `--bare-only`: the bare SQLite limits at the same `synchronous` setting, measured
+/// now, as extra JSON fields.
 fn bare_limits(
     backend: Backend,
     dir: &std::path::Path,
@@ -478,6 +502,10 @@ fn run() -> Result<(), String> {
         return Err("--processes needs --backend postgres or sqlite".into());
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    if args.bare_only {
+        println!("{}", bare_limits(backend, dir.path(), args.n, args.result_bytes)?);
+        return Ok(());
+    }
     let server = postgres.then(|| Server::get(args.url.as_deref(), args.notify));
     let schema = format!("bench_{}", std::process::id());
     let sqlite = matches!(backend, Backend::SqliteNormal | Backend::SqliteFull) && !postgres;
@@ -737,7 +765,7 @@ fn run() -> Result<(), String> {
     let bare = match (&server, args.bare) {
         (_, false) => String::new(),
         (Some(server), true) => bare_pg_limits(server, args.n)?,
-        (None, true) => bare_limits(backend, dir.path(), args.n, args.result_bytes)?,
+        (None, true) => bare_apart()?,
     };
     if let Some(server) = &server {
         drop(remote);
