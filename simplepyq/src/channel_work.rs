@@ -30,10 +30,10 @@ pub(crate) struct ChannelWork {
 /// in this process (their leases held) until a worker is free, so the reserve is kept to
 /// about this long of handler time...
 const RESERVE_TIME: Duration = Duration::from_millis(5);
-/// ...and to at most this many tasks (for handlers of a microsecond or less, whose claims
-/// and their hand-over cost more than the handlers: 256 drained the memory store 10-20%
-/// slower, SQLite's 7%).
-const MAX_RESERVE: usize = 1024;
+/// ...and to at most this many tasks. 1,024 drained the memory store 10-20% faster and
+/// SQLite 7-10%, but PostgreSQL's drain 20-25% slower (70k -> 53k/s, not explained yet): kept
+/// at 256.
+const MAX_RESERVE: usize = 256;
 
 impl ChannelWork {
     /// Tasks to claim beyond one per idle worker: none until the handler's run time is
