@@ -503,7 +503,10 @@ fn run() -> Result<(), String> {
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     if args.bare_only {
-        println!("{}", bare_limits(backend, dir.path(), args.n, args.result_bytes)?);
+        println!(
+            "{}",
+            bare_limits(backend, dir.path(), args.n, args.result_bytes)?
+        );
         return Ok(());
     }
     let server = postgres.then(|| Server::get(args.url.as_deref(), args.notify));
