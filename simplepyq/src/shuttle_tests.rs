@@ -251,6 +251,15 @@ impl Scene {
         }
     }
 
+    /// As if the handler's runs had been timed at half the reserve's time: each claim takes
+    /// a reserve of 2 tasks beyond the idle workers, and a worker claims again before the
+    /// last handed task runs (the early claims of [`Dispatch::turn`]).
+    fn with_reserve(self) -> Self {
+        self.channel.average_run.store(2_500_000, Ordering::SeqCst);
+        assert_eq!(self.channel.reserve(), 2);
+        self
+    }
+
     fn spawn_workers(&self) -> Vec<thread::JoinHandle<()>> {
         (0..WORKERS)
             .map(|_| {
@@ -340,6 +349,16 @@ fn stop_racing_a_claim_with_an_outcome() {
     shuttle::check_random(|| race_a_claim_limited(false, true), ITERATIONS);
 }
 
+/// [`stop_racing_a_claim`] with claims that take a reserve, so that workers claim again
+/// while handed tasks are left.
+#[test]
+fn stop_racing_an_early_claim() {
+    shuttle::check_random(
+        || race_in(Scene::new().with_reserve(), false, false),
+        ITERATIONS,
+    );
+}
+
 /// Two workers claim and run while the test stops the channel (and removes it, if
 /// `remove`), as `stop` and `remove_channel` do.
 fn race_a_claim(remove: bool) {
@@ -348,7 +367,11 @@ fn race_a_claim(remove: bool) {
 
 /// [`race_a_claim`], the channel limited to one running task if `limited`.
 fn race_a_claim_limited(remove: bool, limited: bool) {
-    let scene = Scene::new();
+    race_in(Scene::new(), remove, limited);
+}
+
+/// [`race_a_claim_limited`] in `scene`.
+fn race_in(scene: Scene, remove: bool, limited: bool) {
     if limited {
         let store = &scene.engine.store;
         simplepyq_core::FlowStore::set_max_running(store, "c", Some(1)).expect("limit");
@@ -375,35 +398,44 @@ fn race_a_claim_limited(remove: bool, limited: bool) {
 /// by nobody) waits for ever, and shuttle reports the deadlock with its seed.
 #[test]
 fn no_worker_idles_while_a_due_task_waits() {
-    shuttle::check_random(
-        || {
-            let started = Arc::new((Mutex::new(0usize), crate::sync::Condvar::default()));
-            let s = Arc::clone(&started);
-            let scene = Scene::with_handler(move |_| {
-                let (count, cv) = &*s;
-                let mut n = count.lock();
-                *n += 1;
-                cv.notify_all();
-                while *n < WORKERS {
-                    cv.wait(&mut n);
-                }
-            });
-            let workers = scene.spawn_workers();
-            {
-                let (count, cv) = &*started;
-                let mut n = count.lock();
-                while *n < TASKS as usize {
-                    cv.wait(&mut n);
-                }
-            }
-            let taken = scene.stop();
-            for w in workers {
-                w.join().expect("worker");
-            }
-            scene.check(&taken, false);
-        },
-        ITERATIONS,
-    );
+    shuttle::check_random(|| no_worker_idles(false), ITERATIONS);
+}
+
+/// [`no_worker_idles_while_a_due_task_waits`] with claims that take a reserve, so that
+/// workers claim again while handed tasks are left.
+#[test]
+fn no_worker_idles_while_a_due_task_waits_with_early_claims() {
+    shuttle::check_random(|| no_worker_idles(true), ITERATIONS);
+}
+
+/// The scene of [`no_worker_idles_while_a_due_task_waits`], its claims taking a reserve if
+/// `reserve`.
+fn no_worker_idles(reserve: bool) {
+    let started = Arc::new((Mutex::new(0usize), crate::sync::Condvar::default()));
+    let s = Arc::clone(&started);
+    let scene = Scene::with_handler(move |_| {
+        let (count, cv) = &*s;
+        let mut n = count.lock();
+        *n += 1;
+        cv.notify_all();
+        while *n < WORKERS {
+            cv.wait(&mut n);
+        }
+    });
+    let scene = if reserve { scene.with_reserve() } else { scene };
+    let workers = scene.spawn_workers();
+    {
+        let (count, cv) = &*started;
+        let mut n = count.lock();
+        while *n < TASKS as usize {
+            cv.wait(&mut n);
+        }
+    }
+    let taken = scene.stop();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    scene.check(&taken, false);
 }
 
 /// The recorder thread failing while the queue stops: every outcome handed over is either
