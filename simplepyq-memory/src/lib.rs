@@ -200,10 +200,7 @@ impl Indexes {
     fn index(&mut self, task: &Task, add: bool) {
         let ch = self.channel(&task.channel);
         ch.index(task, &task.state, add);
-        if task.state.status == Status::Running {
-            let lease = task.state.lease_until.unwrap_or(Timestamp::EPOCH);
-            toggle(&mut self.leases, (lease, task.id), add);
-        }
+        index_lease(&mut self.leases, task.id, &task.state, add);
     }
 
     /// Gives `task` its `next` state and moves its index entries there.
@@ -213,14 +210,18 @@ impl Indexes {
         let ch = self.channel(&task.channel);
         ch.index(task, &before, false);
         ch.index(task, &task.state, true);
-        let lease = |s: &TaskState| (s.lease_until.unwrap_or(Timestamp::EPOCH), task.id);
-        if before.status == Status::Running {
-            toggle(&mut self.leases, lease(&before), false);
-        }
-        if task.state.status == Status::Running {
-            toggle(&mut self.leases, lease(&task.state), true);
-        }
+        index_lease(&mut self.leases, task.id, &before, false);
+        index_lease(&mut self.leases, task.id, &task.state, true);
         task
+    }
+}
+
+/// Adds (`add == true`) or removes task `id`'s entry in `state` in the index of leases
+/// across channels (only a running task has one).
+fn index_lease(leases: &mut TimeIndex, id: TaskId, state: &TaskState, add: bool) {
+    if state.status == Status::Running {
+        let lease = state.lease_until.unwrap_or(Timestamp::EPOCH);
+        toggle(leases, (lease, id), add);
     }
 }
 

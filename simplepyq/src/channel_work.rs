@@ -55,11 +55,12 @@ impl ChannelWork {
             ns
         } else {
             old - old / 16 + ns / 16
-        };
+        }
+        .max(1);
         // Written only when it moves: every worker of the channel reads this line, and a
         // quick handler's runs leave the average where it was.
-        if new.max(1) != old {
-            self.average_run.store(new.max(1), Ordering::Relaxed);
+        if new != old {
+            self.average_run.store(new, Ordering::Relaxed);
         }
     }
 
