@@ -49,8 +49,8 @@ pub use store::ChannelStats;
 pub use store::{
     AdminStore, ChannelSummary, ClaimStore, CountedWindows, FinishedAndClaimed, Flow, FlowStore,
     InspectStore, KeyLoad, KeyWindows, KeyedClaim, KeyedWake, LocalWakes, OnCommit, OutcomeStore,
-    Rate, RateWindow, ScheduleStore, Store, StoreExt, TransactionStore, Wake, Watch, change_flow,
-    check_max_running, check_max_running_per_key, check_rate, claim_allowance,
+    Rate, RateWindow, SHARED_MAX_RESERVE, ScheduleStore, Store, StoreExt, TransactionStore, Wake,
+    Watch, change_flow, check_max_running, check_max_running_per_key, check_rate, claim_allowance,
 };
 pub use task::{
     Claim, Counts, Finished, ListFilter, MAX_CHANNEL_LEN, MAX_KEY_LEN, MAX_RESULT_BYTES, NewTask,

@@ -46,7 +46,7 @@ mod transaction;
 mod wakes;
 
 pub use admin::AdminStore;
-pub use claim::ClaimStore;
+pub use claim::{ClaimStore, SHARED_MAX_RESERVE};
 #[allow(deprecated)]
 pub use ext::ChannelStats;
 pub use ext::{ChannelSummary, StoreExt};

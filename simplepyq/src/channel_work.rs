@@ -24,27 +24,26 @@ pub(crate) struct ChannelWork {
     pub(crate) timeout: Option<Duration>,
     /// A running average of the handler's run time, in nanoseconds; 0 until measured.
     pub(crate) average_run: AtomicU64,
+    /// The store's cap on the reserve ([`simplepyq_core::ClaimStore::max_reserve`]).
+    pub(crate) max_reserve: usize,
 }
 
 /// How much work a claim may take beyond one task per idle worker: the claimed tasks wait
 /// in this process (their leases held) until a worker is free, so the reserve is kept to
-/// about this long of handler time...
+/// about this long of handler time, and to at most the store's `max_reserve` tasks.
 const RESERVE_TIME: Duration = Duration::from_millis(5);
-/// ...and to at most this many tasks. 1,024 drained the memory store 10-20% faster and
-/// SQLite 7-10%, but PostgreSQL's drain 20-25% slower (70k -> 53k/s, not explained yet): kept
-/// at 256.
-const MAX_RESERVE: usize = 256;
 
 impl ChannelWork {
     /// Tasks to claim beyond one per idle worker: none until the handler's run time is
-    /// known, then about [`RESERVE_TIME`] of work for quick handlers (none for slow ones).
+    /// known, then about [`RESERVE_TIME`] of work for quick handlers (none for slow ones),
+    /// at most the store's cap.
     pub(crate) fn reserve(&self) -> usize {
         let average = self.average_run.load(Ordering::Relaxed);
         if average == 0 {
             return 0;
         }
         let quick = RESERVE_TIME.as_nanos() / u128::from(average);
-        usize::try_from(quick).map_or(MAX_RESERVE, |n| n.min(MAX_RESERVE))
+        usize::try_from(quick).map_or(self.max_reserve, |n| n.min(self.max_reserve))
     }
 
     /// Adds one run time to the average (weight 1/16).
@@ -106,6 +105,48 @@ impl ChannelWork {
             elapsed,
             completed_in,
             keyed: task.concurrency_key.is_some(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::ChannelWork;
+    use crate::handler::erase;
+    use crate::options::Backoff;
+    use crate::runner::Runner;
+
+    fn channel(max_reserve: usize) -> ChannelWork {
+        ChannelWork {
+            name: Arc::from("c"),
+            workers: 4,
+            runner: Runner::Threads(erase(|_: u32| Ok(()))),
+            backoff: Backoff::Immediate,
+            timeout: None,
+            average_run: AtomicU64::new(0),
+            max_reserve,
+        }
+    }
+
+    /// The reserve is about 5 ms of handler time, capped by the store's `max_reserve`: a
+    /// store of one process (the memory store's 4,096) lets a quick handler's claims take
+    /// more than a shared one's 256.
+    #[test]
+    fn the_reserve_is_five_ms_of_work_at_most_the_stores_cap() {
+        for (cap, average_ns, reserve) in [
+            (256, 0, 0),
+            (256, 1_000_000, 5),
+            (256, 1_000, 256),
+            (4096, 1_000, 4096),
+            (4096, 2_000, 2500),
+            (4096, 10_000_000, 0),
+        ] {
+            let c = channel(cap);
+            c.average_run.store(average_ns, Ordering::Relaxed);
+            assert_eq!(c.reserve(), reserve, "cap {cap}, average {average_ns} ns");
         }
     }
 }

@@ -412,6 +412,7 @@ impl<S: Store> SimplePyQ<S> {
             backoff: options.backoff,
             timeout: options.timeout,
             average_run: std::sync::atomic::AtomicU64::new(0),
+            max_reserve: self.workers.engine.store.max_reserve(),
         })?;
         self.workers.engine.kept.add(name, options.retention);
         Ok(self.channel(name))

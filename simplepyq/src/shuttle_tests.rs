@@ -238,6 +238,7 @@ impl Scene {
             backoff: Backoff::Immediate,
             timeout: None,
             average_run: AtomicU64::new(0),
+            max_reserve: engine.store.max_reserve(),
         });
         let dispatch = Arc::new(Dispatch::default());
         engine.serve("c", Arc::clone(&dispatch));

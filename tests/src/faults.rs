@@ -217,6 +217,10 @@ impl<S: Store> Flaky<S> {
 }
 
 impl<S: Store> ClaimStore for Flaky<S> {
+    fn max_reserve(&self) -> usize {
+        self.inner.max_reserve()
+    }
+
     fn enqueue(&self, tasks: &[NewTask], now: Timestamp) -> Result<Vec<TaskId>> {
         self.alive()?;
         self.trip(self.faults.enqueue)?;

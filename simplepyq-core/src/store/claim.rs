@@ -7,6 +7,10 @@ use crate::{Clock, NewTask, Result, Task, TaskId, Timestamp};
 
 use super::{Wake, Watch};
 
+/// The most tasks a queue of a store shared by processes claims beyond one per idle worker
+/// (its reserve, for quick handlers): see [`ClaimStore::max_reserve`].
+pub const SHARED_MAX_RESERVE: usize = 256;
+
 /// Putting work in and taking it out: enqueue, claim, when to look again (the next due
 /// time, and wake-ups from other processes), and the clock tasks are timed by. See
 /// [`super::Store`] for what every method of a store promises.
@@ -56,6 +60,20 @@ pub trait ClaimStore: Send + Sync + Debug + 'static {
         None
     }
 
+    /// The most tasks a queue claims beyond one per idle worker: a reserve for quick
+    /// handlers, so that a worker done with a task finds its next one in its process instead
+    /// of waiting for a claim. Reserved tasks wait in the claiming process with their leases
+    /// held, where no other process can run them, and each claim of a reserve is one larger
+    /// transaction; the queue also keeps a reserve to about 5 ms of handler time.
+    ///
+    /// The default, [`SHARED_MAX_RESERVE`], is for a store that processes share. With 1,024,
+    /// PostgreSQL drained 10-25% slower: its outcomes were recorded in more, smaller
+    /// transactions, each a commit (BENCHMARKS.md). A store that only its own process sees
+    /// (the memory store) can allow more: no other process waits for its tasks.
+    fn max_reserve(&self) -> usize {
+        SHARED_MAX_RESERVE
+    }
+
     /// Calls `wake` whenever another process may have added work: with the channel's name,
     /// or `None` for any channel (after a gap in which news may have been missed). Returns
     /// `None` (the default) for a store with no such news: queues then poll. Dropping the
@@ -74,5 +92,6 @@ forward!(ClaimStore {
     fn claim(&self, channel: &str, limit: usize, now: Timestamp, lease_until: Timestamp) -> Result<Vec<Task>>;
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>>;
     fn clock(&self) -> Option<Arc<dyn Clock>>;
+    fn max_reserve(&self) -> usize;
     fn watch(&self, wake: Wake) -> Option<Watch>;
 });
