@@ -503,8 +503,8 @@ impl PostgresStore {
         Self::insert_states(tx, tasks, &states, now)
     }
 
-    /// Inserts `tasks`, none with a unique key, by `COPY`: their ids are drawn first, in
-    /// order, from the table's sequence (one statement), then the rows go in binary, with
+    /// Inserts `tasks`, none with a unique key, by `COPY`: their ids are drawn first from
+    /// the table's sequence (one statement) and given in order, then the rows go in binary, with
     /// no statement of their own to plan or parameters to bind. Returns their ids, each
     /// `Some`.
     fn insert_copied<C: GenericClient>(
@@ -513,10 +513,12 @@ impl PostgresStore {
         now: Timestamp,
     ) -> R<Vec<Option<TaskId>>> {
         let n = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = tx.query_one(sql::DRAW_IDS, &[&n])?.try_get(0)?;
+        let mut ids: Vec<i64> = tx.query_one(sql::DRAW_IDS, &[&n])?.try_get(0)?;
         if ids.len() != tasks.len() {
             return Err(bad_value("ids drawn", ids.len()));
         }
+        // In enqueue order, whatever order the array gathered them in.
+        ids.sort_unstable();
         let sink = tx.client.copy_in(&format!(
             "COPY tasks (id, {ROW_COLUMNS}) FROM STDIN (FORMAT binary)"
         ))?;
