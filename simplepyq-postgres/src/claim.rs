@@ -13,6 +13,7 @@ use simplepyq_core::{
 
 use crate::error::{E, R, bad_value};
 use crate::flow::flow_from;
+use crate::gather::Call;
 use crate::pool::Db;
 use crate::row::{
     STATE_ALIASES, STATE_ARRAYS, STATE_COLUMNS, StateArrays, UNFINISHED, millis, tasks_from_rows,
@@ -55,6 +56,14 @@ impl ClaimStore for PostgresStore {
         // Inserted twice, a task would run twice: an insert whose connection broke while
         // it was under way is not sent again (the caller learns that its effect is unknown).
         let ids = if firsts.iter().all(|t| t.unique_key.is_none()) {
+            if firsts.len() < COPY_FROM {
+                // Keyless, so none repeats another: `firsts` is `tasks`.
+                let ids = self
+                    .gather
+                    .enqueue(tasks.to_vec(), now, |round| self.insert_round(round))?;
+                self.announce(firsts.iter().map(|t| t.channel.as_str()));
+                return Ok(ids);
+            }
             self.run_with(Resend::IfUnsent, |c| Self::insert(c, &firsts, now))?
         } else {
             self.transaction_with(Resend::IfUnsent, |tx| {
@@ -483,6 +492,37 @@ impl PostgresStore {
         }
     }
 
+    /// Inserts the keyless tasks of a round of gathered enqueues in one statement, each
+    /// call's at its own time; returns each call's ids.
+    fn insert_round(&self, round: &[Arc<Call>]) -> Result<Vec<Vec<TaskId>>> {
+        let tasks: Vec<&NewTask> = round.iter().flat_map(|c| &c.tasks).collect();
+        let at: Vec<Timestamp> = round
+            .iter()
+            .flat_map(|c| c.tasks.iter().map(|_| c.now))
+            .collect();
+        let ids = self.run_with(Resend::IfUnsent, |c| match round {
+            [call] => Self::insert(c, &tasks, call.now),
+            _ => {
+                let states: Vec<TaskState> = tasks
+                    .iter()
+                    .zip(&at)
+                    .map(|(t, now)| t.initial_state(*now))
+                    .collect();
+                Self::insert_states_at(c, &tasks, &states, &at)
+            }
+        })?;
+        let mut ids = ids.into_iter();
+        round
+            .iter()
+            .map(|c| {
+                (&mut ids)
+                    .take(c.tasks.len())
+                    .map(|id| id.ok_or_else(|| Error::from(bad_value("id", "none"))))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Inserts `tasks` (none of which repeats an earlier one's key) in one statement. A
     /// task whose key an unfinished task holds is skipped. Returns the ids of the inserted
     /// tasks by position.
@@ -540,6 +580,16 @@ impl PostgresStore {
         task_states: &[TaskState],
         now: Timestamp,
     ) -> R<Vec<Option<TaskId>>> {
+        Self::insert_states_at(tx, tasks, task_states, &vec![now; tasks.len()])
+    }
+
+    /// [`PostgresStore::insert_states`], each task created at its time of `created`.
+    fn insert_states_at<C: GenericClient>(
+        tx: &mut Db<'_, C>,
+        tasks: &[&NewTask],
+        task_states: &[TaskState],
+        created: &[Timestamp],
+    ) -> R<Vec<Option<TaskId>>> {
         let mut states = StateArrays::default();
         for s in task_states {
             states.push(TaskId::new(0), s);
@@ -553,7 +603,7 @@ impl PostgresStore {
         let timeouts: Vec<Option<i64>> = tasks.iter().map(|t| t.timeout_ms()).collect();
         let traceparents: Vec<Option<&str>> =
             tasks.iter().map(|t| t.traceparent.as_deref()).collect();
-        let created_at = now.as_millis();
+        let created_at: Vec<i64> = created.iter().map(|t| t.as_millis()).collect();
         let mut params = states.params().to_vec();
         params.extend_from_slice(&[
             &channels,
@@ -568,13 +618,13 @@ impl PostgresStore {
         let insert = format!(
             "INSERT INTO tasks (channel, args, created_at, priority, unique_key, \
                  concurrency_key, timeout_ms, traceparent, {STATE_COLUMNS}) \
-                 SELECT u.channel, u.args, $15, u.priority, u.unique_key, u.concurrency_key, \
+                 SELECT u.channel, u.args, u.created_at, u.priority, u.unique_key, u.concurrency_key, \
                    u.timeout_ms, u.traceparent, u.status, u.retries_left, u.max_retries, \
                    u.attempts, u.run_at, u.lease_until, u.last_error, u.updated_at, u.lost_runs \
                  FROM unnest({STATE_ARRAYS}, $11::text[], $12::bytea[], $13::int[], \
-                   $14::text[], $16::text[], $17::bigint[], $18::text[]) WITH ORDINALITY \
-                   AS u({STATE_ALIASES}, channel, args, priority, unique_key, \
-                   concurrency_key, timeout_ms, traceparent, ord) \
+                   $14::text[], $15::bigint[], $16::text[], $17::bigint[], $18::text[]) \
+                   WITH ORDINALITY AS u({STATE_ALIASES}, channel, args, priority, unique_key, \
+                   created_at, concurrency_key, timeout_ms, traceparent, ord) \
                  ORDER BY u.ord \
                  ON CONFLICT (channel, unique_key) \
                    WHERE unique_key IS NOT NULL AND status IN {UNFINISHED} DO NOTHING \

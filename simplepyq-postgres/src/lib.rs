@@ -39,13 +39,15 @@
 // server's `clock`, the `listen`er); `row` (the row codec); one file per group of the
 // `Store` contract: `claim`, `outcome`, `admin`, `inspect`, `schedules`, `flow`; `outbox` (and
 // `outbox_async`), the writes in the caller's transaction; and `sql`, the
-// statements that change many rows at once. Its machinery: `pool`, `error`.
+// statements that change many rows at once. Its machinery: `pool`, `error`, and `gather`
+// (concurrent small enqueues in one statement).
 mod admin;
 mod claim;
 mod clock;
 mod dependency;
 mod error;
 mod flow;
+mod gather;
 mod inspect;
 mod listen;
 mod open;
@@ -95,6 +97,8 @@ pub struct PostgresStore {
     /// Tells the queues listening on the schema about added work; `None` when adding work
     /// notifies no one (and this store's queues do not listen either).
     notifier: Option<Arc<listen::Notifier>>,
+    /// Small enqueues of this process's threads, gathered into one statement.
+    gather: gather::Gather,
 }
 
 impl Drop for PostgresStore {

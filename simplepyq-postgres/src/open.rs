@@ -110,6 +110,7 @@ impl PostgresStore {
             config,
             schema: options.schema,
             clock,
+            gather: crate::gather::Gather::default(),
         })
     }
 }
