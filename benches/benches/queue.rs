@@ -13,6 +13,8 @@
 //!   grow with the backlog.
 //! - `bare/sqlite-normal|sqlite-full/...`: plain rusqlite inserts and claim cycles, the
 //!   limits simplepyq's SQLite figures are compared with.
+//! - `postgres/enqueue/1-producer|4-producers|16-producers`, `postgres/enqueue-many-10000`: enqueue on a
+//!   throwaway PostgreSQL server (started from the installed binaries).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,20 +45,7 @@ fn enqueue(c: &mut Criterion) {
             });
         });
         group.bench_function(BenchmarkId::new(backend.name(), "4-producers"), |b| {
-            b.iter_custom(|iters| {
-                let started = Instant::now();
-                std::thread::scope(|s| {
-                    for p in 0..4 {
-                        let q = Arc::clone(&q);
-                        s.spawn(move || {
-                            for i in (p..iters).step_by(4) {
-                                q.enqueue("bench", &payload(i)).expect("enqueue");
-                            }
-                        });
-                    }
-                });
-                started.elapsed()
-            });
+            b.iter_custom(|iters| producers(&q, 4, iters));
         });
     }
     group.finish();
@@ -74,6 +63,52 @@ fn enqueue(c: &mut Criterion) {
             });
         });
     }
+    group.finish();
+}
+
+/// The time `n` threads take to enqueue `iters` tasks, one call each.
+fn producers(q: &Arc<SimplePyQ<Box<dyn Store>>>, n: u64, iters: u64) -> Duration {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for p in 0..n {
+            let q = Arc::clone(q);
+            s.spawn(move || {
+                for i in (p..iters).step_by(n as usize) {
+                    q.enqueue("bench", &payload(i)).expect("enqueue");
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+/// PostgreSQL, on a throwaway server started from the installed binaries: one task per call
+/// from 1, 4 and 16 producer threads (concurrent calls are gathered into one statement),
+/// and `enqueue_many` of 10,000 tasks (by `COPY`).
+fn postgres(c: &mut Criterion) {
+    let server = simplepyq_tests::postgres::durable_server();
+    let store = simplepyq::PostgresStore::connect(server.conninfo()).expect("connect");
+    let q: Arc<SimplePyQ<Box<dyn Store>>> = Arc::new(SimplePyQ::new(Box::new(store)));
+    let mut group = c.benchmark_group("postgres");
+    group.throughput(Throughput::Elements(1));
+    for n in [1, 4, 16] {
+        let name = match n {
+            1 => "enqueue/1-producer".to_owned(),
+            n => format!("enqueue/{n}-producers"),
+        };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| producers(&q, n, iters));
+        });
+    }
+    let batch: Vec<Payload> = (0..10_000).map(payload).collect();
+    group.throughput(Throughput::Elements(10_000));
+    group.sample_size(10);
+    group.bench_function("enqueue-many-10000", |b| {
+        b.iter(|| {
+            q.enqueue_many("bench", &batch, EnqueueOptions::new())
+                .expect("enqueue")
+        });
+    });
     group.finish();
 }
 
@@ -191,5 +226,5 @@ fn bare_limits(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, enqueue, cycle, drain, bare_limits);
+criterion_group!(benches, enqueue, cycle, drain, bare_limits, postgres);
 criterion_main!(benches);
