@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -14,6 +14,11 @@ use simplepyq_core::{Wake, Watch};
 
 /// How often the listening thread looks whether it should end.
 const TICK: Duration = Duration::from_millis(200);
+/// The least time between two `NOTIFY`s of a store. Each is a transaction of its own that
+/// takes the server's database-wide notify lock at its commit and wakes every listening
+/// queue, and a lone producer's enqueues each sent one (8,442 for 10,000 enqueues); the work
+/// enqueued within a gap waits at most this long to be announced.
+const NOTIFY_GAP: Duration = Duration::from_millis(1);
 /// The longest pause between tries to connect again.
 const MAX_PAUSE: Duration = Duration::from_secs(2);
 
@@ -149,17 +154,26 @@ impl Notifier {
 
     fn run(&self) {
         let mut client: Option<Client> = None;
+        let mut last: Option<Instant> = None;
         loop {
             let channels = {
                 let mut st = self.state.lock();
                 while st.channels.is_empty() && !st.stopped {
                     self.cv.wait(&mut st);
                 }
+                // At most one `NOTIFY` per gap: what is marked meanwhile goes out together.
+                // The first after a quiet gap goes at once.
+                if let Some(next) = last.map(|at| at + NOTIFY_GAP) {
+                    while !st.stopped && Instant::now() < next {
+                        self.cv.wait_until(&mut st, next);
+                    }
+                }
                 if st.stopped {
                     return;
                 }
                 std::mem::take(&mut st.channels)
             };
+            last = Some(Instant::now());
             let names: Vec<&str> = channels.iter().map(String::as_str).collect();
             // A failure costs latency only: listeners poll anyway.
             if client.as_ref().is_none_or(Client::is_closed) {
