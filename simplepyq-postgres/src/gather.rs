@@ -4,15 +4,17 @@
 //! Each enqueue is a commit that waits for the server's WAL flush. The server shares a flush
 //! among the commits of concurrent connections, but each commit still costs its own round
 //! trip and transaction, and on a small server the producers, the server and its flushes
-//! share the same cores. Here a caller that finds fewer than [`MAX_ROUNDS`] rounds under way
-//! leads one: it takes every call waiting, inserts all their tasks in one statement, answers
-//! each caller, and hands the lead to the first caller that arrived meanwhile. A lone
-//! caller leads its own round at once, as if it were not gathered.
+//! share the same cores. Here a caller that finds no round under way leads one: it takes
+//! every call waiting (after a wait of at most [`MAX_GATHER`] for as many as the last round
+//! took), inserts all their tasks in one statement, answers each caller, and hands the lead
+//! to the first caller that arrived meanwhile. A lone caller leads its own round at once, as
+//! if it were not gathered.
 
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use simplepyq_core::{Error, NewTask, Result, TaskId, Timestamp};
 
 /// One caller's enqueue, waiting for its round.
@@ -25,12 +27,16 @@ pub(crate) struct Call {
     woken: Condvar,
 }
 
-/// How many rounds may be under way at once. Up to this many callers each go alone, as if
-/// not gathered; those beyond wait and go together in the next round. With one round at a
-/// time, 16 producer threads enqueued 14-19k tasks/s (8-9k alone) but 4 producers only
-/// 5.5-6.3k (7.2k alone): a round's callers are woken one hop later, and the cores idled.
-/// With 4, 4 producers enqueue as fast as alone and 16 at 14-15k/s (BENCHMARKS.md).
-const MAX_ROUNDS: usize = 4;
+/// How many rounds may be under way at once: one, so that callers who come while a round
+/// is under way go together in the next (16 producer threads enqueued 14-24k tasks/s, 8-9k
+/// each alone). With up to 4 at once (each caller alone until 4 rounds run), 16 producers
+/// enqueued 10-15k/s (BENCHMARKS.md).
+const MAX_ROUNDS: usize = 1;
+/// The longest a round's leader waits for as many calls as the last round took. Callers
+/// answered by one round come back one after another: without the wait, the first back went
+/// alone and the others together behind it (4 producers: 4,228 rounds for 10,200 calls,
+/// against 2,788 with it).
+const MAX_GATHER: Duration = Duration::from_micros(50);
 
 #[derive(Default)]
 struct State {
@@ -38,6 +44,8 @@ struct State {
     leading: usize,
     /// The calls waiting for the next round, in arrival order.
     waiting: Vec<Arc<Call>>,
+    /// How many calls the last round took.
+    last: usize,
 }
 
 /// The calls of one store waiting to be gathered.
@@ -80,7 +88,14 @@ impl Gather {
                 continue;
             }
             st.leading += 1;
+            // Producers answered by one round come back one after another: the first back
+            // waits a little for as many as the last round had.
+            let until = Instant::now() + MAX_GATHER;
+            while st.waiting.len() < st.last && Instant::now() < until {
+                MutexGuard::unlocked(&mut st, std::thread::yield_now);
+            }
             let round = std::mem::take(&mut st.waiting);
+            st.last = round.len();
             drop(st);
             let result = catch_unwind(AssertUnwindSafe(|| answers(&round, &insert)));
             st = self.state.lock();
