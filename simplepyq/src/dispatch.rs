@@ -152,10 +152,7 @@ impl Dispatch {
     /// wakes an idle worker, and if idle workers are left over (some came while the claim
     /// ran, and it claimed nothing for them), one of them is woken to claim next.
     pub(crate) fn claimed(&self, tasks: Vec<Task>, full: bool, held: &Held) -> Claimed {
-        self.back(tasks, |st, tasks| {
-            st.more = full;
-            self.start_first(st, tasks, held)
-        })
+        self.back(tasks, full, |st, tasks| self.start_first(st, tasks, held))
     }
 
     /// A worker that claimed `tasks` while recording its outcome (not in a claiming turn) is
@@ -188,21 +185,26 @@ impl Dispatch {
     /// The claimer of an async channel is back with `tasks`: every one starts at once.
     #[cfg(feature = "tokio")]
     pub(crate) fn claimed_all(&self, tasks: Vec<Task>, held: &Held) -> Claimed {
-        self.back(tasks, |_, tasks| {
+        // It starts all it claims: no task is ever handed, so no claim is early.
+        self.back(tasks, false, |_, tasks| {
             Claimed::RunAll(tasks.into_iter().map(|t| Started::new(t, held)).collect())
         })
     }
 
-    /// Ends a claiming turn with `tasks`: given back if the channel stopped meanwhile,
-    /// `Nothing` if there are none, else what `start` makes of them (under the lock, so
-    /// that a stop sees them started or not at all).
+    /// Ends a claiming turn with `tasks` (`full`: all it asked for, so more may be due):
+    /// given back if the channel stopped meanwhile, `Nothing` if there are none, else what
+    /// `start` makes of them (under the lock, so that a stop sees them started or not at
+    /// all). A claim that brought fewer than it asked for, none included, ends the early
+    /// claims: else the handed tasks would wait while a worker claimed again and again.
     fn back(
         &self,
         tasks: Vec<Task>,
+        full: bool,
         start: impl FnOnce(&mut State, Vec<Task>) -> Claimed,
     ) -> Claimed {
         let mut st = self.state.lock();
         st.claiming = false;
+        st.more = full;
         if st.stopped {
             return Claimed::GiveBack(tasks);
         }
@@ -282,6 +284,31 @@ mod tests {
         }
         // Nothing more may be due: the last handed task runs, no claim before it.
         assert_eq!(runs(d.turn(&held, wait, 2)), Some(TaskId::new(5)));
+        assert!(claims(d.turn(&held, wait, 2)));
+    }
+
+    /// An early claim that finds nothing (or fails) ends the early claims: the handed tasks
+    /// run. Before, `more` stayed set when a claim brought no task, and the only worker of
+    /// a channel claimed again and again, finding nothing, while two handed tasks waited
+    /// (a test's `run_until_complete` hung with their leases renewed for 17 minutes).
+    #[test]
+    fn an_early_claim_that_finds_nothing_lets_the_handed_tasks_run() {
+        let (d, held) = (Dispatch::default(), Held::default());
+        let wait = Duration::ZERO;
+        assert!(claims(d.turn(&held, wait, 2)));
+        assert!(matches!(
+            d.claimed(claimed(1, 3), true, &held),
+            Claimed::Run(_)
+        ));
+        // Two handed, no more than `low`, and the last claim was full: an early claim.
+        assert!(claims(d.turn(&held, wait, 2)));
+        // It finds nothing (a failed claim is answered with nothing too).
+        assert!(matches!(
+            d.claimed(Vec::new(), false, &held),
+            Claimed::Nothing
+        ));
+        assert_eq!(runs(d.turn(&held, wait, 2)), Some(TaskId::new(2)));
+        assert_eq!(runs(d.turn(&held, wait, 2)), Some(TaskId::new(3)));
         assert!(claims(d.turn(&held, wait, 2)));
     }
 }

@@ -1047,6 +1047,56 @@ pub fn a_resume_during_the_idle_check_is_seen(store: Box<dyn Store>, handlers: H
     q.stop();
 }
 
+/// A lone worker whose claim took all it asked for, reserve included, claims again early
+/// while its last claimed tasks wait; when that claim finds nothing, it runs them. Before,
+/// it claimed again and again and never ran them: `run_until_complete` never returned
+/// (seen in a test of panicking handlers, two tasks held for 17 minutes). Batches of 1 to
+/// 16 tasks: one of them is exactly as many as a claim asks for (one task and a reserve of
+/// 5 ms of 1 ms runs).
+pub fn a_lone_worker_runs_what_it_claimed_after_an_early_claim_finds_nothing(
+    store: Box<dyn Store>,
+    handlers: Handlers,
+) {
+    let q = Arc::new(
+        SimplePyQ::builder(store)
+            .poll_interval(Duration::from_millis(10))
+            .build()
+            .expect("valid settings"),
+    );
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    handlers
+        .add(
+            &q,
+            "lone",
+            move |_: u32| {
+                std::thread::sleep(Duration::from_millis(1));
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            },
+            1,
+        )
+        .expect("add");
+    let mut total = 0;
+    for n in 1..=16u32 {
+        let batch: Vec<u32> = (0..n).collect();
+        q.enqueue_many("lone", &batch, simplepyq::EnqueueOptions::new())
+            .expect("enqueue");
+        total += n as usize;
+        let runner = Arc::clone(&q);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(runner.run_until_complete());
+        });
+        let result = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("a batch of {n} never completed"));
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(ran.load(Ordering::SeqCst), total, "batch of {n}");
+    }
+    q.stop();
+}
+
 /// Expands into one `#[test]` per lifecycle case, each on a fresh store from
 /// `$factory: fn() -> Fixture`.
 #[macro_export]
@@ -1077,7 +1127,8 @@ macro_rules! lifecycle_tests {
             an_outage_costs_unstarted_tasks_no_run,
             a_claim_answered_after_its_lease_ran_out_is_not_run,
             a_paused_channel_starts_nothing_until_resumed,
-            a_resume_during_the_idle_check_is_seen
+            a_resume_during_the_idle_check_is_seen,
+            a_lone_worker_runs_what_it_claimed_after_an_early_claim_finds_nothing
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
