@@ -23,6 +23,8 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
 use simplepyq_core::{Error, Result};
 
+use crate::writer::Holder;
+
 /// Writes between checkpoints.
 const EVERY_WRITES: u64 = 1_000;
 /// The longest time between checkpoints while there are writes.
@@ -54,13 +56,14 @@ impl std::fmt::Debug for Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread on its own connection to the file.
-    pub(crate) fn start(conn: Connection) -> Result<Self> {
+    /// Starts the thread on its own connection to the file; `writer` holds the store's
+    /// writes back while the WAL restarts.
+    pub(crate) fn start(conn: Connection, writer: Holder) -> Result<Self> {
         let shared = Arc::new(Shared::default());
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("simplepyq-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&conn, &theirs))
+            .spawn(move || checkpoint_loop(&conn, &theirs, &writer))
             .map_err(Error::Spawn)?;
         Ok(Checkpointer {
             shared,
@@ -88,7 +91,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint_loop(conn: &Connection, shared: &Shared) {
+fn checkpoint_loop(conn: &Connection, shared: &Shared, writer: &Holder) {
     let mut wait = WAIT;
     loop {
         {
@@ -111,9 +114,14 @@ fn checkpoint_loop(conn: &Connection, shared: &Shared) {
                 .unwrap_or(0);
             if wal_pages > RESTART_PAGES {
                 let _ = crate::wait_for_locks(conn, wait);
-                let done = conn
-                    .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
-                    .is_ok_and(|busy| busy == 0);
+                // Between two of this store's commits: the restart needs the write lock,
+                // which a producer committing back to back held most of the time (each
+                // commit waits for its fsync at FULL), so that restarts failed and the WAL
+                // grew, every commit appending to the file.
+                let done = writer.hold(|| {
+                    conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0))
+                        .is_ok_and(|busy| busy == 0)
+                });
                 // A restart that found others busy (a loaded machine, a long reader) waits
                 // twice as long next time, so that writers cannot starve it for ever.
                 wait = if done { WAIT } else { (wait * 2).min(MAX_WAIT) };

@@ -180,7 +180,8 @@ impl SqliteStore {
             }
         };
         let reader = open_reader()?;
-        let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?)?;
+        let writer = Writer::start(conn, options.busy_timeout)?;
+        let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?, writer.holder())?;
         let announcer = Arc::new(watch::Announcer::new(&path));
         let committed = outbox::Committed::new(
             &reader,
@@ -192,7 +193,7 @@ impl SqliteStore {
             committed,
             announcer,
             readers: readers::Readers::new(reader, open_reader),
-            writer: Some((Writer::start(conn, options.busy_timeout)?, checkpointer)),
+            writer: Some((writer, checkpointer)),
             path,
             busy_timeout: options.busy_timeout,
             watch_interval: options.watch_interval,
@@ -725,6 +726,52 @@ mod tests {
         assert!(
             slowest < Duration::from_millis(500),
             "a write waited {slowest:?}"
+        );
+    }
+
+    /// A producer whose commits follow each other holds the write lock most of the time (at
+    /// `synchronous=FULL` each commit waits for its fsync): the checkpointer's restarts,
+    /// which need that lock, nearly all failed, and the WAL grew through the whole run (27
+    /// MB in 3,000 lone enqueues), each commit appending to the file, 30% slower than
+    /// overwriting it. The checkpointer now holds the store's writes back while it restarts
+    /// the WAL: here, where each write keeps its transaction 5 ms, back to back for 4 s, the
+    /// WAL restarts at each of the checkpointer's rounds (once a second), where before it
+    /// restarted once or not at all.
+    #[test]
+    fn writes_back_to_back_let_the_wal_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let wal = dir.path().join("q.db-wal");
+        // Only the header: reading the whole WAL between writes left the write lock free
+        // long enough for a restart.
+        let sequence = || {
+            use std::io::Read;
+            let mut header = [0u8; 16];
+            let mut file = std::fs::File::open(&wal).ok()?;
+            file.read_exact(&mut header).ok()?;
+            Some(header[12..16].to_vec())
+        };
+        store
+            .write(|tx| Ok(tx.execute_batch("CREATE TABLE filler (b BLOB)")?))
+            .expect("table");
+        let mut seen = std::collections::HashSet::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(4) {
+            store
+                .write(|tx| {
+                    // 10 pages a write: past RESTART_PAGES between two rounds.
+                    tx.execute("INSERT INTO filler VALUES (zeroblob(40000))", [])?;
+                    std::thread::sleep(Duration::from_millis(5));
+                    Ok(())
+                })
+                .expect("write");
+            seen.extend(sequence());
+        }
+        assert!(
+            seen.len() >= 3,
+            "the WAL restarted {} times in 4 s",
+            seen.len().saturating_sub(1)
         );
     }
 

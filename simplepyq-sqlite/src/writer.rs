@@ -298,6 +298,11 @@ impl Writer {
         })
     }
 
+    /// A holder of the writer's connection, for the checkpointer.
+    pub(crate) fn holder(&self) -> Holder {
+        Holder(Arc::clone(&self.shared))
+    }
+
     /// Runs `op`, written by `caller`, in the writer's next transaction and returns its
     /// result once committed.
     ///
@@ -379,6 +384,21 @@ impl Writer {
                 std::thread::yield_now();
             }
         }
+    }
+}
+
+/// Holds a store's writer connection for a checkpoint: no write of this store's callers
+/// commits meanwhile (they queue, and commit together after).
+#[derive(Clone)]
+pub(crate) struct Holder(Arc<Shared>);
+
+impl Holder {
+    /// Runs `f` while no write of this store commits.
+    pub(crate) fn hold<T>(&self, f: impl FnOnce() -> T) -> T {
+        let conn = self.0.conn.lock();
+        let result = f();
+        drop(conn);
+        result
     }
 }
 
