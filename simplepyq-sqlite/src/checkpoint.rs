@@ -8,7 +8,9 @@
 //! end of the WAL, which then grows without bound (measured: 1 GB in 8 s of draining);
 //! `RESTART` holds new writes back while it copies the pages written since the last one,
 //! and waits for readers of older snapshots, so that the next write starts the WAL over
-//! from its beginning. That wait is [`WAIT`], doubling after each restart that could not
+//! from its beginning. It takes the store's writer connection first, between two commits:
+//! it needs the write lock, which a producer committing back to back would otherwise hold
+//! at nearly every try. That wait is [`WAIT`], doubling after each restart that could not
 //! complete up to [`MAX_WAIT`]: a reader that holds a snapshot for long (a `sqlite3`
 //! shell, a backup) stalls writers milliseconds per round, not the busy timeout, while a
 //! loaded machine's writers cannot starve the restart for ever. The WAL grows while a
