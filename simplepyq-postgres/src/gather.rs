@@ -135,17 +135,22 @@ fn answers(
     round: &[Arc<Call>],
     insert: &impl Fn(&[Arc<Call>]) -> Result<Vec<Vec<TaskId>>>,
 ) -> Vec<Result<Vec<TaskId>>> {
+    let every = |e: &Error| round.iter().map(|_| Err(copy(e))).collect();
     let gathered = match insert(round) {
         Ok(ids) if ids.len() == round.len() => return ids.into_iter().map(Ok).collect(),
-        Ok(ids) => failure(format!(
-            "{} answers for {} enqueues",
-            ids.len(),
-            round.len()
-        )),
+        // Stored, but not answered as asked: not tried again.
+        Ok(ids) => {
+            let e = failure(format!(
+                "{} answers for {} enqueues",
+                ids.len(),
+                round.len()
+            ));
+            return every(&e);
+        }
         Err(e) => e,
     };
     if round.len() == 1 || gathered.is_retryable() {
-        return round.iter().map(|_| Err(copy(&gathered))).collect();
+        return every(&gathered);
     }
     round
         .iter()
