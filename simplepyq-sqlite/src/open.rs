@@ -729,6 +729,19 @@ mod tests {
         );
     }
 
+    /// The WAL's checkpoint sequence number, which moves on each time the WAL restarts. Only
+    /// the header is read: reading the whole WAL between writes left the write lock free
+    /// long enough for a restart.
+    fn wal_sequence(wal: &Path) -> Option<[u8; 4]> {
+        use std::io::Read;
+        let mut header = [0u8; 16];
+        std::fs::File::open(wal)
+            .ok()?
+            .read_exact(&mut header)
+            .ok()?;
+        header[12..16].try_into().ok()
+    }
+
     /// A producer whose commits follow each other holds the write lock most of the time (at
     /// `synchronous=FULL` each commit waits for its fsync): the checkpointer's restarts,
     /// which need that lock, nearly all failed, and the WAL grew through the whole run (27
@@ -743,15 +756,6 @@ mod tests {
         let path = dir.path().join("q.db");
         let store = SqliteStore::open(&path).expect("open");
         let wal = dir.path().join("q.db-wal");
-        // Only the header: reading the whole WAL between writes left the write lock free
-        // long enough for a restart.
-        let sequence = || {
-            use std::io::Read;
-            let mut header = [0u8; 16];
-            let mut file = std::fs::File::open(&wal).ok()?;
-            file.read_exact(&mut header).ok()?;
-            Some(header[12..16].to_vec())
-        };
         store
             .write(|tx| Ok(tx.execute_batch("CREATE TABLE filler (b BLOB)")?))
             .expect("table");
@@ -766,7 +770,7 @@ mod tests {
                     Ok(())
                 })
                 .expect("write");
-            seen.extend(sequence());
+            seen.extend(wal_sequence(&wal));
         }
         assert!(
             seen.len() >= 3,
@@ -784,11 +788,6 @@ mod tests {
         let path = dir.path().join("q.db");
         let store = SqliteStore::open(&path).expect("open");
         let wal = dir.path().join("q.db-wal");
-        // The WAL header's checkpoint sequence number moves on each time the WAL restarts.
-        let sequence = || {
-            let header = std::fs::read(&wal).map(|b| b[..32.min(b.len())].to_vec());
-            header.ok().and_then(|h| h.get(12..16).map(<[u8]>::to_vec))
-        };
         let mut seen = std::collections::HashSet::new();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(10) && seen.len() < 3 {
@@ -800,7 +799,7 @@ mod tests {
                 .map(|t| (t.claim(), Outcome::Succeeded))
                 .collect();
             store.finish_many(&done, T0).expect("finish");
-            seen.extend(sequence());
+            seen.extend(wal_sequence(&wal));
         }
         assert!(
             seen.len() >= 3,
