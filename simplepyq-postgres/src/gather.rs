@@ -27,11 +27,6 @@ pub(crate) struct Call {
     woken: Condvar,
 }
 
-/// How many rounds may be under way at once: one, so that callers who come while a round
-/// is under way go together in the next (16 producer threads enqueued 14-24k tasks/s, 8-9k
-/// each alone). With up to 4 at once (each caller alone until 4 rounds run), 16 producers
-/// enqueued 10-15k/s (BENCHMARKS.md).
-const MAX_ROUNDS: usize = 1;
 /// The longest a round's leader waits for as many calls as the last round took. Callers
 /// answered by one round come back one after another: without the wait, the first back went
 /// alone and the others together behind it (4 producers: 4,228 rounds for 10,200 calls,
@@ -40,8 +35,10 @@ const MAX_GATHER: Duration = Duration::from_micros(50);
 
 #[derive(Default)]
 struct State {
-    /// How many rounds are under way.
-    leading: usize,
+    /// A round is under way. One at a time, so that callers who come meanwhile go together
+    /// in the next: 16 producer threads enqueued 14-24k tasks/s (8-9k each alone); with up
+    /// to 4 rounds at once (each caller alone until 4 ran), 10-15k/s (BENCHMARKS.md).
+    leading: bool,
     /// The calls waiting for the next round, in arrival order.
     waiting: Vec<Arc<Call>>,
     /// How many calls the last round took.
@@ -83,11 +80,11 @@ impl Gather {
             if let Some(answer) = call.answer.lock().take() {
                 return answer;
             }
-            if st.leading >= MAX_ROUNDS {
+            if st.leading {
                 call.woken.wait(&mut st);
                 continue;
             }
-            st.leading += 1;
+            st.leading = true;
             // Producers answered by one round come back one after another: the first back
             // waits a little for as many as the last round had.
             let until = Instant::now() + MAX_GATHER;
@@ -117,7 +114,7 @@ impl Gather {
             for c in &round {
                 c.woken.notify_one();
             }
-            st.leading -= 1;
+            st.leading = false;
             if let Some(next) = st.waiting.first() {
                 next.woken.notify_one();
             }
@@ -183,7 +180,7 @@ mod tests {
     use parking_lot::Mutex;
     use simplepyq_core::{Error, NewTask, Result, TaskId, Timestamp};
 
-    use super::{Call, Gather, MAX_ROUNDS};
+    use super::{Call, Gather};
 
     /// A fake insert: gives ids in round order, notes each round's size, sleeps a while (a
     /// commit), and fails a round holding a task of channel `bad` (as a statement that
@@ -287,7 +284,7 @@ mod tests {
 
     /// A round that fails for one call's tasks is tried again a call at a time: only that
     /// call fails. A round the server may have stored (unreachable) is not tried again:
-    /// every call of it learns so. `MAX_ROUNDS` callers hold the rounds until 6 others,
+    /// every call of it learns so. One caller holds the round under way until 6 others,
     /// the failing one among them, wait to be gathered into one round.
     #[test]
     fn a_failed_round_fails_only_the_call_that_fails_alone() {
@@ -310,10 +307,8 @@ mod tests {
                         results.lock().push((ch, r));
                     });
                 };
-                for _ in 0..MAX_ROUNDS {
-                    call("a");
-                }
-                until(&|st| st.leading == MAX_ROUNDS);
+                call("a");
+                until(&|st| st.leading);
                 for thread in 0..6 {
                     call(if thread == 3 { channel } else { "a" });
                 }
