@@ -496,21 +496,24 @@ impl PostgresStore {
     /// call's at its own time; returns each call's ids.
     fn insert_round(&self, round: &[Arc<Call>]) -> Result<Vec<Vec<TaskId>>> {
         let tasks: Vec<&NewTask> = round.iter().flat_map(|c| &c.tasks).collect();
-        let at: Vec<Timestamp> = round
-            .iter()
-            .flat_map(|c| c.tasks.iter().map(|_| c.now))
-            .collect();
-        let ids = self.run_with(Resend::IfUnsent, |c| match round {
-            [call] => Self::insert(c, &tasks, call.now),
+        let ids = match round {
+            // A lone caller's, as if it were not gathered.
+            [call] => self.run_with(Resend::IfUnsent, |c| Self::insert(c, &tasks, call.now))?,
             _ => {
+                let at: Vec<Timestamp> = round
+                    .iter()
+                    .flat_map(|c| c.tasks.iter().map(|_| c.now))
+                    .collect();
                 let states: Vec<TaskState> = tasks
                     .iter()
                     .zip(&at)
                     .map(|(t, now)| t.initial_state(*now))
                     .collect();
-                Self::insert_states_at(c, &tasks, &states, &at)
+                self.run_with(Resend::IfUnsent, |c| {
+                    Self::insert_states_at(c, &tasks, &states, &at)
+                })?
             }
-        })?;
+        };
         let mut ids = ids.into_iter();
         round
             .iter()
