@@ -10,7 +10,7 @@ use simplepyq_core::{Clock, Error, Result, SystemClock};
 
 use crate::checkpoint::{self, Checkpointer};
 use crate::error::{self, E, R};
-use crate::writer::Writer;
+use crate::writer::{Gather, Writer};
 use crate::{Durability, SqliteOptions, SqliteStore, original, outbox, readers, schema, watch};
 
 impl SqliteStore {
@@ -180,7 +180,11 @@ impl SqliteStore {
             }
         };
         let reader = open_reader()?;
-        let writer = Writer::start(conn, options.busy_timeout)?;
+        let gather = match options.durability {
+            Durability::Normal => Gather::Briefly,
+            Durability::Full => Gather::ForTheDisk,
+        };
+        let writer = Writer::start(conn, options.busy_timeout, gather)?;
         let checkpointer = Checkpointer::start(connect(&path, checkpoint::WAIT)?, writer.holder())?;
         let announcer = Arc::new(watch::Announcer::new(&path));
         let committed = outbox::Committed::new(

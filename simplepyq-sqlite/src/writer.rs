@@ -17,9 +17,12 @@
 //! Producers enqueuing in a loop, answered by one commit, come back together but not at
 //! once: the first back would commit alone, and the others form the next group behind it
 //! (measured: 2.1 writes per commit with 4 producers). So a committer that finds fewer
-//! enqueues queued than the last group had waits for the others, a few tens of
-//! microseconds at most, yielding its core to them (a timed sleep lasted 50 µs or more
-//! on the machine measured). A wait that runs out lowers the expectation to the enqueues
+//! enqueues queued than the last group had waits for the others, yielding its core to
+//! them (a timed sleep lasted 50 µs or more on the machine measured), for no longer than
+//! the last commit took and at most [`Gather`]'s bound: a few tens of microseconds at
+//! `synchronous=NORMAL`, where a commit is work of the cores that the others need, and the
+//! time of an fsync at FULL, where a commit waits for the disk and the others would each
+//! wait for one more. A wait that runs out lowers the expectation to the enqueues
 //! that came, and the next groups (2, 4, ... up to 64 after waits that ran out in a row)
 //! do not wait. Other
 //! writes (claims, outcomes) are never waited for: a worker does not come back on a
@@ -51,8 +54,30 @@ use crate::error::{BACKEND, E, R};
 
 /// The most writes one transaction gathers.
 const MAX_BATCH: usize = 512;
-/// The longest a committer waits for the rest of a group.
-const MAX_GATHER: Duration = Duration::from_micros(30);
+/// How long a committer may wait for the rest of a group (never longer than the last
+/// commit took).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gather {
+    /// At most 30 µs: commits cost the cores' time (`synchronous=NORMAL`), which a longer
+    /// wait takes from the callers it waits for (16 producers, two runs each: waiting up to
+    /// 200 µs enqueued 94-98k against 100-114k/s).
+    Briefly,
+    /// At most 200 µs: each commit waits for an fsync (`synchronous=FULL`). With 4
+    /// producers, whose commits took 150-200 µs: capped at 30 µs, the producers answered by
+    /// one commit came back too late for the next, and groups settled at 2 to 3 writes;
+    /// waiting up to the commit's time, 95% of the groups had all 4, the others back after
+    /// 30 µs on average. The figures are in BENCHMARKS.md.
+    ForTheDisk,
+}
+
+impl Gather {
+    fn most(self) -> Duration {
+        match self {
+            Gather::Briefly => Duration::from_micros(30),
+            Gather::ForTheDisk => Duration::from_micros(200),
+        }
+    }
+}
 /// After this many waits for a group ran out in a row, one group in 2^this waits.
 const MAX_MISSES: u32 = 6;
 /// The longest a caller looks out for the connection before it sleeps.
@@ -198,10 +223,11 @@ fn stopped(why: &str) -> Error {
     }
 }
 
-#[derive(Default)]
 struct Queue {
     jobs: Vec<Box<dyn Job>>,
     closed: bool,
+    /// How long a committer may wait for the rest of a group.
+    gather: Gather,
     /// How many enqueues the next group is expected to gather: as many as the groups
     /// before had, until a wait for that many runs out.
     expected: usize,
@@ -214,6 +240,18 @@ struct Queue {
 }
 
 impl Queue {
+    fn new(gather: Gather) -> Self {
+        Queue {
+            jobs: Vec::new(),
+            closed: false,
+            gather,
+            expected: 0,
+            last_commit: Duration::ZERO,
+            misses: 0,
+            skip: 0,
+        }
+    }
+
     /// The producers' writes queued.
     fn enqueues(&self) -> usize {
         self.jobs
@@ -231,7 +269,7 @@ impl Queue {
         if queue.skip > 0 {
             queue.skip -= 1;
         } else if queue.enqueues() < queue.expected {
-            let deadline = Instant::now() + queue.last_commit.min(MAX_GATHER);
+            let deadline = Instant::now() + queue.last_commit.min(queue.gather.most());
             loop {
                 if queue.closed || queue.enqueues() >= queue.expected {
                     queue.misses = 0;
@@ -279,9 +317,9 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`, which it owns from now on.
-    pub(crate) fn start(conn: Connection, busy_timeout: Duration) -> Result<Self> {
+    pub(crate) fn start(conn: Connection, busy_timeout: Duration, gather: Gather) -> Result<Self> {
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue::new(gather)),
             cv: Condvar::new(),
             conn: Mutex::new(conn),
             busy_timeout,
@@ -600,7 +638,7 @@ mod tests {
             .expect("page_count");
         conn.pragma_update(None, "max_page_count", pages + 4)
             .expect("cap");
-        Writer::start(conn, Duration::from_secs(5)).expect("writer")
+        Writer::start(conn, Duration::from_secs(5), Gather::Briefly).expect("writer")
     }
 
     /// Starts a `caller` for each of `writes`, whose writes queue up for one transaction
@@ -706,7 +744,8 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER);")
             .expect("schema");
-        let writer = Arc::new(Writer::start(conn, Duration::from_secs(5)).expect("writer"));
+        let writer =
+            Arc::new(Writer::start(conn, Duration::from_secs(5), Gather::Briefly).expect("writer"));
         let (done, finished) = std::sync::mpsc::channel();
         for thread in 0..THREADS {
             let (writer, done) = (Arc::clone(&writer), done.clone());
