@@ -354,4 +354,190 @@ mod tests {
             .expect("enqueue after a panic");
         assert_eq!(ids.len(), 1);
     }
+
+    /// What a call of the model's callers holds: its tasks' channel says how the fake server
+    /// answers a round holding it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Kind {
+        /// Stored when its round is.
+        Fine,
+        /// Refused by the statement: its round stores nothing.
+        Bad,
+        /// The server stores its round, then becomes unreachable before it answers.
+        StoredUnanswered,
+        /// The server becomes unreachable before it stores the round.
+        Lost,
+    }
+
+    impl Kind {
+        fn channel(self) -> &'static str {
+            match self {
+                Kind::Fine => "fine",
+                Kind::Bad => "bad",
+                Kind::StoredUnanswered => "stored",
+                Kind::Lost => "lost",
+            }
+        }
+    }
+
+    /// A caller's call in the model: its kind, its number of tasks, how long the server
+    /// takes over a round it leads off, and how long the caller pauses before it.
+    type ModelCall = (Kind, usize, u64, u64);
+
+    /// The fake server of the model: stores tasks by their tag (caller, call, task), notes
+    /// the tags of each round's calls.
+    #[derive(Default)]
+    struct Model {
+        next: AtomicI64,
+        stored: Mutex<Vec<(Vec<u8>, TaskId)>>,
+        rounds: Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl Model {
+        fn insert(&self, round: &[Arc<Call>]) -> Result<Vec<Vec<TaskId>>> {
+            let tags = round
+                .iter()
+                .map(|c| c.tasks[0].args[..2].to_vec())
+                .collect();
+            self.rounds.lock().push(tags);
+            let pause = u64::from(round[0].tasks[0].args[3]);
+            std::thread::sleep(Duration::from_micros(pause * 10));
+            let has = |ch: &str| round.iter().flat_map(|c| &c.tasks).any(|t| t.channel == ch);
+            let unreachable = || Error::Unavailable {
+                backend: "test",
+                message: "unreachable".into(),
+            };
+            if has(Kind::Bad.channel()) {
+                return Err(Error::InvalidConfig("refused".into()));
+            }
+            if has(Kind::Lost.channel()) {
+                return Err(unreachable());
+            }
+            let mut stored = self.stored.lock();
+            let ids: Vec<Vec<TaskId>> = round
+                .iter()
+                .map(|c| {
+                    c.tasks
+                        .iter()
+                        .map(|t| {
+                            let id = TaskId::new(self.next.fetch_add(1, Ordering::SeqCst));
+                            stored.push((t.args.clone(), id));
+                            id
+                        })
+                        .collect()
+                })
+                .collect();
+            if has(Kind::StoredUnanswered.channel()) {
+                return Err(unreachable());
+            }
+            Ok(ids)
+        }
+    }
+
+    fn model_call() -> impl proptest::strategy::Strategy<Value = ModelCall> {
+        use proptest::prelude::*;
+        let kind = prop_oneof![
+            6 => Just(Kind::Fine),
+            1 => Just(Kind::Bad),
+            1 => Just(Kind::StoredUnanswered),
+            1 => Just(Kind::Lost),
+        ];
+        (kind, 1usize..4, 0u64..30, 0u64..30)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// The gather's rule, whatever the callers, their timing and the server's failures:
+        /// every call is answered; a call answered with ids had its tasks stored once under
+        /// them; a call refused for its own tasks stored nothing; a call gathered with a
+        /// round the server may have stored learns that (a retryable error) and its tasks
+        /// are stored at most once; a call fails only for its own tasks or for such a round.
+        #[test]
+        fn every_call_is_answered_for_its_own_tasks_and_stored_at_most_once(
+            callers in proptest::collection::vec(
+                proptest::collection::vec(model_call(), 1..6), 1..7),
+        ) {
+            let (gather, model) = (Gather::default(), Model::default());
+            let results = Mutex::new(Vec::new());
+            std::thread::scope(|s| {
+                for (who, calls) in callers.iter().enumerate() {
+                    let (gather, model, results) = (&gather, &model, &results);
+                    s.spawn(move || {
+                        for (n, &(kind, len, round_pause, pause)) in calls.iter().enumerate() {
+                            std::thread::sleep(Duration::from_micros(pause * 10));
+                            let tasks = (0..len)
+                                .map(|t| {
+                                    let tag = vec![who as u8, n as u8, t as u8, round_pause as u8];
+                                    NewTask::new(kind.channel(), tag)
+                                })
+                                .collect();
+                            let r = gather.enqueue(tasks, Timestamp::from_millis(0), |r| {
+                                model.insert(r)
+                            });
+                            results.lock().push(((who as u8, n as u8), kind, len, r));
+                        }
+                    });
+                }
+            });
+            let stored = model.stored.into_inner();
+            let rounds = model.rounds.into_inner();
+            let results = results.into_inner();
+            proptest::prop_assert_eq!(
+                results.len(),
+                callers.iter().map(Vec::len).sum::<usize>()
+            );
+            let mut ids: Vec<TaskId> = stored.iter().map(|(_, id)| *id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            proptest::prop_assert_eq!(ids.len(), stored.len(), "an id given twice");
+            let kind_of = |tag: &[u8]| {
+                results
+                    .iter()
+                    .find(|(who, ..)| [who.0, who.1] == tag[..2])
+                    .map(|r| r.1)
+            };
+            for ((who, n), kind, len, r) in &results {
+                let tag = [*who, *n];
+                let mine: Vec<(u8, TaskId)> = stored
+                    .iter()
+                    .filter(|(args, _)| args[..2] == tag)
+                    .map(|(args, id)| (args[2], *id))
+                    .collect();
+                // Stored at most once: each task's tag at most once.
+                let mut tasks: Vec<u8> = mine.iter().map(|m| m.0).collect();
+                tasks.sort_unstable();
+                tasks.dedup();
+                proptest::prop_assert_eq!(tasks.len(), mine.len(), "stored twice: {:?}", tag);
+                // A round the server may have stored, gathered with this call.
+                let with_unknown = rounds.iter().any(|round| {
+                    round.iter().any(|t| t[..] == tag)
+                        && round.iter().any(|t| {
+                            matches!(
+                                kind_of(t),
+                                Some(Kind::StoredUnanswered | Kind::Lost)
+                            )
+                        })
+                });
+                match r {
+                    Ok(got) => {
+                        proptest::prop_assert_eq!(*kind, Kind::Fine);
+                        let stored_ids: Vec<TaskId> = mine.iter().map(|m| m.1).collect();
+                        proptest::prop_assert_eq!(got, &stored_ids);
+                        proptest::prop_assert_eq!(got.len(), *len);
+                    }
+                    Err(e) if e.is_retryable() => {
+                        proptest::prop_assert!(
+                            with_unknown,
+                            "{:?} ({:?}) unreachable, gathered with no such round", tag, kind
+                        );
+                    }
+                    Err(e) => {
+                        proptest::prop_assert_eq!(*kind, Kind::Bad, "{:?}: {}", tag, e);
+                        proptest::prop_assert!(mine.is_empty(), "refused, yet stored");
+                    }
+                }
+            }
+        }
+    }
 }
