@@ -43,7 +43,7 @@ impl RedbStore {
             Err(e) => return Err(db_err(e)),
         };
         match inspect(&reader)? {
-            Some(2..=5 | FORMAT) => {}
+            Some(2..=FORMAT) => {}
             Some(_) => return Err(needs_write("is of format 1 and must be upgraded")),
             None => {
                 return Err(Error::Foreign {
@@ -113,7 +113,7 @@ impl RedbStore {
         };
         match format {
             Some(FORMAT) => {}
-            Some(2..=5) => store.write(|t| {
+            Some(2..FORMAT) => store.write(|t| {
                 t.meta.insert(META_FORMAT, FORMAT).map_err(db_err)?;
                 Ok(())
             })?,
@@ -208,7 +208,7 @@ pub(crate) fn inspect(db: &impl ReadableDatabase) -> Result<Option<u64>> {
         Ok(meta) => {
             let format = meta.get(META_FORMAT).map_err(db_err)?.map(|v| v.value());
             return match format {
-                Some(f @ (1..=5 | FORMAT)) => Ok(Some(f)),
+                Some(f @ 1..=FORMAT) => Ok(Some(f)),
                 Some(found) => Err(Error::SchemaTooNew {
                     backend: BACKEND,
                     found: i64::try_from(found).unwrap_or(i64::MAX),
@@ -355,6 +355,53 @@ mod tests {
             std::fs::read(&path).expect("read") == before,
             "the file changed"
         );
+    }
+
+    /// A file of an older format whose records this build reads has its version raised
+    /// when opened for writing, keeping its tasks; and a file of this build is of a format
+    /// newer than 6, the last whose builds ignore rates per key and stuck marks (they
+    /// refuse it instead of running a channel past its rate).
+    #[test]
+    pub(crate) fn older_formats_are_raised_and_rates_per_key_are_past_format_6() {
+        use simplepyq_core::{FlowStore, Rate};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.redb");
+        let format = |path: &Path| {
+            let db = Database::open(path).expect("open raw");
+            let read = db.begin_read().expect("read");
+            let meta = read.open_table(META).expect("meta");
+            meta.get(META_FORMAT).expect("get").map(|v| v.value())
+        };
+        {
+            let store = RedbStore::open(&path).expect("create");
+            store
+                .enqueue_one(NewTask::new("c", vec![0x90]), T0)
+                .expect("enqueue");
+            let rate = Rate::new(1, std::time::Duration::from_secs(1));
+            store
+                .set_rate_per_key("c", Some(rate))
+                .expect("rate per key");
+        }
+        assert!(format(&path).is_some_and(|f| f > 6), "{:?}", format(&path));
+        for old in 2..FORMAT {
+            {
+                let db = Database::open(&path).expect("open raw");
+                let tx = db.begin_write().expect("write");
+                tx.open_table(META)
+                    .expect("meta")
+                    .insert(META_FORMAT, old)
+                    .expect("format");
+                tx.commit().expect("commit");
+            }
+            let store = RedbStore::open(&path).expect("open an older format");
+            assert_eq!(
+                store.counts(None).expect("counts").pending,
+                1,
+                "format {old}"
+            );
+            drop(store);
+            assert_eq!(format(&path), Some(FORMAT), "format {old}");
+        }
     }
 
     #[test]

@@ -18,9 +18,10 @@ use crate::{to_id, to_key};
 /// priority and unique key) is upgraded on open; formats 2 (records without lost runs) and
 /// 3 (without concurrency keys) only have their version raised, as their records are still
 /// read (the version keeps builds that cannot read concurrency keys away).
-/// Formats 4 (before tasks could wait for others) and 5 (before records kept a trace
-/// context) only have their version raised too.
-pub(crate) const FORMAT: u64 = 6;
+/// Formats 4 (before tasks could wait for others), 5 (before records kept a trace
+/// context) and 6 (before the tables of stuck marks and of rates per concurrency key, which
+/// a build of format 6 would ignore) only have their version raised too.
+pub(crate) const FORMAT: u64 = 7;
 
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 
