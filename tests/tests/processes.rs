@@ -329,6 +329,104 @@ fn sigkill_mid_work_loses_nothing(backend: Backend) {
     eprintln!("{extra} runs were cut by {KILLS} kills");
 }
 
+pub(crate) const PRODUCER: &str = env!("CARGO_BIN_EXE_simplepyq-test-producer");
+
+#[test]
+fn sigkill_mid_enqueue_loses_no_returned_task_sqlite() {
+    sigkill_mid_enqueue_loses_no_returned_task(Backend::Sqlite);
+}
+
+#[test]
+fn sigkill_mid_enqueue_loses_no_returned_task_redb() {
+    sigkill_mid_enqueue_loses_no_returned_task(Backend::Redb);
+}
+
+#[test]
+fn sigkill_mid_enqueue_loses_no_returned_task_postgres() {
+    sigkill_mid_enqueue_loses_no_returned_task(Backend::Postgres);
+}
+
+/// A process whose threads enqueue one task at a time each (gathered into shared commits:
+/// SQLite's group commit, PostgreSQL's rounds) is killed with SIGKILL at a random moment,
+/// three times. Every enqueue that returned is stored, none is stored twice, and each
+/// thread's tasks are stored in its order with no gap: all it was told of, and at most the
+/// one it was waiting for.
+fn sigkill_mid_enqueue_loses_no_returned_task(backend: Backend) {
+    const THREADS: u32 = 4;
+    const KILLS: u32 = 3;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (db, _drop) = backend.db(dir.path());
+    // Made before the producers, so that they do not race to create it.
+    drop(backend.open(&db));
+    let mut rng = seed();
+    eprintln!("seed {rng}");
+    let mut returned: HashMap<(u32, u32), u32> = HashMap::new();
+    for round in 0..KILLS {
+        let mut command = Command::new(PRODUCER);
+        if let Backend::Postgres = backend {
+            command.env(pg::SERVER_VAR, pg::server().conninfo());
+        }
+        let mut child = command
+            .arg(backend.name())
+            .arg(&db)
+            .args([round.to_string(), THREADS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the producer process");
+        std::thread::sleep(Duration::from_millis(200 + next(&mut rng) % 300));
+        child.kill().expect("SIGKILL");
+        let out = child.wait_with_output().expect("reap");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !stdout.contains("error"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in stdout.lines() {
+            let (t, s) = line.split_once(' ').expect("a line T S");
+            let (t, s): (u32, u32) = (t.parse().expect("T"), s.parse().expect("S"));
+            let count = returned.entry((round, t)).or_default();
+            assert_eq!(
+                *count, s,
+                "thread {t} of round {round}: returned out of order"
+            );
+            *count += 1;
+        }
+    }
+    let total: u32 = returned.values().sum();
+    assert!(total > 0, "no enqueue returned before the kills");
+    let store = backend.open(&db);
+    let mut stored: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
+    for task in store
+        .list(&simplepyq::ListFilter::new(usize::MAX).channel("work"))
+        .expect("list")
+    {
+        let (round, t, s): (u32, u32, u32) = rmp_serde::from_slice(&task.args).expect("args");
+        stored.entry((round, t)).or_default().push(s);
+    }
+    for round in 0..KILLS {
+        for t in 0..THREADS {
+            let told = returned.get(&(round, t)).copied().unwrap_or(0);
+            let mut seqs = stored.remove(&(round, t)).unwrap_or_default();
+            seqs.sort_unstable();
+            let n = u32::try_from(seqs.len()).expect("a count");
+            if let Some((s, at)) = seqs.iter().zip(0..).find(|(s, at)| **s != *at) {
+                panic!(
+                    "thread {t} of round {round}: task {s} where {at} was due (twice, or a gap)"
+                );
+            }
+            assert!(
+                n == told || n == told + 1,
+                "thread {t} of round {round}: {told} returned, {n} stored"
+            );
+        }
+    }
+    assert!(stored.is_empty(), "tasks of no producer: {stored:?}");
+    eprintln!("{total} enqueues returned before {KILLS} kills");
+}
+
 /// Handlers that run for many lease lengths (1.2 s against a 200 ms lease) keep their tasks:
 /// the lease is renewed while they run, so a second process, looking for work all along,
 /// never recovers or claims them, and each task runs exactly once.
