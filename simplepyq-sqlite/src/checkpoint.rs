@@ -111,11 +111,12 @@ fn checkpoint_loop(conn: &Connection, shared: &Shared, writer: &Holder) {
         if shared.writes.swap(0, Ordering::Relaxed) > 0 {
             // A busy or failed checkpoint is simply tried again next time; the WAL keeps
             // every commit meanwhile.
-            let wal_pages = conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
-                .unwrap_or(0);
+            let wal_pages = crate::fork::within(|| {
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+                    .unwrap_or(0)
+            });
             if wal_pages > RESTART_PAGES {
-                let _ = crate::wait_for_locks(conn, wait);
+                let _ = crate::fork::within(|| crate::wait_for_locks(conn, wait));
                 // Between two of this store's commits: the restart needs the write lock,
                 // which a producer committing back to back held most of the time (each
                 // commit waits for its fsync at FULL), so that restarts failed and the WAL

@@ -73,6 +73,7 @@ mod claim;
 mod dependency;
 mod error;
 mod flow;
+pub mod fork;
 mod inspect;
 mod open;
 mod options;

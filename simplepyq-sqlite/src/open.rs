@@ -11,7 +11,9 @@ use simplepyq_core::{Clock, Error, Result, SystemClock};
 use crate::checkpoint::{self, Checkpointer};
 use crate::error::{self, E, R};
 use crate::writer::{Gather, Writer};
-use crate::{Durability, SqliteOptions, SqliteStore, original, outbox, readers, schema, watch};
+use crate::{
+    Durability, SqliteOptions, SqliteStore, fork, original, outbox, readers, schema, watch,
+};
 
 impl SqliteStore {
     /// Opens the queue file at `path`, creating it if needed, with default settings. An
@@ -34,7 +36,11 @@ impl SqliteStore {
     /// Errors as [`SqliteStore::open`], and [`Error::Foreign`] for a file that does not exist
     /// or holds no queue yet.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        fork::within(|| Self::open_for_reading(path.as_ref()))
+    }
+
+    fn open_for_reading(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
         let busy_timeout = SqliteOptions::default().busy_timeout;
         let open = {
             let path = path.clone();
@@ -93,9 +99,11 @@ impl SqliteStore {
     /// an error if it cannot be read as SQLite.
     pub fn is_original(path: impl AsRef<Path>) -> Result<bool> {
         let busy_timeout = SqliteOptions::default().busy_timeout;
-        let conn = connect_read_only(path.as_ref(), busy_timeout)?;
-        retrying(busy_timeout, || {
-            schema::inspect(&conn).map(|found| found == schema::Found::Original)
+        fork::within(|| {
+            let conn = connect_read_only(path.as_ref(), busy_timeout)?;
+            retrying(busy_timeout, || {
+                schema::inspect(&conn).map(|found| found == schema::Found::Original)
+            })
         })
     }
 
@@ -106,7 +114,11 @@ impl SqliteStore {
 
     /// Opens the queue file at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        fork::within(|| Self::open_for_writing(path.as_ref(), options))
+    }
+
+    fn open_for_writing(path: &Path, options: SqliteOptions) -> Result<Self> {
+        let path = path.to_path_buf();
         let conn = connect(&path, options.busy_timeout)?;
         // SQLite falls back to reading a file it may not write; a queue must write.
         if conn.is_readonly(rusqlite::MAIN_DB).map_err(E::from)? {

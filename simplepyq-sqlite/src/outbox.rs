@@ -264,11 +264,13 @@ fn look(
     shared: &(Mutex<State>, Condvar),
 ) {
     let (lock, changed) = shared;
-    let conn = connect_read_only(path, busy_timeout).ok();
+    let conn = crate::fork::within(|| connect_read_only(path, busy_timeout).ok());
     let mut pause = FIRST_PAUSE;
     loop {
         // Read outside the lock: enqueues add their waits meanwhile.
-        let last = conn.as_ref().and_then(|c| last_id(c).ok());
+        let last = conn
+            .as_ref()
+            .and_then(|c| crate::fork::within(|| last_id(c).ok()));
         let mut state = lock.lock();
         let now = Instant::now();
         let mut done = Vec::new();

@@ -38,16 +38,18 @@ impl Readers {
 
     /// Runs `op` on a read connection of its own.
     pub(crate) fn with<T>(&self, op: impl FnOnce(&Connection) -> T) -> Result<T> {
-        let idle = self.idle.lock().pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => (self.open)()?,
-        };
-        let value = op(&conn);
-        let mut idle = self.idle.lock();
-        if idle.len() < KEEP {
-            idle.push(conn);
-        }
-        Ok(value)
+        crate::fork::within(|| {
+            let idle = self.idle.lock().pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => (self.open)()?,
+            };
+            let value = op(&conn);
+            let mut idle = self.idle.lock();
+            if idle.len() < KEEP {
+                idle.push(conn);
+            }
+            Ok(value)
+        })
     }
 }

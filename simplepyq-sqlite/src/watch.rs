@@ -332,29 +332,32 @@ fn listen(announcer: &Arc<Announcer>, wake: Wake) -> Option<Watch> {
 /// ids.
 fn look_every(db: &Path, interval: Duration, wake: Wake) -> Option<Watch> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(db, flags).ok()?;
-    crate::wait_for_locks(&conn, interval).ok()?;
-    let mut last_id = newest_id(&conn).ok()?;
+    let (conn, mut last_id) = crate::fork::within(|| {
+        let conn = Connection::open_with_flags(db, flags).ok()?;
+        crate::wait_for_locks(&conn, interval).ok()?;
+        let last_id = newest_id(&conn).ok()?;
+        Some((conn, last_id))
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::clone(&stop);
     std::thread::Builder::new()
         .name("simplepyq-sqlite-watch".into())
         .spawn(move || {
-            let mut seen = data_version(&conn).unwrap_or(0);
+            let mut seen = crate::fork::within(|| data_version(&conn)).unwrap_or(0);
             // While nothing changes, the looks space out, doubling up to LOOK_IDLE.
             let mut pause = interval;
             while !stopped.load(Ordering::Relaxed) {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(LOOK_IDLE.max(interval));
                 // A failed look (the file busy, say) is tried again at the next one.
-                let Ok(version) = data_version(&conn) else {
+                let Ok(version) = crate::fork::within(|| data_version(&conn)) else {
                     continue;
                 };
                 if version == seen {
                     continue;
                 }
                 pause = interval;
-                if let Ok(added) = added_since(&conn, last_id) {
+                if let Ok(added) = crate::fork::within(|| added_since(&conn, last_id)) {
                     seen = version;
                     for (channel, id) in added {
                         last_id = last_id.max(id);

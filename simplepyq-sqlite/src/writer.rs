@@ -434,7 +434,9 @@ impl Holder {
     /// Runs `f` while no write of this store commits.
     pub(crate) fn hold<T>(&self, f: impl FnOnce() -> T) -> T {
         let conn = self.0.conn.lock();
-        let result = f();
+        // Held off by a fork only once the connection is held: a commit under way, which a
+        // fork waits for, must not wait for this one.
+        let result = crate::fork::within(f);
         drop(conn);
         result
     }
@@ -450,7 +452,7 @@ impl Shared {
         }
         let started = Instant::now();
         let mut settled = Vec::with_capacity(jobs.len());
-        commit_batch(&mut conn, jobs, self.busy_timeout, &mut settled);
+        crate::fork::within(|| commit_batch(&mut conn, jobs, self.busy_timeout, &mut settled));
         self.queue.lock().last_commit = started.elapsed();
         drop(conn);
         for job in settled {

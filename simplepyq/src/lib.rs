@@ -163,7 +163,7 @@ pub use simplepyq_postgres::{PostgresOptions, PostgresStore, ServerClock, postgr
 #[cfg(feature = "redb")]
 pub use simplepyq_redb::{RedbDurability, RedbOptions, RedbStore};
 #[cfg(any(feature = "sqlite", feature = "system-sqlite"))]
-pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore, rusqlite};
+pub use simplepyq_sqlite::{Durability, SqliteOptions, SqliteStore, fork, rusqlite};
 pub use waiting::TaskEnd;
 
 /// The README's examples, compiled and run as doctests (they use every feature).
