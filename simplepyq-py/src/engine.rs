@@ -228,6 +228,22 @@ fn traceback(py: Python<'_>, err: &PyErr) -> String {
 pub(crate) struct Engine {
     backend: Arc<Backend>,
     delay_exception: Py<PyAny>,
+    /// The process that opened it: a child forked from it has its memory but none of its
+    /// threads (see `Drop`).
+    pid: u32,
+}
+
+impl Drop for Engine {
+    /// In a process forked from the one that opened it, the queue is left as it is: closing
+    /// it would join threads that exist only in the parent (a wait for ever, or a panic),
+    /// give back tasks that the parent runs, and close the parent's connections. The child's
+    /// copy stays unused until the process ends (`simplepyq.SimplePyQ` opens a queue of the
+    /// child's own).
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            std::mem::forget(Arc::clone(&self.backend));
+        }
+    }
 }
 
 #[pymethods]
@@ -250,6 +266,7 @@ impl Engine {
         Ok(Engine {
             backend: Arc::new(backend),
             delay_exception,
+            pid: std::process::id(),
         })
     }
 

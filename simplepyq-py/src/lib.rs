@@ -7,6 +7,7 @@
 
 mod convert;
 mod engine;
+mod fork;
 
 use pyo3::prelude::*;
 
@@ -25,6 +26,9 @@ fn _simplepyq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::TaskInfo>()?;
     m.add_function(wrap_pyfunction!(engine::parent_results, m)?)?;
     m.add_function(wrap_pyfunction!(engine::current_task, m)?)?;
+    m.add_function(wrap_pyfunction!(fork::before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(fork::after_fork_in_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(fork::after_fork_in_child, m)?)?;
     m.add("QueueError", m.py().get_type::<QueueError>())?;
     // The SQLite library the queue runs on: the package checks that it is the interpreter's.
     m.add("sqlite_version", simplepyq::SqliteStore::library_version())?;

@@ -128,9 +128,34 @@ def _stop_all() -> None:
         queues = list(_live) + [q for q in _started if q not in _live]
     for q in queues:
         # After a Ctrl-C ended a stop's wait for its handlers, that stop goes on (no handler
-        # starts) and exit does not wait again.
-        if not q._interrupted:
+        # starts) and exit does not wait again. A queue inherited through a fork and not
+        # used since is not opened only to be stopped.
+        if not q._interrupted and q._core is not None:
             q.stop()
+
+
+def _after_fork_in_child() -> None:
+    # A child forked from a process with queues (multiprocessing's "fork", gunicorn's
+    # --preload, Celery's prefork) has their memory but none of their threads, and a lock
+    # another thread held at the fork stays held in the child. Each queue opens anew on its
+    # store at its first use in the child, with the same channels, not started. The fork
+    # waited for the queues' calls into SQLite (whose own locks a child would otherwise
+    # inherit held).
+    _simplepyq.after_fork_in_child()
+    global _live_lock
+    _live_lock = threading.Lock()
+    queues = set(_live) | _started
+    _started.clear()
+    for q in queues:
+        q._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_simplepyq.before_fork,
+        after_in_parent=_simplepyq.after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 class SimplePyQ:
@@ -140,6 +165,12 @@ class SimplePyQ:
     0.1.3 is imported, after a backup copy beside it), a path ending in ``.redb`` for a redb
     file, or a ``postgresql://`` URL. ``lease``: how long a worker's claim on a task lasts
     unless renewed (30 s by default); a task whose process died runs again once it expired.
+
+    A child process forked from the one that made the queue (multiprocessing's ``fork``
+    start method, gunicorn's ``--preload``) may use it: at its first use in the child, the
+    queue opens anew on the same store, with the same channels, not started (the parent's
+    workers stay the parent's). A redb file serves one process: there the child's first use
+    fails with ``QueueError`` (in use).
     """
 
     def __init__(
@@ -158,15 +189,42 @@ class SimplePyQ:
         default they are kept until purged or cleared, as in the original."""
         self.store_path = store_path
         self._interrupted = False
-        self._engine = _Engine(
+        self._opening = (
             os.fspath(store_path),
             DelayException,
             _seconds("lease", lease),
             _seconds("keep_done", keep_done),
             _seconds("keep_failed", keep_failed),
         )
+        # The arguments of each channel added, to add them again in a forked child.
+        self._channels: Dict[str, Tuple[Any, ...]] = {}
+        self._reopening = threading.Lock()
+        self._core: Optional[_Engine] = _Engine(*self._opening)
         with _live_lock:
             _live.add(self)
+
+    @property
+    def _engine(self) -> _Engine:
+        core = self._core
+        if core is None:
+            core = self._reopen()
+        return core
+
+    def _forked(self) -> None:
+        """In a forked child: lets go of the parent's queue (never closed here, see
+        ``_Engine``'s drop) and opens anew at the next use."""
+        self._core = None
+        self._interrupted = False
+        self._reopening = threading.Lock()
+
+    def _reopen(self) -> _Engine:
+        with self._reopening:
+            if self._core is None:
+                core = _Engine(*self._opening)
+                for args in self._channels.values():
+                    core.add_channel(*args)
+                self._core = core
+            return self._core
 
     def add_channel(
         self,
@@ -201,7 +259,7 @@ class SimplePyQ:
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        self._engine.add_channel(
+        args = (
             name,
             _traces.traced(name, func, DelayException),
             max_workers,
@@ -210,6 +268,8 @@ class SimplePyQ:
             _seconds("keep_done", keep_done),
             _seconds("keep_failed", keep_failed),
         )
+        self._engine.add_channel(*args)
+        self._channels[name] = args
 
     def pause(self, channel: str) -> bool:
         """Pause a channel for every process and machine on the queue, durably: no worker
@@ -268,7 +328,9 @@ class SimplePyQ:
 
     def remove_channel(self, name: str) -> int:
         """Remove a channel, its handler, and all its tasks; return how many tasks."""
-        return self._engine.remove_channel(name)
+        removed = self._engine.remove_channel(name)
+        self._channels.pop(name, None)
+        return removed
 
     def enqueue(
         self,
