@@ -170,7 +170,11 @@ class SimplePyQ:
     start method, gunicorn's ``--preload``) may use it: at its first use in the child, the
     queue opens anew on the same store, with the same channels, not started (the parent's
     workers stay the parent's). A redb file serves one process: there the child's first use
-    fails with ``QueueError`` (in use).
+    fails with ``QueueError`` (in use). On SQLite the child's locks on the file rest on its
+    parent's (SQLite keeps one table of locks per process, which a fork copies): keep the
+    parent's queue open while children use the file, as gunicorn's master, a multiprocessing
+    pool's parent and Celery's main process do; a process that forks and exits (to run as
+    a daemon) should make its queue after the fork.
     """
 
     def __init__(
