@@ -92,6 +92,25 @@ def test_arguments_msgpack_cannot_carry_are_refused_storing_nothing(db):
     assert q.counts() == counts()
 
 
+def test_counts_out_of_range_are_refused_naming_the_argument_storing_nothing(db):
+    q = SimplePyQ(db)
+    with pytest.raises(ValueError, match="retries must be an int from 0"):
+        q.enqueue("c", 1, retries=-1)
+    with pytest.raises(ValueError, match="priority must be an int from"):
+        q.enqueue("c", 1, priority=2**40)
+    with pytest.raises(TypeError, match="retries must be an int, not str"):
+        q.enqueue_many("c", [1, 2], retries="3")
+    with pytest.raises(ValueError, match="retries"):
+        q.add_schedule("s", "c", 1, every=60, retries=2**32)
+    with pytest.raises(ValueError, match="retries"):
+        q.requeue_failed("c", retries=-2)
+    with pytest.raises(ValueError, match="max_running"):
+        q.set_max_running("c", -1)
+    with pytest.raises(ValueError, match="starts"):
+        q.set_rate("c", -5, per=1)
+    assert q.counts() == counts()
+
+
 def test_retries_then_failed_with_the_traceback_as_last_error(db):
     q = SimplePyQ(db)
 

@@ -103,6 +103,23 @@ def _secs(name: str, value: Seconds) -> float:
     return float(value)
 
 
+def _whole(name: str, value: Any, lowest: int, highest: int) -> int:
+    """An int in [lowest, highest], or a TypeError or ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not lowest <= value <= highest:
+        raise ValueError(f"{name} must be an int from {lowest} to {highest}, got {value}")
+    return value
+
+
+def _retries(value: Any) -> int:
+    return _whole("retries", value, 0, 2**32 - 1)
+
+
+def _priority(value: Any) -> int:
+    return _whole("priority", value, -(2**31), 2**31 - 1)
+
+
 def _epoch(value: Optional[When]) -> Optional[float]:
     """A time as seconds since the epoch; a naive datetime is local time, as in datetime.timestamp()."""
     if value is None:
@@ -305,6 +322,8 @@ class SimplePyQ:
         """At most ``max_running`` of the channel's tasks run at once, across every process and
         machine on the queue (``None``: no limit); durable, changeable while workers run.
         Return whether it changed. ``ValueError`` for 0 (pause the channel instead)."""
+        if max_running is not None:
+            _whole("max_running", max_running, 0, 2**32 - 1)
         return self._engine.set_max_running(channel, max_running)
 
     def set_rate(self, channel: str, starts: Optional[int], per: Seconds = 1.0) -> bool:
@@ -313,6 +332,8 @@ class SimplePyQ:
         and machine on the queue (``None``: no rate); durable, changeable while workers run.
         Return whether it changed. ``ValueError`` for 0 starts or a window under a
         millisecond."""
+        if starts is not None:
+            _whole("starts", starts, 0, 2**32 - 1)
         return self._engine.set_rate(channel, starts, _secs("per", per), False)
 
     def set_rate_per_key(self, channel: str, starts: Optional[int], per: Seconds = 1.0) -> bool:
@@ -321,6 +342,8 @@ class SimplePyQ:
         process and machine on the queue (``None``: no rate); a key whose window is used up
         holds up no other key. Tasks without a key are not counted. Durable, changeable while
         workers run; errors as ``set_rate``. Return whether it changed."""
+        if starts is not None:
+            _whole("starts", starts, 0, 2**32 - 1)
         return self._engine.set_rate(channel, starts, _secs("per", per), True)
 
     def set_max_running_per_key(self, channel: str, max_running: int) -> bool:
@@ -328,6 +351,7 @@ class SimplePyQ:
         run at once, across every process and machine on the queue (default 1: one at a
         time per key); a busy key holds up no other key's tasks. Return whether it changed.
         ``ValueError`` for 0."""
+        _whole("max_running", max_running, 0, 2**32 - 1)
         return self._engine.set_max_running_per_key(channel, max_running)
 
     def remove_channel(self, name: str) -> int:
@@ -371,10 +395,10 @@ class SimplePyQ:
         return self._engine.enqueue(
             channel,
             args,
-            retries,
+            _retries(retries),
             _seconds("delay", delay),
             _epoch(at),
-            priority,
+            _priority(priority),
             unique,
             concurrency_key,
             _seconds("timeout", timeout),
@@ -397,10 +421,10 @@ class SimplePyQ:
         return self._engine.enqueue_many(
             channel,
             many,
-            retries,
+            _retries(retries),
             _seconds("delay", delay),
             _epoch(at),
-            priority,
+            _priority(priority),
             _traces.current(),
         )
 
@@ -419,7 +443,7 @@ class SimplePyQ:
         ``simplepyq.parent_results()``), all in one transaction; return the group's ids and
         the final task's id."""
         return self._engine.enqueue_group(
-            channel, many, then, then_args, retries, priority, _traces.current()
+            channel, many, then, then_args, _retries(retries), _priority(priority), _traces.current()
         )
 
     def parents(self, id: int) -> List[int]:
@@ -448,7 +472,14 @@ class SimplePyQ:
         With ``unique``, a firing while the last one's task is unfinished adds nothing.
         """
         self._engine.add_schedule(
-            name, channel, args, _seconds("every", every), cron, retries, priority, unique
+            name,
+            channel,
+            args,
+            _seconds("every", every),
+            cron,
+            _retries(retries),
+            _priority(priority),
+            unique,
         )
 
     def remove_schedule(self, name: str) -> bool:
@@ -493,7 +524,7 @@ class SimplePyQ:
 
     def requeue_failed(self, channel: Optional[str] = None, retries: Optional[int] = None) -> int:
         """Requeue the failed tasks with their original or a new retry count; return how many."""
-        return self._engine.requeue_failed(channel, retries)
+        return self._engine.requeue_failed(channel, None if retries is None else _retries(retries))
 
     def purge_done(self, channel: Optional[str] = None, older_than: Seconds = 0) -> int:
         """Delete the done tasks (of one channel, or all) finished more than ``older_than``
