@@ -736,3 +736,27 @@ def test_a_schedule_enqueues_each_fire_time_once_across_two_queues(db):
         queues[0].add_schedule("y", "ticks", {}, cron="61 * * * *")
     queues[0].add_schedule("daily", "reports", {}, cron="0 6 * * *")
     assert queues[0].remove_schedule("daily")
+
+
+def test_an_async_def_function_runs_to_its_end(db):
+    import asyncio
+
+    q = SimplePyQ(db)
+    delayed = []
+
+    async def handler(args):
+        await asyncio.sleep(0.01)
+        if args == "delay" and not delayed:
+            delayed.append(1)
+            raise DelayException(0)
+        if args == "fail":
+            raise KeyError("no such user")
+        return {"awaited": args}
+
+    q.add_channel("c", handler, max_workers=2)
+    ids = {a: q.enqueue("c", a) for a in ["one", "delay", "fail"]}
+    q.run_until_complete()
+    assert q.result(ids["one"]) == {"awaited": "one"}
+    assert q.result(ids["delay"]) == {"awaited": "delay"} and delayed == [1]
+    failed = q.task(ids["fail"])
+    assert failed.status == "failed" and "KeyError: 'no such user'" in failed.last_error

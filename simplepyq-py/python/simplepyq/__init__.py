@@ -7,9 +7,11 @@ loses none, and several processes may share one file.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import datetime as _dt
 import enum
+import inspect
 import os
 import threading
 import weakref
@@ -101,6 +103,20 @@ def _secs(name: str, value: Seconds) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be seconds (int, float) or a timedelta, not {type(value).__name__}")
     return float(value)
+
+
+def _awaited(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``func``, whose coroutine (an ``async def`` function's call) runs to its end on an
+    event loop of its own in the worker's thread (``asyncio.run``): what it returns or
+    raises is the run's outcome."""
+
+    def call(args: Any) -> Any:
+        result = func(args)
+        if inspect.iscoroutine(result):
+            return asyncio.run(result)
+        return result
+
+    return call
 
 
 def _whole(name: str, value: Any, lowest: int, highest: int) -> int:
@@ -260,8 +276,9 @@ class SimplePyQ:
     ) -> None:
         """Add a channel with a function to execute tasks.
 
-        ``func`` gets the task's arguments. It may raise ``DelayException(seconds)`` to run
-        the task again later; any other exception fails the attempt (retried while retries
+        ``func`` gets the task's arguments; an ``async def`` function runs on an event loop of
+        its own for each task (``asyncio.run``, in the worker's thread). It may raise
+        ``DelayException(seconds)`` to run the task again later; any other exception fails the attempt (retried while retries
         are left). ``backoff=(first, most)`` waits ``first`` seconds before the first retry,
         doubling up to ``most`` (each wait drawn between half of that and all of it, so
         that tasks that failed together do not retry together); without it retries run at
@@ -282,7 +299,7 @@ class SimplePyQ:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         args = (
             name,
-            _traces.traced(name, func, DelayException),
+            _traces.traced(name, _awaited(func), DelayException),
             max_workers,
             waits,
             limit,
