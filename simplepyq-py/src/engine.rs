@@ -11,9 +11,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use rmpv::Value;
 use simplepyq::{
-    Backoff, Cancelled, ChannelOptions, EnqueueOptions, Error, ListFilter, PostgresStore,
-    RedbStore, Retention, Schedule, SimplePyQ, SqliteStore, Status, Task, TaskContext, TaskEnd,
-    TaskError, TaskId, Timestamp,
+    Backoff, Cancelled, ChannelOptions, EnqueueOptions, Error, ListFilter, MemoryStore,
+    PostgresStore, RedbStore, Retention, Schedule, SimplePyQ, SqliteStore, Status, Task,
+    TaskContext, TaskEnd, TaskError, TaskId, Timestamp,
 };
 
 use crate::QueueError;
@@ -22,6 +22,7 @@ use crate::convert::{to_python, to_value};
 /// The queue, over the store its path names.
 enum Backend {
     Sqlite(SimplePyQ<SqliteStore>),
+    Memory(SimplePyQ<MemoryStore>),
     Redb(SimplePyQ<RedbStore>),
     Postgres(SimplePyQ<PostgresStore>),
 }
@@ -31,6 +32,7 @@ macro_rules! on {
     ($backend:expr, $q:ident => $body:expr) => {
         match &*$backend {
             Backend::Sqlite($q) => $body,
+            Backend::Memory($q) => $body,
             Backend::Redb($q) => $body,
             Backend::Postgres($q) => $body,
         }
@@ -39,7 +41,9 @@ macro_rules! on {
 
 impl Backend {
     /// A PostgreSQL URL connects to the server; a path ending in `.redb` opens a redb file;
-    /// any other path a SQLite file (a file of the original simplepyq is imported).
+    /// `:memory:` (as for Python's `sqlite3`) makes a queue in this process's memory, gone
+    /// when it ends; any other path a SQLite file (a file of the original simplepyq is
+    /// imported).
     /// `lease`: how long a claim lasts unless renewed (the library's default if `None`).
     fn open(store: &str, lease: Option<Duration>, keep: Retention) -> simplepyq::Result<Backend> {
         fn build<S: simplepyq::Store>(
@@ -62,6 +66,8 @@ impl Backend {
         if store.starts_with("postgres://") || store.starts_with("postgresql://") {
             let store = PostgresStore::connect(store)?;
             Ok(Backend::Postgres(build(store, lease, keep)?))
+        } else if store == ":memory:" {
+            Ok(Backend::Memory(build(MemoryStore::new(), lease, keep)?))
         } else if store.ends_with(".redb") {
             Ok(Backend::Redb(build(RedbStore::open(store)?, lease, keep)?))
         } else {

@@ -760,3 +760,15 @@ def test_an_async_def_function_runs_to_its_end(db):
     assert q.result(ids["delay"]) == {"awaited": "delay"} and delayed == [1]
     failed = q.task(ids["fail"])
     assert failed.status == "failed" and "KeyError: 'no such user'" in failed.last_error
+
+
+def test_memory_is_a_queue_in_this_processs_memory():
+    q = SimplePyQ(":memory:")
+    ran = []
+    q.add_channel("c", ran.append, max_workers=2)
+    q.enqueue_many("c", list(range(20)))
+    q.run_until_complete()
+    assert sorted(ran) == list(range(20))
+    assert q.counts("c")["done"] == 20
+    # Another is a queue of its own, as with sqlite3.connect(":memory:").
+    assert SimplePyQ(":memory:").counts()["done"] == 0

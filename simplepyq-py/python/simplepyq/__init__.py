@@ -196,7 +196,8 @@ class SimplePyQ:
 
     ``store_path`` is a SQLite file (created if needed; a file of the original simplepyq
     0.1.3 is imported, after a backup copy beside it), a path ending in ``.redb`` for a redb
-    file, or a ``postgresql://`` URL. ``lease``: how long a worker's claim on a task lasts
+    file, a ``postgresql://`` URL, or ``":memory:"`` for a queue in this process's memory
+    (as with ``sqlite3``: each is a queue of its own, gone when the process ends). ``lease``: how long a worker's claim on a task lasts
     unless renewed (30 s by default); a task whose process died runs again once it expired.
 
     A child process forked from the one that made the queue (multiprocessing's ``fork``
