@@ -119,6 +119,15 @@ impl SqliteStore {
 
     fn open_for_writing(path: &Path, options: SqliteOptions) -> Result<Self> {
         let path = path.to_path_buf();
+        // SQLite's name for a database in memory: each connection of the store would have
+        // one of its own, and WAL (which a queue needs) refuses it.
+        if path.as_os_str() == ":memory:" {
+            return Err(Error::InvalidConfig(
+                "\":memory:\" is not a file: a queue in memory is SimplePyQ::memory() (the memory \
+                 store); a SQLite store needs a file"
+                    .into(),
+            ));
+        }
         let conn = connect(&path, options.busy_timeout)?;
         // SQLite falls back to reading a file it may not write; a queue must write.
         if conn.is_readonly(rusqlite::MAIN_DB).map_err(E::from)? {
@@ -297,6 +306,15 @@ mod tests {
 
     use crate::testing::*;
     use crate::{SqliteOptions, SqliteStore, schema};
+
+    /// SQLite's ":memory:" is refused with a pointer to the memory store, not an error about
+    /// WAL mode.
+    #[test]
+    fn memory_is_refused_naming_the_memory_store() {
+        let err = SqliteStore::open(":memory:").expect_err("not a file");
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+        assert!(err.to_string().contains("SimplePyQ::memory()"), "{err}");
+    }
 
     #[test]
     fn migrations_apply_to_a_fresh_file_once() {
