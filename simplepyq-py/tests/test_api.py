@@ -772,3 +772,19 @@ def test_memory_is_a_queue_in_this_processs_memory():
     assert q.counts("c")["done"] == 20
     # Another is a queue of its own, as with sqlite3.connect(":memory:").
     assert SimplePyQ(":memory:").counts()["done"] == 0
+
+
+def test_delay_exception_takes_a_timedelta():
+    q = SimplePyQ(":memory:")
+    runs = []
+
+    def handler(args):
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            raise DelayException(dt.timedelta(milliseconds=200))
+
+    q.add_channel("c", handler)
+    q.enqueue("c", 1)
+    q.run_until_complete()
+    assert len(runs) == 2 and runs[1] - runs[0] >= 0.19
+    assert q.counts("c")["done"] == 1

@@ -83,14 +83,17 @@ class TaskFailed(Exception):
         self.error = error
 
 
-class DelayException(Exception):
-    def __init__(self, delay_seconds: int):
-        """Exception to defer a task for a specified time."""
-        self.delay_seconds = delay_seconds
-
-
 Seconds = Union[int, float, _dt.timedelta]
 When = Union[int, float, _dt.datetime]
+
+
+class DelayException(Exception):
+    def __init__(self, delay_seconds: Seconds):
+        """Exception to defer a task for a specified time: seconds (an int, as the original
+        has it, or a float), or a timedelta."""
+        if isinstance(delay_seconds, _dt.timedelta):
+            delay_seconds = delay_seconds.total_seconds()
+        self.delay_seconds = delay_seconds
 
 
 def _seconds(name: str, value: Optional[Seconds]) -> Optional[float]:
