@@ -92,7 +92,7 @@ def test_arguments_msgpack_cannot_carry_are_refused_storing_nothing(db):
     assert q.counts() == counts()
 
 
-def test_counts_out_of_range_are_refused_naming_the_argument_storing_nothing(db):
+def test_bad_counts_and_ids_are_refused_naming_the_argument_storing_nothing(db):
     q = SimplePyQ(db)
     with pytest.raises(ValueError, match="retries must be an int from 0"):
         q.enqueue("c", 1, retries=-1)
@@ -108,7 +108,15 @@ def test_counts_out_of_range_are_refused_naming_the_argument_storing_nothing(db)
         q.set_max_running("c", -1)
     with pytest.raises(ValueError, match="starts"):
         q.set_rate("c", -5, per=1)
-    assert q.counts() == counts()
+    parent = q.enqueue("c", 1)
+    # A str's characters would be ids 1 and 2, not task 12.
+    with pytest.raises(TypeError, match="after must be an iterable of task ids"):
+        q.enqueue("c", 2, after=str(parent) + "2")
+    with pytest.raises(TypeError, match="an id of after must be an int"):
+        q.enqueue("c", 2, after=[float(parent)])
+    with pytest.raises(ValueError, match="limit"):
+        q.tasks(limit=-1)
+    assert q.counts() == counts(pending=1)
 
 
 def test_retries_then_failed_with_the_traceback_as_last_error(db):

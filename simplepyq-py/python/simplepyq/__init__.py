@@ -131,6 +131,13 @@ def _whole(name: str, value: Any, lowest: int, highest: int) -> int:
     return value
 
 
+def _ids(name: str, value: Any) -> List[int]:
+    """Task ids from an iterable of ints (not a str, whose characters would be read as ids)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be an iterable of task ids (ints), not {type(value).__name__}")
+    return [_whole(f"an id of {name}", i, 1, 2**63 - 1) for i in value]
+
+
 def _retries(value: Any) -> int:
     return _whole("retries", value, 0, 2**32 - 1)
 
@@ -423,7 +430,7 @@ class SimplePyQ:
             unique,
             concurrency_key,
             _seconds("timeout", timeout),
-            None if after is None else [int(i) for i in after],
+            None if after is None else _ids("after", after),
             traceparent if traceparent is not None else _traces.current(),
         )
 
@@ -564,7 +571,7 @@ class SimplePyQ:
         after: Optional[int] = None,
     ) -> List[Task]:
         """A page of tasks in id order; pass the last id as ``after`` for the next page."""
-        return self._engine.tasks(channel, status, limit, after)
+        return self._engine.tasks(channel, status, _whole("limit", limit, 0, 2**63 - 1), after)
 
     def task(self, id: int) -> Optional[Task]:
         """The task with this id, or None."""
@@ -579,7 +586,7 @@ class SimplePyQ:
         wait as long as it takes; Ctrl-C interrupts)."""
         ended = self._engine.wait(id, _seconds("timeout", timeout))
         if ended is None:
-            raise TimeoutError(f"task {id} has not ended within {timeout} s")
+            raise TimeoutError(f"task {id} has not ended within {_seconds('timeout', timeout)} s")
         kind, value = ended
         if kind == "failed":
             raise TaskFailed(id, value)
