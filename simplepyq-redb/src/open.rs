@@ -303,6 +303,25 @@ mod tests {
         assert!(err.to_string().contains("not a simplepyq queue"), "{err}");
     }
 
+    /// The format a file's meta table names, read with redb alone.
+    fn format(path: &Path) -> Option<u64> {
+        let db = Database::open(path).expect("open raw");
+        let read = db.begin_read().expect("read");
+        let meta = read.open_table(META).expect("meta");
+        meta.get(META_FORMAT).expect("get").map(|v| v.value())
+    }
+
+    /// Names format `f` in a file's meta table, with redb alone.
+    fn set_format(path: &Path, f: u64) {
+        let db = Database::open(path).expect("open raw");
+        let tx = db.begin_write().expect("write");
+        tx.open_table(META)
+            .expect("meta")
+            .insert(META_FORMAT, f)
+            .expect("format");
+        tx.commit().expect("commit");
+    }
+
     /// A read-only open writes nothing: a format-2 file stays format 2 while its tasks are
     /// read, every write is refused, and a format-1 file (which must be upgraded to be read)
     /// is refused unchanged.
@@ -310,21 +329,6 @@ mod tests {
     pub(crate) fn a_read_only_open_writes_nothing() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("q.redb");
-        let format = |path: &Path| {
-            let db = Database::open(path).expect("open raw");
-            let read = db.begin_read().expect("read");
-            let meta = read.open_table(META).expect("meta");
-            meta.get(META_FORMAT).expect("get").map(|v| v.value())
-        };
-        let set_format = |path: &Path, f: u64| {
-            let db = Database::open(path).expect("open raw");
-            let tx = db.begin_write().expect("write");
-            tx.open_table(META)
-                .expect("meta")
-                .insert(META_FORMAT, f)
-                .expect("format");
-            tx.commit().expect("commit");
-        };
         {
             let store = RedbStore::open(&path).expect("create");
             store
@@ -366,12 +370,6 @@ mod tests {
         use simplepyq_core::{FlowStore, Rate};
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("q.redb");
-        let format = |path: &Path| {
-            let db = Database::open(path).expect("open raw");
-            let read = db.begin_read().expect("read");
-            let meta = read.open_table(META).expect("meta");
-            meta.get(META_FORMAT).expect("get").map(|v| v.value())
-        };
         {
             let store = RedbStore::open(&path).expect("create");
             store
@@ -384,15 +382,7 @@ mod tests {
         }
         assert!(format(&path).is_some_and(|f| f > 6), "{:?}", format(&path));
         for old in 2..FORMAT {
-            {
-                let db = Database::open(&path).expect("open raw");
-                let tx = db.begin_write().expect("write");
-                tx.open_table(META)
-                    .expect("meta")
-                    .insert(META_FORMAT, old)
-                    .expect("format");
-                tx.commit().expect("commit");
-            }
+            set_format(&path, old);
             let store = RedbStore::open(&path).expect("open an older format");
             assert_eq!(
                 store.counts(None).expect("counts").pending,
