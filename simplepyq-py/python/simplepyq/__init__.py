@@ -134,7 +134,8 @@ def _whole(name: str, value: Any, lowest: int, highest: int) -> int:
 def _ids(name: str, value: Any) -> List[int]:
     """Task ids from an iterable of ints (not a str, whose characters would be read as ids)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be an iterable of task ids (ints), not {type(value).__name__}")
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be an iterable of task ids (ints), not {kind}")
     return [_whole(f"an id of {name}", i, 1, 2**63 - 1) for i in value]
 
 
@@ -207,8 +208,9 @@ class SimplePyQ:
     ``store_path`` is a SQLite file (created if needed; a file of the original simplepyq
     0.1.3 is imported, after a backup copy beside it), a path ending in ``.redb`` for a redb
     file, a ``postgresql://`` URL, or ``":memory:"`` for a queue in this process's memory
-    (as with ``sqlite3``: each is a queue of its own, gone when the process ends). ``lease``: how long a worker's claim on a task lasts
-    unless renewed (30 s by default); a task whose process died runs again once it expired.
+    (as with ``sqlite3``: each is a queue of its own, gone when the process ends).
+    ``lease``: how long a worker's claim on a task lasts unless renewed (30 s by default); a
+    task whose process died runs again once it expired.
 
     A child process forked from the one that made the queue (multiprocessing's ``fork``
     start method, gunicorn's ``--preload``) may use it: at its first use in the child, the
@@ -471,7 +473,13 @@ class SimplePyQ:
         ``simplepyq.parent_results()``), all in one transaction; return the group's ids and
         the final task's id."""
         return self._engine.enqueue_group(
-            channel, many, then, then_args, _retries(retries), _priority(priority), _traces.current()
+            channel,
+            many,
+            then,
+            then_args,
+            _retries(retries),
+            _priority(priority),
+            _traces.current(),
         )
 
     def parents(self, id: int) -> List[int]:
