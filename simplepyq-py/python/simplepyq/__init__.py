@@ -139,8 +139,9 @@ def _ids(name: str, value: Any) -> List[int]:
     return [_whole(f"an id of {name}", i, 1, 2**63 - 1) for i in value]
 
 
-def _retries(value: Any) -> int:
-    return _whole("retries", value, 0, 2**32 - 1)
+def _count(name: str, value: Any) -> int:
+    """A count the engine keeps in 32 bits (retries, running tasks, starts)."""
+    return _whole(name, value, 0, 2**32 - 1)
 
 
 def _priority(value: Any) -> int:
@@ -291,11 +292,11 @@ class SimplePyQ:
 
         ``func`` gets the task's arguments; an ``async def`` function runs on an event loop of
         its own for each task (``asyncio.run``, in the worker's thread). It may raise
-        ``DelayException(seconds)`` to run the task again later; any other exception fails the attempt (retried while retries
-        are left). ``backoff=(first, most)`` waits ``first`` seconds before the first retry,
-        doubling up to ``most`` (each wait drawn between half of that and all of it, so
-        that tasks that failed together do not retry together); without it retries run at
-        once, as in the original. With ``timeout`` (seconds or a timedelta), an attempt that
+        ``DelayException(seconds)`` to run the task again later; any other exception fails
+        the attempt (retried while retries are left). ``backoff=(first, most)`` waits
+        ``first`` seconds before the first retry, doubling up to ``most`` (each wait drawn
+        between half of that and all of it, so that tasks that failed together do not retry
+        together); without it retries run at once, as in the original. With ``timeout`` (seconds or a timedelta), an attempt that
         runs longer fails with "timed out after ..." (retried while retries are left): the
         function is not interrupted (a thread cannot be stopped), its task keeps its lease
         until it returns, and its attempt is then recorded as timed out, whatever it returned.
@@ -353,7 +354,7 @@ class SimplePyQ:
         machine on the queue (``None``: no limit); durable, changeable while workers run.
         Return whether it changed. ``ValueError`` for 0 (pause the channel instead)."""
         if max_running is not None:
-            _whole("max_running", max_running, 0, 2**32 - 1)
+            _count("max_running", max_running)
         return self._engine.set_max_running(channel, max_running)
 
     def set_rate(self, channel: str, starts: Optional[int], per: Seconds = 1.0) -> bool:
@@ -363,7 +364,7 @@ class SimplePyQ:
         Return whether it changed. ``ValueError`` for 0 starts or a window under a
         millisecond."""
         if starts is not None:
-            _whole("starts", starts, 0, 2**32 - 1)
+            _count("starts", starts)
         return self._engine.set_rate(channel, starts, _secs("per", per), False)
 
     def set_rate_per_key(self, channel: str, starts: Optional[int], per: Seconds = 1.0) -> bool:
@@ -373,7 +374,7 @@ class SimplePyQ:
         holds up no other key. Tasks without a key are not counted. Durable, changeable while
         workers run; errors as ``set_rate``. Return whether it changed."""
         if starts is not None:
-            _whole("starts", starts, 0, 2**32 - 1)
+            _count("starts", starts)
         return self._engine.set_rate(channel, starts, _secs("per", per), True)
 
     def set_max_running_per_key(self, channel: str, max_running: int) -> bool:
@@ -381,7 +382,7 @@ class SimplePyQ:
         run at once, across every process and machine on the queue (default 1: one at a
         time per key); a busy key holds up no other key's tasks. Return whether it changed.
         ``ValueError`` for 0."""
-        _whole("max_running", max_running, 0, 2**32 - 1)
+        _count("max_running", max_running)
         return self._engine.set_max_running_per_key(channel, max_running)
 
     def remove_channel(self, name: str) -> int:
@@ -425,7 +426,7 @@ class SimplePyQ:
         return self._engine.enqueue(
             channel,
             args,
-            _retries(retries),
+            _count("retries", retries),
             _seconds("delay", delay),
             _epoch(at),
             _priority(priority),
@@ -451,7 +452,7 @@ class SimplePyQ:
         return self._engine.enqueue_many(
             channel,
             many,
-            _retries(retries),
+            _count("retries", retries),
             _seconds("delay", delay),
             _epoch(at),
             _priority(priority),
@@ -477,7 +478,7 @@ class SimplePyQ:
             many,
             then,
             then_args,
-            _retries(retries),
+            _count("retries", retries),
             _priority(priority),
             _traces.current(),
         )
@@ -513,7 +514,7 @@ class SimplePyQ:
             args,
             _seconds("every", every),
             cron,
-            _retries(retries),
+            _count("retries", retries),
             _priority(priority),
             unique,
         )
@@ -560,7 +561,7 @@ class SimplePyQ:
 
     def requeue_failed(self, channel: Optional[str] = None, retries: Optional[int] = None) -> int:
         """Requeue the failed tasks with their original or a new retry count; return how many."""
-        return self._engine.requeue_failed(channel, None if retries is None else _retries(retries))
+        return self._engine.requeue_failed(channel, None if retries is None else _count("retries", retries))
 
     def purge_done(self, channel: Optional[str] = None, older_than: Seconds = 0) -> int:
         """Delete the done tasks (of one channel, or all) finished more than ``older_than``
