@@ -1,4 +1,4 @@
-//! Task arguments between Python objects and MessagePack, as the original's `msgpack.dumps`
+//! Task arguments and results between Python objects and MessagePack, as the original's `msgpack.dumps`
 //! and `msgpack.loads` give them: `None`, `bool`, `int`, `float`, `str`, `bytes`, lists,
 //! tuples (as lists) and dicts, nested.
 
@@ -18,7 +18,7 @@ const MAX_DEPTH: usize = 511;
 pub(crate) fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
     if depth > MAX_DEPTH {
         return Err(PyValueError::new_err(
-            "task arguments nest deeper than 511 levels",
+            "the value nests deeper than 511 levels",
         ));
     }
     if obj.is_none() {
@@ -36,7 +36,7 @@ pub(crate) fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> 
             return Ok(Value::from(u));
         }
         return Err(PyOverflowError::new_err(
-            "an integer in the task arguments is out of MessagePack's 64-bit range",
+            "an integer is out of MessagePack's 64-bit range",
         ));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
@@ -67,8 +67,8 @@ pub(crate) fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> 
     }
     let type_name = obj.get_type().name()?;
     Err(PyTypeError::new_err(format!(
-        "can not serialize {type_name:?} object: task arguments must be what MessagePack \
-         carries (None, bool, int, float, str, bytes, list, tuple, dict)"
+        "can not serialize {type_name:?} object: MessagePack carries None, bool, int, float, \
+         str, bytes, list, tuple and dict"
     )))
 }
 

@@ -205,6 +205,11 @@ fn outcome(py: Python<'_>, err: PyErr, delay_exception: &Py<PyAny>) -> TaskError
             .getattr("delay_seconds")
             .and_then(|d| d.extract::<f64>());
         return match delay {
+            // NaN is no length of time (`max` would read it as 0, running the task again at
+            // once, for ever).
+            Ok(s) if s.is_nan() => {
+                TaskError::msg("DelayException without a number of seconds: nan")
+            }
             Ok(s) => {
                 TaskError::delay(Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX))
             }

@@ -116,6 +116,12 @@ def test_bad_counts_and_ids_are_refused_naming_the_argument_storing_nothing(db):
         q.enqueue("c", 2, after=[float(parent)])
     with pytest.raises(ValueError, match="limit"):
         q.tasks(limit=-1)
+    with pytest.raises(ValueError, match="after must be an int from 0"):
+        q.tasks(after=2**64)
+    # Not pyo3's "Python int too large to convert to C long", naming nothing.
+    for call in (q.task, q.result, q.cancel, q.parents, lambda i: q.wait(i, timeout=0)):
+        with pytest.raises(ValueError, match="id must be an int from 1"):
+            call(2**64)
     assert q.counts() == counts(pending=1)
 
 
@@ -514,7 +520,9 @@ def test_a_functions_return_value_is_the_tasks_result(db):
     assert q.task(ids["big"]).status == "failed"
     assert "over the limit" in q.task(ids["big"]).last_error
     assert q.task(ids["object"]).status == "failed"
-    assert "cannot be kept" in q.task(ids["object"]).last_error
+    error = q.task(ids["object"]).last_error
+    assert error.startswith("the function's return value cannot be kept: TypeError: can not")
+    assert "task arguments" not in error
     assert q.result(10_000) is None
 
 
@@ -780,6 +788,30 @@ def test_memory_is_a_queue_in_this_processs_memory():
     assert q.counts("c")["done"] == 20
     # Another is a queue of its own, as with sqlite3.connect(":memory:").
     assert SimplePyQ(":memory:").counts()["done"] == 0
+
+
+def test_an_empty_path_is_a_value_error_naming_it():
+    # SQLite's name for a private temporary file: each connection would have its own.
+    with pytest.raises(ValueError, match="path is empty"):
+        SimplePyQ("")
+
+
+def test_a_delay_of_nan_fails_the_attempt():
+    """NaN is no length of time: not read as 0, which ran the task again at once, for ever."""
+    q = SimplePyQ(":memory:")
+    runs = []
+
+    def handler(args):
+        runs.append(args)
+        raise DelayException(float("nan"))
+
+    q.add_channel("c", handler)
+    tid = q.enqueue("c", 1)
+    q.start()
+    wait_for(lambda: q.task(tid).status == "failed", timeout=5)
+    q.stop()
+    assert runs == [1]
+    assert q.task(tid).last_error == "DelayException without a number of seconds: nan"
 
 
 def test_delay_exception_takes_a_timedelta():

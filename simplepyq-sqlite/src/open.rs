@@ -119,14 +119,18 @@ impl SqliteStore {
 
     fn open_for_writing(path: &Path, options: SqliteOptions) -> Result<Self> {
         let path = path.to_path_buf();
-        // SQLite's name for a database in memory: each connection of the store would have
-        // one of its own, and WAL (which a queue needs) refuses it.
+        // SQLite's names for a database in memory and for a private temporary file: each
+        // connection of the store would have one of its own, and WAL (which a queue needs)
+        // refuses them.
         if path.as_os_str() == ":memory:" {
             return Err(Error::InvalidConfig(
                 "\":memory:\" is not a file: a queue in memory is SimplePyQ::memory() (the memory \
                  store); a SQLite store needs a file"
                     .into(),
             ));
+        }
+        if path.as_os_str().is_empty() {
+            return Err(Error::config("the queue file's path is empty"));
         }
         let conn = connect(&path, options.busy_timeout)?;
         // SQLite falls back to reading a file it may not write; a queue must write.
@@ -314,6 +318,15 @@ mod tests {
         let err = SqliteStore::open(":memory:").expect_err("not a file");
         assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
         assert!(err.to_string().contains("SimplePyQ::memory()"), "{err}");
+    }
+
+    /// An empty path (SQLite's private temporary database) is refused as such, not with an
+    /// error about WAL mode.
+    #[test]
+    fn an_empty_path_is_refused_as_empty() {
+        let err = SqliteStore::open("").expect_err("no file");
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+        assert!(err.to_string().contains("path is empty"), "{err}");
     }
 
     #[test]

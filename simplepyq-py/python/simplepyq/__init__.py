@@ -131,12 +131,17 @@ def _whole(name: str, value: Any, lowest: int, highest: int) -> int:
     return value
 
 
+def _id(name: str, value: Any) -> int:
+    """A task id: an int the engine keeps in 64 bits, from 1."""
+    return _whole(name, value, 1, 2**63 - 1)
+
+
 def _ids(name: str, value: Any) -> List[int]:
     """Task ids from an iterable of ints (not a str, whose characters would be read as ids)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         kind = type(value).__name__
         raise TypeError(f"{name} must be an iterable of task ids (ints), not {kind}")
-    return [_whole(f"an id of {name}", i, 1, 2**63 - 1) for i in value]
+    return [_id(f"an id of {name}", i) for i in value]
 
 
 def _count(name: str, value: Any) -> int:
@@ -146,6 +151,40 @@ def _count(name: str, value: Any) -> int:
 
 def _priority(value: Any) -> int:
     return _whole("priority", value, -(2**31), 2**31 - 1)
+
+
+def _channel(
+    name: str, func: Callable[[Any], Any], max_workers: Any, settings: Dict[str, Any]
+) -> Tuple[Any, ...]:
+    """The engine's arguments for a channel added with ``func``, ``max_workers`` and
+    ``settings`` (``add_channel``'s keywords), checked."""
+    backoff = settings["backoff"]
+    waits = None if backoff is None else (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
+    if not callable(func):
+        raise TypeError(f"func must be callable, not {type(func).__name__}")
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+    return (
+        name,
+        _traces.traced(name, _awaited(func), DelayException),
+        max_workers,
+        waits,
+        _seconds("timeout", settings["timeout"]),
+        _seconds("keep_done", settings["keep_done"]),
+        _seconds("keep_failed", settings["keep_failed"]),
+    )
+
+
+def _unpickled(
+    store_path: Union[str, "os.PathLike[str]"],
+    options: Dict[str, Any],
+    channels: Dict[str, Tuple[Callable[[Any], Any], int, Dict[str, Any]]],
+) -> "SimplePyQ":
+    """A pickled queue in the process that unpickles it: opened anew, its channels added."""
+    q = SimplePyQ(store_path, **options)
+    for name, (func, max_workers, settings) in channels.items():
+        q.add_channel(name, func, max_workers, **settings)
+    return q
 
 
 def _epoch(value: Optional[When]) -> Optional[float]:
@@ -247,8 +286,10 @@ class SimplePyQ:
             _seconds("keep_done", keep_done),
             _seconds("keep_failed", keep_failed),
         )
-        # The arguments of each channel added, to add them again in a forked child.
-        self._channels: Dict[str, Tuple[Any, ...]] = {}
+        # Each channel added, as given (function, max_workers, settings): to add it again in
+        # a forked child, or in a process the queue is pickled for.
+        self._channels: Dict[str, Tuple[Callable[[Any], Any], int, Dict[str, Any]]] = {}
+        self._options = {"lease": lease, "keep_done": keep_done, "keep_failed": keep_failed}
         self._reopening = threading.Lock()
         self._core: Optional[_Engine] = _Engine(*self._opening)
         with _live_lock:
@@ -272,8 +313,8 @@ class SimplePyQ:
         with self._reopening:
             if self._core is None:
                 core = _Engine(*self._opening)
-                for args in self._channels.values():
-                    core.add_channel(*args)
+                for name, (func, max_workers, settings) in self._channels.items():
+                    core.add_channel(*_channel(name, func, max_workers, settings))
                 self._core = core
             return self._core
 
@@ -305,23 +346,15 @@ class SimplePyQ:
         With the ``opentelemetry`` package installed, ``func`` runs inside a span
         ``process {name}``, a child of the span its task was enqueued in.
         """
-        limit = _seconds("timeout", timeout)
-        waits = None if backoff is None else (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
-        if not callable(func):
-            raise TypeError(f"func must be callable, not {type(func).__name__}")
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        args = (
-            name,
-            _traces.traced(name, _awaited(func), DelayException),
-            max_workers,
-            waits,
-            limit,
-            _seconds("keep_done", keep_done),
-            _seconds("keep_failed", keep_failed),
-        )
+        settings = {
+            "backoff": backoff,
+            "timeout": timeout,
+            "keep_done": keep_done,
+            "keep_failed": keep_failed,
+        }
+        args = _channel(name, func, max_workers, settings)
         self._engine.add_channel(*args)
-        self._channels[name] = args
+        self._channels[name] = (func, max_workers, settings)
 
     def pause(self, channel: str) -> bool:
         """Pause a channel for every process and machine on the queue, durably: no worker
@@ -485,7 +518,7 @@ class SimplePyQ:
 
     def parents(self, id: int) -> List[int]:
         """The ids of the tasks task ``id`` waits (or waited) for."""
-        return self._engine.parents(id)
+        return self._engine.parents(_id("id", id))
 
     def add_schedule(
         self,
@@ -580,11 +613,12 @@ class SimplePyQ:
         after: Optional[int] = None,
     ) -> List[Task]:
         """A page of tasks in id order; pass the last id as ``after`` for the next page."""
+        after = None if after is None else _whole("after", after, 0, 2**63 - 1)
         return self._engine.tasks(channel, status, _whole("limit", limit, 0, 2**63 - 1), after)
 
     def task(self, id: int) -> Optional[Task]:
         """The task with this id, or None."""
-        return self._engine.task(id)
+        return self._engine.task(_id("id", id))
 
     def wait(self, id: int, timeout: Optional[Seconds] = None) -> Any:
         """Wait for a task to end, and return what its function returned (None if it
@@ -593,7 +627,7 @@ class SimplePyQ:
         it failed for good, ``KeyError`` if it is gone (cancelled, its channel removed,
         deleted), ``TimeoutError`` if it has not ended within ``timeout`` seconds (``None``:
         wait as long as it takes; Ctrl-C interrupts)."""
-        ended = self._engine.wait(id, _seconds("timeout", timeout))
+        ended = self._engine.wait(_id("id", id), _seconds("timeout", timeout))
         if ended is None:
             raise TimeoutError(f"task {id} has not ended within {_seconds('timeout', timeout)} s")
         kind, value = ended
@@ -608,13 +642,26 @@ class SimplePyQ:
         hold, at most 1 MiB of it; a larger or unencodable value fails the attempt): stored
         with the task as it became done, in any process on the queue. None while the task is
         not done, if the function returned None, or if the task does not exist."""
-        return self._engine.result(id)
+        return self._engine.result(_id("id", id))
 
     def cancel(self, id: int) -> Cancelled:
         """Cancel a task: a queued one is deleted (``Cancelled.REMOVED``); a running one is
         asked to stop (``Cancelled.REQUESTED``: its handler ends as it will). KeyError if
         there is none; ValueError if it is finished or running in another process."""
-        return Cancelled(self._engine.cancel(id))
+        return Cancelled(self._engine.cancel(_id("id", id)))
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        """Pickled, for a process started by multiprocessing's ``spawn`` or ``forkserver``
+        (a ``Process``'s arguments, a ``ProcessPoolExecutor``'s calls): the queue travels as
+        its store, its options and its channels, and opens anew in that process, not
+        started. Its functions are pickled as pickle pickles any function, by module and
+        name. A queue in memory is this process's own and is not pickled."""
+        if os.fspath(self.store_path) == ":memory:":
+            raise TypeError(
+                'a queue in memory (":memory:") is this process\'s own: it cannot be pickled '
+                "for another process; give the queue a file"
+            )
+        return (_unpickled, (self.store_path, self._options, self._channels))
 
     def __enter__(self) -> "SimplePyQ":
         return self
