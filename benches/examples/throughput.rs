@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite|redb|memory --n 20000 \
-//!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] \
+//!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] [--chunk K] \
 //!     [--bare] [--max-running N] [--keys K] [--work-us U] [--result-bytes B]
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
@@ -26,7 +26,9 @@
 //!
 //! `enqueue_per_s`: N tasks (payload `{"i": i, "url": "https://example.com/<i>"}`) enqueued
 //! into a fresh store, one call at a time (`--enqueue single`, the default) from the
-//! producer threads, or in batches of 10,000 (`--enqueue batch`, to fill large backlogs).
+//! producer threads, or in batches of 10,000 (`--enqueue batch`, to fill large backlogs; `--chunk K`
+//! sets the batch: one thread's `enqueue_many` of P tasks at a time is what P producers'
+//! one-at-a-time enqueues would give if each commit gathered all P at no cost).
 //! `drain_per_s`: all N processed by the workers with a handler that only decodes the
 //! payload (and with `--work-us U` sleeps U µs, a task that waits on I/O), timed from `start`
 //! until the last is done; the tool exits 1 unless exactly N
@@ -65,6 +67,8 @@ struct Args {
     producers: u64,
     durability: String,
     batch: bool,
+    /// Tasks per `enqueue_many` call with `--enqueue batch`.
+    chunk: u64,
     bare: bool,
     url: Option<String>,
     processes: u64,
@@ -105,6 +109,7 @@ fn parse() -> Result<Args, String> {
         producers: 1,
         durability: "normal".into(),
         batch: false,
+        chunk: 10_000,
         bare: false,
         url: None,
         processes: 1,
@@ -162,6 +167,7 @@ fn parse() -> Result<Args, String> {
             "--producers" => args.producers = number()?.max(1),
             "--durability" => args.durability = value.clone(),
             "--enqueue" => args.batch = value == "batch",
+            "--chunk" => args.chunk = number()?.max(1),
             "--url" => args.url = Some(value.clone()),
             "--processes" => args.processes = number()?.max(1),
             "--drain-only" => args.drain_only = Some(value.clone()),
@@ -593,10 +599,10 @@ fn run() -> Result<(), String> {
     if args.batch {
         let mut i = 0;
         while i < args.n {
-            let chunk: Vec<Payload> = (i..args.n.min(i + 10_000)).map(payload).collect();
+            let chunk: Vec<Payload> = (i..args.n.min(i + args.chunk)).map(payload).collect();
             q.enqueue_many("bench", &chunk, options.clone())
                 .map_err(e)?;
-            i += 10_000;
+            i += args.chunk;
         }
     } else {
         std::thread::scope(|s| -> Result<(), String> {
