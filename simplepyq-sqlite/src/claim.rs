@@ -60,11 +60,7 @@ impl ClaimStore for SqliteStore {
         // Look before taking the write lock: idle workers poll without blocking writers. Due
         // delayed tasks are promoted unless the channel is paused, though it may be full.
         let due = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT ({OPEN} AND EXISTS (SELECT 1 FROM simplepyq_tasks p WHERE {READY} \
-                   AND {KEY_FREE} AND {KEY_RATE_FREE})) OR ({NOT_PAUSED} \
-                   AND EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
-            ))?;
+            let mut stmt = conn.prepare_cached(&due_sql())?;
             Ok(stmt.query_row(params![channel, now.as_millis()], |r| r.get::<_, bool>(0))?)
         })?;
         if !due {
@@ -76,32 +72,47 @@ impl ClaimStore for SqliteStore {
 
     fn next_wakeup(&self, channel: &str) -> Result<Option<Timestamp>> {
         self.read(|conn| {
-            // A paused or full channel's queued tasks are not due, nor pending tasks whose
-            // concurrency keys are busy; none before a used-up window of starts ends (the
-            // channel's, or a key's).
-            let key_free_at = key_free_at();
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT min(t) FROM ( \
-                   SELECT * FROM (SELECT max(run_at, coalesce({FREE_AT}, run_at)) AS t \
-                     FROM simplepyq_tasks p \
-                     WHERE channel = ?1 AND status = 'pending' AND {OPEN} AND {KEY_FREE} \
-                     AND {KEY_RATE_FREE} \
-                     LIMIT 1) \
-                   UNION ALL \
-                   SELECT max(m, coalesce({FREE_AT}, m)) FROM (SELECT {key_free_at} AS m \
-                     WHERE {OPEN}) \
-                   UNION ALL \
-                   SELECT max(m, coalesce({FREE_AT}, m)) FROM (SELECT min(run_at) AS m \
-                     FROM simplepyq_tasks \
-                     WHERE channel = ?1 AND status = 'delayed' AND {OPEN}) \
-                   UNION ALL \
-                   SELECT min(lease_until) FROM simplepyq_tasks \
-                     WHERE channel = ?1 AND status = 'running')"
-            ))?;
+            let mut stmt = conn.prepare_cached(&next_wakeup_sql())?;
             let t: Option<i64> = stmt.query_row(params![channel, i64::MIN], |r| r.get(0))?;
             Ok(t.map(Timestamp::from_millis))
         })
     }
+}
+
+/// Whether channel ?1 has a task a claim at ?2 would take or promote: a due pending task
+/// its flow lets start, or a due delayed one (promoted unless the channel is paused, though
+/// it may be full).
+pub(crate) fn due_sql() -> String {
+    format!(
+        "SELECT ({OPEN} AND EXISTS (SELECT 1 FROM simplepyq_tasks p WHERE {READY} \
+           AND {KEY_FREE} AND {KEY_RATE_FREE})) OR ({NOT_PAUSED} \
+           AND EXISTS (SELECT 1 FROM simplepyq_tasks WHERE {DUE_DELAYED}))"
+    )
+}
+
+/// When channel ?1 next has work (?2 is `i64::MIN`, for [`KEY_RATE_FREE`]). A paused or
+/// full channel's queued tasks are not due, nor pending tasks whose concurrency keys are
+/// busy; none before a used-up window of starts ends (the channel's, or a key's).
+pub(crate) fn next_wakeup_sql() -> String {
+    let key_free_at = key_free_at();
+    format!(
+        "SELECT min(t) FROM ( \
+           SELECT * FROM (SELECT max(run_at, coalesce({FREE_AT}, run_at)) AS t \
+             FROM simplepyq_tasks p \
+             WHERE channel = ?1 AND status = 'pending' AND {OPEN} AND {KEY_FREE} \
+             AND {KEY_RATE_FREE} \
+             LIMIT 1) \
+           UNION ALL \
+           SELECT max(m, coalesce({FREE_AT}, m)) FROM (SELECT {key_free_at} AS m \
+             WHERE {OPEN}) \
+           UNION ALL \
+           SELECT max(m, coalesce({FREE_AT}, m)) FROM (SELECT min(run_at) AS m \
+             FROM simplepyq_tasks \
+             WHERE channel = ?1 AND status = 'delayed' AND {OPEN}) \
+           UNION ALL \
+           SELECT min(lease_until) FROM simplepyq_tasks \
+             WHERE channel = ?1 AND status = 'running')"
+    )
 }
 
 /// A claim of up to `limit` of `channel`'s due tasks at `now`, leased until `lease_until`,
