@@ -116,6 +116,12 @@ def test_bad_counts_and_ids_are_refused_naming_the_argument_storing_nothing(db):
         q.enqueue("c", 2, after=[float(parent)])
     with pytest.raises(ValueError, match="limit"):
         q.tasks(limit=-1)
+    # A str's characters, a dict's keys, would each be a task.
+    for many in ("abc", b"abc", {"to": "a@example.com"}):
+        with pytest.raises(TypeError, match="many must be an iterable of task arguments"):
+            q.enqueue_many("c", many)
+        with pytest.raises(TypeError, match="many must be an iterable of task arguments"):
+            q.enqueue_group("c", many, "then")
     with pytest.raises(ValueError, match="after must be an int from 0"):
         q.tasks(after=2**64)
     # Not pyo3's "Python int too large to convert to C long", naming nothing.

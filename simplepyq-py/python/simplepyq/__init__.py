@@ -15,6 +15,7 @@ import inspect
 import os
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 try:
@@ -142,6 +143,18 @@ def _ids(name: str, value: Any) -> List[int]:
         kind = type(value).__name__
         raise TypeError(f"{name} must be an iterable of task ids (ints), not {kind}")
     return [_id(f"an id of {name}", i) for i in value]
+
+
+def _many(value: Any) -> Any:
+    """The arguments of many tasks: an iterable, but not a str, bytes or dict, whose
+    characters, bytes or keys would each become a task."""
+    if isinstance(value, (str, bytes, bytearray, Mapping)):
+        kind = type(value).__name__
+        raise TypeError(
+            f"many must be an iterable of task arguments (a list, say), not {kind}: each of its "
+            "items would be a task of its own; enqueue one task with enqueue"
+        )
+    return value
 
 
 def _count(name: str, value: Any) -> int:
@@ -484,7 +497,7 @@ class SimplePyQ:
         the current span's trace context, as with ``enqueue``."""
         return self._engine.enqueue_many(
             channel,
-            many,
+            _many(many),
             _count("retries", retries),
             _seconds("delay", delay),
             _epoch(at),
@@ -508,7 +521,7 @@ class SimplePyQ:
         the final task's id."""
         return self._engine.enqueue_group(
             channel,
-            many,
+            _many(many),
             then,
             then_args,
             _count("retries", retries),
