@@ -274,6 +274,10 @@ class SimplePyQ:
     parent's queue open while children use the file, as gunicorn's master, a multiprocessing
     pool's parent and Celery's main process do; a process that forks and exits (to run as
     a daemon) should make its queue after the fork.
+
+    A queue given to a process started by ``spawn`` or ``forkserver`` (multiprocessing's
+    start methods, a ``ProcessPoolExecutor``) is pickled: it opens anew there on the same
+    store, with the same channels, not started (see ``__reduce__``).
     """
 
     def __init__(
