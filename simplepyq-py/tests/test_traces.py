@@ -119,3 +119,25 @@ def test_a_given_traceparent_is_kept_and_a_malformed_one_refused(tmp_path):
         q.enqueue("mail", 2, traceparent="00-nope")
     assert q.counts("mail")["pending"] == 1
     q.stop()
+
+
+def test_an_exception_whose_str_fails_is_the_tasks_error_alone(tmp_path):
+    """The span's description of the error does not add a traceback of its own."""
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no str")
+
+    def handler(args):
+        raise Unprintable()
+
+    q = SimplePyQ(str(tmp_path / "tasks.db"))
+    q.add_channel("odd", handler)
+    tid = q.enqueue("odd", 1)
+    q.run_until_complete()
+    error = q.task(tid).last_error
+    assert error.rstrip().endswith("Unprintable: <exception str() failed>"), error
+    assert "During handling" not in error, error
+    (span,) = [s for s in _spans("process odd") if s.attributes["messaging.message.id"] == str(tid)]
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description.endswith("<exception str() failed>")

@@ -95,12 +95,25 @@ def traced(
                 span.set_attribute("simplepyq.outcome", "delayed")
                 raise
             except BaseException as e:
-                span.record_exception(e)
-                span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
-                span.set_attribute("simplepyq.outcome", "failed")
+                _record_failure(span, e)
                 raise
             span.set_attribute("simplepyq.outcome", "succeeded")
             return result
 
     run.__wrapped__ = func  # type: ignore[attr-defined]
     return run
+
+
+def _record_failure(span: Any, e: BaseException) -> None:
+    """Marks ``span`` failed with ``e``. An exception whose ``str()`` raises is described as
+    the traceback module describes it, and the span's own error is left out: the task's
+    error must stay the function's, not a second traceback of the span's."""
+    from opentelemetry.trace import Status, StatusCode
+
+    try:
+        message = f"{type(e).__name__}: {e}"
+        span.record_exception(e)
+    except Exception:
+        message = f"{type(e).__name__}: <exception str() failed>"
+    span.set_status(Status(StatusCode.ERROR, message))
+    span.set_attribute("simplepyq.outcome", "failed")
