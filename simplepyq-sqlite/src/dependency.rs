@@ -13,16 +13,18 @@ use crate::outcome::add_totals;
 use crate::row::{STATE_COLUMNS, save_state, state_from_row};
 
 /// The statements that find edges, each by an index (`plans::dependency_queries_follow_an_index`):
-/// a parent's children, a task's parents, and whether a child has a parent left.
+/// a parent's children, a task's parents, and whether a child has a parent left. The last
+/// two name their index: the system's SQLite (3.40 on Debian 12, which the Python package
+/// links) chose the primary key instead, which reads a child's satisfied edges too.
 pub(crate) const CHILDREN: &str = "SELECT child FROM simplepyq_dependencies WHERE parent = ?1";
 pub(crate) const SATISFY: &str =
     "UPDATE simplepyq_dependencies SET satisfied = 1 WHERE parent = ?1 RETURNING child";
 pub(crate) const PARENTS: &str =
     "SELECT parent FROM simplepyq_dependencies WHERE child = ?1 ORDER BY parent";
-pub(crate) const ANY_LEFT: &str =
-    "SELECT EXISTS (SELECT 1 FROM simplepyq_dependencies WHERE child = ?1 AND satisfied = 0)";
+pub(crate) const ANY_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM simplepyq_dependencies INDEXED BY simplepyq_dependencies_left \
+     WHERE child = ?1 AND satisfied = 0)";
 pub(crate) const PARENTS_LEFT: &str = "SELECT d.parent, t.status FROM simplepyq_dependencies d \
-     LEFT JOIN simplepyq_tasks t ON t.id = d.parent \
+     INDEXED BY simplepyq_dependencies_left LEFT JOIN simplepyq_tasks t ON t.id = d.parent \
      WHERE d.child = ?1 AND d.satisfied = 0 ORDER BY d.parent";
 
 /// Whether any task waits, or waited, for another: while none has, a task's end settles
