@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend sqlite|redb|memory --n 20000 \
-//!     --workers 4 [--producers 4] [--durability normal|full|none] [--enqueue single|batch] [--chunk K] \
+//!     --workers 4 [--producers 4] [--durability normal|full|none] \
+//!     [--enqueue single|batch] [--chunk K] \
 //!     [--bare] [--max-running N] [--keys K] [--work-us U] [--result-bytes B]
 //! cargo run --release -p simplepyq-benches --example throughput -- --backend postgres [--url URL] \
 //!     [--processes 3] [--notify off] ...
@@ -26,9 +27,9 @@
 //!
 //! `enqueue_per_s`: N tasks (payload `{"i": i, "url": "https://example.com/<i>"}`) enqueued
 //! into a fresh store, one call at a time (`--enqueue single`, the default) from the
-//! producer threads, or in batches of 10,000 (`--enqueue batch`, to fill large backlogs; `--chunk K`
-//! sets the batch: one thread's `enqueue_many` of P tasks at a time is what P producers'
-//! one-at-a-time enqueues would give if each commit gathered all P at no cost).
+//! producer threads, or in batches of 10,000 (`--enqueue batch`, to fill large backlogs;
+//! `--chunk K` sets the batch: one thread's `enqueue_many` of P tasks at a time is what P
+//! producers' one-at-a-time enqueues would give if each commit gathered all P at no cost).
 //! `drain_per_s`: all N processed by the workers with a handler that only decodes the
 //! payload (and with `--work-us U` sleeps U µs, a task that waits on I/O), timed from `start`
 //! until the last is done; the tool exits 1 unless exactly N

@@ -1,6 +1,6 @@
-//! Task arguments and results between Python objects and MessagePack, as the original's `msgpack.dumps`
-//! and `msgpack.loads` give them: `None`, `bool`, `int`, `float`, `str`, `bytes`, lists,
-//! tuples (as lists) and dicts, nested.
+//! Task arguments and results between Python objects and MessagePack, as the original's
+//! `msgpack.dumps` and `msgpack.loads` give them: `None`, `bool`, `int`, `float`, `str`,
+//! `bytes`, lists, tuples (as lists) and dicts, nested.
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;

@@ -21,8 +21,8 @@ pub(crate) const SATISFY: &str =
     "UPDATE simplepyq_dependencies SET satisfied = 1 WHERE parent = ?1 RETURNING child";
 pub(crate) const PARENTS: &str =
     "SELECT parent FROM simplepyq_dependencies WHERE child = ?1 ORDER BY parent";
-pub(crate) const ANY_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM simplepyq_dependencies INDEXED BY simplepyq_dependencies_left \
-     WHERE child = ?1 AND satisfied = 0)";
+pub(crate) const ANY_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM simplepyq_dependencies \
+     INDEXED BY simplepyq_dependencies_left WHERE child = ?1 AND satisfied = 0)";
 pub(crate) const PARENTS_LEFT: &str = "SELECT d.parent, t.status FROM simplepyq_dependencies d \
      INDEXED BY simplepyq_dependencies_left LEFT JOIN simplepyq_tasks t ON t.id = d.parent \
      WHERE d.child = ?1 AND d.satisfied = 0 ORDER BY d.parent";

@@ -132,9 +132,13 @@ def _whole(name: str, value: Any, lowest: int, highest: int) -> int:
     return value
 
 
+# The largest int the engine keeps in 64 bits (ids, limits).
+_I64_MAX = 2**63 - 1
+
+
 def _id(name: str, value: Any) -> int:
     """A task id: an int the engine keeps in 64 bits, from 1."""
-    return _whole(name, value, 1, 2**63 - 1)
+    return _whole(name, value, 1, _I64_MAX)
 
 
 def _ids(name: str, value: Any) -> List[int]:
@@ -172,7 +176,9 @@ def _channel(
     """The engine's arguments for a channel added with ``func``, ``max_workers`` and
     ``settings`` (``add_channel``'s keywords), checked."""
     backoff = settings["backoff"]
-    waits = None if backoff is None else (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
+    waits = None
+    if backoff is not None:
+        waits = (_secs("backoff", backoff[0]), _secs("backoff", backoff[1]))
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
@@ -354,10 +360,11 @@ class SimplePyQ:
         the attempt (retried while retries are left). ``backoff=(first, most)`` waits
         ``first`` seconds before the first retry, doubling up to ``most`` (each wait drawn
         between half of that and all of it, so that tasks that failed together do not retry
-        together); without it retries run at once, as in the original. With ``timeout`` (seconds or a timedelta), an attempt that
-        runs longer fails with "timed out after ..." (retried while retries are left): the
-        function is not interrupted (a thread cannot be stopped), its task keeps its lease
-        until it returns, and its attempt is then recorded as timed out, whatever it returned.
+        together); without it retries run at once, as in the original. With ``timeout``
+        (seconds or a timedelta), an attempt that runs longer fails with "timed out after
+        ..." (retried while retries are left): the function is not interrupted (a thread
+        cannot be stopped), its task keeps its lease until it returns, and its attempt is
+        then recorded as timed out, whatever it returned.
         ``keep_done`` and ``keep_failed``: how long the channel's finished tasks are kept
         while the queue runs (over the queue's own, see ``SimplePyQ``).
         With the ``opentelemetry`` package installed, ``func`` runs inside a span
@@ -611,7 +618,8 @@ class SimplePyQ:
 
     def requeue_failed(self, channel: Optional[str] = None, retries: Optional[int] = None) -> int:
         """Requeue the failed tasks with their original or a new retry count; return how many."""
-        return self._engine.requeue_failed(channel, None if retries is None else _count("retries", retries))
+        count = None if retries is None else _count("retries", retries)
+        return self._engine.requeue_failed(channel, count)
 
     def purge_done(self, channel: Optional[str] = None, older_than: Seconds = 0) -> int:
         """Delete the done tasks (of one channel, or all) finished more than ``older_than``
@@ -630,8 +638,8 @@ class SimplePyQ:
         after: Optional[int] = None,
     ) -> List[Task]:
         """A page of tasks in id order; pass the last id as ``after`` for the next page."""
-        after = None if after is None else _whole("after", after, 0, 2**63 - 1)
-        return self._engine.tasks(channel, status, _whole("limit", limit, 0, 2**63 - 1), after)
+        after = None if after is None else _whole("after", after, 0, _I64_MAX)
+        return self._engine.tasks(channel, status, _whole("limit", limit, 0, _I64_MAX), after)
 
     def task(self, id: int) -> Optional[Task]:
         """The task with this id, or None."""
@@ -644,9 +652,10 @@ class SimplePyQ:
         it failed for good, ``KeyError`` if it is gone (cancelled, its channel removed,
         deleted), ``TimeoutError`` if it has not ended within ``timeout`` seconds (``None``:
         wait as long as it takes; Ctrl-C interrupts)."""
-        ended = self._engine.wait(_id("id", id), _seconds("timeout", timeout))
+        limit = _seconds("timeout", timeout)
+        ended = self._engine.wait(_id("id", id), limit)
         if ended is None:
-            raise TimeoutError(f"task {id} has not ended within {_seconds('timeout', timeout)} s")
+            raise TimeoutError(f"task {id} has not ended within {limit} s")
         kind, value = ended
         if kind == "failed":
             raise TaskFailed(id, value)
